@@ -1,0 +1,5 @@
+import sys
+
+from consul_reg.cli import main
+
+sys.exit(main())

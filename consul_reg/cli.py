@@ -1,0 +1,152 @@
+"""Command line: registrator's flags (single dash, as registrator spells them,
+or with two dashes) and a few of consul-reg's own. Misuse exits 2 with a
+one-line reason."""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import sys
+from typing import NoReturn, Sequence
+
+from consul_reg import __version__
+from consul_reg.config import Config, TokenError, read_token
+from consul_reg.registries import RegistryURIError, default_uri, validate_uri
+
+USAGE_EXIT = 2
+
+
+class UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="consul-reg",
+        description="Registers Docker containers' services in the local Consul agent.",
+        allow_abbrev=False,
+        usage="consul-reg [options] [registry-uri]",
+    )
+    add = parser.add_argument
+    add("-ip", "--ip", dest="host_ip", metavar="IP", help="address to register services with")
+    add("-internal", "--internal", action="store_true", help="register the container IP and exposed ports")
+    add("-explicit", "--explicit", action="store_true", help="only register containers that set SERVICE_NAME")
+    add("-useIpFromLabel", "--useIpFromLabel", dest="use_ip_from_label", metavar="LABEL",
+        help="take the service address from this container label")
+    add("-tags", "--tags", default="", metavar="a,b", help="tags added to every service")
+    add("-ttl", "--ttl", type=int, default=0, metavar="N", help="TTL for mirrors' keys, in seconds")
+    add("-ttl-refresh", "--ttl-refresh", dest="ttl_refresh", type=int, default=0, metavar="N",
+        help="how often mirrors' TTLs are refreshed, in seconds")
+    add("-resync", "--resync", type=float, default=30.0, metavar="N",
+        help="seconds between full reconciles (0: off); default 30")
+    add("-deregister", "--deregister", default="always", metavar="always|on-success",
+        help="when a container dies: deregister always, or only when it succeeded")
+    add("-retry-attempts", "--retry-attempts", dest="retry_attempts", type=int, default=-1, metavar="N",
+        help="tries to reach Docker and the registry at start (-1: forever)")
+    add("-retry-interval", "--retry-interval", dest="retry_interval", type=int, default=2000, metavar="MS",
+        help="first wait between tries, in milliseconds (doubles, capped at 30 s)")
+    add("-cleanup", "--cleanup", action="store_true",
+        help="adopt or remove registrator's leftover services of this host")
+    add("-deregister-on-exit", "--deregister-on-exit", dest="deregister_on_exit", action="store_true",
+        help="remove this daemon's services when it exits on SIGTERM/SIGINT")
+    add("--hostname", default=None, help="host name used in service IDs (default: this machine's)")
+    add("--log-level", default="INFO", type=str.upper,
+        choices=["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"])
+    add("--log-format", default="text", choices=["text", "json"])
+    add("-version", "--version", action="version", version=f"consul-reg {__version__}")
+    add("uris", nargs="*", metavar="registry-uri", help="default consul://127.0.0.1:8500 or CONSUL_HTTP_ADDR")
+    return parser
+
+
+def parse_config(argv: Sequence[str], environ: dict[str, str] | None = None) -> Config:
+    """argv (without the program name) -> Config; raises UsageError."""
+    parser = build_parser()
+    _refuse_options_after_uri(parser, argv)
+    args = parser.parse_args(list(argv))
+
+    if bool(args.ttl) != bool(args.ttl_refresh):
+        raise UsageError("-ttl and -ttl-refresh must be set together")
+    if args.ttl and args.ttl <= args.ttl_refresh:
+        raise UsageError(f"-ttl ({args.ttl}) must be greater than -ttl-refresh ({args.ttl_refresh})")
+    if args.ttl < 0 or args.ttl_refresh < 0:
+        raise UsageError("-ttl and -ttl-refresh must not be negative")
+    if args.retry_interval <= 0:
+        raise UsageError(f"-retry-interval must be greater than 0 (got {args.retry_interval})")
+    if args.retry_attempts < -1:
+        raise UsageError(f"-retry-attempts must be -1 (forever) or at least 0 (got {args.retry_attempts})")
+    if args.deregister not in ("always", "on-success"):
+        raise UsageError(f"-deregister must be 'always' or 'on-success' (got {args.deregister!r})")
+    if args.resync < 0:
+        raise UsageError(f"-resync must not be negative (got {args.resync:g})")
+
+    uris = tuple(args.uris) or (default_uri(environ),)
+    if len(uris) > 1:
+        raise UsageError("only one registry URI is supported so far (mirror registries are not built yet)")
+    for uri in uris:
+        try:
+            validate_uri(uri)
+        except RegistryURIError as error:
+            raise UsageError(str(error)) from None
+    try:
+        token, token_file = read_token(environ)
+    except TokenError as error:
+        raise UsageError(str(error)) from None
+
+    return Config(
+        hostname=args.hostname or socket.gethostname(),
+        registry_uris=uris,
+        host_ip=args.host_ip or None,
+        internal=args.internal,
+        explicit=args.explicit,
+        use_ip_from_label=args.use_ip_from_label or None,
+        force_tags=tuple(t.strip() for t in args.tags.split(",") if t.strip()),
+        ttl=args.ttl,
+        ttl_refresh=args.ttl_refresh,
+        resync_seconds=args.resync,
+        deregister=args.deregister,
+        retry_attempts=args.retry_attempts,
+        retry_interval_ms=args.retry_interval,
+        cleanup=args.cleanup,
+        deregister_on_exit=args.deregister_on_exit,
+        log_level=args.log_level,
+        log_format=args.log_format,
+        token=token,
+        token_file=token_file,
+    )
+
+
+def _refuse_options_after_uri(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:
+    """registrator (Go's flag package) stops at the first argument: options after the URI are an error."""
+    takes_value = {
+        option for action in parser._actions if action.nargs != 0 and action.option_strings
+        for option in action.option_strings
+    }
+    index = 0
+    while index < len(argv):
+        arg = argv[index]
+        if arg == "--":
+            return
+        if arg.startswith("-") and len(arg) > 1:
+            index += 2 if (arg in takes_value and "=" not in arg) else 1
+            continue
+        later = [a for a in argv[index + 1:] if a.startswith("-") and len(a) > 1]
+        if later:
+            raise UsageError(f"option {later[0]} comes after the registry URI {arg}; options go first")
+        return
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        config = parse_config(argv)
+    except UsageError as error:
+        print(f"consul-reg: {error}", file=sys.stderr)
+        return USAGE_EXIT
+    from consul_reg.daemon import run  # imported late: --help stays fast
+
+    return run(config)

@@ -1,0 +1,63 @@
+"""The daemon's configuration: flags from cli.py plus what the environment gives."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from consul_reg.mapping import MappingSettings
+
+
+@dataclass(frozen=True)
+class Config:
+    hostname: str
+    registry_uris: tuple[str, ...]
+    host_ip: str | None = None
+    internal: bool = False
+    explicit: bool = False
+    use_ip_from_label: str | None = None
+    force_tags: tuple[str, ...] = ()
+    ttl: int = 0
+    ttl_refresh: int = 0
+    resync_seconds: float = 30.0
+    deregister: str = "always"  # or "on-success"
+    retry_attempts: int = -1
+    retry_interval_ms: int = 2000
+    cleanup: bool = False
+    deregister_on_exit: bool = False
+    log_level: str = "INFO"
+    log_format: str = "text"
+    token_file: str | None = None
+    token: str | None = field(default=None, repr=False)
+
+    def mapping_settings(self, default_address: str, default_address_reason: str) -> MappingSettings:
+        return MappingSettings(
+            hostname=self.hostname,
+            default_address=default_address,
+            default_address_reason=default_address_reason,
+            host_ip=self.host_ip,
+            internal=self.internal,
+            explicit=self.explicit,
+            use_ip_from_label=self.use_ip_from_label,
+            force_tags=self.force_tags,
+        )
+
+
+class TokenError(ValueError):
+    pass
+
+
+def read_token(environ: dict[str, str] | None = None) -> tuple[str | None, str | None]:
+    """(token, token file): CONSUL_HTTP_TOKEN wins over CONSUL_HTTP_TOKEN_FILE."""
+    environ = dict(os.environ) if environ is None else environ
+    token = environ.get("CONSUL_HTTP_TOKEN", "").strip()
+    token_file = environ.get("CONSUL_HTTP_TOKEN_FILE", "").strip() or None
+    if token:
+        return token, token_file
+    if token_file:
+        try:
+            with open(token_file, encoding="utf-8") as handle:
+                return handle.read().strip() or None, token_file
+        except OSError as error:
+            raise TokenError(f"CONSUL_HTTP_TOKEN_FILE {token_file!r} cannot be read: {error.strerror}") from None
+    return None, None

@@ -1,0 +1,291 @@
+"""Wiring: one sync loop fed by Docker event hints and a resync timer.
+
+Level-triggered, as a Kubernetes controller: events only say which
+container to look at again; each pass compares the desired services of
+every known container with what the registry holds, and applies the
+difference. Nothing here depends on seeing every event.
+"""
+
+from __future__ import annotations
+
+import queue
+import signal
+import socket
+import threading
+import time
+from typing import Any
+
+from loguru import logger
+
+from consul_reg import logs
+from consul_reg.config import Config
+from consul_reg.docker_source import DockerSource, DockerUnavailable, Hint
+from consul_reg.mapping import MappingSettings, map_container
+from consul_reg.model import RegisteredService, registered_form
+from consul_reg.reconcile import ContainerDesire, apply, desired_services, plan
+from consul_reg.registries import from_uri
+from consul_reg.registries.base import RegistryError, RegistryUnavailable
+from consul_reg.registries.consul import ConsulRegistry
+
+MAX_BACKOFF_SECONDS = 30.0
+STOP = Hint("", "stop")
+
+
+class Daemon:
+    def __init__(self, config: Config, docker: DockerSource, registry: ConsulRegistry) -> None:
+        self.config = config
+        self.docker = docker
+        self.registry = registry
+        self.hints: queue.Queue[Hint] = queue.Queue()
+        self.stopping = threading.Event()
+        self.settings = config.mapping_settings("127.0.0.1", "default")
+        self.desires: dict[str, ContainerDesire] = {}
+        self.actual: dict[str, RegisteredService] | None = None  # None: unknown, list it again
+        self.failing: dict[str, str] = {}  # service ID -> digest Consul refused; retried at resync
+        self._reported: dict[str, tuple[tuple[str, str], ...]] = {}  # container -> log lines already written
+        self._registry_backoff = config.retry_interval_ms / 1000
+        self._registry_retry_at = 0.0
+        self._docker_ok = True
+        self.last_full_sync = 0.0
+
+    # -- start and stop ---------------------------------------------------
+
+    def connect(self) -> bool:
+        """Reach Docker and the agent, retrying as -retry-attempts says."""
+        attempts = 0
+        wait = self.config.retry_interval_ms / 1000
+        while not self.stopping.is_set():
+            attempts += 1
+            try:
+                self.docker.ping()
+                info = self.registry.agent_info()
+                self.settings = self.config.mapping_settings(*self._default_address(info.advertise_address))
+                logger.info("connected: docker {}, {} (Consul {}, node {})", self.docker.description,
+                            self.registry.description, info.version, info.node_name)
+                return True
+            except (DockerUnavailable, RegistryError) as error:
+                limit = self.config.retry_attempts
+                if limit != -1 and attempts >= max(limit, 1):
+                    logger.error("giving up after {} tries: {}", attempts, error)
+                    return False
+                logger.warning("try {} failed: {}; retrying in {:.1f}s", attempts, error, wait)
+                self.stopping.wait(wait)
+                wait = min(wait * 2, MAX_BACKOFF_SECONDS)
+        return False
+
+    def _default_address(self, advertise_address: str) -> tuple[str, str]:
+        if self.registry.endpoint.is_local and advertise_address:
+            return advertise_address, "the local Consul agent's advertise address"
+        address = primary_host_address()
+        logger.warning("the Consul agent is not local; registering services at this host's primary address {} "
+                       "(set -ip to choose)", address)
+        return address, "this host's primary address (the agent is not local; set -ip to choose)"
+
+    def request_stop(self, *_: Any) -> None:
+        self.stopping.set()
+        self.hints.put(STOP)
+
+    # -- the loop ---------------------------------------------------------
+
+    def run(self) -> int:
+        if not self.connect():
+            return 0 if self.stopping.is_set() else 1
+        self.docker.follow_events(self.hints, self.stopping, retry_interval=self.config.retry_interval_ms / 1000)
+        self.hints.put(Hint("", "start"))
+        while not self.stopping.is_set():
+            batch = self._next_hints(self._seconds_until_due())
+            if self.stopping.is_set():
+                break
+            try:
+                self.handle(batch)
+            except Exception:  # a bug must cost one pass, never the daemon
+                logger.exception("unexpected error; everything is relisted at the next pass")
+                self.actual = None
+                self._schedule_retry("recovering from an unexpected error")
+        self.shutdown()
+        return 0
+
+    def handle(self, batch: list[Hint]) -> None:
+        if self._due() or any(h.full_resync for h in batch):
+            self.full_sync()
+        elif batch:
+            for container_id in dict.fromkeys(h.container_id for h in batch):
+                self.refresh_container(container_id)
+            self.sync()
+
+    def _next_hints(self, timeout: float) -> list[Hint]:
+        try:
+            batch = [self.hints.get(timeout=max(timeout, 0.0))]
+        except queue.Empty:
+            return []
+        while True:  # take everything already queued: one pass handles a burst
+            try:
+                batch.append(self.hints.get_nowait())
+            except queue.Empty:
+                return batch
+
+    def _seconds_until_due(self) -> float:
+        deadlines = []
+        if self.config.resync_seconds > 0:
+            deadlines.append(self.last_full_sync + self.config.resync_seconds)
+        if self.actual is None or not self._docker_ok:
+            deadlines.append(self._registry_retry_at)
+        return min(deadlines) - time.monotonic() if deadlines else 3600.0
+
+    def _due(self) -> bool:
+        return self._seconds_until_due() <= 0
+
+    def shutdown(self) -> None:
+        if self.config.deregister_on_exit:
+            try:
+                owned = [s for s in self.registry.services().values() if s.owned_by(self.config.hostname)]
+                for service in owned:
+                    self.registry.deregister(service)
+                    logger.info("deregistered {} on exit", service.id)
+            except RegistryError as error:
+                logger.error("could not deregister on exit: {}", error)
+        logger.info("stopped")
+
+    # -- level-triggered sync ---------------------------------------------
+
+    def full_sync(self) -> None:
+        """Relist every container and the registry, then sync."""
+        self.last_full_sync = time.monotonic()
+        self.failing.clear()
+        try:
+            summaries = self.docker.list_containers()
+            desires = {}
+            for summary in summaries:
+                inspected = self.docker.inspect_listed(summary)
+                if inspected is not None:
+                    desires[inspected["Id"]] = self._desire_for(inspected)
+        except DockerUnavailable as error:
+            # Never read "Docker is down" as "no containers": keep what we know.
+            self._docker_ok = False
+            self._schedule_retry(f"{error}")
+            return
+        self._docker_ok = True
+        for gone in set(self._reported) - set(desires):
+            del self._reported[gone]
+        self.desires = desires
+        self.actual = None
+        self.sync()
+
+    def refresh_container(self, container_id: str) -> None:
+        try:
+            inspected = self.docker.inspect(container_id)
+        except DockerUnavailable as error:
+            self._docker_ok = False
+            self._schedule_retry(str(error))
+            return
+        if inspected is None:
+            self.desires.pop(container_id, None)
+            self._reported.pop(container_id, None)
+        else:
+            self.desires[container_id] = self._desire_for(inspected)
+
+    def sync(self) -> None:
+        if self.actual is None:
+            if time.monotonic() < self._registry_retry_at:
+                return
+            try:
+                self.actual = self.registry.services()
+            except RegistryError as error:
+                self._schedule_retry(str(error))
+                return
+        desired, conflicts = desired_services(self.desires.values())
+        for warning in conflicts:
+            logger.warning(warning)
+        kept = frozenset(d.container_id for d in self.desires.values() if d.keep_existing)
+        todo = plan(desired, self.actual, self.config.hostname, kept, self.config.cleanup, self.failing)
+        if not todo:
+            return
+        result = apply(todo, self.registry)
+        for service in result.registered:
+            self.actual[service.id] = registered_form(service)
+        for gone in result.deregistered:
+            self.actual.pop(gone.id, None)
+        for service_id, _ in result.failed:
+            if service_id in desired:
+                self.failing[service_id] = desired[service_id].digest
+        if result.unavailable:
+            self.actual = None
+            self._schedule_retry(result.unavailable)
+        else:
+            self._registry_backoff = self.config.retry_interval_ms / 1000
+
+    def _schedule_retry(self, reason: str) -> None:
+        logger.warning("{}; retrying in {:.1f}s", reason, self._registry_backoff)
+        self._registry_retry_at = time.monotonic() + self._registry_backoff
+        self._registry_backoff = min(self._registry_backoff * 2, MAX_BACKOFF_SECONDS)
+
+    def _desire_for(self, container: dict[str, Any]) -> ContainerDesire:
+        container_id = str(container.get("Id") or "")
+        name = str(container.get("Name") or "").lstrip("/")
+        created = str(container.get("Created") or "")
+        state = container.get("State") if isinstance(container.get("State"), dict) else {}
+        if not state.get("Running"):
+            exit_code = state.get("ExitCode")
+            keep = (self.config.deregister == "on-success" and isinstance(exit_code, int)
+                    and 0 < exit_code < 128)
+            return ContainerDesire(container_id, name, created, (), keep_existing=keep)
+        try:
+            records = map_container(container, self.settings, network_peer=self._network_peer(container))
+        except Exception:  # mapping is pure and never raises; if it ever does, one container pays
+            logger.exception("container {}: could not map it; skipped", name)
+            return ContainerDesire(container_id, name, created)
+        self._report(name, container_id, records.warnings, records.services, records.skipped_reason)
+        return ContainerDesire(container_id, name, created, tuple(records.services))
+
+    def _network_peer(self, container: dict[str, Any]) -> dict[str, Any] | None:
+        mode = str((container.get("HostConfig") or {}).get("NetworkMode") or "")
+        if not mode.startswith("container:"):
+            return None
+        try:
+            return self.docker.inspect(mode.split(":", 1)[1])
+        except DockerUnavailable:
+            return None
+
+    def _report(self, name: str, container_id: str, warnings: list[str], services, skipped: str) -> None:
+        """Log a container's warnings and address choices once, until they change."""
+        lines = tuple(("warning", w) for w in warnings)
+        lines += tuple(("info", f"{s.id} registers at {s.address}: {s.address_reason}") for s in services)
+        if skipped:
+            lines += (("info", f"not registered: {skipped}"),)
+        if self._reported.get(container_id) == lines:
+            return
+        self._reported[container_id] = lines
+        for level, text in lines:
+            logger.bind(container=name).log(level.upper(), "container {}: {}", name, text)
+
+
+def primary_host_address() -> str:
+    """The address of the interface the default route uses. A UDP connect()
+    sends no packet; it only asks the kernel which source address it would use."""
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect(("192.0.2.1", 9))  # TEST-NET-1: never contacted
+        return probe.getsockname()[0]
+    except OSError:
+        return "127.0.0.1"
+    finally:
+        probe.close()
+
+
+def run(config: Config) -> int:
+    logs.setup(config.log_level, config.log_format, secrets=(config.token or "",))
+    registry = from_uri(config.registry_uris[0], token=config.token)
+    try:
+        docker = DockerSource()
+    except DockerUnavailable as error:
+        logger.error("{}", error)
+        return 1
+    daemon = Daemon(config, docker, registry)
+    signal.signal(signal.SIGTERM, daemon.request_stop)
+    signal.signal(signal.SIGINT, daemon.request_stop)
+    logger.info("consul-reg starting: host {}, registry {}", config.hostname, registry.description)
+    try:
+        return daemon.run()
+    finally:
+        registry.close()
+        docker.close()

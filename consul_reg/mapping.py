@@ -1,0 +1,386 @@
+"""Container inspect data -> service records. Pure: no I/O, never raises.
+
+Follows registrator's documented semantics (docs/user/services.md), with the
+differences listed in the README's "moving from registrator" section.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
+
+from consul_reg import labels
+from consul_reg.labels import KeyValue, ServiceKeys
+from consul_reg.model import MARKER_KEYS, Check, Service, marker_meta
+
+UNSPECIFIED_HOST_IPS = ("", "0.0.0.0", "::")
+COMPOSE_SERVICE_LABEL = "com.docker.compose.service"
+
+# Consul's limits on service Meta (agent/structs validateMetaPair).
+META_KEY_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")
+META_MAX_PAIRS = 64
+META_MAX_KEY_LENGTH = 128
+META_MAX_VALUE_LENGTH = 512
+META_RESERVED_PREFIX = "consul-"
+
+
+@dataclass(frozen=True)
+class MappingSettings:
+    """The daemon's flags and facts that shape every container's records."""
+
+    hostname: str
+    default_address: str = "127.0.0.1"
+    default_address_reason: str = "the Consul agent's advertise address"
+    host_ip: str | None = None  # -ip
+    internal: bool = False  # -internal
+    explicit: bool = False  # -explicit
+    use_ip_from_label: str | None = None  # -useIpFromLabel
+    force_tags: tuple[str, ...] = ()  # -tags
+
+
+@dataclass(frozen=True)
+class PublishedPort:
+    exposed: str  # "80"
+    protocol: str  # "tcp" / "udp"
+    host_port: str  # "" when not published
+    host_ip: str  # "" when published on every address
+
+
+@dataclass
+class ContainerRecords:
+    """What one container maps to: its services, plus why and what was wrong."""
+
+    container_id: str
+    container_name: str
+    services: list[Service] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    # Set when the container registers nothing: the reason, for logs and explain.
+    skipped_reason: str = ""
+
+
+# Builds the checks of one service from its keys; checks.py plugs in here.
+CheckBuilder = Callable[[dict[str, KeyValue], Service, PublishedPort, list[str]], tuple[Check, ...]]
+
+
+def map_container(
+    container: dict[str, Any],
+    settings: MappingSettings,
+    network_peer: dict[str, Any] | None = None,
+    build_checks: CheckBuilder | None = None,
+    extra_sources: tuple[tuple[str, list[tuple[str, str]]], ...] = (),
+) -> ContainerRecords:
+    """Map one container's inspect dict to the services it should have.
+
+    `network_peer` is the inspect dict of the container whose network this
+    one shares (`--net=container:<other>`), when there is one.
+    """
+    container = container if isinstance(container, dict) else {}
+    config = _dict(container.get("Config"))
+    container_id = str(container.get("Id") or "")
+    container_name = str(container.get("Name") or "").lstrip("/") or container_id[:12]
+    records = ContainerRecords(container_id=container_id, container_name=container_name)
+
+    keys = labels.collect(config.get("Env"), _dict(config.get("Labels")), *extra_sources)
+    records.warnings.extend(keys.warnings)
+
+    ignore = keys.general.get("ignore")
+    if ignore and labels.is_true_flag(ignore.value):
+        records.skipped_reason = f"{ignore.original_key}={labels.show(ignore.value)} asks to ignore it"
+        return records
+
+    ports = published_ports(container, settings.internal)
+    _warn_unknown_port_keys(keys, ports, records.warnings)
+    if not ports:
+        records.skipped_reason = "it publishes no port" + (" and exposes none" if settings.internal else "")
+        return records
+
+    is_group = len(ports) > 1
+    default_name = default_service_name(container, container_name)
+    for port in ports:
+        service = _service_for_port(
+            container, keys, port, is_group, default_name, settings, network_peer, records
+        )
+        if service is None:
+            continue
+        if build_checks is not None:
+            checks = build_checks(keys.for_port(port.exposed), service, port, records.warnings)
+            service = _with_checks(service, checks)
+        records.services.append(service)
+    if not records.services and not records.skipped_reason:
+        records.skipped_reason = "every port was ignored or unnamed"
+    return records
+
+
+def published_ports(container: dict[str, Any], internal: bool) -> list[PublishedPort]:
+    """The ports that become services, sorted by number and protocol."""
+    config = _dict(container.get("Config"))
+    host_config = _dict(container.get("HostConfig"))
+    network_settings = _dict(container.get("NetworkSettings"))
+    found: dict[str, PublishedPort] = {}
+
+    if host_config.get("NetworkMode") == "host":
+        # No port mapping in host mode: exposed ports are reachable as they are.
+        for key in _dict(config.get("ExposedPorts")):
+            parsed = _parse_port_key(key)
+            if parsed:
+                found[key] = PublishedPort(parsed[0], parsed[1], host_port=parsed[0], host_ip="")
+
+    for key, bindings in _dict(network_settings.get("Ports")).items():
+        parsed = _parse_port_key(key)
+        if not parsed:
+            continue
+        binding = _first_binding(bindings)
+        if binding is not None:
+            found[key] = PublishedPort(parsed[0], parsed[1], host_port=binding[0], host_ip=binding[1])
+        elif internal and key not in found:
+            found[key] = PublishedPort(parsed[0], parsed[1], host_port="", host_ip="")
+
+    if internal:
+        for key in _dict(config.get("ExposedPorts")):
+            parsed = _parse_port_key(key)
+            if parsed and key not in found:
+                found[key] = PublishedPort(parsed[0], parsed[1], host_port="", host_ip="")
+
+    chosen = [p for p in found.values() if internal or p.host_port]
+    return sorted(chosen, key=lambda p: (int(p.exposed), p.protocol))
+
+
+def default_service_name(container: dict[str, Any], container_name: str) -> str:
+    """The image's base name, without registry host, tag or digest."""
+    image = str(_dict(container.get("Config")).get("Image") or "")
+    if image.startswith("sha256:") or re.fullmatch(r"[0-9a-f]{12,64}", image):
+        # Referenced by bare ID (docker compose v2 does this): no name to take.
+        compose_service = _dict(_dict(container.get("Config")).get("Labels")).get(COMPOSE_SERVICE_LABEL)
+        return str(compose_service) if compose_service else container_name
+    base = image.split("@", 1)[0].rsplit("/", 1)[-1]
+    return base.split(":", 1)[0] or container_name
+
+
+def _service_for_port(
+    container: dict[str, Any],
+    keys: ServiceKeys,
+    port: PublishedPort,
+    is_group: bool,
+    default_name: str,
+    settings: MappingSettings,
+    network_peer: dict[str, Any] | None,
+    records: ContainerRecords,
+) -> Service | None:
+    port_keys = keys.by_port.get(port.exposed, {})
+    merged = keys.for_port(port.exposed)
+    where = f"port {port.exposed}/{port.protocol}"
+
+    ignore = port_keys.get("ignore")
+    if ignore and labels.is_true_flag(ignore.value):
+        return None
+
+    name = _non_empty(port_keys.get("name"), records.warnings)
+    if name is None:
+        general_name = _non_empty(keys.general.get("name"), records.warnings)
+        if general_name is None and settings.explicit:
+            return None
+        name = (general_name or default_name) + (f"-{port.exposed}" if is_group else "")
+
+    service_id = _non_empty(port_keys.get("id"), records.warnings)
+    if service_id is None:
+        general_id = _non_empty(keys.general.get("id"), records.warnings)
+        if general_id is not None:
+            service_id = general_id + (f"-{port.exposed}" if is_group else "")
+        else:
+            service_id = f"{settings.hostname}:{records.container_name}:{port.exposed}"
+            if port.protocol == "udp":
+                service_id += ":udp"
+
+    tags: list[str] = []
+    for scope in (keys.general, port_keys):
+        if "tags" in scope:
+            tags.extend(labels.split_tags(scope["tags"].value))
+    tags.extend(settings.force_tags)
+    if port.protocol == "udp":
+        tags.append("udp")
+
+    address, reason = choose_address(container, merged, port, settings, network_peer, records.warnings)
+    if settings.internal:
+        port_number = int(port.exposed)
+    else:
+        port_number = _int_or_none(port.host_port)
+        if port_number is None:
+            records.warnings.append(f"{where}: host port {labels.show(port.host_port)} is not a number, skipped")
+            return None
+
+    meta = service_meta(merged, records.warnings)
+    meta.update(marker_meta(settings.hostname, records.container_id))
+    return Service(
+        id=service_id,
+        name=name,
+        address=address,
+        port=port_number,
+        tags=tuple(labels.unique(tags)),
+        meta=tuple(sorted(meta.items())),
+        container_id=records.container_id,
+        container_name=records.container_name,
+        exposed_port=f"{port.exposed}/{port.protocol}",
+        address_reason=reason,
+    )
+
+
+def choose_address(
+    container: dict[str, Any],
+    keys: dict[str, KeyValue],
+    port: PublishedPort,
+    settings: MappingSettings,
+    network_peer: dict[str, Any] | None,
+    warnings: list[str],
+) -> tuple[str, str]:
+    """The service address and why it was chosen; the first rule that applies wins."""
+    explicit_ip = keys.get("ip")
+    if explicit_ip is not None and explicit_ip.value.strip():
+        return explicit_ip.value.strip(), f"{explicit_ip.original_key} ({explicit_ip.source})"
+
+    network_mode = str(_dict(container.get("HostConfig")).get("NetworkMode") or "")
+    if network_mode.startswith("container:"):
+        peer_ip = container_ip(network_peer or {}, None, warnings) if network_peer else ""
+        if peer_ip:
+            return peer_ip, f"the IP of {network_mode}, whose network it shares"
+        warnings.append(f"network mode {network_mode}: that container's IP is unknown, using the next rule")
+
+    if settings.use_ip_from_label:
+        label_value = _dict(_dict(container.get("Config")).get("Labels")).get(settings.use_ip_from_label)
+        if isinstance(label_value, str) and label_value.strip():
+            return label_value.strip().split("/", 1)[0], f"label {settings.use_ip_from_label} (-useIpFromLabel)"
+        warnings.append(f"label {labels.show(settings.use_ip_from_label)} (-useIpFromLabel) is not set")
+
+    if settings.internal:
+        network = keys.get("network")
+        ip = container_ip(container, network.value.strip() if network else None, warnings)
+        if ip:
+            return ip, "the container's own IP (-internal)"
+
+    if settings.host_ip:
+        return settings.host_ip, "-ip"
+
+    if port.host_ip not in UNSPECIFIED_HOST_IPS:
+        return port.host_ip, f"the host address port {port.exposed} is published on"
+
+    return settings.default_address, settings.default_address_reason
+
+
+def container_ip(container: dict[str, Any], network_name: str | None, warnings: list[str]) -> str:
+    """The container's IP on `network_name`, else on its primary network."""
+    network_settings = _dict(container.get("NetworkSettings"))
+    networks = _dict(network_settings.get("Networks"))
+    if network_name:
+        chosen = _dict(networks.get(network_name))
+        if chosen.get("IPAddress"):
+            return str(chosen["IPAddress"])
+        warnings.append(f"SERVICE_NETWORK={labels.show(network_name)}: the container has no IP on that network")
+        return ""
+    mode = str(_dict(container.get("HostConfig")).get("NetworkMode") or "")
+    primary = "bridge" if mode in ("", "default") else mode
+    if _dict(networks.get(primary)).get("IPAddress"):
+        return str(networks[primary]["IPAddress"])
+    if network_settings.get("IPAddress"):
+        return str(network_settings["IPAddress"])
+    with_ip = [name for name, net in networks.items() if _dict(net).get("IPAddress")]
+    if len(with_ip) == 1:
+        return str(networks[with_ip[0]]["IPAddress"])
+    if len(with_ip) > 1:
+        warnings.append(f"the container is on several networks ({', '.join(sorted(with_ip))}): "
+                        "set SERVICE_NETWORK to pick one")
+    return ""
+
+
+def service_meta(keys: dict[str, KeyValue], warnings: list[str]) -> dict[str, str]:
+    """Every key that does not configure the daemon, as Consul-valid Meta."""
+    meta: dict[str, str] = {}
+    for key in sorted(keys):
+        entry = keys[key]
+        if labels.is_daemon_key(key):
+            continue
+        where = f"key {labels.show(entry.original_key)}"
+        if key in MARKER_KEYS or key.startswith(META_RESERVED_PREFIX):
+            warnings.append(f"{where}: Meta key {labels.show(key)} is reserved, dropped")
+            continue
+        fixed = re.sub(r"[^A-Za-z0-9_-]", "_", key)
+        if fixed != key:
+            warnings.append(f"{where}: Meta keys may only hold A-Z a-z 0-9 _ -, registered as {labels.show(fixed)}")
+        if len(fixed) > META_MAX_KEY_LENGTH:
+            warnings.append(f"{where}: Meta key longer than {META_MAX_KEY_LENGTH} characters, dropped")
+            continue
+        if len(entry.value) > META_MAX_VALUE_LENGTH:
+            warnings.append(f"{where}: value longer than {META_MAX_VALUE_LENGTH} characters "
+                            f"({len(entry.value)}), dropped")
+            continue
+        if fixed in meta:
+            warnings.append(f"{where}: Meta key {labels.show(fixed)} already set by another key, dropped")
+            continue
+        if len(meta) >= META_MAX_PAIRS - len(MARKER_KEYS):
+            warnings.append(f"{where}: Consul allows {META_MAX_PAIRS} Meta pairs and consul-reg needs "
+                            f"{len(MARKER_KEYS)}, dropped")
+            continue
+        meta[fixed] = entry.value
+    return meta
+
+
+def _warn_unknown_port_keys(keys: ServiceKeys, ports: list[PublishedPort], warnings: list[str]) -> None:
+    known = {p.exposed for p in ports}
+    for port, scoped in sorted(keys.by_port.items()):
+        if port not in known:
+            for entry in scoped.values():
+                warnings.append(f"key {labels.show(entry.original_key)}: port {port} is not "
+                                "published by this container, ignored")
+
+
+def _with_checks(service: Service, checks: tuple[Check, ...]) -> Service:
+    return replace(service, checks=checks)
+
+
+def _non_empty(entry: KeyValue | None, warnings: list[str]) -> str | None:
+    if entry is None:
+        return None
+    if not entry.value.strip():
+        warnings.append(f"key {labels.show(entry.original_key)} is empty, ignored")
+        return None
+    return entry.value.strip()
+
+
+def _first_binding(bindings: object) -> tuple[str, str] | None:
+    """(host port, host IP) of a published port; 0.0.0.0 and :: count as one."""
+    if not isinstance(bindings, list):
+        return None
+    usable = [b for b in bindings if isinstance(b, dict) and b.get("HostPort")]
+    if not usable:
+        return None
+    host_port = str(usable[0]["HostPort"])
+    ips = {str(b.get("HostIp") or "") for b in usable if str(b["HostPort"]) == host_port}
+    specific = sorted(ip for ip in ips if ip not in UNSPECIFIED_HOST_IPS)
+    if len(specific) == 1 and len(ips) == 1:
+        return host_port, _plain_ip(specific[0])
+    return host_port, ""
+
+
+def _plain_ip(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text.strip("[]")))
+    except ValueError:
+        return text
+
+
+def _parse_port_key(key: object) -> tuple[str, str] | None:
+    """"80/tcp" -> ("80", "tcp"); None for anything else."""
+    if not isinstance(key, str):
+        return None
+    number, _, protocol = key.partition("/")
+    if not number.isdigit() or not 0 < int(number) < 65536:
+        return None
+    return str(int(number)), (protocol or "tcp").lower()
+
+
+def _int_or_none(text: str) -> int | None:
+    return int(text) if text.isdigit() and 0 < int(text) < 65536 else None
+
+
+def _dict(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}

@@ -1,0 +1,130 @@
+"""Records that flow from the mapping to the registries.
+
+Equality of these frozen dataclasses is what reconcile compares: two equal
+`Service` values produce the same registration.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Mapping
+
+# Meta keys that mark a service as registered by consul-reg on one host.
+# Consul reserves the "consul-" prefix, so ours use an underscore.
+MARKER_SOURCE_KEY = "external-source"
+MARKER_SOURCE_VALUE = "consul-reg"
+MARKER_HOST_KEY = "consul_reg_host"
+MARKER_CONTAINER_KEY = "consul_reg_container"
+MARKER_DIGEST_KEY = "consul_reg_digest"
+MARKER_KEYS = frozenset({MARKER_SOURCE_KEY, MARKER_HOST_KEY, MARKER_CONTAINER_KEY, MARKER_DIGEST_KEY})
+
+
+@dataclass(frozen=True)
+class Check:
+    """One Consul agent check attached to a service.
+
+    `definition` holds the Consul check fields (HTTP, Interval, ...) as
+    sorted pairs so the record stays hashable.
+    """
+
+    check_id: str
+    name: str
+    definition: tuple[tuple[str, object], ...] = ()
+
+    @property
+    def definition_dict(self) -> dict[str, object]:
+        return dict(self.definition)
+
+
+@dataclass(frozen=True)
+class Service:
+    """A service as consul-reg wants it to exist in a registry."""
+
+    id: str
+    name: str
+    address: str
+    port: int | None
+    tags: tuple[str, ...] = ()
+    meta: tuple[tuple[str, str], ...] = ()
+    checks: tuple[Check, ...] = ()
+    container_id: str = ""
+    container_name: str = ""
+    # Port as exposed inside the container ("80/tcp"), for mirrors that record it.
+    exposed_port: str = ""
+    # Why `address` was chosen, logged once per container.
+    address_reason: str = field(default="", compare=False)
+
+    @property
+    def meta_dict(self) -> dict[str, str]:
+        return dict(self.meta)
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.address}:{self.port}" if self.port is not None else self.address
+
+    @cached_property
+    def digest(self) -> str:
+        """A short digest of everything that is registered, kept in Meta.
+
+        The agent does not echo every field back (checks least of all), so
+        "already registered as desired" is decided by this digest alone.
+        """
+        content = {
+            "id": self.id,
+            "name": self.name,
+            "address": self.address,
+            "port": self.port,
+            "tags": list(self.tags),
+            "meta": sorted(self.meta),
+            "checks": [[c.check_id, c.name, sorted((k, repr(v)) for k, v in c.definition)] for c in self.checks],
+        }
+        raw = json.dumps(content, sort_keys=True, ensure_ascii=True).encode()
+        return hashlib.sha256(raw).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class RegisteredService:
+    """A service as a registry reports it (only what reconcile needs)."""
+
+    id: str
+    name: str
+    address: str = ""
+    port: int | None = None
+    meta: Mapping[str, str] = field(default_factory=dict, hash=False)
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.address}:{self.port}" if self.port else self.address
+
+    def owned_by(self, hostname: str) -> bool:
+        return (
+            self.meta.get(MARKER_SOURCE_KEY) == MARKER_SOURCE_VALUE
+            and self.meta.get(MARKER_HOST_KEY) == hostname
+        )
+
+    @property
+    def digest(self) -> str:
+        return self.meta.get(MARKER_DIGEST_KEY, "")
+
+    @property
+    def container_id(self) -> str:
+        return self.meta.get(MARKER_CONTAINER_KEY, "")
+
+
+def registered_form(service: Service) -> RegisteredService:
+    """How a registry lists `service` once it is registered."""
+    meta = dict(service.meta)
+    meta[MARKER_DIGEST_KEY] = service.digest
+    return RegisteredService(id=service.id, name=service.name, address=service.address,
+                             port=service.port, meta=meta)
+
+
+def marker_meta(hostname: str, container_id: str) -> dict[str, str]:
+    return {
+        MARKER_SOURCE_KEY: MARKER_SOURCE_VALUE,
+        MARKER_HOST_KEY: hostname,
+        MARKER_CONTAINER_KEY: container_id,
+    }

@@ -1,0 +1,201 @@
+"""The one Consul client: py-consul's API over an httpx transport.
+
+httpx gives py-consul what it lacks: a unix-socket transport for
+`consul-unix://` and pooled keep-alive connections for hot calls.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import ssl
+from dataclasses import dataclass
+from typing import Any
+
+import consul
+import consul.base
+from consul.callback import CB
+import httpx
+from consul.exceptions import ACLPermissionDenied, ConsulException
+
+from consul_reg.model import MARKER_DIGEST_KEY, RegisteredService, Service
+from consul_reg.registries.base import RegistryError, RegistryPermissionDenied, RegistryUnavailable
+
+DEFAULT_TIMEOUT_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class ConsulEndpoint:
+    """Where the agent listens: host:port (http or https) or a unix socket."""
+
+    scheme: str  # "http" or "https"
+    host: str = "127.0.0.1"
+    port: int = 8500
+    socket_path: str | None = None
+    ca_file: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
+
+    @property
+    def is_local(self) -> bool:
+        if self.socket_path:
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return self.host == "localhost"
+
+    def __str__(self) -> str:
+        if self.socket_path:
+            return f"unix://{self.socket_path}"
+        return f"{self.scheme}://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class AgentInfo:
+    version: str
+    node_name: str
+    node_id: str
+    advertise_address: str
+
+
+class _HttpxTransport(consul.base.HTTPClient):
+    """py-consul's transport interface, implemented with one pooled httpx client."""
+
+    def __init__(self, endpoint: ConsulEndpoint, timeout: float) -> None:
+        host = "localhost" if endpoint.socket_path else endpoint.host
+        super().__init__(host, endpoint.port, endpoint.scheme, True, None)
+        verify: ssl.SSLContext | bool = True
+        if endpoint.scheme == "https":
+            verify = ssl.create_default_context(cafile=endpoint.ca_file)
+            if endpoint.client_cert:
+                verify.load_cert_chain(endpoint.client_cert, endpoint.client_key)
+        transport = httpx.HTTPTransport(uds=endpoint.socket_path, verify=verify, retries=0)
+        self.client = httpx.Client(transport=transport, timeout=timeout)
+
+    def _send(self, method: str, callback, path, params, data, headers, raw: bool = False):
+        response = self.client.request(method, self.uri(path, params), content=data or None, headers=headers)
+        body = response.content if raw else response.text
+        return callback(consul.base.Response(response.status_code, response.headers, body))
+
+    def get(self, callback, path, params=None, headers=None, raw: bool = False):
+        return self._send("GET", callback, path, params, None, headers, raw)
+
+    def put(self, callback, path, params=None, data="", headers=None):
+        return self._send("PUT", callback, path, params, data, headers)
+
+    def delete(self, callback, path, params=None, data="", headers=None):
+        return self._send("DELETE", callback, path, params, data, headers)
+
+    def post(self, callback, path, params=None, data="", headers=None):
+        return self._send("POST", callback, path, params, data, headers)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class _Consul(consul.base.Consul):
+    def __init__(self, endpoint: ConsulEndpoint, token: str | None, timeout: float) -> None:
+        self._endpoint = endpoint
+        self._timeout = timeout
+        super().__init__(host=endpoint.host, port=endpoint.port, token=token, scheme=endpoint.scheme)
+        # py-consul prefers CONSUL_HTTP_TOKEN from the environment; the
+        # daemon resolves the token itself (env or token file), so set it here.
+        self.token = token
+
+    def http_connect(self, host, port, scheme, verify=True, cert=None):
+        return _HttpxTransport(self._endpoint, self._timeout)
+
+
+class ConsulRegistry:
+    """The Consul agent as a registry: services are agent services."""
+
+    def __init__(self, endpoint: ConsulEndpoint, token: str | None = None,
+                 timeout: float = DEFAULT_TIMEOUT_SECONDS) -> None:
+        self.endpoint = endpoint
+        self.description = f"consul {endpoint}"
+        self._client = _Consul(endpoint, token, timeout)
+
+    def agent_info(self) -> AgentInfo:
+        info = self._call("read the agent's own information", self._client.agent.self)
+        config = info.get("Config") or {}
+        member = info.get("Member") or {}
+        debug = info.get("DebugConfig") or {}
+        address = str(debug.get("AdvertiseAddrLAN") or member.get("Addr") or "")
+        return AgentInfo(
+            version=str(config.get("Version") or ""),
+            node_name=str(config.get("NodeName") or ""),
+            node_id=str(config.get("NodeID") or ""),
+            advertise_address=address,
+        )
+
+    def services(self) -> dict[str, RegisteredService]:
+        listed = self._call("list the agent's services", self._client.agent.services)
+        return {
+            service_id: RegisteredService(
+                id=service_id,
+                name=str(entry.get("Service") or ""),
+                address=str(entry.get("Address") or ""),
+                port=entry.get("Port") or None,
+                meta=dict(entry.get("Meta") or {}),
+            )
+            for service_id, entry in (listed or {}).items()
+        }
+
+    def register(self, service: Service) -> None:
+        payload = registration_payload(service)
+        self._call(
+            f"register {service.id}",
+            self._client.http.put,
+            CB.boolean(),
+            "/v1/agent/service/register",
+            params=[("replace-existing-checks", "true")],
+            headers=self._client.prepare_headers(),
+            data=json.dumps(payload),
+        )
+
+    def deregister(self, service: RegisteredService) -> None:
+        self._call(f"deregister {service.id}", self._client.agent.service.deregister, service.id)
+
+    def close(self) -> None:
+        self._client.http.close()
+
+    def _call(self, what: str, function, *args, **kwargs) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except ACLPermissionDenied as error:
+            raise RegistryPermissionDenied(
+                f"{self.description}: permission denied to {what} (check the ACL token's policy): "
+                f"{_one_line(str(error))}"
+            ) from None
+        except ConsulException as error:
+            raise RegistryError(f"{self.description}: could not {what}: {_one_line(str(error))}") from None
+        except httpx.HTTPError as error:
+            raise RegistryUnavailable(
+                f"{self.description}: could not {what}: {type(error).__name__}: {_one_line(str(error))}"
+            ) from None
+
+
+def registration_payload(service: Service) -> dict[str, Any]:
+    """The JSON body of PUT /v1/agent/service/register for one service."""
+    meta = dict(service.meta)
+    meta[MARKER_DIGEST_KEY] = service.digest
+    payload: dict[str, Any] = {
+        "ID": service.id,
+        "Name": service.name,
+        "Tags": list(service.tags),
+        "Address": service.address,
+        "Meta": meta,
+    }
+    if service.port is not None:
+        payload["Port"] = service.port
+    if service.checks:
+        payload["Checks"] = [
+            {"CheckID": check.check_id, "Name": check.name, **check.definition_dict} for check in service.checks
+        ]
+    return payload
+
+
+def _one_line(text: str, limit: int = 500) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[:limit] + "..."
