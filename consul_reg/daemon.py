@@ -170,6 +170,8 @@ class Daemon:
         self.desires = desires
         self.actual = None
         self.sync()
+        logger.debug("full sync done: {} containers, {} services registered", len(desires),
+                     "unknown" if self.actual is None else len(self._owned()))
 
     def refresh_container(self, container_id: str) -> None:
         try:
@@ -213,6 +215,9 @@ class Daemon:
             self._schedule_retry(result.unavailable)
         else:
             self._registry_backoff = self.config.retry_interval_ms / 1000
+
+    def _owned(self) -> list[RegisteredService]:
+        return [s for s in (self.actual or {}).values() if s.owned_by(self.config.hostname)]
 
     def _schedule_retry(self, reason: str) -> None:
         logger.warning("{}; retrying in {:.1f}s", reason, self._registry_backoff)

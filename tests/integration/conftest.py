@@ -1,0 +1,192 @@
+"""Fixtures for tests against the real dockerd and the real Consul agent.
+
+scripts/start-services.sh starts both (CI runs it first; the session fixture
+runs it when they are not up). Every container a test starts carries the
+label consul-reg-test=<run id> and is removed by that label; every daemon
+runs with its own --hostname, so tests never see each other's services.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import docker
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+IMAGE = "consul-reg-test/busybox:latest"
+TEST_LABEL = "consul-reg-test"
+RUN_ID = uuid.uuid4().hex[:8]
+CONSUL_ADDR = os.environ.get("CONSUL_REG_TEST_CONSUL", "http://127.0.0.1:8500")
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.1,
+               message: str = "condition") -> Any:
+    """Poll `predicate` until it returns something truthy; fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as error:  # the thing polled may not be up yet
+            last_error = error
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message}" +
+                         (f" (last error: {last_error})" if last_error else ""))
+
+
+def _services_up() -> bool:
+    try:
+        docker.from_env(timeout=5).ping()
+        httpx.get(f"{CONSUL_ADDR}/v1/agent/self", timeout=5).raise_for_status()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session", autouse=True)
+def real_services() -> None:
+    if not _services_up():
+        subprocess.run(["sh", str(ROOT / "scripts" / "start-services.sh")], check=True)
+    subprocess.run(["sh", str(ROOT / "scripts" / "make-test-image.sh")], check=True)
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Iterator[docker.DockerClient]:
+    client = docker.from_env(timeout=60)
+    yield client
+    for container in client.containers.list(all=True, filters={"label": f"{TEST_LABEL}={RUN_ID}"}):
+        container.remove(force=True)
+    client.close()
+
+
+class Consul:
+    """A thin reader of the real agent's HTTP API, for assertions."""
+
+    def __init__(self, address: str = CONSUL_ADDR, token: str | None = None) -> None:
+        headers = {"X-Consul-Token": token} if token else {}
+        self.http = httpx.Client(base_url=address, timeout=10, headers=headers)
+
+    def services(self) -> dict[str, dict[str, Any]]:
+        response = self.http.get("/v1/agent/services")
+        response.raise_for_status()
+        return response.json()
+
+    def services_of(self, hostname: str) -> dict[str, dict[str, Any]]:
+        return {sid: s for sid, s in self.services().items() if (s.get("Meta") or {}).get("consul_reg_host") == hostname}
+
+    def register(self, payload: dict[str, Any]) -> None:
+        self.http.put("/v1/agent/service/register", json=payload).raise_for_status()
+
+    def deregister(self, service_id: str) -> None:
+        self.http.put(f"/v1/agent/service/deregister/{service_id}").raise_for_status()
+
+    def catalog_index(self) -> int:
+        response = self.http.get("/v1/catalog/services")
+        response.raise_for_status()
+        return int(response.headers["X-Consul-Index"])
+
+
+@pytest.fixture
+def consul_api() -> Iterator[Consul]:
+    api = Consul()
+    yield api
+    api.http.close()
+
+
+@pytest.fixture
+def hostname(consul_api: Consul) -> Iterator[str]:
+    """A host name of this test's own: IDs and ownership markers use it."""
+    name = f"t{uuid.uuid4().hex[:8]}"
+    yield name
+    for service_id, service in consul_api.services().items():
+        if service_id.startswith(name + ":") or (service.get("Meta") or {}).get("consul_reg_host") == name:
+            consul_api.deregister(service_id)
+
+
+@pytest.fixture
+def run_container(docker_client: docker.DockerClient) -> Iterator[Callable[..., Any]]:
+    """Start a labelled busybox container; all are removed at the end of the test."""
+    started: list[Any] = []
+
+    def start(command: str | list[str] = "sleep 600", **kwargs: Any):
+        labels = dict(kwargs.pop("labels", {}) or {})
+        labels[TEST_LABEL] = RUN_ID
+        kwargs.setdefault("name", f"crt-{uuid.uuid4().hex[:8]}")
+        kwargs.setdefault("stop_signal", "SIGKILL")  # busybox sleep as PID 1 ignores SIGTERM
+        container = docker_client.containers.run(IMAGE, command, detach=True, labels=labels, **kwargs)
+        started.append(container)
+        container.reload()
+        return container
+
+    yield start
+    for container in started:
+        try:
+            container.remove(force=True)
+        except docker.errors.NotFound:
+            pass
+
+
+def host_port(container: Any, port: str) -> int:
+    container.reload()
+    return int(container.attrs["NetworkSettings"]["Ports"][port][0]["HostPort"])
+
+
+class DaemonProcess:
+    """consul-reg as a real process, with its log in a file."""
+
+    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.args = args
+        self.log_path = log_path
+        self.env = {**os.environ, **(env or {})}
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> "DaemonProcess":
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen([sys.executable, "-m", "consul_reg", *self.args],
+                                        stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT)
+        log.close()
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_log(self, text: str, timeout: float = 20.0) -> None:
+        wait_until(lambda: text in self.log(), timeout, message=f"{text!r} in the daemon log")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return self.process.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
+@pytest.fixture
+def start_daemon(tmp_path: Path, hostname: str) -> Iterator[Callable[..., DaemonProcess]]:
+    """Start consul-reg with this test's --hostname and a short resync."""
+    daemons: list[DaemonProcess] = []
+
+    def start(*args: str, env: dict[str, str] | None = None, resync: str = "2") -> DaemonProcess:
+        full_args = ["--hostname", hostname, "-resync", resync, "--log-level", "DEBUG", *args]
+        daemon = DaemonProcess(full_args, tmp_path / f"daemon-{len(daemons)}.log", env).start()
+        daemons.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in daemons:
+        daemon.kill()
