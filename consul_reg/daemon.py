@@ -109,8 +109,12 @@ class Daemon:
         if self._due() or any(h.full_resync for h in batch):
             self.full_sync()
         elif batch:
-            for container_id in dict.fromkeys(h.container_id for h in batch):
-                self.refresh_container(container_id)
+            latest = {h.container_id: h for h in batch}
+            for container_id, hint in latest.items():
+                if hint.action == "die" and container_id in self.desires:
+                    self._mark_dead(container_id, dict(hint.attributes).get("exitCode", ""))
+                else:
+                    self.refresh_container(container_id)
             self.sync()
 
     def _next_hints(self, timeout: float) -> list[Hint]:
@@ -185,6 +189,14 @@ class Daemon:
             self._reported.pop(container_id, None)
         else:
             self.desires[container_id] = self._desire_for(inspected)
+
+    def _mark_dead(self, container_id: str, exit_code: str) -> None:
+        """A `die` event is itself proof the process ended. Inspecting now would
+        wait ~100 ms on dockerd's lock while it tears the network down."""
+        known = self.desires[container_id]
+        keep = self.config.deregister == "on-success" and exit_code.isdigit() and 0 < int(exit_code) < 128
+        self.desires[container_id] = ContainerDesire(known.container_id, known.container_name, known.created,
+                                                     (), keep_existing=keep)
 
     def sync(self) -> None:
         if self.actual is None:
