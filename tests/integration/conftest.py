@@ -190,3 +190,90 @@ def start_daemon(tmp_path: Path, hostname: str) -> Iterator[Callable[..., Daemon
     yield start
     for daemon in daemons:
         daemon.kill()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class OwnAgent:
+    """A Consul dev agent of one test's own, on its own ports: tests that kill,
+    restart or reconfigure the agent never touch the shared one."""
+
+    def __init__(self, workdir: Path, hcl: list[str] | None = None, http_socket: str | None = None) -> None:
+        self.workdir = workdir
+        self.hcl = list(hcl or [])
+        self.http_socket = http_socket
+        self.http_port = free_port()
+        self.ports = {"-serf-lan-port": free_port(), "-serf-wan-port": free_port(),
+                      "-server-port": free_port(), "-dns-port": free_port()}
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = workdir / f"consul-{self.http_port}.log"
+
+    @property
+    def address(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def uri(self) -> str:
+        return f"consul-unix://{self.http_socket}" if self.http_socket else f"consul://127.0.0.1:{self.http_port}"
+
+    def api(self, token: str | None = None) -> Consul:
+        if self.http_socket:
+            api = Consul("http://consul", token)
+            api.http = httpx.Client(base_url="http://consul", timeout=10, headers=api.http.headers,
+                                    transport=httpx.HTTPTransport(uds=self.http_socket))
+            return api
+        return Consul(self.address, token)
+
+    def start(self, wait: bool = True) -> "OwnAgent":
+        args = ["consul", "agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1",
+                "-http-port", str(self.http_port), "-grpc-port", "-1", "-hcl", 'log_level = "debug"']
+        for flag, port in self.ports.items():
+            args += [flag, str(port)]
+        if self.http_socket:
+            args += ["-hcl", f'addresses {{ http = "unix://{self.http_socket}" }}']
+        for extra in self.hcl:
+            args += ["-hcl", extra]
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self) -> None:
+        def ready() -> bool:
+            api = self.api()
+            try:
+                response = api.http.get("/v1/status/leader")
+                return response.status_code == 200 and response.json() != ""
+            finally:
+                api.http.close()
+        wait_until(ready, timeout=60, message="own consul agent ready")
+
+    def stop(self, sig: int = signal.SIGKILL) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
+            self.process.wait(timeout=30)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture
+def own_agent(tmp_path: Path) -> Iterator[Callable[..., OwnAgent]]:
+    agents: list[OwnAgent] = []
+
+    def start(hcl: list[str] | None = None, http_socket: str | None = None) -> OwnAgent:
+        agent = OwnAgent(tmp_path, hcl, http_socket).start()
+        agents.append(agent)
+        return agent
+
+    yield start
+    for agent in agents:
+        agent.stop()
