@@ -54,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="adopt or remove registrator's leftover services of this host")
     add("-deregister-on-exit", "--deregister-on-exit", dest="deregister_on_exit", action="store_true",
         help="remove this daemon's services when it exits on SIGTERM/SIGINT")
+    add("--no-script-checks", dest="no_script_checks", action="store_true",
+        help="refuse containers' SERVICE_CHECK_SCRIPT (it runs on the host as the agent's user)")
+    add("--exec-checks", dest="exec_checks", default="agent", choices=["agent", "daemon"],
+        help="who runs SERVICE_CHECK_DOCKER commands: the agent (docker check) or this daemon (docker exec)")
     add("--hostname", default=None, help="host name used in service IDs (default: this machine's)")
     add("--log-level", default="INFO", type=str.upper,
         choices=["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"])
@@ -113,6 +117,8 @@ def parse_config(argv: Sequence[str], environ: dict[str, str] | None = None) -> 
         retry_interval_ms=args.retry_interval,
         cleanup=args.cleanup,
         deregister_on_exit=args.deregister_on_exit,
+        no_script_checks=args.no_script_checks,
+        exec_checks=args.exec_checks,
         log_level=args.log_level,
         log_format=args.log_format,
         token=token,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from consul_reg.checks import CheckSettings, parse_version
 from consul_reg.mapping import MappingSettings
 
 
@@ -27,10 +28,13 @@ class Config:
     deregister_on_exit: bool = False
     log_level: str = "INFO"
     log_format: str = "text"
+    no_script_checks: bool = False
+    exec_checks: str = "agent"  # or "daemon": the daemon runs CHECK_DOCKER commands itself
     token_file: str | None = None
     token: str | None = field(default=None, repr=False)
 
-    def mapping_settings(self, default_address: str, default_address_reason: str) -> MappingSettings:
+    def mapping_settings(self, default_address: str, default_address_reason: str, agent_version: str = "1.7",
+                         agent_runs_scripts: bool = True) -> MappingSettings:
         return MappingSettings(
             hostname=self.hostname,
             default_address=default_address,
@@ -40,6 +44,13 @@ class Config:
             explicit=self.explicit,
             use_ip_from_label=self.use_ip_from_label,
             force_tags=self.force_tags,
+            health_reassert_seconds=self.resync_seconds or 60.0,
+            checks=CheckSettings(
+                agent_version=parse_version(agent_version),
+                agent_runs_scripts=agent_runs_scripts,
+                refuse_script_checks=self.no_script_checks,
+                exec_checks=self.exec_checks,
+            ),
         )
 
 

@@ -13,6 +13,7 @@ import signal
 import socket
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
 from loguru import logger
@@ -21,11 +22,12 @@ from consul_reg import logs
 from consul_reg.config import Config
 from consul_reg.docker_source import DockerSource, DockerUnavailable, Hint
 from consul_reg.mapping import MappingSettings, map_container
-from consul_reg.model import RegisteredService, registered_form
+from consul_reg.heartbeat import ProbeScheduler
+from consul_reg.model import ContainerStatus, RegisteredService, registered_form
 from consul_reg.reconcile import ContainerDesire, apply, desired_services, plan
 from consul_reg.registries import from_uri
 from consul_reg.registries.base import RegistryError, RegistryUnavailable
-from consul_reg.registries.consul import ConsulRegistry
+from consul_reg.registries.consul import AgentInfo, ConsulRegistry
 
 MAX_BACKOFF_SECONDS = 30.0
 STOP = Hint("", "stop")
@@ -39,6 +41,7 @@ class Daemon:
         self.hints: queue.Queue[Hint] = queue.Queue()
         self.stopping = threading.Event()
         self.settings = config.mapping_settings("127.0.0.1", "default")
+        self.agent: AgentInfo | None = None
         self.desires: dict[str, ContainerDesire] = {}
         self.actual: dict[str, RegisteredService] | None = None  # None: unknown, list it again
         self.failing: dict[str, str] = {}  # service ID -> digest Consul refused; retried at resync
@@ -47,6 +50,10 @@ class Daemon:
         self._registry_retry_at = 0.0
         self._docker_ok = True
         self.last_full_sync = 0.0
+        self._force_register: set[str] = set()  # services whose checks the agent lost
+        # service ID -> (digest, container ID) the agent reaped (deregister-after)
+        self.reaped: dict[str, tuple[str, str]] = {}
+        self.probes = ProbeScheduler(registry, docker, self._check_missing)
 
     # -- start and stop ---------------------------------------------------
 
@@ -59,7 +66,12 @@ class Daemon:
             try:
                 self.docker.ping()
                 info = self.registry.agent_info()
-                self.settings = self.config.mapping_settings(*self._default_address(info.advertise_address))
+                self.agent = info
+                self.settings = self.config.mapping_settings(*self._default_address(info.advertise_address),
+                                                             info.version, info.runs_remote_scripts)
+                if not info.runs_remote_scripts:
+                    logger.info("the agent has script checks disabled: SERVICE_CHECK_DOCKER commands are run by "
+                                "this daemon through docker exec, SERVICE_CHECK_SCRIPT checks are dropped")
                 logger.info("connected: docker {}, {} (Consul {}, node {})", self.docker.description,
                             self.registry.description, info.version, info.node_name)
                 return True
@@ -91,6 +103,7 @@ class Daemon:
         if not self.connect():
             return 0 if self.stopping.is_set() else 1
         self.docker.follow_events(self.hints, self.stopping, retry_interval=self.config.retry_interval_ms / 1000)
+        self.probes.start()
         self.hints.put(Hint("", "start"))
         while not self.stopping.is_set():
             batch = self._next_hints(self._seconds_until_due())
@@ -106,15 +119,25 @@ class Daemon:
         return 0
 
     def handle(self, batch: list[Hint]) -> None:
+        for hint in batch:
+            if hint.action == "check missing":
+                self._force_register.add(dict(hint.attributes)["service_id"])
         if self._due() or any(h.full_resync for h in batch):
             self.full_sync()
         elif batch:
             latest = {h.container_id: h for h in batch}
+            before = {cid: self.desires[cid].status for cid in latest if cid in self.desires}
             for container_id, hint in latest.items():
+                if hint.action in ("start", "restart"):
+                    self._forget_reaped(container_id)
                 if hint.action == "die" and container_id in self.desires:
                     self._mark_dead(container_id, dict(hint.attributes).get("exitCode", ""))
                 else:
                     self.refresh_container(container_id)
+            for container_id, old_status in before.items():
+                desire = self.desires.get(container_id)
+                if desire is not None and desire.status != old_status:
+                    self.probes.report_container_now(container_id, desire.status)  # health_status, pause
             self.sync()
 
     def _next_hints(self, timeout: float) -> list[Hint]:
@@ -139,7 +162,18 @@ class Daemon:
     def _due(self) -> bool:
         return self._seconds_until_due() <= 0
 
+    def _forget_reaped(self, container_id: str) -> None:
+        for service_id, (_, reaped_container) in list(self.reaped.items()):
+            if reaped_container == container_id:
+                del self.reaped[service_id]
+
+    def _check_missing(self, service_id: str, check_id: str) -> None:
+        """From the heartbeat thread: the agent lost a check we report (agent restarted?)."""
+        logger.warning("the agent does not know check {}; re-registering {}", check_id, service_id)
+        self.hints.put(Hint("", "check missing", attributes=(("service_id", service_id),)))
+
     def shutdown(self) -> None:
+        self.probes.stop()
         if self.config.deregister_on_exit:
             try:
                 owned = [s for s in self.registry.services().values() if s.owned_by(self.config.hostname)]
@@ -172,8 +206,10 @@ class Daemon:
         for gone in set(self._reported) - set(desires):
             del self._reported[gone]
         self.desires = desires
-        self.actual = None
-        self.sync()
+        previous, self.actual = self.actual, None
+        if not self._agent_is_the_same():
+            previous = None
+        self.sync(previous)
         logger.debug("full sync done: {} containers, {} services registered", len(desires),
                      "unknown" if self.actual is None else len(self._owned()))
 
@@ -190,15 +226,46 @@ class Daemon:
         else:
             self.desires[container_id] = self._desire_for(inspected)
 
+    def _notice_reaped(self, previous: dict[str, RegisteredService]) -> None:
+        """Owned services that vanished while the agent stayed up, and that ask the
+        agent to remove them when critical (CHECK_DEREGISTER_AFTER), were reaped on
+        purpose: re-adding them would only make them flap."""
+        assert self.actual is not None
+        for desire in self.desires.values():
+            for service in desire.services:
+                was = previous.get(service.id)
+                if (service.id not in self.actual and was is not None and was.digest == service.digest
+                        and any("DeregisterCriticalServiceAfter" in c.definition_dict for c in service.checks)
+                        and self.reaped.get(service.id, ("", ""))[0] != service.digest):
+                    self.reaped[service.id] = (service.digest, desire.container_id)
+                    logger.bind(service_id=service.id, action="reaped").warning(
+                        "the agent removed {} (critical longer than its deregister-after); it stays removed "
+                        "until container {} restarts or its definition changes", service.id, desire.container_name)
+
     def _mark_dead(self, container_id: str, exit_code: str) -> None:
         """A `die` event is itself proof the process ended. Inspecting now would
         wait ~100 ms on dockerd's lock while it tears the network down."""
         known = self.desires[container_id]
         keep = self.config.deregister == "on-success" and exit_code.isdigit() and 0 < int(exit_code) < 128
         self.desires[container_id] = ContainerDesire(known.container_id, known.container_name, known.created,
-                                                     (), keep_existing=keep)
+                                                     (), keep_existing=keep,
+                                                     status=ContainerStatus(running=False))
 
-    def sync(self) -> None:
+    def _agent_is_the_same(self) -> bool:
+        """False when the agent restarted (a new node ID): it lost everything, re-register all."""
+        try:
+            info = self.registry.agent_info()
+        except RegistryError:
+            return False  # sync() reports the failure
+        same = self.agent is not None and info.node_id == self.agent.node_id
+        if self.agent is not None and not same:
+            logger.warning("the Consul agent restarted (node ID {} -> {}); re-registering everything",
+                           self.agent.node_id, info.node_id)
+            self.reaped.clear()
+        self.agent = info
+        return same
+
+    def sync(self, previous: dict[str, RegisteredService] | None = None) -> None:
         if self.actual is None:
             if time.monotonic() < self._registry_retry_at:
                 return
@@ -207,14 +274,23 @@ class Daemon:
             except RegistryError as error:
                 self._schedule_retry(str(error))
                 return
+            if previous:
+                self._notice_reaped(previous)
         desired, conflicts = desired_services(self.desires.values())
         for warning in conflicts:
             logger.warning(warning)
+        for service_id in self._force_register:
+            self.actual.pop(service_id, None)
+        self._force_register.clear()
+        self.probes.set_services([s for s in desired.values() if s.id not in self.reaped],
+                                 {d.container_id: d.status for d in self.desires.values()})
         kept = frozenset(d.container_id for d in self.desires.values() if d.keep_existing)
-        todo = plan(desired, self.actual, self.config.hostname, kept, self.config.cleanup, self.failing)
+        todo = plan(desired, self.actual, self.config.hostname, kept, self.config.cleanup,
+                    {**self.failing, **{sid: digest for sid, (digest, _) in self.reaped.items()}})
         if not todo:
             return
         result = apply(todo, self.registry)
+        self.probes.report_now({service.id for service in result.registered})
         for service in result.registered:
             self.actual[service.id] = registered_form(service)
         for gone in result.deregistered:
@@ -222,6 +298,13 @@ class Daemon:
         for service_id, _ in result.failed:
             if service_id in desired:
                 self.failing[service_id] = desired[service_id].digest
+        if result.scripts_refused and self.settings.checks.agent_runs_scripts:
+            logger.warning("the agent refused a check that runs a command (script checks disabled): from now on "
+                           "SERVICE_CHECK_DOCKER commands are run by this daemon, SERVICE_CHECK_SCRIPT is dropped")
+            self.settings = replace(self.settings, checks=replace(self.settings.checks, agent_runs_scripts=False))
+            self._reported.clear()
+            self.failing.clear()
+            self.hints.put(Hint("", "scripts refused"))
         if result.unavailable:
             self.actual = None
             self._schedule_retry(result.unavailable)
@@ -241,18 +324,19 @@ class Daemon:
         name = str(container.get("Name") or "").lstrip("/")
         created = str(container.get("Created") or "")
         state = container.get("State") if isinstance(container.get("State"), dict) else {}
+        status = ContainerStatus.from_inspect(container)
         if not state.get("Running"):
             exit_code = state.get("ExitCode")
             keep = (self.config.deregister == "on-success" and isinstance(exit_code, int)
                     and 0 < exit_code < 128)
-            return ContainerDesire(container_id, name, created, (), keep_existing=keep)
+            return ContainerDesire(container_id, name, created, (), keep_existing=keep, status=status)
         try:
             records = map_container(container, self.settings, network_peer=self._network_peer(container))
         except Exception:  # mapping is pure and never raises; if it ever does, one container pays
             logger.exception("container {}: could not map it; skipped", name)
             return ContainerDesire(container_id, name, created)
         self._report(name, container_id, records.warnings, records.services, records.skipped_reason)
-        return ContainerDesire(container_id, name, created, tuple(records.services))
+        return ContainerDesire(container_id, name, created, tuple(records.services), status=status)
 
     def _network_peer(self, container: dict[str, Any]) -> dict[str, Any] | None:
         mode = str((container.get("HostConfig") or {}).get("NetworkMode") or "")

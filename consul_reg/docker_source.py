@@ -70,6 +70,10 @@ class DockerSource:
             self._client = docker.APIClient(base_url=base_url, timeout=timeout, version=API_VERSION)
         # Inspect results keyed by the container's listing minus its "Status"
         # text (which moves with time): an unchanged listing means unchanged data.
+        # Exec probes run on worker threads: a client of their own, so they never
+        # queue behind the sync loop's calls.
+        self._exec_client = (docker.from_env(timeout=timeout, version=API_VERSION).api if base_url is None
+                             else docker.APIClient(base_url=base_url, timeout=timeout, version=API_VERSION))
         self._inspect_cache: LRUCache[str, dict[str, Any]] = LRUCache(maxsize=8192)
         self.description = base_url or os.environ.get("DOCKER_HOST", "")
 
@@ -97,6 +101,31 @@ class DockerSource:
         if inspected is not None:
             self._inspect_cache[key] = inspected
         return inspected
+
+    def exec_in_container(self, container_id: str, command: str, timeout: float) -> tuple[int, str]:
+        """Run `sh -c command` in the container (Docker exec API): (exit code, output).
+        A command still running after `timeout` counts as failed (exit code -1)."""
+        created = self._guard("create an exec", self._exec_client.exec_create, container_id,
+                              ["/bin/sh", "-c", command], stdout=True, stderr=True)
+        result: dict[str, object] = {}
+
+        def run() -> None:
+            try:
+                result["output"] = self._exec_client.exec_start(created["Id"], stream=False)
+            except Exception as error:  # reported as the check's output
+                result["error"] = error
+
+        worker = threading.Thread(target=run, name="exec-start", daemon=True)
+        worker.start()
+        worker.join(timeout)
+        if worker.is_alive():
+            return -1, f"timed out after {timeout:g}s"
+        if "error" in result:
+            return -1, f"docker exec failed: {_describe(result['error'])}"  # type: ignore[arg-type]
+        raw = result.get("output") or b""
+        output = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+        exit_code = self._guard("inspect an exec", self._exec_client.exec_inspect, created["Id"]).get("ExitCode")
+        return (exit_code if isinstance(exit_code, int) else -1), output.strip()
 
     def follow_events(self, hints: queue.Queue[Hint], stop: threading.Event,
                       retry_interval: float = 1.0, max_backoff: float = 30.0) -> threading.Thread:
@@ -156,6 +185,7 @@ class DockerSource:
 
     def close(self) -> None:
         self._client.close()
+        self._exec_client.close()
 
 
 def _hint_from_event(event: object) -> Hint | None:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from typing import Any
 
-from consul_reg import labels
+from consul_reg import labels, workers
+from consul_reg.checks import CheckSettings, service_checks
 from consul_reg.labels import KeyValue, ServiceKeys
-from consul_reg.model import MARKER_KEYS, Check, Service, marker_meta
+from consul_reg.model import MARKER_KEYS, Service, marker_meta
 
 UNSPECIFIED_HOST_IPS = ("", "0.0.0.0", "::")
 COMPOSE_SERVICE_LABEL = "com.docker.compose.service"
@@ -38,6 +39,8 @@ class MappingSettings:
     explicit: bool = False  # -explicit
     use_ip_from_label: str | None = None  # -useIpFromLabel
     force_tags: tuple[str, ...] = ()  # -tags
+    checks: CheckSettings = CheckSettings()
+    health_reassert_seconds: float = 30.0  # how often docker-health checks are re-asserted
 
 
 @dataclass(frozen=True)
@@ -60,15 +63,10 @@ class ContainerRecords:
     skipped_reason: str = ""
 
 
-# Builds the checks of one service from its keys; checks.py plugs in here.
-CheckBuilder = Callable[[dict[str, KeyValue], Service, PublishedPort, list[str]], tuple[Check, ...]]
-
-
 def map_container(
     container: dict[str, Any],
     settings: MappingSettings,
     network_peer: dict[str, Any] | None = None,
-    build_checks: CheckBuilder | None = None,
     extra_sources: tuple[tuple[str, list[tuple[str, str]]], ...] = (),
 ) -> ContainerRecords:
     """Map one container's inspect dict to the services it should have.
@@ -93,7 +91,12 @@ def map_container(
     ports = published_ports(container, settings.internal)
     _warn_unknown_port_keys(keys, ports, records.warnings)
     if not ports:
-        records.skipped_reason = "it publishes no port" + (" and exposes none" if settings.internal else "")
+        worker = _portless_service(container, keys, settings, network_peer, records)
+        if worker is not None:
+            records.services.append(worker)
+        else:
+            records.skipped_reason = ("it publishes no port" + (" and exposes none" if settings.internal else "")
+                                      + " and sets no SERVICE_NAME")
         return records
 
     is_group = len(ports) > 1
@@ -102,12 +105,8 @@ def map_container(
         service = _service_for_port(
             container, keys, port, is_group, default_name, settings, network_peer, records
         )
-        if service is None:
-            continue
-        if build_checks is not None:
-            checks = build_checks(keys.for_port(port.exposed), service, port, records.warnings)
-            service = _with_checks(service, checks)
-        records.services.append(service)
+        if service is not None:
+            records.services.append(service)
     if not records.services and not records.skipped_reason:
         records.skipped_reason = "every port was ignored or unnamed"
     return records
@@ -212,6 +211,11 @@ def _service_for_port(
 
     meta = service_meta(merged, records.warnings)
     meta.update(marker_meta(settings.hostname, records.container_id))
+    checks = service_checks(merged, service_id, name, address, port_number, records.container_id,
+                            settings.checks, records.warnings)
+    if workers.has_healthcheck(container):
+        checks += (workers.docker_health_check(service_id, name, records.container_id,
+                                               settings.health_reassert_seconds),)
     return Service(
         id=service_id,
         name=name,
@@ -219,9 +223,46 @@ def _service_for_port(
         port=port_number,
         tags=tuple(labels.unique(tags)),
         meta=tuple(sorted(meta.items())),
+        checks=checks,
         container_id=records.container_id,
         container_name=records.container_name,
         exposed_port=f"{port.exposed}/{port.protocol}",
+        address_reason=reason,
+    )
+
+
+def _portless_service(
+    container: dict[str, Any],
+    keys: ServiceKeys,
+    settings: MappingSettings,
+    network_peer: dict[str, Any] | None,
+    records: ContainerRecords,
+) -> Service | None:
+    """A worker that listens on no port but names itself: registered without a
+    port, with a heartbeat the daemon owns."""
+    name = _non_empty(keys.general.get("name"), records.warnings)
+    if name is None:
+        return None
+    service_id = _non_empty(keys.general.get("id"), records.warnings) or \
+        f"{settings.hostname}:{records.container_name}"
+    no_port = PublishedPort(exposed="", protocol="", host_port="", host_ip="")
+    address, reason = choose_address(container, keys.general, no_port, settings, network_peer, records.warnings)
+    tags = labels.split_tags(keys.general["tags"].value) if "tags" in keys.general else []
+    meta = service_meta(keys.general, records.warnings)
+    meta.update(marker_meta(settings.hostname, records.container_id))
+    checks = service_checks(keys.general, service_id, name, address, None, records.container_id,
+                            settings.checks, records.warnings)
+    checks += (workers.heartbeat_check(keys.general, service_id, name, records.container_id, records.warnings),)
+    return Service(
+        id=service_id,
+        name=name,
+        address=address,
+        port=None,
+        tags=tuple(labels.unique([*tags, *settings.force_tags])),
+        meta=tuple(sorted(meta.items())),
+        checks=checks,
+        container_id=records.container_id,
+        container_name=records.container_name,
         address_reason=reason,
     )
 
@@ -331,10 +372,6 @@ def _warn_unknown_port_keys(keys: ServiceKeys, ports: list[PublishedPort], warni
             for entry in scoped.values():
                 warnings.append(f"key {labels.show(entry.original_key)}: port {port} is not "
                                 "published by this container, ignored")
-
-
-def _with_checks(service: Service, checks: tuple[Check, ...]) -> Service:
-    return replace(service, checks=checks)
 
 
 def _non_empty(entry: KeyValue | None, warnings: list[str]) -> str | None:

@@ -23,20 +23,62 @@ MARKER_KEYS = frozenset({MARKER_SOURCE_KEY, MARKER_HOST_KEY, MARKER_CONTAINER_KE
 
 
 @dataclass(frozen=True)
+class ContainerStatus:
+    """A container's run and Docker-health state, for daemon-owned checks."""
+
+    running: bool = True
+    paused: bool = False
+    health: str = ""  # "", "starting", "healthy", "unhealthy"
+    health_output: str = ""
+
+    @classmethod
+    def from_inspect(cls, container: dict) -> "ContainerStatus":
+        state = container.get("State") if isinstance(container.get("State"), dict) else {}
+        health = state.get("Health") if isinstance(state.get("Health"), dict) else {}
+        log = health.get("Log") if isinstance(health.get("Log"), list) else []
+        last = log[-1] if log and isinstance(log[-1], dict) else {}
+        return cls(running=bool(state.get("Running")), paused=bool(state.get("Paused")),
+                   health=str(health.get("Status") or ""), health_output=str(last.get("Output") or "").strip())
+
+
+@dataclass(frozen=True)
+class DaemonProbe:
+    """What the daemon itself reports to a TTL check it owns (the agent only
+    stores the result): a heartbeat, a command run in the container through
+    the Docker exec API, or the container's Docker health."""
+
+    kind: str  # "heartbeat", "exec", "docker-health"
+    interval: float  # seconds between reports
+    timeout: float = 10.0
+    command: str = ""
+    container_id: str = ""
+
+
+@dataclass(frozen=True)
 class Check:
     """One Consul agent check attached to a service.
 
     `definition` holds the Consul check fields (HTTP, Interval, ...) as
-    sorted pairs so the record stays hashable.
+    sorted pairs (nested dicts too) so the record stays hashable.
     """
 
     check_id: str
     name: str
     definition: tuple[tuple[str, object], ...] = ()
+    daemon_probe: DaemonProbe | None = None
 
     @property
     def definition_dict(self) -> dict[str, object]:
-        return dict(self.definition)
+        return {key: _thaw(value) for key, value in self.definition}
+
+
+def _thaw(value: object) -> object:
+    """Back from the frozen form: tuples of (str, x) pairs are dicts, other tuples lists."""
+    if isinstance(value, tuple):
+        if value and all(isinstance(v, tuple) and len(v) == 2 and isinstance(v[0], str) for v in value):
+            return {k: _thaw(v) for k, v in value}
+        return [_thaw(v) for v in value]
+    return value
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ from typing import Iterable, Mapping
 
 from loguru import logger
 
-from consul_reg.model import RegisteredService, Service
-from consul_reg.registries.base import Registry, RegistryError, RegistryUnavailable
+from consul_reg.model import ContainerStatus, RegisteredService, Service
+from consul_reg.registries.base import Registry, RegistryError, RegistryScriptsRefused, RegistryUnavailable
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,7 @@ class ContainerDesire:
     created: str  # Docker's Created timestamp; the older container wins an ID
     services: tuple[Service, ...] = ()
     keep_existing: bool = False
+    status: ContainerStatus = ContainerStatus()
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class ApplyResult:
     deregistered: list[RegisteredService] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (service id, message)
     unavailable: str = ""  # set when the registry could not be reached: stop and retry later
+    scripts_refused: bool = False  # a check that runs a command was refused by the registry
 
 
 def desired_services(desires: Iterable[ContainerDesire]) -> tuple[dict[str, Service], list[str]]:
@@ -120,6 +122,10 @@ def apply(plan_to_apply: Plan, registry: Registry) -> ApplyResult:
         except RegistryUnavailable as error:
             result.unavailable = str(error)
             return result
+        except RegistryScriptsRefused as error:
+            result.scripts_refused = True
+            result.failed.append((service.id, str(error)))
+            continue
         except RegistryError as error:
             logger.bind(action="register", service_id=service.id, container=service.container_name).error(
                 "could not register {} for container {}: {}", service.id, service.container_name, error

@@ -19,6 +19,14 @@ class RegistryPermissionDenied(RegistryError):
     """The registry refused for lack of permission (a 403 from Consul's ACLs)."""
 
 
+class RegistryScriptsRefused(RegistryError):
+    """The registry refused a check that runs a command (Consul without enable_script_checks)."""
+
+
+class RegistryCheckMissing(RegistryError, LookupError):
+    """A check update was refused because the registry does not know the check."""
+
+
 class Registry(Protocol):
     """Where services are written. `services()` returns what it holds now."""
 

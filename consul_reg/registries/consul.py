@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import ssl
+import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +20,13 @@ import httpx
 from consul.exceptions import ACLPermissionDenied, ConsulException
 
 from consul_reg.model import MARKER_DIGEST_KEY, RegisteredService, Service
-from consul_reg.registries.base import RegistryError, RegistryPermissionDenied, RegistryUnavailable
+from consul_reg.registries.base import (
+    RegistryCheckMissing,
+    RegistryError,
+    RegistryPermissionDenied,
+    RegistryScriptsRefused,
+    RegistryUnavailable,
+)
 
 DEFAULT_TIMEOUT_SECONDS = 10.0
 
@@ -57,6 +64,19 @@ class AgentInfo:
     node_name: str
     node_id: str
     advertise_address: str
+    runs_remote_scripts: bool  # enable_script_checks: script and docker checks may be registered over HTTP
+
+
+def _http_client(endpoint: ConsulEndpoint, timeout: float) -> httpx.Client:
+    """A pooled keep-alive client for the endpoint: TCP, TLS (verified) or unix socket."""
+    verify: ssl.SSLContext | bool = True
+    if endpoint.scheme == "https":
+        verify = ssl.create_default_context(cafile=endpoint.ca_file)
+        if endpoint.client_cert:
+            verify.load_cert_chain(endpoint.client_cert, endpoint.client_key)
+    transport = httpx.HTTPTransport(uds=endpoint.socket_path, verify=verify, retries=0)
+    base = "http://consul" if endpoint.socket_path else f"{endpoint.scheme}://{endpoint.host}:{endpoint.port}"
+    return httpx.Client(transport=transport, timeout=timeout, base_url=base)
 
 
 class _HttpxTransport(consul.base.HTTPClient):
@@ -65,13 +85,7 @@ class _HttpxTransport(consul.base.HTTPClient):
     def __init__(self, endpoint: ConsulEndpoint, timeout: float) -> None:
         host = "localhost" if endpoint.socket_path else endpoint.host
         super().__init__(host, endpoint.port, endpoint.scheme, True, None)
-        verify: ssl.SSLContext | bool = True
-        if endpoint.scheme == "https":
-            verify = ssl.create_default_context(cafile=endpoint.ca_file)
-            if endpoint.client_cert:
-                verify.load_cert_chain(endpoint.client_cert, endpoint.client_key)
-        transport = httpx.HTTPTransport(uds=endpoint.socket_path, verify=verify, retries=0)
-        self.client = httpx.Client(transport=transport, timeout=timeout)
+        self.client = _http_client(endpoint, timeout)
 
     def _send(self, method: str, callback, path, params, data, headers, raw: bool = False):
         response = self.client.request(method, self.uri(path, params), content=data or None, headers=headers)
@@ -115,6 +129,9 @@ class ConsulRegistry:
         self.endpoint = endpoint
         self.description = f"consul {endpoint}"
         self._client = _Consul(endpoint, token, timeout)
+        self._ttl_http = _http_client(endpoint, timeout)
+        if token:
+            self._ttl_http.headers["X-Consul-Token"] = token
 
     def agent_info(self) -> AgentInfo:
         info = self._call("read the agent's own information", self._client.agent.self)
@@ -127,6 +144,7 @@ class ConsulRegistry:
             node_name=str(config.get("NodeName") or ""),
             node_id=str(config.get("NodeID") or ""),
             advertise_address=address,
+            runs_remote_scripts=bool(debug.get("EnableRemoteScriptChecks", debug.get("EnableScriptChecks", False))),
         )
 
     def services(self) -> dict[str, RegisteredService]:
@@ -157,8 +175,30 @@ class ConsulRegistry:
     def deregister(self, service: RegisteredService) -> None:
         self._call(f"deregister {service.id}", self._client.agent.service.deregister, service.id)
 
+    def update_check(self, check_id: str, status: str, output: str) -> None:
+        """Report a TTL check. The hot path (one call per heartbeat): straight
+        httpx on its own pooled client, no py-consul layers."""
+        path = "/v1/agent/check/update/" + urllib.parse.quote(check_id, safe="")
+        try:
+            response = self._ttl_http.put(path, json={"Status": status, "Output": output})
+        except httpx.HTTPError as error:
+            raise RegistryUnavailable(f"{self.description}: could not update check {check_id}: "
+                                      f"{type(error).__name__}") from None
+        if response.status_code == 200:
+            return
+        body = _one_line(response.text)
+        if response.status_code == 403:
+            raise RegistryPermissionDenied(f"{self.description}: permission denied to update check "
+                                           f"{check_id}: {body}")
+        if response.status_code in (404, 500) and ("Unknown check" in body or "does not have" in body
+                                                    or "not found" in body.lower()):
+            raise RegistryCheckMissing(f"{self.description}: check {check_id} is unknown to the agent")
+        raise RegistryError(f"{self.description}: could not update check {check_id}: "
+                            f"{response.status_code} {body}")
+
     def close(self) -> None:
         self._client.http.close()
+        self._ttl_http.close()
 
     def _call(self, what: str, function, *args, **kwargs) -> Any:
         try:
@@ -169,6 +209,9 @@ class ConsulRegistry:
                 f"{_one_line(str(error))}"
             ) from None
         except ConsulException as error:
+            if "Scripts are disabled" in str(error):
+                raise RegistryScriptsRefused(f"{self.description}: the agent refused to {what}: "
+                                             f"{_one_line(str(error))}") from None
             raise RegistryError(f"{self.description}: could not {what}: {_one_line(str(error))}") from None
         except httpx.HTTPError as error:
             raise RegistryUnavailable(

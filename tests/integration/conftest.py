@@ -85,6 +85,16 @@ class Consul:
     def services_of(self, hostname: str) -> dict[str, dict[str, Any]]:
         return {sid: s for sid, s in self.services().items() if (s.get("Meta") or {}).get("consul_reg_host") == hostname}
 
+    def checks_of(self, service_id: str) -> dict[str, dict[str, Any]]:
+        response = self.http.get("/v1/agent/checks")
+        response.raise_for_status()
+        return {cid: c for cid, c in response.json().items() if c.get("ServiceID") == service_id}
+
+    def check_status(self, check_id: str) -> str:
+        response = self.http.get("/v1/agent/checks")
+        response.raise_for_status()
+        return (response.json().get(check_id) or {}).get("Status", "")
+
     def register(self, payload: dict[str, Any]) -> None:
         self.http.put("/v1/agent/service/register", json=payload).raise_for_status()
 

@@ -1,0 +1,306 @@
+"""SERVICE_CHECK_* keys -> Consul agent check definitions. Pure: no I/O, never raises.
+
+Every kind that is set yields its own check with a stable ID
+`service:<service-id>:<kind>`, except the application-owned TTL check, which
+keeps Consul's default ID `service:<service-id>` that applications PUT to.
+Fields the agent's version does not know are left out (Consul 1.7+ refuses
+a registration with any unknown field).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from consul_reg.labels import KeyValue, show
+from consul_reg.model import Check, DaemonProbe
+
+DEFAULT_INTERVAL = "10s"
+_DURATION = re.compile(r"^(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+$")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9-]+$")
+INITIAL_STATUSES = ("passing", "warning", "critical")
+TRUE_VALUES = ("true", "1", "yes", "on")
+# Kinds that probe a network endpoint, with the key that enables each.
+NETWORK_KINDS = ("http", "https", "tcp", "grpc", "h2ping", "udp")
+# Check fields that appeared after Consul 1.7 (the oldest agent that refuses unknown fields).
+FIELD_MIN_VERSION = {"H2PING": (1, 10), "H2PingUseTLS": (1, 10), "TLSServerName": (1, 10), "UDP": (1, 13)}
+
+
+@dataclass(frozen=True)
+class CheckSettings:
+    agent_version: tuple[int, int] = (1, 8)
+    agent_runs_scripts: bool = True  # the agent has enable_script_checks
+    refuse_script_checks: bool = False  # --no-script-checks
+    exec_checks: str = "agent"  # --exec-checks agent|daemon
+
+
+def parse_duration(text: str) -> float | None:
+    """A Go duration ("1m30s") in seconds, or None when it is not one."""
+    text = text.strip()
+    if not _DURATION.match(text):
+        return None
+    return sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(text))
+
+
+def parse_version(text: str) -> tuple[int, int]:
+    match = re.match(r"^v?(\d+)\.(\d+)", text.strip())
+    return (int(match.group(1)), int(match.group(2))) if match else (1, 7)
+
+
+def service_checks(
+    keys: dict[str, KeyValue],
+    service_id: str,
+    service_name: str,
+    address: str,
+    port: int | None,
+    container_id: str,
+    settings: CheckSettings,
+    warnings: list[str],
+) -> tuple[Check, ...]:
+    """All checks the keys of one service (general merged with its port's) ask for."""
+    builder = _Builder(keys, service_id, service_name, address, port, container_id, settings, warnings)
+    return builder.build()
+
+
+class _Builder:
+    def __init__(self, keys, service_id, service_name, address, port, container_id, settings, warnings) -> None:
+        self.keys: dict[str, KeyValue] = keys
+        self.service_id: str = service_id
+        self.service_name: str = service_name
+        self.address: str = address
+        self.port: int | None = port
+        self.container_id: str = container_id
+        self.settings: CheckSettings = settings
+        self.warnings: list[str] = warnings
+
+    def build(self) -> tuple[Check, ...]:
+        if not any(k.startswith("check_") for k in self.keys):
+            return ()
+        common = self._common_fields()
+        if common is None:
+            return ()
+        checks: list[Check | None] = []
+        for kind in NETWORK_KINDS:
+            if self._value(f"check_{kind}") is not None:
+                checks.append(self._network_check(kind, common))
+        if self._value("check_script") is not None:
+            checks.append(self._script_check(common))
+        if self._value("check_docker") is not None:
+            checks.append(self._docker_check(common))
+        if self._value("check_ttl") is not None:
+            checks.append(self._app_ttl_check(common))
+        return tuple(c for c in checks if c is not None)
+
+    # -- key access -------------------------------------------------------
+
+    def _value(self, key: str) -> str | None:
+        entry = self.keys.get(key)
+        if entry is None or not entry.value.strip():
+            return None
+        return entry.value.strip()
+
+    def _warn(self, key: str, message: str) -> None:
+        entry = self.keys.get(key)
+        written = entry.original_key if entry else "SERVICE_" + key.upper()
+        value = f"={show(entry.value)}" if entry else ""
+        self.warnings.append(f"key {show(written)}{value}: {message}")
+
+    def _duration(self, key: str) -> str | None | bool:
+        """The duration under `key`; None when unset; False when invalid (warned)."""
+        value = self._value(key)
+        if value is None:
+            return None
+        if parse_duration(value) is None:
+            self._warn(key, "not a duration (like 10s, 1m30s), so that check is dropped")
+            return False
+        return value
+
+    # -- shared fields ----------------------------------------------------
+
+    def _common_fields(self) -> dict[str, object] | None:
+        """Fields every check of this service shares; None drops them all (warned)."""
+        fields: dict[str, object] = {}
+        status = self._value("check_initial_status")
+        if status is not None:
+            if status.lower() not in INITIAL_STATUSES:
+                self._warn("check_initial_status", f"must be one of {', '.join(INITIAL_STATUSES)}; ignored")
+            else:
+                fields["Status"] = status.lower()
+        deregister_after = self._duration("check_deregister_after")
+        if deregister_after is False:
+            return None
+        if deregister_after:
+            fields["DeregisterCriticalServiceAfter"] = deregister_after
+        for key, field_name in (("check_success_before_passing", "SuccessBeforePassing"),
+                                ("check_failures_before_critical", "FailuresBeforeCritical")):
+            value = self._value(key)
+            if value is None:
+                continue
+            if not value.isdigit():
+                self._warn(key, "must be a whole number; ignored")
+            else:
+                fields[field_name] = int(value)
+        notes = self._value("check_notes")
+        if notes is not None:
+            fields["Notes"] = notes
+        return fields
+
+    def _timing(self, kind: str) -> dict[str, object] | None:
+        """Interval and timeout: CHECK_<KIND>_INTERVAL overrides CHECK_INTERVAL."""
+        fields: dict[str, object] = {}
+        for suffix, field_name, default in (("interval", "Interval", DEFAULT_INTERVAL), ("timeout", "Timeout", None)):
+            specific_key = f"check_{kind}_{suffix}"
+            key = specific_key if self._value(specific_key) is not None else f"check_{suffix}"
+            value = self._duration(key)
+            if value is False:
+                return None
+            if value or default:
+                fields[field_name] = value or default
+        return fields
+
+    # -- kinds ------------------------------------------------------------
+
+    def _network_check(self, kind: str, common: dict[str, object]) -> Check | None:
+        key = f"check_{kind}"
+        value = self._value(key) or ""
+        timing = self._timing(kind)
+        if timing is None:
+            return None
+        address = self._value("check_address") or self.address
+        port_text = self._value("check_port")
+        port = self.port
+        if port_text is not None:
+            if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+                self._warn("check_port", "not a port number, so that check is dropped")
+                return None
+            port = int(port_text)
+        if port is None:
+            self._warn(key, "this service has no port; set SERVICE_CHECK_PORT, so that check is dropped")
+            return None
+        needed = FIELD_MIN_VERSION.get(kind.upper())
+        if needed and self.settings.agent_version < needed:
+            self._warn(key, f"{kind.upper()} checks need Consul {needed[0]}.{needed[1]} or later; this agent is "
+                            f"{self.settings.agent_version[0]}.{self.settings.agent_version[1]}, so it is dropped")
+            return None
+        host = f"[{address}]" if ":" in address else address
+        fields: dict[str, object] = {**common, **timing}
+        if kind in ("http", "https"):
+            path = value if value.startswith("/") else "/" + value
+            fields["HTTP"] = f"{kind}://{host}:{port}{path}"
+            method = self._value(f"check_{kind}_method")
+            if method is not None:
+                if not re.fullmatch(r"[A-Za-z]+", method):
+                    self._warn(f"check_{kind}_method", "not an HTTP method, so that check is dropped")
+                    return None
+                fields["Method"] = method.upper()
+            headers = self._headers()
+            if headers is None:
+                return None
+            if headers:
+                fields["Header"] = headers
+            if kind == "https" and self._flag("check_tls_skip_verify"):
+                fields["TLSSkipVerify"] = True
+        elif kind in ("tcp", "udp"):
+            fields[kind.upper()] = f"{host}:{port}"
+        elif kind == "grpc":
+            service_suffix = "" if value.lower() in TRUE_VALUES else "/" + value
+            fields["GRPC"] = f"{host}:{port}{service_suffix}"
+            if self._flag("check_grpc_use_tls"):
+                fields["GRPCUseTLS"] = True
+                if self._flag("check_tls_skip_verify"):
+                    fields["TLSSkipVerify"] = True
+        elif kind == "h2ping":
+            fields["H2PING"] = f"{host}:{port}"
+        server_name = self._value("check_tls_server_name")
+        if server_name is not None and kind in ("https", "grpc", "h2ping"):
+            fields["TLSServerName"] = server_name
+        return self._check(kind, fields)
+
+    def _headers(self) -> dict[str, list[str]] | None:
+        headers: dict[str, list[str]] = {}
+        for key in sorted(self.keys):
+            if not key.startswith("check_http_header"):
+                continue
+            raw_name = key[len("check_http_header"):].lstrip("_")
+            name = "-".join(part.capitalize() for part in raw_name.split("_") if part)
+            if not name or not _HEADER_NAME.match(name):
+                self._warn(key, "a header needs a name of letters, digits and _ (CHECK_HTTP_HEADER_X_API_KEY)"
+                                ", so that check is dropped")
+                return None
+            headers.setdefault(name, []).append(self.keys[key].value)
+        return headers
+
+    def _script_check(self, common: dict[str, object]) -> Check | None:
+        if self.settings.refuse_script_checks:
+            self._warn("check_script", "script checks are refused here (--no-script-checks); dropped")
+            return None
+        if not self.settings.agent_runs_scripts:
+            self._warn("check_script", "the agent has script checks disabled (enable_script_checks) and the "
+                                       "daemon never runs container-declared commands on the host; dropped")
+            return None
+        timing = self._timing("script")
+        if timing is None:
+            return None
+        command = (self._value("check_script") or "").replace("$SERVICE_IP", self.address)
+        command = command.replace("$SERVICE_PORT", "" if self.port is None else str(self.port))
+        return self._check("script", {**common, **timing, "Args": ["/bin/sh", "-c", command]})
+
+    def _docker_check(self, common: dict[str, object]) -> Check | None:
+        timing = self._timing("docker")
+        if timing is None:
+            return None
+        command = self._value("check_docker") or ""
+        if self.settings.exec_checks == "daemon" or not self.settings.agent_runs_scripts:
+            interval = parse_duration(str(timing["Interval"])) or 10.0
+            timeout = parse_duration(str(timing.get("Timeout", ""))) or min(interval, 10.0)
+            ttl = f"{max(3 * interval, interval + timeout + 5):g}s"
+            probe = DaemonProbe(kind="exec", interval=interval, timeout=timeout, command=command,
+                                container_id=self.container_id)
+            fields = {k: v for k, v in common.items() if k != "Status"}
+            fields.update({"TTL": ttl, "Status": common.get("Status", "critical")})
+            return self._check("docker", fields, probe)
+        return self._check("docker", {**common, **timing, "DockerContainerID": self.container_id,
+                                      "Shell": "/bin/sh", "Args": ["/bin/sh", "-c", command]})
+
+    def _app_ttl_check(self, common: dict[str, object]) -> Check | None:
+        ttl = self._duration("check_ttl")
+        if not ttl:
+            return None
+        fields = {**common, "TTL": ttl}
+        return Check(check_id=f"service:{self.service_id}", name=f"Service '{self.service_name}' TTL check",
+                     definition=_frozen(self._for_agent(fields)))
+
+    # -- helpers ----------------------------------------------------------
+
+    def _flag(self, key: str) -> bool:
+        value = self._value(key)
+        return value is not None and value.lower() in TRUE_VALUES
+
+    def _check(self, kind: str, fields: dict[str, object], probe: DaemonProbe | None = None) -> Check:
+        return Check(check_id=f"service:{self.service_id}:{kind}",
+                     name=f"Service '{self.service_name}' {kind} check",
+                     definition=_frozen(self._for_agent(fields)), daemon_probe=probe)
+
+    def _for_agent(self, fields: dict[str, object]) -> dict[str, object]:
+        kept = {}
+        for name, value in fields.items():
+            needed = FIELD_MIN_VERSION.get(name)
+            if needed and self.settings.agent_version < needed:
+                self.warnings.append(
+                    f"check field {name} needs Consul {needed[0]}.{needed[1]} or later and this agent is "
+                    f"{self.settings.agent_version[0]}.{self.settings.agent_version[1]}: left out")
+                continue
+            kept[name] = value
+        return kept
+
+
+def _frozen(fields: dict[str, object]) -> tuple[tuple[str, object], ...]:
+    def freeze(value: object) -> object:
+        if isinstance(value, dict):
+            return tuple(sorted((k, freeze(v)) for k, v in value.items()))
+        if isinstance(value, list):
+            return tuple(freeze(v) for v in value)
+        return value
+    return tuple(sorted((k, freeze(v)) for k, v in fields.items()))
