@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="refuse containers' SERVICE_CHECK_SCRIPT (it runs on the host as the agent's user)")
     add("--exec-checks", dest="exec_checks", default="agent", choices=["agent", "daemon"],
         help="who runs SERVICE_CHECK_DOCKER commands: the agent (docker check) or this daemon (docker exec)")
+    add("--drain-timeout", dest="drain_timeout", type=float, default=30.0, metavar="SECONDS",
+        help="how long a container stopped by a signal stays in maintenance waiting for its death")
     add("--hostname", default=None, help="host name used in service IDs (default: this machine's)")
     add("--log-level", default="INFO", type=str.upper,
         choices=["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"])
@@ -85,6 +87,8 @@ def parse_config(argv: Sequence[str], environ: dict[str, str] | None = None) -> 
         raise UsageError(f"-retry-attempts must be -1 (forever) or at least 0 (got {args.retry_attempts})")
     if args.deregister not in ("always", "on-success"):
         raise UsageError(f"-deregister must be 'always' or 'on-success' (got {args.deregister!r})")
+    if args.drain_timeout < 0:
+        raise UsageError(f"--drain-timeout must not be negative (got {args.drain_timeout:g})")
     if args.resync < 0:
         raise UsageError(f"-resync must not be negative (got {args.resync:g})")
 
@@ -118,6 +122,7 @@ def parse_config(argv: Sequence[str], environ: dict[str, str] | None = None) -> 
         cleanup=args.cleanup,
         deregister_on_exit=args.deregister_on_exit,
         no_script_checks=args.no_script_checks,
+        drain_timeout=args.drain_timeout,
         exec_checks=args.exec_checks,
         log_level=args.log_level,
         log_format=args.log_format,

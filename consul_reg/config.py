@@ -28,6 +28,7 @@ class Config:
     deregister_on_exit: bool = False
     log_level: str = "INFO"
     log_format: str = "text"
+    drain_timeout: float = 30.0
     no_script_checks: bool = False
     exec_checks: str = "agent"  # or "daemon": the daemon runs CHECK_DOCKER commands itself
     token_file: str | None = None

@@ -22,6 +22,7 @@ from consul_reg import logs
 from consul_reg.config import Config
 from consul_reg.docker_source import DockerSource, DockerUnavailable, Hint
 from consul_reg.mapping import MappingSettings, map_container
+from consul_reg.drain import Drainer
 from consul_reg.heartbeat import ProbeScheduler
 from consul_reg.model import ContainerStatus, RegisteredService, registered_form
 from consul_reg.reconcile import ContainerDesire, apply, desired_services, plan
@@ -54,6 +55,7 @@ class Daemon:
         # service ID -> (digest, container ID) the agent reaped (deregister-after)
         self.reaped: dict[str, tuple[str, str]] = {}
         self.probes = ProbeScheduler(registry, docker, self._check_missing)
+        self.drainer = Drainer(registry, config.drain_timeout)
 
     # -- start and stop ---------------------------------------------------
 
@@ -119,13 +121,22 @@ class Daemon:
         return 0
 
     def handle(self, batch: list[Hint]) -> None:
+        self.drainer.expire()
         for hint in batch:
             if hint.action == "check missing":
                 self._force_register.add(dict(hint.attributes)["service_id"])
         if self._due() or any(h.full_resync for h in batch):
             self.full_sync()
         elif batch:
-            latest = {h.container_id: h for h in batch}
+            for hint in batch:
+                if hint.action == "kill" and hint.container_id in self.desires:
+                    known = self.desires[hint.container_id]
+                    self.drainer.on_kill(known.container_name, known.container_id,
+                                         tuple(s.id for s in known.services),
+                                         dict(hint.attributes).get("signal", ""), known.stop_signal)
+                elif hint.action == "die":
+                    self.drainer.on_die(hint.container_id)
+            latest = {h.container_id: h for h in batch if h.action != "kill"}
             before = {cid: self.desires[cid].status for cid in latest if cid in self.desires}
             for container_id, hint in latest.items():
                 if hint.action in ("start", "restart"):
@@ -157,10 +168,19 @@ class Daemon:
             deadlines.append(self.last_full_sync + self.config.resync_seconds)
         if self.actual is None or not self._docker_ok:
             deadlines.append(self._registry_retry_at)
+        drain_deadline = self.drainer.next_deadline()
+        if drain_deadline is not None:
+            deadlines.append(drain_deadline)
         return min(deadlines) - time.monotonic() if deadlines else 3600.0
 
     def _due(self) -> bool:
-        return self._seconds_until_due() <= 0
+        """A full resync (or a registry retry) is due; drain deadlines only wake the loop."""
+        deadlines = []
+        if self.config.resync_seconds > 0:
+            deadlines.append(self.last_full_sync + self.config.resync_seconds)
+        if self.actual is None or not self._docker_ok:
+            deadlines.append(self._registry_retry_at)
+        return bool(deadlines) and min(deadlines) <= time.monotonic()
 
     def _forget_reaped(self, container_id: str) -> None:
         for service_id, (_, reaped_container) in list(self.reaped.items()):
@@ -336,7 +356,9 @@ class Daemon:
             logger.exception("container {}: could not map it; skipped", name)
             return ContainerDesire(container_id, name, created)
         self._report(name, container_id, records.warnings, records.services, records.skipped_reason)
-        return ContainerDesire(container_id, name, created, tuple(records.services), status=status)
+        stop_signal = str((container.get("Config") or {}).get("StopSignal") or "")
+        return ContainerDesire(container_id, name, created, tuple(records.services), status=status,
+                               stop_signal=stop_signal)
 
     def _network_peer(self, container: dict[str, Any]) -> dict[str, Any] | None:
         mode = str((container.get("HostConfig") or {}).get("NetworkMode") or "")

@@ -20,11 +20,11 @@ import requests.exceptions
 from cachetools import LRUCache
 from loguru import logger
 
-# Container events that may change what a container registers. Not "kill" or
-# "oom": a "die" follows them, and inspecting a container that is being killed
-# waits on dockerd's lock until its network is torn down (~100 ms).
+# Container events that may change what a container registers. "kill" starts
+# a drain and is never followed by an inspect: inspecting a container that is
+# being killed waits on dockerd's lock until its network is torn down (~100 ms).
 RELEVANT_ACTIONS = frozenset({
-    "start", "restart", "die", "stop", "destroy", "rename", "pause", "unpause", "health_status", "update",
+    "start", "restart", "die", "stop", "destroy", "rename", "pause", "unpause", "health_status", "update", "kill",
 })
 # A fixed API version: "auto" would contact dockerd in the constructor, before
 # the daemon's retry loop. 1.41 is Docker 20.10's; newer engines still accept it.

@@ -26,6 +26,7 @@ class ContainerDesire:
     services: tuple[Service, ...] = ()
     keep_existing: bool = False
     status: ContainerStatus = ContainerStatus()
+    stop_signal: str = ""  # Config.StopSignal: this signal also starts a drain
 
 
 @dataclass(frozen=True)

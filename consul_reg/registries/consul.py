@@ -175,6 +175,20 @@ class ConsulRegistry:
     def deregister(self, service: RegisteredService) -> None:
         self._call(f"deregister {service.id}", self._client.agent.service.deregister, service.id)
 
+    def enable_maintenance(self, service_id: str, reason: str) -> None:
+        self._call(f"put {service_id} in maintenance", self._client.agent.service.maintenance,
+                   service_id, "true", reason)
+
+    def disable_maintenance(self, service_id: str) -> None:
+        self._call(f"take {service_id} out of maintenance", self._client.agent.service.maintenance,
+                   service_id, "false")
+
+    def maintenance_reason(self, service_id: str) -> str | None:
+        """The reason of the service's maintenance, or None when it is not in maintenance."""
+        checks = self._call("list the agent's checks", self._client.agent.checks)
+        check = (checks or {}).get(f"_service_maintenance:{service_id}")
+        return None if check is None else str(check.get("Notes") or "")
+
     def update_check(self, check_id: str, status: str, output: str) -> None:
         """Report a TTL check. The hot path (one call per heartbeat): straight
         httpx on its own pooled client, no py-consul layers."""
