@@ -51,7 +51,7 @@ class _Task:
 
 class ProbeScheduler:
     def __init__(self, reporter: CheckReporter, runner: CommandRunner,
-                 on_check_missing: Callable[[str, str], None], exec_workers: int = 4) -> None:
+                 on_check_missing: Callable[[str, str], None], exec_workers: int = 4, senders: int = 4) -> None:
         self._reporter = reporter
         self._runner = runner
         self._on_check_missing = on_check_missing
@@ -63,9 +63,13 @@ class ProbeScheduler:
         self._wake = threading.Condition()
         self._stopping = False
         self._pool = ThreadPoolExecutor(max_workers=exec_workers, thread_name_prefix="exec-probe")
+        # Reports go out on a few keep-alive connections: one slow answer from
+        # the agent must not hold back every other check.
+        self._senders = ThreadPoolExecutor(max_workers=senders, thread_name_prefix="ttl-sender")
+        self._in_flight: set[str] = set()
         self._last_sent: dict[str, tuple[str, str]] = {}
         self.sent = 0
-        self.lateness: list[float] = []  # seconds late per report, for the benchmark
+        self.lateness: list[float] = []  # seconds between due and sent, per report, for the benchmark
         self._thread = threading.Thread(target=self._run, name="heartbeats", daemon=True)
 
     def start(self) -> None:
@@ -76,6 +80,7 @@ class ProbeScheduler:
             self._stopping = True
             self._wake.notify()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._senders.shutdown(wait=False, cancel_futures=True)
 
     def set_services(self, services: list[Service], statuses: dict[str, ContainerStatus]) -> None:
         """The daemon-owned checks of the desired services; new ones report at once."""
@@ -129,13 +134,17 @@ class ProbeScheduler:
                 task = self._tasks.get(check_id)
                 if task is None or self._due_at.get(check_id) != due:
                     continue  # removed, or rescheduled since this entry was pushed
+                if check_id in self._in_flight:
+                    # The agent has not answered the last report yet: never pile up, look again shortly.
+                    self._schedule(check_id, time.monotonic() + 0.2)
+                    continue
+                self._in_flight.add(check_id)
                 status = self._status.get(task.probe.container_id, ContainerStatus())
                 self._schedule(check_id, self._next_due(task.probe))
-            self.lateness.append(max(0.0, time.monotonic() - due))
             if task.probe.kind == "exec" and status.running and not status.paused:
-                self._pool.submit(self._run_exec, task)
+                self._pool.submit(self._run_exec, task, due)
             else:
-                self._send(task, *self._status_of(task.probe, status))
+                self._senders.submit(self._send, task, *self._status_of(task.probe, status), due)
 
     def _schedule(self, check_id: str, when: float) -> None:
         """Call with the lock held."""
@@ -157,16 +166,18 @@ class ProbeScheduler:
             return consul_status, f"docker health: {status.health}\n{status.health_output}".strip()
         return "passing", "container running (heartbeat from consul-reg)"
 
-    def _run_exec(self, task: _Task) -> None:
+    def _run_exec(self, task: _Task, due: float) -> None:
         try:
             exit_code, output = self._runner.exec_in_container(task.probe.container_id, task.probe.command,
                                                                task.probe.timeout)
             status = EXIT_CODE_TO_STATUS.get(exit_code, "critical")
-            self._send(task, status, output or f"exit code {exit_code}")
+            self._send(task, status, output or f"exit code {exit_code}", None)
         except Exception as error:  # a failing exec is a critical check, never a dead thread
-            self._send(task, "critical", f"could not run the check command: {error}")
+            self._send(task, "critical", f"could not run the check command: {error}", None)
 
-    def _send(self, task: _Task, status: str, output: str) -> None:
+    def _send(self, task: _Task, status: str, output: str, due: float | None) -> None:
+        if due is not None:
+            self.lateness.append(max(0.0, time.monotonic() - due))
         output = output[-MAX_OUTPUT:]
         try:
             self._reporter.update_check(task.check_id, status, output)
@@ -179,3 +190,5 @@ class ProbeScheduler:
             self._on_check_missing(task.service_id, task.check_id)
         except Exception as error:
             logger.warning("could not report check {}: {}", task.check_id, error)
+        finally:
+            self._in_flight.discard(task.check_id)
