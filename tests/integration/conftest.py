@@ -271,6 +271,11 @@ class OwnAgent:
             self.process.send_signal(sig)
             self.process.wait(timeout=30)
 
+    def restart(self) -> None:
+        """Kill and start again on the same ports: a dev agent comes back empty."""
+        self.stop()
+        self.start()
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
