@@ -149,10 +149,13 @@ class LeanHttp:
 class _HttpxTransport(consul.base.HTTPClient):
     """py-consul's transport interface, implemented with one pooled httpx client."""
 
-    def __init__(self, endpoint: ConsulEndpoint, timeout: float) -> None:
+    def __init__(self, endpoint: ConsulEndpoint, timeout: float, token: str | None) -> None:
         host = "localhost" if endpoint.socket_path else endpoint.host
         super().__init__(host, endpoint.port, endpoint.scheme, True, None)
         self.client = _http_client(endpoint, timeout)
+        # On every request: some py-consul calls (agent.self) forget the token.
+        if token:
+            self.client.headers["X-Consul-Token"] = token
 
     def _send(self, method: str, callback, path, params, data, headers, raw: bool = False):
         response = self.client.request(method, self.uri(path, params), content=data or None, headers=headers)
@@ -179,13 +182,14 @@ class _Consul(consul.base.Consul):
     def __init__(self, endpoint: ConsulEndpoint, token: str | None, timeout: float) -> None:
         self._endpoint = endpoint
         self._timeout = timeout
+        self._token = token
         super().__init__(host=endpoint.host, port=endpoint.port, token=token, scheme=endpoint.scheme)
         # py-consul prefers CONSUL_HTTP_TOKEN from the environment; the
         # daemon resolves the token itself (env or token file), so set it here.
         self.token = token
 
     def http_connect(self, host, port, scheme, verify=True, cert=None):
-        return _HttpxTransport(self._endpoint, self._timeout)
+        return _HttpxTransport(self._endpoint, self._timeout, self._token)
 
 
 class ConsulRegistry:

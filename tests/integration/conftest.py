@@ -214,8 +214,10 @@ class OwnAgent:
     """A Consul dev agent of one test's own, on its own ports: tests that kill,
     restart or reconfigure the agent never touch the shared one."""
 
-    def __init__(self, workdir: Path, hcl: list[str] | None = None, http_socket: str | None = None) -> None:
+    def __init__(self, workdir: Path, hcl: list[str] | None = None, http_socket: str | None = None,
+                 tls: dict[str, str] | None = None) -> None:
         self.workdir = workdir
+        self.tls = tls  # {"ca": ..., "cert": ..., "key": ...}: HTTPS only, on the same port
         self.hcl = list(hcl or [])
         self.http_socket = http_socket
         self.http_port = free_port()
@@ -226,13 +228,23 @@ class OwnAgent:
 
     @property
     def address(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.http_port}"
 
     @property
     def uri(self) -> str:
-        return f"consul-unix://{self.http_socket}" if self.http_socket else f"consul://127.0.0.1:{self.http_port}"
+        if self.http_socket:
+            return f"consul-unix://{self.http_socket}"
+        return f"{'consul-tls' if self.tls else 'consul'}://127.0.0.1:{self.http_port}"
 
     def api(self, token: str | None = None) -> Consul:
+        if self.tls:
+            import ssl
+
+            context = ssl.create_default_context(cafile=self.tls["ca"])
+            context.load_cert_chain(self.tls["client_cert"], self.tls["client_key"])
+            api = Consul(self.address, token)
+            api.http = httpx.Client(base_url=self.address, timeout=10, headers=api.http.headers, verify=context)
+            return api
         if self.http_socket:
             api = Consul("http://consul", token)
             api.http = httpx.Client(base_url="http://consul", timeout=10, headers=api.http.headers,
@@ -243,6 +255,10 @@ class OwnAgent:
     def start(self, wait: bool = True) -> "OwnAgent":
         args = ["consul", "agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1",
                 "-http-port", str(self.http_port), "-grpc-port", "-1", "-hcl", 'log_level = "debug"']
+        if self.tls:
+            args += ["-hcl", f'ports {{ http = -1, https = {self.http_port} }}',
+                     "-hcl", f'ca_file = "{self.tls["ca"]}"', "-hcl", f'cert_file = "{self.tls["cert"]}"',
+                     "-hcl", f'key_file = "{self.tls["key"]}"', "-hcl", "verify_incoming_https = true"]
         for flag, port in self.ports.items():
             args += [flag, str(port)]
         if self.http_socket:
@@ -261,7 +277,7 @@ class OwnAgent:
             api = self.api()
             try:
                 response = api.http.get("/v1/status/leader")
-                return response.status_code == 200 and response.json() != ""
+                return response.status_code in (200, 403) and response.text not in ('""', "")
             finally:
                 api.http.close()
         wait_until(ready, timeout=60, message="own consul agent ready")
@@ -284,8 +300,9 @@ class OwnAgent:
 def own_agent(tmp_path: Path) -> Iterator[Callable[..., OwnAgent]]:
     agents: list[OwnAgent] = []
 
-    def start(hcl: list[str] | None = None, http_socket: str | None = None) -> OwnAgent:
-        agent = OwnAgent(tmp_path, hcl, http_socket).start()
+    def start(hcl: list[str] | None = None, http_socket: str | None = None,
+              tls: dict[str, str] | None = None) -> OwnAgent:
+        agent = OwnAgent(tmp_path, hcl, http_socket, tls).start()
         agents.append(agent)
         return agent
 

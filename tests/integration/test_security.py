@@ -1,0 +1,103 @@
+"""ACL tokens and TLS against real agents of the tests' own."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import wait_until
+
+pytestmark = pytest.mark.integration
+
+MASTER = "0b5e9c1e-5b35-4f6c-9d4c-7a1e0a7f0001"
+ACL_HCL = [f'acl {{ enabled = true, default_policy = "deny", tokens {{ master = "{MASTER}", agent = "{MASTER}" }} }}']
+# The smallest policy consul-reg needs, found by the tests below: read the agent
+# (/v1/agent/self: version, address, node ID), write services (register,
+# deregister, their checks, TTL updates, maintenance).
+POLICY = 'agent_prefix "" { policy = "read" }\nservice_prefix "" { policy = "write" }'
+
+
+def make_token(api, name: str, rules: str) -> str:
+    api.http.put("/v1/acl/policy", json={"Name": name, "Rules": rules}).raise_for_status()
+    response = api.http.put("/v1/acl/token", json={"Policies": [{"Name": name}]})
+    response.raise_for_status()
+    return response.json()["SecretID"]
+
+
+@pytest.fixture
+def acl_agent(own_agent):
+    agent = own_agent(hcl=ACL_HCL)
+    admin = agent.api(token=MASTER)
+    wait_until(lambda: admin.http.get("/v1/acl/policies").status_code == 200, message="ACL system up")
+    return agent, admin
+
+
+def test_registration_with_the_smallest_policy(acl_agent, start_daemon, run_container, hostname, tmp_path):
+    agent, admin = acl_agent
+    token = make_token(admin, f"consul-reg-{hostname}", POLICY)
+    token_file = tmp_path / "token"
+    token_file.write_text(token + "\n")
+    daemon = start_daemon("--log-level", "TRACE", agent.uri, env={"CONSUL_HTTP_TOKEN_FILE": str(token_file)})
+    web = run_container(ports={"80/tcp": None}, labels={"SERVICE_CHECK_TCP": "true"})
+    worker = run_container(labels={"SERVICE_NAME": "jobs", "SERVICE_HEARTBEAT_TTL": "3s"})
+    wait_until(lambda: len(admin.services_of(hostname)) == 2, message="both registered with the token")
+    wait_until(lambda: admin.check_status(f"service:{hostname}:{worker.name}:heartbeat") == "passing",
+               message="TTL updates allowed")
+    web.remove(force=True)
+    wait_until(lambda: len(admin.services_of(hostname)) == 1, message="deregistered with the token")
+    assert token not in daemon.log()
+    assert "permission denied" not in daemon.log()
+
+
+def test_without_token_fails_clearly_and_never_leaks(acl_agent, start_daemon, run_container, hostname):
+    agent, admin = acl_agent
+    read_only = make_token(admin, f"read-only-{hostname}", 'agent_prefix "" { policy = "read" }\n'
+                                                            'service_prefix "" { policy = "read" }')
+    no_token = start_daemon("-retry-interval", "200", agent.uri)
+    no_token.wait_log("permission denied to read the agent's own information")
+    run_container(ports={"80/tcp": None})
+    daemon = start_daemon("--log-level", "TRACE", agent.uri, env={"CONSUL_HTTP_TOKEN": read_only})
+    daemon.wait_log("permission denied to register")
+    syncs = daemon.log().count("full sync done")
+    wait_until(lambda: daemon.log().count("full sync done") >= syncs + 2, message="two more resyncs")
+    # Refused once per resync at most, never in a hot loop.
+    assert daemon.log().count("permission denied to register") <= daemon.log().count("full sync done") + 1
+    assert admin.services_of(hostname) == {}
+    assert read_only not in daemon.log() and read_only not in no_token.log()
+
+
+def tls_files(directory: Path) -> dict[str, str]:
+    run = dict(cwd=directory, check=True, capture_output=True)
+    subprocess.run(["consul", "tls", "ca", "create"], **run)
+    subprocess.run(["consul", "tls", "cert", "create", "-server"], **run)
+    subprocess.run(["consul", "tls", "cert", "create", "-client"], **run)
+    return {"ca": str(directory / "consul-agent-ca.pem"),
+            "cert": str(directory / "dc1-server-consul-0.pem"), "key": str(directory / "dc1-server-consul-0-key.pem"),
+            "client_cert": str(directory / "dc1-client-consul-0.pem"),
+            "client_key": str(directory / "dc1-client-consul-0-key.pem")}
+
+
+def test_consul_tls_with_client_certificate(own_agent, start_daemon, run_container, hostname, tmp_path):
+    files = tls_files(tmp_path)
+    agent = own_agent(tls=files)
+    api = agent.api()
+    env = {"CONSUL_CACERT": files["ca"], "CONSUL_CLIENT_CERT": files["client_cert"],
+           "CONSUL_CLIENT_KEY": files["client_key"]}
+    start_daemon(agent.uri, env=env)
+    run_container(ports={"80/tcp": None})
+    wait_until(lambda: len(api.services_of(hostname)) == 1, message="registered over TLS")
+
+
+def test_consul_tls_wrong_ca_is_refused(own_agent, start_daemon, hostname, tmp_path):
+    files = tls_files(tmp_path)
+    other = tmp_path / "other"
+    other.mkdir()
+    subprocess.run(["consul", "tls", "ca", "create"], cwd=other, check=True, capture_output=True)
+    agent = own_agent(tls=files)
+    env = {"CONSUL_CACERT": str(other / "consul-agent-ca.pem"), "CONSUL_CLIENT_CERT": files["client_cert"],
+           "CONSUL_CLIENT_KEY": files["client_key"]}
+    daemon = start_daemon("-retry-attempts", "2", "-retry-interval", "100", agent.uri, env=env)
+    assert daemon.process.wait(timeout=30) == 1
+    assert "CERTIFICATE_VERIFY_FAILED" in daemon.log()
