@@ -1,6 +1,7 @@
 """dockerd restarted under the daemon: a second dockerd of this test's own
-(own socket, data root and no bridge), since restarting the shared one would
-kill every other test's containers."""
+(own socket, data root and bridge), since restarting the shared one would
+kill every other test's containers. Never `--bridge none`: a dockerd started
+so deletes docker0, the shared dockerd's bridge."""
 
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ from tests.integration.conftest import IMAGE, ROOT, RUN_ID, TEST_LABEL, wait_unt
 
 pytestmark = pytest.mark.integration
 
+BRIDGE = "crtest0"  # the test dockerd's own bridge (no NAT, no iptables: containers use the host network)
+BRIDGE_CIDR = "10.213.77.1/24"
+
 
 class OwnDockerd:
     def __init__(self) -> None:
@@ -27,10 +31,14 @@ class OwnDockerd:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        if subprocess.run(["ip", "link", "show", BRIDGE], capture_output=True).returncode != 0:
+            subprocess.run(["ip", "link", "add", BRIDGE, "type", "bridge"], check=True)
+            subprocess.run(["ip", "addr", "add", BRIDGE_CIDR, "dev", BRIDGE], check=True)
+            subprocess.run(["ip", "link", "set", BRIDGE, "up"], check=True)
         log = open(self.dir / "dockerd.log", "ab")
         self.process = subprocess.Popen(
             ["dockerd", "--host", self.host, "--data-root", str(self.dir / "root"), "--exec-root",
-             str(self.dir / "exec"), "--pidfile", str(self.dir / "docker.pid"), "--bridge", "none",
+             str(self.dir / "exec"), "--pidfile", str(self.dir / "docker.pid"), "--bridge", BRIDGE,
              "--iptables=false", "--ip-masq=false"], stdout=log, stderr=subprocess.STDOUT)
         log.close()
         wait_until(lambda: docker.DockerClient(base_url=self.host, timeout=5).ping(), timeout=60,
@@ -55,6 +63,7 @@ def own_dockerd():
             container.remove(force=True)
     daemon.stop()
     shutil.rmtree(daemon.dir, ignore_errors=True)
+    subprocess.run(["ip", "link", "delete", BRIDGE], capture_output=True)
 
 
 def test_dockerd_restart_reconnects_and_relists(own_dockerd, start_daemon, consul_api, hostname):
