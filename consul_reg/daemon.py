@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import queue
 import signal
-import socket
 import threading
 import time
 from dataclasses import replace
@@ -19,15 +18,16 @@ from typing import Any
 from loguru import logger
 
 from consul_reg import logs
+from consul_reg.addresses import primary_host_address
 from consul_reg.config import Config
 from consul_reg.docker_source import DockerSource, DockerUnavailable, Hint
-from consul_reg.mapping import MappingSettings, map_container
+from consul_reg.mapping import map_container
 from consul_reg.drain import Drainer
 from consul_reg.heartbeat import ProbeScheduler
 from consul_reg.model import ContainerStatus, RegisteredService, registered_form
 from consul_reg.reconcile import ContainerDesire, apply, desired_services, plan
 from consul_reg.registries import from_uri
-from consul_reg.registries.base import RegistryError, RegistryUnavailable
+from consul_reg.registries.base import RegistryError
 from consul_reg.registries.consul import AgentInfo, ConsulRegistry
 
 MAX_BACKOFF_SECONDS = 30.0
@@ -380,19 +380,6 @@ class Daemon:
         self._reported[container_id] = lines
         for level, text in lines:
             logger.bind(container=name).log(level.upper(), "container {}: {}", name, text)
-
-
-def primary_host_address() -> str:
-    """The address of the interface the default route uses. A UDP connect()
-    sends no packet; it only asks the kernel which source address it would use."""
-    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        probe.connect(("192.0.2.1", 9))  # TEST-NET-1: never contacted
-        return probe.getsockname()[0]
-    except OSError:
-        return "127.0.0.1"
-    finally:
-        probe.close()
 
 
 def run(config: Config) -> int:

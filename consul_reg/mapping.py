@@ -6,17 +6,16 @@ differences listed in the README's "moving from registrator" section.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from consul_reg import labels, workers
+from consul_reg.addresses import UNSPECIFIED_HOST_IPS, choose_address, plain_ip
 from consul_reg.checks import CheckSettings, service_checks
 from consul_reg.labels import KeyValue, ServiceKeys
 from consul_reg.model import MARKER_KEYS, Service, marker_meta
 
-UNSPECIFIED_HOST_IPS = ("", "0.0.0.0", "::")
 COMPOSE_SERVICE_LABEL = "com.docker.compose.service"
 
 # Consul's limits on service Meta (agent/structs validateMetaPair).
@@ -267,72 +266,6 @@ def _portless_service(
     )
 
 
-def choose_address(
-    container: dict[str, Any],
-    keys: dict[str, KeyValue],
-    port: PublishedPort,
-    settings: MappingSettings,
-    network_peer: dict[str, Any] | None,
-    warnings: list[str],
-) -> tuple[str, str]:
-    """The service address and why it was chosen; the first rule that applies wins."""
-    explicit_ip = keys.get("ip")
-    if explicit_ip is not None and explicit_ip.value.strip():
-        return explicit_ip.value.strip(), f"{explicit_ip.original_key} ({explicit_ip.source})"
-
-    network_mode = str(_dict(container.get("HostConfig")).get("NetworkMode") or "")
-    if network_mode.startswith("container:"):
-        peer_ip = container_ip(network_peer or {}, None, warnings) if network_peer else ""
-        if peer_ip:
-            return peer_ip, f"the IP of {network_mode}, whose network it shares"
-        warnings.append(f"network mode {network_mode}: that container's IP is unknown, using the next rule")
-
-    if settings.use_ip_from_label:
-        label_value = _dict(_dict(container.get("Config")).get("Labels")).get(settings.use_ip_from_label)
-        if isinstance(label_value, str) and label_value.strip():
-            return label_value.strip().split("/", 1)[0], f"label {settings.use_ip_from_label} (-useIpFromLabel)"
-        warnings.append(f"label {labels.show(settings.use_ip_from_label)} (-useIpFromLabel) is not set")
-
-    if settings.internal:
-        network = keys.get("network")
-        ip = container_ip(container, network.value.strip() if network else None, warnings)
-        if ip:
-            return ip, "the container's own IP (-internal)"
-
-    if settings.host_ip:
-        return settings.host_ip, "-ip"
-
-    if port.host_ip not in UNSPECIFIED_HOST_IPS:
-        return port.host_ip, f"the host address port {port.exposed} is published on"
-
-    return settings.default_address, settings.default_address_reason
-
-
-def container_ip(container: dict[str, Any], network_name: str | None, warnings: list[str]) -> str:
-    """The container's IP on `network_name`, else on its primary network."""
-    network_settings = _dict(container.get("NetworkSettings"))
-    networks = _dict(network_settings.get("Networks"))
-    if network_name:
-        chosen = _dict(networks.get(network_name))
-        if chosen.get("IPAddress"):
-            return str(chosen["IPAddress"])
-        warnings.append(f"SERVICE_NETWORK={labels.show(network_name)}: the container has no IP on that network")
-        return ""
-    mode = str(_dict(container.get("HostConfig")).get("NetworkMode") or "")
-    primary = "bridge" if mode in ("", "default") else mode
-    if _dict(networks.get(primary)).get("IPAddress"):
-        return str(networks[primary]["IPAddress"])
-    if network_settings.get("IPAddress"):
-        return str(network_settings["IPAddress"])
-    with_ip = [name for name, net in networks.items() if _dict(net).get("IPAddress")]
-    if len(with_ip) == 1:
-        return str(networks[with_ip[0]]["IPAddress"])
-    if len(with_ip) > 1:
-        warnings.append(f"the container is on several networks ({', '.join(sorted(with_ip))}): "
-                        "set SERVICE_NETWORK to pick one")
-    return ""
-
-
 def service_meta(keys: dict[str, KeyValue], warnings: list[str]) -> dict[str, str]:
     """Every key that does not configure the daemon, as Consul-valid Meta."""
     meta: dict[str, str] = {}
@@ -394,15 +327,8 @@ def _first_binding(bindings: object) -> tuple[str, str] | None:
     ips = {str(b.get("HostIp") or "") for b in usable if str(b["HostPort"]) == host_port}
     specific = sorted(ip for ip in ips if ip not in UNSPECIFIED_HOST_IPS)
     if len(specific) == 1 and len(ips) == 1:
-        return host_port, _plain_ip(specific[0])
+        return host_port, plain_ip(specific[0])
     return host_port, ""
-
-
-def _plain_ip(text: str) -> str:
-    try:
-        return str(ipaddress.ip_address(text.strip("[]")))
-    except ValueError:
-        return text
 
 
 def _parse_port_key(key: object) -> tuple[str, str] | None:

@@ -91,7 +91,7 @@ def test_stop_deregisters(start_daemon, run_container, consul_api, hostname):
 def test_deregister_on_success_keeps_failed_container(start_daemon, run_container, consul_api, hostname):
     daemon = start_daemon("-ip", HOST_IP, "-deregister", "on-success")
     failing = run_container(["sh", "-c", "sleep 2; exit 3"], ports={"80/tcp": None})
-    succeeding = run_container(["sh", "-c", "sleep 2; exit 0"], ports={"81/tcp": None})
+    run_container(["sh", "-c", "sleep 2; exit 0"], ports={"81/tcp": None})  # exit 0: deregistered
     wait_services(consul_api, hostname, 2)
     wait_until(lambda: set(consul_api.services_of(hostname)) == {f"{hostname}:{failing.name}:80"}, timeout=30,
                message="only the failed container's record left")
