@@ -23,9 +23,12 @@ def test_in_sync_resync_writes_nothing(own_agent, start_daemon, run_container, h
     agent = own_agent()
     api = agent.api()
     daemon = start_daemon(agent.uri, resync="1")
-    run_container(ports={"80/tcp": None, "443/tcp": None}, labels={"SERVICE_CHECK_TCP": "true"})
+    web = run_container(ports={"80/tcp": None, "443/tcp": None},
+                        labels={"SERVICE_CHECK_TCP": "true", "SERVICE_CHECK_INTERVAL": "1s"})
     run_container(ports={"81/tcp": None}, labels={"SERVICE_TAGS": "a,b", "SERVICE_ZONE": "z"})
     wait_until(lambda: len(ids(api, hostname)) == 3, message="3 services")
+    # Let the agent settle first: a check turning passing is a write of the agent's own.
+    wait_until(lambda: api.check_status(f"service:{hostname}:{web.name}:80:tcp") == "passing", message="settled")
     daemon.wait_log("full sync done")
     index = api.catalog_index()
     register_calls = agent.log().count("/v1/agent/service/register")
