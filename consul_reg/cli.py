@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import socket
+import urllib.parse
 import sys
 from typing import NoReturn, Sequence
 
@@ -93,8 +94,9 @@ def parse_config(argv: Sequence[str], environ: dict[str, str] | None = None) -> 
         raise UsageError(f"-resync must not be negative (got {args.resync:g})")
 
     uris = tuple(args.uris) or (default_uri(environ),)
-    if len(uris) > 1:
-        raise UsageError("only one registry URI is supported so far (mirror registries are not built yet)")
+    if sum(urllib.parse.urlsplit(u).scheme.startswith("consul") and not urllib.parse.urlsplit(u).scheme
+           .startswith("consulkv") for u in uris[1:]):
+        raise UsageError("a Consul agent URI can only come first (it is the primary); the others are mirrors")
     for uri in uris:
         try:
             validate_uri(uri)

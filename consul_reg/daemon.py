@@ -24,9 +24,10 @@ from consul_reg.docker_source import DockerSource, DockerUnavailable, Hint
 from consul_reg.mapping import map_container
 from consul_reg.drain import Drainer
 from consul_reg.heartbeat import ProbeScheduler
+from consul_reg.mirrors import MirrorWorker
 from consul_reg.model import ContainerStatus, RegisteredService, registered_form
 from consul_reg.reconcile import ContainerDesire, apply, desired_services, plan
-from consul_reg.registries import from_uri
+from consul_reg.registries import registries_from_uris
 from consul_reg.registries.base import RegistryError
 from consul_reg.registries.consul import AgentInfo, ConsulRegistry
 
@@ -35,8 +36,10 @@ STOP = Hint("", "stop")
 
 
 class Daemon:
-    def __init__(self, config: Config, docker: DockerSource, registry: ConsulRegistry) -> None:
+    def __init__(self, config: Config, docker: DockerSource, registry: ConsulRegistry,
+                 mirrors: list[MirrorWorker] | None = None) -> None:
         self.config = config
+        self.mirrors = mirrors or []
         self.docker = docker
         self.registry = registry
         self.hints: queue.Queue[Hint] = queue.Queue()
@@ -106,6 +109,8 @@ class Daemon:
             return 0 if self.stopping.is_set() else 1
         self.docker.follow_events(self.hints, self.stopping, retry_interval=self.config.retry_interval_ms / 1000)
         self.probes.start()
+        for mirror in self.mirrors:
+            mirror.start()
         self.hints.put(Hint("", "start"))
         while not self.stopping.is_set():
             batch = self._next_hints(self._seconds_until_due())
@@ -194,6 +199,8 @@ class Daemon:
 
     def shutdown(self) -> None:
         self.probes.stop()
+        for mirror in self.mirrors:
+            mirror.stop()
         if self.config.deregister_on_exit:
             try:
                 owned = [s for s in self.registry.services().values() if s.owned_by(self.config.hostname)]
@@ -229,7 +236,7 @@ class Daemon:
         previous, self.actual = self.actual, None
         if not self._agent_is_the_same():
             previous = None
-        self.sync(previous)
+        self.sync(previous, relist_mirrors=True)
         logger.debug("full sync done: {} containers, {} services registered", len(desires),
                      "unknown" if self.actual is None else len(self._owned()))
 
@@ -285,7 +292,12 @@ class Daemon:
         self.agent = info
         return same
 
-    def sync(self, previous: dict[str, RegisteredService] | None = None) -> None:
+    def sync(self, previous: dict[str, RegisteredService] | None = None, relist_mirrors: bool = False) -> None:
+        desired, conflicts = desired_services(self.desires.values())
+        for warning in conflicts:
+            logger.warning(warning)
+        for mirror in self.mirrors:  # each on its own thread: never waits for the primary, nor it for them
+            mirror.offer(desired, relist=relist_mirrors)
         if self.actual is None:
             if time.monotonic() < self._registry_retry_at:
                 return
@@ -296,9 +308,6 @@ class Daemon:
                 return
             if previous:
                 self._notice_reaped(previous)
-        desired, conflicts = desired_services(self.desires.values())
-        for warning in conflicts:
-            logger.warning(warning)
         for service_id in self._force_register:
             self.actual.pop(service_id, None)
         self._force_register.clear()
@@ -384,18 +393,20 @@ class Daemon:
 
 def run(config: Config) -> int:
     logs.setup(config.log_level, config.log_format, secrets=(config.token or "",))
-    registry = from_uri(config.registry_uris[0], token=config.token)
+    primary, mirror_registries = registries_from_uris(config)
     try:
         docker = DockerSource()
     except DockerUnavailable as error:
         logger.error("{}", error)
         return 1
-    daemon = Daemon(config, docker, registry)
+    mirrors = [MirrorWorker(m, config.hostname, config.retry_interval_ms / 1000) for m in mirror_registries]
+    daemon = Daemon(config, docker, primary, mirrors)
     signal.signal(signal.SIGTERM, daemon.request_stop)
     signal.signal(signal.SIGINT, daemon.request_stop)
-    logger.info("consul-reg starting: host {}, registry {}", config.hostname, registry.description)
+    logger.info("consul-reg starting: host {}, registry {}{}", config.hostname, primary.description,
+                "".join(f", mirror {m.description}" for m in mirror_registries))
     try:
         return daemon.run()
     finally:
-        registry.close()
+        primary.close()
         docker.close()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 from loguru import logger
 
@@ -82,18 +82,25 @@ def plan(
     kept_containers: frozenset[str] = frozenset(),
     adopt_leftovers: bool = False,
     skip_register: Mapping[str, str] | None = None,
+    key_of: Callable[[Service], str] = lambda service: service.id,
+    digest_of: Callable[[Service], str] = lambda service: service.digest,
 ) -> Plan:
     """The fewest operations that turn `actual` into `desired`.
 
     Only services owned by this daemon on this host are ever removed, except
     registrator leftovers when `adopt_leftovers` (-cleanup) is set.
     `skip_register` maps service IDs to digests known to fail right now.
+    A mirror keys its records its own way (`key_of`, e.g. a KV path) and
+    compares what it stores (`digest_of`).
     """
     skip_register = skip_register or {}
     register = []
+    wanted_keys = set()
     for service_id, service in desired.items():
-        current = actual.get(service_id)
-        digest = service.digest
+        key = key_of(service)
+        wanted_keys.add(key)
+        current = actual.get(key)
+        digest = digest_of(service)
         if current is not None and current.owned_by(hostname) and current.digest == digest:
             continue
         if skip_register.get(service_id) == digest:
@@ -102,18 +109,18 @@ def plan(
 
     leftover = registrator_leftover_pattern(hostname) if adopt_leftovers else None
     deregister = []
-    for service_id, current in actual.items():
-        if service_id in desired:
+    for key, current in actual.items():
+        if key in wanted_keys:
             continue
         if current.owned_by(hostname):
             if current.container_id not in kept_containers:
                 deregister.append(current)
-        elif leftover is not None and leftover.match(service_id):
+        elif leftover is not None and leftover.match(key):
             deregister.append(current)
     return Plan(register=tuple(register), deregister=tuple(deregister))
 
 
-def apply(plan_to_apply: Plan, registry: Registry) -> ApplyResult:
+def apply(plan_to_apply: Plan, registry: Registry, where: str = "") -> ApplyResult:
     """Register first, then deregister (a renamed service never has a gap).
     One failing service is logged and skipped; an unreachable registry stops it."""
     result = ApplyResult()
@@ -135,8 +142,8 @@ def apply(plan_to_apply: Plan, registry: Registry) -> ApplyResult:
             continue
         result.registered.append(service)
         logger.bind(action="register", service_id=service.id, container=service.container_name).info(
-            "registered {} name={} at {} (container {})",
-            service.id, service.name, service.endpoint, service.container_name,
+            "registered {} name={} at {} (container {}){}",
+            service.id, service.name, service.endpoint, service.container_name, f" in {where}" if where else "",
         )
     for current in plan_to_apply.deregister:
         try:
@@ -152,6 +159,7 @@ def apply(plan_to_apply: Plan, registry: Registry) -> ApplyResult:
             continue
         result.deregistered.append(current)
         logger.bind(action="deregister", service_id=current.id).info(
-            "deregistered {} name={} at {}", current.id, current.name, current.endpoint
+            "deregistered {} name={}{}{}", current.id, current.name,
+            f" at {current.endpoint}" if current.endpoint else "", f" in {where}" if where else "",
         )
     return result

@@ -1,14 +1,22 @@
-"""Registry URIs -> registry objects. Consul is the primary; others follow."""
+"""Registry URIs -> registry objects. The first URI is the primary (a Consul
+agent); the others are mirrors. Without a Consul URI, every URI is a mirror
+and the primary is an in-memory ledger."""
 
 from __future__ import annotations
 
 import os
 import urllib.parse
+from typing import TYPE_CHECKING
 
 from consul_reg.registries.consul import ConsulEndpoint, ConsulRegistry
 
+if TYPE_CHECKING:
+    from consul_reg.config import Config
+
 CONSUL_SCHEMES = ("consul", "consul-unix", "consul-tls")
-SCHEMES = CONSUL_SCHEMES
+MIRROR_SCHEMES = ("consulkv", "consulkv-unix", "etcd", "skydns2", "zookeeper")
+SCHEMES = CONSUL_SCHEMES + MIRROR_SCHEMES
+DEFAULT_PORTS = {"consulkv": 8500, "etcd": 2379, "skydns2": 2379, "zookeeper": 2181}
 
 
 class RegistryURIError(ValueError):
@@ -35,6 +43,8 @@ def default_uri(environ: dict[str, str] | None = None) -> str:
 def consul_endpoint(uri: str, environ: dict[str, str] | None = None) -> ConsulEndpoint:
     environ = dict(os.environ) if environ is None else environ
     parsed = urllib.parse.urlsplit(uri)
+    if parsed.scheme in MIRROR_SCHEMES:
+        raise RegistryURIError(f"{uri!r} is not a Consul agent URI")
     if parsed.scheme not in CONSUL_SCHEMES:
         raise RegistryURIError(f"unknown registry URI scheme {parsed.scheme!r} in {uri!r} "
                                f"(known: {', '.join(SCHEMES)})")
@@ -58,10 +68,68 @@ def consul_endpoint(uri: str, environ: dict[str, str] | None = None) -> ConsulEn
     return ConsulEndpoint(scheme="http", host=host, port=port)
 
 
+def mirror_parts(uri: str) -> tuple[str, str, int, str, str]:
+    """(scheme, host, port, socket path, path) of a mirror URI; the path is required."""
+    parsed = urllib.parse.urlsplit(uri)
+    if parsed.scheme not in MIRROR_SCHEMES:
+        raise RegistryURIError(f"unknown registry URI scheme {parsed.scheme!r} in {uri!r} "
+                               f"(known: {', '.join(SCHEMES)})")
+    what = "domain" if parsed.scheme == "skydns2" else "prefix"
+    if parsed.scheme == "consulkv-unix":
+        socket_path, _, path = (parsed.netloc + parsed.path).partition(":")
+        if not socket_path or not path.strip("/"):
+            raise RegistryURIError(f"{uri!r}: consulkv-unix needs a socket and a prefix, "
+                                   "e.g. consulkv-unix:///run/consul.sock:/services")
+        return parsed.scheme, "", 0, socket_path, path.strip("/")
+    try:
+        host = parsed.hostname or "127.0.0.1"
+        port = parsed.port or DEFAULT_PORTS[parsed.scheme]
+    except ValueError as error:
+        raise RegistryURIError(f"{uri!r}: {error}") from None
+    if not parsed.path.strip("/"):
+        raise RegistryURIError(f"{uri!r}: {parsed.scheme}:// needs a {what}, "
+                               f"e.g. {parsed.scheme}://{host}:{port}/{'example.com' if what == 'domain' else 'services'}")
+    return parsed.scheme, host, port, "", parsed.path.strip("/")
+
+
 def validate_uri(uri: str) -> None:
     """Raise RegistryURIError unless `uri` names a registry consul-reg can write."""
-    consul_endpoint(uri, {})
+    if urllib.parse.urlsplit(uri).scheme in MIRROR_SCHEMES:
+        mirror_parts(uri)
+    else:
+        consul_endpoint(uri, {})
 
 
 def from_uri(uri: str, token: str | None, environ: dict[str, str] | None = None) -> ConsulRegistry:
     return ConsulRegistry(consul_endpoint(uri, environ), token=token)
+
+
+def mirror_from_uri(uri: str, config: "Config"):
+    from consul_reg.registries.consulkv import ConsulKVRegistry
+    from consul_reg.registries.etcd import DEFAULT_LEASE_TTL, EtcdRegistry
+    from consul_reg.registries.skydns2 import SkyDNS2Registry
+    from consul_reg.registries.zookeeper import ZooKeeperRegistry
+
+    scheme, host, port, socket_path, path = mirror_parts(uri)
+    lease_ttl = config.ttl or DEFAULT_LEASE_TTL
+    if scheme in ("consulkv", "consulkv-unix"):
+        endpoint = (ConsulEndpoint(scheme="http", socket_path=socket_path) if socket_path
+                    else ConsulEndpoint(scheme="http", host=host, port=port))
+        return ConsulKVRegistry(endpoint, path, config.hostname, config.token)
+    if scheme == "etcd":
+        return EtcdRegistry(host, port, path, config.hostname, lease_ttl)
+    if scheme == "skydns2":
+        return SkyDNS2Registry(host, port, path, config.hostname, lease_ttl, config.ttl)
+    return ZooKeeperRegistry(host, port, path, config.hostname)
+
+
+def registries_from_uris(config: "Config"):
+    """(primary, mirrors) for the daemon's URIs."""
+    from consul_reg.registries.memory import MemoryRegistry
+
+    first, *rest = config.registry_uris
+    if urllib.parse.urlsplit(first).scheme in CONSUL_SCHEMES:
+        primary = from_uri(first, token=config.token)
+    else:
+        primary, rest = MemoryRegistry(), list(config.registry_uris)
+    return primary, [mirror_from_uri(uri, config) for uri in rest]

@@ -244,6 +244,17 @@ class ConsulRegistry:
     def deregister(self, service: RegisteredService) -> None:
         self._call(f"deregister {service.id}", self._client.agent.service.deregister, service.id)
 
+    def kv_items(self, prefix: str) -> dict[str, str]:
+        """Every key under prefix with its value (Consul KV)."""
+        _, entries = self._call(f"read KV {prefix}", self._client.kv.get, prefix, recurse=True)
+        return {e["Key"]: (e.get("Value") or b"").decode("utf-8", "replace") for e in entries or []}
+
+    def kv_put(self, key: str, value: str) -> None:
+        self._call(f"write KV {key}", self._client.kv.put, key, value)
+
+    def kv_delete(self, key: str) -> None:
+        self._call(f"delete KV {key}", self._client.kv.delete, key)
+
     def enable_maintenance(self, service_id: str, reason: str) -> None:
         self._call(f"put {service_id} in maintenance", self._client.agent.service.maintenance,
                    service_id, "true", reason)

@@ -1,0 +1,43 @@
+"""The primary when no Consul agent is named (`consul-reg etcd://...`, as
+registrator allows): an in-memory ledger, so the sync loop stays the same
+and the mirrors receive every service."""
+
+from __future__ import annotations
+
+from consul_reg.model import RegisteredService, Service, registered_form
+from consul_reg.registries.consul import AgentInfo, ConsulEndpoint
+
+
+class MemoryRegistry:
+    def __init__(self) -> None:
+        self.endpoint = ConsulEndpoint(scheme="http", host="", port=0)  # not local: address from the host
+        self.description = "no Consul agent (mirrors only)"
+        self._services: dict[str, RegisteredService] = {}
+
+    def agent_info(self) -> AgentInfo:
+        return AgentInfo(version="", node_name="", node_id="memory", advertise_address="",
+                         runs_remote_scripts=False)
+
+    def services(self) -> dict[str, RegisteredService]:
+        return dict(self._services)
+
+    def register(self, service: Service) -> None:
+        self._services[service.id] = registered_form(service)
+
+    def deregister(self, service: RegisteredService) -> None:
+        self._services.pop(service.id, None)
+
+    def update_check(self, check_id: str, status: str, output: str) -> None:
+        pass
+
+    def enable_maintenance(self, service_id: str, reason: str) -> None:
+        pass
+
+    def disable_maintenance(self, service_id: str) -> None:
+        pass
+
+    def maintenance_reason(self, service_id: str) -> str | None:
+        return None
+
+    def close(self) -> None:
+        pass

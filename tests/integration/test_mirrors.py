@@ -1,0 +1,134 @@
+"""Mirror registries against real servers: Consul KV, etcd v3, SkyDNS2 layout, ZooKeeper."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import pytest
+
+from tests.integration.conftest import host_port, wait_until
+from tests.integration.servers import Etcd, ZooKeeper
+
+pytestmark = pytest.mark.integration
+HOST_IP = "192.0.2.20"
+
+
+@pytest.fixture
+def etcd(tmp_path):
+    server = Etcd(tmp_path).start()
+    yield server
+    server.thaw() if server.process and server.process.poll() is None else None
+    server.kill()
+
+
+@pytest.fixture
+def zookeeper(tmp_path):
+    server = ZooKeeper(tmp_path).start()
+    yield server
+    server.kill()
+
+
+def kv(consul_api, prefix: str) -> dict[str, str]:
+    import base64
+
+    response = consul_api.http.get(f"/v1/kv/{prefix}", params={"recurse": "true"})
+    if response.status_code == 404:
+        return {}
+    return {e["Key"]: base64.b64decode(e["Value"] or "").decode() for e in response.json()}
+
+
+def test_consulkv_layout_and_removal(start_daemon, run_container, consul_api, hostname):
+    prefix = f"kvtest-{hostname}"
+    start_daemon("-ip", HOST_IP, "consul://127.0.0.1:8500", f"consulkv://127.0.0.1:8500/{prefix}")
+    web = run_container(ports={"80/tcp": None}, labels={"SERVICE_NAME": "web"})
+    key = f"{prefix}/web/{hostname}:{web.name}:80"
+    wait_until(lambda: kv(consul_api, prefix) == {key: f"{HOST_IP}:{host_port(web, '80/tcp')}"},
+               message="KV key with registrator's layout")
+    assert f"{hostname}:{web.name}:80" in consul_api.services()  # the primary got it too
+    web.stop(timeout=1)
+    wait_until(lambda: kv(consul_api, prefix) == {}, message="key removed")
+
+
+def test_consulkv_alone_and_missing_prefix(start_daemon, run_container, consul_api, hostname):
+    prefix = f"kvalone-{hostname}"
+    start_daemon("-ip", HOST_IP, f"consulkv://127.0.0.1:8500/{prefix}")
+    web = run_container(ports={"80/tcp": None})
+    wait_until(lambda: len(kv(consul_api, prefix)) == 1, message="written to KV only")
+    assert not any(sid.startswith(hostname) for sid in consul_api.services())
+    assert web.name in next(iter(kv(consul_api, prefix)))
+
+
+def test_etcd_layout_lease_and_expiry_after_daemon_death(etcd, start_daemon, run_container, hostname):
+    daemon = start_daemon("-ip", HOST_IP, "-ttl", "4", "-ttl-refresh", "1", f"{etcd.uri_base}/services")
+    web = run_container(ports={"80/tcp": None}, labels={"SERVICE_NAME": "web"})
+    key = f"/services/web/{hostname}:{web.name}:80"
+    value, lease = wait_until(lambda: etcd.keys("/services/").get(key), message="etcd key")
+    assert value == f"{HOST_IP}:{host_port(web, '80/tcp')}" and lease not in ("", "0")
+    daemon.stop(signal.SIGKILL)
+    wait_until(lambda: key not in etcd.keys("/services/"), timeout=15, message="keys expire with the lease")
+
+
+def test_etcd_converges_after_server_restart_and_primary_is_never_held_up(etcd, start_daemon, run_container,
+                                                                         consul_api, hostname):
+    start_daemon("-ip", HOST_IP, "-retry-interval", "200", "consul://127.0.0.1:8500", f"{etcd.uri_base}/services")
+    first = run_container(ports={"80/tcp": None})
+    wait_until(lambda: len(etcd.keys("/services/")) == 1, message="first key")
+    etcd.freeze()  # a mirror that hangs: the primary must not wait for it
+    second = run_container(ports={"81/tcp": None})
+    wait_until(lambda: f"{hostname}:{second.name}:81" in consul_api.services(), message="primary not held up")
+    etcd.thaw()
+    etcd.kill()
+    first.remove(force=True)
+    third = run_container(ports={"82/tcp": None})
+    wait_until(lambda: f"{hostname}:{third.name}:82" in consul_api.services(), message="primary with etcd down")
+    etcd.start()
+    wait_until(lambda: sorted(k.rsplit(":", 1)[1] for k in etcd.keys("/services/")) == ["81", "82"], timeout=40,
+               message="etcd converged after its restart")
+
+
+def test_two_daemons_share_a_prefix(etcd, start_daemon, run_container, hostname):
+    start_daemon("-ip", HOST_IP, f"{etcd.uri_base}/shared")
+    other = start_daemon("--hostname", hostname + "-b", "-ip", HOST_IP, f"{etcd.uri_base}/shared")
+    run_container(ports={"80/tcp": None})
+    wait_until(lambda: len(etcd.keys("/shared/")) == 2, message="each host wrote its key")
+    other.stop(signal.SIGTERM)
+    other_daemon = start_daemon("--hostname", hostname + "-b", "-ip", HOST_IP, f"{etcd.uri_base}/shared")
+    other_daemon.wait_log("mirror etcd")
+    assert len(etcd.keys("/shared/")) == 2  # neither removed the other's key
+    assert "deregistered" not in other_daemon.log()
+
+
+def test_skydns2_layout_and_non_dns_ids(etcd, start_daemon, run_container, hostname):
+    daemon = start_daemon("-ip", HOST_IP, "-ttl", "30", "-ttl-refresh", "10", f"skydns2://127.0.0.1:{etcd.port}/"
+                          "skydns.local")
+    web = run_container(ports={"80/tcp": None}, labels={"SERVICE_NAME": "web", "SERVICE_ID": f"web-{hostname}"})
+    run_container(ports={"81/tcp": None}, labels={"SERVICE_NAME": "api"})  # default ID has ':': not a DNS label
+    key = f"/skydns/local/skydns/web/web-{hostname}"
+    record = wait_until(lambda: etcd.keys("/skydns/").get(key), message="skydns record")
+    assert json.loads(record[0]) == {"host": HOST_IP, "port": host_port(web, "80/tcp"), "ttl": 30}
+    daemon.wait_log("is not a DNS label")
+    assert list(etcd.keys("/skydns/")) == [key]
+
+
+def test_zookeeper_nodes_are_ephemeral_and_recreated(zookeeper, start_daemon, run_container, hostname):
+    daemon = start_daemon("-ip", HOST_IP, "-retry-interval", "200", f"{zookeeper.uri_base}/services")
+    web = run_container(ports={"80/tcp": None}, labels={"SERVICE_NAME": "web", "SERVICE_TAGS": "a,b",
+                                                        "SERVICE_ZONE": "z1"})
+    client = zookeeper.client()
+    try:
+        port = host_port(web, "80/tcp")
+        path = f"/services/web/{HOST_IP}:{port}"
+        data = wait_until(lambda: client.exists(path) and client.get(path)[0], message="znode")
+        assert json.loads(data) == {"Name": "web", "IP": HOST_IP, "PublicPort": port, "PrivatePort": 80,
+                                    "ContainerID": web.id[:12], "Tags": ["a", "b"], "Attrs": {"zone": "z1"}}
+        assert client.exists(path).ephemeralOwner != 0
+        zookeeper.kill()
+        zookeeper.start()
+        client.stop()
+        client = zookeeper.client()
+        wait_until(lambda: client.exists(path), timeout=40, message="znode back after the server restart")
+        daemon.stop(signal.SIGKILL)
+        wait_until(lambda: not client.exists(path), timeout=20, message="ephemeral node gone with the session")
+    finally:
+        client.stop()
