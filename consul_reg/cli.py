@@ -5,6 +5,7 @@ one-line reason."""
 from __future__ import annotations
 
 import argparse
+import re
 import socket
 import urllib.parse
 import sys
@@ -61,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="who runs SERVICE_CHECK_DOCKER commands: the agent (docker check) or this daemon (docker exec)")
     add("--drain-timeout", dest="drain_timeout", type=float, default=30.0, metavar="SECONDS",
         help="how long a container stopped by a signal stays in maintenance waiting for its death")
+    add("--status-addr", dest="status_addr", default=None, metavar="HOST:PORT",
+        help="serve /health, /metrics and /services there (off by default)")
     add("--hostname", default=None, help="host name used in service IDs (default: this machine's)")
     add("--log-level", default="INFO", type=str.upper,
         choices=["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"])
@@ -88,6 +91,8 @@ def parse_config(argv: Sequence[str], environ: dict[str, str] | None = None) -> 
         raise UsageError(f"-retry-attempts must be -1 (forever) or at least 0 (got {args.retry_attempts})")
     if args.deregister not in ("always", "on-success"):
         raise UsageError(f"-deregister must be 'always' or 'on-success' (got {args.deregister!r})")
+    if args.status_addr and not re.fullmatch(r"(\[[0-9a-fA-F:]+\]|[^:\s]+):\d{1,5}", args.status_addr):
+        raise UsageError(f"--status-addr must be HOST:PORT, e.g. 127.0.0.1:9707 (got {args.status_addr!r})")
     if args.drain_timeout < 0:
         raise UsageError(f"--drain-timeout must not be negative (got {args.drain_timeout:g})")
     if args.resync < 0:
@@ -125,6 +130,7 @@ def parse_config(argv: Sequence[str], environ: dict[str, str] | None = None) -> 
         deregister_on_exit=args.deregister_on_exit,
         no_script_checks=args.no_script_checks,
         drain_timeout=args.drain_timeout,
+        status_addr=args.status_addr,
         exec_checks=args.exec_checks,
         log_level=args.log_level,
         log_format=args.log_format,

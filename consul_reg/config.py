@@ -29,6 +29,7 @@ class Config:
     log_level: str = "INFO"
     log_format: str = "text"
     drain_timeout: float = 30.0
+    status_addr: str | None = None
     no_script_checks: bool = False
     exec_checks: str = "agent"  # or "daemon": the daemon runs CHECK_DOCKER commands itself
     token_file: str | None = None

@@ -19,12 +19,13 @@ from loguru import logger
 
 from consul_reg import logs
 from consul_reg.addresses import primary_host_address
-from consul_reg.config import Config
+from consul_reg.config import Config, TokenError, read_token
 from consul_reg.docker_source import DockerSource, DockerUnavailable, Hint
 from consul_reg.mapping import map_container
 from consul_reg.drain import Drainer
 from consul_reg.heartbeat import ProbeScheduler
 from consul_reg.mirrors import MirrorWorker
+from consul_reg.status import Metrics, StatusServer
 from consul_reg.model import ContainerStatus, RegisteredService, registered_form
 from consul_reg.reconcile import ContainerDesire, apply, desired_services, plan
 from consul_reg.registries import registries_from_uris
@@ -52,12 +53,13 @@ class Daemon:
         self._reported: dict[str, tuple[tuple[str, str], ...]] = {}  # container -> log lines already written
         self._registry_backoff = config.retry_interval_ms / 1000
         self._registry_retry_at = 0.0
-        self._docker_ok = True
+        self.docker_ok = True
         self.last_full_sync = 0.0
         self._force_register: set[str] = set()  # services whose checks the agent lost
         # service ID -> (digest, container ID) the agent reaped (deregister-after)
         self.reaped: dict[str, tuple[str, str]] = {}
-        self.probes = ProbeScheduler(registry, docker, self._check_missing)
+        self.metrics = Metrics()
+        self.probes = ProbeScheduler(registry, docker, self._check_missing, on_sent=self.metrics.heartbeat)
         self.drainer = Drainer(registry, config.drain_timeout)
 
     # -- start and stop ---------------------------------------------------
@@ -98,6 +100,23 @@ class Daemon:
                        "(set -ip to choose)", address)
         return address, "this host's primary address (the agent is not local; set -ip to choose)"
 
+    def request_reload(self, *_: Any) -> None:
+        """SIGHUP: re-read the token file and reconcile everything."""
+        self.hints.put(Hint("", "reload"))
+
+    def _reload_token(self) -> None:
+        if not self.config.token_file:
+            logger.info("SIGHUP: full reconcile (no CONSUL_HTTP_TOKEN_FILE to re-read)")
+            return
+        try:
+            token, _ = read_token({"CONSUL_HTTP_TOKEN_FILE": self.config.token_file})
+        except TokenError as error:
+            logger.error("SIGHUP: {}; keeping the current token", error)
+            return
+        logs.add_secret(token or "")
+        self.registry.set_token(token)
+        logger.info("SIGHUP: token re-read from {}; full reconcile", self.config.token_file)
+
     def request_stop(self, *_: Any) -> None:
         self.stopping.set()
         self.hints.put(STOP)
@@ -127,6 +146,11 @@ class Daemon:
 
     def handle(self, batch: list[Hint]) -> None:
         self.drainer.expire()
+        stamped = [h.time_nano for h in batch if h.time_nano]
+        if stamped:
+            self.metrics.event_lag.set(max(0.0, time.time() - max(stamped) / 1e9))
+        if any(h.action == "reload" for h in batch):
+            self._reload_token()
         for hint in batch:
             if hint.action == "check missing":
                 self._force_register.add(dict(hint.attributes)["service_id"])
@@ -171,7 +195,7 @@ class Daemon:
         deadlines = []
         if self.config.resync_seconds > 0:
             deadlines.append(self.last_full_sync + self.config.resync_seconds)
-        if self.actual is None or not self._docker_ok:
+        if self.actual is None or not self.docker_ok:
             deadlines.append(self._registry_retry_at)
         drain_deadline = self.drainer.next_deadline()
         if drain_deadline is not None:
@@ -183,7 +207,7 @@ class Daemon:
         deadlines = []
         if self.config.resync_seconds > 0:
             deadlines.append(self.last_full_sync + self.config.resync_seconds)
-        if self.actual is None or not self._docker_ok:
+        if self.actual is None or not self.docker_ok:
             deadlines.append(self._registry_retry_at)
         return bool(deadlines) and min(deadlines) <= time.monotonic()
 
@@ -215,6 +239,10 @@ class Daemon:
 
     def full_sync(self) -> None:
         """Relist every container and the registry, then sync."""
+        with self.metrics.reconcile_seconds.time():
+            self._full_sync()
+
+    def _full_sync(self) -> None:
         self.last_full_sync = time.monotonic()
         self.failing.clear()
         try:
@@ -226,10 +254,10 @@ class Daemon:
                     desires[inspected["Id"]] = self._desire_for(inspected)
         except DockerUnavailable as error:
             # Never read "Docker is down" as "no containers": keep what we know.
-            self._docker_ok = False
+            self.docker_ok = False
             self._schedule_retry(f"{error}")
             return
-        self._docker_ok = True
+        self.docker_ok = True
         for gone in set(self._reported) - set(desires):
             del self._reported[gone]
         self.desires = desires
@@ -244,7 +272,7 @@ class Daemon:
         try:
             inspected = self.docker.inspect(container_id)
         except DockerUnavailable as error:
-            self._docker_ok = False
+            self.docker_ok = False
             self._schedule_retry(str(error))
             return
         if inspected is None:
@@ -296,6 +324,7 @@ class Daemon:
         desired, conflicts = desired_services(self.desires.values())
         for warning in conflicts:
             logger.warning(warning)
+        self.metrics.services_managed.set(len(desired))
         for mirror in self.mirrors:  # each on its own thread: never waits for the primary, nor it for them
             mirror.offer(desired, relist=relist_mirrors)
         if self.actual is None:
@@ -319,6 +348,7 @@ class Daemon:
         if not todo:
             return
         result = apply(todo, self.registry)
+        self.metrics.applied("consul", len(result.registered), len(result.deregistered), len(result.failed))
         self.probes.report_now({service.id for service in result.registered})
         for service in result.registered:
             self.actual[service.id] = registered_form(service)
@@ -401,12 +431,20 @@ def run(config: Config) -> int:
         return 1
     mirrors = [MirrorWorker(m, config.hostname, config.retry_interval_ms / 1000) for m in mirror_registries]
     daemon = Daemon(config, docker, primary, mirrors)
+    for mirror in mirrors:
+        mirror.metrics = daemon.metrics
     signal.signal(signal.SIGTERM, daemon.request_stop)
     signal.signal(signal.SIGINT, daemon.request_stop)
+    signal.signal(signal.SIGHUP, daemon.request_reload)
+    status = StatusServer(config.status_addr, daemon) if config.status_addr else None
+    if status is not None:
+        status.start()
     logger.info("consul-reg starting: host {}, registry {}{}", config.hostname, primary.description,
                 "".join(f", mirror {m.description}" for m in mirror_registries))
     try:
         return daemon.run()
     finally:
+        if status is not None:
+            status.stop()
         primary.close()
         docker.close()

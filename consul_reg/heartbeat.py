@@ -51,7 +51,9 @@ class _Task:
 
 class ProbeScheduler:
     def __init__(self, reporter: CheckReporter, runner: CommandRunner,
-                 on_check_missing: Callable[[str, str], None], exec_workers: int = 4, senders: int = 4) -> None:
+                 on_check_missing: Callable[[str, str], None], exec_workers: int = 4, senders: int = 4,
+                 on_sent: Callable[[float | None], None] = lambda lateness: None) -> None:
+        self._on_sent = on_sent
         self._reporter = reporter
         self._runner = runner
         self._on_check_missing = on_check_missing
@@ -176,12 +178,14 @@ class ProbeScheduler:
             self._send(task, "critical", f"could not run the check command: {error}", None)
 
     def _send(self, task: _Task, status: str, output: str, due: float | None) -> None:
-        if due is not None:
-            self.lateness.append(max(0.0, time.monotonic() - due))
+        lateness = None if due is None else max(0.0, time.monotonic() - due)
+        if lateness is not None:
+            self.lateness.append(lateness)
         output = output[-MAX_OUTPUT:]
         try:
             self._reporter.update_check(task.check_id, status, output)
             self.sent += 1
+            self._on_sent(lateness)
             if self._last_sent.get(task.check_id, ("", ""))[0] != status:
                 logger.bind(service_id=task.service_id, action="check").debug(
                     "check {} is {}", task.check_id, status)

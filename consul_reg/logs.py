@@ -9,13 +9,23 @@ from loguru import logger
 REDACTED = "[redacted]"
 
 
+_secrets: set[str] = set()
+
+
+def add_secret(secret: str) -> None:
+    """A new secret (a token re-read on SIGHUP) to scrub from every line."""
+    if secret:
+        _secrets.add(secret)
+
+
 def setup(level: str = "INFO", log_format: str = "text", secrets: tuple[str, ...] = ()) -> None:
     """Configure the one stderr sink. Every secret string is replaced in every
     message, as a last line of defence: no code path should log one anyway."""
-    secrets = tuple(s for s in secrets if s)
+    for secret in secrets:
+        add_secret(secret)
 
     def redact(record) -> None:
-        for secret in secrets:
+        for secret in tuple(_secrets):
             if secret in record["message"]:
                 record["message"] = record["message"].replace(secret, REDACTED)
             for key, value in record["extra"].items():

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Protocol
+from typing import Any, Protocol
 
 from loguru import logger
 
@@ -44,6 +44,7 @@ class MirrorWorker:
         self.hostname = hostname
         self.retry_interval = retry_interval
         self.state = "starting"
+        self.metrics: Any = None  # status.Metrics, when the daemon has one
         self._desired: dict[str, Service] | None = None
         self._relist = True
         self._actual: dict[str, RegisteredService] | None = None
@@ -120,6 +121,9 @@ class MirrorWorker:
         if not todo:
             return
         result = apply(todo, self.registry, self.registry.description)
+        if self.metrics is not None:
+            self.metrics.applied(self.registry.description, len(result.registered), len(result.deregistered),
+                                 len(result.failed))
         for service in result.registered:
             key = self.registry.key_of(service)
             self._actual[key] = RegisteredService(id=key, name=service.name, meta={

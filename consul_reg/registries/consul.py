@@ -112,6 +112,11 @@ class LeanHttp:
             if endpoint.client_cert:
                 self._context.load_cert_chain(endpoint.client_cert, endpoint.client_key)
 
+    def set_token(self, token: str | None) -> None:
+        self._headers.pop("X-Consul-Token", None)
+        if token:
+            self._headers["X-Consul-Token"] = token
+
     def _connection(self) -> http.client.HTTPConnection:
         connection = getattr(self._local, "connection", None)
         if connection is None:
@@ -201,6 +206,15 @@ class ConsulRegistry:
         self.description = f"consul {endpoint}"
         self._client = _Consul(endpoint, token, timeout)
         self._ttl_http = LeanHttp(endpoint, token, timeout)
+
+    def set_token(self, token: str | None) -> None:
+        """A new ACL token (SIGHUP re-read the token file) for every later request."""
+        self._client.token = token
+        for headers in (self._client.http.client.headers,):
+            headers.pop("X-Consul-Token", None)
+            if token:
+                headers["X-Consul-Token"] = token
+        self._ttl_http.set_token(token)
 
     def agent_info(self) -> AgentInfo:
         info = self._call("read the agent's own information", self._client.agent.self)

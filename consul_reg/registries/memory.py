@@ -39,5 +39,8 @@ class MemoryRegistry:
     def maintenance_reason(self, service_id: str) -> str | None:
         return None
 
+    def set_token(self, token: str | None) -> None:
+        pass
+
     def close(self) -> None:
         pass
