@@ -62,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="who runs SERVICE_CHECK_DOCKER commands: the agent (docker check) or this daemon (docker exec)")
     add("--drain-timeout", dest="drain_timeout", type=float, default=30.0, metavar="SECONDS",
         help="how long a container stopped by a signal stays in maintenance waiting for its death")
+    add("-envFile", "--envFile", "--env-file", dest="env_file", default=None, metavar="PATH",
+        help="file inside each container with SERVICE_*=value lines, read after start and on changes")
+    add("--env-file-interval", dest="env_file_interval", type=float, default=10.0, metavar="SECONDS",
+        help="how often env files are polled for changes (default 10)")
     add("--status-addr", dest="status_addr", default=None, metavar="HOST:PORT",
         help="serve /health, /metrics and /services there (off by default)")
     add("--hostname", default=None, help="host name used in service IDs (default: this machine's)")
@@ -93,6 +97,8 @@ def parse_config(argv: Sequence[str], environ: dict[str, str] | None = None) -> 
         raise UsageError(f"-deregister must be 'always' or 'on-success' (got {args.deregister!r})")
     if args.status_addr and not re.fullmatch(r"(\[[0-9a-fA-F:]+\]|[^:\s]+):\d{1,5}", args.status_addr):
         raise UsageError(f"--status-addr must be HOST:PORT, e.g. 127.0.0.1:9707 (got {args.status_addr!r})")
+    if args.env_file_interval <= 0:
+        raise UsageError(f"--env-file-interval must be greater than 0 (got {args.env_file_interval:g})")
     if args.drain_timeout < 0:
         raise UsageError(f"--drain-timeout must not be negative (got {args.drain_timeout:g})")
     if args.resync < 0:
@@ -131,6 +137,8 @@ def parse_config(argv: Sequence[str], environ: dict[str, str] | None = None) -> 
         no_script_checks=args.no_script_checks,
         drain_timeout=args.drain_timeout,
         status_addr=args.status_addr,
+        env_file=args.env_file,
+        env_file_interval=args.env_file_interval,
         exec_checks=args.exec_checks,
         log_level=args.log_level,
         log_format=args.log_format,

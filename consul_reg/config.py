@@ -30,6 +30,8 @@ class Config:
     log_format: str = "text"
     drain_timeout: float = 30.0
     status_addr: str | None = None
+    env_file: str | None = None  # -envFile: SERVICE_* lines inside each container
+    env_file_interval: float = 10.0
     no_script_checks: bool = False
     exec_checks: str = "agent"  # or "daemon": the daemon runs CHECK_DOCKER commands itself
     token_file: str | None = None

@@ -21,8 +21,8 @@ from consul_reg import logs
 from consul_reg.addresses import primary_host_address
 from consul_reg.config import Config, TokenError, read_token
 from consul_reg.docker_source import DockerSource, DockerUnavailable, Hint
-from consul_reg.mapping import map_container
 from consul_reg.drain import Drainer
+from consul_reg.desires import DesireBuilder
 from consul_reg.heartbeat import ProbeScheduler
 from consul_reg.mirrors import MirrorWorker
 from consul_reg.status import Metrics, StatusServer
@@ -50,7 +50,8 @@ class Daemon:
         self.desires: dict[str, ContainerDesire] = {}
         self.actual: dict[str, RegisteredService] | None = None  # None: unknown, list it again
         self.failing: dict[str, str] = {}  # service ID -> digest Consul refused; retried at resync
-        self._reported: dict[str, tuple[tuple[str, str], ...]] = {}  # container -> log lines already written
+        self.builder = DesireBuilder(config, docker, self.settings)
+        self._next_env_poll = 0.0
         self._registry_backoff = config.retry_interval_ms / 1000
         self._registry_retry_at = 0.0
         self.docker_ok = True
@@ -76,6 +77,7 @@ class Daemon:
                 self.agent = info
                 self.settings = self.config.mapping_settings(*self._default_address(info.advertise_address),
                                                              info.version, info.runs_remote_scripts)
+                self.builder.settings = self.settings
                 if not info.runs_remote_scripts:
                     logger.info("the agent has script checks disabled: SERVICE_CHECK_DOCKER commands are run by "
                                 "this daemon through docker exec, SERVICE_CHECK_SCRIPT checks are dropped")
@@ -146,6 +148,7 @@ class Daemon:
 
     def handle(self, batch: list[Hint]) -> None:
         self.drainer.expire()
+        self._poll_env_files()
         stamped = [h.time_nano for h in batch if h.time_nano]
         if stamped:
             self.metrics.event_lag.set(max(0.0, time.time() - max(stamped) / 1e9))
@@ -180,6 +183,18 @@ class Daemon:
                     self.probes.report_container_now(container_id, desire.status)  # health_status, pause
             self.sync()
 
+    def _poll_env_files(self) -> None:
+        """Re-map containers whose env file changed (between full passes, which read them all)."""
+        if time.monotonic() < self._next_env_poll:
+            return
+        self._next_env_poll = time.monotonic() + self.config.env_file_interval
+        changed = [d.container_id for d in list(self.desires.values())
+                   if d.env_file and d.status.running and self.builder.env_file_changed(d.container_id, d.env_file)]
+        for container_id in changed:
+            self.refresh_container(container_id)
+        if changed:
+            self.sync()
+
     def _next_hints(self, timeout: float) -> list[Hint]:
         try:
             batch = [self.hints.get(timeout=max(timeout, 0.0))]
@@ -200,6 +215,8 @@ class Daemon:
         drain_deadline = self.drainer.next_deadline()
         if drain_deadline is not None:
             deadlines.append(drain_deadline)
+        if any(d.env_file for d in self.desires.values()):
+            deadlines.append(self._next_env_poll)
         return min(deadlines) - time.monotonic() if deadlines else 3600.0
 
     def _due(self) -> bool:
@@ -251,15 +268,14 @@ class Daemon:
             for summary in summaries:
                 inspected = self.docker.inspect_listed(summary)
                 if inspected is not None:
-                    desires[inspected["Id"]] = self._desire_for(inspected)
+                    desires[inspected["Id"]] = self.builder.desire_for(inspected)
         except DockerUnavailable as error:
             # Never read "Docker is down" as "no containers": keep what we know.
             self.docker_ok = False
             self._schedule_retry(f"{error}")
             return
         self.docker_ok = True
-        for gone in set(self._reported) - set(desires):
-            del self._reported[gone]
+        self.builder.forget_all_but(set(desires))
         self.desires = desires
         previous, self.actual = self.actual, None
         if not self._agent_is_the_same():
@@ -277,9 +293,9 @@ class Daemon:
             return
         if inspected is None:
             self.desires.pop(container_id, None)
-            self._reported.pop(container_id, None)
+            self.builder.forget(container_id)
         else:
-            self.desires[container_id] = self._desire_for(inspected)
+            self.desires[container_id] = self.builder.desire_for(inspected)
 
     def _notice_reaped(self, previous: dict[str, RegisteredService]) -> None:
         """Owned services that vanished while the agent stayed up, and that ask the
@@ -361,7 +377,8 @@ class Daemon:
             logger.warning("the agent refused a check that runs a command (script checks disabled): from now on "
                            "SERVICE_CHECK_DOCKER commands are run by this daemon, SERVICE_CHECK_SCRIPT is dropped")
             self.settings = replace(self.settings, checks=replace(self.settings.checks, agent_runs_scripts=False))
-            self._reported.clear()
+            self.builder.settings = self.settings
+            self.builder.reset_reports()
             self.failing.clear()
             self.hints.put(Hint("", "scripts refused"))
         if result.unavailable:
@@ -377,48 +394,6 @@ class Daemon:
         logger.warning("{}; retrying in {:.1f}s", reason, self._registry_backoff)
         self._registry_retry_at = time.monotonic() + self._registry_backoff
         self._registry_backoff = min(self._registry_backoff * 2, MAX_BACKOFF_SECONDS)
-
-    def _desire_for(self, container: dict[str, Any]) -> ContainerDesire:
-        container_id = str(container.get("Id") or "")
-        name = str(container.get("Name") or "").lstrip("/")
-        created = str(container.get("Created") or "")
-        state = container.get("State") if isinstance(container.get("State"), dict) else {}
-        status = ContainerStatus.from_inspect(container)
-        if not state.get("Running"):
-            exit_code = state.get("ExitCode")
-            keep = (self.config.deregister == "on-success" and isinstance(exit_code, int)
-                    and 0 < exit_code < 128)
-            return ContainerDesire(container_id, name, created, (), keep_existing=keep, status=status)
-        try:
-            records = map_container(container, self.settings, network_peer=self._network_peer(container))
-        except Exception:  # mapping is pure and never raises; if it ever does, one container pays
-            logger.exception("container {}: could not map it; skipped", name)
-            return ContainerDesire(container_id, name, created)
-        self._report(name, container_id, records.warnings, records.services, records.skipped_reason)
-        stop_signal = str((container.get("Config") or {}).get("StopSignal") or "")
-        return ContainerDesire(container_id, name, created, tuple(records.services), status=status,
-                               stop_signal=stop_signal)
-
-    def _network_peer(self, container: dict[str, Any]) -> dict[str, Any] | None:
-        mode = str((container.get("HostConfig") or {}).get("NetworkMode") or "")
-        if not mode.startswith("container:"):
-            return None
-        try:
-            return self.docker.inspect(mode.split(":", 1)[1])
-        except DockerUnavailable:
-            return None
-
-    def _report(self, name: str, container_id: str, warnings: list[str], services, skipped: str) -> None:
-        """Log a container's warnings and address choices once, until they change."""
-        lines = tuple(("warning", w) for w in warnings)
-        lines += tuple(("info", f"{s.id} registers at {s.address}: {s.address_reason}") for s in services)
-        if skipped:
-            lines += (("info", f"not registered: {skipped}"),)
-        if self._reported.get(container_id) == lines:
-            return
-        self._reported[container_id] = lines
-        for level, text in lines:
-            logger.bind(container=name).log(level.upper(), "container {}: {}", name, text)
 
 
 def run(config: Config) -> int:

@@ -6,8 +6,10 @@ subscriber that does not read within ~100 ms, so nothing slow runs there.
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import tarfile
 import queue
 import threading
 import time
@@ -101,6 +103,24 @@ class DockerSource:
         if inspected is not None:
             self._inspect_cache[key] = inspected
         return inspected
+
+    def read_file(self, container_id: str, path: str, limit: int) -> str | None:
+        """A file's text from inside the container (Docker's archive API, no exec);
+        None when it does not exist. Raises ValueError when it is not a readable
+        regular file of at most `limit` bytes."""
+        try:
+            stream, stat = self._guard("read a file", self._client.get_archive, container_id, path)
+        except docker.errors.NotFound:
+            return None
+        if stat.get("size", 0) > limit:
+            raise ValueError(f"{path} is larger than {limit} bytes")
+        raw = b"".join(stream)
+        with tarfile.open(fileobj=io.BytesIO(raw)) as archive:
+            member = next((m for m in archive.getmembers() if m.isfile()), None)
+            if member is None:
+                raise ValueError(f"{path} is not a regular file")
+            extracted = archive.extractfile(member)
+            return extracted.read(limit).decode("utf-8", "replace") if extracted else ""
 
     def exec_in_container(self, container_id: str, command: str, timeout: float) -> tuple[int, str]:
         """Run `sh -c command` in the container (Docker exec API): (exit code, output).

@@ -27,6 +27,7 @@ class ContainerDesire:
     keep_existing: bool = False
     status: ContainerStatus = ContainerStatus()
     stop_signal: str = ""  # Config.StopSignal: this signal also starts a drain
+    env_file: str = ""  # path of its env file inside the container, polled for changes
 
 
 @dataclass(frozen=True)

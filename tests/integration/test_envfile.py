@@ -1,0 +1,47 @@
+"""The env file: SERVICE_* lines written by the app inside its container after
+start, read through Docker's archive API, highest priority, key by key."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.integration.conftest import wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def write(container, text: str) -> None:
+    container.exec_run(["sh", "-c", f"printf '{text}' > /tmp/new.env && mv /tmp/new.env /tmp/service.env"])
+
+
+def test_env_file_changes_registration_after_start(start_daemon, run_container, consul_api, hostname):
+    daemon = start_daemon("-ip", "192.0.2.1", "--env-file-interval", "0.5")
+    web = run_container(ports={"80/tcp": None}, labels={"SERVICE_ENV_FILE": "/tmp/service.env",
+                                                        "SERVICE_TAGS": "traefik.enable=true,web"})
+    service_id = f"{hostname}:{web.name}:80"
+    wait_until(lambda: consul_api.services_of(hostname).get(service_id, {}).get("Tags") == ["traefik.enable=true",
+                                                                                            "web"],
+               message="registered from labels while the file is missing")
+    assert "env file" not in daemon.log().replace("env file /tmp/service.env read", "")  # missing: no warning
+    write(web, "# the app takes itself out of Traefik\\nSERVICE_TAGS=web\\nSERVICE_VERSION=2\\n")
+    service = wait_until(lambda: (s := consul_api.services_of(hostname).get(service_id)) and s["Tags"] == ["web"]
+                         and s, message="tags replaced by the env file")
+    assert service["Meta"]["version"] == "2"
+    write(web, "SERVICE_TAGS=web\\nSERVICE_VERSION=2\\nSERVICE_ID=moved-" + hostname + "\\n")
+    wait_until(lambda: set(consul_api.services_of(hostname)) == {f"moved-{hostname}"},
+               message="new ID registered, old one removed")
+    write(web, "this is not KEY=value at all\\n")
+    daemon.wait_log("not KEY=value")
+    syncs = daemon.log().count("full sync done")
+    wait_until(lambda: daemon.log().count("full sync done") >= syncs + 1, message="a resync")
+    assert set(consul_api.services_of(hostname)) == {f"moved-{hostname}"}  # the last good values stay
+    assert daemon.log().count("service.env: line 1: not KEY=value") == 1  # one warning per change of content
+
+
+def test_env_file_flag_applies_to_every_container(start_daemon, run_container, consul_api, hostname):
+    start_daemon("-ip", "192.0.2.1", "-envFile", "/tmp/service.env", "--env-file-interval", "0.5")
+    web = run_container(ports={"80/tcp": None})
+    wait_until(lambda: len(consul_api.services_of(hostname)) == 1, message="registered")
+    write(web, "SERVICE_NAME=from-file\\n")
+    wait_until(lambda: consul_api.services_of(hostname)[f"{hostname}:{web.name}:80"]["Service"] == "from-file",
+               message="name from the env file")
