@@ -168,7 +168,9 @@ def _refuse_options_after_uri(parser: argparse.ArgumentParser, argv: Sequence[st
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["explain"]:
+        return _explain(argv[1:])
     try:
         config = parse_config(argv)
     except UsageError as error:
@@ -177,3 +179,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     from consul_reg.daemon import run  # imported late: --help stays fast
 
     return run(config)
+
+
+def _explain(argv: list[str]) -> int:
+    """consul-reg explain [the daemon's flags] [registry-uri...] CONTAINER"""
+    positional = [a for a in argv if not a.startswith("-")]
+    if not positional or argv[-1].startswith("-"):
+        print("consul-reg: explain needs a container name or ID, last: "
+              "consul-reg explain [options] [registry-uri] CONTAINER", file=sys.stderr)
+        return USAGE_EXIT
+    try:
+        config = parse_config(argv[:-1])
+    except UsageError as error:
+        print(f"consul-reg: {error}", file=sys.stderr)
+        return USAGE_EXIT
+    from consul_reg import logs
+    from consul_reg.explain import explain
+
+    logs.setup("ERROR", "text", secrets=(config.token or "",))
+    return explain(config, argv[-1])

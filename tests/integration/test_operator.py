@@ -92,3 +92,34 @@ def test_traefik_tag_forms_arrive_byte_for_byte(start_daemon, run_container, con
                          message="registered")
     assert service["Tags"] == tags
     assert service["Port"] == host_port(web, "80/tcp")
+
+
+def run_explain(*args: str) -> subprocess.CompletedProcess[str]:
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "consul_reg", "explain", *args], capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_explain_shows_fields_sources_and_registers_nothing(run_container, consul_api, hostname):
+    web = run_container(ports={"80/tcp": None}, environment={"SERVICE_TAGS": "www"},
+                        labels={"SERVICE_NAME": "shop", "SERVICE_CHECK_HTTP": "/health", "SERVICE_ZONE": "z1",
+                                "SERVICE_9999_NAME": "nope"})
+    result = run_explain("-ip", "192.0.2.7", "-tags", "forced", "--hostname", hostname, web.name)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert f"service {hostname}:{web.name}:80" in out
+    assert "Name         shop    <- label SERVICE_NAME" in out
+    assert "Address      192.0.2.7    <- -ip" in out
+    assert "Tags         www, forced    <- env SERVICE_TAGS + flag -tags" in out
+    assert "Meta zone    z1    <- label SERVICE_ZONE" in out
+    assert f"HTTP=http://192.0.2.7:{host_port(web, '80/tcp')}/health" in out
+    assert "warning: key 'SERVICE_9999_NAME': port 9999 is not published" in out
+    assert consul_api.services_of(hostname) == {}
+
+
+def test_explain_exits_1_with_the_reason(run_container, hostname):
+    silent = run_container()
+    result = run_explain("--hostname", hostname, silent.name)
+    assert result.returncode == 1
+    assert "would register nothing: it publishes no port and sets no SERVICE_NAME" in result.stdout

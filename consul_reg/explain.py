@@ -1,0 +1,112 @@
+"""`consul-reg explain [the daemon's flags] [registry-uri] CONTAINER`: print,
+without registering anything, what the daemon would register for one
+container, where every field came from, and every warning."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, TextIO
+
+from consul_reg import envfile, labels
+from consul_reg.config import Config
+from consul_reg.docker_source import DockerSource, DockerUnavailable
+from consul_reg.labels import KeyValue
+from consul_reg.mapping import map_container
+from consul_reg.model import MARKER_KEYS, Service
+from consul_reg.registries import registries_from_uris
+from consul_reg.registries.base import RegistryError
+
+
+def explain(config: Config, container_ref: str, out: TextIO = sys.stdout) -> int:
+    primary, _ = registries_from_uris(config)
+    try:
+        docker = DockerSource()
+        container = docker.inspect(container_ref)
+    except DockerUnavailable as error:
+        print(f"error: {error}", file=out)
+        return 1
+    if container is None:
+        print(f"error: no container named or with ID {container_ref!r}", file=out)
+        return 1
+    warnings: list[str] = []
+    try:
+        info = primary.agent_info()
+        local = getattr(primary, "endpoint", None) is not None and primary.endpoint.is_local
+        address = (info.advertise_address, "the local Consul agent's advertise address") if local and \
+            info.advertise_address else ("(this host's primary address)", "this host's primary address")
+        settings = config.mapping_settings(*address, info.version, info.runs_remote_scripts)
+        print(f"agent: {primary.description}, Consul {info.version}, script checks "
+              f"{'enabled' if info.runs_remote_scripts else 'disabled'}", file=out)
+    except RegistryError as error:
+        warnings.append(f"the agent could not be asked ({error}); assuming Consul 1.7 without script checks")
+        settings = config.mapping_settings("(agent address)", "the agent's advertise address", "1.7", False)
+
+    name = str(container.get("Name") or "").lstrip("/")
+    print(f"container: {name} ({str(container.get('Id'))[:12]}), image {container['Config'].get('Image')}", file=out)
+    if not (container.get("State") or {}).get("Running"):
+        print("would register nothing: the container is not running", file=out)
+        return 1
+
+    from consul_reg.desires import DesireBuilder
+
+    env_path = DesireBuilder(config, docker, settings).env_file_path(container)
+    extra: tuple[tuple[str, list[tuple[str, str]]], ...] = ()
+    if env_path:
+        text = None
+        try:
+            text = docker.read_file(str(container["Id"]), env_path, envfile.MAX_BYTES)
+        except ValueError as error:
+            warnings.append(f"env file {env_path}: {error}")
+        if text is None:
+            print(f"env file: {env_path} (not there yet)", file=out)
+        else:
+            parsed = envfile.parse(text)
+            warnings.extend(f"env file {env_path}: {p}" for p in parsed.problems)
+            extra = (("env file", list(parsed.pairs)),)
+            print(f"env file: {env_path} ({len(parsed.pairs)} keys)", file=out)
+
+    peer = None
+    mode = str((container.get("HostConfig") or {}).get("NetworkMode") or "")
+    if mode.startswith("container:"):
+        peer = docker.inspect(mode.split(":", 1)[1])
+    records = map_container(container, settings, network_peer=peer, extra_sources=extra)
+    keys = labels.collect(container["Config"].get("Env"), container["Config"].get("Labels"), *extra)
+    for service in records.services:
+        _print_service(service, keys.for_port(service.exposed_port.split("/")[0]) if service.exposed_port
+                       else dict(keys.general), config, out)
+    for warning in warnings + records.warnings:
+        print(f"warning: {warning}", file=out)
+    if not records.services:
+        print(f"would register nothing: {records.skipped_reason or 'no service'}", file=out)
+        return 1
+    return 0
+
+
+def _source(keys: dict[str, KeyValue], key: str, default: str) -> str:
+    entry = keys.get(key)
+    return f"{entry.source} {entry.original_key}" if entry and entry.value.strip() else default
+
+
+def _print_service(service: Service, keys: dict[str, KeyValue], config: Config, out: TextIO) -> None:
+    print(f"\nservice {service.id}", file=out)
+    rows: list[tuple[str, Any, str]] = [
+        ("ID", service.id, _source(keys, "id", "default <hostname>:<container>:<port>")),
+        ("Name", service.name, _source(keys, "name", "default: the image's base name")),
+        ("Address", service.address, service.address_reason),
+        ("Port", service.port if service.port is not None else "(none: a port-less worker)",
+         "-internal: the exposed port" if config.internal else "the published host port"),
+        ("Tags", ", ".join(service.tags) or "(none)",
+         " + ".join(filter(None, [_source(keys, "tags", ""), "flag -tags" if config.force_tags else ""]))
+         or "none set"),
+    ]
+    for key, value in service.meta:
+        if key not in MARKER_KEYS:
+            rows.append((f"Meta {key}", value, _source(keys, key, "fixed from another key")))
+    for check in service.checks:
+        definition = check.definition_dict
+        kind = check.check_id.rsplit(":", 1)[-1]
+        where = "consul-reg" if check.daemon_probe else "the agent"
+        rows.append((f"Check {check.check_id}", ", ".join(f"{k}={v}" for k, v in definition.items()),
+                     f"run by {where}; " + _source(keys, f"check_{kind}", "daemon-owned")))
+    for field, value, source in rows:
+        print(f"  {field:<12} {value}    <- {source}", file=out)
