@@ -12,6 +12,8 @@ command -v dockerd >/dev/null 2>&1 || need="$need docker.io"
 [ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx httpd || need="$need busybox-static"
 command -v openssl >/dev/null 2>&1 || need="$need openssl"
 command -v dig >/dev/null 2>&1 || need="$need bind9-dnsutils"
+command -v ip >/dev/null 2>&1 || need="$need iproute2"
+command -v curl >/dev/null 2>&1 || need="$need curl"
 for extra in "$@"; do
   case "$extra" in
     etcd) command -v etcd >/dev/null 2>&1 || need="$need etcd-server" ;;
