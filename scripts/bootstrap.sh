@@ -1,7 +1,7 @@
 #!/bin/sh
 # Everything a fresh machine needs before consul-reg runs or is tested:
 # the real components (installed and started) and a virtualenv in .venv.
-# Usage: scripts/bootstrap.sh [etcd] [zookeeper] [prometheus]
+# Usage: scripts/bootstrap.sh [etcd] [zookeeper] [prometheus] [compose]
 set -eu
 cd "$(dirname "$0")/.."
 sh scripts/install-deps.sh "$@"

@@ -3,7 +3,7 @@
 # dockerd (docker.io), busybox-static (test images) and consul 1.8.7, which
 # only Debian's bullseye suite carries: that suite is added at low priority
 # so nothing else is taken from it.
-# Usage: scripts/install-deps.sh [etcd] [zookeeper] [prometheus]
+# Usage: scripts/install-deps.sh [etcd] [zookeeper] [prometheus] [compose]
 set -eu
 export DEBIAN_FRONTEND=noninteractive
 
@@ -19,6 +19,7 @@ for extra in "$@"; do
     etcd) command -v etcd >/dev/null 2>&1 || need="$need etcd-server" ;;
     zookeeper) [ -x /usr/share/zookeeper/bin/zkServer.sh ] || need="$need zookeeper" ;;
     prometheus) ;;
+    compose) command -v docker-compose >/dev/null 2>&1 || need="$need docker-compose" ;;
     *) echo "install-deps: unknown component '$extra'" >&2; exit 2 ;;
   esac
 done
