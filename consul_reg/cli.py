@@ -13,7 +13,9 @@ from typing import NoReturn, Sequence
 
 from consul_reg import __version__
 from consul_reg.config import Config, TokenError, read_token
+from consul_reg.labels import split_tags
 from consul_reg.registries import RegistryURIError, default_uri, validate_uri
+from consul_reg.tags_template import Template, TemplateError
 
 USAGE_EXIT = 2
 
@@ -101,6 +103,11 @@ def parse_config(argv: Sequence[str], environ: dict[str, str] | None = None) -> 
         raise UsageError(f"--env-file-interval must be greater than 0 (got {args.env_file_interval:g})")
     if args.drain_timeout < 0:
         raise UsageError(f"--drain-timeout must not be negative (got {args.drain_timeout:g})")
+    if "{{" in args.tags:
+        try:
+            Template(args.tags)
+        except TemplateError as error:
+            raise UsageError(f"-tags template: {error}") from None
     if args.resync < 0:
         raise UsageError(f"-resync must not be negative (got {args.resync:g})")
 
@@ -125,7 +132,8 @@ def parse_config(argv: Sequence[str], environ: dict[str, str] | None = None) -> 
         internal=args.internal,
         explicit=args.explicit,
         use_ip_from_label=args.use_ip_from_label or None,
-        force_tags=tuple(t.strip() for t in args.tags.split(",") if t.strip()),
+        force_tags=() if "{{" in args.tags else tuple(split_tags(args.tags)),
+        tags_template=args.tags if "{{" in args.tags else "",
         ttl=args.ttl,
         ttl_refresh=args.ttl_refresh,
         resync_seconds=args.resync,

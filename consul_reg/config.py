@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from consul_reg.checks import CheckSettings, parse_version
 from consul_reg.mapping import MappingSettings
+from consul_reg.tags_template import Template
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,7 @@ class Config:
     explicit: bool = False
     use_ip_from_label: str | None = None
     force_tags: tuple[str, ...] = ()
+    tags_template: str = ""  # -tags with {{ }}: rendered per container
     ttl: int = 0
     ttl_refresh: int = 0
     resync_seconds: float = 30.0
@@ -48,6 +50,7 @@ class Config:
             explicit=self.explicit,
             use_ip_from_label=self.use_ip_from_label,
             force_tags=self.force_tags,
+            tags_template=Template(self.tags_template) if self.tags_template else None,
             health_reassert_seconds=self.resync_seconds or 60.0,
             checks=CheckSettings(
                 agent_version=parse_version(agent_version),

@@ -7,7 +7,7 @@ differences listed in the README's "moving from registrator" section.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from consul_reg import labels, workers
@@ -15,6 +15,7 @@ from consul_reg.addresses import UNSPECIFIED_HOST_IPS, choose_address, plain_ip
 from consul_reg.checks import CheckSettings, service_checks
 from consul_reg.labels import KeyValue, ServiceKeys
 from consul_reg.model import MARKER_KEYS, Service, marker_meta
+from consul_reg.tags_template import Template, TemplateError
 
 COMPOSE_SERVICE_LABEL = "com.docker.compose.service"
 
@@ -38,6 +39,7 @@ class MappingSettings:
     explicit: bool = False  # -explicit
     use_ip_from_label: str | None = None  # -useIpFromLabel
     force_tags: tuple[str, ...] = ()  # -tags
+    tags_template: Template | None = None  # -tags in Go-template form, rendered per container
     checks: CheckSettings = CheckSettings()
     health_reassert_seconds: float = 30.0  # how often docker-health checks are re-asserted
 
@@ -81,6 +83,13 @@ def map_container(
 
     keys = labels.collect(config.get("Env"), _dict(config.get("Labels")), *extra_sources)
     records.warnings.extend(keys.warnings)
+    if settings.tags_template is not None:
+        try:
+            rendered = labels.split_tags(settings.tags_template.render(container))
+        except TemplateError as error:
+            records.warnings.append(f"-tags template: {error}; no -tags for this container")
+            rendered = []
+        settings = replace(settings, force_tags=tuple(rendered))
 
     ignore = keys.general.get("ignore")
     if ignore and labels.is_true_flag(ignore.value):

@@ -123,3 +123,15 @@ def test_explain_exits_1_with_the_reason(run_container, hostname):
     result = run_explain("--hostname", hostname, silent.name)
     assert result.returncode == 1
     assert "would register nothing: it publishes no port and sets no SERVICE_NAME" in result.stdout
+
+
+def test_tags_template_per_container(start_daemon, run_container, consul_api, hostname):
+    daemon = start_daemon("-ip", "192.0.2.1", "-tags",
+                          'id={{ strSlice .ID 0 12 }},team={{ mIndex "team" .Config.Labels | toLower }},static')
+    web = run_container(ports={"80/tcp": None}, labels={"team": "Payments"})
+    broken = run_container(ports={"81/tcp": None})  # no "team" label: mIndex gives nothing, still fine
+    services = wait_until(lambda: (s := consul_api.services_of(hostname)) and len(s) == 2 and s,
+                          message="both registered")
+    assert services[f"{hostname}:{web.name}:80"]["Tags"] == [f"id={web.id[:12]}", "team=payments", "static"]
+    assert services[f"{hostname}:{broken.name}:81"]["Tags"] == [f"id={broken.id[:12]}", "team=", "static"]
+    assert "Traceback" not in daemon.log()

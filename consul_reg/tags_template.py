@@ -1,0 +1,200 @@
+"""`-tags` in registrator 7.4's Go-template form, by a small safe interpreter
+of our own (never Python eval). Pure: no I/O.
+
+Supported: text with `{{ pipeline }}` actions; a pipeline is commands joined
+by `|`, the value on the left passed as the last argument of the next
+command; operands are fields of the container (`.ID`, `.Config.Labels`...),
+"strings", `raw strings`, integers and (parenthesised pipelines); functions
+are Go's `index` and registrator's `strSlice`, `sIndex`, `mIndex`, `toUpper`,
+`toLower`, `replace`, `join`, `split`, `splitIndex`, `matchFirstElement`,
+`matchAllElements`. `httpGet` and `jsonParse` are left out on purpose: a
+network call inside a registration is a latency and security hazard.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable
+
+LEFT_OUT = {"httpGet", "jsonParse"}
+_TOKEN = re.compile(r'\s*(?:(?P<field>\.[A-Za-z0-9_.]*)|(?P<string>"(?:[^"\\]|\\.)*")|(?P<raw>`[^`]*`)'
+                    r'|(?P<number>-?\d+)|(?P<ident>[A-Za-z_][A-Za-z0-9_]*)|(?P<punct>[|()]))')
+
+
+class TemplateError(ValueError):
+    """The template is malformed or failed on one container; the message says where."""
+
+
+def _go_string(value: Any) -> str:
+    """How Go's text/template prints a value."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "[" + " ".join(_go_string(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "map[" + " ".join(f"{k}:{_go_string(v)}" for k, v in sorted(value.items())) + "]"
+    return str(value)
+
+
+def _pick(items: list[Any], index: int, what: str) -> Any:
+    if not -len(items) <= index < len(items):
+        raise TemplateError(f"{what}: index {index} out of range (length {len(items)})")
+    return items[index]
+
+
+def _regex(pattern: str) -> re.Pattern[str]:
+    try:
+        return re.compile(pattern)
+    except re.error as error:
+        raise TemplateError(f"bad regular expression {pattern!r}: {error}") from None
+
+
+FUNCTIONS: dict[str, Callable[..., Any]] = {
+    "strSlice": lambda s, start, end: str(s)[int(start):int(end)],
+    "sIndex": lambda i, items: _pick(list(items or []), int(i), "sIndex"),
+    "mIndex": lambda key, mapping: (mapping or {}).get(key),
+    "toUpper": lambda s: _go_string(s).upper(),
+    "toLower": lambda s: _go_string(s).lower(),
+    "replace": lambda old, new, s: _go_string(s).replace(old, new),
+    "join": lambda sep, items: str(sep).join(_go_string(v) for v in (items or [])),
+    "split": lambda sep, s: _go_string(s).split(sep),
+    "splitIndex": lambda i, sep, s: _pick(_go_string(s).split(sep), int(i), "splitIndex"),
+    "matchFirstElement": lambda pattern, items: next(
+        (v for v in (items or []) if _regex(pattern).search(_go_string(v))), None),
+    "matchAllElements": lambda pattern, items: [v for v in (items or []) if _regex(pattern).search(_go_string(v))],
+}
+
+
+def _index(collection: Any, *keys: Any) -> Any:
+    for key in keys:
+        if isinstance(collection, dict):
+            collection = collection.get(key)
+        elif isinstance(collection, list):
+            collection = _pick(collection, int(key), "index")
+        else:
+            raise TemplateError(f"index of {type(collection).__name__}")
+    return collection
+
+
+FUNCTIONS["index"] = _index
+
+
+class Template:
+    """A parsed template; `render(container)` evaluates it for one container."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.parts: list[str | list[Any]] = []
+        position = 0
+        while True:
+            start = text.find("{{", position)
+            if start < 0:
+                self.parts.append(text[position:])
+                break
+            end = text.find("}}", start)
+            if end < 0:
+                raise TemplateError(f"unclosed action at character {start}")
+            self.parts.append(text[position:start])
+            self.parts.append(self._parse(text[start + 2:end].strip("- ")))
+            position = end + 2
+
+    @property
+    def is_static(self) -> bool:
+        return all(isinstance(p, str) for p in self.parts)
+
+    def _parse(self, action: str) -> list[Any]:
+        tokens, position = [], 0
+        while position < len(action):
+            match = _TOKEN.match(action, position)
+            if not match or match.end() == position:
+                if action[position:].strip() == "":
+                    break
+                raise TemplateError(f"cannot read {action[position:]!r} in {{{{ {action} }}}}")
+            kind = match.lastgroup
+            tokens.append((kind, match.group(kind)))
+            position = match.end()
+        pipeline, rest = self._pipeline(tokens, action)
+        if rest:
+            raise TemplateError(f"unexpected {rest[0][1]!r} in {{{{ {action} }}}}")
+        return pipeline
+
+    def _pipeline(self, tokens: list[tuple[str, str]], action: str) -> tuple[list[Any], list[tuple[str, str]]]:
+        commands: list[list[Any]] = [[]]
+        while tokens:
+            kind, value = tokens[0]
+            if value == ")":
+                break
+            tokens = tokens[1:]
+            if value == "|":
+                commands.append([])
+            elif value == "(":
+                inner, tokens = self._pipeline(tokens, action)
+                if not tokens or tokens[0][1] != ")":
+                    raise TemplateError(f"unclosed '(' in {{{{ {action} }}}}")
+                tokens = tokens[1:]
+                commands[-1].append(("pipeline", inner))
+            elif kind == "ident":
+                if value in LEFT_OUT:
+                    raise TemplateError(f"{value} is left out on purpose (a network call inside a "
+                                        "registration is a latency and security hazard)")
+                if value not in FUNCTIONS:
+                    raise TemplateError(f"unknown function {value!r}")
+                commands[-1].append(("function", value))
+            elif kind == "string":
+                commands[-1].append(("value", bytes(value[1:-1], "utf-8").decode("unicode_escape")))
+            elif kind == "raw":
+                commands[-1].append(("value", value[1:-1]))
+            elif kind == "number":
+                commands[-1].append(("value", int(value)))
+            else:
+                commands[-1].append(("field", value))
+        if any(not command for command in commands):
+            raise TemplateError(f"empty command in {{{{ {action} }}}}")
+        return commands, tokens
+
+    def render(self, container: dict[str, Any]) -> str:
+        view = {**container, "ID": container.get("Id", "")}  # go-dockerclient's field names
+        out = []
+        for part in self.parts:
+            out.append(part if isinstance(part, str) else _go_string(self._run(part, view)))
+        return "".join(out)
+
+    def _run(self, commands: list[list[Any]], view: dict[str, Any]) -> Any:
+        piped: Any = _NOTHING
+        for command in commands:
+            head_kind, head = command[0]
+            args = [self._operand(op, view) for op in command[1:]]
+            if piped is not _NOTHING:
+                args.append(piped)
+            if head_kind == "function":
+                try:
+                    piped = FUNCTIONS[head](*args)
+                except TemplateError:
+                    raise
+                except (TypeError, ValueError, AttributeError) as error:
+                    raise TemplateError(f"{head}: {error}") from None
+            elif args:
+                raise TemplateError("only a function takes arguments")
+            else:
+                piped = self._operand(command[0], view)
+        return None if piped is _NOTHING else piped
+
+    def _operand(self, operand: tuple[str, Any], view: dict[str, Any]) -> Any:
+        kind, value = operand
+        if kind == "value":
+            return value
+        if kind == "pipeline":
+            return self._run(value, view)
+        if kind == "function":
+            return self._run([[operand]], view)
+        current: Any = view
+        for name in (n for n in value.split(".") if n):
+            if not isinstance(current, dict) or name not in current:
+                raise TemplateError(f"no field {value}")
+            current = current[name]
+        return current
+
+
+_NOTHING = object()
