@@ -25,6 +25,7 @@ from consul_reg.drain import Drainer
 from consul_reg.desires import DesireBuilder
 from consul_reg.heartbeat import ProbeScheduler
 from consul_reg.mirrors import MirrorWorker
+from consul_reg.reaps import ReapTracker
 from consul_reg.status import Metrics, StatusServer
 from consul_reg.model import ContainerStatus, RegisteredService, registered_form
 from consul_reg.reconcile import ContainerDesire, apply, desired_services, plan
@@ -57,8 +58,7 @@ class Daemon:
         self.docker_ok = True
         self.last_full_sync = 0.0
         self._force_register: set[str] = set()  # services whose checks the agent lost
-        # service ID -> (digest, container ID) the agent reaped (deregister-after)
-        self.reaped: dict[str, tuple[str, str]] = {}
+        self.reaped = ReapTracker()
         self.metrics = Metrics()
         self.probes = ProbeScheduler(registry, docker, self._check_missing, on_sent=self.metrics.heartbeat)
         self.drainer = Drainer(registry, config.drain_timeout)
@@ -172,7 +172,7 @@ class Daemon:
             before = {cid: self.desires[cid].status for cid in latest if cid in self.desires}
             for container_id, hint in latest.items():
                 if hint.action in ("start", "restart"):
-                    self._forget_reaped(container_id)
+                    self.reaped.container_restarted(container_id)
                 if hint.action == "die" and container_id in self.desires:
                     self._mark_dead(container_id, dict(hint.attributes).get("exitCode", ""))
                 else:
@@ -206,32 +206,25 @@ class Daemon:
             except queue.Empty:
                 return batch
 
-    def _seconds_until_due(self) -> float:
+    def _full_sync_deadline(self) -> float | None:
+        """When the next full pass is due: the resync period, or a retry after a failure."""
         deadlines = []
         if self.config.resync_seconds > 0:
             deadlines.append(self.last_full_sync + self.config.resync_seconds)
         if self.actual is None or not self.docker_ok:
             deadlines.append(self._registry_retry_at)
-        drain_deadline = self.drainer.next_deadline()
-        if drain_deadline is not None:
-            deadlines.append(drain_deadline)
+        return min(deadlines, default=None)
+
+    def _seconds_until_due(self) -> float:
+        """Until the loop must wake: a full pass, a drain timeout, an env file poll."""
+        deadlines = [d for d in (self._full_sync_deadline(), self.drainer.next_deadline()) if d is not None]
         if any(d.env_file for d in self.desires.values()):
             deadlines.append(self._next_env_poll)
         return min(deadlines) - time.monotonic() if deadlines else 3600.0
 
     def _due(self) -> bool:
-        """A full resync (or a registry retry) is due; drain deadlines only wake the loop."""
-        deadlines = []
-        if self.config.resync_seconds > 0:
-            deadlines.append(self.last_full_sync + self.config.resync_seconds)
-        if self.actual is None or not self.docker_ok:
-            deadlines.append(self._registry_retry_at)
-        return bool(deadlines) and min(deadlines) <= time.monotonic()
-
-    def _forget_reaped(self, container_id: str) -> None:
-        for service_id, (_, reaped_container) in list(self.reaped.items()):
-            if reaped_container == container_id:
-                del self.reaped[service_id]
+        deadline = self._full_sync_deadline()
+        return deadline is not None and deadline <= time.monotonic()
 
     def _check_missing(self, service_id: str, check_id: str) -> None:
         """From the heartbeat thread: the agent lost a check we report (agent restarted?)."""
@@ -297,22 +290,6 @@ class Daemon:
         else:
             self.desires[container_id] = self.builder.desire_for(inspected)
 
-    def _notice_reaped(self, previous: dict[str, RegisteredService]) -> None:
-        """Owned services that vanished while the agent stayed up, and that ask the
-        agent to remove them when critical (CHECK_DEREGISTER_AFTER), were reaped on
-        purpose: re-adding them would only make them flap."""
-        assert self.actual is not None
-        for desire in self.desires.values():
-            for service in desire.services:
-                was = previous.get(service.id)
-                if (service.id not in self.actual and was is not None and was.digest == service.digest
-                        and any("DeregisterCriticalServiceAfter" in c.definition_dict for c in service.checks)
-                        and self.reaped.get(service.id, ("", ""))[0] != service.digest):
-                    self.reaped[service.id] = (service.digest, desire.container_id)
-                    logger.bind(service_id=service.id, action="reaped").warning(
-                        "the agent removed {} (critical longer than its deregister-after); it stays removed "
-                        "until container {} restarts or its definition changes", service.id, desire.container_name)
-
     def _mark_dead(self, container_id: str, exit_code: str) -> None:
         """A `die` event is itself proof the process ended. Inspecting now would
         wait ~100 ms on dockerd's lock while it tears the network down."""
@@ -352,7 +329,7 @@ class Daemon:
                 self._schedule_retry(str(error))
                 return
             if previous:
-                self._notice_reaped(previous)
+                self.reaped.notice(self.desires.values(), previous, self.actual)
         for service_id in self._force_register:
             self.actual.pop(service_id, None)
         self._force_register.clear()
@@ -360,7 +337,7 @@ class Daemon:
                                  {d.container_id: d.status for d in self.desires.values()})
         kept = frozenset(d.container_id for d in self.desires.values() if d.keep_existing)
         todo = plan(desired, self.actual, self.config.hostname, kept, self.config.cleanup,
-                    {**self.failing, **{sid: digest for sid, (digest, _) in self.reaped.items()}})
+                    {**self.failing, **self.reaped.digests()})
         if not todo:
             return
         result = apply(todo, self.registry)
