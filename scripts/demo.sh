@@ -5,7 +5,7 @@ set -eu
 cd "$(dirname "$0")/.."
 sh scripts/bootstrap.sh
 docker rm -f consul-reg-demo >/dev/null 2>&1 || true
-.venv/bin/consul-reg -resync 30 &
+.venv/bin/consul-reg -deregister-on-exit -resync 30 &
 daemon=$!
 trap 'docker rm -f consul-reg-demo >/dev/null 2>&1; kill $daemon 2>/dev/null; wait $daemon 2>/dev/null' EXIT INT TERM
 docker run -d --name consul-reg-demo --label consul-reg-demo=1 -p 8080 \

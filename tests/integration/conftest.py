@@ -120,7 +120,7 @@ def hostname(consul_api: Consul) -> Iterator[str]:
     name = f"t{uuid.uuid4().hex[:8]}"
     yield name
     for service_id, service in consul_api.services().items():
-        if service_id.startswith(name + ":") or (service.get("Meta") or {}).get("consul_reg_host") == name:
+        if service_id.startswith(name) or (service.get("Meta") or {}).get("consul_reg_host", "").startswith(name):
             consul_api.deregister(service_id)
 
 
