@@ -27,7 +27,7 @@ from consul_reg.heartbeat import ProbeScheduler
 from consul_reg.mirrors import MirrorWorker
 from consul_reg.reaps import ReapTracker
 from consul_reg.status import Metrics, StatusServer
-from consul_reg.model import ContainerStatus, RegisteredService, registered_form
+from consul_reg.model import ContainerStatus, RegisteredService, Service, registered_form
 from consul_reg.reconcile import ContainerDesire, apply, desired_services, plan
 from consul_reg.registries import registries_from_uris
 from consul_reg.registries.base import RegistryError
@@ -50,6 +50,7 @@ class Daemon:
         self.agent: AgentInfo | None = None
         self.desires: dict[str, ContainerDesire] = {}
         self.actual: dict[str, RegisteredService] | None = None  # None: unknown, list it again
+        self._last_known_actual: dict[str, RegisteredService] = {}
         self.failing: dict[str, str] = {}  # service ID -> digest Consul refused; retried at resync
         self.builder = DesireBuilder(config, docker, self.settings)
         self._next_env_poll = 0.0
@@ -317,19 +318,14 @@ class Daemon:
         desired, conflicts = desired_services(self.desires.values())
         for warning in conflicts:
             logger.warning(warning)
+        primary_ready = self._refresh_actual(previous)
         self.metrics.services_managed.set(len(desired))
+        kept = self._kept_services(self.actual if self.actual is not None else self._last_known_actual)
         for mirror in self.mirrors:  # each on its own thread: never waits for the primary, nor it for them
-            mirror.offer(desired, relist=relist_mirrors)
-        if self.actual is None:
-            if time.monotonic() < self._registry_retry_at:
-                return
-            try:
-                self.actual = self.registry.services()
-            except RegistryError as error:
-                self._schedule_retry(str(error))
-                return
-            if previous:
-                self.reaped.notice(self.desires.values(), previous, self.actual)
+            mirror.offer(desired, relist=relist_mirrors, kept=kept)
+        if not primary_ready:
+            return
+        assert self.actual is not None
         for service_id in self._force_register:
             self.actual.pop(service_id, None)
         self._force_register.clear()
@@ -363,6 +359,30 @@ class Daemon:
             self._schedule_retry(result.unavailable)
         else:
             self._registry_backoff = self.config.retry_interval_ms / 1000
+
+    def _refresh_actual(self, previous: dict[str, RegisteredService] | None) -> bool:
+        """List the primary when its state is unknown; False while it cannot be reached."""
+        if self.actual is not None:
+            return True
+        if time.monotonic() < self._registry_retry_at:
+            return False
+        try:
+            self.actual = self.registry.services()
+        except RegistryError as error:
+            self._schedule_retry(str(error))
+            return False
+        self._last_known_actual = self.actual
+        if previous:
+            self.reaped.notice(self.desires.values(), previous, self.actual)
+        return True
+
+    def _kept_services(self, registered: dict[str, RegisteredService]) -> tuple[Service, ...]:
+        """What -deregister on-success keeps for failed containers, as the primary holds it,
+        so the mirrors keep it too."""
+        kept = {d.container_id for d in self.desires.values() if d.keep_existing}
+        return tuple(Service(id=s.id, name=s.name, address=s.address, port=s.port, container_id=s.container_id)
+                     for s in registered.values()
+                     if s.owned_by(self.config.hostname) and s.container_id in kept)
 
     def _owned(self) -> list[RegisteredService]:
         return [s for s in (self.actual or {}).values() if s.owned_by(self.config.hostname)]

@@ -18,7 +18,7 @@ from loguru import logger
 
 from consul_reg.model import MARKER_DIGEST_KEY, MARKER_HOST_KEY, MARKER_SOURCE_KEY, MARKER_SOURCE_VALUE
 from consul_reg.model import RegisteredService, Service
-from consul_reg.reconcile import apply, plan
+from consul_reg.reconcile import Plan, apply, plan
 from consul_reg.registries.base import RegistryError
 
 MAX_BACKOFF_SECONDS = 30.0
@@ -46,6 +46,7 @@ class MirrorWorker:
         self.state = "starting"
         self.metrics: Any = None  # status.Metrics, when the daemon has one
         self._desired: dict[str, Service] | None = None
+        self._kept: tuple[Service, ...] = ()  # records -deregister on-success keeps for failed containers
         self._relist = True
         self._actual: dict[str, RegisteredService] | None = None
         self._wake = threading.Condition()
@@ -58,9 +59,10 @@ class MirrorWorker:
     def start(self) -> None:
         self._thread.start()
 
-    def offer(self, desired: dict[str, Service], relist: bool = False) -> None:
+    def offer(self, desired: dict[str, Service], relist: bool = False, kept: tuple[Service, ...] = ()) -> None:
         with self._wake:
             self._desired = dict(desired)
+            self._kept = kept
             self._relist = self._relist or relist
             self._wake.notify()
 
@@ -79,12 +81,12 @@ class MirrorWorker:
                 self._wake.wait(timeout)
                 if self._stopping:
                     return
-                desired, relist = self._desired, self._relist
+                desired, relist, kept = self._desired, self._relist, self._kept
                 self._relist = False
             if desired is None or time.monotonic() < self._retry_at:
                 continue
             try:
-                self._sync(desired, relist)
+                self._sync(desired, relist, kept)
                 if self.state != "up":
                     logger.bind(registry=self.registry.description).info("mirror {} is up", self.registry.description)
                 self.state = "up"
@@ -102,7 +104,7 @@ class MirrorWorker:
                 self._actual = None
                 self._retry_at = time.monotonic() + self._backoff
 
-    def _sync(self, desired: dict[str, Service], relist: bool) -> None:
+    def _sync(self, desired: dict[str, Service], relist: bool, kept: tuple[Service, ...] = ()) -> None:
         if self.registry.maintain() or relist:
             self._actual = None
         if self._actual is None:
@@ -118,6 +120,8 @@ class MirrorWorker:
             wanted[service_id] = service
         todo = plan(wanted, self._actual, self.hostname, key_of=self.registry.key_of,
                     digest_of=self.registry.digest_of)
+        protected = {self.registry.key_of(service) for service in kept}
+        todo = Plan(todo.register, tuple(r for r in todo.deregister if r.id not in protected))
         if not todo:
             return
         result = apply(todo, self.registry, self.registry.description)
