@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import queue
 import random
 import threading
 import time
@@ -67,7 +68,9 @@ class ProbeScheduler:
         self._pool = ThreadPoolExecutor(max_workers=exec_workers, thread_name_prefix="exec-probe")
         # Reports go out on a few keep-alive connections: one slow answer from
         # the agent must not hold back every other check.
-        self._senders = ThreadPoolExecutor(max_workers=senders, thread_name_prefix="ttl-sender")
+        self._outbox: queue.SimpleQueue[tuple[_Task, str, str, float] | None] = queue.SimpleQueue()
+        self._senders = [threading.Thread(target=self._send_loop, name=f"ttl-sender-{n}", daemon=True)
+                         for n in range(senders)]
         self._in_flight: set[str] = set()
         self._last_sent: dict[str, tuple[str, str]] = {}
         self.sent = 0
@@ -76,13 +79,20 @@ class ProbeScheduler:
 
     def start(self) -> None:
         self._thread.start()
+        for sender in self._senders:
+            sender.start()
+
+    def _send_loop(self) -> None:
+        while (item := self._outbox.get()) is not None:
+            self._send(*item)
 
     def stop(self) -> None:
         with self._wake:
             self._stopping = True
             self._wake.notify()
         self._pool.shutdown(wait=False, cancel_futures=True)
-        self._senders.shutdown(wait=False, cancel_futures=True)
+        for _ in self._senders:
+            self._outbox.put(None)
 
     def set_services(self, services: list[Service], statuses: dict[str, ContainerStatus]) -> None:
         """The daemon-owned checks of the desired services; new ones report at once."""
@@ -146,7 +156,7 @@ class ProbeScheduler:
             if task.probe.kind == "exec" and status.running and not status.paused:
                 self._pool.submit(self._run_exec, task, due)
             else:
-                self._senders.submit(self._send, task, *self._status_of(task.probe, status), due)
+                self._outbox.put((task, *self._status_of(task.probe, status), due))
 
     def _schedule(self, check_id: str, when: float) -> None:
         """Call with the lock held."""
