@@ -320,9 +320,10 @@ class Daemon:
             logger.warning(warning)
         primary_ready = self._refresh_actual(previous)
         self.metrics.services_managed.set(len(desired))
-        kept = self._kept_services(self.actual if self.actual is not None else self._last_known_actual)
-        for mirror in self.mirrors:  # each on its own thread: never waits for the primary, nor it for them
-            mirror.offer(desired, relist=relist_mirrors, kept=kept)
+        if self.mirrors:
+            kept = self._kept_services(self.actual if self.actual is not None else self._last_known_actual)
+            for mirror in self.mirrors:  # each on its own thread: never waits for the primary, nor it for them
+                mirror.offer(desired, relist=relist_mirrors, kept=kept)
         if not primary_ready:
             return
         assert self.actual is not None

@@ -29,12 +29,20 @@ def wait_status(consul_api, check_id, status, timeout=30.0):
     wait_until(lambda: consul_api.check_status(check_id) == status, timeout, message=f"check {check_id} {status}")
 
 
-def test_http_check_follows_the_server(start_daemon, run_container, consul_api, hostname):
+@pytest.mark.parametrize("key,value,kind", [
+    ("SERVICE_CHECK_HTTP", "/health", "http"),
+    # Run by the agent on the host through /bin/sh -c: the pipe is the point.
+    ("SERVICE_CHECK_SCRIPT", "/bin/busybox wget -q -O - http://$SERVICE_IP:$SERVICE_PORT/health | grep -q ok || exit 2",
+     "script"),
+    # Run by the agent inside the container (a docker check).
+    ("SERVICE_CHECK_DOCKER", "test -f /www/health || exit 2", "docker"),
+])
+def test_agent_check_follows_the_server(start_daemon, run_container, consul_api, hostname, key, value, kind):
     start_daemon("-internal")
-    container = web(run_container, SERVICE_CHECK_HTTP="/health")
-    check_id = f"service:{hostname}:{container.name}:80:http"
+    container = web(run_container, **{key: value})
+    check_id = f"service:{hostname}:{container.name}:80:{kind}"
     wait_status(consul_api, check_id, "passing")
-    assert consul_api.checks_of(f"{hostname}:{container.name}:80")[check_id]["Type"] == "http"
+    assert consul_api.checks_of(f"{hostname}:{container.name}:80")[check_id]["Type"] == kind
     container.exec_run("rm /www/health")
     wait_status(consul_api, check_id, "critical")
 
@@ -80,16 +88,6 @@ def test_initial_status(start_daemon, run_container, consul_api, hostname):
     wait_status(consul_api, f"service:{hostname}:{container.name}:80", "warning")
 
 
-def test_script_check_runs_with_a_shell(start_daemon, run_container, consul_api, hostname):
-    start_daemon("-internal")
-    probe = "/bin/busybox wget -q -O - http://$SERVICE_IP:$SERVICE_PORT/health | grep -q ok || exit 2"
-    container = web(run_container, SERVICE_CHECK_SCRIPT=probe)
-    check_id = f"service:{hostname}:{container.name}:80:script"
-    wait_status(consul_api, check_id, "passing")
-    container.exec_run("rm /www/health")
-    wait_status(consul_api, check_id, "critical")
-
-
 def test_no_script_checks_refuses_them(start_daemon, run_container, consul_api, hostname):
     daemon = start_daemon("-internal", "--no-script-checks")
     container = web(run_container, SERVICE_CHECK_SCRIPT="true", SERVICE_CHECK_TCP="true")
@@ -97,16 +95,6 @@ def test_no_script_checks_refuses_them(start_daemon, run_container, consul_api, 
     wait_status(consul_api, f"service:{service_id}:tcp", "passing")
     assert list(consul_api.checks_of(service_id)) == [f"service:{service_id}:tcp"]
     daemon.wait_log(f"container {container.name}: key 'SERVICE_CHECK_SCRIPT'='true': script checks are refused")
-
-
-def test_docker_check_run_by_the_agent(start_daemon, run_container, consul_api, hostname):
-    start_daemon("-internal")
-    container = web(run_container, SERVICE_CHECK_DOCKER="test -f /www/health || exit 2")
-    check_id = f"service:{hostname}:{container.name}:80:docker"
-    wait_status(consul_api, check_id, "passing")
-    assert consul_api.checks_of(f"{hostname}:{container.name}:80")[check_id]["Type"] == "docker"
-    container.exec_run("rm /www/health")
-    wait_status(consul_api, check_id, "critical")
 
 
 def test_docker_check_falls_back_to_the_daemon(own_agent, start_daemon, run_container, hostname):
