@@ -1,40 +1,42 @@
 """One inspected container -> what it asks for (a ContainerDesire).
 
-Gathers what the pure mapping needs from Docker (the network peer's inspect,
-the env file's text), runs the mapping, and logs each container's warnings
-and address choices once, until they change.
+Gathers what the pure mapping needs besides the inspect data (the network
+peer's inspect, the env file's values the loop holds), runs the mapping, and
+logs each container's warnings and address choices once, until they change.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from loguru import logger
 
-from consul_reg import envfile
 from consul_reg.config import Config
-from consul_reg.docker_source import DockerSource, DockerUnavailable
+from consul_reg.env_files import EnvFileState
 from consul_reg.mapping import MappingSettings, map_container
-from consul_reg.model import ContainerStatus
-from consul_reg.reconcile import ContainerDesire
+from consul_reg.model import ContainerDesire, ContainerStatus, keeps_records
 
 
-@dataclass(frozen=True)
-class _EnvFileState:
-    text: str | None  # None: no file (yet)
-    good: envfile.EnvFile  # the last content that parsed; kept when a later one does not
+class DesireUnavailable(Exception):
+    """This container's desire cannot be built right now; its last one stays."""
+
+
+class Inspector(Protocol):
+    def inspect(self, container_id: str) -> dict[str, Any] | None: ...
 
 
 class DesireBuilder:
-    def __init__(self, config: Config, docker: DockerSource, settings: MappingSettings) -> None:
+    def __init__(self, config: Config, docker: Inspector, settings: MappingSettings) -> None:
         self.config = config
         self.docker = docker
         self.settings = settings
         self._reported: dict[str, tuple[tuple[str, str], ...]] = {}
-        self._env_files: dict[str, _EnvFileState] = {}
 
-    def desire_for(self, container: dict[str, Any]) -> ContainerDesire:
+    def build(self, container: dict[str, Any], env: EnvFileState | None, listing_key: str = "") -> ContainerDesire:
+        """The container's desire. `env` is its env file's state when it has one
+        (read: its values apply). Raises DesireUnavailable when part of what it
+        needs could not be read (its last desire must stay), DockerUnavailable
+        when Docker is down."""
         container_id = str(container.get("Id") or "")
         name = str(container.get("Name") or "").lstrip("/")
         created = str(container.get("Created") or "")
@@ -42,32 +44,33 @@ class DesireBuilder:
         status = ContainerStatus.from_inspect(container)
         env_path = self.env_file_path(container)
         if not state.get("Running"):
-            exit_code = state.get("ExitCode")
-            keep = (self.config.deregister == "on-success" and isinstance(exit_code, int)
-                    and 0 < exit_code < 128)
-            self._env_files.pop(container_id, None)
-            return ContainerDesire(container_id, name, created, (), keep_existing=keep, status=status)
-        extra = (("env file", list(self._env_file(container_id, name, env_path).pairs)),) if env_path else ()
+            return ContainerDesire(container_id, name, created, (),
+                                   keep_existing=keeps_records(self.config.deregister, state.get("ExitCode")),
+                                   status=status, listing_key=listing_key)
+        extra: tuple[tuple[str, list[tuple[str, str]]], ...] = ()
+        if env_path:
+            if env is None or env.path != env_path or not env.read:
+                raise DesireUnavailable(f"its env file {env_path} is not read yet")
+            extra = (("env file", list(env.good.pairs)),)
         try:
             records = map_container(container, self.settings, network_peer=self._network_peer(container),
                                     extra_sources=extra)
-        except Exception:  # mapping is pure and never raises; if it ever does, one container pays
-            logger.exception("container {}: could not map it; skipped", name)
-            return ContainerDesire(container_id, name, created)
+        except Exception as error:  # mapping is pure and never raises; if it ever does, one container pays
+            logger.opt(exception=True).error("container {}: could not map it ({}); its last known services stay",
+                                             name, type(error).__name__)
+            raise DesireUnavailable(f"mapping failed: {type(error).__name__}") from None
         self._report(name, container_id, records.warnings, records.services, records.skipped_reason)
-        stop_signal = str((container.get("Config") or {}).get("StopSignal") or "")
+        config = container.get("Config") if isinstance(container.get("Config"), dict) else {}
         return ContainerDesire(container_id, name, created, tuple(records.services), status=status,
-                               stop_signal=stop_signal, env_file=env_path)
+                               stop_signal=str(config.get("StopSignal") or ""), env_file=env_path,
+                               listing_key=listing_key)
 
     def forget(self, container_id: str) -> None:
         self._reported.pop(container_id, None)
-        self._env_files.pop(container_id, None)
 
     def forget_all_but(self, container_ids: set[str]) -> None:
         for gone in set(self._reported) - container_ids:
             del self._reported[gone]
-        for gone in set(self._env_files) - container_ids:
-            del self._env_files[gone]
 
     def reset_reports(self) -> None:
         self._reported.clear()
@@ -83,48 +86,14 @@ class DesireBuilder:
                 return entry.split("=", 1)[1].strip()
         return self.config.env_file or ""
 
-    def env_file_changed(self, container_id: str, path: str) -> bool:
-        """Poll: has the file's text changed since it was last read?"""
-        known = self._env_files.get(container_id)
-        try:
-            text = self.docker.read_file(container_id, path, envfile.MAX_BYTES)
-        except (ValueError, DockerUnavailable):
-            return False
-        return known is None or known.text != text
-
-    def _env_file(self, container_id: str, name: str, path: str) -> envfile.EnvFile:
-        known = self._env_files.get(container_id, _EnvFileState(None, envfile.EnvFile((), ())))
-        try:
-            text = self.docker.read_file(container_id, path, envfile.MAX_BYTES)
-        except DockerUnavailable:
-            return known.good
-        except ValueError as error:
-            if known.text != f"unreadable: {error}":
-                logger.bind(container=name).warning("container {}: env file {}: {}; keeping its last good values",
-                                                    name, path, error)
-                self._env_files[container_id] = _EnvFileState(f"unreadable: {error}", known.good)
-            return known.good
-        if text == known.text:
-            return known.good
-        if text is None:  # missing: "nothing yet", no warning
-            self._env_files[container_id] = _EnvFileState(None, envfile.EnvFile((), ()))
-            return self._env_files[container_id].good
-        parsed = envfile.parse(text)
-        for problem in parsed.problems:
-            logger.bind(container=name).warning("container {}: env file {}: {}", name, path, problem)
-        good = known.good if parsed.problems else parsed  # malformed: the last good values stay
-        self._env_files[container_id] = _EnvFileState(text, good)
-        logger.bind(container=name).info("container {}: env file {} read ({} keys)", name, path, len(good.pairs))
-        return good
-
     def _network_peer(self, container: dict[str, Any]) -> dict[str, Any] | None:
-        mode = str((container.get("HostConfig") or {}).get("NetworkMode") or "")
+        host_config = container.get("HostConfig") if isinstance(container.get("HostConfig"), dict) else {}
+        mode = str(host_config.get("NetworkMode") or "")
         if not mode.startswith("container:"):
             return None
-        try:
-            return self.docker.inspect(mode.split(":", 1)[1])
-        except DockerUnavailable:
-            return None
+        # DockerUnavailable propagates: Docker is down, the last desire stays. A
+        # peer that is gone is the mapping's business (it warns, takes the next rule).
+        return self.docker.inspect(mode.split(":", 1)[1])
 
     def _report(self, name: str, container_id: str, warnings: list[str], services, skipped: str) -> None:
         lines = tuple(("warning", w) for w in warnings)

@@ -10,11 +10,9 @@ import io
 import json
 import os
 import tarfile
-import queue
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import docker
 import docker.errors
@@ -22,12 +20,10 @@ import requests.exceptions
 from cachetools import LRUCache
 from loguru import logger
 
-# Container events that may change what a container registers. "kill" starts
-# a drain and is never followed by an inspect: inspecting a container that is
-# being killed waits on dockerd's lock until its network is torn down (~100 ms).
-RELEVANT_ACTIONS = frozenset({
-    "start", "restart", "die", "stop", "destroy", "rename", "pause", "unpause", "health_status", "update", "kill",
-})
+from consul_reg.backoff import Backoff
+from consul_reg.liveness import Liveness
+from consul_reg.router import CONTAINER_ACTIONS, DOCKER_RECONNECTED, Hint
+
 # A fixed API version: "auto" would contact dockerd in the constructor, before
 # the daemon's retry loop. 1.41 is Docker 20.10's; newer engines still accept it.
 API_VERSION = "1.41"
@@ -37,20 +33,6 @@ DEFAULT_SOCKET = "/var/run/docker.sock"
 
 class DockerUnavailable(Exception):
     """Docker could not be reached; the message says why."""
-
-
-@dataclass(frozen=True)
-class Hint:
-    """A reason to look at one container again, or at everything (container_id "")."""
-
-    container_id: str
-    action: str
-    time_nano: int = 0
-    attributes: tuple[tuple[str, str], ...] = ()
-
-    @property
-    def full_resync(self) -> bool:
-        return not self.container_id
 
 
 def docker_base_url(environ: dict[str, str] | None = None) -> str | None:
@@ -63,6 +45,17 @@ def docker_base_url(environ: dict[str, str] | None = None) -> str | None:
     return f"unix://{DEFAULT_SOCKET}"
 
 
+def listing_key(summary: dict[str, Any]) -> str:
+    """A container's listing entry minus its "Status" text, which moves with time
+    ("Up 5 minutes"), but with the health word it carries: while this key is
+    unchanged, so is what the container registers."""
+    status = str(summary.get("Status") or "")
+    health = next((word for word in ("(healthy)", "(unhealthy)", "(health: starting)", "(Paused)")
+                   if word in status), "")
+    rest = {k: v for k, v in summary.items() if k != "Status"}
+    return json.dumps(rest, sort_keys=True, default=str) + health
+
+
 class DockerSource:
     def __init__(self, timeout: float = 30.0) -> None:
         base_url = docker_base_url()
@@ -70,14 +63,12 @@ class DockerSource:
             self._client = docker.from_env(timeout=timeout, version=API_VERSION).api
         else:
             self._client = docker.APIClient(base_url=base_url, timeout=timeout, version=API_VERSION)
-        # Inspect results keyed by the container's listing minus its "Status"
-        # text (which moves with time): an unchanged listing means unchanged data.
         # Exec probes run on worker threads: a client of their own, so they never
         # queue behind the sync loop's calls.
         self._exec_client = (docker.from_env(timeout=timeout, version=API_VERSION).api if base_url is None
                              else docker.APIClient(base_url=base_url, timeout=timeout, version=API_VERSION))
-        self._inspect_cache: LRUCache[str, dict[str, Any]] = LRUCache(maxsize=8192)
         self.description = base_url or os.environ.get("DOCKER_HOST", "")
+        self.liveness = Liveness("docker")
 
     def ping(self) -> None:
         self._guard("ping", self._client.ping)
@@ -93,18 +84,7 @@ class DockerSource:
         except docker.errors.NotFound:
             return None
 
-    def inspect_listed(self, summary: dict[str, Any]) -> dict[str, Any] | None:
-        """Inspect a listed container, reusing the last answer while its listing is unchanged."""
-        key = json.dumps({k: v for k, v in summary.items() if k != "Status"}, sort_keys=True, default=str)
-        cached = self._inspect_cache.get(key)
-        if cached is not None:
-            return cached
-        inspected = self.inspect(str(summary.get("Id")))
-        if inspected is not None:
-            self._inspect_cache[key] = inspected
-        return inspected
-
-    def read_file(self, container_id: str, path: str, limit: int) -> str | None:
+    def read_file(self, container_id: str, path: str, limit: int, timeout: float = 5.0) -> str | None:
         """A file's text from inside the container (Docker's archive API, no exec);
         None when it does not exist. Raises ValueError when it is not a readable
         regular file of at most `limit` bytes."""
@@ -147,74 +127,80 @@ class DockerSource:
         exit_code = self._guard("inspect an exec", self._exec_client.exec_inspect, created["Id"]).get("ExitCode")
         return (exit_code if isinstance(exit_code, int) else -1), output.strip()
 
-    def follow_events(self, hints: queue.Queue[Hint], stop: threading.Event,
-                      retry_interval: float = 1.0, max_backoff: float = 30.0) -> threading.Thread:
-        """Start the reader thread: container events -> `hints`. After every
-        reconnect it asks for a full resync (events may have been lost)."""
-        thread = threading.Thread(target=self._read_events, args=(hints, stop, retry_interval, max_backoff),
+    def follow_events(self, post: Callable[[Hint], None], stop: threading.Event, retry_interval: float = 1.0,
+                      max_backoff: float = 30.0) -> threading.Thread:
+        """Start the reader thread: container events -> `post`. After every
+        reconnect it asks for a full pass (events may have been lost)."""
+        thread = threading.Thread(target=self._read_events, args=(post, stop, Backoff(retry_interval, max_backoff)),
                                   name="docker-events", daemon=True)
         thread.start()
         return thread
 
-    def _read_events(self, hints: queue.Queue[Hint], stop: threading.Event,
-                     retry_interval: float, max_backoff: float) -> None:
+    def _read_events(self, post: Callable[[Hint], None], stop: threading.Event, backoff: Backoff) -> None:
         since: str | None = None
-        seen: dict[tuple[int, str, str], None] = {}
-        backoff = retry_interval
+        seen: LRUCache[tuple[int, str, str], bool] = LRUCache(maxsize=4096)  # replayed by `since` after a reconnect
         connected_once = False
         while not stop.is_set():
             try:
                 stream = self._client.events(decode=True, since=since, filters={"type": "container"})
+                self.liveness.ok()
                 if connected_once:
                     logger.info("docker event stream reconnected; resyncing everything")
-                    hints.put(Hint("", "reconnect"))
+                    post(Hint("", DOCKER_RECONNECTED))
                 connected_once = True
-                backoff = retry_interval
+                backoff.succeeded()
                 for event in stream:
                     if stop.is_set():
                         break
-                    hint = _hint_from_event(event)
+                    hint = hint_from_event(event)
                     if hint is None:
                         continue
                     key = (hint.time_nano, hint.container_id, hint.action)
                     if key in seen:
-                        continue  # replayed by `since` after a reconnect
-                    seen[key] = None
-                    if len(seen) > 4096:
-                        for old in list(seen)[:2048]:
-                            del seen[old]
+                        continue
+                    seen[key] = True
                     since = f"{hint.time_nano // 1_000_000_000}.{hint.time_nano % 1_000_000_000:09d}"
-                    hints.put(hint)
+                    post(hint)
                 if stop.is_set():
                     return
+                self.liveness.failed("the event stream ended")
                 logger.warning("docker event stream ended (dockerd restarted?); reconnecting")
             except Exception as error:  # the stream must outlive any Docker failure
                 if stop.is_set():
                     return
-                logger.warning("docker event stream failed: {}; retrying in {:.1f}s", _describe(error), backoff)
-            stop.wait(backoff)
-            backoff = min(backoff * 2, max_backoff)
+                self.liveness.failed(f"event stream: {_describe(error)}")
+                logger.warning("docker event stream failed: {}; retrying in {:.1f}s", _describe(error),
+                               backoff.failed())
+            stop.wait(max((backoff.retry_at or 0) - time.monotonic(), 0.0))
 
     def _guard(self, what: str, function, *args, **kwargs):
         try:
-            return function(*args, **kwargs)
+            result = function(*args, **kwargs)
         except docker.errors.NotFound:
+            self.liveness.ok()
             raise
         except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as error:
-            raise DockerUnavailable(f"docker ({self.description}): could not {what}: {_describe(error)}") from None
+            reason = f"docker ({self.description}): could not {what}: {_describe(error)}"
+            if isinstance(error, docker.errors.APIError) and error.response is not None:
+                self.liveness.ok()  # dockerd answered, with an error about this one thing
+            else:
+                self.liveness.failed(reason)
+            raise DockerUnavailable(reason) from None
+        self.liveness.ok()
+        return result
 
     def close(self) -> None:
         self._client.close()
         self._exec_client.close()
 
 
-def _hint_from_event(event: object) -> Hint | None:
+def hint_from_event(event: object) -> Hint | None:
     if not isinstance(event, dict):
         return None
     action = str(event.get("Action") or event.get("status") or "")
     # health_status arrives as "health_status: healthy"; exec_* come from HEALTHCHECK probes.
     base_action = action.split(":", 1)[0].strip()
-    if base_action not in RELEVANT_ACTIONS:
+    if base_action not in CONTAINER_ACTIONS:
         return None
     actor = event.get("Actor") if isinstance(event.get("Actor"), dict) else {}
     container_id = str(actor.get("ID") or event.get("id") or "")

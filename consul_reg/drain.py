@@ -17,6 +17,7 @@ from typing import Protocol
 
 from loguru import logger
 
+from consul_reg.backoff import Clock
 from consul_reg.registries.base import RegistryError
 
 REASON_PREFIX = "consul-reg: draining"
@@ -55,9 +56,10 @@ class _Drain:
 
 
 class Drainer:
-    def __init__(self, registry: MaintenanceRegistry, timeout: float) -> None:
+    def __init__(self, registry: MaintenanceRegistry, timeout: float, clock: Clock = time.monotonic) -> None:
         self._registry = registry
         self._timeout = timeout
+        self._clock = clock
         self._draining: dict[str, _Drain] = {}
 
     def on_kill(self, container_name: str, container_id: str, service_ids: tuple[str, ...], sent: str,
@@ -72,7 +74,7 @@ class Drainer:
                     "draining {}: maintenance on while container {} stops", service_id, container_name)
             except RegistryError as error:
                 logger.warning("could not put {} in maintenance: {}", service_id, error)
-        self._draining[container_id] = _Drain(service_ids, time.monotonic() + self._timeout)
+        self._draining[container_id] = _Drain(service_ids, self._clock() + self._timeout)
 
     def on_die(self, container_id: str) -> None:
         """The process ended: deregistration follows, which removes the maintenance too."""
@@ -83,7 +85,7 @@ class Drainer:
 
     def expire(self) -> None:
         """Give back rotation to containers that did not die within the drain timeout."""
-        now = time.monotonic()
+        now = self._clock()
         for container_id, drain in list(self._draining.items()):
             if drain.deadline > now:
                 continue

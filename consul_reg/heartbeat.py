@@ -2,11 +2,13 @@
 
 A single thread keeps a heap of due times (no thread per check). Heartbeats
 and Docker-health reports are computed from the container state the sync
-loop last saw; `exec` probes (CHECK_DOCKER run by the daemon) go to a small
-worker pool, because a command in a container can take seconds. Reports go
-out through the Consul client's lean TTL path. An update the agent refuses
-(the check is gone, say after an agent restart) asks the sync loop to
-re-register.
+loop last handed over; `exec` probes (CHECK_DOCKER run by the daemon) go to
+a small worker pool, at most one in flight per check and `exec_per_container`
+per container, because a command in a container can take seconds. Reports
+go out on a few sender threads through the one Consul client. An update the
+agent refuses because it does not know the check asks the sync loop to
+re-register. Nothing here grows with uptime: state is per check, and
+lateness goes to a callback (a fixed-size histogram).
 """
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Callable, Iterable, Protocol
 
 from loguru import logger
 
+from consul_reg.backoff import Clock
 from consul_reg.model import ContainerStatus, DaemonProbe, Service
+from consul_reg.registries.base import RegistryUnavailable
 
 HEALTH_TO_STATUS = {
     # Docker health -> Consul status, for port-less workers' heartbeat...
@@ -33,6 +37,7 @@ HEALTH_TO_STATUS = {
 }
 EXIT_CODE_TO_STATUS = {0: "passing", 1: "warning"}
 MAX_OUTPUT = 4096
+BUSY_RETRY_SECONDS = 0.2
 
 
 class CheckReporter(Protocol):
@@ -50,15 +55,24 @@ class _Task:
     probe: DaemonProbe
 
 
+def _tasks_of(services: Iterable[Service]) -> dict[str, _Task]:
+    return {check.check_id: _Task(check.check_id, service.id, check.daemon_probe)
+            for service in services for check in service.checks if check.daemon_probe is not None}
+
+
 class ProbeScheduler:
     def __init__(self, reporter: CheckReporter, runner: CommandRunner,
                  on_check_missing: Callable[[str, str], None], exec_workers: int = 4, senders: int = 4,
-                 on_sent: Callable[[float | None], None] = lambda lateness: None) -> None:
+                 on_sent: Callable[[float | None], None] = lambda lateness: None,
+                 exec_per_container: int = 2, clock: Clock = time.monotonic) -> None:
         self._on_sent = on_sent
         self._reporter = reporter
         self._runner = runner
         self._on_check_missing = on_check_missing
+        self._clock = clock
+        self._exec_per_container = exec_per_container
         self._tasks: dict[str, _Task] = {}
+        self._by_container: dict[str, set[str]] = {}  # container ID -> its check IDs
         self._status: dict[str, ContainerStatus] = {}
         self._heap: list[tuple[float, int, str]] = []
         self._due_at: dict[str, float] = {}  # the one live heap entry per check; older ones are stale
@@ -66,25 +80,21 @@ class ProbeScheduler:
         self._wake = threading.Condition()
         self._stopping = False
         self._pool = ThreadPoolExecutor(max_workers=exec_workers, thread_name_prefix="exec-probe")
+        self._execs: dict[str, int] = {}  # container ID -> execs in flight
         # Reports go out on a few keep-alive connections: one slow answer from
         # the agent must not hold back every other check.
-        self._outbox: queue.SimpleQueue[tuple[_Task, str, str, float] | None] = queue.SimpleQueue()
+        self._outbox: queue.SimpleQueue[tuple[_Task, str, str, float | None] | None] = queue.SimpleQueue()
         self._senders = [threading.Thread(target=self._send_loop, name=f"ttl-sender-{n}", daemon=True)
                          for n in range(senders)]
         self._in_flight: set[str] = set()
-        self._last_sent: dict[str, tuple[str, str]] = {}
+        self._last_status: dict[str, str] = {}
         self.sent = 0
-        self.lateness: list[float] = []  # seconds between due and sent, per report, for the benchmark
         self._thread = threading.Thread(target=self._run, name="heartbeats", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
         for sender in self._senders:
             sender.start()
-
-    def _send_loop(self) -> None:
-        while (item := self._outbox.get()) is not None:
-            self._send(*item)
 
     def stop(self) -> None:
         with self._wake:
@@ -94,31 +104,40 @@ class ProbeScheduler:
         for _ in self._senders:
             self._outbox.put(None)
 
-    def set_services(self, services: list[Service], statuses: dict[str, ContainerStatus]) -> None:
-        """The daemon-owned checks of the desired services; new ones report at once."""
-        wanted = {
-            check.check_id: _Task(check.check_id, service.id, check.daemon_probe)
-            for service in services for check in service.checks if check.daemon_probe is not None
-        }
+    # -- what the sync loop hands over -------------------------------------
+
+    def set_container(self, container_id: str, services: Iterable[Service], status: ContainerStatus,
+                      spread: bool = True) -> None:
+        """One container's daemon-owned checks and state. Checks new to the
+        scheduler report within one interval, spread (`spread`), or at once."""
+        wanted = _tasks_of(services)
         with self._wake:
-            self._status = dict(statuses)
-            new = [check_id for check_id, task in wanted.items() if self._tasks.get(check_id) != task]
-            self._tasks = wanted
-            for check_id in list(self._last_sent):
-                if check_id not in wanted:
-                    del self._last_sent[check_id]
-            for check_id in set(self._due_at) - set(wanted):
-                del self._due_at[check_id]
-            now = time.monotonic()
-            for check_id in new:
-                self._schedule(check_id, now)
-            if new:
-                self._wake.notify()
+            self._status[container_id] = status
+            old = self._by_container.get(container_id, set())
+            for check_id in old - set(wanted):
+                self._drop(check_id)
+            self._add(wanted, spread)
+            if wanted:
+                self._by_container[container_id] = set(wanted)
+            else:
+                self._by_container.pop(container_id, None)
+                self._status.pop(container_id, None)
+
+    def replace_all(self, services_by_container: dict[str, list[Service]],
+                    statuses: dict[str, ContainerStatus], spread: bool = True) -> None:
+        """Every container's checks at once (a full pass)."""
+        with self._wake:
+            for container_id in set(self._by_container) - set(services_by_container):
+                for check_id in self._by_container.pop(container_id):
+                    self._drop(check_id)
+                self._status.pop(container_id, None)
+        for container_id, services in services_by_container.items():
+            self.set_container(container_id, services, statuses.get(container_id, ContainerStatus()), spread)
 
     def report_now(self, service_ids: set[str]) -> None:
         """Just (re-)registered: the agent reset these services' TTL checks, report them again."""
         with self._wake:
-            now = time.monotonic()
+            now = self._clock()
             for task in self._tasks.values():
                 if task.service_id in service_ids and task.probe.kind != "exec":
                     self._schedule(task.check_id, now)
@@ -128,47 +147,99 @@ class ProbeScheduler:
         """A health_status / pause event: report that container's checks right away."""
         with self._wake:
             self._status[container_id] = status
-            now = time.monotonic()
-            for task in self._tasks.values():
-                if task.probe.container_id == container_id and task.probe.kind != "exec":
-                    self._schedule(task.check_id, now)
+            now = self._clock()
+            for check_id in self._by_container.get(container_id, ()):
+                if self._tasks[check_id].probe.kind != "exec":
+                    self._schedule(check_id, now)
             self._wake.notify()
+
+    def check_count(self) -> int:
+        return len(self._tasks)
+
+    # -- internals (lock held) -----------------------------------------------
+
+    def _add(self, wanted: dict[str, _Task], spread: bool) -> None:
+        now = self._clock()
+        added = False
+        for check_id, task in wanted.items():
+            if self._tasks.get(check_id) == task:
+                continue
+            self._tasks[check_id] = task
+            self._schedule(check_id, now + (random.random() * task.probe.interval if spread else 0.0))
+            added = True
+        if added:
+            self._wake.notify()
+
+    def _drop(self, check_id: str) -> None:
+        self._tasks.pop(check_id, None)
+        self._due_at.pop(check_id, None)
+        self._last_status.pop(check_id, None)
+
+    def _schedule(self, check_id: str, when: float) -> None:
+        self._due_at[check_id] = when
+        heapq.heappush(self._heap, (when, next(self._sequence), check_id))
+        if len(self._heap) > 4 * len(self._due_at) + 64:  # stale entries: rebuild, so the heap never grows
+            self._heap = [(due, next(self._sequence), cid) for cid, due in self._due_at.items()]
+            heapq.heapify(self._heap)
+
+    # -- the scheduler thread --------------------------------------------------
 
     def _run(self) -> None:
         while True:
             with self._wake:
-                while not self._stopping and (not self._heap or self._heap[0][0] > time.monotonic()):
-                    timeout = self._heap[0][0] - time.monotonic() if self._heap else None
-                    self._wake.wait(timeout)
+                while not self._stopping and (not self._heap or self._heap[0][0] > self._clock()):
+                    self._wake.wait(self._heap[0][0] - self._clock() if self._heap else None)
                 if self._stopping:
                     return
-                due, _, check_id = heapq.heappop(self._heap)
-                task = self._tasks.get(check_id)
-                if task is None or self._due_at.get(check_id) != due:
-                    continue  # removed, or rescheduled since this entry was pushed
-                if check_id in self._in_flight:
-                    # The agent has not answered the last report yet: never pile up, look again shortly.
-                    self._schedule(check_id, time.monotonic() + 0.2)
-                    continue
-                self._in_flight.add(check_id)
-                status = self._status.get(task.probe.container_id, ContainerStatus())
-                self._schedule(check_id, self._next_due(task.probe))
-            if task.probe.kind == "exec" and status.running and not status.paused:
-                self._pool.submit(self._run_exec, task, due)
-            else:
-                self._outbox.put((task, *self._status_of(task.probe, status), due))
+                job = self._take_due()
+            if job is not None:
+                task, status, run_exec, due = job
+                if run_exec:
+                    self._pool.submit(self._run_exec, task)
+                else:
+                    self._outbox.put((task, *self._status_of(task.probe, status), due))
 
-    def _schedule(self, check_id: str, when: float) -> None:
-        """Call with the lock held."""
-        self._due_at[check_id] = when
-        heapq.heappush(self._heap, (when, next(self._sequence), check_id))
+    def run_due(self) -> int:
+        """Everything due now, on the caller's thread (tests drive the scheduler so)."""
+        done = 0
+        while True:
+            with self._wake:
+                if not self._heap or self._heap[0][0] > self._clock():
+                    return done
+                job = self._take_due()
+            if job is not None:
+                task, status, run_exec, due = job
+                self._run_exec(task) if run_exec else self._send(task, *self._status_of(task.probe, status), due)
+                done += 1
+
+    def _take_due(self) -> tuple[_Task, ContainerStatus, bool, float] | None:
+        """Pop the earliest entry (lock held): the task to run now, or None when that
+        entry was stale or the check is busy (then it is looked at again shortly)."""
+        due, _, check_id = heapq.heappop(self._heap)
+        task = self._tasks.get(check_id)
+        if task is None or self._due_at.get(check_id) != due:
+            return None  # removed, or rescheduled since this entry was pushed
+        container_id = task.probe.container_id
+        status = self._status.get(container_id, ContainerStatus())
+        run_exec = task.probe.kind == "exec" and status.running and not status.paused
+        if check_id in self._in_flight or (run_exec and self._execs.get(container_id, 0) >= self._exec_per_container):
+            # The last report (or exec) has not finished: never pile up, look again shortly.
+            self._schedule(check_id, self._clock() + BUSY_RETRY_SECONDS)
+            return None
+        self._in_flight.add(check_id)
+        if run_exec:
+            self._execs[container_id] = self._execs.get(container_id, 0) + 1
+        self._schedule(check_id, self._next_due(task.probe))
+        return task, status, run_exec, due
 
     def _next_due(self, probe: DaemonProbe) -> float:
         jitter = probe.interval * 0.1 * (random.random() * 2 - 1) if probe.kind == "heartbeat" else 0.0
-        return time.monotonic() + probe.interval + jitter
+        return self._clock() + probe.interval + jitter
 
     @staticmethod
     def _status_of(probe: DaemonProbe, status: ContainerStatus) -> tuple[str, str]:
+        # The output stays the same while the status does: the agent syncs a TTL
+        # update to the servers only when status or output changed.
         if status.paused:
             return "critical", "container paused"
         if not status.running:
@@ -178,7 +249,7 @@ class ProbeScheduler:
             return consul_status, f"docker health: {status.health}\n{status.health_output}".strip()
         return "passing", "container running (heartbeat from consul-reg)"
 
-    def _run_exec(self, task: _Task, due: float) -> None:
+    def _run_exec(self, task: _Task) -> None:
         try:
             exit_code, output = self._runner.exec_in_container(task.probe.container_id, task.probe.command,
                                                                task.probe.timeout)
@@ -186,23 +257,38 @@ class ProbeScheduler:
             self._send(task, status, output or f"exit code {exit_code}", None)
         except Exception as error:  # a failing exec is a critical check, never a dead thread
             self._send(task, "critical", f"could not run the check command: {error}", None)
+        finally:
+            with self._wake:
+                count = self._execs.get(task.probe.container_id, 1) - 1
+                if count > 0:
+                    self._execs[task.probe.container_id] = count
+                else:
+                    self._execs.pop(task.probe.container_id, None)
+
+    # -- sender threads ---------------------------------------------------------
+
+    def _send_loop(self) -> None:
+        while (item := self._outbox.get()) is not None:
+            self._send(*item)
 
     def _send(self, task: _Task, status: str, output: str, due: float | None) -> None:
-        lateness = None if due is None else max(0.0, time.monotonic() - due)
-        if lateness is not None:
-            self.lateness.append(lateness)
-        output = output[-MAX_OUTPUT:]
+        lateness = None if due is None else max(0.0, self._clock() - due)
         try:
-            self._reporter.update_check(task.check_id, status, output)
+            self._reporter.update_check(task.check_id, status, output[-MAX_OUTPUT:])
             self.sent += 1
             self._on_sent(lateness)
-            if self._last_sent.get(task.check_id, ("", ""))[0] != status:
-                logger.bind(service_id=task.service_id, action="check").debug(
-                    "check {} is {}", task.check_id, status)
-            self._last_sent[task.check_id] = (status, output)
+            with self._wake:
+                changed = task.check_id in self._tasks and self._last_status.get(task.check_id) != status
+                if changed:
+                    self._last_status[task.check_id] = status
+            if changed:
+                logger.bind(service_id=task.service_id, action="check").debug("check {} is {}", task.check_id, status)
         except LookupError:
             self._on_check_missing(task.service_id, task.check_id)
+        except RegistryUnavailable as error:  # the agent watch reports the outage, once
+            logger.debug("could not report check {}: {}", task.check_id, error)
         except Exception as error:
             logger.warning("could not report check {}: {}", task.check_id, error)
         finally:
-            self._in_flight.discard(task.check_id)
+            with self._wake:
+                self._in_flight.discard(task.check_id)

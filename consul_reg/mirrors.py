@@ -1,116 +1,171 @@
 """Secondary registries (Consul KV, etcd, SkyDNS2, ZooKeeper), one thread each.
 
-The sync loop hands every mirror the latest desired services (a snapshot,
-never a queue: a mirror that was down only needs the newest state). Each
-mirror reconciles on its own thread, with the same plan as the primary
-(desired against what it holds under its prefix, minimal writes, only its
-own keys removed), so a mirror that is down or slow never delays the
-primary or the other mirrors; it catches up when back.
+The sync loop offers every mirror each new Snapshot (never a queue: a mirror
+that was down only needs the newest). Each worker reconciles on its own
+thread with the same plan as the primary (desired against what it holds
+under its prefix, minimal writes, only its own keys written or removed), so
+a mirror that is down or slow never delays the primary or the others.
+Offers are numbered: one that arrives while the worker is writing is applied
+right after that write, never lost.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Protocol
 
 from loguru import logger
 
+from consul_reg.backoff import Backoff, Clock
+from consul_reg.metrics import Metrics
 from consul_reg.model import MARKER_DIGEST_KEY, MARKER_HOST_KEY, MARKER_SOURCE_KEY, MARKER_SOURCE_VALUE
 from consul_reg.model import RegisteredService, Service
 from consul_reg.reconcile import Plan, apply, plan
-from consul_reg.registries.base import RegistryError
+from consul_reg.registries.base import MirrorRegistry, RegistryError
+from consul_reg.snapshot import Snapshot
 
-MAX_BACKOFF_SECONDS = 30.0
-
-
-class MirrorRegistry(Protocol):
-    description: str
-
-    def key_of(self, service: Service) -> str: ...
-    def accepts(self, service: Service) -> str: ...
-    def digest_of(self, service: Service) -> str: ...
-    def maintain(self) -> bool: ...
-    def seconds_until_maintenance(self) -> float: ...
-    def services(self) -> dict[str, RegisteredService]: ...
-    def register(self, service: Service) -> None: ...
-    def deregister(self, service: RegisteredService) -> None: ...
-    def close(self) -> None: ...
+MAX_BACKOFF_SECONDS = 2.0  # a mirror that comes back converges within seconds
+BLOCKED_RETRY_SECONDS = 5.0  # keys held by someone else (an old session, lease) are looked at again
+STOP_DEADLINE_SECONDS = 5.0
 
 
 class MirrorWorker:
-    def __init__(self, registry: MirrorRegistry, hostname: str, retry_interval: float) -> None:
+    def __init__(self, registry: MirrorRegistry, hostname: str, retry_interval: float,
+                 clock: Clock = time.monotonic, metrics: Metrics | None = None) -> None:
         self.registry = registry
         self.hostname = hostname
-        self.retry_interval = retry_interval
         self.state = "starting"
-        self.metrics: Any = None  # status.Metrics, when the daemon has one
-        self._desired: dict[str, Service] | None = None
-        self._kept: tuple[Service, ...] = ()  # records -deregister on-success keeps for failed containers
-        self._relist = True
-        self._actual: dict[str, RegisteredService] | None = None
+        self.metrics = metrics or Metrics()
+        self._clock = clock
+        self._backoff = Backoff(min(retry_interval, MAX_BACKOFF_SECONDS), MAX_BACKOFF_SECONDS, clock)
         self._wake = threading.Condition()
+        self._offer: Snapshot | None = None
+        self._offered = 0  # generation of the newest offer
+        self._applied = 0  # generation last written in full
+        self._relist = True
         self._stopping = False
-        self._backoff = retry_interval
-        self._retry_at = 0.0
+        self._remove_all = False
+        self._blocked_since: float | None = None
+        self._actual: dict[str, RegisteredService] | None = None
         self._skipped: dict[str, str] = {}  # service ID -> why this mirror cannot hold it (warned once)
+        self._blocked: dict[str, str] = {}  # key -> warned
         self._thread = threading.Thread(target=self._run, name=f"mirror {registry.description}", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
+        if hasattr(self.registry, "watch"):  # a registry that can say "something changed"
+            threading.Thread(target=self._watch, name=f"watch {self.registry.description}", daemon=True).start()
 
-    def offer(self, desired: dict[str, Service], relist: bool = False, kept: tuple[Service, ...] = ()) -> None:
+    def _watch(self) -> None:
+        """Pokes the worker whenever the registry's content changed behind its back
+        (an agent that restarted empty); waits out failures on its own backoff."""
+        backoff = Backoff(0.25, MAX_BACKOFF_SECONDS, self._clock)
+        index = 0
+        while not self._stopping:
+            try:
+                new = self.registry.watch(index)  # type: ignore[attr-defined]
+            except Exception as error:
+                logger.debug("{}: watch failed: {}", self.registry.description, error)
+                index = 0
+                time.sleep(backoff.failed())
+                continue
+            if backoff.failing or new != index:
+                self.poke()
+            backoff.succeeded()
+            index = new
+
+    def offer(self, snapshot: Snapshot, relist: bool = False) -> None:
         with self._wake:
-            self._desired = dict(desired)
-            self._kept = kept
+            self._offer = snapshot
+            self._offered = snapshot.generation
             self._relist = self._relist or relist
             self._wake.notify()
 
-    def stop(self) -> None:
+    def stop(self, remove_all: bool = False) -> None:
+        """Stop the thread; with `remove_all` (-deregister-on-exit) remove every
+        record of this daemon first, within a deadline."""
         with self._wake:
             self._stopping = True
+            self._remove_all = remove_all
             self._wake.notify()
-        self._thread.join(timeout=5)
-        self.registry.close()
+        self._thread.join(timeout=STOP_DEADLINE_SECONDS + 1)
+        try:
+            self.registry.close()
+        except Exception:  # closing a client whose server is gone must not fail the shutdown
+            pass
+
+    # -- the worker thread -----------------------------------------------------
+
+    def poke(self) -> None:
+        """The registry noticed something (reconnected, lost its session): look at once."""
+        with self._wake:
+            self._relist = True
+            self._backoff.succeeded()
+            self._wake.notify()
+
+    def _pending(self) -> bool:
+        return self._offered > self._applied or self._relist
+
+    def _due_in(self) -> float | None:
+        """Seconds until the worker must step; None: nothing to do before an offer."""
+        if self._offer is None:
+            return None
+        now = self._clock()
+        if not self._backoff.ready():
+            return (self._backoff.retry_at or now) - now
+        if self._pending():
+            return 0.0
+        waits = [self.registry.seconds_until_maintenance()]
+        if self._blocked_since is not None:
+            waits.append(self._blocked_since + BLOCKED_RETRY_SECONDS - now)
+        return max(0.0, min(waits))
 
     def _run(self) -> None:
+        self.registry.on_change = self.poke
         while True:
             with self._wake:
-                timeout = max(0.05, min(self.registry.seconds_until_maintenance(),
-                                        max(self._retry_at - time.monotonic(), 0.0) or 3600.0))
-                self._wake.wait(timeout)
+                while not self._stopping:
+                    due_in = self._due_in()
+                    if due_in is not None and due_in <= 0:
+                        break
+                    self._wake.wait(due_in)
                 if self._stopping:
-                    return
-                desired, relist, kept = self._desired, self._relist, self._kept
+                    break
+                snapshot, relist = self._offer, self._relist
                 self._relist = False
-            if desired is None or time.monotonic() < self._retry_at:
-                continue
-            try:
-                self._sync(desired, relist, kept)
-                if self.state != "up":
-                    logger.bind(registry=self.registry.description).info("mirror {} is up", self.registry.description)
-                self.state = "up"
-                self._backoff = self.retry_interval
-            except RegistryError as error:
-                if self.state != "down":
-                    logger.bind(registry=self.registry.description).warning(
-                        "mirror {} is down: {}; it catches up when back", self.registry.description, error)
-                self.state = "down"
-                self._actual = None
-                self._retry_at = time.monotonic() + self._backoff
-                self._backoff = min(self._backoff * 2, MAX_BACKOFF_SECONDS)
-            except Exception:  # a mirror's bug must never reach the primary
-                logger.exception("mirror {} failed unexpectedly; relisting", self.registry.description)
-                self._actual = None
-                self._retry_at = time.monotonic() + self._backoff
+            assert snapshot is not None
+            self._step(snapshot, relist)
+        if self._remove_all:
+            self._remove_everything()
 
-    def _sync(self, desired: dict[str, Service], relist: bool, kept: tuple[Service, ...] = ()) -> None:
-        if self.registry.maintain() or relist:
+    def _step(self, snapshot: Snapshot, relist: bool) -> None:
+        try:
+            self._sync(snapshot, relist)
+            if self.state != "up":
+                logger.bind(registry=self.registry.description).info("mirror {} is up", self.registry.description)
+            self.state = "up"
+            self._backoff.succeeded()
+            with self._wake:
+                self._applied = max(self._applied, snapshot.generation)
+        except RegistryError as error:
+            if self.state != "down":
+                logger.bind(registry=self.registry.description).warning(
+                    "mirror {} is down: {}; it catches up when back", self.registry.description, error)
+            self.state = "down"
+            self._actual = None
+            self._backoff.failed()
+        except Exception:  # a mirror's bug must never reach the primary
+            logger.exception("mirror {} failed unexpectedly; relisting", self.registry.description)
+            self._actual = None
+            self._backoff.failed()
+
+    def _sync(self, snapshot: Snapshot, relist: bool) -> None:
+        if self.registry.maintain() or relist or self._blocked_since is not None:
             self._actual = None
         if self._actual is None:
             self._actual = self.registry.services()
         wanted: dict[str, Service] = {}
-        for service_id, service in desired.items():
+        for service_id, service in snapshot.desired.items():
             refusal = self.registry.accepts(service)
             if refusal:
                 if self._skipped.get(service_id) != refusal:
@@ -118,16 +173,17 @@ class MirrorWorker:
                     self._skipped[service_id] = refusal
                 continue
             wanted[service_id] = service
+        self._skipped = {k: v for k, v in self._skipped.items() if k in snapshot.desired}
         todo = plan(wanted, self._actual, self.hostname, key_of=self.registry.key_of,
                     digest_of=self.registry.digest_of)
-        protected = {self.registry.key_of(service) for service in kept}
-        todo = Plan(todo.register, tuple(r for r in todo.deregister if r.id not in protected))
+        protected = {self.registry.key_of(service) for service in snapshot.kept}
+        todo = Plan(todo.register, tuple(r for r in todo.deregister if r.id not in protected), todo.blocked)
+        self._note_blocked(todo)
         if not todo:
             return
         result = apply(todo, self.registry, self.registry.description)
-        if self.metrics is not None:
-            self.metrics.applied(self.registry.description, len(result.registered), len(result.deregistered),
-                                 len(result.failed))
+        self.metrics.applied(self.registry.description, len(result.registered), len(result.deregistered),
+                             len(result.failed))
         for service in result.registered:
             key = self.registry.key_of(service)
             self._actual[key] = RegisteredService(id=key, name=service.name, meta={
@@ -135,5 +191,24 @@ class MirrorWorker:
                 MARKER_DIGEST_KEY: self.registry.digest_of(service)})
         for gone in result.deregistered:
             self._actual.pop(gone.id, None)
+        if result.failed:
+            self._actual = None  # relist at the next step: a refused write may mean someone else holds it
         if result.unavailable:
             raise RegistryError(result.unavailable)
+
+    def _note_blocked(self, todo: Plan) -> None:
+        keys = {self.registry.key_of(service): service for service, _ in todo.blocked}
+        for key, service in keys.items():
+            if key not in self._blocked:
+                logger.warning("{}: {} is held by another host, lease or session: left as it is, not written "
+                               "(looked at again every {:g}s)", self.registry.description, key,
+                               BLOCKED_RETRY_SECONDS)
+        self._blocked = {key: "warned" for key in keys}
+        self._blocked_since = self._clock() if keys else None
+
+    def _remove_everything(self) -> None:
+        try:
+            self.registry.remove_all()
+            logger.info("removed this daemon's records from {}", self.registry.description)
+        except Exception as error:
+            logger.error("could not remove this daemon's records from {}: {}", self.registry.description, error)

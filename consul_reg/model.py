@@ -156,6 +156,32 @@ class RegisteredService:
         return self.meta.get(MARKER_CONTAINER_KEY, "")
 
 
+@dataclass(frozen=True)
+class ContainerDesire:
+    """What one container asks for: its services, and whether a stopped
+    container's existing records are to be kept (-deregister on-success)."""
+
+    container_id: str
+    container_name: str
+    created: str  # Docker's Created timestamp; the newer container wins a contested ID
+    services: tuple[Service, ...] = ()
+    keep_existing: bool = False
+    status: ContainerStatus = ContainerStatus()
+    stop_signal: str = ""  # Config.StopSignal: this signal also starts a drain
+    env_file: str = ""  # path of its env file inside the container, polled for changes
+    # Docker's listing entry this desire was built from (minus its moving "Status"
+    # text): while the listing is unchanged, a full pass reuses the desire.
+    listing_key: str = field(default="", compare=False)
+
+
+def keeps_records(deregister: str, exit_code: object) -> bool:
+    """-deregister on-success: a container that failed (exit code 1-127) keeps its
+    records; exit 0 and deaths by signal (128 and above) do not."""
+    if isinstance(exit_code, str):
+        exit_code = int(exit_code) if exit_code.isascii() and exit_code.isdigit() else None
+    return deregister == "on-success" and isinstance(exit_code, int) and 0 < exit_code < 128
+
+
 def registered_form(service: Service) -> RegisteredService:
     """How a registry lists `service` once it is registered."""
     meta = dict(service.meta)

@@ -12,8 +12,7 @@ from typing import Iterable, Mapping
 
 from loguru import logger
 
-from consul_reg.model import RegisteredService
-from consul_reg.reconcile import ContainerDesire
+from consul_reg.model import ContainerDesire, RegisteredService
 
 
 class ReapTracker:

@@ -7,33 +7,103 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Collection, Iterable, Mapping
 
 from loguru import logger
 
-from consul_reg.model import ContainerStatus, RegisteredService, Service
-from consul_reg.registries.base import Registry, RegistryError, RegistryScriptsRefused, RegistryUnavailable
+from consul_reg.model import ContainerDesire, RegisteredService, Service
+from consul_reg.registries.base import (
+    Registry,
+    RegistryError,
+    RegistryNotOurs,
+    RegistryScriptsRefused,
+    RegistryUnavailable,
+)
 
 
-@dataclass(frozen=True)
-class ContainerDesire:
-    """What one container asks for: its services, and whether a stopped
-    container's existing records are to be kept (-deregister on-success)."""
+def _created_order(desire: ContainerDesire) -> tuple[str, str]:
+    """Docker's RFC 3339 Created time made comparable (its fraction has 1-9 digits)."""
+    stamp = desire.created.rstrip("Z")
+    seconds, _, fraction = stamp.partition(".")
+    return f"{seconds}.{fraction[:9]:0<9}", desire.container_id
 
-    container_id: str
-    container_name: str
-    created: str  # Docker's Created timestamp; the older container wins an ID
-    services: tuple[Service, ...] = ()
-    keep_existing: bool = False
-    status: ContainerStatus = ContainerStatus()
-    stop_signal: str = ""  # Config.StopSignal: this signal also starts a drain
-    env_file: str = ""  # path of its env file inside the container, polled for changes
+
+class DesiredServices:
+    """Every container's services, merged by service ID and kept up to date one
+    container at a time. Two containers claiming one ID: the newer container
+    gets it (a squatter started earlier never keeps another's ID), with a
+    warning naming both."""
+
+    def __init__(self) -> None:
+        self.by_id: dict[str, Service] = {}
+        self._claims: dict[str, dict[str, tuple[tuple[str, str], Service]]] = {}
+        self._names: dict[str, str] = {}  # container ID -> name, for warnings
+        self._contests: dict[str, tuple[str, ...]] = {}  # service ID -> claimants last warned about
+
+    def update(self, old: ContainerDesire | None, new: ContainerDesire | None) -> tuple[set[str], list[str]]:
+        """Replace one container's desire; returns (service IDs whose desired record
+        may have changed, warnings to log)."""
+        affected: set[str] = set()
+        warnings: list[str] = []
+        if old is not None:
+            for service in old.services:
+                claims = self._claims.get(service.id)
+                if claims is not None and claims.pop(old.container_id, None) is not None:
+                    affected.add(service.id)
+                    if not claims:
+                        del self._claims[service.id]
+            self._names.pop(old.container_id, None)
+        if new is not None:
+            self._names[new.container_id] = new.container_name
+            order = _created_order(new)
+            for service in new.services:
+                claims = self._claims.setdefault(service.id, {})
+                if new.container_id in claims:
+                    warnings.append(f"container {new.container_name}: two of its ports declare service ID "
+                                    f"{service.id!r}; the first is registered")
+                    continue
+                claims[new.container_id] = (order, service)
+                affected.add(service.id)
+        for service_id in affected:
+            warnings.extend(self._elect(service_id))
+        return affected, warnings
+
+    def replace_all(self, desires: Iterable[ContainerDesire]) -> list[str]:
+        """Rebuild from scratch (a full pass)."""
+        self.by_id.clear()
+        self._claims.clear()
+        self._names.clear()
+        warnings: list[str] = []
+        for desire in desires:
+            warnings.extend(self.update(None, desire)[1])
+        return warnings
+
+    def _elect(self, service_id: str) -> list[str]:
+        claims = self._claims.get(service_id)
+        if not claims:
+            self.by_id.pop(service_id, None)
+            self._contests.pop(service_id, None)
+            return []
+        winner_id = max(claims, key=lambda cid: claims[cid][0])
+        self.by_id[service_id] = claims[winner_id][1]
+        claimants = tuple(sorted(claims))
+        if len(claimants) < 2:
+            self._contests.pop(service_id, None)
+            return []
+        if self._contests.get(service_id) == claimants:
+            return []
+        self._contests[service_id] = claimants
+        losers = ", ".join(sorted(self._names.get(c, c[:12]) for c in claimants if c != winner_id))
+        return [f"service ID {service_id!r} is declared by containers {self._names.get(winner_id, winner_id[:12])} "
+                f"and {losers}: the newest, {self._names.get(winner_id, winner_id[:12])}, gets it"]
 
 
 @dataclass(frozen=True)
 class Plan:
     register: tuple[Service, ...] = ()
     deregister: tuple[RegisteredService, ...] = ()
+    # Desired services whose ID (or key) is held by a record that is not ours.
+    blocked: tuple[tuple[Service, RegisteredService], ...] = ()
 
     def __bool__(self) -> bool:
         return bool(self.register or self.deregister)
@@ -48,39 +118,18 @@ class ApplyResult:
     scripts_refused: bool = False  # a check that runs a command was refused by the registry
 
 
-def desired_services(desires: Iterable[ContainerDesire]) -> tuple[dict[str, Service], list[str]]:
-    """All services that should exist, by ID. Two containers claiming one ID:
-    the older container wins, and the warning names both."""
-    desired: dict[str, Service] = {}
-    owner: dict[str, ContainerDesire] = {}
-    warnings: list[str] = []
-    for desire in sorted(desires, key=lambda d: (d.created, d.container_id)):
-        for service in desire.services:
-            holder = owner.get(service.id)
-            if holder is None:
-                desired[service.id] = service
-                owner[service.id] = desire
-            elif holder.container_id != desire.container_id:
-                warnings.append(
-                    f"service ID {service.id!r} is declared by containers {holder.container_name} and "
-                    f"{desire.container_name}: the older, {holder.container_name}, keeps it"
-                )
-            else:
-                warnings.append(f"container {desire.container_name}: two of its ports declare service "
-                                f"ID {service.id!r}; the first is registered")
-    return desired, warnings
-
-
 def registrator_leftover_pattern(hostname: str) -> re.Pattern[str]:
     """IDs registrator gave on this host: <hostname>:<container-name>:<port>[:udp]."""
-    return re.compile(rf"^{re.escape(hostname)}:[^:]+:\d+(:udp)?$")
+    return re.compile(rf"^{re.escape(hostname)}:[^:]+:[0-9]+(:udp)?$")
 
 
 def plan(
     desired: Mapping[str, Service],
     actual: Mapping[str, RegisteredService],
     hostname: str,
-    kept_containers: frozenset[str] = frozenset(),
+    *,
+    scope: Collection[str] | None = None,
+    kept_containers: Collection[str] = frozenset(),
     adopt_leftovers: bool = False,
     skip_register: Mapping[str, str] | None = None,
     key_of: Callable[[Service], str] = lambda service: service.id,
@@ -88,44 +137,59 @@ def plan(
 ) -> Plan:
     """The fewest operations that turn `actual` into `desired`.
 
-    Only services owned by this daemon on this host are ever removed, except
-    registrator leftovers when `adopt_leftovers` (-cleanup) is set.
+    `scope` limits the plan to these service IDs (a pass over a few containers);
+    None plans everything (a full pass, which also removes orphans).
+    Only records owned by this daemon on this host are ever written over or
+    removed, except registrator leftovers when `adopt_leftovers` (-cleanup).
     `skip_register` maps service IDs to digests known to fail right now.
     A mirror keys its records its own way (`key_of`, e.g. a KV path) and
     compares what it stores (`digest_of`).
     """
     skip_register = skip_register or {}
-    register = []
-    wanted_keys = set()
-    for service_id, service in desired.items():
+    leftover = registrator_leftover_pattern(hostname) if adopt_leftovers else None
+    register: list[Service] = []
+    blocked: list[tuple[Service, RegisteredService]] = []
+    deregister: list[RegisteredService] = []
+    wanted_keys: set[str] = set()
+    ids = desired.keys() if scope is None else [sid for sid in scope if sid in desired]
+    for service_id in ids:
+        service = desired[service_id]
         key = key_of(service)
         wanted_keys.add(key)
         current = actual.get(key)
         digest = digest_of(service)
-        if current is not None and current.owned_by(hostname) and current.digest == digest:
+        if current is not None and not current.owned_by(hostname):
+            if leftover is None or not leftover.match(key):
+                blocked.append((service, current))
+                continue
+        elif current is not None and current.digest == digest:
             continue
         if skip_register.get(service_id) == digest:
             continue
         register.append(service)
 
-    leftover = registrator_leftover_pattern(hostname) if adopt_leftovers else None
-    deregister = []
-    for key, current in actual.items():
+    if scope is None:
+        candidates: Iterable[tuple[str, RegisteredService]] = actual.items()
+    else:
+        candidates = [(key, actual[key]) for key in scope if key in actual and key not in desired]
+    for key, current in candidates:
         if key in wanted_keys:
             continue
         if current.owned_by(hostname):
             if current.container_id not in kept_containers:
                 deregister.append(current)
-        elif leftover is not None and leftover.match(key):
+        elif leftover is not None and scope is None and leftover.match(key):
             deregister.append(current)
-    return Plan(register=tuple(register), deregister=tuple(deregister))
+    return Plan(register=tuple(register), deregister=tuple(deregister), blocked=tuple(blocked))
 
 
 def apply(plan_to_apply: Plan, registry: Registry, where: str = "") -> ApplyResult:
     """Register first, then deregister (a renamed service never has a gap).
     One failing service is logged and skipped; an unreachable registry stops it."""
     result = ApplyResult()
+    suffix = f" in {where}" if where else ""
     for service in plan_to_apply.register:
+        log = logger.bind(action="register", service_id=service.id, container=service.container_name)
         try:
             registry.register(service)
         except RegistryUnavailable as error:
@@ -135,32 +199,30 @@ def apply(plan_to_apply: Plan, registry: Registry, where: str = "") -> ApplyResu
             result.scripts_refused = True
             result.failed.append((service.id, str(error)))
             continue
+        except RegistryNotOurs as error:
+            log.warning("not registering {}{}: {}", service.id, suffix, error)
+            result.failed.append((service.id, str(error)))
+            continue
         except RegistryError as error:
-            logger.bind(action="register", service_id=service.id, container=service.container_name).error(
-                "could not register {} for container {}: {}", service.id, service.container_name, error
-            )
+            log.error("could not register {} for container {}{}: {}", service.id, service.container_name, suffix,
+                      error)
             result.failed.append((service.id, str(error)))
             continue
         result.registered.append(service)
-        logger.bind(action="register", service_id=service.id, container=service.container_name).info(
-            "registered {} name={} at {} (container {}){}",
-            service.id, service.name, service.endpoint, service.container_name, f" in {where}" if where else "",
-        )
+        log.info("registered {} name={} at {} (container {}){}", service.id, service.name, service.endpoint,
+                 service.container_name, suffix)
     for current in plan_to_apply.deregister:
+        log = logger.bind(action="deregister", service_id=current.id)
         try:
             registry.deregister(current)
         except RegistryUnavailable as error:
             result.unavailable = str(error)
             return result
         except RegistryError as error:
-            logger.bind(action="deregister", service_id=current.id).error(
-                "could not deregister {}: {}", current.id, error
-            )
+            log.error("could not deregister {}{}: {}", current.id, suffix, error)
             result.failed.append((current.id, str(error)))
             continue
         result.deregistered.append(current)
-        logger.bind(action="deregister", service_id=current.id).info(
-            "deregistered {} name={}{}{}", current.id, current.name,
-            f" at {current.endpoint}" if current.endpoint else "", f" in {where}" if where else "",
-        )
+        log.info("deregistered {} name={}{}{}", current.id, current.name,
+                 f" at {current.endpoint}" if current.endpoint else "", suffix)
     return result

@@ -1,61 +1,102 @@
-"""--status-addr: /health, /metrics (Prometheus text, via prometheus-client)
-and /services (desired against actual per container), served from a thread."""
+"""--status-addr: /health, /metrics and /services, served from threads that
+only read: the loop's last published Snapshot, and the live reachability of
+Docker and the agent. Every connection has a deadline and their number is
+capped, so a slow or hostile client cannot tie the daemon up."""
 
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import Any, Callable
 
 from loguru import logger
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-if TYPE_CHECKING:
-    from consul_reg.daemon import Daemon
+from consul_reg.liveness import Liveness
+from consul_reg.metrics import Metrics
+from consul_reg.snapshot import Snapshot
 
-LATE_SECONDS = 1.0  # a heartbeat sent later than this after it was due counts as late
+REQUEST_TIMEOUT_SECONDS = 5.0
+MAX_CONNECTIONS = 16
 
 
-class Metrics:
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.registrations = Counter("consul_reg_registrations_total", "Services registered", ["registry"],
-                                     registry=self.registry)
-        self.deregistrations = Counter("consul_reg_deregistrations_total", "Services deregistered", ["registry"],
-                                       registry=self.registry)
-        self.errors = Counter("consul_reg_errors_total", "Registry operations that failed", ["registry"],
-                              registry=self.registry)
-        self.reconcile_seconds = Histogram("consul_reg_reconcile_duration_seconds", "Duration of full reconciles",
-                                           registry=self.registry)
-        self.event_lag = Gauge("consul_reg_docker_event_lag_seconds",
-                               "Delay between a Docker event and its handling (last event)", registry=self.registry)
-        self.heartbeats_sent = Counter("consul_reg_heartbeats_sent_total", "TTL check updates sent",
-                                       registry=self.registry)
-        self.heartbeats_late = Counter("consul_reg_heartbeats_late_total",
-                                       f"TTL check updates sent more than {LATE_SECONDS:g}s after due",
-                                       registry=self.registry)
-        self.services_managed = Gauge("consul_reg_services_managed", "Services this daemon wants registered",
-                                      registry=self.registry)
+@dataclass(frozen=True)
+class StatusSources:
+    """What the endpoint reads; every callable returns an immutable value."""
 
-    def applied(self, registry: str, registered: int, deregistered: int, failed: int) -> None:
-        self.registrations.labels(registry).inc(registered)
-        self.deregistrations.labels(registry).inc(deregistered)
-        self.errors.labels(registry).inc(failed)
+    snapshot: Callable[[], Snapshot]
+    docker: Liveness
+    agent: Liveness
+    mirrors: Callable[[], dict[str, str]]
+    metrics: Metrics
+    hostname: str
 
-    def heartbeat(self, lateness: float | None) -> None:
-        self.heartbeats_sent.inc()
-        if lateness is not None and lateness > LATE_SECONDS:
-            self.heartbeats_late.inc()
+
+def health(sources: StatusSources, now: float | None = None) -> tuple[int, dict[str, Any]]:
+    """200 while Docker and the agent answer, else 503 with the reason."""
+    now = time.monotonic() if now is None else now
+    snapshot = sources.snapshot()
+    body: dict[str, Any] = {}
+    for name, liveness in (("docker", sources.docker), ("consul", sources.agent)):
+        state = liveness.state
+        body[name] = "ok" if state.ok else "unreachable"
+        if not state.ok:
+            body[f"{name}_reason"] = state.reason
+            body[f"{name}_unreachable_seconds"] = round(now - state.since, 3)
+    age = None if snapshot.last_full_pass is None else round(now - snapshot.last_full_pass, 3)
+    body["last_reconcile_seconds_ago"] = age
+    body["mirrors"] = sources.mirrors()
+    healthy = sources.docker.state.ok and sources.agent.state.ok
+    return (200 if healthy else 503), body
+
+
+def services(sources: StatusSources) -> dict[str, Any]:
+    snapshot = sources.snapshot()
+    actual = snapshot.actual or {}
+    containers = {}
+    for desire in snapshot.desires.values():
+        containers[desire.container_name] = {
+            "id": desire.container_id,
+            "services": [{"id": s.id, "name": s.name, "address": s.address, "port": s.port,
+                          "tags": list(s.tags), "checks": [c.check_id for c in s.checks],
+                          "registered": s.id in actual and actual[s.id].digest == s.digest}
+                         for s in desire.services],
+        }
+    owned = {sid for sid, s in actual.items() if s.owned_by(sources.hostname)}
+    return {"containers": containers, "registered_but_not_desired": sorted(owned - set(snapshot.desired)),
+            "agent_listing_known": snapshot.actual is not None}
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # over the cap: closed at once, nothing queued
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 class StatusServer:
-    def __init__(self, address: str, daemon: "Daemon") -> None:
+    def __init__(self, address: str, sources: StatusSources) -> None:
         host, _, port = address.rpartition(":")
-        self.daemon = daemon
-        handler = _handler_for(self)
-        self.server = ThreadingHTTPServer((host.strip("[]") or "127.0.0.1", int(port)), handler)
+        self.sources = sources
+        host = host.strip("[]") or "127.0.0.1"
+        _Server.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.server = _Server((host, int(port)), _handler_for(sources))
         self.thread = threading.Thread(target=self.server.serve_forever, name="status", daemon=True)
 
     def start(self) -> None:
@@ -66,45 +107,19 @@ class StatusServer:
         self.server.shutdown()
         self.server.server_close()
 
-    def health(self) -> tuple[int, dict[str, Any]]:
-        daemon = self.daemon
-        age = time.monotonic() - daemon.last_full_sync if daemon.last_full_sync else None
-        body = {
-            "docker": "ok" if daemon.docker_ok else "unreachable",
-            "consul": "ok" if daemon.actual is not None else "unreachable",
-            "last_reconcile_seconds_ago": None if age is None else round(age, 3),
-            "mirrors": {m.registry.description: m.state for m in daemon.mirrors},
-        }
-        healthy = daemon.docker_ok and daemon.actual is not None
-        return (200 if healthy else 503), body
 
-    def services(self) -> dict[str, Any]:
-        daemon = self.daemon
-        actual = dict(daemon.actual or {})
-        containers = {}
-        for desire in list(daemon.desires.values()):
-            containers[desire.container_name] = {
-                "id": desire.container_id,
-                "services": [{"id": s.id, "name": s.name, "address": s.address, "port": s.port,
-                              "tags": list(s.tags), "checks": [c.check_id for c in s.checks],
-                              "registered": s.id in actual and actual[s.id].digest == s.digest}
-                             for s in desire.services],
-            }
-        owned = [sid for sid, s in actual.items() if s.owned_by(daemon.config.hostname)]
-        wanted = {s.id for d in daemon.desires.values() for s in d.services}
-        return {"containers": containers, "registered_but_not_desired": sorted(set(owned) - wanted)}
-
-
-def _handler_for(status: StatusServer) -> type[BaseHTTPRequestHandler]:
+def _handler_for(sources: StatusSources) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
+        timeout = REQUEST_TIMEOUT_SECONDS  # on the socket: a client that stalls is dropped
+
         def do_GET(self) -> None:  # noqa: N802 (http.server's name)
             if self.path == "/metrics":
-                self._send(200, generate_latest(status.daemon.metrics.registry), CONTENT_TYPE_LATEST)
+                self._send(200, *sources.metrics.render())
             elif self.path == "/health":
-                code, body = status.health()
+                code, body = health(sources)
                 self._send(code, json.dumps(body).encode(), "application/json")
             elif self.path == "/services":
-                self._send(200, json.dumps(status.services(), indent=1).encode(), "application/json")
+                self._send(200, json.dumps(services(sources), indent=1).encode(), "application/json")
             else:
                 self._send(404, b"not found: try /health, /metrics or /services\n", "text/plain")
 

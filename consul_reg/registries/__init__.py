@@ -8,7 +8,7 @@ import os
 import urllib.parse
 from typing import TYPE_CHECKING
 
-from consul_reg.registries.consul import ConsulEndpoint, ConsulRegistry
+from consul_reg.registries.consul import ConsulClient, ConsulEndpoint, ConsulRegistry
 
 if TYPE_CHECKING:
     from consul_reg.config import Config
@@ -101,25 +101,57 @@ def validate_uri(uri: str) -> None:
 
 
 def from_uri(uri: str, token: str | None, environ: dict[str, str] | None = None) -> ConsulRegistry:
-    return ConsulRegistry(consul_endpoint(uri, environ), token=token)
+    return ConsulRegistry(ConsulClient(consul_endpoint(uri, environ), token=token))
+
+
+def kv_endpoint(uri: str, primary_uri: str, environ: dict[str, str] | None = None) -> ConsulEndpoint:
+    """A consulkv mirror speaks the primary's scheme: TLS (with the same CA and
+    client certificate) when the primary is consul-tls://."""
+    environ = dict(os.environ) if environ is None else environ
+    scheme, host, port, socket_path, _ = mirror_parts(uri)
+    if socket_path:
+        return ConsulEndpoint(scheme="http", socket_path=socket_path)
+    if urllib.parse.urlsplit(primary_uri).scheme == "consul-tls":
+        return ConsulEndpoint(scheme="https", host=host, port=port, ca_file=environ.get("CONSUL_CACERT") or None,
+                              client_cert=environ.get("CONSUL_CLIENT_CERT") or None,
+                              client_key=environ.get("CONSUL_CLIENT_KEY") or None)
+    return ConsulEndpoint(scheme="http", host=host, port=port)
+
+
+def token_transport_problem(uris: tuple[str, ...], token: str | None) -> str:
+    """Why the ACL token would travel in clear text to another machine, or ""."""
+    if not token:
+        return ""
+    for uri in uris:
+        if urllib.parse.urlsplit(uri).scheme != "consulkv":
+            continue
+        endpoint = kv_endpoint(uri, uris[0], {})
+        if endpoint.scheme == "http" and not endpoint.is_local:
+            return (f"{uri}: the ACL token would be sent in clear text to {endpoint.host}; use consul-tls:// for "
+                    "the primary (the KV mirror then speaks TLS too) or a Consul KV address on this host")
+    return ""
 
 
 def mirror_from_uri(uri: str, config: "Config"):
-    from consul_reg.registries.consulkv import ConsulKVRegistry
-    from consul_reg.registries.etcd import DEFAULT_LEASE_TTL, EtcdRegistry
-    from consul_reg.registries.skydns2 import SkyDNS2Registry
-    from consul_reg.registries.zookeeper import ZooKeeperRegistry
-
     scheme, host, port, socket_path, path = mirror_parts(uri)
-    lease_ttl = config.ttl or DEFAULT_LEASE_TTL
     if scheme in ("consulkv", "consulkv-unix"):
-        endpoint = (ConsulEndpoint(scheme="http", socket_path=socket_path) if socket_path
-                    else ConsulEndpoint(scheme="http", host=host, port=port))
-        return ConsulKVRegistry(endpoint, path, config.hostname, config.token)
+        from consul_reg.registries.consulkv import ConsulKVRegistry
+
+        client = ConsulClient(kv_endpoint(uri, config.registry_uris[0]), token=config.token)
+        return ConsulKVRegistry(client, path, config.hostname)
+    from consul_reg.registries.etcd import DEFAULT_LEASE_TTL
+
+    lease_ttl = config.ttl or DEFAULT_LEASE_TTL
     if scheme == "etcd":
-        return EtcdRegistry(host, port, path, config.hostname, lease_ttl)
+        from consul_reg.registries.etcd import EtcdRegistry
+
+        return EtcdRegistry(host, port, path, config.hostname, lease_ttl, config.ttl_refresh)
     if scheme == "skydns2":
-        return SkyDNS2Registry(host, port, path, config.hostname, lease_ttl, config.ttl)
+        from consul_reg.registries.skydns2 import SkyDNS2Registry
+
+        return SkyDNS2Registry(host, port, path, config.hostname, lease_ttl, config.ttl, config.ttl_refresh)
+    from consul_reg.registries.zookeeper import ZooKeeperRegistry  # kazoo is imported only when used
+
     return ZooKeeperRegistry(host, port, path, config.hostname)
 
 

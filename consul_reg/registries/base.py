@@ -1,8 +1,9 @@
-"""The small interface every registry (Consul, and later its mirrors) implements."""
+"""The registry interface family: the errors every registry raises, the
+primary's interface, and the mirrors' interface."""
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Callable, Protocol
 
 from consul_reg.model import RegisteredService, Service
 
@@ -23,8 +24,12 @@ class RegistryScriptsRefused(RegistryError):
     """The registry refused a check that runs a command (Consul without enable_script_checks)."""
 
 
-class RegistryCheckMissing(RegistryError, LookupError):
-    """A check update was refused because the registry does not know the check."""
+class RegistryNotFound(RegistryError, LookupError):
+    """The registry does not know the thing named (a check, a service, a key)."""
+
+
+class RegistryNotOurs(RegistryError):
+    """The record exists and belongs to someone else: never written over."""
 
 
 class Registry(Protocol):
@@ -39,3 +44,21 @@ class Registry(Protocol):
     def deregister(self, service: RegisteredService) -> None: ...
 
     def close(self) -> None: ...
+
+
+class MirrorRegistry(Registry, Protocol):
+    """A secondary registry: keys its records its own way and says what it stores."""
+
+    on_change: Callable[[], None]  # set by its worker: call it when its state was lost (a session)
+
+    def key_of(self, service: Service) -> str: ...
+
+    def accepts(self, service: Service) -> str: ...  # "" or why this mirror cannot hold it
+
+    def digest_of(self, service: Service) -> str: ...
+
+    def maintain(self) -> bool: ...  # True: its state was lost (new lease, new session): relist
+
+    def seconds_until_maintenance(self) -> float: ...
+
+    def remove_all(self) -> None: ...  # -deregister-on-exit: every record of this daemon, now

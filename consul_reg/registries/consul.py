@@ -1,37 +1,37 @@
-"""The one Consul client: py-consul's API over an httpx transport.
+"""The one Consul client: a small HTTP client of the project's own on httpx,
+and the agent as the primary registry.
 
-httpx gives py-consul what it lacks: a unix-socket transport for
-`consul-unix://` and pooled keep-alive connections for hot calls.
+Every request goes through `ConsulClient.call`: each path segment is
+percent-encoded (nothing a container wrote can leave its segment or climb
+out of `/v1/agent/service/...`), the token header is swapped atomically on
+SIGHUP, and every failure is mapped to one of the registry errors once.
 """
 
 from __future__ import annotations
 
-import http.client
+import base64
 import ipaddress
 import json
-import socket
 import ssl
-import threading
 import urllib.parse
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
-import consul
-import consul.base
-from consul.callback import CB
 import httpx
-from consul.exceptions import ACLPermissionDenied, ConsulException
 
 from consul_reg.model import MARKER_DIGEST_KEY, RegisteredService, Service
 from consul_reg.registries.base import (
-    RegistryCheckMissing,
     RegistryError,
+    RegistryNotFound,
     RegistryPermissionDenied,
     RegistryScriptsRefused,
     RegistryUnavailable,
 )
 
 DEFAULT_TIMEOUT_SECONDS = 10.0
+MAX_ERROR_BODY = 300
+# Bodies of the agent's answers that mean "no such check" for a TTL update.
+_MISSING_CHECK_TEXTS = ("unknown check", "does not have", "not found")
 
 
 @dataclass(frozen=True)
@@ -70,154 +70,93 @@ class AgentInfo:
     runs_remote_scripts: bool  # enable_script_checks: script and docker checks may be registered over HTTP
 
 
-def _http_client(endpoint: ConsulEndpoint, timeout: float) -> httpx.Client:
-    """A pooled keep-alive client for the endpoint: TCP, TLS (verified) or unix socket."""
-    verify: ssl.SSLContext | bool = True
-    if endpoint.scheme == "https":
-        verify = ssl.create_default_context(cafile=endpoint.ca_file)
-        if endpoint.client_cert:
-            verify.load_cert_chain(endpoint.client_cert, endpoint.client_key)
-    transport = httpx.HTTPTransport(uds=endpoint.socket_path, verify=verify, retries=0)
-    base = "http://consul" if endpoint.socket_path else f"{endpoint.scheme}://{endpoint.host}:{endpoint.port}"
-    return httpx.Client(transport=transport, timeout=timeout, base_url=base)
+def agent_path(*segments: str) -> str:
+    """`/v1/<segment>/<segment>...`, each segment percent-encoded on its own.
+    An empty, `.` or `..` segment is refused: no request ever leaves its path."""
+    for segment in segments:
+        if segment in ("", ".", ".."):
+            raise RegistryError(f"refusing an unsafe path segment {segment!r}")
+    return "/v1/" + "/".join(urllib.parse.quote(segment, safe="") for segment in segments)
 
 
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, socket_path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._socket_path = socket_path
+class ConsulClient:
+    """Pooled keep-alive HTTP to one agent (TCP, verified TLS or unix socket).
+    Thread-safe: the sync loop, heartbeat senders, the agent watch and a KV
+    mirror may share it."""
 
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self._socket_path)
-
-
-class LeanHttp:
-    """Keep-alive HTTP/1.1 for the hot path (TTL updates): the standard
-    library's http.client, one connection per thread. It costs ~0.08 ms of
-    CPU per call here, against ~0.3 ms through httpx and ~0.7 ms through
-    requests: at 200 heartbeats/s that is 1.5% of a core instead of 6-14%."""
-
-    def __init__(self, endpoint: ConsulEndpoint, token: str | None, timeout: float) -> None:
-        self._endpoint = endpoint
-        self._timeout = timeout
-        self._headers = {"Content-Type": "application/json"}
-        if token:
-            self._headers["X-Consul-Token"] = token
-        self._local = threading.local()
-        self._context: ssl.SSLContext | None = None
-        if endpoint.scheme == "https":
-            self._context = ssl.create_default_context(cafile=endpoint.ca_file)
-            if endpoint.client_cert:
-                self._context.load_cert_chain(endpoint.client_cert, endpoint.client_key)
+    def __init__(self, endpoint: ConsulEndpoint, token: str | None = None,
+                 timeout: float = DEFAULT_TIMEOUT_SECONDS, max_connections: int = 8,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        self.endpoint = endpoint
+        self.description = f"consul {endpoint}"
+        if transport is None:  # tests hand in httpx.MockTransport
+            verify: ssl.SSLContext | bool = True
+            if endpoint.scheme == "https":
+                verify = ssl.create_default_context(cafile=endpoint.ca_file)
+                if endpoint.client_cert:
+                    verify.load_cert_chain(endpoint.client_cert, endpoint.client_key)
+            transport = httpx.HTTPTransport(uds=endpoint.socket_path, verify=verify, retries=0,
+                                            limits=httpx.Limits(max_connections=max_connections,
+                                                                max_keepalive_connections=max_connections))
+        base = "http://consul" if endpoint.socket_path else f"{endpoint.scheme}://{endpoint.host}:{endpoint.port}"
+        self._http = httpx.Client(transport=transport, timeout=timeout, base_url=base)
+        self._headers: dict[str, str] = {}
+        self.set_token(token)
+        # Told about every transport failure (the agent watch probes at once).
+        self.on_unreachable: Callable[[str], None] = lambda reason: None
 
     def set_token(self, token: str | None) -> None:
-        self._headers.pop("X-Consul-Token", None)
-        if token:
-            self._headers["X-Consul-Token"] = token
+        """Replace the headers of every later request at once (never mutated in place)."""
+        self._headers = {"X-Consul-Token": token} if token else {}
 
-    def _connection(self) -> http.client.HTTPConnection:
-        connection = getattr(self._local, "connection", None)
-        if connection is None:
-            endpoint = self._endpoint
-            if endpoint.socket_path:
-                connection = _UnixHTTPConnection(endpoint.socket_path, self._timeout)
-            elif self._context is not None:
-                connection = http.client.HTTPSConnection(endpoint.host, endpoint.port, timeout=self._timeout,
-                                                         context=self._context)
-            else:
-                connection = http.client.HTTPConnection(endpoint.host, endpoint.port, timeout=self._timeout)
-            self._local.connection = connection
-        return connection
+    def call(self, method: str, segments: tuple[str, ...], what: str, params: dict[str, str] | None = None,
+             body: bytes | None = None, timeout: float | None = None, not_found_ok: bool = False) -> httpx.Response:
+        """One request; a non-2xx answer or a transport failure raises a RegistryError subclass."""
+        path = agent_path(*segments)
+        try:
+            response = self._http.request(method, path, params=params, content=body, headers=self._headers,
+                                          **({"timeout": timeout} if timeout is not None else {}))
+        except httpx.HTTPError as error:
+            reason = f"{self.description}: could not {what}: {type(error).__name__}: {_one_line(str(error))}"
+            self.on_unreachable(reason)
+            raise RegistryUnavailable(reason) from None
+        if response.status_code < 300 or (not_found_ok and response.status_code == 404):
+            return response
+        text = _one_line(response.text)
+        if response.status_code == 403:
+            raise RegistryPermissionDenied(f"{self.description}: permission denied to {what} "
+                                           f"(check the ACL token's policy): {text}")
+        if "Scripts are disabled" in text:
+            raise RegistryScriptsRefused(f"{self.description}: the agent refused to {what}: {text}")
+        if response.status_code == 404 or (response.status_code == 500
+                                           and any(t in text.lower() for t in _MISSING_CHECK_TEXTS)):
+            raise RegistryNotFound(f"{self.description}: could not {what}: not found ({text})")
+        raise RegistryError(f"{self.description}: could not {what}: {response.status_code} {text}")
 
-    def put(self, path: str, body: bytes) -> tuple[int, str]:
-        for attempt in (1, 2):  # a kept-alive connection the agent closed is retried once, fresh
-            connection = self._connection()
-            try:
-                connection.request("PUT", path, body=body, headers=self._headers)
-                response = connection.getresponse()
-                return response.status, response.read().decode("utf-8", "replace")
-            except (http.client.HTTPException, OSError):
-                connection.close()
-                self._local.connection = None
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
-
-    def close(self) -> None:
-        connection = getattr(self._local, "connection", None)
-        if connection is not None:
-            connection.close()
-
-
-class _HttpxTransport(consul.base.HTTPClient):
-    """py-consul's transport interface, implemented with one pooled httpx client."""
-
-    def __init__(self, endpoint: ConsulEndpoint, timeout: float, token: str | None) -> None:
-        host = "localhost" if endpoint.socket_path else endpoint.host
-        super().__init__(host, endpoint.port, endpoint.scheme, True, None)
-        self.client = _http_client(endpoint, timeout)
-        # On every request: some py-consul calls (agent.self) forget the token.
-        if token:
-            self.client.headers["X-Consul-Token"] = token
-
-    def _send(self, method: str, callback, path, params, data, headers, raw: bool = False):
-        response = self.client.request(method, self.uri(path, params), content=data or None, headers=headers)
-        body = response.content if raw else response.text
-        return callback(consul.base.Response(response.status_code, response.headers, body))
-
-    def get(self, callback, path, params=None, headers=None, raw: bool = False):
-        return self._send("GET", callback, path, params, None, headers, raw)
-
-    def put(self, callback, path, params=None, data="", headers=None):
-        return self._send("PUT", callback, path, params, data, headers)
-
-    def delete(self, callback, path, params=None, data="", headers=None):
-        return self._send("DELETE", callback, path, params, data, headers)
-
-    def post(self, callback, path, params=None, data="", headers=None):
-        return self._send("POST", callback, path, params, data, headers)
+    def json(self, method: str, segments: tuple[str, ...], what: str, params: dict[str, str] | None = None) -> Any:
+        response = self.call(method, segments, what, params)
+        try:
+            return response.json()
+        except ValueError:
+            raise RegistryError(f"{self.description}: could not {what}: the answer is not JSON") from None
 
     def close(self) -> None:
-        self.client.close()
-
-
-class _Consul(consul.base.Consul):
-    def __init__(self, endpoint: ConsulEndpoint, token: str | None, timeout: float) -> None:
-        self._endpoint = endpoint
-        self._timeout = timeout
-        self._token = token
-        super().__init__(host=endpoint.host, port=endpoint.port, token=token, scheme=endpoint.scheme)
-        # py-consul prefers CONSUL_HTTP_TOKEN from the environment; the
-        # daemon resolves the token itself (env or token file), so set it here.
-        self.token = token
-
-    def http_connect(self, host, port, scheme, verify=True, cert=None):
-        return _HttpxTransport(self._endpoint, self._timeout, self._token)
+        self._http.close()
 
 
 class ConsulRegistry:
-    """The Consul agent as a registry: services are agent services."""
+    """The Consul agent as the primary registry: services are agent services."""
 
-    def __init__(self, endpoint: ConsulEndpoint, token: str | None = None,
-                 timeout: float = DEFAULT_TIMEOUT_SECONDS) -> None:
-        self.endpoint = endpoint
-        self.description = f"consul {endpoint}"
-        self._client = _Consul(endpoint, token, timeout)
-        self._ttl_http = LeanHttp(endpoint, token, timeout)
+    def __init__(self, client: ConsulClient) -> None:
+        self.client = client
+        self.endpoint = client.endpoint
+        self.description = client.description
 
     def set_token(self, token: str | None) -> None:
-        """A new ACL token (SIGHUP re-read the token file) for every later request."""
-        self._client.token = token
-        for headers in (self._client.http.client.headers,):
-            headers.pop("X-Consul-Token", None)
-            if token:
-                headers["X-Consul-Token"] = token
-        self._ttl_http.set_token(token)
+        self.client.set_token(token)
 
     def agent_info(self) -> AgentInfo:
-        info = self._call("read the agent's own information", self._client.agent.self)
+        info = self.client.json("GET", ("agent", "self"), "read the agent's own information") or {}
         config = info.get("Config") or {}
         member = info.get("Member") or {}
         debug = info.get("DebugConfig") or {}
@@ -231,99 +170,88 @@ class ConsulRegistry:
         )
 
     def services(self) -> dict[str, RegisteredService]:
-        listed = self._call("list the agent's services", self._client.agent.services)
+        listed = self.client.json("GET", ("agent", "services"), "list the agent's services") or {}
         return {
-            service_id: RegisteredService(
-                id=service_id,
+            str(service_id): RegisteredService(
+                id=str(service_id),
                 name=str(entry.get("Service") or ""),
                 address=str(entry.get("Address") or ""),
                 port=entry.get("Port") or None,
                 meta=dict(entry.get("Meta") or {}),
             )
-            for service_id, entry in (listed or {}).items()
+            for service_id, entry in listed.items() if isinstance(entry, dict)
         }
 
     def register(self, service: Service) -> None:
-        payload = registration_payload(service)
-        self._call(
-            f"register {service.id}",
-            self._client.http.put,
-            CB.boolean(),
-            "/v1/agent/service/register",
-            params=[("replace-existing-checks", "true")],
-            headers=self._client.prepare_headers(),
-            data=json.dumps(payload),
-        )
+        self.client.call("PUT", ("agent", "service", "register"), f"register {service.id}",
+                         params={"replace-existing-checks": "true"},
+                         body=json.dumps(registration_payload(service)).encode())
 
     def deregister(self, service: RegisteredService) -> None:
-        self._call(f"deregister {service.id}", self._client.agent.service.deregister, service.id)
-
-    def kv_items(self, prefix: str) -> dict[str, str]:
-        """Every key under prefix with its value (Consul KV)."""
-        _, entries = self._call(f"read KV {prefix}", self._client.kv.get, prefix, recurse=True)
-        return {e["Key"]: (e.get("Value") or b"").decode("utf-8", "replace") for e in entries or []}
-
-    def kv_put(self, key: str, value: str) -> None:
-        self._call(f"write KV {key}", self._client.kv.put, key, value)
-
-    def kv_delete(self, key: str) -> None:
-        self._call(f"delete KV {key}", self._client.kv.delete, key)
+        self.client.call("PUT", ("agent", "service", "deregister", service.id), f"deregister {service.id}")
 
     def enable_maintenance(self, service_id: str, reason: str) -> None:
-        self._call(f"put {service_id} in maintenance", self._client.agent.service.maintenance,
-                   service_id, "true", reason)
+        self.client.call("PUT", ("agent", "service", "maintenance", service_id),
+                         f"put {service_id} in maintenance", params={"enable": "true", "reason": reason})
 
     def disable_maintenance(self, service_id: str) -> None:
-        self._call(f"take {service_id} out of maintenance", self._client.agent.service.maintenance,
-                   service_id, "false")
+        self.client.call("PUT", ("agent", "service", "maintenance", service_id),
+                         f"take {service_id} out of maintenance", params={"enable": "false"})
 
     def maintenance_reason(self, service_id: str) -> str | None:
         """The reason of the service's maintenance, or None when it is not in maintenance."""
-        checks = self._call("list the agent's checks", self._client.agent.checks)
-        check = (checks or {}).get(f"_service_maintenance:{service_id}")
-        return None if check is None else str(check.get("Notes") or "")
+        checks = self.client.json("GET", ("agent", "checks"), "list the agent's checks") or {}
+        check = checks.get(f"_service_maintenance:{service_id}")
+        return None if not isinstance(check, dict) else str(check.get("Notes") or "")
 
     def update_check(self, check_id: str, status: str, output: str) -> None:
-        """Report a TTL check. The hot path (one call per heartbeat): straight
-        httpx on its own pooled client, no py-consul layers."""
-        path = "/v1/agent/check/update/" + urllib.parse.quote(check_id, safe="")
-        try:
-            code, text = self._ttl_http.put(path, json.dumps({"Status": status, "Output": output}).encode())
-        except OSError as error:
-            raise RegistryUnavailable(f"{self.description}: could not update check {check_id}: "
-                                      f"{type(error).__name__}: {error}") from None
-        if code == 200:
-            return
-        body = _one_line(text)
-        if code == 403:
-            raise RegistryPermissionDenied(f"{self.description}: permission denied to update check "
-                                           f"{check_id}: {body}")
-        if code in (404, 500) and ("Unknown check" in body or "does not have" in body
-                                                    or "not found" in body.lower()):
-            raise RegistryCheckMissing(f"{self.description}: check {check_id} is unknown to the agent")
-        raise RegistryError(f"{self.description}: could not update check {check_id}: {code} {body}")
+        """Report a TTL check (the heartbeat's hot path). RegistryNotFound when the
+        agent does not know the check (it restarted, or the service was reaped)."""
+        self.client.call("PUT", ("agent", "check", "update", check_id), f"update check {check_id}",
+                         body=json.dumps({"Status": status, "Output": output}).encode())
 
     def close(self) -> None:
-        self._client.http.close()
-        self._ttl_http.close()
+        self.client.close()
 
-    def _call(self, what: str, function, *args, **kwargs) -> Any:
+
+class ConsulKV:
+    """The few KV calls the Consul KV mirror needs, through the one client."""
+
+    def __init__(self, client: ConsulClient) -> None:
+        self.client = client
+
+    def items(self, prefix: str) -> dict[str, tuple[str, int]]:
+        """key -> (value, flags) of every key under `prefix` (its segments, no trailing slash)."""
         try:
-            return function(*args, **kwargs)
-        except ACLPermissionDenied as error:
-            raise RegistryPermissionDenied(
-                f"{self.description}: permission denied to {what} (check the ACL token's policy): "
-                f"{_one_line(str(error))}"
-            ) from None
-        except ConsulException as error:
-            if "Scripts are disabled" in str(error):
-                raise RegistryScriptsRefused(f"{self.description}: the agent refused to {what}: "
-                                             f"{_one_line(str(error))}") from None
-            raise RegistryError(f"{self.description}: could not {what}: {_one_line(str(error))}") from None
-        except httpx.HTTPError as error:
-            raise RegistryUnavailable(
-                f"{self.description}: could not {what}: {type(error).__name__}: {_one_line(str(error))}"
-            ) from None
+            entries = self.client.json("GET", ("kv", *prefix.split("/")), f"read KV {prefix}/",
+                                       params={"recurse": "true"})
+        except RegistryNotFound:
+            return {}
+        found = {}
+        for entry in entries or []:
+            if not isinstance(entry, dict) or not isinstance(entry.get("Key"), str):
+                continue
+            raw = base64.b64decode(entry.get("Value") or "")
+            found[entry["Key"]] = (raw.decode("utf-8", "replace"), int(entry.get("Flags") or 0))
+        return found
+
+    def wait_for_change(self, prefix: str, index: int, wait_seconds: float) -> int:
+        """A blocking query on the prefix: returns the new index once anything under
+        it changed (or after `wait_seconds`); raises when the agent goes away."""
+        response = self.client.call("GET", ("kv", *prefix.split("/")), f"watch KV {prefix}/",
+                                    params={"keys": "true", "index": str(index), "wait": f"{wait_seconds:g}s"},
+                                    timeout=wait_seconds + 15, not_found_ok=True)
+        try:
+            return int(response.headers.get("X-Consul-Index", "0"))
+        except ValueError:
+            return 0
+
+    def put(self, key: str, value: str, flags: int) -> None:
+        self.client.call("PUT", ("kv", *key.split("/")), f"write KV {key}", params={"flags": str(flags)},
+                         body=value.encode())
+
+    def delete(self, key: str) -> None:
+        self.client.call("DELETE", ("kv", *key.split("/")), f"delete KV {key}")
 
 
 def registration_payload(service: Service) -> dict[str, Any]:
@@ -346,6 +274,6 @@ def registration_payload(service: Service) -> dict[str, Any]:
     return payload
 
 
-def _one_line(text: str, limit: int = 500) -> str:
+def _one_line(text: str, limit: int = MAX_ERROR_BODY) -> str:
     flat = " ".join(text.split())
     return flat if len(flat) <= limit else flat[:limit] + "..."

@@ -1,26 +1,35 @@
 """Consul KV, registrator's layout: `<prefix>/<service-name>/<service-id>` = `<ip>:<port>`.
-Through the project's one Consul client. Keys of this host are those whose
-service ID starts with `<hostname>:`; nothing else is ever removed."""
+Through the project's one Consul client. Each key this daemon writes carries
+its host's owner tag in the entry's Flags (opaque to Consul and to readers of
+the layout); only such keys are ever written over or removed."""
 
 from __future__ import annotations
 
+from typing import Callable
+
 from consul_reg.model import MARKER_DIGEST_KEY, MARKER_HOST_KEY, MARKER_SOURCE_KEY, MARKER_SOURCE_VALUE
 from consul_reg.model import RegisteredService, Service
-from consul_reg.registries.consul import ConsulEndpoint, ConsulRegistry
+from consul_reg.registries.consul import ConsulClient, ConsulKV
+from consul_reg.registries.keys import child_key, owner_tag, segment_problem
+
+WATCH_SECONDS = 300.0
 
 
 class ConsulKVRegistry:
-    def __init__(self, endpoint: ConsulEndpoint, prefix: str, hostname: str, token: str | None) -> None:
-        self._consul = ConsulRegistry(endpoint, token=token)
+    def __init__(self, client: ConsulClient, prefix: str, hostname: str) -> None:
+        self._kv = ConsulKV(client)
+        self._client = client
         self.prefix = prefix.strip("/")
         self.hostname = hostname
-        self.description = f"consulkv {endpoint}/{self.prefix}"
+        self.flags = owner_tag(hostname)
+        self.description = f"consulkv {client.endpoint}/{self.prefix}"
+        self.on_change: Callable[[], None] = lambda: None
 
     def key_of(self, service: Service) -> str:
-        return f"{self.prefix}/{service.name}/{service.id}"
+        return child_key(self.prefix, service.name, service.id)
 
     def accepts(self, service: Service) -> str:
-        return ""
+        return segment_problem(service.name) or segment_problem(service.id)
 
     def digest_of(self, service: Service) -> str:
         return f"{service.address}:{service.port}" if service.port is not None else service.address
@@ -28,24 +37,41 @@ class ConsulKVRegistry:
     def maintain(self) -> bool:
         return False
 
+    def watch(self, index: int) -> int:
+        """Block until anything under the prefix changes (another host, an agent
+        that restarted empty); the worker then looks again. Returns the new index."""
+        new = self._kv.wait_for_change(self.prefix, index, WATCH_SECONDS)
+        return 0 if new < index else new  # an index going backwards: the agent was replaced
+
     def seconds_until_maintenance(self) -> float:
         return 3600.0
 
     def services(self) -> dict[str, RegisteredService]:
         found = {}
-        for key, value in self._consul.kv_items(self.prefix + "/").items():
+        for key, (value, flags) in self._kv.items(self.prefix).items():
+            if not key.startswith(self.prefix + "/"):
+                continue  # "services2/..." shares the text prefix, not the folder
             name, _, service_id = key[len(self.prefix) + 1:].partition("/")
             meta = {MARKER_DIGEST_KEY: value}
-            if service_id.startswith(self.hostname + ":"):
+            # Keys of consul-reg before owner tags: this host's default IDs.
+            if flags == self.flags or (flags == 0 and service_id.startswith(self.hostname + ":")):
                 meta.update({MARKER_SOURCE_KEY: MARKER_SOURCE_VALUE, MARKER_HOST_KEY: self.hostname})
             found[key] = RegisteredService(id=key, name=name, meta=meta)
         return found
 
     def register(self, service: Service) -> None:
-        self._consul.kv_put(self.key_of(service), self.digest_of(service))
+        self._kv.put(self.key_of(service), self.digest_of(service), self.flags)
 
     def deregister(self, service: RegisteredService) -> None:
-        self._consul.kv_delete(service.id)
+        self._kv.delete(service.id)
+
+    def remove_all(self) -> None:
+        for key, service in self.services().items():
+            if service.owned_by(self.hostname):
+                self._kv.delete(key)
+
+    def set_token(self, token: str | None) -> None:
+        self._client.set_token(token)
 
     def close(self) -> None:
-        self._consul.close()
+        self._client.close()

@@ -1,20 +1,32 @@
 """ZooKeeper through kazoo: `<basepath>/<service-name>/<ip>:<public-port>` as
 an ephemeral znode holding registrator's JSON (Name, IP, PublicPort,
 PrivatePort, ContainerID, Tags, Attrs). Nodes of this daemon's session are
-its own; after a session loss they are gone and the worker recreates them."""
+its own and no other node is ever changed or deleted; after a session loss
+its nodes are gone and the worker, told at once, creates them again."""
 
 from __future__ import annotations
 
 import json
 import threading
+import time
+from typing import Callable
 
 from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import KazooException, NodeExistsError, NoNodeError
 from kazoo.handlers.threading import KazooTimeoutError
+from loguru import logger
 
 from consul_reg.model import MARKER_DIGEST_KEY, MARKER_HOST_KEY, MARKER_SOURCE_KEY, MARKER_SOURCE_VALUE
 from consul_reg.model import RegisteredService, Service
-from consul_reg.registries.base import RegistryError, RegistryUnavailable
+from consul_reg.registries.base import RegistryError, RegistryNotOurs, RegistryUnavailable
+from consul_reg.registries.keys import child_key, segment_problem
+
+SESSION_TIMEOUT_SECONDS = 10.0
+# Disconnected this long while kazoo keeps reconnecting: try a fresh session
+# beside it. A server that lost its data (or another ensemble) refuses a
+# client that saw newer transactions, forever; a fresh client is accepted.
+FRESH_SESSION_AFTER_SECONDS = 2.0
+ZK_ERRORS = (KazooTimeoutError, KazooException)
 
 
 class ZooKeeperRegistry:
@@ -22,37 +34,79 @@ class ZooKeeperRegistry:
         self.basepath = "/" + basepath.strip("/")
         self.hostname = hostname
         self.description = f"zookeeper {host}:{port}{self.basepath}"
-        self._client = KazooClient(hosts=f"{host}:{port}", timeout=10.0, connection_retry={"max_tries": -1,
-                                                                                          "max_delay": 5})
-        self._client.add_listener(self._on_state)
+        self.on_change: Callable[[], None] = lambda: None
+        self._hosts = f"{host}:{port}"
+        self._client = self._new_client()
         self.session_lost = threading.Event()
         self._started = False
+        self._disconnected_since: float | None = None
 
-    def _on_state(self, state: str) -> None:
+    def _new_client(self) -> KazooClient:
+        client = KazooClient(hosts=self._hosts, timeout=SESSION_TIMEOUT_SECONDS,
+                             connection_retry={"max_tries": -1, "max_delay": 1})
+        client.add_listener(self._on_state)
+        return client
+
+    def _on_state(self, state: str) -> None:  # on kazoo's thread
+        if state == KazooState.CONNECTED:
+            self._disconnected_since = None
+        elif self._disconnected_since is None:
+            self._disconnected_since = time.monotonic()
         if state == KazooState.LOST:
             self.session_lost.set()  # our ephemeral nodes are gone: relist and recreate
+        self.on_change()  # the worker looks again: relist, recreate, or keep an eye on the outage
 
     def _ensure_started(self) -> None:
-        if not self._started or not self._client.connected:
+        if not self._started:
             try:
                 self._client.start(timeout=5)
-            except (KazooTimeoutError, KazooException) as error:
+            except ZK_ERRORS as error:
+                self._client.stop()
                 raise RegistryUnavailable(f"{self.description}: {type(error).__name__}: {error}") from None
             self._started = True
+            self._disconnected_since = None
+        elif not self._client.connected:
+            since = self._disconnected_since
+            if since is not None and time.monotonic() - since > FRESH_SESSION_AFTER_SECONDS:
+                self._try_fresh_session()
+            if not self._client.connected:
+                raise RegistryUnavailable(f"{self.description}: not connected (kazoo is reconnecting)")
+
+    def _try_fresh_session(self) -> None:
+        fresh = self._new_client()
+        try:
+            fresh.start(timeout=2)
+        except ZK_ERRORS:
+            fresh.stop()
+            fresh.close()
+            return  # the server is not there at all
+        old, self._client = self._client, fresh
+        self._disconnected_since = None
+        self.session_lost.set()
+        logger.warning("{}: the server does not take this daemon's session back (was its data reset?); "
+                       "new session, every node is created again", self.description)
+        old.stop()
+        old.close()
+
+    def _session(self) -> int | None:
+        return self._client.client_id[0] if self._client.client_id else None
+
+    def _node(self, service: Service) -> str:
+        return f"{service.address}:{service.port or 0}"
 
     def key_of(self, service: Service) -> str:
-        return f"{self.basepath}/{service.name}/{service.address}:{service.port or 0}"
+        return child_key(self.basepath, service.name, self._node(service))
 
     def accepts(self, service: Service) -> str:
-        return ""
+        return segment_problem(service.name) or segment_problem(self._node(service))
 
     def data_of(self, service: Service) -> bytes:
-        public, _, protocol = service.exposed_port.partition("/")
+        public, _, _ = service.exposed_port.partition("/")
         record = {
             "Name": service.name,
             "IP": service.address,
             "PublicPort": service.port or 0,
-            "PrivatePort": int(public) if public.isdigit() else 0,
+            "PrivatePort": int(public) if public.isascii() and public.isdigit() else 0,
             "ContainerID": service.container_id[:12],
             "Tags": list(service.tags),
             "Attrs": {k: v for k, v in service.meta if not k.startswith("consul_reg_") and k != "external-source"},
@@ -63,18 +117,29 @@ class ZooKeeperRegistry:
         return self.data_of(service).decode()
 
     def maintain(self) -> bool:
+        """True when our session (and its nodes) is gone; raises while ZooKeeper
+        cannot be reached, so the worker keeps looking, on its backoff."""
+        if self._started and not self._client.connected:
+            self._ensure_started()
         if self.session_lost.is_set():
             self.session_lost.clear()
             return True
         return False
 
     def seconds_until_maintenance(self) -> float:
-        return 1.0
+        """0 when there is something to do: a lost session, or an outage long
+        enough to try a fresh session."""
+        if self.session_lost.is_set():
+            return 0.0
+        since = self._disconnected_since
+        if self._started and since is not None:
+            return max(0.0, since + FRESH_SESSION_AFTER_SECONDS - time.monotonic())
+        return 3600.0
 
     def services(self) -> dict[str, RegisteredService]:
         self._ensure_started()
         self.session_lost.clear()
-        session = self._client.client_id[0] if self._client.client_id else None
+        session = self._session()
         found = {}
         try:
             names = self._client.get_children(self.basepath) if self._client.exists(self.basepath) else []
@@ -86,10 +151,10 @@ class ZooKeeperRegistry:
                     except NoNodeError:
                         continue
                     meta = {MARKER_DIGEST_KEY: data.decode("utf-8", "replace")}
-                    if stat.ephemeralOwner == session:
+                    if session is not None and stat.ephemeralOwner == session:
                         meta.update({MARKER_SOURCE_KEY: MARKER_SOURCE_VALUE, MARKER_HOST_KEY: self.hostname})
                     found[path] = RegisteredService(id=path, name=name, meta=meta)
-        except (KazooTimeoutError, KazooException) as error:
+        except ZK_ERRORS as error:
             raise RegistryUnavailable(f"{self.description}: {type(error).__name__}: {error}") from None
         return found
 
@@ -100,20 +165,28 @@ class ZooKeeperRegistry:
             try:
                 self._client.create(path, self.data_of(service), ephemeral=True, makepath=True)
             except NodeExistsError:
-                # Ours with other data (an update), or a node another session left: take it over.
-                self._client.delete(path)
-                self._client.create(path, self.data_of(service), ephemeral=True, makepath=True)
-        except (KazooTimeoutError, KazooException) as error:
+                stat = self._client.exists(path)
+                if stat is not None and stat.ephemeralOwner != self._session():
+                    raise RegistryNotOurs(f"{path} belongs to another ZooKeeper session") from None
+                self._client.set(path, self.data_of(service))
+        except ZK_ERRORS as error:
             raise RegistryUnavailable(f"{self.description}: {type(error).__name__}: {error}") from None
 
     def deregister(self, service: RegisteredService) -> None:
         self._ensure_started()
         try:
-            self._client.delete(service.id)
+            stat = self._client.exists(service.id)
+            if stat is not None and stat.ephemeralOwner == self._session():
+                self._client.delete(service.id, version=stat.version)
         except NoNodeError:
             pass
-        except (KazooTimeoutError, KazooException) as error:
+        except ZK_ERRORS as error:
             raise RegistryError(f"{self.description}: {type(error).__name__}: {error}") from None
+
+    def remove_all(self) -> None:
+        """Ending the session removes every ephemeral node of ours at once."""
+        if self._started:
+            self._client.stop()
 
     def close(self) -> None:
         try:

@@ -188,10 +188,10 @@ class DaemonProcess:
 
 @pytest.fixture
 def start_daemon(tmp_path: Path, hostname: str) -> Iterator[Callable[..., DaemonProcess]]:
-    """Start consul-reg with this test's --hostname and a short resync."""
+    """Start consul-reg with this test's --hostname; -resync 0 unless the test is about the resync."""
     daemons: list[DaemonProcess] = []
 
-    def start(*args: str, env: dict[str, str] | None = None, resync: str = "2") -> DaemonProcess:
+    def start(*args: str, env: dict[str, str] | None = None, resync: str = "0") -> DaemonProcess:
         full_args = ["--hostname", hostname, "-resync", resync, "--log-level", "DEBUG", *args]
         daemon = DaemonProcess(full_args, tmp_path / f"daemon-{len(daemons)}.log", env).start()
         daemons.append(daemon)

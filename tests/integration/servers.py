@@ -67,6 +67,11 @@ class Etcd(Server):
                                                        kv.get("lease", ""))
                 for kv in answer.get("kvs") or []}
 
+    def lease_ttl(self, lease: str) -> int:
+        """The lease's remaining TTL; -1 when it does not exist (expired or revoked)."""
+        answer = self.http.post("/v3/lease/timetolive", json={"ID": lease}).json()
+        return int(answer.get("TTL", -1))
+
 
 class ZooKeeper(Server):
     def __init__(self, workdir: Path) -> None:
@@ -78,6 +83,12 @@ class ZooKeeper(Server):
             f"dataDir={self.dir}/data\nclientPort={self.port}\nclientPortAddress=127.0.0.1\n"
             "admin.enableServer=false\n4lw.commands.whitelist=ruok\n")
         self.uri_base = f"zookeeper://127.0.0.1:{self.port}"
+
+    def wipe(self) -> None:
+        """Forget every session and node (the server must be stopped)."""
+        import shutil
+
+        shutil.rmtree(self.dir / "data", ignore_errors=True)
 
     def start(self) -> "ZooKeeper":
         import os

@@ -29,12 +29,12 @@ def test_in_sync_resync_writes_nothing(own_agent, start_daemon, run_container, h
     wait_until(lambda: len(ids(api, hostname)) == 3, message="3 services")
     # Let the agent settle first: a check turning passing is a write of the agent's own.
     wait_until(lambda: api.check_status(f"service:{hostname}:{web.name}:80:tcp") == "passing", message="settled")
-    daemon.wait_log("full sync done")
+    daemon.wait_log("full pass done")
     index = api.catalog_index()
     register_calls = agent.log().count("/v1/agent/service/register")
     assert register_calls >= 3  # the agent's debug log shows each register call
-    syncs = daemon.log().count("full sync done")
-    wait_until(lambda: daemon.log().count("full sync done") >= syncs + 3, message="three more resyncs")
+    syncs = daemon.log().count("full pass done")
+    wait_until(lambda: daemon.log().count("full pass done") >= syncs + 3, message="three more resyncs")
     assert api.catalog_index() == index
     assert agent.log().count("/v1/agent/service/register") == register_calls
     assert agent.log().count("/v1/agent/service/deregister") == 0
@@ -49,11 +49,8 @@ def test_agent_restart_restores_everything(own_agent, start_daemon, run_containe
     heartbeat = f"service:{hostname}:{worker.name}:heartbeat"
     wait_until(lambda: api.check_status(heartbeat) == "passing", message="heartbeat passing")
     before = ids(api, hostname)
-    agent.restart()
-    assert ids(api, hostname) == set()  # a dev agent loses everything
-    started = time.monotonic()
-    wait_until(lambda: ids(api, hostname) == before, timeout=10, message="all services back")
-    assert time.monotonic() - started < 2 + 3  # within one reconcile period (plus the daemon's retry)
+    agent.restart()  # a dev agent comes back empty: the final state is what counts, whenever it was repaired
+    wait_until(lambda: ids(api, hostname) == before, timeout=5, message="all services back, with -resync 0")
     wait_until(lambda: api.check_status(heartbeat) == "passing", timeout=5, message="heartbeats resumed")
     assert set(api.checks_of(f"{hostname}:{web.name}:80")) == {f"service:{hostname}:{web.name}:80:tcp"}
 
@@ -99,6 +96,6 @@ def test_sigterm_is_quick_and_keeps_services(start_daemon, run_container, consul
     assert time.monotonic() - started < 5
     assert len(ids(consul_api, hostname)) == 1
     with_cleanup = start_daemon("-deregister-on-exit")
-    with_cleanup.wait_log("full sync done")
+    with_cleanup.wait_log("full pass done")
     assert with_cleanup.stop(signal.SIGTERM) == 0
     assert ids(consul_api, hostname) == set()

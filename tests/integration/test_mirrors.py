@@ -137,14 +137,103 @@ def test_zookeeper_nodes_are_ephemeral_and_recreated(zookeeper, start_daemon, ru
 def test_on_success_keeps_a_failed_container_in_mirrors_too(etcd, start_daemon, run_container, consul_api,
                                                             hostname):
     daemon = start_daemon("-ip", HOST_IP, "-deregister", "on-success", "consul://127.0.0.1:8500",
-                          f"{etcd.uri_base}/services")
+                          f"{etcd.uri_base}/services", resync="2")  # about the resync: it keeps the record
     failing = run_container(["sh", "-c", "sleep 2; exit 3"], ports={"80/tcp": None})
     key = f"/services/busybox/{hostname}:{failing.name}:80"
     wait_until(lambda: key in etcd.keys("/services/"), message="key written")
     wait_until(lambda: failing.reload() or failing.status == "exited", message="container failed")
-    syncs = daemon.log().count("full sync done")
-    wait_until(lambda: daemon.log().count("full sync done") >= syncs + 2, message="two more resyncs")
+    syncs = daemon.log().count("full pass done")
+    wait_until(lambda: daemon.log().count("full pass done") >= syncs + 2, message="two more resyncs")
     assert key in etcd.keys("/services/")
     assert f"{hostname}:{failing.name}:80" in consul_api.services()
     failing.remove()
     wait_until(lambda: key not in etcd.keys("/services/"), message="removed with its container")
+
+
+def _ports(etcd, prefix: str = "/services/") -> list[str]:
+    return sorted(k.rsplit(":", 1)[1] for k in etcd.keys(prefix))
+
+
+def test_etcd_frozen_while_a_container_goes_converges_once_resumed(etcd, start_daemon, run_container, consul_api,
+                                                                  hostname):
+    start_daemon("-ip", HOST_IP, "-retry-interval", "200", "consul://127.0.0.1:8500", f"{etcd.uri_base}/services")
+    leaving = run_container(ports={"80/tcp": None})
+    staying = run_container(ports={"81/tcp": None})
+    wait_until(lambda: _ports(etcd) == ["80", "81"], message="two keys")
+    etcd.freeze()
+    leaving.remove(force=True)
+    wait_until(lambda: set(consul_api.services_of(hostname)) == {f"{hostname}:{staying.name}:81"},
+               message="the primary follows at once")
+    etcd.thaw()
+    wait_until(lambda: _ports(etcd) == ["81"], timeout=5, message="etcd converged within 5 s of resuming")
+
+
+def test_etcd_killed_and_restarted_converges_within_seconds(etcd, start_daemon, run_container, consul_api,
+                                                           hostname):
+    start_daemon("-ip", HOST_IP, "-retry-interval", "200", "consul://127.0.0.1:8500", f"{etcd.uri_base}/services")
+    leaving = run_container(ports={"80/tcp": None})
+    wait_until(lambda: _ports(etcd) == ["80"], message="first key")
+    etcd.kill()
+    leaving.remove(force=True)
+    arriving = run_container(ports={"82/tcp": None})
+    wait_until(lambda: set(consul_api.services_of(hostname)) == {f"{hostname}:{arriving.name}:82"},
+               message="the primary follows with etcd down")
+    etcd.start()
+    wait_until(lambda: _ports(etcd) == ["82"], timeout=5, message="etcd converged within 5 s of its restart")
+
+
+def test_zookeeper_restarted_with_the_session_expired_gets_its_nodes_back(zookeeper, start_daemon, run_container,
+                                                                         hostname):
+    start_daemon("-ip", HOST_IP, "-retry-interval", "200", "consul://127.0.0.1:8500",
+                 f"{zookeeper.uri_base}/services")
+    web = run_container(ports={"80/tcp": None}, labels={"SERVICE_NAME": "web"})
+    path = f"/services/web/{HOST_IP}:{host_port(web, '80/tcp')}"
+    client = zookeeper.client()
+    try:
+        wait_until(lambda: client.exists(path), message="znode")
+        client.stop()
+        zookeeper.kill()
+        zookeeper.wipe()  # a fresh server: it knows no session, the daemon's is expired
+        zookeeper.start()
+        client = zookeeper.client()
+        wait_until(lambda: client.exists(path), timeout=5, message="znode back within 5 s")
+        assert client.exists(path).ephemeralOwner != 0
+    finally:
+        client.stop()
+
+
+def test_consulkv_mirror_converges_after_its_agent_restarted_empty(own_agent, start_daemon, run_container,
+                                                                  hostname):
+    agent = own_agent()
+    api = agent.api()
+    prefix = f"kvr-{hostname}"
+    start_daemon("-ip", HOST_IP, "-retry-interval", "200", "consul://127.0.0.1:8500",
+                 f"consulkv://127.0.0.1:{agent.http_port}/{prefix}")
+    web = run_container(ports={"80/tcp": None}, labels={"SERVICE_NAME": "web"})
+    key = f"{prefix}/web/{hostname}:{web.name}:80"
+    wait_until(lambda: key in kv(api, prefix), message="KV key")
+    agent.restart()  # a dev agent comes back with an empty KV store
+    wait_until(lambda: key in kv(api, prefix), timeout=5, message="KV key back within 5 s")
+
+
+def test_deregister_on_exit_empties_every_mirror(etcd, zookeeper, start_daemon, run_container, consul_api,
+                                                hostname):
+    prefix = f"kvexit-{hostname}"
+    daemon = start_daemon("-ip", HOST_IP, "-deregister-on-exit", "consul://127.0.0.1:8500",
+                          f"consulkv://127.0.0.1:8500/{prefix}", f"{etcd.uri_base}/services",
+                          f"{zookeeper.uri_base}/services")
+    web = run_container(ports={"80/tcp": None}, labels={"SERVICE_NAME": "web"})
+    client = zookeeper.client()
+    try:
+        znode = f"/services/web/{HOST_IP}:{host_port(web, '80/tcp')}"
+        wait_until(lambda: kv(consul_api, prefix) and etcd.keys("/services/") and client.exists(znode),
+                   message="every mirror written")
+        lease = next(iter(etcd.keys("/services/").values()))[1]
+        assert daemon.stop() == 0
+        assert kv(consul_api, prefix) == {}
+        assert etcd.keys("/services/") == {}
+        assert etcd.lease_ttl(lease) == -1  # revoked, not left to expire
+        assert client.exists(znode) is None
+        assert consul_api.services_of(hostname) == {}
+    finally:
+        client.stop()

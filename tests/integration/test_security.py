@@ -58,12 +58,13 @@ def test_without_token_fails_clearly_and_never_leaks(acl_agent, start_daemon, ru
     no_token = start_daemon("-retry-interval", "200", agent.uri)
     no_token.wait_log("permission denied to read the agent's own information")
     run_container(ports={"80/tcp": None})
-    daemon = start_daemon("--log-level", "TRACE", agent.uri, env={"CONSUL_HTTP_TOKEN": read_only})
+    daemon = start_daemon("--log-level", "TRACE", agent.uri, env={"CONSUL_HTTP_TOKEN": read_only},
+                          resync="2")  # about the resync: a refusal is retried once per resync, no more
     daemon.wait_log("permission denied to register")
-    syncs = daemon.log().count("full sync done")
-    wait_until(lambda: daemon.log().count("full sync done") >= syncs + 2, message="two more resyncs")
+    syncs = daemon.log().count("full pass done")
+    wait_until(lambda: daemon.log().count("full pass done") >= syncs + 2, message="two more resyncs")
     # Refused once per resync at most, never in a hot loop.
-    assert daemon.log().count("permission denied to register") <= daemon.log().count("full sync done") + 1
+    assert daemon.log().count("permission denied to register") <= daemon.log().count("full pass done") + 1
     assert admin.services_of(hostname) == {}
     assert read_only not in daemon.log() and read_only not in no_token.log()
 

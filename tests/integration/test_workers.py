@@ -51,7 +51,7 @@ def test_no_port_and_no_name_stays_unregistered(start_daemon, run_container, con
     silent = run_container()
     run_container(labels={**WORKER, "SERVICE_IGNORE": "true"})
     daemon.wait_log(f"container {silent.name}: not registered: it publishes no port")
-    daemon.wait_log("full sync done")
+    daemon.wait_log("full pass done")
     assert consul_api.services_of(hostname) == {}
 
 

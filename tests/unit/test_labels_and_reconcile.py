@@ -1,8 +1,8 @@
 from __future__ import annotations
 
 from consul_reg.labels import collect, split_tags
-from consul_reg.model import RegisteredService, Service, marker_meta, registered_form
-from consul_reg.reconcile import ContainerDesire, desired_services, plan
+from consul_reg.model import ContainerDesire, RegisteredService, Service, marker_meta, registered_form
+from consul_reg.reconcile import DesiredServices, plan
 
 
 def test_split_tags():
@@ -43,13 +43,35 @@ def test_plan_registers_changed_and_removes_only_owned():
 def test_plan_keeps_records_of_kept_containers_and_cleans_leftovers():
     kept = registered_form(service("h:failed:80", container="dead"))
     leftover = RegisteredService(id="h:gone:80", name="x")
-    result = plan({}, {kept.id: kept, leftover.id: leftover}, "h", frozenset({"dead"}), adopt_leftovers=True)
+    result = plan({}, {kept.id: kept, leftover.id: leftover}, "h", kept_containers=frozenset({"dead"}),
+                  adopt_leftovers=True)
     assert [s.id for s in result.deregister] == ["h:gone:80"]
 
 
-def test_older_container_wins_an_id():
-    old = ContainerDesire("c1", "old", "2020-01-01", (service("same", container="c1"),))
-    new = ContainerDesire("c2", "new", "2021-01-01", (service("same", container="c2"),))
-    desired, warnings = desired_services([new, old])
-    assert desired["same"].container_id == "c1"
-    assert "old" in warnings[0] and "new" in warnings[0]
+def test_newer_container_wins_an_id_whatever_the_order():
+    old = ContainerDesire("c1", "old", "2020-01-01T00:00:00.5Z", (service("same", container="c1"),))
+    new = ContainerDesire("c2", "new", "2020-01-01T00:00:00.12Z", (service("same", container="c2"),))
+    newest = ContainerDesire("c3", "newest", "2020-01-01T00:00:00.6Z", (service("same", container="c3"),))
+    for order in ([old, newest, new], [newest, new, old]):
+        desired = DesiredServices()
+        warnings = desired.replace_all(order)
+        assert desired.by_id["same"].container_id == "c3"
+        assert "newest" in warnings[-1] and "old" in warnings[-1]
+    affected, _ = desired.update(newest, None)  # the newest goes: the next one takes the ID
+    assert affected == {"same"} and desired.by_id["same"].container_id == "c1"
+
+
+def test_plan_never_writes_over_a_record_that_is_not_ours():
+    wanted = service("payments")
+    foreign = RegisteredService(id="payments", name="payments", address="10.0.0.9", port=80)
+    result = plan({wanted.id: wanted}, {foreign.id: foreign}, "h")
+    assert not result and result.blocked == ((wanted, foreign),)
+
+
+def test_a_scoped_plan_looks_only_at_its_ids():
+    wanted = service("h:a:80")
+    orphan = registered_form(service("h:old:80"))
+    result = plan({wanted.id: wanted}, {orphan.id: orphan}, "h", scope={"h:a:80"})
+    assert result.register == (wanted,) and result.deregister == ()
+    gone = plan({}, {orphan.id: orphan}, "h", scope={"h:old:80"})
+    assert [s.id for s in gone.deregister] == ["h:old:80"]

@@ -1,0 +1,157 @@
+"""The primary registry's state, owned by the sync loop: what the agent holds
+(listed, then kept up to date by every write), the definitions it refused,
+the services it reaped, its identity, and one backoff for reaching it.
+
+`sync` plans desired against actual and applies the difference through the
+one agent client; tested with a fake agent and a fake clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Collection, Mapping, Protocol
+
+from loguru import logger
+
+from consul_reg.backoff import Backoff, Clock
+from consul_reg.model import ContainerDesire, RegisteredService, Service, registered_form
+from consul_reg.reaps import ReapTracker
+from consul_reg.reconcile import apply, plan
+from consul_reg.registries.base import RegistryError
+from consul_reg.registries.consul import AgentInfo
+
+
+class AgentAPI(Protocol):
+    description: str
+
+    def agent_info(self) -> AgentInfo: ...
+    def services(self) -> dict[str, RegisteredService]: ...
+    def register(self, service: Service) -> None: ...
+    def deregister(self, service: RegisteredService) -> None: ...
+
+
+@dataclass
+class SyncResult:
+    registered: list[Service] = field(default_factory=list)
+    deregistered: list[RegisteredService] = field(default_factory=list)
+    failed: int = 0
+    scripts_refused: bool = False
+    reached: bool = True  # False: the agent could not be reached; retried at `retry_at`
+
+
+class Primary:
+    def __init__(self, agent: AgentAPI, hostname: str, retry_interval: float, clock: Clock,
+                 adopt_leftovers: bool = False) -> None:
+        self.agent = agent
+        self.hostname = hostname
+        self.adopt_leftovers = adopt_leftovers
+        self.backoff = Backoff(retry_interval, clock=clock)
+        self.actual: dict[str, RegisteredService] | None = None  # None: unknown, list it again
+        self.identity: AgentInfo | None = None
+        self.refused: dict[str, str] = {}  # service ID -> digest the agent refused; retried when it changes
+        self.reaps = ReapTracker()
+        self.last_error = ""
+        self._blocked_warned: dict[str, str] = {}  # service ID -> holder warned about
+        self._listed_before: dict[str, RegisteredService] | None = None
+
+    @property
+    def reachable(self) -> bool:
+        return not self.backoff.failing
+
+    def agent_changed(self, info: AgentInfo) -> bool:
+        """The agent answers (again); True when it is another agent (a new node
+        ID: it lost everything, so nothing gone since is a reap)."""
+        restarted = self.identity is not None and info.node_id != self.identity.node_id
+        if restarted:
+            logger.warning("the Consul agent restarted (node ID {} -> {}); re-registering everything",
+                           self.identity.node_id if self.identity else "", info.node_id)
+            self.reaps.clear()
+        self.identity = info
+        self.actual = None
+        self._listed_before = None  # after an outage, what is missing was not reaped
+        return restarted
+
+    def forget(self, service_ids: Collection[str]) -> None:
+        """Register these again at the next sync whatever the listing said
+        (the agent lost a check of theirs, or their container restarted)."""
+        if self.actual is not None:
+            for service_id in service_ids:
+                current = self.actual.get(service_id)
+                if current is not None and current.owned_by(self.hostname):  # someone else's record stays known
+                    del self.actual[service_id]
+
+    def relist(self) -> None:
+        """List the agent again at the next sync (what it lost since, with a
+        deregister-after check, was reaped)."""
+        if self.actual is not None:
+            self._listed_before = self.actual
+        self.actual = None
+
+    def new_pass(self) -> None:
+        """A full pass: refused definitions get another chance, the agent is listed again."""
+        self.refused.clear()
+        self.relist()
+
+    def sync(self, desired: Mapping[str, Service], desires: Collection[ContainerDesire], scope: Collection[str] | None,
+             kept_containers: Collection[str]) -> SyncResult:
+        if self.actual is None:
+            if not self.backoff.ready():
+                return SyncResult(reached=False)
+            try:
+                self.actual = self.agent.services()
+            except RegistryError as error:
+                self._unreachable(str(error))
+                return SyncResult(reached=False)
+            if self._listed_before is not None:
+                self.reaps.notice(desires, self._listed_before, self.actual)
+            self._listed_before = None
+            scope = None  # a fresh listing: plan everything
+        todo = plan(desired, self.actual, self.hostname, scope=scope, kept_containers=kept_containers,
+                    adopt_leftovers=self.adopt_leftovers, skip_register={**self.refused, **self.reaps.digests()})
+        self._warn_blocked(todo.blocked, full=scope is None)
+        result = SyncResult()
+        if todo:
+            applied = apply(todo, self.agent)
+            for service in applied.registered:
+                self.actual[service.id] = registered_form(service)
+                self.refused.pop(service.id, None)
+            for gone in applied.deregistered:
+                self.actual.pop(gone.id, None)
+            for service_id, _ in applied.failed:
+                if service_id in desired:
+                    self.refused[service_id] = desired[service_id].digest
+            result = SyncResult(applied.registered, applied.deregistered, len(applied.failed),
+                                applied.scripts_refused)
+            if applied.unavailable:
+                self._unreachable(applied.unavailable)
+                result.reached = False
+                return result
+        if self.backoff.failing:
+            logger.info("{} answers again", self.agent.description)
+        self.backoff.succeeded()
+        self.last_error = ""
+        return result
+
+    def owned(self) -> list[RegisteredService]:
+        return [s for s in (self.actual or {}).values() if s.owned_by(self.hostname)]
+
+    def _unreachable(self, reason: str) -> None:
+        self.actual = None
+        self.last_error = reason
+        delay = self.backoff.failed()
+        logger.warning("{}; retrying in {:.1f}s", reason, delay)
+
+    def _warn_blocked(self, blocked: tuple[tuple[Service, RegisteredService], ...], full: bool) -> None:
+        """Once per service and holder; a full plan forgets the ones no longer blocked."""
+        if full:
+            still = {service.id for service, _ in blocked}
+            self._blocked_warned = {k: v for k, v in self._blocked_warned.items() if k in still}
+        for service, holder in blocked:
+            holder_text = f"host {holder.meta.get('consul_reg_host', '?')}" if holder.meta.get("consul_reg_host") \
+                else "nobody (registered by hand or by another tool)"
+            if self._blocked_warned.get(service.id) == holder_text:
+                continue
+            self._blocked_warned[service.id] = holder_text
+            logger.bind(service_id=service.id, container=service.container_name).warning(
+                "container {}: service ID {!r} is already registered by {}, not by this daemon: "
+                "left as it is, not registered", service.container_name, service.id, holder_text)

@@ -1,0 +1,32 @@
+"""Keys, paths and znodes of the mirrors, built so they never leave their prefix."""
+
+from __future__ import annotations
+
+import hashlib
+
+from consul_reg.registries.base import RegistryError
+
+
+def segment_problem(segment: str) -> str:
+    """"" when `segment` can be one level of a key, else why not."""
+    if segment in ("", ".", ".."):
+        return f"{segment!r} cannot be a key segment"
+    if "/" in segment or any(ord(c) < 0x20 or ord(c) == 0x7F for c in segment):
+        return f"{segment!r} holds '/' or a control character"
+    return ""
+
+
+def child_key(prefix: str, *segments: str) -> str:
+    """`prefix/segment/...`; raises RegistryError for a segment that could climb out."""
+    for segment in segments:
+        problem = segment_problem(segment)
+        if problem:
+            raise RegistryError(f"refusing key under {prefix}: {problem}")
+    return "/".join((prefix, *segments))
+
+
+def owner_tag(hostname: str) -> int:
+    """A 63-bit number naming this host's daemon, stored with each record where
+    the layout leaves no room for a marker (Consul KV's Flags)."""
+    digest = hashlib.sha256(b"consul-reg\0" + hostname.encode()).digest()
+    return int.from_bytes(digest[:8], "big") & (2 ** 63 - 1)

@@ -1,0 +1,115 @@
+"""The stateful core against real processes, all at -resync 0: health that
+tells the truth, an agent restart noticed without any resync, /services while
+containers churn, JSON logs that stay JSON."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import httpx
+import pytest
+
+from tests.integration.conftest import free_port, wait_until
+from tests.integration.servers import ZooKeeper
+
+pytestmark = pytest.mark.integration
+
+WORKER = {"SERVICE_NAME": "jobs", "SERVICE_HEARTBEAT_TTL": "3s"}
+
+
+def ids(api, hostname) -> set[str]:
+    return set(api.services_of(hostname))
+
+
+def test_health_follows_the_agent_and_everything_is_back_without_a_resync(own_agent, start_daemon, run_container,
+                                                                         hostname):
+    agent = own_agent()
+    api = agent.api()
+    status = f"127.0.0.1:{free_port()}"
+    start_daemon("--status-addr", status, agent.uri)
+    web = run_container(ports={"80/tcp": None}, labels={"SERVICE_CHECK_TCP": "true"})
+    worker = run_container(labels=WORKER)
+    heartbeat = f"service:{hostname}:{worker.name}:heartbeat"
+    wait_until(lambda: api.check_status(heartbeat) == "passing", message="heartbeat passing")
+    before = ids(api, hostname)
+    assert httpx.get(f"http://{status}/health").status_code == 200
+
+    agent.stop()
+    down = wait_until(lambda: (r := httpx.get(f"http://{status}/health")).status_code == 503 and r, timeout=5,
+                      message="503 within 5 s of the agent dying")
+    assert down.json()["consul"] == "unreachable" and down.json()["consul_reason"]
+    agent.start()  # a dev agent comes back empty, with a new node ID
+    wait_until(lambda: httpx.get(f"http://{status}/health").status_code == 200, timeout=5,
+               message="200 within 5 s of the agent answering again")
+    wait_until(lambda: ids(api, hostname) == before, timeout=5, message="every service back, with -resync 0")
+    wait_until(lambda: api.check_status(heartbeat) == "passing", timeout=5, message="heartbeats resumed")
+    assert set(api.checks_of(f"{hostname}:{web.name}:80")) == {f"service:{hostname}:{web.name}:80:tcp"}
+
+
+def test_health_is_never_503_during_a_healthy_resync(start_daemon, run_container, consul_api, hostname):
+    status = f"127.0.0.1:{free_port()}"
+    daemon = start_daemon("--status-addr", status, resync="0.2")  # about the resync: many of them
+    for _ in range(3):
+        run_container(ports={"80/tcp": None})
+    wait_until(lambda: len(ids(consul_api, hostname)) == 3, message="registered")
+    passes = daemon.log().count("full pass done")
+    codes = []
+    with httpx.Client() as client:
+        while daemon.log().count("full pass done") < passes + 10:
+            codes.append(client.get(f"http://{status}/health").status_code)
+    assert codes and set(codes) == {200}
+
+
+def test_services_endpoint_under_churn(start_daemon, run_container, docker_client, hostname):
+    status = f"127.0.0.1:{free_port()}"
+    start_daemon("--status-addr", status)
+    stop = threading.Event()
+    answers: list[int] = []
+    errors: list[str] = []
+
+    def hammer() -> None:
+        with httpx.Client(timeout=10) as client:
+            while not stop.is_set():
+                try:
+                    response = client.get(f"http://{status}/services")
+                    json.loads(response.text)
+                    answers.append(response.status_code)
+                except Exception as error:  # collected, asserted below
+                    errors.append(repr(error))
+
+    wait_until(lambda: httpx.get(f"http://{status}/health").status_code == 200, message="daemon up")
+    readers = [threading.Thread(target=hammer) for _ in range(3)]
+    for reader in readers:
+        reader.start()
+    try:
+        containers = [run_container(ports={"80/tcp": None}) for _ in range(8)]
+        for container in containers[:4]:
+            container.remove(force=True)
+        expected = {c.name for c in containers[4:]}
+        wait_until(lambda: {name for name in httpx.get(f"http://{status}/services").json()["containers"]
+                            if name in {c.name for c in containers}} == expected, message="/services follows")
+    finally:
+        stop.set()
+        for reader in readers:
+            reader.join()
+    assert errors == [] and answers and set(answers) == {200}
+
+
+def test_json_logs_stay_json_when_zookeeper_goes_away(tmp_path, start_daemon, run_container, hostname):
+    zookeeper = ZooKeeper(tmp_path).start()
+    try:
+        daemon = start_daemon("--log-format", "json", "-ip", "192.0.2.30", "consul://127.0.0.1:8500",
+                              f"{zookeeper.uri_base}/services")
+        run_container(ports={"80/tcp": None}, labels={"SERVICE_NAME": "web"})
+        daemon.wait_log("mirror zookeeper")
+        wait_until(lambda: '"mirror zookeeper' in daemon.log() and "is up" in daemon.log(), message="mirror up")
+        zookeeper.kill()
+        daemon.wait_log("kazoo", timeout=30)  # kazoo's own records, through loguru
+    finally:
+        zookeeper.kill()
+    lines = [line for line in daemon.log().splitlines() if line.strip()]
+    for line in lines:
+        record = json.loads(line)  # every line is one JSON object
+        assert "text" in record and "record" in record
+    assert any("kazoo" in json.loads(line)["text"] for line in lines)

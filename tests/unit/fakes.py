@@ -1,0 +1,148 @@
+"""Fakes for the stateful modules' unit tests: a clock, an agent, a Docker."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from consul_reg.model import RegisteredService, Service, registered_form
+from consul_reg.registries.base import RegistryNotFound, RegistryScriptsRefused, RegistryUnavailable
+from consul_reg.registries.consul import AgentInfo
+from consul_reg.docker_source import DockerUnavailable
+
+
+class FakeClock:
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class FakeAgent:
+    """An agent's services and checks in memory; `down` makes every call fail."""
+
+    description = "fake agent"
+
+    def __init__(self, node_id: str = "node-1", scripts: bool = True) -> None:
+        self.node_id = node_id
+        self.scripts = scripts
+        self.down = False
+        self.records: dict[str, RegisteredService] = {}
+        self.registered: dict[str, Service] = {}
+        self.checks: dict[str, tuple[str, str]] = {}  # check ID -> (status, output)
+        self.maintenance: dict[str, str] = {}
+        self.calls: list[tuple[str, str]] = []
+        self.updates = 0
+
+    def _call(self, what: str, target: str = "") -> None:
+        if what != "update":  # TTL updates are counted, not kept: tests send 100,000 of them
+            self.calls.append((what, target))
+        else:
+            self.updates += 1
+        if self.down:
+            raise RegistryUnavailable(f"fake agent: could not {what}: connection refused")
+
+    def agent_info(self) -> AgentInfo:
+        self._call("self")
+        return AgentInfo("1.8.7", "node", self.node_id, "127.0.0.1", self.scripts)
+
+    def services(self) -> dict[str, RegisteredService]:
+        self._call("services")
+        return dict(self.records)
+
+    def register(self, service: Service) -> None:
+        self._call("register", service.id)
+        if not self.scripts and any("Args" in c.definition_dict for c in service.checks):
+            raise RegistryScriptsRefused("Scripts are disabled on this agent")
+        self.records[service.id] = registered_form(service)
+        self.registered[service.id] = service
+        for check in service.checks:
+            self.checks[check.check_id] = ("critical", "")
+
+    def deregister(self, service: RegisteredService) -> None:
+        self._call("deregister", service.id)
+        self.records.pop(service.id, None)
+        self.registered.pop(service.id, None)
+        self.maintenance.pop(service.id, None)
+
+    def update_check(self, check_id: str, status: str, output: str) -> None:
+        self._call("update", check_id)
+        if check_id not in self.checks:
+            raise RegistryNotFound(f"unknown check {check_id}")
+        self.checks[check_id] = (status, output)
+
+    def enable_maintenance(self, service_id: str, reason: str) -> None:
+        self._call("maintenance on", service_id)
+        self.maintenance[service_id] = reason
+
+    def disable_maintenance(self, service_id: str) -> None:
+        self._call("maintenance off", service_id)
+        self.maintenance.pop(service_id, None)
+
+    def maintenance_reason(self, service_id: str) -> str | None:
+        self._call("maintenance reason", service_id)
+        return self.maintenance.get(service_id)
+
+    def restart(self, node_id: str) -> None:
+        """As a dev agent: back empty, with a new node ID."""
+        self.node_id = node_id
+        self.records.clear()
+        self.registered.clear()
+        self.checks.clear()
+        self.maintenance.clear()
+
+    def writes(self) -> list[tuple[str, str]]:
+        return [c for c in self.calls if c[0] in ("register", "deregister", "maintenance on", "maintenance off")]
+
+
+def container(cid: str, name: str, *, ports: dict[str, str] | None = None, labels: dict[str, str] | None = None,
+              running: bool = True, created: str = "2026-01-01T00:00:00.000000001Z", exit_code: int = 0,
+              health: str = "", env: list[str] | None = None) -> dict[str, Any]:
+    """A container's inspect data, as Docker gives it (the parts the mapping reads)."""
+    state: dict[str, Any] = {"Running": running, "Paused": False, "ExitCode": exit_code}
+    config: dict[str, Any] = {"Image": "team/web:1", "Labels": dict(labels or {}), "Env": list(env or [])}
+    if health:
+        state["Health"] = {"Status": health, "Log": [{"Output": "probe said " + health}]}
+        config["Healthcheck"] = {"Test": ["CMD", "true"]}
+    return {
+        "Id": cid, "Name": "/" + name, "Created": created, "State": state, "Config": config,
+        "HostConfig": {"NetworkMode": "default"},
+        "NetworkSettings": {"Ports": {p: [{"HostIp": "0.0.0.0", "HostPort": h}] for p, h in (ports or {}).items()},
+                            "Networks": {"bridge": {"IPAddress": "172.17.0.2"}}},
+    }
+
+
+class FakeDocker:
+    def __init__(self) -> None:
+        self.containers: dict[str, dict[str, Any]] = {}
+        self.down = False
+        self.broken: set[str] = set()  # inspecting these fails (Docker answers an error)
+        self.inspects = 0
+        self.lists = 0
+
+    def add(self, data: dict[str, Any]) -> dict[str, Any]:
+        self.containers[data["Id"]] = data
+        return data
+
+    def list_containers(self) -> list[dict[str, Any]]:
+        self.lists += 1
+        if self.down:
+            raise DockerUnavailable("fake docker: down")
+        return [{"Id": cid, "Names": [c["Name"]], "State": "running" if c["State"]["Running"] else "exited",
+                 "Status": "Up 3 seconds", "Labels": c["Config"]["Labels"], "Ports": sorted(c["NetworkSettings"]["Ports"]),
+                 "Revision": repr(c)}
+                for cid, c in self.containers.items()]
+
+    def inspect(self, container_id: str) -> dict[str, Any] | None:
+        self.inspects += 1
+        if self.down or container_id in self.broken:
+            raise DockerUnavailable("fake docker: could not inspect a container")
+        found = self.containers.get(container_id)
+        return copy.deepcopy(found) if found is not None else None
+
+    def exec_in_container(self, container_id: str, command: str, timeout: float) -> tuple[int, str]:
+        return 0, "ok"

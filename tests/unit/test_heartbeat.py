@@ -1,0 +1,110 @@
+"""The heartbeat scheduler with a fake clock and a fake agent: due times, one
+report in flight per check, no growth with uptime."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+from consul_reg.heartbeat import ProbeScheduler
+from consul_reg.model import Check, ContainerStatus, DaemonProbe, Service
+from tests.unit.fakes import FakeAgent, FakeClock, FakeDocker
+
+
+def worker(n: int, interval: float = 10.0, kind: str = "heartbeat") -> Service:
+    probe = DaemonProbe(kind=kind, interval=interval, container_id=f"c{n}", command="true", timeout=1.0)
+    check = Check(f"service:w{n}:{kind}", "hb", (("TTL", "30s"),), probe)
+    return Service(id=f"w{n}", name="w", address="", port=None, checks=(check,), container_id=f"c{n}")
+
+
+def scheduler(clock: FakeClock, agent: FakeAgent | None = None, missing: list | None = None):
+    agent = agent or FakeAgent()
+    lateness: list[float | None] = []
+    probes = ProbeScheduler(agent, FakeDocker(), lambda sid, cid: (missing if missing is not None else []).append(cid),
+                            on_sent=lambda late: lateness.__setitem__(slice(None), [late]), clock=clock)
+    return probes, agent, lateness
+
+
+def running() -> ContainerStatus:
+    return ContainerStatus(running=True)
+
+
+def test_first_reports_are_spread_then_follow_the_interval() -> None:
+    clock = FakeClock()
+    probes, agent, _ = scheduler(clock)
+    services = [worker(n) for n in range(200)]
+    for service in services:
+        agent.checks[service.checks[0].check_id] = ("critical", "")
+        probes.set_container(service.container_id, [service], running())
+    first = sorted(probes._due_at.values())
+    assert first[0] >= clock.now and first[-1] < clock.now + 10.0
+    assert first[100] - first[0] > 2.0, "spread over the interval, not a herd"
+    clock.advance(10.0)
+    assert probes.run_due() == 200
+    assert {status for status, _ in agent.checks.values()} == {"passing"}
+    due = sorted(probes._due_at.values())
+    assert clock.now + 9.0 - 0.001 <= due[0] and due[-1] <= clock.now + 11.0 + 0.001
+
+
+def test_report_now_and_container_status() -> None:
+    clock = FakeClock()
+    probes, agent, _ = scheduler(clock)
+    service = worker(1)
+    agent.checks["service:w1:heartbeat"] = ("critical", "")
+    probes.set_container("c1", [service], running())
+    probes.report_now({"w1"})
+    assert probes.run_due() == 1 and agent.checks["service:w1:heartbeat"][0] == "passing"
+    probes.report_container_now("c1", ContainerStatus(running=True, health="unhealthy", health_output="boom"))
+    probes.run_due()
+    assert agent.checks["service:w1:heartbeat"] == ("critical", "docker health: unhealthy\nboom")
+    probes.report_container_now("c1", ContainerStatus(running=True, paused=True))
+    probes.run_due()
+    assert agent.checks["service:w1:heartbeat"] == ("critical", "container paused")
+
+
+def test_one_report_in_flight_per_check() -> None:
+    clock = FakeClock()
+    probes, agent, _ = scheduler(clock)
+    service = worker(1)
+    probes.set_container("c1", [service], running(), spread=False)
+    with probes._wake:
+        job = probes._take_due()  # taken, not answered yet
+    assert job is not None
+    probes.report_now({"w1"})
+    with probes._wake:
+        assert probes._take_due() is None, "busy: looked at again shortly, never piled up"
+    assert probes._due_at["service:w1:heartbeat"] == clock.now + 0.2
+
+
+def test_a_check_the_agent_lost_asks_for_a_relist() -> None:
+    clock, missing = FakeClock(), []
+    probes, agent, _ = scheduler(clock, missing=missing)
+    probes.set_container("c1", [worker(1)], running(), spread=False)
+    probes.run_due()
+    assert missing == ["service:w1:heartbeat"]
+
+
+def test_removed_containers_leave_nothing_behind_and_memory_stays_flat() -> None:
+    clock = FakeClock()
+    probes, agent, sent = scheduler(clock)
+    for n in range(50):
+        agent.checks[f"service:w{n}:heartbeat"] = ("critical", "")
+        probes.set_container(f"c{n}", [worker(n, interval=1.0)], running(), spread=False)
+
+    def churn(rounds: int) -> None:
+        for _ in range(rounds):
+            clock.advance(1.0)
+            probes.run_due()
+
+    churn(200)
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    churn(2000)  # ~75,000 reports
+    after = tracemalloc.take_snapshot()
+    assert probes.sent >= 50_000  # intervals of 1 s ±10%: most rounds report each check
+    tracemalloc.stop()
+    grown = [stat for stat in after.compare_to(before, "lineno") if "consul_reg/heartbeat.py" in str(stat.traceback)]
+    assert sum(stat.size_diff for stat in grown) < 64 * 1024, f"the scheduler grew over ~75,000 reports: {grown[:3]}"
+    assert len(probes._heap) <= 4 * len(probes._due_at) + 64
+    for n in range(50):
+        probes.set_container(f"c{n}", [], ContainerStatus(running=False))
+    assert probes._tasks == {} and probes._due_at == {} and probes._status == {} and probes._by_container == {}

@@ -1,0 +1,79 @@
+"""The primary's state and its backoff, with a fake agent and a fake clock."""
+
+from __future__ import annotations
+
+from consul_reg.backoff import Backoff
+from consul_reg.model import ContainerDesire, Service, marker_meta
+from consul_reg.primary import Primary
+from tests.unit.fakes import FakeAgent, FakeClock
+
+
+def service(sid: str, cid: str = "c1", **kw: object) -> Service:
+    return Service(id=sid, name="web", address="1.2.3.4", port=80, meta=tuple(sorted(marker_meta("h", cid).items())),
+                   container_id=cid, **kw)
+
+
+def test_backoff_doubles_to_its_cap_and_resets() -> None:
+    clock = FakeClock()
+    backoff = Backoff(1.0, cap=4.0, clock=clock)
+    assert backoff.ready() and not backoff.failing
+    assert [backoff.failed() for _ in range(4)] == [1.0, 2.0, 4.0, 4.0]
+    assert not backoff.ready()
+    clock.advance(4.0)
+    assert backoff.ready() and backoff.due()
+    backoff.succeeded()
+    assert not backoff.failing and backoff.failed() == 1.0
+
+
+def test_unreachable_agent_backs_off_and_resets_after_a_successful_pass() -> None:
+    clock, agent = FakeClock(), FakeAgent()
+    primary = Primary(agent, "h", 1.0, clock)
+    wanted = {"a": service("a")}
+    agent.down = True
+    assert not primary.sync(wanted, [], None, set()).reached
+    assert primary.backoff.retry_at == clock.now + 1.0 and "connection refused" in primary.last_error
+    calls = len(agent.calls)
+    assert not primary.sync(wanted, [], None, set()).reached
+    assert len(agent.calls) == calls, "no call before the retry time"
+    clock.advance(1.0)
+    assert not primary.sync(wanted, [], None, set()).reached
+    assert primary.backoff.retry_at == clock.now + 2.0
+    agent.down = False
+    clock.advance(2.0)
+    result = primary.sync(wanted, [], None, set())
+    assert result.reached and [s.id for s in result.registered] == ["a"]
+    assert not primary.backoff.failing and primary.last_error == ""
+
+
+def test_refused_definitions_are_not_retried_until_they_change_or_a_full_pass() -> None:
+    class Refusing(FakeAgent):
+        def register(self, service: Service) -> None:
+            self._call("register", service.id)
+            from consul_reg.registries.base import RegistryError
+            raise RegistryError("400 bad")
+
+    clock, agent = FakeClock(), Refusing()
+    primary = Primary(agent, "h", 1.0, clock)
+    wanted = {"a": service("a")}
+    primary.sync(wanted, [], None, set())
+    primary.sync(wanted, [], {"a"}, set())
+    assert agent.calls.count(("register", "a")) == 1
+    primary.sync({"a": service("a", tags=("new",))}, [], {"a"}, set())
+    assert agent.calls.count(("register", "a")) == 2
+    primary.new_pass()
+    primary.sync({"a": service("a", tags=("new",))}, [], None, set())
+    assert agent.calls.count(("register", "a")) == 3
+
+
+def test_a_new_node_id_means_a_restart_not_reaps() -> None:
+    clock, agent = FakeClock(), FakeAgent()
+    primary = Primary(agent, "h", 1.0, clock)
+    primary.identity = agent.agent_info()
+    reapable = service("a", checks=())
+    desire = ContainerDesire("c1", "web", "t", (reapable,))
+    primary.sync({"a": reapable}, [desire], None, set())
+    agent.restart("node-2")
+    assert primary.agent_changed(agent.agent_info()) is True
+    result = primary.sync({"a": reapable}, [desire], None, set())
+    assert [s.id for s in result.registered] == ["a"]
+    assert primary.agent_changed(agent.agent_info()) is False  # same node: an outage, not a restart

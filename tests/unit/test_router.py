@@ -1,0 +1,52 @@
+"""The router: each hint's actions, with and without a full pass in the same batch."""
+
+from __future__ import annotations
+
+from consul_reg.router import (AGENT_BACK, CHECK_MISSING, DOCKER_RECONNECTED, RELOAD, START, STOP, Hint,
+                               route)
+
+
+def ev(cid: str, action: str, **attributes: str) -> Hint:
+    return Hint(cid, action, 5, tuple(sorted(attributes.items())))
+
+
+def test_start_refreshes_and_ends_reaps() -> None:
+    actions = route([ev("a", "start")])
+    assert actions.refresh == {"a"} and actions.restarted == {"a"} and actions.report_status == {"a"}
+    assert not actions.full_reason and not actions.deaths
+
+
+def test_the_last_event_decides_between_death_and_refresh() -> None:
+    died = route([ev("a", "start"), ev("a", "die", exitCode="3")])
+    assert died.deaths == (("a", "3"),) and died.refresh == frozenset()
+    back = route([ev("a", "die", exitCode="3"), ev("a", "start")])
+    assert back.deaths == () and back.refresh == {"a"} and back.restarted == {"a"}
+
+
+def test_kill_drains_unless_its_death_is_in_the_same_batch() -> None:
+    assert route([ev("a", "kill", signal="15")]).drains == (("a", "15"),)
+    assert route([ev("a", "kill", signal="15"), ev("a", "die", exitCode="143")]).drains == ()
+    assert route([ev("a", "kill", signal="15")]).refresh == frozenset()  # a kill is never inspected
+
+
+def test_per_event_actions_survive_a_full_pass_in_the_same_batch() -> None:
+    for reason in (RELOAD, START, DOCKER_RECONNECTED, AGENT_BACK):
+        actions = route([ev("a", "kill", signal="TERM"), ev("b", "die", exitCode="0"), ev("c", "restart"),
+                         ev("d", "health_status"), Hint("", reason)])
+        assert actions.full_reason == reason
+        assert actions.drains == (("a", "TERM"),)
+        assert actions.deaths == (("b", "0"),)
+        assert actions.restarted == {"c"}
+        assert actions.report_status == {"c", "d"}
+        assert actions.refresh == {"c", "d"}
+
+
+def test_daemon_messages() -> None:
+    actions = route([Hint("", CHECK_MISSING, attributes=(("service_id", "s1"),)), Hint("", RELOAD), Hint("", STOP)])
+    assert actions.missing_checks == {"s1"} and actions.reload_token and actions.stop
+    assert route([Hint("", CHECK_MISSING, attributes=(("service_id", "s1"),))]).full_reason == ""
+
+
+def test_unknown_actions_and_empty_batches_do_nothing() -> None:
+    assert route([ev("a", "exec_start: sh"), ev("a", "attach")]) == route([])
+    assert not route([]).stop
