@@ -113,3 +113,28 @@ def test_json_logs_stay_json_when_zookeeper_goes_away(tmp_path, start_daemon, ru
         record = json.loads(line)  # every line is one JSON object
         assert "text" in record and "record" in record
     assert any("kazoo" in json.loads(line)["text"] for line in lines)
+
+
+def test_the_status_endpoint_bounds_slow_clients(start_daemon, hostname):
+    import socket
+
+    port = free_port()
+    daemon = start_daemon("--status-addr", f"127.0.0.1:{port}")
+    wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200, message="up")
+
+    def threads() -> int:
+        status = open(f"/proc/{daemon.process.pid}/status").read()
+        return int(status.split("Threads:")[1].split()[0])
+
+    base = threads()
+    idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(60)]  # never send a request
+    try:
+        wait_until(lambda: threads() >= base + 1, message="some connections are being served")
+        assert threads() <= base + 16 + 2  # the cap, not one thread per connection
+        # Idle clients are dropped after the request timeout; the endpoint answers again.
+        wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200, timeout=15,
+                   message="answers again once the idle clients timed out")
+    finally:
+        for connection in idle:
+            connection.close()
+    assert daemon.process.poll() is None

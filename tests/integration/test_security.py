@@ -102,3 +102,47 @@ def test_consul_tls_wrong_ca_is_refused(own_agent, start_daemon, hostname, tmp_p
     daemon = start_daemon("-retry-attempts", "2", "-retry-interval", "100", agent.uri, env=env)
     assert daemon.process.wait(timeout=30) == 1
     assert "CERTIFICATE_VERIFY_FAILED" in daemon.log()
+
+
+KV_POLICY = POLICY + '\nkey_prefix "" { policy = "write" }'
+
+
+def test_sighup_rotates_the_token_for_the_primary_and_the_kv_mirror(acl_agent, start_daemon, run_container,
+                                                                    hostname, tmp_path):
+    import base64
+    import signal
+
+    agent, admin = acl_agent
+    first = make_token(admin, f"first-{hostname}", KV_POLICY)
+    token_file = tmp_path / "token"
+    token_file.write_text(first + "\n")
+    prefix = f"rot-{hostname}"
+    daemon = start_daemon("-ip", "192.0.2.40", agent.uri, f"consulkv://127.0.0.1:{agent.http_port}/{prefix}",
+                          env={"CONSUL_HTTP_TOKEN_FILE": str(token_file)})
+
+    def keys() -> set[str]:
+        response = admin.http.get(f"/v1/kv/{prefix}", params={"recurse": "true"})
+        return set() if response.status_code == 404 else {e["Key"] for e in response.json()
+                                                         if base64.b64decode(e["Value"] or "")}
+
+    one = run_container(ports={"80/tcp": None})
+    wait_until(lambda: len(admin.services_of(hostname)) == 1 and len(keys()) == 1, message="written with the first")
+    second = make_token(admin, f"second-{hostname}", KV_POLICY)
+    token_file.write_text(second + "\n")
+    daemon.process.send_signal(signal.SIGHUP)
+    daemon.wait_log("token re-read")
+    accessor = next(t["AccessorID"] for t in admin.http.get("/v1/acl/tokens").json() if t.get("Policies")
+                    and t["Policies"][0]["Name"] == f"first-{hostname}")
+    admin.http.delete(f"/v1/acl/token/{accessor}").raise_for_status()  # the old token is revoked
+    two = run_container(ports={"80/tcp": None})
+    wait_until(lambda: len(admin.services_of(hostname)) == 2 and len(keys()) == 2, message="written with the second")
+    assert any(two.name in key for key in keys()) and any(one.name in key for key in keys())
+    log = daemon.log()
+    assert first not in log and second not in log and "permission denied" not in log
+
+
+def test_the_token_is_never_sent_in_clear_to_another_machine(start_daemon, hostname):
+    daemon = start_daemon("consul://127.0.0.1:8500", "consulkv://192.0.2.50:8500/services",
+                          env={"CONSUL_HTTP_TOKEN": "not-a-real-token-0123"})
+    assert daemon.process.wait(timeout=20) == 2
+    assert "clear text" in daemon.log() and "not-a-real-token-0123" not in daemon.log()
