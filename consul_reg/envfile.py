@@ -14,7 +14,6 @@ from consul_reg.validate import has_control
 
 MAX_BYTES = 64 * 1024
 MAX_PATH_LENGTH = 1024
-_KEY = "SERVICE_ENV_FILE"
 
 
 @dataclass(frozen=True)
@@ -24,6 +23,11 @@ class EnvFilePath:
 
     path: str
     problem: str = ""
+
+
+def _is_env_file_key(key: str) -> bool:
+    """As labels.collect reads keys: `SERVICE_` as written, the rest in any case."""
+    return key.startswith("SERVICE_") and key[len("SERVICE_"):].lower() == "env_file"
 
 
 def path_problem(path: str) -> str | None:
@@ -46,13 +50,13 @@ def env_file_path(container: dict[str, Any], flag_path: str | None, allow_contai
     labels = config.get("Labels") if isinstance(config.get("Labels"), dict) else {}
     declared: tuple[str, str] | None = None
     for key, value in labels.items():
-        if isinstance(key, str) and isinstance(value, str) and key.upper() == _KEY and value.strip():
+        if isinstance(key, str) and isinstance(value, str) and _is_env_file_key(key) and value.strip():
             declared = (f"key {show(key)}={show(value.strip())} (label)", value.strip())
     if declared is None:
         for entry in config.get("Env") or ():
             if isinstance(entry, str) and "=" in entry:
                 key, _, value = entry.partition("=")
-                if key.upper() == _KEY and value.strip():
+                if _is_env_file_key(key) and value.strip():
                     declared = (f"key {show(key)}={show(value.strip())} (env)", value.strip())
     fallback = flag_path or ""
     if declared is None:
