@@ -74,7 +74,7 @@ def _declared(value: str, where: str, reason: str, warnings: list[str]) -> Addre
     if problem:
         warnings.append(f"{where}={labels.show(value)}: {problem}; this service is skipped")
         return AddressChoice("", reason, declared=True)
-    return AddressChoice(value, reason, declared=True)
+    return AddressChoice(value[1:-1] if value.startswith("[") else value, reason, declared=True)
 
 
 def container_addresses(container: dict[str, Any], network_peer: dict[str, Any] | None) -> frozenset[str]:

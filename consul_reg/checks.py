@@ -211,6 +211,7 @@ class _Builder:
         if kind in ("http", "https", "grpc") and (has_control(value) or any(c.isspace() for c in value)):
             self._warn(key, "holds whitespace or control characters, so that check is dropped")
             return None
+        address = address[1:-1] if address.startswith("[") and address.endswith("]") else address
         host = f"[{address}]" if ":" in address else address
         fields: dict[str, object] = {**common, **timing}
         if kind in ("http", "https"):

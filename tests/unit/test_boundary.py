@@ -328,3 +328,13 @@ def test_exec_checks_run_by_the_daemon_are_clamped(timing, interval, timeout, wa
         assert warned(records, part), records.warnings
     if not warnings:
         assert records.warnings == []
+
+
+def test_bracketed_ipv6_is_written_once_bracketed():
+    settings = MappingSettings(hostname="h", checks=CheckSettings(policy=CheckPolicy(
+        allow=(parse_allow_rule("::1"),))))
+    records = map_container(container(labels={"SERVICE_CHECK_TCP": "true", "SERVICE_CHECK_HTTP": "/",
+                                              "SERVICE_CHECK_ADDRESS": "[::1]"}), settings)
+    assert {c["TCP"] if "TCP" in c else c["HTTP"] for c in checks_of(records).values()} == \
+        {"[::1]:32768", "http://[::1]:32768/"}
+    assert map_container(container(labels={"SERVICE_IP": "[::1]"}), SETTINGS).services[0].address == "::1"
