@@ -6,6 +6,7 @@ differences listed in the README's "moving from registrator" section.
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -17,7 +18,7 @@ from consul_reg.labels import KeyValue, ServiceKeys, show
 from consul_reg.model import Service, marker_meta
 from consul_reg.settings import CheckSettings, MappingSettings, PublishedPort
 from consul_reg.tags_meta import capped_tags, service_meta, tags_of, template_tags
-from consul_reg.validate import OwnEndpoints, identifier_problem, normal_host, squats_host_namespace
+from consul_reg.validate import Limits, OwnEndpoints, identifier_problem, normal_host, squats_host_namespace
 
 __all__ = ["CheckSettings", "ContainerRecords", "MappingSettings", "PublishedPort", "default_service_name",
            "map_container", "published_ports", "service_meta"]
@@ -75,7 +76,7 @@ def _map_into(records: ContainerRecords, container: dict[str, Any], config: dict
         records.skipped_reason = f"{ignore.original_key}={show(ignore.value)} asks to ignore it"
         return
 
-    ports = published_ports(container, settings.internal)
+    ports = published_ports(container, settings.internal, limits, records.warnings)
     if len(ports) > limits.services_per_container:
         records.warnings.append(f"it has {len(ports)} ports; only the lowest {limits.services_per_container} "
                                 "become services (--max-services-per-container)")
@@ -116,38 +117,44 @@ class _Context:
     general_tags: list[str]
 
 
-def published_ports(container: dict[str, Any], internal: bool) -> list[PublishedPort]:
+def published_ports(container: dict[str, Any], internal: bool, limits: Limits = Limits(),
+                    warnings: list[str] | None = None) -> list[PublishedPort]:
     """The ports that become services, sorted by number and protocol."""
-    config = _dict(container.get("Config"))
-    host_config = _dict(container.get("HostConfig"))
-    network_settings = _dict(container.get("NetworkSettings"))
+    host_mode = _dict(container.get("HostConfig")).get("NetworkMode") == "host"
+    exposed, bound = _port_entries(container, limits, [] if warnings is None else warnings)
     found: dict[tuple[str, str], PublishedPort] = {}
-
-    if host_config.get("NetworkMode") == "host":
+    if host_mode:
         # No port mapping in host mode: exposed ports are reachable as they are.
-        for key in _dict(config.get("ExposedPorts")):
-            parsed = _parse_port_key(key)
-            if parsed:
-                found[parsed] = PublishedPort(parsed[0], parsed[1], host_port=parsed[0], host_ip="")
-
-    for key, bindings in _dict(network_settings.get("Ports")).items():
-        parsed = _parse_port_key(key)
-        if not parsed:
-            continue
+        for number, protocol in exposed:
+            found[(number, protocol)] = PublishedPort(number, protocol, host_port=number, host_ip="")
+    for (number, protocol), bindings in bound:
         binding = _first_binding(bindings)
         if binding is not None:
-            found[parsed] = PublishedPort(parsed[0], parsed[1], host_port=binding[0], host_ip=binding[1])
-        elif internal and parsed not in found:
-            found[parsed] = PublishedPort(parsed[0], parsed[1], host_port="", host_ip="")
-
+            found[(number, protocol)] = PublishedPort(number, protocol, host_port=binding[0], host_ip=binding[1])
+        elif internal and (number, protocol) not in found:
+            found[(number, protocol)] = PublishedPort(number, protocol, host_port="", host_ip="")
     if internal:
-        for key in _dict(config.get("ExposedPorts")):
-            parsed = _parse_port_key(key)
-            if parsed and parsed not in found:
-                found[parsed] = PublishedPort(parsed[0], parsed[1], host_port="", host_ip="")
-
+        for parsed in exposed:
+            found.setdefault(parsed, PublishedPort(parsed[0], parsed[1], host_port="", host_ip=""))
     chosen = [p for p in found.values() if internal or p.host_port]
     return sorted(chosen, key=lambda p: (int(p.exposed), p.protocol))
+
+
+def _port_entries(container: dict[str, Any], limits: Limits, warnings: list[str]
+                  ) -> tuple[list[tuple[str, str]], list[tuple[tuple[str, str], object]]]:
+    """Config.ExposedPorts and NetworkSettings.Ports parsed once, at most
+    limits.port_entries of each looked at (a bound on the work per pass)."""
+    exposed_map = _dict(_dict(container.get("Config")).get("ExposedPorts"))
+    ports_map = _dict(_dict(container.get("NetworkSettings")).get("Ports"))
+    for what, mapping in (("exposed", exposed_map), ("published", ports_map)):
+        if len(mapping) > limits.port_entries:
+            warnings.append(f"it declares {len(mapping)} {what} port entries; only the first "
+                            f"{limits.port_entries} are looked at")
+    exposed = [parsed for key in itertools.islice(exposed_map, limits.port_entries)
+               if (parsed := _parse_port_key(key))]
+    bound = [(parsed, bindings) for key, bindings in itertools.islice(ports_map.items(), limits.port_entries)
+             if (parsed := _parse_port_key(key))]
+    return exposed, bound
 
 
 def own_endpoints(container: dict[str, Any], network_peer: dict[str, Any] | None, settings: MappingSettings,
@@ -156,10 +163,8 @@ def own_endpoints(container: dict[str, Any], network_peer: dict[str, Any] | None
     its own IPs with its container-side ports, and the host addresses the
     daemon itself would register (-ip, the agent's address, a specific
     published address) with the ports published there."""
-    config = _dict(container.get("Config"))
-    network_settings = _dict(container.get("NetworkSettings"))
-    container_ports = {int(parsed[0]) for key in (*_dict(config.get("ExposedPorts")), *_dict(
-        network_settings.get("Ports"))) if (parsed := _parse_port_key(key))}
+    exposed, bound = _port_entries(container, settings.limits, [])
+    container_ports = {int(number) for number, _ in exposed} | {int(number) for (number, _), _ in bound}
     host_ports = {int(p.host_port) for p in ports if _PORT_NUMBER.fullmatch(p.host_port)}
     host_addresses = {normal_host(a) for a in (settings.host_ip, settings.default_address) if a}
     host_addresses |= {normal_host(p.host_ip) for p in ports if p.host_ip not in UNSPECIFIED_HOST_IPS}
@@ -308,9 +313,10 @@ def _own_for(own: OwnEndpoints, choice: AddressChoice) -> OwnEndpoints:
     """The service's address counts as the container's own only when the daemon
     chose it (or it is one of the container's IPs): never a SERVICE_IP the
     container wrote pointing elsewhere."""
-    if choice.declared:
+    chosen = normal_host(choice.address)
+    if choice.declared or chosen in own.container_addresses:
         return own
-    return replace(own, host_addresses=own.host_addresses | {normal_host(choice.address)})
+    return replace(own, host_addresses=own.host_addresses | {chosen})
 
 
 def _bounded(warnings: list[str], limit: int) -> list[str]:

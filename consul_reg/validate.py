@@ -35,6 +35,7 @@ class Limits:
     """Bounds on what one container may cost. Meta bounds are Consul's own."""
 
     services_per_container: int = 64
+    port_entries: int = 4096  # entries of Config.ExposedPorts / NetworkSettings.Ports looked at per container
     tags_per_service: int = 128
     tag_length: int = 1024
     meta_pairs: int = 64

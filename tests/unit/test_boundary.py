@@ -129,13 +129,14 @@ def test_use_ip_from_label_value_is_validated():
 
 # -- bounds ------------------------------------------------------------------------
 
-def test_expose_every_port_costs_64_services_and_one_warning():
+def test_expose_every_port_costs_64_services_and_two_warnings():
     exposed = {f"{p}/tcp": {} for p in range(1, 65536)}
     settings = MappingSettings(hostname="h", internal=True)
     records = map_container(container(ports={}, exposed=exposed), settings)
     assert [s.port for s in records.services] == list(range(1, 65))
-    assert [w for w in records.warnings if "ports" in w] == \
-        ["it has 65535 ports; only the lowest 64 become services (--max-services-per-container)"]
+    assert [w for w in records.warnings if "port" in w] == \
+        ["it declares 65535 exposed port entries; only the first 4096 are looked at",
+         "it has 4096 ports; only the lowest 64 become services (--max-services-per-container)"]
 
 
 def test_services_cap_is_configurable():
@@ -338,3 +339,12 @@ def test_bracketed_ipv6_is_written_once_bracketed():
     assert {c["TCP"] if "TCP" in c else c["HTTP"] for c in checks_of(records).values()} == \
         {"[::1]:32768", "http://[::1]:32768/"}
     assert map_container(container(labels={"SERVICE_IP": "[::1]"}), SETTINGS).services[0].address == "::1"
+
+
+def test_a_host_port_on_the_containers_own_ip_is_not_the_container():
+    """Found by the property test: -internal picks the container IP; its published host port is not a port
+    of the container's IP."""
+    records = map_container(container({"80/tcp": published("32768", "127.0.0.1")},
+                                      {"SERVICE_CHECK_TCP": "true", "SERVICE_CHECK_PORT": "32768"}, ip="172.17.0.2"),
+                            MappingSettings(hostname="h", internal=True))
+    assert records.services[0].address == "172.17.0.2" and checks_of(records) == {}
