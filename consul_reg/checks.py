@@ -27,6 +27,8 @@ MAX_DURATION_SECONDS = 2562047 * 3600.0  # Go's time.Duration overflows past ~29
 _WHOLE_NUMBER = re.compile(r"[0-9]{1,9}")
 _PORT = re.compile(r"[0-9]{1,5}")
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9-]+$")
+# HTTP checks stop following redirects where the agent can (1.12; some 1.9-1.11 patch releases too).
+DISABLE_REDIRECTS_MIN_VERSION = (1, 12)
 # Daemon-run exec checks: Consul clamps its own check intervals and timeouts to 1 s.
 EXEC_MIN_SECONDS = 1.0
 INITIAL_STATUSES = ("passing", "warning", "critical")
@@ -234,6 +236,8 @@ class _Builder:
                 fields["Header"] = headers
             if kind == "https" and self._flag("check_tls_skip_verify"):
                 fields["TLSSkipVerify"] = True
+            if self.settings.agent_version >= DISABLE_REDIRECTS_MIN_VERSION:
+                fields["DisableRedirects"] = True  # a redirect would lead the agent past the target policy
         elif kind in ("tcp", "udp"):
             fields[kind.upper()] = f"{host}:{port}"
         elif kind == "grpc":

@@ -113,3 +113,11 @@ def test_grpc_service_name_and_tls():
     checks, _ = build(check_grpc="my.Health", check_grpc_use_tls="true", check_tls_skip_verify="1")
     assert checks["service:h:web:80:grpc"]["GRPC"] == "10.0.0.2:8080/my.Health"
     assert checks["service:h:web:80:grpc"]["GRPCUseTLS"] is True
+
+
+def test_http_checks_do_not_follow_redirects_where_the_agent_can():
+    newer, warnings = build(CheckSettings(agent_version=(1, 12)), check_http="/", check_https="/")
+    assert newer["service:h:web:80:http"]["DisableRedirects"] is True
+    assert newer["service:h:web:80:https"]["DisableRedirects"] is True and warnings == []
+    older, warnings = build(CheckSettings(agent_version=(1, 11)), check_http="/")
+    assert "DisableRedirects" not in older["service:h:web:80:http"] and warnings == []
