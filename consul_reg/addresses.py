@@ -11,7 +11,7 @@ from typing import Any
 from consul_reg import labels
 from consul_reg.labels import KeyValue
 from consul_reg.settings import MappingSettings, PublishedPort
-from consul_reg.validate import address_problem, normal_host, parse_ip
+from consul_reg.validate import address_problem, parse_ip
 
 UNSPECIFIED_HOST_IPS = ("", "0.0.0.0", "::")
 
@@ -85,8 +85,11 @@ def container_addresses(container: dict[str, Any], network_peer: dict[str, Any] 
         for holder in (network_settings, *(_dict(n) for n in _dict(network_settings.get("Networks")).values())):
             for key in ("IPAddress", "GlobalIPv6Address"):
                 value = holder.get(key)
-                if isinstance(value, str) and value and parse_ip(value) is not None:
-                    found.add(normal_host(value))
+                address = parse_ip(value) if isinstance(value, str) else None
+                # Never a container's own: loopback, unspecified, link-local (whatever Docker reports).
+                if address is not None and not (address.is_loopback or address.is_unspecified or
+                                                address.is_link_local):
+                    found.add(str(address))
     return frozenset(found)
 
 

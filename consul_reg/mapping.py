@@ -18,7 +18,8 @@ from consul_reg.labels import KeyValue, ServiceKeys, show
 from consul_reg.model import Service, marker_meta
 from consul_reg.settings import CheckSettings, MappingSettings, PublishedPort
 from consul_reg.tags_meta import capped_tags, service_meta, tags_of, template_tags
-from consul_reg.validate import Limits, OwnEndpoints, identifier_problem, normal_host, squats_host_namespace
+from consul_reg.validate import Limits, OwnEndpoints, identifier_problem, normal_host, parse_ip, \
+    squats_host_namespace
 
 __all__ = ["CheckSettings", "ContainerRecords", "MappingSettings", "PublishedPort", "default_service_name",
            "map_container", "published_ports", "service_meta"]
@@ -355,7 +356,8 @@ def _first_binding(bindings: object) -> tuple[str, str] | None:
         return None
     host_port = str(usable[0]["HostPort"])
     ips = {str(b.get("HostIp") or "") for b in usable if str(b["HostPort"]) == host_port}
-    specific = sorted(ip for ip in ips if ip not in UNSPECIFIED_HOST_IPS)
+    specific = sorted(ip for ip in ips if ip not in UNSPECIFIED_HOST_IPS and parse_ip(ip) is not None)
+    ips = {ip for ip in ips if ip in UNSPECIFIED_HOST_IPS or parse_ip(ip) is not None}
     if len(specific) == 1 and len(ips) == 1:
         return host_port, plain_ip(specific[0])
     return host_port, ""

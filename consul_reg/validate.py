@@ -23,7 +23,7 @@ _DNS_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 # What inet_aton() would read as a number ("2852039166", "0xa9fea9fe", "0251"):
 # a host name whose last label looks like that is an IP in disguise.
 _NUMERIC_LABEL = re.compile(r"(0[xX][0-9A-Fa-f]*|[0-9]+)")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 PORT_MAX = 65535
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 LINK_LOCAL = (ipaddress.ip_network("169.254.0.0/16"), ipaddress.ip_network("fe80::/10"))
@@ -82,14 +82,14 @@ def squats_host_namespace(service_id: str, hostname: str) -> bool:
 
 
 def has_control(text: str) -> bool:
-    """C0/C1 control characters and DEL (CR, LF, ESC, NUL...)."""
+    """C0/C1 control characters, DEL and the Unicode line/paragraph separators (CR, LF, ESC, NUL...)."""
     return _CONTROL.search(text) is not None
 
 
 def parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     """An IP address, `[v6]` accepted; IPv4 hidden in IPv6 (mapped, NAT64,
     6to4, compatible) comes back as the IPv4 address it reaches."""
-    if not isinstance(text, str):
+    if not isinstance(text, str) or "%" in text:  # no IPv6 zone: it cannot be written in a check URL
         return None
     raw = text[1:-1] if text.startswith("[") and text.endswith("]") else text
     try:

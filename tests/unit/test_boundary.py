@@ -348,3 +348,28 @@ def test_a_host_port_on_the_containers_own_ip_is_not_the_container():
                                       {"SERVICE_CHECK_TCP": "true", "SERVICE_CHECK_PORT": "32768"}, ip="172.17.0.2"),
                             MappingSettings(hostname="h", internal=True))
     assert records.services[0].address == "172.17.0.2" and checks_of(records) == {}
+
+
+# -- found in the adversarial pass ------------------------------------------------------
+
+def test_docker_reported_loopback_or_link_local_is_never_the_containers_own():
+    hostile = container({"80/tcp": published("1")}, {"SERVICE_CHECK_TCP": "true", "SERVICE_CHECK_PORT": "8500"},
+                        exposed={"8500/tcp": {}}, ip="127.0.0.1")
+    records = map_container(hostile, MappingSettings(hostname="h", internal=True))
+    assert checks_of(records) == {}
+
+
+def test_ipv6_zones_are_not_addresses():
+    records = map_container(container(labels={"SERVICE_CHECK_TCP": "true",
+                                              "SERVICE_CHECK_ADDRESS": "2001:db8::1%eth0"}), SETTINGS)
+    assert checks_of(records) == {} and warned(records, "'SERVICE_CHECK_ADDRESS'")
+
+
+def test_a_host_ip_that_is_not_an_ip_is_not_used_as_the_address():
+    records = map_container(container({"80/tcp": [{"HostIp": "evil/../x", "HostPort": "1"}]}), SETTINGS)
+    assert records.services[0].address == "10.0.0.5"
+
+
+def test_unicode_line_separators_count_as_control_characters():
+    records = map_container(container(labels={"SERVICE_TAGS": "a\u2028INFO forged,b"}), SETTINGS)
+    assert records.services[0].tags == ("b",)

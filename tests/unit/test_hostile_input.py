@@ -11,9 +11,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from consul_reg.checks import CheckSettings, service_checks
-from consul_reg.labels import KeyValue, collect, split_tags
+from consul_reg.labels import KeyValue, collect, printable, split_tags
 from consul_reg.mapping import MappingSettings, map_container
 from consul_reg.registries.consul import registration_payload
+from consul_reg.tags_template import Template, TemplateError
 from consul_reg.validate import CheckPolicy, parse_allow_rule
 
 SUFFIXES = ["NAME", "ID", "TAGS", "IGNORE", "IP", "NETWORK", "CHECK_HTTP", "CHECK_TCP", "CHECK_INTERVAL",
@@ -201,3 +202,60 @@ def test_no_generated_container_gets_a_check_target_outside_the_policy(labels, p
                 else:
                     assert str(address) in trusted_hosts and port in published and port != AGENT_PORT, \
                         (host, port, labels, ports)
+
+
+def reference_split_tags(raw: str) -> list[str]:
+    """The character loop split_tags replaced (same results, quadratic-free regex now)."""
+    tags, current, i = [], [], 0
+    while i < len(raw):
+        if raw[i] == "\\" and i + 1 < len(raw) and raw[i + 1] == ",":
+            current.append(",")
+            i += 2
+            continue
+        if raw[i] == ",":
+            tags.append("".join(current))
+            current = []
+        else:
+            current.append(raw[i])
+        i += 1
+    tags.append("".join(current))
+    return [t.strip() for t in tags if t.strip()]
+
+
+@given(st.text(alphabet="ab ,\\\t", max_size=40))
+def test_split_tags_keeps_its_old_meaning(raw):
+    assert split_tags(raw) == reference_split_tags(raw)
+
+
+@given(st.text(max_size=60))
+def test_allow_rules_parse_or_raise_value_error(text):
+    try:
+        rule = parse_allow_rule(text)
+    except ValueError as error:
+        assert str(error)
+    else:
+        assert rule.network is not None or rule.hostname
+
+
+@given(st.text(max_size=300))
+def test_printable_leaves_nothing_unprintable(text):
+    shown = printable(text)
+    assert shown.isprintable() and "\n" not in shown and "\x1b" not in shown
+
+
+template_pieces = st.sampled_from(['{{', '}}', ' ', '.ID', '.Config.Env', '.Config.Labels', '"x"', '"\\\\u00e9"', '`r`',
+                                   '|', '(', ')', 'join', '","', 'split', 'matchFirstElement', '"^a(b+)+$"', '-1', '3',
+                                   'sIndex', 'mIndex', 'index', 'replace', 'strSlice', 'toUpper', '"\\\\q"', 'httpGet'])
+
+
+@settings(max_examples=300, deadline=None)
+@given(pieces=st.lists(template_pieces, max_size=14), env=st.lists(st.text(max_size=30), max_size=5))
+def test_templates_parse_or_fail_cleanly_and_render_or_fail_cleanly(pieces, env):
+    try:
+        template = Template("".join(pieces))
+    except TemplateError:
+        return
+    try:
+        assert isinstance(template.render({"Id": "abc", "Config": {"Env": env, "Labels": {"a": "b"}}}), str)
+    except TemplateError:
+        pass
