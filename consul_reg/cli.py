@@ -116,7 +116,7 @@ def parse_config(argv: Sequence[str], environ: dict[str, str] | None = None) -> 
         raise UsageError(f"-retry-attempts must be -1 (forever) or at least 0 (got {args.retry_attempts})")
     if args.deregister not in ("always", "on-success"):
         raise UsageError(f"-deregister must be 'always' or 'on-success' (got {args.deregister!r})")
-    if args.status_addr and not re.fullmatch(r"(\[[0-9a-fA-F:]+\]|[^:\s]+):\d{1,5}", args.status_addr):
+    if args.status_addr and not re.fullmatch(r"(\[[0-9a-fA-F:]+\]|[^:\s]+):[0-9]{1,5}", args.status_addr):
         raise UsageError(f"--status-addr must be HOST:PORT, e.g. 127.0.0.1:9707 (got {args.status_addr!r})")
     if args.env_file_interval <= 0:
         raise UsageError(f"--env-file-interval must be greater than 0 (got {args.env_file_interval:g})")

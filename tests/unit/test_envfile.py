@@ -25,7 +25,8 @@ def holder(labels=None, env=None):
 def test_container_path_wins_unless_refused():
     assert env_file_path(holder({"SERVICE_ENV_FILE": " /run/a.env "}), "/etc/b.env").path == "/run/a.env"
     assert env_file_path(holder(env=["SERVICE_ENV_FILE=/run/e.env"]), None).path == "/run/e.env"
-    assert env_file_path(holder({"SERVICE_env_file": "/l", "service_env_file": "/x"}, ["SERVICE_ENV_FILE=/e"]), None).path == "/l"
+    labelled = holder({"SERVICE_env_file": "/l", "service_env_file": "/x"}, ["SERVICE_ENV_FILE=/e"])
+    assert env_file_path(labelled, None).path == "/l"
     assert env_file_path(holder(), "/etc/b.env").path == "/etc/b.env"
     assert env_file_path(holder(), None).path == ""
     refused = env_file_path(holder({"SERVICE_ENV_FILE": "/run/a.env"}), "/etc/b.env", allow_container_path=False)

@@ -32,7 +32,8 @@ service_keys = st.one_of(
 )
 HOSTILE_VALUES = ["", " ", "true", "0", "10s", "banana", "1m30s", "-1", "/health", "a\\,b,c", "\x00", "é" * 600,
                   "../../leave", "../../maintenance", "x/../payments", "..", ".", "vault/core/master", "h:x:80",
-                  "web\nforged", "\x1b[2J", "²", "٨٠", "9" * 5000, "8500", "169.254.169.254", "::ffff:169.254.169.254",
+                  "web\nforged", "\x1b[2J", "²", "٨٠", "9" * 5000, "8500", "169.254.169.254",
+                  "::ffff:169.254.169.254",
                   "127.0.0.1", "0.0.0.0", "localhost", "2852039166", "fe80::1", "a@169.254.169.254", "PUT", "1ms",
                   "1ns", "99999999999h", "10.0.0.5", "172.17.0.2", "32768", "80", "a\r\nHost: x", "DELETE"]
 values = st.one_of(st.text(max_size=200), st.sampled_from(HOSTILE_VALUES))
