@@ -5,81 +5,122 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 from consul_reg import labels
 from consul_reg.labels import KeyValue
-
-if TYPE_CHECKING:
-    from consul_reg.mapping import MappingSettings, PublishedPort
+from consul_reg.settings import MappingSettings, PublishedPort
+from consul_reg.validate import address_problem, parse_ip
 
 UNSPECIFIED_HOST_IPS = ("", "0.0.0.0", "::")
+
+
+@dataclass(frozen=True)
+class AddressChoice:
+    address: str  # "" when the container declared an unusable one (the service is skipped)
+    reason: str
+    declared: bool = False  # written by the container (SERVICE_IP, -useIpFromLabel's label)
 
 
 def choose_address(
     container: dict[str, Any],
     keys: dict[str, KeyValue],
-    port: "PublishedPort",
-    settings: "MappingSettings",
+    port: PublishedPort,
+    settings: MappingSettings,
     network_peer: dict[str, Any] | None,
     warnings: list[str],
-) -> tuple[str, str]:
-    """The service address and why it was chosen; the first rule that applies wins."""
+) -> AddressChoice:
+    """The service address and why it was chosen; the first rule that applies wins.
+    An address the container wrote must be an IP or a host name, else the
+    choice's address is "" (warned) and the caller skips the service."""
     explicit_ip = keys.get("ip")
     if explicit_ip is not None and explicit_ip.value.strip():
-        return explicit_ip.value.strip(), f"{explicit_ip.original_key} ({explicit_ip.source})"
+        return _declared(explicit_ip.value.strip(), f"key {labels.show(explicit_ip.original_key)}",
+                         f"{explicit_ip.original_key} ({explicit_ip.source})", warnings)
 
     network_mode = str(_dict(container.get("HostConfig")).get("NetworkMode") or "")
     if network_mode.startswith("container:"):
         peer_ip = container_ip(network_peer or {}, None, warnings) if network_peer else ""
         if peer_ip:
-            return peer_ip, f"the IP of {network_mode}, whose network it shares"
-        warnings.append(f"network mode {network_mode}: that container's IP is unknown, using the next rule")
+            return AddressChoice(peer_ip, f"the IP of {labels.printable(network_mode, 80)}, whose network it shares")
+        warnings.append(f"network mode {labels.show(network_mode)}: that container's IP is unknown, "
+                        "using the next rule")
 
     if settings.use_ip_from_label:
         label_value = _dict(_dict(container.get("Config")).get("Labels")).get(settings.use_ip_from_label)
         if isinstance(label_value, str) and label_value.strip():
-            return label_value.strip().split("/", 1)[0], f"label {settings.use_ip_from_label} (-useIpFromLabel)"
+            return _declared(label_value.strip().split("/", 1)[0], f"label {labels.show(settings.use_ip_from_label)}",
+                             f"label {settings.use_ip_from_label} (-useIpFromLabel)", warnings)
         warnings.append(f"label {labels.show(settings.use_ip_from_label)} (-useIpFromLabel) is not set")
 
     if settings.internal:
         network = keys.get("network")
         ip = container_ip(container, network.value.strip() if network else None, warnings)
         if ip:
-            return ip, "the container's own IP (-internal)"
+            return AddressChoice(ip, "the container's own IP (-internal)")
 
     if settings.host_ip:
-        return settings.host_ip, "-ip"
+        return AddressChoice(settings.host_ip, "-ip")
 
     if port.host_ip not in UNSPECIFIED_HOST_IPS:
-        return port.host_ip, f"the host address port {port.exposed} is published on"
+        return AddressChoice(port.host_ip, f"the host address port {port.exposed} is published on")
 
-    return settings.default_address, settings.default_address_reason
+    return AddressChoice(settings.default_address, settings.default_address_reason)
+
+
+def _declared(value: str, where: str, reason: str, warnings: list[str]) -> AddressChoice:
+    problem = address_problem(value)
+    if problem:
+        warnings.append(f"{where}={labels.show(value)}: {problem}; this service is skipped")
+        return AddressChoice("", reason, declared=True)
+    return AddressChoice(value[1:-1] if value.startswith("[") else value, reason, declared=True)
+
+
+def container_addresses(container: dict[str, Any], network_peer: dict[str, Any] | None) -> frozenset[str]:
+    """Every IP the container (or the container whose network it shares) has, normalised."""
+    found: set[str] = set()
+    for source in (container, network_peer or {}):
+        network_settings = _dict(source.get("NetworkSettings"))
+        for holder in (network_settings, *(_dict(n) for n in _dict(network_settings.get("Networks")).values())):
+            for key in ("IPAddress", "GlobalIPv6Address"):
+                value = holder.get(key)
+                address = parse_ip(value) if isinstance(value, str) else None
+                # Never a container's own: loopback, unspecified, link-local (whatever Docker reports).
+                if address is not None and not (address.is_loopback or address.is_unspecified or
+                                                address.is_link_local):
+                    found.add(str(address))
+    return frozenset(found)
 
 
 def container_ip(container: dict[str, Any], network_name: str | None, warnings: list[str]) -> str:
-    """The container's IP on `network_name`, else on its primary network."""
+    """The container's IP on `network_name`, else on its primary network ("" when unknown)."""
     network_settings = _dict(container.get("NetworkSettings"))
     networks = _dict(network_settings.get("Networks"))
     if network_name:
-        chosen = _dict(networks.get(network_name))
-        if chosen.get("IPAddress"):
-            return str(chosen["IPAddress"])
+        chosen = _ip_of(networks.get(network_name))
+        if chosen:
+            return chosen
         warnings.append(f"SERVICE_NETWORK={labels.show(network_name)}: the container has no IP on that network")
         return ""
     mode = str(_dict(container.get("HostConfig")).get("NetworkMode") or "")
     primary = "bridge" if mode in ("", "default") else mode
-    if _dict(networks.get(primary)).get("IPAddress"):
-        return str(networks[primary]["IPAddress"])
-    if network_settings.get("IPAddress"):
-        return str(network_settings["IPAddress"])
-    with_ip = [name for name, net in networks.items() if _dict(net).get("IPAddress")]
+    found = _ip_of(networks.get(primary)) or _ip_of(network_settings)
+    if found:
+        return found
+    with_ip = [str(name) for name, net in networks.items() if _ip_of(net)]
     if len(with_ip) == 1:
-        return str(networks[with_ip[0]]["IPAddress"])
+        return _ip_of(networks[with_ip[0]])
     if len(with_ip) > 1:
-        warnings.append(f"the container is on several networks ({', '.join(sorted(with_ip))}): "
+        warnings.append(f"the container is on several networks ({labels.printable(', '.join(sorted(with_ip)), 200)}): "
                         "set SERVICE_NETWORK to pick one")
     return ""
+
+
+def _ip_of(holder: object) -> str:
+    """The IPAddress Docker reports in a network entry, if it is an IP."""
+    value = _dict(holder).get("IPAddress")
+    return value if isinstance(value, str) and value and parse_ip(value) is not None else ""
 
 
 def plain_ip(text: str) -> str:

@@ -10,16 +10,27 @@ a registration with any unknown field).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 from consul_reg.labels import KeyValue, show
 from consul_reg.model import Check, DaemonProbe
+from consul_reg.settings import CheckSettings
+from consul_reg.validate import OwnEndpoints, check_target_problem, has_control, normal_host
+
+__all__ = ["CheckSettings", "go_duration", "parse_duration", "parse_version", "service_checks"]
 
 DEFAULT_INTERVAL = "10s"
-_DURATION = re.compile(r"^(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+$")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
-_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+# Go's time.ParseDuration units; ASCII digits only (Consul would refuse others).
+_DURATION = re.compile(r"([0-9]{1,12}(\.[0-9]{1,9})?(ns|us|µs|μs|ms|s|m|h))+")
+_DURATION_PART = re.compile(r"([0-9]{1,12}(?:\.[0-9]{1,9})?)(ns|us|µs|μs|ms|s|m|h)")
+_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+MAX_DURATION_SECONDS = 2562047 * 3600.0  # Go's time.Duration overflows past ~292 years
+_WHOLE_NUMBER = re.compile(r"[0-9]{1,9}")
+_PORT = re.compile(r"[0-9]{1,5}")
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9-]+$")
+# HTTP checks stop following redirects where the agent can (1.12; some 1.9-1.11 patch releases too).
+DISABLE_REDIRECTS_MIN_VERSION = (1, 12)
+# Daemon-run exec checks: Consul clamps its own check intervals and timeouts to 1 s.
+EXEC_MIN_SECONDS = 1.0
 INITIAL_STATUSES = ("passing", "warning", "critical")
 TRUE_VALUES = ("true", "1", "yes", "on")
 # Kinds that probe a network endpoint, with the key that enables each.
@@ -28,24 +39,23 @@ NETWORK_KINDS = ("http", "https", "tcp", "grpc", "h2ping", "udp")
 FIELD_MIN_VERSION = {"H2PING": (1, 10), "H2PingUseTLS": (1, 10), "TLSServerName": (1, 10), "UDP": (1, 13)}
 
 
-@dataclass(frozen=True)
-class CheckSettings:
-    agent_version: tuple[int, int] = (1, 8)
-    agent_runs_scripts: bool = True  # the agent has enable_script_checks
-    refuse_script_checks: bool = False  # --no-script-checks
-    exec_checks: str = "agent"  # --exec-checks agent|daemon
-
-
 def parse_duration(text: str) -> float | None:
-    """A Go duration ("1m30s") in seconds, or None when it is not one."""
+    """A Go duration ("1m30s") in seconds, or None when it is not one (or
+    longer than Go can hold)."""
     text = text.strip()
-    if not _DURATION.match(text):
+    if len(text) > 64 or not _DURATION.fullmatch(text):
         return None
-    return sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(text))
+    seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(text))
+    return seconds if seconds <= MAX_DURATION_SECONDS else None
+
+
+def go_duration(seconds: float) -> str:
+    """Seconds as a Go duration Consul parses: never an exponent ("1e+06s")."""
+    return f"{seconds:.3f}".rstrip("0").rstrip(".") + "s"
 
 
 def parse_version(text: str) -> tuple[int, int]:
-    match = re.match(r"^v?(\d+)\.(\d+)", text.strip())
+    match = re.match(r"v?([0-9]{1,6})\.([0-9]{1,6})", text.strip())
     return (int(match.group(1)), int(match.group(2))) if match else (1, 7)
 
 
@@ -58,14 +68,25 @@ def service_checks(
     container_id: str,
     settings: CheckSettings,
     warnings: list[str],
+    own: OwnEndpoints | None = None,
 ) -> tuple[Check, ...]:
-    """All checks the keys of one service (general merged with its port's) ask for."""
-    builder = _Builder(keys, service_id, service_name, address, port, container_id, settings, warnings)
+    """All checks the keys of one service (general merged with its port's) ask for.
+
+    `own` is what network checks may probe without an operator's rule (see
+    validate.check_target_problem); by default the service's own address:port.
+    """
+    if own is None:
+        own = OwnEndpoints(host_addresses=frozenset({normal_host(address)}),
+                           host_ports=frozenset({port} if port is not None else ()))
+    builder = _Builder(keys, service_id, service_name, address, port, container_id, settings, warnings, own)
     return builder.build()
 
 
 class _Builder:
-    def __init__(self, keys, service_id, service_name, address, port, container_id, settings, warnings) -> None:
+    def __init__(self, keys: dict[str, KeyValue], service_id: str, service_name: str, address: str,
+                 port: int | None, container_id: str, settings: CheckSettings, warnings: list[str],
+                 own: OwnEndpoints) -> None:
+        self.own = own
         self.keys: dict[str, KeyValue] = keys
         self.service_id: str = service_id
         self.service_name: str = service_name
@@ -138,8 +159,8 @@ class _Builder:
             value = self._value(key)
             if value is None:
                 continue
-            if not value.isdigit():
-                self._warn(key, "must be a whole number; ignored")
+            if not _WHOLE_NUMBER.fullmatch(value):
+                self._warn(key, "must be a whole number (ASCII digits); ignored")
             else:
                 fields[field_name] = int(value)
         notes = self._value("check_notes")
@@ -151,9 +172,7 @@ class _Builder:
         """Interval and timeout: CHECK_<KIND>_INTERVAL overrides CHECK_INTERVAL."""
         fields: dict[str, object] = {}
         for suffix, field_name, default in (("interval", "Interval", DEFAULT_INTERVAL), ("timeout", "Timeout", None)):
-            specific_key = f"check_{kind}_{suffix}"
-            key = specific_key if self._value(specific_key) is not None else f"check_{suffix}"
-            value = self._duration(key)
+            value = self._duration(self._timing_key(kind, suffix))
             if value is False:
                 return None
             if value or default:
@@ -172,7 +191,7 @@ class _Builder:
         port_text = self._value("check_port")
         port = self.port
         if port_text is not None:
-            if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            if not _PORT.fullmatch(port_text) or not 0 < int(port_text) < 65536:
                 self._warn("check_port", "not a port number, so that check is dropped")
                 return None
             port = int(port_text)
@@ -184,6 +203,17 @@ class _Builder:
             self._warn(key, f"{kind.upper()} checks need Consul {needed[0]}.{needed[1]} or later; this agent is "
                             f"{self.settings.agent_version[0]}.{self.settings.agent_version[1]}, so it is dropped")
             return None
+        problem = check_target_problem(address, port, self.own, self.settings.policy)
+        if problem:
+            chosen_by = [k for k in ("check_address", "check_port") if self._value(k) is not None]
+            self._warn(chosen_by[0] if chosen_by else key,
+                       f"the {kind.upper()} check would probe {show(address)} port {port}: {problem}; "
+                       "that check is dropped")
+            return None
+        if kind in ("http", "https", "grpc") and (has_control(value) or any(c.isspace() for c in value)):
+            self._warn(key, "holds whitespace or control characters, so that check is dropped")
+            return None
+        address = address[1:-1] if address.startswith("[") and address.endswith("]") else address
         host = f"[{address}]" if ":" in address else address
         fields: dict[str, object] = {**common, **timing}
         if kind in ("http", "https"):
@@ -191,8 +221,12 @@ class _Builder:
             fields["HTTP"] = f"{kind}://{host}:{port}{path}"
             method = self._value(f"check_{kind}_method")
             if method is not None:
-                if not re.fullmatch(r"[A-Za-z]+", method):
+                if not re.fullmatch(r"[A-Za-z]{1,16}", method):
                     self._warn(f"check_{kind}_method", "not an HTTP method, so that check is dropped")
+                    return None
+                if method.upper() not in self.settings.policy.methods:
+                    self._warn(f"check_{kind}_method", f"only {', '.join(self.settings.policy.methods)} are "
+                                                       "allowed (--allow-check-method), so that check is dropped")
                     return None
                 fields["Method"] = method.upper()
             headers = self._headers()
@@ -202,6 +236,8 @@ class _Builder:
                 fields["Header"] = headers
             if kind == "https" and self._flag("check_tls_skip_verify"):
                 fields["TLSSkipVerify"] = True
+            if self.settings.agent_version >= DISABLE_REDIRECTS_MIN_VERSION:
+                fields["DisableRedirects"] = True  # a redirect would lead the agent past the target policy
         elif kind in ("tcp", "udp"):
             fields[kind.upper()] = f"{host}:{port}"
         elif kind == "grpc":
@@ -215,7 +251,10 @@ class _Builder:
             fields["H2PING"] = f"{host}:{port}"
         server_name = self._value("check_tls_server_name")
         if server_name is not None and kind in ("https", "grpc", "h2ping"):
-            fields["TLSServerName"] = server_name
+            if has_control(server_name) or any(c.isspace() for c in server_name):
+                self._warn("check_tls_server_name", "holds whitespace or control characters; left out")
+            else:
+                fields["TLSServerName"] = server_name
         return self._check(kind, fields)
 
     def _headers(self) -> dict[str, list[str]] | None:
@@ -228,6 +267,10 @@ class _Builder:
             if not name or not _HEADER_NAME.match(name):
                 self._warn(key, "a header needs a name of letters, digits and _ (CHECK_HTTP_HEADER_X_API_KEY)"
                                 ", so that check is dropped")
+                return None
+            if has_control(self.keys[key].value):
+                self._warn(key, "a header value may not hold CR, LF or other control characters, so that check "
+                                "is dropped")
                 return None
             headers.setdefault(name, []).append(self.keys[key].value)
         return headers
@@ -253,9 +296,8 @@ class _Builder:
             return None
         command = self._value("check_docker") or ""
         if self.settings.exec_checks == "daemon" or not self.settings.agent_runs_scripts:
-            interval = parse_duration(str(timing["Interval"])) or 10.0
-            timeout = parse_duration(str(timing.get("Timeout", ""))) or min(interval, 10.0)
-            ttl = f"{max(3 * interval, interval + timeout + 5):g}s"
+            interval, timeout = self._exec_timing(timing)
+            ttl = go_duration(max(3 * interval, interval + timeout + 5))
             probe = DaemonProbe(kind="exec", interval=interval, timeout=timeout, command=command,
                                 container_id=self.container_id)
             fields = {k: v for k, v in common.items() if k != "Status"}
@@ -263,6 +305,31 @@ class _Builder:
             return self._check("docker", fields, probe)
         return self._check("docker", {**common, **timing, "DockerContainerID": self.container_id,
                                       "Shell": "/bin/sh", "Args": ["/bin/sh", "-c", command]})
+
+    def _exec_timing(self, timing: dict[str, object]) -> tuple[float, float]:
+        """Interval and timeout of a daemon-run exec: at least 1 s each, the
+        timeout never above the interval (warned when clamped)."""
+        interval = parse_duration(str(timing["Interval"])) or 10.0
+        if interval < EXEC_MIN_SECONDS:
+            self._warn(self._timing_key("docker", "interval"),
+                       f"a check run by consul-reg runs at most once a second; using {go_duration(EXEC_MIN_SECONDS)}")
+            interval = EXEC_MIN_SECONDS
+        timeout_key = self._timing_key("docker", "timeout")
+        timeout = parse_duration(str(timing["Timeout"])) if "Timeout" in timing else None
+        if timeout is None:
+            return interval, min(interval, 10.0)
+        if timeout < EXEC_MIN_SECONDS:
+            self._warn(timeout_key, f"a check run by consul-reg gets at least {go_duration(EXEC_MIN_SECONDS)}; "
+                                    "using that")
+            timeout = EXEC_MIN_SECONDS
+        if timeout > interval:
+            self._warn(timeout_key, f"longer than the interval ({go_duration(interval)}); using the interval")
+            timeout = interval
+        return interval, timeout
+
+    def _timing_key(self, kind: str, suffix: str) -> str:
+        specific = f"check_{kind}_{suffix}"
+        return specific if self._value(specific) is not None else f"check_{suffix}"
 
     def _app_ttl_check(self, common: dict[str, object]) -> Check | None:
         ttl = self._duration("check_ttl")

@@ -13,9 +13,12 @@ from typing import NoReturn, Sequence
 
 from consul_reg import __version__
 from consul_reg.config import Config, TokenError, read_token
+from consul_reg.envfile import path_problem
 from consul_reg.labels import split_tags
 from consul_reg.registries import RegistryURIError, default_uri, validate_uri
 from consul_reg.tags_template import Template, TemplateError
+from consul_reg.validate import DEFAULT_CHECK_METHODS, AllowRule, Limits, address_problem, hostname_problem, \
+    parse_allow_rule
 
 USAGE_EXIT = 2
 
@@ -71,6 +74,22 @@ def build_parser() -> argparse.ArgumentParser:
     add("--status-addr", dest="status_addr", default=None, metavar="HOST:PORT",
         help="serve /health, /metrics and /services there (off by default)")
     add("--hostname", default=None, help="host name used in service IDs (default: this machine's)")
+    add("--no-container-env-file", dest="no_container_env_file", action="store_true",
+        help="refuse containers' own SERVICE_ENV_FILE (only -envFile applies)")
+    add("--allow-check-target", dest="allow_check_targets", action="append", default=[], metavar="CIDR[:PORTS]",
+        help="let health checks probe this network (or IP, or host name), optionally only these ports "
+             "(80,443,9000-9100); repeatable. By default a check may only probe its own container")
+    add("--allow-check-method", dest="allow_check_methods", action="append", default=[], metavar="METHOD",
+        help=f"let HTTP checks use this method too (default: {', '.join(DEFAULT_CHECK_METHODS)}); repeatable")
+    defaults = Limits()
+    add("--max-services-per-container", dest="max_services", type=int, default=defaults.services_per_container,
+        metavar="N", help=f"services one container may register (default {defaults.services_per_container})")
+    add("--max-tags-per-service", dest="max_tags", type=int, default=defaults.tags_per_service, metavar="N",
+        help=f"tags a container may give one service (default {defaults.tags_per_service})")
+    add("--max-tag-length", dest="max_tag_length", type=int, default=defaults.tag_length, metavar="N",
+        help=f"characters in one tag (default {defaults.tag_length})")
+    add("--max-value-length", dest="max_value_length", type=int, default=defaults.value_length, metavar="N",
+        help=f"characters in one SERVICE_* label, env or env-file value (default {defaults.value_length})")
     add("--log-level", default="INFO", type=str.upper,
         choices=["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"])
     add("--log-format", default="text", choices=["text", "json"])
@@ -97,7 +116,7 @@ def parse_config(argv: Sequence[str], environ: dict[str, str] | None = None) -> 
         raise UsageError(f"-retry-attempts must be -1 (forever) or at least 0 (got {args.retry_attempts})")
     if args.deregister not in ("always", "on-success"):
         raise UsageError(f"-deregister must be 'always' or 'on-success' (got {args.deregister!r})")
-    if args.status_addr and not re.fullmatch(r"(\[[0-9a-fA-F:]+\]|[^:\s]+):\d{1,5}", args.status_addr):
+    if args.status_addr and not re.fullmatch(r"(\[[0-9a-fA-F:]+\]|[^:\s]+):[0-9]{1,5}", args.status_addr):
         raise UsageError(f"--status-addr must be HOST:PORT, e.g. 127.0.0.1:9707 (got {args.status_addr!r})")
     if args.env_file_interval <= 0:
         raise UsageError(f"--env-file-interval must be greater than 0 (got {args.env_file_interval:g})")
@@ -110,6 +129,27 @@ def parse_config(argv: Sequence[str], environ: dict[str, str] | None = None) -> 
             raise UsageError(f"-tags template: {error}") from None
     if args.resync < 0:
         raise UsageError(f"-resync must not be negative (got {args.resync:g})")
+    hostname = args.hostname or socket.gethostname()
+    problem = hostname_problem(hostname)
+    if problem:
+        raise UsageError(f"--hostname {hostname!r}: {problem}" + ("" if args.hostname else
+                                                                  " (this machine's name; pass --hostname)"))
+    if args.host_ip and address_problem(args.host_ip):
+        raise UsageError(f"-ip {args.host_ip!r}: {address_problem(args.host_ip)}")
+    if args.env_file and path_problem(args.env_file):
+        raise UsageError(f"-envFile {args.env_file!r}: {path_problem(args.env_file)}")
+    limits = _limits(args)
+    rules: list[AllowRule] = []
+    for text in args.allow_check_targets:
+        try:
+            rules.append(parse_allow_rule(text))
+        except ValueError as error:
+            raise UsageError(f"--allow-check-target {error}") from None
+    methods = []
+    for method in args.allow_check_methods:
+        if not re.fullmatch(r"[A-Za-z]{1,16}", method):
+            raise UsageError(f"--allow-check-method {method!r}: not an HTTP method")
+        methods.append(method.upper())
 
     uris = tuple(args.uris) or (default_uri(environ),)
     if sum(urllib.parse.urlsplit(u).scheme.startswith("consul") and not urllib.parse.urlsplit(u).scheme
@@ -126,7 +166,7 @@ def parse_config(argv: Sequence[str], environ: dict[str, str] | None = None) -> 
         raise UsageError(str(error)) from None
 
     return Config(
-        hostname=args.hostname or socket.gethostname(),
+        hostname=hostname,
         registry_uris=uris,
         host_ip=args.host_ip or None,
         internal=args.internal,
@@ -152,7 +192,23 @@ def parse_config(argv: Sequence[str], environ: dict[str, str] | None = None) -> 
         log_format=args.log_format,
         token=token,
         token_file=token_file,
+        limits=limits,
+        allow_check_targets=tuple(rules),
+        allow_check_methods=tuple(methods),
+        no_container_env_file=args.no_container_env_file,
     )
+
+
+def _limits(args: argparse.Namespace) -> Limits:
+    for flag, value, lowest in (("--max-services-per-container", args.max_services, 1),
+                                ("--max-tags-per-service", args.max_tags, 0),
+                                ("--max-tag-length", args.max_tag_length, 1),
+                                ("--max-value-length", args.max_value_length, 1)):
+        if value < lowest:
+            raise UsageError(f"{flag} must be at least {lowest} (got {value})")
+    return Limits(services_per_container=args.max_services, tags_per_service=args.max_tags,
+                  tag_length=args.max_tag_length, value_length=args.max_value_length,
+                  tags_value_length=min(Limits().tags_value_length, args.max_value_length))
 
 
 def _refuse_options_after_uri(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:

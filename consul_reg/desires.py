@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 from loguru import logger
 
+from consul_reg import envfile
 from consul_reg.config import Config
 from consul_reg.env_files import EnvFileState
 from consul_reg.mapping import MappingSettings, map_container
@@ -42,7 +43,8 @@ class DesireBuilder:
         created = str(container.get("Created") or "")
         state = container.get("State") if isinstance(container.get("State"), dict) else {}
         status = ContainerStatus.from_inspect(container)
-        env_path = self.env_file_path(container)
+        chosen = envfile.env_file_path(container, self.config.env_file, not self.config.no_container_env_file)
+        env_path = chosen.path
         if not state.get("Running"):
             return ContainerDesire(container_id, name, created, (),
                                    keep_existing=keeps_records(self.config.deregister, state.get("ExitCode")),
@@ -59,7 +61,8 @@ class DesireBuilder:
             logger.opt(exception=True).error("container {}: could not map it ({}); its last known services stay",
                                              name, type(error).__name__)
             raise DesireUnavailable(f"mapping failed: {type(error).__name__}") from None
-        self._report(name, container_id, records.warnings, records.services, records.skipped_reason)
+        warnings = [chosen.problem, *records.warnings] if chosen.problem else records.warnings
+        self._report(name, container_id, warnings, records.services, records.skipped_reason)
         config = container.get("Config") if isinstance(container.get("Config"), dict) else {}
         return ContainerDesire(container_id, name, created, tuple(records.services), status=status,
                                stop_signal=str(config.get("StopSignal") or ""), env_file=env_path,
@@ -76,15 +79,8 @@ class DesireBuilder:
         self._reported.clear()
 
     def env_file_path(self, container: dict[str, Any]) -> str:
-        """SERVICE_ENV_FILE (label, else env) overrides -envFile."""
-        config = container.get("Config") if isinstance(container.get("Config"), dict) else {}
-        labels = config.get("Labels") if isinstance(config.get("Labels"), dict) else {}
-        if isinstance(labels.get("SERVICE_ENV_FILE"), str) and labels["SERVICE_ENV_FILE"].strip():
-            return labels["SERVICE_ENV_FILE"].strip()
-        for entry in config.get("Env") or ():
-            if isinstance(entry, str) and entry.startswith("SERVICE_ENV_FILE=") and entry.split("=", 1)[1].strip():
-                return entry.split("=", 1)[1].strip()
-        return self.config.env_file or ""
+        """SERVICE_ENV_FILE (label, else env) overrides -envFile, unless refused."""
+        return envfile.env_file_path(container, self.config.env_file, not self.config.no_container_env_file).path
 
     def _network_peer(self, container: dict[str, Any]) -> dict[str, Any] | None:
         host_config = container.get("HostConfig") if isinstance(container.get("HostConfig"), dict) else {}

@@ -10,7 +10,7 @@ from typing import Any, TextIO
 from consul_reg import envfile, labels
 from consul_reg.config import Config
 from consul_reg.docker_source import DockerSource, DockerUnavailable
-from consul_reg.labels import KeyValue
+from consul_reg.labels import KeyValue, printable
 from consul_reg.mapping import map_container
 from consul_reg.model import MARKER_KEYS, Service
 from consul_reg.registries import registries_from_uris
@@ -42,42 +42,46 @@ def explain(config: Config, container_ref: str, out: TextIO = sys.stdout) -> int
         settings = config.mapping_settings("(agent address)", "the agent's advertise address", "1.7", False)
 
     name = str(container.get("Name") or "").lstrip("/")
-    print(f"container: {name} ({str(container.get('Id'))[:12]}), image {container['Config'].get('Image')}", file=out)
+    config_section = container.get("Config") if isinstance(container.get("Config"), dict) else {}
+    print(f"container: {printable(name, 200)} ({printable(str(container.get('Id'))[:12])}), "
+          f"image {printable(config_section.get('Image'), 200)}", file=out)
     if not (container.get("State") or {}).get("Running"):
         print("would register nothing: the container is not running", file=out)
         return 1
 
-    from consul_reg.desires import DesireBuilder
-
-    env_path = DesireBuilder(config, docker, settings).env_file_path(container)
+    chosen = envfile.env_file_path(container, config.env_file, not config.no_container_env_file)
+    if chosen.problem:
+        warnings.append(chosen.problem)
+    env_path = chosen.path
     extra: tuple[tuple[str, list[tuple[str, str]]], ...] = ()
     if env_path:
         text = None
+        shown_path = printable(env_path, 200)
         try:
             text = docker.read_file(str(container["Id"]), env_path, envfile.MAX_BYTES)
         except ValueError as error:
-            warnings.append(f"env file {env_path}: {error}")
+            warnings.append(f"env file {shown_path}: {error}")
         if text is None:
-            print(f"env file: {env_path} (not there yet)", file=out)
+            print(f"env file: {shown_path} (not there yet)", file=out)
         else:
             parsed = envfile.parse(text)
-            warnings.extend(f"env file {env_path}: {p}" for p in parsed.problems)
+            warnings.extend(f"env file {shown_path}: {p}" for p in parsed.problems)
             extra = (("env file", list(parsed.pairs)),)
-            print(f"env file: {env_path} ({len(parsed.pairs)} keys)", file=out)
+            print(f"env file: {shown_path} ({len(parsed.pairs)} keys)", file=out)
 
     peer = None
     mode = str((container.get("HostConfig") or {}).get("NetworkMode") or "")
     if mode.startswith("container:"):
         peer = docker.inspect(mode.split(":", 1)[1])
     records = map_container(container, settings, network_peer=peer, extra_sources=extra)
-    keys = labels.collect(container["Config"].get("Env"), container["Config"].get("Labels"), *extra)
+    keys = labels.collect(config_section.get("Env"), config_section.get("Labels"), *extra, limits=config.limits)
     for service in records.services:
         _print_service(service, keys.for_port(service.exposed_port.split("/")[0]) if service.exposed_port
                        else dict(keys.general), config, out)
     for warning in warnings + records.warnings:
-        print(f"warning: {warning}", file=out)
+        print(f"warning: {printable(warning)}", file=out)
     if not records.services:
-        print(f"would register nothing: {records.skipped_reason or 'no service'}", file=out)
+        print(f"would register nothing: {printable(records.skipped_reason or 'no service')}", file=out)
         return 1
     return 0
 
@@ -88,7 +92,8 @@ def _source(keys: dict[str, KeyValue], key: str, default: str) -> str:
 
 
 def _print_service(service: Service, keys: dict[str, KeyValue], config: Config, out: TextIO) -> None:
-    print(f"\nservice {service.id}", file=out)
+    """Every value shown here may come from the container: all of it goes through printable()."""
+    print(f"\nservice {printable(service.id)}", file=out)
     rows: list[tuple[str, Any, str]] = [
         ("ID", service.id, _source(keys, "id", "default <hostname>:<container>:<port>")),
         ("Name", service.name, _source(keys, "name", "default: the image's base name")),
@@ -109,4 +114,4 @@ def _print_service(service: Service, keys: dict[str, KeyValue], config: Config, 
         rows.append((f"Check {check.check_id}", ", ".join(f"{k}={v}" for k, v in definition.items()),
                      f"run by {where}; " + _source(keys, f"check_{kind}", "daemon-owned")))
     for field, value, source in rows:
-        print(f"  {field:<12} {value}    <- {source}", file=out)
+        print(f"  {printable(field):<12} {printable(value)}    <- {printable(source)}", file=out)

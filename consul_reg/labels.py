@@ -12,8 +12,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
+from consul_reg.validate import Limits
+
 PREFIX = "SERVICE_"
-_PORT_KEY = re.compile(r"^(\d{1,5})_(.+)$", re.DOTALL)
+_PORT_KEY = re.compile(r"^([0-9]{1,5})_(.+)$", re.DOTALL)
 # A key that starts like a port key but whose "port" is not a number,
 # e.g. SERVICE_HTTP_NAME: registrator made it Meta "http_name", and so do
 # we, but it is more likely a mistyped port key, so it is worth a warning.
@@ -22,6 +24,7 @@ _LOOKS_LIKE_PORT_KEY = re.compile(r"^([^_]+)_(name|id|tags|ignore|ip|network|che
 # Keys that configure the daemon and never become Consul Meta.
 DAEMON_KEYS = frozenset({"name", "id", "tags", "ignore", "network", "ip", "env_file"})
 DAEMON_KEY_PREFIXES = ("check_", "heartbeat_")
+_TAG_SEPARATOR = re.compile(r"(?<!\\),")
 
 
 def is_daemon_key(key: str) -> bool:
@@ -64,17 +67,32 @@ def collect(
     env: Iterable[object] | None,
     labels: Mapping[object, object] | None,
     *higher_sources: tuple[str, Iterable[tuple[str, str]]],
+    limits: Limits = Limits(),
 ) -> ServiceKeys:
-    """Gather SERVICE_* keys; later sources win key by key."""
+    """Gather SERVICE_* keys; later sources win key by key. Keys and values
+    over the size bounds, and keys past the count bound, are ignored (warned)."""
     keys = ServiceKeys()
     label_pairs = [(k, v) for k, v in (labels or {}).items() if isinstance(k, str) and isinstance(v, str)]
     sources: list[tuple[str, Iterable[tuple[str, str]]]] = [("env", env_pairs(env)), ("label", label_pairs)]
     sources.extend(higher_sources)
     for source, pairs in sources:
+        taken = 0
         for original_key, value in pairs:
-            if not original_key.startswith(PREFIX):
+            if not isinstance(original_key, str) or not isinstance(value, str) or not original_key.startswith(PREFIX):
                 continue
-            _add(keys, original_key, value, source)
+            if taken == limits.keys_per_container:
+                keys.warnings.append(f"more than {limits.keys_per_container} SERVICE_* keys in the {source}: "
+                                     f"the rest, from key {_show(original_key)} on, are ignored")
+                break
+            taken += 1
+            if len(original_key) > limits.key_length:
+                keys.warnings.append(f"key {_show(original_key)}: longer than {limits.key_length} characters, "
+                                     "ignored")
+            elif len(value) > limits.value_length:
+                keys.warnings.append(f"key {_show(original_key)}: its value of {len(value)} characters is over "
+                                     f"the limit of {limits.value_length} (--max-value-length), ignored")
+            else:
+                _add(keys, original_key, value, source)
     return keys
 
 
@@ -102,24 +120,9 @@ def _add(keys: ServiceKeys, original_key: str, value: str, source: str) -> None:
 
 
 def split_tags(raw: str) -> list[str]:
-    """Comma-separated tags; `\\,` keeps a comma inside a tag. Trimmed, empties dropped."""
-    tags: list[str] = []
-    current: list[str] = []
-    i = 0
-    while i < len(raw):
-        char = raw[i]
-        if char == "\\" and i + 1 < len(raw) and raw[i + 1] == ",":
-            current.append(",")
-            i += 2
-            continue
-        if char == ",":
-            tags.append("".join(current))
-            current = []
-        else:
-            current.append(char)
-        i += 1
-    tags.append("".join(current))
-    return [t.strip() for t in tags if t.strip()]
+    """Comma-separated tags; `\\,` keeps a comma inside a tag. Trimmed, empties dropped. Linear time."""
+    tags = (part.replace("\\,", ",").strip() for part in _TAG_SEPARATOR.split(raw))
+    return [tag for tag in tags if tag]
 
 
 def unique(items: Iterable[str]) -> list[str]:
@@ -133,9 +136,22 @@ def is_true_flag(value: str) -> bool:
 
 
 def _show(text: str, limit: int = 80) -> str:
-    """A key or value quoted for a log line, cut when huge."""
+    """A key or value quoted for a log line, cut when huge; repr() escapes
+    newlines, terminal escapes and every other non-printable character."""
     shown = text if len(text) <= limit else text[:limit] + f"...({len(text)} chars)"
     return repr(shown)
 
 
 show = _show
+
+
+def printable(text: object, limit: int | None = None) -> str:
+    """Container-controlled text for a terminal or a log line, unquoted:
+    every non-printable character (newline, ESC, bidi controls...) escaped as
+    repr() writes it, and cut after `limit` characters when given."""
+    shown = str(text)
+    if limit is not None and len(shown) > limit:
+        shown = shown[:limit] + f"...({len(shown)} chars)"
+    if shown.isprintable():
+        return shown
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in shown)

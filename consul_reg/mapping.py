@@ -6,50 +6,27 @@ differences listed in the README's "moving from registrator" section.
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from consul_reg import labels, workers
-from consul_reg.addresses import UNSPECIFIED_HOST_IPS, choose_address, plain_ip
-from consul_reg.checks import CheckSettings, service_checks
-from consul_reg.labels import KeyValue, ServiceKeys
-from consul_reg.model import MARKER_KEYS, Service, marker_meta
-from consul_reg.tags_template import Template, TemplateError
+from consul_reg.addresses import UNSPECIFIED_HOST_IPS, AddressChoice, choose_address, container_addresses, plain_ip
+from consul_reg.checks import service_checks
+from consul_reg.labels import KeyValue, ServiceKeys, show
+from consul_reg.model import Service, marker_meta
+from consul_reg.settings import CheckSettings, MappingSettings, PublishedPort
+from consul_reg.tags_meta import capped_tags, service_meta, tags_of, template_tags
+from consul_reg.validate import Limits, OwnEndpoints, identifier_problem, normal_host, parse_ip, \
+    squats_host_namespace
+
+__all__ = ["CheckSettings", "ContainerRecords", "MappingSettings", "PublishedPort", "default_service_name",
+           "map_container", "published_ports", "service_meta"]
 
 COMPOSE_SERVICE_LABEL = "com.docker.compose.service"
 
-# Consul's limits on service Meta (agent/structs validateMetaPair).
-META_KEY_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")
-META_MAX_PAIRS = 64
-META_MAX_KEY_LENGTH = 128
-META_MAX_VALUE_LENGTH = 512
-META_RESERVED_PREFIX = "consul-"
-
-
-@dataclass(frozen=True)
-class MappingSettings:
-    """The daemon's flags and facts that shape every container's records."""
-
-    hostname: str
-    default_address: str = "127.0.0.1"
-    default_address_reason: str = "the Consul agent's advertise address"
-    host_ip: str | None = None  # -ip
-    internal: bool = False  # -internal
-    explicit: bool = False  # -explicit
-    use_ip_from_label: str | None = None  # -useIpFromLabel
-    force_tags: tuple[str, ...] = ()  # -tags
-    tags_template: Template | None = None  # -tags in Go-template form, rendered per container
-    checks: CheckSettings = CheckSettings()
-    health_reassert_seconds: float = 30.0  # how often docker-health checks are re-asserted
-
-
-@dataclass(frozen=True)
-class PublishedPort:
-    exposed: str  # "80"
-    protocol: str  # "tcp" / "udp"
-    host_port: str  # "" when not published
-    host_ip: str  # "" when published on every address
+_PORT_NUMBER = re.compile(r"[0-9]{1,5}")
 
 
 @dataclass
@@ -76,82 +53,127 @@ def map_container(
     one shares (`--net=container:<other>`), when there is one.
     """
     container = container if isinstance(container, dict) else {}
+    network_peer = network_peer if isinstance(network_peer, dict) else None
     config = _dict(container.get("Config"))
     container_id = str(container.get("Id") or "")
     container_name = str(container.get("Name") or "").lstrip("/") or container_id[:12]
     records = ContainerRecords(container_id=container_id, container_name=container_name)
-
-    keys = labels.collect(config.get("Env"), _dict(config.get("Labels")), *extra_sources)
-    records.warnings.extend(keys.warnings)
-    if settings.tags_template is not None:
-        try:
-            rendered = labels.split_tags(settings.tags_template.render(container))
-        except TemplateError as error:
-            records.warnings.append(f"-tags template: {error}; no -tags for this container")
-            rendered = []
-        settings = replace(settings, force_tags=tuple(rendered))
-
-    ignore = keys.general.get("ignore")
-    if ignore and labels.is_true_flag(ignore.value):
-        records.skipped_reason = f"{ignore.original_key}={labels.show(ignore.value)} asks to ignore it"
-        return records
-
-    ports = published_ports(container, settings.internal)
-    _warn_unknown_port_keys(keys, ports, records.warnings)
-    if not ports:
-        worker = _portless_service(container, keys, settings, network_peer, records)
-        if worker is not None:
-            records.services.append(worker)
-        else:
-            records.skipped_reason = ("it publishes no port" + (" and exposes none" if settings.internal else "")
-                                      + " and sets no SERVICE_NAME")
-        return records
-
-    is_group = len(ports) > 1
-    default_name = default_service_name(container, container_name)
-    for port in ports:
-        service = _service_for_port(
-            container, keys, port, is_group, default_name, settings, network_peer, records
-        )
-        if service is not None:
-            records.services.append(service)
-    if not records.services and not records.skipped_reason:
-        records.skipped_reason = "every port was ignored or unnamed"
+    _map_into(records, container, config, settings, network_peer, extra_sources)
+    records.warnings = _bounded(records.warnings, settings.limits.warnings_per_container)
     return records
 
 
-def published_ports(container: dict[str, Any], internal: bool) -> list[PublishedPort]:
+def _map_into(records: ContainerRecords, container: dict[str, Any], config: dict[str, Any],
+              settings: MappingSettings, network_peer: dict[str, Any] | None,
+              extra_sources: tuple[tuple[str, list[tuple[str, str]]], ...]) -> None:
+    limits = settings.limits
+    keys = labels.collect(config.get("Env"), _dict(config.get("Labels")), *extra_sources, limits=limits)
+    records.warnings.extend(keys.warnings)
+    if settings.tags_template is not None:
+        settings = replace(settings, force_tags=tuple(template_tags(container, settings, records.warnings)))
+
+    ignore = keys.general.get("ignore")
+    if ignore and labels.is_true_flag(ignore.value):
+        records.skipped_reason = f"{ignore.original_key}={show(ignore.value)} asks to ignore it"
+        return
+
+    ports = published_ports(container, settings.internal, limits, records.warnings)
+    if len(ports) > limits.services_per_container:
+        records.warnings.append(f"it has {len(ports)} ports; only the lowest {limits.services_per_container} "
+                                "become services (--max-services-per-container)")
+        ports = ports[:limits.services_per_container]
+    _warn_unknown_port_keys(keys, ports, records.warnings)
+    context = _Context(container, keys, settings, network_peer, records,
+                       own=own_endpoints(container, network_peer, settings, ports),
+                       general_tags=tags_of(keys.general.get("tags"), limits, records.warnings))
+    if not ports:
+        worker = _portless_service(context)
+        if worker is not None:
+            records.services.append(worker)
+        elif not records.skipped_reason:
+            records.skipped_reason = ("it publishes no port" + (" and exposes none" if settings.internal else "")
+                                      + " and sets no SERVICE_NAME")
+        return
+
+    is_group = len(ports) > 1
+    default_name = default_service_name(container, records.container_name)
+    for port in ports:
+        service = _service_for_port(context, port, is_group, default_name)
+        if service is not None:
+            records.services.append(service)
+    if not records.services and not records.skipped_reason:
+        records.skipped_reason = "every port was ignored, unnamed or refused"
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What every service of one container shares, computed once."""
+
+    container: dict[str, Any]
+    keys: ServiceKeys
+    settings: MappingSettings
+    network_peer: dict[str, Any] | None
+    records: ContainerRecords
+    own: OwnEndpoints
+    general_tags: list[str]
+
+
+def published_ports(container: dict[str, Any], internal: bool, limits: Limits = Limits(),
+                    warnings: list[str] | None = None) -> list[PublishedPort]:
     """The ports that become services, sorted by number and protocol."""
-    config = _dict(container.get("Config"))
-    host_config = _dict(container.get("HostConfig"))
-    network_settings = _dict(container.get("NetworkSettings"))
-    found: dict[str, PublishedPort] = {}
-
-    if host_config.get("NetworkMode") == "host":
+    host_mode = _dict(container.get("HostConfig")).get("NetworkMode") == "host"
+    exposed, bound = _port_entries(container, limits, [] if warnings is None else warnings)
+    found: dict[tuple[str, str], PublishedPort] = {}
+    if host_mode:
         # No port mapping in host mode: exposed ports are reachable as they are.
-        for key in _dict(config.get("ExposedPorts")):
-            parsed = _parse_port_key(key)
-            if parsed:
-                found[key] = PublishedPort(parsed[0], parsed[1], host_port=parsed[0], host_ip="")
-
-    for key, bindings in _dict(network_settings.get("Ports")).items():
-        parsed = _parse_port_key(key)
-        if not parsed:
-            continue
+        for number, protocol in exposed:
+            found[(number, protocol)] = PublishedPort(number, protocol, host_port=number, host_ip="")
+    for (number, protocol), bindings in bound:
         binding = _first_binding(bindings)
         if binding is not None:
-            found[key] = PublishedPort(parsed[0], parsed[1], host_port=binding[0], host_ip=binding[1])
-        elif internal and key not in found:
-            found[key] = PublishedPort(parsed[0], parsed[1], host_port="", host_ip="")
-
+            found[(number, protocol)] = PublishedPort(number, protocol, host_port=binding[0], host_ip=binding[1])
+        elif internal and (number, protocol) not in found:
+            found[(number, protocol)] = PublishedPort(number, protocol, host_port="", host_ip="")
     if internal:
-        for key in _dict(config.get("ExposedPorts")):
-            parsed = _parse_port_key(key)
-            if parsed and key not in found:
-                found[key] = PublishedPort(parsed[0], parsed[1], host_port="", host_ip="")
-
+        for parsed in exposed:
+            found.setdefault(parsed, PublishedPort(parsed[0], parsed[1], host_port="", host_ip=""))
     chosen = [p for p in found.values() if internal or p.host_port]
     return sorted(chosen, key=lambda p: (int(p.exposed), p.protocol))
+
+
+def _port_entries(container: dict[str, Any], limits: Limits, warnings: list[str]
+                  ) -> tuple[list[tuple[str, str]], list[tuple[tuple[str, str], object]]]:
+    """Config.ExposedPorts and NetworkSettings.Ports parsed once, at most
+    limits.port_entries of each looked at (a bound on the work per pass)."""
+    exposed_map = _dict(_dict(container.get("Config")).get("ExposedPorts"))
+    ports_map = _dict(_dict(container.get("NetworkSettings")).get("Ports"))
+    for what, mapping in (("exposed", exposed_map), ("published", ports_map)):
+        if len(mapping) > limits.port_entries:
+            warnings.append(f"it declares {len(mapping)} {what} port entries; only the first "
+                            f"{limits.port_entries} are looked at")
+    exposed = [parsed for key in itertools.islice(exposed_map, limits.port_entries)
+               if (parsed := _parse_port_key(key))]
+    bound = [(parsed, bindings) for key, bindings in itertools.islice(ports_map.items(), limits.port_entries)
+             if (parsed := _parse_port_key(key))]
+    return exposed, bound
+
+
+def own_endpoints(container: dict[str, Any], network_peer: dict[str, Any] | None, settings: MappingSettings,
+                  ports: list[PublishedPort]) -> OwnEndpoints:
+    """What this container's checks may probe without an operator's rule:
+    its own IPs with its container-side ports, and the host addresses the
+    daemon itself would register (-ip, the agent's address, a specific
+    published address) with the ports published there."""
+    exposed, bound = _port_entries(container, settings.limits, [])
+    container_ports = {int(number) for number, _ in exposed} | {int(number) for (number, _), _ in bound}
+    host_ports = {int(p.host_port) for p in ports if _PORT_NUMBER.fullmatch(p.host_port)}
+    host_addresses = {normal_host(a) for a in (settings.host_ip, settings.default_address) if a}
+    host_addresses |= {normal_host(p.host_ip) for p in ports if p.host_ip not in UNSPECIFIED_HOST_IPS}
+    if _dict(container.get("HostConfig")).get("NetworkMode") == "host":
+        host_ports |= container_ports
+    return OwnEndpoints(container_addresses=container_addresses(container, network_peer),
+                        container_ports=frozenset(container_ports), host_addresses=frozenset(host_addresses),
+                        host_ports=frozenset(host_ports))
 
 
 def default_service_name(container: dict[str, Any], container_name: str) -> str:
@@ -165,16 +187,8 @@ def default_service_name(container: dict[str, Any], container_name: str) -> str:
     return base.split(":", 1)[0] or container_name
 
 
-def _service_for_port(
-    container: dict[str, Any],
-    keys: ServiceKeys,
-    port: PublishedPort,
-    is_group: bool,
-    default_name: str,
-    settings: MappingSettings,
-    network_peer: dict[str, Any] | None,
-    records: ContainerRecords,
-) -> Service | None:
+def _service_for_port(context: _Context, port: PublishedPort, is_group: bool, default_name: str) -> Service | None:
+    keys, settings, records = context.keys, context.settings, context.records
     port_keys = keys.by_port.get(port.exposed, {})
     merged = keys.for_port(port.exposed)
     where = f"port {port.exposed}/{port.protocol}"
@@ -183,51 +197,55 @@ def _service_for_port(
     if ignore and labels.is_true_flag(ignore.value):
         return None
 
-    name = _non_empty(port_keys.get("name"), records.warnings)
-    if name is None:
-        general_name = _non_empty(keys.general.get("name"), records.warnings)
-        if general_name is None and settings.explicit:
+    name_entry = _non_empty(port_keys.get("name"), records.warnings)
+    if name_entry is not None:
+        name = name_entry.value.strip()
+    else:
+        name_entry = _non_empty(keys.general.get("name"), records.warnings)
+        if name_entry is None and settings.explicit:
             return None
-        name = (general_name or default_name) + (f"-{port.exposed}" if is_group else "")
+        name = (name_entry.value.strip() if name_entry else default_name) + (f"-{port.exposed}" if is_group else "")
 
-    service_id = _non_empty(port_keys.get("id"), records.warnings)
-    if service_id is None:
-        general_id = _non_empty(keys.general.get("id"), records.warnings)
-        if general_id is not None:
-            service_id = general_id + (f"-{port.exposed}" if is_group else "")
+    id_entry = _non_empty(port_keys.get("id"), records.warnings)
+    if id_entry is not None:
+        service_id = id_entry.value.strip()
+    else:
+        id_entry = _non_empty(keys.general.get("id"), records.warnings)
+        if id_entry is not None:
+            service_id = id_entry.value.strip() + (f"-{port.exposed}" if is_group else "")
         else:
             service_id = f"{settings.hostname}:{records.container_name}:{port.exposed}"
             if port.protocol == "udp":
                 service_id += ":udp"
+    if not _identifiers_ok(service_id, id_entry, name, name_entry, settings.hostname, records.warnings):
+        return None
 
-    tags: list[str] = []
-    for scope in (keys.general, port_keys):
-        if "tags" in scope:
-            tags.extend(labels.split_tags(scope["tags"].value))
-    tags.extend(settings.force_tags)
-    if port.protocol == "udp":
-        tags.append("udp")
+    tags = list(context.general_tags)
+    tags.extend(tags_of(port_keys.get("tags"), settings.limits, records.warnings))
+    tags = capped_tags(tags, service_id, settings, records.warnings) + ["udp"] * (port.protocol == "udp")
 
-    address, reason = choose_address(container, merged, port, settings, network_peer, records.warnings)
+    choice = choose_address(context.container, merged, port, settings, context.network_peer, records.warnings)
+    if not choice.address:
+        return None
     if settings.internal:
         port_number = int(port.exposed)
     else:
         port_number = _int_or_none(port.host_port)
         if port_number is None:
-            records.warnings.append(f"{where}: host port {labels.show(port.host_port)} is not a number, skipped")
+            records.warnings.append(f"{where}: host port {show(port.host_port)} is not a number, skipped")
             return None
 
-    meta = service_meta(merged, records.warnings)
+    meta = service_meta(merged, records.warnings, settings.limits)
     meta.update(marker_meta(settings.hostname, records.container_id))
-    checks = service_checks(merged, service_id, name, address, port_number, records.container_id,
-                            settings.checks, records.warnings)
-    if workers.has_healthcheck(container):
+    checks = service_checks(merged, service_id, name, choice.address, port_number, records.container_id,
+                            settings.checks, records.warnings, _own_for(context.own, choice))
+    if workers.has_healthcheck(context.container):
         checks += (workers.docker_health_check(service_id, name, records.container_id,
                                                settings.health_reassert_seconds),)
     return Service(
         id=service_id,
         name=name,
-        address=address,
+        address=choice.address,
         port=port_number,
         tags=tuple(labels.unique(tags)),
         meta=tuple(sorted(meta.items())),
@@ -235,76 +253,79 @@ def _service_for_port(
         container_id=records.container_id,
         container_name=records.container_name,
         exposed_port=f"{port.exposed}/{port.protocol}",
-        address_reason=reason,
+        address_reason=choice.reason,
     )
 
 
-def _portless_service(
-    container: dict[str, Any],
-    keys: ServiceKeys,
-    settings: MappingSettings,
-    network_peer: dict[str, Any] | None,
-    records: ContainerRecords,
-) -> Service | None:
+def _portless_service(context: _Context) -> Service | None:
     """A worker that listens on no port but names itself: registered without a
     port, with a heartbeat the daemon owns."""
-    name = _non_empty(keys.general.get("name"), records.warnings)
-    if name is None:
+    keys, settings, records = context.keys, context.settings, context.records
+    name_entry = _non_empty(keys.general.get("name"), records.warnings)
+    if name_entry is None:
         return None
-    service_id = _non_empty(keys.general.get("id"), records.warnings) or \
-        f"{settings.hostname}:{records.container_name}"
+    name = name_entry.value.strip()
+    id_entry = _non_empty(keys.general.get("id"), records.warnings)
+    service_id = id_entry.value.strip() if id_entry else f"{settings.hostname}:{records.container_name}"
+    if not _identifiers_ok(service_id, id_entry, name, name_entry, settings.hostname, records.warnings):
+        return None
     no_port = PublishedPort(exposed="", protocol="", host_port="", host_ip="")
-    address, reason = choose_address(container, keys.general, no_port, settings, network_peer, records.warnings)
-    tags = labels.split_tags(keys.general["tags"].value) if "tags" in keys.general else []
-    meta = service_meta(keys.general, records.warnings)
+    choice = choose_address(context.container, keys.general, no_port, settings, context.network_peer,
+                            records.warnings)
+    if not choice.address:
+        return None
+    tags = capped_tags(list(context.general_tags), service_id, settings, records.warnings)
+    meta = service_meta(keys.general, records.warnings, settings.limits)
     meta.update(marker_meta(settings.hostname, records.container_id))
-    checks = service_checks(keys.general, service_id, name, address, None, records.container_id,
-                            settings.checks, records.warnings)
+    checks = service_checks(keys.general, service_id, name, choice.address, None, records.container_id,
+                            settings.checks, records.warnings, _own_for(context.own, choice))
     checks += (workers.heartbeat_check(keys.general, service_id, name, records.container_id, records.warnings),)
     return Service(
         id=service_id,
         name=name,
-        address=address,
+        address=choice.address,
         port=None,
-        tags=tuple(labels.unique([*tags, *settings.force_tags])),
+        tags=tuple(labels.unique(tags)),
         meta=tuple(sorted(meta.items())),
         checks=checks,
         container_id=records.container_id,
         container_name=records.container_name,
-        address_reason=reason,
+        address_reason=choice.reason,
     )
 
 
-def service_meta(keys: dict[str, KeyValue], warnings: list[str]) -> dict[str, str]:
-    """Every key that does not configure the daemon, as Consul-valid Meta."""
-    meta: dict[str, str] = {}
-    for key in sorted(keys):
-        entry = keys[key]
-        if labels.is_daemon_key(key):
-            continue
-        where = f"key {labels.show(entry.original_key)}"
-        if key in MARKER_KEYS or key.startswith(META_RESERVED_PREFIX):
-            warnings.append(f"{where}: Meta key {labels.show(key)} is reserved, dropped")
-            continue
-        fixed = re.sub(r"[^A-Za-z0-9_-]", "_", key)
-        if fixed != key:
-            warnings.append(f"{where}: Meta keys may only hold A-Z a-z 0-9 _ -, registered as {labels.show(fixed)}")
-        if len(fixed) > META_MAX_KEY_LENGTH:
-            warnings.append(f"{where}: Meta key longer than {META_MAX_KEY_LENGTH} characters, dropped")
-            continue
-        if len(entry.value) > META_MAX_VALUE_LENGTH:
-            warnings.append(f"{where}: value longer than {META_MAX_VALUE_LENGTH} characters "
-                            f"({len(entry.value)}), dropped")
-            continue
-        if fixed in meta:
-            warnings.append(f"{where}: Meta key {labels.show(fixed)} already set by another key, dropped")
-            continue
-        if len(meta) >= META_MAX_PAIRS - len(MARKER_KEYS):
-            warnings.append(f"{where}: Consul allows {META_MAX_PAIRS} Meta pairs and consul-reg needs "
-                            f"{len(MARKER_KEYS)}, dropped")
-            continue
-        meta[fixed] = entry.value
-    return meta
+def _identifiers_ok(service_id: str, id_entry: KeyValue | None, name: str, name_entry: KeyValue | None,
+                    hostname: str, warnings: list[str]) -> bool:
+    """Validate one service's ID and name; a refusal is one warning naming the key."""
+    for value, entry, what in ((service_id, id_entry, "service ID"), (name, name_entry, "service name")):
+        problem = identifier_problem(value, what)
+        if problem is None and what == "service ID" and entry is not None and \
+                squats_host_namespace(value, hostname):
+            problem = (f"IDs starting with {show(hostname + ':')} are this host's default IDs "
+                       "(<hostname>:<container>:<port>) and a container may not choose one")
+        if problem:
+            origin = f"key {show(entry.original_key)}={show(entry.value)}" if entry else f"default {what} {show(value)}"
+            warnings.append(f"{origin}: {problem}; this service is skipped")
+            return False
+    return True
+
+
+def _own_for(own: OwnEndpoints, choice: AddressChoice) -> OwnEndpoints:
+    """The service's address counts as the container's own only when the daemon
+    chose it (or it is one of the container's IPs): never a SERVICE_IP the
+    container wrote pointing elsewhere."""
+    chosen = normal_host(choice.address)
+    if choice.declared or chosen in own.container_addresses:
+        return own
+    return replace(own, host_addresses=own.host_addresses | {chosen})
+
+
+def _bounded(warnings: list[str], limit: int) -> list[str]:
+    """Each warning once, at most `limit` of them (a summary line for the rest)."""
+    unique = labels.unique(warnings)
+    if len(unique) <= limit:
+        return unique
+    return unique[:limit] + [f"{len(unique) - limit} more warnings not shown"]
 
 
 def _warn_unknown_port_keys(keys: ServiceKeys, ports: list[PublishedPort], warnings: list[str]) -> None:
@@ -312,46 +333,51 @@ def _warn_unknown_port_keys(keys: ServiceKeys, ports: list[PublishedPort], warni
     for port, scoped in sorted(keys.by_port.items()):
         if port not in known:
             for entry in scoped.values():
-                warnings.append(f"key {labels.show(entry.original_key)}: port {port} is not "
+                warnings.append(f"key {show(entry.original_key)}: port {port} is not "
                                 "published by this container, ignored")
 
 
-def _non_empty(entry: KeyValue | None, warnings: list[str]) -> str | None:
+def _non_empty(entry: KeyValue | None, warnings: list[str]) -> KeyValue | None:
     if entry is None:
         return None
     if not entry.value.strip():
-        warnings.append(f"key {labels.show(entry.original_key)} is empty, ignored")
+        warnings.append(f"key {show(entry.original_key)} is empty, ignored")
         return None
-    return entry.value.strip()
+    return entry
 
 
 def _first_binding(bindings: object) -> tuple[str, str] | None:
     """(host port, host IP) of a published port; 0.0.0.0 and :: count as one."""
     if not isinstance(bindings, list):
         return None
-    usable = [b for b in bindings if isinstance(b, dict) and b.get("HostPort")]
+    usable = [b for b in bindings if isinstance(b, dict) and isinstance(b.get("HostPort"), (str, int))
+              and b.get("HostPort") not in ("", 0)]
     if not usable:
         return None
     host_port = str(usable[0]["HostPort"])
     ips = {str(b.get("HostIp") or "") for b in usable if str(b["HostPort"]) == host_port}
-    specific = sorted(ip for ip in ips if ip not in UNSPECIFIED_HOST_IPS)
+    specific = sorted(ip for ip in ips if ip not in UNSPECIFIED_HOST_IPS and parse_ip(ip) is not None)
+    ips = {ip for ip in ips if ip in UNSPECIFIED_HOST_IPS or parse_ip(ip) is not None}
     if len(specific) == 1 and len(ips) == 1:
         return host_port, plain_ip(specific[0])
     return host_port, ""
 
 
 def _parse_port_key(key: object) -> tuple[str, str] | None:
-    """"80/tcp" -> ("80", "tcp"); None for anything else."""
+    """"80/tcp" -> ("80", "tcp"); None for anything else (ASCII digits only)."""
     if not isinstance(key, str):
         return None
     number, _, protocol = key.partition("/")
-    if not number.isdigit() or not 0 < int(number) < 65536:
+    if not _PORT_NUMBER.fullmatch(number) or not 0 < int(number) < 65536:
         return None
-    return str(int(number)), (protocol or "tcp").lower()
+    protocol = (protocol or "tcp").lower()
+    if protocol not in ("tcp", "udp", "sctp"):
+        return None
+    return str(int(number)), protocol
 
 
 def _int_or_none(text: str) -> int | None:
-    return int(text) if text.isdigit() and 0 < int(text) < 65536 else None
+    return int(text) if _PORT_NUMBER.fullmatch(text) and 0 < int(text) < 65536 else None
 
 
 def _dict(value: object) -> dict[str, Any]:

@@ -9,6 +9,12 @@ are Go's `index` and registrator's `strSlice`, `sIndex`, `mIndex`, `toUpper`,
 `toLower`, `replace`, `join`, `split`, `splitIndex`, `matchFirstElement`,
 `matchAllElements`. `httpGet` and `jsonParse` are left out on purpose: a
 network call inside a registration is a latency and security hazard.
+
+Regular expressions are RE2 (google-re2), the syntax and semantics of Go's
+regexp that registrator used, matched in linear time: container data can
+never make a match backtrack. They are compiled when the template is
+parsed, only from string literals written in it: a pattern taken from a
+field or a pipeline is a parse error.
 """
 
 from __future__ import annotations
@@ -16,9 +22,19 @@ from __future__ import annotations
 import re
 from typing import Any, Callable
 
+import re2
+
 LEFT_OUT = {"httpGet", "jsonParse"}
+REGEX_FUNCTIONS = {"matchFirstElement", "matchAllElements"}
+# A value a template function builds may be at most this long (a guard
+# against a template that multiplies container data, e.g. nested replaces).
+MAX_VALUE_LENGTH = 1 << 20
 _TOKEN = re.compile(r'\s*(?:(?P<field>\.[A-Za-z0-9_.]*)|(?P<string>"(?:[^"\\]|\\.)*")|(?P<raw>`[^`]*`)'
-                    r'|(?P<number>-?\d+)|(?P<ident>[A-Za-z_][A-Za-z0-9_]*)|(?P<punct>[|()]))')
+                    r'|(?P<number>-?[0-9]{1,9})|(?P<ident>[A-Za-z_][A-Za-z0-9_]*)|(?P<punct>[|()]))')
+_SIMPLE_ESCAPES = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v",
+                   "\\": "\\", "'": "'", '"': '"'}
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False  # RE2 would print parse errors to stderr; ours is the message
 
 
 class TemplateError(ValueError):
@@ -44,11 +60,49 @@ def _pick(items: list[Any], index: int, what: str) -> Any:
     return items[index]
 
 
-def _regex(pattern: str) -> re.Pattern[str]:
+def _regex(pattern: str) -> Any:
     try:
-        return re.compile(pattern)
-    except re.error as error:
-        raise TemplateError(f"bad regular expression {pattern!r}: {error}") from None
+        return re2.compile(pattern, _RE2_OPTIONS)
+    except re2.error as error:
+        reason = error.args[0].decode(errors="replace") if error.args and isinstance(error.args[0], bytes) \
+            else str(error)
+        raise TemplateError(f"bad regular expression {pattern!r}: {reason}") from None
+
+
+def _go_unquote(body: str) -> str:
+    """The text of a Go interpreted string literal (between the quotes):
+    unicode as written, escapes \\n \\t \\" \\\\ \\x41 \\101 \\u00e9 \\U0001F600."""
+    out = bytearray()
+    i = 0
+    while i < len(body):
+        char = body[i]
+        if char != "\\":
+            out += char.encode("utf-8", "surrogatepass")
+            i += 1
+            continue
+        kind = body[i + 1] if i + 1 < len(body) else ""
+        if kind in _SIMPLE_ESCAPES:
+            out += _SIMPLE_ESCAPES[kind].encode()
+            i += 2
+        elif kind in ("x", "u", "U") or kind in "01234567" and kind:
+            width, base = {"x": (2, 16), "u": (4, 16), "U": (8, 16)}.get(kind, (3, 8))
+            start = i + 2 if kind in ("x", "u", "U") else i + 1
+            digits = body[start:start + width]
+            if len(digits) != width or not re.fullmatch(r"[0-9A-Fa-f]+" if base == 16 else "[0-7]+", digits):
+                raise TemplateError(f"bad escape \\{kind} in string literal {body!r}")
+            value = int(digits, base)
+            if kind in ("u", "U"):
+                if value > 0x10FFFF or 0xD800 <= value <= 0xDFFF:
+                    raise TemplateError(f"escape \\{kind}{digits} is not a valid code point")
+                out += chr(value).encode("utf-8")
+            elif value > 255:
+                raise TemplateError(f"octal escape \\{digits} is above 255")
+            else:
+                out.append(value)  # \x and octal escapes are bytes, as in Go
+            i = start + width
+        else:
+            raise TemplateError(f"unknown escape sequence \\{kind} in string literal {body!r}")
+    return out.decode("utf-8", errors="replace")
 
 
 FUNCTIONS: dict[str, Callable[..., Any]] = {
@@ -61,9 +115,9 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
     "join": lambda sep, items: str(sep).join(_go_string(v) for v in (items or [])),
     "split": lambda sep, s: _go_string(s).split(sep),
     "splitIndex": lambda i, sep, s: _pick(_go_string(s).split(sep), int(i), "splitIndex"),
-    "matchFirstElement": lambda pattern, items: next(
-        (v for v in (items or []) if _regex(pattern).search(_go_string(v))), None),
-    "matchAllElements": lambda pattern, items: [v for v in (items or []) if _regex(pattern).search(_go_string(v))],
+    "matchFirstElement": lambda regex, items: next(
+        (v for v in (items or []) if regex.search(_go_string(v))), None),
+    "matchAllElements": lambda regex, items: [v for v in (items or []) if regex.search(_go_string(v))],
 }
 
 
@@ -143,7 +197,7 @@ class Template:
                     raise TemplateError(f"unknown function {value!r}")
                 commands[-1].append(("function", value))
             elif kind == "string":
-                commands[-1].append(("value", bytes(value[1:-1], "utf-8").decode("unicode_escape")))
+                commands[-1].append(("value", _go_unquote(value[1:-1])))
             elif kind == "raw":
                 commands[-1].append(("value", value[1:-1]))
             elif kind == "number":
@@ -152,6 +206,14 @@ class Template:
                 commands[-1].append(("field", value))
         if any(not command for command in commands):
             raise TemplateError(f"empty command in {{{{ {action} }}}}")
+        for command in commands:
+            head_kind, head = command[0]
+            if head_kind == "function" and head in REGEX_FUNCTIONS:
+                pattern = command[1] if len(command) > 1 else None
+                if pattern is None or pattern[0] != "value" or not isinstance(pattern[1], str):
+                    raise TemplateError(f"{head} takes its regular expression as a string literal "
+                                        f"written in the template, in {{{{ {action} }}}}")
+                command[1] = ("value", _regex(pattern[1]))
         return commands, tokens
 
     def render(self, container: dict[str, Any]) -> str:
@@ -173,8 +235,10 @@ class Template:
                     piped = FUNCTIONS[head](*args)
                 except TemplateError:
                     raise
-                except (TypeError, ValueError, AttributeError) as error:
+                except (TypeError, ValueError, AttributeError, IndexError, KeyError, OverflowError) as error:
                     raise TemplateError(f"{head}: {error}") from None
+                if isinstance(piped, (str, list)) and len(piped) > MAX_VALUE_LENGTH:
+                    raise TemplateError(f"{head}: a value of more than {MAX_VALUE_LENGTH} characters or items")
             elif args:
                 raise TemplateError("only a function takes arguments")
             else:

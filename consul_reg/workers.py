@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from consul_reg.checks import parse_duration
+from consul_reg.checks import go_duration, parse_duration
 from consul_reg.labels import KeyValue, show
 from consul_reg.model import Check, DaemonProbe
 
@@ -31,14 +31,14 @@ def heartbeat_check(keys: dict[str, KeyValue], service_id: str, service_name: st
     ttl = _seconds(keys.get("heartbeat_ttl"), DEFAULT_HEARTBEAT_TTL, warnings)
     interval = _seconds(keys.get("heartbeat_interval"), ttl / 3, warnings)
     if interval >= ttl:
-        warnings.append(f"SERVICE_HEARTBEAT_INTERVAL ({interval:g}s) must be shorter than the TTL ({ttl:g}s); "
-                        f"using {ttl / 3:g}s")
+        warnings.append(f"SERVICE_HEARTBEAT_INTERVAL ({go_duration(interval)}) must be shorter than the TTL "
+                        f"({go_duration(ttl)}); using {go_duration(ttl / 3)}")
         interval = ttl / 3
     return Check(
         check_id=f"service:{service_id}:heartbeat",
         name=f"Service '{service_name}' heartbeat from consul-reg",
         definition=(("Notes", "passing while the container runs (or mirrors its Docker health); "
-                              "critical when consul-reg stops vouching"), ("TTL", f"{ttl:g}s")),
+                              "critical when consul-reg stops vouching"), ("TTL", go_duration(ttl))),
         daemon_probe=DaemonProbe(kind="heartbeat", interval=interval, container_id=container_id),
     )
 
@@ -59,6 +59,6 @@ def _seconds(entry: KeyValue | None, default: float, warnings: list[str]) -> flo
     seconds = parse_duration(entry.value)
     if seconds is None or seconds < 1:
         warnings.append(f"key {show(entry.original_key)}={show(entry.value)}: not a duration of at least 1s "
-                        f"(like 30s); using {default:g}s")
+                        f"(like 30s); using {go_duration(default)}")
         return default
     return seconds

@@ -36,7 +36,7 @@ def https_server(tmp_path):
 
 def test_https_check(https_server, start_daemon, run_container, consul_api, hostname):
     port, server = https_server
-    start_daemon("-internal")
+    start_daemon("-internal", "--allow-check-target", f"127.0.0.1/32:{port}")  # a host server, allowed
     container = run_container(ports={"80/tcp": None}, labels={
         "SERVICE_CHECK_HTTPS": "/", "SERVICE_CHECK_TLS_SKIP_VERIFY": "true", "SERVICE_CHECK_INTERVAL": "1s",
         "SERVICE_CHECK_ADDRESS": "127.0.0.1", "SERVICE_CHECK_PORT": str(port)})
@@ -48,7 +48,7 @@ def test_https_check(https_server, start_daemon, run_container, consul_api, host
 
 def test_https_check_verifies_by_default(https_server, start_daemon, run_container, consul_api, hostname):
     port, _ = https_server
-    start_daemon("-internal")
+    start_daemon("-internal", "--allow-check-target", f"127.0.0.1/32:{port}")  # a host server, allowed
     container = run_container(ports={"80/tcp": None}, labels={
         "SERVICE_CHECK_HTTPS": "/", "SERVICE_CHECK_INTERVAL": "1s",
         "SERVICE_CHECK_ADDRESS": "127.0.0.1", "SERVICE_CHECK_PORT": str(port)})
@@ -67,7 +67,7 @@ def test_grpc_check(start_daemon, run_container, consul_api, hostname):
     servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     server.start()
     try:
-        start_daemon("-internal")
+        start_daemon("-internal", "--allow-check-target", f"127.0.0.1/32:{port}")  # a host server, allowed
         container = run_container(ports={"80/tcp": None}, labels={
             "SERVICE_CHECK_GRPC": "true", "SERVICE_CHECK_INTERVAL": "1s",
             "SERVICE_CHECK_ADDRESS": "127.0.0.1", "SERVICE_CHECK_PORT": str(port)})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from consul_reg.checks import CheckSettings, parse_duration, parse_version, service_checks
 from consul_reg.labels import KeyValue
+from consul_reg.validate import CheckPolicy, parse_allow_rule
 
 
 def keys(**values: str) -> dict[str, KeyValue]:
@@ -100,11 +101,23 @@ def test_fields_newer_than_the_agent_are_left_out():
 def test_network_check_needs_a_port_and_honours_address_override():
     checks, warnings = build(port=None, check_tcp="true")
     assert checks == {} and "no port" in warnings[0]
-    checks, _ = build(port=None, check_tcp="true", check_address="::1", check_port="9000")
+    # Behaviour changed on purpose: an address that is not the container's needs the operator's rule.
+    allowed = CheckSettings(policy=CheckPolicy(allow=(parse_allow_rule("[::1]:9000"),)))
+    checks, _ = build(allowed, port=None, check_tcp="true", check_address="::1", check_port="9000")
     assert checks["service:h:web:80:tcp"]["TCP"] == "[::1]:9000"
+    checks, warnings = build(port=None, check_tcp="true", check_address="::1", check_port="9000")
+    assert checks == {} and "not this container's address" in warnings[0]
 
 
 def test_grpc_service_name_and_tls():
     checks, _ = build(check_grpc="my.Health", check_grpc_use_tls="true", check_tls_skip_verify="1")
     assert checks["service:h:web:80:grpc"]["GRPC"] == "10.0.0.2:8080/my.Health"
     assert checks["service:h:web:80:grpc"]["GRPCUseTLS"] is True
+
+
+def test_http_checks_do_not_follow_redirects_where_the_agent_can():
+    newer, warnings = build(CheckSettings(agent_version=(1, 12)), check_http="/", check_https="/")
+    assert newer["service:h:web:80:http"]["DisableRedirects"] is True
+    assert newer["service:h:web:80:https"]["DisableRedirects"] is True and warnings == []
+    older, warnings = build(CheckSettings(agent_version=(1, 11)), check_http="/")
+    assert "DisableRedirects" not in older["service:h:web:80:http"] and warnings == []

@@ -1,3 +1,5 @@
+import pytest
+
 from consul_reg.envfile import parse
 
 
@@ -11,3 +13,35 @@ def test_malformed_lines_are_reported():
     parsed = parse("SERVICE_OK=1\nno equals sign\n=value\n")
     assert parsed.pairs == (("SERVICE_OK", "1"),)
     assert len(parsed.problems) == 2 and parsed.problems[0].startswith("line 2")
+
+
+from consul_reg.envfile import env_file_path, path_problem  # noqa: E402
+
+
+def holder(labels=None, env=None):
+    return {"Config": {"Labels": labels or {}, "Env": env or []}}
+
+
+def test_container_path_wins_unless_refused():
+    assert env_file_path(holder({"SERVICE_ENV_FILE": " /run/a.env "}), "/etc/b.env").path == "/run/a.env"
+    assert env_file_path(holder(env=["SERVICE_ENV_FILE=/run/e.env"]), None).path == "/run/e.env"
+    labelled = holder({"SERVICE_env_file": "/l", "service_env_file": "/x"}, ["SERVICE_ENV_FILE=/e"])
+    assert env_file_path(labelled, None).path == "/l"
+    assert env_file_path(holder(), "/etc/b.env").path == "/etc/b.env"
+    assert env_file_path(holder(), None).path == ""
+    refused = env_file_path(holder({"SERVICE_ENV_FILE": "/run/a.env"}), "/etc/b.env", allow_container_path=False)
+    assert refused.path == "/etc/b.env" and "--no-container-env-file" in refused.problem
+    assert "'SERVICE_ENV_FILE'" in refused.problem and "using -envFile /etc/b.env" in refused.problem
+
+
+@pytest.mark.parametrize("path,reason", [("relative/x", "absolute"), ("/a\x00b", "control"), ("/a\nb", "control"),
+                                         ("/" + "a" * 1024, "at most 1024")])
+def test_bad_container_paths_fall_back_with_a_warning(path, reason):
+    chosen = env_file_path(holder({"SERVICE_ENV_FILE": path}), None)
+    assert chosen.path == "" and reason in chosen.problem and "no env file for this container" in chosen.problem
+    assert path_problem(path) is not None
+
+
+def test_garbage_container_dicts():
+    for garbage in ({}, {"Config": None}, {"Config": {"Labels": [], "Env": "x"}}, {"Config": {"Env": [1, None]}}):
+        assert env_file_path(garbage, "/x").path == "/x"

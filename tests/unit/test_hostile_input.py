@@ -3,18 +3,26 @@ never raise, whatever a container declares; bad keys cost warnings only."""
 
 from __future__ import annotations
 
+import ipaddress
+import re
+import urllib.parse
+
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from consul_reg.checks import CheckSettings, service_checks
-from consul_reg.labels import KeyValue, collect, split_tags
+from consul_reg.labels import KeyValue, collect, printable, split_tags
 from consul_reg.mapping import MappingSettings, map_container
 from consul_reg.registries.consul import registration_payload
+from consul_reg.tags_template import Template, TemplateError
+from consul_reg.validate import CheckPolicy, parse_allow_rule
 
 SUFFIXES = ["NAME", "ID", "TAGS", "IGNORE", "IP", "NETWORK", "CHECK_HTTP", "CHECK_TCP", "CHECK_INTERVAL",
             "CHECK_TIMEOUT", "CHECK_TTL", "CHECK_SCRIPT", "CHECK_DOCKER", "CHECK_GRPC", "CHECK_HTTP_HEADER_X",
             "CHECK_INITIAL_STATUS", "CHECK_DEREGISTER_AFTER", "CHECK_PORT", "CHECK_ADDRESS", "HEARTBEAT_TTL",
-            "HEARTBEAT_INTERVAL", "CHECK_HTTP_METHOD", "CHECK_FAILURES_BEFORE_CRITICAL", "REGION", "X"]
+            "HEARTBEAT_INTERVAL", "CHECK_HTTP_METHOD", "CHECK_FAILURES_BEFORE_CRITICAL", "REGION", "X",
+            "CHECK_HTTPS", "CHECK_UDP", "CHECK_H2PING", "CHECK_TLS_SERVER_NAME", "CHECK_HTTPS_METHOD",
+            "CHECK_SUCCESS_BEFORE_PASSING", "CHECK_DOCKER_INTERVAL", "CHECK_DOCKER_TIMEOUT", "ENV_FILE"]
 service_keys = st.one_of(
     st.builds(lambda s: "SERVICE_" + s, st.sampled_from(SUFFIXES)),
     st.builds(lambda p, s: f"SERVICE_{p}_{s}", st.sampled_from(["80", "443", "0", "99999", "8o", ""]),
@@ -22,8 +30,13 @@ service_keys = st.one_of(
     st.builds(lambda s: "SERVICE_" + s, st.text(max_size=40)),
     st.text(max_size=40),
 )
-values = st.one_of(st.text(max_size=200), st.sampled_from(["", " ", "true", "0", "10s", "banana", "1m30s",
-                                                           "-1", "/health", "a\\,b,c", "\x00", "é" * 600]))
+HOSTILE_VALUES = ["", " ", "true", "0", "10s", "banana", "1m30s", "-1", "/health", "a\\,b,c", "\x00", "é" * 600,
+                  "../../leave", "../../maintenance", "x/../payments", "..", ".", "vault/core/master", "h:x:80",
+                  "web\nforged", "\x1b[2J", "²", "٨٠", "9" * 5000, "8500", "169.254.169.254",
+                  "::ffff:169.254.169.254",
+                  "127.0.0.1", "0.0.0.0", "localhost", "2852039166", "fe80::1", "a@169.254.169.254", "PUT", "1ms",
+                  "1ns", "99999999999h", "10.0.0.5", "172.17.0.2", "32768", "80", "a\r\nHost: x", "DELETE"]
+values = st.one_of(st.text(max_size=200), st.sampled_from(HOSTILE_VALUES))
 label_maps = st.dictionaries(service_keys, values, max_size=40)
 env_lists = st.lists(st.one_of(st.builds(lambda k, v: f"{k}={v}", service_keys, values), st.text(max_size=30)),
                      max_size=40)
@@ -36,24 +49,73 @@ def container(env, labels, ports) -> dict:
             "NetworkSettings": {"Ports": ports, "Networks": {"bridge": {"IPAddress": "172.17.0.2"}}}}
 
 
-port_maps = st.dictionaries(st.sampled_from(["80/tcp", "443/tcp", "53/udp", "x", "0/tcp", "70000/tcp"]),
+port_maps = st.dictionaries(st.sampled_from(["80/tcp", "443/tcp", "53/udp", "x", "0/tcp", "70000/tcp", "²/tcp",
+                                             "8500/tcp", "80/sctp", "80/weird"]),
                             st.one_of(st.none(), st.just([{"HostIp": "0.0.0.0", "HostPort": "8080"}]),
-                                      st.just([{"HostIp": "", "HostPort": "abc"}]), st.just("junk")), max_size=4)
+                                      st.just([{"HostIp": "127.0.0.1", "HostPort": "32768"}]),
+                                      st.just([{"HostIp": "", "HostPort": "abc"}]), st.just("junk"),
+                                      st.just([{"HostIp": "", "HostPort": "²"}]),
+                                      st.just([{"HostIp": "0.0.0.0", "HostPort": "8500"}])), max_size=4)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(env=env_lists, labels=label_maps, ports=port_maps, internal=st.booleans(), scripts=st.booleans())
-def test_mapping_never_raises_and_payloads_are_valid(env, labels, ports, internal, scripts):
-    map_settings = MappingSettings(hostname="h", internal=internal,
-                                   checks=CheckSettings(agent_runs_scripts=scripts))
-    records = map_container(container(env, labels, ports), map_settings)
+IDENTIFIER = re.compile(r"[A-Za-z0-9_.:@-]{1,128}")
+CONTAINER_IP = "172.17.0.2"
+AGENT_PORT = 8500
+
+
+def check_targets(check) -> list[tuple[str, int]]:
+    """host:port of a network check, read back from its definition (an oracle independent of validate.py)."""
+    definition = check.definition_dict
+    targets = []
+    if "HTTP" in definition:
+        parts = urllib.parse.urlsplit(str(definition["HTTP"]))
+        assert parts.scheme in ("http", "https") and not parts.username and not parts.password
+        targets.append((parts.hostname or "", parts.port or 0))
+    for field in ("TCP", "UDP", "GRPC", "H2PING"):
+        if field in definition:
+            host_port = str(definition[field]).split("/", 1)[0]
+            host, _, port = host_port.rpartition(":")
+            targets.append((host.strip("[]"), int(port)))
+    return targets
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(env=env_lists, labels=label_maps, ports=port_maps, internal=st.booleans(), scripts=st.booleans(),
+       host_ip=st.sampled_from([None, "10.0.0.5", "127.0.0.1"]), exec_checks=st.sampled_from(["agent", "daemon"]))
+def test_mapping_never_raises_and_payloads_are_valid(env, labels, ports, internal, scripts, host_ip, exec_checks):
+    map_settings = MappingSettings(hostname="h", internal=internal, host_ip=host_ip, default_address="10.0.0.9",
+                                   checks=CheckSettings(agent_runs_scripts=scripts, exec_checks=exec_checks))
+    hostile = container(env, labels, ports)
+    records = map_container(hostile, map_settings)
+    trusted_hosts = {host_ip or "10.0.0.9", "127.0.0.1" if "32768" in str(ports) else None}
+    host_ports = {8080, 32768}
     for service in records.services:
         payload = registration_payload(service)
         assert len(payload["Meta"]) <= 64
         assert all(len(k) <= 128 and len(v) <= 512 for k, v in payload["Meta"].items())
         assert all(not k.startswith("consul-") for k in payload["Meta"])
-        assert payload["Name"] and payload["ID"]
-    assert all(isinstance(w, str) for w in records.warnings)
+        # Identifiers: only the documented set; custom IDs never in this host's namespace.
+        for value in (payload["ID"], payload["Name"]):
+            assert IDENTIFIER.fullmatch(value) and value not in (".", "..")
+        assert len(service.tags) <= 128 + 1 and all(len(t) <= 1024 for t in service.tags)
+        # Check targets: the container's own IP with a container-side port, or the daemon's own
+        # host address with a port this container publishes; never link-local, never the agent.
+        for check in service.checks:
+            for host, port in check_targets(check):
+                address = ipaddress.ip_address(host)
+                if address.version == 6 and address.ipv4_mapped:
+                    address = address.ipv4_mapped
+                assert not address.is_link_local
+                assert str(address) in {CONTAINER_IP, *trusted_hosts}, (host, port, labels, env)
+                if str(address) == CONTAINER_IP:
+                    assert str(port) in str(ports) or port in (80, 443, 53, 8500)
+                else:
+                    assert port in host_ports and port != AGENT_PORT
+            probe = check.daemon_probe
+            if probe is not None and probe.kind == "exec":
+                assert probe.interval >= 1 and 1 <= probe.timeout <= probe.interval
+    assert all(isinstance(w, str) and "\n" not in w for w in records.warnings)
+    assert len(records.warnings) <= 101
 
 
 @settings(max_examples=300, deadline=None)
@@ -71,19 +133,130 @@ def test_split_tags_never_raises(raw):
     assert all(tag == tag.strip() and tag for tag in split_tags(raw))
 
 
-def test_huge_values_and_thousands_of_labels():
-    labels = {f"SERVICE_K{i}": "v" for i in range(5000)}
+def test_huge_values_and_a_thousand_labels():
+    # Bounds (behaviour changed on purpose): at most 128 tags per service, values over 64 KiB ignored.
+    labels = {f"SERVICE_K{i}": "v" for i in range(1000)}
     labels["SERVICE_BIG"] = "x" * 1_000_000
     labels["SERVICE_TAGS"] = ",".join(f"t{i}" for i in range(2000))
     records = map_container(container([], labels, {"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "1"}]}),
                             MappingSettings(hostname="h"))
     (service,) = records.services
     assert len(registration_payload(service)["Meta"]) == 64
-    assert len(service.tags) == 2000
-    assert any("SERVICE_BIG" in w for w in records.warnings)
+    assert service.tags == tuple(f"t{i}" for i in range(128))
+    assert any("'SERVICE_TAGS'" not in w and "2000 tags, only the first 128 kept" in w for w in records.warnings)
+    assert any(w.startswith("key 'SERVICE_BIG': its value of 1000000 characters") for w in records.warnings)
     assert all(len(w) < 1000 for w in records.warnings)  # a 1 MB value is never copied into a log line
+    assert len(records.warnings) <= 101
 
 
 def test_collect_keeps_key_sources():
     keys = collect(["SERVICE_A=env"], {"SERVICE_A": "label"}, ("env file", [("SERVICE_A", "file")]))
     assert keys.general["a"].value == "file" and keys.general["a"].source == "env file"
+
+
+ADDRESSES = ["169.254.169.254", "::ffff:169.254.169.254", "fe80::1", "127.0.0.1", "0.0.0.0", "localhost", "10.0.0.5",
+             "10.0.0.9", "10.9.9.9", CONTAINER_IP, "::ffff:172.17.0.2", "2852039166", "metadata.google.internal",
+             "a@b", "1.2.3.4/x", "[::1]", "::1"]
+PORTS = ["8500", "80", "443", "8080", "32768", "22", "²", "0", "65536", "8501"]
+focused_labels = st.fixed_dictionaries(
+    {"SERVICE_CHECK_" + kind: st.sampled_from(["/", "true", "/x"]) for kind in ("HTTP",)},
+    optional={
+        "SERVICE_CHECK_TCP": st.just("true"), "SERVICE_CHECK_HTTPS": st.just("/"), "SERVICE_CHECK_GRPC": st.just("1"),
+        "SERVICE_CHECK_ADDRESS": st.sampled_from(ADDRESSES), "SERVICE_CHECK_PORT": st.sampled_from(PORTS),
+        "SERVICE_IP": st.sampled_from(ADDRESSES), "SERVICE_80_CHECK_PORT": st.sampled_from(PORTS),
+        "SERVICE_80_CHECK_ADDRESS": st.sampled_from(ADDRESSES),
+    })
+
+
+BROAD = CheckPolicy(allow=(parse_allow_rule("0.0.0.0/0"), parse_allow_rule("::/0")))
+
+
+@settings(max_examples=600, deadline=None)
+@given(labels=focused_labels, ports=port_maps, internal=st.booleans(),
+       host_ip=st.sampled_from([None, "10.0.0.5", "127.0.0.1"]), broad=st.booleans())
+def test_no_generated_container_gets_a_check_target_outside_the_policy(labels, ports, internal, host_ip, broad):
+    """Without rules: only the container's own endpoints. With rules opening every address
+    (0.0.0.0/0, ::/0): still never link-local, never the agent's port."""
+    map_settings = MappingSettings(hostname="h", internal=internal, host_ip=host_ip, default_address="10.0.0.9",
+                                   checks=CheckSettings(policy=BROAD if broad else CheckPolicy()))
+    records = map_container(container([], labels, ports), map_settings)
+    published = {int(b[0]["HostPort"]) for b in ports.values() if isinstance(b, list)
+                 and b[0]["HostPort"].isascii() and b[0]["HostPort"].isdigit()}
+    container_ports = {int(k.split("/")[0]) for k in ports if k.split("/")[0].isascii()
+                       and k.split("/")[0].isdigit() and 0 < int(k.split("/")[0]) < 65536}
+    specific = {"127.0.0.1"} if any(isinstance(b, list) and b[0]["HostIp"] == "127.0.0.1" for b in ports.values()) \
+        else set()
+    trusted_hosts = {host_ip or "10.0.0.9", "10.0.0.9"} | specific  # -ip and the agent's address: this host's
+    for service in records.services:
+        for check in service.checks:
+            for host, port in check_targets(check):
+                address = ipaddress.ip_address(host)
+                address = address.ipv4_mapped or address if address.version == 6 else address
+                assert not address.is_link_local
+                if str(address) != CONTAINER_IP:
+                    assert port != AGENT_PORT
+                if broad:
+                    continue
+                assert not address.is_unspecified
+                if str(address) == CONTAINER_IP:
+                    assert port in container_ports
+                else:
+                    assert str(address) in trusted_hosts and port in published and port != AGENT_PORT, \
+                        (host, port, labels, ports)
+
+
+def reference_split_tags(raw: str) -> list[str]:
+    """The character loop split_tags replaced (same results, quadratic-free regex now)."""
+    tags, current, i = [], [], 0
+    while i < len(raw):
+        if raw[i] == "\\" and i + 1 < len(raw) and raw[i + 1] == ",":
+            current.append(",")
+            i += 2
+            continue
+        if raw[i] == ",":
+            tags.append("".join(current))
+            current = []
+        else:
+            current.append(raw[i])
+        i += 1
+    tags.append("".join(current))
+    return [t.strip() for t in tags if t.strip()]
+
+
+@given(st.text(alphabet="ab ,\\\t", max_size=40))
+def test_split_tags_keeps_its_old_meaning(raw):
+    assert split_tags(raw) == reference_split_tags(raw)
+
+
+@given(st.text(max_size=60))
+def test_allow_rules_parse_or_raise_value_error(text):
+    try:
+        rule = parse_allow_rule(text)
+    except ValueError as error:
+        assert str(error)
+    else:
+        assert rule.network is not None or rule.hostname
+
+
+@given(st.text(max_size=300))
+def test_printable_leaves_nothing_unprintable(text):
+    shown = printable(text)
+    assert shown.isprintable() and "\n" not in shown and "\x1b" not in shown
+
+
+template_pieces = st.sampled_from(['{{', '}}', ' ', '.ID', '.Config.Env', '.Config.Labels', '"x"', '"\\\\u00e9"', '`r`',
+                                   '|', '(', ')', 'join', '","', 'split', 'matchFirstElement', '"^a(b+)+$"', '-1', '3',
+                                   'sIndex', 'mIndex', 'index', 'replace', 'strSlice', 'toUpper', '"\\\\q"', 'httpGet'])
+
+
+@settings(max_examples=300, deadline=None)
+@given(pieces=st.lists(template_pieces, max_size=14), env=st.lists(st.text(max_size=30), max_size=5))
+def test_templates_parse_or_fail_cleanly_and_render_or_fail_cleanly(pieces, env):
+    try:
+        template = Template("".join(pieces))
+    except TemplateError:
+        return
+    try:
+        assert isinstance(template.render({"Id": "abc", "Config": {"Env": env, "Labels": {"a": "b"}}}), str)
+    except TemplateError:
+        pass

@@ -64,3 +64,74 @@ def test_runtime_error_is_a_warning_for_that_container():
 def test_template_tags_are_added_per_container():
     settings = MappingSettings(hostname="h", tags_template=Template('team={{ mIndex "team" .Config.Labels }},x'))
     assert map_container(CONTAINER, settings).services[0].tags == ("team=Payments", "x")
+
+
+# -- regular expressions and literals (issue 11) --------------------------------------
+
+@pytest.mark.parametrize("text", [
+    '{{ matchFirstElement .Config.Hostname .Config.Env }}',  # a pattern from container data
+    '{{ matchAllElements (index .Config.Labels "re") .Config.Env }}',
+    '{{ "^x" | matchFirstElement .Config.Env }}',  # piped: the pattern would be the last argument
+    '{{ matchFirstElement }}',
+])
+def test_patterns_must_be_literals_in_the_template(text):
+    with pytest.raises(TemplateError, match="string literal written in the template"):
+        Template(text)
+
+
+def test_bad_pattern_is_a_parse_error():
+    with pytest.raises(TemplateError, match="bad regular expression"):
+        Template('{{ matchFirstElement "(a" .Config.Env }}')
+    with pytest.raises(TemplateError, match="bad regular expression"):  # backreferences: not RE2 (nor Go)
+        Template('{{ matchFirstElement "(a)\\\\1" .Config.Env }}')
+
+
+def test_catastrophic_pattern_on_container_data_is_linear():
+    """Python's re took 9 s on 28 characters and doubles per character; RE2 has no backtracking.
+    Structural, not timed: 100,000 characters through the pattern Go's regexp would also accept."""
+    container = {**CONTAINER, "Config": {**CONTAINER["Config"], "Env": ["a" * 100_000 + "!", "aaa"]}}
+    assert Template('{{ matchFirstElement "^(a+)+$" .Config.Env }}').render(container) == "aaa"
+    assert Template('{{ matchAllElements "^(a|aa)+$" .Config.Env | join "," }}').render(container) == "aaa"
+
+
+def test_regex_digit_class_is_ascii_as_in_go():
+    container = {**CONTAINER, "Config": {**CONTAINER["Config"], "Env": ["X=٣", "Y=3"]}}
+    assert Template('{{ matchFirstElement "=\\\\d$" .Config.Env }}').render(container) == "Y=3"
+
+
+@pytest.mark.parametrize("literal,expected", [
+    ('"équipe"', "équipe"),
+    ('"日本"', "日本"),
+    ('"a\\nb"', "a\nb"),
+    ('"a\\tb"', "a\tb"),
+    ('"q\\"q"', 'q"q'),
+    ('"b\\\\s"', "b\\s"),
+    ('"\\x41"', "A"),
+    ('"\\101"', "A"),
+    ('"\\u00e9"', "é"),
+    ('"\\U0001F600"', "\U0001F600"),
+    ('"\\xc3\\xa9"', "é"),  # \x escapes are bytes, as in Go
+    ("`raw\\n`", "raw\\n"),
+])
+def test_string_literals_keep_unicode_and_go_escapes(literal, expected):
+    assert Template("{{ " + literal + " }}").render(CONTAINER) == expected
+
+
+@pytest.mark.parametrize("literal", ['"\\q"', '"\\x4"', '"\\u12"', '"\\ud800"', '"\\777"', '"\\U00110000"'])
+def test_bad_escapes_are_parse_errors(literal):
+    with pytest.raises(TemplateError):
+        Template("{{ " + literal + " }}")
+
+
+def test_template_values_are_bounded():
+    settings_template = Template('{{ replace "" "xxxxxxxxxxxxxxxx" .ID | replace "" "yyyyyyyyyyyyyyyy" }}')
+    with pytest.raises(TemplateError, match="more than"):
+        settings_template.render({**CONTAINER, "Id": "z" * 10_000})
+
+
+def test_rendered_tags_over_the_bound_are_dropped_with_a_warning():
+    container = {**CONTAINER, "Config": {**CONTAINER["Config"], "Env": ["E=" + "v" * 40_000]}}
+    settings = MappingSettings(hostname="h", tags_template=Template('{{ join "," .Config.Env }}'))
+    records = map_container(container, settings)
+    assert records.services[0].tags == ()
+    assert any("-tags template: rendered" in w for w in records.warnings)

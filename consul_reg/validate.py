@@ -1,0 +1,258 @@
+"""The one place with the rules for what a container may declare: identifier
+shapes, size bounds, addresses, and which endpoints a health check may probe.
+Every registry relies on these. Pure: no I/O, never raises (parse_allow_rule
+raises ValueError on the operator's own flag).
+
+Identifiers (service IDs and names) may hold ASCII letters, digits and
+`-_.:@`, never `.` or `..` as the whole value, at most 128 characters: no
+`/`, `%`, whitespace or control character can reach a URL path, a KV key, a
+znode or a log line.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+
+ID_MAX_LENGTH = 128
+NAME_MAX_LENGTH = 128
+HOSTNAME_MAX_LENGTH = 64
+_IDENTIFIER = re.compile(r"[A-Za-z0-9_.:@-]+")
+_DNS_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+# What inet_aton() would read as a number ("2852039166", "0xa9fea9fe", "0251"):
+# a host name whose last label looks like that is an IP in disguise.
+_NUMERIC_LABEL = re.compile(r"(0[xX][0-9A-Fa-f]*|[0-9]+)")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+PORT_MAX = 65535
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+LINK_LOCAL = (ipaddress.ip_network("169.254.0.0/16"), ipaddress.ip_network("fe80::/10"))
+DEFAULT_CHECK_METHODS = ("GET", "HEAD", "OPTIONS", "POST")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on what one container may cost. Meta bounds are Consul's own."""
+
+    services_per_container: int = 64
+    port_entries: int = 4096  # entries of Config.ExposedPorts / NetworkSettings.Ports looked at per container
+    tags_per_service: int = 128
+    tag_length: int = 1024
+    meta_pairs: int = 64
+    meta_key_length: int = 128
+    meta_value_length: int = 512
+    value_length: int = 65536  # a label, env or env-file value longer than this is ignored
+    tags_value_length: int = 32768  # a SERVICE_TAGS value longer than this is not split, ignored
+    key_length: int = 256  # a SERVICE_* key longer than this is ignored
+    keys_per_container: int = 1024  # SERVICE_* keys considered per container (env, labels, env file)
+    warnings_per_container: int = 100
+
+
+def identifier_problem(value: str, what: str = "service ID") -> str | None:
+    """None when `value` may be used as a service ID or name, else why not."""
+    limit = ID_MAX_LENGTH if what == "service ID" else NAME_MAX_LENGTH
+    if not isinstance(value, str) or not value:
+        return f"a {what} must not be empty"
+    if len(value) > limit:
+        return f"a {what} may hold at most {limit} characters (this one has {len(value)})"
+    if value in (".", ".."):
+        return f"a {what} may not be {value!r}"
+    if not _IDENTIFIER.fullmatch(value):
+        bad = next(c for c in value if not _IDENTIFIER.fullmatch(c))
+        return f"a {what} may only hold ASCII letters, digits and - _ . : @ (found {bad!r})"
+    return None
+
+
+def hostname_problem(value: str) -> str | None:
+    """The operator's --hostname: an identifier without `:` (the separator of
+    default IDs `<hostname>:<container>:<port>`), at most 64 characters."""
+    if isinstance(value, str) and len(value) > HOSTNAME_MAX_LENGTH:
+        return f"a host name may hold at most {HOSTNAME_MAX_LENGTH} characters (this one has {len(value)})"
+    problem = identifier_problem(value, "host name")
+    if problem:
+        return problem
+    if ":" in value:
+        return "a host name may not hold ':' (it separates the parts of default service IDs)"
+    return None
+
+
+def squats_host_namespace(service_id: str, hostname: str) -> bool:
+    """Whether a container-chosen ID sits in this host's default-ID namespace."""
+    return service_id.lower().startswith(hostname.lower() + ":")
+
+
+def has_control(text: str) -> bool:
+    """C0/C1 control characters, DEL and the Unicode line/paragraph separators (CR, LF, ESC, NUL...)."""
+    return _CONTROL.search(text) is not None
+
+
+def parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """An IP address, `[v6]` accepted; IPv4 hidden in IPv6 (mapped, NAT64,
+    6to4, compatible) comes back as the IPv4 address it reaches."""
+    if not isinstance(text, str) or "%" in text:  # no IPv6 zone: it cannot be written in a check URL
+        return None
+    raw = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+    try:
+        address = ipaddress.ip_address(raw)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return address.ipv4_mapped
+        if address.sixtofour is not None:
+            return address.sixtofour
+        if address in _NAT64 or (int(address) >> 32 == 0 and int(address) > 1):
+            return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return address
+
+
+def hostname_shape_problem(text: str) -> str | None:
+    """RFC 1123 host name shape; a name that the resolver would read as a
+    number (`2852039166`, `0xa9.0xfe...`, `169.254.169.254.`) is refused."""
+    name = text[:-1] if text.endswith(".") else text
+    if not name or len(name) > 253:
+        return "not a host name (1 to 253 characters)"
+    labels = name.split(".")
+    if not all(_DNS_LABEL.fullmatch(label) for label in labels):
+        return "not an IP address or a host name (labels of letters, digits and -)"
+    if _NUMERIC_LABEL.fullmatch(labels[-1]):
+        return "a host name whose last label is a number reads as an IP address; write the IP itself"
+    return None
+
+
+def address_problem(text: str) -> str | None:
+    """A service or check address: an IP (v4 or v6) or an RFC 1123 host name."""
+    if parse_ip(text) is not None:
+        return None
+    return hostname_shape_problem(text)
+
+
+def normal_host(text: str) -> str:
+    """One spelling per host: IPs in canonical form, names lower-case without a final dot."""
+    address = parse_ip(text)
+    if address is not None:
+        return str(address)
+    return text.lower().rstrip(".")
+
+
+# -- health-check targets ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AllowRule:
+    """`--allow-check-target TARGET[:PORTS]`: a CIDR, an IP or a host name,
+    and optionally the ports (none: every port)."""
+
+    text: str
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None
+    hostname: str = ""
+    ports: tuple[tuple[int, int], ...] = ()
+
+    def covers(self, host: str, port: int) -> bool:
+        if self.ports and not any(low <= port <= high for low, high in self.ports):
+            return False
+        address = parse_ip(host)
+        if self.network is not None:
+            return address is not None and address.version == self.network.version and address in self.network
+        return address is None and normal_host(host) == self.hostname
+
+    def names_port(self, port: int) -> bool:
+        return any(low <= port <= high for low, high in self.ports)
+
+
+def parse_allow_rule(text: str) -> AllowRule:
+    """`10.0.0.0/8`, `10.0.0.0/8:80,443,9000-9100`, `fd00::/8:80`, `[::1]:8080`,
+    `192.0.2.7:80`, `db.example.com:5432`. Raises ValueError with the reason."""
+    rest, ports_text = text.strip(), ""
+    if rest.startswith("["):
+        inner, bracket, after = rest[1:].partition("]")
+        if not bracket or (after and not after.startswith(":")):
+            raise ValueError(f"{text!r}: write an IPv6 target as [address] or [address]:PORTS")
+        rest, ports_text = inner, after[1:]
+    elif "/" in rest:
+        address, _, prefix = rest.partition("/")
+        prefix, _, ports_text = prefix.partition(":")
+        rest = f"{address}/{prefix}"
+    elif rest.count(":") == 1:
+        rest, _, ports_text = rest.partition(":")
+    network = None
+    hostname = ""
+    try:
+        network = ipaddress.ip_network(rest, strict=False)
+    except ValueError:
+        problem = hostname_shape_problem(rest)
+        if problem:
+            raise ValueError(f"{text!r}: not a CIDR, an IP or a host name") from None
+        hostname = normal_host(rest)
+    if network is not None and network.version == 6:
+        mapped = parse_ip(str(network.network_address))
+        if mapped is not None and mapped.version == 4 and network.prefixlen >= 96:
+            network = ipaddress.ip_network(f"{mapped}/{network.prefixlen - 96}", strict=False)
+    ports = _parse_ports(ports_text, text) if ports_text or text.strip().endswith(":") else ()
+    return AllowRule(text=text, network=network, hostname=hostname, ports=ports)
+
+
+def _parse_ports(text: str, rule: str) -> tuple[tuple[int, int], ...]:
+    ranges = []
+    for part in text.split(","):
+        low_text, dash, high_text = part.strip().partition("-")
+        if not re.fullmatch(r"[0-9]{1,5}", low_text) or (dash and not re.fullmatch(r"[0-9]{1,5}", high_text)):
+            raise ValueError(f"{rule!r}: ports must look like 80,443,9000-9100")
+        low, high = int(low_text), int(high_text) if dash else int(low_text)
+        if not 0 < low <= high <= PORT_MAX:
+            raise ValueError(f"{rule!r}: ports must be 1-65535, low to high")
+        ranges.append((low, high))
+    return tuple(ranges)
+
+
+@dataclass(frozen=True)
+class CheckPolicy:
+    """What the operator allows beyond the container's own endpoints, and what
+    is never allowed without a rule that names it."""
+
+    allow: tuple[AllowRule, ...] = ()
+    methods: tuple[str, ...] = DEFAULT_CHECK_METHODS
+    agent_addresses: tuple[str, ...] = ("127.0.0.1",)  # the agent's HTTP address(es)
+    agent_ports: tuple[int, ...] = (8500,)  # the agent's HTTP port(s)
+
+
+@dataclass(frozen=True)
+class OwnEndpoints:
+    """The endpoints that are this container's: its own IPs with its
+    container-side ports, and the host addresses the daemon chose (never
+    ones the container wrote) with the ports it publishes there."""
+
+    container_addresses: frozenset[str] = frozenset()
+    container_ports: frozenset[int] = frozenset()
+    host_addresses: frozenset[str] = frozenset()
+    host_ports: frozenset[int] = frozenset()
+
+
+def check_target_problem(host: str, port: int, own: OwnEndpoints, policy: CheckPolicy) -> str | None:
+    """None when a network check may probe host:port, else why not."""
+    shape = address_problem(host)
+    if shape:
+        return shape
+    normal = normal_host(host)
+    address = parse_ip(host)
+    rules = [rule for rule in policy.allow if rule.covers(host, port)]
+    if address is not None and any(address in net for net in LINK_LOCAL if net.version == address.version):
+        explicit = [r for r in rules if r.network is not None and any(
+            r.network.version == net.version and r.network.subnet_of(net) for net in LINK_LOCAL)]
+        return None if explicit else "link-local addresses (cloud metadata) are never probed unless " \
+            "an --allow-check-target rule inside 169.254.0.0/16 or fe80::/10 names them"
+    agent_like = port in policy.agent_ports and normal not in own.container_addresses
+    if agent_like or (normal in {normal_host(a) for a in policy.agent_addresses} and port in policy.agent_ports):
+        explicit = [r for r in rules if r.names_port(port)]
+        return None if explicit else f"port {port} is the Consul agent's HTTP API; only an " \
+            "--allow-check-target rule that lists that port allows it"
+    if rules:
+        return None
+    if normal in own.container_addresses and port in own.container_ports:
+        return None
+    if normal in own.host_addresses and port in own.host_ports:
+        return None
+    if normal in own.container_addresses or normal in own.host_addresses:
+        return f"port {port} is not a port of this container; allow it with --allow-check-target"
+    return (f"{normal} is not this container's address; a check may only probe the container itself "
+            "unless --allow-check-target allows it")

@@ -1,0 +1,249 @@
+"""Hostile containers against a real dockerd and a real Consul 1.8.7 agent.
+
+Both are this module's own: a dockerd (own socket, data root and bridge) so
+that no other consul-reg on the machine (another test run, an older build)
+ever sees these containers, and an agent per test, so that a regression can
+make no shared agent leave its cluster or go into maintenance. (Run against
+the shared dockerd, an older consul-reg of another session turned
+`SERVICE_ID=../../leave` into `PUT /v1/agent/leave` on the shared agent.)
+
+Each test registers a sentinel service by hand, starts consul-reg (-resync
+0), starts one hostile container and waits until the daemon has warned about
+it, then asserts with `assert_host_unharmed`: the agent is an alive member,
+the sentinel and every other service are as they were, no node maintenance,
+the daemon is alive and still registers a well-behaved container started
+after the hostile one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import docker
+import pytest
+
+from tests.integration.conftest import IMAGE, ROOT, RUN_ID, TEST_LABEL, wait_until
+
+pytestmark = pytest.mark.integration
+
+BRIDGE = "crhostile0"  # not test_docker_restart.py's bridge: the two may run at once on one machine
+BRIDGE_CIDR = "10.213.78.1/24"
+
+
+@pytest.fixture(scope="module")
+def own_docker() -> Iterator[tuple[str, docker.DockerClient]]:
+    """A dockerd of this module's own (no iptables, its own bridge; never `--bridge none`, which deletes
+    docker0). Yields its DOCKER_HOST and a client."""
+    workdir = Path(tempfile.mkdtemp(prefix="crh-"))  # short: unix socket paths are limited
+    host = f"unix://{workdir / 'docker.sock'}"
+    made_bridge = subprocess.run(["ip", "link", "show", BRIDGE], capture_output=True).returncode != 0
+    if made_bridge:
+        subprocess.run(["ip", "link", "add", BRIDGE, "type", "bridge"], check=True)
+        subprocess.run(["ip", "addr", "add", BRIDGE_CIDR, "dev", BRIDGE], check=True)
+        subprocess.run(["ip", "link", "set", BRIDGE, "up"], check=True)
+    with open(workdir / "dockerd.log", "ab") as log:
+        process = subprocess.Popen(
+            ["dockerd", "--host", host, "--data-root", str(workdir / "root"), "--exec-root", str(workdir / "exec"),
+             "--pidfile", str(workdir / "docker.pid"), "--bridge", BRIDGE, "--iptables=false", "--ip-masq=false"],
+            stdout=log, stderr=subprocess.STDOUT)
+    client: docker.DockerClient | None = None
+    try:
+        wait_until(lambda: docker.DockerClient(base_url=host, timeout=5).ping(), timeout=60,
+                   message="own dockerd up")
+        client = docker.DockerClient(base_url=host, timeout=60)
+        subprocess.run(["sh", str(ROOT / "scripts" / "make-test-image.sh")], check=True,
+                       env={**os.environ, "DOCKER_HOST": host})
+        yield host, client
+    finally:
+        if process.poll() is None:
+            if client is not None:
+                for container in client.containers.list(all=True):
+                    container.remove(force=True)
+                client.close()
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=60)
+        shutil.rmtree(workdir, ignore_errors=True)
+        if made_bridge:
+            subprocess.run(["ip", "link", "delete", BRIDGE], capture_output=True)
+
+
+@pytest.fixture
+def run_container(own_docker) -> Iterator[Callable[..., Any]]:
+    """As conftest's run_container, in this module's own dockerd (overrides it here)."""
+    _, client = own_docker
+    started: list[Any] = []
+
+    def start(command: str | list[str] = "sleep 600", **kwargs: Any):
+        labels = {**(kwargs.pop("labels", {}) or {}), TEST_LABEL: RUN_ID}
+        kwargs.setdefault("name", f"crt-{uuid.uuid4().hex[:8]}")
+        kwargs.setdefault("stop_signal", "SIGKILL")  # busybox sleep as PID 1 ignores SIGTERM
+        container = client.containers.run(IMAGE, command, detach=True, labels=labels, **kwargs)
+        started.append(container)
+        container.reload()
+        return container
+
+    yield start
+    for container in started:
+        try:
+            container.remove(force=True)
+        except docker.errors.NotFound:
+            pass
+
+NEVER = "24h"  # a check interval: Consul staggers the first run within it, so a refused target is never probed
+
+
+@pytest.fixture
+def host(own_agent, hostname):
+    """An agent of the test's own, with a hand-registered sentinel service another team owns."""
+    agent = own_agent()
+    api = agent.api()
+    sentinel = {"ID": f"payments-{hostname}", "Name": "payments", "Port": 9999, "Tags": ["sentinel"],
+                "Meta": {"owner": "payments-team"}, "Check": {"TTL": "1h", "Status": "passing"}}
+    api.register(sentinel)
+    yield agent, api, sentinel
+    api.http.close()
+
+
+def sentinel_view(api, sentinel: dict[str, Any]) -> tuple:
+    service = api.services().get(sentinel["ID"])
+    assert service is not None, "the hand-registered sentinel service is gone"
+    return service["Service"], service["Port"], service["Tags"], service["Meta"], \
+        api.check_status(f"service:{sentinel['ID']}")
+
+
+def assert_host_unharmed(api, daemon, run_container, hostname: str, sentinel: dict[str, Any],
+                         hostile_ids: tuple[str, ...] = ()) -> None:
+    """The common end state after any hostile container (see the module docstring). The well-behaved
+    container goes first: once its service is in, every earlier Docker event has been handled."""
+    assert daemon.process.poll() is None, "the daemon died"
+    good = run_container(ports={"80/tcp": None}, labels={"SERVICE_NAME": "well-behaved"})
+    wait_until(lambda: f"{hostname}:{good.name}:80" in api.services(), message="the well-behaved container")
+    assert api.services()[f"{hostname}:{good.name}:80"]["Service"] == "well-behaved"
+    node = api.http.get("/v1/agent/self").json()["Config"]["NodeName"]
+    members = api.http.get("/v1/agent/members").json()
+    assert [m["Status"] for m in members if m["Name"] == node] == [1], members  # 1: alive
+    assert sentinel_view(api, sentinel) == ("payments", 9999, ["sentinel"], {"owner": "payments-team"}, "passing")
+    checks = api.http.get("/v1/agent/checks").json()
+    assert "_node_maintenance" not in checks
+    assert f"_service_maintenance:{sentinel['ID']}" not in checks
+    for service_id, service in api.services().items():  # nothing but the sentinel and this daemon's own
+        assert service_id == sentinel["ID"] or (service.get("Meta") or {}).get("consul_reg_host") == hostname, \
+            service_id
+        assert service_id not in hostile_ids
+    assert daemon.process.poll() is None, "the daemon died"
+
+
+def services_of_container(api, container) -> dict[str, dict[str, Any]]:
+    """The dockerd is shared: the daemon also registers other tests' containers, so filter by container."""
+    return {sid: s for sid, s in api.services().items()
+            if (s.get("Meta") or {}).get("consul_reg_container") == container.id}
+
+
+def start(start_daemon, agent, own_docker, *args: str):
+    daemon = start_daemon(*args, agent.uri, resync="0", env={"DOCKER_HOST": own_docker[0]})
+    daemon.wait_log("full sync done")
+    return daemon
+
+
+@pytest.mark.parametrize("key,value,stop", [
+    ("SERVICE_ID", "../../leave", True),
+    ("SERVICE_ID", "../../maintenance", True),  # docker stop: the drain would have put the node in maintenance
+    ("SERVICE_ID", "x/../payments-{hostname}", True),
+    ("SERVICE_ID", "web\nINFO forged log line", False),
+    ("SERVICE_NAME", "..", False),
+    ("SERVICE_ID", "{hostname}:victim:80", False),  # this host's default-ID namespace
+])
+def test_hostile_identifiers(host, own_docker, start_daemon, run_container, hostname, key, value, stop):
+    agent, api, sentinel = host
+    value = value.format(hostname=hostname)
+    daemon = start(start_daemon, agent, own_docker)
+    hostile = run_container(ports={"80/tcp": None}, labels={key: value})
+    daemon.wait_log(f"container {hostile.name}: key {key!r}={value!r}: ")
+    assert not any(line.startswith("INFO forged") for line in daemon.log().splitlines())
+    if stop:
+        hostile.stop(timeout=5)
+    assert services_of_container(api, hostile) == {}
+    assert_host_unharmed(api, daemon, run_container, hostname, sentinel, hostile_ids=(value,))
+
+
+def test_expose_every_port_costs_64_services(host, own_docker, start_daemon, run_container, hostname):
+    agent, api, sentinel = host
+    _, client = own_docker
+    daemon = start(start_daemon, agent, own_docker, "-internal")
+    created = client.api.create_container(
+        IMAGE, "sleep 600", name=f"crt-{uuid.uuid4().hex[:8]}", ports=list(range(1, 65536)), stop_signal="SIGKILL",
+        labels={TEST_LABEL: RUN_ID, "SERVICE_NAME": "everything"}, host_config=client.api.create_host_config())
+    hostile = client.containers.get(created["Id"])
+    try:
+        hostile.start()
+        wait_until(lambda: len(services_of_container(api, hostile)) == 64, timeout=60, message="64 services")
+        ports = sorted(s["Port"] for s in services_of_container(api, hostile).values())
+        # The lowest 64 of the first 4,096 entries looked at, in the order Docker lists them (as strings).
+        hostile.reload()
+        looked_at = list(hostile.attrs["Config"]["ExposedPorts"])[:4096]
+        assert ports == sorted(int(key.split("/")[0]) for key in looked_at)[:64]
+        daemon.wait_log("declares 65535 exposed port entries; only the first 4096 are looked at")
+        daemon.wait_log("only the lowest 64 become services")
+        assert daemon.log().count("only the lowest 64 become services") == 1
+        assert_host_unharmed(api, daemon, run_container, hostname, sentinel)
+        assert len(services_of_container(api, hostile)) == 64
+    finally:
+        try:
+            hostile.remove(force=True)
+        except docker.errors.NotFound:
+            pass
+
+
+@pytest.mark.parametrize("labels,refused_key", [
+    ({"SERVICE_CHECK_HTTP": "/v1/agent/self", "SERVICE_CHECK_PORT": "{agent_port}"}, "SERVICE_CHECK_PORT"),
+    ({"SERVICE_CHECK_HTTP": "/v1/agent/leave", "SERVICE_CHECK_HTTP_METHOD": "PUT",
+      "SERVICE_CHECK_PORT": "8500"}, "SERVICE_CHECK_PORT"),
+    ({"SERVICE_CHECK_TCP": "true", "SERVICE_CHECK_ADDRESS": "169.254.169.254", "SERVICE_CHECK_PORT": "80"},
+     "SERVICE_CHECK_ADDRESS"),
+    ({"SERVICE_CHECK_HTTP": "/latest/meta-data/", "SERVICE_CHECK_ADDRESS": "::ffff:169.254.169.254"},
+     "SERVICE_CHECK_ADDRESS"),
+])
+def test_check_targets_outside_the_container_are_refused(host, own_docker, start_daemon, run_container, hostname,
+                                                          labels, refused_key):
+    agent, api, sentinel = host
+    labels = {k: v.format(agent_port=agent.http_port) for k, v in labels.items()}
+    daemon = start(start_daemon, agent, own_docker, "-ip", "127.0.0.1")
+    hostile = run_container(ports={"80/tcp": None}, labels={**labels, "SERVICE_CHECK_INTERVAL": NEVER,
+                                                            "SERVICE_CHECK_TCP": "true"})
+    service_id = f"{hostname}:{hostile.name}:80"
+    wait_until(lambda: service_id in api.services(), message="the service registers without that check")
+    daemon.wait_log(f"container {hostile.name}: key {refused_key!r}={labels[refused_key]!r}: ")
+    assert api.checks_of(service_id) == {}  # the override applies to every check kind: all refused
+    assert_host_unharmed(api, daemon, run_container, hostname, sentinel)
+
+
+def test_huge_tags_label(host, own_docker, start_daemon, run_container, hostname):
+    agent, api, sentinel = host
+    daemon = start(start_daemon, agent, own_docker)
+    hostile = run_container(ports={"80/tcp": None}, labels={"SERVICE_TAGS": "t," * 51200})
+    service_id = f"{hostname}:{hostile.name}:80"
+    wait_until(lambda: service_id in api.services(), message="registered without those tags")
+    daemon.wait_log(f"container {hostile.name}: key 'SERVICE_TAGS': its value of 102400 characters is over")
+    assert api.services()[service_id]["Tags"] == []
+    assert_host_unharmed(api, daemon, run_container, hostname, sentinel)
+
+
+def test_catastrophic_backtracking_value_with_a_template(host, own_docker, start_daemon, run_container, hostname):
+    """Python's re needs 9 s for 28 characters and doubles per character: 40 would take hours."""
+    agent, api, sentinel = host
+    daemon = start(start_daemon, agent, own_docker, "-tags", 'x={{ matchFirstElement "^X=(a+)+$" .Config.Env }}')
+    hostile = run_container(ports={"80/tcp": None}, environment={"X": "a" * 40 + "!"})
+    matching = run_container(ports={"80/tcp": None}, environment={"X": "aaaa"})
+    wait_until(lambda: {f"{hostname}:{c.name}:80" for c in (hostile, matching)} <= set(api.services()),
+               message="both registered")
+    services = api.services()
+    assert services[f"{hostname}:{hostile.name}:80"]["Tags"] == ["x="]
+    assert services[f"{hostname}:{matching.name}:80"]["Tags"] == ["x=X=aaaa"]
+    assert_host_unharmed(api, daemon, run_container, hostname, sentinel)
