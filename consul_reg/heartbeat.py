@@ -88,6 +88,7 @@ class ProbeScheduler:
                          for n in range(senders)]
         self._in_flight: set[str] = set()
         self._last_status: dict[str, str] = {}
+        self._fresh: set[str] = set()  # checks not reported yet since they were added
         self.sent = 0
         self._thread = threading.Thread(target=self._run, name="heartbeats", daemon=True)
 
@@ -106,17 +107,18 @@ class ProbeScheduler:
 
     # -- what the sync loop hands over -------------------------------------
 
-    def set_container(self, container_id: str, services: Iterable[Service], status: ContainerStatus,
-                      spread: bool = True) -> None:
-        """One container's daemon-owned checks and state. Checks new to the
-        scheduler report within one interval, spread (`spread`), or at once."""
+    def set_container(self, container_id: str, services: Iterable[Service], status: ContainerStatus) -> None:
+        """One container's daemon-owned checks and state. A check new to the
+        scheduler reports at once (its state may have changed while nobody
+        reported it), then at a random phase of its interval, so that many checks
+        started together (a daemon restart) never stay in step as a herd."""
         wanted = _tasks_of(services)
         with self._wake:
             self._status[container_id] = status
             old = self._by_container.get(container_id, set())
             for check_id in old - set(wanted):
                 self._drop(check_id)
-            self._add(wanted, spread)
+            self._add(wanted)
             if wanted:
                 self._by_container[container_id] = set(wanted)
             else:
@@ -124,7 +126,7 @@ class ProbeScheduler:
                 self._status.pop(container_id, None)
 
     def replace_all(self, services_by_container: dict[str, list[Service]],
-                    statuses: dict[str, ContainerStatus], spread: bool = True) -> None:
+                    statuses: dict[str, ContainerStatus]) -> None:
         """Every container's checks at once (a full pass)."""
         with self._wake:
             for container_id in set(self._by_container) - set(services_by_container):
@@ -132,7 +134,7 @@ class ProbeScheduler:
                     self._drop(check_id)
                 self._status.pop(container_id, None)
         for container_id, services in services_by_container.items():
-            self.set_container(container_id, services, statuses.get(container_id, ContainerStatus()), spread)
+            self.set_container(container_id, services, statuses.get(container_id, ContainerStatus()))
 
     def report_now(self, service_ids: set[str]) -> None:
         """Just (re-)registered: the agent reset these services' TTL checks, report them again."""
@@ -158,20 +160,22 @@ class ProbeScheduler:
 
     # -- internals (lock held) -----------------------------------------------
 
-    def _add(self, wanted: dict[str, _Task], spread: bool) -> None:
+    def _add(self, wanted: dict[str, _Task]) -> None:
         now = self._clock()
         added = False
         for check_id, task in wanted.items():
             if self._tasks.get(check_id) == task:
                 continue
             self._tasks[check_id] = task
-            self._schedule(check_id, now + (random.random() * task.probe.interval if spread else 0.0))
+            self._fresh.add(check_id)
+            self._schedule(check_id, now)
             added = True
         if added:
             self._wake.notify()
 
     def _drop(self, check_id: str) -> None:
         self._tasks.pop(check_id, None)
+        self._fresh.discard(check_id)
         self._due_at.pop(check_id, None)
         self._last_status.pop(check_id, None)
 
@@ -229,7 +233,11 @@ class ProbeScheduler:
         self._in_flight.add(check_id)
         if run_exec:
             self._execs[container_id] = self._execs.get(container_id, 0) + 1
-        self._schedule(check_id, self._next_due(task.probe))
+        if check_id in self._fresh:  # its first report: the next one at a random phase of the interval
+            self._fresh.discard(check_id)
+            self._schedule(check_id, self._clock() + task.probe.interval * (0.1 + 0.9 * random.random()))
+        else:
+            self._schedule(check_id, self._next_due(task.probe))
         return task, status, run_exec, due
 
     def _next_due(self, probe: DaemonProbe) -> float:

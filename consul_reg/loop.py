@@ -78,6 +78,8 @@ class Loop:
         self._next_env_poll = 0.0
         self._frozen_actual: Any = None
         self._dirty = False  # desires changed since the last snapshot
+        self._probe_dirty: set[str] = set()  # containers whose daemon-owned checks changed
+        self._probes_stale = False  # hand the scheduler everything (after a full pass or a relist)
 
     # -- any thread ---------------------------------------------------------------
 
@@ -280,7 +282,7 @@ class Loop:
             logger.warning(warning)
         self.primary.new_pass()
         self.last_full_pass = self.clock()
-        self._hand_probes_everything()
+        self._probes_stale = True
         logger.debug("full pass done ({}): {} containers", reason, len(desires))
         return True
 
@@ -328,19 +330,29 @@ class Loop:
         affected, warnings = self.desired.update(old, new)
         for warning in warnings:
             logger.warning(warning)
-        if new is None:
-            self.probes.set_container(container_id, (), ContainerStatus(running=False))
-        else:
-            self.probes.set_container(container_id, self._probed(new.services), new.status)
+        self._probe_dirty.add(container_id)
         return affected
 
     def _probed(self, services: Iterable[Service]) -> list[Service]:
-        """Services whose daemon-owned checks are reported: not the reaped ones."""
-        return [s for s in services if s.id not in self.primary.reaps]
+        """Services whose daemon-owned checks are reported: not the reaped ones,
+        nor the ones the agent refused (it has no such checks)."""
+        return [s for s in services if s.id not in self.primary.reaps and s.id not in self.primary.refused]
 
-    def _hand_probes_everything(self) -> None:
-        self.probes.replace_all({cid: self._probed(d.services) for cid, d in self.desires.items()},
-                                {cid: d.status for cid, d in self.desires.items()})
+    def _update_probes(self) -> None:
+        """After the primary's writes (a check is reported once its service is
+        registered): the changed containers, or everything after a relist."""
+        if self._probes_stale:
+            self.probes.replace_all({cid: self._probed(d.services) for cid, d in self.desires.items()},
+                                    {cid: d.status for cid, d in self.desires.items()})
+        else:
+            for container_id in self._probe_dirty:
+                known = self.desires.get(container_id)
+                if known is None:
+                    self.probes.set_container(container_id, (), ContainerStatus(running=False))
+                else:
+                    self.probes.set_container(container_id, self._probed(known.services), known.status)
+        self._probes_stale = False
+        self._probe_dirty.clear()
 
     def _sync_primary(self, scope: set[str] | None) -> SyncResult:
         kept = {cid for cid, d in self.desires.items() if d.keep_existing}
@@ -349,8 +361,8 @@ class Loop:
         if not result.reached:
             return result
         self.metrics.applied("consul", len(result.registered), len(result.deregistered), result.failed)
-        if relisting:
-            self._hand_probes_everything()  # reaps may have been noticed
+        self._probes_stale = self._probes_stale or relisting  # reaps may have been noticed
+        self._update_probes()
         self.probes.report_now({s.id for s in result.registered})
         if result.scripts_refused:
             self._scripts_refused()

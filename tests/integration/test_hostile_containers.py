@@ -148,7 +148,7 @@ def services_of_container(api, container) -> dict[str, dict[str, Any]]:
 
 def start(start_daemon, agent, own_docker, *args: str):
     daemon = start_daemon(*args, agent.uri, resync="0", env={"DOCKER_HOST": own_docker[0]})
-    daemon.wait_log("full sync done")
+    daemon.wait_log("full pass done")
     return daemon
 
 

@@ -28,21 +28,26 @@ def running() -> ContainerStatus:
     return ContainerStatus(running=True)
 
 
-def test_first_reports_are_spread_then_follow_the_interval() -> None:
+def test_first_reports_go_at_once_then_spread_over_the_interval() -> None:
     clock = FakeClock()
     probes, agent, _ = scheduler(clock)
     services = [worker(n) for n in range(200)]
     for service in services:
         agent.checks[service.checks[0].check_id] = ("critical", "")
         probes.set_container(service.container_id, [service], running())
-    first = sorted(probes._due_at.values())
-    assert first[0] >= clock.now and first[-1] < clock.now + 10.0
-    assert first[100] - first[0] > 2.0, "spread over the interval, not a herd"
-    clock.advance(10.0)
+    assert set(probes._due_at.values()) == {clock.now}, "a new check reports at once"
     assert probes.run_due() == 200
     assert {status for status, _ in agent.checks.values()} == {"passing"}
+    second = sorted(probes._due_at.values())
+    assert clock.now + 1.0 - 0.001 <= second[0] and second[-1] <= clock.now + 10.0
+    assert second[150] - second[50] > 2.0, "the second round is spread over the interval, not a herd"
+    sent = 0
+    for _ in range(100):  # ten seconds, in steps
+        clock.advance(0.1)
+        sent += probes.run_due()
+    assert sent == 200
     due = sorted(probes._due_at.values())
-    assert clock.now + 9.0 - 0.001 <= due[0] and due[-1] <= clock.now + 11.0 + 0.001
+    assert due[-1] - due[0] > 5.0, "and stays spread: no herd of TTL expiries"
 
 
 def test_report_now_and_container_status() -> None:
@@ -65,7 +70,7 @@ def test_one_report_in_flight_per_check() -> None:
     clock = FakeClock()
     probes, agent, _ = scheduler(clock)
     service = worker(1)
-    probes.set_container("c1", [service], running(), spread=False)
+    probes.set_container("c1", [service], running())
     with probes._wake:
         job = probes._take_due()  # taken, not answered yet
     assert job is not None
@@ -78,7 +83,7 @@ def test_one_report_in_flight_per_check() -> None:
 def test_a_check_the_agent_lost_asks_for_a_relist() -> None:
     clock, missing = FakeClock(), []
     probes, agent, _ = scheduler(clock, missing=missing)
-    probes.set_container("c1", [worker(1)], running(), spread=False)
+    probes.set_container("c1", [worker(1)], running())
     probes.run_due()
     assert missing == ["service:w1:heartbeat"]
 
@@ -88,7 +93,7 @@ def test_removed_containers_leave_nothing_behind_and_memory_stays_flat() -> None
     probes, agent, sent = scheduler(clock)
     for n in range(50):
         agent.checks[f"service:w{n}:heartbeat"] = ("critical", "")
-        probes.set_container(f"c{n}", [worker(n, interval=1.0)], running(), spread=False)
+        probes.set_container(f"c{n}", [worker(n, interval=1.0)], running())
 
     def churn(rounds: int) -> None:
         for _ in range(rounds):
