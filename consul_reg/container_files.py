@@ -16,7 +16,7 @@ import binascii
 import json
 import tarfile
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from consul_reg import docker_http
 from consul_reg.docker_http import Endpoint, printable
@@ -84,29 +84,43 @@ def read_file(endpoint: Endpoint, container_id: str, path: str, limit_bytes: int
     with exchange:
         if exchange.status == 404:
             return None
-        if exchange.status != 200:
-            raise FileUnreadable(path, f"could not be read: Docker answered {printable(exchange.error_message())}")
-        stat = decode_stat(exchange.headers.get("x-docker-container-path-stat"))
-        kind = file_kind(stat.get("mode"))
-        if kind != "regular file":
-            target_note = f" (to {printable(str(stat['linkTarget']))})" if stat.get("linkTarget") else ""
-            raise FileUnreadable(path, f"is a {kind}{target_note}, not a regular file")
-        size = stat.get("size")
-        if isinstance(size, int) and size > limit_bytes:
-            raise FileUnreadable(path, f"is {size} bytes, more than the limit of {limit_bytes}")
-        try:
-            data = _extract(exchange, path, limit_bytes)
-        except FileUnreadable:
-            raise
-        except docker_http.Timeout:
-            raise FileUnreadable(path, f"was not read within {timeout_seconds:g}s") from None
-        except Exception as error:  # tar, HTTP framing, socket: the stream is the container's doing
-            raise FileUnreadable(path, f"could not be read: the archive from Docker is broken or was cut off "
-                                       f"({type(error).__name__}: {docker_http.describe(error)})") from None
+        return read_archive(exchange, path, limit_bytes, timeout_seconds)
+
+
+def read_archive(exchange: "_Body", path: str, limit_bytes: int, timeout_seconds: float) -> str:
+    """The file's text from an answer of the archive endpoint (any status but 404)."""
+    if exchange.status != 200:
+        raise FileUnreadable(path, f"could not be read: Docker answered {printable(exchange.error_message())}")
+    stat = decode_stat(exchange.headers.get("x-docker-container-path-stat"))
+    kind = file_kind(stat.get("mode"))
+    if kind != "regular file":
+        target_note = f" (to {printable(str(stat['linkTarget']))})" if stat.get("linkTarget") else ""
+        raise FileUnreadable(path, f"is a {kind}{target_note}, not a regular file")
+    size = stat.get("size")
+    if isinstance(size, int) and size > limit_bytes:
+        raise FileUnreadable(path, f"is {size} bytes, more than the limit of {limit_bytes}")
+    try:
+        data = _extract(exchange, path, limit_bytes)
+    except FileUnreadable:
+        raise
+    except docker_http.Timeout:
+        raise FileUnreadable(path, f"was not read within {timeout_seconds:g}s") from None
+    except Exception as error:  # tar, HTTP framing, socket: the stream is the container's doing
+        raise FileUnreadable(path, f"could not be read: the archive from Docker is broken or was cut off "
+                                   f"({type(error).__name__}: {docker_http.describe(error)})") from None
     return data.decode("utf-8", "replace")
 
 
-def _extract(exchange: docker_http.Exchange, path: str, limit_bytes: int) -> bytes:
+class _Body(Protocol):
+    status: int
+    headers: dict[str, str]
+
+    def read_some(self, max_bytes: int = ...) -> bytes: ...
+
+    def error_message(self) -> str: ...
+
+
+def _extract(exchange: _Body, path: str, limit_bytes: int) -> bytes:
     data_blocks = -(-limit_bytes // BLOCK) * BLOCK
     reader = _BoundedReader(exchange, path, data_blocks + HEADER_ALLOWANCE)
     # "r|": a plain stream, no compression sniffing; bufsize one block so tarfile reads no further ahead.
@@ -128,7 +142,7 @@ def _extract(exchange: docker_http.Exchange, path: str, limit_bytes: int) -> byt
 class _BoundedReader:
     """A file-like view of the response body that hands out at most `allowance` bytes in all."""
 
-    def __init__(self, exchange: docker_http.Exchange, path: str, allowance: int) -> None:
+    def __init__(self, exchange: _Body, path: str, allowance: int) -> None:
         self._exchange = exchange
         self._path = path
         self._left = allowance
