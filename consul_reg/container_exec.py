@@ -32,6 +32,7 @@ from consul_reg.docker_http import Endpoint, printable
 WRAPPER = 'echo "$$"; exec /bin/sh -c "$1"'
 KILL_SCRIPT = 'kill -KILL -"$1" 2>/dev/null || kill -KILL "$1"'
 KILL_GRACE = 3.0  # seconds after the timeout for killing the command and confirming it is gone
+EXIT_REPORT_GRACE = 1.0  # Docker may report an exec's exit a moment after its output ends
 POLL_INTERVAL = 0.02
 MAX_PID_LINE = 24
 # Output past the first MiB is read at most this fast: a `yes` cannot make this
@@ -67,17 +68,24 @@ def exec_in_container(endpoint: Endpoint, container_id: str, command: str, timeo
         return -1, _fit(f"timed out after {timeout_seconds:g}s: Docker did not start the command", b"", output_limit)
     except (docker_http.Unreachable, docker_http.BrokenExchange) as error:
         return -1, _fit(f"docker exec failed: {error}", b"", output_limit)
-    grace = time.monotonic() + KILL_GRACE
     if ran.outcome == "ended":
-        info = _wait(endpoint, ran.exec_id, grace, lambda i: not i.get("Running") and i.get("ExitCode") is not None)
+        # The output may end before the command does (it closed stdout): wait for its exit until the deadline.
+        wait_until = max(deadline, time.monotonic() + EXIT_REPORT_GRACE)
+        reason = f"timed out after {timeout_seconds:g}s (its output had ended)"
+        try:
+            info = _wait(endpoint, ran.exec_id, wait_until,
+                         lambda i: not i.get("Running") and i.get("ExitCode") is not None)
+        except (ExecRefused, docker_http.Unreachable, docker_http.BrokenExchange) as error:
+            info, reason = None, f"Docker did not report how it ended: {error}"
+        except docker_http.Timeout:
+            info = None
         if info is not None and isinstance(info.get("ExitCode"), int):
             return info["ExitCode"], _fit("", ran.output, output_limit)
-        reason = "its output ended but Docker did not report it finished"
     elif ran.outcome == "timeout":
         reason = f"timed out after {timeout_seconds:g}s"
     else:
         reason = f"docker exec failed ({ran.outcome})"
-    killed = _kill(endpoint, ran, grace)
+    killed = _kill(endpoint, ran, time.monotonic() + KILL_GRACE)
     return -1, _fit(f"{reason}; {killed}", ran.output, output_limit)
 
 
@@ -261,4 +269,5 @@ def _fit(reason: str, output: bytes, limit: int) -> str:
     if not reason:
         return text[-limit:] if limit > 0 else ""
     room = limit - len(reason) - 1
-    return f"{reason}\n{text[-room:]}" if text and room > 0 else reason
+    tail = text[-room:].lstrip() if room > 0 else ""
+    return f"{reason}\n{tail}" if tail else reason

@@ -148,15 +148,18 @@ class _BoundedReader:
         self._left = allowance
         self._allowance = allowance
         self._pending = b""
+        self._offset = 0
 
     def read(self, size: int = -1) -> bytes:
         if size is None or size < 0:
             size = self._left + 1
-        if not self._pending:
+        if self._offset >= len(self._pending):
             self._pending = self._exchange.read_some(min(docker_http.RECV_BYTES, self._left + BLOCK))
-        if size > 0 and self._pending and self._left <= 0:
+            self._offset = 0
+        if size > 0 and self._offset < len(self._pending) and self._left <= 0:
             raise FileUnreadable(self._path, f"could not be read: the archive goes on past {self._allowance} bytes")
-        piece = self._pending[:min(size, self._left)]
-        self._pending = self._pending[len(piece):]
+        end = self._offset + min(size, self._left)
+        piece = self._pending[self._offset:end]
+        self._offset += len(piece)
         self._left -= len(piece)
         return piece
