@@ -58,7 +58,7 @@ def exec_in_container(endpoint: Endpoint, container_id: str, command: str, timeo
                       output_limit: int = 4096) -> tuple[int, str]:
     """(exit code, last `output_limit` bytes of stdout+stderr as text). Exit code -1
     when it timed out (the command is killed) or could not run; the output says why."""
-    deadline = time.monotonic() + timeout_seconds
+    deadline = docker_http.deadline_after(timeout_seconds)
     argv = ["/bin/sh", "-c", WRAPPER, "consul-reg-check", command]
     try:
         ran = _run(endpoint, container_id, argv, deadline, output_limit, pid_line=True)
@@ -122,29 +122,29 @@ def _run(endpoint: Endpoint, container_id: str, argv: list[str], deadline: float
 
 
 def _kill(endpoint: Endpoint, ran: _Ran, deadline: float) -> str:
-    """Kill the command's process group; say what happened."""
-    def started_or_done(info: dict[str, Any]) -> bool:
-        return bool(info.get("Running")) or info.get("ExitCode") is not None
-
+    """Kill the command's process group; say what happened. Retried until `deadline`:
+    under load Docker may answer the start before the process exists (no PID yet)."""
     try:
-        # An exec whose start was answered may not have its process yet: wait for it.
-        info = _wait(endpoint, ran.exec_id, deadline, started_or_done)
-        if info is None:
-            return "the command had not started; it may still start and run"
-        if not info.get("Running"):
-            if ran.pid:  # the command ended but its group may hold the output open
-                _container_kill(endpoint, str(info.get("ContainerID") or ""), ran.pid, deadline)
-            return "the command had ended"
-        how = ""
-        if _host_kill(info.get("Pid"), info.get("ContainerID")):
-            how = "from the host"
-        elif ran.pid and _container_kill(endpoint, str(info.get("ContainerID") or ""), ran.pid, deadline):
-            how = "inside the container"
-        if not how:
-            return "the command could not be killed (no PID for it)"
-        if _wait(endpoint, ran.exec_id, deadline, lambda i: not i.get("Running")) is None:
-            return f"killed {how}, but Docker still reports it running"
-        return f"the command was killed ({how})"
+        while True:
+            info = _call(endpoint, "GET", docker_http.url(endpoint, "/exec/{}/json", ran.exec_id), deadline)
+            info = info if isinstance(info, dict) else {}
+            container_id = str(info.get("ContainerID") or "")
+            if not info.get("Running") and info.get("ExitCode") is not None:
+                if ran.pid:  # its group may live on (background children)
+                    _container_kill(endpoint, container_id, ran.pid, deadline)
+                return "the command had ended"
+            if info.get("Running"):
+                how = "from the host" if _host_kill(info.get("Pid"), container_id) else ""
+                if not how and ran.pid and _container_kill(endpoint, container_id, ran.pid, deadline):
+                    how = "inside the container"
+                if how:
+                    if _wait(endpoint, ran.exec_id, deadline, lambda i: not i.get("Running")) is None:
+                        return f"killed {how}, but Docker still reports it running"
+                    return f"the command was killed ({how})"
+            if time.monotonic() + POLL_INTERVAL >= deadline:
+                return ("the command could not be killed (no PID for it)" if info.get("Running")
+                        else "the command had not started; it may still start and run")
+            time.sleep(POLL_INTERVAL)
     except docker_http.Timeout:
         return "the command could not be killed in time"
     except (ExecRefused, docker_http.Unreachable, docker_http.BrokenExchange) as error:

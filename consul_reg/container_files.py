@@ -74,7 +74,7 @@ def read_file(endpoint: Endpoint, container_id: str, path: str, limit_bytes: int
     """The file's text (UTF-8, undecodable bytes replaced); None when the container
     or the path does not exist. Raises FileUnreadable for anything else about
     the file, docker_http.Unreachable when dockerd cannot be reached."""
-    deadline = time.monotonic() + timeout_seconds
+    deadline = docker_http.deadline_after(timeout_seconds)
     target = docker_http.url(endpoint, "/containers/{}/archive", container_id, query={"path": path})
     try:
         exchange = docker_http.Exchange(endpoint, "GET", target, deadline,

@@ -13,6 +13,7 @@ abandoned stream never leaks into the next request).
 from __future__ import annotations
 
 import json
+import math
 import socket
 import ssl
 import time
@@ -26,6 +27,7 @@ import h11
 RECV_BYTES = 64 * 1024
 MAX_HEAD_BYTES = 64 * 1024  # status line + headers; Docker's are < 1 KiB
 MAX_JSON_BYTES = 1024 * 1024  # an exec's create/inspect answer, an error body
+MAX_SECONDS = 86400.0
 
 
 class Unreachable(Exception):
@@ -78,6 +80,13 @@ def endpoint_from(base_url: str | None, environ: Mapping[str, str], api_version:
         return Endpoint(host=parsed.hostname, port=parsed.port or (2376 if context else 2375),
                         ssl_context=context, api_version=api_version)
     return Endpoint(unsupported=f"{parsed.scheme}:// is not supported for streamed calls", api_version=api_version)
+
+
+def deadline_after(seconds: float) -> float:
+    """time.monotonic() + seconds, with seconds made a sane number (NaN and negatives: 0; at most a day)."""
+    if not isinstance(seconds, (int, float)) or math.isnan(seconds):
+        seconds = 0.0
+    return time.monotonic() + min(max(float(seconds), 0.0), MAX_SECONDS)
 
 
 def url(endpoint: Endpoint, path: str, *segments: str, query: Mapping[str, str] | None = None) -> str:

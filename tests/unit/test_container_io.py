@@ -399,3 +399,9 @@ def test_url_segments_cannot_leave_their_place():
     assert docker_http.url(endpoint, "/containers/{}/archive", "c", query={"path": "/a b&c=#"}) == \
         "/v1.41/containers/c/archive?path=%2Fa+b%26c%3D%23"
 
+
+
+@pytest.mark.parametrize("seconds,expected", [(float("nan"), 0.0), (float("inf"), 86400.0), (-5, 0.0), (2.5, 2.5)])
+def test_deadlines_are_sane_whatever_the_timeout(seconds, expected):
+    before = time.monotonic()
+    assert before + expected <= docker_http.deadline_after(seconds) <= time.monotonic() + expected
