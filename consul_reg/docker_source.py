@@ -68,15 +68,18 @@ def docker_base_url(environ: dict[str, str] | None = None) -> str | None:
 class DockerSource:
     def __init__(self, timeout: float = 30.0) -> None:
         base_url = docker_base_url()
+        # File reads and exec probes run on worker threads, each call on a connection
+        # of its own (docker_http), so they never queue behind the sync loop's calls.
+        try:
+            self._endpoint = docker_http.endpoint_from(base_url, os.environ, API_VERSION)
+        except (OSError, docker.errors.DockerException) as error:  # unreadable TLS files, a bad DOCKER_HOST
+            raise DockerUnavailable(f"docker: {_describe(error)}") from None
         if base_url is None:
             self._client = docker.from_env(timeout=timeout, version=API_VERSION).api
         else:
             self._client = docker.APIClient(base_url=base_url, timeout=timeout, version=API_VERSION)
         # Inspect results keyed by the container's listing minus its "Status"
         # text (which moves with time): an unchanged listing means unchanged data.
-        # File reads and exec probes run on worker threads, each call on a connection
-        # of its own (docker_http), so they never queue behind the sync loop's calls.
-        self._endpoint = docker_http.endpoint_from(base_url, os.environ, API_VERSION)
         self._inspect_cache: LRUCache[str, dict[str, Any]] = LRUCache(maxsize=8192)
         self.description = base_url or os.environ.get("DOCKER_HOST", "")
 

@@ -146,7 +146,8 @@ def test_a_pax_header_claiming_a_terabyte_is_bounded():
 
 def test_first_member_not_a_file_is_refused():
     """The path became a directory (or fifo) between the stat and the tar."""
-    for kind in (tarfile.DIRTYPE, tarfile.FIFOTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE):
+    for kind in (tarfile.DIRTYPE, tarfile.FIFOTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.GNUTYPE_SPARSE,
+                 tarfile.CHRTYPE):
         with pytest.raises(FileUnreadable, match="not a regular file"):
             read_archive(body(tar_of(b"", kind=kind)), "/f", LIMIT, 5)
 
@@ -405,3 +406,29 @@ def test_url_segments_cannot_leave_their_place():
 def test_deadlines_are_sane_whatever_the_timeout(seconds, expected):
     before = time.monotonic()
     assert before + expected <= docker_http.deadline_after(seconds) <= time.monotonic() + expected
+
+
+def test_docker_source_with_unusable_tls_files_is_docker_unavailable(monkeypatch, tmp_path):
+    from consul_reg.docker_source import DockerSource, DockerUnavailable
+
+    monkeypatch.setenv("DOCKER_HOST", "tcp://127.0.0.1:2376")
+    monkeypatch.setenv("DOCKER_TLS_VERIFY", "1")
+    monkeypatch.setenv("DOCKER_CERT_PATH", str(tmp_path))  # no ca.pem, cert.pem, key.pem there
+    with pytest.raises(DockerUnavailable):
+        DockerSource()
+
+
+def test_tls_endpoint_from_docker_tls_verify(tmp_path):
+    """ca.pem/cert.pem/key.pem as the docker CLI finds them; a self-made pair is enough to load."""
+    import ssl
+
+    key_and_cert = subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=docker", "-days", "1",
+         "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem")], capture_output=True)
+    if key_and_cert.returncode != 0:
+        pytest.skip("openssl is not available")
+    (tmp_path / "ca.pem").write_bytes((tmp_path / "cert.pem").read_bytes())
+    endpoint = docker_http.endpoint_from(None, {"DOCKER_HOST": "tcp://10.0.0.5:2376", "DOCKER_TLS_VERIFY": "1",
+                                                "DOCKER_CERT_PATH": str(tmp_path)}, "1.41")
+    assert (endpoint.host, endpoint.port) == ("10.0.0.5", 2376)
+    assert endpoint.ssl_context is not None and endpoint.ssl_context.verify_mode == ssl.CERT_REQUIRED
