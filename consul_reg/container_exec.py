@@ -44,6 +44,7 @@ STDOUT, STDERR, SYSTEMERR = 1, 2, 3
 
 @dataclass(frozen=True)
 class _Ran:
+    container_id: str
     exec_id: str
     outcome: str  # "ended", "timeout", or "broken: <why>"
     output: bytes
@@ -118,7 +119,7 @@ def _run(endpoint: Endpoint, container_id: str, argv: list[str], deadline: float
         outcome = "timeout"
     except (docker_http.BrokenExchange, docker_http.Unreachable) as error:
         outcome = f"broken: {error}"
-    return _Ran(exec_id, outcome, output.tail(), output.pid)
+    return _Ran(container_id, exec_id, outcome, output.tail(), output.pid)
 
 
 def _kill(endpoint: Endpoint, ran: _Ran, deadline: float) -> str:
@@ -148,7 +149,40 @@ def _kill(endpoint: Endpoint, ran: _Ran, deadline: float) -> str:
     except docker_http.Timeout:
         return "the command could not be killed in time"
     except (ExecRefused, docker_http.Unreachable, docker_http.BrokenExchange) as error:
+        # dockerd gone (or the exec forgotten): the PID it printed may still be found from the host.
+        if ran.pid and _host_kill(_host_pid_of(ran.container_id, ran.pid, deadline), ran.container_id):
+            return "the command was killed (from the host, found by its PID in the container)"
         return f"the command could not be killed: {error}"
+
+
+def _host_pid_of(container_id: str, container_pid: int, deadline: float) -> int:
+    """The host PID of the process that is `container_pid` inside this container, from /proc
+    (last NSpid field, and the container's ID in its cgroup); 0 if not seen."""
+    if len(container_id) != 64:
+        return 0
+    wanted = str(container_pid)
+    try:
+        entries = os.scandir("/proc")
+    except OSError:
+        return 0
+    with entries:
+        for entry in entries:
+            if time.monotonic() > deadline:
+                return 0
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/status", "rb") as status:
+                    nspid = next((line.split()[1:] for line in status.read(8192).splitlines()
+                                  if line.startswith(b"NSpid:")), [])
+                if not nspid or nspid[-1] != wanted.encode():
+                    continue
+                with open(f"/proc/{entry.name}/cgroup", "rb") as cgroup:
+                    if container_id.encode() in cgroup.read(64 * 1024):
+                        return int(entry.name)
+            except OSError:
+                continue
+    return 0
 
 
 def _host_kill(pid: object, container_id: object) -> bool:

@@ -7,18 +7,20 @@ real socket)."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import docker.errors
+import docker
 import pytest
 
 from consul_reg import container_exec
 from consul_reg.docker_source import DockerSource, DockerUnavailable, FileUnreadable
-from tests.integration.conftest import wait_until
+from tests.integration.conftest import IMAGE, RUN_ID, TEST_LABEL, wait_until
+from tests.integration.test_docker_restart import own_dockerd  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.integration
 
@@ -51,10 +53,17 @@ def native_threads() -> int:
     return len(os.listdir("/proc/self/task"))
 
 
-def processes(container) -> list[str]:
-    """Command lines of the container's processes, from `docker top` (no exec: dockerd
-    delays an exec's end while another exec's output is unread)."""
-    return [row[-1] for row in container.top()["Processes"]]
+def processes(container) -> set[tuple[str, str]]:
+    """(PID, command line) of the container's processes, from `docker top` (no exec: dockerd
+    delays an exec's end while another exec's output is unread). Busybox runs `yes` and
+    `sleep` inside the shell, so an exec's command shows as `/bin/sh -c ...`."""
+    return {(row[1], row[-1]) for row in container.top()["Processes"]}
+
+
+def only_these_left(container, before: set[tuple[str, str]]) -> None:
+    """The exec's processes are gone: the container runs exactly what it ran before."""
+    wait_until(lambda: processes(container) == before, timeout=5,
+               message=f"only {sorted(before)} left in the container (now {sorted(processes(container))})")
 
 
 @pytest.fixture
@@ -171,7 +180,7 @@ def test_yes_is_capped_killed_and_leaves_no_thread(source, run_container, monkey
         monkeypatch.setattr(container_exec, "_host_kill", lambda pid, container_id: False)
     container = run_container(init=True)
     source.exec_in_container(container.id, "true", 10)  # warm up imports and sockets before counting
-    threads, tasks = threading.active_count(), native_threads()
+    threads, tasks, before = threading.active_count(), native_threads(), processes(container)
     result, seconds, growth = measured(lambda: source.exec_in_container(container.id, "yes", 2))
     code, output = result
     assert code == -1 and len(output) <= 4096
@@ -179,26 +188,27 @@ def test_yes_is_capped_killed_and_leaves_no_thread(source, run_container, monkey
                              f"({'from the host' if host_kill else 'inside the container'})\ny\ny\n")
     assert seconds < 2 + 1.5
     assert growth < 8 * 1024, f"RSS grew by {growth} KiB"
-    assert "yes" not in processes(container)
+    only_these_left(container, before)
     assert (threading.active_count(), native_threads()) == (threads, tasks)
 
 
 def test_command_sleeping_past_its_timeout_is_killed_with_its_group(source, run_container):
     container = run_container(init=True)
+    before = processes(container)
     code, output = source.exec_in_container(container.id, "sleep 301 & sleep 302 & echo started; sleep 303", 1)
     assert code == -1 and output == "timed out after 1s; the command was killed (from the host)\nstarted"
-    assert [p for p in processes(container) if p.startswith("sleep 30")] == []
-    assert "sleep 600" in processes(container)  # the container's own process is untouched
+    only_these_left(container, before)  # the background sleeps too; the container's own `sleep 600` stays
 
 
 def test_command_that_closes_its_output_and_runs_on_is_killed(source, run_container):
     """dockerd ends an exec's stream when its process exits, not when the process closes its output."""
     container = run_container(init=True)
+    before = processes(container)
     started = time.monotonic()
     code, output = source.exec_in_container(container.id, "exec >&- 2>&-; sleep 304", 1.5)
     assert (code, output) == (-1, "timed out after 1.5s; the command was killed (from the host)")
     assert time.monotonic() - started < 1.5 + 2.5
-    assert [p for p in processes(container) if p.startswith("sleep 30")] == []
+    only_these_left(container, before)
 
 
 def test_flooding_shell_without_a_pid_line_is_still_killed(source, run_container):
@@ -208,11 +218,12 @@ def test_flooding_shell_without_a_pid_line_is_still_killed(source, run_container
                               init=True)
     wait_until(lambda: container.exec_run(["/bin/busybox", "head", "-c", "2", "/bin/sh"]).output == b"#!",
                message="/bin/sh replaced")
+    before = processes(container)
     code, output = source.exec_in_container(container.id, "true", 1)
     assert code == -1 and output.startswith("timed out after 1s; the command was killed (from the host)\n")
     assert len(output) <= 4096
     assert "\n/bin/sh -c echo \"$$\"; exec /bin/sh -c \"$1\" consul-reg-check true\n" in output
-    assert [p for p in processes(container) if "consul-reg-check" in p] == []
+    only_these_left(container, before)
 
 
 def test_exec_in_a_stopped_or_missing_container_says_why(source, run_container):
@@ -349,12 +360,13 @@ def test_archive_cut_or_stalled_mid_stream(proxied, run_container, mode, reason)
 @pytest.mark.parametrize("mode", ["cut", "stall"])
 def test_exec_stream_cut_or_stalled_mid_stream_still_kills(proxied, run_container, mode):
     container = run_container(init=True)
+    before = processes(container)
     faulty = proxied(200_000, mode)  # exec create/inspect answers pass, the output stream breaks
     started = time.monotonic()
     code, output = faulty.exec_in_container(container.id, "yes", 2)
     assert code == -1 and "the command was killed (from the host)" in output.splitlines()[0]
     assert time.monotonic() - started < 2 + 1.5
-    assert "yes" not in processes(container)
+    only_these_left(container, before)
 
 
 def test_docker_down_is_docker_unavailable(tmp_path, monkeypatch, run_container):
@@ -366,3 +378,54 @@ def test_docker_down_is_docker_unavailable(tmp_path, monkeypatch, run_container)
     code, output = down.exec_in_container(container.id, "true", 5)
     assert code == -1 and output.startswith("docker exec failed: cannot connect")
     down.close()
+
+
+def test_dockerd_killed_mid_stream(own_dockerd):
+    """dockerd dies (SIGKILL) while an exec streams and files are read: every call returns in
+    time with a Docker error, and the exec's process is still killed (found by the PID it printed)."""
+    client = docker.DockerClient(base_url=own_dockerd.host, timeout=30)
+    container = client.containers.run(IMAGE, ["sh", "-c", "yes SERVICE_A=1 | head -c 60000 > /a.env; exec sleep 600"],
+                                      detach=True, init=True, network_mode="host", labels={TEST_LABEL: RUN_ID})
+    wait_until(lambda: container.exec_run(["sh", "-c", "test $(wc -c < /a.env) = 60000"]).exit_code == 0,
+               message="env file written")
+    saved = os.environ.get("DOCKER_HOST")
+    os.environ["DOCKER_HOST"] = own_dockerd.host
+    try:
+        source = DockerSource()
+    finally:
+        os.environ.pop("DOCKER_HOST") if saved is None else os.environ.__setitem__("DOCKER_HOST", saved)
+    assert source.read_file(container.id, "/a.env", LIMIT, 5) == "SERVICE_A=1\n" * 5000
+    results: dict[str, Any] = {}
+
+    def run_exec() -> None:
+        started = time.monotonic()
+        results["exec"] = source.exec_in_container(container.id, "yes", 8), time.monotonic() - started
+
+    def read_files() -> None:
+        outcomes, started = set(), time.monotonic()
+        while time.monotonic() - started < 3:
+            try:
+                outcomes.add("text" if source.read_file(container.id, "/a.env", LIMIT, 5) else "none")
+            except (FileUnreadable, DockerUnavailable) as error:
+                outcomes.add(type(error).__name__)
+        results["reads"] = outcomes
+
+    threads = [threading.Thread(target=run_exec), threading.Thread(target=read_files)]
+    try:
+        for thread in threads:
+            thread.start()
+        wait_until(lambda: any(p[-1] == "/bin/sh -c yes" for p in container.top()["Processes"]), message="yes running")
+        yes_pid = next(int(p[1]) for p in container.top()["Processes"] if p[-1] == "/bin/sh -c yes")
+        own_dockerd.process.send_signal(signal.SIGKILL)
+        own_dockerd.process.wait(10)
+        for thread in threads:
+            thread.join(8 + 4)
+        assert not any(thread.is_alive() for thread in threads)
+        (code, output), seconds = results["exec"]
+        assert code == -1 and seconds < 8 + 4
+        assert output.splitlines()[0].endswith("the command was killed (from the host, found by its PID in the container)")
+        assert results["reads"] <= {"text", "DockerUnavailable", "FileUnreadable"} and "DockerUnavailable" in results["reads"]
+        assert not os.path.exists(f"/proc/{yes_pid}") or open(f"/proc/{yes_pid}/stat").read().split(") ")[1][0] == "Z"
+    finally:
+        if own_dockerd.process.poll() is not None:
+            own_dockerd.start()  # so the fixture can remove the container
