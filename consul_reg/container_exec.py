@@ -49,6 +49,7 @@ class _Ran:
     outcome: str  # "ended", "timeout", or "broken: <why>"
     output: bytes
     pid: int  # the command's PID inside the container (0: unknown)
+    started: tuple[float, float] = (0.0, 0.0)  # CLOCK_BOOTTIME window in which that process started
 
 
 class ExecRefused(Exception):
@@ -99,6 +100,7 @@ def _run(endpoint: Endpoint, container_id: str, argv: list[str], deadline: float
         raise docker_http.BrokenExchange("Docker created an exec without an Id")
     output = _Output(output_limit, pid_line)
     outcome = "ended"
+    start_asked = time.clock_gettime(time.CLOCK_BOOTTIME)
     try:
         with docker_http.Exchange(endpoint, "POST", docker_http.url(endpoint, "/exec/{}/start", exec_id), deadline,
                                   body={"Detach": False, "Tty": False}) as exchange:
@@ -119,7 +121,7 @@ def _run(endpoint: Endpoint, container_id: str, argv: list[str], deadline: float
         outcome = "timeout"
     except (docker_http.BrokenExchange, docker_http.Unreachable) as error:
         outcome = f"broken: {error}"
-    return _Ran(container_id, exec_id, outcome, output.tail(), output.pid)
+    return _Ran(container_id, exec_id, outcome, output.tail(), output.pid, (start_asked, output.pid_seen))
 
 
 def _kill(endpoint: Endpoint, ran: _Ran, deadline: float) -> str:
@@ -148,19 +150,22 @@ def _kill(endpoint: Endpoint, ran: _Ran, deadline: float) -> str:
             time.sleep(POLL_INTERVAL)
     except docker_http.Timeout:
         return "the command could not be killed in time"
-    except (ExecRefused, docker_http.Unreachable, docker_http.BrokenExchange) as error:
-        # dockerd gone (or the exec forgotten): the PID it printed may still be found from the host.
-        if ran.pid and _host_kill(_host_pid_of(ran.container_id, ran.pid, deadline), ran.container_id):
+    except ExecRefused as error:  # the exec is gone (its container stopped or restarted): so is its process
+        return f"the command could not be killed: {error}"
+    except (docker_http.Unreachable, docker_http.BrokenExchange) as error:
+        # dockerd gone: the PID the command printed may still be found from the host.
+        if ran.pid and _host_kill(_host_pid_of(ran, deadline), ran.container_id):
             return "the command was killed (from the host, found by its PID in the container)"
         return f"the command could not be killed: {error}"
 
 
-def _host_pid_of(container_id: str, container_pid: int, deadline: float) -> int:
-    """The host PID of the process that is `container_pid` inside this container, from /proc
-    (last NSpid field, and the container's ID in its cgroup); 0 if not seen."""
-    if len(container_id) != 64:
+def _host_pid_of(ran: _Ran, deadline: float) -> int:
+    """The host PID of the command from /proc, 0 if not seen: a process whose innermost PID
+    is the one it printed, in this container's cgroup, leading its own session (as Docker
+    starts execs), and started between the exec's start and the PID line's arrival."""
+    if len(ran.container_id) != 64 or not ran.pid:
         return 0
-    wanted = str(container_pid)
+    wanted, ticks = str(ran.pid).encode(), os.sysconf("SC_CLK_TCK")
     try:
         entries = os.scandir("/proc")
     except OSError:
@@ -175,12 +180,17 @@ def _host_pid_of(container_id: str, container_pid: int, deadline: float) -> int:
                 with open(f"/proc/{entry.name}/status", "rb") as status:
                     nspid = next((line.split()[1:] for line in status.read(8192).splitlines()
                                   if line.startswith(b"NSpid:")), [])
-                if not nspid or nspid[-1] != wanted.encode():
+                if not nspid or nspid[-1] != wanted:
                     continue
+                with open(f"/proc/{entry.name}/stat", "rb") as stat_file:
+                    fields = stat_file.read(4096).rsplit(b")", 1)[1].split()
                 with open(f"/proc/{entry.name}/cgroup", "rb") as cgroup:
-                    if container_id.encode() in cgroup.read(64 * 1024):
-                        return int(entry.name)
-            except OSError:
+                    in_container = ran.container_id.encode() in cgroup.read(64 * 1024)
+                started = int(fields[19]) / ticks
+                if (in_container and fields[2] == fields[3] == entry.name.encode()
+                        and ran.started[0] - 1 <= started <= ran.started[1] + 1):
+                    return int(entry.name)
+            except (OSError, ValueError, IndexError):
                 continue
     return 0
 
@@ -258,6 +268,7 @@ class _Output:
         self._stream = 0
         self._pid_pending: bytearray | None = bytearray() if pid_line else None
         self.pid = 0
+        self.pid_seen = 0.0
 
     def feed(self, data: bytes) -> None:
         view = memoryview(data)
@@ -282,6 +293,7 @@ class _Output:
             line, newline, rest = self._pid_pending.partition(b"\n")
             if newline and line.isdigit() and len(line) < MAX_PID_LINE:
                 self.pid = int(line)
+                self.pid_seen = time.clock_gettime(time.CLOCK_BOOTTIME)
             elif not newline and len(self._pid_pending) < MAX_PID_LINE:
                 return  # the line is not complete yet
             else:

@@ -7,8 +7,10 @@ real socket)."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -380,9 +382,22 @@ def test_docker_down_is_docker_unavailable(tmp_path, monkeypatch, run_container)
     down.close()
 
 
-def test_dockerd_killed_mid_stream(own_dockerd):
+@pytest.fixture
+def unmounted_after() -> Iterator[list[Path]]:
+    """Set up before own_dockerd, so torn down after it: unmount what that dockerd left
+    mounted under its directory (its data root, its network namespace), then remove it."""
+    directories: list[Path] = []
+    yield directories
+    for directory in directories:
+        for mount in (directory / "exec" / "netns" / "default", directory / "root"):
+            subprocess.run(["umount", str(mount)], capture_output=True)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_dockerd_killed_mid_stream(unmounted_after, own_dockerd):
     """dockerd dies (SIGKILL) while an exec streams and files are read: every call returns in
     time with a Docker error, and the exec's process is still killed (found by the PID it printed)."""
+    unmounted_after.append(own_dockerd.dir)
     client = docker.DockerClient(base_url=own_dockerd.host, timeout=30)
     container = client.containers.run(IMAGE, ["sh", "-c", "yes SERVICE_A=1 | head -c 60000 > /a.env; exec sleep 600"],
                                       detach=True, init=True, network_mode="host", labels={TEST_LABEL: RUN_ID})
