@@ -24,10 +24,10 @@ import os
 import signal
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from consul_reg import docker_http
-from consul_reg.docker_http import Endpoint, printable
+from consul_reg.docker_http import Endpoint
 
 WRAPPER = 'echo "$$"; exec /bin/sh -c "$1"'
 KILL_SCRIPT = 'kill -KILL -"$1" 2>/dev/null || kill -KILL "$1"'
@@ -39,7 +39,7 @@ MAX_PID_LINE = 24
 # daemon (and dockerd) spend a core on bytes of which only the last few KiB are kept.
 FAST_BYTES = 1024 * 1024
 SLOW_BYTES_PER_SECOND = 256 * 1024
-STDOUT, STDERR, SYSTEMERR = 1, 2, 3
+STDOUT = 1  # Docker's stream type of a frame (2 stderr, 3 Docker's own error): all are output
 
 
 @dataclass(frozen=True)
@@ -238,7 +238,8 @@ def _container_kill(endpoint: Endpoint, container_id: str, pid: int, deadline: f
     return ran.outcome == "ended"
 
 
-def _wait(endpoint: Endpoint, exec_id: str, deadline: float, done) -> dict[str, Any] | None:
+def _wait(endpoint: Endpoint, exec_id: str, deadline: float,
+          done: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
     """Poll exec inspect until done(info); None if the deadline passes first."""
     while True:
         info = _call(endpoint, "GET", docker_http.url(endpoint, "/exec/{}/json", exec_id), deadline)

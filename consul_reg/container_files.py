@@ -15,7 +15,6 @@ import base64
 import binascii
 import json
 import tarfile
-import time
 from typing import Any, Protocol
 
 from consul_reg import docker_http
