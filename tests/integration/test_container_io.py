@@ -55,6 +55,10 @@ def native_threads() -> int:
     return len(os.listdir("/proc/self/task"))
 
 
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
 def processes(container) -> set[tuple[str, str]]:
     """(PID, command line) of the container's processes, from `docker top` (no exec: dockerd
     delays an exec's end while another exec's output is unread). Busybox runs `yes` and
@@ -182,8 +186,10 @@ def test_yes_is_capped_killed_and_leaves_no_thread(source, run_container, monkey
         monkeypatch.setattr(container_exec, "_host_kill", lambda pid, container_id: False)
     container = run_container(init=True)
     source.exec_in_container(container.id, "true", 10)  # warm up imports and sockets before counting
-    threads, tasks, before = threading.active_count(), native_threads(), processes(container)
+    before = processes(container)
+    threads, tasks, fds = threading.active_count(), native_threads(), open_fds()
     result, seconds, growth = measured(lambda: source.exec_in_container(container.id, "yes", 2))
+    assert (threading.active_count(), native_threads(), open_fds()) == (threads, tasks, fds)
     code, output = result
     assert code == -1 and len(output) <= 4096
     assert output.startswith("timed out after 2s; the command was killed "
@@ -191,7 +197,6 @@ def test_yes_is_capped_killed_and_leaves_no_thread(source, run_container, monkey
     assert seconds < 2 + 1.5
     assert growth < 8 * 1024, f"RSS grew by {growth} KiB"
     only_these_left(container, before)
-    assert (threading.active_count(), native_threads()) == (threads, tasks)
 
 
 def test_command_sleeping_past_its_timeout_is_killed_with_its_group(source, run_container):
