@@ -71,7 +71,7 @@ def decode_stat(header: str | None) -> dict[str, Any]:
 def read_file(endpoint: Endpoint, container_id: str, path: str, limit_bytes: int,
               timeout_seconds: float) -> str | None:
     """The file's text (UTF-8, undecodable bytes replaced); None when the container
-    or the path does not exist. Raises FileUnreadable for anything else about
+    or the path does not exist (or the file vanished while dockerd archived it). Raises FileUnreadable for anything else about
     the file, docker_http.Unreachable when dockerd cannot be reached."""
     deadline = docker_http.deadline_after(timeout_seconds)
     target = docker_http.url(endpoint, "/containers/{}/archive", container_id, query={"path": path})
@@ -86,7 +86,7 @@ def read_file(endpoint: Endpoint, container_id: str, path: str, limit_bytes: int
         return read_archive(exchange, path, limit_bytes, timeout_seconds)
 
 
-def read_archive(exchange: "_Body", path: str, limit_bytes: int, timeout_seconds: float) -> str:
+def read_archive(exchange: "_Body", path: str, limit_bytes: int, timeout_seconds: float) -> str | None:
     """The file's text from an answer of the archive endpoint (any status but 404)."""
     if exchange.status != 200:
         raise FileUnreadable(path, f"could not be read: Docker answered {printable(exchange.error_message())}")
@@ -107,7 +107,7 @@ def read_archive(exchange: "_Body", path: str, limit_bytes: int, timeout_seconds
     except Exception as error:  # tar, HTTP framing, socket: the stream is the container's doing
         raise FileUnreadable(path, f"could not be read: the archive from Docker is broken or was cut off "
                                    f"({type(error).__name__}: {docker_http.describe(error)})") from None
-    return data.decode("utf-8", "replace")
+    return None if data is None else data.decode("utf-8", "replace")
 
 
 class _Body(Protocol):
@@ -119,14 +119,14 @@ class _Body(Protocol):
     def error_message(self) -> str: ...
 
 
-def _extract(exchange: _Body, path: str, limit_bytes: int) -> bytes:
+def _extract(exchange: _Body, path: str, limit_bytes: int) -> bytes | None:
     data_blocks = -(-limit_bytes // BLOCK) * BLOCK
     reader = _BoundedReader(exchange, path, data_blocks + HEADER_ALLOWANCE)
     # "r|": a plain stream, no compression sniffing; bufsize one block so tarfile reads no further ahead.
     with tarfile.open(fileobj=reader, mode="r|", bufsize=BLOCK) as archive:  # type: ignore[call-overload]
         member = archive.next()
         if member is None:
-            raise FileUnreadable(path, "could not be read: Docker sent an empty archive")
+            return None  # removed between dockerd's stat and its tar: as when the stat found nothing
         if member.type not in (tarfile.REGTYPE, tarfile.AREGTYPE):  # not even GNU sparse: Docker never sends it
             raise FileUnreadable(path, "is not a regular file (it changed while being read)")
         if member.size > limit_bytes:

@@ -151,6 +151,11 @@ def test_first_member_not_a_file_is_refused():
             read_archive(body(tar_of(b"", kind=kind)), "/f", LIMIT, 5)
 
 
+def test_archive_without_a_member_is_a_missing_file():
+    """The file was removed between dockerd's stat and its tar: dockerd sends only the end blocks."""
+    assert read_archive(body(b"\0" * 1024), "/f", LIMIT, 5) is None
+
+
 @pytest.mark.parametrize("name,stream", [
     ("empty", b""),
     ("cut in the header", tar_of(b"A=1\n")[:300]),
