@@ -6,10 +6,8 @@ subscriber that does not read within ~100 ms, so nothing slow runs there.
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import tarfile
 import threading
 import time
 from typing import Any, Callable
@@ -20,7 +18,9 @@ import requests.exceptions
 from cachetools import LRUCache
 from loguru import logger
 
+from consul_reg import container_exec, container_files, docker_http
 from consul_reg.backoff import Backoff
+from consul_reg.container_files import FileUnreadable  # noqa: F401  (raised by read_file)
 from consul_reg.liveness import Liveness
 from consul_reg.router import CONTAINER_ACTIONS, DOCKER_RECONNECTED, Hint
 
@@ -29,6 +29,7 @@ from consul_reg.router import CONTAINER_ACTIONS, DOCKER_RECONNECTED, Hint
 API_VERSION = "1.41"
 FALLBACK_SOCKET = "/tmp/docker.sock"
 DEFAULT_SOCKET = "/var/run/docker.sock"
+READ_TIMEOUT = 10.0  # seconds for one file read when the caller gives none
 
 
 class DockerUnavailable(Exception):
@@ -59,14 +60,17 @@ def listing_key(summary: dict[str, Any]) -> str:
 class DockerSource:
     def __init__(self, timeout: float = 30.0) -> None:
         base_url = docker_base_url()
+        # File reads and exec probes run on worker threads, each call on a connection
+        # of its own (docker_http) with one wall-clock deadline, so they never queue
+        # behind the sync loop's calls and never outlive their deadline.
+        try:
+            self._endpoint = docker_http.endpoint_from(base_url, os.environ, API_VERSION)
+        except (OSError, docker.errors.DockerException) as error:  # unreadable TLS files, a bad DOCKER_HOST
+            raise DockerUnavailable(f"docker: {_describe(error)}") from None
         if base_url is None:
             self._client = docker.from_env(timeout=timeout, version=API_VERSION).api
         else:
             self._client = docker.APIClient(base_url=base_url, timeout=timeout, version=API_VERSION)
-        # Exec probes run on worker threads: a client of their own, so they never
-        # queue behind the sync loop's calls.
-        self._exec_client = (docker.from_env(timeout=timeout, version=API_VERSION).api if base_url is None
-                             else docker.APIClient(base_url=base_url, timeout=timeout, version=API_VERSION))
         self.description = base_url or os.environ.get("DOCKER_HOST", "")
         self.liveness = Liveness("docker")
 
@@ -84,48 +88,24 @@ class DockerSource:
         except docker.errors.NotFound:
             return None
 
-    def read_file(self, container_id: str, path: str, limit: int, timeout: float = 5.0) -> str | None:
-        """A file's text from inside the container (Docker's archive API, no exec);
-        None when it does not exist. Raises ValueError when it is not a readable
-        regular file of at most `limit` bytes."""
+    def read_file(self, container_id: str, path: str, limit_bytes: int,
+                  timeout_seconds: float = READ_TIMEOUT) -> str | None:
+        """A file's text from inside the container (Docker's archive API, no exec); None
+        when it does not exist. Raises FileUnreadable (a ValueError) when it is not a
+        regular file of at most `limit_bytes` readable within `timeout_seconds`, and
+        DockerUnavailable when dockerd cannot be reached. Thread-safe."""
         try:
-            stream, stat = self._guard("read a file", self._client.get_archive, container_id, path)
-        except docker.errors.NotFound:
-            return None
-        if stat.get("size", 0) > limit:
-            raise ValueError(f"{path} is larger than {limit} bytes")
-        raw = b"".join(stream)
-        with tarfile.open(fileobj=io.BytesIO(raw)) as archive:
-            member = next((m for m in archive.getmembers() if m.isfile()), None)
-            if member is None:
-                raise ValueError(f"{path} is not a regular file")
-            extracted = archive.extractfile(member)
-            return extracted.read(limit).decode("utf-8", "replace") if extracted else ""
+            return container_files.read_file(self._endpoint, container_id, path, limit_bytes, timeout_seconds)
+        except docker_http.Unreachable as error:
+            raise DockerUnavailable(f"docker ({self.description}): could not read a file: {error}") from None
 
-    def exec_in_container(self, container_id: str, command: str, timeout: float) -> tuple[int, str]:
-        """Run `sh -c command` in the container (Docker exec API): (exit code, output).
-        A command still running after `timeout` counts as failed (exit code -1)."""
-        created = self._guard("create an exec", self._exec_client.exec_create, container_id,
-                              ["/bin/sh", "-c", command], stdout=True, stderr=True)
-        result: dict[str, object] = {}
-
-        def run() -> None:
-            try:
-                result["output"] = self._exec_client.exec_start(created["Id"], stream=False)
-            except Exception as error:  # reported as the check's output
-                result["error"] = error
-
-        worker = threading.Thread(target=run, name="exec-start", daemon=True)
-        worker.start()
-        worker.join(timeout)
-        if worker.is_alive():
-            return -1, f"timed out after {timeout:g}s"
-        if "error" in result:
-            return -1, f"docker exec failed: {_describe(result['error'])}"  # type: ignore[arg-type]
-        raw = result.get("output") or b""
-        output = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
-        exit_code = self._guard("inspect an exec", self._exec_client.exec_inspect, created["Id"]).get("ExitCode")
-        return (exit_code if isinstance(exit_code, int) else -1), output.strip()
+    def exec_in_container(self, container_id: str, command: str, timeout_seconds: float,
+                          output_limit: int = 4096) -> tuple[int, str]:
+        """Run `sh -c command` in the container: (exit code, the output's last `output_limit`
+        bytes). Past `timeout_seconds` the command is killed and the exit code is -1, as
+        for any failure; the output says why. Never raises for Docker's sake. Thread-safe."""
+        return container_exec.exec_in_container(self._endpoint, container_id, command, timeout_seconds,
+                                                output_limit)
 
     def follow_events(self, post: Callable[[Hint], None], stop: threading.Event, retry_interval: float = 1.0,
                       max_backoff: float = 30.0) -> threading.Thread:
@@ -191,7 +171,6 @@ class DockerSource:
 
     def close(self) -> None:
         self._client.close()
-        self._exec_client.close()
 
 
 def hint_from_event(event: object) -> Hint | None:

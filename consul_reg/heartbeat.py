@@ -45,7 +45,7 @@ class CheckReporter(Protocol):
 
 
 class CommandRunner(Protocol):
-    def exec_in_container(self, container_id: str, command: str, timeout: float) -> tuple[int, str]: ...
+    def exec_in_container(self, container_id: str, command: str, timeout_seconds: float) -> tuple[int, str]: ...
 
 
 @dataclass(frozen=True)

@@ -144,5 +144,5 @@ class FakeDocker:
         found = self.containers.get(container_id)
         return copy.deepcopy(found) if found is not None else None
 
-    def exec_in_container(self, container_id: str, command: str, timeout: float) -> tuple[int, str]:
+    def exec_in_container(self, container_id: str, command: str, timeout_seconds: float) -> tuple[int, str]:
         return 0, "ok"

@@ -1,0 +1,255 @@
+"""One HTTP/1.1 exchange with dockerd on a socket of its own, under a wall-clock deadline.
+
+Used for the calls that stream what a container controls (a file's archive,
+an exec's output). docker-py cannot bound those: it switches the socket
+timeout off for streams and parses headers through a buffered reader that
+may swallow the first bytes of a hijacked exec stream. Here every recv gets
+the time left before the deadline as its timeout, h11 does the framing
+(chunked or close-delimited) on bytes we read ourselves, and each exchange
+has its own connection (no pool: thread-safe by construction, and an
+abandoned stream never leaks into the next request).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+import ssl
+import time
+import urllib.parse
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import docker.utils
+import h11
+
+RECV_BYTES = 64 * 1024
+MAX_HEAD_BYTES = 64 * 1024  # status line + headers; Docker's are < 1 KiB
+MAX_JSON_BYTES = 1024 * 1024  # an exec's create/inspect answer, an error body
+MAX_SECONDS = 86400.0
+
+
+class Unreachable(Exception):
+    """dockerd could not be connected to, or dropped the connection before answering."""
+
+
+class Timeout(Exception):
+    """The deadline passed."""
+
+
+class BrokenExchange(Exception):
+    """dockerd broke off or sent something that is not HTTP."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where dockerd listens: a unix socket, or host:port (with TLS when ssl_context is set)."""
+
+    unix_path: str = ""
+    host: str = ""
+    port: int = 0
+    ssl_context: ssl.SSLContext | None = None
+    api_version: str = "1.41"
+    unsupported: str = ""  # why this DOCKER_HOST cannot be used here (ssh://, npipe://)
+
+    @property
+    def description(self) -> str:
+        return f"unix://{self.unix_path}" if self.unix_path else f"tcp://{self.host}:{self.port}"
+
+
+def endpoint_from(base_url: str | None, environ: Mapping[str, str], api_version: str) -> Endpoint:
+    """The endpoint for docker_source's base URL (unix://...), or, when it is None,
+    DOCKER_HOST / DOCKER_TLS_VERIFY / DOCKER_CERT_PATH read as docker-py reads them."""
+    tls = None
+    if base_url is None:
+        kwargs = docker.utils.kwargs_from_env(environment=dict(environ))
+        base_url, tls = kwargs.get("base_url"), kwargs.get("tls")
+    parsed = urllib.parse.urlparse(docker.utils.parse_host(base_url, tls=bool(tls)))
+    if parsed.scheme == "http+unix":
+        return Endpoint(unix_path=parsed.path, api_version=api_version)
+    if parsed.scheme in ("http", "https") and parsed.hostname:
+        context = None
+        if parsed.scheme == "https":
+            context = ssl.create_default_context(cafile=tls.ca_cert if tls and tls.verify else None)
+            if not (tls and tls.verify):
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            if tls and tls.cert:
+                context.load_cert_chain(*tls.cert)
+        return Endpoint(host=parsed.hostname, port=parsed.port or (2376 if context else 2375),
+                        ssl_context=context, api_version=api_version)
+    return Endpoint(unsupported=f"{parsed.scheme}:// is not supported for streamed calls", api_version=api_version)
+
+
+def deadline_after(seconds: float) -> float:
+    """time.monotonic() + seconds, with seconds made a sane number (NaN and negatives: 0; at most a day)."""
+    if not isinstance(seconds, (int, float)) or math.isnan(seconds):
+        seconds = 0.0
+    return time.monotonic() + min(max(float(seconds), 0.0), MAX_SECONDS)
+
+
+def url(endpoint: Endpoint, path: str, *segments: str, query: Mapping[str, str] | None = None) -> str:
+    """`path` with `{}` filled by percent-encoded segments (never a `/` or `..` of theirs)."""
+    target = f"/v{endpoint.api_version}" + path.format(*(urllib.parse.quote(s, safe="") for s in segments))
+    return target + ("?" + urllib.parse.urlencode(query) if query else "")
+
+
+class Exchange:
+    """One request and its streamed response. Use as a context manager; close() drops the connection."""
+
+    def __init__(self, endpoint: Endpoint, method: str, target: str, deadline: float,
+                 body: Any = None, headers: tuple[tuple[str, str], ...] = ()) -> None:
+        self.deadline = deadline
+        self.status = 0
+        self.headers: dict[str, str] = {}
+        self._sock: socket.socket | None = None
+        self._conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_BYTES)
+        self._finished = False
+        self._eof = False
+        if endpoint.unsupported:
+            raise Unreachable(endpoint.unsupported)
+        payload = b"" if body is None else json.dumps(body).encode()
+        request_headers = [("Host", "docker"), ("Connection", "close"), ("Content-Length", str(len(payload))),
+                           *headers]
+        if body is not None:
+            request_headers.append(("Content-Type", "application/json"))
+        self._connect(endpoint)
+        try:
+            self._send(h11.Request(method=method, target=target, headers=request_headers))
+            self._send(h11.Data(data=payload))
+            self._send(h11.EndOfMessage())
+            self._read_head()
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> "Exchange":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def remaining(self) -> float:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise Timeout("the deadline passed")
+        return left
+
+    def read_some(self, max_bytes: int = RECV_BYTES) -> bytes:
+        """The next piece of the body, b"" at its end. At most `max_bytes` more are
+        taken from the socket (plus what HTTP framing already buffered)."""
+        while not self._finished:
+            event = self._next_event(max_bytes)
+            if isinstance(event, h11.Data):
+                return bytes(event.data)
+            if isinstance(event, h11.EndOfMessage):
+                self._finished = True
+        return b""
+
+    def read_json(self, limit: int = MAX_JSON_BYTES) -> Any:
+        """The whole body as JSON (BrokenExchange if longer than `limit` or not JSON)."""
+        data = bytearray()
+        while piece := self.read_some():
+            data += piece
+            if len(data) > limit:
+                raise BrokenExchange(f"answer longer than {limit} bytes")
+        try:
+            return json.loads(data or b"null")
+        except ValueError as error:
+            raise BrokenExchange(f"answer is not JSON: {error}") from None
+
+    def error_message(self) -> str:
+        """dockerd's {"message": ...} of a failed call, else the status."""
+        try:
+            body = self.read_json(limit=64 * 1024)
+            message = body.get("message") if isinstance(body, dict) else None
+        except (BrokenExchange, Timeout, OSError):
+            message = None
+        return f"{self.status} {message}" if isinstance(message, str) else f"HTTP {self.status}"
+
+    def close(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    def _connect(self, endpoint: Endpoint) -> None:
+        try:
+            if endpoint.unix_path:
+                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                self._sock.settimeout(self.remaining())
+                self._sock.connect(endpoint.unix_path)
+            else:
+                raw = socket.create_connection((endpoint.host, endpoint.port), timeout=self.remaining())
+                self._sock = raw
+                if endpoint.ssl_context is not None:
+                    self._sock = endpoint.ssl_context.wrap_socket(raw, server_hostname=endpoint.host)
+        except Timeout:
+            self.close()
+            raise
+        except OSError as error:  # refused, missing socket, TLS failure, connect timeout
+            self.close()
+            raise Unreachable(f"cannot connect to {endpoint.description}: {describe(error)}") from None
+
+    def _send(self, event: Any) -> None:
+        data = self._conn.send(event)
+        if data and self._sock is not None:
+            self._sock.settimeout(self.remaining())
+            try:
+                self._sock.sendall(data)
+            except TimeoutError:
+                raise Timeout("the deadline passed while sending") from None
+            except OSError as error:
+                raise Unreachable(f"dockerd dropped the connection: {describe(error)}") from None
+
+    def _read_head(self) -> None:
+        while True:
+            try:
+                event = self._next_event()
+            except BrokenExchange as error:
+                raise Unreachable(f"no answer from dockerd: {error}") from None
+            if isinstance(event, h11.InformationalResponse):
+                continue
+            if isinstance(event, h11.Response):
+                self.status = event.status_code
+                self.headers = {name.decode("latin-1").lower(): value.decode("latin-1")
+                                for name, value in event.headers}
+                return
+
+    def _next_event(self, max_bytes: int = RECV_BYTES) -> Any:
+        while True:
+            try:
+                event = self._conn.next_event()
+            except h11.RemoteProtocolError as error:
+                raise BrokenExchange(f"bad HTTP from dockerd: {error}") from None
+            if event is not h11.NEED_DATA:
+                if isinstance(event, h11.ConnectionClosed):
+                    raise BrokenExchange("dockerd closed the connection")
+                return event
+            if self._sock is None or self._eof:
+                raise BrokenExchange("connection closed")
+            self._sock.settimeout(self.remaining())
+            try:
+                data = self._sock.recv(max(1, min(max_bytes, RECV_BYTES)))
+            except TimeoutError:
+                raise Timeout("the deadline passed while reading") from None
+            except OSError as error:
+                raise BrokenExchange(f"connection failed: {describe(error)}") from None
+            self._eof = not data
+            try:
+                self._conn.receive_data(data)
+            except h11.RemoteProtocolError as error:
+                raise BrokenExchange(f"bad HTTP from dockerd: {error}") from None
+
+
+def printable(text: str, limit: int = 200) -> str:
+    """Container-controlled text made safe for one log line: control characters escaped, length capped."""
+    escaped = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+    return escaped if len(escaped) <= limit else escaped[:limit] + "..."
+
+
+def describe(error: BaseException) -> str:
+    return printable(" ".join(str(error).split()) or type(error).__name__, 300)
