@@ -18,6 +18,7 @@ from consul_reg.docker_source import DockerSource, DockerUnavailable
 from consul_reg.mapping import MappingSettings, map_container
 from consul_reg.model import ContainerStatus
 from consul_reg.reconcile import ContainerDesire
+from consul_reg.swarm_endpoints import SwarmEndpoints
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class DesireBuilder:
         self.settings = settings
         self._reported: dict[str, tuple[tuple[str, str], ...]] = {}
         self._env_files: dict[str, _EnvFileState] = {}
+        self.swarm = SwarmEndpoints(docker)
 
     def desire_for(self, container: dict[str, Any]) -> ContainerDesire:
         container_id = str(container.get("Id") or "")
@@ -48,6 +50,7 @@ class DesireBuilder:
             self._env_files.pop(container_id, None)
             return ContainerDesire(container_id, name, created, (), keep_existing=keep, status=status)
         extra = (("env file", list(self._env_file(container_id, name, env_path).pairs)),) if env_path else ()
+        container = self.swarm.augment(container)  # a Swarm task: its service's ingress ports
         try:
             records = map_container(container, self.settings, network_peer=self._network_peer(container),
                                     extra_sources=extra)

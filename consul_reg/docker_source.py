@@ -39,6 +39,10 @@ class DockerUnavailable(Exception):
     """Docker could not be reached; the message says why."""
 
 
+class NotASwarmManager(Exception):
+    """This node cannot read Swarm services: a worker, or not in a swarm."""
+
+
 @dataclass(frozen=True)
 class Hint:
     """A reason to look at one container again, or at everything (container_id "")."""
@@ -122,6 +126,21 @@ class DockerSource:
             extracted = archive.extractfile(member)
             return extracted.read(limit).decode("utf-8", "replace") if extracted else ""
 
+    def swarm_service(self, service_id: str) -> dict[str, Any] | None:
+        """A Swarm service's inspect data (its Endpoint holds the published ports), or
+        None when it is gone. Raises NotASwarmManager where services cannot be read."""
+        def inspect() -> dict[str, Any]:
+            try:
+                return self._client.inspect_service(service_id)
+            except docker.errors.APIError as error:
+                if error.status_code == 503 and "not a swarm manager" in str(error.explanation):
+                    raise NotASwarmManager(str(error.explanation)) from None
+                raise
+        try:
+            return self._guard("inspect a swarm service", inspect)
+        except docker.errors.NotFound:
+            return None
+
     def exec_in_container(self, container_id: str, command: str, timeout: float) -> tuple[int, str]:
         """Run `sh -c command` in the container (Docker exec API): (exit code, output).
         A command still running after `timeout` counts as failed (exit code -1)."""
@@ -201,6 +220,8 @@ class DockerSource:
         except docker.errors.NotFound:
             raise
         except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as error:
+            if isinstance(error, docker.errors.APIError) and "no such container" in str(error.explanation):
+                raise docker.errors.NotFound(str(error.explanation), error.response) from None  # Podman's 500
             raise DockerUnavailable(f"docker ({self.description}): could not {what}: {_describe(error)}") from None
 
     def close(self) -> None:
@@ -214,6 +235,7 @@ def _hint_from_event(event: object) -> Hint | None:
     action = str(event.get("Action") or event.get("status") or "")
     # health_status arrives as "health_status: healthy"; exec_* come from HEALTHCHECK probes.
     base_action = action.split(":", 1)[0].strip()
+    base_action = "destroy" if base_action == "remove" else base_action  # Podman's name for it
     if base_action not in RELEVANT_ACTIONS:
         return None
     actor = event.get("Actor") if isinstance(event.get("Actor"), dict) else {}
