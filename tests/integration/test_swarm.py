@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import pytest
 
+import subprocess
+
 from tests.integration.conftest import RUN_ID, TEST_LABEL, free_port, wait_until
+from tests.integration.image_build import consul_reg_image  # noqa: F401 (a fixture)
 from tests.integration.swarm_env import own_swarm  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.integration
@@ -104,3 +107,28 @@ def test_without_a_manager_ingress_ports_are_logged_once_and_host_ports_register
     assert {s["Service"] for s in consul_api.services_of(hostname).values()
             if s["Meta"]["consul_reg_container"] in (first.id, second.id)} == {"far"}
     assert daemon.log().count("swarm service far: this node is not a manager") == 1
+
+
+def test_consul_reg_as_a_global_service_on_the_host_network(own_swarm, consul_reg_image, consul_api, hostname):
+    """As registrator's users deploy it in a swarm: a global service on the `host`
+    network with the node's Docker socket mounted; it never registers itself."""
+    saved = subprocess.Popen(["docker", "save", consul_reg_image], stdout=subprocess.PIPE)
+    own_swarm.cli_input("load", "-q", stdin=saved.stdout)
+    assert saved.wait(timeout=120) == 0
+    socket = own_swarm.host.removeprefix("unix://")
+    own_swarm.cli("service", "create", "-d", "--no-resolve-image", "--name", "consul-reg", "--mode", "global",
+                  "--network", "host", "--mount", f"type=bind,source={socket},target=/tmp/docker.sock",
+                  "--container-label", "SERVICE_NAME=consul-reg", consul_reg_image,
+                  "--hostname", hostname, "-resync", "0", "consul://localhost:8500")
+    port = free_port()
+    own_swarm.cli("service", "create", *TASK_FLAGS, "--name", "api", "--replicas", "2",
+                  "--publish", f"published={port},target=8080", *IMAGE_AND_COMMAND)
+    api = expect_tasks(own_swarm, consul_api, hostname, "api", 2, (8080,))
+    assert {(s["Service"], s["Port"]) for s in api.values()} == {("api", port)}
+    daemon = own_swarm.tasks("consul-reg")
+    assert len(daemon) == 1
+    assert not [s for s in consul_api.services_of(hostname).values()
+                if s["Meta"]["consul_reg_container"] == next(iter(daemon.values())).id]
+    own_swarm.cli("service", "rm", "api")
+    wait_until(lambda: not consul_api.services_of(hostname), timeout=60, message="api's tasks deregistered")
+    own_swarm.cli("service", "rm", "consul-reg")
