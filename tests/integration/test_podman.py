@@ -23,10 +23,11 @@ pytestmark = pytest.mark.integration
 
 def test_podman_containers_register_follow_events_and_deregister(podman_service, podman_containers, start_daemon,
                                                                  consul_api, hostname):
-    daemon = start_daemon(resync="0", env={"DOCKER_HOST": podman_service})
+    daemon = start_daemon("--exec-checks", "daemon", resync="0", env={"DOCKER_HOST": podman_service})
     daemon.wait_log(f"connected: docker {podman_service}")
     # Image localhost/consul-reg-test/busybox: the default name is still the image's base name.
     web = podman_containers.run("-p", "8080", "--label", "SERVICE_TAGS=web,podman", "-e", "SERVICE_VERSION=3",
+                                "--label", "SERVICE_CHECK_DOCKER=echo exec ok in $(hostname)",
                                 command="exec httpd -f -p 8080 -h /www")
     worker = podman_containers.run("-e", "SERVICE_NAME=pm-worker", "--label", "SERVICE_ENV_FILE=/tmp/svc.env",
                                    command="printf 'SERVICE_TAGS=from-env-file\\n' > /tmp/svc.env; exec sleep 600")
@@ -38,6 +39,9 @@ def test_podman_containers_register_follow_events_and_deregister(podman_service,
     assert services[web_id]["Address"] == "127.0.0.1"  # the agent's advertise address, as with Docker
     assert services[web_id]["Tags"] == ["web", "podman"] and services[web_id]["Meta"]["version"] == "3"
     assert services[worker_id]["Service"] == "pm-worker" and services[worker_id]["Port"] == 0
+    # SERVICE_CHECK_DOCKER run by the daemon through Podman's exec API.
+    wait_until(lambda: consul_api.check_status(f"service:{web_id}:docker") == "passing", message="exec check")
+    assert "exec ok in" in consul_api.checks_of(web_id)[f"service:{web_id}:docker"]["Output"]
     # The env file, read through Podman's archive API.
     wait_until(lambda: consul_api.services_of(hostname)[worker_id]["Tags"] == ["from-env-file"],
                message="env file tags")
