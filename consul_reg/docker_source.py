@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import tarfile
 import queue
 import threading
@@ -99,9 +100,14 @@ class DockerSource:
 
     def inspect_listed(self, summary: dict[str, Any]) -> dict[str, Any] | None:
         """Inspect a listed container, reusing the last answer while its listing is unchanged."""
-        key = json.dumps({k: v for k, v in summary.items() if k != "Status"}, sort_keys=True, default=str)
+        status = str(summary.get("Status") or "")
+        # "Up 2 hours (healthy)": the text moves with time, the part in brackets does not.
+        key = json.dumps({**{k: v for k, v in summary.items() if k != "Status"},
+                          "Status": re.findall(r"\(([^)]*)\)", status)}, sort_keys=True, default=str)
         cached = self._inspect_cache.get(key)
-        if cached is not None:
+        # Podman's listing never shows health: a container with a healthcheck is read again.
+        if cached is not None and not (isinstance(cached.get("State"), dict) and cached["State"].get("Health")
+                                       and "(" not in status):
             return cached
         inspected = self.inspect(str(summary.get("Id")))
         if inspected is not None:
