@@ -16,6 +16,7 @@ from consul_reg.config import Config
 from consul_reg.env_files import EnvFileState
 from consul_reg.mapping import MappingSettings, map_container
 from consul_reg.model import ContainerDesire, ContainerStatus, keeps_records
+from consul_reg.swarm_endpoints import SwarmEndpoints
 
 
 class DesireUnavailable(Exception):
@@ -32,6 +33,7 @@ class DesireBuilder:
         self.docker = docker
         self.settings = settings
         self._reported: dict[str, tuple[tuple[str, str], ...]] = {}
+        self.swarm = SwarmEndpoints(docker)
 
     def build(self, container: dict[str, Any], env: EnvFileState | None, listing_key: str = "") -> ContainerDesire:
         """The container's desire. `env` is its env file's state when it has one
@@ -54,6 +56,7 @@ class DesireBuilder:
             if env is None or env.path != env_path or not env.read:
                 raise DesireUnavailable(f"its env file {env_path} is not read yet")
             extra = (("env file", list(env.good.pairs)),)
+        container = self.swarm.augment(container)  # a Swarm task: its service's ingress ports
         try:
             records = map_container(container, self.settings, network_peer=self._network_peer(container),
                                     extra_sources=extra)

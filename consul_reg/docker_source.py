@@ -36,6 +36,10 @@ class DockerUnavailable(Exception):
     """Docker could not be reached; the message says why."""
 
 
+class NotASwarmManager(Exception):
+    """This node cannot read Swarm services: a worker, or not in a swarm."""
+
+
 def docker_base_url(environ: dict[str, str] | None = None) -> str | None:
     """As the docker CLI: DOCKER_HOST, else the default socket, else /tmp/docker.sock."""
     environ = dict(os.environ) if environ is None else environ
@@ -85,6 +89,21 @@ class DockerSource:
         """The container's inspect data, or None when it no longer exists."""
         try:
             return self._guard("inspect a container", self._client.inspect_container, container_id)
+        except docker.errors.NotFound:
+            return None
+
+    def swarm_service(self, service_id: str) -> dict[str, Any] | None:
+        """A Swarm service's inspect data (its Endpoint holds the published ports), or
+        None when it is gone. Raises NotASwarmManager where services cannot be read."""
+        def inspect() -> dict[str, Any]:
+            try:
+                return self._client.inspect_service(service_id)
+            except docker.errors.APIError as error:
+                if error.status_code == 503 and "not a swarm manager" in str(error.explanation):
+                    raise NotASwarmManager(str(error.explanation)) from None
+                raise
+        try:
+            return self._guard("inspect a swarm service", inspect)
         except docker.errors.NotFound:
             return None
 
@@ -160,6 +179,9 @@ class DockerSource:
             self.liveness.ok()
             raise
         except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as error:
+            if isinstance(error, docker.errors.APIError) and "no such container" in str(error.explanation):
+                self.liveness.ok()
+                raise docker.errors.NotFound(str(error.explanation), error.response) from None  # Podman's 500
             reason = f"docker ({self.description}): could not {what}: {_describe(error)}"
             if isinstance(error, docker.errors.APIError) and error.response is not None:
                 self.liveness.ok()  # dockerd answered, with an error about this one thing
@@ -179,6 +201,7 @@ def hint_from_event(event: object) -> Hint | None:
     action = str(event.get("Action") or event.get("status") or "")
     # health_status arrives as "health_status: healthy"; exec_* come from HEALTHCHECK probes.
     base_action = action.split(":", 1)[0].strip()
+    base_action = "destroy" if base_action == "remove" else base_action  # Podman's name for it
     if base_action not in CONTAINER_ACTIONS:
         return None
     actor = event.get("Actor") if isinstance(event.get("Actor"), dict) else {}

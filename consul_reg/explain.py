@@ -12,6 +12,7 @@ from consul_reg.config import Config
 from consul_reg.docker_source import DockerSource, DockerUnavailable
 from consul_reg.labels import KeyValue, printable
 from consul_reg.mapping import map_container
+from consul_reg.swarm_endpoints import SwarmEndpoints
 from consul_reg.model import MARKER_KEYS, Service
 from consul_reg.registries import registries_from_uris
 from consul_reg.registries.base import RegistryError
@@ -73,6 +74,7 @@ def explain(config: Config, container_ref: str, out: TextIO = sys.stdout) -> int
     mode = str((container.get("HostConfig") or {}).get("NetworkMode") or "")
     if mode.startswith("container:"):
         peer = docker.inspect(mode.split(":", 1)[1])
+    container = SwarmEndpoints(docker).augment(container)  # a Swarm task: its service's ingress ports
     records = map_container(container, settings, network_peer=peer, extra_sources=extra)
     keys = labels.collect(config_section.get("Env"), config_section.get("Labels"), *extra, limits=config.limits)
     for service in records.services:

@@ -258,7 +258,9 @@ class Loop:
                 continue
             key = listing_key(summary)
             known = self.desires.get(container_id)
-            if known is not None and known.listing_key and known.listing_key == key:
+            # Podman's listing never shows health: a container with a healthcheck is read again.
+            blind = known is not None and known.status.health and "(" not in str(summary.get("Status") or "")
+            if known is not None and known.listing_key and known.listing_key == key and not blind:
                 desires[container_id] = known
                 continue
             try:

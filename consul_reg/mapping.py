@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from consul_reg import labels, workers
+from consul_reg import labels, swarm, workers
 from consul_reg.addresses import UNSPECIFIED_HOST_IPS, AddressChoice, choose_address, container_addresses, plain_ip
 from consul_reg.checks import service_checks
 from consul_reg.labels import KeyValue, ServiceKeys, show
@@ -177,7 +177,9 @@ def own_endpoints(container: dict[str, Any], network_peer: dict[str, Any] | None
 
 
 def default_service_name(container: dict[str, Any], container_name: str) -> str:
-    """The image's base name, without registry host, tag or digest."""
+    """A Swarm task's service name; else the image's base name, without registry host, tag or digest."""
+    if swarm.service_name(container):
+        return swarm.service_name(container)
     image = str(_dict(container.get("Config")).get("Image") or "")
     if image.startswith("sha256:") or re.fullmatch(r"[0-9a-f]{12,64}", image):
         # Referenced by bare ID (docker compose v2 does this): no name to take.

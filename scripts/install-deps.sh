@@ -3,7 +3,9 @@
 # dockerd (docker.io), busybox-static (test images) and consul 1.8.7, which
 # only Debian's bullseye suite carries: that suite is added at low priority
 # so nothing else is taken from it.
-# Usage: scripts/install-deps.sh [etcd] [zookeeper] [prometheus] [compose]
+# Usage: scripts/install-deps.sh [etcd] [zookeeper] [prometheus] [compose] [image] [podman] [swarm]
+#   image: debootstrap (the local base image); podman: Debian's podman 4.3.1 and netavark;
+#   swarm: nothing more (a second dockerd of the tests' own, on a bridge made with iproute2).
 set -eu
 export DEBIAN_FRONTEND=noninteractive
 
@@ -20,6 +22,9 @@ for extra in "$@"; do
     zookeeper) [ -x /usr/share/zookeeper/bin/zkServer.sh ] || need="$need zookeeper" ;;
     prometheus) ;;
     compose) command -v docker-compose >/dev/null 2>&1 || need="$need docker-compose" ;;
+    image) command -v debootstrap >/dev/null 2>&1 || need="$need debootstrap" ;;
+    podman) { command -v podman >/dev/null 2>&1 && [ -x /usr/lib/podman/netavark ]; } || need="$need podman netavark" ;;
+    swarm) ;;
     *) echo "install-deps: unknown component '$extra'" >&2; exit 2 ;;
   esac
 done

@@ -2,7 +2,11 @@
 # Start what consul-reg needs on this host, each only if it is not running
 # yet: dockerd (no systemd here) and a Consul dev agent on 127.0.0.1:8500.
 # Then import the busybox test image (no registry is reachable).
+# Optional components (other names, meant for install-deps.sh, are ignored):
+#   podman: Podman's Docker-compatible API on unix:///run/podman/podman.sock,
+#           with the busybox test image loaded into Podman's storage.
 # Logs go to ${CONSUL_REG_STATE:-/tmp/consul-reg-services}.
+# Usage: scripts/start-services.sh [podman]
 set -eu
 state="${CONSUL_REG_STATE:-/tmp/consul-reg-services}"
 mkdir -p "$state"
@@ -34,3 +38,30 @@ fi
 
 "$here/make-test-image.sh"
 echo "start-services: dockerd and consul (127.0.0.1:8500) are up"
+
+podman_socket=/run/podman/podman.sock
+start_podman() {
+  # Podman's default asks for more open files than this machine's hard limit
+  # allows (runc: "error setting rlimit type 7"): a drop-in lowers it.
+  if [ ! -f /etc/containers/containers.conf.d/consul-reg-ulimits.conf ]; then
+    mkdir -p /etc/containers/containers.conf.d
+    printf '[containers]\ndefault_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]\n' \
+      > /etc/containers/containers.conf.d/consul-reg-ulimits.conf
+  fi
+  if ! curl -fsS --unix-socket "$podman_socket" http://podman/_ping >/dev/null 2>&1; then
+    mkdir -p "$(dirname "$podman_socket")"
+    nohup podman system service --time=0 "unix://$podman_socket" >"$state/podman.log" 2>&1 &
+    wait_for 60 "podman system service" curl -fsS --unix-socket "$podman_socket" http://podman/_ping \
+      || { tail -n 20 "$state/podman.log" >&2; exit 1; }
+  fi
+  if ! podman image exists consul-reg-test/busybox:latest; then
+    docker save consul-reg-test/busybox:latest | podman load -q >/dev/null
+  fi
+  echo "start-services: podman $(podman version -f '{{.Server.Version}}' 2>/dev/null || podman --version | cut -d' ' -f3) on unix://$podman_socket"
+}
+
+for component in "$@"; do
+  case "$component" in
+    podman) start_podman ;;
+  esac
+done

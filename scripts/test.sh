@@ -3,5 +3,5 @@
 # every test (unit and integration) against them. Extra args go to pytest.
 set -eu
 cd "$(dirname "$0")/.."
-sh scripts/bootstrap.sh etcd zookeeper prometheus compose
+sh scripts/bootstrap.sh etcd zookeeper prometheus compose image podman swarm
 exec .venv/bin/python -m pytest -q "$@"

@@ -1,0 +1,104 @@
+"""The container image, run as registrator's users run it:
+`docker run -d --net=host -v /var/run/docker.sock:/tmp/docker.sock consul-reg consul://localhost:8500`,
+against the shared test agent, with --hostname of the test's own."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import IMAGE, RUN_ID, TEST_LABEL, host_port, wait_until
+from tests.integration.image_build import consul_reg_image  # noqa: F401 (a fixture)
+
+pytestmark = pytest.mark.integration
+
+
+def docker_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def image_daemon(consul_reg_image, hostname):
+    """Start the image the documented way; removed at the end."""
+    names: list[str] = []
+
+    def start(*daemon_args: str, docker_args: tuple[str, ...] = ()) -> str:
+        name = f"crt-consul-reg-{uuid.uuid4().hex[:8]}"
+        ran = docker_cli("run", "-d", "--name", name, "--label", f"{TEST_LABEL}={RUN_ID}", *docker_args,
+                         "--net=host", "-v", "/var/run/docker.sock:/tmp/docker.sock", consul_reg_image,
+                         "--hostname", hostname, "-resync", "0", *daemon_args, "consul://localhost:8500")
+        assert ran.returncode == 0, ran.stderr
+        names.append(name)
+        return name
+
+    yield start
+    for name in names:
+        docker_cli("rm", "-f", name)
+
+
+def logs(name: str) -> str:
+    return docker_cli("logs", name).stderr
+
+
+def test_image_registers_containers_not_itself_and_stops_cleanly(image_daemon, run_container, consul_api,
+                                                                  hostname):
+    # SERVICE_NAME on the daemon's own container: only the image's SERVICE_IGNORE label keeps it out.
+    daemon = image_daemon(docker_args=("-e", "SERVICE_NAME=consul-reg"))
+    wait_until(lambda: "connected: docker unix:///tmp/docker.sock" in logs(daemon), timeout=30,
+               message="the daemon in the container connected through /tmp/docker.sock")
+    pid1 = docker_cli("exec", daemon, "cat", "/proc/1/cmdline").stdout.replace("\0", " ")
+    assert "consul-reg" in pid1, pid1  # signals reach the daemon itself
+
+    web = run_container("httpd -f -p 8080 -h /www", ports={"8080/tcp": None},
+                        labels={"SERVICE_NAME": "img-web", "SERVICE_TAGS": "a,b"})
+    worker = run_container(labels={"SERVICE_NAME": "img-worker"})
+    web_id, worker_id = f"{hostname}:{web.name}:8080", f"{hostname}:{worker.name}"
+    services = wait_until(lambda: (s := consul_api.services_of(hostname)) and {web_id, worker_id} <= set(s) and s,
+                          timeout=30, message="web and worker registered by the daemon in the container")
+    assert services[web_id]["Service"] == "img-web" and services[web_id]["Tags"] == ["a", "b"]
+    assert services[web_id]["Port"] == host_port(web, "8080/tcp")
+    assert services[worker_id]["Service"] == "img-worker" and services[worker_id]["Port"] == 0
+    daemon_id = docker_cli("inspect", "-f", "{{.Id}}", daemon).stdout.strip()
+    assert not [sid for sid, s in services.items() if s["Meta"].get("consul_reg_container") == daemon_id]
+    assert not [s for s in services.values() if s["Service"] == "consul-reg"]
+    assert f"container {daemon}: not registered: SERVICE_IGNORE='true' asks to ignore it" in logs(daemon)
+
+    started = time.monotonic()
+    stopped = docker_cli("stop", "-t", "10", daemon, timeout=30)
+    elapsed = time.monotonic() - started
+    assert stopped.returncode == 0, stopped.stderr
+    assert elapsed < 10, f"docker stop took {elapsed:.1f}s: SIGTERM did not reach the daemon"
+    state = docker_cli("inspect", "-f", "{{.State.ExitCode}} {{.State.OOMKilled}}", daemon).stdout.split()
+    assert state == ["0", "false"], state  # a clean exit, not the SIGKILL after the timeout (137)
+    assert logs(daemon).rstrip().endswith("stopped")
+    assert {web_id, worker_id} <= set(consul_api.services_of(hostname))  # a restart is not an outage
+
+
+def test_image_holds_probes_and_no_build_tools(consul_reg_image, docker_client, tmp_path: Path):
+    listed = docker_cli("run", "--rm", "--entrypoint", "sh", consul_reg_image, "-c",
+                        "ls /opt/consul-reg/checks; for t in pip pip3 gcc cc; do command -v $t; done;"
+                        " python3 -c 'import pip' 2>/dev/null && echo pip-importable; true")
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.split() == ["heartbeat-file", "process-alive", "tcp-established"]
+
+    # The documented COPY --from works for another image, and the probe runs there.
+    (tmp_path / "Dockerfile").write_text(
+        f"FROM {IMAGE}\nCOPY --from={consul_reg_image} /opt/consul-reg/checks/ /checks/\n")
+    tag = f"consul-reg-test/probe-user:{RUN_ID}"
+    built = subprocess.run(["docker", "build", "-q", "--network", "none", "-t", tag, str(tmp_path)],
+                           capture_output=True, text=True, timeout=120, env={**os.environ, "DOCKER_BUILDKIT": "0"})
+    assert built.returncode == 0, built.stderr
+    try:
+        alive = docker_cli("run", "--rm", "--label", f"{TEST_LABEL}={RUN_ID}", tag, "sh", "-c",
+                           "sleep 30 & exec /checks/process-alive sleep")
+        missing = docker_cli("run", "--rm", "--label", f"{TEST_LABEL}={RUN_ID}", tag, "sh", "-c",
+                             "exec /checks/process-alive no-such-process")
+        assert alive.returncode == 0, alive.stdout + alive.stderr
+        assert missing.returncode == 2, missing.stdout + missing.stderr
+    finally:
+        docker_client.images.remove(tag, force=True)
