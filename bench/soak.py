@@ -8,6 +8,7 @@ sampled every `--sample` seconds into a CSV; the summary compares the
 median of the first samples after warm-up with the median of the last ones.
 
 Usage: .venv/bin/python bench/soak.py [--seconds 7200] [--workers 200] [--every 3] [--sample 60]
+       [--consul http://127.0.0.1:8500]   (Docker as the docker CLI finds it: DOCKER_HOST)
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ def main() -> int:
     parser.add_argument("--sample", type=float, default=60.0)
     parser.add_argument("--warmup", type=float, default=600.0)
     parser.add_argument("--csv", default="bench/soak.csv")
+    parser.add_argument("--consul", default="http://127.0.0.1:8500", help="the agent (HTTP address)")
     args = parser.parse_args()
 
     client = docker.from_env(timeout=120)
@@ -52,8 +54,9 @@ def main() -> int:
     hostname = f"soak-{run}"
     labels = {LABEL: run}
     log = open(f"/tmp/{hostname}.log", "wb")
-    daemon = subprocess.Popen([sys.executable, "-m", "consul_reg", "--hostname", hostname, "--log-level", "WARNING"],
-                              stdout=log, stderr=subprocess.STDOUT)
+    uri = "consul://" + args.consul.split("://", 1)[-1]
+    daemon = subprocess.Popen([sys.executable, "-m", "consul_reg", "--hostname", hostname, "--log-level", "WARNING",
+                               uri], stdout=log, stderr=subprocess.STDOUT)
     rows: list[tuple[float, int, int]] = []
     started = time.monotonic()
     try:
@@ -77,7 +80,7 @@ def main() -> int:
                       f"containers churned={count}", flush=True)
                 next_sample += args.sample
             time.sleep(args.every)
-        services = httpx.get("http://127.0.0.1:8500/v1/agent/services").json()
+        services = httpx.get(f"{args.consul}/v1/agent/services").json()
         ours = [s for s in services.values() if (s.get("Meta") or {}).get("consul_reg_host") == hostname]
         print(f"in the agent at the end: {len(ours)} services of the soak (expected {args.workers + 1})")
     finally:
@@ -85,10 +88,10 @@ def main() -> int:
         daemon.wait(timeout=30)
         for container in client.containers.list(all=True, filters={"label": f"{LABEL}={run}"}):
             container.remove(force=True)
-        services = httpx.get("http://127.0.0.1:8500/v1/agent/services").json()
+        services = httpx.get(f"{args.consul}/v1/agent/services").json()
         for service_id, service in services.items():
             if (service.get("Meta") or {}).get("consul_reg_host") == hostname:
-                httpx.put(f"http://127.0.0.1:8500/v1/agent/service/deregister/{service_id}")
+                httpx.put(f"{args.consul}/v1/agent/service/deregister/{service_id}")
     with open(args.csv, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["seconds", "rss_kb", "threads"])

@@ -130,6 +130,13 @@ def plain_ip(text: str) -> str:
         return text
 
 
+def default_address(agent_is_local: bool, advertise_address: str) -> tuple[str, str]:
+    """Rule 7: the address a service gets when nothing else chose one, and why."""
+    if agent_is_local and advertise_address:
+        return advertise_address, "the local Consul agent's advertise address"
+    return primary_host_address(), "this host's primary address (the agent is not local; set -ip to choose)"
+
+
 def primary_host_address() -> str:
     """The address of the interface the default route uses. A UDP connect()
     sends no packet; it only asks the kernel which source address it would use."""

@@ -12,7 +12,7 @@ from typing import Any
 from loguru import logger
 
 from consul_reg import logs
-from consul_reg.addresses import primary_host_address
+from consul_reg.addresses import default_address
 from consul_reg.agent_watch import AgentWatch
 from consul_reg.backoff import Backoff
 from consul_reg.config import Config, TokenError, read_token
@@ -84,15 +84,11 @@ class Daemon:
                     pass
 
     def settings_for(self, info: AgentInfo) -> MappingSettings:
-        if self.registry.endpoint.is_local and info.advertise_address:
-            address = (info.advertise_address, "the local Consul agent's advertise address")
-        else:
-            address = (primary_host_address(),
-                       "this host's primary address (the agent is not local; set -ip to choose)")
-            if not self._announced_remote and not self.config.host_ip:
-                logger.warning("the Consul agent is not local; registering services at this host's primary "
-                               "address {} (set -ip to choose)", address[0])
-                self._announced_remote = True
+        address = default_address(self.registry.endpoint.is_local, info.advertise_address)
+        if not self.registry.endpoint.is_local and not self._announced_remote and not self.config.host_ip:
+            logger.warning("the Consul agent is not local; registering services at this host's primary "
+                           "address {} (set -ip to choose)", address[0])
+            self._announced_remote = True
         if not info.runs_remote_scripts:
             logger.info("the agent has script checks disabled: SERVICE_CHECK_DOCKER commands are run by this "
                         "daemon through docker exec, SERVICE_CHECK_SCRIPT checks are dropped")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from consul_reg import envfile
@@ -37,6 +37,7 @@ class EnvFileState:
     """What the loop knows of one container's env file."""
 
     path: str
+    container_name: str = ""  # for warnings: the container may have no desire yet
     read: bool = False  # False until the first answer: the container waits for it
     text: str | None = None
     good: envfile.EnvFile = NO_VALUES  # the last content that parsed; kept when a later one does not
@@ -51,10 +52,10 @@ def fold(state: EnvFileState, result: EnvFileRead) -> tuple[EnvFileState, bool, 
         problem = f"unreadable: {result.error}"
         warnings = [f"env file {result.path}: {result.error}; keeping its last good values"] \
             if problem != state.problem else []
-        return EnvFileState(state.path, True, state.text, state.good, problem), not state.read, warnings
+        return replace(state, read=True, problem=problem), not state.read, warnings
     if result.text is None:  # missing: "nothing yet", no warning
         changed = not state.read or state.good != NO_VALUES
-        return EnvFileState(state.path, True), changed, []
+        return EnvFileState(state.path, state.container_name, read=True), changed, []
     if state.read and result.text == state.text:
         return state, False, []
     parsed = envfile.parse(result.text)
@@ -67,7 +68,7 @@ def fold(state: EnvFileState, result: EnvFileRead) -> tuple[EnvFileState, bool, 
         if problem != state.problem:
             warnings = [f"env file {result.path}: {p}" for p in parsed.problems]
     changed = not state.read or good != state.good
-    return EnvFileState(state.path, True, result.text, good, problem), changed, warnings
+    return replace(state, read=True, text=result.text, good=good, problem=problem), changed, warnings
 
 
 class EnvFileReader:

@@ -11,6 +11,7 @@ from consul_reg import envfile, labels
 from consul_reg.config import Config
 from consul_reg.docker_source import DockerSource, DockerUnavailable
 from consul_reg.labels import KeyValue, printable
+from consul_reg.addresses import default_address
 from consul_reg.mapping import map_container
 from consul_reg.swarm_endpoints import SwarmEndpoints
 from consul_reg.model import MARKER_KEYS, Service
@@ -32,10 +33,9 @@ def explain(config: Config, container_ref: str, out: TextIO = sys.stdout) -> int
     warnings: list[str] = []
     try:
         info = primary.agent_info()
-        local = getattr(primary, "endpoint", None) is not None and primary.endpoint.is_local
-        address = (info.advertise_address, "the local Consul agent's advertise address") if local and \
-            info.advertise_address else ("(this host's primary address)", "this host's primary address")
-        settings = config.mapping_settings(*address, info.version, info.runs_remote_scripts)
+        address = default_address(primary.endpoint.is_local, info.advertise_address)
+        policy = config.check_policy(agent_addresses=tuple(a for a in (info.advertise_address,) if a))
+        settings = config.mapping_settings(*address, info.version, info.runs_remote_scripts, policy=policy)
         print(f"agent: {primary.description}, Consul {info.version}, script checks "
               f"{'enabled' if info.runs_remote_scripts else 'disabled'}", file=out)
     except RegistryError as error:

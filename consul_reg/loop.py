@@ -145,8 +145,8 @@ class Loop:
         for container_id, signal in actions.drains:
             known = self.desires.get(container_id)
             if known is not None:
-                self.drainer.on_kill(known.container_name, container_id, tuple(s.id for s in known.services),
-                                     signal, known.stop_signal)
+                self.drainer.on_kill(known.container_name, container_id, self._registered_ids(known), signal,
+                                     known.stop_signal)
         for container_id in actions.restarted:
             self.primary.reaps.container_restarted(container_id)
         affected: set[str] = set()
@@ -205,6 +205,13 @@ class Loop:
         self.primary.agent_changed(info)
         self._on_agent_changed(info)
 
+    def _registered_ids(self, desire: ContainerDesire) -> tuple[str, ...]:
+        """The container's services whose records in the agent are this daemon's, for
+        this container: a drain never touches a record someone else holds."""
+        actual = self.primary.actual or {}
+        return tuple(s.id for s in desire.services if (record := actual.get(s.id)) is not None
+                     and record.owned_by(self.primary.hostname) and record.container_id == desire.container_id)
+
     def _mark_dead(self, container_id: str, exit_code: str) -> set[str]:
         """A `die` event is itself proof the process ended. Inspecting now would
         wait ~100 ms on dockerd's lock while it tears the network down."""
@@ -224,8 +231,7 @@ class Loop:
                 continue  # the container went, or now names another file
             new_state, values_changed, warnings = fold(state, read)
             self.env_states[read.container_id] = new_state
-            name = self.desires[read.container_id].container_name if read.container_id in self.desires \
-                else read.container_id[:12]
+            name = new_state.container_name or read.container_id[:12]
             for warning in warnings:
                 logger.bind(container=name).warning("container {}: {}", name, warning)
             if values_changed:
@@ -312,7 +318,8 @@ class Loop:
         path = self.builder.env_file_path(inspected) if state.get("Running") else ""
         env = self.env_states.get(container_id)
         if path and self.env_reader is not None and (env is None or env.path != path):
-            env = self.env_states[container_id] = EnvFileState(path)
+            name = str(inspected.get("Name") or "").lstrip("/")
+            env = self.env_states[container_id] = EnvFileState(path, name)
             self.env_reader.request(container_id, path)
         try:
             return self.builder.build(inspected, env, key)

@@ -247,3 +247,115 @@ def test_catastrophic_backtracking_value_with_a_template(host, own_docker, start
     assert services[f"{hostname}:{hostile.name}:80"]["Tags"] == ["x="]
     assert services[f"{hostname}:{matching.name}:80"]["Tags"] == ["x=X=aaaa"]
     assert_host_unharmed(api, daemon, run_container, hostname, sentinel)
+
+
+def _status(pid: int) -> dict[str, int]:
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmHWM", "VmRSS", "Threads"):
+            fields[key] = int(value.split()[0])
+    return fields
+
+
+def test_a_hand_registered_id_is_never_taken_over(host, own_docker, start_daemon, run_container, hostname):
+    agent, api, sentinel = host
+    daemon = start(start_daemon, agent, own_docker)
+    thief = run_container(ports={"80/tcp": None}, labels={"SERVICE_ID": sentinel["ID"], "SERVICE_NAME": "evil"})
+    daemon.wait_log(f"container {thief.name}: service ID {sentinel['ID']!r} is already registered by nobody")
+    thief.stop(timeout=5)  # its death must not deregister the sentinel either
+    assert_host_unharmed(api, daemon, run_container, hostname, sentinel)
+
+
+def test_a_squatter_started_first_does_not_keep_the_id(host, own_docker, start_daemon, run_container, hostname):
+    agent, api, sentinel = host
+    daemon = start(start_daemon, agent, own_docker)
+    shared = f"shop-{hostname}"
+    squatter = run_container(ports={"80/tcp": None}, labels={"SERVICE_ID": shared, "SERVICE_NAME": "squatter"})
+    wait_until(lambda: api.services().get(shared, {}).get("Service") == "squatter", message="the squatter's record")
+    legit = run_container(ports={"80/tcp": None}, labels={"SERVICE_ID": shared, "SERVICE_NAME": "shop"})
+    wait_until(lambda: api.services().get(shared, {}).get("Service") == "shop", message="the newer container's")
+    assert api.services()[shared]["Meta"]["consul_reg_container"] == legit.id
+    daemon.wait_log(f"service ID {shared!r} is declared by containers {legit.name} and {squatter.name}")
+    assert_host_unharmed(api, daemon, run_container, hostname, sentinel)
+
+
+def test_env_files_that_attack_the_daemon(host, own_docker, start_daemon, run_container, hostname):
+    """A directory holding a sparse terabyte, and a file rewritten in a loop while the daemon polls it."""
+    agent, api, sentinel = host
+    daemon = start(start_daemon, agent, own_docker, "--env-file-interval", "0.2")
+    before = _status(daemon.process.pid)["VmHWM"]
+    sparse = run_container(["sh", "-c", "mkdir -p /data && truncate -s 1099511627776 /data/big && exec sleep 600"],
+                           ports={"80/tcp": None}, labels={"SERVICE_ENV_FILE": "/data", "SERVICE_NAME": "sparse"})
+    churn = run_container(["sh", "-c", "while :; do printf 'SERVICE_TAGS=a%s\\n' $RANDOM > /tmp/e; usleep 2000; done"],
+                          ports={"80/tcp": None}, labels={"SERVICE_ENV_FILE": "/tmp/e", "SERVICE_NAME": "churn"})
+    wait_until(lambda: f"{hostname}:{sparse.name}:80" in api.services(), message="registered without the file")
+    daemon.wait_log(f"container {sparse.name}: env file /data: ")
+    churn_id = f"{hostname}:{churn.name}:80"
+    seen: set[str] = set()
+
+    def tags_changed() -> bool:
+        tags = api.services().get(churn_id, {}).get("Tags")
+        if tags:
+            seen.add(tags[0])
+        return len(seen) >= 2
+
+    wait_until(tags_changed, timeout=60, message="the churning file read again")
+    assert api.services()[f"{hostname}:{sparse.name}:80"]["Service"] == "sparse"
+    grown_kb = _status(daemon.process.pid)["VmHWM"] - before
+    assert grown_kb < 32 * 1024, f"the daemon's peak RSS grew by {grown_kb} kB"
+    assert_host_unharmed(api, daemon, run_container, hostname, sentinel)
+
+
+def test_yes_as_a_daemon_run_exec_check(host, own_docker, start_daemon, run_container, hostname):
+    agent, api, sentinel = host
+    daemon = start(start_daemon, agent, own_docker, "--exec-checks", "daemon")
+    base = _status(daemon.process.pid)
+    hostile = run_container(ports={"80/tcp": None}, labels={
+        "SERVICE_CHECK_DOCKER": "echo run >> /tmp/runs; exec yes", "SERVICE_CHECK_INTERVAL": "1s",
+        "SERVICE_CHECK_TIMEOUT": "1s"})
+    check_id = f"service:{hostname}:{hostile.name}:80:docker"
+    output = wait_until(lambda: (c := api.http.get("/v1/agent/checks").json().get(check_id)) and
+                        c["Status"] == "critical" and "timed out" in c["Output"] and c["Output"], timeout=30,
+                        message="the exec timed out and was reported critical")
+    assert len(output.encode()) <= 4096 + 200
+
+    def runs() -> int:
+        return hostile.exec_run("cat /tmp/runs").output.decode().count("run")
+
+    started = runs()
+    wait_until(lambda: runs() >= started + 4, timeout=30, message="more rounds: nothing accumulates")
+    now = _status(daemon.process.pid)
+    assert now["Threads"] <= base["Threads"] + 6, (base, now)
+    assert now["VmHWM"] - base["VmHWM"] < 32 * 1024, (base, now)
+    top = hostile.top(ps_args="-o pid,comm")["Processes"] or []
+    assert sum(1 for row in top if row[-1] == "yes") <= 1  # at most the one in flight
+    assert_host_unharmed(api, daemon, run_container, hostname, sentinel)
+
+
+def test_a_dot_dot_name_never_wedges_the_mirrors(tmp_path, host, own_docker, start_daemon, run_container, hostname):
+    from tests.integration.servers import ZooKeeper
+
+    agent, api, sentinel = host
+    zookeeper = ZooKeeper(tmp_path).start()
+    try:
+        prefix = f"kvh-{hostname}"
+        daemon = start_daemon("-ip", "192.0.2.60", agent.uri, f"consulkv://127.0.0.1:{agent.http_port}/{prefix}",
+                              f"{zookeeper.uri_base}/services", resync="0", env={"DOCKER_HOST": own_docker[0]})
+        daemon.wait_log("full pass done")
+        hostile = run_container(ports={"80/tcp": None}, labels={"SERVICE_NAME": ".."})
+        daemon.wait_log(f"container {hostile.name}: key 'SERVICE_NAME'='..': ")
+        good = run_container(ports={"81/tcp": None}, labels={"SERVICE_NAME": "fine"})
+        client = zookeeper.client()
+        try:
+            port = good.attrs["NetworkSettings"]["Ports"]["81/tcp"][0]["HostPort"]
+            wait_until(lambda: client.exists(f"/services/fine/192.0.2.60:{port}"), message="znode of the good one")
+        finally:
+            client.stop()
+        keys = wait_until(lambda: api.http.get(f"/v1/kv/{prefix}", params={"keys": "true"}).json(),
+                          message="KV keys")
+        assert keys == [f"{prefix}/fine/{hostname}:{good.name}:81"]
+        assert "mirror" not in "".join(line for line in daemon.log().splitlines() if "is down" in line)
+        assert_host_unharmed(api, daemon, run_container, hostname, sentinel)
+    finally:
+        zookeeper.kill()

@@ -238,6 +238,19 @@ def test_the_newer_container_takes_a_contested_id_and_a_foreign_record_is_never_
     assert ("register", "payments") not in h.agent.calls
 
 
+def test_a_stop_never_drains_a_record_that_is_not_ours(h: Harness) -> None:
+    h.agent.records["payments"] = RegisteredService("payments", "payments")  # registered by hand
+    h.send(Hint("", RELOAD))
+    h.docker.add(container("c1", "thief", labels={"SERVICE_NAME": "payments", "SERVICE_ID": "payments"},
+                           ports={"80/tcp": "8080"}))
+    h.send(event("c1", "start"))
+    h.send(event("c1", "kill", signal="15"))
+    h.docker.containers["c1"]["State"]["Running"] = False
+    h.send(event("c1", "die", exitCode="143"))
+    assert h.agent.maintenance == {} and h.agent.records["payments"].meta == {}
+    assert not [c for c in h.agent.calls if c[1] == "payments"]
+
+
 def test_on_success_keeps_a_failed_containers_records(h: Harness) -> None:
     harness = Harness(deregister="on-success")
     harness.send(Hint("", START))
