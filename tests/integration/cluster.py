@@ -42,11 +42,14 @@ from tests.integration.servers import Etcd, ZooKeeper
 SERVERS = 3
 HOSTS = 3
 PREFIX = "fleet"  # the shared mirror prefix / base path
-# Failure detection for a test machine: a lost node is marked failed in ~2-5 s
-# (suspicion timeout 1.5 s with one confirmation, 9 s at most), yet a live node
-# has seconds to refute a suspicion if the machine is slow (Consul's defaults:
-# probe 1 s / 500 ms, suspicion_mult 4: ~5-10 s, 24 s at most).
-GOSSIP_LAN = {"probe_interval": "500ms", "probe_timeout": "250ms", "suspicion_mult": 3, "gossip_interval": "100ms"}
+# Failure detection for a test machine: a lost node is marked failed in ~3-5 s
+# (suspicion timeout 2 s once others confirm it, 12 s at most), while a live
+# node that the machine starved has those seconds to refute a suspicion
+# (Consul's defaults: probe 1 s / 500 ms, suspicion_mult 4: ~5-10 s, 24 s at most).
+GOSSIP_LAN = {"probe_interval": "500ms", "probe_timeout": "250ms", "suspicion_mult": 4, "gossip_interval": "100ms"}
+# Raft timing x3 (leader lease 1.5 s, heartbeat timeout 3 s): no leader election
+# because a noisy 2-core machine starved the leader for a second; costs ~2 s at start.
+RAFT_MULTIPLIER = 3
 ETCD_TTL, ETCD_REFRESH = 8, 2  # the daemons' lease: a lost host's etcd keys go within 8 s
 
 
@@ -54,8 +57,9 @@ class Agent:
     """One Consul agent on its own loopback address, data kept across restarts."""
 
     def __init__(self, name: str, ip: str, server: bool, directory: Path, join: list[str],
-                 extra_client_addresses: tuple[str, ...] = ()) -> None:
+                 extra_client_addresses: tuple[str, ...] = (), check_update_interval: str | None = None) -> None:
         self.name, self.ip, self.server, self.dir, self.join = name, ip, server, directory, join
+        self.check_update_interval = check_update_interval
         self.client_addresses = (ip, *extra_client_addresses)
         self.process: subprocess.Popen[bytes] | None = None
         self.url = f"http://{ip}:8500"
@@ -71,7 +75,9 @@ class Agent:
             "telemetry": {"prometheus_retention_time": "24h", "disable_hostname": True},
         }
         if self.server:
-            config.update(server=True, bootstrap_expect=SERVERS, performance={"raft_multiplier": 1})
+            config.update(server=True, bootstrap_expect=SERVERS, performance={"raft_multiplier": RAFT_MULTIPLIER})
+        elif self.check_update_interval is not None:
+            config["check_update_interval"] = self.check_update_interval
         return config
 
     def start(self, cgroup: Path) -> None:
@@ -192,7 +198,11 @@ class Host:
 
 
 class Cluster:
-    def __init__(self) -> None:
+    def __init__(self, check_update_interval: str | None = "0s") -> None:
+        """`check_update_interval`: the client agents' (Consul's default, 5m, defers the
+        write of a check output that changed without its status; "0s" writes it at
+        once, so a test sees any changing output as a write)."""
+        self.check_update_interval = check_update_interval
         self.tag = uuid.uuid4().hex[:6]
         self.dir = system.RUN_ROOT / f"crf-{self.tag}"
         self.cgroup = system.cgroup_root() / f"crf-{self.tag}"
@@ -216,7 +226,7 @@ class Cluster:
         for i in range(1, HOSTS + 1):
             ip, subnet = f"{self.block}.{SERVERS + i}", self.subnets[i - 1]
             agent = Agent(f"host{i}", ip, False, self.dir / f"host{i}" / "agent", server_ips,
-                          (str(next(subnet.hosts())),))
+                          (str(next(subnet.hosts())),), self.check_update_interval)
             self.hosts.append(Host(self, i, f"host{i}", ip, subnet, agent))
         for host in self.hosts:  # the bridge first: the agent listens on its address too
             system.make_bridge(host.bridge, host.gateway)
