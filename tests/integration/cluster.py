@@ -148,11 +148,13 @@ class Host:
     # -- consul-reg --------------------------------------------------------------
 
     def start_daemon(self, agent_url: str | None = None) -> None:
-        """consul-reg for this host: its own agent (or `agent_url`), the shared mirrors."""
+        """consul-reg for this host: its own agent (or `agent_url`), the shared mirrors,
+        -resync as the cluster says ("0" in tests)."""
         agent = agent_url or (self.agent.url if self.agent else "")
         consul = agent.replace("http://", "")
         self.status_port = self.status_port or self.cluster.ports.take(self.ip)
-        args = [sys.executable, "-m", "consul_reg", "--hostname", self.name, "-resync", "0", "--log-level", "DEBUG",
+        args = [sys.executable, "-m", "consul_reg", "--hostname", self.name, "-resync", self.cluster.resync,
+                "--log-level", self.cluster.log_level,
                 "-retry-interval", "500", "-ttl", str(ETCD_TTL), "-ttl-refresh", str(ETCD_REFRESH),
                 "--status-addr", f"{self.ip}:{self.status_port}", f"consul://{consul}",
                 f"{self.cluster.etcd.uri_base}/{PREFIX}", f"{self.cluster.zookeeper.uri_base}/{PREFIX}",
@@ -198,11 +200,12 @@ class Host:
 
 
 class Cluster:
-    def __init__(self, check_update_interval: str | None = "0s") -> None:
-        """`check_update_interval`: the client agents' (Consul's default, 5m, defers the
-        write of a check output that changed without its status; "0s" writes it at
-        once, so a test sees any changing output as a write)."""
-        self.check_update_interval = check_update_interval
+    def __init__(self, check_update_interval: str | None = "0s", resync: str = "0", log_level: str = "DEBUG") -> None:
+        """`check_update_interval`: the client agents' (None: Consul's default, 5m, which
+        defers the write of a check output that changed without its status; "0s" writes
+        it at once, so a test sees any changing output as a write). `resync`, `log_level`:
+        the daemons'."""
+        self.check_update_interval, self.resync, self.log_level = check_update_interval, resync, log_level
         self.tag = uuid.uuid4().hex[:6]
         self.dir = system.RUN_ROOT / f"crf-{self.tag}"
         self.cgroup = system.cgroup_root() / f"crf-{self.tag}"
@@ -210,13 +213,13 @@ class Cluster:
         self.servers: list[Agent] = []
         self.hosts: list[Host] = []
         self.extra_hosts: list[Host] = []
+        self._zk: Any = None
 
     def start(self) -> "Cluster":
         if os.geteuid() != 0:
             raise RuntimeError("the cluster starts dockerds, bridges and cgroups: run as root")
         system.sweep_stale()
-        self.dir.mkdir()
-        system.write_owner(self.dir)
+        system.make_run_dir(self.dir)
         self.cgroup.mkdir()
         self.block = system.pick_loopback_block(SERVERS + HOSTS)
         self.subnets = system.pick_subnets(HOSTS + 1)
@@ -278,9 +281,21 @@ class Cluster:
         host.start_daemon()
 
     def stop(self) -> None:
+        if self._zk is not None:
+            self._zk.stop()
+            self._zk.close()
         system.teardown_run(self.tag)
         for agent in [*self.servers, *(h.agent for h in self.hosts if h.agent)]:
             agent.http.close()
+        for host in [*self.hosts, *self.extra_hosts]:
+            host.docker.close()
+
+    @property
+    def zk(self) -> Any:
+        """A ZooKeeper client for reading the shared base path (one, kept)."""
+        if self._zk is None:
+            self._zk = self.zookeeper.client()
+        return self._zk
 
     # -- what the cluster says ------------------------------------------------------
 

@@ -20,6 +20,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 from pathlib import Path
 
 from tests.integration.conftest import wait_until
@@ -107,8 +108,12 @@ def _start_time(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[19]  # field 22: start time in clock ticks
 
 
-def write_owner(run_dir: Path) -> None:
-    (run_dir / "owner").write_text(f"{os.getpid()} {_start_time(os.getpid())}\n")
+def make_run_dir(run_dir: Path) -> None:
+    """Create `run_dir` with its `owner` already inside (a rename), so that a sweep
+    running at the same moment never sees this run without an owner."""
+    staging = Path(tempfile.mkdtemp(prefix=".crf-new-", dir=run_dir.parent))
+    (staging / "owner").write_text(f"{os.getpid()} {_start_time(os.getpid())}\n")
+    staging.rename(run_dir)
 
 
 def owner_alive(run_dir: Path) -> bool:
@@ -155,6 +160,9 @@ def sweep_stale() -> list[str]:
             tags.add(match.group(1))
     for tag in sorted(tags):
         teardown_run(tag)
+    for staging in RUN_ROOT.glob(".crf-new-*"):  # a run killed between its mkdtemp and its rename
+        if not owner_alive(staging):
+            shutil.rmtree(staging, ignore_errors=True)
     return sorted(tags)
 
 
