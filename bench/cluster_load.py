@@ -51,12 +51,28 @@ def passing_checks(cluster: Cluster) -> tuple[int, int]:
 
 
 def applies(cluster: Cluster) -> dict[str, float]:
-    return wait_until(lambda: cluster.raft_applies(), timeout=60, message="the server's metrics")
+    """Raft entries applied by kind (server1), plus "reads": queries all servers answered."""
+    counts = wait_until(lambda: cluster.raft_applies(), timeout=60, message="the server's metrics")
+    counts["reads"] = sum(wait_until(lambda: _queries(server), timeout=60, message="metrics")[0]
+                          for server in cluster.servers)
+    return counts
+
+
+def _queries(server: object) -> tuple[float]:
+    text = server.http.get("/v1/agent/metrics", params={"format": "prometheus"}).text  # type: ignore[attr-defined]
+    return (sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("consul_rpc_query ")),)
 
 
 def delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
     return {k: after.get(k, 0) - before.get(k, 0) for k in sorted(set(after) | set(before))
             if after.get(k, 0) != before.get(k, 0)}
+
+
+def serf_health(cluster: Cluster) -> dict[str, int]:
+    """ModifyIndex of every node's serfHealth: a node that flapped (a starved machine) moved it,
+    and its writes are Consul's, not the daemons'."""
+    checks = wait_until(lambda: cluster.servers[0].http.get("/v1/health/state/any").json(), timeout=60)
+    return {c["Node"]: c["ModifyIndex"] for c in checks if c["CheckID"] == "serfHealth"}
 
 
 def heartbeats(cluster: Cluster) -> float:
@@ -72,22 +88,30 @@ def quiet(cluster: Cluster, seconds: float) -> None:
             raise SystemExit("the catalog never went quiet")
         time.sleep(2)
         now = applies(cluster)
-        if any(now.get(k, 0) != last.get(k, 0) for k in CATALOG):
+        if any(now.get(k, 0) != last.get(k, 0) for k in CATALOG):  # reads are never quiet: not waited for
             last, since = now, time.monotonic()
 
 
-def report(title: str, minutes: float, moved: dict[str, float], changes: int | None, beats: float) -> None:
+def flapped(before: dict[str, int], after: dict[str, int]) -> list[str]:
+    return sorted(node for node in after if after[node] != before.get(node))
+
+
+def report(title: str, minutes: float, moved: dict[str, float], changes: int | None, beats: float,
+           flapped: list[str]) -> None:
+    reads = moved.pop("reads", 0)
     catalog = sum(moved.get(k, 0) for k in CATALOG)
     kv = sum(v for k, v in moved.items() if k.startswith("kvs"))
     print(f"\n## {title}: {minutes:.1f} min")
     print(f"Raft entries applied by kind: {moved or 'none'}")
     print(f"catalog writes (register + deregister): {catalog:.0f} = {catalog / minutes:.1f}/min; "
           f"Consul KV mirror writes: {kv:.0f}; all entries: {moved.get('all', 0):.0f} "
-          f"(the rest are Consul's own: coordinates, autopilot)")
-    print(f"TTL updates the daemons sent meanwhile: {beats:.0f} ({beats / minutes / 60:.1f}/s)")
+          f"(the rest are Consul's own: coordinates, autopilot); read queries on the servers: {reads:.0f}")
+    print(f"TTL updates the daemons sent meanwhile: {beats:.0f} ({beats / minutes / 60:.1f}/s); "
+          f"nodes whose serfHealth changed (their writes are Consul's): {flapped or 'none'}")
     if changes:
         print(f"registration changes: {changes} ({changes / minutes / 60:.2f}/s): "
-              f"{catalog / changes:.2f} catalog writes and {kv / changes:.2f} KV writes per change")
+              f"{catalog / changes:.2f} catalog writes, {kv / changes:.2f} KV writes and "
+              f"{reads / changes:.1f} server reads per change")
 
 
 def churn(cluster: Cluster, kind: str, minutes: float) -> None:
@@ -96,6 +120,7 @@ def churn(cluster: Cluster, kind: str, minutes: float) -> None:
     name = f"bench-churn-{kind}"
     running: list[object] = []
     before, beats, t0, changes, n = applies(cluster), heartbeats(cluster), time.monotonic(), 0, 0
+    serf = serf_health(cluster)
     while time.monotonic() - t0 < minutes * 60:
         tick = time.monotonic()
         host = cluster.hosts[n % len(cluster.hosts)]
@@ -111,7 +136,7 @@ def churn(cluster: Cluster, kind: str, minutes: float) -> None:
                == 10, timeout=120, message="the last churn changes registered")
     quiet(cluster, 10)
     report(f"churn of {kind}s (started {n}, removed {n - len(running)})", elapsed, delta(before, applies(cluster)),
-           changes, heartbeats(cluster) - beats)
+           changes, heartbeats(cluster) - beats, flapped(serf, serf_health(cluster)))
     for container in running:
         container.remove(force=True)  # type: ignore[attr-defined]
     quiet(cluster, 10)
@@ -137,14 +162,14 @@ def main() -> None:
               f"after {time.monotonic() - started:.0f} s")
         quiet(cluster, 40)
 
-        before, beats, t0 = applies(cluster), heartbeats(cluster), time.monotonic()
+        before, beats, t0, serf = applies(cluster), heartbeats(cluster), time.monotonic(), serf_health(cluster)
         end = t0 + args.steady_minutes * 60
         while time.monotonic() < end:
             time.sleep(min(30.0, max(0.0, end - time.monotonic())))
             moved = delta(before, applies(cluster))
             print(f"  {(time.monotonic() - t0) / 60:4.1f} min: {moved}", flush=True)
         report("steady state", (time.monotonic() - t0) / 60, delta(before, applies(cluster)), None,
-               heartbeats(cluster) - beats)
+               heartbeats(cluster) - beats, flapped(serf, serf_health(cluster)))
 
         for kind in ("service", "worker"):
             churn(cluster, kind, args.churn_minutes)

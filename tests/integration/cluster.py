@@ -163,7 +163,8 @@ class Host:
         env["DOCKER_HOST"] = self.docker_host
         self.daemon_log = self.dir / f"daemon-{len(list(self.dir.glob('daemon-*.log')))}.log"
         self.daemon = system.spawn(args, self.daemon_log, self.cgroup, env)
-        wait_until(lambda: "connected: docker" in self.log(), timeout=60, message=f"{self.name}'s daemon connected")
+        wait_until(lambda: httpx.get(f"http://{self.ip}:{self.status_port}/health", timeout=5).status_code == 200,
+                   timeout=60, message=f"{self.name}'s daemon up, with Docker and its agent answering")
 
     def log(self) -> str:
         return self.daemon_log.read_text(errors="replace") if self.daemon_log and self.daemon_log.exists() else ""
@@ -172,11 +173,6 @@ class Host:
         text = httpx.get(f"http://{self.ip}:{self.status_port}/metrics", timeout=5).text
         return sum(float(line.split()[-1]) for line in text.splitlines()
                    if line.startswith("consul_reg_heartbeats_sent_total"))
-
-    def stop_daemon(self) -> None:
-        if self.daemon is not None and self.daemon.poll() is None:
-            self.daemon.kill()
-            self.daemon.wait(timeout=30)
 
     # -- the whole host ------------------------------------------------------------
 
