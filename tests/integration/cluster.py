@@ -24,6 +24,7 @@ import base64
 import ipaddress
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -301,11 +302,18 @@ class Cluster:
         return sorted((e["Node"]["Node"], e["Service"]["ID"], e["Service"]["Address"], e["Service"]["Port"])
                       for e in entries)
 
-    def dns_ports(self, name: str, via: Agent) -> list[int]:
-        """Ports of the SRV records for `<name>.service.consul` from `via`'s DNS."""
+    def dns(self, name: str, via: Host) -> list[tuple[str, int]]:
+        """(address, port) of every SRV answer for `<name>.service.consul` from `via`'s agent."""
         answer = subprocess.run(["dig", f"@{via.ip}", "-p", "8600", "+short", "+time=2", "+tries=1",
                                  f"{name}.service.consul", "SRV"], capture_output=True, text=True, timeout=10)
-        return sorted(int(line.split()[2]) for line in answer.stdout.splitlines() if len(line.split()) == 4)
+        found = []
+        for fields in (line.split() for line in answer.stdout.splitlines()):
+            if len(fields) != 4:
+                continue
+            hexed = re.match(r"^([0-9a-f]{8})\.addr\.", fields[3])  # a service address: <hex of the IP>.addr.<dc>.consul
+            target = ".".join(str(int(hexed.group(1)[i:i + 2], 16)) for i in range(0, 8, 2)) if hexed else fields[3]
+            found.append((target, int(fields[2])))
+        return sorted(found)
 
     def raft_applies(self, server: Agent | None = None) -> dict[str, float]:
         """Raft log entries `server` applied since it started, by kind ("register",
