@@ -198,7 +198,8 @@ def pick_subnets(count: int) -> list[ipaddress.IPv4Network]:
             except ValueError:
                 continue
     for _ in range(200):
-        second, third = random.randint(200, 250), random.randint(0, 255 - count)
+        # 10.240-254: clear of the other tests' fixed bridges (10.213.77-95) and Podman's 10.88
+        second, third = random.randint(240, 254), random.randint(0, 255 - count)
         nets = [ipaddress.ip_network(f"10.{second}.{third + i}.0/24") for i in range(count)]
         if not any(net.overlaps(other) for net in nets for other in used if other.prefixlen > 0):
             return nets
