@@ -25,6 +25,7 @@ import ipaddress
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -277,7 +278,14 @@ class Cluster:
             before_daemon()
         host.start_daemon()
 
-    def stop(self) -> None:
+    def stop(self, keep_logs_in: Path | None = None) -> None:
+        """Remove everything of this run; its logs (agents, dockerds, daemons, etcd,
+        ZooKeeper) are copied to `keep_logs_in` first, for a post-mortem."""
+        if keep_logs_in is not None:
+            for log in [*self.dir.glob("*.log"), *self.dir.glob("*/*.log"), *self.dir.glob("*/*/*.log")]:
+                target = keep_logs_in / log.relative_to(self.dir)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(log, target)
         if self._zk is not None:
             self._zk.stop()
             self._zk.close()

@@ -27,13 +27,13 @@ METRICS = "printf 'fleet_demo_up 1\\n' > /www/metrics && exec httpd -f -p 80 -h 
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     fleet = Cluster()
     try:
         fleet.start()
         yield fleet
-    finally:
-        fleet.stop()
+    finally:  # every log stays in pytest's temporary directory (the last three runs are kept)
+        fleet.stop(keep_logs_in=tmp_path_factory.mktemp("cluster-logs"))
 
 
 @pytest.fixture
