@@ -27,6 +27,7 @@ from consul_reg.snapshot import Snapshot
 MAX_BACKOFF_SECONDS = 2.0  # a mirror that comes back converges within seconds
 BLOCKED_RETRY_SECONDS = 5.0  # keys held by someone else (an old session, lease) are looked at again
 STOP_DEADLINE_SECONDS = 5.0
+WATCH_UP_SECONDS, WATCH_DOWN_SECONDS = 2.0, 0.5  # how often a registry's identity is looked at
 
 
 class MirrorWorker:
@@ -44,6 +45,7 @@ class MirrorWorker:
         self._applied = 0  # generation last written in full
         self._relist = True
         self._stopping = False
+        self._stopped = threading.Event()  # the watch thread sleeps on this, never on the worker's condition
         self._remove_all = False
         self._blocked_since: float | None = None
         self._actual: dict[str, RegisteredService] | None = None
@@ -53,26 +55,27 @@ class MirrorWorker:
 
     def start(self) -> None:
         self._thread.start()
-        if hasattr(self.registry, "watch"):  # a registry that can say "something changed"
+        if hasattr(self.registry, "identity"):  # a registry that can be replaced under us (an agent's KV)
             threading.Thread(target=self._watch, name=f"watch {self.registry.description}", daemon=True).start()
 
     def _watch(self) -> None:
-        """Pokes the worker whenever the registry's content changed behind its back
-        (an agent that restarted empty); waits out failures on its own backoff."""
-        backoff = Backoff(0.25, MAX_BACKOFF_SECONDS, self._clock)
-        index = 0
+        """Pokes the worker when the registry comes back after an outage or was
+        replaced (an agent that restarted empty). A cheap local read every few
+        seconds: no load on the servers, whatever the number of hosts."""
+        known: str | None = None
+        failing = False
         while not self._stopping:
             try:
-                new = self.registry.watch(index)  # type: ignore[attr-defined]
+                identity = self.registry.identity()  # type: ignore[attr-defined]
             except Exception as error:
-                logger.debug("{}: watch failed: {}", self.registry.description, error)
-                index = 0
-                time.sleep(backoff.failed())
-                continue
-            if backoff.failing or new != index:
-                self.poke()
-            backoff.succeeded()
-            index = new
+                if not failing:
+                    logger.debug("{}: not answering: {}", self.registry.description, error)
+                failing = True
+            else:
+                if failing or (known is not None and identity != known):
+                    self.poke()
+                known, failing = identity, False
+            self._stopped.wait(WATCH_UP_SECONDS if not failing else WATCH_DOWN_SECONDS)
 
     def offer(self, snapshot: Snapshot, relist: bool = False) -> None:
         with self._wake:
@@ -88,6 +91,7 @@ class MirrorWorker:
             self._stopping = True
             self._remove_all = remove_all
             self._wake.notify()
+        self._stopped.set()
         self._thread.join(timeout=STOP_DEADLINE_SECONDS + 1)
         try:
             self.registry.close()

@@ -235,17 +235,6 @@ class ConsulKV:
             found[entry["Key"]] = (raw.decode("utf-8", "replace"), int(entry.get("Flags") or 0))
         return found
 
-    def wait_for_change(self, prefix: str, index: int, wait_seconds: float) -> int:
-        """A blocking query on the prefix: returns the new index once anything under
-        it changed (or after `wait_seconds`); raises when the agent goes away."""
-        response = self.client.call("GET", ("kv", *prefix.split("/")), f"watch KV {prefix}/",
-                                    params={"keys": "true", "index": str(index), "wait": f"{wait_seconds:g}s"},
-                                    timeout=wait_seconds + 15, not_found_ok=True)
-        try:
-            return int(response.headers.get("X-Consul-Index", "0"))
-        except ValueError:
-            return 0
-
     def put(self, key: str, value: str, flags: int) -> None:
         self.client.call("PUT", ("kv", *key.split("/")), f"write KV {key}", params={"flags": str(flags)},
                          body=value.encode())

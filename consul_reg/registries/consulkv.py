@@ -12,8 +12,6 @@ from consul_reg.model import RegisteredService, Service
 from consul_reg.registries.consul import ConsulClient, ConsulKV
 from consul_reg.registries.keys import child_key, owner_tag, segment_problem
 
-WATCH_SECONDS = 300.0
-
 
 class ConsulKVRegistry:
     def __init__(self, client: ConsulClient, prefix: str, hostname: str) -> None:
@@ -37,14 +35,15 @@ class ConsulKVRegistry:
     def maintain(self) -> bool:
         return False
 
-    def watch(self, index: int) -> int:
-        """Block until anything under the prefix changes (another host, an agent
-        that restarted empty); the worker then looks again. Returns the new index."""
-        new = self._kv.wait_for_change(self.prefix, index, WATCH_SECONDS)
-        return 0 if new < index else new  # an index going backwards: the agent was replaced
-
     def seconds_until_maintenance(self) -> float:
         return 3600.0
+
+    def identity(self) -> str:
+        """The agent's node ID: a new one means an agent that came back empty.
+        (Watching the prefix itself would wake every host's daemon at any host's
+        change: thousands of full reads a second on a large fleet.)"""
+        info = self._client.json("GET", ("agent", "self"), "read the agent's own information") or {}
+        return str((info.get("Config") or {}).get("NodeID") or "")
 
     def services(self) -> dict[str, RegisteredService]:
         found = {}

@@ -25,10 +25,11 @@ def test_heartbeat_file(box):
     box.exec_run("touch /tmp/hb")
     code, line = probe(box, "heartbeat-file", "/tmp/hb", "2")
     assert code == 0 and line.startswith("passing")
+    assert probe(box, "heartbeat-file", "/tmp/hb", "2")[1] == line  # constant while passing: no server writes
     # The worker stops touching it: it lapses once older than the limit.
     wait_until(lambda: probe(box, "heartbeat-file", "/tmp/hb", "2")[0] == 2, timeout=10, interval=0.5,
                message="heartbeat file too old")
-    assert "last touched" in probe(box, "heartbeat-file", "/tmp/hb", "2")[1]
+    assert "last touched" in probe(box, "heartbeat-file", "/tmp/hb", "2")[1]  # critical: says how old
     assert probe(box, "heartbeat-file", "/tmp/hb", "soon")[0] == 2
 
 
