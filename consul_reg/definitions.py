@@ -12,8 +12,8 @@ from consul_reg.addresses import AddressChoice
 from consul_reg.labels import KeyValue, show
 from consul_reg.model import Connect, TaggedAddress, Upstream
 from consul_reg.settings import MappingSettings, PublishedPort
-from consul_reg.validate import identifier_problem, parse_host_port, parse_ip, tagged_address_name_problem, \
-    whole_number
+from consul_reg.validate import OwnEndpoints, check_target_problem, identifier_problem, parse_host_port, parse_ip, \
+    tagged_address_name_problem, whole_number
 from consul_reg.versions import service_field_refusal
 
 TAGGED_ADDRESS_PREFIX = "tagged_address_"
@@ -31,14 +31,16 @@ class Extras:
 
 
 def service_extras(keys: dict[str, KeyValue], service_id: str, choice: AddressChoice, port: PublishedPort | None,
-                   port_number: int | None, settings: MappingSettings, warnings: list[str]) -> Extras:
-    """The extras of one service from its keys (general merged with its port's)."""
+                   port_number: int | None, settings: MappingSettings, warnings: list[str],
+                   own: OwnEndpoints = OwnEndpoints()) -> Extras:
+    """The extras of one service from its keys (general merged with its port's). `own`
+    is what the container's checks may probe: a sidecar proxy forwards only there."""
     origins: dict[str, str] = {}
     version = settings.checks.agent_version
     tagged = _tagged_addresses(keys, choice, port, port_number, settings, warnings, origins)
     weights = _weights(keys, warnings, origins)
     override = _tag_override(keys, warnings, origins)
-    connect = _connect(keys, service_id, port_number, settings, warnings, origins)
+    connect = _connect(keys, choice, port_number, settings, warnings, origins, own)
     for field_name, present in (("TaggedAddresses", bool(tagged)), ("Weights", weights is not None),
                                 ("Connect", connect is not None)):
         refusal = service_field_refusal(field_name, version) if present else None
@@ -141,8 +143,8 @@ def _tag_override(keys: dict[str, KeyValue], warnings: list[str], origins: dict[
 # -- Connect -----------------------------------------------------------------------------
 
 
-def _connect(keys: dict[str, KeyValue], service_id: str, port_number: int | None, settings: MappingSettings,
-             warnings: list[str], origins: dict[str, str]) -> Connect | None:
+def _connect(keys: dict[str, KeyValue], choice: AddressChoice, port_number: int | None, settings: MappingSettings,
+             warnings: list[str], origins: dict[str, str], own: OwnEndpoints) -> Connect | None:
     entry = keys.get("connect")
     upstreams_entry = keys.get("connect_upstreams")
     if entry is None or not entry.value.strip():
@@ -163,6 +165,14 @@ def _connect(keys: dict[str, KeyValue], service_id: str, port_number: int | None
             warnings.append(f"key {show(upstreams_entry.original_key)}: upstreams belong to a sidecar proxy "
                             "(SERVICE_CONNECT=sidecar); ignored")
         return Connect(native=True)
+    # The proxy runs beside the agent and forwards the mesh's traffic to address:port, as a
+    # check probes it: the same rule (a SERVICE_IP of 127.0.0.1 with port 8500 is the agent's API).
+    problem = check_target_problem(choice.address, port_number, own, settings.checks.policy)
+    if problem:
+        origins.pop("Connect", None)
+        warnings.append(f"{where}: the sidecar proxy would forward to {show(choice.address)} port {port_number}: "
+                        f"{problem}; ignored")
+        return None
     upstreams: tuple[Upstream, ...] = ()
     if upstreams_entry is not None and upstreams_entry.value.strip():
         upstreams = _upstreams(upstreams_entry, settings.limits.upstreams_per_service, warnings)

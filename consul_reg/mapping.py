@@ -224,7 +224,8 @@ def _service(context: _Context, keys: dict[str, KeyValue], service_id: str, name
     checks += json_checks(keys.get("checks"), service_id, name, choice.address, port_number, records.container_id,
                           settings.checks, records.warnings, _own_for(context.own, choice),
                           {c.check_id for c in checks}, settings.limits)
-    extras = service_extras(keys, service_id, choice, port, port_number, settings, records.warnings)
+    extras = service_extras(keys, service_id, choice, port, port_number, settings, records.warnings,
+                            _own_for(context.own, choice))
     return Service(
         id=service_id,
         name=name,

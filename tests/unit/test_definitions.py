@@ -255,6 +255,19 @@ def test_connect_refusals_cost_the_field_only(env, connect, warning):
     assert any(warning in w for w in records.warnings), records.warnings
 
 
+@pytest.mark.parametrize("env,internal", [
+    (["SERVICE_IP=127.0.0.1", "SERVICE_PORT=8500"], True),  # the agent's API on the host
+    (["SERVICE_IP=169.254.169.254", "SERVICE_PORT=80"], True),  # cloud metadata
+    (["SERVICE_IP=192.0.2.1"], False),  # somewhere else entirely
+])
+def test_a_sidecar_never_forwards_beyond_the_container(env, internal):
+    """The proxy runs beside the agent: a SERVICE_IP must not turn it into a pivot into the host."""
+    settings = replace(SETTINGS, internal=internal)
+    records = map_container(container(env=env + ["SERVICE_CONNECT=sidecar"], ports={"80/tcp": BOTH}), settings)
+    assert one(records).connect is None
+    assert any("the sidecar proxy would forward to" in w for w in records.warnings), records.warnings
+
+
 def test_connect_needs_a_port():
     records = map_container(container(env=["SERVICE_NAME=w", "SERVICE_CONNECT=sidecar"]), SETTINGS)
     assert one(records).connect is None and any("needs a port" in w for w in records.warnings)

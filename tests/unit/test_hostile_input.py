@@ -213,7 +213,8 @@ extras_labels = st.fixed_dictionaries({}, optional={
                                 st.builds(json.dumps, st.lists(json_values, max_size=4))),
     "SERVICE_80_CHECKS": st.sampled_from(JSON_SAMPLES),
     "SERVICE_PORT": st.sampled_from(["80", "8080,9090/udp", "abc", "0", "80/sctp", ",,", "1-65535"]),
-    "SERVICE_IP": st.sampled_from(["fd00::9", "[fd00::9]", "10.0.0.9", "::ffff:169.254.169.254"]),
+    "SERVICE_IP": st.sampled_from(["fd00::9", "[fd00::9]", "10.0.0.9", "::ffff:169.254.169.254", "127.0.0.1",
+                                   CONTAINER_IP]),
     "SERVICE_CHECK_HTTP": st.just("/h"), "SERVICE_CHECK_HTTP_BODY": st.sampled_from(["{}", "a\x00", "x" * 20000]),
 })
 
@@ -236,6 +237,11 @@ def test_issue_12_keys_never_raise_and_produce_valid_registrations(labels, inter
         assert_valid_extras(payload)
         if version < (1, 3):
             assert not {"Weights", "Connect", "TaggedAddresses"} & set(payload)
+        proxy = payload.get("Connect", {}).get("SidecarService", {}).get("Proxy")
+        if proxy is not None:  # the proxy beside the agent forwards only to the container itself
+            target = (proxy["LocalServiceAddress"], proxy["LocalServicePort"])
+            assert target == ("10.0.0.9", 8080) or (target[0] in {CONTAINER_IP, "fd00:cafe::2"} and
+                                                    target[1] in (80, 8080, 9090)), (target, labels)
         for check in service.checks:
             assert not {k for k in check.definition_dict if CHECK_FIELD_MIN_VERSION.get(k, (0, 0)) > version}
             for host, port in check_targets(check):
