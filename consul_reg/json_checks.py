@@ -58,27 +58,42 @@ def _normal(name: str) -> str:
     return name.replace("_", "").lower()
 
 
-def json_checks(entry: KeyValue | None, service_id: str, service_name: str, address: str, port: int | None,
-                container_id: str, settings: CheckSettings, warnings: list[str], own: OwnEndpoints,
-                taken: set[str], limits: Limits = Limits()) -> tuple[Check, ...]:
-    """The checks of one SERVICE_CHECKS value. `taken` holds the check IDs the
-    service already has (its SERVICE_CHECK_* checks); it grows with these."""
-    if entry is None or not entry.value.strip():
-        return ()
-    where = f"key {show(entry.original_key)}"
+def parse_checks(entry: KeyValue) -> list[object] | str:
+    """A SERVICE_CHECKS value as a list, or why it is not one. Parsed once per
+    container and value: the same general key serves every port's service."""
     try:
         parsed = json.loads(entry.value)
     except (ValueError, RecursionError) as error:  # RecursionError: [[[[... nested thousands deep
         reason = f"{type(error).__name__}" if isinstance(error, RecursionError) else str(error).split(":")[0]
-        warnings.append(f"{where}: not JSON ({show(reason, 80)}); no check from it")
-        return ()
+        return f"not JSON ({show(reason, 80)})"
     if not isinstance(parsed, list):
-        warnings.append(f"{where}: must be a JSON array of check definitions ([{{\"HTTP\": \"/health\"}}]); "
-                        "no check from it")
+        return "must be a JSON array of check definitions ([{\"HTTP\": \"/health\"}])"
+    return parsed
+
+
+def json_checks(entry: KeyValue | None, service_id: str, service_name: str, address: str, port: int | None,
+                container_id: str, settings: CheckSettings, warnings: list[str], own: OwnEndpoints,
+                taken: set[str], limits: Limits = Limits(), parsed: list[object] | str | None = None,
+                budget: int | None = None) -> tuple[Check, ...]:
+    """The checks of one SERVICE_CHECKS value (`parsed`: its parse_checks(), when the
+    caller has it). `taken` holds the check IDs the service already has (its
+    SERVICE_CHECK_* checks); it grows with these. At most `budget` checks (what is
+    left of the container's)."""
+    if entry is None or not entry.value.strip():
+        return ()
+    where = f"key {show(entry.original_key)}"
+    parsed = parse_checks(entry) if parsed is None else parsed
+    if isinstance(parsed, str):
+        warnings.append(f"{where}: {parsed}; no check from it")
         return ()
     if len(parsed) > limits.checks_per_service:
         warnings.append(f"{where}: {len(parsed)} checks, only the first {limits.checks_per_service} are used")
         parsed = parsed[:limits.checks_per_service]
+    if budget is not None and len(parsed) > budget:
+        warnings.append(f"{where}: a container may have at most {limits.json_checks_per_container} checks from "
+                        f"SERVICE_CHECKS over all its services; {len(parsed) - max(budget, 0)} of this "
+                        "service's are left out")
+        parsed = parsed[:max(budget, 0)]
     built = []
     for index, definition in enumerate(parsed, start=1):
         try:

@@ -14,7 +14,7 @@ from consul_reg import labels, swarm, workers
 from consul_reg.addresses import UNSPECIFIED_HOST_IPS, AddressChoice, choose_address, container_addresses
 from consul_reg.checks import service_checks
 from consul_reg.definitions import service_extras
-from consul_reg.json_checks import json_checks
+from consul_reg.json_checks import json_checks, parse_checks
 from consul_reg.labels import KeyValue, ServiceKeys, show
 from consul_reg.model import Check, Service, marker_meta
 from consul_reg.ports import PORT_NUMBER, int_or_none, port_entries, published_ports
@@ -123,6 +123,9 @@ class _Context:
     records: ContainerRecords
     own: OwnEndpoints
     general_tags: list[str]
+    # SERVICE_CHECKS values parsed once per container, and how many checks they gave so far.
+    parsed_checks: dict[str, list[object] | str] = field(default_factory=dict)
+    json_checks_made: list[int] = field(default_factory=lambda: [0])
 
 
 def own_endpoints(container: dict[str, Any], network_peer: dict[str, Any] | None, settings: MappingSettings,
@@ -221,9 +224,17 @@ def _service(context: _Context, keys: dict[str, KeyValue], service_id: str, name
     marker = marker_meta(settings.hostname, records.container_id, settings.instance)
     meta = service_meta(keys, records.warnings, settings.limits, marker_pairs=len(marker) + 1)  # + the digest
     meta.update(marker)
-    checks += json_checks(keys.get("checks"), service_id, name, choice.address, port_number, records.container_id,
-                          settings.checks, records.warnings, _own_for(context.own, choice),
-                          {c.check_id for c in checks}, settings.limits)
+    entry = keys.get("checks")
+    if entry is not None and entry.value.strip():
+        parsed = context.parsed_checks.get(entry.value)
+        if parsed is None:
+            parsed = context.parsed_checks.setdefault(entry.value, parse_checks(entry))
+        from_json = json_checks(entry, service_id, name, choice.address, port_number, records.container_id,
+                                settings.checks, records.warnings, _own_for(context.own, choice),
+                                {c.check_id for c in checks}, settings.limits, parsed,
+                                settings.limits.json_checks_per_container - context.json_checks_made[0])
+        context.json_checks_made[0] += len(from_json)
+        checks += from_json
     extras = service_extras(keys, service_id, choice, port, port_number, settings, records.warnings,
                             _own_for(context.own, choice))
     return Service(

@@ -48,6 +48,7 @@ class Limits:
     warnings_per_container: int = 100
     tagged_addresses_per_service: int = 16
     checks_per_service: int = 32  # SERVICE_CHECKS entries
+    json_checks_per_container: int = 128  # checks from SERVICE_CHECKS over all of a container's services
     upstreams_per_service: int = 32
     check_body_length: int = 16384  # a health check's request body
     check_text_length: int = 1024  # a check's Name or Notes

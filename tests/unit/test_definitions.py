@@ -5,6 +5,7 @@ registration body each produces (no Docker, no Consul)."""
 from __future__ import annotations
 
 import io
+import json
 from dataclasses import replace
 from typing import Any
 
@@ -320,3 +321,18 @@ def test_explain_shows_the_new_fields_and_where_they_came_from():
                      "<- env SERVICE_CONNECT + env SERVICE_CONNECT_UPSTREAMS", "TagOverride",
                      "Check service:h:web:80:deep", "<- run by the agent; env SERVICE_CHECKS"):
         assert expected in text, (expected, text)
+
+
+def test_service_checks_are_bounded_per_container_and_parsed_once(monkeypatch):
+    import consul_reg.mapping as mapping
+
+    parses: list[str] = []
+    real = mapping.parse_checks
+    monkeypatch.setattr(mapping, "parse_checks", lambda entry: parses.append(entry.value) or real(entry))
+    checks = [{"TTL": "1m", "ID": f"c{i}"} for i in range(30)]
+    records = map_container(container(env=["SERVICE_PORT=" + ",".join(str(p) for p in range(1, 11)),
+                                           "SERVICE_CHECKS=" + json.dumps(checks)], mode="host",
+                                      networks={"host": {}}), SETTINGS)
+    assert [len(s.checks) for s in records.services] == [30, 30, 30, 30, 8, 0, 0, 0, 0, 0]
+    assert len(parses) == 1
+    assert sum("at most 128 checks from SERVICE_CHECKS" in w for w in records.warnings) == 2  # each once
