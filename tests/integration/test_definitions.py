@@ -15,6 +15,7 @@ import re
 import shutil
 import signal
 import socket
+import sys
 import subprocess
 import tempfile
 import threading
@@ -470,3 +471,33 @@ def test_two_daemons_with_filters_and_instances_share_one_agent(own_agent, own_d
     assert nobody.name not in json.dumps(api.services())
     for daemon in daemons.values():
         assert daemon.process.poll() is None
+
+
+# -- explain ------------------------------------------------------------------------------------------------------
+
+
+def test_explain_shows_the_new_fields_and_the_filter(own_agent, own_docker, run_container, hostname):
+    agent = own_agent()
+    web = run_container(HTTPD, ports={"80/tcp": None}, labels={
+        "team": "a", "SERVICE_NAME": "web", "SERVICE_WEIGHT": "5", "SERVICE_CONNECT": "sidecar",
+        "SERVICE_CONNECT_UPSTREAMS": "db:19191", "SERVICE_TAGGED_ADDRESS_WAN": "203.0.113.7:443",
+        "SERVICE_CHECKS": '[{"HTTP": "/health", "ID": "deep"}, {"TTL": "1m", "Bogus": 1}]'})
+
+    def explain(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "consul_reg", "explain", "--hostname", hostname, *args,
+                               agent.uri, web.name], capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "DOCKER_HOST": own_docker[0]})
+
+    result = explain("--filter", "label=team=a")
+    assert result.returncode == 0, result.stdout + result.stderr
+    service_id = f"{hostname}:{web.name}:80"
+    for expected in ("Tagged wan   203.0.113.7:443    <- label SERVICE_TAGGED_ADDRESS_WAN",
+                     "Weights      passing 5, warning 1    <- label SERVICE_WEIGHT",
+                     f"consul connect proxy -sidecar-for {service_id}); upstreams db at 127.0.0.1:19191",
+                     f"Check service:{service_id}:deep",
+                     "warning: key 'SERVICE_CHECKS': check 2: unknown field 'Bogus'"):
+        assert expected in result.stdout, (expected, result.stdout)
+    refused = explain("--filter", "label=team=b")
+    assert refused.returncode == 1
+    assert "would register nothing: it does not match --filter label=team=b" in refused.stdout
+    assert agent.api().services() == {}
