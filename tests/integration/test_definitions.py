@@ -501,3 +501,29 @@ def test_explain_shows_the_new_fields_and_the_filter(own_agent, own_docker, run_
     assert refused.returncode == 1
     assert "would register nothing: it does not match --filter label=team=b" in refused.stdout
     assert agent.api().services() == {}
+
+
+def test_two_daemons_selecting_the_same_container_never_fight(own_agent, own_docker, start_daemon, run_container,
+                                                             hostname):
+    """Overlapping filters (a misconfiguration): one of them holds the service, the other leaves it, and
+    neither rewrites or removes it back and forth across resyncs; the holder removes it when it goes."""
+    agent = own_agent()
+    api = agent.api()
+    daemons = [start(start_daemon, agent, own_docker, "--filter", "label=team", "--instance", "x", resync="1"),
+               start(start_daemon, agent, own_docker, "--filter", "label=team=a", "--instance", "y", resync="1")]
+    web = run_container(ports={"80/tcp": None}, labels={"team": "a", "SERVICE_NAME": "web"})
+    service_id = f"{hostname}:{web.name}:80"
+    wait_until(lambda: service_id in owners(api), message="registered by one of them")
+    passes = [d.log().count("full pass done") for d in daemons]
+    wait_until(lambda: all(d.log().count("full pass done") >= p + 3 for d, p in zip(daemons, passes)), timeout=40,
+               message="three resyncs of each")
+    holder = owners(api)[service_id][1]
+    assert holder in ("x", "y")
+    writes = [len(re.findall(rf"(?<!de)registered {re.escape(service_id)} name=", d.log())) for d in daemons]
+    assert sum(writes) <= 2 and writes[["x", "y"].index(holder)] == 1, writes  # at most once each: no flapping
+    other = daemons[1 - ["x", "y"].index(holder)]
+    other.wait_log(f"service ID {service_id!r} is already registered by host {hostname}")
+    web.remove(force=True)
+    wait_until(lambda: service_id not in api.services(), message="the holder removes it")
+    for daemon in daemons:
+        assert daemon.process.poll() is None
