@@ -189,3 +189,27 @@ def test_the_guard_reads_a_hostile_answer_as_not_ours():
     with pytest.raises(RegistryNotOurs):
         guard.register(SERVICE)
     assert json.dumps(guard.current("web").meta) == "{}"
+
+
+def test_a_consul_kv_mirror_tells_instances_apart():
+    import base64
+
+    from consul_reg.registries.consulkv import ConsulKVRegistry
+
+    blue, red = Owner("h", "blue"), Owner("h", "red")
+    entries = [{"Key": "svc/web/h:web:80", "Value": base64.b64encode(b"1.2.3.4:80").decode(), "Flags": owner_tag(blue)},
+               {"Key": "svc/api/h:api:80", "Value": base64.b64encode(b"1.2.3.4:81").decode(), "Flags": owner_tag(red)},
+               {"Key": "svc/old/h:old:80", "Value": base64.b64encode(b"1.2.3.4:82").decode(), "Flags": 0}]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=entries)
+
+    def listing(owner: str) -> dict[str, bool]:
+        client = ConsulClient(ConsulEndpoint("http"), transport=httpx.MockTransport(handler))
+        records = ConsulKVRegistry(client, "svc", owner).services()
+        return {key: record.owned_by(owner) for key, record in records.items()}
+
+    assert listing(blue) == {"svc/web/h:web:80": True, "svc/api/h:api:80": False, "svc/old/h:old:80": False}
+    assert listing(red) == {"svc/web/h:web:80": False, "svc/api/h:api:80": True, "svc/old/h:old:80": False}
+    # The daemon without an instance keeps claiming the keys of its default IDs written before owner tags.
+    assert listing("h") == {"svc/web/h:web:80": False, "svc/api/h:api:80": False, "svc/old/h:old:80": True}
