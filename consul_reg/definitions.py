@@ -19,6 +19,10 @@ from consul_reg.versions import service_field_refusal
 TAGGED_ADDRESS_PREFIX = "tagged_address_"
 WEIGHT_MAX = 65535  # a DNS SRV weight is 16 bits
 CONNECT_MODES = ("native", "sidecar")
+# Consul's own default ports (server RPC, Serf LAN/WAN, HTTP, HTTPS, gRPC, gRPC TLS, DNS): an upstream's
+# local listener binds where the proxy runs, often the host, and must never stand in for the agent there.
+CONSUL_PORTS = frozenset({8300, 8301, 8302, 8500, 8501, 8502, 8503, 8600})
+LOWEST_UPSTREAM_PORT = 1024
 
 
 @dataclass(frozen=True)
@@ -175,14 +179,18 @@ def _connect(keys: dict[str, KeyValue], choice: AddressChoice, port_number: int 
         return None
     upstreams: tuple[Upstream, ...] = ()
     if upstreams_entry is not None and upstreams_entry.value.strip():
-        upstreams = _upstreams(upstreams_entry, settings.limits.upstreams_per_service, warnings)
+        refused_ports = CONSUL_PORTS | set(settings.checks.policy.agent_ports)
+        upstreams = _upstreams(upstreams_entry, settings.limits.upstreams_per_service, refused_ports, warnings)
         if upstreams:
             origins["Connect upstreams"] = _source(upstreams_entry)
     return Connect(sidecar=True, upstreams=upstreams)
 
 
-def _upstreams(entry: KeyValue, limit: int, warnings: list[str]) -> tuple[Upstream, ...]:
-    """`name:localport[,name:localport]`; a bad item costs that upstream only."""
+def _upstreams(entry: KeyValue, limit: int, refused_ports: frozenset[int] | set[int], warnings: list[str]
+               ) -> tuple[Upstream, ...]:
+    """`name:localport[,name:localport]`; a bad item costs that upstream only. The local
+    port is bound by the proxy (on the host, for Consul's built-in proxy run there): never
+    below 1024, never one of the agent's, where it would take the place of the agent's API."""
     where = f"key {show(entry.original_key)}"
     found: dict[int, Upstream] = {}
     items = [item.strip() for item in entry.value.split(",", limit + 1)]
@@ -198,6 +206,10 @@ def _upstreams(entry: KeyValue, limit: int, warnings: list[str]) -> tuple[Upstre
         if local_port is None or problem:
             warnings.append(f"{where}: upstream {show(item, 60)} is not name:localport"
                             f"{f' ({problem})' if problem else ''}; ignored")
+            continue
+        if local_port < LOWEST_UPSTREAM_PORT or local_port in refused_ports:
+            warnings.append(f"{where}: upstream {show(item, 60)}: local port {local_port} is below "
+                            f"{LOWEST_UPSTREAM_PORT} or one of the Consul agent's; ignored")
             continue
         if local_port in found:
             warnings.append(f"{where}: local port {local_port} is already the upstream "

@@ -247,8 +247,10 @@ def test_connect_sidecar_with_upstreams_has_meta_of_its_own():
     (["SERVICE_CONNECT=mesh"], None, "must be native or sidecar"),
     (["SERVICE_CONNECT_UPSTREAMS=db:1"], None, "needs SERVICE_CONNECT=sidecar"),
     (["SERVICE_CONNECT=native", "SERVICE_CONNECT_UPSTREAMS=db:1"], Connect(native=True), "belong to a sidecar"),
-    (["SERVICE_CONNECT=sidecar", "SERVICE_CONNECT_UPSTREAMS=db:1,db/x:2,:3,db:0,db:99999,db:1"],
-     Connect(sidecar=True, upstreams=(Upstream("db", 1),)), "is not name:localport"),
+    (["SERVICE_CONNECT=sidecar", "SERVICE_CONNECT_UPSTREAMS=db:20001,db/x:2,:3,db:0,db:99999,db:20001"],
+     Connect(sidecar=True, upstreams=(Upstream("db", 20001),)), "is not name:localport"),
+    (["SERVICE_CONNECT=sidecar", "SERVICE_CONNECT_UPSTREAMS=db:8500,db:80,db:8600,db:20001"],
+     Connect(sidecar=True, upstreams=(Upstream("db", 20001),)), "below 1024 or one of the Consul agent's"),
 ])
 def test_connect_refusals_cost_the_field_only(env, connect, warning):
     records = map_container(container(env=env, ports={"80/tcp": BOTH}), SETTINGS)
