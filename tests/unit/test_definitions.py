@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from consul_reg.cli import parse_config
+from consul_reg.cli import UsageError, parse_config
 from consul_reg.explain import _print_service
 from consul_reg.labels import collect
 from consul_reg.mapping import MappingSettings, map_container
@@ -338,3 +338,11 @@ def test_service_checks_are_bounded_per_container_and_parsed_once(monkeypatch):
     assert [len(s.checks) for s in records.services] == [30, 30, 30, 30, 8, 0, 0, 0, 0, 0]
     assert len(parses) == 1
     assert sum("at most 128 checks from SERVICE_CHECKS" in w for w in records.warnings) == 2  # each once
+
+
+def test_ip6_flag_takes_an_ipv6_address_only():
+    assert parse_config(["-ip", "1.2.3.4", "-ip6", "[fd00::1]"]).host_ip6 == "fd00::1"
+    assert parse_config(["-ip6=fd00::2"]).host_ip is None  # -ip6 is not -ip
+    for bad in ("1.2.3.4", "::ffff:1.2.3.4", "fe80::1%eth0", "x"):
+        with pytest.raises(UsageError, match="not an IPv6 address"):
+            parse_config(["-ip6", bad])
