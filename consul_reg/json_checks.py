@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-import urllib.parse
 
 from consul_reg.checks import DISABLE_REDIRECTS_MIN_VERSION, HEADER_NAME, INITIAL_STATUSES, body_problem, \
     frozen_fields, parse_duration
@@ -21,7 +20,7 @@ from consul_reg.labels import KeyValue, show
 from consul_reg.model import Check
 from consul_reg.settings import CheckSettings
 from consul_reg.validate import Limits, OwnEndpoints, check_target_problem, has_control, identifier_problem, \
-    parse_host_port, whole_number
+    parse_check_url, parse_host_port, whole_number
 from consul_reg.versions import check_field_refusal
 
 # Consul's field names, as sent; a field is matched ignoring case and underscores,
@@ -43,6 +42,11 @@ NUMBER_FIELDS = {"SuccessBeforePassing": 100000, "FailuresBeforeCritical": 10000
 BOOL_FIELDS = ("TLSSkipVerify", "GRPCUseTLS", "H2PingUseTLS")
 DURATION_FIELDS = ("Interval", "Timeout", "TTL", "DeregisterCriticalServiceAfter")
 TEXT_FIELDS = ("Name", "Notes", "TLSServerName", "Shell")
+# Fields that apply to some kinds only.
+KIND_FIELDS = {"Method": ("HTTP",), "Header": ("HTTP",), "Body": ("HTTP",), "DisableRedirects": ("HTTP",),
+               "TLSSkipVerify": ("HTTP", "GRPC", "H2PING"), "TLSServerName": ("HTTP", "GRPC", "H2PING"),
+               "GRPCUseTLS": ("GRPC",), "H2PingUseTLS": ("H2PING",), "DockerContainerID": ("Args",),
+               "Shell": ("Args",), "Timeout": ("HTTP", "TCP", "UDP", "GRPC", "H2PING", "Args")}
 MAX_ARGS = 64
 MAX_HEADERS = 32
 DEFAULT_INTERVAL = "10s"
@@ -181,10 +185,9 @@ class _JsonCheck:
                                                                                   if kinds else ""))
         kind = kinds[0]
         out: dict[str, object] = {}
-        for name in ("Notes",):
-            text = self._text(name, self.limits.check_text_length)
-            if text is not None:
-                out[name] = text
+        notes = self._text("Notes", self.limits.check_text_length)
+        if notes is not None:
+            out["Notes"] = notes
         status = self.fields.get("Status")
         if status is not None:
             if not isinstance(status, str) or status.lower() not in INITIAL_STATUSES:
@@ -205,8 +208,6 @@ class _JsonCheck:
             raise Refused(f"a {kind} check has no Interval")
         if kind not in ("TTL", "AliasService"):
             out.setdefault("Interval", DEFAULT_INTERVAL)
-            if "TTL" in out:
-                raise Refused("TTL makes a check a TTL check; it cannot also have " + kind)
         self._only_for(kind)
         getattr(self, f"_kind_{kind.lower()}")(out)
         check_id = self._check_id(taken)
@@ -216,11 +217,7 @@ class _JsonCheck:
 
     def _only_for(self, kind: str) -> None:
         """Fields that belong to other kinds are refused rather than sent to be ignored."""
-        owners = {"Method": ("HTTP",), "Header": ("HTTP",), "Body": ("HTTP",), "DisableRedirects": ("HTTP",),
-                  "TLSSkipVerify": ("HTTP", "GRPC", "H2PING"), "TLSServerName": ("HTTP", "GRPC", "H2PING"),
-                  "GRPCUseTLS": ("GRPC",), "H2PingUseTLS": ("H2PING",), "DockerContainerID": ("Args",),
-                  "Shell": ("Args",), "Timeout": ("HTTP", "TCP", "UDP", "GRPC", "H2PING", "Args")}
-        for name, kinds in owners.items():
+        for name, kinds in KIND_FIELDS.items():
             if name in self.fields and kind not in kinds:
                 raise Refused(f"{name} does not apply to a {kind} check")
 
@@ -285,7 +282,10 @@ class _JsonCheck:
                 raise Refused(f"HTTP {show(value, 60)}: not :port/path")
             path = "/" + rest
         elif not value.startswith("/"):
-            scheme, host, port, path = self._url(value)
+            parsed = parse_check_url(value)
+            if isinstance(parsed, str):
+                raise Refused(f"HTTP {show(value, 60)}: {parsed}")
+            scheme, host, port, path = parsed
         host, port = self._target(host, port, "HTTP")
         out["HTTP"] = f"{scheme}://{self._bracketed(host)}:{port}{path}"
         method = self.fields.get("Method")
@@ -315,31 +315,6 @@ class _JsonCheck:
                           "policy")
         if self.settings.agent_version >= DISABLE_REDIRECTS_MIN_VERSION:
             out["DisableRedirects"] = True
-
-    def _url(self, value: str) -> tuple[str, str | None, int | None, str]:
-        """A URL; an empty host means the service's own address (`https:///health`,
-        `https://:8443/health`), and without a port the service's own port."""
-        parts = urllib.parse.urlsplit(value)
-        if parts.scheme not in ("http", "https") or not value.lower().startswith(parts.scheme + "://"):
-            raise Refused(f"HTTP {show(value, 60)}: a URL is http:// or https://")
-        netloc = parts.netloc
-        if "@" in netloc or "\\" in value:
-            raise Refused(f"HTTP {show(value, 60)}: no user, password or backslash in a check URL")
-        host: str | None = None
-        port: int | None = None
-        if netloc.startswith(":"):
-            port = whole_number(netloc[1:], 1, 65535)
-            if port is None:
-                raise Refused(f"HTTP {show(value, 60)}: not a port after ':'")
-        elif netloc:
-            parsed = parse_host_port(netloc)
-            if isinstance(parsed, str):
-                raise Refused(f"HTTP {show(value, 60)}: {parsed}")
-            host, port = parsed[0], parsed[1] or (443 if parts.scheme == "https" else 80)
-        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        if not path.startswith("/"):
-            raise Refused(f"HTTP {show(value, 60)}: the path must start with /")
-        return parts.scheme, host, port, path
 
     def _headers(self, value: object) -> dict[str, list[str]]:
         if not isinstance(value, dict) or len(value) > MAX_HEADERS:

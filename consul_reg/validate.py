@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import urllib.parse
 from dataclasses import dataclass
 
 ID_MAX_LENGTH = 128
@@ -137,6 +138,33 @@ def parse_host_port(text: str) -> tuple[str, int | None] | str:
     if port is None:
         return f"port {port_text[:16]!r} is not a number from 1 to {PORT_MAX}"
     return (host, port)
+
+
+def parse_check_url(value: str) -> tuple[str, str | None, int | None, str] | str:
+    """An HTTP check's URL -> (scheme, host, port, path), or why it is not one. An empty
+    host means the service's own address (`https:///health`, `https://:8443/health`)
+    and no port its own port (None for both); no user, password or backslash."""
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme not in ("http", "https") or not value.lower().startswith(parts.scheme + "://"):
+        return "a URL is http:// or https://"
+    netloc = parts.netloc
+    if "@" in netloc or "\\" in value:
+        return "no user, password or backslash in a check URL"
+    host: str | None = None
+    port: int | None = None
+    if netloc.startswith(":"):
+        port = whole_number(netloc[1:], 1, PORT_MAX)
+        if port is None:
+            return "not a port after ':'"
+    elif netloc:
+        parsed = parse_host_port(netloc)
+        if isinstance(parsed, str):
+            return parsed
+        host, port = parsed[0], parsed[1] or (443 if parts.scheme == "https" else 80)
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    if not path.startswith("/"):
+        return "the path must start with /"
+    return parts.scheme, host, port, path
 
 
 def squats_host_namespace(service_id: str, hostname: str) -> bool:
