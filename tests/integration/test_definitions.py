@@ -287,7 +287,8 @@ def test_dual_stack_internal_registers_both_families_and_dns_answers_a_and_aaaa(
                                              "lan_ipv6": {"Address": ipv6, "Port": 80},
                                              "wan_ipv4": {"Address": ipv4, "Port": 80}}  # the agent adds wan_ipv4
         wait_until(lambda: api.check_status(f"service:{service_id}:tcp") == "passing", message="TCP check passes")
-        assert dig(agent, f"{name}.service.consul", "A") == [ipv4]
+        # DNS reads the catalog, which the agent updates a moment after its own state: poll.
+        wait_until(lambda: dig(agent, f"{name}.service.consul", "A") == [ipv4], message="DNS A")
         assert dig(agent, f"{name}.service.consul", "AAAA") == [ipv6]
         srv = dig(agent, f"{name}.service.consul", "SRV")
         assert len(srv) == 1 and srv[0].split()[:3] == ["1", "7", "80"], srv  # priority, weight, port
@@ -311,7 +312,8 @@ def test_ipv6_service_ip_gets_aaaa_and_a_bracketed_check(own_agent, own_docker, 
     assert api.services()[service_id]["Address"] == "::1"
     wait_until(lambda: api.check_status(f"service:{service_id}:http") == "passing", timeout=30,
                message="the HTTP check reaches [::1]")
-    assert dig(agent, f"{name}.service.consul", "AAAA") == ["::1"]
+    wait_until(lambda: dig(agent, f"{name}.service.consul", "AAAA") == ["::1"], message="DNS AAAA (from the catalog)")
+    assert dig(agent, f"{name}.service.consul", "A") == []
 
 
 def test_host_network_container_declares_its_port(own_agent, own_docker, start_daemon, run_container, hostname):
