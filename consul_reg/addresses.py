@@ -21,6 +21,8 @@ class AddressChoice:
     address: str  # "" when the container declared an unusable one (the service is skipped)
     reason: str
     declared: bool = False  # written by the container (SERVICE_IP, -useIpFromLabel's label)
+    ipv6: str = ""  # -internal on a dual-stack network: the container's IPv6 beside `address`, its IPv4
+    at_host: bool = False  # this host's own address (-ip, -ip6, the default): -ip6 adds the IPv6 beside it
 
 
 def choose_address(
@@ -56,17 +58,24 @@ def choose_address(
 
     if settings.internal:
         network = keys.get("network")
-        ip = container_ip(container, network.value.strip() if network else None, warnings)
-        if ip:
-            return AddressChoice(ip, "the container's own IP (-internal)")
+        ipv4, ipv6 = container_ips(container, network.value.strip() if network else None, warnings)
+        if ipv4:
+            return AddressChoice(ipv4, "the container's own IP (-internal)", ipv6=ipv6)
+        if ipv6:
+            return AddressChoice(ipv6, "the container's own IPv6 (-internal; it has no IPv4 there)")
+
+    if settings.host_ip6 and port.host_port and port.host_ip in UNSPECIFIED_HOST_IPS and port.on_ipv6 \
+            and not port.on_ipv4:
+        return AddressChoice(settings.host_ip6, f"-ip6 (port {port.exposed} is published on IPv6 only)",
+                             at_host=True)
 
     if settings.host_ip:
-        return AddressChoice(settings.host_ip, "-ip")
+        return AddressChoice(settings.host_ip, "-ip", at_host=True)
 
     if port.host_ip not in UNSPECIFIED_HOST_IPS:
         return AddressChoice(port.host_ip, f"the host address port {port.exposed} is published on")
 
-    return AddressChoice(settings.default_address, settings.default_address_reason)
+    return AddressChoice(settings.default_address, settings.default_address_reason, at_host=True)
 
 
 def _declared(value: str, where: str, reason: str, warnings: list[str]) -> AddressChoice:
@@ -94,33 +103,50 @@ def container_addresses(container: dict[str, Any], network_peer: dict[str, Any] 
 
 
 def container_ip(container: dict[str, Any], network_name: str | None, warnings: list[str]) -> str:
-    """The container's IP on `network_name`, else on its primary network ("" when unknown)."""
+    """The container's IP on `network_name`, else on its primary network ("" when
+    unknown): its IPv4, or its IPv6 on a network without IPv4."""
+    ipv4, ipv6 = container_ips(container, network_name, warnings)
+    return ipv4 or ipv6
+
+
+def container_ips(container: dict[str, Any], network_name: str | None, warnings: list[str]) -> tuple[str, str]:
+    """(IPv4, IPv6) of the container on `network_name`, else on its primary
+    network; "" for a family it has none of there."""
     network_settings = _dict(container.get("NetworkSettings"))
     networks = _dict(network_settings.get("Networks"))
     if network_name:
-        chosen = _ip_of(networks.get(network_name))
-        if chosen:
+        chosen = _ips_of(networks.get(network_name))
+        if any(chosen):
             return chosen
         warnings.append(f"SERVICE_NETWORK={labels.show(network_name)}: the container has no IP on that network")
-        return ""
+        return "", ""
     mode = str(_dict(container.get("HostConfig")).get("NetworkMode") or "")
     primary = "bridge" if mode in ("", "default") else mode
-    found = _ip_of(networks.get(primary)) or _ip_of(network_settings)
-    if found:
+    found = _ips_of(networks.get(primary))
+    if not any(found):
+        found = _ips_of(network_settings)
+    if any(found):
         return found
-    with_ip = [str(name) for name, net in networks.items() if _ip_of(net)]
+    with_ip = [str(name) for name, net in networks.items() if any(_ips_of(net))]
     if len(with_ip) == 1:
-        return _ip_of(networks[with_ip[0]])
+        return _ips_of(networks[with_ip[0]])
     if len(with_ip) > 1:
         warnings.append(f"the container is on several networks ({labels.printable(', '.join(sorted(with_ip)), 200)}): "
                         "set SERVICE_NETWORK to pick one")
-    return ""
+    return "", ""
 
 
-def _ip_of(holder: object) -> str:
-    """The IPAddress Docker reports in a network entry, if it is an IP."""
-    value = _dict(holder).get("IPAddress")
-    return value if isinstance(value, str) and value and parse_ip(value) is not None else ""
+def _ips_of(holder: object) -> tuple[str, str]:
+    """The IPAddress and GlobalIPv6Address Docker reports in a network entry, when they are
+    such addresses (an IPv6 that is loopback, link-local or IPv4 in disguise is not)."""
+    entry = _dict(holder)
+    ipv4 = entry.get("IPAddress")
+    ipv4 = ipv4 if isinstance(ipv4, str) and ipv4 and parse_ip(ipv4) is not None else ""
+    raw6 = entry.get("GlobalIPv6Address")
+    address6 = parse_ip(raw6) if isinstance(raw6, str) and raw6 else None
+    ipv6 = str(address6) if address6 is not None and address6.version == 6 and not (
+        address6.is_loopback or address6.is_unspecified or address6.is_link_local) else ""
+    return ipv4, ipv6
 
 
 def plain_ip(text: str) -> str:

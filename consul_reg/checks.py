@@ -14,7 +14,8 @@ import re
 from consul_reg.labels import KeyValue, show
 from consul_reg.model import Check, DaemonProbe
 from consul_reg.settings import CheckSettings
-from consul_reg.validate import OwnEndpoints, check_target_problem, has_control, normal_host
+from consul_reg.validate import Limits, OwnEndpoints, check_target_problem, has_control, normal_host
+from consul_reg.versions import CHECK_FIELD_MIN_VERSION, check_field_refusal
 
 __all__ = ["CheckSettings", "go_duration", "parse_duration", "parse_version", "service_checks"]
 
@@ -26,9 +27,9 @@ _UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "
 MAX_DURATION_SECONDS = 2562047 * 3600.0  # Go's time.Duration overflows past ~292 years
 _WHOLE_NUMBER = re.compile(r"[0-9]{1,9}")
 _PORT = re.compile(r"[0-9]{1,5}")
-_HEADER_NAME = re.compile(r"^[A-Za-z0-9-]+$")
+HEADER_NAME = re.compile(r"^[A-Za-z0-9-]+$")
 # HTTP checks stop following redirects where the agent can (1.12; some 1.9-1.11 patch releases too).
-DISABLE_REDIRECTS_MIN_VERSION = (1, 12)
+DISABLE_REDIRECTS_MIN_VERSION = CHECK_FIELD_MIN_VERSION["DisableRedirects"]
 # Daemon-run exec checks: Consul clamps its own check intervals and timeouts to 1 s.
 EXEC_MIN_SECONDS = 1.0
 INITIAL_STATUSES = ("passing", "warning", "critical")
@@ -36,7 +37,7 @@ TRUE_VALUES = ("true", "1", "yes", "on")
 # Kinds that probe a network endpoint, with the key that enables each.
 NETWORK_KINDS = ("http", "https", "tcp", "grpc", "h2ping", "udp")
 # Check fields that appeared after Consul 1.7 (the oldest agent that refuses unknown fields).
-FIELD_MIN_VERSION = {"H2PING": (1, 10), "H2PingUseTLS": (1, 10), "TLSServerName": (1, 10), "UDP": (1, 13)}
+FIELD_MIN_VERSION = CHECK_FIELD_MIN_VERSION
 
 
 def parse_duration(text: str) -> float | None:
@@ -234,6 +235,11 @@ class _Builder:
                 return None
             if headers:
                 fields["Header"] = headers
+            body = self._body(kind)
+            if body is False:
+                return None
+            if body:
+                fields["Body"] = body
             if kind == "https" and self._flag("check_tls_skip_verify"):
                 fields["TLSSkipVerify"] = True
             if self.settings.agent_version >= DISABLE_REDIRECTS_MIN_VERSION:
@@ -264,7 +270,7 @@ class _Builder:
                 continue
             raw_name = key[len("check_http_header"):].lstrip("_")
             name = "-".join(part.capitalize() for part in raw_name.split("_") if part)
-            if not name or not _HEADER_NAME.match(name):
+            if not name or not HEADER_NAME.match(name):
                 self._warn(key, "a header needs a name of letters, digits and _ (CHECK_HTTP_HEADER_X_API_KEY)"
                                 ", so that check is dropped")
                 return None
@@ -274,6 +280,18 @@ class _Builder:
                 return None
             headers.setdefault(name, []).append(self.keys[key].value)
         return headers
+
+    def _body(self, kind: str) -> str | None | bool:
+        """CHECK_HTTP_BODY (CHECK_HTTPS_BODY for HTTPS): None when unset, False when refused (warned)."""
+        key = f"check_{kind}_body"
+        entry = self.keys.get(key)
+        if entry is None or entry.value == "":
+            return None
+        problem = body_problem(entry.value)
+        if problem:
+            self._warn(key, f"{problem}, so that check is dropped")
+            return False
+        return entry.value
 
     def _script_check(self, common: dict[str, object]) -> Check | None:
         if self.settings.refuse_script_checks:
@@ -337,7 +355,7 @@ class _Builder:
             return None
         fields = {**common, "TTL": ttl}
         return Check(check_id=f"service:{self.service_id}", name=f"Service '{self.service_name}' TTL check",
-                     definition=_frozen(self._for_agent(fields)))
+                     definition=frozen_fields(self._for_agent(fields)))
 
     # -- helpers ----------------------------------------------------------
 
@@ -348,22 +366,33 @@ class _Builder:
     def _check(self, kind: str, fields: dict[str, object], probe: DaemonProbe | None = None) -> Check:
         return Check(check_id=f"service:{self.service_id}:{kind}",
                      name=f"Service '{self.service_name}' {kind} check",
-                     definition=_frozen(self._for_agent(fields)), daemon_probe=probe)
+                     definition=frozen_fields(self._for_agent(fields)), daemon_probe=probe)
 
     def _for_agent(self, fields: dict[str, object]) -> dict[str, object]:
         kept = {}
         for name, value in fields.items():
-            needed = FIELD_MIN_VERSION.get(name)
-            if needed and self.settings.agent_version < needed:
-                self.warnings.append(
-                    f"check field {name} needs Consul {needed[0]}.{needed[1]} or later and this agent is "
-                    f"{self.settings.agent_version[0]}.{self.settings.agent_version[1]}: left out")
+            refusal = check_field_refusal(name, self.settings.agent_version)
+            if refusal:
+                self.warnings.append(f"service {show(self.service_id)}: {refusal}: left out")
                 continue
             kept[name] = value
         return kept
 
 
-def _frozen(fields: dict[str, object]) -> tuple[tuple[str, object], ...]:
+_TAB_AND_LINE_BREAKS = {9: None, 10: None, 13: None}
+
+
+def body_problem(body: str, limit: int = Limits().check_body_length) -> str | None:
+    """None when `body` may be sent as an HTTP check's request body, else why not.
+    Line breaks and tabs are fine (a JSON body); other control characters are not."""
+    if len(body) > limit:
+        return f"a check body may hold at most {limit} characters (this one has {len(body)})"
+    if has_control(body.translate(_TAB_AND_LINE_BREAKS)):
+        return "a check body may not hold control characters other than tab and line breaks"
+    return None
+
+
+def frozen_fields(fields: dict[str, object]) -> tuple[tuple[str, object], ...]:
     def freeze(value: object) -> object:
         if isinstance(value, dict):
             return tuple(sorted((k, freeze(v)) for k, v in value.items()))

@@ -16,9 +16,10 @@ from consul_reg.config import Config, TokenError, read_token
 from consul_reg.envfile import path_problem
 from consul_reg.labels import split_tags
 from consul_reg.registries import RegistryURIError, default_uri, validate_uri
+from consul_reg.selection import LabelFilter, parse_filter
 from consul_reg.tags_template import Template, TemplateError
 from consul_reg.validate import DEFAULT_CHECK_METHODS, AllowRule, Limits, address_problem, hostname_problem, \
-    parse_allow_rule
+    instance_problem, parse_allow_rule, parse_ip
 
 USAGE_EXIT = 2
 
@@ -41,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add = parser.add_argument
     add("-ip", "--ip", dest="host_ip", metavar="IP", help="address to register services with")
+    add("-ip6", "--ip6", dest="host_ip6", metavar="IPV6",
+        help="this host's IPv6 address: ports published on IPv6 also get it as tagged addresses lan_ipv6/wan_ipv6")
     add("-internal", "--internal", action="store_true", help="register the container IP and exposed ports")
     add("-explicit", "--explicit", action="store_true", help="only register containers that set SERVICE_NAME")
     add("-useIpFromLabel", "--useIpFromLabel", dest="use_ip_from_label", metavar="LABEL",
@@ -74,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--status-addr", dest="status_addr", default=None, metavar="HOST:PORT",
         help="serve /health, /metrics and /services there (off by default)")
     add("--hostname", default=None, help="host name used in service IDs (default: this machine's)")
+    add("--filter", dest="filters", action="append", default=[], metavar="label=KEY[=VALUE]",
+        help="register only containers with this label (and value); repeatable, all must match")
+    add("--instance", default="", metavar="NAME",
+        help="this daemon's name in the ownership marker, for several daemons of one host on one agent")
     add("--no-container-env-file", dest="no_container_env_file", action="store_true",
         help="refuse containers' own SERVICE_ENV_FILE (only -envFile applies)")
     add("--allow-check-target", dest="allow_check_targets", action="append", default=[], metavar="CIDR[:PORTS]",
@@ -136,6 +143,18 @@ def parse_config(argv: Sequence[str], environ: dict[str, str] | None = None) -> 
                                                                   " (this machine's name; pass --hostname)"))
     if args.host_ip and address_problem(args.host_ip):
         raise UsageError(f"-ip {args.host_ip!r}: {address_problem(args.host_ip)}")
+    if args.host_ip6 is not None:
+        address = parse_ip(args.host_ip6)
+        if address is None or address.version != 6:
+            raise UsageError(f"-ip6 {args.host_ip6!r}: not an IPv6 address")
+    if args.instance and instance_problem(args.instance):
+        raise UsageError(f"--instance {args.instance!r}: {instance_problem(args.instance)}")
+    filters: list[LabelFilter] = []
+    for text in args.filters:
+        try:
+            filters.append(parse_filter(text))
+        except ValueError as error:
+            raise UsageError(f"--filter {error}") from None
     if args.env_file and path_problem(args.env_file):
         raise UsageError(f"-envFile {args.env_file!r}: {path_problem(args.env_file)}")
     limits = _limits(args)
@@ -196,6 +215,9 @@ def parse_config(argv: Sequence[str], environ: dict[str, str] | None = None) -> 
         allow_check_targets=tuple(rules),
         allow_check_methods=tuple(methods),
         no_container_env_file=args.no_container_env_file,
+        host_ip6=str(parse_ip(args.host_ip6)) if args.host_ip6 else None,
+        instance=args.instance,
+        filters=tuple(filters),
     )
 
 

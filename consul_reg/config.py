@@ -7,6 +7,8 @@ import urllib.parse
 from dataclasses import dataclass, field
 
 from consul_reg.checks import parse_version
+from consul_reg.model import Owner
+from consul_reg.selection import LabelFilter, docker_filters
 from consul_reg.settings import CheckSettings, MappingSettings
 from consul_reg.tags_template import Template
 from consul_reg.validate import DEFAULT_CHECK_METHODS, AllowRule, CheckPolicy, Limits
@@ -46,6 +48,18 @@ class Config:
     allow_check_targets: tuple[AllowRule, ...] = ()  # --allow-check-target
     allow_check_methods: tuple[str, ...] = ()  # --allow-check-method, beyond GET HEAD OPTIONS POST
     no_container_env_file: bool = False  # refuse containers' own SERVICE_ENV_FILE
+    host_ip6: str | None = None  # -ip6: this host's IPv6 for ports published on IPv6
+    instance: str = ""  # --instance: this daemon's name beside others of the same host on one agent
+    filters: tuple[LabelFilter, ...] = ()  # --filter label=KEY[=VALUE]: the containers this daemon registers
+
+    @property
+    def owner(self) -> Owner:
+        """The identity in the ownership marker; pass it wherever the host name is the owner."""
+        return Owner(self.hostname, self.instance)
+
+    def docker_filters(self) -> dict[str, list[str]]:
+        """--filter as Docker's listing and event stream take it."""
+        return docker_filters(self.filters)
 
     def agent_http(self) -> tuple[tuple[str, ...], tuple[int, ...]]:
         """The agent's HTTP address(es) and port(s) as far as the flags tell:
@@ -79,6 +93,9 @@ class Config:
             default_address=default_address,
             default_address_reason=default_address_reason,
             host_ip=self.host_ip,
+            host_ip6=self.host_ip6,
+            instance=self.instance,
+            selection=self.filters,
             internal=self.internal,
             explicit=self.explicit,
             use_ip_from_label=self.use_ip_from_label,

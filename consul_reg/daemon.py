@@ -30,6 +30,7 @@ from consul_reg.primary import Primary
 from consul_reg.registries import registries_from_uris, token_transport_problem
 from consul_reg.registries.base import RegistryError
 from consul_reg.registries.consul import AgentInfo, ConsulRegistry
+from consul_reg.registries.guard import guarded
 from consul_reg.router import CHECK_MISSING, RELOAD, STOP, Hint
 from consul_reg.snapshot import Snapshot
 
@@ -40,7 +41,7 @@ class Daemon:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.registry, self.mirror_registries = registries_from_uris(config)
-        self.docker = DockerSource()
+        self.docker = DockerSource(filters=config.docker_filters())
         self.metrics: Metrics = PrometheusMetrics() if config.status_addr else Metrics()
         self.agent_liveness = Liveness("consul")
         self.stopping = threading.Event()
@@ -97,14 +98,14 @@ class Daemon:
 
     def build(self, info: AgentInfo) -> Loop:
         config = self.config
-        primary = Primary(self.registry, config.hostname, config.retry_interval_ms / 1000, time.monotonic,
-                          adopt_leftovers=config.cleanup)
+        primary = Primary(guarded(self.registry, config.owner, config.cleanup), config.owner,
+                          config.retry_interval_ms / 1000, time.monotonic, adopt_leftovers=config.cleanup)
         primary.identity = info
         builder = DesireBuilder(config, self.docker, self.settings_for(info))
         probes = ProbeScheduler(self.registry, self.docker, self._check_missing, on_sent=self.metrics.heartbeat)
         env_reader = EnvFileReader(self.docker.read_file, self._post,
                                    is_docker_down=lambda error: isinstance(error, DockerUnavailable))
-        mirrors = [MirrorWorker(m, config.hostname, config.retry_interval_ms / 1000, metrics=self.metrics)
+        mirrors = [MirrorWorker(m, config.owner, config.retry_interval_ms / 1000, metrics=self.metrics)
                    for m in self.mirror_registries]
         if isinstance(self.registry, ConsulRegistry):
             self.watch = AgentWatch(self.registry, self.agent_liveness, self._post, identity=info)
@@ -199,7 +200,7 @@ class Daemon:
 
     def _deregister_everything(self) -> None:
         try:
-            owned = [s for s in self.registry.services().values() if s.owned_by(self.config.hostname)]
+            owned = [s for s in self.registry.services().values() if s.owned_by(self.config.owner)]
             for service in owned:
                 self.registry.deregister(service)
                 logger.bind(action="deregister", service_id=service.id).info("deregistered {} on exit", service.id)
@@ -230,7 +231,7 @@ def run(config: Config) -> int:
             snapshot=lambda: daemon.loop.snapshot if daemon.loop is not None else Snapshot(),
             docker=daemon.docker.liveness, agent=daemon.agent_liveness,
             mirrors=lambda: {m.registry.description: m.state for m in (daemon.loop.mirrors if daemon.loop else [])},
-            metrics=daemon.metrics, hostname=config.hostname))
+            metrics=daemon.metrics, hostname=config.owner))
         status.start()
     try:
         return daemon.run()

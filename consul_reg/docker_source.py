@@ -62,7 +62,9 @@ def listing_key(summary: dict[str, Any]) -> str:
 
 
 class DockerSource:
-    def __init__(self, timeout: float = 30.0) -> None:
+    def __init__(self, timeout: float = 30.0, filters: dict[str, list[str]] | None = None) -> None:
+        # --filter, in Docker's form ({"label": ["k=v"]}): applied to the listing and the event stream.
+        self.filters: dict[str, list[str]] = dict(filters or {})
         base_url = docker_base_url()
         # File reads and exec probes run on worker threads, each call on a connection
         # of its own (docker_http) with one wall-clock deadline, so they never queue
@@ -81,9 +83,15 @@ class DockerSource:
     def ping(self) -> None:
         self._guard("ping", self._client.ping)
 
-    def list_containers(self) -> list[dict[str, Any]]:
-        """Every container (running or not): Docker's listing summaries."""
-        return self._guard("list containers", self._client.containers, all=True)
+    def list_containers(self, filters: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
+        """Every container (running or not) that matches `filters` (default: --filter's):
+        Docker's listing summaries."""
+        chosen = self.filters if filters is None else filters
+        return self._guard("list containers", self._client.containers, all=True, filters=chosen or None)
+
+    def event_filters(self) -> dict[str, list[str]]:
+        """The event stream's filters: container events of the containers --filter selects."""
+        return {"type": ["container"], **self.filters}
 
     def inspect(self, container_id: str) -> dict[str, Any] | None:
         """The container's inspect data, or None when it no longer exists."""
@@ -141,7 +149,7 @@ class DockerSource:
         connected_once = False
         while not stop.is_set():
             try:
-                stream = self._client.events(decode=True, since=since, filters={"type": "container"})
+                stream = self._client.events(decode=True, since=since, filters=self.event_filters())
                 self.liveness.ok()
                 if connected_once:
                     logger.info("docker event stream reconnected; resyncing everything")

@@ -22,7 +22,7 @@ from consul_reg.registries.base import RegistryError
 def explain(config: Config, container_ref: str, out: TextIO = sys.stdout) -> int:
     primary, _ = registries_from_uris(config)
     try:
-        docker = DockerSource()
+        docker = DockerSource(filters=config.docker_filters())
         container = docker.inspect(container_ref)
     except DockerUnavailable as error:
         print(f"error: {error}", file=out)
@@ -93,27 +93,60 @@ def _source(keys: dict[str, KeyValue], key: str, default: str) -> str:
     return f"{entry.source} {entry.original_key}" if entry and entry.value.strip() else default
 
 
+_KEY_CHECK_KINDS = ("http", "https", "tcp", "grpc", "h2ping", "udp", "script", "docker")
+
+
+def _check_source(service: Service, check_id: str, keys: dict[str, KeyValue]) -> str:
+    kind = check_id.rsplit(":", 1)[-1]
+    if check_id == f"service:{service.id}":
+        return _source(keys, "check_ttl", "SERVICE_CHECK_TTL")
+    if check_id == f"service:{service.id}:{kind}" and kind in _KEY_CHECK_KINDS:
+        return _source(keys, f"check_{kind}", "a SERVICE_CHECK_* key")
+    if kind in ("heartbeat", "docker-health"):
+        return "daemon-owned"
+    return _source(keys, "checks", "SERVICE_CHECKS")
+
+
 def _print_service(service: Service, keys: dict[str, KeyValue], config: Config, out: TextIO) -> None:
     """Every value shown here may come from the container: all of it goes through printable()."""
+    origins = dict(service.origins)
     print(f"\nservice {printable(service.id)}", file=out)
+    port_source = _source(keys, "port", "") or ("-internal: the exposed port" if config.internal
+                                                else "the published host port")
     rows: list[tuple[str, Any, str]] = [
         ("ID", service.id, _source(keys, "id", "default <hostname>:<container>:<port>")),
         ("Name", service.name, _source(keys, "name", "default: the image's base name")),
         ("Address", service.address, service.address_reason),
-        ("Port", service.port if service.port is not None else "(none: a port-less worker)",
-         "-internal: the exposed port" if config.internal else "the published host port"),
+        ("Port", service.port if service.port is not None else "(none: a port-less worker)", port_source),
         ("Tags", ", ".join(service.tags) or "(none)",
          " + ".join(filter(None, [_source(keys, "tags", ""), "flag -tags" if config.force_tags else ""]))
          or "none set"),
     ]
+    for tagged in service.tagged_addresses:
+        source = origins.get(f"TaggedAddresses {tagged.name}") or next(
+            (v for k, v in origins.items() if k.startswith("TaggedAddresses ") and tagged.name in k), "")
+        rows.append((f"Tagged {tagged.name}", f"{tagged.address}:{tagged.port}", source))
+    if service.weights is not None:
+        rows.append(("Weights", f"passing {service.weights[0]}, warning {service.weights[1]}",
+                     " + ".join(v for k, v in origins.items() if k.startswith("Weights")) or "default"))
+    if service.enable_tag_override:
+        rows.append(("TagOverride", "enabled: tags changed in the catalog are kept",
+                     origins.get("EnableTagOverride", "")))
+    if service.connect is not None:
+        if service.connect.native:
+            rows.append(("Connect", "native", origins.get("Connect", "")))
+        else:
+            upstreams = ", ".join(f"{u.destination} at 127.0.0.1:{u.local_port}" for u in service.connect.upstreams)
+            rows.append(("Connect", f"sidecar proxy {service.id}-sidecar-proxy (run it with: consul connect proxy "
+                                    f"-sidecar-for {service.id})" + (f"; upstreams {upstreams}" if upstreams else ""),
+                         " + ".join(v for k, v in origins.items() if k.startswith("Connect"))))
     for key, value in service.meta:
         if key not in MARKER_KEYS:
             rows.append((f"Meta {key}", value, _source(keys, key, "fixed from another key")))
     for check in service.checks:
         definition = check.definition_dict
-        kind = check.check_id.rsplit(":", 1)[-1]
         where = "consul-reg" if check.daemon_probe else "the agent"
         rows.append((f"Check {check.check_id}", ", ".join(f"{k}={v}" for k, v in definition.items()),
-                     f"run by {where}; " + _source(keys, f"check_{kind}", "daemon-owned")))
+                     f"run by {where}; " + _check_source(service, check.check_id, keys)))
     for field, value, source in rows:
         print(f"  {printable(field):<12} {printable(value)}    <- {printable(source)}", file=out)

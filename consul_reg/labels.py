@@ -19,11 +19,14 @@ _PORT_KEY = re.compile(r"^([0-9]{1,5})_(.+)$", re.DOTALL)
 # A key that starts like a port key but whose "port" is not a number,
 # e.g. SERVICE_HTTP_NAME: registrator made it Meta "http_name", and so do
 # we, but it is more likely a mistyped port key, so it is worth a warning.
-_LOOKS_LIKE_PORT_KEY = re.compile(r"^([^_]+)_(name|id|tags|ignore|ip|network|check_.+|heartbeat_.+)$", re.DOTALL)
+_LOOKS_LIKE_PORT_KEY = re.compile(r"^([^_]+)_(name|id|tags|ignore|ip|network|check_.+|heartbeat_.+|checks|weight|"
+                                  r"weight_warning|connect|connect_upstreams|enable_tag_override|"
+                                  r"tagged_address_.+)$", re.DOTALL)
 
 # Keys that configure the daemon and never become Consul Meta.
-DAEMON_KEYS = frozenset({"name", "id", "tags", "ignore", "network", "ip", "env_file"})
-DAEMON_KEY_PREFIXES = ("check_", "heartbeat_")
+DAEMON_KEYS = frozenset({"name", "id", "tags", "ignore", "network", "ip", "env_file", "port", "checks", "weight",
+                         "weight_warning", "enable_tag_override", "connect", "connect_upstreams"})
+DAEMON_KEY_PREFIXES = ("check_", "heartbeat_", "tagged_address_")
 _TAG_SEPARATOR = re.compile(r"(?<!\\),")
 
 

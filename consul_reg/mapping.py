@@ -6,27 +6,27 @@ differences listed in the README's "moving from registrator" section.
 
 from __future__ import annotations
 
-import itertools
 import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from consul_reg import labels, swarm, workers
-from consul_reg.addresses import UNSPECIFIED_HOST_IPS, AddressChoice, choose_address, container_addresses, plain_ip
+from consul_reg.addresses import UNSPECIFIED_HOST_IPS, AddressChoice, choose_address, container_addresses
 from consul_reg.checks import service_checks
+from consul_reg.definitions import service_extras
+from consul_reg.json_checks import json_checks, parse_checks
 from consul_reg.labels import KeyValue, ServiceKeys, show
-from consul_reg.model import Service, marker_meta
+from consul_reg.model import Check, Service, marker_meta
+from consul_reg.ports import PORT_NUMBER, int_or_none, port_entries, published_ports
+from consul_reg.selection import selected
 from consul_reg.settings import CheckSettings, MappingSettings, PublishedPort
 from consul_reg.tags_meta import capped_tags, service_meta, tags_of, template_tags
-from consul_reg.validate import Limits, OwnEndpoints, identifier_problem, normal_host, parse_ip, \
-    squats_host_namespace
+from consul_reg.validate import OwnEndpoints, identifier_problem, normal_host, squats_host_namespace
 
 __all__ = ["CheckSettings", "ContainerRecords", "MappingSettings", "PublishedPort", "default_service_name",
            "map_container", "published_ports", "service_meta"]
 
 COMPOSE_SERVICE_LABEL = "com.docker.compose.service"
-
-_PORT_NUMBER = re.compile(r"[0-9]{1,5}")
 
 
 @dataclass
@@ -72,12 +72,19 @@ def _map_into(records: ContainerRecords, container: dict[str, Any], config: dict
     if settings.tags_template is not None:
         settings = replace(settings, force_tags=tuple(template_tags(container, settings, records.warnings)))
 
+    unmatched = selected(container, settings.selection)
+    if unmatched is not None:
+        records.skipped_reason = f"it does not match --filter label={labels.printable(unmatched.docker_form, 200)}"
+        return
+
     ignore = keys.general.get("ignore")
     if ignore and labels.is_true_flag(ignore.value):
         records.skipped_reason = f"{ignore.original_key}={show(ignore.value)} asks to ignore it"
         return
 
-    ports = published_ports(container, settings.internal, limits, records.warnings)
+    declared = keys.general.get("port")
+    ports = published_ports(container, settings.internal, limits, records.warnings,
+                            declared if declared is not None and declared.value.strip() else None)
     if len(ports) > limits.services_per_container:
         records.warnings.append(f"it has {len(ports)} ports; only the lowest {limits.services_per_container} "
                                 "become services (--max-services-per-container)")
@@ -116,46 +123,9 @@ class _Context:
     records: ContainerRecords
     own: OwnEndpoints
     general_tags: list[str]
-
-
-def published_ports(container: dict[str, Any], internal: bool, limits: Limits = Limits(),
-                    warnings: list[str] | None = None) -> list[PublishedPort]:
-    """The ports that become services, sorted by number and protocol."""
-    host_mode = _dict(container.get("HostConfig")).get("NetworkMode") == "host"
-    exposed, bound = _port_entries(container, limits, [] if warnings is None else warnings)
-    found: dict[tuple[str, str], PublishedPort] = {}
-    if host_mode:
-        # No port mapping in host mode: exposed ports are reachable as they are.
-        for number, protocol in exposed:
-            found[(number, protocol)] = PublishedPort(number, protocol, host_port=number, host_ip="")
-    for (number, protocol), bindings in bound:
-        binding = _first_binding(bindings)
-        if binding is not None:
-            found[(number, protocol)] = PublishedPort(number, protocol, host_port=binding[0], host_ip=binding[1])
-        elif internal and (number, protocol) not in found:
-            found[(number, protocol)] = PublishedPort(number, protocol, host_port="", host_ip="")
-    if internal:
-        for parsed in exposed:
-            found.setdefault(parsed, PublishedPort(parsed[0], parsed[1], host_port="", host_ip=""))
-    chosen = [p for p in found.values() if internal or p.host_port]
-    return sorted(chosen, key=lambda p: (int(p.exposed), p.protocol))
-
-
-def _port_entries(container: dict[str, Any], limits: Limits, warnings: list[str]
-                  ) -> tuple[list[tuple[str, str]], list[tuple[tuple[str, str], object]]]:
-    """Config.ExposedPorts and NetworkSettings.Ports parsed once, at most
-    limits.port_entries of each looked at (a bound on the work per pass)."""
-    exposed_map = _dict(_dict(container.get("Config")).get("ExposedPorts"))
-    ports_map = _dict(_dict(container.get("NetworkSettings")).get("Ports"))
-    for what, mapping in (("exposed", exposed_map), ("published", ports_map)):
-        if len(mapping) > limits.port_entries:
-            warnings.append(f"it declares {len(mapping)} {what} port entries; only the first "
-                            f"{limits.port_entries} are looked at")
-    exposed = [parsed for key in itertools.islice(exposed_map, limits.port_entries)
-               if (parsed := _parse_port_key(key))]
-    bound = [(parsed, bindings) for key, bindings in itertools.islice(ports_map.items(), limits.port_entries)
-             if (parsed := _parse_port_key(key))]
-    return exposed, bound
+    # SERVICE_CHECKS values parsed once per container, and how many checks they gave so far.
+    parsed_checks: dict[str, list[object] | str] = field(default_factory=dict)
+    json_checks_made: list[int] = field(default_factory=lambda: [0])
 
 
 def own_endpoints(container: dict[str, Any], network_peer: dict[str, Any] | None, settings: MappingSettings,
@@ -164,10 +134,11 @@ def own_endpoints(container: dict[str, Any], network_peer: dict[str, Any] | None
     its own IPs with its container-side ports, and the host addresses the
     daemon itself would register (-ip, the agent's address, a specific
     published address) with the ports published there."""
-    exposed, bound = _port_entries(container, settings.limits, [])
+    exposed, bound = port_entries(container, settings.limits, [])
     container_ports = {int(number) for number, _ in exposed} | {int(number) for (number, _), _ in bound}
-    host_ports = {int(p.host_port) for p in ports if _PORT_NUMBER.fullmatch(p.host_port)}
-    host_addresses = {normal_host(a) for a in (settings.host_ip, settings.default_address) if a}
+    container_ports |= {int(p.exposed) for p in ports if p.declared}
+    host_ports = {int(p.host_port) for p in ports if PORT_NUMBER.fullmatch(p.host_port)}
+    host_addresses = {normal_host(a) for a in (settings.host_ip, settings.host_ip6, settings.default_address) if a}
     host_addresses |= {normal_host(p.host_ip) for p in ports if p.host_ip not in UNSPECIFIED_HOST_IPS}
     if _dict(container.get("HostConfig")).get("NetworkMode") == "host":
         host_ports |= container_ports
@@ -232,18 +203,40 @@ def _service_for_port(context: _Context, port: PublishedPort, is_group: bool, de
     if settings.internal:
         port_number = int(port.exposed)
     else:
-        port_number = _int_or_none(port.host_port)
+        port_number = int_or_none(port.host_port)
         if port_number is None:
             records.warnings.append(f"{where}: host port {show(port.host_port)} is not a number, skipped")
             return None
 
-    meta = service_meta(merged, records.warnings, settings.limits)
-    meta.update(marker_meta(settings.hostname, records.container_id))
     checks = service_checks(merged, service_id, name, choice.address, port_number, records.container_id,
                             settings.checks, records.warnings, _own_for(context.own, choice))
     if workers.has_healthcheck(context.container):
         checks += (workers.docker_health_check(service_id, name, records.container_id,
                                                settings.health_reassert_seconds),)
+    return _service(context, merged, service_id, name, choice, port, port_number, tags, checks)
+
+
+def _service(context: _Context, keys: dict[str, KeyValue], service_id: str, name: str, choice: AddressChoice,
+             port: PublishedPort | None, port_number: int | None, tags: list[str], checks: tuple[Check, ...]
+             ) -> Service:
+    """The record, with what every service gets: Meta and the marker, SERVICE_CHECKS, the extras."""
+    settings, records = context.settings, context.records
+    marker = marker_meta(settings.hostname, records.container_id, settings.instance)
+    meta = service_meta(keys, records.warnings, settings.limits, marker_pairs=len(marker) + 1)  # + the digest
+    meta.update(marker)
+    entry = keys.get("checks")
+    if entry is not None and entry.value.strip():
+        parsed = context.parsed_checks.get(entry.value)
+        if parsed is None:
+            parsed = context.parsed_checks.setdefault(entry.value, parse_checks(entry))
+        from_json = json_checks(entry, service_id, name, choice.address, port_number, records.container_id,
+                                settings.checks, records.warnings, _own_for(context.own, choice),
+                                {c.check_id for c in checks}, settings.limits, parsed,
+                                settings.limits.json_checks_per_container - context.json_checks_made[0])
+        context.json_checks_made[0] += len(from_json)
+        checks += from_json
+    extras = service_extras(keys, service_id, choice, port, port_number, settings, records.warnings,
+                            _own_for(context.own, choice))
     return Service(
         id=service_id,
         name=name,
@@ -254,8 +247,13 @@ def _service_for_port(context: _Context, port: PublishedPort, is_group: bool, de
         checks=checks,
         container_id=records.container_id,
         container_name=records.container_name,
-        exposed_port=f"{port.exposed}/{port.protocol}",
+        exposed_port=f"{port.exposed}/{port.protocol}" if port is not None else "",
         address_reason=choice.reason,
+        tagged_addresses=extras.tagged_addresses,
+        weights=extras.weights,
+        enable_tag_override=extras.enable_tag_override,
+        connect=extras.connect,
+        origins=extras.origins,
     )
 
 
@@ -277,23 +275,10 @@ def _portless_service(context: _Context) -> Service | None:
     if not choice.address:
         return None
     tags = capped_tags(list(context.general_tags), service_id, settings, records.warnings)
-    meta = service_meta(keys.general, records.warnings, settings.limits)
-    meta.update(marker_meta(settings.hostname, records.container_id))
     checks = service_checks(keys.general, service_id, name, choice.address, None, records.container_id,
                             settings.checks, records.warnings, _own_for(context.own, choice))
     checks += (workers.heartbeat_check(keys.general, service_id, name, records.container_id, records.warnings),)
-    return Service(
-        id=service_id,
-        name=name,
-        address=choice.address,
-        port=None,
-        tags=tuple(labels.unique(tags)),
-        meta=tuple(sorted(meta.items())),
-        checks=checks,
-        container_id=records.container_id,
-        container_name=records.container_name,
-        address_reason=choice.reason,
-    )
+    return _service(context, keys.general, service_id, name, choice, None, None, tags, checks)
 
 
 def _identifiers_ok(service_id: str, id_entry: KeyValue | None, name: str, name_entry: KeyValue | None,
@@ -333,6 +318,9 @@ def _bounded(warnings: list[str], limit: int) -> list[str]:
 def _warn_unknown_port_keys(keys: ServiceKeys, ports: list[PublishedPort], warnings: list[str]) -> None:
     known = {p.exposed for p in ports}
     for port, scoped in sorted(keys.by_port.items()):
+        if "port" in scoped:
+            warnings.append(f"key {show(scoped['port'].original_key)}: SERVICE_PORT is not port-scoped "
+                            "(it declares the ports); ignored")
         if port not in known:
             for entry in scoped.values():
                 warnings.append(f"key {show(entry.original_key)}: port {port} is not "
@@ -346,40 +334,6 @@ def _non_empty(entry: KeyValue | None, warnings: list[str]) -> KeyValue | None:
         warnings.append(f"key {show(entry.original_key)} is empty, ignored")
         return None
     return entry
-
-
-def _first_binding(bindings: object) -> tuple[str, str] | None:
-    """(host port, host IP) of a published port; 0.0.0.0 and :: count as one."""
-    if not isinstance(bindings, list):
-        return None
-    usable = [b for b in bindings if isinstance(b, dict) and isinstance(b.get("HostPort"), (str, int))
-              and b.get("HostPort") not in ("", 0)]
-    if not usable:
-        return None
-    host_port = str(usable[0]["HostPort"])
-    ips = {str(b.get("HostIp") or "") for b in usable if str(b["HostPort"]) == host_port}
-    specific = sorted(ip for ip in ips if ip not in UNSPECIFIED_HOST_IPS and parse_ip(ip) is not None)
-    ips = {ip for ip in ips if ip in UNSPECIFIED_HOST_IPS or parse_ip(ip) is not None}
-    if len(specific) == 1 and len(ips) == 1:
-        return host_port, plain_ip(specific[0])
-    return host_port, ""
-
-
-def _parse_port_key(key: object) -> tuple[str, str] | None:
-    """"80/tcp" -> ("80", "tcp"); None for anything else (ASCII digits only)."""
-    if not isinstance(key, str):
-        return None
-    number, _, protocol = key.partition("/")
-    if not _PORT_NUMBER.fullmatch(number) or not 0 < int(number) < 65536:
-        return None
-    protocol = (protocol or "tcp").lower()
-    if protocol not in ("tcp", "udp", "sctp"):
-        return None
-    return str(int(number)), protocol
-
-
-def _int_or_none(text: str) -> int | None:
-    return int(text) if _PORT_NUMBER.fullmatch(text) and 0 < int(text) < 65536 else None
 
 
 def _dict(value: object) -> dict[str, Any]:

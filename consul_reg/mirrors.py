@@ -18,7 +18,7 @@ from loguru import logger
 
 from consul_reg.backoff import Backoff, Clock
 from consul_reg.metrics import Metrics
-from consul_reg.model import MARKER_DIGEST_KEY, MARKER_HOST_KEY, MARKER_SOURCE_KEY, MARKER_SOURCE_VALUE
+from consul_reg.model import MARKER_DIGEST_KEY, owner_meta
 from consul_reg.model import RegisteredService, Service
 from consul_reg.reconcile import Plan, apply, plan
 from consul_reg.registries.base import MirrorRegistry, RegistryError
@@ -191,8 +191,7 @@ class MirrorWorker:
         for service in result.registered:
             key = self.registry.key_of(service)
             self._actual[key] = RegisteredService(id=key, name=service.name, meta={
-                MARKER_SOURCE_KEY: MARKER_SOURCE_VALUE, MARKER_HOST_KEY: self.hostname,
-                MARKER_DIGEST_KEY: self.registry.digest_of(service)})
+                **owner_meta(self.hostname), MARKER_DIGEST_KEY: self.registry.digest_of(service)})
         for gone in result.deregistered:
             self._actual.pop(gone.id, None)
         if result.failed:

@@ -19,7 +19,49 @@ MARKER_SOURCE_VALUE = "consul-reg"
 MARKER_HOST_KEY = "consul_reg_host"
 MARKER_CONTAINER_KEY = "consul_reg_container"
 MARKER_DIGEST_KEY = "consul_reg_digest"
-MARKER_KEYS = frozenset({MARKER_SOURCE_KEY, MARKER_HOST_KEY, MARKER_CONTAINER_KEY, MARKER_DIGEST_KEY})
+# Written only by a daemon run with --instance: two daemons of one host tell their records apart.
+MARKER_INSTANCE_KEY = "consul_reg_instance"
+MARKER_KEYS = frozenset({MARKER_SOURCE_KEY, MARKER_HOST_KEY, MARKER_CONTAINER_KEY, MARKER_DIGEST_KEY,
+                         MARKER_INSTANCE_KEY})
+# Meta of the sidecar proxy registration the agent derives from a service (SERVICE_CONNECT=sidecar):
+# set so that the agent does not copy the service's own Meta, ownership marker included, into it.
+SIDECAR_FOR_KEY = "consul_reg_sidecar_for"
+
+
+class Owner(str):
+    """This daemon's identity in the ownership marker: the host name (the
+    string itself, as default IDs and registrator's leftover pattern use it)
+    and the `--instance` name ("" by default). Passed wherever the host name
+    is the owner; a plain `str` owner is an owner without an instance.
+
+    A `str` so that every place that uses the host name as text keeps working;
+    equality is the host name's (compare `instance` where it matters).
+    """
+
+    instance: str
+
+    def __new__(cls, hostname: str, instance: str = "") -> "Owner":
+        owner = super().__new__(cls, hostname)
+        object.__setattr__(owner, "instance", instance)
+        return owner
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("an Owner is immutable")
+
+    def __repr__(self) -> str:
+        return f"Owner({str(self)!r}, instance={self.instance!r})"
+
+
+def instance_of(owner: str) -> str:
+    return getattr(owner, "instance", "")
+
+
+def owner_meta(owner: str) -> dict[str, str]:
+    """The ownership marker of `owner`'s records (without the container and digest)."""
+    meta = {MARKER_SOURCE_KEY: MARKER_SOURCE_VALUE, MARKER_HOST_KEY: str(owner)}
+    if instance_of(owner):
+        meta[MARKER_INSTANCE_KEY] = instance_of(owner)
+    return meta
 
 
 @dataclass(frozen=True)
@@ -82,6 +124,32 @@ def _thaw(value: object) -> object:
 
 
 @dataclass(frozen=True)
+class TaggedAddress:
+    """One of Consul's service TaggedAddresses (lan_ipv4, lan_ipv6, wan, ...)."""
+
+    name: str
+    address: str
+    port: int
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """A Connect upstream of a sidecar proxy: a service reached at 127.0.0.1:local_port."""
+
+    destination: str
+    local_port: int
+
+
+@dataclass(frozen=True)
+class Connect:
+    """SERVICE_CONNECT: a Connect-native service, or one with a sidecar proxy registration."""
+
+    native: bool = False
+    sidecar: bool = False
+    upstreams: tuple[Upstream, ...] = ()
+
+
+@dataclass(frozen=True)
 class Service:
     """A service as consul-reg wants it to exist in a registry."""
 
@@ -98,6 +166,12 @@ class Service:
     exposed_port: str = ""
     # Why `address` was chosen, logged once per container.
     address_reason: str = field(default="", compare=False)
+    tagged_addresses: tuple[TaggedAddress, ...] = ()  # sorted by name
+    weights: tuple[int, int] | None = None  # (passing, warning)
+    enable_tag_override: bool = False
+    connect: Connect | None = None
+    # Field -> where its value came from ("key SERVICE_WEIGHT (label)", "-ip6"), for explain.
+    origins: tuple[tuple[str, str], ...] = field(default=(), compare=False)
 
     @property
     def meta_dict(self) -> dict[str, str]:
@@ -114,7 +188,7 @@ class Service:
         The agent does not echo every field back (checks least of all), so
         "already registered as desired" is decided by this digest alone.
         """
-        content = {
+        content: dict[str, object] = {
             "id": self.id,
             "name": self.name,
             "address": self.address,
@@ -123,6 +197,17 @@ class Service:
             "meta": sorted(self.meta),
             "checks": [[c.check_id, c.name, sorted((k, repr(v)) for k, v in c.definition)] for c in self.checks],
         }
+        # Only when set: a service without them keeps the digest it had before they existed
+        # (no re-registration of everything when the daemon is upgraded).
+        if self.tagged_addresses:
+            content["tagged_addresses"] = [[t.name, t.address, t.port] for t in self.tagged_addresses]
+        if self.weights is not None:
+            content["weights"] = list(self.weights)
+        if self.enable_tag_override:
+            content["enable_tag_override"] = True
+        if self.connect is not None:
+            content["connect"] = [self.connect.native, self.connect.sidecar,
+                                  [[u.destination, u.local_port] for u in self.connect.upstreams]]
         raw = json.dumps(content, sort_keys=True, ensure_ascii=True).encode()
         return hashlib.sha256(raw).hexdigest()[:16]
 
@@ -141,11 +226,19 @@ class RegisteredService:
     def endpoint(self) -> str:
         return f"{self.address}:{self.port}" if self.port else self.address
 
-    def owned_by(self, hostname: str) -> bool:
+    def owned_by(self, owner: str) -> bool:
+        """Marked by this host's daemon of the same --instance (an Owner; a plain
+        host name is the daemon without an instance)."""
         return (
             self.meta.get(MARKER_SOURCE_KEY) == MARKER_SOURCE_VALUE
-            and self.meta.get(MARKER_HOST_KEY) == hostname
+            and self.meta.get(MARKER_HOST_KEY) == str(owner)
+            and self.meta.get(MARKER_INSTANCE_KEY, "") == instance_of(owner)
         )
+
+    @property
+    def from_consul_reg(self) -> bool:
+        """Marked by some consul-reg (any host, any instance): never a registrator leftover."""
+        return self.meta.get(MARKER_SOURCE_KEY) == MARKER_SOURCE_VALUE
 
     @property
     def digest(self) -> str:
@@ -190,9 +283,12 @@ def registered_form(service: Service) -> RegisteredService:
                              port=service.port, meta=meta)
 
 
-def marker_meta(hostname: str, container_id: str) -> dict[str, str]:
-    return {
+def marker_meta(hostname: str, container_id: str, instance: str = "") -> dict[str, str]:
+    meta = {
         MARKER_SOURCE_KEY: MARKER_SOURCE_VALUE,
         MARKER_HOST_KEY: hostname,
         MARKER_CONTAINER_KEY: container_id,
     }
+    if instance:
+        meta[MARKER_INSTANCE_KEY] = instance
+    return meta

@@ -159,7 +159,7 @@ def plan(
         current = actual.get(key)
         digest = digest_of(service)
         if current is not None and not current.owned_by(hostname):
-            if leftover is None or not leftover.match(key):
+            if leftover is None or not leftover.match(key) or current.from_consul_reg:
                 blocked.append((service, current))
                 continue
         elif current is not None and current.digest == digest:
@@ -178,7 +178,7 @@ def plan(
         if current.owned_by(hostname):
             if current.container_id not in kept_containers:
                 deregister.append(current)
-        elif leftover is not None and scope is None and leftover.match(key):
+        elif leftover is not None and scope is None and leftover.match(key) and not current.from_consul_reg:
             deregister.append(current)
     return Plan(register=tuple(register), deregister=tuple(deregister), blocked=tuple(blocked))
 

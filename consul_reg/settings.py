@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from consul_reg.selection import LabelFilter
 from consul_reg.tags_template import Template
 from consul_reg.validate import CheckPolicy, Limits
 
@@ -27,6 +28,9 @@ class MappingSettings:
     default_address: str = "127.0.0.1"
     default_address_reason: str = "the Consul agent's advertise address"
     host_ip: str | None = None  # -ip
+    host_ip6: str | None = None  # -ip6: this host's IPv6 for ports published on IPv6
+    instance: str = ""  # --instance, recorded in the ownership marker
+    selection: tuple[LabelFilter, ...] = ()  # --filter: containers that match every one are registered
     internal: bool = False  # -internal
     explicit: bool = False  # -explicit
     use_ip_from_label: str | None = None  # -useIpFromLabel
@@ -43,3 +47,6 @@ class PublishedPort:
     protocol: str  # "tcp" / "udp"
     host_port: str  # "" when not published
     host_ip: str  # "" when published on every address
+    on_ipv4: bool = True  # published on an IPv4 host address (or every address)
+    on_ipv6: bool = False  # published on an IPv6 host address (or every address)
+    declared: bool = False  # from SERVICE_PORT rather than what Docker shows

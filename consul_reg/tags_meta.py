@@ -68,8 +68,10 @@ def template_tags(container: dict[str, Any], settings: MappingSettings, warnings
     return clean_tags(labels.split_tags(rendered), "-tags template", settings.limits, warnings)
 
 
-def service_meta(keys: dict[str, KeyValue], warnings: list[str], limits: Limits = Limits()) -> dict[str, str]:
-    """Every key that does not configure the daemon, as Consul-valid Meta."""
+def service_meta(keys: dict[str, KeyValue], warnings: list[str], limits: Limits = Limits(),
+                 marker_pairs: int = 4) -> dict[str, str]:
+    """Every key that does not configure the daemon, as Consul-valid Meta, leaving
+    room for the `marker_pairs` pairs of the ownership marker and digest."""
     meta: dict[str, str] = {}
     for key in sorted(keys):
         entry = keys[key]
@@ -92,9 +94,9 @@ def service_meta(keys: dict[str, KeyValue], warnings: list[str], limits: Limits 
         if fixed in meta:
             warnings.append(f"{where}: Meta key {show(fixed)} already set by another key, dropped")
             continue
-        if len(meta) >= limits.meta_pairs - len(MARKER_KEYS):
+        if len(meta) >= limits.meta_pairs - marker_pairs:
             warnings.append(f"{where}: Consul allows {limits.meta_pairs} Meta pairs and consul-reg needs "
-                            f"{len(MARKER_KEYS)}, dropped")
+                            f"{marker_pairs}, dropped")
             continue
         meta[fixed] = entry.value
     return meta

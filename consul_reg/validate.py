@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import urllib.parse
 from dataclasses import dataclass
 
 ID_MAX_LENGTH = 128
@@ -46,6 +47,12 @@ class Limits:
     key_length: int = 256  # a SERVICE_* key longer than this is ignored
     keys_per_container: int = 1024  # SERVICE_* keys considered per container (env, labels, env file)
     warnings_per_container: int = 100
+    tagged_addresses_per_service: int = 16
+    checks_per_service: int = 32  # SERVICE_CHECKS entries
+    json_checks_per_container: int = 128  # checks from SERVICE_CHECKS over all of a container's services
+    upstreams_per_service: int = 32
+    check_body_length: int = 16384  # a health check's request body
+    check_text_length: int = 1024  # a check's Name or Notes
 
 
 def identifier_problem(value: str, what: str = "service ID") -> str | None:
@@ -74,6 +81,90 @@ def hostname_problem(value: str) -> str | None:
     if ":" in value:
         return "a host name may not hold ':' (it separates the parts of default service IDs)"
     return None
+
+
+_INSTANCE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_TAGGED_ADDRESS_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+_DIGITS = re.compile(r"[0-9]{1,9}")
+
+
+def instance_problem(value: str) -> str | None:
+    """The operator's --instance: recorded in Meta and in mirror lease paths."""
+    if not _INSTANCE.fullmatch(value) or value in (".", ".."):
+        return "an instance name holds 1 to 64 ASCII letters, digits and - _ . (not '.' or '..')"
+    return None
+
+
+def tagged_address_name_problem(name: str) -> str | None:
+    """A TaggedAddresses name (`lan_ipv6`, `wan`, `virtual`): lower-case letters, digits, _ and -."""
+    if not _TAGGED_ADDRESS_NAME.fullmatch(name):
+        return "a tagged address name holds 1 to 64 lower-case ASCII letters, digits, _ and -"
+    return None
+
+
+def whole_number(text: str, low: int, high: int) -> int | None:
+    """ASCII digits only (no sign, no '²', no '٨'), within [low, high]; else None."""
+    text = text.strip()
+    if not _DIGITS.fullmatch(text):
+        return None
+    number = int(text)
+    return number if low <= number <= high else None
+
+
+def parse_host_port(text: str) -> tuple[str, int | None] | str:
+    """`host:port`, `[v6]:port`, `host`, `[v6]` or a bare IPv6 -> (host, port or None);
+    a string saying why not otherwise. The host is an IP or an RFC 1123 name."""
+    text = text.strip()
+    port_text = ""
+    if text.startswith("["):
+        inner, bracket, after = text[1:].partition("]")
+        if not bracket or (after and not after.startswith(":")):
+            return "write an IPv6 address as [address] or [address]:port"
+        host, port_text = inner, after[1:]
+        if parse_ip(host) is None or parse_ip(host).version != 6:
+            return "not an IPv6 address in brackets"
+    elif text.count(":") > 1:
+        host = text  # a bare IPv6 address, no port
+    else:
+        host, _, port_text = text.partition(":")
+        if ":" in text and not port_text:
+            return "a port must follow ':'"
+    problem = address_problem(host)
+    if problem:
+        return problem
+    if not port_text:
+        return (host, None)
+    port = whole_number(port_text, 1, PORT_MAX)
+    if port is None:
+        return f"port {port_text[:16]!r} is not a number from 1 to {PORT_MAX}"
+    return (host, port)
+
+
+def parse_check_url(value: str) -> tuple[str, str | None, int | None, str] | str:
+    """An HTTP check's URL -> (scheme, host, port, path), or why it is not one. An empty
+    host means the service's own address (`https:///health`, `https://:8443/health`)
+    and no port its own port (None for both); no user, password or backslash."""
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme not in ("http", "https") or not value.lower().startswith(parts.scheme + "://"):
+        return "a URL is http:// or https://"
+    netloc = parts.netloc
+    if "@" in netloc or "\\" in value:
+        return "no user, password or backslash in a check URL"
+    host: str | None = None
+    port: int | None = None
+    if netloc.startswith(":"):
+        port = whole_number(netloc[1:], 1, PORT_MAX)
+        if port is None:
+            return "not a port after ':'"
+    elif netloc:
+        parsed = parse_host_port(netloc)
+        if isinstance(parsed, str):
+            return parsed
+        host, port = parsed[0], parsed[1] or (443 if parts.scheme == "https" else 80)
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    if not path.startswith("/"):
+        return "the path must start with /"
+    return parts.scheme, host, port, path
 
 
 def squats_host_namespace(service_id: str, hostname: str) -> bool:

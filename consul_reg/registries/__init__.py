@@ -138,21 +138,21 @@ def mirror_from_uri(uri: str, config: "Config"):
         from consul_reg.registries.consulkv import ConsulKVRegistry
 
         client = ConsulClient(kv_endpoint(uri, config.registry_uris[0]), token=config.token)
-        return ConsulKVRegistry(client, path, config.hostname)
+        return ConsulKVRegistry(client, path, config.owner)
     from consul_reg.registries.etcd import DEFAULT_LEASE_TTL
 
     lease_ttl = config.ttl or DEFAULT_LEASE_TTL
     if scheme == "etcd":
         from consul_reg.registries.etcd import EtcdRegistry
 
-        return EtcdRegistry(host, port, path, config.hostname, lease_ttl, config.ttl_refresh)
+        return EtcdRegistry(host, port, path, config.owner, lease_ttl, config.ttl_refresh)
     if scheme == "skydns2":
         from consul_reg.registries.skydns2 import SkyDNS2Registry
 
-        return SkyDNS2Registry(host, port, path, config.hostname, lease_ttl, config.ttl, config.ttl_refresh)
+        return SkyDNS2Registry(host, port, path, config.owner, lease_ttl, config.ttl, config.ttl_refresh)
     from consul_reg.registries.zookeeper import ZooKeeperRegistry  # kazoo is imported only when used
 
-    return ZooKeeperRegistry(host, port, path, config.hostname)
+    return ZooKeeperRegistry(host, port, path, config.owner)
 
 
 def registries_from_uris(config: "Config"):

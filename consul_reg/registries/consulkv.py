@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from consul_reg.model import MARKER_DIGEST_KEY, MARKER_HOST_KEY, MARKER_SOURCE_KEY, MARKER_SOURCE_VALUE
+from consul_reg.model import MARKER_DIGEST_KEY, instance_of, owner_meta
 from consul_reg.model import RegisteredService, Service
 from consul_reg.registries.consul import ConsulClient, ConsulKV
 from consul_reg.registries.keys import child_key, owner_tag, segment_problem
@@ -53,8 +53,9 @@ class ConsulKVRegistry:
             name, _, service_id = key[len(self.prefix) + 1:].partition("/")
             meta = {MARKER_DIGEST_KEY: value}
             # Keys of consul-reg before owner tags: this host's default IDs.
-            if flags == self.flags or (flags == 0 and service_id.startswith(self.hostname + ":")):
-                meta.update({MARKER_SOURCE_KEY: MARKER_SOURCE_VALUE, MARKER_HOST_KEY: self.hostname})
+            if flags == self.flags or (flags == 0 and service_id.startswith(self.hostname + ":")
+                                       and not instance_of(self.hostname)):
+                meta.update(owner_meta(self.hostname))
             found[key] = RegisteredService(id=key, name=name, meta=meta)
         return found
 

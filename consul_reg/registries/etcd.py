@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import httpx
 
-from consul_reg.model import MARKER_DIGEST_KEY, MARKER_HOST_KEY, MARKER_SOURCE_KEY, MARKER_SOURCE_VALUE
+from consul_reg.model import MARKER_DIGEST_KEY, instance_of, owner_meta
 from consul_reg.model import RegisteredService, Service
 from consul_reg.registries.base import RegistryError, RegistryUnavailable
 from consul_reg.registries.keys import child_key, segment_problem
@@ -125,7 +125,8 @@ class EtcdRegistry:
 
     def __init__(self, host: str, port: int, prefix: str, hostname: str, lease_ttl: int, refresh: float = 0.0) -> None:
         self.prefix = "/" + prefix.strip("/")
-        self.etcd = EtcdV3(host, port, lease_ttl, child_key(LEASES_PREFIX, hostname) + self.prefix, refresh)
+        owner_segment = hostname + (f":{instance_of(hostname)}" if instance_of(hostname) else "")
+        self.etcd = EtcdV3(host, port, lease_ttl, child_key(LEASES_PREFIX, owner_segment) + self.prefix, refresh)
         self.hostname = hostname
         self.description = f"etcd {host}:{port}{self.prefix}"
         self.on_change: Callable[[], None] = lambda: None
@@ -158,7 +159,8 @@ class EtcdRegistry:
             name, _, service_id = key[len(self.prefix) + 1:].partition("/")
             # This daemon's keys: on its leases, or of its default IDs (`<hostname>:`, which
             # no other host or container can take).
-            owned = (lease != "" and lease in ours) or service_id.startswith(self.hostname + ":")
+            owned = (lease != "" and lease in ours) or (service_id.startswith(self.hostname + ":")
+                                                         and not instance_of(self.hostname))
             found[key] = RegisteredService(id=key, name=name, meta=self._meta(owned, f"{value}|lease={lease}"))
         return found
 
@@ -181,4 +183,4 @@ class EtcdRegistry:
     def _meta(self, owned: bool, digest: str) -> dict[str, str]:
         if not owned:
             return {MARKER_DIGEST_KEY: digest}
-        return {MARKER_SOURCE_KEY: MARKER_SOURCE_VALUE, MARKER_HOST_KEY: self.hostname, MARKER_DIGEST_KEY: digest}
+        return {**owner_meta(self.hostname), MARKER_DIGEST_KEY: digest}

@@ -28,5 +28,7 @@ def child_key(prefix: str, *segments: str) -> str:
 def owner_tag(hostname: str) -> int:
     """A 63-bit number naming this host's daemon, stored with each record where
     the layout leaves no room for a marker (Consul KV's Flags)."""
-    digest = hashlib.sha256(b"consul-reg\0" + hostname.encode()).digest()
+    instance = getattr(hostname, "instance", "")  # an Owner with --instance: another owner on the same host
+    digest = hashlib.sha256(b"consul-reg\0" + hostname.encode() + (b"\0" + instance.encode() if instance else b"")
+                            ).digest()
     return int.from_bytes(digest[:8], "big") & (2 ** 63 - 1)

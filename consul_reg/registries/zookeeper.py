@@ -16,7 +16,7 @@ from kazoo.exceptions import KazooException, NodeExistsError, NoNodeError
 from kazoo.handlers.threading import KazooTimeoutError
 from loguru import logger
 
-from consul_reg.model import MARKER_DIGEST_KEY, MARKER_HOST_KEY, MARKER_SOURCE_KEY, MARKER_SOURCE_VALUE
+from consul_reg.model import MARKER_DIGEST_KEY, owner_meta
 from consul_reg.model import RegisteredService, Service
 from consul_reg.registries.base import RegistryError, RegistryNotOurs, RegistryUnavailable
 from consul_reg.registries.keys import child_key, segment_problem
@@ -152,7 +152,7 @@ class ZooKeeperRegistry:
                         continue
                     meta = {MARKER_DIGEST_KEY: data.decode("utf-8", "replace")}
                     if session is not None and stat.ephemeralOwner == session:
-                        meta.update({MARKER_SOURCE_KEY: MARKER_SOURCE_VALUE, MARKER_HOST_KEY: self.hostname})
+                        meta.update(owner_meta(self.hostname))
                     found[path] = RegisteredService(id=path, name=name, meta=meta)
         except ZK_ERRORS as error:
             raise RegistryUnavailable(f"{self.description}: {type(error).__name__}: {error}") from None

@@ -121,3 +121,20 @@ def test_http_checks_do_not_follow_redirects_where_the_agent_can():
     assert newer["service:h:web:80:https"]["DisableRedirects"] is True and warnings == []
     older, warnings = build(CheckSettings(agent_version=(1, 11)), check_http="/")
     assert "DisableRedirects" not in older["service:h:web:80:http"] and warnings == []
+
+
+def test_http_body_goes_with_the_simple_http_check():
+    checks, warnings = build(check_http="/", check_http_method="POST", check_http_body='{"a": 1}\n')
+    assert checks["service:h:web:80:http"]["Body"] == '{"a": 1}\n' and warnings == []
+    checks, _ = build(check_https="/", check_https_body="b", check_http_body="not for https")
+    assert checks["service:h:web:80:https"]["Body"] == "b"
+
+
+def test_a_bad_http_body_drops_that_check_and_an_old_agent_gets_none():
+    for body, reason in (("a\x00b", "control characters"), ("x" * 16385, "at most 16384")):
+        checks, warnings = build(check_http="/", check_tcp="true", check_http_body=body)
+        assert list(checks) == ["service:h:web:80:tcp"] and reason in warnings[0]
+    checks, warnings = build(CheckSettings(agent_version=(1, 6)), check_http="/", check_http_body="b")
+    assert "Body" not in checks["service:h:web:80:http"]
+    assert warnings == ["service 'h:web:80': the check field Body needs Consul 1.7 or later and this agent is 1.6: "
+                        "left out"]

@@ -4,6 +4,7 @@ never raise, whatever a container declares; bad keys cost warnings only."""
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 import urllib.parse
 
@@ -11,18 +12,25 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from consul_reg.checks import CheckSettings, service_checks
+from consul_reg.json_checks import FIELDS as JSON_CHECK_FIELDS
+from consul_reg.json_checks import json_checks
 from consul_reg.labels import KeyValue, collect, printable, split_tags
 from consul_reg.mapping import MappingSettings, map_container
 from consul_reg.registries.consul import registration_payload
 from consul_reg.tags_template import Template, TemplateError
-from consul_reg.validate import CheckPolicy, parse_allow_rule
+from consul_reg.validate import CheckPolicy, OwnEndpoints, address_problem, has_control, parse_allow_rule
+from consul_reg.versions import CHECK_FIELD_MIN_VERSION
 
 SUFFIXES = ["NAME", "ID", "TAGS", "IGNORE", "IP", "NETWORK", "CHECK_HTTP", "CHECK_TCP", "CHECK_INTERVAL",
             "CHECK_TIMEOUT", "CHECK_TTL", "CHECK_SCRIPT", "CHECK_DOCKER", "CHECK_GRPC", "CHECK_HTTP_HEADER_X",
             "CHECK_INITIAL_STATUS", "CHECK_DEREGISTER_AFTER", "CHECK_PORT", "CHECK_ADDRESS", "HEARTBEAT_TTL",
             "HEARTBEAT_INTERVAL", "CHECK_HTTP_METHOD", "CHECK_FAILURES_BEFORE_CRITICAL", "REGION", "X",
             "CHECK_HTTPS", "CHECK_UDP", "CHECK_H2PING", "CHECK_TLS_SERVER_NAME", "CHECK_HTTPS_METHOD",
-            "CHECK_SUCCESS_BEFORE_PASSING", "CHECK_DOCKER_INTERVAL", "CHECK_DOCKER_TIMEOUT", "ENV_FILE"]
+            "CHECK_SUCCESS_BEFORE_PASSING", "CHECK_DOCKER_INTERVAL", "CHECK_DOCKER_TIMEOUT", "ENV_FILE",
+            # issue 12's keys
+            "PORT", "WEIGHT", "WEIGHT_WARNING", "ENABLE_TAG_OVERRIDE", "CONNECT", "CONNECT_UPSTREAMS", "CHECKS",
+            "TAGGED_ADDRESS_WAN", "TAGGED_ADDRESS_LAN_IPV6", "TAGGED_ADDRESS_X/Y", "CHECK_HTTP_BODY",
+            "CHECK_HTTPS_BODY"]
 service_keys = st.one_of(
     st.builds(lambda s: "SERVICE_" + s, st.sampled_from(SUFFIXES)),
     st.builds(lambda p, s: f"SERVICE_{p}_{s}", st.sampled_from(["80", "443", "0", "99999", "8o", ""]),
@@ -35,7 +43,16 @@ HOSTILE_VALUES = ["", " ", "true", "0", "10s", "banana", "1m30s", "-1", "/health
                   "web\nforged", "\x1b[2J", "²", "٨٠", "9" * 5000, "8500", "169.254.169.254",
                   "::ffff:169.254.169.254",
                   "127.0.0.1", "0.0.0.0", "localhost", "2852039166", "fe80::1", "a@169.254.169.254", "PUT", "1ms",
-                  "1ns", "99999999999h", "10.0.0.5", "172.17.0.2", "32768", "80", "a\r\nHost: x", "DELETE"]
+                  "1ns", "99999999999h", "10.0.0.5", "172.17.0.2", "32768", "80", "a\r\nHost: x", "DELETE",
+                  # issue 12's keys
+                  "sidecar", "native", "db:19191,x:0,../x:1", "1.2.3.4:99999", "[fd00::1]:80", "8080,9090/udp",
+                  "65535", "0", "[" * 3000, '{"a": 1}', '[{"HTTP": "http://169.254.169.254/"}]',
+                  '[{"HTTP": "http://[::ffff:169.254.169.254]/"}, {"TCP": "127.0.0.1:8500"}]',
+                  '[{"HTTP": "/", "Method": "PUT"}, {"HTTP": "//evil.example/"}, {"HTTP": "http://10.0.0.9:8500/"}]',
+                  '[{"Args": ["sh", "-c", "id"]}, {"Args": ["x"], "DockerContainerID": "abcdefabcdef"}]',
+                  '[{"AliasNode": "x"}, {"TTL": "1s", "ServiceID": "payments"}, {"HTTP": "/", "Body": "\u0000"}]',
+                  '[{"HTTP": "/h", "Interval": "1s"}, {"TCP": ""}, {"GRPC": ":8080/s"}, {"TTL": "1m", "ID": "x"}]',
+                  '[{"HTTP": "http://172.17.0.2:80/"}, {"TCP": "[::1]:80"}, {"HTTP": "https://:32768/"}]']
 values = st.one_of(st.text(max_size=200), st.sampled_from(HOSTILE_VALUES))
 label_maps = st.dictionaries(service_keys, values, max_size=40)
 env_lists = st.lists(st.one_of(st.builds(lambda k, v: f"{k}={v}", service_keys, values), st.text(max_size=30)),
@@ -108,14 +125,132 @@ def test_mapping_never_raises_and_payloads_are_valid(env, labels, ports, interna
                 assert not address.is_link_local
                 assert str(address) in {CONTAINER_IP, *trusted_hosts}, (host, port, labels, env)
                 if str(address) == CONTAINER_IP:
-                    assert str(port) in str(ports) or port in (80, 443, 53, 8500)
+                    assert str(port) in str(ports) or port in (80, 443, 53, 8500, 8080, 9090)  # + SERVICE_PORT's
                 else:
                     assert port in host_ports and port != AGENT_PORT
             probe = check.daemon_probe
             if probe is not None and probe.kind == "exec":
                 assert probe.interval >= 1 and 1 <= probe.timeout <= probe.interval
+            definition = check.definition_dict
+            if "Args" in definition:
+                assert scripts  # never a script check where the agent refuses them
+                assert definition.get("DockerContainerID", "f" * 64) == "f" * 64  # its own container only
+            assert "ServiceID" not in definition and "AliasNode" not in definition
+        assert_valid_extras(payload)
     assert all(isinstance(w, str) and "\n" not in w for w in records.warnings)
     assert len(records.warnings) <= 101
+
+
+TAGGED_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+
+
+def assert_valid_extras(payload: dict) -> None:
+    """Issue 12's fields, read back from the body sent to the agent."""
+    assert set(payload) <= {"ID", "Name", "Tags", "Address", "Meta", "Port", "Checks", "TaggedAddresses", "Weights",
+                            "EnableTagOverride", "Connect"}
+    for name, tagged in payload.get("TaggedAddresses", {}).items():
+        assert TAGGED_NAME.fullmatch(name) and 0 < tagged["Port"] < 65536
+        assert address_problem(tagged["Address"]) is None
+    if "Weights" in payload:
+        assert all(1 <= payload["Weights"][k] <= 65535 for k in ("Passing", "Warning"))
+    connect = payload.get("Connect")
+    if connect is not None:
+        assert connect == {"Native": True} or set(connect) == {"SidecarService"}
+        sidecar = connect.get("SidecarService", {})
+        if sidecar:  # never the marker: the agent would copy the service's Meta into it
+            assert sidecar["Meta"] == {"external-source": "consul-reg", "consul_reg_sidecar_for": payload["ID"]}
+        for upstream in sidecar.get("Proxy", {}).get("Upstreams", []):
+            assert IDENTIFIER.fullmatch(upstream["DestinationName"]) and 0 < upstream["LocalBindPort"] < 65536
+    for check in payload.get("Checks", []):
+        assert payload["ID"] in check["CheckID"] and len(check["CheckID"]) <= 128 + 80
+        assert not has_control(check["Name"]) and not has_control(str(check.get("Header", "")))
+
+
+json_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=30),
+              st.sampled_from(["/h", ":8080", "10.0.0.9:8080", "http://172.17.0.2:80/", "30s", "POST", "GET\r\n"])),
+    lambda children: st.one_of(st.lists(children, max_size=4),
+                               st.dictionaries(st.one_of(st.sampled_from(JSON_CHECK_FIELDS), st.text(max_size=10)),
+                                               children, max_size=6)),
+    max_leaves=20)
+
+
+@settings(max_examples=400, deadline=None)
+@given(definitions=st.lists(json_values, max_size=6), port=st.one_of(st.none(), st.sampled_from([8080, 32768])),
+       version=st.sampled_from([(1, 7), (1, 8), (1, 14)]), scripts=st.booleans())
+def test_json_checks_never_raise_and_only_emit_allowed_checks(definitions, port, version, scripts):
+    warnings: list[str] = []
+    own = OwnEndpoints(container_addresses=frozenset({CONTAINER_IP}), container_ports=frozenset({80}),
+                       host_addresses=frozenset({"10.0.0.9"}), host_ports=frozenset({8080, 32768}))
+    settings_ = CheckSettings(agent_version=version, agent_runs_scripts=scripts)
+    checks = json_checks(KeyValue(json.dumps(definitions), "label", "SERVICE_CHECKS"), "h:x:80", "x", "10.0.0.9",
+                         port, "f" * 64, settings_, warnings, own, set())
+    assert len({c.check_id for c in checks}) == len(checks) <= len(definitions)
+    for check in checks:
+        for host, target_port in check_targets(check):
+            assert (host, target_port) in {(CONTAINER_IP, 80), ("10.0.0.9", 8080), ("10.0.0.9", 32768)}
+        definition = check.definition_dict
+        assert not {k for k in definition if CHECK_FIELD_MIN_VERSION.get(k, (0, 0)) > version}
+        assert "Args" not in definition or scripts
+    assert all("\n" not in w for w in warnings)
+
+
+JSON_SAMPLES = [v for v in HOSTILE_VALUES if v.startswith("[{")]
+extras_labels = st.fixed_dictionaries({}, optional={
+    "SERVICE_WEIGHT": st.one_of(st.sampled_from(["1", "7", "65535", "65536", "0", "-1", "²", " 3 "]),
+                                st.text(max_size=8)),
+    "SERVICE_WEIGHT_WARNING": st.sampled_from(["1", "0", "x", "2"]),
+    "SERVICE_ENABLE_TAG_OVERRIDE": st.sampled_from(["true", "false", "x", ""]),
+    "SERVICE_CONNECT": st.sampled_from(["native", "sidecar", "SIDECAR", "mesh", ""]),
+    "SERVICE_CONNECT_UPSTREAMS": st.one_of(st.sampled_from(["db:19191", "db:19191,cache:19192", "db:0,:1,a/b:2",
+                                                            "db:1," * 100]), st.text(max_size=40)),
+    "SERVICE_TAGGED_ADDRESS_WAN": st.one_of(st.sampled_from(["203.0.113.7:443", "[fd00::1]:80", "fd00::1", "a:b:c",
+                                                             "h.example:1", "1.2.3.4:0", "x\n:1"]),
+                                            st.text(max_size=30)),
+    "SERVICE_TAGGED_ADDRESS_" + "Ü": st.just("1.2.3.4:5"),
+    "SERVICE_80_TAGGED_ADDRESS_LAN": st.sampled_from(["10.1.1.1:80", "bad value"]),
+    "SERVICE_CHECKS": st.one_of(st.sampled_from(JSON_SAMPLES),
+                                st.builds(json.dumps, st.lists(json_values, max_size=4))),
+    "SERVICE_80_CHECKS": st.sampled_from(JSON_SAMPLES),
+    "SERVICE_PORT": st.sampled_from(["80", "8080,9090/udp", "abc", "0", "80/sctp", ",,", "1-65535"]),
+    "SERVICE_IP": st.sampled_from(["fd00::9", "[fd00::9]", "10.0.0.9", "::ffff:169.254.169.254", "127.0.0.1",
+                                   CONTAINER_IP]),
+    "SERVICE_CHECK_HTTP": st.just("/h"), "SERVICE_CHECK_HTTP_BODY": st.sampled_from(["{}", "a\x00", "x" * 20000]),
+})
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(labels=extras_labels, internal=st.booleans(), ip6=st.sampled_from([None, "fd00::5"]),
+       version=st.sampled_from([(1, 2), (1, 8), (1, 14)]),
+       networks=st.sampled_from([None, {"bridge": {"IPAddress": CONTAINER_IP, "GlobalIPv6Address": "fd00:cafe::2"}},
+                                 {"bridge": {"IPAddress": "", "GlobalIPv6Address": "fd00:cafe::2"}}]))
+def test_issue_12_keys_never_raise_and_produce_valid_registrations(labels, internal, ip6, version, networks):
+    hostile = container([], labels, {"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8080"},
+                                                {"HostIp": "::", "HostPort": "8080"}]})
+    if networks is not None:
+        hostile["NetworkSettings"]["Networks"] = networks
+    settings_ = MappingSettings(hostname="h", internal=internal, host_ip6=ip6, default_address="10.0.0.9",
+                                checks=CheckSettings(agent_version=version))
+    records = map_container(hostile, settings_)
+    for service in records.services:
+        payload = registration_payload(service)
+        assert_valid_extras(payload)
+        if version < (1, 3):
+            assert not {"Weights", "Connect", "TaggedAddresses"} & set(payload)
+        proxy = payload.get("Connect", {}).get("SidecarService", {}).get("Proxy")
+        if proxy is not None:  # the proxy beside the agent forwards only to the container itself
+            target = (proxy["LocalServiceAddress"], proxy["LocalServicePort"])
+            assert target == ("10.0.0.9", 8080) or (target[0] in {CONTAINER_IP, "fd00:cafe::2"} and
+                                                    target[1] in (80, 8080, 9090)), (target, labels)
+        for check in service.checks:
+            assert not {k for k in check.definition_dict if CHECK_FIELD_MIN_VERSION.get(k, (0, 0)) > version}
+            for host, port in check_targets(check):
+                assert host in {CONTAINER_IP, "10.0.0.9", "fd00:cafe::2"}, (host, port, labels)
+                if host == "10.0.0.9":  # this host's address: only the port this container publishes
+                    assert port == 8080, (host, port, labels)
+                else:  # the container's own addresses: its own ports (exposed, published or declared)
+                    assert port in (80, 8080, 9090), (host, port, labels)
+    assert all("\n" not in w for w in records.warnings) and len(records.warnings) <= 101
 
 
 @settings(max_examples=300, deadline=None)
