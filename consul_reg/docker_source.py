@@ -145,7 +145,7 @@ class DockerSource:
 
     def _read_events(self, post: Callable[[Hint], None], stop: threading.Event, backoff: Backoff) -> None:
         since: str | None = None
-        seen: LRUCache[tuple[int, str, str], bool] = LRUCache(maxsize=4096)  # replayed by `since` after a reconnect
+        seen: LRUCache[tuple[int, str, str], bool] = LRUCache(maxsize=512)  # replayed by `since` after a reconnect
         connected_once = False
         while not stop.is_set():
             try:
