@@ -1,0 +1,175 @@
+"""Review H7: reproductions against the sync loop, with the unit tests' fakes
+(tests/unit/fakes.py and tests/unit/test_loop.py's Harness). Each test states
+the behaviour the README promises; a failing test is a finding."""
+
+from __future__ import annotations
+
+from consul_reg.drain import REASON_PREFIX
+from consul_reg.env_files import EnvFileRead
+from consul_reg.model import Service
+from consul_reg.registries.base import RegistryError
+from consul_reg.router import AGENT_BACK, CHECK_MISSING, RELOAD, START, Hint
+from tests.unit.fakes import FakeAgent, container
+from tests.unit.test_loop import Harness, event, h  # noqa: F401  (h: the started harness fixture)
+
+ENV_PATH = "/run/service.env"
+
+
+class FakeEnvReader:
+    """Stands in for EnvFileReader: records requests; the test answers them."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[str, str]] = []
+        self.requested = 0
+
+    def request(self, container_id: str, path: str) -> None:
+        self.requested += 1
+        if (container_id, path) not in self.pending:
+            self.pending.append((container_id, path))
+
+    def answer_all(self, text: str | None = None) -> list[EnvFileRead]:
+        answers = [EnvFileRead(cid, path, text) for cid, path in self.pending]
+        self.pending.clear()
+        return answers
+
+
+def test_F1_a_first_env_file_read_that_met_a_docker_outage_is_retried() -> None:
+    """README "Guarantees": one container that cannot be read keeps its last
+    services and "is looked at again later". A container with an env file is
+    registered only after the first read answers. If that first read meets a
+    Docker hiccup (docker_down=True), fold() ignores the answer, the state stays
+    "not read yet", nobody asks again (the poll only covers containers that
+    have a desire, and a full pass finds the state with the same path), so the
+    container is never registered while it runs."""
+    h = Harness()
+    reader = FakeEnvReader()
+    h.loop.env_reader = reader  # type: ignore[assignment]
+    h.send(Hint("", START))
+    h.docker.add(container("c1", "web", ports={"80/tcp": "8080"}, labels={"SERVICE_ENV_FILE": ENV_PATH}))
+    h.send(event("c1", "start"))
+    assert reader.pending == [("c1", ENV_PATH)] and h.ids() == set()
+    reader.pending.clear()
+    # The read hit a dockerd restart: "docker down" for this round.
+    assert h.loop.handle([EnvFileRead("c1", ENV_PATH, None, error="dockerd dropped the connection",
+                                      docker_down=True)])
+    # Docker is back. Two minutes of env-file polls, a resync-like full pass (SIGHUP),
+    # and any read asked for meanwhile is answered ("no such file yet").
+    for _ in range(12):
+        h.clock.advance(10.0)
+        h.send()
+        if reader.pending:
+            assert h.loop.handle(list(reader.answer_all(None)))
+    h.send(Hint("", RELOAD))
+    if reader.pending:
+        assert h.loop.handle(list(reader.answer_all(None)))
+    assert h.ids() == {"h1:web:80"}, (
+        f"the container was never registered; env-file reads asked after the outage: {reader.requested - 1}")
+
+
+def test_F2_one_container_whose_inspect_fails_does_not_stop_every_other_from_registering() -> None:
+    """README "Guarantees": "one container cannot be read or mapped ... the others
+    carry on". In a full pass, one container whose inspect answers an error
+    (dockerd answered, e.g. HTTP 500 for that container, or it timed out on
+    that container's lock) aborts the whole pass: at start nothing is
+    registered, and every retry of the full pass fails the same way."""
+    h = Harness()
+    h.docker.add(container("c1", "stuck", ports={"80/tcp": "8081"}))
+    h.docker.add(container("c2", "good", ports={"80/tcp": "8080"}))
+    h.docker.broken.add("c1")  # inspecting this one container fails; Docker itself answers
+    h.send(Hint("", START))
+    for _ in range(5):  # the full pass is retried on Docker's backoff
+        h.clock.advance(31.0)
+        h.send()
+    assert "h1:good:80" in h.ids(), "a well-behaved container was never registered"
+
+
+def test_F3_a_docker_stop_in_the_same_batch_as_agent_back_still_drains(h: Harness) -> None:
+    """README "Guarantees": every event's own action runs whatever else is in the
+    batch. AGENT_BACK is handled first and drops the primary's listing
+    (actual=None); the drain then finds no registered IDs and does nothing:
+    the stopped container keeps getting traffic until it dies."""
+    h.docker.add(container("c1", "web", ports={"80/tcp": "8080"}))
+    h.send(event("c1", "start"))
+    assert h.ids() == {"h1:web:80"}
+    h.send(event("c1", "kill", signal="15"), Hint("", AGENT_BACK))
+    assert h.agent.maintenance.get("h1:web:80", "").startswith(REASON_PREFIX), "the docker stop was not drained"
+
+
+def test_F4_a_check_the_agent_lost_is_registered_again(h: Harness) -> None:
+    """router.CHECK_MISSING: "the agent lost a check we report: re-register that
+    service". The loop only relists the agent; the service record is still
+    there with the same digest, so nothing is registered, the check never comes
+    back, and every heartbeat asks for another full agent listing."""
+    h.docker.add(container("c1", "jobs", labels={"SERVICE_NAME": "jobs"}))
+    h.send(event("c1", "start"))
+    check = "service:h1:jobs:heartbeat"
+    assert h.ids() == {"h1:jobs"} and check in h.agent.checks
+    del h.agent.checks[check]  # the check is gone, the service stays (e.g. taken over by another registration)
+    for _ in range(3):
+        h.clock.advance(31.0)
+        h.probes.run_due()
+        for check_id in h.missing:
+            h.send(Hint("", CHECK_MISSING, attributes=(("service_id", "h1:jobs"),)))
+        h.missing.clear()
+    assert check in h.agent.checks, (
+        f"the check was never registered again; the agent was listed {h.agent.calls.count(('services', ''))} times")
+
+
+def test_F5_a_losing_claimant_never_drives_the_winners_heartbeat(h: Harness) -> None:
+    """Two containers claiming one ID: the newer gets it (README). But the heartbeat
+    scheduler keys tasks by check ID, and a check ID derives from the service ID:
+    the loser's task replaces the winner's. Pausing the loser turns the winner's
+    check critical; destroying the loser drops the winner's heartbeat altogether."""
+    labels = {"SERVICE_NAME": "jobs", "SERVICE_ID": "jobs"}
+    h.docker.add(container("legit", "legit", labels=labels, created="2026-01-01T00:00:00.2Z"))
+    h.send(event("legit", "start"))
+    # An older container (created before) is started later: it loses the ID...
+    h.docker.add(container("squat", "squatter", labels=labels, created="2026-01-01T00:00:00.1Z"))
+    h.send(event("squat", "start"))
+    assert h.agent.registered["jobs"].container_id == "legit"
+    check = "service:jobs:heartbeat"
+    # ...and pauses itself.
+    h.docker.containers["squat"]["State"]["Paused"] = True
+    h.send(event("squat", "pause"))
+    h.probes.run_due()
+    assert h.agent.checks[check][0] == "passing", f"the winner's check reports the loser's state: {h.agent.checks[check]}"
+
+
+def test_F5b_destroying_the_loser_keeps_the_winners_heartbeat(h: Harness) -> None:
+    labels = {"SERVICE_NAME": "jobs", "SERVICE_ID": "jobs"}
+    h.docker.add(container("squat", "squatter", labels=labels, created="2026-01-01T00:00:00.1Z"))
+    h.docker.add(container("legit", "legit", labels=labels, created="2026-01-01T00:00:00.2Z"))
+    h.send(event("squat", "start"), event("legit", "start"))
+    assert h.agent.registered["jobs"].container_id == "legit"
+    del h.docker.containers["squat"]
+    h.send(event("squat", "destroy"))
+    assert "service:jobs:heartbeat" in h.probes._tasks, "the winner's heartbeat is no longer scheduled"
+    assert h.loop.handle([event("legit", "health_status")])  # raised KeyError out of handle()
+
+
+class RefusingAgent(FakeAgent):
+    """An agent that refuses (HTTP 400) every service whose name starts with "bad"."""
+
+    def register(self, service: Service) -> None:
+        if service.name.startswith("bad"):
+            self._call("register", service.id)
+            raise RegistryError(f"fake agent: 400 invalid service {service.id}")
+        super().register(service)
+
+
+def test_F6_tables_keyed_by_service_id_do_not_outlive_their_container() -> None:
+    """README "Guarantees" (uptime): "every table is per container or per check".
+    With -resync 0, Primary.refused keeps one entry per refused service ID for
+    ever: only a success or a full pass removes it, never the container's death."""
+    h = Harness()
+    h.agent = RefusingAgent()
+    h.primary.agent = h.agent
+    h.send(Hint("", START))
+    for n in range(50):
+        cid = f"c{n}"
+        h.docker.add(container(cid, f"job{n}", ports={"80/tcp": "8080"}, labels={"SERVICE_NAME": "bad"}))
+        h.send(event(cid, "start"))
+        del h.docker.containers[cid]
+        h.send(event(cid, "destroy"))
+    assert h.loop.desires == {}
+    assert len(h.primary.refused) == 0, f"{len(h.primary.refused)} entries of containers long gone"
