@@ -1,0 +1,136 @@
+"""Review H7: two hosts' daemons sharing one mirror prefix (real Consul KV of an
+own agent, real etcd of the test's own), driven through MirrorWorker as the
+daemon drives it, with -resync 0 (no relist after the first)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from types import MappingProxyType
+from typing import Callable
+
+import pytest
+
+from consul_reg.mirrors import MirrorWorker
+from consul_reg.model import Owner, Service
+from consul_reg.registries.consul import ConsulClient, ConsulEndpoint
+from consul_reg.registries.consulkv import ConsulKVRegistry
+from consul_reg.registries.etcd import EtcdRegistry
+from consul_reg.registries.keys import owner_tag
+from consul_reg.snapshot import Snapshot
+from tests.integration.conftest import OwnAgent, wait_until
+from tests.integration.servers import Etcd
+
+pytestmark = pytest.mark.integration
+
+PREFIX = "services"
+
+
+def snapshot(generation: int, *services: Service) -> Snapshot:
+    return Snapshot(generation=generation, desired=MappingProxyType({s.id: s for s in services}))
+
+
+def web(address: str, container_id: str) -> Service:
+    """The same custom SERVICE_ID on two hosts (one compose file on both, or a hostile copy)."""
+    return Service(id="web", name="web", address=address, port=80, container_id=container_id)
+
+
+def applied(worker: MirrorWorker, generation: int) -> Callable[[], bool]:
+    return lambda: worker._applied >= generation and worker.state == "up"
+
+
+def run_two_hosts(make: Callable[[Owner], object], read_key: Callable[[], str | None]) -> list[str]:
+    """Host A registers web; then host B (listed before A wrote) wants the same key;
+    then A's container goes. Returns what the key held at each step."""
+    a = MirrorWorker(make(Owner("host-a")), Owner("host-a"), 0.5)
+    b = MirrorWorker(make(Owner("host-b")), Owner("host-b"), 0.5)
+    history = []
+    try:
+        for worker in (a, b):
+            worker.start()
+            worker.offer(snapshot(1), relist=True)
+            wait_until(applied(worker, 1), message="first listing")
+        a.offer(snapshot(2, web("10.0.0.1", "a1")))
+        wait_until(applied(a, 2), message="host A's write")
+        history.append(f"after A wrote: {read_key()}")
+        b.offer(snapshot(2, web("10.0.0.2", "b1")))
+        wait_until(applied(b, 2), message="host B's step")
+        history.append(f"after B's step: {read_key()}")
+        a.offer(snapshot(3))  # host A's container is gone
+        wait_until(applied(a, 3), message="host A's removal")
+        history.append(f"after A's container left: {read_key()}")
+        # Final state: B's container still runs. The key must hold B's record (B writes
+        # it once A's own key is gone; a blocked key is looked at again every 5 s).
+        deadline = time.monotonic() + 12.0
+        while time.monotonic() < deadline and "10.0.0.2:80" not in str(read_key()):
+            time.sleep(0.2)
+        history.append(f"final: {read_key()}")
+        return history
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_F13_consul_kv_never_writes_over_or_removes_another_hosts_key(tmp_path: Path) -> None:
+    """README "Mirror registries": "a daemon only writes over or removes keys that are its
+    own". The KV mirror plans against its listing from its last relist (with -resync 0:
+    its start) and PUTs without a compare-and-set: host B overwrites host A's key (taking
+    it with its own Flags), then A, which still believes the key is its own, deletes it
+    when its container goes. B's container runs on, and the key is gone for good."""
+    agent = OwnAgent(tmp_path).start()
+    api = agent.api()
+    key = f"{PREFIX}/web/web"
+
+    def make(owner: Owner) -> ConsulKVRegistry:
+        return ConsulKVRegistry(ConsulClient(ConsulEndpoint("http", "127.0.0.1", agent.http_port)), PREFIX, owner)
+
+    def read_key() -> str | None:
+        entries = api.http.get(f"/v1/kv/{key}").json() if api.http.get(f"/v1/kv/{key}").status_code == 200 else []
+        if not entries:
+            return None
+        import base64
+        owner = {owner_tag(Owner("host-a")): "A", owner_tag(Owner("host-b")): "B"}.get(entries[0]["Flags"], "?")
+        return f"{base64.b64decode(entries[0]['Value']).decode()} (owner {owner})"
+
+    try:
+        history = run_two_hosts(make, read_key)
+    finally:
+        api.http.close()
+        agent.stop()
+    assert history[1] == "after B's step: 10.0.0.1:80 (owner A)" and history[-1] == "final: 10.0.0.2:80 (owner B)", \
+        history
+
+
+def test_F14_etcd_never_writes_over_or_removes_another_hosts_key(tmp_path: Path) -> None:
+    """The same for etcd: "keys of another host, lease or session are never written or
+    removed". put and deleterange are unconditional (no txn comparing the key's lease)."""
+    etcd = Etcd(tmp_path).start()
+    leases: dict[str, str] = {}
+
+    def make(owner: Owner) -> EtcdRegistry:
+        registry = EtcdRegistry("127.0.0.1", etcd.port, PREFIX, owner, 60)
+        leases[str(owner)] = ""
+        original = registry.etcd.ensure_lease
+
+        def ensure() -> bool:
+            new = original()
+            leases[str(owner)] = registry.etcd.lease_id
+            return new
+
+        registry.etcd.ensure_lease = ensure  # type: ignore[method-assign]
+        return registry
+
+    def read_key() -> str | None:
+        found = etcd.keys(f"/{PREFIX}/web/web")
+        if not found:
+            return None
+        value, lease = next(iter(found.values()))
+        owner = {v: k for k, v in leases.items()}.get(str(lease), "?")
+        return f"{value} (owner {'A' if owner == 'host-a' else 'B' if owner == 'host-b' else owner})"
+
+    try:
+        history = run_two_hosts(make, read_key)
+    finally:
+        etcd.kill()
+    assert history[1] == "after B's step: 10.0.0.1:80 (owner A)" and history[-1] == "final: 10.0.0.2:80 (owner B)", \
+        history
