@@ -46,3 +46,26 @@ def test_F12_a_container_cannot_take_another_services_check_by_naming_its_check_
     assert h.check_owner(victim_check) == victim, (
         f"while the hostile container ran, {victim}'s check belonged to {owner_while_hostile_runs!r}; "
         f"after it left and a full pass: {h.check_owner(victim_check)!r}")
+
+
+def test_F12b_a_container_cannot_remove_a_hand_registered_services_check(real_agent_loop: RealAgentLoop) -> None:
+    """The same reaches services consul-reg does not manage at all: Consul names the
+    checks of a hand-registered service `service:<ID>:1`, `service:<ID>:2`... A
+    container with SERVICE_ID=payments:1 and SERVICE_CHECK_TTL gets the check ID
+    `service:payments:1`: registering it moves the payments team's check to the
+    container's service, and removing the container deletes it. The payments service is
+    left with one check less, for good (nobody re-registers a hand-made service)."""
+    h = real_agent_loop
+    h.api.register({"ID": "payments", "Name": "payments", "Port": 9999,
+                    "Checks": [{"TTL": "1h", "Status": "passing"}, {"TTL": "1h", "Status": "passing"}]})
+    assert h.check_owner("service:payments:1") == "payments" and h.check_owner("service:payments:2") == "payments"
+    h.send(Hint("", START))
+    h.docker.add(container("c-evil", "evil", labels={"SERVICE_ID": "payments:1", "SERVICE_NAME": "evil",
+                                                     "SERVICE_CHECK_TTL": "1h"}))
+    h.send(event("c-evil", "start"))
+    while_running = h.check_owner("service:payments:1")
+    del h.docker.containers["c-evil"]
+    h.send(event("c-evil", "destroy"))
+    assert h.check_owner("service:payments:1") == "payments", (
+        f"the hand-registered check belonged to {while_running!r} while the container ran, "
+        f"and to {h.check_owner('service:payments:1')!r} after it left")

@@ -73,14 +73,17 @@ def test_F2_one_container_whose_inspect_fails_does_not_stop_every_other_from_reg
     that container's lock) aborts the whole pass: at start nothing is
     registered, and every retry of the full pass fails the same way."""
     h = Harness()
-    h.docker.add(container("c1", "stuck", ports={"80/tcp": "8081"}))
-    h.docker.add(container("c2", "good", ports={"80/tcp": "8080"}))
-    h.docker.broken.add("c1")  # inspecting this one container fails; Docker itself answers
+    for n in range(20):
+        h.docker.add(container(f"good{n}", f"good{n}", ports={"80/tcp": str(8000 + n)}))
+    h.docker.add(container("stuck", "stuck", ports={"80/tcp": "8081"}))
+    h.docker.broken.add("stuck")  # inspecting this one container fails; Docker itself answers
     h.send(Hint("", START))
-    for _ in range(5):  # the full pass is retried on Docker's backoff
-        h.clock.advance(31.0)
+    for _ in range(10):  # the full pass is retried on Docker's backoff
+        h.clock.advance(max(h.loop.seconds_until_due(), 0.0))
         h.send()
-    assert "h1:good:80" in h.ids(), "a well-behaved container was never registered"
+    assert "h1:good0:80" in h.ids(), (
+        f"no well-behaved container registered; the backoff never grows (each good inspect resets it): "
+        f"{h.docker.lists} listings and {h.docker.inspects} inspects in {h.clock.now - 1000:.0f}s")
 
 
 def test_F3_a_docker_stop_in_the_same_batch_as_agent_back_still_drains(h: Harness) -> None:
@@ -173,3 +176,39 @@ def test_F6_tables_keyed_by_service_id_do_not_outlive_their_container() -> None:
         h.send(event(cid, "destroy"))
     assert h.loop.desires == {}
     assert len(h.primary.refused) == 0, f"{len(h.primary.refused)} entries of containers long gone"
+
+
+def test_F6b_a_reap_does_not_outlive_its_container(h: Harness) -> None:
+    """The same for ReapTracker: a reaped service's entry leaves only when its
+    container restarts or the agent is replaced, never when the container is
+    removed, not even by a full pass."""
+    h.docker.add(container("c1", "worker", ports={"80/tcp": "8080"},
+                           labels={"SERVICE_CHECK_TTL": "10s", "SERVICE_CHECK_DEREGISTER_AFTER": "1m"}))
+    h.send(event("c1", "start"))
+    del h.agent.records["h1:worker:80"]  # the agent reaps it
+    h.send(Hint("", CHECK_MISSING, attributes=(("service_id", "h1:worker:80"),)))
+    assert "h1:worker:80" in h.primary.reaps
+    del h.docker.containers["c1"]
+    h.send(event("c1", "destroy"))
+    h.send(Hint("", RELOAD))
+    assert h.primary.reaps.digests() == {}, f"kept for a container long gone: {h.primary.reaps.digests()}"
+
+
+def test_F15_destroy_removes_the_records_on_success_kept() -> None:
+    """README "Lifecycle": "`destroy` deregisters". With -deregister on-success a failed
+    container's records are kept (right); its death set its desire's services to (),
+    so its later `docker rm` affects no service ID and nothing is deregistered: the
+    record of a container that no longer exists stays in the agent (with -resync 0
+    for ever), while the mirrors, which follow the snapshot, drop it."""
+    h = Harness(deregister="on-success")
+    h.send(Hint("", START))
+    h.docker.add(container("c1", "job", ports={"80/tcp": "8080"}))
+    h.send(event("c1", "start"))
+    h.docker.containers["c1"]["State"].update(Running=False, ExitCode=3)
+    h.send(event("c1", "die", exitCode="3"))
+    assert h.ids() == {"h1:job:80"}  # kept: the container failed
+    del h.docker.containers["c1"]
+    h.send(event("c1", "destroy"))
+    h.clock.advance(3600)
+    h.send()
+    assert h.ids() == set(), "the record of a removed container is still registered an hour later"
