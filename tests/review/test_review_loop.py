@@ -212,3 +212,21 @@ def test_F15_destroy_removes_the_records_on_success_kept() -> None:
     h.clock.advance(3600)
     h.send()
     assert h.ids() == set(), "the record of a removed container is still registered an hour later"
+
+
+def test_F16_a_docker_restart_whose_die_and_start_share_a_batch_is_not_left_draining(h: Harness) -> None:
+    """`docker restart` (or a stop-signal restart by a supervisor): kill, then die and
+    start. When die and start land in one batch (the loop was busy when they came),
+    the router keeps only the container's last event, so the drainer never hears of
+    the death (on_die) and nothing re-registers the unchanged service: the container
+    runs again but stays in maintenance, out of rotation, until the drain timeout
+    (30 s by default) clears it."""
+    h.docker.add(container("c1", "web", ports={"80/tcp": "8080"}))
+    h.send(event("c1", "start"))
+    h.send(event("c1", "kill", signal="15"))
+    assert "h1:web:80" in h.agent.maintenance  # draining while it stops: right
+    h.send(event("c1", "die", exitCode="143"), event("c1", "start"), event("c1", "restart"))
+    h.clock.advance(5.0)
+    h.send()
+    assert h.ids() == {"h1:web:80"}
+    assert "h1:web:80" not in h.agent.maintenance, "the restarted container is still out of rotation 5 s later"
