@@ -21,6 +21,7 @@ from loguru import logger
 from consul_reg import container_exec, container_files, docker_http
 from consul_reg.backoff import Backoff
 from consul_reg.container_files import FileUnreadable  # noqa: F401  (raised by read_file)
+from consul_reg.http_pool import TRANSPORT_ERRORS, ConnectionPool
 from consul_reg.liveness import Liveness
 from consul_reg.router import CONTAINER_ACTIONS, DOCKER_RECONNECTED, Hint
 
@@ -30,6 +31,7 @@ API_VERSION = "1.41"
 FALLBACK_SOCKET = "/tmp/docker.sock"
 DEFAULT_SOCKET = "/var/run/docker.sock"
 READ_TIMEOUT = 10.0  # seconds for one file read when the caller gives none
+INSPECT_CONNECTIONS = 4
 
 
 class DockerUnavailable(Exception):
@@ -77,6 +79,13 @@ class DockerSource:
             self._client = docker.APIClient(base_url=base_url, timeout=timeout, version=API_VERSION)
         self.description = base_url or os.environ.get("DOCKER_HOST", "")
         self.liveness = Liveness("docker")
+        # Inspect is the per-event call: on kept-alive http.client connections it costs a
+        # third of docker-py's CPU (BENCHMARKS.md). docker-py where the endpoint is not
+        # plain HTTP (ssh://).
+        endpoint = self._endpoint
+        self._inspect_pool = None if endpoint.unsupported else ConnectionPool(
+            host=endpoint.host, port=endpoint.port, socket_path=endpoint.unix_path or None,
+            ssl_context=endpoint.ssl_context, max_connections=INSPECT_CONNECTIONS, timeout=timeout)
 
     def ping(self) -> None:
         self._guard("ping", self._client.ping)
@@ -86,11 +95,32 @@ class DockerSource:
         return self._guard("list containers", self._client.containers, all=True)
 
     def inspect(self, container_id: str) -> dict[str, Any] | None:
-        """The container's inspect data, or None when it no longer exists."""
+        """The container's inspect data, or None when it no longer exists. Thread-safe."""
+        if self._inspect_pool is None:
+            try:
+                return self._guard("inspect a container", self._client.inspect_container, container_id)
+            except docker.errors.NotFound:
+                return None
+        what = "inspect a container"
         try:
-            return self._guard("inspect a container", self._client.inspect_container, container_id)
-        except docker.errors.NotFound:
+            answer = self._inspect_pool.request("GET", docker_http.url(self._endpoint, "/containers/{}/json",
+                                                                       container_id))
+        except TRANSPORT_ERRORS as error:
+            reason = f"docker ({self.description}): could not {what}: {_describe(error)}"
+            self.liveness.failed(reason)
+            raise DockerUnavailable(reason) from None
+        self.liveness.ok()  # dockerd answered
+        try:
+            body = answer.json()
+        except ValueError:
+            body = None
+        if answer.status_code == 200 and isinstance(body, dict):
+            return body
+        message = str(body.get("message") or "") if isinstance(body, dict) else ""
+        if answer.status_code == 404 or "no such container" in message:  # Podman answers 500
             return None
+        raise DockerUnavailable(f"docker ({self.description}): could not {what}: "
+                                f"{answer.status_code} {_describe(ValueError(message or 'not JSON'))}")
 
     def swarm_service(self, service_id: str) -> dict[str, Any] | None:
         """A Swarm service's inspect data (its Endpoint holds the published ports), or
@@ -192,6 +222,8 @@ class DockerSource:
         return result
 
     def close(self) -> None:
+        if self._inspect_pool is not None:
+            self._inspect_pool.close()
         self._client.close()
 
 
