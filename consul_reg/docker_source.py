@@ -23,7 +23,7 @@ from consul_reg.backoff import Backoff
 from consul_reg.container_files import FileUnreadable  # noqa: F401  (raised by read_file)
 from consul_reg.http_pool import TRANSPORT_ERRORS, ConnectionPool
 from consul_reg.liveness import Liveness
-from consul_reg.router import CONTAINER_ACTIONS, DOCKER_RECONNECTED, Hint
+from consul_reg.router import CONTAINER_ACTIONS, DOCKER_RECONNECTED, KEPT_ATTRIBUTES, Hint
 
 # A fixed API version: "auto" would contact dockerd in the constructor, before
 # the daemon's retry loop. 1.41 is Docker 20.10's; newer engines still accept it.
@@ -246,7 +246,7 @@ def hint_from_event(event: object) -> Hint | None:
         container_id=container_id,
         action=base_action,
         time_nano=int(time_nano),
-        attributes=tuple(sorted((str(k), str(v)) for k, v in attributes.items())),
+        attributes=tuple((name, str(attributes[name])) for name in KEPT_ATTRIBUTES if name in attributes),
     )
 
 

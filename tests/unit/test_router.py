@@ -50,3 +50,21 @@ def test_daemon_messages() -> None:
 def test_unknown_actions_and_empty_batches_do_nothing() -> None:
     assert route([ev("a", "exec_start: sh"), ev("a", "attach")]) == route([])
     assert not route([]).stop
+
+
+def test_a_sigkill_is_no_drain_its_death_follows_at_once() -> None:
+    for signal in ("9", "SIGKILL", "KILL", " sigkill "):
+        actions = route([ev("a", "kill", signal=signal)])
+        assert actions.drains == () and actions.refresh == frozenset() and actions.deaths == ()
+    assert route([ev("a", "kill", signal="15")]).drains == (("a", "15"),)  # a trappable one still drains
+
+
+def test_an_event_keeps_only_the_attributes_read_and_never_the_labels() -> None:
+    from consul_reg.docker_source import hint_from_event
+
+    labels = {f"label{n}": "x" * 1000 for n in range(200)}
+    event = {"Type": "container", "Action": "die", "timeNano": 7,
+             "Actor": {"ID": "c1", "Attributes": {**labels, "exitCode": "137", "name": "web", "signal": "9"}}}
+    hint = hint_from_event(event)
+    assert hint is not None and hint.attributes == (("exitCode", "137"), ("signal", "9"))
+    assert route([hint]).deaths == (("c1", "137"),)
