@@ -123,7 +123,7 @@ def measure(subject: str, command: list[str], agent: Agent, client, events: Even
         cpu = cpu_seconds(process.pid) - cpu_before
         rss = proc_status(process.pid)["VmHWM"] / 1024
     finally:
-        process.terminate()
+        process.kill()
         process.wait(timeout=15)
         log.close()
     return {"start": started_ms, "die": died_ms, "cpu_ms_per_event": cpu * 1000 / (2 * len(started_ms)),
@@ -138,7 +138,6 @@ def main() -> int:
     parser.add_argument("--poll", type=float, default=0.0005, help="seconds between two polls of the agent")
     parser.add_argument("--only", default="", help="floor or consul-reg: measure only this one")
     parser.add_argument("--json", default="", help="also write the figures to this file")
-    parser.add_argument("--py-spy", default="", help="profile consul-reg with py-spy into this raw file")
     args = parser.parse_args()
     client = docker.from_env(timeout=60)
     agent = Agent().start()
@@ -153,12 +152,9 @@ def main() -> int:
                 IMAGE, "sleep 3600", ports={"80/tcp": None}, labels={LABEL: "1"}, name=f"{hostname}-{index}",
                 stop_signal="SIGKILL"))
         subjects = {
-            "floor": [sys.executable, str(BENCH / "floor.py"), str(agent.http_port), hostname, LABEL],
+            "floor": [sys.executable, str(BENCH / "floor.py"), str(agent.http_port), hostname],
             "consul-reg": [sys.executable, "-m", "consul_reg", "--hostname", hostname, "-resync", "0", agent.uri],
         }
-        if args.py_spy:
-            subjects["consul-reg"] = ["py-spy", "record", "-r", "1000", "--threads", "-f", "raw", "-o", args.py_spy,
-                                      "--", *subjects["consul-reg"]]
         for run in range(args.runs):
             for subject, command in subjects.items():
                 if args.only and subject != args.only:
