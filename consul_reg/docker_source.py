@@ -38,6 +38,11 @@ class DockerUnavailable(Exception):
     """Docker could not be reached; the message says why."""
 
 
+class DockerUnreachable(DockerUnavailable):
+    """dockerd did not answer at all (not an error about one container): the calls
+    that would follow in the same batch are not made."""
+
+
 class NotASwarmManager(Exception):
     """This node cannot read Swarm services: a worker, or not in a swarm."""
 
@@ -108,7 +113,7 @@ class DockerSource:
         except TRANSPORT_ERRORS as error:
             reason = f"docker ({self.description}): could not {what}: {_describe(error)}"
             self.liveness.failed(reason)
-            raise DockerUnavailable(reason) from None
+            raise DockerUnreachable(reason) from None
         self.liveness.ok()  # dockerd answered
         try:
             body = answer.json()
@@ -215,9 +220,9 @@ class DockerSource:
             reason = f"docker ({self.description}): could not {what}: {_describe(error)}"
             if isinstance(error, docker.errors.APIError) and error.response is not None:
                 self.liveness.ok()  # dockerd answered, with an error about this one thing
-            else:
-                self.liveness.failed(reason)
-            raise DockerUnavailable(reason) from None
+                raise DockerUnavailable(reason) from None
+            self.liveness.failed(reason)
+            raise DockerUnreachable(reason) from None
         self.liveness.ok()
         return result
 

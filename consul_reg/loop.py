@@ -22,7 +22,7 @@ from loguru import logger
 
 from consul_reg.backoff import Backoff, Clock
 from consul_reg.desires import DesireBuilder, DesireUnavailable
-from consul_reg.docker_source import DockerUnavailable, listing_key
+from consul_reg.docker_source import DockerUnavailable, DockerUnreachable, listing_key
 from consul_reg.drain import Drainer
 from consul_reg.env_files import EnvFileRead, EnvFileReader, EnvFileState, fold
 from consul_reg.heartbeat import ProbeScheduler
@@ -75,7 +75,10 @@ class Loop:
         self.env_states: dict[str, EnvFileState] = {}
         self.docker_backoff = Backoff(retry_interval, clock=clock)
         self.full_pending = ""  # a full pass was asked but Docker failed: retried on its backoff
-        self.retry_containers: set[str] = set()  # could not be read: looked at again on the Docker backoff
+        self.retry_containers: set[str] = set()  # could not be read: looked at again on `retry_backoff`
+        # Its own clock: another container read meanwhile must not reset it (the retry
+        # would then wait for an unrelated message).
+        self.retry_backoff = Backoff(retry_interval, clock=clock)
         self.last_full_pass: float | None = None
         self.snapshot = Snapshot()
         self._generation = 0
@@ -91,7 +94,7 @@ class Loop:
         # a batch overlap, and only return answers; the loop applies them itself, in order.
         self.io = ThreadPoolExecutor(io_workers, thread_name_prefix="loop-io") if io_workers > 1 else None
         self.primary.io = self.io
-        self._inspecting = Calls(self.docker.inspect, (DockerUnavailable,), DockerUnavailable)
+        self._inspecting = Calls(self.docker.inspect, (DockerUnavailable,), DockerUnreachable)
 
     # -- any thread ---------------------------------------------------------------
 
@@ -132,8 +135,10 @@ class Loop:
         deadlines = [d for d in (self._full_pass_due_at(), self.drainer.next_deadline()) if d is not None]
         if self.primary.backoff.retry_at is not None:
             deadlines.append(self.primary.backoff.retry_at)
-        if (self.full_pending or self.retry_containers) and self.docker_backoff.retry_at is not None:
+        if self.full_pending and self.docker_backoff.retry_at is not None:
             deadlines.append(self.docker_backoff.retry_at)
+        if self.retry_containers and self.retry_backoff.retry_at is not None:
+            deadlines.append(self.retry_backoff.retry_at)
         if self.env_reader is not None and self._with_env_file:
             deadlines.append(self._next_env_poll)
         return min(deadlines) - self.clock() if deadlines else IDLE_WAIT_SECONDS
@@ -176,7 +181,7 @@ class Loop:
         verify = {cid for cid in actions.restarted
                   if cid not in self.desires or not self.desires[cid].status.running}
         full_reason = actions.full_reason or self._full_reason_due()
-        if self.retry_containers and self.docker_backoff.ready() and not full_reason:
+        if self.retry_containers and self.retry_backoff.ready() and not full_reason:
             refresh |= self.retry_containers
         kind = "full" if full_reason else "targeted"
         if full_reason and self._full_pass(full_reason):
@@ -185,8 +190,10 @@ class Loop:
             kind = "targeted"
             ordered = sorted(refresh)
             inspected = self._inspect_all(ordered, stop_at_failure=False)
+            unread: list[tuple[str, DockerUnavailable]] = []
             for container_id in ordered:
-                affected |= self._refresh(container_id, inspected.get(container_id, _NOT_FETCHED))
+                affected |= self._refresh(container_id, inspected.get(container_id, _NOT_FETCHED), unread)
+            self._retry_later(unread)
         for container_id in verify:
             known = self.desires.get(container_id)
             if known is not None:
@@ -280,16 +287,20 @@ class Loop:
                             known is not None and bool(known.listing_key) and known.listing_key == key and not blind))
         inspected = self._inspect_all([cid for cid, _, _, reusable in entries if not reusable], stop_at_failure=True)
         desires: dict[str, ContainerDesire] = {}
+        unread: list[tuple[str, DockerUnavailable]] = []
         for container_id, key, known, reusable in entries:
             if reusable:
                 desires[container_id] = known  # type: ignore[assignment]
                 continue
             try:
                 built = self._build(container_id, key, inspected.get(container_id, _NOT_FETCHED))
-            except DockerUnavailable as error:
+            except DockerUnreachable as error:
                 self.full_pending = reason
                 logger.warning("{}; full pass retried in {:.1f}s", error, self.docker_backoff.failed())
                 return False
+            except DockerUnavailable as error:  # about this container only: the others carry on
+                unread.append((container_id, error))
+                built = True
             if built is True:
                 built = known
             if built is not None:
@@ -298,6 +309,7 @@ class Loop:
         self.docker_backoff.succeeded()
         self.full_pending = ""
         self.retry_containers &= set(desires)
+        self._retry_later(unread)
         self.desires = desires
         self._reindex()
         self.builder.forget_all_but(set(desires))
@@ -310,26 +322,36 @@ class Loop:
         logger.debug("full pass done ({}): {} containers", reason, len(desires))
         return True
 
-    def _refresh(self, container_id: str, inspected: Any = _NOT_FETCHED) -> set[str]:
+    def _refresh(self, container_id: str, inspected: Any, unread: list[tuple[str, DockerUnavailable]]) -> set[str]:
         """Look at one container again; the service IDs that may have changed."""
         try:
             built = self._build(container_id, inspected=inspected)
         except DockerUnavailable as error:
-            self.retry_containers.add(container_id)
-            logger.warning("{}; container {} looked at again in {:.1f}s", error, container_id[:12],
-                           self.docker_backoff.failed())
+            unread.append((container_id, error))
             return set()
         self.retry_containers.discard(container_id)
         if built is True:
             return set()  # keep its last desire
         return self._set_desire(container_id, built)
 
+    def _retry_later(self, unread: list[tuple[str, DockerUnavailable]]) -> None:
+        """Containers that could not be read keep their last desire and are looked at
+        again on `retry_backoff` (one step of it per batch, however many failed)."""
+        if unread:
+            delay = self.retry_backoff.failed()
+            for container_id, error in unread:
+                self.retry_containers.add(container_id)
+                logger.warning("{}; container {} looked at again in {:.1f}s", error, container_id[:12], delay)
+        elif not self.retry_containers:
+            self.retry_backoff.succeeded()
+
     def _inspect_all(self, container_ids: list[str], stop_at_failure: bool) -> dict[str, Any]:
         """Several containers' inspect answers, overlapped on the I/O pool: each a dict,
-        None (gone) or the DockerUnavailable raised. Once one failed, the inspects not
-        started yet are not made: with `stop_at_failure` they are left out (the caller
-        stops at the failure), else they count as failed too (each such container is
-        looked at again on Docker's backoff: none is lost)."""
+        None (gone) or the DockerUnavailable raised. Once dockerd did not answer at all,
+        the inspects not started yet are not made: with `stop_at_failure` they are left
+        out (the caller stops at the failure), else they count as failed too (each such
+        container is looked at again on Docker's backoff: none is lost). An error about
+        one container costs only that one."""
         if self.io is None or len(container_ids) < 2:
             return {}
         answers: dict[str, Any] = {}
@@ -337,7 +359,8 @@ class Loop:
         for container_id, outcome in outcomes(self._inspecting, container_ids, self.io):
             if outcome.tried:
                 answers[container_id] = outcome.error or outcome.value
-                failure = failure or outcome.error  # type: ignore[assignment]
+                if isinstance(outcome.error, DockerUnreachable):
+                    failure = failure or outcome.error
             elif not stop_at_failure:
                 answers[container_id] = failure
         return answers

@@ -12,6 +12,7 @@ are not made.
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import CancelledError, Executor, wait
 from dataclasses import dataclass
 from typing import Any, Callable, Generic, Iterator, Sequence, TypeVar
@@ -33,24 +34,28 @@ NOT_TRIED = Outcome(tried=False)
 class Calls(Generic[Item]):
     call: Callable[[Item], Any]
     errors: tuple[type[BaseException], ...]  # caught and returned as outcomes; anything else propagates
-    fatal: type[BaseException]  # once one call raised it, the calls not started are not made
+    fatal: type[BaseException]  # once one call raised it, the calls not started are not made (one of `errors`)
 
 
 def outcomes(calls: Calls[Item], items: Sequence[Item], pool: Executor | None) -> Iterator[tuple[Item, Outcome]]:
     """(item, outcome) for every item, in order. Without a pool (or for one item)
     the calls are made one by one, on the caller's thread."""
+    stopped = threading.Event()  # set by the first fatal error: later calls are not made
+
     def one(item: Item) -> Outcome:
+        if stopped.is_set():
+            return NOT_TRIED
         try:
             return Outcome(calls.call(item))
+        except calls.fatal as error:
+            stopped.set()
+            return Outcome(error=error)
         except calls.errors as error:
             return Outcome(error=error)
 
     if pool is None or len(items) < 2:
-        failed = False
         for item in items:
-            outcome = NOT_TRIED if failed else one(item)
-            failed = failed or isinstance(outcome.error, calls.fatal)
-            yield item, outcome
+            yield item, one(item)
         return
     futures = [pool.submit(one, item) for item in items]
     try:
@@ -59,7 +64,7 @@ def outcomes(calls: Calls[Item], items: Sequence[Item], pool: Executor | None) -
                 outcome = future.result()
             except CancelledError:
                 outcome = NOT_TRIED
-            if isinstance(outcome.error, calls.fatal):
+            if stopped.is_set():
                 for pending in futures:
                     pending.cancel()
             yield item, outcome
