@@ -26,6 +26,7 @@ from typing import Callable, Iterable, Protocol
 from loguru import logger
 
 from consul_reg.backoff import Clock
+from consul_reg.heartbeat_load import LoadWatch
 from consul_reg.model import ContainerStatus, DaemonProbe, Service
 from consul_reg.registries.base import RegistryUnavailable
 
@@ -64,8 +65,10 @@ class ProbeScheduler:
     def __init__(self, reporter: CheckReporter, runner: CommandRunner,
                  on_check_missing: Callable[[str, str], None], exec_workers: int = 4, senders: int = 4,
                  on_sent: Callable[[float | None], None] = lambda lateness: None,
-                 exec_per_container: int = 2, clock: Clock = time.monotonic) -> None:
+                 exec_per_container: int = 2, clock: Clock = time.monotonic,
+                 on_load: Callable[[float, float, bool], None] = lambda asked, served, overloaded: None) -> None:
         self._on_sent = on_sent
+        self.load = LoadWatch(clock, on_load)
         self._reporter = reporter
         self._runner = runner
         self._on_check_missing = on_check_missing
@@ -188,8 +191,14 @@ class ProbeScheduler:
 
     # -- the scheduler thread --------------------------------------------------
 
+    def asked_rate(self) -> float:
+        """TTL updates per second the checks ask for."""
+        with self._wake:
+            return sum(1.0 / task.probe.interval for task in self._tasks.values() if task.probe.interval > 0)
+
     def _run(self) -> None:
         while True:
+            self.load.tick(self.asked_rate, len(self._tasks))
             with self._wake:
                 while not self._stopping and (not self._heap or self._heap[0][0] > self._clock()):
                     self._wake.wait(self._heap[0][0] - self._clock() if self._heap else None)
@@ -206,6 +215,7 @@ class ProbeScheduler:
     def run_due(self) -> int:
         """Everything due now, on the caller's thread (tests drive the scheduler so)."""
         done = 0
+        self.load.tick(self.asked_rate, len(self._tasks))
         while True:
             with self._wake:
                 if not self._heap or self._heap[0][0] > self._clock():
@@ -285,6 +295,7 @@ class ProbeScheduler:
             self._reporter.update_check(task.check_id, status, output[-MAX_OUTPUT:])
             self.sent += 1
             self._on_sent(lateness)
+            self.load.sent(lateness)
             with self._wake:
                 changed = task.check_id in self._tasks and self._last_status.get(task.check_id) != status
                 if changed:
