@@ -116,12 +116,16 @@ def load() -> str:
     return "load average " + " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
-def remove_labelled(client: Any, label: str = LABEL) -> None:
-    for summary in client.api.containers(all=True, filters={"label": label}):
+def remove_labelled(client: Any, label: str = LABEL, threads: int = 8) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def remove(container_id: str) -> None:
         try:
-            client.api.remove_container(summary["Id"], force=True)
+            client.api.remove_container(container_id, force=True)
         except Exception:
             pass
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(remove, [s["Id"] for s in client.api.containers(all=True, filters={"label": label})]))
 
 
 def daemon_env() -> dict[str, str]:
