@@ -6,11 +6,12 @@ subscriber that does not read within ~100 ms, so nothing slow runs there.
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import docker
 import docker.errors
@@ -32,6 +33,8 @@ FALLBACK_SOCKET = "/tmp/docker.sock"
 DEFAULT_SOCKET = "/var/run/docker.sock"
 READ_TIMEOUT = 10.0  # seconds for one file read when the caller gives none
 INSPECT_CONNECTIONS = 4
+RECV_BYTES = 64 * 1024
+MAX_EVENT_BYTES = 4 * 1024 * 1024  # an event carries the container's labels: Docker bounds them, so do we
 
 
 class DockerUnavailable(Exception):
@@ -176,7 +179,7 @@ class DockerSource:
         connected_once = False
         while not stop.is_set():
             try:
-                stream = self._client.events(decode=True, since=since, filters={"type": "container"})
+                stream = self._events(since)
                 self.liveness.ok()
                 if connected_once:
                     logger.info("docker event stream reconnected; resyncing everything")
@@ -206,6 +209,25 @@ class DockerSource:
                 logger.warning("docker event stream failed: {}; retrying in {:.1f}s", _describe(error),
                                backoff.failed())
             stop.wait(max((backoff.retry_at or 0) - time.monotonic(), 0.0))
+
+    def _events(self, since: str | None) -> Iterator[Any]:
+        """Docker's stream of container events, each decoded. Read on a connection of its
+        own with http.client (no timeout: the stream is quiet while nothing happens),
+        through docker-py where the endpoint is not plain HTTP."""
+        if self._inspect_pool is None:
+            yield from self._client.events(decode=True, since=since, filters={"type": "container"})
+            return
+        query = {"filters": json.dumps({"type": ["container"]}), **({"since": since} if since else {})}
+        connection = self._inspect_pool.open(timeout=None)
+        try:
+            connection.request("GET", docker_http.url(self._endpoint, "/events", query=query))
+            response = connection.getresponse()
+            if response.status != 200:
+                raise DockerUnavailable(f"docker ({self.description}): the event stream answered {response.status} "
+                                        f"{_describe(ValueError(response.read(MAX_EVENT_BYTES).decode('utf-8', 'replace')))}")
+            yield from _json_objects(response)
+        finally:
+            connection.close()
 
     def _guard(self, what: str, function, *args, **kwargs):
         try:
@@ -253,6 +275,36 @@ def hint_from_event(event: object) -> Hint | None:
         time_nano=int(time_nano),
         attributes=tuple((name, str(attributes[name])) for name in KEPT_ATTRIBUTES if name in attributes),
     )
+
+
+def _json_objects(response: Any) -> Iterator[Any]:
+    """The JSON objects of a stream, however it is cut into chunks and lines. An
+    unfinished object is tried again only when a piece brings a `}` (a large
+    event arriving in many pieces is not parsed again at each)."""
+    decoder, text, at = json.JSONDecoder(), "", 0
+    utf8 = codecs.getincrementaldecoder("utf-8")("replace")
+    incomplete = False
+    while data := response.read1(RECV_BYTES):
+        piece = utf8.decode(data)
+        text, at = text[at:] + piece, 0
+        if incomplete and "}" not in piece:
+            if len(text) > MAX_EVENT_BYTES:
+                raise ValueError(f"an event longer than {MAX_EVENT_BYTES} bytes")
+            continue
+        incomplete = False
+        while True:
+            while at < len(text) and text[at] in " \t\r\n":
+                at += 1
+            if at == len(text):
+                break
+            try:
+                value, at = decoder.raw_decode(text, at)
+            except ValueError:  # unfinished: wait for more, within bounds
+                if len(text) - at > MAX_EVENT_BYTES:
+                    raise ValueError(f"an event longer than {MAX_EVENT_BYTES} bytes") from None
+                incomplete = True
+                break
+            yield value
 
 
 def _describe(error: BaseException) -> str:

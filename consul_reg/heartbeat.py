@@ -141,12 +141,16 @@ class ProbeScheduler:
 
     def report_now(self, service_ids: set[str]) -> None:
         """Just (re-)registered: the agent reset these services' TTL checks, report them again."""
+        if not service_ids:
+            return
         with self._wake:
             now = self._clock()
-            for task in self._tasks.values():
-                if task.service_id in service_ids and task.probe.kind != "exec":
-                    self._schedule(task.check_id, now)
-            self._wake.notify()
+            due = [task.check_id for task in self._tasks.values()
+                   if task.service_id in service_ids and task.probe.kind != "exec"]
+            for check_id in due:
+                self._schedule(check_id, now)
+            if due:  # else the scheduler thread is not woken for nothing
+                self._wake.notify()
 
     def report_container_now(self, container_id: str, status: ContainerStatus) -> None:
         """A health_status / pause event: report that container's checks right away."""

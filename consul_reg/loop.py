@@ -94,7 +94,8 @@ class Loop:
         # a batch overlap, and only return answers; the loop applies them itself, in order.
         self.io = ThreadPoolExecutor(io_workers, thread_name_prefix="loop-io") if io_workers > 1 else None
         self.primary.io = self.io
-        self._inspecting = Calls(self.docker.inspect, (DockerUnavailable,), DockerUnreachable)
+        self._inspecting = Calls(lambda container_id: self.docker.inspect(container_id), (DockerUnavailable,),
+                                 DockerUnreachable)
 
     # -- any thread ---------------------------------------------------------------
 

@@ -48,7 +48,6 @@ def harness(hold: float = 0.0, **options: Any) -> tuple[Harness, RecordingDocker
     docker = RecordingDocker(hold)
     h.docker = docker
     h.loop.docker = docker
-    h.loop._inspecting = type(h.loop._inspecting)(docker.inspect, h.loop._inspecting.errors, h.loop._inspecting.fatal)
     h.loop.builder.docker = docker
     h.send(Hint("", START))
     return h, docker

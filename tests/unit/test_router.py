@@ -68,3 +68,31 @@ def test_an_event_keeps_only_the_attributes_read_and_never_the_labels() -> None:
     hint = hint_from_event(event)
     assert hint is not None and hint.attributes == (("exitCode", "137"), ("signal", "9"))
     assert route([hint]).deaths == (("c1", "137"),)
+
+
+class Chunks:
+    def __init__(self, pieces: list[bytes]) -> None:
+        self.pieces = list(pieces)
+
+    def read1(self, size: int) -> bytes:
+        return self.pieces.pop(0) if self.pieces else b""
+
+
+def test_the_event_stream_is_decoded_however_it_is_cut() -> None:
+    from consul_reg.docker_source import _json_objects
+
+    text = '{"Action":"start","id":"a"}\n{"Action":"die","Actor":{"Attributes":{"n":"é"}}}{"x":[1,2]}  \n'.encode()
+    for size in (1, 2, 3, 7, len(text)):
+        pieces = [text[i:i + size] for i in range(0, len(text), size)]
+        assert list(_json_objects(Chunks(pieces))) == [
+            {"Action": "start", "id": "a"}, {"Action": "die", "Actor": {"Attributes": {"n": "é"}}}, {"x": [1, 2]}]
+
+
+def test_an_event_that_never_ends_is_refused_within_bounds() -> None:
+    import pytest
+
+    from consul_reg.docker_source import MAX_EVENT_BYTES, _json_objects
+
+    pieces = [b'{"Action":"start","junk":"'] + [b"x" * 65536] * (MAX_EVENT_BYTES // 65536 + 2)
+    with pytest.raises(ValueError, match="longer than"):
+        list(_json_objects(Chunks(pieces)))
