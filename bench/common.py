@@ -33,6 +33,7 @@ class Agent:
     def __init__(self, extra_hcl: tuple[str, ...] = ()) -> None:
         self.workdir = Path(tempfile.mkdtemp(prefix="consul-reg-bench-agent-"))
         self.http_port = free_port()
+        self.ports = [free_port() for _ in range(5)]
         self.extra_hcl = extra_hcl
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -41,10 +42,11 @@ class Agent:
         return f"consul://127.0.0.1:{self.http_port}"
 
     def start(self) -> "Agent":
+        dns, lan, wan, server, _ = self.ports
         args = ["consul", "agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1",
-                "-http-port", str(self.http_port), "-grpc-port", "-1", "-dns-port", str(free_port()),
-                "-serf-lan-port", str(free_port()), "-serf-wan-port", str(free_port()),
-                "-server-port", str(free_port()), "-hcl", 'log_level = "warn"']
+                "-http-port", str(self.http_port), "-grpc-port", "-1", "-dns-port", str(dns),
+                "-serf-lan-port", str(lan), "-serf-wan-port", str(wan),
+                "-server-port", str(server), "-hcl", 'log_level = "warn"']
         for hcl in self.extra_hcl:
             args += ["-hcl", hcl]
         with open(self.workdir / "consul.log", "ab") as log:
@@ -73,10 +75,18 @@ class Agent:
         status, body = self.request("GET", "/v1/agent/services")
         return json.loads(body) if status == 200 else {}
 
-    def stop(self) -> None:
+    def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait(timeout=30)
+
+    def restart(self) -> None:
+        """Killed and started again on the same ports: a dev agent comes back empty."""
+        self.kill()
+        self.start()
+
+    def stop(self) -> None:
+        self.kill()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 

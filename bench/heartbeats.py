@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(1 if os.environ.get("PYTHONPATH") else 0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, os.environ.get("CONSUL_REG_CODE") or str(Path(__file__).resolve().parents[1]))
 from common import Agent, load, percentile  # noqa: E402
 
 PREFIX = "hb"
@@ -84,8 +84,10 @@ def child(uri: str, count: int, interval: float, seconds: float) -> None:
 
     from consul_reg.heartbeat import ProbeScheduler
     from consul_reg.model import Check, ContainerStatus, DaemonProbe, Service
+    import consul_reg
     from consul_reg.registries import from_uri
 
+    print(f"scheduler from {Path(consul_reg.__file__).parent}", file=sys.stderr)
     warnings: list[str] = []
     logger.remove()
     logger.add(lambda message: warnings.append(str(message)), level="WARNING", format="{message}")
@@ -128,7 +130,7 @@ def child(uri: str, count: int, interval: float, seconds: float) -> None:
 
 
 def run_child(agent: Agent, count: int, interval: float, seconds: float, code: str) -> dict:
-    env = dict(os.environ, PYTHONPATH=code) if code else None
+    env = dict(os.environ, CONSUL_REG_CODE=code) if code else None
     result = subprocess.run([sys.executable, __file__, "--child", agent.uri, "--checks", str(count),
                              "--interval", str(interval), "--seconds", str(seconds)],
                             stdout=subprocess.PIPE, text=True, check=True, env=env)

@@ -92,6 +92,7 @@ class ProbeScheduler:
         self._in_flight: set[str] = set()
         self._last_status: dict[str, str] = {}
         self._fresh: set[str] = set()  # checks not reported yet since they were added
+        self._first: set[str] = set()  # their first report is on its way; the next is scheduled once it is sent
         self.sent = 0
         self._thread = threading.Thread(target=self._run, name="heartbeats", daemon=True)
 
@@ -183,6 +184,7 @@ class ProbeScheduler:
     def _drop(self, check_id: str) -> None:
         self._tasks.pop(check_id, None)
         self._fresh.discard(check_id)
+        self._first.discard(check_id)
         self._due_at.pop(check_id, None)
         self._last_status.pop(check_id, None)
 
@@ -247,9 +249,13 @@ class ProbeScheduler:
         self._in_flight.add(check_id)
         if run_exec:
             self._execs[container_id] = self._execs.get(container_id, 0) + 1
-        if check_id in self._fresh:  # its first report: the next one at a random phase of the interval
+        if check_id in self._fresh:
+            # Its first report: the next one at a random phase of the interval, counted once
+            # this one is delivered (_send), so that a herd of first reports queued behind a
+            # slow agent does not stay a herd.
             self._fresh.discard(check_id)
-            self._schedule(check_id, self._clock() + task.probe.interval * (0.1 + 0.9 * random.random()))
+            self._due_at.pop(check_id, None)
+            self._first.add(check_id)
         else:
             self._schedule(check_id, self._next_due(task.probe))
         return task, status, run_exec, due
@@ -315,3 +321,9 @@ class ProbeScheduler:
         finally:
             with self._wake:
                 self._in_flight.discard(task.check_id)
+                if task.check_id in self._first:
+                    self._first.discard(task.check_id)
+                    if task.check_id in self._tasks and task.check_id not in self._due_at:  # nobody asked sooner
+                        self._schedule(task.check_id,
+                                       self._clock() + task.probe.interval * (0.1 + 0.9 * random.random()))
+                        self._wake.notify()

@@ -80,3 +80,34 @@ def test_the_scheduler_reports_the_rate_its_checks_ask_and_what_went_out() -> No
     probes.run_due()
     asked, served, overloaded = loads[-1]
     assert asked == pytest.approx(50.0) and 40 < served < 60 and not overloaded
+
+
+def test_first_reports_queued_behind_a_slow_agent_do_not_stay_a_herd() -> None:
+    """The random phase after a check's first report counts from its delivery: the
+    checks whose first report waited behind the others are not all due again at once."""
+    clock = FakeClock()
+    agent = FakeAgent()
+    update = agent.update_check
+
+    def slow(check_id: str, status: str, output: str) -> None:
+        if agent.updates < 40:
+            clock.advance(0.5)  # each first report takes half a second to be answered
+        update(check_id, status, output)
+
+    agent.update_check = slow  # type: ignore[method-assign]
+    probes = ProbeScheduler(agent, FakeDocker(), lambda *a: None, clock=clock)
+    delivered: dict[str, float] = {}
+    for n in range(40):
+        service = worker(n, interval=10.0)
+        agent.checks[service.checks[0].check_id] = ("critical", "")
+        probes.set_container(service.container_id, [service], running())
+    with probes._wake:  # the first round only: take the 40 first reports due now
+        firsts = [probes._take_due() for _ in range(40)]
+    for task, status, _, due in firsts:  # type: ignore[misc]
+        probes._send(task, *probes._status_of(task.probe, status), due)
+    assert clock.now == 1000.0 + 40 * 0.5  # all 40 first reports went out, one after another
+    for n in range(40):
+        check = f"service:w{n}:heartbeat"
+        delivered[check] = 1000.0 + (n + 1) * 0.5
+        due = probes._due_at[check]
+        assert delivered[check] + 1.0 <= due <= delivered[check] + 10.0, (check, due)
