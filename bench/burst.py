@@ -30,7 +30,7 @@ from pathlib import Path
 import docker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import IMAGE, LABEL, Agent, cpu_seconds, daemon_env, describe_ms, load, proc_status  # noqa: E402
+from common import DAEMON_CWD, IMAGE, LABEL, Agent, cpu_seconds, daemon_env, describe_ms, load, proc_status  # noqa: E402
 from common import remove_labelled  # noqa: E402
 from event_latency import Events  # noqa: E402
 
@@ -87,7 +87,7 @@ def one_run(args, client, agent: Agent, events: Events, run: int) -> None:
     ids = {c["Id"]: f"{hostname}:{hostname}-{n}:80" for n, c in enumerate(containers)}
     log = open(f"/tmp/consul-reg-bench-burst-{hostname}.log", "wb")
     daemon = subprocess.Popen([sys.executable, "-m", "consul_reg", "--hostname", hostname, "-internal",
-                               "-resync", "0", agent.uri], stdout=log, stderr=log, env=daemon_env())
+                               "-resync", "0", agent.uri], stdout=log, stderr=log, env=daemon_env(args.code), cwd=DAEMON_CWD)
     try:
         time.sleep(3)  # connected, first full pass done
         cpu_before = cpu_seconds(daemon.pid)
@@ -114,6 +114,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--containers", type=int, default=200)
     parser.add_argument("--threads", type=int, default=16)
+    parser.add_argument("--code", default="", help="run the daemon of another checkout (a directory)")
     parser.add_argument("--runs", type=int, default=2)
     args = parser.parse_args()
     client = docker.from_env(timeout=120, max_pool_size=args.threads)

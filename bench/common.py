@@ -138,7 +138,14 @@ def remove_labelled(client: Any, label: str = LABEL, threads: int = 8) -> None:
         list(pool.map(remove, [s["Id"] for s in client.api.containers(all=True, filters={"label": label})]))
 
 
-def daemon_env() -> dict[str, str]:
+# `python -m consul_reg` looks in its working directory first: a daemon started from
+# the checkout would be this checkout's whatever PYTHONPATH says.
+DAEMON_CWD = "/"
+
+
+def daemon_env(code: str = "") -> dict[str, str]:
+    """The environment of a daemon started by a benchmark: this checkout's consul_reg,
+    or the one in `code` (a directory holding another checkout's consul_reg: before/after)."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = (code or str(ROOT)) + os.pathsep + env.get("PYTHONPATH", "")
     return env

@@ -32,7 +32,7 @@ from pathlib import Path
 import docker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import IMAGE, LABEL, Agent, cpu_seconds, daemon_env, describe_ms, load, percentile, proc_status  # noqa: E402
+from common import DAEMON_CWD, IMAGE, LABEL, Agent, cpu_seconds, daemon_env, describe_ms, load, percentile, proc_status  # noqa: E402
 from common import remove_labelled  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent
@@ -93,7 +93,7 @@ def measure(subject: str, command: list[str], agent: Agent, client, events: Even
             args) -> dict:
     log = open(f"/tmp/consul-reg-bench-{subject}-{hostname}.log", "wb")
     process = subprocess.Popen(command, stdout=log if subject != "floor" else subprocess.PIPE, stderr=log,
-                               env=daemon_env())
+                               env=daemon_env(args.code), cwd=DAEMON_CWD)
     poller = Poller(agent.http_port, args.poll)
     try:
         if subject == "floor":
@@ -137,6 +137,7 @@ def main() -> int:
     parser.add_argument("--gap", type=float, default=0.3, help="seconds between two containers")
     parser.add_argument("--poll", type=float, default=0.0005, help="seconds between two polls of the agent")
     parser.add_argument("--only", default="", help="floor or consul-reg: measure only this one")
+    parser.add_argument("--code", default="", help="run the daemon of another checkout (a directory)")
     parser.add_argument("--json", default="", help="also write the figures to this file")
     args = parser.parse_args()
     client = docker.from_env(timeout=60)

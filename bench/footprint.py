@@ -22,7 +22,7 @@ import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Agent, cpu_seconds, daemon_env, load, proc_status  # noqa: E402
+from common import DAEMON_CWD, Agent, cpu_seconds, daemon_env, load, proc_status  # noqa: E402
 
 # The daemon's imports, heaviest parts apart, in the order the daemon first loads them.
 LAYERS = ["ssl", "http.client", "concurrent.futures", "asyncio", "multiprocessing", "loguru", "h11",
@@ -47,12 +47,13 @@ print(f"all imports: {previous:.1f} MB")
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--settle", type=float, default=15.0)
+    parser.add_argument("--code", default="", help="run the daemon of another checkout (a directory)")
     parser.add_argument("--idle", type=float, default=60.0)
     args = parser.parse_args()
     print(f"{time.strftime('%Y-%m-%d %H:%M')}, {load()}", flush=True)
     agent = Agent().start()
     daemon = subprocess.Popen([sys.executable, "-m", "consul_reg", "--hostname", f"fp{uuid.uuid4().hex[:6]}",
-                               agent.uri], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=daemon_env())
+                               agent.uri], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=daemon_env(args.code), cwd=DAEMON_CWD)
     try:
         time.sleep(args.settle)
         status = proc_status(daemon.pid)
@@ -67,7 +68,7 @@ def main() -> int:
         daemon.kill()
         daemon.wait(timeout=15)
         agent.stop()
-    subprocess.run([sys.executable, "-c", MEASURE, *LAYERS], check=True, env=daemon_env())
+    subprocess.run([sys.executable, "-c", MEASURE, *LAYERS], check=True, env=daemon_env(args.code), cwd=DAEMON_CWD)
     return 0
 
 

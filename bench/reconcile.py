@@ -25,7 +25,7 @@ from pathlib import Path
 import docker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import IMAGE, LABEL, Agent, daemon_env, load, remove_labelled  # noqa: E402
+from common import DAEMON_CWD, IMAGE, LABEL, Agent, daemon_env, load, remove_labelled  # noqa: E402
 
 
 def main() -> int:
@@ -51,7 +51,7 @@ def main() -> int:
                 range(args.containers)))
         daemon = subprocess.Popen([sys.executable, "-m", "consul_reg", "--hostname", hostname, "-internal",
                                    "-resync", "0", "-retry-interval", "100", agent.uri],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=daemon_env())
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=daemon_env(), cwd=DAEMON_CWD)
         while owned() != args.containers:
             time.sleep(0.05)
         for attempt in range(1, args.restarts + 1):

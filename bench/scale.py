@@ -33,7 +33,7 @@ import docker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import IMAGE, LABEL, Agent, cpu_seconds, daemon_env, load, proc_status, remove_labelled  # noqa: E402
+from common import DAEMON_CWD, IMAGE, LABEL, Agent, cpu_seconds, daemon_env, load, proc_status, remove_labelled  # noqa: E402
 
 
 class Counting:
@@ -64,7 +64,7 @@ def as_process(args, agent: Agent, hostname: str) -> None:
     log = open(f"/tmp/consul-reg-bench-scale-{hostname}.log", "wb")
     started = time.monotonic()
     daemon = subprocess.Popen([sys.executable, "-m", "consul_reg", "--hostname", hostname, "-internal", agent.uri],
-                              stdout=log, stderr=log, env=daemon_env())
+                              stdout=log, stderr=log, env=daemon_env(), cwd=DAEMON_CWD)
     try:
         while owned(agent, hostname) < args.containers and time.monotonic() - started < 300:
             time.sleep(0.05)

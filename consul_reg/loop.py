@@ -28,7 +28,7 @@ from consul_reg.env_files import EnvFileRead, EnvFileReader, EnvFileState, fold
 from consul_reg.heartbeat import ProbeScheduler
 from consul_reg.metrics import Metrics
 from consul_reg.mirrors import MirrorWorker
-from consul_reg.overlap import Calls, outcomes
+from consul_reg.reading import NOT_FETCHED, Reader
 from consul_reg.model import ContainerDesire, ContainerStatus, Service, keeps_records
 from consul_reg.primary import Primary, SyncResult
 from consul_reg.reconcile import DesiredServices
@@ -38,7 +38,6 @@ from consul_reg.snapshot import Snapshot, freeze
 Message = Union[Hint, EnvFileRead]
 IDLE_WAIT_SECONDS = 3600.0
 IO_WORKERS = 4  # Docker inspects and agent writes of one batch in flight at once
-_NOT_FETCHED = object()
 
 
 class DockerAPI(Protocol):
@@ -75,10 +74,6 @@ class Loop:
         self.env_states: dict[str, EnvFileState] = {}
         self.docker_backoff = Backoff(retry_interval, clock=clock)
         self.full_pending = ""  # a full pass was asked but Docker failed: retried on its backoff
-        self.retry_containers: set[str] = set()  # could not be read: looked at again on `retry_backoff`
-        # Its own clock: another container read meanwhile must not reset it (the retry
-        # would then wait for an unrelated message).
-        self.retry_backoff = Backoff(retry_interval, clock=clock)
         self.last_full_pass: float | None = None
         self.snapshot = Snapshot()
         self._generation = 0
@@ -94,8 +89,16 @@ class Loop:
         # a batch overlap, and only return answers; the loop applies them itself, in order.
         self.io = ThreadPoolExecutor(io_workers, thread_name_prefix="loop-io") if io_workers > 1 else None
         self.primary.io = self.io
-        self._inspecting = Calls(lambda container_id: self.docker.inspect(container_id), (DockerUnavailable,),
-                                 DockerUnreachable)
+        self.reader = Reader(lambda container_id: self.docker.inspect(container_id), self.io, retry_interval, clock)
+
+    @property
+    def retry_containers(self) -> set[str]:
+        """Containers that could not be read: looked at again on the reader's backoff."""
+        return self.reader.retry
+
+    @retry_containers.setter
+    def retry_containers(self, containers: set[str]) -> None:
+        self.reader.retry = containers
 
     # -- any thread ---------------------------------------------------------------
 
@@ -138,8 +141,8 @@ class Loop:
             deadlines.append(self.primary.backoff.retry_at)
         if self.full_pending and self.docker_backoff.retry_at is not None:
             deadlines.append(self.docker_backoff.retry_at)
-        if self.retry_containers and self.retry_backoff.retry_at is not None:
-            deadlines.append(self.retry_backoff.retry_at)
+        if self.reader.due_at() is not None:
+            deadlines.append(self.reader.due_at())  # type: ignore[arg-type]
         if self.env_reader is not None and self._with_env_file:
             deadlines.append(self._next_env_poll)
         return min(deadlines) - self.clock() if deadlines else IDLE_WAIT_SECONDS
@@ -182,7 +185,7 @@ class Loop:
         verify = {cid for cid in actions.restarted
                   if cid not in self.desires or not self.desires[cid].status.running}
         full_reason = actions.full_reason or self._full_reason_due()
-        if self.retry_containers and self.retry_backoff.ready() and not full_reason:
+        if self.reader.ready() and not full_reason:
             refresh |= self.retry_containers
         kind = "full" if full_reason else "targeted"
         if full_reason and self._full_pass(full_reason):
@@ -190,11 +193,11 @@ class Loop:
         else:
             kind = "targeted"
             ordered = sorted(refresh)
-            inspected = self._inspect_all(ordered, stop_at_failure=False)
+            inspected = self.reader.inspect_all(ordered, stop_at_failure=False)
             unread: list[tuple[str, DockerUnavailable]] = []
             for container_id in ordered:
-                affected |= self._refresh(container_id, inspected.get(container_id, _NOT_FETCHED), unread)
-            self._retry_later(unread)
+                affected |= self._refresh(container_id, inspected.get(container_id, NOT_FETCHED), unread)
+            self.reader.retry_later(unread)
         for container_id in verify:
             known = self.desires.get(container_id)
             if known is not None:
@@ -286,7 +289,8 @@ class Loop:
             blind = known is not None and known.status.health and "(" not in str(summary.get("Status") or "")
             entries.append((container_id, key, known,
                             known is not None and bool(known.listing_key) and known.listing_key == key and not blind))
-        inspected = self._inspect_all([cid for cid, _, _, reusable in entries if not reusable], stop_at_failure=True)
+        inspected = self.reader.inspect_all([cid for cid, _, _, reusable in entries if not reusable],
+                                            stop_at_failure=True)
         desires: dict[str, ContainerDesire] = {}
         unread: list[tuple[str, DockerUnavailable]] = []
         for container_id, key, known, reusable in entries:
@@ -294,7 +298,7 @@ class Loop:
                 desires[container_id] = known  # type: ignore[assignment]
                 continue
             try:
-                built = self._build(container_id, key, inspected.get(container_id, _NOT_FETCHED))
+                built = self._build(container_id, key, inspected.get(container_id, NOT_FETCHED))
             except DockerUnreachable as error:
                 self.full_pending = reason
                 logger.warning("{}; full pass retried in {:.1f}s", error, self.docker_backoff.failed())
@@ -310,7 +314,7 @@ class Loop:
         self.docker_backoff.succeeded()
         self.full_pending = ""
         self.retry_containers &= set(desires)
-        self._retry_later(unread)
+        self.reader.retry_later(unread)
         self.desires = desires
         self._reindex()
         self.builder.forget_all_but(set(desires))
@@ -335,40 +339,9 @@ class Loop:
             return set()  # keep its last desire
         return self._set_desire(container_id, built)
 
-    def _retry_later(self, unread: list[tuple[str, DockerUnavailable]]) -> None:
-        """Containers that could not be read keep their last desire and are looked at
-        again on `retry_backoff` (one step of it per batch, however many failed)."""
-        if unread:
-            delay = self.retry_backoff.failed()
-            for container_id, error in unread:
-                self.retry_containers.add(container_id)
-                logger.warning("{}; container {} looked at again in {:.1f}s", error, container_id[:12], delay)
-        elif not self.retry_containers:
-            self.retry_backoff.succeeded()
-
-    def _inspect_all(self, container_ids: list[str], stop_at_failure: bool) -> dict[str, Any]:
-        """Several containers' inspect answers, overlapped on the I/O pool: each a dict,
-        None (gone) or the DockerUnavailable raised. Once dockerd did not answer at all,
-        the inspects not started yet are not made: with `stop_at_failure` they are left
-        out (the caller stops at the failure), else they count as failed too (each such
-        container is looked at again on Docker's backoff: none is lost). An error about
-        one container costs only that one."""
-        if self.io is None or len(container_ids) < 2:
-            return {}
-        answers: dict[str, Any] = {}
-        failure: DockerUnavailable | None = None
-        for container_id, outcome in outcomes(self._inspecting, container_ids, self.io):
-            if outcome.tried:
-                answers[container_id] = outcome.error or outcome.value
-                if isinstance(outcome.error, DockerUnreachable):
-                    failure = failure or outcome.error
-            elif not stop_at_failure:
-                answers[container_id] = failure
-        return answers
-
-    def _build(self, container_id: str, key: str = "", inspected: Any = _NOT_FETCHED) -> ContainerDesire | None | bool:
+    def _build(self, container_id: str, key: str = "", inspected: Any = NOT_FETCHED) -> ContainerDesire | None | bool:
         """The container's new desire; None when it is gone; True to keep its last one."""
-        if inspected is _NOT_FETCHED:
+        if inspected is NOT_FETCHED:
             inspected = self.docker.inspect(container_id)
         elif isinstance(inspected, DockerUnavailable):
             raise inspected

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import threading
+from dataclasses import replace
 import time
 from typing import Any
 
@@ -51,6 +52,11 @@ def harness(hold: float = 0.0, **options: Any) -> tuple[Harness, RecordingDocker
     h.loop.builder.docker = docker
     h.send(Hint("", START))
     return h, docker
+
+
+def inspect_with(h: Harness, function: Any) -> None:
+    """The loop's inspects (of a batch, overlapped) made by `function`."""
+    h.loop.reader.inspecting = replace(h.loop.reader.inspecting, call=function)
 
 
 def web(n: int) -> dict[str, Any]:
@@ -108,15 +114,14 @@ def test_docker_going_down_mid_burst_loses_no_container() -> None:
                 raise DockerUnreachable("docker: connection refused")
         return inspect(container_id)
 
-    h.loop._inspecting = type(h.loop._inspecting)(failing_after_five, h.loop._inspecting.errors,
-                                                    h.loop._inspecting.fatal)
+    inspect_with(h, failing_after_five)
     h.send(*[event(f"c{n:03d}", "start") for n in range(30)])
     registered = {sid for sid in h.ids()}
     looked_again = h.loop.retry_containers
     assert len(registered) < 30
     assert {f"h1:web{int(cid[1:])}:80" for cid in looked_again} | registered == {f"h1:web{n}:80" for n in range(30)}
     assert calls < 30, "once dockerd did not answer, the batch's inspects not started were not made"
-    h.loop._inspecting = type(h.loop._inspecting)(inspect, h.loop._inspecting.errors, h.loop._inspecting.fatal)
+    inspect_with(h, inspect)
     h.clock.advance(60)
     h.send()
     assert h.ids() == {f"h1:web{n}:80" for n in range(30)}
@@ -136,11 +141,10 @@ def test_docker_down_in_a_full_pass_stops_it_and_keeps_everything() -> None:
             raise DockerUnreachable("docker: connection refused")
         return inspect(container_id)
 
-    h.loop._inspecting = type(h.loop._inspecting)(unreachable_for_c025, h.loop._inspecting.errors,
-                                                    h.loop._inspecting.fatal)
+    inspect_with(h, unreachable_for_c025)
     h.send(Hint("", RELOAD))
     assert h.ids() == {f"h1:web{n}:80" for n in range(20)} and h.loop.full_pending
-    h.loop._inspecting = type(h.loop._inspecting)(inspect, h.loop._inspecting.errors, h.loop._inspecting.fatal)
+    inspect_with(h, inspect)
     h.clock.advance(60)
     h.send()
     assert h.ids() == {f"h1:web{n}:80" for n in range(40)} and not h.loop.full_pending
