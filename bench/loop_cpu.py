@@ -123,13 +123,14 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=300)
     parser.add_argument("--known", default="0,1000")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--sort", default="tottime")
     args = parser.parse_args()
     logger.remove()
     logger.add(open("/dev/null", "w"), level="INFO", format="{time:YYYY-MM-DDTHH:mm:ss.SSSZ} {level: <7} {message}")
     template = real_inspect()
     for known in (int(k) for k in args.known.split(",")):
         loop, docker_api = build_loop(template, known)
-        profile = cProfile.Profile() if args.profile else None
+        profile = cProfile.Profile(time.thread_time) if args.profile else None
         start_ms, die_ms = [], []
         for n in range(args.events):
             container_id = docker_api.add(100_000 + n)
@@ -146,7 +147,7 @@ def main() -> int:
         print(f"{known} other containers: start batch CPU {describe_ms(start_ms)}")
         print(f"{known} other containers: die batch CPU   {describe_ms(die_ms)}")
         if profile:
-            pstats.Stats(profile).strip_dirs().sort_stats("tottime").print_stats(30)
+            pstats.Stats(profile).strip_dirs().sort_stats(args.sort).print_stats(40)
     return 0
 
 

@@ -88,7 +88,7 @@ class ConsulClient:
     mirror may share it."""
 
     def __init__(self, endpoint: ConsulEndpoint, token: str | None = None,
-                 timeout: float = DEFAULT_TIMEOUT_SECONDS, max_connections: int = 8,
+                 timeout: float = DEFAULT_TIMEOUT_SECONDS, max_connections: int = 16,
                  transport: "httpx.BaseTransport | None" = None) -> None:
         self.endpoint = endpoint
         self.description = f"consul {endpoint}"
