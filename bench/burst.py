@@ -30,7 +30,8 @@ from pathlib import Path
 import docker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DAEMON_CWD, IMAGE, LABEL, Agent, cpu_seconds, daemon_env, describe_ms, load, proc_status  # noqa: E402
+from common import DAEMON_CWD, IMAGE, LABEL, Agent  # noqa: E402
+from common import cpu_seconds, daemon_env, describe_ms, load, proc_status  # noqa: E402
 from common import remove_labelled  # noqa: E402
 from event_latency import Events  # noqa: E402
 
@@ -87,7 +88,8 @@ def one_run(args, client, agent: Agent, events: Events, run: int) -> None:
     ids = {c["Id"]: f"{hostname}:{hostname}-{n}:80" for n, c in enumerate(containers)}
     log = open(f"/tmp/consul-reg-bench-burst-{hostname}.log", "wb")
     daemon = subprocess.Popen([sys.executable, "-m", "consul_reg", "--hostname", hostname, "-internal",
-                               "-resync", "0", agent.uri], stdout=log, stderr=log, env=daemon_env(args.code), cwd=DAEMON_CWD)
+                               "-resync", "0", agent.uri], stdout=log, stderr=log,
+                              env=daemon_env(args.code), cwd=DAEMON_CWD)
     try:
         time.sleep(3)  # connected, first full pass done
         cpu_before = cpu_seconds(daemon.pid)

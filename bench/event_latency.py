@@ -32,7 +32,8 @@ from pathlib import Path
 import docker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DAEMON_CWD, IMAGE, LABEL, Agent, cpu_seconds, daemon_env, describe_ms, load, percentile, proc_status  # noqa: E402
+from common import DAEMON_CWD, IMAGE, LABEL, Agent, cpu_seconds  # noqa: E402
+from common import daemon_env, describe_ms, load, percentile, proc_status  # noqa: E402
 from common import remove_labelled  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent

@@ -53,7 +53,8 @@ def main() -> int:
     print(f"{time.strftime('%Y-%m-%d %H:%M')}, {load()}", flush=True)
     agent = Agent().start()
     daemon = subprocess.Popen([sys.executable, "-m", "consul_reg", "--hostname", f"fp{uuid.uuid4().hex[:6]}",
-                               agent.uri], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=daemon_env(args.code), cwd=DAEMON_CWD)
+                               agent.uri], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              env=daemon_env(args.code), cwd=DAEMON_CWD)
     try:
         time.sleep(args.settle)
         status = proc_status(daemon.pid)
@@ -68,7 +69,8 @@ def main() -> int:
         daemon.kill()
         daemon.wait(timeout=15)
         agent.stop()
-    subprocess.run([sys.executable, "-c", MEASURE, *LAYERS], check=True, env=daemon_env(args.code), cwd=DAEMON_CWD)
+    subprocess.run([sys.executable, "-c", MEASURE, *LAYERS], check=True, env=daemon_env(args.code),
+                   cwd=DAEMON_CWD)
     return 0
 
 

@@ -51,7 +51,8 @@ def main() -> int:
                 range(args.containers)))
         daemon = subprocess.Popen([sys.executable, "-m", "consul_reg", "--hostname", hostname, "-internal",
                                    "-resync", "0", "-retry-interval", "100", agent.uri],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=daemon_env(), cwd=DAEMON_CWD)
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                  env=daemon_env(), cwd=DAEMON_CWD)
         while owned() != args.containers:
             time.sleep(0.05)
         for attempt in range(1, args.restarts + 1):

@@ -33,7 +33,8 @@ import docker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import DAEMON_CWD, IMAGE, LABEL, Agent, cpu_seconds, daemon_env, load, proc_status, remove_labelled  # noqa: E402
+from common import DAEMON_CWD, IMAGE, LABEL, Agent  # noqa: E402
+from common import cpu_seconds, daemon_env, load, proc_status, remove_labelled  # noqa: E402
 
 
 class Counting:

@@ -223,8 +223,9 @@ class DockerSource:
             connection.request("GET", docker_http.url(self._endpoint, "/events", query=query))
             response = connection.getresponse()
             if response.status != 200:
+                text = response.read(MAX_EVENT_BYTES).decode("utf-8", "replace")
                 raise DockerUnavailable(f"docker ({self.description}): the event stream answered {response.status} "
-                                        f"{_describe(ValueError(response.read(MAX_EVENT_BYTES).decode('utf-8', 'replace')))}")
+                                        f"{_describe(ValueError(text))}")
             yield from _json_objects(response)
         finally:
             connection.close()
