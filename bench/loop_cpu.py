@@ -37,14 +37,15 @@ from consul_reg.metrics import Metrics  # noqa: E402
 from consul_reg.model import registered_form  # noqa: E402
 from consul_reg.primary import Primary  # noqa: E402
 from consul_reg.registries.consul import AgentInfo, registration_payload  # noqa: E402
-from consul_reg.router import START, Hint  # noqa: E402
+from consul_reg.router import RELOAD, START, Hint  # noqa: E402
 
 HOST = "bench"
 
 
 class Docker:
-    def __init__(self, template: dict) -> None:
+    def __init__(self, template: dict, summary: dict) -> None:
         self.template = template
+        self.summary = summary
         self.containers: dict[str, dict] = {}
 
     def add(self, index: int) -> str:
@@ -55,7 +56,9 @@ class Docker:
         return data["Id"]
 
     def list_containers(self) -> list[dict]:
-        return [{"Id": cid, "Names": [c["Name"]], "Status": "Up"} for cid, c in self.containers.items()]
+        """Docker's listing as decoded from its answer: each entry a copy of a real one."""
+        return json.loads(json.dumps([{**self.summary, "Id": cid, "Names": [c["Name"]]}
+                                      for cid, c in self.containers.items()]))
 
     def inspect(self, container_id: str) -> dict | None:
         found = self.containers.get(container_id)
@@ -91,19 +94,21 @@ class Agent:
         pass
 
 
-def real_inspect() -> dict:
+def real_inspect() -> tuple[dict, dict]:
+    """A running busybox container's inspect answer and listing entry."""
     client = docker.from_env(timeout=60)
     container = client.containers.create(IMAGE, "sleep 60", ports={"80/tcp": None}, labels={LABEL: "1"})
     try:
         container.start()
-        return client.api.inspect_container(container.id)
+        return (client.api.inspect_container(container.id),
+                client.api.containers(filters={"id": container.id})[0])
     finally:
         container.remove(force=True)
 
 
-def build_loop(template: dict, known: int) -> tuple[Loop, Docker]:
+def build_loop(template: dict, summary: dict, known: int) -> tuple[Loop, Docker]:
     config = Config(hostname=HOST, registry_uris=("consul://x",), resync_seconds=0)
-    docker_api, agent = Docker(template), Agent()
+    docker_api, agent = Docker(template, summary), Agent()
     primary = Primary(agent, HOST, retry_interval=1.0, clock=time.monotonic)
     primary.identity = agent.agent_info()
     settings = config.mapping_settings("127.0.0.1", "bench", "1.8.7", True)
@@ -124,12 +129,29 @@ def main() -> int:
     parser.add_argument("--known", default="0,1000")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--sort", default="tottime")
+    parser.add_argument("--passes", type=int, default=5, help="in-sync full passes timed")
+    parser.add_argument("--passes-only", action="store_true", help="only the full passes (profiled with --profile)")
     args = parser.parse_args()
     logger.remove()
     logger.add(open("/dev/null", "w"), level="INFO", format="{time:YYYY-MM-DDTHH:mm:ss.SSSZ} {level: <7} {message}")
-    template = real_inspect()
+    template, summary = real_inspect()
     for known in (int(k) for k in args.known.split(",")):
-        loop, docker_api = build_loop(template, known)
+        loop, docker_api = build_loop(template, summary, known)
+        passes = []
+        for _ in range(args.passes):
+            began = time.thread_time()
+            loop.handle([Hint("", RELOAD)])
+            passes.append((time.thread_time() - began) * 1000)
+        print(f"{known} other containers: in-sync full pass CPU {describe_ms(passes)} (the listing decoded "
+              "from JSON included, the agent's answer not)")
+        if args.passes_only:
+            if args.profile:
+                profile = cProfile.Profile(time.thread_time)
+                profile.enable()
+                loop.handle([Hint("", RELOAD)])
+                profile.disable()
+                pstats.Stats(profile).strip_dirs().sort_stats(args.sort).print_stats(40)
+            continue
         profile = cProfile.Profile(time.thread_time) if args.profile else None
         start_ms, die_ms = [], []
         for n in range(args.events):

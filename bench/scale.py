@@ -112,6 +112,16 @@ def in_process(args, agent: Agent, hostname: str) -> None:
         loop.handle([Hint("", RELOAD)])
         times.append((time.perf_counter() - began) * 1000)
         calls.append({**daemon.docker.calls, **daemon.registry.calls})  # type: ignore[attr-defined]
+    reads = {}
+    for name, read in (("docker list", daemon.docker.list_containers), ("agent services", daemon.registry.services)):
+        spent = []
+        for _ in range(5):
+            began = time.perf_counter()
+            read()
+            spent.append((time.perf_counter() - began) * 1000)
+        reads[name] = statistics.median(spent)
+    print("the pass's two reads alone (wall, median of 5): " +
+          ", ".join(f"{name} {ms:.1f} ms" for name, ms in reads.items()), flush=True)
     last = calls[-1]
     reads = last["list_containers"] + last["inspect"] + last["services"] + last["agent_info"]
     print(f"in-sync full pass over {len(loop.desires)} containers: median {statistics.median(times):.1f} ms, "

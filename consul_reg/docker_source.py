@@ -7,6 +7,7 @@ subscriber that does not read within ~100 ms, so nothing slow runs there.
 from __future__ import annotations
 
 import codecs
+import hashlib
 import json
 import os
 import threading
@@ -63,12 +64,15 @@ def docker_base_url(environ: dict[str, str] | None = None) -> str | None:
 def listing_key(summary: dict[str, Any]) -> str:
     """A container's listing entry minus its "Status" text, which moves with time
     ("Up 5 minutes"), but with the health word it carries: while this key is
-    unchanged, so is what the container registers."""
+    unchanged, so is what the container registers. A digest of the entry as
+    decoded (dockerd writes it in one order, maps sorted): another order could
+    only cost one more inspect, never hide a change. Short, as 1,000 of them
+    are kept."""
     status = str(summary.get("Status") or "")
     health = next((word for word in ("(healthy)", "(unhealthy)", "(health: starting)", "(Paused)")
                    if word in status), "")
-    rest = {k: v for k, v in summary.items() if k != "Status"}
-    return json.dumps(rest, sort_keys=True, default=str) + health
+    rest = repr([(k, v) for k, v in summary.items() if k != "Status"]).encode("utf-8", "backslashreplace")
+    return hashlib.blake2b(rest, digest_size=16).hexdigest() + health
 
 
 class DockerSource:

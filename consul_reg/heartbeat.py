@@ -139,7 +139,10 @@ class ProbeScheduler:
                     self._drop(check_id)
                 self._status.pop(container_id, None)
         for container_id, services in services_by_container.items():
-            self.set_container(container_id, services, statuses.get(container_id, ContainerStatus()))
+            if container_id in self._by_container or any(check.daemon_probe is not None
+                                                         for service in services for check in service.checks):
+                self.set_container(container_id, services, statuses.get(container_id, ContainerStatus()))
+            # else: no check of the daemon's, before or now: nothing to hand over
 
     def report_now(self, service_ids: set[str]) -> None:
         """Just (re-)registered: the agent reset these services' TTL checks, report them again."""

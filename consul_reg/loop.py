@@ -192,11 +192,9 @@ class Loop:
             affected = set()  # a full pass plans everything
         else:
             kind = "targeted"
-            ordered = sorted(refresh)
-            inspected = self.reader.inspect_all(ordered, stop_at_failure=False)
             unread: list[tuple[str, DockerUnavailable]] = []
-            for container_id in ordered:
-                affected |= self._refresh(container_id, inspected.get(container_id, NOT_FETCHED), unread)
+            for container_id, inspected in self.reader.answers(sorted(refresh)):
+                affected |= self._refresh(container_id, inspected, unread)
             self.reader.retry_later(unread)
         for container_id in verify:
             known = self.desires.get(container_id)
@@ -289,16 +287,17 @@ class Loop:
             blind = known is not None and known.status.health and "(" not in str(summary.get("Status") or "")
             entries.append((container_id, key, known,
                             known is not None and bool(known.listing_key) and known.listing_key == key and not blind))
-        inspected = self.reader.inspect_all([cid for cid, _, _, reusable in entries if not reusable],
-                                            stop_at_failure=True)
+        answers = self.reader.answers([cid for cid, _, _, reusable in entries if not reusable])
         desires: dict[str, ContainerDesire] = {}
         unread: list[tuple[str, DockerUnavailable]] = []
         for container_id, key, known, reusable in entries:
             if reusable:
                 desires[container_id] = known  # type: ignore[assignment]
                 continue
+            answered_for, inspected = next(answers)  # the answers come in the entries' order
+            assert answered_for == container_id
             try:
-                built = self._build(container_id, key, inspected.get(container_id, NOT_FETCHED))
+                built = self._build(container_id, key, inspected)
             except DockerUnreachable as error:
                 self.full_pending = reason
                 logger.warning("{}; full pass retried in {:.1f}s", error, self.docker_backoff.failed())

@@ -235,3 +235,27 @@ def test_the_indexes_beside_desires_never_drift() -> None:
         assert h.loop._kept == {c for c, d in h.loop.desires.items() if d.keep_existing}
         assert h.loop._with_env_file == {c for c, d in h.loop.desires.items() if d.env_file}
         assert {s.container_id for s in h.loop.snapshot.kept} <= h.loop._kept
+
+
+def test_a_full_pass_holds_at_most_a_window_of_inspect_answers() -> None:
+    from consul_reg.reading import WINDOW
+
+    h, docker = harness()
+    for n in range(100):
+        docker.add(web(n))
+    ahead: list[int] = []
+    build = h.loop.builder.build
+    built = 0
+
+    def counting_build(*args: Any, **kwargs: Any) -> Any:
+        nonlocal built
+        with docker.lock:
+            ahead.append(sum(docker.by_container.values()) - built)
+        built += 1
+        return build(*args, **kwargs)
+
+    h.loop.builder.build = counting_build  # type: ignore[method-assign]
+    h.send(Hint("", RELOAD))
+    assert h.ids() == {f"h1:web{n}:80" for n in range(100)} and built == 100
+    assert max(ahead) <= WINDOW, "answers are taken a window ahead of the builder, not all at once"
+    assert max(ahead) > 1, "yet ahead of it: the inspects overlap"

@@ -96,3 +96,16 @@ def test_an_event_that_never_ends_is_refused_within_bounds() -> None:
     pieces = [b'{"Action":"start","junk":"'] + [b"x" * 65536] * (MAX_EVENT_BYTES // 65536 + 2)
     with pytest.raises(ValueError, match="longer than"):
         list(_json_objects(Chunks(pieces)))
+
+
+def test_the_listing_key_ignores_the_uptime_text_and_nothing_else() -> None:
+    from consul_reg.docker_source import listing_key
+
+    entry = {"Id": "c1", "Names": ["/web"], "Labels": {"SERVICE_NAME": "web"}, "State": "running",
+             "Status": "Up 5 minutes", "Ports": [{"PrivatePort": 80, "PublicPort": 8080, "Type": "tcp"}]}
+    key = listing_key(entry)
+    assert listing_key({**entry, "Status": "Up 6 minutes"}) == key and len(key) == 32
+    assert listing_key({**entry, "Status": "Up 6 minutes (healthy)"}).endswith("(healthy)")
+    for changed in ({"Labels": {"SERVICE_NAME": "shop"}}, {"State": "paused"}, {"Names": ["/web2"]},
+                    {"Ports": [{"PrivatePort": 80, "PublicPort": 8081, "Type": "tcp"}]}):
+        assert listing_key({**entry, **changed}) != key, changed
