@@ -1,105 +1,179 @@
-"""Cost of the heartbeat scheduler: 2,000 daemon-owned TTL checks (method in BENCHMARKS.md).
+"""Heartbeats at the agent's capacity (method and figures in BENCHMARKS.md).
 
-The parent registers 2,000 port-less services, each with a daemon-owned
-heartbeat TTL check, straight into the agent; then a child process runs
-only consul-reg's ProbeScheduler over them (heartbeat every 10 s, TTL 30 s)
-for --seconds, and reports its own CPU time, peak RSS and how late each
-heartbeat went out. Usage: .venv/bin/python bench/heartbeats.py [--seconds 60]
+1. The agent's own ceiling: N port-less services, each with a TTL check, are
+   registered in an agent of the benchmark's own; then plain clients
+   (http.client, one kept-alive connection per thread) send TTL updates as
+   fast as it answers, with 1, 2, 4 and 8 threads, --ceiling-seconds each.
+   The best rate is the ceiling.
+2. consul-reg's ProbeScheduler alone, in a child process, over the same N
+   checks (through the daemon's own Consul client), with the heartbeat
+   interval set so that the checks ask for each of --factors times the
+   ceiling, --seconds each. Reported: the rate served, lateness (due -> on
+   the wire) after the first round and from the third interval on, the
+   first round (every check reports at once when added, then at a random
+   phase of its interval), the child's CPU per update and peak RSS, and
+   whether the overload warning was logged. --code runs the scheduler of
+   another checkout (before/after).
+
+Usage: .venv/bin/python bench/heartbeats.py [--checks 2000] [--seconds 90]
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import resource
 import statistics
 import subprocess
 import sys
+import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
-from loguru import logger
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, os.environ.get("CONSUL_REG_CODE") or str(Path(__file__).resolve().parents[1]))
+from common import Agent, load, percentile  # noqa: E402
 
-from consul_reg.heartbeat import ProbeScheduler
-from consul_reg.model import ContainerStatus, Service
-from consul_reg.registries import from_uri
-from consul_reg.workers import heartbeat_check
-from consul_reg.labels import KeyValue
-
-URI = "consul://127.0.0.1:8500"
+PREFIX = "hb"
 
 
-def services(prefix: str, count: int, interval: str) -> list[Service]:
-    keys = {"heartbeat_ttl": KeyValue("30s", "label", "SERVICE_HEARTBEAT_TTL"),
-            "heartbeat_interval": KeyValue(interval, "label", "SERVICE_HEARTBEAT_INTERVAL")}
-    made = []
-    for index in range(count):
-        service_id = f"{prefix}:worker-{index}"
-        check = heartbeat_check(keys, service_id, "bench-worker", f"container-{index}", [])
-        made.append(Service(id=service_id, name="bench-worker", address="127.0.0.1", port=None, checks=(check,),
-                            container_id=f"container-{index}"))
-    return made
+def check_id(n: int) -> str:
+    return f"service:{PREFIX}-{n}:heartbeat"
 
 
-def lateness_first_round(scheduler: ProbeScheduler, count: int) -> float:
-    return max(scheduler.lateness[:count], default=float("nan"))
+def register_all(agent: Agent, count: int) -> None:
+    def register(n: int) -> None:
+        body = json.dumps({"ID": f"{PREFIX}-{n}", "Name": "bench-worker",
+                           "Checks": [{"CheckID": check_id(n), "Name": "hb", "TTL": "300s"}]}).encode()
+        status, _ = agent.request("PUT", "/v1/agent/service/register", body)
+        assert status == 200
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(register, range(count)))
 
 
-class _NoExec:
-    def exec_in_container(self, container_id, command, timeout):
-        raise RuntimeError("not used")
+def ceiling(agent: Agent, count: int, threads: int, seconds: float) -> float:
+    """TTL updates per second the agent served to `threads` plain clients."""
+    done = [0] * threads
+    stop = time.monotonic() + seconds
+
+    def send(index: int) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", agent.http_port, timeout=30)
+        body = json.dumps({"Status": "passing", "Output": "ceiling"}).encode()
+        n = index
+        while time.monotonic() < stop:
+            connection.request("PUT", f"/v1/agent/check/update/{check_id(n % count)}", body=body)
+            response = connection.getresponse()
+            response.read()
+            assert response.status == 200, response.status
+            done[index] += 1
+            n += threads
+    began = time.monotonic()
+    workers = [threading.Thread(target=send, args=(i,)) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return sum(done) / (time.monotonic() - began)
 
 
-def child(prefix: str, count: int, seconds: float) -> None:
+def child(uri: str, count: int, interval: float, seconds: float) -> None:
+    from loguru import logger
+
+    from consul_reg.heartbeat import ProbeScheduler
+    from consul_reg.model import Check, ContainerStatus, DaemonProbe, Service
+    import consul_reg
+    from consul_reg.registries import from_uri
+
+    print(f"scheduler from {Path(consul_reg.__file__).parent}", file=sys.stderr)
+    warnings: list[str] = []
     logger.remove()
-    logger.add(sys.stderr, level="WARNING")
-    registry = from_uri(URI, token=None)
-    wanted = services(prefix, count, "10s")
-    scheduler = ProbeScheduler(registry, _NoExec(), lambda *_: None, senders=int(os.environ.get("SENDERS", "4")))
+    logger.add(lambda message: warnings.append(str(message)), level="WARNING", format="{message}")
+    services = {f"c{n}": [Service(id=f"{PREFIX}-{n}", name="bench-worker", address="", port=None,
+                                  container_id=f"c{n}",
+                                  checks=(Check(check_id(n), "hb", (("TTL", "300s"),),
+                                                DaemonProbe("heartbeat", interval, container_id=f"c{n}")),))]
+                for n in range(count)}
+    sends: list[tuple[float, float | None]] = []  # (when, lateness)
+    loads: list[tuple[float, float, bool]] = []
+    options = {"on_sent": lambda late: sends.append((time.monotonic(), late)), "on_load": lambda *l: loads.append(l)}
+    try:
+        scheduler = ProbeScheduler(from_uri(uri, token=None), None, lambda *a: None, **options)  # type: ignore
+    except TypeError:  # a checkout from before the load watch (--code)
+        del options["on_load"]
+        scheduler = ProbeScheduler(from_uri(uri, token=None), None, lambda *a: None, **options)  # type: ignore
     scheduler.start()
-    cpu_start = time.process_time()
-    wall_start = time.monotonic()
-    scheduler.set_services(wanted, {s.container_id: ContainerStatus() for s in wanted})
+    cpu_start, wall_start = time.process_time(), time.monotonic()
+    scheduler.replace_all(services, {cid: ContainerStatus(running=True) for cid in services})
     time.sleep(seconds)
-    cpu = time.process_time() - cpu_start
-    wall = time.monotonic() - wall_start
+    cpu, wall = time.process_time() - cpu_start, time.monotonic() - wall_start
     scheduler.stop()
-    lateness = sorted(scheduler.lateness[count:] or [float("nan")])  # after the first round, sent all at once
+    first_round = sends[count - 1][0] - wall_start if len(sends) >= count else float("nan")
+    later = sorted(late for _, late in sends[count:] if late is not None) or [float("nan")]
+    settled_from = wall_start + first_round + 2 * interval  # the first round's wake has passed
+    steady_late = sorted(late for when, late in sends[count:] if late is not None and when - late >= settled_from) \
+        or [float("nan")]
+    steady = [when for when, _ in sends if when >= wall_start + max(first_round, interval)]
+    served = len(steady) / (wall_start + seconds - (wall_start + max(first_round, interval))) \
+        if steady else float("nan")
     with open("/proc/self/status") as status:
         rss = next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmHWM:"))
-    print(json.dumps({"sent": scheduler.sent, "first_round": lateness_first_round(scheduler, count), "cpu_share": cpu / wall, "rss_mb": rss,
-                      "late_p50": statistics.median(lateness), "late_p99": lateness[int(len(lateness) * 0.99)],
-                      "late_max": lateness[-1], "rounds": len(lateness)}))
+    print(json.dumps({
+        "sent": len(sends), "served_per_s": served, "first_round_s": first_round, "cpu_share": cpu / wall,
+        "cpu_ms_per_update": cpu * 1000 / max(len(sends), 1), "rss_mb": rss,
+        "late_p50": statistics.median(later), "late_p99": percentile(later, 0.99), "late_max": later[-1],
+        "steady_p50": statistics.median(steady_late), "steady_p99": percentile(steady_late, 0.99),
+        "steady_max": steady_late[-1],
+        "warned": any("SERVICE_HEARTBEAT_INTERVAL" in w for w in warnings), "loads": loads}))
+
+
+def run_child(agent: Agent, count: int, interval: float, seconds: float, code: str) -> dict:
+    env = dict(os.environ, CONSUL_REG_CODE=code) if code else None
+    result = subprocess.run([sys.executable, __file__, "--child", agent.uri, "--checks", str(count),
+                             "--interval", str(interval), "--seconds", str(seconds)],
+                            stdout=subprocess.PIPE, text=True, check=True, env=env)
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--checks", type=int, default=2000)
-    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--seconds", type=float, default=90.0)
+    parser.add_argument("--ceiling-seconds", type=float, default=10.0)
+    parser.add_argument("--factors", default="0.5,0.8,2", help="rates asked, as multiples of the ceiling")
+    parser.add_argument("--code", default="", help="run the scheduler of another checkout (a directory)")
     parser.add_argument("--child", default="")
+    parser.add_argument("--interval", type=float, default=10.0)
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.checks, args.seconds)
+        child(args.child, args.checks, args.interval, args.seconds)
         return 0
-    prefix = f"hb{uuid.uuid4().hex[:6]}"
-    registry = from_uri(URI, token=None)
-    wanted = services(prefix, args.checks, "10s")
-    with ThreadPoolExecutor(4) as pool:
-        list(pool.map(registry.register, wanted))
+    agent = Agent().start()
     try:
-        result = subprocess.run([sys.executable, __file__, "--checks", str(args.checks), "--seconds",
-                                 str(args.seconds), "--child", prefix], stdout=subprocess.PIPE, text=True, check=True)
-        figures = json.loads(result.stdout.strip().splitlines()[-1])
+        print(f"{time.strftime('%Y-%m-%d %H:%M')}, {load()}", flush=True)
+        register_all(agent, args.checks)
+        rates = {threads: max(ceiling(agent, args.checks, threads, args.ceiling_seconds) for _ in range(2))
+                 for threads in (1, 2, 4, 8)}
+        best = max(rates.values())
+        print(f"{args.checks} TTL checks; agent ceiling (plain clients, best of 2 x {args.ceiling_seconds:g} s): " +
+              ", ".join(f"{t} thread{'s' if t > 1 else ''} {r:.0f}/s" for t, r in rates.items()) +
+              f"; {load()}", flush=True)
+        for factor in (float(f) for f in args.factors.split(",")):
+            interval = args.checks / (factor * best)
+            figures = run_child(agent, args.checks, interval, args.seconds, args.code)
+            print(f"scheduler, asked {factor:g} x ceiling ({factor * best:.0f}/s, interval {interval:.1f} s): "
+                  f"served {figures['served_per_s']:.0f}/s ({figures['served_per_s'] / best * 100:.0f}% of the "
+                  f"ceiling); lateness after the first round p50 {figures['late_p50'] * 1000:.0f} ms, "
+                  f"p99 {figures['late_p99'] * 1000:.0f} ms, max {figures['late_max'] * 1000:.0f} ms; from the third "
+                  f"interval on p50 {figures['steady_p50'] * 1000:.0f} ms, p99 {figures['steady_p99'] * 1000:.0f} ms, "
+                  f"max {figures['steady_max'] * 1000:.0f} ms; first round "
+                  f"{figures['first_round_s']:.1f} s; CPU {figures['cpu_ms_per_update']:.2f} ms/update "
+                  f"({figures['cpu_share'] * 100:.1f}% of a core); peak RSS {figures['rss_mb']:.1f} MB; overload "
+                  f"warning {'logged' if figures['warned'] else 'not logged'}; {load()}", flush=True)
     finally:
-        with ThreadPoolExecutor(4) as pool:
-            list(pool.map(registry.deregister, wanted))  # type: ignore[arg-type]
-    print(f"{args.checks} TTL checks, heartbeat every 10 s, {args.seconds:g} s: {figures['sent']} updates sent")
-    print(f"scheduler CPU: {figures['cpu_share'] * 100:.1f}% of one core; peak RSS {figures['rss_mb']:.1f} MB")
-    print(f"first round (all {args.checks} due at once): last sent after {figures['first_round']:.1f} s")
-    print(f"lateness after it: p50 {figures['late_p50'] * 1000:.1f} ms, p99 {figures['late_p99'] * 1000:.1f} ms, "
-          f"max {figures['late_max'] * 1000:.1f} ms")
+        agent.stop()
     return 0
 
 

@@ -102,7 +102,8 @@ class Daemon:
                           config.retry_interval_ms / 1000, time.monotonic, adopt_leftovers=config.cleanup)
         primary.identity = info
         builder = DesireBuilder(config, self.docker, self.settings_for(info))
-        probes = ProbeScheduler(self.registry, self.docker, self._check_missing, on_sent=self.metrics.heartbeat)
+        probes = ProbeScheduler(self.registry, self.docker, self._check_missing, on_sent=self.metrics.heartbeat,
+                                on_load=self.metrics.heartbeat_load)
         env_reader = EnvFileReader(self.docker.read_file, self._post,
                                    is_docker_down=lambda error: isinstance(error, DockerUnavailable))
         mirrors = [MirrorWorker(m, config.owner, config.retry_interval_ms / 1000, metrics=self.metrics)

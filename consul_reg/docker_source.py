@@ -6,11 +6,13 @@ subscriber that does not read within ~100 ms, so nothing slow runs there.
 
 from __future__ import annotations
 
+import codecs
+import hashlib
 import json
 import os
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import docker
 import docker.errors
@@ -21,8 +23,9 @@ from loguru import logger
 from consul_reg import container_exec, container_files, docker_http
 from consul_reg.backoff import Backoff
 from consul_reg.container_files import FileUnreadable  # noqa: F401  (raised by read_file)
+from consul_reg.http_pool import TRANSPORT_ERRORS, ConnectionPool
 from consul_reg.liveness import Liveness
-from consul_reg.router import CONTAINER_ACTIONS, DOCKER_RECONNECTED, Hint
+from consul_reg.router import CONTAINER_ACTIONS, DOCKER_RECONNECTED, KEPT_ATTRIBUTES, Hint
 
 # A fixed API version: "auto" would contact dockerd in the constructor, before
 # the daemon's retry loop. 1.41 is Docker 20.10's; newer engines still accept it.
@@ -30,10 +33,18 @@ API_VERSION = "1.41"
 FALLBACK_SOCKET = "/tmp/docker.sock"
 DEFAULT_SOCKET = "/var/run/docker.sock"
 READ_TIMEOUT = 10.0  # seconds for one file read when the caller gives none
+INSPECT_CONNECTIONS = 4
+RECV_BYTES = 64 * 1024
+MAX_EVENT_BYTES = 4 * 1024 * 1024  # an event carries the container's labels: Docker bounds them, so do we
 
 
 class DockerUnavailable(Exception):
     """Docker could not be reached; the message says why."""
+
+
+class DockerUnreachable(DockerUnavailable):
+    """dockerd did not answer at all (not an error about one container): the calls
+    that would follow in the same batch are not made."""
 
 
 class NotASwarmManager(Exception):
@@ -53,12 +64,15 @@ def docker_base_url(environ: dict[str, str] | None = None) -> str | None:
 def listing_key(summary: dict[str, Any]) -> str:
     """A container's listing entry minus its "Status" text, which moves with time
     ("Up 5 minutes"), but with the health word it carries: while this key is
-    unchanged, so is what the container registers."""
+    unchanged, so is what the container registers. A digest of the entry as
+    decoded (dockerd writes it in one order, maps sorted): another order could
+    only cost one more inspect, never hide a change. Short, as 1,000 of them
+    are kept."""
     status = str(summary.get("Status") or "")
     health = next((word for word in ("(healthy)", "(unhealthy)", "(health: starting)", "(Paused)")
                    if word in status), "")
-    rest = {k: v for k, v in summary.items() if k != "Status"}
-    return json.dumps(rest, sort_keys=True, default=str) + health
+    rest = repr([(k, v) for k, v in summary.items() if k != "Status"]).encode("utf-8", "backslashreplace")
+    return hashlib.blake2b(rest, digest_size=16).hexdigest() + health
 
 
 class DockerSource:
@@ -79,6 +93,13 @@ class DockerSource:
             self._client = docker.APIClient(base_url=base_url, timeout=timeout, version=API_VERSION)
         self.description = base_url or os.environ.get("DOCKER_HOST", "")
         self.liveness = Liveness("docker")
+        # Inspect is the per-event call: on kept-alive http.client connections it costs a
+        # third of docker-py's CPU (BENCHMARKS.md). docker-py where the endpoint is not
+        # plain HTTP (ssh://).
+        endpoint = self._endpoint
+        self._inspect_pool = None if endpoint.unsupported else ConnectionPool(
+            host=endpoint.host, port=endpoint.port, socket_path=endpoint.unix_path or None,
+            ssl_context=endpoint.ssl_context, max_connections=INSPECT_CONNECTIONS, timeout=timeout)
 
     def ping(self) -> None:
         self._guard("ping", self._client.ping)
@@ -94,11 +115,32 @@ class DockerSource:
         return {"type": ["container"], **self.filters}
 
     def inspect(self, container_id: str) -> dict[str, Any] | None:
-        """The container's inspect data, or None when it no longer exists."""
+        """The container's inspect data, or None when it no longer exists. Thread-safe."""
+        if self._inspect_pool is None:
+            try:
+                return self._guard("inspect a container", self._client.inspect_container, container_id)
+            except docker.errors.NotFound:
+                return None
+        what = "inspect a container"
         try:
-            return self._guard("inspect a container", self._client.inspect_container, container_id)
-        except docker.errors.NotFound:
+            answer = self._inspect_pool.request("GET", docker_http.url(self._endpoint, "/containers/{}/json",
+                                                                       container_id))
+        except TRANSPORT_ERRORS as error:
+            reason = f"docker ({self.description}): could not {what}: {_describe(error)}"
+            self.liveness.failed(reason)
+            raise DockerUnreachable(reason) from None
+        self.liveness.ok()  # dockerd answered
+        try:
+            body = answer.json()
+        except ValueError:
+            body = None
+        if answer.status_code == 200 and isinstance(body, dict):
+            return body
+        message = str(body.get("message") or "") if isinstance(body, dict) else ""
+        if answer.status_code == 404 or "no such container" in message:  # Podman answers 500
             return None
+        raise DockerUnavailable(f"docker ({self.description}): could not {what}: "
+                                f"{answer.status_code} {_describe(ValueError(message or 'not JSON'))}")
 
     def swarm_service(self, service_id: str) -> dict[str, Any] | None:
         """A Swarm service's inspect data (its Endpoint holds the published ports), or
@@ -149,7 +191,7 @@ class DockerSource:
         connected_once = False
         while not stop.is_set():
             try:
-                stream = self._client.events(decode=True, since=since, filters=self.event_filters())
+                stream = self._events(since)
                 self.liveness.ok()
                 if connected_once:
                     logger.info("docker event stream reconnected; resyncing everything")
@@ -180,6 +222,26 @@ class DockerSource:
                                backoff.failed())
             stop.wait(max((backoff.retry_at or 0) - time.monotonic(), 0.0))
 
+    def _events(self, since: str | None) -> Iterator[Any]:
+        """Docker's stream of container events, each decoded. Read on a connection of its
+        own with http.client (no timeout: the stream is quiet while nothing happens),
+        through docker-py where the endpoint is not plain HTTP."""
+        if self._inspect_pool is None:
+            yield from self._client.events(decode=True, since=since, filters=self.event_filters())
+            return
+        query = {"filters": json.dumps(self.event_filters()), **({"since": since} if since else {})}
+        connection = self._inspect_pool.open(timeout=None)
+        try:
+            connection.request("GET", docker_http.url(self._endpoint, "/events", query=query))
+            response = connection.getresponse()
+            if response.status != 200:
+                text = response.read(MAX_EVENT_BYTES).decode("utf-8", "replace")
+                raise DockerUnavailable(f"docker ({self.description}): the event stream answered {response.status} "
+                                        f"{_describe(ValueError(text))}")
+            yield from _json_objects(response)
+        finally:
+            connection.close()
+
     def _guard(self, what: str, function, *args, **kwargs):
         try:
             result = function(*args, **kwargs)
@@ -193,13 +255,15 @@ class DockerSource:
             reason = f"docker ({self.description}): could not {what}: {_describe(error)}"
             if isinstance(error, docker.errors.APIError) and error.response is not None:
                 self.liveness.ok()  # dockerd answered, with an error about this one thing
-            else:
-                self.liveness.failed(reason)
-            raise DockerUnavailable(reason) from None
+                raise DockerUnavailable(reason) from None
+            self.liveness.failed(reason)
+            raise DockerUnreachable(reason) from None
         self.liveness.ok()
         return result
 
     def close(self) -> None:
+        if self._inspect_pool is not None:
+            self._inspect_pool.close()
         self._client.close()
 
 
@@ -222,8 +286,38 @@ def hint_from_event(event: object) -> Hint | None:
         container_id=container_id,
         action=base_action,
         time_nano=int(time_nano),
-        attributes=tuple(sorted((str(k), str(v)) for k, v in attributes.items())),
+        attributes=tuple((name, str(attributes[name])) for name in KEPT_ATTRIBUTES if name in attributes),
     )
+
+
+def _json_objects(response: Any) -> Iterator[Any]:
+    """The JSON objects of a stream, however it is cut into chunks and lines. An
+    unfinished object is tried again only when a piece brings a `}` (a large
+    event arriving in many pieces is not parsed again at each)."""
+    decoder, text, at = json.JSONDecoder(), "", 0
+    utf8 = codecs.getincrementaldecoder("utf-8")("replace")
+    incomplete = False
+    while data := response.read1(RECV_BYTES):
+        piece = utf8.decode(data)
+        text, at = text[at:] + piece, 0
+        if incomplete and "}" not in piece:
+            if len(text) > MAX_EVENT_BYTES:
+                raise ValueError(f"an event longer than {MAX_EVENT_BYTES} bytes")
+            continue
+        incomplete = False
+        while True:
+            while at < len(text) and text[at] in " \t\r\n":
+                at += 1
+            if at == len(text):
+                break
+            try:
+                value, at = decoder.raw_decode(text, at)
+            except ValueError:  # unfinished: wait for more, within bounds
+                if len(text) - at > MAX_EVENT_BYTES:
+                    raise ValueError(f"an event longer than {MAX_EVENT_BYTES} bytes") from None
+                incomplete = True
+                break
+            yield value
 
 
 def _describe(error: BaseException) -> str:

@@ -26,6 +26,7 @@ from typing import Callable, Iterable, Protocol
 from loguru import logger
 
 from consul_reg.backoff import Clock
+from consul_reg.heartbeat_load import LoadWatch
 from consul_reg.model import ContainerStatus, DaemonProbe, Service
 from consul_reg.registries.base import RegistryUnavailable
 
@@ -62,10 +63,12 @@ def _tasks_of(services: Iterable[Service]) -> dict[str, _Task]:
 
 class ProbeScheduler:
     def __init__(self, reporter: CheckReporter, runner: CommandRunner,
-                 on_check_missing: Callable[[str, str], None], exec_workers: int = 4, senders: int = 4,
+                 on_check_missing: Callable[[str, str], None], exec_workers: int = 4, senders: int = 8,
                  on_sent: Callable[[float | None], None] = lambda lateness: None,
-                 exec_per_container: int = 2, clock: Clock = time.monotonic) -> None:
+                 exec_per_container: int = 2, clock: Clock = time.monotonic,
+                 on_load: Callable[[float, float, bool], None] = lambda asked, served, overloaded: None) -> None:
         self._on_sent = on_sent
+        self.load = LoadWatch(clock, on_load)
         self._reporter = reporter
         self._runner = runner
         self._on_check_missing = on_check_missing
@@ -81,7 +84,8 @@ class ProbeScheduler:
         self._stopping = False
         self._pool = ThreadPoolExecutor(max_workers=exec_workers, thread_name_prefix="exec-probe")
         self._execs: dict[str, int] = {}  # container ID -> execs in flight
-        # Reports go out on a few keep-alive connections: one slow answer from
+        # Reports go out on 8 kept-alive connections (a Consul 1.8.7 agent served the most
+        # TTL updates to 8 clients, BENCHMARKS.md; the client's pool holds 16): one slow answer from
         # the agent must not hold back every other check.
         self._outbox: queue.SimpleQueue[tuple[_Task, str, str, float | None] | None] = queue.SimpleQueue()
         self._senders = [threading.Thread(target=self._send_loop, name=f"ttl-sender-{n}", daemon=True)
@@ -89,6 +93,7 @@ class ProbeScheduler:
         self._in_flight: set[str] = set()
         self._last_status: dict[str, str] = {}
         self._fresh: set[str] = set()  # checks not reported yet since they were added
+        self._first: set[str] = set()  # their first report is on its way; the next is scheduled once it is sent
         self.sent = 0
         self._thread = threading.Thread(target=self._run, name="heartbeats", daemon=True)
 
@@ -134,16 +139,23 @@ class ProbeScheduler:
                     self._drop(check_id)
                 self._status.pop(container_id, None)
         for container_id, services in services_by_container.items():
-            self.set_container(container_id, services, statuses.get(container_id, ContainerStatus()))
+            if container_id in self._by_container or any(check.daemon_probe is not None
+                                                         for service in services for check in service.checks):
+                self.set_container(container_id, services, statuses.get(container_id, ContainerStatus()))
+            # else: no check of the daemon's, before or now: nothing to hand over
 
     def report_now(self, service_ids: set[str]) -> None:
         """Just (re-)registered: the agent reset these services' TTL checks, report them again."""
+        if not service_ids:
+            return
         with self._wake:
             now = self._clock()
-            for task in self._tasks.values():
-                if task.service_id in service_ids and task.probe.kind != "exec":
-                    self._schedule(task.check_id, now)
-            self._wake.notify()
+            due = [task.check_id for task in self._tasks.values()
+                   if task.service_id in service_ids and task.probe.kind != "exec"]
+            for check_id in due:
+                self._schedule(check_id, now)
+            if due:  # else the scheduler thread is not woken for nothing
+                self._wake.notify()
 
     def report_container_now(self, container_id: str, status: ContainerStatus) -> None:
         """A health_status / pause event: report that container's checks right away."""
@@ -176,6 +188,7 @@ class ProbeScheduler:
     def _drop(self, check_id: str) -> None:
         self._tasks.pop(check_id, None)
         self._fresh.discard(check_id)
+        self._first.discard(check_id)
         self._due_at.pop(check_id, None)
         self._last_status.pop(check_id, None)
 
@@ -188,8 +201,14 @@ class ProbeScheduler:
 
     # -- the scheduler thread --------------------------------------------------
 
+    def asked_rate(self) -> float:
+        """TTL updates per second the checks ask for."""
+        with self._wake:
+            return sum(1.0 / task.probe.interval for task in self._tasks.values() if task.probe.interval > 0)
+
     def _run(self) -> None:
         while True:
+            self.load.tick(self.asked_rate, len(self._tasks))
             with self._wake:
                 while not self._stopping and (not self._heap or self._heap[0][0] > self._clock()):
                     self._wake.wait(self._heap[0][0] - self._clock() if self._heap else None)
@@ -206,6 +225,7 @@ class ProbeScheduler:
     def run_due(self) -> int:
         """Everything due now, on the caller's thread (tests drive the scheduler so)."""
         done = 0
+        self.load.tick(self.asked_rate, len(self._tasks))
         while True:
             with self._wake:
                 if not self._heap or self._heap[0][0] > self._clock():
@@ -233,9 +253,13 @@ class ProbeScheduler:
         self._in_flight.add(check_id)
         if run_exec:
             self._execs[container_id] = self._execs.get(container_id, 0) + 1
-        if check_id in self._fresh:  # its first report: the next one at a random phase of the interval
+        if check_id in self._fresh:
+            # Its first report: the next one at a random phase of the interval, counted once
+            # this one is delivered (_send), so that a herd of first reports queued behind a
+            # slow agent does not stay a herd.
             self._fresh.discard(check_id)
-            self._schedule(check_id, self._clock() + task.probe.interval * (0.1 + 0.9 * random.random()))
+            self._due_at.pop(check_id, None)
+            self._first.add(check_id)
         else:
             self._schedule(check_id, self._next_due(task.probe))
         return task, status, run_exec, due
@@ -285,6 +309,7 @@ class ProbeScheduler:
             self._reporter.update_check(task.check_id, status, output[-MAX_OUTPUT:])
             self.sent += 1
             self._on_sent(lateness)
+            self.load.sent(lateness)
             with self._wake:
                 changed = task.check_id in self._tasks and self._last_status.get(task.check_id) != status
                 if changed:
@@ -300,3 +325,9 @@ class ProbeScheduler:
         finally:
             with self._wake:
                 self._in_flight.discard(task.check_id)
+                if task.check_id in self._first:
+                    self._first.discard(task.check_id)
+                    if task.check_id in self._tasks and task.check_id not in self._due_at:  # nobody asked sooner
+                        self._schedule(task.check_id,
+                                       self._clock() + task.probe.interval * (0.1 + 0.9 * random.random()))
+                        self._wake.notify()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import queue
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, Callable, Iterable, Protocol, Union
 
@@ -21,12 +22,13 @@ from loguru import logger
 
 from consul_reg.backoff import Backoff, Clock
 from consul_reg.desires import DesireBuilder, DesireUnavailable
-from consul_reg.docker_source import DockerUnavailable, listing_key
+from consul_reg.docker_source import DockerUnavailable, DockerUnreachable, listing_key
 from consul_reg.drain import Drainer
 from consul_reg.env_files import EnvFileRead, EnvFileReader, EnvFileState, fold
 from consul_reg.heartbeat import ProbeScheduler
 from consul_reg.metrics import Metrics
 from consul_reg.mirrors import MirrorWorker
+from consul_reg.reading import NOT_FETCHED, Reader
 from consul_reg.model import ContainerDesire, ContainerStatus, Service, keeps_records
 from consul_reg.primary import Primary, SyncResult
 from consul_reg.reconcile import DesiredServices
@@ -35,6 +37,7 @@ from consul_reg.snapshot import Snapshot, freeze
 
 Message = Union[Hint, EnvFileRead]
 IDLE_WAIT_SECONDS = 3600.0
+IO_WORKERS = 4  # Docker inspects and agent writes of one batch in flight at once
 
 
 class DockerAPI(Protocol):
@@ -49,7 +52,7 @@ class Loop:
                  env_reader: EnvFileReader | None, metrics: Metrics, clock: Clock = time.monotonic,
                  reload_token: Callable[[], None] = lambda: None,
                  agent_identity: Callable[[], Any] = lambda: None,
-                 on_agent_changed: Callable[[Any], None] = lambda info: None) -> None:
+                 on_agent_changed: Callable[[Any], None] = lambda info: None, io_workers: int = IO_WORKERS) -> None:
         self.inbox: queue.SimpleQueue[Message] = queue.SimpleQueue()
         self.deregister_mode = deregister_mode
         self.resync_seconds = resync_seconds
@@ -71,7 +74,6 @@ class Loop:
         self.env_states: dict[str, EnvFileState] = {}
         self.docker_backoff = Backoff(retry_interval, clock=clock)
         self.full_pending = ""  # a full pass was asked but Docker failed: retried on its backoff
-        self.retry_containers: set[str] = set()  # could not be read: looked at again on the Docker backoff
         self.last_full_pass: float | None = None
         self.snapshot = Snapshot()
         self._generation = 0
@@ -80,6 +82,23 @@ class Loop:
         self._dirty = False  # desires changed since the last snapshot
         self._probe_dirty: set[str] = set()  # containers whose daemon-owned checks changed
         self._probes_stale = False  # hand the scheduler everything (after a full pass or a relist)
+        # Kept up to date with `desires`, so that no batch walks every container.
+        self._kept: set[str] = set()  # containers whose records stay after their death (-deregister on-success)
+        self._with_env_file: set[str] = set()
+        # The only other threads that serve the loop: they make the Docker and agent calls of
+        # a batch overlap, and only return answers; the loop applies them itself, in order.
+        self.io = ThreadPoolExecutor(io_workers, thread_name_prefix="loop-io") if io_workers > 1 else None
+        self.primary.io = self.io
+        self.reader = Reader(lambda container_id: self.docker.inspect(container_id), self.io, retry_interval, clock)
+
+    @property
+    def retry_containers(self) -> set[str]:
+        """Containers that could not be read: looked at again on the reader's backoff."""
+        return self.reader.retry
+
+    @retry_containers.setter
+    def retry_containers(self, containers: set[str]) -> None:
+        self.reader.retry = containers
 
     # -- any thread ---------------------------------------------------------------
 
@@ -96,6 +115,8 @@ class Loop:
             batch = self._next_batch(self.seconds_until_due())
             try:
                 if not self.handle(batch):
+                    if self.io is not None:
+                        self.io.shutdown(wait=False, cancel_futures=True)
                     return
             except Exception:  # a bug must cost one pass, never the daemon
                 logger.exception("unexpected error; everything is relisted at the next pass")
@@ -118,9 +139,11 @@ class Loop:
         deadlines = [d for d in (self._full_pass_due_at(), self.drainer.next_deadline()) if d is not None]
         if self.primary.backoff.retry_at is not None:
             deadlines.append(self.primary.backoff.retry_at)
-        if (self.full_pending or self.retry_containers) and self.docker_backoff.retry_at is not None:
+        if self.full_pending and self.docker_backoff.retry_at is not None:
             deadlines.append(self.docker_backoff.retry_at)
-        if self.env_reader is not None and any(d.env_file for d in self.desires.values()):
+        if self.reader.due_at() is not None:
+            deadlines.append(self.reader.due_at())  # type: ignore[arg-type]
+        if self.env_reader is not None and self._with_env_file:
             deadlines.append(self._next_env_poll)
         return min(deadlines) - self.clock() if deadlines else IDLE_WAIT_SECONDS
 
@@ -162,15 +185,17 @@ class Loop:
         verify = {cid for cid in actions.restarted
                   if cid not in self.desires or not self.desires[cid].status.running}
         full_reason = actions.full_reason or self._full_reason_due()
-        if self.retry_containers and self.docker_backoff.ready() and not full_reason:
+        if self.reader.ready() and not full_reason:
             refresh |= self.retry_containers
         kind = "full" if full_reason else "targeted"
         if full_reason and self._full_pass(full_reason):
             affected = set()  # a full pass plans everything
         else:
             kind = "targeted"
-            for container_id in sorted(refresh):
-                affected |= self._refresh(container_id)
+            unread: list[tuple[str, DockerUnavailable]] = []
+            for container_id, inspected in self.reader.answers(sorted(refresh)):
+                affected |= self._refresh(container_id, inspected, unread)
+            self.reader.retry_later(unread)
         for container_id in verify:
             known = self.desires.get(container_id)
             if known is not None:
@@ -257,7 +282,7 @@ class Loop:
             self.full_pending = reason
             logger.warning("{}; full pass retried in {:.1f}s", error, self.docker_backoff.failed())
             return False
-        desires: dict[str, ContainerDesire] = {}
+        entries: list[tuple[str, str, ContainerDesire | None, bool]] = []  # (ID, key, known, reusable)
         for summary in summaries:
             container_id = str(summary.get("Id") or "")
             if not container_id:
@@ -266,15 +291,26 @@ class Loop:
             known = self.desires.get(container_id)
             # Podman's listing never shows health: a container with a healthcheck is read again.
             blind = known is not None and known.status.health and "(" not in str(summary.get("Status") or "")
-            if known is not None and known.listing_key and known.listing_key == key and not blind:
-                desires[container_id] = known
+            entries.append((container_id, key, known,
+                            known is not None and bool(known.listing_key) and known.listing_key == key and not blind))
+        answers = self.reader.answers([cid for cid, _, _, reusable in entries if not reusable])
+        desires: dict[str, ContainerDesire] = {}
+        unread: list[tuple[str, DockerUnavailable]] = []
+        for container_id, key, known, reusable in entries:
+            if reusable:
+                desires[container_id] = known  # type: ignore[assignment]
                 continue
+            answered_for, inspected = next(answers)  # the answers come in the entries' order
+            assert answered_for == container_id
             try:
-                built = self._build(container_id, key)
-            except DockerUnavailable as error:
+                built = self._build(container_id, key, inspected)
+            except DockerUnreachable as error:
                 self.full_pending = reason
                 logger.warning("{}; full pass retried in {:.1f}s", error, self.docker_backoff.failed())
                 return False
+            except DockerUnavailable as error:  # about this container only: the others carry on
+                unread.append((container_id, error))
+                built = True
             if built is True:
                 built = known
             if built is not None:
@@ -283,7 +319,9 @@ class Loop:
         self.docker_backoff.succeeded()
         self.full_pending = ""
         self.retry_containers &= set(desires)
+        self.reader.retry_later(unread)
         self.desires = desires
+        self._reindex()
         self.builder.forget_all_but(set(desires))
         self.env_states = {cid: s for cid, s in self.env_states.items() if cid in listed}
         for warning in self.desired.replace_all(desires.values()):
@@ -294,23 +332,24 @@ class Loop:
         logger.debug("full pass done ({}): {} containers", reason, len(desires))
         return True
 
-    def _refresh(self, container_id: str) -> set[str]:
+    def _refresh(self, container_id: str, inspected: Any, unread: list[tuple[str, DockerUnavailable]]) -> set[str]:
         """Look at one container again; the service IDs that may have changed."""
         try:
-            built = self._build(container_id)
+            built = self._build(container_id, inspected=inspected)
         except DockerUnavailable as error:
-            self.retry_containers.add(container_id)
-            logger.warning("{}; container {} looked at again in {:.1f}s", error, container_id[:12],
-                           self.docker_backoff.failed())
+            unread.append((container_id, error))
             return set()
         self.retry_containers.discard(container_id)
         if built is True:
             return set()  # keep its last desire
         return self._set_desire(container_id, built)
 
-    def _build(self, container_id: str, key: str = "") -> ContainerDesire | None | bool:
+    def _build(self, container_id: str, key: str = "", inspected: Any = NOT_FETCHED) -> ContainerDesire | None | bool:
         """The container's new desire; None when it is gone; True to keep its last one."""
-        inspected = self.docker.inspect(container_id)
+        if inspected is NOT_FETCHED:
+            inspected = self.docker.inspect(container_id)
+        elif isinstance(inspected, DockerUnavailable):
+            raise inspected
         if inspected is None:
             return None
         self.docker_backoff.succeeded()
@@ -336,11 +375,25 @@ class Loop:
             self.builder.forget(container_id)
         else:
             self.desires[container_id] = new
+        self._index(container_id, new)
         affected, warnings = self.desired.update(old, new)
         for warning in warnings:
             logger.warning(warning)
         self._probe_dirty.add(container_id)
         return affected
+
+    def _index(self, container_id: str, desire: ContainerDesire | None) -> None:
+        for members, member in ((self._kept, desire is not None and desire.keep_existing),
+                                (self._with_env_file, desire is not None and bool(desire.env_file))):
+            if member:
+                members.add(container_id)
+            else:
+                members.discard(container_id)
+
+    def _reindex(self) -> None:
+        """After `desires` was replaced as a whole."""
+        self._kept = {cid for cid, d in self.desires.items() if d.keep_existing}
+        self._with_env_file = {cid for cid, d in self.desires.items() if d.env_file}
 
     def _probed(self, services: Iterable[Service]) -> list[Service]:
         """Services whose daemon-owned checks are reported: not the reaped ones,
@@ -364,9 +417,8 @@ class Loop:
         self._probe_dirty.clear()
 
     def _sync_primary(self, scope: set[str] | None) -> SyncResult:
-        kept = {cid for cid, d in self.desires.items() if d.keep_existing}
         relisting = self.primary.actual is None
-        result = self.primary.sync(self.desired.by_id, list(self.desires.values()), scope, kept)
+        result = self.primary.sync(self.desired.by_id, self.desires.values(), scope, self._kept)
         if not result.reached:
             return result
         self.metrics.applied("consul", len(result.registered), len(result.deregistered), result.failed)
@@ -392,6 +444,7 @@ class Loop:
         self.builder.reset_reports()
         self.primary.refused.clear()
         self.desires = {cid: replace(d, listing_key="") for cid, d in self.desires.items()}
+        self._reindex()
 
     # -- what others read ------------------------------------------------------------------
 
@@ -408,10 +461,10 @@ class Loop:
             self._frozen_actual = None
         elif changed or self._frozen_actual is None:
             self._frozen_actual = freeze(actual)
-        kept_ids = {cid for cid, d in self.desires.items() if d.keep_existing}
+        kept_ids = self._kept
         kept = tuple(Service(id=s.id, name=s.name, address=s.address, port=s.port, container_id=s.container_id)
-                     for s in (actual or {}).values()
-                     if kept_ids and s.container_id in kept_ids and s.owned_by(self.primary.hostname))
+                     for s in ((actual or {}).values() if kept_ids else ())
+                     if s.container_id in kept_ids and s.owned_by(self.primary.hostname))
         self.snapshot = Snapshot(
             generation=self._generation,
             desires=freeze(self.desires),

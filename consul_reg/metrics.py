@@ -5,7 +5,7 @@ fixed-size: nothing grows with uptime."""
 
 from __future__ import annotations
 
-LATE_SECONDS = 1.0  # a heartbeat sent later than this after it was due counts as late
+from consul_reg.heartbeat_load import LATE_SECONDS  # a heartbeat sent later than this after it was due is late
 
 
 class Metrics:
@@ -16,6 +16,9 @@ class Metrics:
         pass
 
     def reconcile(self, kind: str, seconds: float) -> None:
+        pass
+
+    def heartbeat_load(self, asked: float, served: float, overloaded: bool) -> None:
         pass
 
     def event_lag(self, seconds: float) -> None:
@@ -52,6 +55,13 @@ class PrometheusMetrics(Metrics):
                                    "Delay between a TTL update's due time and its sending",
                                    buckets=(0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
                                    registry=self.registry)
+        self._asked = Gauge("consul_reg_heartbeats_asked_per_second",
+                            "TTL updates per second the daemon-owned checks ask for", registry=self.registry)
+        self._served = Gauge("consul_reg_heartbeats_served_per_second",
+                             "TTL updates per second the agent served (last window)", registry=self.registry)
+        self._overloaded = Gauge("consul_reg_heartbeats_overloaded",
+                                 "1 while the agent cannot serve the TTL updates asked (a warning names the settings)",
+                                 registry=self.registry)
         self._services = Gauge("consul_reg_services_managed", "Services this daemon wants registered",
                                registry=self.registry)
 
@@ -69,6 +79,11 @@ class PrometheusMetrics(Metrics):
 
     def reconcile(self, kind: str, seconds: float) -> None:
         self._reconcile.labels(kind).observe(seconds)
+
+    def heartbeat_load(self, asked: float, served: float, overloaded: bool) -> None:
+        self._asked.set(asked)
+        self._served.set(served)
+        self._overloaded.set(1 if overloaded else 0)
 
     def event_lag(self, seconds: float) -> None:
         self._event_lag.set(seconds)

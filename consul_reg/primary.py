@@ -8,6 +8,7 @@ one agent client; tested with a fake agent and a fake clock.
 
 from __future__ import annotations
 
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Collection, Mapping, Protocol
 
@@ -53,6 +54,7 @@ class Primary:
         self.last_error = ""
         self._blocked_warned: dict[str, str] = {}  # service ID -> holder warned about
         self._listed_before: dict[str, RegisteredService] | None = None
+        self.io: Executor | None = None  # given by the loop: a batch's writes overlap on it
 
     @property
     def reachable(self) -> bool:
@@ -111,7 +113,7 @@ class Primary:
         self._warn_blocked(todo.blocked, full=scope is None)
         result = SyncResult()
         if todo:
-            applied = apply(todo, self.agent)
+            applied = apply(todo, self.agent, pool=self.io)
             for service in applied.registered:
                 self.actual[service.id] = registered_form(service)
                 self.refused.pop(service.id, None)

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from concurrent.futures import Executor
 from typing import Callable, Collection, Iterable, Mapping
 
 from loguru import logger
 
 from consul_reg.model import ContainerDesire, RegisteredService, Service
+from consul_reg.overlap import Calls, outcomes
 from consul_reg.registries.base import (
     Registry,
     RegistryError,
@@ -183,27 +185,31 @@ def plan(
     return Plan(register=tuple(register), deregister=tuple(deregister), blocked=tuple(blocked))
 
 
-def apply(plan_to_apply: Plan, registry: Registry, where: str = "") -> ApplyResult:
+def apply(plan_to_apply: Plan, registry: Registry, where: str = "", pool: Executor | None = None) -> ApplyResult:
     """Register first, then deregister (a renamed service never has a gap).
-    One failing service is logged and skipped; an unreachable registry stops it."""
+    One failing service is logged and skipped; an unreachable registry stops it.
+    With `pool` (a registry that is thread-safe) each phase's calls overlap;
+    results are taken and logged here, in the plan's order."""
     result = ApplyResult()
     suffix = f" in {where}" if where else ""
-    for service in plan_to_apply.register:
+    registering = Calls(registry.register, (RegistryError,), RegistryUnavailable)
+    for service, outcome in outcomes(registering, plan_to_apply.register, pool):
         log = logger.bind(action="register", service_id=service.id, container=service.container_name)
-        try:
-            registry.register(service)
-        except RegistryUnavailable as error:
+        error = outcome.error
+        if not outcome.tried:
+            continue
+        if isinstance(error, RegistryUnavailable):
             result.unavailable = str(error)
-            return result
-        except RegistryScriptsRefused as error:
+            continue  # calls already made may have succeeded: their outcomes are still taken
+        if isinstance(error, RegistryScriptsRefused):
             result.scripts_refused = True
             result.failed.append((service.id, str(error)))
             continue
-        except RegistryNotOurs as error:
+        if isinstance(error, RegistryNotOurs):
             log.warning("not registering {}{}: {}", service.id, suffix, error)
             result.failed.append((service.id, str(error)))
             continue
-        except RegistryError as error:
+        if error is not None:
             log.error("could not register {} for container {}{}: {}", service.id, service.container_name, suffix,
                       error)
             result.failed.append((service.id, str(error)))
@@ -211,14 +217,18 @@ def apply(plan_to_apply: Plan, registry: Registry, where: str = "") -> ApplyResu
         result.registered.append(service)
         log.info("registered {} name={} at {} (container {}){}", service.id, service.name, service.endpoint,
                  service.container_name, suffix)
-    for current in plan_to_apply.deregister:
+    if result.unavailable:
+        return result
+    deregistering = Calls(registry.deregister, (RegistryError,), RegistryUnavailable)
+    for current, outcome in outcomes(deregistering, plan_to_apply.deregister, pool):
         log = logger.bind(action="deregister", service_id=current.id)
-        try:
-            registry.deregister(current)
-        except RegistryUnavailable as error:
+        error = outcome.error
+        if not outcome.tried:
+            continue
+        if isinstance(error, RegistryUnavailable):
             result.unavailable = str(error)
-            return result
-        except RegistryError as error:
+            continue
+        if error is not None:
             log.error("could not deregister {}{}: {}", current.id, suffix, error)
             result.failed.append((current.id, str(error)))
             continue

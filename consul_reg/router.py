@@ -16,6 +16,12 @@ from dataclasses import dataclass, field
 CONTAINER_ACTIONS = frozenset({
     "start", "restart", "die", "stop", "destroy", "rename", "pause", "unpause", "health_status", "update", "kill",
 })
+# The only event attributes anything reads (a container's labels come with every
+# event: they are not kept).
+KEPT_ATTRIBUTES = ("exitCode", "signal")
+# A kill by these cannot be trapped: the death follows at once, and a maintenance
+# write first would only delay the deregistration (it doubled die->deregistered).
+UNTRAPPABLE_SIGNALS = frozenset({"9", "KILL", "SIGKILL"})
 # Events after which daemon-owned checks of the container are reported at once.
 STATUS_ACTIONS = frozenset({"health_status", "pause", "unpause", "start", "restart"})
 
@@ -64,7 +70,8 @@ class Actions:
 def route(batch: list[Hint]) -> Actions:
     """What one batch of hints asks for. The last event of a container decides
     between "it died" and "look at it again"; a kill followed by the die in the
-    same batch needs no drain (the deregistration follows at once)."""
+    same batch needs no drain (the deregistration follows at once), nor does a
+    SIGKILL (nothing drains: the process is gone before the agent is told)."""
     reasons = [h.action for h in batch if not h.container_id and h.action in FULL_PASS_REASONS]
     last: dict[str, Hint] = {}
     kills: dict[str, str] = {}
@@ -74,7 +81,9 @@ def route(batch: list[Hint]) -> Actions:
         if not hint.container_id or hint.action not in CONTAINER_ACTIONS:
             continue
         if hint.action == "kill":
-            kills[hint.container_id] = hint.attribute("signal")
+            signal = hint.attribute("signal")
+            if signal.strip().upper() not in UNTRAPPABLE_SIGNALS:
+                kills[hint.container_id] = signal
             continue
         last[hint.container_id] = hint
         if hint.action in ("start", "restart"):

@@ -1,5 +1,6 @@
-"""The one Consul client: a small HTTP client of the project's own on httpx,
-and the agent as the primary registry.
+"""The one Consul client: a small HTTP client of the project's own on the
+standard library's http.client (kept-alive connections, `http_pool`), and
+the agent as the primary registry.
 
 Every request goes through `ConsulClient.call`: each path segment is
 percent-encoded (nothing a container wrote can leave its segment or climb
@@ -15,10 +16,9 @@ import json
 import ssl
 import urllib.parse
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import httpx
-
+from consul_reg.http_pool import Answer, ConnectionPool, TRANSPORT_ERRORS
 from consul_reg.model import MARKER_DIGEST_KEY, MARKER_SOURCE_KEY, MARKER_SOURCE_VALUE, SIDECAR_FOR_KEY, \
     RegisteredService, Service
 from consul_reg.registries.base import (
@@ -28,6 +28,9 @@ from consul_reg.registries.base import (
     RegistryScriptsRefused,
     RegistryUnavailable,
 )
+
+if TYPE_CHECKING:
+    import httpx
 
 DEFAULT_TIMEOUT_SECONDS = 10.0
 MAX_ERROR_BODY = 300
@@ -86,21 +89,32 @@ class ConsulClient:
     mirror may share it."""
 
     def __init__(self, endpoint: ConsulEndpoint, token: str | None = None,
-                 timeout: float = DEFAULT_TIMEOUT_SECONDS, max_connections: int = 8,
-                 transport: httpx.BaseTransport | None = None) -> None:
+                 timeout: float = DEFAULT_TIMEOUT_SECONDS, max_connections: int = 16,
+                 transport: "httpx.BaseTransport | None" = None) -> None:
         self.endpoint = endpoint
         self.description = f"consul {endpoint}"
-        if transport is None:  # tests hand in httpx.MockTransport
-            verify: ssl.SSLContext | bool = True
+        self.timeout = timeout
+        self._transport = transport
+        if transport is None:
+            context: ssl.SSLContext | None = None
             if endpoint.scheme == "https":
-                verify = ssl.create_default_context(cafile=endpoint.ca_file)
+                context = ssl.create_default_context(cafile=endpoint.ca_file)
                 if endpoint.client_cert:
-                    verify.load_cert_chain(endpoint.client_cert, endpoint.client_key)
-            transport = httpx.HTTPTransport(uds=endpoint.socket_path, verify=verify, retries=0,
-                                            limits=httpx.Limits(max_connections=max_connections,
-                                                                max_keepalive_connections=max_connections))
-        base = "http://consul" if endpoint.socket_path else f"{endpoint.scheme}://{endpoint.host}:{endpoint.port}"
-        self._http = httpx.Client(transport=transport, timeout=timeout, base_url=base)
+                    context.load_cert_chain(endpoint.client_cert, endpoint.client_key)
+            # The standard library's http.client, kept alive: through httpx.Client a call
+            # cost 3-5 times its CPU here (BENCHMARKS.md), and a TTL update is nothing else.
+            self._pool: ConnectionPool | None = ConnectionPool(
+                host=endpoint.host, port=endpoint.port, socket_path=endpoint.socket_path, ssl_context=context,
+                max_connections=max_connections, timeout=timeout)
+            self._send = self._pool.request
+            self._errors: tuple[type[BaseException], ...] = TRANSPORT_ERRORS
+        else:
+            import httpx
+
+            self._pool = None
+            self._errors = (*TRANSPORT_ERRORS, httpx.HTTPError)
+            self._send = _through_httpx(transport, "http://consul" if endpoint.socket_path
+                                        else f"{endpoint.scheme}://{endpoint.host}:{endpoint.port}")
         self._headers: dict[str, str] = {}
         self.set_token(token)
         # Told about every transport failure (the agent watch probes at once).
@@ -111,13 +125,14 @@ class ConsulClient:
         self._headers = {"X-Consul-Token": token} if token else {}
 
     def call(self, method: str, segments: tuple[str, ...], what: str, params: dict[str, str] | None = None,
-             body: bytes | None = None, timeout: float | None = None, not_found_ok: bool = False) -> httpx.Response:
+             body: bytes | None = None, timeout: float | None = None, not_found_ok: bool = False) -> Answer:
         """One request; a non-2xx answer or a transport failure raises a RegistryError subclass."""
-        path = agent_path(*segments)
+        target = agent_path(*segments)
+        if params:
+            target += "?" + urllib.parse.urlencode(params)
         try:
-            response = self._http.request(method, path, params=params, content=body, headers=self._headers,
-                                          **({"timeout": timeout} if timeout is not None else {}))
-        except httpx.HTTPError as error:
+            response = self._send(method, target, body, self._headers, self.timeout if timeout is None else timeout)
+        except self._errors as error:
             reason = f"{self.description}: could not {what}: {type(error).__name__}: {_one_line(str(error))}"
             self.on_unreachable(reason)
             raise RegistryUnavailable(reason) from None
@@ -142,7 +157,23 @@ class ConsulClient:
             raise RegistryError(f"{self.description}: could not {what}: the answer is not JSON") from None
 
     def close(self) -> None:
-        self._http.close()
+        if self._pool is not None:
+            self._pool.close()
+        if self._transport is not None:
+            self._transport.close()
+
+
+def _through_httpx(transport: "httpx.BaseTransport", base: str):
+    """A send function over an httpx transport (tests hand in httpx.MockTransport)."""
+    import httpx
+
+    def send(method: str, target: str, body: bytes | None, headers: dict[str, str], timeout: float) -> Answer:
+        request = httpx.Request(method, base + target, content=body, headers=headers,
+                                extensions={"timeout": dict.fromkeys(("connect", "read", "write", "pool"), timeout)})
+        response = transport.handle_request(request)
+        response.read()
+        return Answer(response.status_code, {k.lower(): v for k, v in response.headers.items()}, response.content)
+    return send
 
 
 class ConsulRegistry:

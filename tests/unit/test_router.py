@@ -50,3 +50,62 @@ def test_daemon_messages() -> None:
 def test_unknown_actions_and_empty_batches_do_nothing() -> None:
     assert route([ev("a", "exec_start: sh"), ev("a", "attach")]) == route([])
     assert not route([]).stop
+
+
+def test_a_sigkill_is_no_drain_its_death_follows_at_once() -> None:
+    for signal in ("9", "SIGKILL", "KILL", " sigkill "):
+        actions = route([ev("a", "kill", signal=signal)])
+        assert actions.drains == () and actions.refresh == frozenset() and actions.deaths == ()
+    assert route([ev("a", "kill", signal="15")]).drains == (("a", "15"),)  # a trappable one still drains
+
+
+def test_an_event_keeps_only_the_attributes_read_and_never_the_labels() -> None:
+    from consul_reg.docker_source import hint_from_event
+
+    labels = {f"label{n}": "x" * 1000 for n in range(200)}
+    event = {"Type": "container", "Action": "die", "timeNano": 7,
+             "Actor": {"ID": "c1", "Attributes": {**labels, "exitCode": "137", "name": "web", "signal": "9"}}}
+    hint = hint_from_event(event)
+    assert hint is not None and hint.attributes == (("exitCode", "137"), ("signal", "9"))
+    assert route([hint]).deaths == (("c1", "137"),)
+
+
+class Chunks:
+    def __init__(self, pieces: list[bytes]) -> None:
+        self.pieces = list(pieces)
+
+    def read1(self, size: int) -> bytes:
+        return self.pieces.pop(0) if self.pieces else b""
+
+
+def test_the_event_stream_is_decoded_however_it_is_cut() -> None:
+    from consul_reg.docker_source import _json_objects
+
+    text = '{"Action":"start","id":"a"}\n{"Action":"die","Actor":{"Attributes":{"n":"é"}}}{"x":[1,2]}  \n'.encode()
+    for size in (1, 2, 3, 7, len(text)):
+        pieces = [text[i:i + size] for i in range(0, len(text), size)]
+        assert list(_json_objects(Chunks(pieces))) == [
+            {"Action": "start", "id": "a"}, {"Action": "die", "Actor": {"Attributes": {"n": "é"}}}, {"x": [1, 2]}]
+
+
+def test_an_event_that_never_ends_is_refused_within_bounds() -> None:
+    import pytest
+
+    from consul_reg.docker_source import MAX_EVENT_BYTES, _json_objects
+
+    pieces = [b'{"Action":"start","junk":"'] + [b"x" * 65536] * (MAX_EVENT_BYTES // 65536 + 2)
+    with pytest.raises(ValueError, match="longer than"):
+        list(_json_objects(Chunks(pieces)))
+
+
+def test_the_listing_key_ignores_the_uptime_text_and_nothing_else() -> None:
+    from consul_reg.docker_source import listing_key
+
+    entry = {"Id": "c1", "Names": ["/web"], "Labels": {"SERVICE_NAME": "web"}, "State": "running",
+             "Status": "Up 5 minutes", "Ports": [{"PrivatePort": 80, "PublicPort": 8080, "Type": "tcp"}]}
+    key = listing_key(entry)
+    assert listing_key({**entry, "Status": "Up 6 minutes"}) == key and len(key) == 32
+    assert listing_key({**entry, "Status": "Up 6 minutes (healthy)"}).endswith("(healthy)")
+    for changed in ({"Labels": {"SERVICE_NAME": "shop"}}, {"State": "paused"}, {"Names": ["/web2"]},
+                    {"Ports": [{"PrivatePort": 80, "PublicPort": 8081, "Type": "tcp"}]}):
+        assert listing_key({**entry, **changed}) != key, changed

@@ -1,0 +1,137 @@
+"""A burst: --containers containers started at once from --threads threads,
+then killed at once (method and figures in BENCHMARKS.md).
+
+consul-reg runs (`-internal -resync 0`) against an agent of the benchmark's
+own; the containers are created beforehand (busybox, port 80 exposed, not
+published: no userland proxies). While they start, the benchmark polls the
+agent's /v1/agent/services on one keep-alive connection as fast as it
+answers, and takes for every service the time of the first answer that
+holds it (and, after the kills, of the first that does not); the poll
+period is printed, it bounds the resolution. Each is compared with Docker's
+timeNano of that container's `start` (`die`) event. The daemon's peak RSS
+and CPU over the burst are read from /proc.
+
+Usage: .venv/bin/python bench/burst.py [--containers 200] [--threads 16] [--runs 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import docker
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import DAEMON_CWD, IMAGE, LABEL, Agent  # noqa: E402
+from common import cpu_seconds, daemon_env, describe_ms, load, proc_status  # noqa: E402
+from common import remove_labelled  # noqa: E402
+from event_latency import Events  # noqa: E402
+
+
+def watch(port: int, expected: set[str], present: bool, calls_done: threading.Event) -> tuple[dict[str, int], float]:
+    """service ID -> time.time_ns() of the first poll that shows it (present) or no
+    longer shows it, until all are seen or 30 s after the Docker calls returned;
+    and the mean poll period in ms."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    seen: dict[str, int] = {}
+    polls = 0
+    began = time.monotonic()
+    deadline = float("inf")
+    while len(seen) < len(expected) and time.monotonic() < deadline:
+        if calls_done.is_set() and deadline == float("inf"):
+            deadline = time.monotonic() + 30
+        connection.request("GET", "/v1/agent/services")
+        listed = set(json.loads(connection.getresponse().read()))
+        now = time.time_ns()
+        polls += 1
+        for service_id in expected - seen.keys():
+            if (service_id in listed) == present:
+                seen[service_id] = now
+    connection.close()
+    return seen, (time.monotonic() - began) * 1000 / max(polls, 1)
+
+
+def phase(agent: Agent, events: Events, ids: dict[str, str], docker_call, action: str, present: bool,
+          threads: int) -> tuple[list[float], float, dict[str, int], float]:
+    """Make the Docker call for every container at once; (event -> seen ms for each,
+    last seen - last event ms, seen times, poll period ms)."""
+    calls_done = threading.Event()
+    result: dict = {}
+    watcher = threading.Thread(target=lambda: result.update(
+        zip(("seen", "period"), watch(agent.http_port, set(ids.values()), present, calls_done))))
+    watcher.start()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(docker_call, ids))
+    calls_done.set()
+    watcher.join()
+    times = {cid: events.wait(cid, action) for cid in ids}
+    seen = result["seen"]
+    latencies = [(seen[sid] - times[cid]) / 1e6 for cid, sid in ids.items() if sid in seen]
+    return latencies, (max(seen.values(), default=0) - max(times.values())) / 1e6, seen, result["period"]
+
+
+def one_run(args, client, agent: Agent, events: Events, run: int) -> None:
+    hostname = f"burst{uuid.uuid4().hex[:6]}"
+    containers = []
+    with ThreadPoolExecutor(args.threads) as pool:
+        containers = list(pool.map(lambda n: client.api.create_container(
+            IMAGE, "sleep 3600", ports=[80], labels={LABEL: "1"}, name=f"{hostname}-{n}",
+            host_config=client.api.create_host_config(init=False)), range(args.containers)))
+    ids = {c["Id"]: f"{hostname}:{hostname}-{n}:80" for n, c in enumerate(containers)}
+    log = open(f"/tmp/consul-reg-bench-burst-{hostname}.log", "wb")
+    daemon = subprocess.Popen([sys.executable, "-m", "consul_reg", "--hostname", hostname, "-internal",
+                               "-resync", "0", agent.uri], stdout=log, stderr=log,
+                              env=daemon_env(args.code), cwd=DAEMON_CWD)
+    try:
+        time.sleep(3)  # connected, first full pass done
+        cpu_before = cpu_seconds(daemon.pid)
+        up_ms, last_up, registered, _ = phase(agent, events, ids, client.api.start, "start", True, args.threads)
+        time.sleep(1)
+        down_ms, last_down, gone, period = phase(agent, events, ids, client.api.kill, "die", False, args.threads)
+        cpu = cpu_seconds(daemon.pid) - cpu_before
+        rss = proc_status(daemon.pid)["VmHWM"] / 1024
+        print(f"run {run}: {len(registered)}/{len(ids)} registered; start -> visible {describe_ms(up_ms)}; "
+              f"last one {last_up:.1f} ms after the last start event", flush=True)
+        print(f"run {run}: {len(gone)}/{len(ids)} removed; die -> gone {describe_ms(down_ms)}; "
+              f"last one {last_down:.1f} ms after the last die event", flush=True)
+        print(f"run {run}: agent polled every {period:.1f} ms; daemon CPU {cpu:.2f} s, "
+              f"peak RSS {rss:.1f} MB; {load()}", flush=True)
+    finally:
+        daemon.kill()
+        daemon.wait(timeout=15)
+        log.close()
+        with ThreadPoolExecutor(args.threads) as pool:
+            list(pool.map(lambda cid: client.api.remove_container(cid, force=True), ids))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--containers", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=16)
+    parser.add_argument("--code", default="", help="run the daemon of another checkout (a directory)")
+    parser.add_argument("--runs", type=int, default=2)
+    args = parser.parse_args()
+    client = docker.from_env(timeout=120, max_pool_size=args.threads)
+    agent = Agent().start()
+    events = Events(client)
+    print(f"{time.strftime('%Y-%m-%d %H:%M')}, {load()}", flush=True)
+    try:
+        for run in range(1, args.runs + 1):
+            one_run(args, client, agent, events, run)
+    finally:
+        events.close()
+        remove_labelled(client)
+        agent.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""The idle daemon's footprint (method and figures in BENCHMARKS.md).
+
+1. consul-reg at its defaults (-resync 30, no mirror, no status endpoint)
+   against an agent of the benchmark's own: after --settle seconds, its
+   VmRSS, VmHWM and threads; then its CPU over --idle seconds, as a share
+   of one core (/proc/<pid>/stat).
+2. What the megabytes are: a fresh interpreter imports, one after another,
+   the modules the daemon loads, in the order they first come in, and the
+   growth of its VmRSS after each is printed (a shared library's pages
+   count where it is first loaded).
+
+Usage: .venv/bin/python bench/footprint.py [--settle 15] [--idle 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import DAEMON_CWD, Agent, cpu_seconds, daemon_env, load, proc_status  # noqa: E402
+
+# The daemon's imports, heaviest parts apart, in the order the daemon first loads them.
+LAYERS = ["ssl", "http.client", "concurrent.futures", "asyncio", "multiprocessing", "loguru", "h11",
+          "cachetools", "re2", "idna", "charset_normalizer", "certifi", "urllib3", "requests", "docker",
+          "consul_reg.mapping", "consul_reg.daemon", "consul_reg.cli"]
+
+MEASURE = """
+import importlib, sys
+def rss():
+    return next(int(l.split()[1]) / 1024 for l in open('/proc/self/status') if l.startswith('VmRSS'))
+previous = rss()
+print(f"interpreter (python {sys.version.split()[0]}): {previous:.1f} MB")
+for name in sys.argv[1:]:
+    importlib.import_module(name)
+    now = rss()
+    print(f"  + {name}: {now - previous:.1f} MB")
+    previous = now
+print(f"all imports: {previous:.1f} MB")
+"""
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--settle", type=float, default=15.0)
+    parser.add_argument("--code", default="", help="run the daemon of another checkout (a directory)")
+    parser.add_argument("--idle", type=float, default=60.0)
+    args = parser.parse_args()
+    print(f"{time.strftime('%Y-%m-%d %H:%M')}, {load()}", flush=True)
+    agent = Agent().start()
+    daemon = subprocess.Popen([sys.executable, "-m", "consul_reg", "--hostname", f"fp{uuid.uuid4().hex[:6]}",
+                               agent.uri], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              env=daemon_env(args.code), cwd=DAEMON_CWD)
+    try:
+        time.sleep(args.settle)
+        status = proc_status(daemon.pid)
+        cpu_before, began = cpu_seconds(daemon.pid), time.monotonic()
+        time.sleep(args.idle)
+        share = (cpu_seconds(daemon.pid) - cpu_before) / (time.monotonic() - began)
+        after = proc_status(daemon.pid)
+        print(f"idle daemon: VmRSS {status['VmRSS'] / 1024:.1f} MB (after {args.idle:g} s more: "
+              f"{after['VmRSS'] / 1024:.1f} MB), VmHWM {after['VmHWM'] / 1024:.1f} MB, {after['Threads']} threads; "
+              f"CPU {share * 100:.2f}% of a core over {args.idle:g} s; {load()}", flush=True)
+    finally:
+        daemon.kill()
+        daemon.wait(timeout=15)
+        agent.stop()
+    subprocess.run([sys.executable, "-c", MEASURE, *LAYERS], check=True, env=daemon_env(args.code),
+                   cwd=DAEMON_CWD)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""Where one event's time goes: consul-reg's Daemon in-process against an agent
+of the benchmark's own, with time stamps (time.time_ns, the clock of Docker's
+timeNano) taken at each step of a container's `start` and `die`: the event
+read from the stream, the loop taking its batch, the inspect sent and
+answered, the register (deregister) sent and answered. Containers are started
+and killed one at a time, --gap seconds apart. Prints the median of each
+step. Method in BENCHMARKS.md.
+
+Usage: .venv/bin/python bench/trace_event.py [--containers 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import threading
+import time
+import uuid
+from collections import defaultdict
+from pathlib import Path
+
+import docker
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import IMAGE, LABEL, Agent, load, remove_labelled  # noqa: E402
+
+from consul_reg import docker_source, loop  # noqa: E402
+from consul_reg.cli import parse_config  # noqa: E402
+from consul_reg.daemon import Daemon  # noqa: E402
+from consul_reg.registries import consul  # noqa: E402
+from consul_reg.router import STOP, Hint  # noqa: E402
+
+MARKS: dict[str, dict[str, int]] = defaultdict(dict)  # container or service ID -> step -> time_ns
+
+
+def instrument() -> None:
+    events = docker_source.DockerSource._events
+
+    def traced_events(self, since):
+        for event in events(self, since):
+            actor = (event.get("Actor") or {}).get("ID", "")
+            MARKS[actor].setdefault(f"{event.get('Action')} read", time.time_ns())
+            MARKS[actor].setdefault(f"{event.get('Action')} docker", int(event.get("timeNano") or 0))
+            yield event
+    docker_source.DockerSource._events = traced_events
+
+    handle = loop.Loop.handle
+
+    def traced_handle(self, batch):
+        now = time.time_ns()
+        for message in batch:
+            if getattr(message, "container_id", ""):
+                MARKS[message.container_id].setdefault(f"{message.action} batch", now)
+        return handle(self, batch)
+    loop.Loop.handle = traced_handle
+
+    inspect = docker_source.DockerSource.inspect
+
+    def traced_inspect(self, container_id):
+        MARKS[container_id].setdefault("inspect sent", time.time_ns())
+        try:
+            return inspect(self, container_id)
+        finally:
+            MARKS[container_id].setdefault("inspect answered", time.time_ns())
+    docker_source.DockerSource.inspect = traced_inspect
+
+    for name in ("register", "deregister"):
+        original = getattr(consul.ConsulRegistry, name)
+
+        def traced(self, service, original=original, name=name):
+            MARKS[service.id].setdefault(f"{name} sent", time.time_ns())
+            try:
+                return original(self, service)
+            finally:
+                MARKS[service.id].setdefault(f"{name} answered", time.time_ns())
+        setattr(consul.ConsulRegistry, name, traced)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--containers", type=int, default=40)
+    parser.add_argument("--gap", type=float, default=0.3)
+    args = parser.parse_args()
+    from loguru import logger
+
+    logger.remove()
+    logger.add(open("/dev/null", "w"), level="INFO", format="{time:YYYY-MM-DDTHH:mm:ss.SSSZ} {level: <7} {message}")
+    instrument()
+    client = docker.from_env(timeout=60)
+    agent = Agent().start()
+    hostname = f"trace{uuid.uuid4().hex[:6]}"
+    daemon = Daemon(parse_config(["--hostname", hostname, "-resync", "0", agent.uri], {}))
+    thread = threading.Thread(target=daemon.run, daemon=True)
+    thread.start()
+    print(f"{time.strftime('%Y-%m-%d %H:%M')}, {load()}", flush=True)
+    containers = []
+    try:
+        containers = [client.containers.create(IMAGE, "sleep 3600", ports={"80/tcp": None}, labels={LABEL: "1"},
+                                               name=f"{hostname}-{n}", stop_signal="SIGKILL")
+                      for n in range(args.containers)]
+        time.sleep(2)
+        for container in containers:
+            client.api.start(container.id)
+            time.sleep(args.gap)
+        for container in containers:
+            client.api.kill(container.id)
+            time.sleep(args.gap)
+        time.sleep(1)
+        daemon.loop.post(Hint("", STOP))
+        thread.join(timeout=10)
+    finally:
+        remove_labelled(client)
+        agent.stop()
+    steps = {"start": ["start docker", "start read", "start batch", "inspect sent", "inspect answered",
+                       "register sent", "register answered"],
+             "die": ["die docker", "die read", "die batch", "deregister sent", "deregister answered"]}
+    for action, names in steps.items():
+        gaps: dict[str, list[float]] = defaultdict(list)
+        for container in containers:
+            marks = {**MARKS[container.id], **MARKS[f"{hostname}:{container.name}:80"]}
+            if action == "die":
+                marks.pop("inspect sent", None)
+            if not all(name in marks for name in names):
+                continue
+            for before, after in zip(names, names[1:]):
+                gaps[f"{before} -> {after}"].append((marks[after] - marks[before]) / 1e6)
+            gaps["total"].append((marks[names[-1]] - marks[names[0]]) / 1e6)
+        print(f"{action} (n={len(gaps['total'])}): " + "; ".join(
+            f"{step} {statistics.median(values):.2f}" for step, values in gaps.items()) + " ms (medians)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

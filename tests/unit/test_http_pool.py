@@ -1,0 +1,233 @@
+"""The kept-alive HTTP client of the hot paths, against a scripted server on a
+unix socket: bodies by length, chunks or the connection's end; a connection
+the server closed while idle is replaced without the caller seeing it; a
+fresh one that fails is an error; bounded lines, headers and connections."""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+from consul_reg.http_pool import MAX_HEADERS, ConnectionPool, PoolTimeout
+
+Handler = Callable[[socket.socket, bytes], bool]  # (connection, request) -> keep the connection open
+
+
+class Server:
+    def __init__(self, path: str, handler: Handler) -> None:
+        self.path = path
+        self.handler = handler
+        self.connections = 0
+        self.requests: list[bytes] = []
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(path)
+        self.listener.listen(16)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            buffered = b""
+            while True:
+                while b"\r\n\r\n" not in buffered:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    buffered += data
+                head, _, rest = buffered.partition(b"\r\n\r\n")
+                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), 0)
+                while len(rest) < length:
+                    rest += conn.recv(65536)
+                request, buffered = head + b"\r\n\r\n" + rest[:length], rest[length:]
+                self.requests.append(request)
+                if not self.handler(conn, request):
+                    return
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Callable[[Handler], ConnectionPool]]:
+    servers: list[Server] = []
+    pools: list[ConnectionPool] = []
+
+    def start(handler: Handler, **options) -> ConnectionPool:
+        path = str(tmp_path / f"s{len(servers)}.sock")
+        servers.append(Server(path, handler))
+        pools.append(ConnectionPool(socket_path=path, timeout=5, **options))
+        pools[-1].server = servers[-1]  # type: ignore[attr-defined]
+        return pools[-1]
+    yield start
+    for pool in pools:
+        pool.close()
+    for server in servers:
+        server.close()
+
+
+def answer(body: bytes = b'{"ok":true}', status: str = "200 OK", extra: bytes = b"") -> bytes:
+    return b"HTTP/1.1 " + status.encode() + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n" + extra + \
+        b"\r\n" + body
+
+
+def test_bodies_by_length_chunks_and_end_and_none(serve) -> None:
+    replies = iter([
+        answer(b"[1,2,3]"),
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n{\"a\"\r\n3;x=y\r\n:1}\r\n0\r\nT: v\r\n\r\n",
+        b"HTTP/1.1 204 No Content\r\n\r\n",
+        b"HTTP/1.0 200 OK\r\n\r\nuntil the end",
+        answer(),
+    ])
+
+    def handler(conn: socket.socket, request: bytes) -> bool:
+        reply = next(replies)
+        conn.sendall(reply)
+        return not reply.startswith(b"HTTP/1.0")
+
+    pool = serve(handler)
+    assert pool.request("GET", "/a").json() == [1, 2, 3]
+    chunked = pool.request("PUT", "/b", body=b"xyz")
+    assert chunked.json() == {"a": 1} and chunked.headers["transfer-encoding"] == "chunked"
+    assert pool.request("DELETE", "/c").body == b""
+    assert pool.request("GET", "/d").body == b"until the end"
+    assert pool.server.connections == 1  # type: ignore[attr-defined]  # all on one kept-alive connection
+    assert pool.request("GET", "/e", timeout=1) and pool.server.connections == 2  # the HTTP/1.0 one was closed
+
+
+def test_requests_are_sent_whole_with_their_headers(serve) -> None:
+    seen: list[bytes] = []
+
+    def handler(conn: socket.socket, request: bytes) -> bool:
+        seen.append(request)
+        conn.sendall(answer())
+        return True
+
+    pool = serve(handler)
+    pool.request("PUT", "/v1/agent/check/update/service%3Ax", body=b'{"Status":"passing"}',
+                 headers={"X-Consul-Token": "t"})
+    pool.request("GET", "/v1/agent/self")
+    put, get = seen
+    assert put.startswith(b"PUT /v1/agent/check/update/service%3Ax HTTP/1.1\r\nHost: localhost\r\n")
+    assert b"X-Consul-Token: t\r\n" in put and put.endswith(b'Content-Length: 20\r\n\r\n{"Status":"passing"}')
+    assert get.startswith(b"GET /v1/agent/self HTTP/1.1\r\n") and b"Content-Length" not in get
+
+
+def test_a_connection_closed_while_idle_is_replaced_unseen(serve) -> None:
+    def handler(conn: socket.socket, request: bytes) -> bool:
+        conn.sendall(answer())
+        return b"/close-after" not in request
+
+    pool = serve(handler)
+    pool.request("GET", "/close-after")  # the server drops the kept-alive connection after answering
+    time.sleep(0.05)
+    assert pool.request("GET", "/next").status_code == 200
+
+
+def test_a_reused_connection_dropped_on_the_request_is_retried_once(serve) -> None:
+    calls = []
+
+    def handler(conn: socket.socket, request: bytes) -> bool:
+        calls.append(request)
+        if len(calls) == 2:
+            return False  # closes without answering, as a server restarting
+        conn.sendall(answer())
+        return True
+
+    pool = serve(handler)
+    pool.request("GET", "/one")
+    assert pool.request("PUT", "/two", body=b"{}").status_code == 200
+    assert len(calls) == 3
+
+
+def test_a_fresh_connection_that_fails_is_an_error_not_a_retry(serve) -> None:
+    calls = []
+
+    def handler(conn: socket.socket, request: bytes) -> bool:
+        calls.append(request)
+        return False
+
+    pool = serve(handler)
+    with pytest.raises(http.client.RemoteDisconnected):
+        pool.request("GET", "/x")
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("reply", [
+    b"HTTP/1.1 200 OK\r\nX: " + b"a" * 70000 + b"\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * (MAX_HEADERS + 1) + b"\r\n",
+    b"SSH-2.0-OpenSSH\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+])
+def test_a_malformed_or_unbounded_answer_is_an_error(serve, reply: bytes) -> None:
+    def handler(conn: socket.socket, request: bytes) -> bool:
+        conn.sendall(reply)
+        return False
+
+    pool = serve(handler)
+    with pytest.raises(http.client.HTTPException):
+        pool.request("GET", "/x")
+
+
+def test_no_header_or_target_can_break_the_request(serve) -> None:
+    pool = serve(lambda conn, request: conn.sendall(answer()) or True)
+    for target, headers in (("/a\r\nX: y", {}), ("/a", {"X-Consul-Token": "t\r\nX-Evil: 1"})):
+        with pytest.raises(ValueError):
+            pool.request("GET", target, headers=headers)
+
+
+def test_at_most_max_connections_in_flight(serve) -> None:
+    in_flight, most = 0, 0
+    lock = threading.Lock()
+
+    def handler(conn: socket.socket, request: bytes) -> bool:
+        nonlocal in_flight, most
+        with lock:
+            in_flight += 1
+            most = max(most, in_flight)
+        time.sleep(0.05)
+        with lock:
+            in_flight -= 1
+        conn.sendall(answer())
+        return True
+
+    pool = serve(handler, max_connections=2)
+    threads = [threading.Thread(target=pool.request, args=("GET", f"/{n}")) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert most == 2
+
+
+def test_waiting_for_a_free_connection_is_bounded(serve) -> None:
+    release = threading.Event()
+
+    def handler(conn: socket.socket, request: bytes) -> bool:
+        release.wait(5)
+        conn.sendall(answer())
+        return True
+
+    pool = serve(handler, max_connections=1)
+    holder = threading.Thread(target=pool.request, args=("GET", "/slow"))
+    holder.start()
+    time.sleep(0.1)
+    with pytest.raises(PoolTimeout):
+        pool.request("GET", "/waits", timeout=0.2)
+    release.set()
+    holder.join()

@@ -1,0 +1,261 @@
+"""The loop under bursts: a batch's inspects and writes overlap on the I/O
+pool, yet only the loop's thread builds desires and changes state; every
+container of a burst registers once; a container Docker could not answer
+for is looked at again (never lost); per-container order holds across
+batches; the indexes kept beside `desires` never drift from it."""
+
+from __future__ import annotations
+
+import random
+import threading
+from dataclasses import replace
+import time
+from typing import Any
+
+from consul_reg.docker_source import DockerUnreachable
+from consul_reg.router import RELOAD, START, STOP, Hint
+from tests.unit.fakes import FakeDocker, container
+from tests.unit.test_loop import Harness, event
+
+
+class RecordingDocker(FakeDocker):
+    """Inspects from several threads: counted under a lock, with the thread that made them."""
+
+    def __init__(self, hold: float = 0.0) -> None:
+        super().__init__()
+        self.lock = threading.Lock()
+        self.by_container: dict[str, int] = {}
+        self.threads: set[str] = set()
+        self.hold = hold
+        self.in_flight = 0
+        self.most = 0
+
+    def inspect(self, container_id: str) -> dict[str, Any] | None:
+        with self.lock:
+            self.by_container[container_id] = self.by_container.get(container_id, 0) + 1
+            self.threads.add(threading.current_thread().name)
+            self.in_flight += 1
+            self.most = max(self.most, self.in_flight)
+        try:
+            time.sleep(self.hold)
+            return super().inspect(container_id)
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+
+def harness(hold: float = 0.0, **options: Any) -> tuple[Harness, RecordingDocker]:
+    h = Harness(**options)
+    docker = RecordingDocker(hold)
+    h.docker = docker
+    h.loop.docker = docker
+    h.loop.builder.docker = docker
+    h.send(Hint("", START))
+    return h, docker
+
+
+def inspect_with(h: Harness, function: Any) -> None:
+    """The loop's inspects (of a batch, overlapped) made by `function`."""
+    h.loop.reader.inspecting = replace(h.loop.reader.inspecting, call=function)
+
+
+def web(n: int) -> dict[str, Any]:
+    return container(f"c{n:03d}", f"web{n}", ports={"80/tcp": str(8000 + n)},
+                     created=f"2026-01-01T00:00:00.{n:09d}Z")
+
+
+def test_a_burst_in_one_batch_inspects_each_once_off_the_loop_and_builds_on_it() -> None:
+    h, docker = harness(hold=0.005)
+    built_on: set[str] = set()
+    build = h.loop.builder.build
+
+    def recording_build(*args: Any, **kwargs: Any) -> Any:
+        built_on.add(threading.current_thread().name)
+        return build(*args, **kwargs)
+
+    h.loop.builder.build = recording_build  # type: ignore[method-assign]
+    for n in range(50):
+        docker.add(web(n))
+    h.send(*[event(f"c{n:03d}", "start") for n in range(50)])
+    assert h.ids() == {f"h1:web{n}:80" for n in range(50)}
+    assert docker.by_container == {f"c{n:03d}": 1 for n in range(50)}
+    assert 1 < docker.most <= 4 and all(name.startswith("loop-io") for name in docker.threads)
+    assert built_on == {threading.current_thread().name}, "desires are built by the loop's thread only"
+    assert [w for w in h.agent.writes() if w[0] == "register"] and len(h.agent.writes()) == 50
+
+
+def test_containers_docker_could_not_answer_for_are_looked_at_again() -> None:
+    h, docker = harness()
+    for n in range(10):
+        docker.add(web(n))
+    docker.broken = {"c003", "c007"}
+    h.send(*[event(f"c{n:03d}", "start") for n in range(10)])
+    assert h.ids() == {f"h1:web{n}:80" for n in range(10) if n not in (3, 7)}
+    assert h.loop.retry_containers == {"c003", "c007"}
+    docker.broken = set()
+    h.clock.advance(60)
+    assert h.loop.seconds_until_due() <= 0
+    h.send()
+    assert h.ids() == {f"h1:web{n}:80" for n in range(10)} and not h.loop.retry_containers
+
+
+def test_docker_going_down_mid_burst_loses_no_container() -> None:
+    h, docker = harness()
+    for n in range(30):
+        docker.add(web(n))
+    calls = 0
+    inspect = docker.inspect
+
+    def failing_after_five(container_id: str) -> Any:
+        nonlocal calls
+        with docker.lock:
+            calls += 1
+            if calls > 5:
+                raise DockerUnreachable("docker: connection refused")
+        return inspect(container_id)
+
+    inspect_with(h, failing_after_five)
+    h.send(*[event(f"c{n:03d}", "start") for n in range(30)])
+    registered = {sid for sid in h.ids()}
+    looked_again = h.loop.retry_containers
+    assert len(registered) < 30
+    assert {f"h1:web{int(cid[1:])}:80" for cid in looked_again} | registered == {f"h1:web{n}:80" for n in range(30)}
+    assert calls < 30, "once dockerd did not answer, the batch's inspects not started were not made"
+    inspect_with(h, inspect)
+    h.clock.advance(60)
+    h.send()
+    assert h.ids() == {f"h1:web{n}:80" for n in range(30)}
+
+
+def test_docker_down_in_a_full_pass_stops_it_and_keeps_everything() -> None:
+    h, docker = harness()
+    for n in range(20):
+        docker.add(web(n))
+    h.send(*[event(f"c{n:03d}", "start") for n in range(20)])
+    for n in range(20, 40):
+        docker.add(web(n))
+    inspect = docker.inspect
+
+    def unreachable_for_c025(container_id: str) -> Any:
+        if container_id == "c025":
+            raise DockerUnreachable("docker: connection refused")
+        return inspect(container_id)
+
+    inspect_with(h, unreachable_for_c025)
+    h.send(Hint("", RELOAD))
+    assert h.ids() == {f"h1:web{n}:80" for n in range(20)} and h.loop.full_pending
+    inspect_with(h, inspect)
+    h.clock.advance(60)
+    h.send()
+    assert h.ids() == {f"h1:web{n}:80" for n in range(40)} and not h.loop.full_pending
+
+
+def test_one_container_docker_errs_about_costs_a_full_pass_nothing_else() -> None:
+    h, docker = harness()
+    for n in range(20):
+        docker.add(web(n))
+    h.send(*[event(f"c{n:03d}", "start") for n in range(20)])
+    docker.containers["c005"]["Config"]["Labels"]["SERVICE_NAME"] = "renamed"
+    for n in range(20, 30):
+        docker.add(web(n))
+    docker.broken = {"c005", "c025"}  # dockerd answers an error about these two only
+    h.send(Hint("", RELOAD))
+    assert h.ids() == {f"h1:web{n}:80" for n in range(30) if n != 25}  # c005's last desire stays
+    assert not h.loop.full_pending and h.loop.retry_containers == {"c005", "c025"}
+    docker.broken = set()
+    h.clock.advance(1.5)
+    assert h.loop.seconds_until_due() <= 0, "the retry wakes the loop by itself (-resync 0)"
+    h.send()
+    assert h.ids() == {f"h1:web{n}:80" for n in range(30)} and h.agent.records["h1:web5:80"].name == "renamed"
+    assert not h.loop.retry_containers
+
+
+def test_each_containers_last_event_wins_across_batches() -> None:
+    h, docker = harness()
+    for n in range(20):
+        docker.add(web(n))
+    rng = random.Random(7)
+    alive: dict[str, bool] = {}
+    for _ in range(30):
+        batch = []
+        for n in rng.sample(range(20), 8):
+            cid = f"c{n:03d}"
+            running = rng.random() < 0.6
+            docker.containers[cid]["State"]["Running"] = running
+            alive[cid] = running
+            batch.append(event(cid, "start") if running else event(cid, "die", exitCode="0"))
+        h.send(*batch)
+        assert h.ids() == {f"h1:web{int(c[1:])}:80" for c, up in alive.items() if up}
+
+
+def test_no_event_of_a_burst_posted_from_many_threads_is_lost() -> None:
+    h, docker = harness()
+    for n in range(200):
+        docker.add(web(n))
+    runner = threading.Thread(target=h.loop.run)
+    runner.start()
+
+    def post(part: int) -> None:
+        for n in range(part, 200, 8):
+            h.loop.post(event(f"c{n:03d}", "start"))
+
+    posters = [threading.Thread(target=post, args=(part,)) for part in range(8)]
+    for poster in posters:
+        poster.start()
+    for poster in posters:
+        poster.join()
+    deadline = time.monotonic() + 20
+    while len(h.agent.records) < 200 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    h.loop.post(Hint("", STOP))
+    runner.join(timeout=10)
+    assert not runner.is_alive()
+    assert h.ids() == {f"h1:web{n}:80" for n in range(200)}
+    assert docker.by_container.keys() == {f"c{n:03d}" for n in range(200)}
+    assert h.loop.inbox.empty()
+
+
+def test_the_indexes_beside_desires_never_drift() -> None:
+    h, docker = harness(deregister="on-success")
+    rng = random.Random(11)
+    for n in range(15):
+        docker.add(web(n))
+    for step in range(60):
+        cid = f"c{rng.randrange(15):03d}"
+        state = docker.containers[cid]["State"]
+        if rng.random() < 0.5:
+            state.update(Running=True, ExitCode=0)
+            h.send(event(cid, "start"))
+        else:
+            code = rng.choice([0, 1, 3, 137])
+            state.update(Running=False, ExitCode=code)
+            h.send(event(cid, "die", exitCode=str(code)))
+        if step % 10 == 9:
+            h.send(Hint("", RELOAD))
+        assert h.loop._kept == {c for c, d in h.loop.desires.items() if d.keep_existing}
+        assert h.loop._with_env_file == {c for c, d in h.loop.desires.items() if d.env_file}
+        assert {s.container_id for s in h.loop.snapshot.kept} <= h.loop._kept
+
+
+def test_a_full_pass_holds_at_most_a_window_of_inspect_answers() -> None:
+    from consul_reg.reading import WINDOW
+
+    h, docker = harness()
+    for n in range(100):
+        docker.add(web(n))
+    ahead: list[int] = []
+    build = h.loop.builder.build
+    built = 0
+
+    def counting_build(*args: Any, **kwargs: Any) -> Any:
+        nonlocal built
+        with docker.lock:
+            ahead.append(sum(docker.by_container.values()) - built)
+        built += 1
+        return build(*args, **kwargs)
+
+    h.loop.builder.build = counting_build  # type: ignore[method-assign]
+    h.send(Hint("", RELOAD))
+    assert h.ids() == {f"h1:web{n}:80" for n in range(100)} and built == 100
+    assert max(ahead) <= WINDOW, "answers are taken a window ahead of the builder, not all at once"
+    assert max(ahead) > 1, "yet ahead of it: the inspects overlap"
