@@ -78,11 +78,23 @@ class Daemon:
                     return None
                 wait = backoff.failed()
                 logger.warning("try {} failed: {}; retrying in {:.1f}s", attempts, error, wait)
-                try:
-                    if self.early_inbox.get(timeout=wait).action == STOP:
-                        return None
-                except queue.Empty:
-                    pass
+                if self._wait_before_retry(wait, backoff):
+                    return None
+
+    def _wait_before_retry(self, wait: float, backoff: Backoff) -> bool:
+        """Sleep until the next try, woken by a signal. True: stop asked. A SIGHUP
+        re-reads the token at once and tries again (a rotated token is the usual
+        way out of a start refused with 403)."""
+        try:
+            hint = self.early_inbox.get(timeout=wait)
+        except queue.Empty:
+            return False
+        if hint.action == STOP:
+            return True
+        if hint.action == RELOAD:
+            self.reload_token()
+            backoff.succeeded()
+        return False
 
     def settings_for(self, info: AgentInfo) -> MappingSettings:
         address = default_address(self.registry.endpoint.is_local, info.advertise_address)

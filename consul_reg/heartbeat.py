@@ -26,6 +26,7 @@ from typing import Callable, Iterable, Protocol
 from loguru import logger
 
 from consul_reg.backoff import Clock
+from consul_reg.exec_slots import ExecSlots
 from consul_reg.heartbeat_load import LoadWatch
 from consul_reg.model import ContainerStatus, DaemonProbe, Service
 from consul_reg.registries.base import RegistryUnavailable
@@ -83,7 +84,7 @@ class ProbeScheduler:
         self._wake = threading.Condition()
         self._stopping = False
         self._pool = ThreadPoolExecutor(max_workers=exec_workers, thread_name_prefix="exec-probe")
-        self._execs: dict[str, int] = {}  # container ID -> execs in flight
+        self._execs = ExecSlots(exec_workers, exec_per_container)  # per container, and long ones' share
         # Reports go out on 8 kept-alive connections (a Consul 1.8.7 agent served the most
         # TTL updates to 8 clients, BENCHMARKS.md; the client's pool holds 16): one slow answer from
         # the agent must not hold back every other check.
@@ -246,13 +247,13 @@ class ProbeScheduler:
         container_id = task.probe.container_id
         status = self._status.get(container_id, ContainerStatus())
         run_exec = task.probe.kind == "exec" and status.running and not status.paused
-        if check_id in self._in_flight or (run_exec and self._execs.get(container_id, 0) >= self._exec_per_container):
+        if check_id in self._in_flight or (run_exec and not self._execs.available(container_id, task.probe.timeout)):
             # The last report (or exec) has not finished: never pile up, look again shortly.
             self._schedule(check_id, self._clock() + BUSY_RETRY_SECONDS)
             return None
         self._in_flight.add(check_id)
         if run_exec:
-            self._execs[container_id] = self._execs.get(container_id, 0) + 1
+            self._execs.take(container_id, task.probe.timeout)
         if check_id in self._fresh:
             # Its first report: the next one at a random phase of the interval, counted once
             # this one is delivered (_send), so that a herd of first reports queued behind a
@@ -291,11 +292,7 @@ class ProbeScheduler:
             self._send(task, "critical", f"could not run the check command: {error}", None)
         finally:
             with self._wake:
-                count = self._execs.get(task.probe.container_id, 1) - 1
-                if count > 0:
-                    self._execs[task.probe.container_id] = count
-                else:
-                    self._execs.pop(task.probe.container_id, None)
+                self._execs.give_back(task.probe.container_id, task.probe.timeout)
 
     # -- sender threads ---------------------------------------------------------
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 import urllib.parse
 
 from loguru import logger
@@ -81,3 +82,14 @@ def setup(level: str = "INFO", log_format: str = "text", secrets: tuple[str, ...
     logging.basicConfig(handlers=[InterceptHandler()], level=library_level, force=True)
     for noisy in ("httpx", "httpcore", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    threading.excepthook = _thread_died
+
+
+def _thread_died(args: threading.ExceptHookArgs) -> None:
+    """A thread ended by an exception: one (scrubbed, JSON when asked) line through
+    loguru, never Python's multi-line print to stderr."""
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    logger.opt(exception=(args.exc_type, args.exc_value, args.exc_traceback)).error(
+        "thread {} ended by an unexpected error", name)

@@ -21,7 +21,8 @@ from consul_reg.metrics import Metrics
 from consul_reg.model import MARKER_DIGEST_KEY, owner_meta
 from consul_reg.model import RegisteredService, Service
 from consul_reg.reconcile import Plan, apply, plan
-from consul_reg.registries.base import MirrorRegistry, RegistryError
+from consul_reg.registries.base import MirrorRegistry, RegistryError, RegistryNotOurs
+from consul_reg.registries.keys import HOLDER_KEY
 from consul_reg.snapshot import Snapshot
 
 MAX_BACKOFF_SECONDS = 2.0  # a mirror that comes back converges within seconds
@@ -185,7 +186,8 @@ class MirrorWorker:
         self._note_blocked(todo)
         if not todo:
             return
-        result = apply(todo, self.registry, self.registry.description)
+        contested = _Contested(self.registry)
+        result = apply(todo, contested, self.registry.description)
         self.metrics.applied(self.registry.description, len(result.registered), len(result.deregistered),
                              len(result.failed))
         for service in result.registered:
@@ -196,16 +198,19 @@ class MirrorWorker:
             self._actual.pop(gone.id, None)
         if result.failed:
             self._actual = None  # relist at the next step: a refused write may mean someone else holds it
+        if contested.keys:  # taken by another host since the listing: apply warned; looked at again later
+            self._blocked.update(dict.fromkeys(contested.keys, "warned"))
+            self._blocked_since = self._clock()
         if result.unavailable:
             raise RegistryError(result.unavailable)
 
     def _note_blocked(self, todo: Plan) -> None:
-        keys = {self.registry.key_of(service): service for service, _ in todo.blocked}
-        for key, service in keys.items():
+        keys = {self.registry.key_of(service): current for service, current in todo.blocked}
+        for key, current in keys.items():
             if key not in self._blocked:
-                logger.warning("{}: {} is held by another host, lease or session: left as it is, not written "
-                               "(looked at again every {:g}s)", self.registry.description, key,
-                               BLOCKED_RETRY_SECONDS)
+                logger.warning("{}: {} is held by {}: left as it is, not written (looked at again every {:g}s)",
+                               self.registry.description, key,
+                               current.meta.get(HOLDER_KEY, "another host, lease or session"), BLOCKED_RETRY_SECONDS)
         self._blocked = {key: "warned" for key in keys}
         self._blocked_since = self._clock() if keys else None
 
@@ -215,3 +220,29 @@ class MirrorWorker:
             logger.info("removed this daemon's records from {}", self.registry.description)
         except Exception as error:
             logger.error("could not remove this daemon's records from {}: {}", self.registry.description, error)
+
+
+class _Contested:
+    """The registry as `apply` sees it, noting the keys a write found held by
+    someone else (taken since the listing the plan was made from)."""
+
+    def __init__(self, registry: MirrorRegistry) -> None:
+        self._registry = registry
+        self.description = registry.description
+        self.keys: list[str] = []
+
+    def services(self) -> dict[str, RegisteredService]:
+        return self._registry.services()
+
+    def register(self, service: Service) -> None:
+        try:
+            self._registry.register(service)
+        except RegistryNotOurs:
+            self.keys.append(self._registry.key_of(service))
+            raise
+
+    def deregister(self, service: RegisteredService) -> None:
+        self._registry.deregister(service)
+
+    def close(self) -> None:
+        self._registry.close()

@@ -1,12 +1,17 @@
 """--status-addr: /health, /metrics and /services, served from threads that
 only read: the loop's last published Snapshot, and the live reachability of
 Docker and the agent. Every connection has a deadline and their number is
-capped, so a slow or hostile client cannot tie the daemon up."""
+capped, so a slow or hostile client cannot tie the daemon up: the whole
+request must arrive within REQUEST_TIMEOUT_SECONDS of the connection (not
+per read: a client dribbling a byte now and then is dropped all the same),
+and the answer must be taken within as long again."""
 
 from __future__ import annotations
 
+import io
 import json
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -70,6 +75,25 @@ def services(sources: StatusSources) -> dict[str, Any]:
             "agent_listing_known": snapshot.actual is not None}
 
 
+class _DeadlineReader(io.RawIOBase):
+    """A socket's reads that all end by one deadline: each read waits at most
+    what is left of it, and none starts once it has passed."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self._sock = sock
+        self._deadline = deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the request did not arrive in time")
+        self._sock.settimeout(left)
+        return self._sock.recv_into(buffer)
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
@@ -88,6 +112,15 @@ class _Server(ThreadingHTTPServer):
             super().process_request_thread(request, client_address)
         finally:
             self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """socketserver prints a traceback to stderr; here one log line (JSON with
+        --log-format json, scrubbed): a client that reset is routine, not a bug."""
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):
+            logger.debug("status: client {} went away: {}: {}", client_address[0], type(error).__name__, error)
+        else:
+            logger.opt(exception=True).error("status: request from {} failed", client_address[0])
 
 
 class StatusServer:
@@ -112,6 +145,11 @@ def _handler_for(sources: StatusSources) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         timeout = REQUEST_TIMEOUT_SECONDS  # on the socket: a client that stalls is dropped
 
+        def setup(self) -> None:
+            super().setup()
+            deadline = time.monotonic() + REQUEST_TIMEOUT_SECONDS
+            self.rfile = io.BufferedReader(_DeadlineReader(self.connection, deadline))
+
         def do_GET(self) -> None:  # noqa: N802 (http.server's name)
             if self.path == "/metrics":
                 self._send(200, *sources.metrics.render())
@@ -124,6 +162,7 @@ def _handler_for(sources: StatusSources) -> type[BaseHTTPRequestHandler]:
                 self._send(404, b"not found: try /health, /metrics or /services\n", "text/plain")
 
         def _send(self, code: int, body: bytes, content_type: str) -> None:
+            self.connection.settimeout(REQUEST_TIMEOUT_SECONDS)  # sendall: for the whole answer
             self.send_response(code)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))

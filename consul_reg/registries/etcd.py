@@ -7,23 +7,41 @@ itself) at `/consul-reg/leases/<hostname><prefix>`, so a restarted daemon knows 
 keys of its previous run as its own and moves them to its new lease.
 Layout (registrator's, in the v3 keyspace):
 `<prefix>/<service-name>/<service-id>` = `<ip>:<port>`.
+
+A key is written or removed only in a transaction that compares its
+mod_revision with the one its owner was read at: a key another host's daemon
+took in between (on its own lease) is never written over or removed.
 """
 
 from __future__ import annotations
 
 import base64
 import time
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import httpx
 
 from consul_reg.model import MARKER_DIGEST_KEY, instance_of, owner_meta
 from consul_reg.model import RegisteredService, Service
-from consul_reg.registries.base import RegistryError, RegistryUnavailable
-from consul_reg.registries.keys import child_key, segment_problem
+from consul_reg.registries.base import RegistryError, RegistryNotOurs, RegistryUnavailable
+from consul_reg.registries.keys import HOLDER_KEY, child_key, default_id_owned, segment_problem, shown
 
 DEFAULT_LEASE_TTL = 300
 LEASES_PREFIX = "/consul-reg/leases"
+SWAP_TRIES = 3  # as new, then at the revision read (twice): a key that changes at each is left
+MAX_LEASE_MARKERS = 1000  # read to name the host holding a contested key's lease
+
+
+@dataclass(frozen=True)
+class EtcdEntry:
+    value: str
+    lease: str  # "" when on no lease
+    mod_revision: int
+
+
+def _entry(kv: dict[str, Any]) -> EtcdEntry:
+    return EtcdEntry(_unb64(kv.get("value", "")), str(kv.get("lease") or ""), int(kv.get("mod_revision") or 0))
 
 
 def _b64(text: str) -> str:
@@ -106,6 +124,42 @@ class EtcdV3:
     def put(self, key: str, value: str) -> None:
         self.call("/v3/kv/put", {"key": _b64(key), "value": _b64(value), "lease": self.lease_id})
 
+    def entry(self, key: str) -> EtcdEntry | None:
+        kvs = self.call("/v3/kv/range", {"key": _b64(key)}).get("kvs") or []
+        return _entry(kvs[0]) if kvs else None
+
+    def swap(self, key: str, revision: int, request: dict[str, Any]) -> tuple[bool, EtcdEntry | None]:
+        """Run `request` (request_put / request_delete_range) only while the key's
+        mod_revision is `revision` (0: the key does not exist). Else (False, the
+        key as it is now)."""
+        answer = self.call("/v3/kv/txn", {
+            "compare": [{"key": _b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(revision)}],
+            "success": [request],
+            "failure": [{"request_range": {"key": _b64(key)}}],
+        })
+        if answer.get("succeeded"):
+            return True, None
+        responses = answer.get("responses") or [{}]
+        kvs = (responses[0].get("response_range") or {}).get("kvs") or []
+        return False, (_entry(kvs[0]) if kvs else None)
+
+    def put_request(self, key: str, value: str) -> dict[str, Any]:
+        return {"request_put": {"key": _b64(key), "value": _b64(value), "lease": self.lease_id}}
+
+    @staticmethod
+    def delete_request(key: str) -> dict[str, Any]:
+        return {"request_delete_range": {"key": _b64(key)}}
+
+    def lease_holder(self, lease: str) -> str:
+        """The owner segment (host, host:instance) whose lease marker names `lease`, or ""."""
+        prefix = LEASES_PREFIX + "/"
+        answer = self.call("/v3/kv/range", {"key": _b64(prefix), "range_end": _prefix_end(prefix),
+                                            "limit": MAX_LEASE_MARKERS})
+        for kv in answer.get("kvs") or []:
+            if _unb64(kv.get("value", "")) == lease:
+                return _unb64(kv["key"])[len(prefix):].partition("/")[0]
+        return ""
+
     def delete(self, key: str) -> None:
         self.call("/v3/kv/deleterange", {"key": _b64(key)})
 
@@ -153,34 +207,62 @@ class EtcdRegistry:
 
     def services(self) -> dict[str, RegisteredService]:
         self.etcd.ensure_lease()
-        ours = {self.etcd.lease_id, *self.etcd.previous_leases}
         found = {}
         for key, value, lease in self.etcd.range_prefix(self.prefix + "/"):
-            name, _, service_id = key[len(self.prefix) + 1:].partition("/")
-            # This daemon's keys: on its leases, or of its default IDs (`<hostname>:`, which
-            # no other host or container can take).
-            owned = (lease != "" and lease in ours) or (service_id.startswith(self.hostname + ":")
-                                                         and not instance_of(self.hostname))
-            found[key] = RegisteredService(id=key, name=name, meta=self._meta(owned, f"{value}|lease={lease}"))
+            name = key[len(self.prefix) + 1:].partition("/")[0]
+            meta = {MARKER_DIGEST_KEY: f"{value}|lease={lease}"}
+            if self._owns(key, lease):
+                meta.update(owner_meta(self.hostname))
+            else:
+                meta[HOLDER_KEY] = f"etcd lease {lease}" if lease else "a key on no lease (not consul-reg's)"
+            found[key] = RegisteredService(id=key, name=name, meta=meta)
         return found
 
     def register(self, service: Service) -> None:
-        self.etcd.put(self.key_of(service), self.value_of(service))
+        key = self.key_of(service)
+        request = self.etcd.put_request(key, self.value_of(service))
+        revision = 0  # first as a new key: one request in the usual case
+        for _ in range(SWAP_TRIES):
+            done, current = self.etcd.swap(key, revision, request)
+            if done:
+                return
+            if current is not None and not self._owns(key, current.lease):
+                raise RegistryNotOurs(f"{key} is held by {self.holder_of(current)}: left as it is")
+            revision = 0 if current is None else current.mod_revision
+        raise RegistryNotOurs(f"{key} changed under this daemon at each of {SWAP_TRIES} tries: left as it is")
 
     def deregister(self, service: RegisteredService) -> None:
-        self.etcd.delete(service.id)
+        current = self.etcd.entry(service.id)
+        for _ in range(SWAP_TRIES):
+            if current is None:
+                return
+            if not self._owns(service.id, current.lease):
+                raise RegistryNotOurs(f"{service.id} is now held by {self.holder_of(current)}: not removed")
+            done, current = self.etcd.swap(service.id, current.mod_revision, self.etcd.delete_request(service.id))
+            if done:
+                return
+        raise RegistryNotOurs(f"{service.id} changed under this daemon at each of {SWAP_TRIES} tries: not removed")
 
     def remove_all(self) -> None:
-        for key, service in self.services().items():
+        for service in self.services().values():
             if service.owned_by(self.hostname):
-                self.etcd.delete(key)
+                self.deregister(service)
         self.etcd.revoke_all()
         self.etcd.delete(self.etcd.marker)
 
+    def holder_of(self, entry: EtcdEntry) -> str:
+        """Who holds a key that is not ours, for one warning (one extra read)."""
+        if not entry.lease:
+            return f"a key on no lease, not consul-reg's (value {shown(entry.value)})"
+        host = self.etcd.lease_holder(entry.lease)
+        who = f"host {shown(host)}'s consul-reg" if host else "another daemon"
+        return f"{who} (etcd lease {entry.lease}, value {shown(entry.value)})"
+
+    def _owns(self, key: str, lease: str) -> bool:
+        """On this daemon's lease (or an earlier run's), or one of its default IDs."""
+        service_id = key[len(self.prefix) + 1:].partition("/")[2]
+        ours = {self.etcd.lease_id, *self.etcd.previous_leases}
+        return (lease != "" and lease in ours) or default_id_owned(service_id, self.hostname)
+
     def close(self) -> None:
         self.etcd.close()
-
-    def _meta(self, owned: bool, digest: str) -> dict[str, str]:
-        if not owned:
-            return {MARKER_DIGEST_KEY: digest}
-        return {**owner_meta(self.hostname), MARKER_DIGEST_KEY: digest}

@@ -32,3 +32,20 @@ def owner_tag(hostname: str) -> int:
     digest = hashlib.sha256(b"consul-reg\0" + hostname.encode() + (b"\0" + instance.encode() if instance else b"")
                             ).digest()
     return int.from_bytes(digest[:8], "big") & (2 ** 63 - 1)
+
+
+# Meta of a mirror's listed record that is not this daemon's: who holds it, for the warning.
+HOLDER_KEY = "consul_reg_holder"
+MAX_SHOWN_VALUE = 80
+
+
+def shown(value: str) -> str:
+    """A value someone else wrote, fit for one log line (escaped, cut)."""
+    text = repr(value[:MAX_SHOWN_VALUE])
+    return text + ("..." if len(value) > MAX_SHOWN_VALUE else "")
+
+
+def default_id_owned(service_id: str, hostname: str) -> bool:
+    """Keys of consul-reg before owner markers: this host's default IDs (`<hostname>:`,
+    which no other host or container can take), for a daemon without --instance."""
+    return service_id.startswith(hostname + ":") and not getattr(hostname, "instance", "")

@@ -12,14 +12,14 @@ import time
 from typing import Callable
 
 from kazoo.client import KazooClient, KazooState
-from kazoo.exceptions import KazooException, NodeExistsError, NoNodeError
+from kazoo.exceptions import BadVersionError, KazooException, NodeExistsError, NoNodeError
 from kazoo.handlers.threading import KazooTimeoutError
 from loguru import logger
 
 from consul_reg.model import MARKER_DIGEST_KEY, owner_meta
 from consul_reg.model import RegisteredService, Service
 from consul_reg.registries.base import RegistryError, RegistryNotOurs, RegistryUnavailable
-from consul_reg.registries.keys import child_key, segment_problem
+from consul_reg.registries.keys import HOLDER_KEY, child_key, segment_problem
 
 SESSION_TIMEOUT_SECONDS = 10.0
 # Disconnected this long while kazoo keeps reconnecting: try a fresh session
@@ -153,6 +153,8 @@ class ZooKeeperRegistry:
                     meta = {MARKER_DIGEST_KEY: data.decode("utf-8", "replace")}
                     if session is not None and stat.ephemeralOwner == session:
                         meta.update(owner_meta(self.hostname))
+                    else:
+                        meta[HOLDER_KEY] = _holder(stat.ephemeralOwner)
                     found[path] = RegisteredService(id=path, name=name, meta=meta)
         except ZK_ERRORS as error:
             raise RegistryUnavailable(f"{self.description}: {type(error).__name__}: {error}") from None
@@ -167,8 +169,12 @@ class ZooKeeperRegistry:
             except NodeExistsError:
                 stat = self._client.exists(path)
                 if stat is not None and stat.ephemeralOwner != self._session():
-                    raise RegistryNotOurs(f"{path} belongs to another ZooKeeper session") from None
-                self._client.set(path, self.data_of(service))
+                    raise RegistryNotOurs(f"{path} is held by {_holder(stat.ephemeralOwner)}: left as it is") from None
+                if stat is None:
+                    raise RegistryNotOurs(f"{path} was removed while being written: looked at again") from None
+                self._client.set(path, self.data_of(service), version=stat.version)  # never over a newer node
+        except (BadVersionError, NoNodeError):
+            raise RegistryNotOurs(f"{path} changed under this daemon while being written: left as it is") from None
         except ZK_ERRORS as error:
             raise RegistryUnavailable(f"{self.description}: {type(error).__name__}: {error}") from None
 
@@ -194,3 +200,7 @@ class ZooKeeperRegistry:
             self._client.close()
         except Exception:  # closing a client whose server is gone must not fail the shutdown
             pass
+
+
+def _holder(session: int) -> str:
+    return f"ZooKeeper session {session:#x}" if session else "a persistent node (not consul-reg's)"

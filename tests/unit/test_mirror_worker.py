@@ -7,11 +7,15 @@ import threading
 import time
 from types import MappingProxyType
 
-from consul_reg.mirrors import MirrorWorker
+from loguru import logger
+
+from consul_reg.mirrors import BLOCKED_RETRY_SECONDS, MirrorWorker
 from consul_reg.model import MARKER_DIGEST_KEY, MARKER_HOST_KEY, MARKER_SOURCE_KEY, MARKER_SOURCE_VALUE
 from consul_reg.model import RegisteredService, Service
-from consul_reg.registries.base import RegistryUnavailable
+from consul_reg.registries.base import RegistryNotOurs, RegistryUnavailable
+from consul_reg.registries.keys import HOLDER_KEY
 from consul_reg.snapshot import Snapshot
+from tests.unit.fakes import FakeClock
 
 
 class FakeMirror:
@@ -52,6 +56,8 @@ class FakeMirror:
             meta = {MARKER_DIGEST_KEY: value}
             if owner == "h":
                 meta.update({MARKER_SOURCE_KEY: MARKER_SOURCE_VALUE, MARKER_HOST_KEY: "h"})
+            else:
+                meta[HOLDER_KEY] = f"host {owner}"
             found[key] = RegisteredService(id=key, name=key.split("/")[2], meta=meta)
         return found
 
@@ -131,3 +137,66 @@ def test_keys_of_others_are_never_written_or_removed() -> None:
     finally:
         worker.stop(remove_all=True)
     assert mirror.removed_all and set(mirror.keys) == {"/p/web/z"}
+
+
+class CasMirror(FakeMirror):
+    """Writes as the real mirrors do: a check-and-set that refuses a key another host holds."""
+
+    def register(self, service: Service) -> None:
+        current = self.keys.get(self.key_of(service))
+        if current is not None and current[1] != "h":
+            raise RegistryNotOurs(f"{self.key_of(service)} is held by host {current[1]}: left as it is")
+        super().register(service)
+
+
+def step(worker: MirrorWorker) -> None:
+    """One step of the worker's thread, on the caller's."""
+    snapshot, relist = worker._offer, worker._relist
+    worker._relist = False
+    assert snapshot is not None
+    worker._step(snapshot, relist)
+
+
+def test_a_key_taken_since_the_listing_is_left_warned_once_and_taken_when_released() -> None:
+    """Driven step by step on a fake clock (no thread): the worker's listing is stale
+    (-resync 0), another host took the key in between."""
+    mirror, clock = CasMirror(), FakeClock()
+    worker = MirrorWorker(mirror, "h", retry_interval=0.05, clock=clock)
+    warnings: list[str] = []
+    sink = logger.add(lambda message: warnings.append(message.record["message"]), level="WARNING")
+    try:
+        worker.offer(snap(1), relist=True)
+        step(worker)
+        mirror.keys["/p/web/a"] = ("192.0.2.9:1", "other-host")
+        worker.offer(snap(2, "a"))
+        step(worker)
+        assert mirror.keys["/p/web/a"] == ("192.0.2.9:1", "other-host") and worker.state == "up"
+        assert worker._due_in() == BLOCKED_RETRY_SECONDS, "looked at again later"
+        clock.advance(BLOCKED_RETRY_SECONDS)
+        assert worker._due_in() == 0
+        step(worker)  # still held: relisted, blocked, not warned again
+        assert mirror.keys["/p/web/a"][1] == "other-host"
+        del mirror.keys["/p/web/a"]  # the other host's container left
+        clock.advance(BLOCKED_RETRY_SECONDS)
+        step(worker)
+        assert mirror.keys["/p/web/a"] == ("10.0.0.1:80", "h") and worker._due_in() == 3600.0
+    finally:
+        logger.remove(sink)
+    assert len(warnings) == 1 and "/p/web/a" in warnings[0] and "other-host" in warnings[0], warnings
+
+
+def test_a_key_held_at_listing_is_warned_once_naming_its_holder() -> None:
+    mirror, clock = CasMirror(), FakeClock()
+    mirror.keys["/p/web/a"] = ("192.0.2.9:1", "other-host")
+    worker = MirrorWorker(mirror, "h", retry_interval=0.05, clock=clock)
+    warnings: list[str] = []
+    sink = logger.add(lambda message: warnings.append(message.record["message"]), level="WARNING")
+    try:
+        worker.offer(snap(1, "a"), relist=True)
+        for _ in range(3):
+            step(worker)
+            clock.advance(BLOCKED_RETRY_SECONDS)
+    finally:
+        logger.remove(sink)
+    assert mirror.keys["/p/web/a"][1] == "other-host"
+    assert len(warnings) == 1 and "/p/web/a is held by host other-host" in warnings[0], warnings

@@ -1,15 +1,19 @@
-"""Review H7: two hosts' daemons sharing one mirror prefix (real Consul KV of an
-own agent, real etcd of the test's own), driven through MirrorWorker as the
-daemon drives it, with -resync 0 (no relist after the first)."""
+"""Two hosts' daemons sharing one mirror prefix (real Consul KV of an own agent,
+real etcd of the test's own), driven through MirrorWorker as the daemon drives
+it, with -resync 0 (no relist after the first): a daemon never writes over or
+removes another host's key, warns once naming it and its holder, and takes the
+key once the other host released it."""
 
 from __future__ import annotations
 
+import base64
 import time
 from pathlib import Path
 from types import MappingProxyType
 from typing import Callable
 
 import pytest
+from loguru import logger
 
 from consul_reg.mirrors import MirrorWorker
 from consul_reg.model import Owner, Service
@@ -39,12 +43,14 @@ def applied(worker: MirrorWorker, generation: int) -> Callable[[], bool]:
     return lambda: worker._applied >= generation and worker.state == "up"
 
 
-def run_two_hosts(make: Callable[[Owner], object], read_key: Callable[[], str | None]) -> list[str]:
+def run_two_hosts(make: Callable[[Owner], object], read_key: Callable[[], str | None]) -> tuple[list[str], list[str]]:
     """Host A registers web; then host B (listed before A wrote) wants the same key;
-    then A's container goes. Returns what the key held at each step."""
+    then A's container goes. Returns what the key held at each step, and the warnings."""
     a = MirrorWorker(make(Owner("host-a")), Owner("host-a"), 0.5)
     b = MirrorWorker(make(Owner("host-b")), Owner("host-b"), 0.5)
-    history = []
+    history: list[str] = []
+    warnings: list[str] = []
+    sink = logger.add(lambda message: warnings.append(message.record["message"]), level="WARNING")
     try:
         for worker in (a, b):
             worker.start()
@@ -65,18 +71,19 @@ def run_two_hosts(make: Callable[[Owner], object], read_key: Callable[[], str | 
         while time.monotonic() < deadline and "10.0.0.2:80" not in str(read_key()):
             time.sleep(0.2)
         history.append(f"final: {read_key()}")
-        return history
+        return history, warnings
     finally:
+        logger.remove(sink)
         a.stop()
         b.stop()
 
 
-def test_F13_consul_kv_never_writes_over_or_removes_another_hosts_key(tmp_path: Path) -> None:
+def test_consul_kv_never_writes_over_or_removes_another_hosts_key(tmp_path: Path) -> None:
     """README "Mirror registries": "a daemon only writes over or removes keys that are its
-    own". The KV mirror plans against its listing from its last relist (with -resync 0:
-    its start) and PUTs without a compare-and-set: host B overwrites host A's key (taking
-    it with its own Flags), then A, which still believes the key is its own, deletes it
-    when its container goes. B's container runs on, and the key is gone for good."""
+    own". Host B plans against its listing from before A wrote (with -resync 0: its start):
+    its write is a check-and-set that finds A's key, so it leaves it (one warning naming
+    the key and A's owner tag), and writes its own once A's container left and A removed
+    its key."""
     agent = OwnAgent(tmp_path).start()
     api = agent.api()
     key = f"{PREFIX}/web/web"
@@ -85,25 +92,29 @@ def test_F13_consul_kv_never_writes_over_or_removes_another_hosts_key(tmp_path: 
         return ConsulKVRegistry(ConsulClient(ConsulEndpoint("http", "127.0.0.1", agent.http_port)), PREFIX, owner)
 
     def read_key() -> str | None:
-        entries = api.http.get(f"/v1/kv/{key}").json() if api.http.get(f"/v1/kv/{key}").status_code == 200 else []
+        response = api.http.get(f"/v1/kv/{key}")
+        entries = response.json() if response.status_code == 200 else []
         if not entries:
             return None
-        import base64
         owner = {owner_tag(Owner("host-a")): "A", owner_tag(Owner("host-b")): "B"}.get(entries[0]["Flags"], "?")
         return f"{base64.b64decode(entries[0]['Value']).decode()} (owner {owner})"
 
     try:
-        history = run_two_hosts(make, read_key)
+        history, warnings = run_two_hosts(make, read_key)
     finally:
         api.http.close()
         agent.stop()
     assert history[1] == "after B's step: 10.0.0.1:80 (owner A)" and history[-1] == "final: 10.0.0.2:80 (owner B)", \
         history
+    contested = [w for w in warnings if key in w]
+    assert len(contested) == 1 and f"owner tag {owner_tag(Owner('host-a'))}" in contested[0] \
+        and "'10.0.0.1:80'" in contested[0], warnings
 
 
-def test_F14_etcd_never_writes_over_or_removes_another_hosts_key(tmp_path: Path) -> None:
+def test_etcd_never_writes_over_or_removes_another_hosts_key(tmp_path: Path) -> None:
     """The same for etcd: "keys of another host, lease or session are never written or
-    removed". put and deleterange are unconditional (no txn comparing the key's lease)."""
+    removed": put and delete are transactions on the mod_revision the owner was read at;
+    the warning names the host whose lease marker holds the key's lease."""
     etcd = Etcd(tmp_path).start()
     leases: dict[str, str] = {}
 
@@ -129,8 +140,10 @@ def test_F14_etcd_never_writes_over_or_removes_another_hosts_key(tmp_path: Path)
         return f"{value} (owner {'A' if owner == 'host-a' else 'B' if owner == 'host-b' else owner})"
 
     try:
-        history = run_two_hosts(make, read_key)
+        history, warnings = run_two_hosts(make, read_key)
     finally:
         etcd.kill()
     assert history[1] == "after B's step: 10.0.0.1:80 (owner A)" and history[-1] == "final: 10.0.0.2:80 (owner B)", \
         history
+    contested = [w for w in warnings if f"/{PREFIX}/web/web" in w]
+    assert len(contested) == 1 and "host 'host-a'" in contested[0] and leases["host-a"] in contested[0], warnings

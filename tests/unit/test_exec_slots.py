@@ -1,6 +1,6 @@
-"""Review H7: the heartbeat scheduler's exec pool under hostile containers
-(real threads, real clock, a fake Docker exec that behaves like a command
-running until its timeout)."""
+"""The heartbeat scheduler's exec pool under hostile containers (real threads,
+real clock, a fake Docker exec that behaves like a command running until its
+timeout), and the slot rules it follows (ExecSlots, plain values)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import threading
 import time
 
 from consul_reg.config import Config
+from consul_reg.exec_slots import FAST_TIMEOUT_SECONDS, ExecSlots
 from consul_reg.heartbeat import ProbeScheduler
 from consul_reg.mapping import map_container
 from consul_reg.model import ContainerStatus
@@ -41,13 +42,12 @@ class SlowCommands:
         return 0, "ok"
 
 
-def test_F7_two_containers_cannot_starve_every_other_containers_exec_checks() -> None:
+def test_two_containers_with_endless_commands_cannot_starve_other_containers_exec_checks() -> None:
     """README "Security model": daemon-run exec checks have "at most one in flight per
     check and two per container". The pool has 4 workers for the whole host and a
-    check's timeout may be as long as its interval (24h here), so two containers
-    with two slow checks each hold every worker: every other container's exec check
-    is never run again, its TTL lapses and its service turns critical (or is reaped
-    with DEREGISTER_AFTER)."""
+    check's timeout may be as long as its interval (24h here): two containers with two
+    such checks each must not hold every worker (then every other container's exec
+    check never runs again, its TTL lapses and its service turns critical)."""
     settings = Config(hostname="h1", registry_uris=("consul://x",), exec_checks="daemon").mapping_settings(
         "10.0.0.1", "test", "1.8.7", True)
     hostile = []
@@ -77,3 +77,25 @@ def test_F7_two_containers_cannot_starve_every_other_containers_exec_checks() ->
     finally:
         runner.release.set()
         scheduler.stop()
+
+
+def test_per_container_limit_and_long_timeouts_share_of_the_pool() -> None:
+    slots = ExecSlots(workers=4, per_container=2)
+    slow, fast = FAST_TIMEOUT_SECONDS + 1, FAST_TIMEOUT_SECONDS
+    slots.take("a", slow)
+    assert slots.available("a", slow) and slots.available("b", slow)
+    slots.take("b", slow)
+    assert not slots.available("c", slow), "long execs hold at most half of the 4 workers"
+    assert slots.available("a", fast) and slots.available("c", fast)
+    slots.take("a", fast)
+    assert not slots.available("a", fast), "two per container"
+    slots.give_back("b", slow)
+    assert slots.available("c", slow) and slots.in_flight("b") == 0
+    slots.give_back("a", fast)
+    slots.give_back("a", slow)
+    assert slots.in_flight("a") == 0 and slots.available("a", slow)
+
+
+def test_a_pool_of_one_still_runs_long_execs() -> None:
+    slots = ExecSlots(workers=1, per_container=2)
+    assert slots.available("a", FAST_TIMEOUT_SECONDS * 10)

@@ -1,0 +1,76 @@
+"""The agent watch against an agent that hangs: accepts TCP, never answers."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+from consul_reg.agent_watch import AgentWatch
+from consul_reg.liveness import Liveness
+from consul_reg.registries.consul import AgentInfo, ConsulClient, ConsulEndpoint, ConsulRegistry
+from consul_reg.router import AGENT_BACK
+from tests.unit.fakes import FakeAgent, FakeClock
+
+
+class HangingAgent(FakeAgent):
+    """agent_info() blocks until released (a SIGSTOPped agent, a paused VM)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hang = threading.Event()
+        self.release = threading.Event()
+        self.entered = threading.Event()
+
+    def agent_info(self) -> AgentInfo:
+        if self.hang.is_set():
+            self.entered.set()
+            self.release.wait(10)
+        return super().agent_info()
+
+
+def test_a_probe_past_its_deadline_marks_the_agent_unreachable_then_back_when_it_answers() -> None:
+    agent, clock = HangingAgent(), FakeClock()
+    liveness = Liveness("consul", clock)
+    liveness.ok()
+    posted = []
+    watch = AgentWatch(agent, liveness, posted.append, identity=agent.agent_info(), probe_deadline=2.0, clock=clock)
+    assert not watch.overdue(), "no probe in flight: nothing is overdue"
+    agent.hang.set()
+    probe = threading.Thread(target=watch.check_once)
+    probe.start()
+    assert agent.entered.wait(5)
+    clock.advance(1.9)
+    assert not watch.overdue() and liveness.state.ok
+    clock.advance(0.2)
+    assert watch.overdue() and not liveness.state.ok and "within 2s" in liveness.state.reason
+    assert not watch.overdue(), "one warning per hang"
+    agent.hang.clear()
+    agent.release.set()
+    probe.join(5)
+    assert liveness.state.ok and [h.action for h in posted] == [AGENT_BACK], "answering again is a full pass"
+
+
+def test_health_turns_unreachable_within_5s_when_the_agent_hangs() -> None:
+    """An agent that accepts TCP connections (the kernel's backlog) and never answers:
+    the client's own 10 s timeout must not decide how long /health says "ok"."""
+    hung = socket.socket()
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(64)  # never accepted, never answered
+    client = ConsulClient(ConsulEndpoint("http", "127.0.0.1", hung.getsockname()[1]))
+    liveness = Liveness("consul")
+    liveness.ok()
+    watch = AgentWatch(ConsulRegistry(client), liveness, lambda hint: None, identity=None)
+    client.on_unreachable = watch.unreachable
+    watch.start()
+    try:
+        hung_at = time.monotonic()
+        while time.monotonic() - hung_at < 5.0 and liveness.state.ok:
+            time.sleep(0.1)
+        assert not liveness.state.ok, (
+            f"/health still says the agent is ok {time.monotonic() - hung_at:.1f}s after it stopped answering")
+        assert "no answer" in liveness.state.reason
+    finally:
+        watch.stop()
+        hung.close()
+        client.close()
