@@ -250,10 +250,17 @@ class Loop:
     def _fold_env_reads(self, reads: Iterable[EnvFileRead]) -> set[str]:
         """Env-file answers into the containers' states; the containers whose values changed."""
         changed: set[str] = set()
+        unread: list[tuple[str, DockerUnavailable]] = []
         for read in reads:
             state = self.env_states.get(read.container_id)
             if state is None or state.path != read.path:
                 continue  # the container went, or now names another file
+            if read.docker_down and not state.read:
+                # Nothing asks for a file never read (the poll follows desires): the container is
+                # looked at again on Docker's backoff, and that look asks for the file again.
+                del self.env_states[read.container_id]
+                unread.append((read.container_id, DockerUnavailable(f"env file {read.path}: {read.error}")))
+                continue
             new_state, values_changed, warnings = fold(state, read)
             self.env_states[read.container_id] = new_state
             name = new_state.container_name or read.container_id[:12]
@@ -261,6 +268,7 @@ class Loop:
                 logger.bind(container=name).warning("container {}: {}", name, warning)
             if values_changed:
                 changed.add(read.container_id)
+        self.reader.retry_later(unread)
         return changed
 
     def _poll_env_files(self, force: bool = False) -> None:

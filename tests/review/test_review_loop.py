@@ -5,85 +5,11 @@ the behaviour the README promises; a failing test is a finding."""
 from __future__ import annotations
 
 from consul_reg.drain import REASON_PREFIX
-from consul_reg.env_files import EnvFileRead
 from consul_reg.model import Service
 from consul_reg.registries.base import RegistryError
 from consul_reg.router import AGENT_BACK, CHECK_MISSING, RELOAD, START, Hint
 from tests.unit.fakes import FakeAgent, container
 from tests.unit.test_loop import Harness, event, h  # noqa: F401  (h: the started harness fixture)
-
-ENV_PATH = "/run/service.env"
-
-
-class FakeEnvReader:
-    """Stands in for EnvFileReader: records requests; the test answers them."""
-
-    def __init__(self) -> None:
-        self.pending: list[tuple[str, str]] = []
-        self.requested = 0
-
-    def request(self, container_id: str, path: str) -> None:
-        self.requested += 1
-        if (container_id, path) not in self.pending:
-            self.pending.append((container_id, path))
-
-    def answer_all(self, text: str | None = None) -> list[EnvFileRead]:
-        answers = [EnvFileRead(cid, path, text) for cid, path in self.pending]
-        self.pending.clear()
-        return answers
-
-
-def test_F1_a_first_env_file_read_that_met_a_docker_outage_is_retried() -> None:
-    """README "Guarantees": one container that cannot be read keeps its last
-    services and "is looked at again later". A container with an env file is
-    registered only after the first read answers. If that first read meets a
-    Docker hiccup (docker_down=True), fold() ignores the answer, the state stays
-    "not read yet", nobody asks again (the poll only covers containers that
-    have a desire, and a full pass finds the state with the same path), so the
-    container is never registered while it runs."""
-    h = Harness()
-    reader = FakeEnvReader()
-    h.loop.env_reader = reader  # type: ignore[assignment]
-    h.send(Hint("", START))
-    h.docker.add(container("c1", "web", ports={"80/tcp": "8080"}, labels={"SERVICE_ENV_FILE": ENV_PATH}))
-    h.send(event("c1", "start"))
-    assert reader.pending == [("c1", ENV_PATH)] and h.ids() == set()
-    reader.pending.clear()
-    # The read hit a dockerd restart: "docker down" for this round.
-    assert h.loop.handle([EnvFileRead("c1", ENV_PATH, None, error="dockerd dropped the connection",
-                                      docker_down=True)])
-    # Docker is back. Two minutes of env-file polls, a resync-like full pass (SIGHUP),
-    # and any read asked for meanwhile is answered ("no such file yet").
-    for _ in range(12):
-        h.clock.advance(10.0)
-        h.send()
-        if reader.pending:
-            assert h.loop.handle(list(reader.answer_all(None)))
-    h.send(Hint("", RELOAD))
-    if reader.pending:
-        assert h.loop.handle(list(reader.answer_all(None)))
-    assert h.ids() == {"h1:web:80"}, (
-        f"the container was never registered; env-file reads asked after the outage: {reader.requested - 1}")
-
-
-def test_F2_one_container_whose_inspect_fails_does_not_stop_every_other_from_registering() -> None:
-    """README "Guarantees": "one container cannot be read or mapped ... the others
-    carry on". In a full pass, one container whose inspect answers an error
-    (dockerd answered, e.g. HTTP 500 for that container, or it timed out on
-    that container's lock) aborts the whole pass: at start nothing is
-    registered, and every retry of the full pass fails the same way."""
-    h = Harness()
-    for n in range(20):
-        h.docker.add(container(f"good{n}", f"good{n}", ports={"80/tcp": str(8000 + n)}))
-    h.docker.add(container("stuck", "stuck", ports={"80/tcp": "8081"}))
-    h.docker.broken.add("stuck")  # inspecting this one container fails; Docker itself answers
-    h.send(Hint("", START))
-    for _ in range(10):  # the full pass is retried on Docker's backoff
-        h.clock.advance(max(h.loop.seconds_until_due(), 0.0))
-        h.send()
-    assert "h1:good0:80" in h.ids(), (
-        f"no well-behaved container registered; the backoff never grows (each good inspect resets it): "
-        f"{h.docker.lists} listings and {h.docker.inspects} inspects in {h.clock.now - 1000:.0f}s")
 
 
 def test_F3_a_docker_stop_in_the_same_batch_as_agent_back_still_drains(h: Harness) -> None:
