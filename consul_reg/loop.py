@@ -165,17 +165,15 @@ class Loop:
         if any(h.action == AGENT_BACK for h in batch if isinstance(h, Hint) and not h.container_id):
             self._agent_back()
         self.drainer.expire()
-        for container_id, signal in actions.drains:
-            known = self.desires.get(container_id)
-            if known is not None:
-                self.drainer.on_kill(known.container_name, container_id, self._registered_ids(known), signal,
-                                     known.stop_signal)
         for container_id in actions.restarted:
             self.primary.reaps.container_restarted(container_id)
+            self.drainer.on_start(container_id)
+        drains_left = self._drain(actions.drains)
         affected: set[str] = set()
         for container_id, exit_code in actions.deaths:
-            self.drainer.on_die(container_id)
             affected |= self._mark_dead(container_id, exit_code)
+            known = self.desires.get(container_id)
+            self.drainer.on_die(container_id, records_kept=known is not None and known.keep_existing)
         refresh = set(actions.refresh) | self._fold_env_reads(m for m in batch if isinstance(m, EnvFileRead))
         if actions.missing_checks:
             logger.info("the agent lost checks of {}: listing it again", ", ".join(sorted(actions.missing_checks)))
@@ -207,6 +205,7 @@ class Loop:
                 self.probes.report_container_now(container_id, known.status)
         self._poll_env_files(force=kind == "full")
         result = self._sync_primary(None if kind == "full" else affected)
+        self._drain(drains_left)
         self._publish(relist_mirrors=kind == "full", changed=self._dirty or kind == "full" or bool(
             result.registered or result.deregistered))
         if kind == "full" or affected:
@@ -229,6 +228,18 @@ class Loop:
             return
         self.primary.agent_changed(info)
         self._on_agent_changed(info)
+
+    def _drain(self, drains: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+        """Maintenance on for the containers being stopped. The ones left when the agent's
+        records are not known (it is listed again: it came back) are done after the sync."""
+        if self.primary.actual is None:
+            return drains
+        for container_id, signal in drains:
+            known = self.desires.get(container_id)
+            if known is not None:
+                self.drainer.on_kill(known.container_name, container_id, self._registered_ids(known), signal,
+                                     known.stop_signal)
+        return ()
 
     def _registered_ids(self, desire: ContainerDesire) -> tuple[str, ...]:
         """The container's services whose records in the agent are this daemon's, for
@@ -331,6 +342,7 @@ class Loop:
         self.desires = desires
         self._reindex()
         self.builder.forget_all_but(set(desires))
+        self.drainer.keep_only(desires)
         self.env_states = {cid: s for cid, s in self.env_states.items() if cid in listed}
         for warning in self.desired.replace_all(desires.values()):
             logger.warning(warning)
@@ -381,6 +393,7 @@ class Loop:
             self.desires.pop(container_id, None)
             self.env_states.pop(container_id, None)
             self.builder.forget(container_id)
+            self.drainer.forget(container_id)
         else:
             self.desires[container_id] = new
         self._index(container_id, new)

