@@ -398,6 +398,8 @@ class Loop:
             self.desires[container_id] = new
         self._index(container_id, new)
         affected, warnings = self.desired.update(old, new)
+        if old is not None and old.keep_existing and (new is None or not new.keep_existing):
+            affected |= self.primary.records_of(container_id)  # kept on its death; they go now
         for warning in warnings:
             logger.warning(warning)
         self._probe_dirty.add(container_id)

@@ -4,10 +4,8 @@ the behaviour the README promises; a failing test is a finding."""
 
 from __future__ import annotations
 
-from consul_reg.model import Service
-from consul_reg.registries.base import RegistryError
-from consul_reg.router import CHECK_MISSING, RELOAD, START, Hint
-from tests.unit.fakes import FakeAgent, container
+from consul_reg.router import CHECK_MISSING, Hint
+from tests.unit.fakes import container
 from tests.unit.test_loop import Harness, event, h  # noqa: F401  (h: the started harness fixture)
 
 
@@ -61,67 +59,3 @@ def test_F5b_destroying_the_loser_keeps_the_winners_heartbeat(h: Harness) -> Non
     h.send(event("squat", "destroy"))
     assert "service:jobs:heartbeat" in h.probes._tasks, "the winner's heartbeat is no longer scheduled"
     assert h.loop.handle([event("legit", "health_status")])  # raised KeyError out of handle()
-
-
-class RefusingAgent(FakeAgent):
-    """An agent that refuses (HTTP 400) every service whose name starts with "bad"."""
-
-    def register(self, service: Service) -> None:
-        if service.name.startswith("bad"):
-            self._call("register", service.id)
-            raise RegistryError(f"fake agent: 400 invalid service {service.id}")
-        super().register(service)
-
-
-def test_F6_tables_keyed_by_service_id_do_not_outlive_their_container() -> None:
-    """README "Guarantees" (uptime): "every table is per container or per check".
-    With -resync 0, Primary.refused keeps one entry per refused service ID for
-    ever: only a success or a full pass removes it, never the container's death."""
-    h = Harness()
-    h.agent = RefusingAgent()
-    h.primary.agent = h.agent
-    h.send(Hint("", START))
-    for n in range(50):
-        cid = f"c{n}"
-        h.docker.add(container(cid, f"job{n}", ports={"80/tcp": "8080"}, labels={"SERVICE_NAME": "bad"}))
-        h.send(event(cid, "start"))
-        del h.docker.containers[cid]
-        h.send(event(cid, "destroy"))
-    assert h.loop.desires == {}
-    assert len(h.primary.refused) == 0, f"{len(h.primary.refused)} entries of containers long gone"
-
-
-def test_F6b_a_reap_does_not_outlive_its_container(h: Harness) -> None:
-    """The same for ReapTracker: a reaped service's entry leaves only when its
-    container restarts or the agent is replaced, never when the container is
-    removed, not even by a full pass."""
-    h.docker.add(container("c1", "worker", ports={"80/tcp": "8080"},
-                           labels={"SERVICE_CHECK_TTL": "10s", "SERVICE_CHECK_DEREGISTER_AFTER": "1m"}))
-    h.send(event("c1", "start"))
-    del h.agent.records["h1:worker:80"]  # the agent reaps it
-    h.send(Hint("", CHECK_MISSING, attributes=(("service_id", "h1:worker:80"),)))
-    assert "h1:worker:80" in h.primary.reaps
-    del h.docker.containers["c1"]
-    h.send(event("c1", "destroy"))
-    h.send(Hint("", RELOAD))
-    assert h.primary.reaps.digests() == {}, f"kept for a container long gone: {h.primary.reaps.digests()}"
-
-
-def test_F15_destroy_removes_the_records_on_success_kept() -> None:
-    """README "Lifecycle": "`destroy` deregisters". With -deregister on-success a failed
-    container's records are kept (right); its death set its desire's services to (),
-    so its later `docker rm` affects no service ID and nothing is deregistered: the
-    record of a container that no longer exists stays in the agent (with -resync 0
-    for ever), while the mirrors, which follow the snapshot, drop it."""
-    h = Harness(deregister="on-success")
-    h.send(Hint("", START))
-    h.docker.add(container("c1", "job", ports={"80/tcp": "8080"}))
-    h.send(event("c1", "start"))
-    h.docker.containers["c1"]["State"].update(Running=False, ExitCode=3)
-    h.send(event("c1", "die", exitCode="3"))
-    assert h.ids() == {"h1:job:80"}  # kept: the container failed
-    del h.docker.containers["c1"]
-    h.send(event("c1", "destroy"))
-    h.clock.advance(3600)
-    h.send()
-    assert h.ids() == set(), "the record of a removed container is still registered an hour later"

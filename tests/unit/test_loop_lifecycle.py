@@ -5,8 +5,10 @@ batch, and nothing kept for a container outlives it."""
 from __future__ import annotations
 
 from consul_reg.drain import REASON_PREFIX
-from consul_reg.router import AGENT_BACK, RELOAD, START, Hint
-from tests.unit.fakes import container
+from consul_reg.model import RegisteredService, Service
+from consul_reg.registries.base import RegistryError
+from consul_reg.router import AGENT_BACK, CHECK_MISSING, RELOAD, START, Hint
+from tests.unit.fakes import FakeAgent, container
 from tests.unit.test_loop import Harness, event, h  # noqa: F401  (h: the started harness fixture)
 
 
@@ -90,3 +92,114 @@ def test_a_drained_container_whose_records_were_kept_leaves_maintenance_when_it_
     h.docker.containers["c1"]["State"].update(Running=True, ExitCode=0)
     h.send(event("c1", "start"))
     assert h.ids() == {"h1:web:80"} and h.agent.maintenance == {}
+
+
+class RefusingAgent(FakeAgent):
+    """An agent that refuses (HTTP 400) every service whose name starts with "bad"."""
+
+    def register(self, service: Service) -> None:
+        if service.name.startswith("bad"):
+            self._call("register", service.id)
+            raise RegistryError(f"fake agent: 400 invalid service {service.id}")
+        super().register(service)
+
+
+def test_refused_definitions_do_not_outlive_their_container() -> None:
+    """With -resync 0 no full pass ever clears Primary.refused: a container's
+    removal must."""
+    h = Harness()
+    h.agent = RefusingAgent()
+    h.primary.agent = h.agent
+    h.send(Hint("", START))
+    for n in range(50):
+        cid = f"c{n}"
+        h.docker.add(container(cid, f"job{n}", ports={"80/tcp": "8080"}, labels={"SERVICE_NAME": "bad"}))
+        h.send(event(cid, "start"))
+        assert f"h1:job{n}:80" in h.primary.refused
+        del h.docker.containers[cid]
+        h.send(event(cid, "destroy"))
+    assert h.loop.desires == {}
+    assert len(h.primary.refused) == 0, f"{len(h.primary.refused)} entries of containers long gone"
+
+
+def test_a_refused_definition_of_a_running_container_is_still_not_retried() -> None:
+    h = Harness()
+    h.agent = RefusingAgent()
+    h.primary.agent = h.agent
+    h.send(Hint("", START))
+    h.docker.add(container("c1", "job", ports={"80/tcp": "8080"}, labels={"SERVICE_NAME": "bad"}))
+    h.docker.add(container("c2", "web", ports={"80/tcp": "8081"}))
+    h.send(event("c1", "start"))
+    h.send(event("c2", "start"), event("c1", "update"))
+    assert h.agent.calls.count(("register", "h1:job:80")) == 1 and "h1:job:80" in h.primary.refused
+
+
+def reaped(h: Harness) -> None:
+    h.docker.add(container("c1", "worker", ports={"80/tcp": "8080"},
+                           labels={"SERVICE_CHECK_TTL": "10s", "SERVICE_CHECK_DEREGISTER_AFTER": "1m"}))
+    h.send(event("c1", "start"))
+    del h.agent.records["h1:worker:80"]  # the agent reaps it
+    h.send(Hint("", CHECK_MISSING, attributes=(("service_id", "h1:worker:80"),)))
+    assert "h1:worker:80" in h.primary.reaps and h.ids() == set()
+
+
+def test_a_reap_does_not_outlive_its_container(h: Harness) -> None:
+    reaped(h)
+    del h.docker.containers["c1"]
+    h.send(event("c1", "destroy"))
+    assert h.primary.reaps.digests() == {}, f"kept for a container long gone: {h.primary.reaps.digests()}"
+
+
+def test_a_full_pass_forgets_the_reap_of_a_container_whose_removal_was_missed(h: Harness) -> None:
+    reaped(h)
+    del h.docker.containers["c1"]  # its destroy event was lost
+    h.send(Hint("", RELOAD))
+    assert h.primary.reaps.digests() == {}
+
+
+def test_a_reap_of_a_running_container_stays_through_a_full_pass(h: Harness) -> None:
+    reaped(h)
+    h.send(Hint("", RELOAD))
+    h.send(event("c1", "update"))
+    assert "h1:worker:80" in h.primary.reaps and h.ids() == set()
+
+
+def failed_on_success(h: Harness) -> None:
+    h.send(Hint("", START))
+    h.docker.add(container("c1", "job", ports={"80/tcp": "8080"}))
+    h.send(event("c1", "start"))
+    h.docker.containers["c1"]["State"].update(Running=False, ExitCode=3)
+    h.send(event("c1", "die", exitCode="3"))
+    assert h.ids() == {"h1:job:80"}  # kept: the container failed
+
+
+def test_destroy_removes_the_records_on_success_kept() -> None:
+    """-deregister on-success keeps a failed container's records; its `docker rm`
+    removes them (README "Lifecycle": `destroy` deregisters), with -resync 0 too."""
+    h = Harness(deregister="on-success")
+    failed_on_success(h)
+    del h.docker.containers["c1"]
+    h.send(event("c1", "destroy"))
+    assert h.ids() == set(), "the record of a removed container is still registered"
+    h.clock.advance(3600)
+    h.send()
+    assert h.ids() == set()
+
+
+def test_destroy_of_a_failed_container_leaves_a_record_someone_else_holds_now() -> None:
+    h = Harness(deregister="on-success")
+    failed_on_success(h)
+    h.agent.records["h1:job:80"] = RegisteredService("h1:job:80", "job")  # taken over by hand meanwhile
+    h.send(Hint("", RELOAD))
+    del h.docker.containers["c1"]
+    h.send(event("c1", "destroy"))
+    assert h.ids() == {"h1:job:80"} and ("deregister", "h1:job:80") not in h.agent.calls
+
+
+def test_a_failed_container_started_again_under_another_name_drops_its_kept_records() -> None:
+    h = Harness(deregister="on-success")
+    failed_on_success(h)
+    h.docker.containers["c1"]["Name"] = "/job2"
+    h.docker.containers["c1"]["State"].update(Running=True, ExitCode=0)
+    h.send(event("c1", "start"))
+    assert h.ids() == {"h1:job2:80"}
