@@ -12,10 +12,10 @@ from tests.unit.fakes import FakeAgent, container
 from tests.unit.test_loop import Harness, event, h  # noqa: F401  (h: the started harness fixture)
 
 
-def started(h: Harness) -> None:
-    h.docker.add(container("c1", "web", ports={"80/tcp": "8080"}))
+def started(h: Harness, name: str = "web") -> None:
+    h.docker.add(container("c1", name, ports={"80/tcp": "8080"}))
     h.send(event("c1", "start"))
-    assert h.ids() == {"h1:web:80"}
+    assert h.ids() == {f"h1:{name}:80"}
 
 
 def test_a_docker_stop_in_the_same_batch_as_agent_back_still_drains(h: Harness) -> None:
@@ -166,8 +166,7 @@ def test_a_reap_of_a_running_container_stays_through_a_full_pass(h: Harness) -> 
 
 def failed_on_success(h: Harness) -> None:
     h.send(Hint("", START))
-    h.docker.add(container("c1", "job", ports={"80/tcp": "8080"}))
-    h.send(event("c1", "start"))
+    started(h, "job")
     h.docker.containers["c1"]["State"].update(Running=False, ExitCode=3)
     h.send(event("c1", "die", exitCode="3"))
     assert h.ids() == {"h1:job:80"}  # kept: the container failed
