@@ -6,8 +6,9 @@ Consul maintenance at once, so routing stops while the process shuts down;
 `die` then deregisters as usual. If no `die` follows within the drain
 timeout (a process that traps SIGTERM and keeps running), the maintenance
 is cleared again, and so it is at once when the container starts again (a
-`docker restart`: Consul keeps a service's maintenance across its
-re-registration). Only maintenance this daemon set is ever cleared.
+`docker restart` whose death and start came in one batch: its unchanged
+records are not registered again, which would have cleared it). Only
+maintenance this daemon set is ever cleared.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import signal
 import time
 from dataclasses import dataclass
-from typing import Collection, Protocol
+from typing import Protocol
 
 from loguru import logger
 
@@ -54,7 +55,7 @@ def is_terminating(sent: str, stop_signal: str) -> bool:
 @dataclass
 class _Drain:
     service_ids: tuple[str, ...]
-    deadline: float | None  # None: the container died and its records were kept; cleared when it starts again
+    deadline: float
 
 
 class Drainer:
@@ -66,8 +67,7 @@ class Drainer:
 
     def on_kill(self, container_name: str, container_id: str, service_ids: tuple[str, ...], sent: str,
                 stop_signal: str) -> None:
-        draining = self._draining.get(container_id)
-        if not service_ids or not is_terminating(sent, stop_signal) or (draining and draining.deadline is not None):
+        if not service_ids or not is_terminating(sent, stop_signal) or container_id in self._draining:
             return
         reason = f"{REASON_PREFIX} container {container_name} (signal {sent})"
         for service_id in service_ids:
@@ -79,12 +79,11 @@ class Drainer:
                 logger.warning("could not put {} in maintenance: {}", service_id, error)
         self._draining[container_id] = _Drain(service_ids, self._clock() + self._timeout)
 
-    def on_die(self, container_id: str, records_kept: bool = False) -> None:
-        """The process ended: deregistration follows, which removes the maintenance too.
-        Records kept (-deregister on-success) keep it until the container starts again."""
-        drain = self._draining.pop(container_id, None)
-        if drain is not None and records_kept:
-            self._draining[container_id] = _Drain(drain.service_ids, None)
+    def on_die(self, container_id: str) -> None:
+        """The process ended: deregistration follows, which removes the maintenance too
+        (and so does the registration of records kept by -deregister on-success when
+        the container starts again: it replaces the service's checks)."""
+        self._draining.pop(container_id, None)
 
     def on_start(self, container_id: str) -> None:
         """The container runs again (a restart): its drain is over, now."""
@@ -92,23 +91,14 @@ class Drainer:
         if drain is not None:
             self._clear(drain.service_ids, "its container started again")
 
-    def forget(self, container_id: str) -> None:
-        """The container is gone, and its records with it."""
-        self._draining.pop(container_id, None)
-
-    def keep_only(self, container_ids: Collection[str]) -> None:
-        """A full pass: containers no longer listed are gone (their destroy was missed)."""
-        for gone in set(self._draining).difference(container_ids):
-            del self._draining[gone]
-
     def next_deadline(self) -> float | None:
-        return min((d.deadline for d in self._draining.values() if d.deadline is not None), default=None)
+        return min((d.deadline for d in self._draining.values()), default=None)
 
     def expire(self) -> None:
         """Give back rotation to containers that did not die within the drain timeout."""
         now = self._clock()
         for container_id, drain in list(self._draining.items()):
-            if drain.deadline is None or drain.deadline > now:
+            if drain.deadline > now:
                 continue
             del self._draining[container_id]
             self._clear(drain.service_ids, "it did not stop within the drain timeout")
@@ -123,6 +113,6 @@ class Drainer:
                         "{}: {}: maintenance cleared", service_id, why)
                 elif reason is not None:
                     logger.bind(service_id=service_id).info(
-                        "{}: {}; someone else's maintenance left as is ({})", service_id, why, reason)
+                        "{}; someone else's maintenance left as is: {} ({})", why, service_id, reason)
             except RegistryError as error:
                 logger.warning("could not clear maintenance of {}: {}", service_id, error)

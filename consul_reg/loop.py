@@ -171,9 +171,8 @@ class Loop:
         drains_left = self._drain(actions.drains)
         affected: set[str] = set()
         for container_id, exit_code in actions.deaths:
+            self.drainer.on_die(container_id)
             affected |= self._mark_dead(container_id, exit_code)
-            known = self.desires.get(container_id)
-            self.drainer.on_die(container_id, records_kept=known is not None and known.keep_existing)
         refresh = set(actions.refresh) | self._fold_env_reads(m for m in batch if isinstance(m, EnvFileRead))
         if actions.missing_checks:
             logger.info("the agent lost checks of {}: listing it again", ", ".join(sorted(actions.missing_checks)))
@@ -342,7 +341,6 @@ class Loop:
         self.desires = desires
         self._reindex()
         self.builder.forget_all_but(set(desires))
-        self.drainer.keep_only(desires)
         self.env_states = {cid: s for cid, s in self.env_states.items() if cid in listed}
         for warning in self.desired.replace_all(desires.values()):
             logger.warning(warning)
@@ -393,7 +391,6 @@ class Loop:
             self.desires.pop(container_id, None)
             self.env_states.pop(container_id, None)
             self.builder.forget(container_id)
-            self.drainer.forget(container_id)
         else:
             self.desires[container_id] = new
         self._index(container_id, new)

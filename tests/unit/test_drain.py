@@ -3,7 +3,7 @@ at the container's death, or at once when the container starts again."""
 
 from __future__ import annotations
 
-from consul_reg.drain import REASON_PREFIX, Drainer
+from consul_reg.drain import Drainer
 from tests.unit.fakes import FakeAgent, FakeClock
 
 
@@ -33,20 +33,10 @@ def test_a_start_of_a_container_not_draining_writes_nothing() -> None:
     assert not [c for c in agent.calls if c[0] != "maintenance on"]
 
 
-def test_a_death_whose_records_are_kept_stays_in_maintenance_until_a_start() -> None:
-    clock, agent, drainer = draining()
-    drainer.on_die("c1", records_kept=True)
-    assert drainer.next_deadline() is None, "a dead container's drain has no timeout to wake for"
-    clock.advance(3600)
-    drainer.expire()
-    assert set(agent.maintenance) == {"s1", "s2"}
-    drainer.on_start("c1")
-    assert agent.maintenance == {}
-
-
-def test_a_death_without_kept_records_forgets_the_drain() -> None:
+def test_a_death_forgets_the_drain() -> None:
     clock, agent, drainer = draining()
     drainer.on_die("c1")
+    assert drainer.next_deadline() is None
     agent.maintenance.clear()  # the deregistration removed them
     drainer.on_start("c1")
     clock.advance(60)
@@ -54,21 +44,9 @@ def test_a_death_without_kept_records_forgets_the_drain() -> None:
     assert not [c for c in agent.calls if c[0] != "maintenance on"]
 
 
-def test_a_kept_drain_is_forgotten_with_its_container() -> None:
-    _, agent, drainer = draining()
-    drainer.on_kill("db", "c2", ("s3",), "TERM", "")
-    drainer.on_die("c1", records_kept=True)
-    drainer.on_die("c2", records_kept=True)
-    drainer.forget("c1")
-    drainer.keep_only({"c1"})  # a full pass no longer lists c2
-    drainer.on_start("c1")
-    drainer.on_start("c2")
-    assert set(agent.maintenance) == {"s1", "s2", "s3"}, "a drain outlived its container"
-
-
-def test_a_kill_after_a_missed_start_drains_again() -> None:
+def test_a_second_kill_while_draining_keeps_the_first_deadline() -> None:
     clock, agent, drainer = draining()
-    drainer.on_die("c1", records_kept=True)
-    agent.maintenance.clear()
-    drainer.on_kill("web", "c1", ("s1",), "15", "")  # its start event was missed
-    assert agent.maintenance["s1"].startswith(REASON_PREFIX) and drainer.next_deadline() == clock.now + 30
+    clock.advance(10)
+    drainer.on_kill("web", "c1", ("s1", "s2"), "15", "")
+    assert drainer.next_deadline() == clock.now + 20
+    assert agent.calls.count(("maintenance on", "s1")) == 1

@@ -77,8 +77,8 @@ def test_a_stop_after_a_start_in_one_batch_still_drains(h: Harness) -> None:
 
 def test_a_drained_container_whose_records_were_kept_leaves_maintenance_when_it_starts_again() -> None:
     """-deregister on-success: a drained container that failed keeps its records,
-    in maintenance (Consul keeps maintenance across a re-registration); when it
-    starts again, in another batch, the maintenance is cleared."""
+    in maintenance while it is dead; when it starts again, in another batch, its
+    records are registered again, which clears the maintenance."""
     h = Harness(deregister="on-success")
     h.send(Hint("", START))
     started(h)
