@@ -5,7 +5,10 @@ process exited. On a terminating signal the container's services go into
 Consul maintenance at once, so routing stops while the process shuts down;
 `die` then deregisters as usual. If no `die` follows within the drain
 timeout (a process that traps SIGTERM and keeps running), the maintenance
-is cleared again. Only maintenance this daemon set is ever cleared.
+is cleared again, and so it is at once when the container starts again (a
+`docker restart` whose death and start came in one batch: its unchanged
+records are not registered again, which would have cleared it). Only
+maintenance this daemon set is ever cleared.
 """
 
 from __future__ import annotations
@@ -77,8 +80,16 @@ class Drainer:
         self._draining[container_id] = _Drain(service_ids, self._clock() + self._timeout)
 
     def on_die(self, container_id: str) -> None:
-        """The process ended: deregistration follows, which removes the maintenance too."""
+        """The process ended: deregistration follows, which removes the maintenance too
+        (and so does the registration of records kept by -deregister on-success when
+        the container starts again: it replaces the service's checks)."""
         self._draining.pop(container_id, None)
+
+    def on_start(self, container_id: str) -> None:
+        """The container runs again (a restart): its drain is over, now."""
+        drain = self._draining.pop(container_id, None)
+        if drain is not None:
+            self._clear(drain.service_ids, "its container started again")
 
     def next_deadline(self) -> float | None:
         return min((d.deadline for d in self._draining.values()), default=None)
@@ -90,16 +101,18 @@ class Drainer:
             if drain.deadline > now:
                 continue
             del self._draining[container_id]
-            for service_id in drain.service_ids:
-                try:
-                    reason = self._registry.maintenance_reason(service_id)
-                    if reason is not None and reason.startswith(REASON_PREFIX):
-                        self._registry.disable_maintenance(service_id)
-                        logger.bind(service_id=service_id, action="undrain").info(
-                            "{} did not stop within the drain timeout: maintenance cleared", service_id)
-                    elif reason is not None:
-                        logger.bind(service_id=service_id).info(
-                            "drain timeout passed; someone else's maintenance left as is: {} ({})",
-                            service_id, reason)
-                except RegistryError as error:
-                    logger.warning("could not clear maintenance of {}: {}", service_id, error)
+            self._clear(drain.service_ids, "it did not stop within the drain timeout")
+
+    def _clear(self, service_ids: tuple[str, ...], why: str) -> None:
+        for service_id in service_ids:
+            try:
+                reason = self._registry.maintenance_reason(service_id)
+                if reason is not None and reason.startswith(REASON_PREFIX):
+                    self._registry.disable_maintenance(service_id)
+                    logger.bind(service_id=service_id, action="undrain").info(
+                        "{}: {}: maintenance cleared", service_id, why)
+                elif reason is not None:
+                    logger.bind(service_id=service_id).info(
+                        "{}; someone else's maintenance left as is: {} ({})", why, service_id, reason)
+            except RegistryError as error:
+                logger.warning("could not clear maintenance of {}: {}", service_id, error)

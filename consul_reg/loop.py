@@ -165,13 +165,10 @@ class Loop:
         if any(h.action == AGENT_BACK for h in batch if isinstance(h, Hint) and not h.container_id):
             self._agent_back()
         self.drainer.expire()
-        for container_id, signal in actions.drains:
-            known = self.desires.get(container_id)
-            if known is not None:
-                self.drainer.on_kill(known.container_name, container_id, self._registered_ids(known), signal,
-                                     known.stop_signal)
         for container_id in actions.restarted:
             self.primary.reaps.container_restarted(container_id)
+            self.drainer.on_start(container_id)
+        drains_left = self._drain(actions.drains)
         affected: set[str] = set()
         for container_id, exit_code in actions.deaths:
             self.drainer.on_die(container_id)
@@ -207,6 +204,7 @@ class Loop:
                 self.probes.report_container_now(container_id, known.status)
         self._poll_env_files(force=kind == "full")
         result = self._sync_primary(None if kind == "full" else affected)
+        self._drain(drains_left)
         self._publish(relist_mirrors=kind == "full", changed=self._dirty or kind == "full" or bool(
             result.registered or result.deregistered))
         if kind == "full" or affected:
@@ -230,6 +228,18 @@ class Loop:
         self.primary.agent_changed(info)
         self._on_agent_changed(info)
 
+    def _drain(self, drains: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+        """Maintenance on for the containers being stopped. The ones left when the agent's
+        records are not known (it is listed again: it came back) are done after the sync."""
+        if self.primary.actual is None:
+            return drains
+        for container_id, signal in drains:
+            known = self.desires.get(container_id)
+            if known is not None:
+                self.drainer.on_kill(known.container_name, container_id, self._registered_ids(known), signal,
+                                     known.stop_signal)
+        return ()
+
     def _registered_ids(self, desire: ContainerDesire) -> tuple[str, ...]:
         """The container's services whose records in the agent are this daemon's, for
         this container: a drain never touches a record someone else holds."""
@@ -250,10 +260,17 @@ class Loop:
     def _fold_env_reads(self, reads: Iterable[EnvFileRead]) -> set[str]:
         """Env-file answers into the containers' states; the containers whose values changed."""
         changed: set[str] = set()
+        unread: list[tuple[str, DockerUnavailable]] = []
         for read in reads:
             state = self.env_states.get(read.container_id)
             if state is None or state.path != read.path:
                 continue  # the container went, or now names another file
+            if read.docker_down and not state.read:
+                # Nothing asks for a file never read (the poll follows desires): the container is
+                # looked at again on Docker's backoff, and that look asks for the file again.
+                del self.env_states[read.container_id]
+                unread.append((read.container_id, DockerUnavailable(f"env file {read.path}: {read.error}")))
+                continue
             new_state, values_changed, warnings = fold(state, read)
             self.env_states[read.container_id] = new_state
             name = new_state.container_name or read.container_id[:12]
@@ -261,6 +278,7 @@ class Loop:
                 logger.bind(container=name).warning("container {}: {}", name, warning)
             if values_changed:
                 changed.add(read.container_id)
+        self.reader.retry_later(unread)
         return changed
 
     def _poll_env_files(self, force: bool = False) -> None:
@@ -377,6 +395,8 @@ class Loop:
             self.desires[container_id] = new
         self._index(container_id, new)
         affected, warnings = self.desired.update(old, new)
+        if old is not None and old.keep_existing and (new is None or not new.keep_existing):
+            affected |= self.primary.records_of(container_id)  # kept on its death; they go now
         for warning in warnings:
             logger.warning(warning)
         self._probe_dirty.add(container_id)

@@ -96,6 +96,7 @@ class Primary:
 
     def sync(self, desired: Mapping[str, Service], desires: Collection[ContainerDesire], scope: Collection[str] | None,
              kept_containers: Collection[str]) -> SyncResult:
+        self._forget_undesired(desired, scope)
         if self.actual is None:
             if not self.backoff.ready():
                 return SyncResult(reached=False)
@@ -134,8 +135,22 @@ class Primary:
         self.last_error = ""
         return result
 
+    def _forget_undesired(self, desired: Mapping[str, Service], scope: Collection[str] | None) -> None:
+        """What is kept per service ID (a refused definition, a reap, a warning) leaves with
+        the last desire for that ID, so that no table outlives its containers."""
+        ids = set(self.refused) | self.reaps.service_ids() | set(self._blocked_warned) if scope is None else scope
+        for service_id in ids:
+            if service_id not in desired:
+                self.refused.pop(service_id, None)
+                self.reaps.forget(service_id)
+                self._blocked_warned.pop(service_id, None)
+
     def owned(self) -> list[RegisteredService]:
         return [s for s in (self.actual or {}).values() if s.owned_by(self.hostname)]
+
+    def records_of(self, container_id: str) -> set[str]:
+        """The IDs of this daemon's records for one container, as last known."""
+        return {s.id for s in self.owned() if s.container_id == container_id}
 
     def _unreachable(self, reason: str) -> None:
         self.actual = None

@@ -2,8 +2,8 @@
 
 Such a reap (one service gone while the agent stayed up) is on purpose:
 re-adding the service at the next reconcile would only make it flap. It
-stays removed until its container restarts or its definition changes. An
-agent restart (a new node ID: everything gone) is not a reap.
+stays removed until its container restarts or its definition changes, or
+no container asks for it any more. An agent restart (a new node ID: everything gone) is not a reap.
 """
 
 from __future__ import annotations
@@ -45,6 +45,13 @@ class ReapTracker:
         for service_id, (_, reaped_container) in list(self._reaped.items()):
             if reaped_container == container_id:
                 del self._reaped[service_id]
+
+    def service_ids(self) -> set[str]:
+        return set(self._reaped)
+
+    def forget(self, service_id: str) -> None:
+        """No container asks for this service any more."""
+        self._reaped.pop(service_id, None)
 
     def clear(self) -> None:
         self._reaped.clear()

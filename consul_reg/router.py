@@ -57,7 +57,7 @@ class Actions:
     stop: bool = False
     reload_token: bool = False
     full_reason: str = ""  # non-empty: relist Docker and the primary
-    restarted: frozenset[str] = frozenset()  # containers whose process (re)started: reaps end
+    restarted: frozenset[str] = frozenset()  # containers whose process (re)started: reaps and drains end
     drains: tuple[tuple[str, str], ...] = ()  # (container ID, signal) of a kill not followed by its death
     deaths: tuple[tuple[str, str], ...] = ()  # (container ID, exit code): its last event was "die"
     refresh: frozenset[str] = frozenset()  # containers to inspect again
@@ -69,9 +69,10 @@ class Actions:
 
 def route(batch: list[Hint]) -> Actions:
     """What one batch of hints asks for. The last event of a container decides
-    between "it died" and "look at it again"; a kill followed by the die in the
-    same batch needs no drain (the deregistration follows at once), nor does a
-    SIGKILL (nothing drains: the process is gone before the agent is told)."""
+    between "it died" and "look at it again"; a kill followed by the die (or a
+    start: a restart) in the same batch needs no drain (the deregistration
+    follows at once), nor does a SIGKILL (nothing drains: the process is gone
+    before the agent is told)."""
     reasons = [h.action for h in batch if not h.container_id and h.action in FULL_PASS_REASONS]
     last: dict[str, Hint] = {}
     kills: dict[str, str] = {}
@@ -88,6 +89,7 @@ def route(batch: list[Hint]) -> Actions:
         last[hint.container_id] = hint
         if hint.action in ("start", "restart"):
             restarted.add(hint.container_id)
+            kills.pop(hint.container_id, None)  # the stop it began is over: the container runs again
         if hint.action in STATUS_ACTIONS:
             status.add(hint.container_id)
     deaths = tuple((cid, hint.attribute("exitCode")) for cid, hint in last.items() if hint.action == "die")

@@ -12,6 +12,7 @@ from tests.integration.conftest import wait_until
 pytestmark = pytest.mark.integration
 
 WORKER = {"SERVICE_NAME": "jobs", "SERVICE_HEARTBEAT_TTL": "3s"}
+TRAP_TERM = "trap 'exit {code}' TERM; while true; do sleep 0.1; done"  # a process that stops on SIGTERM
 SECOND = 1_000_000_000
 # Healthy once /tmp/healthy exists; failures during the start period do not count.
 HEALTH = {"test": ["CMD-SHELL", "test -f /tmp/healthy && echo probe-ok || { echo probe-failed; exit 1; }"],
@@ -143,3 +144,24 @@ def test_operator_maintenance_is_never_cleared(start_daemon, run_container, cons
     web.kill(signal="SIGTERM")
     daemon.wait_log(f"left as is: {service_id}")
     assert maintenance(consul_api, service_id)["Notes"] == "operator: disk swap"
+
+
+def test_a_drained_container_kept_by_on_success_leaves_maintenance_when_it_starts_again(
+        start_daemon, run_container, consul_api, hostname):
+    """A stop whose process exits 1: -deregister on-success keeps the record, in
+    maintenance while the container is dead; its start registers it again, which
+    (replacing its checks) takes it out of maintenance."""
+    start_daemon("-deregister", "on-success")
+    web = run_container(["sh", "-c", TRAP_TERM.format(code=1)], ports={"80/tcp": None}, stop_signal="SIGTERM")
+    service_id = f"{hostname}:{web.name}:80"
+    wait_until(lambda: service_id in consul_api.services_of(hostname), message="registered")
+    web.stop(timeout=10)
+    web.reload()
+    assert web.attrs["State"]["ExitCode"] == 1
+    wait_until(lambda: maintenance(consul_api, service_id), timeout=4, message="drained while stopping")
+    observe(lambda: service_id in consul_api.services() and maintenance(consul_api, service_id), 2,
+            "a failed container's record is kept, out of rotation")
+    web.start()
+    wait_until(lambda: not maintenance(consul_api, service_id), timeout=5, message="back in rotation once started")
+    assert service_id in consul_api.services()
+

@@ -60,6 +60,7 @@ class FakeAgent:
             raise RegistryScriptsRefused("Scripts are disabled on this agent")
         self.records[service.id] = registered_form(service)
         self.registered[service.id] = service
+        self.maintenance.pop(service.id, None)  # registered with replace-existing-checks, as the client does
         for check in service.checks:
             self.checks[check.check_id] = ("critical", "")
 

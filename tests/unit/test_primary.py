@@ -77,3 +77,32 @@ def test_a_new_node_id_means_a_restart_not_reaps() -> None:
     result = primary.sync({"a": reapable}, [desire], None, set())
     assert [s.id for s in result.registered] == ["a"]
     assert primary.agent_changed(agent.agent_info()) is False  # same node: an outage, not a restart
+
+
+def test_what_is_kept_per_service_id_leaves_with_the_last_desire_for_it() -> None:
+    """Refused definitions, reaps and blocked warnings: a targeted sync forgets the
+    IDs of its scope no longer desired, a full one every such ID; desired ones stay."""
+    clock, agent = FakeClock(), FakeAgent()
+    primary = Primary(agent, "h", 1.0, clock)
+    desired = {"a": service("a"), "b": service("b", cid="c2")}
+    primary.sync(desired, [], None, set())
+    for sid in ("a", "b", "gone"):
+        primary.refused[sid] = "digest"
+        primary.reaps._reaped[sid] = ("digest", "c1")
+        primary._blocked_warned[sid] = "host x"
+    primary.sync({"b": desired["b"]}, [], {"a"}, set())  # container c1 left: its "a" is in scope
+    assert set(primary.refused) == {"b", "gone"} and primary.reaps.service_ids() == {"b", "gone"}
+    assert set(primary._blocked_warned) == {"b", "gone"}, "only the scope is looked at in a targeted sync"
+    primary.relist()
+    primary.sync({"b": desired["b"]}, [], None, set())
+    assert set(primary.refused) == {"b"} and primary.reaps.service_ids() == {"b"}
+    assert set(primary._blocked_warned) == set()  # a full plan re-warns only what is still blocked
+
+
+def test_tables_are_pruned_while_the_agent_is_unreachable_too() -> None:
+    clock, agent = FakeClock(), FakeAgent()
+    primary = Primary(agent, "h", 1.0, clock)
+    primary.refused["a"] = "digest"
+    agent.down = True
+    assert not primary.sync({}, [], {"a"}, set()).reached
+    assert primary.refused == {}

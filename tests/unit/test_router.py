@@ -109,3 +109,10 @@ def test_the_listing_key_ignores_the_uptime_text_and_nothing_else() -> None:
     for changed in ({"Labels": {"SERVICE_NAME": "shop"}}, {"State": "paused"}, {"Names": ["/web2"]},
                     {"Ports": [{"PrivatePort": 80, "PublicPort": 8081, "Type": "tcp"}]}):
         assert listing_key({**entry, **changed}) != key, changed
+
+
+def test_a_kill_whose_container_starts_again_in_the_same_batch_needs_no_drain() -> None:
+    restart = route([ev("a", "kill", signal="15"), ev("a", "die", exitCode="143"), ev("a", "start"),
+                     ev("a", "restart")])
+    assert restart.drains == () and restart.restarted == {"a"} and restart.refresh == {"a"}
+    assert route([ev("a", "restart"), ev("a", "kill", signal="15")]).drains == (("a", "15"),)
