@@ -77,3 +77,17 @@ def test_a_container_cannot_take_or_remove_a_hand_registered_services_check(real
     assert (while_running, h.check_owner("service:payments:1")) == ("payments", "payments")
     assert set(h.api.checks_of("payments")) == {"service:payments:1", "service:payments:2"}
 
+
+def test_a_check_removed_from_outside_is_registered_again_by_a_full_pass(real_agent_loop: RealAgentLoop) -> None:
+    """The service record is still there with its digest: only the agent's check listing tells."""
+    h = real_agent_loop
+    h.send(Hint("", START))
+    h.docker.add(container("c-web", "web", ports={"80/tcp": "8080"},
+                           labels={"SERVICE_CHECK_TCP": "true", "SERVICE_CHECK_INTERVAL": "24h"}))
+    h.send(event("c-web", "start"))
+    service, check = f"{h.hostname}:web:80", f"service:{h.hostname}:web:80:tcp"
+    assert h.check_owner(check) == service
+    h.api.http.put(f"/v1/agent/check/deregister/{check}").raise_for_status()
+    assert h.check_owner(check) is None and service in h.api.services()
+    h.send(Hint("", RELOAD))
+    assert h.check_owner(check) == service

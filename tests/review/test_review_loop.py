@@ -98,26 +98,6 @@ def test_F3_a_docker_stop_in_the_same_batch_as_agent_back_still_drains(h: Harnes
     assert h.agent.maintenance.get("h1:web:80", "").startswith(REASON_PREFIX), "the docker stop was not drained"
 
 
-def test_F4_a_check_the_agent_lost_is_registered_again(h: Harness) -> None:
-    """router.CHECK_MISSING: "the agent lost a check we report: re-register that
-    service". The loop only relists the agent; the service record is still
-    there with the same digest, so nothing is registered, the check never comes
-    back, and every heartbeat asks for another full agent listing."""
-    h.docker.add(container("c1", "jobs", labels={"SERVICE_NAME": "jobs"}))
-    h.send(event("c1", "start"))
-    check = "service:h1:jobs:heartbeat"
-    assert h.ids() == {"h1:jobs"} and check in h.agent.checks
-    del h.agent.checks[check]  # the check is gone, the service stays (e.g. taken over by another registration)
-    for _ in range(3):
-        h.clock.advance(31.0)
-        h.probes.run_due()
-        for check_id in h.missing:
-            h.send(Hint("", CHECK_MISSING, attributes=(("service_id", "h1:jobs"),)))
-        h.missing.clear()
-    assert check in h.agent.checks, (
-        f"the check was never registered again; the agent was listed {h.agent.calls.count(('services', ''))} times")
-
-
 def test_F5_a_losing_claimant_never_drives_the_winners_heartbeat(h: Harness) -> None:
     """Two containers claiming one ID: the newer gets it (README). But the heartbeat
     scheduler keys tasks by check ID, and a check ID derives from the service ID:

@@ -10,10 +10,11 @@ import urllib.parse
 import httpx
 import pytest
 
-from consul_reg.model import Check, Owner, Service, marker_meta
+from consul_reg.model import Check, DaemonProbe, Owner, Service, marker_meta
 from consul_reg.registries.base import RegistryError, RegistryNotOurs
 from consul_reg.registries.consul import ConsulClient, ConsulEndpoint, ConsulRegistry
 from consul_reg.registries.guard import OwnershipGuard, check_origin
+from consul_reg.registries.memory import MemoryRegistry
 
 _TERM = re.compile(r'CheckID == "([^"]*)"')
 
@@ -90,3 +91,14 @@ def test_the_origin_of_a_check_is_told_by_its_id() -> None:
     assert check_origin("a", "service:a:heartbeat") == "the daemon's own heartbeat check"
     assert check_origin("a", "service:a:ready") == check_origin("a", "service:a:1") == "SERVICE_CHECKS"
 
+
+def test_the_memory_primary_keeps_each_check_with_its_service() -> None:
+    memory = MemoryRegistry()
+    probe = DaemonProbe(kind="heartbeat", interval=10.0)
+    memory.register(service("a", "service:a", "service:a:http"))
+    memory.register(Service(id="b", name="b", address="", port=None,
+                            checks=(Check("service:b:heartbeat", "hb", daemon_probe=probe),)))
+    memory.register(service("a", "service:a"))  # re-registered with one check less
+    assert memory.check_owners() == {"service:a": "a", "service:b:heartbeat": "b"}
+    memory.deregister(memory.services()["b"])
+    assert memory.check_owners() == {"service:a": "a"}
