@@ -98,38 +98,6 @@ def test_F3_a_docker_stop_in_the_same_batch_as_agent_back_still_drains(h: Harnes
     assert h.agent.maintenance.get("h1:web:80", "").startswith(REASON_PREFIX), "the docker stop was not drained"
 
 
-def test_F5_a_losing_claimant_never_drives_the_winners_heartbeat(h: Harness) -> None:
-    """Two containers claiming one ID: the newer gets it (README). But the heartbeat
-    scheduler keys tasks by check ID, and a check ID derives from the service ID:
-    the loser's task replaces the winner's. Pausing the loser turns the winner's
-    check critical; destroying the loser drops the winner's heartbeat altogether."""
-    labels = {"SERVICE_NAME": "jobs", "SERVICE_ID": "jobs"}
-    h.docker.add(container("legit", "legit", labels=labels, created="2026-01-01T00:00:00.2Z"))
-    h.send(event("legit", "start"))
-    # An older container (created before) is started later: it loses the ID...
-    h.docker.add(container("squat", "squatter", labels=labels, created="2026-01-01T00:00:00.1Z"))
-    h.send(event("squat", "start"))
-    assert h.agent.registered["jobs"].container_id == "legit"
-    check = "service:jobs:heartbeat"
-    # ...and pauses itself.
-    h.docker.containers["squat"]["State"]["Paused"] = True
-    h.send(event("squat", "pause"))
-    h.probes.run_due()
-    assert h.agent.checks[check][0] == "passing", f"the winner's check reports the loser's state: {h.agent.checks[check]}"
-
-
-def test_F5b_destroying_the_loser_keeps_the_winners_heartbeat(h: Harness) -> None:
-    labels = {"SERVICE_NAME": "jobs", "SERVICE_ID": "jobs"}
-    h.docker.add(container("squat", "squatter", labels=labels, created="2026-01-01T00:00:00.1Z"))
-    h.docker.add(container("legit", "legit", labels=labels, created="2026-01-01T00:00:00.2Z"))
-    h.send(event("squat", "start"), event("legit", "start"))
-    assert h.agent.registered["jobs"].container_id == "legit"
-    del h.docker.containers["squat"]
-    h.send(event("squat", "destroy"))
-    assert "service:jobs:heartbeat" in h.probes._tasks, "the winner's heartbeat is no longer scheduled"
-    assert h.loop.handle([event("legit", "health_status")])  # raised KeyError out of handle()
-
-
 class RefusingAgent(FakeAgent):
     """An agent that refuses (HTTP 400) every service whose name starts with "bad"."""
 
