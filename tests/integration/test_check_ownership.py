@@ -26,6 +26,17 @@ def warnings() -> Iterator[list[str]]:
     logger.remove(sink)
 
 
+def web_with_a_check(h: RealAgentLoop, kind: str, value: str) -> tuple[str, str]:
+    """Container web (port 80) with SERVICE_CHECK_<KIND>, registered: (its service ID, its check ID)."""
+    h.send(Hint("", START))
+    h.docker.add(container("c-web", "web", ports={"80/tcp": "8080"},
+                           labels={f"SERVICE_CHECK_{kind.upper()}": value, "SERVICE_CHECK_INTERVAL": "24h"}))
+    h.send(event("c-web", "start"))
+    service, check = f"{h.hostname}:web:80", f"service:{h.hostname}:web:80:{kind}"
+    assert h.check_owner(check) == service
+    return service, check
+
+
 def test_a_check_id_naming_another_services_check_is_refused(real_agent_loop: RealAgentLoop,
                                                              warnings: list[str]) -> None:
     """Service IDs may hold ':', so SERVICE_ID=<hostname> (allowed) with a SERVICE_CHECKS
@@ -33,12 +44,7 @@ def test_a_check_id_naming_another_services_check_is_refused(real_agent_loop: Re
     container's service <hostname>:web:80; registering it would move that check."""
     h = real_agent_loop
     host = h.hostname
-    h.send(Hint("", START))
-    h.docker.add(container("c-web", "web", ports={"80/tcp": "8080"},
-                           labels={"SERVICE_CHECK_HTTP": "/health", "SERVICE_CHECK_INTERVAL": "24h"}))
-    h.send(event("c-web", "start"))
-    victim, victim_check = f"{host}:web:80", f"service:{host}:web:80:http"
-    assert h.check_owner(victim_check) == victim
+    victim, victim_check = web_with_a_check(h, "http", "/health")
 
     h.docker.add(container("c-evil", "evil", created="2026-01-02T00:00:00Z", labels={
         "SERVICE_ID": host, "SERVICE_NAME": "evil",
@@ -81,12 +87,7 @@ def test_a_container_cannot_take_or_remove_a_hand_registered_services_check(real
 def test_a_check_removed_from_outside_is_registered_again_by_a_full_pass(real_agent_loop: RealAgentLoop) -> None:
     """The service record is still there with its digest: only the agent's check listing tells."""
     h = real_agent_loop
-    h.send(Hint("", START))
-    h.docker.add(container("c-web", "web", ports={"80/tcp": "8080"},
-                           labels={"SERVICE_CHECK_TCP": "true", "SERVICE_CHECK_INTERVAL": "24h"}))
-    h.send(event("c-web", "start"))
-    service, check = f"{h.hostname}:web:80", f"service:{h.hostname}:web:80:tcp"
-    assert h.check_owner(check) == service
+    service, check = web_with_a_check(h, "tcp", "true")
     h.api.http.put(f"/v1/agent/check/deregister/{check}").raise_for_status()
     assert h.check_owner(check) is None and service in h.api.services()
     h.send(Hint("", RELOAD))
