@@ -32,6 +32,8 @@ HEADER_NAME = re.compile(r"^[A-Za-z0-9-]+$")
 DISABLE_REDIRECTS_MIN_VERSION = CHECK_FIELD_MIN_VERSION["DisableRedirects"]
 # Daemon-run exec checks: Consul clamps its own check intervals and timeouts to 1 s.
 EXEC_MIN_SECONDS = 1.0
+# Kinds of the SERVICE_CHECK_<KIND> keys: their check IDs are `service:<service ID>:<kind>`.
+KEY_CHECK_KINDS = ("http", "https", "tcp", "grpc", "h2ping", "udp", "script", "docker")
 INITIAL_STATUSES = ("passing", "warning", "critical")
 TRUE_VALUES = ("true", "1", "yes", "on")
 # Kinds that probe a network endpoint, with the key that enables each.

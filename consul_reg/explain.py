@@ -8,6 +8,7 @@ import sys
 from typing import Any, TextIO
 
 from consul_reg import envfile, labels
+from consul_reg.checks import KEY_CHECK_KINDS
 from consul_reg.config import Config
 from consul_reg.docker_source import DockerSource, DockerUnavailable
 from consul_reg.labels import KeyValue, printable
@@ -93,14 +94,11 @@ def _source(keys: dict[str, KeyValue], key: str, default: str) -> str:
     return f"{entry.source} {entry.original_key}" if entry and entry.value.strip() else default
 
 
-_KEY_CHECK_KINDS = ("http", "https", "tcp", "grpc", "h2ping", "udp", "script", "docker")
-
-
 def _check_source(service: Service, check_id: str, keys: dict[str, KeyValue]) -> str:
     kind = check_id.rsplit(":", 1)[-1]
     if check_id == f"service:{service.id}":
         return _source(keys, "check_ttl", "SERVICE_CHECK_TTL")
-    if check_id == f"service:{service.id}:{kind}" and kind in _KEY_CHECK_KINDS:
+    if check_id == f"service:{service.id}:{kind}" and kind in KEY_CHECK_KINDS:
         return _source(keys, f"check_{kind}", "a SERVICE_CHECK_* key")
     if kind in ("heartbeat", "docker-health"):
         return "daemon-owned"

@@ -77,6 +77,7 @@ class ProbeScheduler:
         self._exec_per_container = exec_per_container
         self._tasks: dict[str, _Task] = {}
         self._by_container: dict[str, set[str]] = {}  # container ID -> its check IDs
+        self._holder: dict[str, str] = {}  # check ID -> the one container whose task it is
         self._status: dict[str, ContainerStatus] = {}
         self._heap: list[tuple[float, int, str]] = []
         self._due_at: dict[str, float] = {}  # the one live heap entry per check; older ones are stale
@@ -124,7 +125,7 @@ class ProbeScheduler:
             old = self._by_container.get(container_id, set())
             for check_id in old - set(wanted):
                 self._drop(check_id)
-            self._add(wanted)
+            self._add(container_id, wanted)
             if wanted:
                 self._by_container[container_id] = set(wanted)
             else:
@@ -164,7 +165,8 @@ class ProbeScheduler:
             self._status[container_id] = status
             now = self._clock()
             for check_id in self._by_container.get(container_id, ()):
-                if self._tasks[check_id].probe.kind != "exec":
+                task = self._tasks.get(check_id)
+                if task is not None and task.probe.kind != "exec":
                     self._schedule(check_id, now)
             self._wake.notify()
 
@@ -173,10 +175,14 @@ class ProbeScheduler:
 
     # -- internals (lock held) -----------------------------------------------
 
-    def _add(self, wanted: dict[str, _Task]) -> None:
+    def _add(self, container_id: str, wanted: dict[str, _Task]) -> None:
         now = self._clock()
         added = False
         for check_id, task in wanted.items():
+            previous = self._holder.get(check_id)
+            if previous is not None and previous != container_id:
+                self._release(previous, check_id)  # the check moved: the other container no longer drops it
+            self._holder[check_id] = container_id
             if self._tasks.get(check_id) == task:
                 continue
             self._tasks[check_id] = task
@@ -186,7 +192,16 @@ class ProbeScheduler:
         if added:
             self._wake.notify()
 
+    def _release(self, container_id: str, check_id: str) -> None:
+        checks = self._by_container.get(container_id)
+        if checks is not None:
+            checks.discard(check_id)
+            if not checks:
+                del self._by_container[container_id]
+                self._status.pop(container_id, None)
+
     def _drop(self, check_id: str) -> None:
+        self._holder.pop(check_id, None)
         self._tasks.pop(check_id, None)
         self._fresh.discard(check_id)
         self._first.discard(check_id)

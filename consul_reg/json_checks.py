@@ -50,7 +50,9 @@ KIND_FIELDS = {"Method": ("HTTP",), "Header": ("HTTP",), "Body": ("HTTP",), "Dis
 MAX_ARGS = 64
 MAX_HEADERS = 32
 DEFAULT_INTERVAL = "10s"
-_CHECK_ID = re.compile(r"[A-Za-z0-9_.:@-]{1,64}")
+# No ':' in a given ID: check IDs are agent-wide and `service:<service ID>:<ID>` must never
+# read as a check of another service (`service:<hostname>` + `web:80:http`).
+_CHECK_ID = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 _BY_NORMAL = {name.lower(): name for name in FIELDS}
 
 
@@ -227,7 +229,8 @@ class _JsonCheck:
             base = f"service:{self.service_id}:{self.index}"
         else:
             if not isinstance(given, str) or not _CHECK_ID.fullmatch(given):
-                raise Refused("ID must be 1 to 64 ASCII letters, digits and - _ . : @")
+                raise Refused("ID must be 1 to 64 ASCII letters, digits and - _ . @ (no ':', which could name "
+                              "a check of another service)")
             base = f"service:{self.service_id}:{given}"
         check_id, suffix = base, 2
         while check_id in taken or check_id == f"service:{self.service_id}":

@@ -400,6 +400,7 @@ class Loop:
         for warning in warnings:
             logger.warning(warning)
         self._probe_dirty.add(container_id)
+        self._probe_dirty |= self.desired.claimants(affected)  # an ID that changed hands moves its checks
         return affected
 
     def _index(self, container_id: str, desire: ContainerDesire | None) -> None:
@@ -415,16 +416,18 @@ class Loop:
         self._kept = {cid for cid, d in self.desires.items() if d.keep_existing}
         self._with_env_file = {cid for cid, d in self.desires.items() if d.env_file}
 
-    def _probed(self, services: Iterable[Service]) -> list[Service]:
-        """Services whose daemon-owned checks are reported: not the reaped ones,
-        nor the ones the agent refused (it has no such checks)."""
-        return [s for s in services if s.id not in self.primary.reaps and s.id not in self.primary.refused]
+    def _probed(self, services: Iterable[Service], container_id: str) -> list[Service]:
+        """Services whose daemon-owned checks are reported: only those the container
+        won (a losing claimant never drives the winner's checks), not the reaped
+        ones, nor the ones the agent refused (it has no such checks)."""
+        return [s for s in services if s.id not in self.primary.reaps and s.id not in self.primary.refused
+                and self.desired.holds(container_id, s.id)]
 
     def _update_probes(self) -> None:
         """After the primary's writes (a check is reported once its service is
         registered): the changed containers, or everything after a relist."""
         if self._probes_stale:
-            self.probes.replace_all({cid: self._probed(d.services) for cid, d in self.desires.items()},
+            self.probes.replace_all({cid: self._probed(d.services, cid) for cid, d in self.desires.items()},
                                     {cid: d.status for cid, d in self.desires.items()})
         else:
             for container_id in self._probe_dirty:
@@ -432,7 +435,8 @@ class Loop:
                 if known is None:
                     self.probes.set_container(container_id, (), ContainerStatus(running=False))
                 else:
-                    self.probes.set_container(container_id, self._probed(known.services), known.status)
+                    self.probes.set_container(container_id, self._probed(known.services, container_id),
+                                              known.status)
         self._probes_stale = False
         self._probe_dirty.clear()
 

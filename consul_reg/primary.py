@@ -27,6 +27,7 @@ class AgentAPI(Protocol):
 
     def agent_info(self) -> AgentInfo: ...
     def services(self) -> dict[str, RegisteredService]: ...
+    def check_owners(self) -> dict[str, str]: ...  # check ID -> its service's ID
     def register(self, service: Service) -> None: ...
     def deregister(self, service: RegisteredService) -> None: ...
 
@@ -102,12 +103,14 @@ class Primary:
                 return SyncResult(reached=False)
             try:
                 self.actual = self.agent.services()
+                held = self.agent.check_owners()
             except RegistryError as error:
                 self._unreachable(str(error))
                 return SyncResult(reached=False)
             if self._listed_before is not None:
                 self.reaps.notice(desires, self._listed_before, self.actual)
             self._listed_before = None
+            self._forget_lost_checks(desired, held)
             scope = None  # a fresh listing: plan everything
         todo = plan(desired, self.actual, self.hostname, scope=scope, kept_containers=kept_containers,
                     adopt_leftovers=self.adopt_leftovers, skip_register={**self.refused, **self.reaps.digests()})
@@ -144,6 +147,20 @@ class Primary:
                 self.refused.pop(service_id, None)
                 self.reaps.forget(service_id)
                 self._blocked_warned.pop(service_id, None)
+
+    def _forget_lost_checks(self, desired: Mapping[str, Service], held: Mapping[str, str]) -> None:
+        """Our services the agent holds as desired, but without all their checks (lost
+        by the agent, removed or taken over from outside): the digest cannot tell, so
+        they are registered again (the guard refuses one whose check another service holds)."""
+        assert self.actual is not None
+        for service_id, service in desired.items():
+            current = self.actual.get(service_id)
+            if current is None or current.digest != service.digest or not current.owned_by(self.hostname):
+                continue
+            lost = [check.check_id for check in service.checks if held.get(check.check_id) != service_id]
+            if lost:
+                logger.info("{} lost its checks {}: registering it again", service_id, ", ".join(lost))
+                del self.actual[service_id]
 
     def owned(self) -> list[RegisteredService]:
         return [s for s in (self.actual or {}).values() if s.owned_by(self.hostname)]

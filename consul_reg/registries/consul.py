@@ -13,10 +13,11 @@ from __future__ import annotations
 import base64
 import ipaddress
 import json
+import re
 import ssl
 import urllib.parse
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Collection
 
 from consul_reg.http_pool import Answer, ConnectionPool, TRANSPORT_ERRORS
 from consul_reg.model import MARKER_DIGEST_KEY, MARKER_SOURCE_KEY, MARKER_SOURCE_VALUE, SIDECAR_FOR_KEY, \
@@ -36,6 +37,8 @@ DEFAULT_TIMEOUT_SECONDS = 10.0
 MAX_ERROR_BODY = 300
 # Bodies of the agent's answers that mean "no such check" for a TTL update.
 _MISSING_CHECK_TEXTS = ("unknown check", "does not have", "not found")
+# Check IDs that may be quoted in a filter expression as they are (the identifier set).
+_FILTER_SAFE = re.compile(r"[A-Za-z0-9_.:@-]{1,512}")
 
 
 @dataclass(frozen=True)
@@ -213,6 +216,23 @@ class ConsulRegistry:
             )
             for service_id, entry in listed.items() if isinstance(entry, dict)
         }
+
+    def check_owners(self, check_ids: Collection[str] | None = None) -> dict[str, str]:
+        """Check ID -> ID of the service it belongs to ("" for a node check), of every
+        check the agent holds, or of those of `check_ids` it holds (one filtered GET)."""
+        params = None
+        if check_ids is not None:
+            if not check_ids:
+                return {}
+            unsafe = [c for c in check_ids if not _FILTER_SAFE.fullmatch(c)]
+            if unsafe:  # never reached: check IDs are built from identifiers; refuse rather than quote
+                raise RegistryError(f"refusing to look up check ID {unsafe[0]!r}: unsafe characters")
+            params = {"filter": " or ".join(f'CheckID == "{c}"' for c in sorted(check_ids))}
+        listed = self.client.json("GET", ("agent", "checks"), "list the agent's checks", params=params) or {}
+        if not isinstance(listed, dict):
+            raise RegistryError(f"{self.description}: could not list the agent's checks: not a JSON object")
+        return {str(check_id): str(entry.get("ServiceID") or "") for check_id, entry in listed.items()
+                if isinstance(entry, dict)}
 
     def register(self, service: Service) -> None:
         self.client.call("PUT", ("agent", "service", "register"), f"register {service.id}",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from consul_reg.checks import KEY_CHECK_KINDS
 from consul_reg.model import RegisteredService, Service
 from consul_reg.reconcile import registrator_leftover_pattern
 from consul_reg.registries.base import RegistryNotOurs
@@ -41,7 +42,28 @@ class OwnershipGuard:
         if current is not None and not self._may_write(current):
             raise RegistryNotOurs(f"{self.description}: {service.id} was registered meanwhile by "
                                   f"{_holder(current)}; left as it is")
+        self._refuse_taken_checks(service)
         self.registry.register(service)
+
+    def check_owners(self) -> dict[str, str]:
+        return self.registry.check_owners()
+
+    def _refuse_taken_checks(self, service: Service) -> None:
+        """Check IDs are agent-wide: registering a check whose ID another service
+        holds would move that check to this service (and removing this service
+        would delete it). Such a registration is refused as a whole: the service
+        never runs without the check it declared."""
+        if not service.checks:
+            return
+        held = self.registry.check_owners([check.check_id for check in service.checks])
+        for check in service.checks:
+            holder = held.get(check.check_id)
+            if holder is not None and holder != service.id:
+                whose = f"service {holder!r}" if holder else "a node check"
+                raise RegistryNotOurs(
+                    f"container {service.container_name}: check {check.check_id} (from "
+                    f"{check_origin(service.id, check.check_id)}) is already the check of {whose}; "
+                    f"{service.id} is not registered, so as never to take it over")
 
     def deregister(self, service: RegisteredService) -> None:
         current = self.current(service.id)
@@ -74,6 +96,19 @@ class OwnershipGuard:
 
     def close(self) -> None:
         self.registry.close()
+
+
+def check_origin(service_id: str, check_id: str) -> str:
+    """The key a check of ours came from, told by its ID (checks.py, json_checks.py, workers.py)."""
+    suffix = check_id.removeprefix(f"service:{service_id}")
+    if not suffix:
+        return "SERVICE_CHECK_TTL"
+    kind = suffix[1:]
+    if kind in ("heartbeat", "docker-health"):
+        return f"the daemon's own {kind} check"
+    if kind in KEY_CHECK_KINDS:
+        return f"SERVICE_CHECK_{kind.upper()}"
+    return "SERVICE_CHECKS"
 
 
 def _holder(record: RegisteredService) -> str:

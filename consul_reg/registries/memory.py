@@ -13,6 +13,7 @@ class MemoryRegistry:
         self.endpoint = ConsulEndpoint(scheme="http", host="", port=0)  # not local: address from the host
         self.description = "no Consul agent (mirrors only)"
         self._services: dict[str, RegisteredService] = {}
+        self._checks: dict[str, str] = {}  # check ID -> its service's ID
 
     def agent_info(self) -> AgentInfo:
         return AgentInfo(version="", node_name="", node_id="memory", advertise_address="",
@@ -21,11 +22,20 @@ class MemoryRegistry:
     def services(self) -> dict[str, RegisteredService]:
         return dict(self._services)
 
+    def check_owners(self) -> dict[str, str]:
+        return dict(self._checks)
+
     def register(self, service: Service) -> None:
         self._services[service.id] = registered_form(service)
+        self._drop_checks(service.id)
+        self._checks.update((check.check_id, service.id) for check in service.checks)
 
     def deregister(self, service: RegisteredService) -> None:
         self._services.pop(service.id, None)
+        self._drop_checks(service.id)
+
+    def _drop_checks(self, service_id: str) -> None:
+        self._checks = {check_id: owner for check_id, owner in self._checks.items() if owner != service_id}
 
     def update_check(self, check_id: str, status: str, output: str) -> None:
         pass

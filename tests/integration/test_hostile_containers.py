@@ -119,7 +119,7 @@ def sentinel_view(api, sentinel: dict[str, Any]) -> tuple:
 
 
 def assert_host_unharmed(api, daemon, run_container, hostname: str, sentinel: dict[str, Any],
-                         hostile_ids: tuple[str, ...] = ()) -> None:
+                         hostile_ids: tuple[str, ...] = (), hand_registered: tuple[str, ...] = ()) -> None:
     """The common end state after any hostile container (see the module docstring). The well-behaved
     container goes first: once its service is in, every earlier Docker event has been handled."""
     assert daemon.process.poll() is None, "the daemon died"
@@ -134,8 +134,8 @@ def assert_host_unharmed(api, daemon, run_container, hostname: str, sentinel: di
     assert "_node_maintenance" not in checks
     assert f"_service_maintenance:{sentinel['ID']}" not in checks
     for service_id, service in api.services().items():  # nothing but the sentinel and this daemon's own
-        assert service_id == sentinel["ID"] or (service.get("Meta") or {}).get("consul_reg_host") == hostname, \
-            service_id
+        assert service_id in (sentinel["ID"], *hand_registered) or \
+            (service.get("Meta") or {}).get("consul_reg_host") == hostname, service_id
         assert service_id not in hostile_ids
     assert daemon.process.poll() is None, "the daemon died"
 
@@ -265,6 +265,28 @@ def test_a_hand_registered_id_is_never_taken_over(host, own_docker, start_daemon
     daemon.wait_log(f"container {thief.name}: service ID {sentinel['ID']!r} is already registered by nobody")
     thief.stop(timeout=5)  # its death must not deregister the sentinel either
     assert_host_unharmed(api, daemon, run_container, hostname, sentinel)
+
+
+def test_a_hostile_container_never_takes_or_deletes_a_hand_registered_services_check(
+        host, own_docker, start_daemon, run_container, hostname):
+    """Consul names the checks of a service registered by hand with two checks
+    service:<ID>:1 and :2. A container labelled SERVICE_ID=<ID>:1 with SERVICE_CHECK_TTL
+    asks for check service:<ID>:1: refused (registering it would move that check to the
+    container's service, and `docker rm` would then delete it)."""
+    agent, api, sentinel = host
+    billing = f"billing-{hostname}"
+    api.register({"ID": billing, "Name": "billing", "Port": 9998,
+                  "Checks": [{"TTL": "1h", "Status": "passing"}, {"TTL": "1h", "Status": "passing"}]})
+    assert set(api.checks_of(billing)) == {f"service:{billing}:1", f"service:{billing}:2"}
+    daemon = start(start_daemon, agent, own_docker)
+    hostile = run_container(labels={"SERVICE_ID": f"{billing}:1", "SERVICE_NAME": "evil", "SERVICE_CHECK_TTL": "1h"})
+    daemon.wait_log(f"container {hostile.name}: check service:{billing}:1 (from SERVICE_CHECK_TTL) is already "
+                    f"the check of service {billing!r}")
+    hostile.remove(force=True)
+    assert_host_unharmed(api, daemon, run_container, hostname, sentinel, hostile_ids=(f"{billing}:1",),
+                          hand_registered=(billing,))
+    assert set(api.checks_of(billing)) == {f"service:{billing}:1", f"service:{billing}:2"}, (
+        f"billing's checks now: {sorted(api.checks_of(billing))}")
 
 
 def test_a_squatter_started_first_does_not_keep_the_id(host, own_docker, start_daemon, run_container, hostname):

@@ -34,6 +34,7 @@ class FakeAgent:
         self.records: dict[str, RegisteredService] = {}
         self.registered: dict[str, Service] = {}
         self.checks: dict[str, tuple[str, str]] = {}  # check ID -> (status, output)
+        self.check_service: dict[str, str] = {}  # check ID -> its service's ID, as the agent keeps it
         self.maintenance: dict[str, str] = {}
         self.calls: list[tuple[str, str]] = []
         self.updates = 0
@@ -61,11 +62,23 @@ class FakeAgent:
         self.records[service.id] = registered_form(service)
         self.registered[service.id] = service
         self.maintenance.pop(service.id, None)  # registered with replace-existing-checks, as the client does
-        for check in service.checks:
+        self._drop_checks(service.id)
+        for check in service.checks:  # a check ID is agent-wide: another service's check moves here
             self.checks[check.check_id] = ("critical", "")
+            self.check_service[check.check_id] = service.id
+
+    def check_owners(self) -> dict[str, str]:
+        self._call("checks")
+        return {check_id: self.check_service.get(check_id, "") for check_id in self.checks}
+
+    def _drop_checks(self, service_id: str) -> None:
+        for check_id in [c for c, owner in self.check_service.items() if owner == service_id]:
+            self.checks.pop(check_id, None)
+            del self.check_service[check_id]
 
     def deregister(self, service: RegisteredService) -> None:
         self._call("deregister", service.id)
+        self._drop_checks(service.id)
         self.records.pop(service.id, None)
         self.registered.pop(service.id, None)
         self.maintenance.pop(service.id, None)
@@ -94,6 +107,7 @@ class FakeAgent:
         self.records.clear()
         self.registered.clear()
         self.checks.clear()
+        self.check_service.clear()
         self.maintenance.clear()
 
     def writes(self) -> list[tuple[str, str]]:

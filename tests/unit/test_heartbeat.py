@@ -113,3 +113,29 @@ def test_removed_containers_leave_nothing_behind_and_memory_stays_flat() -> None
     for n in range(50):
         probes.set_container(f"c{n}", [], ContainerStatus(running=False))
     assert probes._tasks == {} and probes._due_at == {} and probes._status == {} and probes._by_container == {}
+
+
+def test_a_check_handed_to_another_container_is_never_dropped_by_the_first() -> None:
+    """Two containers claiming one service ID: its check moves to the winner, in
+    whichever order the loop hands the two containers over."""
+    clock = FakeClock()
+    probes, agent, _ = scheduler(clock)
+    first = worker(1)
+    second = Service(id=first.id, name="w", address="", port=None, container_id="c2", checks=(
+        Check(first.checks[0].check_id, "hb", (("TTL", "30s"),), DaemonProbe(kind="heartbeat", interval=10.0,
+                                                                             container_id="c2")),))
+    check_id = first.checks[0].check_id
+    agent.checks[check_id] = ("critical", "")
+    probes.set_container("c1", [first], running())
+    probes.set_container("c2", [second], running())  # the winner first...
+    probes.set_container("c1", [], running())  # ...then the loser loses it
+    assert probes._tasks[check_id].probe.container_id == "c2"
+    probes.report_container_now("c1", ContainerStatus(running=True, paused=True))
+    probes.run_due()
+    assert agent.checks[check_id][0] == "passing", "the loser's pause reached the winner's check"
+    probes.set_container("c1", [], ContainerStatus(running=False))  # the loser destroyed
+    assert probes.check_count() == 1 and probes._tasks[check_id].probe.container_id == "c2"
+    probes.replace_all({"c2": [second]}, {"c2": running()})
+    assert probes.check_count() == 1
+    probes.set_container("c2", [], ContainerStatus(running=False))
+    assert probes.check_count() == 0 and probes._holder == {} and probes._by_container == {}

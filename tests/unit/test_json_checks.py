@@ -103,6 +103,8 @@ def test_targets_relative_to_the_service_and_fields(definition, field, expected)
     ({"TCP": ":8000", "Method": "GET"}, "Method does not apply to a TCP check"),
     ({"TTL": "10s", "Timeout": "1s"}, "Timeout does not apply to a TTL check"),
     ({"HTTP": "/", "ID": "a/b"}, "ID must be"),
+    # service:h:web:80 + ":" + "web:81:http" would be service:h:web:81:http, another service's check
+    ({"TTL": "1h", "ID": "web:81:http"}, "no ':', which could name a check of another service"),
     ({"HTTP": "/", "Name": "x\ny"}, "without control characters"),
     ("not a definition", "must be a JSON object"),
 ])

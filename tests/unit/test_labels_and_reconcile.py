@@ -75,3 +75,20 @@ def test_a_scoped_plan_looks_only_at_its_ids():
     assert result.register == (wanted,) and result.deregister == ()
     gone = plan({}, {orphan.id: orphan}, "h", scope={"h:old:80"})
     assert [s.id for s in gone.deregister] == ["h:old:80"]
+
+
+def test_the_holder_of_a_contested_id_is_known_and_every_claimant_is_told_when_it_changes():
+    desired = DesiredServices()
+    old = ContainerDesire("old", "old", "2026-01-01T00:00:00Z", (service("jobs", container="old"),))
+    new = ContainerDesire("new", "new", "2026-01-02T00:00:00Z", (service("jobs", container="new"),))
+    desired.update(None, old)
+    assert desired.holds("old", "jobs")
+    affected, _ = desired.update(None, new)
+    assert desired.holds("new", "jobs") and not desired.holds("old", "jobs")
+    assert desired.claimants(affected) == {"old", "new"}
+    affected, _ = desired.update(new, None)
+    assert desired.holds("old", "jobs") and desired.claimants(affected) == {"old"}
+    desired.update(old, None)
+    assert not desired.holds("old", "jobs") and desired.claimants(["jobs"]) == set()
+    desired.replace_all([new])
+    assert desired.holds("new", "jobs")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from consul_reg.backoff import Backoff
-from consul_reg.model import ContainerDesire, Service, marker_meta
+from consul_reg.model import Check, ContainerDesire, RegisteredService, Service, marker_meta
 from consul_reg.primary import Primary
 from tests.unit.fakes import FakeAgent, FakeClock
 
@@ -106,3 +106,26 @@ def test_tables_are_pruned_while_the_agent_is_unreachable_too() -> None:
     agent.down = True
     assert not primary.sync({}, [], {"a"}, set()).reached
     assert primary.refused == {}
+
+
+def test_a_fresh_listing_registers_again_only_our_in_sync_services_that_lost_a_check() -> None:
+    clock, agent = FakeClock(), FakeAgent()
+    primary = Primary(agent, "h", 1.0, clock)
+    ttl = (Check("service:a", "ttl", (("TTL", "1m"),)),)
+    wanted = {"a": service("a", checks=ttl), "b": service("b", checks=(Check("service:b", "ttl"),))}
+    primary.sync(wanted, [], None, set())
+    agent.records["foreign"] = RegisteredService(id="foreign", name="x")  # not ours: never looked at
+    primary.new_pass()
+    primary.sync(wanted, [], None, set())
+    assert agent.calls.count(("register", "a")) == 1, "all checks there: nothing written"
+    del agent.checks["service:a"]
+    primary.sync(wanted, [], {"a"}, set())
+    assert agent.calls.count(("register", "a")) == 1, "between full listings the daemon trusts what it wrote"
+    primary.new_pass()
+    primary.sync(wanted, [], None, set())
+    assert agent.calls.count(("register", "a")) == 2 and "service:a" in agent.checks
+    assert agent.calls.count(("register", "b")) == 1
+    agent.check_service["service:b"] = "foreign"  # taken over by another registration
+    primary.new_pass()
+    primary.sync(wanted, [], None, set())
+    assert agent.calls.count(("register", "b")) == 2
