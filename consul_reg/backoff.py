@@ -35,6 +35,12 @@ class Backoff:
         self._next = self.initial
         self.retry_at = None
 
+    def retry_now(self) -> None:
+        """The other side is known to answer again: the next try need not wait
+        (the delay after a further failure keeps growing)."""
+        if self.retry_at is not None:
+            self.retry_at = self._clock()
+
     def ready(self) -> bool:
         """True when not failing, or when the wait after the last failure is over."""
         return self.retry_at is None or self._clock() >= self.retry_at

@@ -72,6 +72,7 @@ class Primary:
         self.identity = info
         self.actual = None
         self._listed_before = None  # after an outage, what is missing was not reaped
+        self.backoff.retry_now()  # it answered: list and write at once, not after the wait
         return restarted
 
     def forget(self, service_ids: Collection[str]) -> None:

@@ -294,3 +294,17 @@ def test_the_snapshot_is_a_frozen_view(h: Harness) -> None:
 
 def test_stop_ends_the_loop(h: Harness) -> None:
     assert h.loop.handle([Hint("", "stop")]) is False
+
+
+def test_the_agent_answering_again_is_acted_on_at_once_whatever_the_backoff(h: Harness) -> None:
+    h.docker.add(container("c1", "web", ports={"80/tcp": "8080"}))
+    h.agent.down = True
+    h.send(event("c1", "start"))
+    h.clock.advance(1.0)
+    h.send()  # a second failure: the next try waits 2 s
+    assert h.ids() == set() and h.primary.backoff.retry_at == h.clock() + 2.0
+    h.agent.restart("node-2")  # it comes back empty, under a new identity
+    h.agent.down = False
+    h.identity = h.agent.agent_info()
+    h.send(Hint("", AGENT_BACK))  # no time passed: the backoff's wait is not what holds it back
+    assert h.ids() == {"h1:web:80"} and not h.primary.backoff.failing
