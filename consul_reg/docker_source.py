@@ -12,6 +12,7 @@ import json
 import os
 import threading
 import time
+from types import SimpleNamespace
 from typing import Any, Callable, Iterator
 
 import docker
@@ -23,7 +24,7 @@ from loguru import logger
 from consul_reg import container_exec, container_files, docker_http
 from consul_reg.backoff import Backoff
 from consul_reg.container_files import FileUnreadable  # noqa: F401  (raised by read_file)
-from consul_reg.http_pool import TRANSPORT_ERRORS, ConnectionPool
+from consul_reg.http_pool import TRANSPORT_ERRORS, BodyTooLarge, ConnectionPool
 from consul_reg.liveness import Liveness
 from consul_reg.router import CONTAINER_ACTIONS, DOCKER_RECONNECTED, KEPT_ATTRIBUTES, Hint
 
@@ -125,6 +126,10 @@ class DockerSource:
         try:
             answer = self._inspect_pool.request("GET", docker_http.url(self._endpoint, "/containers/{}/json",
                                                                        container_id))
+        except BodyTooLarge as error:  # dockerd answered: about this container only
+            self.liveness.ok()
+            raise DockerUnavailable(f"docker ({self.description}): could not {what} "
+                                    f"{docker_http.printable(container_id, 80)}: {_describe(error)}") from None
         except TRANSPORT_ERRORS as error:
             reason = f"docker ({self.description}): could not {what}: {_describe(error)}"
             self.liveness.failed(reason)
@@ -223,24 +228,24 @@ class DockerSource:
             stop.wait(max((backoff.retry_at or 0) - time.monotonic(), 0.0))
 
     def _events(self, since: str | None) -> Iterator[Any]:
-        """Docker's stream of container events, each decoded. Read on a connection of its
-        own with http.client (no timeout: the stream is quiet while nothing happens),
-        through docker-py where the endpoint is not plain HTTP."""
+        """Docker's stream of container events, each decoded (each at most MAX_EVENT_BYTES).
+        Read on a connection of its own (no deadline: the stream is quiet while nothing
+        happens), through docker-py where the endpoint is not plain HTTP."""
         if self._inspect_pool is None:
             yield from self._client.events(decode=True, since=since, filters=self.event_filters())
             return
         query = {"filters": json.dumps(self.event_filters()), **({"since": since} if since else {})}
-        connection = self._inspect_pool.open(timeout=None)
+        stream = self._inspect_pool.open("GET", docker_http.url(self._endpoint, "/events", query=query))
         try:
-            connection.request("GET", docker_http.url(self._endpoint, "/events", query=query))
-            response = connection.getresponse()
-            if response.status != 200:
-                text = response.read(MAX_EVENT_BYTES).decode("utf-8", "replace")
-                raise DockerUnavailable(f"docker ({self.description}): the event stream answered {response.status} "
+            status, headers = stream.read_head()
+            if status != 200:
+                stream.deadline = time.monotonic() + READ_TIMEOUT
+                text = stream.read_body(headers, MAX_EVENT_BYTES, "the event stream's error").decode("utf-8", "replace")
+                raise DockerUnavailable(f"docker ({self.description}): the event stream answered {status} "
                                         f"{_describe(ValueError(text))}")
-            yield from _json_objects(response)
+            yield from _json_objects(SimpleNamespace(read1=stream.read_some))
         finally:
-            connection.close()
+            stream.close()
 
     def _guard(self, what: str, function, *args, **kwargs):
         try:
