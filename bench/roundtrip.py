@@ -2,7 +2,9 @@
 process: wall time per call and CPU per call, for the two hot paths (the
 agent's PUT of a TTL update and a service registration, Docker's inspect of
 one container), against an agent of the benchmark's own and the dockerd of
-DOCKER_HOST (one labelled container, removed at the end). `--code` imports
+DOCKER_HOST (one labelled container, removed at the end); and a service's register +
+deregister through ConsulRegistry alone and through the OwnershipGuard
+(registries/guard.py: a GET of the record before each write). `--code` imports
 consul_reg from another checkout, so the same run can time before and after.
 
 For each case: --warm calls not counted, then --calls calls one after
@@ -50,6 +52,9 @@ def main() -> int:
     from consul_reg.docker_source import DockerSource
     from consul_reg.http_pool import ConnectionPool
     import consul_reg.http_pool as http_pool
+    from consul_reg.model import RegisteredService, Service, owner_meta
+    from consul_reg.registries.consul import ConsulClient, ConsulEndpoint, ConsulRegistry
+    from consul_reg.registries.guard import OwnershipGuard
 
     print(f"{time.strftime('%Y-%m-%d %H:%M')}, {load()}, http_pool from {http_pool.__file__}", flush=True)
     client = docker.from_env(timeout=60)
@@ -63,10 +68,21 @@ def main() -> int:
         body = json.dumps(definition).encode()
         update = json.dumps({"Status": "passing", "Output": "ok"}).encode()
         source = DockerSource()
+        registry = ConsulRegistry(ConsulClient(ConsulEndpoint("http", "127.0.0.1", agent.http_port)))
+        guard = OwnershipGuard(registry, "rthost")
+        service = Service(id="rthost:web:80", name="web", address="10.0.0.1", port=80, tags=("a", "b"),
+                          meta=tuple(owner_meta("rthost").items()), container_id="c" * 64, container_name="web")
+        record = RegisteredService(id=service.id, name=service.name, meta=dict(service.meta))
+
+        def cycle(primary) -> None:
+            primary.register(service)
+            primary.deregister(record)
         cases = {
             "agent PUT service/register": lambda: pool.request("PUT", "/v1/agent/service/register", body),
             "agent PUT check/update (TTL)": lambda: pool.request("PUT", "/v1/agent/check/update/rt-ttl", update),
             "docker GET containers/<id>/json": lambda: source.inspect(container.id),
+            "registry register+deregister": lambda: cycle(registry),
+            "guard: GET, register, GET, deregister": lambda: cycle(guard),
         }
         for name, call in cases.items():
             walls, cpu = timed(call, args.calls, args.warm)
@@ -74,6 +90,7 @@ def main() -> int:
                   f"CPU {cpu:6.0f} us per call (n={args.calls})", flush=True)
         pool.close()
         source.close()
+        registry.client.close()
     finally:
         remove_labelled(client)
         agent.stop()

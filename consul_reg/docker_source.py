@@ -36,7 +36,12 @@ DEFAULT_SOCKET = "/var/run/docker.sock"
 READ_TIMEOUT = 10.0  # seconds for one file read when the caller gives none
 INSPECT_CONNECTIONS = 4
 RECV_BYTES = 64 * 1024
-MAX_EVENT_BYTES = 4 * 1024 * 1024  # an event carries the container's labels: Docker bounds them, so do we
+# An inspect answer (labels, env, mounts...) is 5-20 KiB; Docker bounds neither labels nor a
+# created container's env, so we do: 8 MiB holds an env at Linux's execve limit (2 MiB
+# with the default 8 MiB stack) escaped as JSON, beside megabytes of labels
+# (BENCHMARKS.md). An event carries the container's labels: never more than its inspect.
+MAX_INSPECT_BYTES = 8 * 1024 * 1024
+MAX_EVENT_BYTES = MAX_INSPECT_BYTES
 
 
 class DockerUnavailable(Exception):
@@ -100,7 +105,8 @@ class DockerSource:
         endpoint = self._endpoint
         self._inspect_pool = None if endpoint.unsupported else ConnectionPool(
             host=endpoint.host, port=endpoint.port, socket_path=endpoint.unix_path or None,
-            ssl_context=endpoint.ssl_context, max_connections=INSPECT_CONNECTIONS, timeout=timeout)
+            ssl_context=endpoint.ssl_context, max_connections=INSPECT_CONNECTIONS, timeout=timeout,
+            max_body=MAX_INSPECT_BYTES)
 
     def ping(self) -> None:
         self._guard("ping", self._client.ping)
@@ -243,7 +249,13 @@ class DockerSource:
                 text = stream.read_body(headers, MAX_EVENT_BYTES, "the event stream's error").decode("utf-8", "replace")
                 raise DockerUnavailable(f"docker ({self.description}): the event stream answered {status} "
                                         f"{_describe(ValueError(text))}")
-            yield from _json_objects(SimpleNamespace(read1=stream.read_some))
+            for event in _json_objects(SimpleNamespace(read1=stream.read_some)):
+                if event is OVERSIZED:
+                    logger.warning("docker event stream: skipped an event longer than {} bytes (a container with "
+                                   "labels that large); that container is seen again at the next full pass",
+                                   MAX_EVENT_BYTES)
+                    continue
+                yield event
         finally:
             stream.close()
 
@@ -295,19 +307,29 @@ def hint_from_event(event: object) -> Hint | None:
     )
 
 
+OVERSIZED = object()  # yielded by _json_objects in place of an event over MAX_EVENT_BYTES
+
+
 def _json_objects(response: Any) -> Iterator[Any]:
     """The JSON objects of a stream, however it is cut into chunks and lines. An
     unfinished object is tried again only when a piece brings a `}` (a large
-    event arriving in many pieces is not parsed again at each)."""
+    event arriving in many pieces is not parsed again at each). An object longer
+    than MAX_EVENT_BYTES is dropped up to the next newline (dockerd ends every event
+    with one; JSON text holds no raw newline) and OVERSIZED is yielded in its place;
+    a stream that ends inside one raises ValueError."""
     decoder, text, at = json.JSONDecoder(), "", 0
     utf8 = codecs.getincrementaldecoder("utf-8")("replace")
-    incomplete = False
+    incomplete = skipping = False
     while data := response.read1(RECV_BYTES):
         piece = utf8.decode(data)
+        if skipping:
+            newline = piece.find("\n")
+            if newline < 0:
+                continue
+            piece, skipping = piece[newline + 1:], False
+            yield OVERSIZED
         text, at = text[at:] + piece, 0
-        if incomplete and "}" not in piece:
-            if len(text) > MAX_EVENT_BYTES:
-                raise ValueError(f"an event longer than {MAX_EVENT_BYTES} bytes")
+        if incomplete and "}" not in piece and len(text) <= MAX_EVENT_BYTES:
             continue
         incomplete = False
         while True:
@@ -315,14 +337,23 @@ def _json_objects(response: Any) -> Iterator[Any]:
                 at += 1
             if at == len(text):
                 break
+            began = at
             try:
                 value, at = decoder.raw_decode(text, at)
             except ValueError:  # unfinished: wait for more, within bounds
-                if len(text) - at > MAX_EVENT_BYTES:
-                    raise ValueError(f"an event longer than {MAX_EVENT_BYTES} bytes") from None
-                incomplete = True
-                break
-            yield value
+                if len(text) - at <= MAX_EVENT_BYTES:
+                    incomplete = True
+                    break
+                newline = text.find("\n", at)
+                if newline < 0:
+                    text, at, skipping = "", 0, True
+                    break
+                yield OVERSIZED
+                at = newline + 1
+                continue
+            yield value if at - began <= MAX_EVENT_BYTES else OVERSIZED  # whole in the piece that passed the bound
+    if skipping:
+        raise ValueError(f"an event longer than {MAX_EVENT_BYTES} bytes, and the stream ended in it")
 
 
 def _describe(error: BaseException) -> str:
