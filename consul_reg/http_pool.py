@@ -92,7 +92,7 @@ class ConnectionPool:
             if body is not None or method in ("PUT", "POST"):
                 fields.append(("Content-Length", str(len(body or b""))))
             limit = self.max_body if max_body is None else max_body
-            wire, reused = self._take(timeout)
+            wire, reused = self._take(max(deadline - time.monotonic(), 0.001))
             try:
                 return self._exchange(wire, deadline, method, target, fields, body or b"", limit)
             except _STALE:
