@@ -80,13 +80,15 @@ def main() -> int:
         cases = {
             "agent PUT service/register": lambda: pool.request("PUT", "/v1/agent/service/register", body),
             "agent PUT check/update (TTL)": lambda: pool.request("PUT", "/v1/agent/check/update/rt-ttl", update),
+            "agent GET service/<id> (guard), 200": lambda: pool.request("GET", "/v1/agent/service/rt"),
+            "agent GET service/<id> (guard), 404": lambda: pool.request("GET", "/v1/agent/service/none"),
             "docker GET containers/<id>/json": lambda: source.inspect(container.id),
             "registry register+deregister": lambda: cycle(registry),
             "guard: GET, register, GET, deregister": lambda: cycle(guard),
         }
         for name, call in cases.items():
             walls, cpu = timed(call, args.calls, args.warm)
-            print(f"{name:34} wall p50 {statistics.median(walls):7.0f} / p90 {percentile(walls, 0.9):7.0f} us, "
+            print(f"{name:38} wall p50 {statistics.median(walls):7.0f} / p90 {percentile(walls, 0.9):7.0f} us, "
                   f"CPU {cpu:6.0f} us per call (n={args.calls})", flush=True)
         pool.close()
         source.close()
