@@ -99,9 +99,8 @@ class DockerSource:
             self._client = docker.APIClient(base_url=base_url, timeout=timeout, version=API_VERSION)
         self.description = base_url or os.environ.get("DOCKER_HOST", "")
         self.liveness = Liveness("docker")
-        # Inspect is the per-event call: on kept-alive http.client connections it costs a
-        # third of docker-py's CPU (BENCHMARKS.md). docker-py where the endpoint is not
-        # plain HTTP (ssh://).
+        # Inspect is the per-event call: kept-alive connections (http_pool, h11), each answer
+        # bounded by MAX_INSPECT_BYTES. docker-py where the endpoint is not plain HTTP (ssh://).
         endpoint = self._endpoint
         self._inspect_pool = None if endpoint.unsupported else ConnectionPool(
             host=endpoint.host, port=endpoint.port, socket_path=endpoint.unix_path or None,
