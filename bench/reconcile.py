@@ -55,6 +55,9 @@ def main() -> int:
                                   env=daemon_env(), cwd=DAEMON_CWD)
         while owned() != args.containers:
             time.sleep(0.05)
+        listing = agent.request("GET", "/v1/agent/services")[1]
+        print(f"/v1/agent/services with {args.containers} services: {len(listing)} bytes "
+              f"({len(listing) / args.containers:.0f} per service)", flush=True)
         for attempt in range(1, args.restarts + 1):
             agent.restart()
             restarted = time.monotonic()

@@ -5,7 +5,7 @@ an exec's output). docker-py cannot bound those: it switches the socket
 timeout off for streams and parses headers through a buffered reader that
 may swallow the first bytes of a hijacked exec stream. Here every recv gets
 the time left before the deadline as its timeout, h11 does the framing
-(chunked or close-delimited) on bytes we read ourselves, and each exchange
+(chunked or close-delimited) on bytes we read ourselves (`http_wire`), and each exchange
 has its own connection (no pool: thread-safe by construction, and an
 abandoned stream never leaks into the next request).
 """
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import socket
 import ssl
 import time
 import urllib.parse
@@ -22,10 +21,10 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 import docker.utils
-import h11
 
-RECV_BYTES = 64 * 1024
-MAX_HEAD_BYTES = 64 * 1024  # status line + headers; Docker's are < 1 KiB
+from consul_reg import http_wire
+
+RECV_BYTES = http_wire.RECV_BYTES
 MAX_JSON_BYTES = 1024 * 1024  # an exec's create/inspect answer, an error body
 MAX_SECONDS = 86400.0
 
@@ -103,10 +102,7 @@ class Exchange:
         self.deadline = deadline
         self.status = 0
         self.headers: dict[str, str] = {}
-        self._sock: socket.socket | None = None
-        self._conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_BYTES)
-        self._finished = False
-        self._eof = False
+        self._wire: http_wire.Wire | None = None
         if endpoint.unsupported:
             raise Unreachable(endpoint.unsupported)
         payload = b"" if body is None else json.dumps(body).encode()
@@ -114,12 +110,26 @@ class Exchange:
                            *headers]
         if body is not None:
             request_headers.append(("Content-Type", "application/json"))
-        self._connect(endpoint)
         try:
-            self._send(h11.Request(method=method, target=target, headers=request_headers))
-            self._send(h11.Data(data=payload))
-            self._send(h11.EndOfMessage())
-            self._read_head()
+            self._wire = http_wire.Wire(http_wire.connect(
+                unix_path=endpoint.unix_path, host=endpoint.host, port=endpoint.port,
+                ssl_context=endpoint.ssl_context, timeout=self.remaining()))
+        except OSError as error:  # refused, missing socket, TLS failure, connect timeout
+            raise Unreachable(f"cannot connect to {endpoint.description}: {describe(error)}") from None
+        self._wire.deadline = deadline
+        try:
+            try:
+                self._wire.send_request(method, target, request_headers, payload)
+            except TimeoutError:
+                raise Timeout("the deadline passed while sending") from None
+            except OSError as error:
+                raise Unreachable(f"dockerd dropped the connection: {describe(error)}") from None
+            try:
+                self.status, self.headers = self._wire.read_head()
+            except TimeoutError:
+                raise Timeout("the deadline passed while reading") from None
+            except (OSError, http_wire.ProtocolError) as error:
+                raise Unreachable(f"no answer from dockerd: {describe(error)}") from None
         except BaseException:
             self.close()
             raise
@@ -139,13 +149,16 @@ class Exchange:
     def read_some(self, max_bytes: int = RECV_BYTES) -> bytes:
         """The next piece of the body, b"" at its end. At most `max_bytes` more are
         taken from the socket (plus what HTTP framing already buffered)."""
-        while not self._finished:
-            event = self._next_event(max_bytes)
-            if isinstance(event, h11.Data):
-                return bytes(event.data)
-            if isinstance(event, h11.EndOfMessage):
-                self._finished = True
-        return b""
+        if self._wire is None:
+            raise BrokenExchange("connection closed")
+        try:
+            return self._wire.read_some(max_bytes)
+        except TimeoutError:
+            raise Timeout("the deadline passed while reading") from None
+        except http_wire.ProtocolError as error:
+            raise BrokenExchange(f"bad HTTP from dockerd: {error}") from None
+        except OSError as error:
+            raise BrokenExchange(f"connection failed: {describe(error)}") from None
 
     def read_json(self, limit: int = MAX_JSON_BYTES) -> Any:
         """The whole body as JSON (BrokenExchange if longer than `limit` or not JSON)."""
@@ -169,80 +182,9 @@ class Exchange:
         return f"{self.status} {message}" if isinstance(message, str) else f"HTTP {self.status}"
 
     def close(self) -> None:
-        sock, self._sock = self._sock, None
-        if sock is not None:
-            try:
-                sock.close()
-            except OSError:
-                pass
-
-    def _connect(self, endpoint: Endpoint) -> None:
-        try:
-            if endpoint.unix_path:
-                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                self._sock.settimeout(self.remaining())
-                self._sock.connect(endpoint.unix_path)
-            else:
-                raw = socket.create_connection((endpoint.host, endpoint.port), timeout=self.remaining())
-                self._sock = raw
-                if endpoint.ssl_context is not None:
-                    self._sock = endpoint.ssl_context.wrap_socket(raw, server_hostname=endpoint.host)
-        except Timeout:
-            self.close()
-            raise
-        except OSError as error:  # refused, missing socket, TLS failure, connect timeout
-            self.close()
-            raise Unreachable(f"cannot connect to {endpoint.description}: {describe(error)}") from None
-
-    def _send(self, event: Any) -> None:
-        data = self._conn.send(event)
-        if data and self._sock is not None:
-            self._sock.settimeout(self.remaining())
-            try:
-                self._sock.sendall(data)
-            except TimeoutError:
-                raise Timeout("the deadline passed while sending") from None
-            except OSError as error:
-                raise Unreachable(f"dockerd dropped the connection: {describe(error)}") from None
-
-    def _read_head(self) -> None:
-        while True:
-            try:
-                event = self._next_event()
-            except BrokenExchange as error:
-                raise Unreachable(f"no answer from dockerd: {error}") from None
-            if isinstance(event, h11.InformationalResponse):
-                continue
-            if isinstance(event, h11.Response):
-                self.status = event.status_code
-                self.headers = {name.decode("latin-1").lower(): value.decode("latin-1")
-                                for name, value in event.headers}
-                return
-
-    def _next_event(self, max_bytes: int = RECV_BYTES) -> Any:
-        while True:
-            try:
-                event = self._conn.next_event()
-            except h11.RemoteProtocolError as error:
-                raise BrokenExchange(f"bad HTTP from dockerd: {error}") from None
-            if event is not h11.NEED_DATA:
-                if isinstance(event, h11.ConnectionClosed):
-                    raise BrokenExchange("dockerd closed the connection")
-                return event
-            if self._sock is None or self._eof:
-                raise BrokenExchange("connection closed")
-            self._sock.settimeout(self.remaining())
-            try:
-                data = self._sock.recv(max(1, min(max_bytes, RECV_BYTES)))
-            except TimeoutError:
-                raise Timeout("the deadline passed while reading") from None
-            except OSError as error:
-                raise BrokenExchange(f"connection failed: {describe(error)}") from None
-            self._eof = not data
-            try:
-                self._conn.receive_data(data)
-            except h11.RemoteProtocolError as error:
-                raise BrokenExchange(f"bad HTTP from dockerd: {error}") from None
+        wire, self._wire = self._wire, None
+        if wire is not None:
+            wire.close()
 
 
 def printable(text: str, limit: int = 200) -> str:

@@ -12,6 +12,7 @@ import json
 import os
 import threading
 import time
+from types import SimpleNamespace
 from typing import Any, Callable, Iterator
 
 import docker
@@ -23,7 +24,7 @@ from loguru import logger
 from consul_reg import container_exec, container_files, docker_http
 from consul_reg.backoff import Backoff
 from consul_reg.container_files import FileUnreadable  # noqa: F401  (raised by read_file)
-from consul_reg.http_pool import TRANSPORT_ERRORS, ConnectionPool
+from consul_reg.http_pool import TRANSPORT_ERRORS, BodyTooLarge, ConnectionPool
 from consul_reg.liveness import Liveness
 from consul_reg.router import CONTAINER_ACTIONS, DOCKER_RECONNECTED, KEPT_ATTRIBUTES, Hint
 
@@ -35,7 +36,12 @@ DEFAULT_SOCKET = "/var/run/docker.sock"
 READ_TIMEOUT = 10.0  # seconds for one file read when the caller gives none
 INSPECT_CONNECTIONS = 4
 RECV_BYTES = 64 * 1024
-MAX_EVENT_BYTES = 4 * 1024 * 1024  # an event carries the container's labels: Docker bounds them, so do we
+# An inspect answer (labels, env, mounts...) is 5-20 KiB; Docker bounds neither labels nor a
+# created container's env, so we do: 8 MiB holds an env at Linux's execve limit (2 MiB
+# with the default 8 MiB stack) escaped as JSON, beside megabytes of labels
+# (BENCHMARKS.md). An event carries the container's labels: never more than its inspect.
+MAX_INSPECT_BYTES = 8 * 1024 * 1024
+MAX_EVENT_BYTES = MAX_INSPECT_BYTES
 
 
 class DockerUnavailable(Exception):
@@ -93,13 +99,13 @@ class DockerSource:
             self._client = docker.APIClient(base_url=base_url, timeout=timeout, version=API_VERSION)
         self.description = base_url or os.environ.get("DOCKER_HOST", "")
         self.liveness = Liveness("docker")
-        # Inspect is the per-event call: on kept-alive http.client connections it costs a
-        # third of docker-py's CPU (BENCHMARKS.md). docker-py where the endpoint is not
-        # plain HTTP (ssh://).
+        # Inspect is the per-event call: kept-alive connections (http_pool, h11), each answer
+        # bounded by MAX_INSPECT_BYTES. docker-py where the endpoint is not plain HTTP (ssh://).
         endpoint = self._endpoint
         self._inspect_pool = None if endpoint.unsupported else ConnectionPool(
             host=endpoint.host, port=endpoint.port, socket_path=endpoint.unix_path or None,
-            ssl_context=endpoint.ssl_context, max_connections=INSPECT_CONNECTIONS, timeout=timeout)
+            ssl_context=endpoint.ssl_context, max_connections=INSPECT_CONNECTIONS, timeout=timeout,
+            max_body=MAX_INSPECT_BYTES)
 
     def ping(self) -> None:
         self._guard("ping", self._client.ping)
@@ -125,6 +131,10 @@ class DockerSource:
         try:
             answer = self._inspect_pool.request("GET", docker_http.url(self._endpoint, "/containers/{}/json",
                                                                        container_id))
+        except BodyTooLarge as error:  # dockerd answered: about this container only
+            self.liveness.ok()
+            raise DockerUnavailable(f"docker ({self.description}): could not {what} "
+                                    f"{docker_http.printable(container_id, 80)}: {_describe(error)}") from None
         except TRANSPORT_ERRORS as error:
             reason = f"docker ({self.description}): could not {what}: {_describe(error)}"
             self.liveness.failed(reason)
@@ -223,24 +233,30 @@ class DockerSource:
             stop.wait(max((backoff.retry_at or 0) - time.monotonic(), 0.0))
 
     def _events(self, since: str | None) -> Iterator[Any]:
-        """Docker's stream of container events, each decoded. Read on a connection of its
-        own with http.client (no timeout: the stream is quiet while nothing happens),
-        through docker-py where the endpoint is not plain HTTP."""
+        """Docker's stream of container events, each decoded (each at most MAX_EVENT_BYTES).
+        Read on a connection of its own (no deadline: the stream is quiet while nothing
+        happens), through docker-py where the endpoint is not plain HTTP."""
         if self._inspect_pool is None:
             yield from self._client.events(decode=True, since=since, filters=self.event_filters())
             return
         query = {"filters": json.dumps(self.event_filters()), **({"since": since} if since else {})}
-        connection = self._inspect_pool.open(timeout=None)
+        stream = self._inspect_pool.open("GET", docker_http.url(self._endpoint, "/events", query=query))
         try:
-            connection.request("GET", docker_http.url(self._endpoint, "/events", query=query))
-            response = connection.getresponse()
-            if response.status != 200:
-                text = response.read(MAX_EVENT_BYTES).decode("utf-8", "replace")
-                raise DockerUnavailable(f"docker ({self.description}): the event stream answered {response.status} "
+            status, headers = stream.read_head()
+            if status != 200:
+                stream.deadline = time.monotonic() + READ_TIMEOUT
+                text = stream.read_body(headers, MAX_EVENT_BYTES, "the event stream's error").decode("utf-8", "replace")
+                raise DockerUnavailable(f"docker ({self.description}): the event stream answered {status} "
                                         f"{_describe(ValueError(text))}")
-            yield from _json_objects(response)
+            for event in _json_objects(SimpleNamespace(read1=stream.read_some)):
+                if event is OVERSIZED:
+                    logger.warning("docker event stream: skipped an event longer than {} bytes (a container with "
+                                   "labels that large); that container is seen again at the next full pass",
+                                   MAX_EVENT_BYTES)
+                    continue
+                yield event
         finally:
-            connection.close()
+            stream.close()
 
     def _guard(self, what: str, function, *args, **kwargs):
         try:
@@ -290,19 +306,29 @@ def hint_from_event(event: object) -> Hint | None:
     )
 
 
+OVERSIZED = object()  # yielded by _json_objects in place of an event over MAX_EVENT_BYTES
+
+
 def _json_objects(response: Any) -> Iterator[Any]:
     """The JSON objects of a stream, however it is cut into chunks and lines. An
     unfinished object is tried again only when a piece brings a `}` (a large
-    event arriving in many pieces is not parsed again at each)."""
+    event arriving in many pieces is not parsed again at each). An object longer
+    than MAX_EVENT_BYTES is dropped up to the next newline (dockerd ends every event
+    with one; JSON text holds no raw newline) and OVERSIZED is yielded in its place;
+    a stream that ends inside one raises ValueError."""
     decoder, text, at = json.JSONDecoder(), "", 0
     utf8 = codecs.getincrementaldecoder("utf-8")("replace")
-    incomplete = False
+    incomplete = skipping = False
     while data := response.read1(RECV_BYTES):
         piece = utf8.decode(data)
+        if skipping:
+            newline = piece.find("\n")
+            if newline < 0:
+                continue
+            piece, skipping = piece[newline + 1:], False
+            yield OVERSIZED
         text, at = text[at:] + piece, 0
-        if incomplete and "}" not in piece:
-            if len(text) > MAX_EVENT_BYTES:
-                raise ValueError(f"an event longer than {MAX_EVENT_BYTES} bytes")
+        if incomplete and "}" not in piece and len(text) <= MAX_EVENT_BYTES:
             continue
         incomplete = False
         while True:
@@ -310,14 +336,23 @@ def _json_objects(response: Any) -> Iterator[Any]:
                 at += 1
             if at == len(text):
                 break
+            began = at
             try:
                 value, at = decoder.raw_decode(text, at)
             except ValueError:  # unfinished: wait for more, within bounds
-                if len(text) - at > MAX_EVENT_BYTES:
-                    raise ValueError(f"an event longer than {MAX_EVENT_BYTES} bytes") from None
-                incomplete = True
-                break
-            yield value
+                if len(text) - at <= MAX_EVENT_BYTES:
+                    incomplete = True
+                    break
+                newline = text.find("\n", at)
+                if newline < 0:
+                    text, at, skipping = "", 0, True
+                    break
+                yield OVERSIZED
+                at = newline + 1
+                continue
+            yield value if at - began <= MAX_EVENT_BYTES else OVERSIZED  # whole in the piece that passed the bound
+    if skipping:
+        raise ValueError(f"an event longer than {MAX_EVENT_BYTES} bytes, and the stream ended in it")
 
 
 def _describe(error: BaseException) -> str:

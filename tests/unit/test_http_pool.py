@@ -14,7 +14,8 @@ from typing import Callable, Iterator
 
 import pytest
 
-from consul_reg.http_pool import MAX_HEADERS, ConnectionPool, PoolTimeout
+from consul_reg.http_pool import MAX_HEADERS, TRANSPORT_ERRORS, BodyTooLarge, ConnectionPool, PoolTimeout, ProtocolError
+from consul_reg.http_wire import MAX_HEAD_BYTES
 
 Handler = Callable[[socket.socket, bytes], bool]  # (connection, request) -> keep the connection open
 
@@ -168,7 +169,7 @@ def test_a_fresh_connection_that_fails_is_an_error_not_a_retry(serve) -> None:
 
 
 @pytest.mark.parametrize("reply", [
-    b"HTTP/1.1 200 OK\r\nX: " + b"a" * 70000 + b"\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nX: " + b"a" * (2 * MAX_HEAD_BYTES) + b"\r\n\r\n",
     b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * (MAX_HEADERS + 1) + b"\r\n",
     b"SSH-2.0-OpenSSH\r\n\r\n",
     b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",
@@ -231,3 +232,112 @@ def test_waiting_for_a_free_connection_is_bounded(serve) -> None:
         pool.request("GET", "/waits", timeout=0.2)
     release.set()
     holder.join()
+
+
+class Sent:
+    """What the scripted server managed to send before the client hung up."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self.done = threading.Event()
+
+
+def streaming(head: bytes, piece: bytes, pieces: int, sent: Sent, frame=lambda piece: piece) -> Handler:
+    def handler(conn: socket.socket, request: bytes) -> bool:
+        try:
+            conn.sendall(head)
+            for _ in range(pieces):
+                conn.sendall(frame(piece))
+                sent.bytes += len(piece)
+        except OSError:
+            pass  # the client closed: it read no further
+        sent.done.set()
+        return False
+    return handler
+
+
+def test_a_body_over_its_content_length_limit_is_refused_before_it_is_read(serve) -> None:
+    sent = Sent()
+    pool = serve(streaming(b"HTTP/1.1 200 OK\r\nContent-Length: 100000000\r\n\r\n", b"x" * 65536, 1526, sent),
+                 max_body=1024 * 1024)
+    with pytest.raises(BodyTooLarge) as refused:
+        pool.request("GET", "/v1.41/containers/huge/json")
+    assert "GET /v1.41/containers/huge/json on unix://" in str(refused.value)
+    assert "100000000 bytes" in str(refused.value) and "limit of 1 MiB" in str(refused.value)
+    assert isinstance(refused.value, TRANSPORT_ERRORS)
+    assert sent.done.wait(5) and sent.bytes < 100_000_000  # the server could not send it all: nobody read
+
+
+@pytest.mark.parametrize("framing", ["chunked", "close"])
+def test_a_body_without_length_is_cut_at_the_limit(serve, framing: str) -> None:
+    sent = Sent()
+    if framing == "chunked":
+        head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        handler = streaming(head, b"y" * 4096, 100_000, sent, lambda piece: b"1000\r\n" + piece + b"\r\n")
+    else:
+        handler = streaming(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n", b"y" * 4096, 100_000, sent)
+    pool = serve(handler, max_body=64 * 1024)
+    with pytest.raises(BodyTooLarge, match="over the limit of 65536 bytes"):
+        pool.request("GET", "/events")
+    assert sent.done.wait(5) and sent.bytes < 100_000 * 4096
+
+
+def test_the_limit_is_per_request_and_a_body_at_it_is_whole(serve) -> None:
+    pool = serve(lambda conn, request: conn.sendall(answer(b"z" * 1000)) or True, max_body=999)
+    with pytest.raises(BodyTooLarge):
+        pool.request("GET", "/a")
+    assert pool.request("GET", "/b", max_body=1000).body == b"z" * 1000
+    assert pool.request("GET", "/c", max_body=10_000).status_code == 200
+
+
+@pytest.mark.parametrize("reply, says", [
+    (b"HTTP/1.1 2x0 OK\r\n\r\n", "bad HTTP"),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab", "bad HTTP"),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", "bad HTTP"),
+    (b"HTTP/1.1 200 OK\r\nBad Header\r\n\r\n", "bad HTTP"),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab", "incomplete chunked read"),
+])
+def test_h11_protocol_errors_are_transport_errors(serve, reply: bytes, says: str) -> None:
+    pool = serve(lambda conn, request: conn.sendall(reply) and False)
+    with pytest.raises(ProtocolError, match=says) as failed:
+        pool.request("GET", "/x")
+    assert isinstance(failed.value, TRANSPORT_ERRORS) and not isinstance(failed.value, BodyTooLarge)
+
+
+def test_a_whole_exchange_has_the_timeout_as_deadline(serve) -> None:
+    def dribbling(conn: socket.socket, request: bytes) -> bool:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n")
+        for _ in range(40):  # a byte every 50 ms: each recv is quick, the whole is not
+            try:
+                conn.sendall(b"a")
+            except OSError:
+                return False
+            time.sleep(0.05)
+        return False
+
+    pool = serve(dribbling)
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        pool.request("GET", "/slow", timeout=0.5)
+    assert time.monotonic() - started < 1.5
+
+
+def test_a_stream_on_its_own_connection(serve) -> None:
+    events = [b'{"Action":"start"}\n', b'{"Action":"die"}\n']
+
+    def handler(conn: socket.socket, request: bytes) -> bool:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for event in events:
+            conn.sendall(f"{len(event):x}\r\n".encode() + event + b"\r\n")
+        conn.sendall(b"0\r\n\r\n")
+        return False
+
+    pool = serve(handler)
+    stream = pool.open("GET", "/v1.41/events?filters=%7B%7D")
+    try:
+        assert stream.read_head()[0] == 200
+        assert b"".join(iter(stream.read_some, b"")) == b"".join(events)
+        assert stream.read_some() == b""  # the end stays the end
+    finally:
+        stream.close()
+    assert pool.server.requests[0].startswith(b"GET /v1.41/events?filters=%7B%7D HTTP/1.1\r\n")  # type: ignore
