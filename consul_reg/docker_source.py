@@ -26,7 +26,7 @@ from consul_reg.backoff import Backoff
 from consul_reg.container_files import FileUnreadable  # noqa: F401  (raised by read_file)
 from consul_reg.http_pool import TRANSPORT_ERRORS, BodyTooLarge, ConnectionPool
 from consul_reg.liveness import Liveness
-from consul_reg.router import CONTAINER_ACTIONS, DOCKER_RECONNECTED, KEPT_ATTRIBUTES, Hint
+from consul_reg.router import CONTAINER_ACTIONS, DOCKER_RECONNECTED, EVENT_SKIPPED, KEPT_ATTRIBUTES, Hint
 
 # A fixed API version: "auto" would contact dockerd in the constructor, before
 # the daemon's retry loop. 1.41 is Docker 20.10's; newer engines still accept it.
@@ -211,6 +211,9 @@ class DockerSource:
                 for event in stream:
                     if stop.is_set():
                         break
+                    if event is OVERSIZED:
+                        post(Hint("", EVENT_SKIPPED))
+                        continue
                     hint = hint_from_event(event)
                     if hint is None:
                         continue
@@ -251,9 +254,7 @@ class DockerSource:
             for event in _json_objects(SimpleNamespace(read1=stream.read_some)):
                 if event is OVERSIZED:
                     logger.warning("docker event stream: skipped an event longer than {} bytes (a container with "
-                                   "labels that large); that container is seen again at the next full pass",
-                                   MAX_EVENT_BYTES)
-                    continue
+                                   "labels that large); looking at every container again", MAX_EVENT_BYTES)
                 yield event
         finally:
             stream.close()

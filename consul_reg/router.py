@@ -45,11 +45,12 @@ STOP = "stop"
 RELOAD = "reload"  # SIGHUP: re-read the token file, full pass
 START = "start"  # the daemon started: first full pass
 DOCKER_RECONNECTED = "docker reconnected"  # events may have been lost: full pass
+EVENT_SKIPPED = "event skipped"  # an event too large to read: whose it was is unknown, full pass
 AGENT_BACK = "agent back"  # the agent answers again (or restarted): full pass
 CHECK_MISSING = "check missing"  # the agent lost a check we report: re-register that service
 SCRIPTS_REFUSED = "scripts refused"  # re-map everything without agent-run scripts
 ENV_FILES_DUE = "env files due"  # time to poll env files
-FULL_PASS_REASONS = frozenset({RELOAD, START, DOCKER_RECONNECTED, AGENT_BACK, SCRIPTS_REFUSED})
+FULL_PASS_REASONS = frozenset({RELOAD, START, DOCKER_RECONNECTED, EVENT_SKIPPED, AGENT_BACK, SCRIPTS_REFUSED})
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
-"""The one Consul client: a small HTTP client of the project's own on the
-standard library's http.client (kept-alive connections, `http_pool`), and
-the agent as the primary registry.
+"""The one Consul client: a small HTTP client of the project's own on h11
+(kept-alive connections, `http_pool` / `http_wire`), and the agent as the
+primary registry.
 
 Every request goes through `ConsulClient.call`: each path segment is
 percent-encoded (nothing a container wrote can leave its segment or climb
@@ -104,8 +104,8 @@ class ConsulClient:
                 context = ssl.create_default_context(cafile=endpoint.ca_file)
                 if endpoint.client_cert:
                     context.load_cert_chain(endpoint.client_cert, endpoint.client_key)
-            # The standard library's http.client, kept alive: through httpx.Client a call
-            # cost 3-5 times its CPU here (BENCHMARKS.md), and a TTL update is nothing else.
+            # Kept-alive connections framed by h11: through httpx.Client a call cost 3-5
+            # times its CPU here (BENCHMARKS.md), and a TTL update is nothing else.
             self._pool: ConnectionPool | None = ConnectionPool(
                 host=endpoint.host, port=endpoint.port, socket_path=endpoint.socket_path, ssl_context=context,
                 max_connections=max_connections, timeout=timeout)

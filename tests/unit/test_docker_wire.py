@@ -14,6 +14,7 @@ from typing import Callable, Iterator
 import pytest
 
 from consul_reg import docker_source
+from consul_reg.router import EVENT_SKIPPED, Hint
 from consul_reg.docker_source import MAX_EVENT_BYTES, MAX_INSPECT_BYTES, OVERSIZED, DockerSource, \
     DockerUnavailable, _json_objects
 
@@ -88,11 +89,25 @@ def event(action: str, container: str, label: str = "") -> bytes:
                        "timeNano": 1}).encode() + b"\n"
 
 
-def test_an_event_over_its_limit_is_skipped_and_the_stream_goes_on(source) -> None:
+def test_an_event_over_its_limit_asks_for_a_full_pass_and_the_stream_goes_on(source) -> None:
     events = [event("start", "a"), event("start", "huge", "x" * MAX_EVENT_BYTES), event("die", "b")]
     docker = source(lambda request: chunked(*events))
-    read = [(e["Action"], e["Actor"]["ID"]) for e in docker._events(None)]
-    assert read == [("start", "a"), ("die", "b")]
+    posted: list[Hint] = []
+    got_three = threading.Event()
+
+    def post(hint: Hint) -> None:
+        posted.append(hint)
+        if len(posted) >= 3:
+            got_three.set()
+    stop = threading.Event()
+    reader = docker.follow_events(post, stop, retry_interval=0.05)
+    try:
+        assert got_three.wait(10), posted
+    finally:
+        stop.set()
+        reader.join(10)
+    # whose the skipped event was is unknown: every container is looked at again
+    assert [(h.action, h.container_id) for h in posted[:3]] == [("start", "a"), (EVENT_SKIPPED, ""), ("die", "b")]
 
 
 class Pieces:
