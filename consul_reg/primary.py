@@ -9,13 +9,13 @@ one agent client; tested with a fake agent and a fake clock.
 from __future__ import annotations
 
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Collection, Mapping, Protocol
 
 from loguru import logger
 
 from consul_reg.backoff import Backoff, Clock
-from consul_reg.model import ContainerDesire, RegisteredService, Service, registered_form
+from consul_reg.model import MARKER_DIGEST_KEY, ContainerDesire, RegisteredService, Service, registered_form
 from consul_reg.reaps import ReapTracker
 from consul_reg.reconcile import apply, plan
 from consul_reg.registries.base import RegistryError
@@ -161,7 +161,9 @@ class Primary:
             lost = [check.check_id for check in service.checks if held.get(check.check_id) != service_id]
             if lost:
                 logger.info("{} lost its checks {}: registering it again", service_id, ", ".join(lost))
-                del self.actual[service_id]
+                # Still ours and still there: a stale digest makes the plan register it again,
+                # and if that fails it is still deregistered (or drained) with its container.
+                self.actual[service_id] = replace(current, meta={**current.meta, MARKER_DIGEST_KEY: ""})
 
     def owned(self) -> list[RegisteredService]:
         return [s for s in (self.actual or {}).values() if s.owned_by(self.hostname)]

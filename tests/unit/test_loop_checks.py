@@ -4,8 +4,10 @@ service ID only the winner drives that service's checks."""
 
 from __future__ import annotations
 
-from consul_reg.router import CHECK_MISSING, RELOAD, Hint
-from tests.unit.fakes import container
+from consul_reg.model import Service
+from consul_reg.registries.base import RegistryNotOurs
+from consul_reg.router import CHECK_MISSING, RELOAD, START, Hint
+from tests.unit.fakes import FakeAgent, container
 from tests.unit.test_loop import Harness, event, h  # noqa: F401  (h: the started harness fixture)
 
 CLAIM = {"SERVICE_NAME": "jobs", "SERVICE_ID": "jobs"}
@@ -82,3 +84,30 @@ def test_the_checks_follow_the_id_when_the_winner_leaves(h: Harness) -> None:
     assert h.probes._tasks[CHECK].probe.container_id == "squat"
     h.send(Hint("", RELOAD))
     assert h.probes._tasks[CHECK].probe.container_id == "squat" and h.probes.check_count() == 1
+
+
+class GuardedAgent(FakeAgent):
+    """As the OwnershipGuard: a registration whose check another service holds is refused."""
+
+    def register(self, service: Service) -> None:
+        for check in service.checks:
+            holder = self.check_service.get(check.check_id)
+            if holder is not None and holder != service.id:
+                self._call("register", service.id)
+                raise RegistryNotOurs(f"check {check.check_id} is the check of {holder}")
+        super().register(service)
+
+
+def test_a_service_whose_lost_check_cannot_be_registered_again_still_leaves_with_its_container() -> None:
+    h = Harness()
+    h.agent.__class__ = GuardedAgent
+    h.send(Hint("", START))
+    h.docker.add(container("c1", "web", ports={"80/tcp": "8080"}, labels={"SERVICE_CHECK_TTL": "30s"}))
+    h.send(event("c1", "start"))
+    assert h.ids() == {"h1:web:80"}
+    h.agent.check_service["service:h1:web:80"] = "by-hand"  # a service registered by hand took the check
+    h.send(Hint("", RELOAD))  # the lost check is noticed; registering it again is refused
+    assert "h1:web:80" in h.agent.records
+    h.docker.containers["c1"]["State"]["Running"] = False
+    h.send(event("c1", "die", exitCode="0"))
+    assert "h1:web:80" not in h.agent.records  # still known as ours: deregistered with its container
