@@ -198,6 +198,7 @@ class DockerSource:
     def _read_events(self, post: Callable[[Hint], None], stop: threading.Event, backoff: Backoff) -> None:
         since: str | None = None
         seen: LRUCache[tuple[int, str, str], bool] = LRUCache(maxsize=512)  # replayed by `since` after a reconnect
+        skipped = SkippedEvents(post)
         connected_once = False
         while not stop.is_set():
             try:
@@ -212,7 +213,7 @@ class DockerSource:
                     if stop.is_set():
                         break
                     if event is OVERSIZED:
-                        post(Hint("", EVENT_SKIPPED))
+                        skipped.notice()
                         continue
                     hint = hint_from_event(event)
                     if hint is None:
@@ -252,9 +253,6 @@ class DockerSource:
                 raise DockerUnavailable(f"docker ({self.description}): the event stream answered {status} "
                                         f"{_describe(ValueError(text))}")
             for event in _json_objects(SimpleNamespace(read1=stream.read_some)):
-                if event is OVERSIZED:
-                    logger.warning("docker event stream: skipped an event longer than {} bytes (a container with "
-                                   "labels that large); looking at every container again", MAX_EVENT_BYTES)
                 yield event
         finally:
             stream.close()
@@ -305,6 +303,42 @@ def hint_from_event(event: object) -> Hint | None:
         time_nano=int(time_nano),
         attributes=tuple((name, str(attributes[name])) for name in KEPT_ATTRIBUTES if name in attributes),
     )
+
+
+class SkippedEvents:
+    """Events too large to read ask for a full pass (whose they were is unknown), at
+    most one every SKIPPED_PASS_SECONDS: a container with labels that large gets
+    events at its healthcheck's pace (exec_*), and must not turn each into a full
+    pass or a log line. One asked meanwhile is posted when the window ends."""
+
+    def __init__(self, post: Callable[[Hint], None], interval: float = 5.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._post, self._interval, self._clock = post, interval, clock
+        self._lock = threading.Lock()
+        self._last: float | None = None
+        self._timer: threading.Timer | None = None
+        self._count = 0
+
+    def notice(self) -> None:
+        with self._lock:
+            self._count += 1
+            if self._timer is not None:
+                return  # a full pass is already on its way
+            wait = 0.0 if self._last is None else self._last + self._interval - self._clock()
+            if wait > 0:
+                self._timer = threading.Timer(wait, self._fire)
+                self._timer.daemon = True
+                self._timer.start()
+                return
+        self._fire()
+
+    def _fire(self) -> None:
+        with self._lock:
+            self._timer, count, self._count = None, self._count, 0
+            self._last = self._clock()
+        logger.warning("docker event stream: skipped {} event(s) longer than {} bytes (a container with labels that "
+                       "large); looking at every container again", count, MAX_EVENT_BYTES)
+        self._post(Hint("", EVENT_SKIPPED))
 
 
 OVERSIZED = object()  # yielded by _json_objects in place of an event over MAX_EVENT_BYTES

@@ -124,3 +124,19 @@ def test_the_event_after_an_oversized_one_survives_any_cut(size: int) -> None:
         event("stop", "c")
     decoded = list(_json_objects(Pieces(data, size)))
     assert [e if e is OVERSIZED else e["Actor"]["ID"] for e in decoded] == ["a", OVERSIZED, "b", "c"]
+
+
+def test_skipped_events_ask_for_at_most_one_full_pass_per_window_and_none_is_lost() -> None:
+    posted: list[Hint] = []
+    second = threading.Event()
+
+    def post(hint: Hint) -> None:
+        posted.append(hint)
+        if len(posted) == 2:
+            second.set()
+    skipped = docker_source.SkippedEvents(post, interval=0.2)
+    for _ in range(50):  # a healthcheck's exec events of a container with huge labels
+        skipped.notice()
+    assert [h.action for h in posted] == [EVENT_SKIPPED]  # one at once, the rest wait for the window
+    assert second.wait(5)  # the ones noticed meanwhile: one more full pass when the window ends
+    assert [h.action for h in posted] == [EVENT_SKIPPED, EVENT_SKIPPED]
