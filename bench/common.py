@@ -122,6 +122,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def idle_figures(pid: int, settle: float, idle: float) -> tuple[dict[str, int], dict[str, int], float]:
+    """After `settle` seconds: the process's status, then its status and CPU share
+    (of one core) over `idle` seconds more."""
+    time.sleep(settle)
+    before = proc_status(pid)
+    cpu_before, began = cpu_seconds(pid), time.monotonic()
+    time.sleep(idle)
+    share = (cpu_seconds(pid) - cpu_before) / (time.monotonic() - began)
+    return before, proc_status(pid), share
+
+
 def load() -> str:
     return "load average " + " ".join(Path("/proc/loadavg").read_text().split()[:3])
 

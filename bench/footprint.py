@@ -22,7 +22,7 @@ import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DAEMON_CWD, Agent, cpu_seconds, daemon_env, load, proc_status  # noqa: E402
+from common import DAEMON_CWD, Agent, daemon_env, idle_figures, load  # noqa: E402
 
 # The daemon's imports, heaviest parts apart, in the order the daemon first loads them.
 LAYERS = ["ssl", "http.client", "concurrent.futures", "asyncio", "multiprocessing", "loguru", "h11",
@@ -56,12 +56,7 @@ def main() -> int:
                                agent.uri], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               env=daemon_env(args.code), cwd=DAEMON_CWD)
     try:
-        time.sleep(args.settle)
-        status = proc_status(daemon.pid)
-        cpu_before, began = cpu_seconds(daemon.pid), time.monotonic()
-        time.sleep(args.idle)
-        share = (cpu_seconds(daemon.pid) - cpu_before) / (time.monotonic() - began)
-        after = proc_status(daemon.pid)
+        status, after, share = idle_figures(daemon.pid, args.settle, args.idle)
         print(f"idle daemon: VmRSS {status['VmRSS'] / 1024:.1f} MB (after {args.idle:g} s more: "
               f"{after['VmRSS'] / 1024:.1f} MB), VmHWM {after['VmHWM'] / 1024:.1f} MB, {after['Threads']} threads; "
               f"CPU {share * 100:.2f}% of a core over {args.idle:g} s; {load()}", flush=True)

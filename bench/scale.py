@@ -34,7 +34,7 @@ import docker
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import DAEMON_CWD, IMAGE, LABEL, Agent  # noqa: E402
-from common import cpu_seconds, daemon_env, load, proc_status, remove_labelled  # noqa: E402
+from common import daemon_env, idle_figures, load, remove_labelled  # noqa: E402
 
 
 class Counting:
@@ -71,12 +71,7 @@ def as_process(args, agent: Agent, hostname: str) -> None:
             time.sleep(0.05)
         all_in = time.monotonic() - started
         print(f"daemon start -> all {owned(agent, hostname)} registered: {all_in:.2f} s; {load()}", flush=True)
-        time.sleep(args.settle)
-        status = proc_status(daemon.pid)
-        cpu_before, began = cpu_seconds(daemon.pid), time.monotonic()
-        time.sleep(args.idle)
-        share = (cpu_seconds(daemon.pid) - cpu_before) / (time.monotonic() - began)
-        after = proc_status(daemon.pid)
+        status, after, share = idle_figures(daemon.pid, args.settle, args.idle)
         print(f"idle with {args.containers} containers: VmRSS {status['VmRSS'] / 1024:.1f} MB "
               f"({after['VmRSS'] / 1024:.1f} MB {args.idle:g} s later), VmHWM {after['VmHWM'] / 1024:.1f} MB, "
               f"{after['Threads']} threads; CPU {share * 100:.2f}% of a core over {args.idle:g} s "

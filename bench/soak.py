@@ -25,17 +25,10 @@ from pathlib import Path
 import docker
 import httpx
 
-IMAGE = "consul-reg-test/busybox:latest"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import IMAGE, proc_status  # noqa: E402
+
 LABEL = "consul-reg-soak"
-
-
-def proc_status(pid: int) -> dict[str, int]:
-    fields = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM", "Threads"):
-            fields[key] = int(value.split()[0])
-    return fields
 
 
 def main() -> int:
