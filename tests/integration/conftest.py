@@ -8,6 +8,7 @@ runs with its own --hostname, so tests never see each other's services.
 
 from __future__ import annotations
 
+import calendar
 import os
 import signal
 import subprocess
@@ -64,6 +65,13 @@ def real_services() -> None:
 @pytest.fixture(scope="session")
 def docker_client() -> Iterator[docker.DockerClient]:
     client = docker.from_env(timeout=60)
+    # A run that was killed never reached its teardown: its containers (any run ID)
+    # are removed once they are an hour old; a run still going is never touched.
+    stale = time.time() - 3600
+    for container in client.containers.list(all=True, filters={"label": TEST_LABEL}):
+        created = container.attrs.get("Created", "")[:19]
+        if created and calendar.timegm(time.strptime(created, "%Y-%m-%dT%H:%M:%S")) < stale:
+            container.remove(force=True)
     yield client
     for container in client.containers.list(all=True, filters={"label": f"{TEST_LABEL}={RUN_ID}"}):
         container.remove(force=True)
