@@ -137,13 +137,15 @@ def test_zookeeper_nodes_are_ephemeral_and_recreated(zookeeper, start_daemon, ru
 def test_on_success_keeps_a_failed_container_in_mirrors_too(etcd, start_daemon, run_container, consul_api,
                                                             hostname):
     daemon = start_daemon("-ip", HOST_IP, "-deregister", "on-success", "consul://127.0.0.1:8500",
-                          f"{etcd.uri_base}/services", resync="2")  # about the resync: it keeps the record
+                          f"{etcd.uri_base}/services")
     failing = run_container(["sh", "-c", "sleep 2; exit 3"], ports={"80/tcp": None})
     key = f"/services/busybox/{hostname}:{failing.name}:80"
     wait_until(lambda: key in etcd.keys("/services/"), message="key written")
     wait_until(lambda: failing.reload() or failing.status == "exited", message="container failed")
-    syncs = daemon.log().count("full pass done")
-    wait_until(lambda: daemon.log().count("full pass done") >= syncs + 2, message="two more resyncs")
+    for _ in range(2):  # with -resync 0, full passes asked by SIGHUP: they keep it too
+        passes = daemon.log().count("full pass done (reload)")
+        daemon.process.send_signal(signal.SIGHUP)
+        wait_until(lambda: daemon.log().count("full pass done (reload)") > passes, message="a full pass")
     assert key in etcd.keys("/services/")
     assert f"{hostname}:{failing.name}:80" in consul_api.services()
     failing.remove()
