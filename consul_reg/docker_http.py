@@ -20,8 +20,6 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-import docker.utils
-
 from consul_reg import http_wire
 
 RECV_BYTES = http_wire.RECV_BYTES
@@ -59,7 +57,15 @@ class Endpoint:
 
 def endpoint_from(base_url: str | None, environ: Mapping[str, str], api_version: str) -> Endpoint:
     """The endpoint for docker_source's base URL (unix://...), or, when it is None,
-    DOCKER_HOST / DOCKER_TLS_VERIFY / DOCKER_CERT_PATH read as docker-py reads them."""
+    DOCKER_HOST / DOCKER_TLS_VERIFY / DOCKER_CERT_PATH read as docker-py reads them.
+    A unix socket is read here; anything else through docker-py's own parsing, imported
+    only then (it costs ~9 MB of memory: BENCHMARKS.md, footprint)."""
+    if base_url is None and environ.get("DOCKER_HOST", "").startswith("unix:///"):
+        base_url = environ["DOCKER_HOST"]
+    if base_url is not None and base_url.startswith("unix:///"):
+        return Endpoint(unix_path=base_url[len("unix://"):], api_version=api_version)
+    import docker.utils
+
     tls = None
     if base_url is None:
         kwargs = docker.utils.kwargs_from_env(environment=dict(environ))

@@ -15,9 +15,6 @@ import time
 from types import SimpleNamespace
 from typing import Any, Callable, Iterator
 
-import docker
-import docker.errors
-import requests.exceptions
 from cachetools import LRUCache
 from loguru import logger
 
@@ -42,6 +39,10 @@ RECV_BYTES = 64 * 1024
 # (BENCHMARKS.md). An event carries the container's labels: never more than its inspect.
 MAX_INSPECT_BYTES = 8 * 1024 * 1024
 MAX_EVENT_BYTES = MAX_INSPECT_BYTES
+# The listing carries every container's labels (Docker bounds none). Its bound only stops
+# an endless or absurd answer, far above what 1,000 containers list (~2 MB): a listing
+# refused fails every full pass, for every container.
+MAX_LIST_BYTES = 256 * 1024 * 1024
 
 
 class DockerUnavailable(Exception):
@@ -91,30 +92,44 @@ class DockerSource:
         # behind the sync loop's calls and never outlive their deadline.
         try:
             self._endpoint = docker_http.endpoint_from(base_url, os.environ, API_VERSION)
-        except (OSError, docker.errors.DockerException) as error:  # unreadable TLS files, a bad DOCKER_HOST
+        except Exception as error:  # unreadable TLS files, a bad DOCKER_HOST (docker-py's own errors)
             raise DockerUnavailable(f"docker: {_describe(error)}") from None
-        if base_url is None:
-            self._client = docker.from_env(timeout=timeout, version=API_VERSION).api
-        else:
-            self._client = docker.APIClient(base_url=base_url, timeout=timeout, version=API_VERSION)
         self.description = base_url or os.environ.get("DOCKER_HOST", "")
         self.liveness = Liveness("docker")
-        # Inspect is the per-event call: kept-alive connections (http_pool, h11), each answer
-        # bounded by MAX_INSPECT_BYTES. docker-py where the endpoint is not plain HTTP (ssh://).
+        # Every call on kept-alive connections (http_pool, h11), each answer bounded;
+        # docker-py only where the endpoint is not plain HTTP (ssh://).
         endpoint = self._endpoint
-        self._inspect_pool = None if endpoint.unsupported else ConnectionPool(
-            host=endpoint.host, port=endpoint.port, socket_path=endpoint.unix_path or None,
-            ssl_context=endpoint.ssl_context, max_connections=INSPECT_CONNECTIONS, timeout=timeout,
-            max_body=MAX_INSPECT_BYTES)
+        self._pool: ConnectionPool | None = None
+        self._docker_py: Any = None
+        if endpoint.unsupported:
+            from consul_reg.docker_py import DockerPy
+            try:
+                self._docker_py = DockerPy(timeout, API_VERSION)
+            except docker_http.Unreachable as error:
+                raise DockerUnavailable(f"docker: {error}") from None
+        else:
+            self._pool = ConnectionPool(
+                host=endpoint.host, port=endpoint.port, socket_path=endpoint.unix_path or None,
+                ssl_context=endpoint.ssl_context, max_connections=INSPECT_CONNECTIONS, timeout=timeout,
+                max_body=MAX_INSPECT_BYTES)
 
     def ping(self) -> None:
-        self._guard("ping", self._client.ping)
+        status, body = self._get("ping", ("ping",), "/_ping")
+        if status != 200:
+            raise DockerUnavailable(f"docker ({self.description}): could not ping: {_answered(status, body)}")
 
     def list_containers(self, filters: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
         """Every container (running or not) that matches `filters` (default: --filter's):
         Docker's listing summaries."""
         chosen = self.filters if filters is None else filters
-        return self._guard("list containers", self._client.containers, all=True, filters=chosen or None)
+        query = {"all": "1", **({"filters": json.dumps(chosen)} if chosen else {})}
+        status, body = self._get("list containers", ("containers",), "/containers/json",
+                                 query=query, max_body=MAX_LIST_BYTES,
+                                 docker_py_kwargs={"all": True, "filters": chosen or None})
+        if status != 200 or not isinstance(body, list):
+            raise DockerUnavailable(f"docker ({self.description}): could not list containers: "
+                                    f"{_answered(status, body)}")
+        return [summary for summary in body if isinstance(summary, dict)]
 
     def event_filters(self) -> dict[str, list[str]]:
         """The event stream's filters: container events of the containers --filter selects."""
@@ -122,50 +137,59 @@ class DockerSource:
 
     def inspect(self, container_id: str) -> dict[str, Any] | None:
         """The container's inspect data, or None when it no longer exists. Thread-safe."""
-        if self._inspect_pool is None:
-            try:
-                return self._guard("inspect a container", self._client.inspect_container, container_id)
-            except docker.errors.NotFound:
-                return None
-        what = "inspect a container"
-        try:
-            answer = self._inspect_pool.request("GET", docker_http.url(self._endpoint, "/containers/{}/json",
-                                                                       container_id))
-        except BodyTooLarge as error:  # dockerd answered: about this container only
-            self.liveness.ok()
-            raise DockerUnavailable(f"docker ({self.description}): could not {what} "
-                                    f"{docker_http.printable(container_id, 80)}: {_describe(error)}") from None
-        except TRANSPORT_ERRORS as error:
-            reason = f"docker ({self.description}): could not {what}: {_describe(error)}"
-            self.liveness.failed(reason)
-            raise DockerUnreachable(reason) from None
-        self.liveness.ok()  # dockerd answered
-        try:
-            body = answer.json()
-        except ValueError:
-            body = None
-        if answer.status_code == 200 and isinstance(body, dict):
+        status, body = self._get("inspect a container", ("inspect_container", container_id),
+                                 "/containers/{}/json", container_id, subject=container_id)
+        if status == 200 and isinstance(body, dict):
             return body
-        message = str(body.get("message") or "") if isinstance(body, dict) else ""
-        if answer.status_code == 404 or "no such container" in message:  # Podman answers 500
+        if _not_found(status, body):
             return None
-        raise DockerUnavailable(f"docker ({self.description}): could not {what}: "
-                                f"{answer.status_code} {_describe(ValueError(message or 'not JSON'))}")
+        raise DockerUnavailable(f"docker ({self.description}): could not inspect a container: "
+                                f"{_answered(status, body)}")
 
     def swarm_service(self, service_id: str) -> dict[str, Any] | None:
         """A Swarm service's inspect data (its Endpoint holds the published ports), or
         None when it is gone. Raises NotASwarmManager where services cannot be read."""
-        def inspect() -> dict[str, Any]:
-            try:
-                return self._client.inspect_service(service_id)
-            except docker.errors.APIError as error:
-                if error.status_code == 503 and "not a swarm manager" in str(error.explanation):
-                    raise NotASwarmManager(str(error.explanation)) from None
-                raise
-        try:
-            return self._guard("inspect a swarm service", inspect)
-        except docker.errors.NotFound:
+        status, body = self._get("inspect a swarm service", ("inspect_service", service_id),
+                                 "/services/{}", service_id, subject=service_id)
+        if status == 200 and isinstance(body, dict):
+            return body
+        message = _message(body)
+        if status == 503 and "not a swarm manager" in message:
+            raise NotASwarmManager(message)
+        if status == 404:
             return None
+        raise DockerUnavailable(f"docker ({self.description}): could not inspect a swarm service: "
+                                f"{_answered(status, body)}")
+
+    def _get(self, what: str, docker_py_call: tuple[Any, ...], path: str, *segments: str,
+             query: dict[str, str] | None = None, max_body: int = MAX_INSPECT_BYTES, subject: str = "",
+             docker_py_kwargs: dict[str, Any] | None = None) -> tuple[int, Any]:
+        """One GET: (status, decoded body or None). dockerd answering at all is liveness;
+        not reaching it raises DockerUnreachable, an answer over `max_body` DockerUnavailable
+        (about this one call: `subject` names what it was about)."""
+        about = f" {docker_http.printable(subject, 80)}" if subject else ""
+        try:
+            if self._docker_py is not None:
+                status, body = self._docker_py.call(*docker_py_call, **(docker_py_kwargs or {}))
+            else:
+                assert self._pool is not None
+                answer = self._pool.request("GET", docker_http.url(self._endpoint, path, *segments, query=query),
+                                            max_body=max_body)
+                status = answer.status_code
+                try:
+                    body = answer.json()
+                except ValueError:
+                    body = None
+        except BodyTooLarge as error:  # dockerd answered: about this call only
+            self.liveness.ok()
+            raise DockerUnavailable(f"docker ({self.description}): could not {what}{about}: "
+                                    f"{_describe(error)}") from None
+        except (docker_http.Unreachable, *TRANSPORT_ERRORS) as error:
+            reason = f"docker ({self.description}): could not {what}: {_describe(error)}"
+            self.liveness.failed(reason)
+            raise DockerUnreachable(reason) from None
+        self.liveness.ok()  # dockerd answered
+        return status, body
 
     def read_file(self, container_id: str, path: str, limit_bytes: int,
                   timeout_seconds: float = READ_TIMEOUT) -> str | None:
@@ -240,11 +264,12 @@ class DockerSource:
         """Docker's stream of container events, each decoded (each at most MAX_EVENT_BYTES).
         Read on a connection of its own (no deadline: the stream is quiet while nothing
         happens), through docker-py where the endpoint is not plain HTTP."""
-        if self._inspect_pool is None:
-            yield from self._client.events(decode=True, since=since, filters=self.event_filters())
+        if self._docker_py is not None:
+            yield from self._docker_py.events(since, self.event_filters())
             return
+        assert self._pool is not None
         query = {"filters": json.dumps(self.event_filters()), **({"since": since} if since else {})}
-        stream = self._inspect_pool.open("GET", docker_http.url(self._endpoint, "/events", query=query))
+        stream = self._pool.open("GET", docker_http.url(self._endpoint, "/events", query=query))
         try:
             status, headers = stream.read_head()
             if status != 200:
@@ -257,29 +282,11 @@ class DockerSource:
         finally:
             stream.close()
 
-    def _guard(self, what: str, function, *args, **kwargs):
-        try:
-            result = function(*args, **kwargs)
-        except docker.errors.NotFound:
-            self.liveness.ok()
-            raise
-        except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as error:
-            if isinstance(error, docker.errors.APIError) and "no such container" in str(error.explanation):
-                self.liveness.ok()
-                raise docker.errors.NotFound(str(error.explanation), error.response) from None  # Podman's 500
-            reason = f"docker ({self.description}): could not {what}: {_describe(error)}"
-            if isinstance(error, docker.errors.APIError) and error.response is not None:
-                self.liveness.ok()  # dockerd answered, with an error about this one thing
-                raise DockerUnavailable(reason) from None
-            self.liveness.failed(reason)
-            raise DockerUnreachable(reason) from None
-        self.liveness.ok()
-        return result
-
     def close(self) -> None:
-        if self._inspect_pool is not None:
-            self._inspect_pool.close()
-        self._client.close()
+        if self._pool is not None:
+            self._pool.close()
+        if self._docker_py is not None:
+            self._docker_py.close()
 
 
 def hint_from_event(event: object) -> Hint | None:
@@ -388,6 +395,20 @@ def _json_objects(response: Any) -> Iterator[Any]:
             yield value if at - began <= MAX_EVENT_BYTES else OVERSIZED  # whole in the piece that passed the bound
     if skipping:
         raise ValueError(f"an event longer than {MAX_EVENT_BYTES} bytes, and the stream ended in it")
+
+
+def _message(body: Any) -> str:
+    """dockerd's {"message": ...} of a failed call."""
+    message = body.get("message") if isinstance(body, dict) else None
+    return message if isinstance(message, str) else ""
+
+
+def _not_found(status: int, body: Any) -> bool:
+    return status == 404 or "no such container" in _message(body)  # Podman answers 500
+
+
+def _answered(status: int, body: Any) -> str:
+    return f"{status} {_describe(ValueError(_message(body) or 'not the JSON expected'))}"
 
 
 def _describe(error: BaseException) -> str:

@@ -6,14 +6,18 @@ events around it still arrive, however the stream is cut."""
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
+import urllib.parse
 from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
 
-from consul_reg import docker_source
+from consul_reg import docker_http, docker_source
 from consul_reg.router import EVENT_SKIPPED, Hint
 from consul_reg.docker_source import MAX_EVENT_BYTES, MAX_INSPECT_BYTES, OVERSIZED, DockerSource, \
     DockerUnavailable, _json_objects
@@ -140,3 +144,113 @@ def test_skipped_events_ask_for_at_most_one_full_pass_per_window_and_none_is_los
     assert [h.action for h in posted] == [EVENT_SKIPPED]  # one at once, the rest wait for the window
     assert second.wait(5)  # the ones noticed meanwhile: one more full pass when the window ends
     assert [h.action for h in posted] == [EVENT_SKIPPED, EVENT_SKIPPED]
+
+
+def answer(status: str, body: bytes, content_type: str = "application/json") -> bytes:
+    return (f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
+            .encode() + body)
+
+
+def request_target(request: bytes) -> str:
+    return request.split(b" ", 2)[1].decode()
+
+
+def test_the_listing_asks_for_every_container_with_the_filter_and_reads_the_summaries(source) -> None:
+    seen: list[str] = []
+
+    def reply(request: bytes) -> bytes:
+        seen.append(request_target(request))
+        return answer("200 OK", json.dumps([{"Id": "c1", "Labels": {}}, "not a summary"]).encode())
+    docker = source(reply)
+    docker.filters = {"label": ["project=shop"]}
+    assert docker.list_containers() == [{"Id": "c1", "Labels": {}}]
+    assert docker.list_containers(filters={}) == [{"Id": "c1", "Labels": {}}]
+    first, second = (urllib.parse.urlsplit(target) for target in seen)
+    assert first.path == second.path == "/v1.41/containers/json"
+    assert urllib.parse.parse_qs(first.query) == {"all": ["1"], "filters": ['{"label": ["project=shop"]}']}
+    assert urllib.parse.parse_qs(second.query) == {"all": ["1"]}
+
+
+def test_a_listing_over_its_bound_or_refused_is_docker_unavailable_not_unreachable(source, monkeypatch) -> None:
+    monkeypatch.setattr(docker_source, "MAX_LIST_BYTES", 1000)
+    big = source(lambda request: answer("200 OK", json.dumps([{"Id": "x" * 2000}]).encode()))
+    with pytest.raises(DockerUnavailable) as refused:
+        big.list_containers()
+    assert not isinstance(refused.value, docker_source.DockerUnreachable) and "1000" in str(refused.value)
+    failing = source(lambda request: answer("500 Internal Server Error", b'{"message": "database is locked"}'))
+    with pytest.raises(DockerUnavailable) as failed:
+        failing.list_containers()
+    assert "could not list containers: 500 database is locked" in str(failed.value)
+    assert not isinstance(failed.value, docker_source.DockerUnreachable) and failing.liveness.state.ok
+
+
+def test_no_dockerd_is_unreachable_and_not_alive(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/nobody.sock")
+    docker = DockerSource(timeout=2)
+    try:
+        for call in (docker.ping, docker.list_containers, lambda: docker.inspect("c1")):
+            with pytest.raises(docker_source.DockerUnreachable):
+                call()
+        assert not docker.liveness.state.ok
+    finally:
+        docker.close()
+
+
+def test_ping_inspect_and_swarm_answers(source) -> None:
+    routes = {"/v1.41/_ping": answer("200 OK", b"OK", "text/plain"),
+              "/v1.41/containers/gone/json": answer("404 Not Found", b'{"message": "No such container: gone"}'),
+              "/v1.41/containers/podman-gone/json": answer("500 Internal Server Error",
+                                                           b'{"message": "no such container"}'),
+              "/v1.41/services/s1": answer("503 Service Unavailable",
+                                           b'{"message": "This node is not a swarm manager."}'),
+              "/v1.41/services/gone": answer("404 Not Found", b'{"message": "service gone not found"}'),
+              "/v1.41/services/s2": answer("200 OK", b'{"ID": "s2", "Endpoint": {}}')}
+    docker = source(lambda request: routes.get(request_target(request), answer("400 Bad Request", b"{}")))
+    docker.ping()
+    assert docker.inspect("gone") is None and docker.inspect("podman-gone") is None
+    with pytest.raises(docker_source.NotASwarmManager):
+        docker.swarm_service("s1")
+    assert docker.swarm_service("gone") is None
+    assert docker.swarm_service("s2") == {"ID": "s2", "Endpoint": {}}
+    with pytest.raises(DockerUnavailable, match="could not inspect a container: 400"):
+        docker.inspect("../../etc")  # percent-encoded: never another path of dockerd's
+
+
+def test_a_unix_socket_needs_no_docker_py() -> None:
+    """docker-py (with requests behind it, ~9 MB) is imported only for an endpoint that is not plain HTTP."""
+    code = ("import sys, consul_reg.daemon\n"
+            "from consul_reg.docker_source import DockerSource\n"
+            "DockerSource().close()\n"
+            "print(sorted(m for m in ('docker', 'requests', 'urllib3') if m in sys.modules))")
+    for host in ("", "unix:///var/run/docker.sock"):
+        env = {k: v for k, v in os.environ.items() if k != "DOCKER_HOST"} | ({"DOCKER_HOST": host} if host else {})
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == "[]", (host, out.stdout)
+
+
+def test_docker_py_answers_as_the_wire_does(source, tmp_path, monkeypatch) -> None:
+    """The fallback for endpoints that are not plain HTTP (ssh://), here driven over a unix socket."""
+    from consul_reg.docker_py import DockerPy
+
+    routes = {"/v1.41/containers/json": answer("200 OK", b'[{"Id": "c1"}]'),
+              "/v1.41/containers/gone/json": answer("404 Not Found", b'{"message": "No such container: gone"}')}
+    source(lambda request: routes.get(urllib.parse.urlsplit(request_target(request)).path,
+                                      answer("500 Internal Server Error", b'{"message": "boom"}')))
+    fallback = DockerPy(timeout=5, api_version="1.41")
+    try:
+        assert fallback.call("containers", all=True) == (200, [{"Id": "c1"}])
+        assert fallback.call("inspect_container", "gone") == (404, {"message": "No such container: gone"})
+        assert fallback.call("inspect_service", "s1")[0] == 500
+    finally:
+        fallback.close()
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/nobody.sock")
+    nobody = DockerPy(timeout=2, api_version="1.41")
+    with pytest.raises(docker_http.Unreachable):
+        nobody.call("ping")
+
+
+def test_an_ssh_docker_host_goes_through_docker_py_and_says_what_it_lacks(monkeypatch) -> None:
+    monkeypatch.setenv("DOCKER_HOST", "ssh://nobody@127.0.0.1:1")
+    with pytest.raises(DockerUnavailable, match="docker: .*paramiko"):
+        DockerSource(timeout=2)

@@ -62,21 +62,8 @@ def test_the_mapping_skips_a_container_the_filter_does_not_select():
     assert len(map_container(container, settings).services) == 1
 
 
-def test_docker_listing_and_events_carry_the_filters():
-    class Client:
-        def __init__(self) -> None:
-            self.calls: list[dict] = []
-
-        def containers(self, **kwargs):
-            self.calls.append(kwargs)
-            return []
-
+def test_the_event_stream_carries_the_filters():
     source = DockerSource(filters={"label": ["project=shop"]})
-    source._client = Client()  # type: ignore[assignment]
-    source.list_containers()
-    source.list_containers(filters={})
-    assert source._client.calls == [{"all": True, "filters": {"label": ["project=shop"]}},
-                                    {"all": True, "filters": None}]
     assert source.event_filters() == {"type": ["container"], "label": ["project=shop"]}
     assert DockerSource().event_filters() == {"type": ["container"]}
 
