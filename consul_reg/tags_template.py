@@ -19,10 +19,9 @@ field or a pipeline is a parse error.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any, Callable
-
-import re2
 
 LEFT_OUT = {"httpGet", "jsonParse"}
 REGEX_FUNCTIONS = {"matchFirstElement", "matchAllElements"}
@@ -33,8 +32,6 @@ _TOKEN = re.compile(r'\s*(?:(?P<field>\.[A-Za-z0-9_.]*)|(?P<string>"(?:[^"\\]|\\
                     r'|(?P<number>-?[0-9]{1,9})|(?P<ident>[A-Za-z_][A-Za-z0-9_]*)|(?P<punct>[|()]))')
 _SIMPLE_ESCAPES = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v",
                    "\\": "\\", "'": "'", '"': '"'}
-_RE2_OPTIONS = re2.Options()
-_RE2_OPTIONS.log_errors = False  # RE2 would print parse errors to stderr; ours is the message
 
 
 class TemplateError(ValueError):
@@ -60,9 +57,21 @@ def _pick(items: list[Any], index: int, what: str) -> Any:
     return items[index]
 
 
+@functools.cache
+def _re2() -> tuple[Any, Any]:
+    """google-re2 and its options, imported with the first regular expression (2.5 MB of
+    memory a daemon without a -tags template using one never needs)."""
+    import re2
+
+    options = re2.Options()
+    options.log_errors = False  # RE2 would print parse errors to stderr; ours is the message
+    return re2, options
+
+
 def _regex(pattern: str) -> Any:
+    re2, options = _re2()
     try:
-        return re2.compile(pattern, _RE2_OPTIONS)
+        return re2.compile(pattern, options)
     except re2.error as error:
         reason = error.args[0].decode(errors="replace") if error.args and isinstance(error.args[0], bytes) \
             else str(error)
