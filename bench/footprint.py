@@ -26,8 +26,11 @@ from common import DAEMON_CWD, Agent, daemon_env, idle_figures, load  # noqa: E4
 
 # The daemon's imports, heaviest parts apart, in the order the daemon first loads them.
 LAYERS = ["ssl", "http.client", "concurrent.futures", "asyncio", "multiprocessing", "loguru", "h11",
-          "cachetools", "re2", "idna", "charset_normalizer", "certifi", "urllib3", "requests", "docker",
-          "consul_reg.mapping", "consul_reg.daemon", "consul_reg.cli"]
+          "cachetools", "consul_reg.mapping", "consul_reg.daemon", "consul_reg.cli"]
+# Imported only when a feature asks for them: re2 (a -tags template with a regular expression),
+# docker-py (a DOCKER_HOST that is not plain HTTP), prometheus_client (the status endpoint),
+# httpx (etcd, or TLS to the agent), kazoo (ZooKeeper). Measured after the layers above.
+OPTIONAL = ["re2", "docker", "prometheus_client", "httpx", "kazoo"]
 
 MEASURE = """
 import importlib, sys
@@ -35,12 +38,20 @@ def rss():
     return next(int(l.split()[1]) / 1024 for l in open('/proc/self/status') if l.startswith('VmRSS'))
 previous = rss()
 print(f"interpreter (python {sys.version.split()[0]}): {previous:.1f} MB")
-for name in sys.argv[1:]:
+layers, optional = sys.argv[1].split(","), sys.argv[2].split(",")
+for name in layers:
     importlib.import_module(name)
     now = rss()
     print(f"  + {name}: {now - previous:.1f} MB")
     previous = now
-print(f"all imports: {previous:.1f} MB")
+print(f"the daemon's imports: {previous:.1f} MB")
+loaded = [name for name in optional if name in sys.modules]
+print(f"optional parts the daemon's imports loaded: {', '.join(loaded) or 'none'}; each when used:")
+for name in optional:
+    importlib.import_module(name)
+    now = rss()
+    print(f"  + {name}: {now - previous:.1f} MB")
+    previous = now
 """
 
 
@@ -64,7 +75,7 @@ def main() -> int:
         daemon.kill()
         daemon.wait(timeout=15)
         agent.stop()
-    subprocess.run([sys.executable, "-c", MEASURE, *LAYERS], check=True, env=daemon_env(args.code),
+    subprocess.run([sys.executable, "-c", MEASURE, ",".join(LAYERS), ",".join(OPTIONAL)], check=True, env=daemon_env(args.code),
                    cwd=DAEMON_CWD)
     return 0
 
