@@ -2,7 +2,8 @@
 of the benchmark's own, with time stamps (time.time_ns, the clock of Docker's
 timeNano) taken at each step of a container's `start` and `die`: the event
 read from the stream, the loop taking its batch, the inspect sent and
-answered, the register (deregister) sent and answered. Containers are started
+answered, the guard's read of the agent's record sent and answered, the
+register (deregister) sent and answered. Containers are started
 and killed one at a time, --gap seconds apart. Prints the median of each
 step. Method in BENCHMARKS.md.
 
@@ -29,7 +30,7 @@ from common import IMAGE, LABEL, Agent, load, remove_labelled  # noqa: E402
 from consul_reg import docker_source, loop  # noqa: E402
 from consul_reg.cli import parse_config  # noqa: E402
 from consul_reg.daemon import Daemon  # noqa: E402
-from consul_reg.registries import consul  # noqa: E402
+from consul_reg.registries import consul, guard  # noqa: E402
 from consul_reg.router import STOP, Hint  # noqa: E402
 
 MARKS: dict[str, dict[str, int]] = defaultdict(dict)  # container or service ID -> step -> time_ns
@@ -65,6 +66,18 @@ def instrument() -> None:
         finally:
             MARKS[container_id].setdefault("inspect answered", time.time_ns())
     docker_source.DockerSource.inspect = traced_inspect
+
+    current = guard.OwnershipGuard.current
+
+    def traced_current(self, service_id):
+        # the start's read of a service, then its die's: each kept apart
+        action = "die" if "start get answered" in MARKS[service_id] else "start"
+        MARKS[service_id].setdefault(f"{action} get sent", time.time_ns())
+        try:
+            return current(self, service_id)
+        finally:
+            MARKS[service_id].setdefault(f"{action} get answered", time.time_ns())
+    guard.OwnershipGuard.current = traced_current
 
     for name in ("register", "deregister"):
         original = getattr(consul.ConsulRegistry, name)
@@ -114,14 +127,13 @@ def main() -> int:
         remove_labelled(client)
         agent.stop()
     steps = {"start": ["start docker", "start read", "start batch", "inspect sent", "inspect answered",
-                       "register sent", "register answered"],
-             "die": ["die docker", "die read", "die batch", "deregister sent", "deregister answered"]}
+                       "start get sent", "start get answered", "register sent", "register answered"],
+             "die": ["die docker", "die read", "die batch", "die get sent", "die get answered", "deregister sent",
+                     "deregister answered"]}
     for action, names in steps.items():
         gaps: dict[str, list[float]] = defaultdict(list)
         for container in containers:
             marks = {**MARKS[container.id], **MARKS[f"{hostname}:{container.name}:80"]}
-            if action == "die":
-                marks.pop("inspect sent", None)
             if not all(name in marks for name in names):
                 continue
             for before, after in zip(names, names[1:]):
