@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import ssl
 import time
 import urllib.parse
@@ -25,6 +26,9 @@ from consul_reg import http_wire
 RECV_BYTES = http_wire.RECV_BYTES
 MAX_JSON_BYTES = 1024 * 1024  # an exec's create/inspect answer, an error body
 MAX_SECONDS = 86400.0
+# unix:///absolute/path, as written by hand or by the docker CLI's contexts: read without
+# docker-py. Anything else (a trailing slash, spaces, unix://relative) goes through its parsing.
+_PLAIN_UNIX = re.compile(r"unix://(/[^\s?#]*[^\s/?#])")
 
 
 class Unreachable(Exception):
@@ -60,24 +64,27 @@ def endpoint_from(base_url: str | None, environ: Mapping[str, str], api_version:
     DOCKER_HOST / DOCKER_TLS_VERIFY / DOCKER_CERT_PATH read as docker-py reads them.
     A unix socket is read here; anything else through docker-py's own parsing, imported
     only then (it costs ~9 MB of memory: BENCHMARKS.md, footprint)."""
-    if base_url is None and environ.get("DOCKER_HOST", "").startswith("unix:///"):
-        base_url = environ["DOCKER_HOST"]
-    if base_url is not None and base_url.startswith("unix:///"):
-        return Endpoint(unix_path=base_url[len("unix://"):], api_version=api_version)
+    plain = _PLAIN_UNIX.fullmatch(environ.get("DOCKER_HOST", "") if base_url is None else base_url)
+    if plain:
+        return Endpoint(unix_path=plain.group(1), api_version=api_version)
     import docker.utils
 
     tls = None
     if base_url is None:
         kwargs = docker.utils.kwargs_from_env(environment=dict(environ))
         base_url, tls = kwargs.get("base_url"), kwargs.get("tls")
-    parsed = urllib.parse.urlparse(docker.utils.parse_host(base_url, tls=bool(tls)))
-    if parsed.scheme == "http+unix":
-        return Endpoint(unix_path=parsed.path, api_version=api_version)
+    host = docker.utils.parse_host(base_url, tls=bool(tls))
+    parsed = urllib.parse.urlparse(host)
+    if parsed.scheme == "http+unix":  # the socket's path as docker-py's UnixHTTPAdapter takes it
+        path = host[len("http+unix://"):]
+        return Endpoint(unix_path=path if path.startswith("/") else "/" + path, api_version=api_version)
     if parsed.scheme in ("http", "https") and parsed.hostname:
         context = None
         if parsed.scheme == "https":
+            # As docker-py: verified against the system's CAs unless DOCKER_CERT_PATH came
+            # without DOCKER_TLS_VERIFY (then encrypted only), against DOCKER_CERT_PATH's CA with it.
             context = ssl.create_default_context(cafile=tls.ca_cert if tls and tls.verify else None)
-            if not (tls and tls.verify):
+            if tls and not tls.verify:
                 context.check_hostname = False
                 context.verify_mode = ssl.CERT_NONE
             if tls and tls.cert:

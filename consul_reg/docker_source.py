@@ -21,7 +21,7 @@ from loguru import logger
 from consul_reg import container_exec, container_files, docker_http
 from consul_reg.backoff import Backoff
 from consul_reg.container_files import FileUnreadable  # noqa: F401  (raised by read_file)
-from consul_reg.http_pool import TRANSPORT_ERRORS, BodyTooLarge, ConnectionPool
+from consul_reg.http_pool import TRANSPORT_ERRORS, BodyTooLarge, ConnectionPool, PoolTimeout
 from consul_reg.liveness import Liveness
 from consul_reg.router import CONTAINER_ACTIONS, DOCKER_RECONNECTED, EVENT_SKIPPED, KEPT_ATTRIBUTES, Hint
 
@@ -178,8 +178,11 @@ class DockerSource:
                 status = answer.status_code
                 try:
                     body = answer.json()
-                except ValueError:
-                    body = None
+                except ValueError:  # a proxy's page, say: its text is the message
+                    body = None if status == 200 else {"message": docker_http.printable(answer.text, 200)}
+        except PoolTimeout as error:  # every connection busy with other calls: dockerd is slow, not gone
+            raise DockerUnavailable(f"docker ({self.description}): could not {what}{about}: "
+                                    f"{_describe(error)}") from None
         except BodyTooLarge as error:  # dockerd answered: about this call only
             self.liveness.ok()
             raise DockerUnavailable(f"docker ({self.description}): could not {what}{about}: "

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -17,7 +18,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-from consul_reg import docker_http, docker_source
+from consul_reg import docker_http, docker_source, http_pool
 from consul_reg.router import EVENT_SKIPPED, Hint
 from consul_reg.docker_source import MAX_EVENT_BYTES, MAX_INSPECT_BYTES, OVERSIZED, DockerSource, \
     DockerUnavailable, _json_objects
@@ -254,3 +255,42 @@ def test_an_ssh_docker_host_goes_through_docker_py_and_says_what_it_lacks(monkey
     monkeypatch.setenv("DOCKER_HOST", "ssh://nobody@127.0.0.1:1")
     with pytest.raises(DockerUnavailable, match="docker: .*paramiko"):
         DockerSource(timeout=2)
+
+
+def test_every_connection_busy_is_docker_unavailable_not_unreachable(source, monkeypatch) -> None:
+    """Listing and Swarm reads share the pool with the loop's overlapped inspects: waiting
+    for a connection past the timeout says dockerd is slow, not that it is gone."""
+    docker = source(lambda request: answer("200 OK", b"[]"))
+
+    def busy(*args, **kwargs):
+        raise http_pool.PoolTimeout("no free connection within 5s")
+    monkeypatch.setattr(docker._pool, "request", busy)
+    for call in (docker.list_containers, lambda: docker.swarm_service("s1"), lambda: docker.inspect("c1")):
+        with pytest.raises(DockerUnavailable, match="no free connection") as refused:
+            call()
+        assert not isinstance(refused.value, docker_source.DockerUnreachable)
+
+
+def test_an_error_answer_that_is_not_json_keeps_its_text(source) -> None:
+    docker = source(lambda request: answer("502 Bad Gateway", b"<html>bad gateway</html>", "text/html"))
+    with pytest.raises(DockerUnavailable, match="could not list containers: 502 <html>bad gateway</html>"):
+        docker.list_containers()
+
+
+@pytest.mark.parametrize("host, path", [
+    ("unix:///var/run/docker.sock", "/var/run/docker.sock"),
+    ("unix:///var/run/docker.sock/", "/var/run/docker.sock"),  # docker-py strips the slash: so do we
+    ("unix:///var/run/docker.sock\n", "/var/run/docker.sock"),
+    ("unix://var/run/docker.sock", "/var//run/docker.sock"),  # docker-py's legacy form, as its adapter reads it
+    ("unix://", "/var/run/docker.sock"),
+])
+def test_docker_host_unix_forms_read_as_docker_py_reads_them(host: str, path: str) -> None:
+    assert docker_http.endpoint_from(None, {"DOCKER_HOST": host}, "1.41").unix_path == path
+
+
+def test_https_without_tls_variables_is_verified_as_docker_py_verifies_it(tmp_path) -> None:
+    verified = docker_http.endpoint_from(None, {"DOCKER_HOST": "https://dockerd.example:2376"}, "1.41")
+    assert verified.ssl_context is not None and verified.ssl_context.check_hostname
+    assert verified.ssl_context.verify_mode == ssl.CERT_REQUIRED
+    plain = docker_http.endpoint_from(None, {"DOCKER_HOST": "tcp://127.0.0.1:2375"}, "1.41")
+    assert plain.ssl_context is None and (plain.host, plain.port) == ("127.0.0.1", 2375)
