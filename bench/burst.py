@@ -9,7 +9,10 @@ answers, and takes for every service the time of the first answer that
 holds it (and, after the kills, of the first that does not); the poll
 period is printed, it bounds the resolution. Each is compared with Docker's
 timeNano of that container's `start` (`die`) event. The daemon's peak RSS
-and CPU over the burst are read from /proc.
+and CPU over the burst are read from /proc. Meanwhile a probe thread times,
+one after another, what each start costs the daemon besides its own work:
+an inspect of a created container (never started) and a GET of an absent
+service from the agent (the guard's read), each on a kept-alive connection.
 
 Usage: .venv/bin/python bench/burst.py [--containers 200] [--threads 16] [--runs 2]
 """
@@ -59,23 +62,47 @@ def watch(port: int, expected: set[str], present: bool, calls_done: threading.Ev
     return seen, (time.monotonic() - began) * 1000 / max(polls, 1)
 
 
+def probe(client: docker.DockerClient, reference: str, port: int, stop: threading.Event) -> dict[str, list[float]]:
+    """Round trips (ms) of an inspect of `reference` and of the agent's GET of an absent
+    service, alternated until `stop`."""
+    timed: dict[str, list[float]] = {"inspect": [], "agent GET": []}
+    agent = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    while not stop.is_set():
+        began = time.perf_counter()
+        client.api.inspect_container(reference)
+        timed["inspect"].append((time.perf_counter() - began) * 1000)
+        began = time.perf_counter()
+        agent.request("GET", "/v1/agent/service/burst-probe-absent")
+        agent.getresponse().read()
+        timed["agent GET"].append((time.perf_counter() - began) * 1000)
+    agent.close()
+    return timed
+
+
 def phase(agent: Agent, events: Events, ids: dict[str, str], docker_call, action: str, present: bool,
-          threads: int) -> tuple[list[float], float, dict[str, int], float]:
+          threads: int, probing=None) -> tuple[list[float], float, dict[str, int], float, dict]:
     """Make the Docker call for every container at once; (event -> seen ms for each,
-    last seen - last event ms, seen times, poll period ms)."""
-    calls_done = threading.Event()
+    last seen - last event ms, seen times, poll period ms, what `probing(stop)`
+    answered, run beside it until every service was seen)."""
+    calls_done, seen_all = threading.Event(), threading.Event()
     result: dict = {}
-    watcher = threading.Thread(target=lambda: result.update(
-        zip(("seen", "period"), watch(agent.http_port, set(ids.values()), present, calls_done))))
+    watcher = threading.Thread(target=lambda: (result.update(
+        zip(("seen", "period"), watch(agent.http_port, set(ids.values()), present, calls_done))), seen_all.set()))
     watcher.start()
+    prober = threading.Thread(target=lambda: result.update(probe=probing(seen_all))) if probing else None
+    if prober:
+        prober.start()
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(docker_call, ids))
     calls_done.set()
     watcher.join()
+    if prober:
+        prober.join()
     times = {cid: events.wait(cid, action) for cid in ids}
     seen = result["seen"]
     latencies = [(seen[sid] - times[cid]) / 1e6 for cid, sid in ids.items() if sid in seen]
-    return latencies, (max(seen.values(), default=0) - max(times.values())) / 1e6, seen, result["period"]
+    return (latencies, (max(seen.values(), default=0) - max(times.values())) / 1e6, seen, result["period"],
+            result.get("probe", {}))
 
 
 def one_run(args, client, agent: Agent, events: Events, run: int) -> None:
@@ -86,6 +113,7 @@ def one_run(args, client, agent: Agent, events: Events, run: int) -> None:
             IMAGE, "sleep 3600", ports=[80], labels={LABEL: "1"}, name=f"{hostname}-{n}",
             host_config=client.api.create_host_config(init=False)), range(args.containers)))
     ids = {c["Id"]: f"{hostname}:{hostname}-{n}:80" for n, c in enumerate(containers)}
+    reference = client.api.create_container(IMAGE, "sleep 3600", labels={LABEL: "1"}, name=f"{hostname}-probe")["Id"]
     log = open(f"/tmp/consul-reg-bench-burst-{hostname}.log", "wb")
     daemon = subprocess.Popen([sys.executable, "-m", "consul_reg", "--hostname", hostname, "-internal",
                                "-resync", "0", agent.uri], stdout=log, stderr=log,
@@ -93,13 +121,17 @@ def one_run(args, client, agent: Agent, events: Events, run: int) -> None:
     try:
         time.sleep(3)  # connected, first full pass done
         cpu_before = cpu_seconds(daemon.pid)
-        up_ms, last_up, registered, _ = phase(agent, events, ids, client.api.start, "start", True, args.threads)
+        up_ms, last_up, registered, _, probed = phase(
+            agent, events, ids, client.api.start, "start", True, args.threads,
+            lambda stop: probe(client, reference, agent.http_port, stop))
         time.sleep(1)
-        down_ms, last_down, gone, period = phase(agent, events, ids, client.api.kill, "die", False, args.threads)
+        down_ms, last_down, gone, period, _ = phase(agent, events, ids, client.api.kill, "die", False, args.threads)
         cpu = cpu_seconds(daemon.pid) - cpu_before
         rss = proc_status(daemon.pid)["VmHWM"] / 1024
         print(f"run {run}: {len(registered)}/{len(ids)} registered; start -> visible {describe_ms(up_ms)}; "
               f"last one {last_up:.1f} ms after the last start event", flush=True)
+        print(f"run {run}: meanwhile, one after another: inspect {describe_ms(probed['inspect'])}; agent GET "
+              f"{describe_ms(probed['agent GET'])}", flush=True)
         print(f"run {run}: {len(gone)}/{len(ids)} removed; die -> gone {describe_ms(down_ms)}; "
               f"last one {last_down:.1f} ms after the last die event", flush=True)
         print(f"run {run}: agent polled every {period:.1f} ms; daemon CPU {cpu:.2f} s, "
@@ -109,7 +141,7 @@ def one_run(args, client, agent: Agent, events: Events, run: int) -> None:
         daemon.wait(timeout=15)
         log.close()
         with ThreadPoolExecutor(args.threads) as pool:
-            list(pool.map(lambda cid: client.api.remove_container(cid, force=True), ids))
+            list(pool.map(lambda cid: client.api.remove_container(cid, force=True), [*ids, reference]))
 
 
 def main() -> int:

@@ -35,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, os.environ.get("CONSUL_REG_CODE") or str(Path(__file__).resolve().parents[1]))
-from common import Agent, load, percentile  # noqa: E402
+from common import Agent, cpu_seconds, load, percentile  # noqa: E402
 
 PREFIX = "hb"
 
@@ -54,8 +54,9 @@ def register_all(agent: Agent, count: int) -> None:
         list(pool.map(register, range(count)))
 
 
-def ceiling(agent: Agent, count: int, threads: int, seconds: float) -> float:
-    """TTL updates per second the agent served to `threads` plain clients."""
+def ceiling(agent: Agent, count: int, threads: int, seconds: float) -> tuple[float, float, float]:
+    """TTL updates per second the agent served to `threads` plain clients; the
+    clients' and the agent's CPU per update (ms)."""
     done = [0] * threads
     stop = time.monotonic() + seconds
 
@@ -70,16 +71,18 @@ def ceiling(agent: Agent, count: int, threads: int, seconds: float) -> float:
             assert response.status == 200, response.status
             done[index] += 1
             n += threads
-    began = time.monotonic()
+    began, client_cpu, agent_cpu = time.monotonic(), time.process_time(), cpu_seconds(agent.process.pid)
     workers = [threading.Thread(target=send, args=(i,)) for i in range(threads)]
     for worker in workers:
         worker.start()
     for worker in workers:
         worker.join()
-    return sum(done) / (time.monotonic() - began)
+    updates = max(sum(done), 1)
+    return (sum(done) / (time.monotonic() - began), (time.process_time() - client_cpu) * 1000 / updates,
+            (cpu_seconds(agent.process.pid) - agent_cpu) * 1000 / updates)
 
 
-def child(uri: str, count: int, interval: float, seconds: float) -> None:
+def child(uri: str, count: int, interval: float, seconds: float, senders: int) -> None:
     from loguru import logger
 
     from consul_reg.heartbeat import ProbeScheduler
@@ -99,6 +102,8 @@ def child(uri: str, count: int, interval: float, seconds: float) -> None:
     sends: list[tuple[float, float | None]] = []  # (when, lateness)
     loads: list[tuple[float, float, bool]] = []
     options = {"on_sent": lambda late: sends.append((time.monotonic(), late)), "on_load": lambda *l: loads.append(l)}
+    if senders:
+        options["senders"] = senders
     try:
         scheduler = ProbeScheduler(from_uri(uri, token=None), None, lambda *a: None, **options)  # type: ignore
     except TypeError:  # a checkout from before the load watch (--code)
@@ -129,12 +134,15 @@ def child(uri: str, count: int, interval: float, seconds: float) -> None:
         "warned": any("SERVICE_HEARTBEAT_INTERVAL" in w for w in warnings), "loads": loads}))
 
 
-def run_child(agent: Agent, count: int, interval: float, seconds: float, code: str) -> dict:
+def run_child(agent: Agent, count: int, interval: float, seconds: float, code: str, senders: int) -> dict:
     env = dict(os.environ, CONSUL_REG_CODE=code) if code else None
+    agent_cpu = cpu_seconds(agent.process.pid)
     result = subprocess.run([sys.executable, __file__, "--child", agent.uri, "--checks", str(count),
-                             "--interval", str(interval), "--seconds", str(seconds)],
+                             "--interval", str(interval), "--seconds", str(seconds), "--senders", str(senders)],
                             stdout=subprocess.PIPE, text=True, check=True, env=env)
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    figures["agent_cpu_ms_per_update"] = (cpu_seconds(agent.process.pid) - agent_cpu) * 1000 / max(figures["sent"], 1)
+    return figures
 
 
 def main() -> int:
@@ -146,9 +154,10 @@ def main() -> int:
     parser.add_argument("--code", default="", help="run the scheduler of another checkout (a directory)")
     parser.add_argument("--child", default="")
     parser.add_argument("--interval", type=float, default=10.0)
+    parser.add_argument("--senders", type=int, default=0, help="the scheduler's sender threads (0: its default)")
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.checks, args.interval, args.seconds)
+        child(args.child, args.checks, args.interval, args.seconds, args.senders)
         return 0
     agent = Agent().start()
     try:
@@ -156,13 +165,14 @@ def main() -> int:
         register_all(agent, args.checks)
         rates = {threads: max(ceiling(agent, args.checks, threads, args.ceiling_seconds) for _ in range(2))
                  for threads in (1, 2, 4, 8)}
-        best = max(rates.values())
-        print(f"{args.checks} TTL checks; agent ceiling (plain clients, best of 2 x {args.ceiling_seconds:g} s): " +
-              ", ".join(f"{t} thread{'s' if t > 1 else ''} {r:.0f}/s" for t, r in rates.items()) +
-              f"; {load()}", flush=True)
+        best = max(rate for rate, _, _ in rates.values())
+        print(f"{args.checks} TTL checks; agent ceiling (plain clients, best of 2 x {args.ceiling_seconds:g} s; "
+              "CPU per update of the clients / the agent): " +
+              ", ".join(f"{t} thread{'s' if t > 1 else ''} {r:.0f}/s ({c:.2f} / {a:.2f} ms)"
+                        for t, (r, c, a) in rates.items()) + f"; {load()}", flush=True)
         for factor in (float(f) for f in args.factors.split(",")):
             interval = args.checks / (factor * best)
-            figures = run_child(agent, args.checks, interval, args.seconds, args.code)
+            figures = run_child(agent, args.checks, interval, args.seconds, args.code, args.senders)
             print(f"scheduler, asked {factor:g} x ceiling ({factor * best:.0f}/s, interval {interval:.1f} s): "
                   f"served {figures['served_per_s']:.0f}/s ({figures['served_per_s'] / best * 100:.0f}% of the "
                   f"ceiling); lateness after the first round p50 {figures['late_p50'] * 1000:.0f} ms, "
@@ -170,6 +180,7 @@ def main() -> int:
                   f"interval on p50 {figures['steady_p50'] * 1000:.0f} ms, p99 {figures['steady_p99'] * 1000:.0f} ms, "
                   f"max {figures['steady_max'] * 1000:.0f} ms; first round "
                   f"{figures['first_round_s']:.1f} s; CPU {figures['cpu_ms_per_update']:.2f} ms/update "
+                  f"(the agent's: {figures['agent_cpu_ms_per_update']:.2f} ms) "
                   f"({figures['cpu_share'] * 100:.1f}% of a core); peak RSS {figures['rss_mb']:.1f} MB; overload "
                   f"warning {'logged' if figures['warned'] else 'not logged'}; {load()}", flush=True)
     finally:
