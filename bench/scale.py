@@ -93,7 +93,8 @@ def in_process(args, agent: Agent, hostname: str) -> None:
     logger.add(sys.stderr, level="WARNING")
     daemon = Daemon(parse_config(["--hostname", hostname, "-internal", "-resync", "0", agent.uri], {}))
     daemon.docker = Counting(daemon.docker, ["list_containers", "inspect"])  # type: ignore[assignment]
-    daemon.registry = Counting(daemon.registry, ["services", "agent_info", "register", "deregister"])  # type: ignore
+    daemon.registry = Counting(daemon.registry, ["services", "check_owners", "agent_info", "register",
+                                                      "deregister"])  # type: ignore
     info = daemon.connect()
     assert info is not None
     loop = daemon.build(info)
@@ -108,21 +109,22 @@ def in_process(args, agent: Agent, hostname: str) -> None:
         times.append((time.perf_counter() - began) * 1000)
         calls.append({**daemon.docker.calls, **daemon.registry.calls})  # type: ignore[attr-defined]
     reads = {}
-    for name, read in (("docker list", daemon.docker.list_containers), ("agent services", daemon.registry.services)):
+    for name, read in (("docker list", daemon.docker.list_containers), ("agent services", daemon.registry.services),
+                       ("agent checks", daemon.registry.check_owners)):
         spent = []
         for _ in range(5):
             began = time.perf_counter()
             read()
             spent.append((time.perf_counter() - began) * 1000)
         reads[name] = statistics.median(spent)
-    print("the pass's two reads alone (wall, median of 5): " +
+    print("the pass's reads alone (wall, median of 5): " +
           ", ".join(f"{name} {ms:.1f} ms" for name, ms in reads.items()), flush=True)
     last = calls[-1]
-    reads = last["list_containers"] + last["inspect"] + last["services"] + last["agent_info"]
+    reads = last["list_containers"] + last["inspect"] + last["services"] + last["check_owners"] + last["agent_info"]
     print(f"in-sync full pass over {len(loop.desires)} containers: median {statistics.median(times):.1f} ms, "
           f"min {min(times):.1f}, max {max(times):.1f} over {args.passes} passes; HTTP reads per pass {reads} "
           f"(docker list {last['list_containers']}, inspect {last['inspect']}, agent services {last['services']}, "
-          f"agent self {last['agent_info']}); writes {max(c['register'] + c['deregister'] for c in calls)}; "
+          f"agent checks {last['check_owners']}, agent self {last['agent_info']}); writes {max(c['register'] + c['deregister'] for c in calls)}; "
           f"{load()}", flush=True)
     loop.probes.stop()
 
