@@ -119,6 +119,7 @@ class Loop:
                         self.io.shutdown(wait=False, cancel_futures=True)
                     return
             except Exception:  # a bug must cost one pass, never the daemon
+                self.primary.drop_prefetch()
                 logger.exception("unexpected error; everything is relisted at the next pass")
                 self.full_pending = "recovering from an unexpected error"
                 self.docker_backoff.failed()
@@ -204,6 +205,7 @@ class Loop:
                 self.probes.report_container_now(container_id, known.status)
         self._poll_env_files(force=kind == "full")
         result = self._sync_primary(None if kind == "full" else affected)
+        self.primary.drop_prefetch()  # taken by the sync, unless it needed no listing
         self._drain(drains_left)
         self._publish(relist_mirrors=kind == "full", changed=self._dirty or kind == "full" or bool(
             result.registered or result.deregistered))
@@ -294,9 +296,11 @@ class Loop:
     def _full_pass(self, reason: str) -> bool:
         """Relist Docker (reusing what an unchanged listing allows) and the agent.
         False when Docker could not be listed: what is known stays."""
+        self.primary.prefetch()  # the agent is listed beside Docker (taken by this batch's sync)
         try:
             summaries = self.docker.list_containers()
         except DockerUnavailable as error:
+            self.primary.drop_prefetch()
             self.full_pending = reason
             logger.warning("{}; full pass retried in {:.1f}s", error, self.docker_backoff.failed())
             return False
@@ -323,6 +327,7 @@ class Loop:
             try:
                 built = self._build(container_id, key, inspected)
             except DockerUnreachable as error:
+                self.primary.drop_prefetch()
                 self.full_pending = reason
                 logger.warning("{}; full pass retried in {:.1f}s", error, self.docker_backoff.failed())
                 return False

@@ -8,7 +8,7 @@ one agent client; tested with a fake agent and a fake clock.
 
 from __future__ import annotations
 
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field, replace
 from typing import Collection, Mapping, Protocol
 
@@ -56,6 +56,7 @@ class Primary:
         self._blocked_warned: dict[str, str] = {}  # service ID -> holder warned about
         self._listed_before: dict[str, RegisteredService] | None = None
         self.io: Executor | None = None  # given by the loop: a batch's writes overlap on it
+        self._prefetched: Future[tuple[dict[str, RegisteredService], dict[str, str]]] | None = None
 
     @property
     def reachable(self) -> bool:
@@ -96,15 +97,36 @@ class Primary:
         self.refused.clear()
         self.relist()
 
+    def prefetch(self) -> None:
+        """Start listing the agent (its services, its checks' owners) on the I/O pool, for
+        the next sync that needs a listing: a full pass reads it beside Docker's listing.
+        The loop takes it in the same batch, or drops it (`drop_prefetch`)."""
+        if self.io is not None and self._prefetched is None and self.backoff.ready():
+            self._prefetched = self.io.submit(self._list_agent)
+
+    def drop_prefetch(self) -> None:
+        """Forget a listing started but not taken (the pass it was for did not happen):
+        it is never used later, when it could be stale. Waits for it to end."""
+        prefetched, self._prefetched = self._prefetched, None
+        if prefetched is not None:
+            try:
+                prefetched.result()
+            except BaseException:  # its outcome no longer matters
+                pass
+
+    def _list_agent(self) -> tuple[dict[str, RegisteredService], dict[str, str]]:
+        return self.agent.services(), self.agent.check_owners()
+
     def sync(self, desired: Mapping[str, Service], desires: Collection[ContainerDesire], scope: Collection[str] | None,
              kept_containers: Collection[str]) -> SyncResult:
         self._forget_undesired(desired, scope)
         if self.actual is None:
             if not self.backoff.ready():
+                self.drop_prefetch()
                 return SyncResult(reached=False)
+            prefetched, self._prefetched = self._prefetched, None
             try:
-                self.actual = self.agent.services()
-                held = self.agent.check_owners()
+                self.actual, held = self._list_agent() if prefetched is None else prefetched.result()
             except RegistryError as error:
                 self._unreachable(str(error))
                 return SyncResult(reached=False)

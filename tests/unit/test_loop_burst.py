@@ -259,3 +259,64 @@ def test_a_full_pass_holds_at_most_a_window_of_inspect_answers() -> None:
     assert h.ids() == {f"h1:web{n}:80" for n in range(100)} and built == 100
     assert max(ahead) <= WINDOW, "answers are taken a window ahead of the builder, not all at once"
     assert max(ahead) > 1, "yet ahead of it: the inspects overlap"
+
+
+# -- a full pass lists the agent beside Docker ----------------------------------------------
+
+
+def test_a_full_pass_lists_the_agent_while_docker_lists() -> None:
+    h, docker = harness()
+    docker.add(web(1))
+    agent_listed = threading.Event()
+    overlapped: list[bool] = []
+    services, list_containers = h.agent.services, docker.list_containers
+
+    def agent_services() -> Any:
+        agent_listed.set()
+        return services()
+
+    def docker_listing() -> Any:
+        overlapped.append(agent_listed.wait(5))  # the agent's listing began before Docker's answer
+        return list_containers()
+
+    h.agent.services = agent_services  # type: ignore[method-assign]
+    docker.list_containers = docker_listing  # type: ignore[method-assign]
+    h.send(Hint("", RELOAD))
+    assert overlapped == [True]
+    assert h.ids() == {"h1:web1:80"}
+
+
+def test_a_listing_read_for_a_pass_docker_failed_is_never_used_later() -> None:
+    h, docker = harness()
+    docker.add(web(1))
+    h.send(Hint("", RELOAD))
+    assert h.ids() == {"h1:web1:80"}
+    read = threading.Event()
+    services = h.agent.services
+
+    def agent_services() -> Any:
+        listing = services()
+        read.set()
+        return listing
+
+    h.agent.services = agent_services  # type: ignore[method-assign]
+    docker.down = True
+    h.send(Hint("", RELOAD))  # the agent is read (still holding the service), Docker fails
+    assert read.wait(5)
+    del h.agent.records["h1:web1:80"]  # then removed by hand
+    docker.down = False
+    h.clock.advance(60)  # past Docker's backoff
+    h.send(Hint("", RELOAD))
+    assert h.ids() == {"h1:web1:80"}  # the pass saw the agent as it is now, and registered it again
+
+
+def test_an_agent_down_during_the_prefetch_is_an_unreachable_agent_as_before() -> None:
+    h, docker = harness()
+    docker.add(web(1))
+    h.agent.down = True
+    h.send(Hint("", RELOAD))
+    assert h.loop.primary.backoff.failing and "connection refused" in h.loop.primary.last_error
+    h.agent.down = False
+    h.clock.advance(60)
+    h.send(Hint("", RELOAD))
+    assert h.ids() == {"h1:web1:80"} and not h.loop.primary.backoff.failing
