@@ -296,7 +296,8 @@ class Loop:
     def _full_pass(self, reason: str) -> bool:
         """Relist Docker (reusing what an unchanged listing allows) and the agent.
         False when Docker could not be listed: what is known stays."""
-        self.primary.prefetch()  # the agent is listed beside Docker (taken by this batch's sync)
+        if not self.full_pending:  # not while Docker fails: its retries would list the agent for nothing
+            self.primary.prefetch()  # the agent is listed beside Docker (taken by this batch's sync)
         try:
             summaries = self.docker.list_containers()
         except DockerUnavailable as error:

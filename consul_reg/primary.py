@@ -106,13 +106,11 @@ class Primary:
 
     def drop_prefetch(self) -> None:
         """Forget a listing started but not taken (the pass it was for did not happen):
-        it is never used later, when it could be stale. Waits for it to end."""
+        it is never used later, when it could be stale. Not waited for: an agent that
+        hangs must not hold the loop for a listing nobody will read."""
         prefetched, self._prefetched = self._prefetched, None
         if prefetched is not None:
-            try:
-                prefetched.result()
-            except BaseException:  # its outcome no longer matters
-                pass
+            prefetched.cancel()  # if it has not started; else it ends on its own, unread
 
     def _list_agent(self) -> tuple[dict[str, RegisteredService], dict[str, str]]:
         return self.agent.services(), self.agent.check_owners()
@@ -122,7 +120,6 @@ class Primary:
         self._forget_undesired(desired, scope)
         if self.actual is None:
             if not self.backoff.ready():
-                self.drop_prefetch()
                 return SyncResult(reached=False)
             prefetched, self._prefetched = self._prefetched, None
             try:

@@ -286,30 +286,101 @@ def test_a_full_pass_lists_the_agent_while_docker_lists() -> None:
     assert h.ids() == {"h1:web1:80"}
 
 
+class HeldListing:
+    """The agent's services listing, read at once, then held until `release` is set: a
+    listing still on its way when the loop moves on. Docker answers its listing only
+    once this one has begun (so it is in flight, never cancelled before it starts)."""
+
+    def __init__(self, h: Harness) -> None:
+        self.read, self.release = threading.Event(), threading.Event()
+        self._services = h.agent.services
+        h.agent.services = self  # type: ignore[method-assign]
+        list_containers = h.loop.docker.list_containers
+
+        def after_the_agents() -> Any:
+            self.read.wait(5)
+            return list_containers()
+        h.loop.docker.list_containers = after_the_agents
+
+    def __call__(self) -> Any:
+        listing = self._services()
+        self.read.set()
+        self.release.wait(5)
+        return listing
+
+
 def test_a_listing_read_for_a_pass_docker_failed_is_never_used_later() -> None:
     h, docker = harness()
     docker.add(web(1))
     h.send(Hint("", RELOAD))
     assert h.ids() == {"h1:web1:80"}
-    read = threading.Event()
-    services = h.agent.services
-
-    def agent_services() -> Any:
-        listing = services()
-        read.set()
-        return listing
-
-    h.agent.services = agent_services  # type: ignore[method-assign]
+    held = HeldListing(h)
     docker.down = True
-    h.send(Hint("", RELOAD))  # the agent is read (still holding the service), Docker fails
-    assert read.wait(5)
-    del h.agent.records["h1:web1:80"]  # then removed by hand
+    h.send(Hint("", RELOAD))  # the agent's listing (still holding the service) is on its way; Docker fails
+    assert held.read.wait(5)
+    del h.agent.records["h1:web1:80"]  # then the service is removed by hand
+    held.release.set()
     docker.down = False
     h.clock.advance(60)  # past Docker's backoff
     h.send(Hint("", RELOAD))
     assert h.ids() == {"h1:web1:80"}  # the pass saw the agent as it is now, and registered it again
 
 
+def test_a_hung_agent_does_not_hold_the_loop_when_docker_fails() -> None:
+    """The listing started beside Docker's is not waited for once the pass failed."""
+    h, docker = harness()
+    docker.add(web(1))
+    h.send(Hint("", RELOAD))
+    held = HeldListing(h)
+    docker.down = True
+    began = time.monotonic()
+    h.send(Hint("", RELOAD))
+    assert held.read.wait(5)
+    took = time.monotonic() - began
+    held.release.set()
+    assert took < 2.5  # the listing is held for 5 s
+
+
+def test_a_full_pass_takes_the_listing_made_beside_docker_and_lists_nothing_else() -> None:
+    h, docker = harness()
+    docker.add(web(1))
+    h.send(Hint("", RELOAD))
+    h.agent.calls.clear()
+    h.send(Hint("", RELOAD))
+    assert [call for call in h.agent.calls if call[0] in ("services", "checks")] == [("services", ""), ("checks", "")]
+
+
+def test_a_listing_left_by_an_unexpected_error_is_never_used_later() -> None:
+    h, docker = harness()
+    docker.add(web(1))
+    h.send(Hint("", RELOAD))
+    held = HeldListing(h)
+    list_containers = h.loop.docker.list_containers
+    failures = [RuntimeError("a bug in the pass")]
+
+    def failing_once() -> Any:
+        if failures:
+            held.read.wait(5)  # the agent's listing is on its way
+            raise failures.pop()
+        return list_containers()
+    h.loop.docker.list_containers = failing_once
+    runner = threading.Thread(target=h.loop.run)
+    h.loop.post(Hint("", RELOAD))
+    runner.start()
+    try:
+        assert held.read.wait(5)
+        del h.agent.records["h1:web1:80"]  # removed by hand while that listing was on its way
+        held.release.set()
+        h.clock.advance(60)  # past the backoff of the error
+        h.loop.post(Hint("", RELOAD))
+        deadline = time.monotonic() + 5
+        while h.ids() != {"h1:web1:80"} and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        h.loop.post(Hint("", STOP))
+        runner.join(10)
+    assert not runner.is_alive()
+    assert h.ids() == {"h1:web1:80"}  # the pass after the error listed the agent as it is now
 def test_an_agent_down_during_the_prefetch_is_an_unreachable_agent_as_before() -> None:
     h, docker = harness()
     docker.add(web(1))
