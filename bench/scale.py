@@ -9,7 +9,9 @@ benchmark's own, then:
    seconds as a share of one core (a resync every 30 s and the agent watch
    included);
 2. consul-reg's loop in-process over the same containers: after the first
-   full pass, --passes more full passes (what -resync runs), each timed,
+   full pass, 2 x --passes more full passes (what -resync runs), each timed,
+   alternately with the agent listed beside Docker (as the daemon does) and
+   after it (as before 2026-11-30),
    with every Docker and agent call counted (an in-sync pass must write
    nothing and read little).
 Every container is removed at the end (and at the start: leftovers of a
@@ -99,15 +101,20 @@ def in_process(args, agent: Agent, hostname: str) -> None:
     assert info is not None
     loop = daemon.build(info)
     loop.handle([Hint("", START)])
-    times, calls = [], []
-    for _ in range(args.passes):
+    times, calls, sequential = [], [], []
+    pool = loop.primary.io
+    for n in range(2 * args.passes):
         for counter in (daemon.docker.calls, daemon.registry.calls):  # type: ignore[attr-defined]
             for name in counter:
                 counter[name] = 0
+        # Alternately as the daemon does (the agent listed beside Docker, on the loop's I/O pool)
+        # and with the agent listed after Docker (no pool for the primary: what the daemon did before).
+        loop.primary.io = pool if n % 2 == 0 else None
         began = time.perf_counter()
         loop.handle([Hint("", RELOAD)])
-        times.append((time.perf_counter() - began) * 1000)
+        (times if n % 2 == 0 else sequential).append((time.perf_counter() - began) * 1000)
         calls.append({**daemon.docker.calls, **daemon.registry.calls})  # type: ignore[attr-defined]
+    loop.primary.io = pool
     reads = {}
     for name, read in (("docker list", daemon.docker.list_containers), ("agent services", daemon.registry.services),
                        ("agent checks", daemon.registry.check_owners)):
@@ -121,6 +128,8 @@ def in_process(args, agent: Agent, hostname: str) -> None:
           ", ".join(f"{name} {ms:.1f} ms" for name, ms in reads.items()), flush=True)
     last = calls[-1]
     reads = last["list_containers"] + last["inspect"] + last["services"] + last["check_owners"] + last["agent_info"]
+    print(f"in-sync full pass, the agent listed after Docker (the passes in between): median "
+          f"{statistics.median(sequential):.1f} ms, min {min(sequential):.1f}, max {max(sequential):.1f}", flush=True)
     print(f"in-sync full pass over {len(loop.desires)} containers: median {statistics.median(times):.1f} ms, "
           f"min {min(times):.1f}, max {max(times):.1f} over {args.passes} passes; HTTP reads per pass {reads} "
           f"(docker list {last['list_containers']}, inspect {last['inspect']}, agent services {last['services']}, "
