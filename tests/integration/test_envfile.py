@@ -3,6 +3,8 @@ start, read through Docker's archive API, highest priority, key by key."""
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 
 from tests.integration.conftest import wait_until
@@ -15,7 +17,7 @@ def write(container, text: str) -> None:
 
 
 def test_env_file_changes_registration_after_start(start_daemon, run_container, consul_api, hostname):
-    daemon = start_daemon("-ip", "192.0.2.1", "--env-file-interval", "0.5", resync="2")  # a resync keeps good values
+    daemon = start_daemon("-ip", "192.0.2.1", "--env-file-interval", "0.5")
     web = run_container(ports={"80/tcp": None}, labels={"SERVICE_ENV_FILE": "/tmp/service.env",
                                                         "SERVICE_TAGS": "traefik.enable=true,web"})
     service_id = f"{hostname}:{web.name}:80"
@@ -32,8 +34,9 @@ def test_env_file_changes_registration_after_start(start_daemon, run_container, 
                message="new ID registered, old one removed")
     write(web, "this is not KEY=value at all\\n")
     daemon.wait_log("not KEY=value")
-    syncs = daemon.log().count("full pass done")
-    wait_until(lambda: daemon.log().count("full pass done") >= syncs + 1, message="a resync")
+    passes = daemon.log().count("full pass done (reload)")
+    daemon.process.send_signal(signal.SIGHUP)  # with -resync 0, a full pass asked by SIGHUP
+    wait_until(lambda: daemon.log().count("full pass done (reload)") > passes, message="a full pass")
     assert set(consul_api.services_of(hostname)) == {f"moved-{hostname}"}  # the last good values stay
     assert daemon.log().count("service.env: line 1: not KEY=value") == 1  # one warning per change of content
 
