@@ -34,6 +34,7 @@ DISABLE_REDIRECTS_MIN_VERSION = CHECK_FIELD_MIN_VERSION["DisableRedirects"]
 EXEC_MIN_SECONDS = 1.0
 # Kinds of the SERVICE_CHECK_<KIND> keys: their check IDs are `service:<service ID>:<kind>`.
 KEY_CHECK_KINDS = ("http", "https", "tcp", "grpc", "h2ping", "udp", "script", "docker")
+DAEMON_CHECK_KINDS = ("heartbeat", "docker-health")  # checks the daemon itself reports (workers.py)
 INITIAL_STATUSES = ("passing", "warning", "critical")
 TRUE_VALUES = ("true", "1", "yes", "on")
 # Kinds that probe a network endpoint, with the key that enables each.
@@ -402,3 +403,14 @@ def frozen_fields(fields: dict[str, object]) -> tuple[tuple[str, object], ...]:
             return tuple(freeze(v) for v in value)
         return value
     return tuple(sorted((k, freeze(v)) for k, v in fields.items()))
+
+
+def origin_key(service_id: str, check_id: str) -> str:
+    """The key that declared one of our checks, told by its ID: "check_ttl", "check_<kind>"
+    (a SERVICE_CHECK_<KIND> key), "checks" (SERVICE_CHECKS), or "" for the daemon's own."""
+    if check_id == f"service:{service_id}":
+        return "check_ttl"
+    kind = check_id.removeprefix(f"service:{service_id}:")
+    if kind in KEY_CHECK_KINDS:
+        return f"check_{kind}"
+    return "" if kind in DAEMON_CHECK_KINDS else "checks"

@@ -8,7 +8,7 @@ import sys
 from typing import Any, TextIO
 
 from consul_reg import envfile, labels
-from consul_reg.checks import KEY_CHECK_KINDS
+from consul_reg.checks import origin_key
 from consul_reg.config import Config
 from consul_reg.docker_source import DockerSource, DockerUnavailable
 from consul_reg.labels import KeyValue, printable
@@ -95,14 +95,11 @@ def _source(keys: dict[str, KeyValue], key: str, default: str) -> str:
 
 
 def _check_source(service: Service, check_id: str, keys: dict[str, KeyValue]) -> str:
-    kind = check_id.rsplit(":", 1)[-1]
-    if check_id == f"service:{service.id}":
-        return _source(keys, "check_ttl", "SERVICE_CHECK_TTL")
-    if check_id == f"service:{service.id}:{kind}" and kind in KEY_CHECK_KINDS:
-        return _source(keys, f"check_{kind}", "a SERVICE_CHECK_* key")
-    if kind in ("heartbeat", "docker-health"):
+    key = origin_key(service.id, check_id)
+    if not key:
         return "daemon-owned"
-    return _source(keys, "checks", "SERVICE_CHECKS")
+    default = {"check_ttl": "SERVICE_CHECK_TTL", "checks": "SERVICE_CHECKS"}.get(key, "a SERVICE_CHECK_* key")
+    return _source(keys, key, default)
 
 
 def _print_service(service: Service, keys: dict[str, KeyValue], config: Config, out: TextIO) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from consul_reg.checks import KEY_CHECK_KINDS
+from consul_reg.checks import origin_key
 from consul_reg.model import RegisteredService, Service
 from consul_reg.reconcile import registrator_leftover_pattern
 from consul_reg.registries.base import RegistryNotOurs
@@ -99,16 +99,9 @@ class OwnershipGuard:
 
 
 def check_origin(service_id: str, check_id: str) -> str:
-    """The key a check of ours came from, told by its ID (checks.py, json_checks.py, workers.py)."""
-    suffix = check_id.removeprefix(f"service:{service_id}")
-    if not suffix:
-        return "SERVICE_CHECK_TTL"
-    kind = suffix[1:]
-    if kind in ("heartbeat", "docker-health"):
-        return f"the daemon's own {kind} check"
-    if kind in KEY_CHECK_KINDS:
-        return f"SERVICE_CHECK_{kind.upper()}"
-    return "SERVICE_CHECKS"
+    """The key a check of ours came from, for a message."""
+    key = origin_key(service_id, check_id)
+    return f"SERVICE_{key.upper()}" if key else f"the daemon's own {check_id.rsplit(':', 1)[-1]} check"
 
 
 def _holder(record: RegisteredService) -> str:

@@ -14,6 +14,7 @@ class MemoryRegistry:
         self.description = "no Consul agent (mirrors only)"
         self._services: dict[str, RegisteredService] = {}
         self._checks: dict[str, str] = {}  # check ID -> its service's ID
+        self._checks_of: dict[str, tuple[str, ...]] = {}  # service ID -> its check IDs
 
     def agent_info(self) -> AgentInfo:
         return AgentInfo(version="", node_name="", node_id="memory", advertise_address="",
@@ -28,14 +29,17 @@ class MemoryRegistry:
     def register(self, service: Service) -> None:
         self._services[service.id] = registered_form(service)
         self._drop_checks(service.id)
-        self._checks.update((check.check_id, service.id) for check in service.checks)
+        self._checks_of[service.id] = tuple(check.check_id for check in service.checks)
+        self._checks.update((check_id, service.id) for check_id in self._checks_of[service.id])
 
     def deregister(self, service: RegisteredService) -> None:
         self._services.pop(service.id, None)
         self._drop_checks(service.id)
 
     def _drop_checks(self, service_id: str) -> None:
-        self._checks = {check_id: owner for check_id, owner in self._checks.items() if owner != service_id}
+        for check_id in self._checks_of.pop(service_id, ()):
+            if self._checks.get(check_id) == service_id:
+                del self._checks[check_id]
 
     def update_check(self, check_id: str, status: str, output: str) -> None:
         pass
