@@ -41,11 +41,11 @@ class DesiredServices:
         self._claims: dict[str, dict[str, tuple[tuple[str, str], Service]]] = {}
         self._names: dict[str, str] = {}  # container ID -> name, for warnings
         self._contests: dict[str, tuple[str, ...]] = {}  # service ID -> claimants last warned about
-        self._winners: dict[str, str] = {}  # service ID -> the container that gets it
 
     def holds(self, container_id: str, service_id: str) -> bool:
         """Whether this container won `service_id` (only the winner's daemon-owned checks run)."""
-        return self._winners.get(service_id) == container_id
+        winner = self.by_id.get(service_id)
+        return winner is not None and winner.container_id == container_id
 
     def claimants(self, service_ids: Iterable[str]) -> set[str]:
         """Every container claiming one of these IDs (a new election may change their share)."""
@@ -82,7 +82,6 @@ class DesiredServices:
     def replace_all(self, desires: Iterable[ContainerDesire]) -> list[str]:
         """Rebuild from scratch (a full pass)."""
         self.by_id.clear()
-        self._winners.clear()
         self._claims.clear()
         self._names.clear()
         warnings: list[str] = []
@@ -94,12 +93,10 @@ class DesiredServices:
         claims = self._claims.get(service_id)
         if not claims:
             self.by_id.pop(service_id, None)
-            self._winners.pop(service_id, None)
             self._contests.pop(service_id, None)
             return []
         winner_id = max(claims, key=lambda cid: claims[cid][0])
         self.by_id[service_id] = claims[winner_id][1]
-        self._winners[service_id] = winner_id
         claimants = tuple(sorted(claims))
         if len(claimants) < 2:
             self._contests.pop(service_id, None)
