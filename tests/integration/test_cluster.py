@@ -278,6 +278,10 @@ def test_heartbeats_cause_no_writes_on_the_servers(fleet: Cluster) -> None:
     def catalog_check() -> dict[str, Any]:
         return {c["CheckID"]: c for c in fleet.servers[0].http.get(f"/v1/health/checks/{name}").json()}.get(check_id, {})
     wait_until(lambda: catalog_check().get("Status") == "passing", timeout=DEADLINE, message="the worker passing")
+    # The mirrors write the worker's key on their own threads, after the agent: a Consul KV write
+    # still to come would count in the window below.
+    wait_until(lambda: [k for k in fleet.kv(fleet.servers[0]) if k.endswith(f"/{name}/host1:{worker.name}")],
+               timeout=DEADLINE, message="the worker's Consul KV mirror key written")
     def catalog_writes() -> dict[str, float]:
         applies = _read(fleet.raft_applies)
         return {k: v for k, v in applies.items() if k.split("/")[0] in ("register", "deregister", "kvs", "txn")}
