@@ -40,11 +40,15 @@ def instrument() -> None:
     events = docker_source.DockerSource._events
 
     def traced_events(self, since):
-        for event in events(self, since):
-            actor = (event.get("Actor") or {}).get("ID", "")
-            MARKS[actor].setdefault(f"{event.get('Action')} read", time.time_ns())
-            MARKS[actor].setdefault(f"{event.get('Action')} docker", int(event.get("timeNano") or 0))
-            yield event
+        stream = events(self, since)  # subscribed here, as the daemon's own call is
+
+        def marked():
+            for event in stream:
+                actor = (event.get("Actor") or {}).get("ID", "")
+                MARKS[actor].setdefault(f"{event.get('Action')} read", time.time_ns())
+                MARKS[actor].setdefault(f"{event.get('Action')} docker", int(event.get("timeNano") or 0))
+                yield event
+        return marked()
     docker_source.DockerSource._events = traced_events
 
     handle = loop.Loop.handle

@@ -35,8 +35,12 @@ class DockerPy:
             raise docker_http.Unreachable(docker_http.describe(error)) from None
 
     def events(self, since: str | None, filters: dict[str, list[str]]) -> Iterator[Any]:
-        """The decoded event stream (unbounded here: docker-py reads it whole per event)."""
-        yield from self.client.events(decode=True, since=since, filters=filters)
+        """The decoded event stream, subscribed when this returns (unbounded here: docker-py
+        reads it whole per event)."""
+        try:
+            return iter(self.client.events(decode=True, since=since, filters=filters))
+        except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as error:
+            raise docker_http.Unreachable(docker_http.describe(error)) from None
 
     def close(self) -> None:
         self.client.close()

@@ -215,26 +215,35 @@ class DockerSource:
 
     def follow_events(self, post: Callable[[Hint], None], stop: threading.Event, retry_interval: float = 1.0,
                       max_backoff: float = 30.0) -> threading.Thread:
-        """Start the reader thread: container events -> `post`. After every
-        reconnect it asks for a full pass (events may have been lost)."""
-        thread = threading.Thread(target=self._read_events, args=(post, stop, Backoff(retry_interval, max_backoff)),
+        """Subscribe to container events, then start the reader thread: events -> `post`.
+        The subscription is made here, before the caller's first listing, so a container
+        started between the two is not missed. After every reconnect, and after a first
+        connection made by the thread, it asks for a full pass (events may have been lost)."""
+        try:
+            first: Iterator[Any] | None = self._events(None)
+        except Exception as error:  # the thread retries on its backoff
+            logger.warning("docker event stream failed: {}; retrying", _describe(error))
+            first = None
+        thread = threading.Thread(target=self._read_events,
+                                  args=(post, stop, Backoff(retry_interval, max_backoff), first),
                                   name="docker-events", daemon=True)
         thread.start()
         return thread
 
-    def _read_events(self, post: Callable[[Hint], None], stop: threading.Event, backoff: Backoff) -> None:
+    def _read_events(self, post: Callable[[Hint], None], stop: threading.Event, backoff: Backoff,
+                     stream: Iterator[Any] | None = None) -> None:
         since: str | None = None
         seen: LRUCache[tuple[int, str, str], bool] = LRUCache(maxsize=512)  # replayed by `since` after a reconnect
         skipped = SkippedEvents(post)
-        connected_once = False
+        again = stream is not None
         while not stop.is_set():
             try:
-                stream = self._events(since)
-                self.liveness.ok()
-                if connected_once:
-                    logger.info("docker event stream reconnected; resyncing everything")
+                if stream is None:  # lost, or not subscribed before the first listing
+                    stream = self._events(since)
+                    logger.info("docker event stream {}; resyncing everything", "reconnected" if again else "connected")
                     post(Hint("", DOCKER_RECONNECTED))
-                connected_once = True
+                    again = True
+                self.liveness.ok()
                 backoff.succeeded()
                 for event in stream:
                     if stop.is_set():
@@ -261,15 +270,17 @@ class DockerSource:
                 self.liveness.failed(f"event stream: {_describe(error)}")
                 logger.warning("docker event stream failed: {}; retrying in {:.1f}s", _describe(error),
                                backoff.failed())
+            stream = None
             stop.wait(max((backoff.retry_at or 0) - time.monotonic(), 0.0))
 
     def _events(self, since: str | None) -> Iterator[Any]:
-        """Docker's stream of container events, each decoded (each at most MAX_EVENT_BYTES).
-        Read on a connection of its own (no deadline: the stream is quiet while nothing
-        happens), through docker-py where the endpoint is not plain HTTP."""
+        """Docker's stream of container events, each decoded (each at most MAX_EVENT_BYTES),
+        subscribed when this returns (dockerd subscribes right after sending the answer's
+        head, in the same goroutine). Read on a connection of its own (no deadline: the
+        stream is quiet while nothing happens), through docker-py where the endpoint is
+        not plain HTTP."""
         if self._docker_py is not None:
-            yield from self._docker_py.events(since, self.event_filters())
-            return
+            return self._docker_py.events(since, self.event_filters())
         assert self._pool is not None
         query = {"filters": json.dumps(self.event_filters()), **({"since": since} if since else {})}
         stream = self._pool.open("GET", docker_http.url(self._endpoint, "/events", query=query))
@@ -280,16 +291,23 @@ class DockerSource:
                 text = stream.read_body(headers, MAX_EVENT_BYTES, "the event stream's error").decode("utf-8", "replace")
                 raise DockerUnavailable(f"docker ({self.description}): the event stream answered {status} "
                                         f"{_describe(ValueError(text))}")
-            for event in _json_objects(SimpleNamespace(read1=stream.read_some)):
-                yield event
-        finally:
+        except BaseException:
             stream.close()
+            raise
+        return _decoded_events(stream)
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.close()
         if self._docker_py is not None:
             self._docker_py.close()
+
+
+def _decoded_events(stream: Any) -> Iterator[Any]:
+    try:
+        yield from _json_objects(SimpleNamespace(read1=stream.read_some))
+    finally:
+        stream.close()
 
 
 def hint_from_event(event: object) -> Hint | None:

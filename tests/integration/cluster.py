@@ -338,9 +338,10 @@ class Cluster:
                 counts[f"{kind}/{op}" if op else kind] = float(value)
         return counts
 
-    def kv(self, via: Agent) -> dict[str, tuple[str, int]]:
-        """The shared Consul KV prefix: key -> (value, ModifyIndex)."""
-        response = via.http.get(f"/v1/kv/{PREFIX}/", params={"recurse": "1"})
+    def kv(self, via: Agent, stale: bool = False) -> dict[str, tuple[str, int]]:
+        """The shared Consul KV prefix: key -> (value, ModifyIndex); `stale`: as `via` itself
+        has applied it (a follower applies a write a moment after the leader answers it)."""
+        response = via.http.get(f"/v1/kv/{PREFIX}/", params={"recurse": "1", **({"stale": ""} if stale else {})})
         if response.status_code == 404:
             return {}
         return {e["Key"]: (base64.b64decode(e["Value"] or "").decode(), e["ModifyIndex"]) for e in response.json()}

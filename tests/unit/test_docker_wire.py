@@ -19,7 +19,7 @@ from typing import Callable, Iterator
 import pytest
 
 from consul_reg import docker_http, docker_source, http_pool
-from consul_reg.router import EVENT_SKIPPED, Hint
+from consul_reg.router import DOCKER_RECONNECTED, EVENT_SKIPPED, Hint
 from consul_reg.docker_source import MAX_EVENT_BYTES, MAX_INSPECT_BYTES, OVERSIZED, DockerSource, \
     DockerUnavailable, _json_objects
 
@@ -113,6 +113,56 @@ def test_an_event_over_its_limit_asks_for_a_full_pass_and_the_stream_goes_on(sou
         reader.join(10)
     # whose the skipped event was is unknown: every container is looked at again
     assert [(h.action, h.container_id) for h in posted[:3]] == [("start", "a"), (EVENT_SKIPPED, ""), ("die", "b")]
+
+
+def follow(docker: DockerSource, until: int) -> tuple[list[Hint], threading.Event, threading.Thread,
+                                                     threading.Event]:
+    """Start the reader: (what it posted, its stop, its thread, set once `until` hints arrived)."""
+    posted: list[Hint] = []
+    enough = threading.Event()
+
+    def post(hint: Hint) -> None:
+        posted.append(hint)
+        if len(posted) >= until:
+            enough.set()
+    stop = threading.Event()
+    return posted, stop, docker.follow_events(post, stop, retry_interval=0.05), enough
+
+
+def test_the_event_stream_is_subscribed_before_follow_events_returns(source) -> None:
+    """The daemon's first listing comes right after: a container started between the
+    two must reach the stream, so dockerd has taken the subscription already."""
+    asked = threading.Event()
+
+    def reply(request: bytes) -> bytes:
+        if b"/events" in request.split(b"\r\n")[0]:
+            asked.set()
+        return chunked(event("start", "a"))
+    docker = source(reply)
+    posted, stop, reader, enough = follow(docker, 1)
+    try:
+        assert asked.is_set()  # no wait: follow_events read the answer's head itself
+        assert enough.wait(10), posted
+    finally:
+        stop.set()
+        reader.join(10)
+    assert [(h.action, h.container_id) for h in posted] == [("start", "a")]  # no full pass asked
+
+
+def test_a_first_subscription_that_failed_is_made_by_the_reader_with_a_full_pass(source) -> None:
+    answers = iter([b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\n\r\nbusy"])
+
+    def reply(request: bytes) -> bytes:
+        return next(answers, chunked(event("start", "a")))
+    docker = source(reply)
+    posted, stop, reader, enough = follow(docker, 2)
+    try:
+        assert enough.wait(10), posted
+    finally:
+        stop.set()
+        reader.join(10)
+    # the listing may have run before this subscription: it asks for another
+    assert [(h.action, h.container_id) for h in posted[:2]] == [(DOCKER_RECONNECTED, ""), ("start", "a")]
 
 
 class Pieces:
