@@ -211,6 +211,8 @@ class Loop:
             result.registered or result.deregistered))
         if kind == "full" or affected:
             self.metrics.reconcile(kind, self.clock() - started)
+        if kind == "full":  # its writes are made and its snapshot published (the mirrors take it on their threads)
+            logger.debug("full pass done ({}): {} containers", full_reason, len(self.desires))
         return True
 
     def _full_reason_due(self) -> str:
@@ -353,7 +355,6 @@ class Loop:
         self.primary.new_pass()
         self.last_full_pass = self.clock()
         self._probes_stale = True
-        logger.debug("full pass done ({}): {} containers", reason, len(desires))
         return True
 
     def _refresh(self, container_id: str, inspected: Any, unread: list[tuple[str, DockerUnavailable]]) -> set[str]:
