@@ -9,6 +9,7 @@ from __future__ import annotations
 import codecs
 import hashlib
 import json
+import math
 import os
 import threading
 import time
@@ -215,34 +216,34 @@ class DockerSource:
 
     def follow_events(self, post: Callable[[Hint], None], stop: threading.Event, retry_interval: float = 1.0,
                       max_backoff: float = 30.0) -> threading.Thread:
-        """Subscribe to container events, then start the reader thread: events -> `post`.
-        The subscription is made here, before the caller's first listing, so a container
-        started between the two is not missed. After every reconnect, and after a first
-        connection made by the thread, it asks for a full pass (events may have been lost)."""
-        try:
-            first: Iterator[Any] | None = self._events(None)
-        except Exception as error:  # the thread retries on its backoff
-            logger.warning("docker event stream failed: {}; retrying", _describe(error))
-            first = None
+        """Start the reader thread (container events -> `post`) and return once it has
+        subscribed, so that a container started between the subscription and the caller's
+        first listing is not missed; at most READ_TIMEOUT, or until the first try failed: a
+        subscription made after the caller went on asks for a full pass, as every reconnect
+        does (events may have been lost)."""
+        first = _FirstSubscription()
         thread = threading.Thread(target=self._read_events,
                                   args=(post, stop, Backoff(retry_interval, max_backoff), first),
                                   name="docker-events", daemon=True)
         thread.start()
+        if not first.wait(READ_TIMEOUT):
+            logger.warning("docker has not answered the event subscription within {:.0f}s: going on; a full "
+                           "pass follows it", READ_TIMEOUT)
         return thread
 
     def _read_events(self, post: Callable[[Hint], None], stop: threading.Event, backoff: Backoff,
-                     stream: Iterator[Any] | None = None) -> None:
+                     first: _FirstSubscription) -> None:
         since: str | None = None
         seen: LRUCache[tuple[int, str, str], bool] = LRUCache(maxsize=512)  # replayed by `since` after a reconnect
         skipped = SkippedEvents(post)
-        again = stream is not None
+        again = False
         while not stop.is_set():
             try:
-                if stream is None:  # lost, or not subscribed before the first listing
-                    stream = self._events(since)
+                stream = self._events(since)
+                if not first.made():  # a reconnect, or the caller went on without waiting for it
                     logger.info("docker event stream {}; resyncing everything", "reconnected" if again else "connected")
                     post(Hint("", DOCKER_RECONNECTED))
-                    again = True
+                again = True
                 self.liveness.ok()
                 backoff.succeeded()
                 for event in stream:
@@ -265,27 +266,27 @@ class DockerSource:
                 self.liveness.failed("the event stream ended")
                 logger.warning("docker event stream ended (dockerd restarted?); reconnecting")
             except Exception as error:  # the stream must outlive any Docker failure
+                first.failed()
                 if stop.is_set():
                     return
                 self.liveness.failed(f"event stream: {_describe(error)}")
                 logger.warning("docker event stream failed: {}; retrying in {:.1f}s", _describe(error),
                                backoff.failed())
-            stream = None
             stop.wait(max((backoff.retry_at or 0) - time.monotonic(), 0.0))
 
     def _events(self, since: str | None) -> Iterator[Any]:
         """Docker's stream of container events, each decoded (each at most MAX_EVENT_BYTES),
         subscribed when this returns (dockerd subscribes right after sending the answer's
-        head, in the same goroutine). Read on a connection of its own (no deadline: the
-        stream is quiet while nothing happens), through docker-py where the endpoint is
-        not plain HTTP."""
+        head, in the same goroutine). Read on a connection of its own, through docker-py
+        where the endpoint is not plain HTTP."""
         if self._docker_py is not None:
             return self._docker_py.events(since, self.event_filters())
         assert self._pool is not None
         query = {"filters": json.dumps(self.event_filters()), **({"since": since} if since else {})}
-        stream = self._pool.open("GET", docker_http.url(self._endpoint, "/events", query=query))
+        stream = self._pool.open("GET", docker_http.url(self._endpoint, "/events", query=query), READ_TIMEOUT)
         try:
             status, headers = stream.read_head()
+            stream.deadline = math.inf  # the stream is quiet while nothing happens
             if status != 200:
                 stream.deadline = time.monotonic() + READ_TIMEOUT
                 text = stream.read_body(headers, MAX_EVENT_BYTES, "the event stream's error").decode("utf-8", "replace")
@@ -301,6 +302,40 @@ class DockerSource:
             self._pool.close()
         if self._docker_py is not None:
             self._docker_py.close()
+
+
+class _FirstSubscription:
+    """Whether the reader's first subscription was made while follow_events still waited
+    for it (before the caller's first listing), or after the caller went on."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._state = "waiting"
+        self._made = threading.Event()
+
+    def made(self) -> bool:
+        """The reader subscribed: True only for the first time, and only while awaited."""
+        with self._lock:
+            if self._state != "waiting":
+                return False
+            self._state = "made"
+        self._made.set()
+        return True
+
+    def failed(self) -> None:
+        """The reader could not subscribe: the caller goes on (the reader retries)."""
+        self._give_up()
+        self._made.set()
+
+    def wait(self, timeout: float) -> bool:
+        self._made.wait(timeout)
+        self._give_up()
+        return self._state == "made"
+
+    def _give_up(self) -> None:
+        with self._lock:
+            if self._state == "waiting":
+                self._state = "gave up"
 
 
 def _decoded_events(stream: Any) -> Iterator[Any]:

@@ -165,6 +165,27 @@ def test_a_first_subscription_that_failed_is_made_by_the_reader_with_a_full_pass
     assert [(h.action, h.container_id) for h in posted[:2]] == [(DOCKER_RECONNECTED, ""), ("start", "a")]
 
 
+def test_a_dockerd_that_never_answers_the_subscription_does_not_hold_the_start(source, monkeypatch) -> None:
+    monkeypatch.setattr(docker_source, "READ_TIMEOUT", 0.3)
+    release = threading.Event()
+    calls: list[bytes] = []
+
+    def reply(request: bytes) -> bytes:
+        calls.append(request)
+        if len(calls) == 1:
+            release.wait(10)  # dockerd hung on the first subscription
+        return chunked(event("start", "a"))
+    docker = source(reply)
+    posted, stop, reader, enough = follow(docker, 2)  # returns: the caller goes on to list
+    release.set()
+    try:
+        assert enough.wait(10), posted
+    finally:
+        stop.set()
+        reader.join(10)
+    assert [(h.action, h.container_id) for h in posted[:2]] == [(DOCKER_RECONNECTED, ""), ("start", "a")]
+
+
 class Pieces:
     def __init__(self, data: bytes, size: int) -> None:
         self.pieces = [data[i:i + size] for i in range(0, len(data), size)]
