@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import signal
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,16 @@ class AclAgent(ThreadingHTTPServer):
     daemon_threads = True
     accepted = "new-token"
 
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.refused = 0
+        self.refusal = threading.Condition()
+
+    def wait_refused(self, count: int, timeout: float = 10.0) -> bool:
+        """True once the daemon's tries were refused `count` times."""
+        with self.refusal:
+            return self.refusal.wait_for(lambda: self.refused >= count, timeout)
+
 
 class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802
@@ -35,6 +44,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+        if code == 403:
+            with self.server.refusal:  # type: ignore[attr-defined]
+                self.server.refused += 1  # type: ignore[attr-defined]
+                self.server.refusal.notify_all()  # type: ignore[attr-defined]
 
     def log_message(self, *args: Any) -> None:
         pass
@@ -69,7 +82,7 @@ def test_a_sighup_while_the_start_is_retried_rereads_the_token(tmp_path: Path) -
     still retries its start (an expired token gets 403 from /v1/agent/self)."""
     agent, token_file, daemon, connecting, result = _connecting(tmp_path)
     try:
-        time.sleep(1.0)  # a few refused tries
+        assert agent.wait_refused(3), "a few refused tries"
         assert connecting.is_alive() and not result
         token_file.write_text("new-token\n")  # the operator rotates the token...
         daemon.on_signal(signal.SIGHUP, None)  # ...and tells the daemon
@@ -83,7 +96,7 @@ def test_a_sighup_while_the_start_is_retried_rereads_the_token(tmp_path: Path) -
 def test_a_sigterm_while_the_start_is_retried_stops_it(tmp_path: Path) -> None:
     agent, _, daemon, connecting, result = _connecting(tmp_path)
     try:
-        time.sleep(0.5)
+        assert agent.wait_refused(2), "the start is retried"
         daemon.on_signal(signal.SIGTERM, None)
         connecting.join(timeout=8.0)
         assert not connecting.is_alive() and result == [None]

@@ -34,9 +34,14 @@ class SlowCommands:
 
     def __init__(self) -> None:
         self.release = threading.Event()
+        self.hostile_running = 0
+        self.started = threading.Condition()
 
     def exec_in_container(self, container_id: str, command: str, timeout_seconds: float) -> tuple[int, str]:
         if command.startswith("sleep 86400"):
+            with self.started:
+                self.hostile_running += 1
+                self.started.notify_all()
             self.release.wait(timeout_seconds)
             return -1, "timed out"
         return 0, "ok"
@@ -67,7 +72,10 @@ def test_two_containers_with_endless_commands_cannot_starve_other_containers_exe
     try:
         for container_id, services in hostile:
             scheduler.set_container(container_id, services, ContainerStatus())
-        time.sleep(0.5)  # the hostile execs start (a fresh check runs at once)
+        # The hostile execs start (a fresh check runs at once): as many as their share of the pool allows
+        # (the others are due before the good container's check, so they are looked at first).
+        with runner.started:
+            assert runner.started.wait_for(lambda: runner.hostile_running >= 2, timeout=10), "hostile execs started"
         scheduler.set_container("good", legit, ContainerStatus())
         deadline = time.monotonic() + 6.0
         while time.monotonic() < deadline and reporter.updates.get(legit_check, 0) < 3:
