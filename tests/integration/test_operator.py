@@ -25,12 +25,17 @@ def test_status_endpoint(own_agent, start_daemon, run_container, hostname):
     wait_until(lambda: f"{hostname}:{web.name}:80" in agent.api().services(), message="registered")
     health = wait_until(lambda: status.get("/health"), message="status endpoint up")
     assert health.status_code == 200 and health.json()["docker"] == "ok" and health.json()["consul"] == "ok"
-    metrics = status.get("/metrics").text
-    assert 'consul_reg_registrations_total{registry="consul"} 1.0' in metrics
-    assert "consul_reg_services_managed 1.0" in metrics
-    assert "consul_reg_reconcile_duration_seconds_count" in metrics
-    services = status.get("/services").json()
-    assert services["containers"][web.name]["services"][0]["registered"] is True
+
+    def counted_and_published() -> bool:
+        # The agent holds the service before the daemon counts it and publishes its snapshot.
+        metrics = status.get("/metrics").text
+        services = status.get("/services").json()
+        return ('consul_reg_registrations_total{registry="consul"} 1.0' in metrics
+                and "consul_reg_services_managed 1.0" in metrics
+                and "consul_reg_reconcile_duration_seconds_count" in metrics
+                and services["containers"][web.name]["services"][0]["registered"] is True)
+
+    wait_until(counted_and_published, message="the registration in /metrics and /services")
     agent.stop()
     wait_until(lambda: status.get("/health").status_code == 503, timeout=40, message="503 once Consul is gone")
 
