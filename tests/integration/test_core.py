@@ -120,7 +120,10 @@ def test_the_status_endpoint_bounds_slow_clients(start_daemon, hostname):
 
     port = free_port()
     daemon = start_daemon("--status-addr", f"127.0.0.1:{port}")
-    wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200, message="up")
+    # /health answers 200 once the daemon reached Docker and the agent, before it starts its threads
+    # (events, heartbeats, agent watch); its first full pass comes after they all started.
+    wait_until(lambda: (r := httpx.get(f"http://127.0.0.1:{port}/health")).status_code == 200
+               and r.json()["last_reconcile_seconds_ago"] is not None, message="up, first pass done")
 
     def threads() -> int:
         status = open(f"/proc/{daemon.process.pid}/status").read()
