@@ -109,16 +109,18 @@ def test_docker_check_falls_back_to_the_daemon(own_agent, start_daemon, run_cont
     assert "the agent has script checks disabled" in daemon.log()
     assert "SERVICE_CHECK_SCRIPT" in daemon.log()  # the script check was dropped, with a warning
     container.exec_run("rm /www/health")
-    wait_status(api, check_id, "critical")
-    assert "exit code 2" in api.checks_of(f"{hostname}:{container.name}:80")[check_id]["Output"]
+    # An exec past its 1 s budget is critical too ("timed out after 1s"): status and output in one read.
+    wait_until(lambda: (c := api.checks_of(f"{hostname}:{container.name}:80")[check_id])["Status"] == "critical"
+               and "exit code 2" in c["Output"], timeout=30, message=f"check {check_id} critical with exit code 2")
 
 
 def test_exec_checks_daemon_on_purpose(start_daemon, run_container, consul_api, hostname):
     start_daemon("-internal", "--exec-checks", "daemon")
     container = web(run_container, SERVICE_CHECK_DOCKER="echo all good")
     check_id = f"service:{hostname}:{container.name}:80:docker"
-    wait_status(consul_api, check_id, "passing")
-    check = consul_api.checks_of(f"{hostname}:{container.name}:80")[check_id]
+    # Read with its status: the next exec may time out (critical, "timed out after ...") right after.
+    check = wait_until(lambda: (c := consul_api.checks_of(f"{hostname}:{container.name}:80")[check_id])["Status"]
+                       == "passing" and c, timeout=30, message=f"check {check_id} passing")
     assert check["Type"] == "ttl" and "all good" in check["Output"]
 
 
