@@ -40,8 +40,9 @@ def test_podman_containers_register_follow_events_and_deregister(podman_service,
     assert services[web_id]["Tags"] == ["web", "podman"] and services[web_id]["Meta"]["version"] == "3"
     assert services[worker_id]["Service"] == "pm-worker" and services[worker_id]["Port"] == 0
     # SERVICE_CHECK_DOCKER run by the daemon through Podman's exec API.
-    wait_until(lambda: consul_api.check_status(f"service:{web_id}:docker") == "passing", message="exec check")
-    assert "exec ok in" in consul_api.checks_of(web_id)[f"service:{web_id}:docker"]["Output"]
+    exec_check = wait_until(lambda: (c := consul_api.checks_of(web_id)[f"service:{web_id}:docker"])["Status"]
+                            == "passing" and c, message="exec check")  # its output read with its status
+    assert "exec ok in" in exec_check["Output"]
     # The env file, read through Podman's archive API.
     wait_until(lambda: consul_api.services_of(hostname)[worker_id]["Tags"] == ["from-env-file"],
                message="env file tags")
@@ -70,7 +71,9 @@ def test_podman_healthcheck_run_on_demand_reaches_consul(podman_service, podman_
                                 command="exec httpd -f -p 8080 -h /www")
     check = f"service:{hostname}:{web}:8080:docker-health"
     # Without systemd Podman never runs the HEALTHCHECK: Docker health stays `starting` -> critical.
-    wait_until(lambda: consul_api.check_status(check) == "critical", timeout=30, message="starting is critical")
+    # The check is registered critical: only a report's output shows `starting` was read and reported.
+    wait_until(lambda: (c := consul_api.checks_of(f"{hostname}:{web}:8080")[check])["Status"] == "critical"
+               and c["Output"].startswith("docker health: starting"), timeout=30, message="starting is critical")
     assert podman("inspect", "-f", "{{.State.Health.Status}}", web).stdout.strip() == "starting"
     podman("exec", web, "touch", "/tmp/ok")
     podman("healthcheck", "run", web)  # its `health_status` event carries no ": healthy" suffix
