@@ -7,7 +7,6 @@ key once the other host released it."""
 from __future__ import annotations
 
 import base64
-import time
 from pathlib import Path
 from types import MappingProxyType
 from typing import Callable
@@ -67,10 +66,9 @@ def run_two_hosts(make: Callable[[Owner], object], read_key: Callable[[], str | 
         history.append(f"after A's container left: {read_key()}")
         # Final state: B's container still runs. The key must hold B's record (B writes
         # it once A's own key is gone; a blocked key is looked at again every 5 s).
-        deadline = time.monotonic() + 12.0
-        while time.monotonic() < deadline and "10.0.0.2:80" not in str(read_key()):
-            time.sleep(0.2)
-        history.append(f"final: {read_key()}")
+        final = wait_until(lambda: (value := read_key()) and "10.0.0.2:80" in value and value,
+                           message=f"host B's write once A's key is gone (so far: {history})")
+        history.append(f"final: {final}")
         return history, warnings
     finally:
         logger.remove(sink)

@@ -94,7 +94,7 @@ def test_two_daemons_share_a_prefix(etcd, start_daemon, run_container, hostname)
     wait_until(lambda: len(etcd.keys("/shared/")) == 2, message="each host wrote its key")
     other.stop(signal.SIGTERM)
     other_daemon = start_daemon("--hostname", hostname + "-b", "-ip", HOST_IP, f"{etcd.uri_base}/shared")
-    other_daemon.wait_log("mirror etcd")
+    other_daemon.wait_log(f"mirror etcd 127.0.0.1:{etcd.port}/shared is up")  # after its first sync
     assert len(etcd.keys("/shared/")) == 2  # neither removed the other's key
     assert "deregistered" not in other_daemon.log()
 
@@ -146,6 +146,14 @@ def test_on_success_keeps_a_failed_container_in_mirrors_too(etcd, start_daemon, 
         passes = daemon.log().count("full pass done (reload)")
         daemon.process.send_signal(signal.SIGHUP)
         wait_until(lambda: daemon.log().count("full pass done (reload)") > passes, message="a full pass")
+    # The mirror takes the passes' snapshot on its own thread, later. A container started now is
+    # written by a step that begins after them, and removed by the next step: once its key is
+    # gone, the step that took their snapshot is over.
+    marker = run_container(ports={"81/tcp": None})
+    marker_key = f"/services/busybox/{hostname}:{marker.name}:81"
+    wait_until(lambda: marker_key in etcd.keys("/services/"), message="a later container's key written")
+    marker.remove(force=True)
+    wait_until(lambda: marker_key not in etcd.keys("/services/"), message="and removed")
     assert key in etcd.keys("/services/")
     assert f"{hostname}:{failing.name}:80" in consul_api.services()
     failing.remove()
