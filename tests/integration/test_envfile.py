@@ -4,6 +4,7 @@ start, read through Docker's archive API, highest priority, key by key."""
 from __future__ import annotations
 
 import signal
+import time
 
 import pytest
 
@@ -16,7 +17,14 @@ def write(container, text: str) -> None:
     container.exec_run(["sh", "-c", f"printf '{text}' > /tmp/new.env && mv /tmp/new.env /tmp/service.env"])
 
 
-def test_env_file_changes_registration_after_start(start_daemon, run_container, consul_api, hostname):
+def reads_since(docker_client, container, since: float) -> int:
+    """Reads of a file out of the container (Docker's archive-path events) that dockerd served after `since`."""
+    events = docker_client.events(since=int(since), until=f"{time.time():.9f}", decode=True,
+                                  filters={"container": container.id, "event": "archive-path"})
+    return sum(1 for event in events if event["timeNano"] > since * 1e9)
+
+
+def test_env_file_changes_registration_after_start(start_daemon, run_container, consul_api, hostname, docker_client):
     daemon = start_daemon("-ip", "192.0.2.1", "--env-file-interval", "0.5")
     web = run_container(ports={"80/tcp": None}, labels={"SERVICE_ENV_FILE": "/tmp/service.env",
                                                         "SERVICE_TAGS": "traefik.enable=true,web"})
@@ -37,6 +45,13 @@ def test_env_file_changes_registration_after_start(start_daemon, run_container, 
     passes = daemon.log().count("full pass done (reload)")
     daemon.process.send_signal(signal.SIGHUP)  # with -resync 0, a full pass asked by SIGHUP
     wait_until(lambda: daemon.log().count("full pass done (reload)") > passes, message="a full pass")
+    # Its re-read of the file (and the polls') are answered on reader threads and folded in later batches:
+    # two reads served after the pass (one container's reads never overlap: the first one's answer is
+    # posted before the second starts), then a new content, whose warning is logged after that answer.
+    after_pass = time.time()
+    wait_until(lambda: reads_since(docker_client, web, after_pass) >= 2, message="the file read again twice")
+    write(web, "SERVICE_TAGS=web\\nnot a pair either\\n")
+    daemon.wait_log("service.env: line 2: not KEY=value")
     assert set(consul_api.services_of(hostname)) == {f"moved-{hostname}"}  # the last good values stay
     assert daemon.log().count("service.env: line 1: not KEY=value") == 1  # one warning per change of content
 
