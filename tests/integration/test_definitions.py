@@ -406,9 +406,9 @@ def test_connect_sidecar_carries_a_request_through_an_upstream(own_agent, own_do
                             timeout=60, message="a request through the client's upstream")
         assert answer.status_code == 200 and answer.text.strip() == "ok"
         # A full pass (SIGHUP) keeps the sidecars: they are the agent's, not orphans of the daemon's.
-        passes = daemon.log().count("full pass done")
+        passes = daemon.log().count("full pass done (reload)")
         daemon.process.send_signal(signal.SIGHUP)
-        wait_until(lambda: daemon.log().count("full pass done") > passes, message="a full pass")
+        wait_until(lambda: daemon.log().count("full pass done (reload)") > passes, message="the SIGHUP's full pass")
         assert f"{web_id}-sidecar-proxy" in api.services()
         assert f"deregistered {web_id}-sidecar-proxy" not in daemon.log()
         # The sidecar registration goes when the service goes.
