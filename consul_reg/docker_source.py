@@ -31,7 +31,8 @@ from consul_reg.router import CONTAINER_ACTIONS, DOCKER_RECONNECTED, EVENT_SKIPP
 API_VERSION = "1.41"
 FALLBACK_SOCKET = "/tmp/docker.sock"
 DEFAULT_SOCKET = "/var/run/docker.sock"
-READ_TIMEOUT = 10.0  # seconds for one file read when the caller gives none
+READ_TIMEOUT = 10.0  # seconds for one file read when the caller gives none, and for the event stream's head
+SUBSCRIBE_WAIT = 10.0  # seconds the start waits for the event subscription
 INSPECT_CONNECTIONS = 4
 RECV_BYTES = 64 * 1024
 # An inspect answer (labels, env, mounts...) is 5-20 KiB; Docker bounds neither labels nor a
@@ -217,68 +218,77 @@ class DockerSource:
     def follow_events(self, post: Callable[[Hint], None], stop: threading.Event, retry_interval: float = 1.0,
                       max_backoff: float = 30.0) -> threading.Thread:
         """Start the reader thread (container events -> `post`) and return once it has
-        subscribed, so that a container started between the subscription and the caller's
-        first listing is not missed; at most READ_TIMEOUT, or until the first try failed: a
-        subscription made after the caller went on asks for a full pass, as every reconnect
-        does (events may have been lost)."""
+        subscribed, so that a container started around the caller's first listing is not
+        missed; at most SUBSCRIBE_WAIT, or until the first try failed: a subscription made
+        after the caller went on asks for a full pass, as every reconnect does (events may
+        have been lost)."""
         first = _FirstSubscription()
         thread = threading.Thread(target=self._read_events,
                                   args=(post, stop, Backoff(retry_interval, max_backoff), first),
                                   name="docker-events", daemon=True)
         thread.start()
-        if not first.wait(READ_TIMEOUT):
+        if first.wait(SUBSCRIBE_WAIT) == "timed out":
             logger.warning("docker has not answered the event subscription within {:.0f}s: going on; a full "
-                           "pass follows it", READ_TIMEOUT)
+                           "pass follows it", SUBSCRIBE_WAIT)
         return thread
 
     def _read_events(self, post: Callable[[Hint], None], stop: threading.Event, backoff: Backoff,
                      first: _FirstSubscription) -> None:
-        since: str | None = None
-        seen: LRUCache[tuple[int, str, str], bool] = LRUCache(maxsize=512)  # replayed by `since` after a reconnect
+        # dockerd sends the answer's head, then subscribes: the first subscription replays the
+        # last second too, so an event between the two still arrives (its clock: live events
+        # are never filtered by `since`). Later ones go on from the last event read.
+        since: str | None = f"{time.time() - 1:.9f}"
+        seen: LRUCache[tuple[int, str, str], bool] = LRUCache(maxsize=512)  # replayed by `since`
         skipped = SkippedEvents(post)
         again = False
-        while not stop.is_set():
-            try:
-                stream = self._events(since)
-                if not first.made():  # a reconnect, or the caller went on without waiting for it
-                    logger.info("docker event stream {}; resyncing everything", "reconnected" if again else "connected")
-                    post(Hint("", DOCKER_RECONNECTED))
-                again = True
-                self.liveness.ok()
-                backoff.succeeded()
-                for event in stream:
+        try:
+            while not stop.is_set():
+                try:
+                    stream = self._events(since)
+                    if not first.made():  # a reconnect, or the caller went on without waiting for it
+                        logger.info("docker event stream {}; resyncing everything",
+                                    "reconnected" if again else "connected")
+                        post(Hint("", DOCKER_RECONNECTED))
+                    again = True
+                    self.liveness.ok()
+                    backoff.succeeded()
+                    for event in stream:
+                        if stop.is_set():
+                            break
+                        if event is OVERSIZED:
+                            skipped.notice()
+                            continue
+                        hint = hint_from_event(event)
+                        if hint is None:
+                            continue
+                        key = (hint.time_nano, hint.container_id, hint.action)
+                        if key in seen:
+                            continue
+                        seen[key] = True
+                        since = f"{hint.time_nano // 1_000_000_000}.{hint.time_nano % 1_000_000_000:09d}"
+                        post(hint)
                     if stop.is_set():
-                        break
-                    if event is OVERSIZED:
-                        skipped.notice()
-                        continue
-                    hint = hint_from_event(event)
-                    if hint is None:
-                        continue
-                    key = (hint.time_nano, hint.container_id, hint.action)
-                    if key in seen:
-                        continue
-                    seen[key] = True
-                    since = f"{hint.time_nano // 1_000_000_000}.{hint.time_nano % 1_000_000_000:09d}"
-                    post(hint)
-                if stop.is_set():
-                    return
-                self.liveness.failed("the event stream ended")
-                logger.warning("docker event stream ended (dockerd restarted?); reconnecting")
-            except Exception as error:  # the stream must outlive any Docker failure
-                first.failed()
-                if stop.is_set():
-                    return
-                self.liveness.failed(f"event stream: {_describe(error)}")
-                logger.warning("docker event stream failed: {}; retrying in {:.1f}s", _describe(error),
-                               backoff.failed())
-            stop.wait(max((backoff.retry_at or 0) - time.monotonic(), 0.0))
+                        return
+                    self.liveness.failed("the event stream ended")
+                    # on its backoff: a stream that ends at once must not be reopened in a tight loop
+                    logger.warning("docker event stream ended (dockerd restarted?); reconnecting in {:.1f}s",
+                                   backoff.failed())
+                except Exception as error:  # the stream must outlive any Docker failure
+                    first.failed()
+                    if stop.is_set():
+                        return
+                    self.liveness.failed(f"event stream: {_describe(error)}")
+                    logger.warning("docker event stream failed: {}; retrying in {:.1f}s", _describe(error),
+                                   backoff.failed())
+                stop.wait(max((backoff.retry_at or 0) - time.monotonic(), 0.0))
+        finally:
+            first.failed()  # stopped before the first subscription: the caller need not wait
 
     def _events(self, since: str | None) -> Iterator[Any]:
         """Docker's stream of container events, each decoded (each at most MAX_EVENT_BYTES),
-        subscribed when this returns (dockerd subscribes right after sending the answer's
-        head, in the same goroutine). Read on a connection of its own, through docker-py
-        where the endpoint is not plain HTTP."""
+        its head answered when this returns (past READ_TIMEOUT: TimeoutError; through
+        docker-py, for an endpoint that is not plain HTTP, the head has no deadline).
+        Read on a connection of its own."""
         if self._docker_py is not None:
             return self._docker_py.events(since, self.event_filters())
         assert self._pool is not None
@@ -305,37 +315,36 @@ class DockerSource:
 
 
 class _FirstSubscription:
-    """Whether the reader's first subscription was made while follow_events still waited
-    for it (before the caller's first listing), or after the caller went on."""
+    """How the reader's first subscription went while follow_events waited for it: made
+    (before the caller's first listing), failed (the reader retries), or not answered in
+    time (the caller went on)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._state = "waiting"
-        self._made = threading.Event()
+        self._settled = threading.Event()
 
     def made(self) -> bool:
         """The reader subscribed: True only for the first time, and only while awaited."""
+        return self._settle("made")
+
+    def failed(self) -> None:
+        """The reader could not subscribe (or stopped): the caller goes on."""
+        self._settle("failed")
+
+    def wait(self, timeout: float) -> str:
+        """"made", "failed", or "timed out"."""
+        self._settled.wait(timeout)
+        self._settle("timed out")
+        return self._state
+
+    def _settle(self, state: str) -> bool:
         with self._lock:
             if self._state != "waiting":
                 return False
-            self._state = "made"
-        self._made.set()
+            self._state = state
+        self._settled.set()
         return True
-
-    def failed(self) -> None:
-        """The reader could not subscribe: the caller goes on (the reader retries)."""
-        self._give_up()
-        self._made.set()
-
-    def wait(self, timeout: float) -> bool:
-        self._made.wait(timeout)
-        self._give_up()
-        return self._state == "made"
-
-    def _give_up(self) -> None:
-        with self._lock:
-            if self._state == "waiting":
-                self._state = "gave up"
 
 
 def _decoded_events(stream: Any) -> Iterator[Any]:

@@ -12,6 +12,7 @@ import ssl
 import subprocess
 import sys
 import threading
+import time
 import urllib.parse
 from pathlib import Path
 from typing import Callable, Iterator
@@ -19,6 +20,7 @@ from typing import Callable, Iterator
 import pytest
 
 from consul_reg import docker_http, docker_source, http_pool
+from consul_reg.backoff import Backoff
 from consul_reg.router import DOCKER_RECONNECTED, EVENT_SKIPPED, Hint
 from consul_reg.docker_source import MAX_EVENT_BYTES, MAX_INSPECT_BYTES, OVERSIZED, DockerSource, \
     DockerUnavailable, _json_objects
@@ -129,24 +131,34 @@ def follow(docker: DockerSource, until: int) -> tuple[list[Hint], threading.Even
     return posted, stop, docker.follow_events(post, stop, retry_interval=0.05), enough
 
 
-def test_the_event_stream_is_subscribed_before_follow_events_returns(source) -> None:
-    """The daemon's first listing comes right after: a container started between the
-    two must reach the stream, so dockerd has taken the subscription already."""
-    asked = threading.Event()
+def first_line(request: bytes) -> str:
+    return urllib.parse.unquote(request.split(b"\r\n")[0].decode())
+
+
+def test_the_start_waits_for_the_event_subscription_which_replays_the_last_second(source) -> None:
+    """The daemon's first listing comes right after follow_events: a container started
+    around it must reach the stream. dockerd subscribes just after sending the answer's
+    head, so the first subscription also asks for what happened since a second ago."""
+    lines: list[str] = []
 
     def reply(request: bytes) -> bytes:
-        if b"/events" in request.split(b"\r\n")[0]:
-            asked.set()
+        lines.append(first_line(request))
+        if len(lines) == 1:
+            time.sleep(0.3)  # a slow dockerd: the head comes 0.3 s after the request
         return chunked(event("start", "a"))
     docker = source(reply)
+    began, wall = time.monotonic(), time.time()
     posted, stop, reader, enough = follow(docker, 1)
+    took = time.monotonic() - began
     try:
-        assert asked.is_set()  # no wait: follow_events read the answer's head itself
+        assert took >= 0.3  # it waited for the answer's head
         assert enough.wait(10), posted
     finally:
         stop.set()
         reader.join(10)
-    assert [(h.action, h.container_id) for h in posted] == [("start", "a")]  # no full pass asked
+    since = float(urllib.parse.parse_qs(urllib.parse.urlsplit(lines[0].split()[1]).query)["since"][0])
+    assert wall - 3 < since <= wall - 1 + 0.01
+    assert [(h.action, h.container_id) for h in posted[:1]] == [("start", "a")]  # no full pass asked first
 
 
 def test_a_first_subscription_that_failed_is_made_by_the_reader_with_a_full_pass(source) -> None:
@@ -165,18 +177,20 @@ def test_a_first_subscription_that_failed_is_made_by_the_reader_with_a_full_pass
     assert [(h.action, h.container_id) for h in posted[:2]] == [(DOCKER_RECONNECTED, ""), ("start", "a")]
 
 
-def test_a_dockerd_that_never_answers_the_subscription_does_not_hold_the_start(source, monkeypatch) -> None:
-    monkeypatch.setattr(docker_source, "READ_TIMEOUT", 0.3)
+def test_a_dockerd_that_does_not_answer_the_subscription_holds_the_start_only_so_long(source, monkeypatch) -> None:
+    monkeypatch.setattr(docker_source, "SUBSCRIBE_WAIT", 0.3)
+    monkeypatch.setattr(docker_source, "READ_TIMEOUT", 30.0)  # the head's own deadline is not what frees the start
     release = threading.Event()
-    calls: list[bytes] = []
+    answered: list[bool] = []
 
     def reply(request: bytes) -> bytes:
-        calls.append(request)
-        if len(calls) == 1:
-            release.wait(10)  # dockerd hung on the first subscription
+        if not answered:
+            release.wait(10)  # dockerd hung on the first subscription, until the test releases it
+        answered.append(True)
         return chunked(event("start", "a"))
     docker = source(reply)
     posted, stop, reader, enough = follow(docker, 2)  # returns: the caller goes on to list
+    assert not answered  # it went on before dockerd answered
     release.set()
     try:
         assert enough.wait(10), posted
@@ -184,6 +198,32 @@ def test_a_dockerd_that_never_answers_the_subscription_does_not_hold_the_start(s
         stop.set()
         reader.join(10)
     assert [(h.action, h.container_id) for h in posted[:2]] == [(DOCKER_RECONNECTED, ""), ("start", "a")]
+
+
+class CountedBackoff(Backoff):
+    def __init__(self, stop: threading.Event, opens: int) -> None:
+        super().__init__(0.01, 0.02)
+        self.stop, self.opens, self.failures, self.successes = stop, opens, 0, 0
+
+    def succeeded(self) -> None:
+        super().succeeded()
+        self.successes += 1
+        if self.successes >= self.opens:  # the reader's last opening: it stops after this stream
+            self.stop.set()
+
+    def failed(self) -> float:
+        self.failures += 1
+        return super().failed()
+
+
+def test_a_stream_that_ends_at_once_is_reopened_on_the_backoff(source) -> None:
+    docker = source(lambda request: chunked())  # every subscription ends right after its head
+    stop = threading.Event()
+    backoff = CountedBackoff(stop, opens=3)
+    posted: list[Hint] = []
+    docker._read_events(posted.append, stop, backoff, docker_source._FirstSubscription())
+    assert (backoff.successes, backoff.failures) == (3, 2)  # each end waited its turn (the last one: stopped)
+    assert [h.action for h in posted] == [DOCKER_RECONNECTED] * 2  # each reopening asks for a full pass
 
 
 class Pieces:
