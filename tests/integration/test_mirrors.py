@@ -108,7 +108,13 @@ def test_skydns2_layout_and_non_dns_ids(etcd, start_daemon, run_container, hostn
     record = wait_until(lambda: etcd.keys("/skydns/").get(key), message="skydns record")
     assert json.loads(record[0]) == {"host": HOST_IP, "port": host_port(web, "80/tcp"), "ttl": 30}
     daemon.wait_log("is not a DNS label")
-    assert list(etcd.keys("/skydns/")) == [key]
+    # The refusal is logged as the mirror plans its step: a later container's record, written by a
+    # step after it, shows that step wrote nothing for "api".
+    marker = run_container(ports={"82/tcp": None}, labels={"SERVICE_NAME": "web", "SERVICE_ID": f"m-{hostname}"})
+    marker_key = f"/skydns/local/skydns/web/m-{hostname}"
+    wait_until(lambda: marker_key in etcd.keys("/skydns/"), message="a later container's record")
+    assert sorted(etcd.keys("/skydns/")) == sorted([key, marker_key])
+    marker.remove(force=True)
 
 
 def test_zookeeper_nodes_are_ephemeral_and_recreated(zookeeper, start_daemon, run_container, hostname):
