@@ -37,6 +37,7 @@ from consul_reg.snapshot import Snapshot, freeze
 
 Message = Union[Hint, EnvFileRead]
 IDLE_WAIT_SECONDS = 3600.0
+HEALTH_RECHECK_SECONDS = 0.5
 IO_WORKERS = 4  # Docker inspects and agent writes of one batch in flight at once
 
 
@@ -74,6 +75,9 @@ class Loop:
         self.env_states: dict[str, EnvFileState] = {}
         self.docker_backoff = Backoff(retry_interval, clock=clock)
         self.full_pending = ""  # a full pass was asked but Docker failed: retried on its backoff
+        # Podman sends health_status before the new status can be read (an inspect at the event
+        # saw the old one about 1 time in 12): such a container is read once more, shortly after.
+        self.health_rechecks: dict[str, float] = {}  # container ID -> when
         self.last_full_pass: float | None = None
         self.snapshot = Snapshot()
         self._generation = 0
@@ -136,7 +140,7 @@ class Loop:
                 return batch
 
     def seconds_until_due(self) -> float:
-        """Until the loop must wake: a full pass, a retry, a drain timeout, an env-file poll."""
+        """Until the loop must wake: a full pass, a retry, a drain timeout, an env-file poll, a health recheck."""
         deadlines = [d for d in (self._full_pass_due_at(), self.drainer.next_deadline()) if d is not None]
         if self.primary.backoff.retry_at is not None:
             deadlines.append(self.primary.backoff.retry_at)
@@ -146,6 +150,8 @@ class Loop:
             deadlines.append(self.reader.due_at())  # type: ignore[arg-type]
         if self.env_reader is not None and self._with_env_file:
             deadlines.append(self._next_env_poll)
+        if self.health_rechecks:
+            deadlines.append(min(self.health_rechecks.values()))
         return min(deadlines) - self.clock() if deadlines else IDLE_WAIT_SECONDS
 
     def _full_pass_due_at(self) -> float | None:
@@ -174,7 +180,12 @@ class Loop:
         for container_id, exit_code in actions.deaths:
             self.drainer.on_die(container_id)
             affected |= self._mark_dead(container_id, exit_code)
-        refresh = set(actions.refresh) | self._fold_env_reads(m for m in batch if isinstance(m, EnvFileRead))
+        rechecks = {cid for cid, due in self.health_rechecks.items() if due <= started}
+        for container_id in rechecks:
+            del self.health_rechecks[container_id]
+        for container_id in actions.health_changed:
+            self.health_rechecks[container_id] = started + HEALTH_RECHECK_SECONDS
+        refresh = set(actions.refresh) | rechecks | self._fold_env_reads(m for m in batch if isinstance(m, EnvFileRead))
         if actions.missing_checks:
             logger.info("the agent lost checks of {}: listing it again", ", ".join(sorted(actions.missing_checks)))
             self.primary.relist()
@@ -199,7 +210,7 @@ class Loop:
             if known is not None:
                 self.primary.forget([s.id for s in known.services])
                 affected |= {s.id for s in known.services}
-        for container_id in actions.report_status:
+        for container_id in actions.report_status | rechecks:
             known = self.desires.get(container_id)
             if known is not None:
                 self.probes.report_container_now(container_id, known.status)

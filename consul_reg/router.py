@@ -63,6 +63,7 @@ class Actions:
     deaths: tuple[tuple[str, str], ...] = ()  # (container ID, exit code): its last event was "die"
     refresh: frozenset[str] = frozenset()  # containers to inspect again
     report_status: frozenset[str] = frozenset()  # containers whose daemon-owned checks report at once
+    health_changed: frozenset[str] = frozenset()  # a health_status event: looked at once more, shortly after
     missing_checks: frozenset[str] = frozenset()  # service IDs the agent lost
     poll_env_files: bool = False
     event_times: tuple[int, ...] = field(default=(), compare=False)  # Docker's timeNano of the events
@@ -79,6 +80,7 @@ def route(batch: list[Hint]) -> Actions:
     kills: dict[str, str] = {}
     restarted: set[str] = set()
     status: set[str] = set()
+    health: set[str] = set()
     for hint in batch:
         if not hint.container_id or hint.action not in CONTAINER_ACTIONS:
             continue
@@ -93,6 +95,8 @@ def route(batch: list[Hint]) -> Actions:
             kills.pop(hint.container_id, None)  # the stop it began is over: the container runs again
         if hint.action in STATUS_ACTIONS:
             status.add(hint.container_id)
+        if hint.action == "health_status":
+            health.add(hint.container_id)
     deaths = tuple((cid, hint.attribute("exitCode")) for cid, hint in last.items() if hint.action == "die")
     dead = {cid for cid, _ in deaths}
     drains = tuple((cid, sig) for cid, sig in kills.items() if cid not in dead)
@@ -105,6 +109,7 @@ def route(batch: list[Hint]) -> Actions:
         deaths=deaths,
         refresh=frozenset(cid for cid in last if cid not in dead),
         report_status=frozenset(status - dead),
+        health_changed=frozenset(health - dead),
         missing_checks=frozenset(h.attribute("service_id") for h in batch
                                  if not h.container_id and h.action == CHECK_MISSING),
         poll_env_files=any(h.action == ENV_FILES_DUE and not h.container_id for h in batch),

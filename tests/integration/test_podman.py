@@ -64,8 +64,8 @@ def test_podman_containers_register_follow_events_and_deregister(podman_service,
 def test_podman_healthcheck_run_on_demand_reaches_consul(podman_service, podman_containers, start_daemon,
                                                          consul_api, hostname):
     # Podman 4.3 sends `health_status` before the new status can be read (an inspect at
-    # the event saw the old one ~1 time in 12): only a resync makes it right then.
-    daemon = start_daemon(resync="2", env={"DOCKER_HOST": podman_service})
+    # the event saw the old one ~1 time in 12): the daemon reads it again shortly after.
+    daemon = start_daemon(env={"DOCKER_HOST": podman_service})
     daemon.wait_log(f"connected: docker {podman_service}")
     web = podman_containers.run("-p", "8080", "--health-cmd", "test -f /tmp/ok", "--health-interval", "1h",
                                 command="exec httpd -f -p 8080 -h /www")

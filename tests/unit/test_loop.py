@@ -161,6 +161,25 @@ def test_health_change_is_reported_at_once_even_with_a_full_pass(h: Harness) -> 
     assert h.probes._status["c1"].health == "healthy"
 
 
+def test_a_health_status_read_before_it_changed_is_read_again_shortly_after(h: Harness) -> None:
+    """Podman sends health_status before the new status can be read: the loop reads the
+    container once more, without any event or resync to wake it."""
+    h.docker.add(container("c1", "web", ports={"80/tcp": "8080"}, health="starting"))
+    h.send(event("c1", "start"))
+    check = "service:h1:web:80:docker-health"
+    h.send(event("c1", "health_status"))  # read at once: still the old status
+    assert h.probes._status["c1"].health == "starting"
+    h.docker.containers["c1"]["State"]["Health"]["Status"] = "healthy"
+    assert h.loop.seconds_until_due() == pytest.approx(0.5)
+    h.clock.advance(0.5)
+    inspects = h.docker.inspects
+    h.send()  # the loop woke on its deadline, its inbox empty
+    assert h.docker.inspects == inspects + 1
+    assert h.probes._status["c1"].health == "healthy"
+    assert h.due(check) == h.clock.now  # reported at once
+    assert h.loop.seconds_until_due() > 3000  # once: nothing more is due
+
+
 def test_an_unreadable_container_keeps_its_last_desire(h: Harness) -> None:
     h.docker.add(container("c1", "web", ports={"80/tcp": "8080"}))
     h.send(event("c1", "start"))
