@@ -114,6 +114,18 @@ class Consul:
         response.raise_for_status()
         return int(response.headers["X-Consul-Index"])
 
+    def in_catalog(self, services: dict[str, Any]) -> bool:
+        """The agent's records `services` as its anti-entropy wrote them to the catalog
+        (asynchronously, after the agent)."""
+        for service_id, service in services.items():
+            response = self.http.get(f"/v1/catalog/service/{service['Service']}")
+            response.raise_for_status()
+            entry = {e["ServiceID"]: e for e in response.json()}.get(service_id)
+            if entry is None or (entry["ServicePort"], entry["ServiceTags"], entry["ServiceMeta"]) != (
+                    service["Port"], service["Tags"], service["Meta"]):
+                return False
+        return True
+
 
 @pytest.fixture
 def consul_api() -> Iterator[Consul]:

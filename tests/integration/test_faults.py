@@ -19,18 +19,6 @@ def ids(api, hostname) -> set[str]:
     return set(api.services_of(hostname))
 
 
-def in_catalog(api, services: dict) -> bool:
-    """The agent's records as its anti-entropy wrote them to the catalog (asynchronously, after the agent)."""
-    for service_id, service in services.items():
-        response = api.http.get(f"/v1/catalog/service/{service['Service']}")
-        response.raise_for_status()
-        entry = {e["ServiceID"]: e for e in response.json()}.get(service_id)
-        if entry is None or (entry["ServicePort"], entry["ServiceTags"], entry["ServiceMeta"]) != (
-                service["Port"], service["Tags"], service["Meta"]):
-            return False
-    return True
-
-
 def test_in_sync_resync_writes_nothing(own_agent, start_daemon, run_container, hostname):
     agent = own_agent()
     api = agent.api()
@@ -42,7 +30,7 @@ def test_in_sync_resync_writes_nothing(own_agent, start_daemon, run_container, h
     # Let the agent settle first: a check turning passing is a write of the agent's own.
     wait_until(lambda: api.check_status(f"service:{hostname}:{web.name}:80:tcp") == "passing", message="settled")
     daemon.wait_log("full pass done")
-    wait_until(lambda: (services := api.services_of(hostname)) and len(services) == 3 and in_catalog(api, services),
+    wait_until(lambda: (services := api.services_of(hostname)) and len(services) == 3 and api.in_catalog(services),
                message="the 3 services synced to the catalog")
     index = api.catalog_index()
     register_calls = agent.log().count("/v1/agent/service/register")

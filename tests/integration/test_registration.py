@@ -24,18 +24,6 @@ def wait_services(consul_api, hostname, count, timeout=20.0):
                       timeout, message=f"{count} services of {hostname}")
 
 
-def in_catalog(consul_api, services: dict) -> bool:
-    """The agent's records as its anti-entropy wrote them to the catalog (asynchronously, after the agent)."""
-    for service_id, service in services.items():
-        response = consul_api.http.get(f"/v1/catalog/service/{service['Service']}")
-        response.raise_for_status()
-        entry = {e["ServiceID"]: e for e in response.json()}.get(service_id)
-        if entry is None or (entry["ServicePort"], entry["ServiceTags"], entry["ServiceMeta"]) != (
-                service["Port"], service["Tags"], service["Meta"]):
-            return False
-    return True
-
-
 def test_single_port_default(start_daemon, run_container, consul_api, hostname):
     start_daemon("-ip", HOST_IP)
     web = run_container("httpd -f -p 80 -h /www", ports={"80/tcp": None})
@@ -171,7 +159,7 @@ def test_daemon_restart_leaves_no_duplicates(start_daemon, run_container, consul
     first = wait_services(consul_api, hostname, 2)
     assert daemon.stop() == 0
     assert consul_api.services_of(hostname) == first  # a daemon restart is not an outage
-    wait_until(lambda: in_catalog(consul_api, first), message="the first daemon's records synced to the catalog")
+    wait_until(lambda: consul_api.in_catalog(first), message="the first daemon's records synced to the catalog")
     index = consul_api.catalog_index()
     second = start_daemon("-ip", HOST_IP)
     second.wait_log("full pass done")

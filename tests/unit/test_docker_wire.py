@@ -5,6 +5,7 @@ events around it still arrive, however the stream is cut."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -99,27 +100,16 @@ def event(action: str, container: str, label: str = "") -> bytes:
 def test_an_event_over_its_limit_asks_for_a_full_pass_and_the_stream_goes_on(source) -> None:
     events = [event("start", "a"), event("start", "huge", "x" * MAX_EVENT_BYTES), event("die", "b")]
     docker = source(lambda request: chunked(*events))
-    posted: list[Hint] = []
-    got_three = threading.Event()
-
-    def post(hint: Hint) -> None:
-        posted.append(hint)
-        if len(posted) >= 3:
-            got_three.set()
-    stop = threading.Event()
-    reader = docker.follow_events(post, stop, retry_interval=0.05)
-    try:
-        assert got_three.wait(10), posted
-    finally:
-        stop.set()
-        reader.join(10)
+    with following(docker, 3) as posted:
+        pass
     # whose the skipped event was is unknown: every container is looked at again
     assert [(h.action, h.container_id) for h in posted[:3]] == [("start", "a"), (EVENT_SKIPPED, ""), ("die", "b")]
 
 
-def follow(docker: DockerSource, until: int) -> tuple[list[Hint], threading.Event, threading.Thread,
-                                                     threading.Event]:
-    """Start the reader: (what it posted, its stop, its thread, set once `until` hints arrived)."""
+@contextlib.contextmanager
+def following(docker: DockerSource, until: int) -> Iterator[list[Hint]]:
+    """The reader started (follow_events has returned): what it posts, until `until`
+    hints arrived after the block; then it is stopped."""
     posted: list[Hint] = []
     enough = threading.Event()
 
@@ -128,7 +118,13 @@ def follow(docker: DockerSource, until: int) -> tuple[list[Hint], threading.Even
         if len(posted) >= until:
             enough.set()
     stop = threading.Event()
-    return posted, stop, docker.follow_events(post, stop, retry_interval=0.05), enough
+    reader = docker.follow_events(post, stop, retry_interval=0.05)
+    try:
+        yield posted
+        assert enough.wait(10), posted
+    finally:
+        stop.set()
+        reader.join(10)
 
 
 def first_line(request: bytes) -> str:
@@ -148,14 +144,8 @@ def test_the_start_waits_for_the_event_subscription_which_replays_the_last_secon
         return chunked(event("start", "a"))
     docker = source(reply)
     began, wall = time.monotonic(), time.time()
-    posted, stop, reader, enough = follow(docker, 1)
-    took = time.monotonic() - began
-    try:
-        assert took >= 0.3  # it waited for the answer's head
-        assert enough.wait(10), posted
-    finally:
-        stop.set()
-        reader.join(10)
+    with following(docker, 1) as posted:
+        assert time.monotonic() - began >= 0.3  # it waited for the answer's head
     since = float(urllib.parse.parse_qs(urllib.parse.urlsplit(lines[0].split()[1]).query)["since"][0])
     assert wall - 3 < since <= wall - 1 + 0.01
     assert [(h.action, h.container_id) for h in posted[:1]] == [("start", "a")]  # no full pass asked first
@@ -167,12 +157,8 @@ def test_a_first_subscription_that_failed_is_made_by_the_reader_with_a_full_pass
     def reply(request: bytes) -> bytes:
         return next(answers, chunked(event("start", "a")))
     docker = source(reply)
-    posted, stop, reader, enough = follow(docker, 2)
-    try:
-        assert enough.wait(10), posted
-    finally:
-        stop.set()
-        reader.join(10)
+    with following(docker, 2) as posted:
+        pass
     # the listing may have run before this subscription: it asks for another
     assert [(h.action, h.container_id) for h in posted[:2]] == [(DOCKER_RECONNECTED, ""), ("start", "a")]
 
@@ -189,14 +175,9 @@ def test_a_dockerd_that_does_not_answer_the_subscription_holds_the_start_only_so
         answered.append(True)
         return chunked(event("start", "a"))
     docker = source(reply)
-    posted, stop, reader, enough = follow(docker, 2)  # returns: the caller goes on to list
-    assert not answered  # it went on before dockerd answered
-    release.set()
-    try:
-        assert enough.wait(10), posted
-    finally:
-        stop.set()
-        reader.join(10)
+    with following(docker, 2) as posted:  # follow_events returned: the caller goes on to list
+        assert not answered  # it went on before dockerd answered
+        release.set()
     assert [(h.action, h.container_id) for h in posted[:2]] == [(DOCKER_RECONNECTED, ""), ("start", "a")]
 
 
