@@ -1,11 +1,13 @@
 """The container image, run as registrator's users run it:
 `docker run -d --net=host -v /var/run/docker.sock:/tmp/docker.sock consul-reg consul://localhost:8500`,
+and hardened (`--read-only --cap-drop ALL --security-opt no-new-privileges`),
 against the shared test agent, with --hostname of the test's own."""
 
 from __future__ import annotations
 
 import os
 import subprocess
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -45,6 +47,15 @@ def logs(name: str) -> str:
     return docker_cli("logs", name).stderr
 
 
+HARDENED = ("--read-only", "--cap-drop", "ALL", "--security-opt", "no-new-privileges")
+# What `docker diff` shows of a container that wrote nothing: the socket's mount point.
+MOUNT_POINT_ONLY = ["A /tmp/docker.sock", "C /tmp"]
+
+
+def written(name: str) -> list[str]:
+    return sorted(docker_cli("diff", name).stdout.splitlines())
+
+
 def test_image_registers_containers_not_itself_and_stops_cleanly(image_daemon, run_container, consul_api,
                                                                   hostname):
     # SERVICE_NAME on the daemon's own container: only the image's SERVICE_IGNORE label keeps it out.
@@ -77,6 +88,56 @@ def test_image_registers_containers_not_itself_and_stops_cleanly(image_daemon, r
     assert state == ["0", "false"], state  # a clean exit, not the SIGKILL after the timeout (137)
     assert logs(daemon).rstrip().endswith("stopped")
     assert {web_id, worker_id} <= set(consul_api.services_of(hostname))  # a restart is not an outage
+    assert written(daemon) == MOUNT_POINT_ONLY  # no bytecode, no log or temp file: a read-only root suffices
+
+
+def test_image_hardened_needs_no_capability_and_no_writable_root(image_daemon, run_container, consul_api,
+                                                                hostname):
+    """The documented hardened run: a read-only root (no tmpfs), no capability, no new
+    privileges. It registers, runs its own exec and heartbeat checks, drains and
+    deregisters as the plain run does."""
+    daemon = image_daemon("--exec-checks", "daemon", docker_args=HARDENED)
+    wait_until(lambda: "connected: docker unix:///tmp/docker.sock" in logs(daemon), timeout=30,
+               message="the hardened daemon connected through /tmp/docker.sock")
+    host_config = docker_cli("inspect", "-f", "{{json .HostConfig}}", daemon).stdout
+    assert '"ReadonlyRootfs":true' in host_config and '"CapDrop":["ALL"]' in host_config \
+        and "no-new-privileges" in host_config, host_config
+    status = dict(line.split(":\t", 1) for line in
+                  docker_cli("exec", daemon, "cat", "/proc/1/status").stdout.splitlines() if ":\t" in line)
+    assert [status[k].strip() for k in ("CapPrm", "CapEff", "CapBnd", "NoNewPrivs")] == \
+        ["0000000000000000"] * 3 + ["1"], status
+
+    # busybox httpd as PID 1 ignores SIGTERM: `docker stop` waits (the drain is seen), the test kills it.
+    web = run_container("httpd -f -p 8080 -h /www", ports={"8080/tcp": None}, stop_signal="SIGTERM",
+                        labels={"SERVICE_NAME": "hard-web", "SERVICE_CHECK_DOCKER": "echo all good"})
+    worker = run_container(labels={"SERVICE_NAME": "hard-jobs", "SERVICE_HEARTBEAT_TTL": "3s"})
+    web_id, worker_id = f"{hostname}:{web.name}:8080", f"{hostname}:{worker.name}"
+    exec_check = wait_until(lambda: (c := consul_api.checks_of(web_id).get(f"service:{web_id}:docker"))
+                            and c["Status"] == "passing" and c, timeout=30,
+                            message="the daemon's exec check passing")
+    assert "all good" in exec_check["Output"]
+    assert consul_api.services_of(hostname)[web_id]["Port"] == host_port(web, "8080/tcp")
+    wait_until(lambda: consul_api.check_status(f"service:{worker_id}:heartbeat") == "passing", timeout=30,
+               message="the daemon's heartbeat passing")
+
+    stopper = threading.Thread(target=web.stop, kwargs={"timeout": 60})
+    stopper.start()
+    try:
+        drained = wait_until(lambda: (m := consul_api.http.get("/v1/agent/checks").json()
+                                      .get(f"_service_maintenance:{web_id}")) and m, timeout=30,
+                             message="in maintenance while stopping")
+        assert drained["Notes"].startswith("consul-reg: draining")
+        web.kill()
+        wait_until(lambda: web_id not in consul_api.services(), timeout=15, message="deregistered after death")
+    finally:
+        stopper.join()
+    assert worker_id in consul_api.services_of(hostname)
+    assert docker_cli("stop", "-t", "10", daemon, timeout=30).returncode == 0
+    assert docker_cli("inspect", "-f", "{{.State.ExitCode}}", daemon).stdout.strip() == "0"
+    log = logs(daemon)
+    for trouble in ("Read-only file system", "Permission denied", "Operation not permitted", "Traceback"):
+        assert trouble not in log, log[-3000:]
+    assert written(daemon) == MOUNT_POINT_ONLY
 
 
 def test_image_holds_probes_and_no_build_tools(consul_reg_image, docker_client, tmp_path: Path):
