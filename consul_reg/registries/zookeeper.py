@@ -172,7 +172,7 @@ class ZooKeeperRegistry:
             if self._is_session_loss(error):
                 raise RegistryUnavailable(f"{self.description}: {type(error).__name__}: {error}") from None
             raise RegistryError(f"{self.description}: {self.basepath} cannot be listed: "
-                                f"{_cause(error, self.basepath)}") from None
+                                f"{_cause(error, self.basepath, self.basepath)}") from None
         for name in names:
             for node in self._children(f"{self.basepath}/{name}"):
                 path = f"{self.basepath}/{name}/{node}"
@@ -197,7 +197,7 @@ class ZooKeeperRegistry:
             if self._is_session_loss(error):
                 raise RegistryUnavailable(f"{self.description}: {type(error).__name__}: {error}") from None
             if not isinstance(error, NoNodeError):
-                logger.debug("{}: {} not listed: {}", self.description, path, _cause(error, path))
+                logger.debug("{}: {} not listed: {}", self.description, path, _cause(error, path, path))
             return []
 
     def _read(self, path: str) -> tuple[bytes, ZnodeStat] | None:
@@ -264,11 +264,12 @@ class ZooKeeperRegistry:
             pass
 
 
-def _cause(error: BaseException, path: str) -> str:
-    """Why ZooKeeper refused one node, for a log line (kazoo's own messages are empty)."""
+def _cause(error: BaseException, path: str, acl_of: str = "") -> str:
+    """Why ZooKeeper refused `path`, for a log line (kazoo's own messages are empty).
+    `acl_of`: the node(s) whose ACL decided (by default the parent's or the node's)."""
     parent = path.rsplit("/", 1)[0] or "/"
     if isinstance(error, NoAuthError):
-        return f"NoAuthError: an ACL that is not this daemon's (on {parent} or on the node) does not allow it"
+        return f"NoAuthError: the ACL of {acl_of or parent + ' or of the node'} (not this daemon's) does not allow it"
     if isinstance(error, NoChildrenForEphemeralsError):
         return (f"NoChildrenForEphemeralsError: {parent} is an ephemeral node (another session's), "
                 "which cannot have children")
