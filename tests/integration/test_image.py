@@ -5,7 +5,9 @@ against the shared test agent, with --hostname of the test's own."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import threading
 import time
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import IMAGE, RUN_ID, TEST_LABEL, host_port, wait_until
+from tests.integration.conftest import IMAGE, ROOT, RUN_ID, TEST_LABEL, host_port, wait_until
 from tests.integration.image_build import consul_reg_image  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.integration
@@ -163,3 +165,20 @@ def test_image_holds_probes_and_no_build_tools(consul_reg_image, docker_client, 
         assert missing.returncode == 2, missing.stdout + missing.stderr
     finally:
         docker_client.images.remove(tag, force=True)
+
+
+def test_image_base_is_pinned_and_recorded(consul_reg_image):
+    """The Dockerfile's default base is a Python patch release on a Debian suite, by digest;
+    the offline base is bookworm with Python 3.11 (the default's minor), and the image
+    records what it was built on."""
+    default = re.search(r"^ARG BASE=(\S+)$", (ROOT / "Dockerfile").read_text(), re.MULTILINE)
+    assert default and re.fullmatch(r"python:3\.11\.\d+-slim-bookworm@sha256:[0-9a-f]{64}", default[1]), default
+    labels = json.loads(docker_cli("image", "inspect", "-f", "{{json .Config.Labels}}", consul_reg_image).stdout)
+    base = os.environ.get("CONSUL_REG_BASE_IMAGE", "consul-reg-base/bookworm-python3.11:latest")
+    assert labels["org.opencontainers.image.base.name"] == base, labels
+    assert labels["consul-reg.base.suite"] == "bookworm" and labels["consul-reg.base.debian-version"].startswith("12.")
+    assert labels["consul-reg.base.python"].startswith("python3.11="), labels
+    assert re.fullmatch(r"[0-9a-f]{64}", labels["consul-reg.base.release-sha256"]), labels
+    ran = docker_cli("run", "--rm", "--network", "none", "--entrypoint", "python3", consul_reg_image, "-c",
+                     "import sys; print('%d.%d' % sys.version_info[:2])")
+    assert ran.stdout.strip() == "3.11", ran.stdout + ran.stderr
