@@ -6,7 +6,9 @@ thread with the same plan as the primary (desired against what it holds
 under its prefix, minimal writes, only its own keys written or removed), so
 a mirror that is down or slow never delays the primary or the others.
 Offers are numbered: one that arrives while the worker is writing is applied
-right after that write, never lost.
+right after that write, never lost. A record the registry refuses on its own
+(a ZooKeeper node under someone else's ACL) costs that record only: warned
+once per record and cause, tried again quietly every REFUSED_RETRY_SECONDS.
 """
 
 from __future__ import annotations
@@ -218,7 +220,7 @@ class MirrorWorker:
             self._actual.pop(gone.id, None)
             self._refused.pop(gone.id, None)
         self._note_refused(contested.refused)
-        if len(result.failed) > len(contested.refused):
+        if len(result.failed) > contested.refusals:
             self._actual = None  # relist at the next step: a refused write may mean someone else holds it
         if contested.keys:  # taken by another host since the listing: apply warned; looked at again later
             self._blocked.update(dict.fromkeys(contested.keys, "warned"))
@@ -289,6 +291,7 @@ class _Contested:
         self.description = registry.description
         self.keys: list[str] = []
         self.refused: dict[str, _Refusal] = {}
+        self.refusals = 0  # calls refused (two services may share a node)
 
     def services(self) -> dict[str, RegisteredService]:
         return self._registry.services()
@@ -301,6 +304,7 @@ class _Contested:
             raise
         except RegistryRefused as error:
             self.refused[self._registry.key_of(service)] = _Refusal(self._registry.digest_of(service), error.cause)
+            self.refusals += 1
             raise
 
     def deregister(self, service: RegisteredService) -> None:
@@ -308,6 +312,7 @@ class _Contested:
             self._registry.deregister(service)
         except RegistryRefused as error:
             self.refused[service.id] = _Refusal(None, error.cause)
+            self.refusals += 1
             raise
 
     def close(self) -> None:

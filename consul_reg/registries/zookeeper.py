@@ -2,7 +2,10 @@
 an ephemeral znode holding registrator's JSON (Name, IP, PublicPort,
 PrivatePort, ContainerID, Tags, Attrs). Nodes of this daemon's session are
 its own and no other node is ever changed or deleted; after a session loss
-its nodes are gone and the worker, told at once, creates them again."""
+its nodes are gone and the worker, told at once, creates them again.
+Only a lost connection or session makes the mirror unavailable; a node the
+server refuses (someone else's ACL on `/services/<name>`, an ephemeral parent)
+is that node's error (RegistryRefused), and the other nodes are written."""
 
 from __future__ import annotations
 
@@ -169,8 +172,7 @@ class ZooKeeperRegistry:
         try:
             names = self._client.get_children(self.basepath) if self._client.exists(self.basepath) else []
         except ZK_ERRORS as error:
-            if self._is_session_loss(error):
-                raise RegistryUnavailable(f"{self.description}: {type(error).__name__}: {error}") from None
+            self._raise_if_lost(error)
             raise RegistryError(f"{self.description}: {self.basepath} cannot be listed: "
                                 f"{_cause(error, self.basepath, self.basepath)}") from None
         for name in names:
@@ -194,8 +196,7 @@ class ZooKeeperRegistry:
         try:
             return list(self._client.get_children(path))
         except ZK_ERRORS as error:
-            if self._is_session_loss(error):
-                raise RegistryUnavailable(f"{self.description}: {type(error).__name__}: {error}") from None
+            self._raise_if_lost(error)
             if not isinstance(error, NoNodeError):
                 logger.debug("{}: {} not listed: {}", self.description, path, _cause(error, path, path))
             return []
@@ -210,8 +211,7 @@ class ZooKeeperRegistry:
                 stat = self._client.exists(path)
                 return None if stat is None else (b"", stat)
         except ZK_ERRORS as error:
-            if self._is_session_loss(error):
-                raise RegistryUnavailable(f"{self.description}: {type(error).__name__}: {error}") from None
+            self._raise_if_lost(error)
             return None
 
     def register(self, service: Service) -> None:
@@ -243,12 +243,13 @@ class ZooKeeperRegistry:
         except ZK_ERRORS as error:
             raise self._failure(error, service.id) from None
 
-    def _is_session_loss(self, error: BaseException) -> bool:
-        return isinstance(error, SESSION_ERRORS) or not self._client.connected
+    def _raise_if_lost(self, error: BaseException) -> None:
+        """The mirror is down only when the connection or the session is lost."""
+        if isinstance(error, SESSION_ERRORS) or not self._client.connected:
+            raise RegistryUnavailable(f"{self.description}: {type(error).__name__}: {error}") from None
 
     def _failure(self, error: BaseException, path: str) -> RegistryError:
-        if self._is_session_loss(error):
-            return RegistryUnavailable(f"{self.description}: {type(error).__name__}: {error}")
+        self._raise_if_lost(error)
         return RegistryRefused(path, _cause(error, path))
 
     def remove_all(self) -> None:
