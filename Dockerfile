@@ -1,9 +1,17 @@
 # consul-reg as a container image, run as registrator was:
 #   docker build -t consul-reg .
 #   docker run -d --name consul-reg --net=host -v /var/run/docker.sock:/tmp/docker.sock consul-reg consul://localhost:8500
+# Hardened, the documented way (no capability, a read-only root, nothing written):
+#   docker run -d --name consul-reg --net=host --read-only --cap-drop ALL --security-opt no-new-privileges \
+#     -v /var/run/docker.sock:/tmp/docker.sock consul-reg consul://localhost:8500
+# The Docker socket is root on the host whatever the user inside: these flags
+# bound what a flaw in the daemon could do to the container itself, not that.
 # Offline (no registry, no PyPI): scripts/build-image.sh builds a local base
 # (BASE) and puts the wheels of the package and its dependencies in wheels/.
-ARG BASE=python:3.11-slim
+# The default base, pinned: Python 3.11.13 on Debian 12 (bookworm), by the digest
+# of its multi-platform index. To move it: pick the tag, then
+#   docker buildx imagetools inspect python:3.11.N-slim-bookworm   (its Digest)
+ARG BASE=python:3.11.13-slim-bookworm@sha256:86adf8dbadc3d6e82ee5dd2c74bec2e1c2467cdad47886280501df722372d2e1
 
 # Stage 1: wheels for the package and every dependency, installed into a venv.
 FROM ${BASE} AS build
@@ -24,13 +32,17 @@ RUN set -eu; \
 
 # Stage 2: the base plus the venv; no compiler, no wheels, no pip.
 FROM ${BASE}
+ARG BASE
 # The probes land in /opt/consul-reg/checks, for other images:
 #   COPY --from=consul-reg /opt/consul-reg/checks/ /checks/
 COPY --from=build /opt/consul-reg /opt/consul-reg
+# Nothing is written at run time: the bytecode was compiled at build time, and the
+# daemon logs to stderr only and makes no files (a read-only root needs no tmpfs).
 ENV PATH=/opt/consul-reg/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-    PYTHONUNBUFFERED=1
+    PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 # Its own container is never registered, whatever env it is given (a label wins over env).
 LABEL SERVICE_IGNORE=true \
+      org.opencontainers.image.base.name="${BASE}" \
       org.opencontainers.image.title=consul-reg \
       org.opencontainers.image.description="Registers Docker containers' services in the local Consul agent"
 STOPSIGNAL SIGTERM

@@ -6,13 +6,16 @@ thread with the same plan as the primary (desired against what it holds
 under its prefix, minimal writes, only its own keys written or removed), so
 a mirror that is down or slow never delays the primary or the others.
 Offers are numbered: one that arrives while the worker is writing is applied
-right after that write, never lost.
+right after that write, never lost. A record the registry refuses on its own
+(a ZooKeeper node under someone else's ACL) costs that record only: warned
+once per record and cause, tried again quietly every REFUSED_RETRY_SECONDS.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 
 from loguru import logger
 
@@ -21,12 +24,13 @@ from consul_reg.metrics import Metrics
 from consul_reg.model import MARKER_DIGEST_KEY, owner_meta
 from consul_reg.model import RegisteredService, Service
 from consul_reg.reconcile import Plan, apply, plan
-from consul_reg.registries.base import MirrorRegistry, RegistryError, RegistryNotOurs
+from consul_reg.registries.base import MirrorRegistry, RegistryError, RegistryNotOurs, RegistryRefused
 from consul_reg.registries.keys import HOLDER_KEY
 from consul_reg.snapshot import Snapshot
 
 MAX_BACKOFF_SECONDS = 2.0  # a mirror that comes back converges within seconds
 BLOCKED_RETRY_SECONDS = 5.0  # keys held by someone else (an old session, lease) are looked at again
+REFUSED_RETRY_SECONDS = 30.0  # a node the registry refused (someone else's ACL) is tried again, quietly
 STOP_DEADLINE_SECONDS = 5.0
 WATCH_UP_SECONDS, WATCH_DOWN_SECONDS = 2.0, 0.5  # how often a registry's identity is looked at
 
@@ -52,6 +56,8 @@ class MirrorWorker:
         self._actual: dict[str, RegisteredService] | None = None
         self._skipped: dict[str, str] = {}  # service ID -> why this mirror cannot hold it (warned once)
         self._blocked: dict[str, str] = {}  # key -> warned
+        self._refused: dict[str, _Refusal] = {}  # key -> why the registry refused it (warned once per cause)
+        self._refused_retry_at: float | None = None
         self._thread = threading.Thread(target=self._run, name=f"mirror {registry.description}", daemon=True)
 
     def start(self) -> None:
@@ -123,6 +129,8 @@ class MirrorWorker:
         waits = [self.registry.seconds_until_maintenance()]
         if self._blocked_since is not None:
             waits.append(self._blocked_since + BLOCKED_RETRY_SECONDS - now)
+        if self._refused_retry_at is not None:
+            waits.append(self._refused_retry_at - now)
         return max(0.0, min(waits))
 
     def _run(self) -> None:
@@ -179,13 +187,26 @@ class MirrorWorker:
                 continue
             wanted[service_id] = service
         self._skipped = {k: v for k, v in self._skipped.items() if k in snapshot.desired}
+        retrying = self._refused_retry_at is not None and self._clock() >= self._refused_retry_at
         todo = plan(wanted, self._actual, self.hostname, key_of=self.registry.key_of,
-                    digest_of=self.registry.digest_of)
+                    digest_of=self.registry.digest_of, skip_register={} if retrying else self._skip(wanted))
         protected = {self.registry.key_of(service) for service in snapshot.kept}
+        if not retrying:
+            protected |= {key for key, refusal in self._refused.items() if refusal.digest is None}
         todo = Plan(todo.register, tuple(r for r in todo.deregister if r.id not in protected), todo.blocked)
         self._note_blocked(todo)
-        if not todo:
-            return
+        self._forget_refusals(wanted)
+        if retrying:
+            self._refused_retry_at = None
+        if todo:
+            self._apply(todo)
+        if self._refused and self._refused_retry_at is None:
+            self._refused_retry_at = self._clock() + REFUSED_RETRY_SECONDS
+        elif not self._refused:
+            self._refused_retry_at = None
+
+    def _apply(self, todo: Plan) -> None:
+        assert self._actual is not None
         contested = _Contested(self.registry)
         result = apply(todo, contested, self.registry.description)
         self.metrics.applied(self.registry.description, len(result.registered), len(result.deregistered),
@@ -194,15 +215,47 @@ class MirrorWorker:
             key = self.registry.key_of(service)
             self._actual[key] = RegisteredService(id=key, name=service.name, meta={
                 **owner_meta(self.hostname), MARKER_DIGEST_KEY: self.registry.digest_of(service)})
+            self._refused.pop(key, None)
         for gone in result.deregistered:
             self._actual.pop(gone.id, None)
-        if result.failed:
+            self._refused.pop(gone.id, None)
+        self._note_refused(contested.refused)
+        if len(result.failed) > contested.refusals:
             self._actual = None  # relist at the next step: a refused write may mean someone else holds it
         if contested.keys:  # taken by another host since the listing: apply warned; looked at again later
             self._blocked.update(dict.fromkeys(contested.keys, "warned"))
             self._blocked_since = self._clock()
         if result.unavailable:
             raise RegistryError(result.unavailable)
+
+    def _skip(self, wanted: dict[str, Service]) -> dict[str, str]:
+        """Services whose node the registry refused as they are now: not tried again
+        before REFUSED_RETRY_SECONDS, unless their record changed."""
+        skip = {}
+        for service_id, service in wanted.items():
+            refusal = self._refused.get(self.registry.key_of(service))
+            if refusal is not None and refusal.digest is not None:
+                skip[service_id] = refusal.digest
+        return skip
+
+    def _note_refused(self, refused: dict[str, _Refusal]) -> None:
+        """One warning per node and cause: the same refusal at each retry is not repeated."""
+        for key, refusal in refused.items():
+            known = self._refused.get(key)
+            if known is None or known.cause != refusal.cause:
+                if refusal.digest is None:
+                    logger.warning("{}: {} could not be removed: {}; tried again every {:g}s",
+                                   self.registry.description, key, refusal.cause, REFUSED_RETRY_SECONDS)
+                else:
+                    logger.warning("{}: {} not written: {}; the other nodes are, and it is tried again every {:g}s",
+                                   self.registry.description, key, refusal.cause, REFUSED_RETRY_SECONDS)
+            self._refused[key] = refusal
+
+    def _forget_refusals(self, wanted: dict[str, Service]) -> None:
+        """A refusal is kept while its service is wanted, or while the node it could not
+        remove is still listed as ours."""
+        keys = {self.registry.key_of(service) for service in wanted.values()} | set(self._actual or ())
+        self._refused = {key: refusal for key, refusal in self._refused.items() if key in keys}
 
     def _note_blocked(self, todo: Plan) -> None:
         keys = {self.registry.key_of(service): current for service, current in todo.blocked}
@@ -222,14 +275,23 @@ class MirrorWorker:
             logger.error("could not remove this daemon's records from {}: {}", self.registry.description, error)
 
 
+@dataclass(frozen=True)
+class _Refusal:
+    digest: str | None  # what was refused: this record (its digest), or None: the node's removal
+    cause: str
+
+
 class _Contested:
     """The registry as `apply` sees it, noting the keys a write found held by
-    someone else (taken since the listing the plan was made from)."""
+    someone else (taken since the listing the plan was made from), and the
+    nodes it refused."""
 
     def __init__(self, registry: MirrorRegistry) -> None:
         self._registry = registry
         self.description = registry.description
         self.keys: list[str] = []
+        self.refused: dict[str, _Refusal] = {}
+        self.refusals = 0  # calls refused (two services may share a node)
 
     def services(self) -> dict[str, RegisteredService]:
         return self._registry.services()
@@ -240,9 +302,18 @@ class _Contested:
         except RegistryNotOurs:
             self.keys.append(self._registry.key_of(service))
             raise
+        except RegistryRefused as error:
+            self.refused[self._registry.key_of(service)] = _Refusal(self._registry.digest_of(service), error.cause)
+            self.refusals += 1
+            raise
 
     def deregister(self, service: RegisteredService) -> None:
-        self._registry.deregister(service)
+        try:
+            self._registry.deregister(service)
+        except RegistryRefused as error:
+            self.refused[service.id] = _Refusal(None, error.cause)
+            self.refusals += 1
+            raise
 
     def close(self) -> None:
         self._registry.close()

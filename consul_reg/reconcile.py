@@ -18,6 +18,7 @@ from consul_reg.registries.base import (
     Registry,
     RegistryError,
     RegistryNotOurs,
+    RegistryRefused,
     RegistryScriptsRefused,
     RegistryUnavailable,
 )
@@ -214,6 +215,9 @@ def apply(plan_to_apply: Plan, registry: Registry, where: str = "", pool: Execut
             result.scripts_refused = True
             result.failed.append((service.id, str(error)))
             continue
+        if isinstance(error, RegistryRefused):  # one record: its caller warns, once per record and cause
+            result.failed.append((service.id, str(error)))
+            continue
         if isinstance(error, RegistryNotOurs):
             log.warning("not registering {}{}: {}", service.id, suffix, error)
             result.failed.append((service.id, str(error)))
@@ -236,6 +240,9 @@ def apply(plan_to_apply: Plan, registry: Registry, where: str = "", pool: Execut
             continue
         if isinstance(error, RegistryUnavailable):
             result.unavailable = str(error)
+            continue
+        if isinstance(error, RegistryRefused):
+            result.failed.append((current.id, str(error)))
             continue
         if error is not None:
             log.error("could not deregister {}{}: {}", current.id, suffix, error)

@@ -5,11 +5,11 @@
 # repeated runs), built with --network none.
 # With a normal internet connection, `docker build -t consul-reg .` is enough.
 # Usage: scripts/build-image.sh [tag]   (default consul-reg:latest)
-# Env: CONSUL_REG_BASE_IMAGE (default consul-reg-base/bookworm-python:latest), PYTHON (runs pip).
+# Env: CONSUL_REG_BASE_IMAGE (default consul-reg-base/bookworm-python3.11:latest), PYTHON (runs pip).
 set -eu
 cd "$(dirname "$0")/.."
 tag="${1:-consul-reg:latest}"
-base="${CONSUL_REG_BASE_IMAGE:-consul-reg-base/bookworm-python:latest}"
+base="${CONSUL_REG_BASE_IMAGE:-consul-reg-base/bookworm-python3.11:latest}"
 python="${PYTHON:-}"
 [ -n "$python" ] || { [ -x .venv/bin/python ] && python=.venv/bin/python || python=python3; }
 

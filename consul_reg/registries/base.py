@@ -24,6 +24,16 @@ class RegistryScriptsRefused(RegistryError):
     """The registry refused a check that runs a command (Consul without enable_script_checks)."""
 
 
+class RegistryRefused(RegistryError):
+    """The registry refused this one record (an ACL not ours on it or on its parent, a
+    parent that cannot have children): the registry is up and the other records are
+    written. `apply` does not log it; its caller warns once per record and cause."""
+
+    def __init__(self, key: str, cause: str) -> None:
+        super().__init__(f"{key}: {cause}")
+        self.key, self.cause = key, cause
+
+
 class RegistryNotFound(RegistryError, LookupError):
     """The registry does not know the thing named (a check, a service, a key)."""
 

@@ -2,7 +2,10 @@
 an ephemeral znode holding registrator's JSON (Name, IP, PublicPort,
 PrivatePort, ContainerID, Tags, Attrs). Nodes of this daemon's session are
 its own and no other node is ever changed or deleted; after a session loss
-its nodes are gone and the worker, told at once, creates them again."""
+its nodes are gone and the worker, told at once, creates them again.
+Only a lost connection or session makes the mirror unavailable; a node the
+server refuses (someone else's ACL on `/services/<name>`, an ephemeral parent)
+is that node's error (RegistryRefused), and the other nodes are written."""
 
 from __future__ import annotations
 
@@ -12,13 +15,32 @@ import time
 from typing import Callable
 
 from kazoo.client import KazooClient, KazooState
-from kazoo.exceptions import BadVersionError, KazooException, NodeExistsError, NoNodeError
+from kazoo.exceptions import (
+    AuthFailedError,
+    BadVersionError,
+    ConnectionDropped,
+    ConnectionLoss,
+    KazooException,
+    NoAuthError,
+    NoChildrenForEphemeralsError,
+    NodeExistsError,
+    NoNodeError,
+    NotReadOnlyCallError,
+    OperationTimeoutError,
+    RequestTimeoutError,
+    SessionExpiredError,
+    SessionMovedError,
+    ThrottledOpError,
+    UnknownSessionError,
+    ZookeeperStoppedError,
+)
 from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.protocol.states import ZnodeStat
 from loguru import logger
 
 from consul_reg.model import MARKER_DIGEST_KEY, owner_meta
 from consul_reg.model import RegisteredService, Service
-from consul_reg.registries.base import RegistryError, RegistryNotOurs, RegistryUnavailable
+from consul_reg.registries.base import RegistryError, RegistryNotOurs, RegistryRefused, RegistryUnavailable
 from consul_reg.registries.keys import HOLDER_KEY, child_key, segment_problem
 
 SESSION_TIMEOUT_SECONDS = 10.0
@@ -27,6 +49,12 @@ SESSION_TIMEOUT_SECONDS = 10.0
 # client that saw newer transactions, forever; a fresh client is accepted.
 FRESH_SESSION_AFTER_SECONDS = 2.0
 ZK_ERRORS = (KazooTimeoutError, KazooException)
+# The connection or the session is lost, or the server takes no writes at all: the
+# mirror is down. Any other error names one node (someone else's ACL on it or on
+# its parent, an ephemeral parent): that node is refused, the others are written.
+SESSION_ERRORS = (KazooTimeoutError, ConnectionLoss, ConnectionDropped, SessionExpiredError, SessionMovedError,
+                  UnknownSessionError, AuthFailedError, OperationTimeoutError, RequestTimeoutError,
+                  ThrottledOpError, NotReadOnlyCallError, ZookeeperStoppedError)
 
 
 class ZooKeeperRegistry:
@@ -140,25 +168,51 @@ class ZooKeeperRegistry:
         self._ensure_started()
         self.session_lost.clear()
         session = self._session()
-        found = {}
+        found: dict[str, RegisteredService] = {}
         try:
             names = self._client.get_children(self.basepath) if self._client.exists(self.basepath) else []
-            for name in names:
-                for node in self._client.get_children(f"{self.basepath}/{name}"):
-                    path = f"{self.basepath}/{name}/{node}"
-                    try:
-                        data, stat = self._client.get(path)
-                    except NoNodeError:
-                        continue
-                    meta = {MARKER_DIGEST_KEY: data.decode("utf-8", "replace")}
-                    if session is not None and stat.ephemeralOwner == session:
-                        meta.update(owner_meta(self.hostname))
-                    else:
-                        meta[HOLDER_KEY] = _holder(stat.ephemeralOwner)
-                    found[path] = RegisteredService(id=path, name=name, meta=meta)
         except ZK_ERRORS as error:
-            raise RegistryUnavailable(f"{self.description}: {type(error).__name__}: {error}") from None
+            self._raise_if_lost(error)
+            raise RegistryError(f"{self.description}: {self.basepath} cannot be listed: "
+                                f"{_cause(error, self.basepath, self.basepath)}") from None
+        for name in names:
+            for node in self._children(f"{self.basepath}/{name}"):
+                path = f"{self.basepath}/{name}/{node}"
+                read = self._read(path)
+                if read is None:
+                    continue
+                data, stat = read
+                meta = {MARKER_DIGEST_KEY: data.decode("utf-8", "replace")}
+                if session is not None and stat.ephemeralOwner == session:
+                    meta.update(owner_meta(self.hostname))
+                else:
+                    meta[HOLDER_KEY] = _holder(stat.ephemeralOwner)
+                found[path] = RegisteredService(id=path, name=name, meta=meta)
         return found
+
+    def _children(self, path: str) -> list[str]:
+        """A service name's nodes; none when it went meanwhile or this daemon may not list it
+        (someone else's ACL): its nodes are then refused one by one when written."""
+        try:
+            return list(self._client.get_children(path))
+        except ZK_ERRORS as error:
+            self._raise_if_lost(error)
+            if not isinstance(error, NoNodeError):
+                logger.debug("{}: {} not listed: {}", self.description, path, _cause(error, path, path))
+            return []
+
+    def _read(self, path: str) -> tuple[bytes, ZnodeStat] | None:
+        """A node's data and stat; a node this daemon may not read is still known by its
+        stat (`exists` needs no permission), with no data: never taken for free."""
+        try:
+            try:
+                return self._client.get(path)
+            except NoAuthError:
+                stat = self._client.exists(path)
+                return None if stat is None else (b"", stat)
+        except ZK_ERRORS as error:
+            self._raise_if_lost(error)
+            return None
 
     def register(self, service: Service) -> None:
         self._ensure_started()
@@ -176,7 +230,7 @@ class ZooKeeperRegistry:
         except (BadVersionError, NoNodeError):
             raise RegistryNotOurs(f"{path} changed under this daemon while being written: left as it is") from None
         except ZK_ERRORS as error:
-            raise RegistryUnavailable(f"{self.description}: {type(error).__name__}: {error}") from None
+            raise self._failure(error, path) from None
 
     def deregister(self, service: RegisteredService) -> None:
         self._ensure_started()
@@ -187,7 +241,16 @@ class ZooKeeperRegistry:
         except NoNodeError:
             pass
         except ZK_ERRORS as error:
-            raise RegistryError(f"{self.description}: {type(error).__name__}: {error}") from None
+            raise self._failure(error, service.id) from None
+
+    def _raise_if_lost(self, error: BaseException) -> None:
+        """The mirror is down only when the connection or the session is lost."""
+        if isinstance(error, SESSION_ERRORS) or not self._client.connected:
+            raise RegistryUnavailable(f"{self.description}: {type(error).__name__}: {error}") from None
+
+    def _failure(self, error: BaseException, path: str) -> RegistryError:
+        self._raise_if_lost(error)
+        return RegistryRefused(path, _cause(error, path))
 
     def remove_all(self) -> None:
         """Ending the session removes every ephemeral node of ours at once."""
@@ -200,6 +263,18 @@ class ZooKeeperRegistry:
             self._client.close()
         except Exception:  # closing a client whose server is gone must not fail the shutdown
             pass
+
+
+def _cause(error: BaseException, path: str, acl_of: str = "") -> str:
+    """Why ZooKeeper refused `path`, for a log line (kazoo's own messages are empty).
+    `acl_of`: the node(s) whose ACL decided (by default the parent's or the node's)."""
+    parent = path.rsplit("/", 1)[0] or "/"
+    if isinstance(error, NoAuthError):
+        return f"NoAuthError: the ACL of {acl_of or parent + ' or of the node'} (not this daemon's) does not allow it"
+    if isinstance(error, NoChildrenForEphemeralsError):
+        return (f"NoChildrenForEphemeralsError: {parent} is an ephemeral node (another session's), "
+                "which cannot have children")
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
 
 
 def _holder(session: int) -> str:

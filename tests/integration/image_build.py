@@ -1,18 +1,20 @@
 """The consul-reg image, built once per test process by scripts/build-image.sh
 (the local base is cached between runs; only the thin top layers are rebuilt).
 A fixture imported into several modules is set up once per module, whatever
-its scope: the build itself is cached here."""
+its scope: the build itself is cached here. The tag is the checkout's own:
+two checkouts testing on one dockerd never run each other's image."""
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import subprocess
 
 import pytest
 
 from tests.integration.conftest import ROOT
 
-IMAGE_TAG = "consul-reg-test/consul-reg:latest"
+IMAGE_TAG = f"consul-reg-test/consul-reg:{hashlib.sha256(str(ROOT).encode()).hexdigest()[:12]}"
 
 
 @functools.cache

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import signal
 
+import httpx
 import pytest
+from kazoo.security import make_digest_acl
 
-from tests.integration.conftest import host_port, wait_until
+from tests.integration.conftest import free_port, host_port, wait_until
 from tests.integration.servers import Etcd, ZooKeeper
 
 pytestmark = pytest.mark.integration
@@ -215,6 +217,49 @@ def test_zookeeper_restarted_with_the_session_expired_gets_its_nodes_back(zookee
         wait_until(lambda: client.exists(path), timeout=5, message="znode back within 5 s")
         assert client.exists(path).ephemeralOwner != 0
     finally:
+        client.stop()
+
+
+def test_zookeeper_node_under_a_foreign_acl_costs_that_node_only(zookeeper, start_daemon, run_container, hostname):
+    """Someone else's ACL on /services/payments (digest auth, set before the daemon writes):
+    the refused node is warned once and left; every other node is written, before it
+    and after it, and the mirror is reported up."""
+    owner = zookeeper.client()
+    owner.add_auth("digest", "other-tenant:secret")
+    foreign_acl = [make_digest_acl("other-tenant", "secret", all=True)]
+    owner.ensure_path("/services")  # open, as the daemon would make it
+    owner.create("/services/payments", b"not consul-reg's", acl=foreign_acl)
+    client = zookeeper.client()
+    status = f"127.0.0.1:{free_port()}"
+    daemon = start_daemon("-ip", HOST_IP, "-retry-interval", "200", "--status-addr", status,
+                          "consul://127.0.0.1:8500", f"{zookeeper.uri_base}/services")
+    try:
+        # The refused service comes first: nothing planned after it may be lost.
+        payments = run_container(ports={"80/tcp": None}, labels={"SERVICE_NAME": "payments"})
+        refused = f"/services/payments/{HOST_IP}:{host_port(payments, '80/tcp')}"
+        daemon.wait_log(f"{refused} not written: NoAuthError")
+        web = run_container(ports={"80/tcp": None}, labels={"SERVICE_NAME": "web"})
+        api = run_container(ports={"81/tcp": None}, labels={"SERVICE_NAME": "api"})
+        written = [f"/services/web/{HOST_IP}:{host_port(web, '80/tcp')}",
+                   f"/services/api/{HOST_IP}:{host_port(api, '81/tcp')}"]
+        wait_until(lambda: all(client.exists(path) for path in written), timeout=30,
+                   message="the other services' nodes written")
+        mirror = f"zookeeper 127.0.0.1:{zookeeper.port}/services"
+        assert httpx.get(f"http://{status}/health").json()["mirrors"] == {mirror: "up"}
+        # A later pass (one more container, then its removal) writes again, and warns no more.
+        marker = run_container(ports={"82/tcp": None}, labels={"SERVICE_NAME": "web"})
+        marker_path = f"/services/web/{HOST_IP}:{host_port(marker, '82/tcp')}"
+        wait_until(lambda: client.exists(marker_path), message="a later container's node written")
+        marker.remove(force=True)
+        wait_until(lambda: not client.exists(marker_path), message="and removed")
+        assert httpx.get(f"http://{status}/health").json()["mirrors"] == {mirror: "up"}
+        assert daemon.log().count(f"{refused} not written") == 1
+        assert f"mirror {mirror} is down" not in daemon.log()
+        assert owner.get_children("/services/payments") == []
+        assert owner.get("/services/payments")[0] == b"not consul-reg's"
+        assert owner.get_acls("/services/payments")[0] == foreign_acl
+    finally:
+        owner.stop()
         client.stop()
 
 
