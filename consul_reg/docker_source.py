@@ -6,7 +6,6 @@ subscriber that does not read within ~100 ms, so nothing slow runs there.
 
 from __future__ import annotations
 
-import codecs
 import hashlib
 import json
 import math
@@ -24,7 +23,8 @@ from consul_reg.backoff import Backoff
 from consul_reg.container_files import FileUnreadable  # noqa: F401  (raised by read_file)
 from consul_reg.http_pool import TRANSPORT_ERRORS, BodyTooLarge, ConnectionPool, PoolTimeout
 from consul_reg.liveness import Liveness
-from consul_reg.router import CONTAINER_ACTIONS, DOCKER_RECONNECTED, EVENT_SKIPPED, KEPT_ATTRIBUTES, Hint
+from consul_reg.router import CONTAINER_ACTIONS, DOCKER_RECONNECTED, EVENT_FILTER_ACTIONS, EVENT_SKIPPED, \
+    KEPT_ATTRIBUTES, Hint
 
 # A fixed API version: "auto" would contact dockerd in the constructor, before
 # the daemon's retry loop. 1.41 is Docker 20.10's; newer engines still accept it.
@@ -134,8 +134,9 @@ class DockerSource:
         return [summary for summary in body if isinstance(summary, dict)]
 
     def event_filters(self) -> dict[str, list[str]]:
-        """The event stream's filters: container events of the containers --filter selects."""
-        return {"type": ["container"], **self.filters}
+        """The event stream's filters: the container events the daemon acts on (never a
+        HEALTHCHECK probe's exec_*), of the containers --filter selects."""
+        return {"type": ["container"], "event": list(EVENT_FILTER_ACTIONS), **self.filters}
 
     def inspect(self, container_id: str) -> dict[str, Any] | None:
         """The container's inspect data, or None when it no longer exists. Thread-safe."""
@@ -349,9 +350,12 @@ class _FirstSubscription:
 
 def _decoded_events(stream: Any) -> Iterator[Any]:
     try:
-        yield from _json_objects(SimpleNamespace(read1=stream.read_some))
+        yield from _json_lines(SimpleNamespace(read1=stream.read_some))
     finally:
         stream.close()
+
+
+_PODMAN_ACTIONS = {"remove": "destroy", "died": "die"}  # Podman's names (as filtered, or as sent)
 
 
 def hint_from_event(event: object) -> Hint | None:
@@ -360,7 +364,7 @@ def hint_from_event(event: object) -> Hint | None:
     action = str(event.get("Action") or event.get("status") or "")
     # health_status arrives as "health_status: healthy"; exec_* come from HEALTHCHECK probes.
     base_action = action.split(":", 1)[0].strip()
-    base_action = "destroy" if base_action == "remove" else base_action  # Podman's name for it
+    base_action = _PODMAN_ACTIONS.get(base_action, base_action)
     if base_action not in CONTAINER_ACTIONS:
         return None
     actor = event.get("Actor") if isinstance(event.get("Actor"), dict) else {}
@@ -413,53 +417,57 @@ class SkippedEvents:
         self._post(Hint("", EVENT_SKIPPED))
 
 
-OVERSIZED = object()  # yielded by _json_objects in place of an event over MAX_EVENT_BYTES
+OVERSIZED = object()  # yielded by _json_lines in place of an event over MAX_EVENT_BYTES
 
 
-def _json_objects(response: Any) -> Iterator[Any]:
-    """The JSON objects of a stream, however it is cut into chunks and lines. An
-    unfinished object is tried again only when a piece brings a `}` (a large
-    event arriving in many pieces is not parsed again at each). An object longer
-    than MAX_EVENT_BYTES is dropped up to the next newline (dockerd ends every event
-    with one; JSON text holds no raw newline) and OVERSIZED is yielded in its place;
-    a stream that ends inside one raises ValueError."""
-    decoder, text, at = json.JSONDecoder(), "", 0
-    utf8 = codecs.getincrementaldecoder("utf-8")("replace")
-    incomplete = skipping = False
+def _json_lines(response: Any) -> Iterator[Any]:
+    """The JSON values of a stream of lines (dockerd and Podman end every event with a
+    newline, and JSON text holds no raw one), however the stream is cut into chunks.
+    A line is decoded once, when its newline arrives: no byte is parsed twice, whatever
+    the event holds. A line over MAX_EVENT_BYTES is dropped as it arrives, never held
+    whole, and OVERSIZED yielded in its place; a stream that ends inside one, or a line
+    that is not JSON, raises ValueError (the reader reconnects and resyncs)."""
+    pending = bytearray()
+    skipping = False
     while data := response.read1(RECV_BYTES):
-        piece = utf8.decode(data)
-        if skipping:
-            newline = piece.find("\n")
-            if newline < 0:
-                continue
-            piece, skipping = piece[newline + 1:], False
-            yield OVERSIZED
-        text, at = text[at:] + piece, 0
-        if incomplete and "}" not in piece and len(text) <= MAX_EVENT_BYTES:
-            continue
-        incomplete = False
-        while True:
-            while at < len(text) and text[at] in " \t\r\n":
-                at += 1
-            if at == len(text):
-                break
-            began = at
-            try:
-                value, at = decoder.raw_decode(text, at)
-            except ValueError:  # unfinished: wait for more, within bounds
-                if len(text) - at <= MAX_EVENT_BYTES:
-                    incomplete = True
-                    break
-                newline = text.find("\n", at)
-                if newline < 0:
-                    text, at, skipping = "", 0, True
-                    break
+        start = 0
+        while (newline := data.find(b"\n", start)) >= 0:
+            if skipping or len(pending) + newline - start > MAX_EVENT_BYTES:
                 yield OVERSIZED
-                at = newline + 1
-                continue
-            yield value if at - began <= MAX_EVENT_BYTES else OVERSIZED  # whole in the piece that passed the bound
+            else:
+                pending += data[start:newline]
+                yield from _line_values(pending)
+            pending.clear()
+            skipping = False
+            start = newline + 1
+        if not skipping:
+            pending += data[start:]
+            if len(pending) > MAX_EVENT_BYTES:
+                pending.clear()
+                skipping = True
     if skipping:
         raise ValueError(f"an event longer than {MAX_EVENT_BYTES} bytes, and the stream ended in it")
+    yield from _line_values(pending)  # a last line without its newline
+
+
+def _line_values(line: bytearray) -> Iterator[Any]:
+    """The JSON values of one line, each decoded once (one per line from any engine
+    of today; an old one wrote them back to back)."""
+    text = line.decode("utf-8", "replace")
+    at = 0
+    while True:
+        while at < len(text) and text[at] in " \t\r":
+            at += 1
+        if at == len(text):
+            return
+        try:
+            value, at = _DECODER.raw_decode(text, at)
+        except ValueError:
+            raise ValueError(f"a line of {len(line)} bytes that is not JSON") from None  # its text is not logged
+        yield value
+
+
+_DECODER = json.JSONDecoder()
 
 
 def _message(body: Any) -> str:
