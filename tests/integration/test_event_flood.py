@@ -1,0 +1,75 @@
+"""A container whose HEALTHCHECK probes stream huge events must not slow the daemon
+down for everyone else. Each probe makes dockerd send exec_create, exec_start and
+exec_die events carrying every label of the container; the daemon asks only for the
+actions it acts on, so these never reach it.
+
+Run in test_hostile_containers' own dockerd and agent: no other consul-reg on the
+machine sees the flood.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+import time
+
+import pytest
+
+from consul_reg.docker_source import MAX_EVENT_BYTES
+from tests.integration.conftest import wait_until
+from tests.integration.test_hostile_containers import assert_host_unharmed, host, own_docker, run_container, start  # noqa: F401
+
+pytestmark = pytest.mark.integration
+
+ROUNDS = 3
+BOUND = 10.0  # seconds for one registration or removal while the flood runs (usually well under 1 s)
+
+
+def _probe_started(container) -> float:
+    """When the container's last HEALTHCHECK probe started (dockerd's clock: this host's)."""
+    container.reload()
+    log = container.attrs["State"]["Health"]["Log"]
+    stamp = log[-1]["Start"]  # 2024-01-02T03:04:05.123456789Z, or with an offset
+    head, _, rest = stamp.partition(".")
+    zone = rest.lstrip("0123456789")
+    parsed = datetime.datetime.fromisoformat(head + (zone if zone != "Z" else "+00:00"))
+    return parsed.timestamp() + float("0." + rest[:len(rest) - len(zone)] or 0)
+
+
+def test_healthcheck_events_of_huge_labels_delay_no_other_container(host, own_docker, start_daemon, run_container,
+                                                                    hostname):
+    agent, api, sentinel = host
+    daemon = start(start_daemon, agent, own_docker)
+    # ~7 MiB of labels, just under the daemon's bound of one inspect or event (so it is read, not skipped);
+    # a `}` every other byte, so that a decoder that retries at each brace retries at every piece
+    labels = {f"FLOOD_{n}": "x}" * (512 * 1024 - 64) for n in range(7)}
+    every_second = {"test": ["CMD", "true"], "interval": 1_000_000_000, "timeout": 5_000_000_000, "retries": 3}
+    flooder = run_container(labels=labels, healthcheck=every_second)
+    # and one with more than any event may carry (dockerd takes labels far larger): its events are skipped unread
+    huge = {f"HUGE_{n}": "x" * (1024 * 1024) for n in range(MAX_EVENT_BYTES // (1024 * 1024) + 4)}
+    skipper = run_container(labels=huge, healthcheck=every_second)
+    for container in (flooder, skipper):
+        wait_until(lambda: container.reload() or container.attrs["State"]["Health"]["Status"] == "healthy",
+                   timeout=60, message="the flooder's first probe done")
+    began = time.time()
+    for round_ in range(ROUNDS):
+        good = run_container(ports={"80/tcp": None}, labels={"SERVICE_NAME": "well-behaved"})
+        service_id = f"{hostname}:{good.name}:80"
+        started = time.monotonic()
+        wait_until(lambda: service_id in api.services(), timeout=BOUND, interval=0.05,
+                   message=f"round {round_}: a container registered within {BOUND}s of its start during the flood")
+        registered = time.monotonic() - started
+        good.remove(force=True)
+        started = time.monotonic()
+        wait_until(lambda: service_id not in api.services(), timeout=BOUND, interval=0.05,
+                   message=f"round {round_}: a container deregistered within {BOUND}s of its removal")
+        print(f"round {round_}: registered in {registered:.2f}s, deregistered in {time.monotonic() - started:.2f}s")
+    assert _probe_started(flooder) > began  # the flood ran all along
+    # The reader never sees the probes' exec_* events: of the skipper's, only its start and health_status
+    # (unfiltered: 3 more a second). Skipped events are logged once per window of 5 s: let the flood last
+    # past the window that counts every probe before `began`.
+    wait_until(lambda: _probe_started(skipper) > began + 6, timeout=60, interval=0.5,
+               message="the skipper's probes going on 6 s past the rounds' start")
+    skipped = sum(int(n) for n in re.findall(r"skipped (\d+) event\(s\) longer than", daemon.log()))
+    assert skipped <= 2, skipped
+    assert_host_unharmed(api, daemon, run_container, hostname, sentinel)
