@@ -152,8 +152,16 @@ class DockerSource:
     def swarm_service(self, service_id: str) -> dict[str, Any] | None:
         """A Swarm service's inspect data (its Endpoint holds the published ports), or
         None when it is gone. Raises NotASwarmManager where services cannot be read."""
-        status, body = self._get("inspect a swarm service", ("inspect_service", service_id),
-                                 "/services/{}", service_id, subject=service_id)
+        return self._swarm_object("service", ("inspect_service", service_id), "/services/{}", service_id)
+
+    def swarm_task(self, task_id: str) -> dict[str, Any] | None:
+        """Swarm's record of a task (its ServiceID, the container it runs), or None when
+        there is no such task. Raises NotASwarmManager where tasks cannot be read."""
+        return self._swarm_object("task", ("inspect_task", task_id), "/tasks/{}", task_id)
+
+    def _swarm_object(self, kind: str, docker_py_call: tuple[Any, ...], path: str, object_id: str
+                      ) -> dict[str, Any] | None:
+        status, body = self._get(f"inspect a swarm {kind}", docker_py_call, path, object_id, subject=object_id)
         if status == 200 and isinstance(body, dict):
             return body
         message = _message(body)
@@ -161,7 +169,7 @@ class DockerSource:
             raise NotASwarmManager(message)
         if status == 404:
             return None
-        raise DockerUnavailable(f"docker ({self.description}): could not inspect a swarm service: "
+        raise DockerUnavailable(f"docker ({self.description}): could not inspect a swarm {kind}: "
                                 f"{_answered(status, body)}")
 
     def _get(self, what: str, docker_py_call: tuple[Any, ...], path: str, *segments: str,

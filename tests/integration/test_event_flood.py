@@ -17,7 +17,8 @@ import pytest
 
 from consul_reg.docker_source import MAX_EVENT_BYTES
 from tests.integration.conftest import wait_until
-from tests.integration.test_hostile_containers import assert_host_unharmed, host, own_docker, run_container, start  # noqa: F401
+from tests.integration.test_hostile_containers import (  # noqa: F401 (fixtures)
+    assert_host_unharmed, host, own_docker, run_container, start)
 
 pytestmark = pytest.mark.integration
 

@@ -350,7 +350,10 @@ def test_ping_inspect_and_swarm_answers(source) -> None:
               "/v1.41/services/s1": answer("503 Service Unavailable",
                                            b'{"message": "This node is not a swarm manager."}'),
               "/v1.41/services/gone": answer("404 Not Found", b'{"message": "service gone not found"}'),
-              "/v1.41/services/s2": answer("200 OK", b'{"ID": "s2", "Endpoint": {}}')}
+              "/v1.41/services/s2": answer("200 OK", b'{"ID": "s2", "Endpoint": {}}'),
+              "/v1.41/tasks/t1": answer("503 Service Unavailable", b'{"message": "This node is not a swarm manager."}'),
+              "/v1.41/tasks/gone": answer("404 Not Found", b'{"message": "task gone not found"}'),
+              "/v1.41/tasks/t2": answer("200 OK", b'{"ID": "t2", "ServiceID": "s2"}')}
     docker = source(lambda request: routes.get(request_target(request), answer("400 Bad Request", b"{}")))
     docker.ping()
     assert docker.inspect("gone") is None and docker.inspect("podman-gone") is None
@@ -358,6 +361,10 @@ def test_ping_inspect_and_swarm_answers(source) -> None:
         docker.swarm_service("s1")
     assert docker.swarm_service("gone") is None
     assert docker.swarm_service("s2") == {"ID": "s2", "Endpoint": {}}
+    with pytest.raises(docker_source.NotASwarmManager):
+        docker.swarm_task("t1")
+    assert docker.swarm_task("gone") is None
+    assert docker.swarm_task("t2") == {"ID": "t2", "ServiceID": "s2"}
     with pytest.raises(DockerUnavailable, match="could not inspect a container: 400"):
         docker.inspect("../../etc")  # percent-encoded: never another path of dockerd's
 
