@@ -12,7 +12,6 @@ import math
 import os
 import threading
 import time
-from types import SimpleNamespace
 from typing import Any, Callable, Iterator
 
 from cachetools import LRUCache
@@ -21,10 +20,10 @@ from loguru import logger
 from consul_reg import container_exec, container_files, docker_http
 from consul_reg.backoff import Backoff
 from consul_reg.container_files import FileUnreadable  # noqa: F401  (raised by read_file)
+from consul_reg.docker_events import MAX_EVENT_BYTES, OVERSIZED, SkippedEvents, decoded_events, hint_from_event
 from consul_reg.http_pool import TRANSPORT_ERRORS, BodyTooLarge, ConnectionPool, PoolTimeout
 from consul_reg.liveness import Liveness
-from consul_reg.router import CONTAINER_ACTIONS, DOCKER_RECONNECTED, EVENT_FILTER_ACTIONS, EVENT_SKIPPED, \
-    KEPT_ATTRIBUTES, Hint
+from consul_reg.router import DOCKER_RECONNECTED, EVENT_FILTER_ACTIONS, Hint
 
 # A fixed API version: "auto" would contact dockerd in the constructor, before
 # the daemon's retry loop. 1.41 is Docker 20.10's; newer engines still accept it.
@@ -34,13 +33,11 @@ DEFAULT_SOCKET = "/var/run/docker.sock"
 READ_TIMEOUT = 10.0  # seconds for one file read when the caller gives none, and for the event stream's head
 SUBSCRIBE_WAIT = 10.0  # seconds the start waits for the event subscription
 INSPECT_CONNECTIONS = 4
-RECV_BYTES = 64 * 1024
 # An inspect answer (labels, env, mounts...) is 5-20 KiB; Docker bounds neither labels nor a
 # created container's env, so we do: 8 MiB holds an env at Linux's execve limit (2 MiB
 # with the default 8 MiB stack) escaped as JSON, beside megabytes of labels
-# (BENCHMARKS.md). An event carries the container's labels: never more than its inspect.
-MAX_INSPECT_BYTES = 8 * 1024 * 1024
-MAX_EVENT_BYTES = MAX_INSPECT_BYTES
+# (BENCHMARKS.md). An event carries the container's labels: MAX_EVENT_BYTES is as large.
+MAX_INSPECT_BYTES = MAX_EVENT_BYTES
 # The listing carries every container's labels (Docker bounds none). Its bound only stops
 # an endless or absurd answer, far above what 1,000 containers list (~2 MB): a listing
 # refused fails every full pass, for every container.
@@ -314,7 +311,7 @@ class DockerSource:
         except BaseException:
             stream.close()
             raise
-        return _decoded_events(stream)
+        return decoded_events(stream)
 
     def close(self) -> None:
         if self._pool is not None:
@@ -354,128 +351,6 @@ class _FirstSubscription:
             self._state = state
         self._settled.set()
         return True
-
-
-def _decoded_events(stream: Any) -> Iterator[Any]:
-    try:
-        yield from _json_lines(SimpleNamespace(read1=stream.read_some))
-    finally:
-        stream.close()
-
-
-_PODMAN_ACTIONS = {"remove": "destroy", "died": "die"}  # Podman's names (as filtered, or as sent)
-
-
-def hint_from_event(event: object) -> Hint | None:
-    if not isinstance(event, dict):
-        return None
-    action = str(event.get("Action") or event.get("status") or "")
-    # health_status arrives as "health_status: healthy"; exec_* come from HEALTHCHECK probes.
-    base_action = action.split(":", 1)[0].strip()
-    base_action = _PODMAN_ACTIONS.get(base_action, base_action)
-    if base_action not in CONTAINER_ACTIONS:
-        return None
-    actor = event.get("Actor") if isinstance(event.get("Actor"), dict) else {}
-    container_id = str(actor.get("ID") or event.get("id") or "")
-    if not container_id:
-        return None
-    attributes = actor.get("Attributes") if isinstance(actor.get("Attributes"), dict) else {}
-    time_nano = event.get("timeNano") or int(event.get("time") or time.time()) * 1_000_000_000
-    return Hint(
-        container_id=container_id,
-        action=base_action,
-        time_nano=int(time_nano),
-        attributes=tuple((name, str(attributes[name])) for name in KEPT_ATTRIBUTES if name in attributes),
-    )
-
-
-class SkippedEvents:
-    """Events too large to read ask for a full pass (whose they were is unknown), at
-    most one every SKIPPED_PASS_SECONDS: a container with labels that large gets
-    events at its healthcheck's pace (exec_*), and must not turn each into a full
-    pass or a log line. One asked meanwhile is posted when the window ends."""
-
-    def __init__(self, post: Callable[[Hint], None], interval: float = 5.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self._post, self._interval, self._clock = post, interval, clock
-        self._lock = threading.Lock()
-        self._last: float | None = None
-        self._timer: threading.Timer | None = None
-        self._count = 0
-
-    def notice(self) -> None:
-        with self._lock:
-            self._count += 1
-            if self._timer is not None:
-                return  # a full pass is already on its way
-            wait = 0.0 if self._last is None else self._last + self._interval - self._clock()
-            if wait > 0:
-                self._timer = threading.Timer(wait, self._fire)
-                self._timer.daemon = True
-                self._timer.start()
-                return
-        self._fire()
-
-    def _fire(self) -> None:
-        with self._lock:
-            self._timer, count, self._count = None, self._count, 0
-            self._last = self._clock()
-        logger.warning("docker event stream: skipped {} event(s) longer than {} bytes (a container with labels that "
-                       "large); looking at every container again", count, MAX_EVENT_BYTES)
-        self._post(Hint("", EVENT_SKIPPED))
-
-
-OVERSIZED = object()  # yielded by _json_lines in place of an event over MAX_EVENT_BYTES
-
-
-def _json_lines(response: Any) -> Iterator[Any]:
-    """The JSON values of a stream of lines (dockerd and Podman end every event with a
-    newline, and JSON text holds no raw one), however the stream is cut into chunks.
-    A line is decoded once, when its newline arrives: no byte is parsed twice, whatever
-    the event holds. A line over MAX_EVENT_BYTES is dropped as it arrives, never held
-    whole, and OVERSIZED yielded in its place; a stream that ends inside one, or a line
-    that is not JSON, raises ValueError (the reader reconnects and resyncs)."""
-    pending = bytearray()
-    skipping = False
-    while data := response.read1(RECV_BYTES):
-        start = 0
-        while (newline := data.find(b"\n", start)) >= 0:
-            if skipping or len(pending) + newline - start > MAX_EVENT_BYTES:
-                yield OVERSIZED
-            else:
-                pending += data[start:newline]
-                yield from _line_values(pending)
-            pending.clear()
-            skipping = False
-            start = newline + 1
-        if not skipping:
-            pending += data[start:]
-            if len(pending) > MAX_EVENT_BYTES:
-                pending.clear()
-                skipping = True
-    if skipping:
-        raise ValueError(f"an event longer than {MAX_EVENT_BYTES} bytes, and the stream ended in it")
-    yield from _line_values(pending)  # a last line without its newline
-
-
-def _line_values(line: bytearray) -> Iterator[Any]:
-    """The JSON values of one line, each decoded once (one per line from any engine
-    of today; an old one wrote them back to back)."""
-    text = line.decode("utf-8", "replace")
-    at = 0
-    while True:
-        while at < len(text) and text[at] in " \t\r":
-            at += 1
-        if at == len(text):
-            return
-        try:
-            value, at = _DECODER.raw_decode(text, at)
-        except ValueError:
-            raise ValueError(f"a line of {len(line)} bytes that is not JSON") from None  # its text is not logged
-        yield value
-
-
-_DECODER = json.JSONDecoder()
 
 
 def _message(body: Any) -> str:

@@ -20,11 +20,12 @@ from typing import Callable, Iterator
 
 import pytest
 
-from consul_reg import docker_http, docker_source, http_pool
+from consul_reg import docker_events, docker_http, docker_source, http_pool
 from consul_reg.backoff import Backoff
 from consul_reg.router import CONTAINER_ACTIONS, DOCKER_RECONNECTED, EVENT_SKIPPED, Hint
+from consul_reg.docker_events import _json_lines
 from consul_reg.docker_source import MAX_EVENT_BYTES, MAX_INSPECT_BYTES, OVERSIZED, DockerSource, \
-    DockerUnavailable, _json_lines
+    DockerUnavailable
 
 
 def serve_once(path: str, reply: Callable[[bytes], bytes]) -> socket.socket:
@@ -242,7 +243,7 @@ def test_the_stream_asks_only_for_the_actions_the_daemon_acts_on_as_each_engine_
     assert {"died", "remove", "health_status: healthy", "health_status: unhealthy"} <= events  # Podman's, exact
     assert not {e for e in events if e.startswith("exec")}
     for action in events:  # nothing is asked that the reader then drops
-        hint = docker_source.hint_from_event({"Action": action, "Actor": {"ID": "c1"}, "timeNano": 1})
+        hint = docker_events.hint_from_event({"Action": action, "Actor": {"ID": "c1"}, "timeNano": 1})
         assert hint is not None and hint.action in CONTAINER_ACTIONS, action
 
 
@@ -284,7 +285,7 @@ def test_skipped_events_ask_for_at_most_one_full_pass_per_window_and_none_is_los
         posted.append(hint)
         if len(posted) == 2:
             second.set()
-    skipped = docker_source.SkippedEvents(post, interval=0.2)
+    skipped = docker_events.SkippedEvents(post, interval=0.2)
     for _ in range(50):  # a healthcheck's exec events of a container with huge labels
         skipped.notice()
     assert [h.action for h in posted] == [EVENT_SKIPPED]  # one at once, the rest wait for the window
