@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import datetime
 import re
+import threading
 import time
+import uuid
 
 import pytest
 
-from consul_reg.docker_source import MAX_EVENT_BYTES
+from consul_reg.docker_source import MAX_EVENT_BYTES, DockerSource
+from consul_reg.router import CONTAINER_ACTIONS
 from tests.integration.conftest import wait_until
 from tests.integration.test_hostile_containers import (  # noqa: F401 (fixtures)
     assert_host_unharmed, host, own_docker, run_container, start)
@@ -83,3 +86,33 @@ def test_healthcheck_events_of_huge_labels_delay_no_other_container(host, own_do
     skipped = sum(int(n) for n in re.findall(r"skipped (\d+) event\(s\) longer than", daemon.log()))
     assert skipped <= 2, skipped
     assert_host_unharmed(api, daemon, run_container, hostname, sentinel)
+
+
+def test_dockerd_sends_health_status_for_the_filter_and_no_exec_events(own_docker, run_container, monkeypatch):
+    """dockerd 20.10's own reading of the filters the daemon asks: `event=health_status`
+    matches "health_status: healthy" and "health_status: unhealthy" (a prefix match
+    whenever the filter names health_status), and the probes' exec_* are not sent."""
+    monkeypatch.setenv("DOCKER_HOST", own_docker[0])
+    mark = uuid.uuid4().hex
+    source = DockerSource(timeout=10, filters={"label": [f"crt-events={mark}"]})
+    actions: list[str] = []
+    both = threading.Event()
+
+    def read(stream) -> None:  # until both health words came, through several probes (each: 3 exec events)
+        for event in stream:
+            actions.append(str(event.get("Action") or event.get("status")))
+            if {"health_status: healthy", "health_status: unhealthy"} <= set(actions):
+                both.set()
+                return
+    try:
+        reader = threading.Thread(target=read, args=(source._events(f"{time.time() - 1:.9f}"),), daemon=True)
+        reader.start()
+        flapping = {"test": ["CMD-SHELL", "if [ -e /tmp/up ]; then rm /tmp/up; exit 1; else touch /tmp/up; fi"],
+                    "interval": 1_000_000_000, "timeout": 5_000_000_000, "retries": 1}
+        run_container(labels={"crt-events": mark}, healthcheck=flapping)
+        assert both.wait(60), actions
+    finally:
+        source.close()
+    assert actions[0] == "start"
+    assert not [a for a in actions if a.startswith("exec")], actions
+    assert {a.split(":")[0] for a in actions} <= CONTAINER_ACTIONS, actions
