@@ -6,14 +6,12 @@ subscriber that does not read within ~100 ms, so nothing slow runs there.
 
 from __future__ import annotations
 
-import codecs
 import hashlib
 import json
 import math
 import os
 import threading
 import time
-from types import SimpleNamespace
 from typing import Any, Callable, Iterator
 
 from cachetools import LRUCache
@@ -22,9 +20,10 @@ from loguru import logger
 from consul_reg import container_exec, container_files, docker_http
 from consul_reg.backoff import Backoff
 from consul_reg.container_files import FileUnreadable  # noqa: F401  (raised by read_file)
+from consul_reg.docker_events import MAX_EVENT_BYTES, OVERSIZED, SkippedEvents, decoded_events, hint_from_event
 from consul_reg.http_pool import TRANSPORT_ERRORS, BodyTooLarge, ConnectionPool, PoolTimeout
 from consul_reg.liveness import Liveness
-from consul_reg.router import CONTAINER_ACTIONS, DOCKER_RECONNECTED, EVENT_SKIPPED, KEPT_ATTRIBUTES, Hint
+from consul_reg.router import DOCKER_RECONNECTED, EVENT_FILTER_ACTIONS, Hint
 
 # A fixed API version: "auto" would contact dockerd in the constructor, before
 # the daemon's retry loop. 1.41 is Docker 20.10's; newer engines still accept it.
@@ -34,13 +33,11 @@ DEFAULT_SOCKET = "/var/run/docker.sock"
 READ_TIMEOUT = 10.0  # seconds for one file read when the caller gives none, and for the event stream's head
 SUBSCRIBE_WAIT = 10.0  # seconds the start waits for the event subscription
 INSPECT_CONNECTIONS = 4
-RECV_BYTES = 64 * 1024
 # An inspect answer (labels, env, mounts...) is 5-20 KiB; Docker bounds neither labels nor a
 # created container's env, so we do: 8 MiB holds an env at Linux's execve limit (2 MiB
 # with the default 8 MiB stack) escaped as JSON, beside megabytes of labels
-# (BENCHMARKS.md). An event carries the container's labels: never more than its inspect.
-MAX_INSPECT_BYTES = 8 * 1024 * 1024
-MAX_EVENT_BYTES = MAX_INSPECT_BYTES
+# (BENCHMARKS.md). An event carries the container's labels: MAX_EVENT_BYTES is as large.
+MAX_INSPECT_BYTES = MAX_EVENT_BYTES
 # The listing carries every container's labels (Docker bounds none). Its bound only stops
 # an endless or absurd answer, far above what 1,000 containers list (~2 MB): a listing
 # refused fails every full pass, for every container.
@@ -134,8 +131,9 @@ class DockerSource:
         return [summary for summary in body if isinstance(summary, dict)]
 
     def event_filters(self) -> dict[str, list[str]]:
-        """The event stream's filters: container events of the containers --filter selects."""
-        return {"type": ["container"], **self.filters}
+        """The event stream's filters: the container events the daemon acts on (never a
+        HEALTHCHECK probe's exec_*), of the containers --filter selects."""
+        return {"type": ["container"], "event": list(EVENT_FILTER_ACTIONS), **self.filters}
 
     def inspect(self, container_id: str) -> dict[str, Any] | None:
         """The container's inspect data, or None when it no longer exists. Thread-safe."""
@@ -151,8 +149,16 @@ class DockerSource:
     def swarm_service(self, service_id: str) -> dict[str, Any] | None:
         """A Swarm service's inspect data (its Endpoint holds the published ports), or
         None when it is gone. Raises NotASwarmManager where services cannot be read."""
-        status, body = self._get("inspect a swarm service", ("inspect_service", service_id),
-                                 "/services/{}", service_id, subject=service_id)
+        return self._swarm_object("service", ("inspect_service", service_id), "/services/{}", service_id)
+
+    def swarm_task(self, task_id: str) -> dict[str, Any] | None:
+        """Swarm's record of a task (its ServiceID, the container it runs), or None when
+        there is no such task. Raises NotASwarmManager where tasks cannot be read."""
+        return self._swarm_object("task", ("inspect_task", task_id), "/tasks/{}", task_id)
+
+    def _swarm_object(self, kind: str, docker_py_call: tuple[Any, ...], path: str, object_id: str
+                      ) -> dict[str, Any] | None:
+        status, body = self._get(f"inspect a swarm {kind}", docker_py_call, path, object_id, subject=object_id)
         if status == 200 and isinstance(body, dict):
             return body
         message = _message(body)
@@ -160,7 +166,7 @@ class DockerSource:
             raise NotASwarmManager(message)
         if status == 404:
             return None
-        raise DockerUnavailable(f"docker ({self.description}): could not inspect a swarm service: "
+        raise DockerUnavailable(f"docker ({self.description}): could not inspect a swarm {kind}: "
                                 f"{_answered(status, body)}")
 
     def _get(self, what: str, docker_py_call: tuple[Any, ...], path: str, *segments: str,
@@ -305,7 +311,7 @@ class DockerSource:
         except BaseException:
             stream.close()
             raise
-        return _decoded_events(stream)
+        return decoded_events(stream)
 
     def close(self) -> None:
         if self._pool is not None:
@@ -345,121 +351,6 @@ class _FirstSubscription:
             self._state = state
         self._settled.set()
         return True
-
-
-def _decoded_events(stream: Any) -> Iterator[Any]:
-    try:
-        yield from _json_objects(SimpleNamespace(read1=stream.read_some))
-    finally:
-        stream.close()
-
-
-def hint_from_event(event: object) -> Hint | None:
-    if not isinstance(event, dict):
-        return None
-    action = str(event.get("Action") or event.get("status") or "")
-    # health_status arrives as "health_status: healthy"; exec_* come from HEALTHCHECK probes.
-    base_action = action.split(":", 1)[0].strip()
-    base_action = "destroy" if base_action == "remove" else base_action  # Podman's name for it
-    if base_action not in CONTAINER_ACTIONS:
-        return None
-    actor = event.get("Actor") if isinstance(event.get("Actor"), dict) else {}
-    container_id = str(actor.get("ID") or event.get("id") or "")
-    if not container_id:
-        return None
-    attributes = actor.get("Attributes") if isinstance(actor.get("Attributes"), dict) else {}
-    time_nano = event.get("timeNano") or int(event.get("time") or time.time()) * 1_000_000_000
-    return Hint(
-        container_id=container_id,
-        action=base_action,
-        time_nano=int(time_nano),
-        attributes=tuple((name, str(attributes[name])) for name in KEPT_ATTRIBUTES if name in attributes),
-    )
-
-
-class SkippedEvents:
-    """Events too large to read ask for a full pass (whose they were is unknown), at
-    most one every SKIPPED_PASS_SECONDS: a container with labels that large gets
-    events at its healthcheck's pace (exec_*), and must not turn each into a full
-    pass or a log line. One asked meanwhile is posted when the window ends."""
-
-    def __init__(self, post: Callable[[Hint], None], interval: float = 5.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self._post, self._interval, self._clock = post, interval, clock
-        self._lock = threading.Lock()
-        self._last: float | None = None
-        self._timer: threading.Timer | None = None
-        self._count = 0
-
-    def notice(self) -> None:
-        with self._lock:
-            self._count += 1
-            if self._timer is not None:
-                return  # a full pass is already on its way
-            wait = 0.0 if self._last is None else self._last + self._interval - self._clock()
-            if wait > 0:
-                self._timer = threading.Timer(wait, self._fire)
-                self._timer.daemon = True
-                self._timer.start()
-                return
-        self._fire()
-
-    def _fire(self) -> None:
-        with self._lock:
-            self._timer, count, self._count = None, self._count, 0
-            self._last = self._clock()
-        logger.warning("docker event stream: skipped {} event(s) longer than {} bytes (a container with labels that "
-                       "large); looking at every container again", count, MAX_EVENT_BYTES)
-        self._post(Hint("", EVENT_SKIPPED))
-
-
-OVERSIZED = object()  # yielded by _json_objects in place of an event over MAX_EVENT_BYTES
-
-
-def _json_objects(response: Any) -> Iterator[Any]:
-    """The JSON objects of a stream, however it is cut into chunks and lines. An
-    unfinished object is tried again only when a piece brings a `}` (a large
-    event arriving in many pieces is not parsed again at each). An object longer
-    than MAX_EVENT_BYTES is dropped up to the next newline (dockerd ends every event
-    with one; JSON text holds no raw newline) and OVERSIZED is yielded in its place;
-    a stream that ends inside one raises ValueError."""
-    decoder, text, at = json.JSONDecoder(), "", 0
-    utf8 = codecs.getincrementaldecoder("utf-8")("replace")
-    incomplete = skipping = False
-    while data := response.read1(RECV_BYTES):
-        piece = utf8.decode(data)
-        if skipping:
-            newline = piece.find("\n")
-            if newline < 0:
-                continue
-            piece, skipping = piece[newline + 1:], False
-            yield OVERSIZED
-        text, at = text[at:] + piece, 0
-        if incomplete and "}" not in piece and len(text) <= MAX_EVENT_BYTES:
-            continue
-        incomplete = False
-        while True:
-            while at < len(text) and text[at] in " \t\r\n":
-                at += 1
-            if at == len(text):
-                break
-            began = at
-            try:
-                value, at = decoder.raw_decode(text, at)
-            except ValueError:  # unfinished: wait for more, within bounds
-                if len(text) - at <= MAX_EVENT_BYTES:
-                    incomplete = True
-                    break
-                newline = text.find("\n", at)
-                if newline < 0:
-                    text, at, skipping = "", 0, True
-                    break
-                yield OVERSIZED
-                at = newline + 1
-                continue
-            yield value if at - began <= MAX_EVENT_BYTES else OVERSIZED  # whole in the piece that passed the bound
-    if skipping:
-        raise ValueError(f"an event longer than {MAX_EVENT_BYTES} bytes, and the stream ended in it")
 
 
 def _message(body: Any) -> str:

@@ -14,6 +14,10 @@ from consul_reg.validate import has_control
 
 MAX_BYTES = 64 * 1024
 MAX_PATH_LENGTH = 1024
+# Bad lines reported per content of a file; the rest are counted. A line is named by its
+# number and what is wrong, never by its text: the file may hold secrets besides SERVICE_*
+# (dockerd reads it as root, from any path the container names).
+MAX_PROBLEMS_SHOWN = 3
 
 
 @dataclass(frozen=True)
@@ -75,7 +79,7 @@ def env_file_path(container: dict[str, Any], flag_path: str | None, allow_contai
 @dataclass(frozen=True)
 class EnvFile:
     pairs: tuple[tuple[str, str], ...]
-    problems: tuple[str, ...]  # lines that could not be used
+    problems: tuple[str, ...]  # lines that could not be used (at most MAX_PROBLEMS_SHOWN, then a count)
 
 
 def parse(text: str) -> EnvFile:
@@ -83,6 +87,7 @@ def parse(text: str) -> EnvFile:
     `export ` prefix and one pair of surrounding quotes are accepted."""
     pairs: list[tuple[str, str]] = []
     problems: list[str] = []
+    unshown = 0
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
@@ -92,7 +97,11 @@ def parse(text: str) -> EnvFile:
         key, separator, value = line.partition("=")
         key = key.strip()
         if not separator or not key or " " in key:
-            problems.append(f"line {number}: not KEY=value: {line[:80]!r}")
+            why = "no '='" if not separator else "no key before '='" if not key else "a space in the key"
+            if len(problems) < MAX_PROBLEMS_SHOWN:
+                problems.append(f"line {number}: not KEY=value ({why})")
+            else:
+                unshown += 1
             continue
         if not key.startswith("SERVICE_"):
             continue  # the file may hold the application's other settings too
@@ -100,4 +109,6 @@ def parse(text: str) -> EnvFile:
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
             value = value[1:-1]
         pairs.append((key, value))
+    if unshown:
+        problems.append(f"and {unshown} more line(s) not KEY=value")
     return EnvFile(tuple(pairs), tuple(problems))

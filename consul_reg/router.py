@@ -16,6 +16,14 @@ from dataclasses import dataclass, field
 CONTAINER_ACTIONS = frozenset({
     "start", "restart", "die", "stop", "destroy", "rename", "pause", "unpause", "health_status", "update", "kill",
 })
+# What the event stream asks dockerd for (its `event` filter): the actions above, as each
+# engine spells them, and nothing else (a HEALTHCHECK probe's exec_* events carry every
+# label of the container, several per probe). dockerd 20.10 matches a filter holding
+# "health_status" as a prefix ("health_status: healthy" included); an engine matching
+# exactly gets the suffixed spellings too. Podman matches its internal names, case-
+# insensitively: "died" for die, "remove" for destroy (hint_from_event reads them back).
+EVENT_FILTER_ACTIONS = tuple(sorted(CONTAINER_ACTIONS | {
+    "health_status: healthy", "health_status: unhealthy", "died", "remove"}))
 # The only event attributes anything reads (a container's labels come with every
 # event: they are not kept).
 KEPT_ATTRIBUTES = ("exitCode", "signal")

@@ -4,7 +4,10 @@ Docker and the agent. Every connection has a deadline and their number is
 capped, so a slow or hostile client cannot tie the daemon up: the whole
 request must arrive within REQUEST_TIMEOUT_SECONDS of the connection (not
 per read: a client dribbling a byte now and then is dropped all the same),
-and the answer must be taken within as long again."""
+and the answer must be taken within as long again. One source address holds
+at most MAX_CONNECTIONS_PER_CLIENT of the slots; a request is at most
+MAX_REQUEST_BYTES and MAX_HEADERS header lines; its request line is logged
+escaped."""
 
 from __future__ import annotations
 
@@ -20,12 +23,16 @@ from typing import Any, Callable
 
 from loguru import logger
 
+from consul_reg.labels import printable
 from consul_reg.liveness import Liveness
 from consul_reg.metrics import Metrics
 from consul_reg.snapshot import Snapshot
 
 REQUEST_TIMEOUT_SECONDS = 5.0
 MAX_CONNECTIONS = 16
+MAX_CONNECTIONS_PER_CLIENT = 4  # per source address: one client cannot take every slot
+MAX_REQUEST_BYTES = 8 * 1024  # request line and headers (a GET has no body); read no further
+MAX_HEADERS = 32
 
 
 @dataclass(frozen=True)
@@ -79,19 +86,27 @@ class _DeadlineReader(io.RawIOBase):
     """A socket's reads that all end by one deadline: each read waits at most
     what is left of it, and none starts once it has passed."""
 
-    def __init__(self, sock: socket.socket, deadline: float) -> None:
+    def __init__(self, sock: socket.socket, deadline: float, budget: int = MAX_REQUEST_BYTES) -> None:
         self._sock = sock
         self._deadline = deadline
+        self._budget = budget
+        self.exhausted = False  # the request went on past the budget: the reader saw an end instead
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: Any) -> int:
+        if self._budget <= 0:
+            self.exhausted = True
+            return 0
         left = self._deadline - time.monotonic()
         if left <= 0:
             raise TimeoutError("the request did not arrive in time")
         self._sock.settimeout(left)
-        return self._sock.recv_into(buffer)
+        with memoryview(buffer) as view:
+            received = self._sock.recv_into(view[:self._budget])
+        self._budget -= received
+        return received
 
 
 class _Server(ThreadingHTTPServer):
@@ -99,11 +114,19 @@ class _Server(ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._lock = threading.Lock()
+        self._per_client: dict[str, int] = {}  # source address -> connections it holds
         super().__init__(address, handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
-            self.shutdown_request(request)  # over the cap: closed at once, nothing queued
+        client = str(client_address[0])
+        with self._lock:
+            held = self._per_client.get(client, 0)
+            admitted = held < MAX_CONNECTIONS_PER_CLIENT and self._slots.acquire(blocking=False)
+            if admitted:
+                self._per_client[client] = held + 1
+        if not admitted:
+            self.shutdown_request(request)  # over a cap: closed at once, nothing queued
             return
         super().process_request(request, client_address)
 
@@ -111,7 +134,12 @@ class _Server(ThreadingHTTPServer):
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._slots.release()
+            client = str(client_address[0])
+            with self._lock:
+                held = self._per_client.pop(client) - 1
+                if held:
+                    self._per_client[client] = held
+                self._slots.release()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """socketserver prints a traceback to stderr; here one log line (JSON with
@@ -148,7 +176,23 @@ def _handler_for(sources: StatusSources) -> type[BaseHTTPRequestHandler]:
         def setup(self) -> None:
             super().setup()
             deadline = time.monotonic() + REQUEST_TIMEOUT_SECONDS
-            self.rfile = io.BufferedReader(_DeadlineReader(self.connection, deadline))
+            self._reader = _DeadlineReader(self.connection, deadline)
+            self.rfile = io.BufferedReader(self._reader)
+
+        def parse_request(self) -> bool:
+            if self._reader.exhausted:  # the request line itself went past the bound
+                self.requestline, self.request_version, self.command = "", "", ""
+                return self._too_large()
+            if not super().parse_request():
+                return False  # refused by http.server, which answered
+            if self._reader.exhausted or len(self.headers) > MAX_HEADERS:
+                return self._too_large()
+            return True
+
+        def _too_large(self) -> bool:
+            self.close_connection = True
+            self.send_error(431, f"at most {MAX_HEADERS} header lines and {MAX_REQUEST_BYTES} bytes in a request")
+            return False
 
         def do_GET(self) -> None:  # noqa: N802 (http.server's name)
             if self.path == "/metrics":
@@ -170,6 +214,6 @@ def _handler_for(sources: StatusSources) -> type[BaseHTTPRequestHandler]:
             self.wfile.write(body)
 
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-            logger.trace("status: {}", format % args)
+            logger.trace("status: {}", printable(format % args, 300))  # the request line is the client's text
 
     return Handler

@@ -6,6 +6,10 @@ published in `mode: host` appear in the task's own port bindings like any
 service's Endpoint (readable on a manager) holds them. `with_ingress_ports`
 adds those to a copy of the task's inspect data as bindings on every host
 address, so the mapping registers them as it registers any published port.
+
+Any container may carry these labels. Its claim to a service is believed only
+when Swarm's own record of the task says so (`claim_problem`): the task named
+by its task ID label belongs to that service and runs this very container.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any
 SERVICE_NAME_LABEL = "com.docker.swarm.service.name"
 SERVICE_ID_LABEL = "com.docker.swarm.service.id"
 TASK_NAME_LABEL = "com.docker.swarm.task.name"
+TASK_ID_LABEL = "com.docker.swarm.task.id"
 # Swarm's object IDs: 25 characters of [a-z0-9]. Anything else is not looked up.
 _SWARM_ID = re.compile(r"[a-z0-9]{25}")
 _PROTOCOLS = ("tcp", "udp", "sctp")
@@ -49,6 +54,32 @@ def service_id(container: object) -> str:
     """The task's service ID when it is shaped like one (it is looked up), else ""."""
     value = _labels(container).get(SERVICE_ID_LABEL)
     return value if isinstance(value, str) and _SWARM_ID.fullmatch(value) else ""
+
+
+def task_id(container: object) -> str:
+    """The task ID the container claims when it is shaped like one (it is looked up), else ""."""
+    value = _labels(container).get(TASK_ID_LABEL)
+    return value if isinstance(value, str) and _SWARM_ID.fullmatch(value) else ""
+
+
+NOT_RECORDED_YET = "the task names no container yet"
+
+
+def claim_problem(task: object, service: str, container_id: str) -> str:
+    """"" when Swarm's record of the task (`GET /tasks/<id>`, None when there is no such
+    task) says it belongs to `service` and runs the container `container_id`; else why not."""
+    if not isinstance(task, dict):
+        return "no such task"
+    if task.get("ServiceID") != service:
+        return "the task belongs to another service"
+    status = task.get("Status")
+    container_status = status.get("ContainerStatus") if isinstance(status, dict) else None
+    runs = container_status.get("ContainerID") if isinstance(container_status, dict) else None
+    if not runs:
+        return NOT_RECORDED_YET
+    if runs != container_id:
+        return "the task runs another container"
+    return ""
 
 
 def endpoint_ports(service: object) -> tuple[SwarmPort, ...]:

@@ -63,3 +63,22 @@ def test_env_file_flag_applies_to_every_container(start_daemon, run_container, c
     write(web, "SERVICE_NAME=from-file\\n")
     wait_until(lambda: consul_api.services_of(hostname)[f"{hostname}:{web.name}:80"]["Service"] == "from-file",
                message="name from the env file")
+
+
+def test_a_bad_line_holding_a_secret_never_reaches_the_log(start_daemon, run_container, consul_api, hostname):
+    """The env file may hold the application's secrets; dockerd reads it as root. A line the
+    daemon cannot use is named by its number, never shown; a file of them costs a few lines."""
+    daemon = start_daemon("-envFile", "/tmp/service.env", "--env-file-interval", "0.5")
+    web = run_container(ports={"80/tcp": None})
+    wait_until(lambda: len(consul_api.services_of(hostname)) == 1, message="registered")
+    secrets = ("hunter2-db-token", "s3cr3t-api-key", "pa55word")
+    write(web, "SERVICE_NAME=from-file\\n" + "".join(f"{secrets[0]}-{n}\\n" for n in range(200)) +
+          f"={secrets[1]}\\nMY PASSWORD={secrets[2]}\\n")
+    daemon.wait_log("service.env: line 2: not KEY=value")
+    assert not [secret for secret in secrets if secret in daemon.log()]
+    daemon.wait_log("service.env: and 199 more line(s) not KEY=value")
+    log = daemon.log()
+    assert not [secret for secret in secrets if secret in log] and "line 2: not KEY=value (no '=')" in log
+    assert len([line for line in log.splitlines() if "service.env: " in line]) <= 4
+    service = next(iter(consul_api.services_of(hostname).values()))
+    assert service["Service"] != "from-file"  # a malformed content is not used: the last good values stay

@@ -98,7 +98,7 @@ def test_without_a_manager_ingress_ports_are_logged_once_and_host_ports_register
     does (503, not a manager). Task-like containers there show what a worker does."""
     daemon = start_daemon(resync="0")
     labels = {"com.docker.swarm.service.name": "far", "com.docker.swarm.service.id": "z" * 25,
-              "com.docker.swarm.task.name": "far.1.abc"}
+              "com.docker.swarm.task.name": "far.1.abc", "com.docker.swarm.task.id": "y" * 25}
     first = run_container(ports={"8081/tcp": None}, labels=labels)  # a host-mode-like binding
     second = run_container(ports={"8081/tcp": None}, labels=labels)
     for container in (first, second):
@@ -107,6 +107,65 @@ def test_without_a_manager_ingress_ports_are_logged_once_and_host_ports_register
     assert {s["Service"] for s in consul_api.services_of(hostname).values()
             if s["Meta"]["consul_reg_container"] in (first.id, second.id)} == {"far"}
     assert daemon.log().count("swarm service far: this node is not a manager") == 1
+
+
+def test_a_forged_swarm_name_never_reaches_a_log_line_raw(run_container, start_daemon, consul_api, hostname):
+    """On a node that is no manager (the shared dockerd is in no swarm), the name a
+    container claims is still logged: escaped, never a line of its own or a terminal
+    escape."""
+    daemon = start_daemon(resync="0")
+    forged = "far\n2030-01-01 00:00:00 INFO forged line \x1b[2J\x1b]0;owned\x07"
+    labels = {"com.docker.swarm.service.name": forged, "com.docker.swarm.service.id": "x" * 25,
+              "com.docker.swarm.task.id": "w" * 25, "SERVICE_NAME": "forger"}
+    container = run_container(ports={"8081/tcp": None}, labels=labels)
+    wait_until(lambda: f"{hostname}:{container.name}:8081" in consul_api.services_of(hostname),
+               message="the forger registered (its own host port)")
+    daemon.wait_log("this node is not a manager")
+    log = daemon.log()
+    assert "far\\n2030-01-01 00:00:00 INFO forged line \\x1b[2J\\x1b]0;owned\\x07: this node is not a manager" in log
+    assert "\x1b" not in log and "\x07" not in log and "\n2030-01-01" not in log
+
+
+def test_a_container_claiming_a_real_service_gets_none_of_its_ports(own_swarm, start_daemon, consul_api, hostname):
+    """On a manager: a plain container labelled with a real service's ID and name, and
+    even with the ID of one of its real tasks, is not that service's task: Swarm's
+    record of the task says which container it runs. It gets none of the service's
+    ingress ports; the real task does."""
+    daemon = start_daemon(resync="0", env={"DOCKER_HOST": own_swarm.host})
+    daemon.wait_log(f"connected: docker {own_swarm.host}")
+    ingress_port = free_port()
+    own_swarm.cli("service", "create", *TASK_FLAGS, "--name", "paid", "--replicas", "1",
+                  "--publish", f"published={ingress_port},target=8080", *IMAGE_AND_COMMAND)
+    paid = expect_tasks(own_swarm, consul_api, hostname, "paid", 1, (8080,))
+    assert [s["Port"] for s in paid.values()] == [ingress_port]
+    real = next(iter(own_swarm.tasks("paid").values()))
+    assert own_swarm.client is not None
+    forgers = []
+    for task_id in ("v" * 25, real.labels["com.docker.swarm.task.id"]):  # no such task; a real task of it
+        labels = {key: real.labels[key] for key in ("com.docker.swarm.service.id", "com.docker.swarm.service.name")}
+        forgers.append(own_swarm.client.containers.run(
+            IMAGE_AND_COMMAND[0], list(IMAGE_AND_COMMAND[1:]), detach=True, stop_signal="SIGKILL",
+            labels={**labels, "com.docker.swarm.task.id": task_id, TEST_LABEL: RUN_ID}))
+    try:
+        # a well-behaved container started after them registers: every earlier event was handled
+        control = own_swarm.client.containers.run(IMAGE_AND_COMMAND[0], list(IMAGE_AND_COMMAND[1:]), detach=True,
+                                                  stop_signal="SIGKILL", ports={"80/tcp": None},
+                                                  labels={TEST_LABEL: RUN_ID, "SERVICE_NAME": "control"})
+        forgers.append(control)
+        wait_until(lambda: f"{hostname}:{control.name}:80" in consul_api.services_of(hostname),
+                   message="the control container registered")
+        registered = consul_api.services_of(hostname)
+        assert not [sid for sid, s in registered.items()
+                    if s["Meta"]["consul_reg_container"] in {f.id for f in forgers[:2]}]
+        assert [s["Port"] for s in records(consul_api, hostname, "paid").values()] == [ingress_port]
+        for forger, problem in zip(forgers, ("no such task", "the task runs another container")):
+            daemon.wait_log(f"container {forger.name} claims swarm service paid, but Swarm's record of its task "
+                            f"does not say so ({problem})")
+    finally:
+        for forger in forgers:
+            forger.remove(force=True)
+    own_swarm.cli("service", "rm", "paid")
+    wait_until(lambda: not records(consul_api, hostname, "paid"), timeout=60, message="paid's task deregistered")
 
 
 def test_consul_reg_as_a_global_service_on_the_host_network(own_swarm, consul_reg_image, consul_api, hostname):

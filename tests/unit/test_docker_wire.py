@@ -20,11 +20,12 @@ from typing import Callable, Iterator
 
 import pytest
 
-from consul_reg import docker_http, docker_source, http_pool
+from consul_reg import docker_events, docker_http, docker_source, http_pool
 from consul_reg.backoff import Backoff
-from consul_reg.router import DOCKER_RECONNECTED, EVENT_SKIPPED, Hint
+from consul_reg.router import CONTAINER_ACTIONS, DOCKER_RECONNECTED, EVENT_SKIPPED, Hint
+from consul_reg.docker_events import _json_lines
 from consul_reg.docker_source import MAX_EVENT_BYTES, MAX_INSPECT_BYTES, OVERSIZED, DockerSource, \
-    DockerUnavailable, _json_objects
+    DockerUnavailable
 
 
 def serve_once(path: str, reply: Callable[[bytes], bytes]) -> socket.socket:
@@ -219,8 +220,61 @@ class Pieces:
 def test_the_event_after_an_oversized_one_survives_any_cut(size: int) -> None:
     data = event("start", "a") + event("start", "huge", "x" * MAX_EVENT_BYTES) + event("die", "b") + \
         event("stop", "c")
-    decoded = list(_json_objects(Pieces(data, size)))
+    decoded = list(_json_lines(Pieces(data, size)))
     assert [e if e is OVERSIZED else e["Actor"]["ID"] for e in decoded] == ["a", OVERSIZED, "b", "c"]
+
+
+def test_the_stream_asks_only_for_the_actions_the_daemon_acts_on_as_each_engine_spells_them(source) -> None:
+    """A HEALTHCHECK probe's exec_* events carry every label of its container: they are
+    not asked for. Each action the router acts on is, in Docker's and Podman's words."""
+    targets: list[str] = []
+
+    def reply(request: bytes) -> bytes:
+        targets.append(request_target(request))
+        return chunked(event("start", "a"))
+    docker = source(reply)
+    docker.filters = {"label": ["project=shop"]}
+    with following(docker, 1):
+        pass
+    asked = json.loads(urllib.parse.parse_qs(urllib.parse.urlsplit(targets[0]).query)["filters"][0])
+    assert asked["type"] == ["container"] and asked["label"] == ["project=shop"]
+    events = set(asked["event"])
+    assert CONTAINER_ACTIONS <= events  # Docker's names; "health_status" also matches "health_status: healthy"
+    assert {"died", "remove", "health_status: healthy", "health_status: unhealthy"} <= events  # Podman's, exact
+    assert not {e for e in events if e.startswith("exec")}
+    for action in events:  # nothing is asked that the reader then drops
+        hint = docker_events.hint_from_event({"Action": action, "Actor": {"ID": "c1"}, "timeNano": 1})
+        assert hint is not None and hint.action in CONTAINER_ACTIONS, action
+
+
+def test_each_event_is_parsed_once_however_many_pieces_bring_a_closing_brace(monkeypatch) -> None:
+    """A 7 MiB event cut in 64 KiB pieces that each hold a `}`: one decode per event,
+    not one per piece."""
+    calls: list[int] = []  # each decode tried, and the characters it read when it succeeded
+    real = json.JSONDecoder.raw_decode
+
+    def counted(self: json.JSONDecoder, text: str, at: int = 0) -> tuple[object, int]:
+        calls.append(0)
+        value, end = real(self, text, at)
+        calls[-1] = end - at
+        return value, end
+    monkeypatch.setattr(json.JSONDecoder, "raw_decode", counted)
+    labels = {f"l{n}": "x}" * 32000 for n in range(115)}
+    data = event("start", "a") + json.dumps({"Action": "exec_start", "Actor": {"ID": "b", "Attributes": labels}}
+                                            ).encode() + b"\n" + event("die", "c")
+    assert len(data) > 7 * 1024 * 1024
+    decoded = list(_json_lines(Pieces(data, 65536)))
+    assert [e["Actor"]["ID"] for e in decoded] == ["a", "b", "c"]
+    assert len(calls) == 3 and sum(calls) == len(data) - 3  # every byte but the newlines decoded once
+
+
+def test_a_line_that_is_not_json_ends_the_stream_without_showing_it() -> None:
+    data = event("start", "a") + b'{"Action": "start", "secret": "hunter2"\n' + event("die", "b")
+    decoded = []
+    with pytest.raises(ValueError) as refused:
+        for value in _json_lines(Pieces(data, 7)):
+            decoded.append(value)
+    assert [e["Actor"]["ID"] for e in decoded] == ["a"] and "hunter2" not in str(refused.value)
 
 
 def test_skipped_events_ask_for_at_most_one_full_pass_per_window_and_none_is_lost() -> None:
@@ -231,7 +285,7 @@ def test_skipped_events_ask_for_at_most_one_full_pass_per_window_and_none_is_los
         posted.append(hint)
         if len(posted) == 2:
             second.set()
-    skipped = docker_source.SkippedEvents(post, interval=0.2)
+    skipped = docker_events.SkippedEvents(post, interval=0.2)
     for _ in range(50):  # a healthcheck's exec events of a container with huge labels
         skipped.notice()
     assert [h.action for h in posted] == [EVENT_SKIPPED]  # one at once, the rest wait for the window
@@ -297,7 +351,10 @@ def test_ping_inspect_and_swarm_answers(source) -> None:
               "/v1.41/services/s1": answer("503 Service Unavailable",
                                            b'{"message": "This node is not a swarm manager."}'),
               "/v1.41/services/gone": answer("404 Not Found", b'{"message": "service gone not found"}'),
-              "/v1.41/services/s2": answer("200 OK", b'{"ID": "s2", "Endpoint": {}}')}
+              "/v1.41/services/s2": answer("200 OK", b'{"ID": "s2", "Endpoint": {}}'),
+              "/v1.41/tasks/t1": answer("503 Service Unavailable", b'{"message": "This node is not a swarm manager."}'),
+              "/v1.41/tasks/gone": answer("404 Not Found", b'{"message": "task gone not found"}'),
+              "/v1.41/tasks/t2": answer("200 OK", b'{"ID": "t2", "ServiceID": "s2"}')}
     docker = source(lambda request: routes.get(request_target(request), answer("400 Bad Request", b"{}")))
     docker.ping()
     assert docker.inspect("gone") is None and docker.inspect("podman-gone") is None
@@ -305,6 +362,10 @@ def test_ping_inspect_and_swarm_answers(source) -> None:
         docker.swarm_service("s1")
     assert docker.swarm_service("gone") is None
     assert docker.swarm_service("s2") == {"ID": "s2", "Endpoint": {}}
+    with pytest.raises(docker_source.NotASwarmManager):
+        docker.swarm_task("t1")
+    assert docker.swarm_task("gone") is None
+    assert docker.swarm_task("t2") == {"ID": "t2", "ServiceID": "s2"}
     with pytest.raises(DockerUnavailable, match="could not inspect a container: 400"):
         docker.inspect("../../etc")  # percent-encoded: never another path of dockerd's
 

@@ -30,6 +30,15 @@ def test_fold_keeps_the_last_good_values_and_warns_once() -> None:
     assert changed and state.good.pairs == ()
 
 
+def test_a_file_of_bad_lines_is_warned_about_in_a_few_lines_once_per_content() -> None:
+    text = "".join(f"secret-{n}\n" for n in range(1000))
+    state, _, warnings = fold(EnvFileState("/e"), EnvFileRead("c", "/e", text))
+    assert 1 < len(warnings) <= 4 and not any("secret" in w for w in warnings)
+    assert warnings[-1] == "env file /e: and 997 more line(s) not KEY=value"
+    _, _, again = fold(state, EnvFileRead("c", "/e", text))
+    assert again == []
+
+
 def test_a_first_read_that_fails_still_lets_the_container_register() -> None:
     state, changed, warnings = fold(EnvFileState("/e"), EnvFileRead("c", "/e", None, error="a directory"))
     assert changed and state.read and state.good.pairs == () and warnings

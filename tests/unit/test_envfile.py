@@ -15,7 +15,24 @@ def test_malformed_lines_are_reported():
     assert len(parsed.problems) == 2 and parsed.problems[0].startswith("line 2")
 
 
-from consul_reg.envfile import env_file_path, path_problem  # noqa: E402
+def test_a_bad_line_is_named_by_its_number_and_never_by_its_text():
+    """The file may hold other secrets: dockerd reads it as root from any path named."""
+    parsed = parse("SERVICE_TAGS=a\nhunter2-token\n=s3cret-value\nDB PASSWORD=pa55word\n")
+    assert parsed.problems == ("line 2: not KEY=value (no '=')", "line 3: not KEY=value (no key before '=')",
+                               "line 4: not KEY=value (a space in the key)")
+    assert not any(secret in problem for problem in parsed.problems
+                   for secret in ("hunter2", "s3cret", "pa55word", "PASSWORD"))
+
+
+def test_a_file_of_bad_lines_reports_a_few_and_counts_the_rest():
+    parsed = parse("".join(f"secret-{n}\n" for n in range(5000)) + "SERVICE_NAME=web\n")
+    assert parsed.problems[:MAX_PROBLEMS_SHOWN] == tuple(f"line {n}: not KEY=value (no '=')"
+                                                         for n in range(1, MAX_PROBLEMS_SHOWN + 1))
+    assert parsed.problems[MAX_PROBLEMS_SHOWN:] == (f"and {5000 - MAX_PROBLEMS_SHOWN} more line(s) not KEY=value",)
+    assert parsed.pairs == (("SERVICE_NAME", "web"),)
+
+
+from consul_reg.envfile import MAX_PROBLEMS_SHOWN, env_file_path, path_problem  # noqa: E402
 
 
 def holder(labels=None, env=None):

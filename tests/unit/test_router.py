@@ -60,7 +60,7 @@ def test_a_sigkill_is_no_drain_its_death_follows_at_once() -> None:
 
 
 def test_an_event_keeps_only_the_attributes_read_and_never_the_labels() -> None:
-    from consul_reg.docker_source import hint_from_event
+    from consul_reg.docker_events import hint_from_event
 
     labels = {f"label{n}": "x" * 1000 for n in range(200)}
     event = {"Type": "container", "Action": "die", "timeNano": 7,
@@ -79,23 +79,23 @@ class Chunks:
 
 
 def test_the_event_stream_is_decoded_however_it_is_cut() -> None:
-    from consul_reg.docker_source import _json_objects
+    from consul_reg.docker_events import _json_lines
 
     text = '{"Action":"start","id":"a"}\n{"Action":"die","Actor":{"Attributes":{"n":"é"}}}{"x":[1,2]}  \n'.encode()
     for size in (1, 2, 3, 7, len(text)):
         pieces = [text[i:i + size] for i in range(0, len(text), size)]
-        assert list(_json_objects(Chunks(pieces))) == [
+        assert list(_json_lines(Chunks(pieces))) == [
             {"Action": "start", "id": "a"}, {"Action": "die", "Actor": {"Attributes": {"n": "é"}}}, {"x": [1, 2]}]
 
 
 def test_an_event_that_never_ends_is_refused_within_bounds() -> None:
     import pytest
 
-    from consul_reg.docker_source import MAX_EVENT_BYTES, _json_objects
+    from consul_reg.docker_events import MAX_EVENT_BYTES, _json_lines
 
     pieces = [b'{"Action":"start","junk":"'] + [b"x" * 65536] * (MAX_EVENT_BYTES // 65536 + 2)
     with pytest.raises(ValueError, match="longer than"):
-        list(_json_objects(Chunks(pieces)))
+        list(_json_lines(Chunks(pieces)))
 
 
 def test_the_listing_key_ignores_the_uptime_text_and_nothing_else() -> None:

@@ -64,8 +64,10 @@ def test_the_mapping_skips_a_container_the_filter_does_not_select():
 
 def test_the_event_stream_carries_the_filters():
     source = DockerSource(filters={"label": ["project=shop"]})
-    assert source.event_filters() == {"type": ["container"], "label": ["project=shop"]}
-    assert DockerSource().event_filters() == {"type": ["container"]}
+    filters = source.event_filters()
+    assert (filters["type"], filters["label"]) == (["container"], ["project=shop"])
+    assert filters["event"] == DockerSource().event_filters()["event"]  # the actions asked (test_docker_wire)
+    assert "label" not in DockerSource().event_filters()
 
 
 # -- --instance -------------------------------------------------------------------------------------

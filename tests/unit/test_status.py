@@ -14,7 +14,10 @@ from pathlib import Path
 from consul_reg.liveness import Liveness
 from consul_reg.metrics import Metrics
 from consul_reg.snapshot import Snapshot
-from consul_reg.status import MAX_CONNECTIONS, REQUEST_TIMEOUT_SECONDS, StatusServer, StatusSources
+from loguru import logger
+
+from consul_reg.status import MAX_CONNECTIONS, MAX_CONNECTIONS_PER_CLIENT, MAX_HEADERS, MAX_REQUEST_BYTES, \
+    REQUEST_TIMEOUT_SECONDS, StatusServer, StatusSources
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -66,6 +69,73 @@ def test_clients_that_dribble_a_request_cannot_hold_health_for_ever() -> None:
         for client in slow:
             client.close()
         server.stop()
+
+
+def _ask(port: int, request: bytes, source: str = "127.0.0.1") -> bytes:
+    """The whole answer to `request` (b"" when the server closed without one)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=REQUEST_TIMEOUT_SECONDS + 5,
+                                  source_address=(source, 0)) as client:
+        try:
+            client.sendall(request)
+        except OSError:  # it stopped reading, and answered or closed
+            pass
+        answer = b""
+        while chunk := client.recv(65536):
+            answer += chunk
+        return answer
+
+
+def test_one_client_address_holds_at_most_its_share_of_the_slots() -> None:
+    """Every slot held by one address's idle connections left /health to nobody else."""
+    server = _server()
+    port = server.server.server_address[1]
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(MAX_CONNECTIONS)]
+    try:
+        assert _ask(port, b"GET /health HTTP/1.0\r\n\r\n", source="127.0.0.2").startswith(b"HTTP/1.0 200")
+        closed = 0
+        for client in idle[MAX_CONNECTIONS_PER_CLIENT:]:  # over its share: closed at once, not after the deadline
+            client.settimeout(1)
+            closed += client.recv(1) == b""
+        assert closed == MAX_CONNECTIONS - MAX_CONNECTIONS_PER_CLIENT
+        assert _ask(port, b"GET /health HTTP/1.0\r\n\r\n", source="127.0.0.3").startswith(b"HTTP/1.0 200")
+    finally:
+        for client in idle:
+            client.close()
+        server.stop()
+
+
+def test_a_request_is_bounded_in_header_lines_and_bytes() -> None:
+    server = _server()
+    port = server.server.server_address[1]
+    try:
+        def headers(count: int, size: int = 8) -> bytes:
+            return b"".join(b"X-%d: %s\r\n" % (n, b"v" * size) for n in range(count))
+        assert _ask(port, b"GET /health HTTP/1.0\r\n" + headers(MAX_HEADERS) + b"\r\n").startswith(b"HTTP/1.0 200")
+        for request in (b"GET /health HTTP/1.0\r\n" + headers(MAX_HEADERS + 1) + b"\r\n",
+                        b"GET /health HTTP/1.0\r\n" + headers(1, MAX_REQUEST_BYTES) + b"\r\n",
+                        b"GET /health HTTP/1.0\r\n" + headers(4, 64 * 1024) + b"\r\n",  # under http.server's line cap
+                        b"GET /" + b"a" * (2 * MAX_REQUEST_BYTES) + b" HTTP/1.0\r\n\r\n"):
+            started = time.monotonic()
+            assert _ask(port, request).startswith(b"HTTP/1.0 431"), request[:60]
+            assert time.monotonic() - started < REQUEST_TIMEOUT_SECONDS  # refused at once, not dropped at the deadline
+    finally:
+        server.stop()
+
+
+def test_the_request_line_is_never_logged_raw() -> None:
+    logged: list[str] = []
+    handler = logger.add(lambda message: logged.append(str(message)), level="TRACE")
+    server = _server()
+    port = server.server.server_address[1]
+    try:
+        assert _ask(port, b"GET /\x1b]0;owned\x07\x1b[2J HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.0 404")
+        assert b"Error code explanation: 400" in _ask(port, b"\x1b[2J\x08\x08 HTTP/1.0\r\n\r\n")  # as HTTP/0.9
+    finally:
+        server.stop()
+        logger.remove(handler)
+    status = [line for line in logged if "status: " in line]
+    assert any("GET /\\x1b]0;owned\\x07\\x1b[2J HTTP/1.0" in line for line in status), status
+    assert not [line for line in status if "\x1b" in line or "\x07" in line or "\x08" in line]
 
 
 SCRIPT = textwrap.dedent("""
