@@ -75,6 +75,41 @@ class AgentInfo:
     node_id: str
     advertise_address: str
     runs_remote_scripts: bool  # enable_script_checks: script and docker checks may be registered over HTTP
+    # Where the agent itself listens (HTTP, HTTPS, gRPC, DNS), as its DebugConfig says: never a check target.
+    listen_addresses: tuple[str, ...] = ()
+    listen_ports: tuple[int, ...] = ()
+
+
+# DebugConfig's port fields (-1: that listener is off) and its address lists
+# ("tcp://127.0.0.1:8500", "udp://...", "unix:///path"), as Consul 1.8 to 1.x return them.
+_LISTENER_PORT_FIELDS = ("HTTPPort", "HTTPSPort", "GRPCPort", "DNSPort")
+_LISTENER_ADDRESS_FIELDS = ("HTTPAddrs", "HTTPSAddrs", "GRPCAddrs", "DNSAddrs")
+MAX_LISTENERS = 16  # addresses read per field
+
+
+def agent_listeners(debug: dict[str, Any]) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """(addresses, ports) the agent listens on, from /v1/agent/self's DebugConfig."""
+    ports: list[int] = []
+    addresses: list[str] = []
+    for name in _LISTENER_PORT_FIELDS:
+        value = debug.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 65536:
+            ports.append(value)
+    for name in _LISTENER_ADDRESS_FIELDS:
+        listed = debug.get(name)
+        for entry in listed[:MAX_LISTENERS] if isinstance(listed, list) else ():
+            if not isinstance(entry, str) or not entry.startswith(("tcp://", "udp://")):
+                continue  # a unix socket is no check target
+            parts = urllib.parse.urlsplit(entry)
+            try:
+                port = parts.port
+            except ValueError:
+                continue
+            if parts.hostname:
+                addresses.append(parts.hostname)
+            if port:
+                ports.append(port)
+    return tuple(dict.fromkeys(addresses)), tuple(dict.fromkeys(ports))
 
 
 def agent_path(*segments: str) -> str:
@@ -196,12 +231,15 @@ class ConsulRegistry:
         member = info.get("Member") or {}
         debug = info.get("DebugConfig") or {}
         address = str(debug.get("AdvertiseAddrLAN") or member.get("Addr") or "")
+        addresses, ports = agent_listeners(debug if isinstance(debug, dict) else {})
         return AgentInfo(
             version=str(config.get("Version") or ""),
             node_name=str(config.get("NodeName") or ""),
             node_id=str(config.get("NodeID") or ""),
             advertise_address=address,
             runs_remote_scripts=bool(debug.get("EnableRemoteScriptChecks", debug.get("EnableScriptChecks", False))),
+            listen_addresses=addresses,
+            listen_ports=ports,
         )
 
     def services(self) -> dict[str, RegisteredService]:
