@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 from consul_reg.labels import show
-from consul_reg.validate import Limits, has_control
+from consul_reg.validate import Limits, has_control, has_space_or_control
 
 HEADER_NAME = re.compile(r"^[A-Za-z0-9-]+$")
 HEADER_NAME_LENGTH = 128
@@ -47,7 +47,7 @@ def server_name_problem(value: str, limits: Limits = Limits()) -> str | None:
     """TLSServerName: a DNS name's length, no whitespace or control character."""
     if len(value) > limits.server_name_length:
         return f"a TLS server name holds at most {limits.server_name_length} characters (this one has {len(value)})"
-    if has_control(value) or any(c.isspace() for c in value):
+    if has_space_or_control(value):
         return "a TLS server name may not hold whitespace or control characters"
     return None
 

@@ -16,7 +16,7 @@ from consul_reg.check_caps import HEADER_NAME, body_problem, header_count_proble
 from consul_reg.labels import KeyValue, show
 from consul_reg.model import Check, DaemonProbe
 from consul_reg.settings import CheckSettings
-from consul_reg.validate import Limits, OwnEndpoints, check_target_problem, has_control, normal_host
+from consul_reg.validate import Limits, OwnEndpoints, check_target_problem, has_space_or_control, normal_host
 from consul_reg.versions import CHECK_FIELD_MIN_VERSION, check_field_refusal
 
 __all__ = ["CheckSettings", "HEADER_NAME", "body_problem", "go_duration", "parse_duration", "parse_version",
@@ -227,7 +227,7 @@ class _Builder:
         if path_too_long:
             self._warn(key, f"{path_too_long}, so that check is dropped")
             return None
-        if kind in ("http", "https", "grpc") and (has_control(value) or any(c.isspace() for c in value)):
+        if kind in ("http", "https", "grpc") and has_space_or_control(value):
             self._warn(key, "holds whitespace or control characters, so that check is dropped")
             return None
         address = address[1:-1] if address.startswith("[") and address.endswith("]") else address

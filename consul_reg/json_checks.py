@@ -20,8 +20,8 @@ from consul_reg.checks import DISABLE_REDIRECTS_MIN_VERSION, INITIAL_STATUSES, f
 from consul_reg.labels import KeyValue, show
 from consul_reg.model import Check
 from consul_reg.settings import CheckSettings
-from consul_reg.validate import Limits, OwnEndpoints, check_target_problem, has_control, identifier_problem, \
-    parse_check_url, parse_host_port, whole_number
+from consul_reg.validate import Limits, OwnEndpoints, check_target_problem, has_control, has_space_or_control, \
+    identifier_problem, parse_check_url, parse_host_port, whole_number
 from consul_reg.versions import check_field_refusal
 
 # Consul's field names, as sent; a field is matched ignoring case and underscores,
@@ -253,7 +253,7 @@ class _JsonCheck:
 
     def _host_port(self, value: object, kind: str) -> tuple[str, int]:
         """`:9090`, `host:9090`, `[v6]:9090`, or "" for the service's own address and port."""
-        if not isinstance(value, str) or has_control(value) or any(c.isspace() for c in value):
+        if not isinstance(value, str) or has_space_or_control(value):
             raise Refused(f"{kind} must be a string without spaces or control characters")
         if value in ("", "true"):
             return self._target(None, None, kind)
@@ -278,7 +278,7 @@ class _JsonCheck:
         too_long = path_problem(value, self.limits, "HTTP") if isinstance(value, str) else None
         if too_long:  # the whole URL: its path is the most of it (a host name is at most 253)
             raise Refused(too_long)
-        if not isinstance(value, str) or not value or has_control(value) or any(c.isspace() for c in value):
+        if not isinstance(value, str) or not value or has_space_or_control(value):
             raise Refused("HTTP must be a path (/health), :port/path or a URL, without spaces or control characters")
         scheme, host, port, path = "http", None, None, value
         if value.startswith(":"):
@@ -348,7 +348,7 @@ class _JsonCheck:
     def _server_name(self, out: dict[str, object]) -> None:
         server_name = self._text("TLSServerName", self.limits.server_name_length)
         if server_name is not None:
-            if any(c.isspace() for c in server_name):
+            if has_space_or_control(server_name):
                 raise Refused("TLSServerName holds whitespace")
             out["TLSServerName"] = server_name
 
@@ -378,7 +378,7 @@ class _JsonCheck:
         too_long = path_problem(grpc_service, self.limits, "a gRPC check's service name")
         if too_long:
             raise Refused(too_long)
-        if slash and (not grpc_service or has_control(grpc_service) or any(c.isspace() for c in grpc_service)):
+        if slash and (not grpc_service or has_space_or_control(grpc_service)):
             raise Refused("GRPC: the service name after / must be non-empty, without spaces or control characters")
         host, port = self._host_port(target, "GRPC")
         out["GRPC"] = f"{self._bracketed(host)}:{port}" + (f"/{grpc_service}" if slash else "")

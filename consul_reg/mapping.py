@@ -13,11 +13,12 @@ from typing import Any
 from consul_reg import labels, swarm, workers
 from consul_reg.addresses import UNSPECIFIED_HOST_IPS, AddressChoice, choose_address, container_addresses
 from consul_reg.checks import service_checks
-from consul_reg.definitions import service_extras
+from consul_reg.definitions import Extras, service_extras
 from consul_reg.json_checks import json_checks, parse_checks
 from consul_reg.labels import KeyValue, ServiceKeys, show
 from consul_reg.model import Check, Service, marker_meta
 from consul_reg.ports import int_or_none, port_entries, published_ports
+from consul_reg.registration import registration_bytes
 from consul_reg.selection import selected
 from consul_reg.settings import CheckSettings, MappingSettings, PublishedPort
 from consul_reg.tags_meta import capped_tags, service_meta, tags_of, template_tags
@@ -127,6 +128,8 @@ class _Context:
     # SERVICE_CHECKS values parsed once per container, and how many checks they gave so far.
     parsed_checks: dict[str, list[object] | str] = field(default_factory=dict)
     json_checks_made: list[int] = field(default_factory=lambda: [0])
+    sidecars_made: list[int] = field(default_factory=lambda: [0])
+    registration_bytes: list[int] = field(default_factory=lambda: [0])  # of the services kept so far
 
 
 def own_endpoints(container: dict[str, Any], network_peer: dict[str, Any] | None, settings: MappingSettings,
@@ -240,8 +243,9 @@ def _service_for_port(context: _Context, port: PublishedPort, is_group: bool, de
 
 def _service(context: _Context, keys: dict[str, KeyValue], service_id: str, name: str, choice: AddressChoice,
              port: PublishedPort | None, port_number: int | None, tags: list[str], checks: tuple[Check, ...]
-             ) -> Service:
-    """The record, with what every service gets: Meta and the marker, SERVICE_CHECKS, the extras."""
+             ) -> Service | None:
+    """The record, with what every service gets: Meta and the marker, SERVICE_CHECKS, the extras;
+    None when its registration is over the size caps (warned)."""
     settings, records = context.settings, context.records
     marker = marker_meta(settings.hostname, records.container_id, settings.instance)
     meta = service_meta(keys, records.warnings, settings.limits, marker_pairs=len(marker) + 1)  # + the digest
@@ -257,9 +261,9 @@ def _service(context: _Context, keys: dict[str, KeyValue], service_id: str, name
                                 settings.limits.json_checks_per_container - context.json_checks_made[0])
         context.json_checks_made[0] += len(from_json)
         checks += from_json
-    extras = service_extras(keys, service_id, choice, port, port_number, settings, records.warnings,
-                            context.own)
-    return Service(
+    extras = _capped_sidecars(context, keys, service_id, service_extras(
+        keys, service_id, choice, port, port_number, settings, records.warnings, context.own))
+    return _within_size(context, Service(
         id=service_id,
         name=name,
         address=choice.address,
@@ -276,7 +280,44 @@ def _service(context: _Context, keys: dict[str, KeyValue], service_id: str, name
         enable_tag_override=extras.enable_tag_override,
         connect=extras.connect,
         origins=extras.origins,
-    )
+    ))
+
+
+def _capped_sidecars(context: _Context, keys: dict[str, KeyValue], service_id: str, extras: Extras) -> Extras:
+    """Each sidecar takes a port of the agent's sidecar range (21000-21255 by default),
+    shared by every service of this host: a container gets a few, never the range."""
+    if extras.connect is None or not extras.connect.sidecar:
+        return extras
+    limit = context.settings.limits.sidecars_per_container
+    if context.sidecars_made[0] < limit:
+        context.sidecars_made[0] += 1
+        return extras
+    entry = keys.get("connect")
+    where = f"key {show(entry.original_key)}" if entry is not None else "SERVICE_CONNECT"
+    context.records.warnings.append(
+        f"{where}: a container may have at most {limit} sidecar proxies (each takes a port of the agent's sidecar "
+        f"range, shared by this host); service {show(service_id)} is registered without one")
+    origins = tuple((k, v) for k, v in extras.origins if not k.startswith("Connect"))
+    return replace(extras, connect=None, origins=origins)
+
+
+def _within_size(context: _Context, service: Service) -> Service | None:
+    """The body the agent is sent for one service, and for all of one container's, is
+    bounded: a service over either cap is refused, named in the warning."""
+    limits, warnings = context.settings.limits, context.records.warnings
+    size = registration_bytes(service)
+    if size > limits.registration_bytes:
+        warnings.append(f"service {show(service.id)}: its registration would be {size} bytes, over the limit of "
+                        f"{limits.registration_bytes} for one service (checks: {len(service.checks)}, tags: "
+                        f"{len(service.tags)}); this service is refused")
+        return None
+    if context.registration_bytes[0] + size > limits.registration_bytes_per_container:
+        warnings.append(f"service {show(service.id)}: its registration ({size} bytes) would take this container's "
+                        f"registrations over {limits.registration_bytes_per_container} bytes in all; "
+                        "this service is refused")
+        return None
+    context.registration_bytes[0] += size
+    return service
 
 
 def _portless_service(context: _Context) -> Service | None:

@@ -184,7 +184,16 @@ def squats_host_namespace(service_id: str, hostname: str) -> bool:
 
 def has_control(text: str) -> bool:
     """C0/C1 control characters, DEL and the Unicode line/paragraph separators (CR, LF, ESC, NUL...)."""
+    if text.isprintable():  # none of those is printable: one pass in C settles the usual case
+        return False
     return _CONTROL.search(text) is not None
+
+
+def has_space_or_control(text: str) -> bool:
+    """Any whitespace (str.isspace()'s) or control character."""
+    if text.isprintable():  # the only printable whitespace is the space itself
+        return " " in text
+    return _CONTROL.search(text) is not None or any(c.isspace() for c in text)
 
 
 def parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:

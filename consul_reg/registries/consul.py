@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Collection
 
 from consul_reg.http_pool import Answer, ConnectionPool, TRANSPORT_ERRORS
-from consul_reg.model import MARKER_DIGEST_KEY, MARKER_SOURCE_KEY, MARKER_SOURCE_VALUE, SIDECAR_FOR_KEY, \
-    RegisteredService, Service
+from consul_reg.model import RegisteredService, Service
+from consul_reg.registration import connect_payload, registration_payload  # noqa: F401  (re-exported)
 from consul_reg.registries.base import (
     RegistryError,
     RegistryNotFound,
@@ -331,51 +331,6 @@ class ConsulKV:
 
     def delete(self, key: str) -> None:
         self.client.call("DELETE", ("kv", *key.split("/")), f"delete KV {key}")
-
-
-def registration_payload(service: Service) -> dict[str, Any]:
-    """The JSON body of PUT /v1/agent/service/register for one service."""
-    meta = dict(service.meta)
-    meta[MARKER_DIGEST_KEY] = service.digest
-    payload: dict[str, Any] = {
-        "ID": service.id,
-        "Name": service.name,
-        "Tags": list(service.tags),
-        "Address": service.address,
-        "Meta": meta,
-    }
-    if service.port is not None:
-        payload["Port"] = service.port
-    if service.checks:
-        payload["Checks"] = [
-            {"CheckID": check.check_id, "Name": check.name, **check.definition_dict} for check in service.checks
-        ]
-    if service.tagged_addresses:
-        payload["TaggedAddresses"] = {t.name: {"Address": t.address, "Port": t.port}
-                                      for t in service.tagged_addresses}
-    if service.weights is not None:
-        payload["Weights"] = {"Passing": service.weights[0], "Warning": service.weights[1]}
-    if service.enable_tag_override:
-        payload["EnableTagOverride"] = True
-    if service.connect is not None:
-        payload["Connect"] = connect_payload(service)
-    return payload
-
-
-def connect_payload(service: Service) -> dict[str, Any]:
-    """The registration's Connect block. A sidecar's own Meta is set: without it
-    the agent copies the service's Meta, ownership marker included, into the
-    sidecar's registration, which the daemon would then take for an orphan of
-    its own and remove."""
-    assert service.connect is not None
-    if service.connect.native:
-        return {"Native": True}
-    proxy: dict[str, Any] = {"LocalServiceAddress": service.address, "LocalServicePort": service.port}
-    if service.connect.upstreams:
-        proxy["Upstreams"] = [{"DestinationName": u.destination, "LocalBindPort": u.local_port}
-                              for u in service.connect.upstreams]
-    return {"SidecarService": {"Meta": {MARKER_SOURCE_KEY: MARKER_SOURCE_VALUE, SIDECAR_FOR_KEY: service.id},
-                               "Proxy": proxy}}
 
 
 def _one_line(text: str, limit: int = MAX_ERROR_BODY) -> str:
