@@ -19,7 +19,7 @@ from typing import Any, Iterator
 import docker
 import pytest
 
-from tests.integration.conftest import IMAGE, RUN_ID, TEST_LABEL, wait_until
+from tests.integration.conftest import IMAGE, RUN_ID, TEST_LABEL, free_port, wait_until
 from tests.integration.test_hostile_containers import (  # noqa: F401  (fixtures: host, run_container)
     assert_host_unharmed, dockerd_of_its_own, host, run_container, services_of_container, start)
 
@@ -174,3 +174,23 @@ def test_huge_check_keys_on_many_ports_send_a_bounded_registration(host, own_doc
             hostile.remove(force=True)
         except docker.errors.NotFound:
             pass
+
+
+def test_the_agents_own_ports_are_never_a_check_target(host, own_docker, start_daemon, run_container, hostname):
+    """A host-network container declares two ports: one free, one the agent's DNS port (read from
+    /v1/agent/self: this agent's is not 8600). Both are pairs of the container's on the address the
+    daemon registers at; the agent's port never gets a check."""
+    agent, api, sentinel = host
+    daemon = start(start_daemon, agent, own_docker)
+    dns_port = agent.ports["-dns-port"]
+    free = free_port()
+    hostile = run_container(network_mode="host", name=f"crt-host-{uuid.uuid4().hex[:6]}", labels={
+        "SERVICE_NAME": "claims", "SERVICE_PORT": f"{free},{dns_port}", "SERVICE_CHECK_TCP": "true",
+        "SERVICE_CHECK_INTERVAL": "1s"})
+    mine, agents = f"{hostname}:{hostile.name}:{free}", f"{hostname}:{hostile.name}:{dns_port}"
+    wait_until(lambda: {mine, agents} <= set(api.services()), message="both services registered")
+    assert set(api.checks_of(mine)) == {f"service:{mine}:tcp"}  # its own pair: checked (nothing listens there)
+    assert api.checks_of(agents) == {}
+    daemon.wait_log(f"container {hostile.name}: key 'SERVICE_CHECK_TCP'='true': the TCP check would probe "
+                    f"'127.0.0.1' port {dns_port}: port {dns_port} is one of the Consul agent's own ports")
+    assert_host_unharmed(api, daemon, run_container, hostname, sentinel)
