@@ -168,8 +168,8 @@ def _same_family(address: str, unspecified: str) -> bool:
     """Whether a binding on `unspecified` ("" both families, 0.0.0.0 IPv4, :: IPv6) is
     reached at `address`. Docker lists 0.0.0.0 and :: separately when a port is on
     both; a host name (-ip name) is taken as reached either way."""
-    version = parse_ip(address).version if parse_ip(address) is not None else 0  # type: ignore[union-attr]
-    return not unspecified or not version or version == (4 if unspecified == "0.0.0.0" else 6)
+    ip = parse_ip(address)
+    return not unspecified or ip is None or ip.version == (4 if unspecified == "0.0.0.0" else 6)
 
 
 def default_service_name(container: dict[str, Any], container_name: str) -> str:
