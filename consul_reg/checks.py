@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import re
 
+from consul_reg.check_caps import HEADER_NAME, body_problem, header_count_problem, header_name_problem, \
+    header_value_problem, path_problem, server_name_problem, text_problem
 from consul_reg.labels import KeyValue, show
 from consul_reg.model import Check, DaemonProbe
 from consul_reg.settings import CheckSettings
-from consul_reg.validate import Limits, OwnEndpoints, check_target_problem, has_control, normal_host
+from consul_reg.validate import Limits, OwnEndpoints, check_target_problem, has_space_or_control, normal_host
 from consul_reg.versions import CHECK_FIELD_MIN_VERSION, check_field_refusal
 
-__all__ = ["CheckSettings", "go_duration", "parse_duration", "parse_version", "service_checks"]
+__all__ = ["CheckSettings", "HEADER_NAME", "body_problem", "go_duration", "parse_duration", "parse_version",
+           "service_checks"]
 
 DEFAULT_INTERVAL = "10s"
 # Go's time.ParseDuration units; ASCII digits only (Consul would refuse others).
@@ -27,7 +30,6 @@ _UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "
 MAX_DURATION_SECONDS = 2562047 * 3600.0  # Go's time.Duration overflows past ~292 years
 _WHOLE_NUMBER = re.compile(r"[0-9]{1,9}")
 _PORT = re.compile(r"[0-9]{1,5}")
-HEADER_NAME = re.compile(r"^[A-Za-z0-9-]+$")
 # HTTP checks stop following redirects where the agent can (1.12; some 1.9-1.11 patch releases too).
 DISABLE_REDIRECTS_MIN_VERSION = CHECK_FIELD_MIN_VERSION["DisableRedirects"]
 # Daemon-run exec checks: Consul clamps its own check intervals and timeouts to 1 s.
@@ -73,6 +75,7 @@ def service_checks(
     settings: CheckSettings,
     warnings: list[str],
     own: OwnEndpoints | None = None,
+    limits: Limits = Limits(),
 ) -> tuple[Check, ...]:
     """All checks the keys of one service (general merged with its port's) ask for.
 
@@ -80,17 +83,18 @@ def service_checks(
     validate.check_target_problem); by default the service's own address:port.
     """
     if own is None:
-        own = OwnEndpoints(host_addresses=frozenset({normal_host(address)}),
-                           host_ports=frozenset({port} if port is not None else ()))
-    builder = _Builder(keys, service_id, service_name, address, port, container_id, settings, warnings, own)
+        own = OwnEndpoints(host_pairs=frozenset({(normal_host(address), port)} if port is not None else ()),
+                           chosen_addresses=frozenset({normal_host(address)}))
+    builder = _Builder(keys, service_id, service_name, address, port, container_id, settings, warnings, own, limits)
     return builder.build()
 
 
 class _Builder:
     def __init__(self, keys: dict[str, KeyValue], service_id: str, service_name: str, address: str,
                  port: int | None, container_id: str, settings: CheckSettings, warnings: list[str],
-                 own: OwnEndpoints) -> None:
+                 own: OwnEndpoints, limits: Limits) -> None:
         self.own = own
+        self.limits = limits
         self.keys: dict[str, KeyValue] = keys
         self.service_id: str = service_id
         self.service_name: str = service_name
@@ -169,7 +173,11 @@ class _Builder:
                 fields[field_name] = int(value)
         notes = self._value("check_notes")
         if notes is not None:
-            fields["Notes"] = notes
+            problem = text_problem("Notes", notes, self.limits.check_text_length)
+            if problem:
+                self._warn("check_notes", f"{problem}; left out")
+            else:
+                fields["Notes"] = notes
         return fields
 
     def _timing(self, kind: str) -> dict[str, object] | None:
@@ -214,7 +222,12 @@ class _Builder:
                        f"the {kind.upper()} check would probe {show(address)} port {port}: {problem}; "
                        "that check is dropped")
             return None
-        if kind in ("http", "https", "grpc") and (has_control(value) or any(c.isspace() for c in value)):
+        path_too_long = path_problem(value, self.limits, "an HTTP check's path" if kind != "grpc" else
+                                     "a gRPC check's service name") if kind in ("http", "https", "grpc") else None
+        if path_too_long:
+            self._warn(key, f"{path_too_long}, so that check is dropped")
+            return None
+        if kind in ("http", "https", "grpc") and has_space_or_control(value):
             self._warn(key, "holds whitespace or control characters, so that check is dropped")
             return None
         address = address[1:-1] if address.startswith("[") and address.endswith("]") else address
@@ -260,26 +273,31 @@ class _Builder:
             fields["H2PING"] = f"{host}:{port}"
         server_name = self._value("check_tls_server_name")
         if server_name is not None and kind in ("https", "grpc", "h2ping"):
-            if has_control(server_name) or any(c.isspace() for c in server_name):
-                self._warn("check_tls_server_name", "holds whitespace or control characters; left out")
+            problem = server_name_problem(server_name, self.limits)
+            if problem:
+                self._warn("check_tls_server_name", f"{problem}; left out")
             else:
                 fields["TLSServerName"] = server_name
         return self._check(kind, fields)
 
     def _headers(self) -> dict[str, list[str]] | None:
+        """SERVICE_CHECK_HTTP_HEADER_<NAME> keys, counted before any is looked into."""
+        header_keys = sorted(key for key in self.keys if key.startswith("check_http_header"))
+        problem = header_count_problem(len(header_keys), self.limits)
+        if problem:
+            self._warn(header_keys[0], f"{problem} (SERVICE_CHECK_HTTP_HEADER_* keys), so that check is dropped")
+            return None
         headers: dict[str, list[str]] = {}
-        for key in sorted(self.keys):
-            if not key.startswith("check_http_header"):
-                continue
+        for key in header_keys:
             raw_name = key[len("check_http_header"):].lstrip("_")
             name = "-".join(part.capitalize() for part in raw_name.split("_") if part)
-            if not name or not HEADER_NAME.match(name):
+            if header_name_problem(name):
                 self._warn(key, "a header needs a name of letters, digits and _ (CHECK_HTTP_HEADER_X_API_KEY)"
                                 ", so that check is dropped")
                 return None
-            if has_control(self.keys[key].value):
-                self._warn(key, "a header value may not hold CR, LF or other control characters, so that check "
-                                "is dropped")
+            problem = header_value_problem(self.keys[key].value, self.limits)
+            if problem:
+                self._warn(key, f"{problem}, so that check is dropped")
                 return None
             headers.setdefault(name, []).append(self.keys[key].value)
         return headers
@@ -290,7 +308,7 @@ class _Builder:
         entry = self.keys.get(key)
         if entry is None or entry.value == "":
             return None
-        problem = body_problem(entry.value)
+        problem = body_problem(entry.value, self.limits.check_body_length)
         if problem:
             self._warn(key, f"{problem}, so that check is dropped")
             return False
@@ -380,19 +398,6 @@ class _Builder:
                 continue
             kept[name] = value
         return kept
-
-
-_TAB_AND_LINE_BREAKS = {9: None, 10: None, 13: None}
-
-
-def body_problem(body: str, limit: int = Limits().check_body_length) -> str | None:
-    """None when `body` may be sent as an HTTP check's request body, else why not.
-    Line breaks and tabs are fine (a JSON body); other control characters are not."""
-    if len(body) > limit:
-        return f"a check body may hold at most {limit} characters (this one has {len(body)})"
-    if has_control(body.translate(_TAB_AND_LINE_BREAKS)):
-        return "a check body may not hold control characters other than tab and line breaks"
-    return None
 
 
 def frozen_fields(fields: dict[str, object]) -> tuple[tuple[str, object], ...]:

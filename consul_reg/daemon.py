@@ -105,7 +105,9 @@ class Daemon:
         if not info.runs_remote_scripts:
             logger.info("the agent has script checks disabled: SERVICE_CHECK_DOCKER commands are run by this "
                         "daemon through docker exec, SERVICE_CHECK_SCRIPT checks are dropped")
-        policy = self.config.check_policy(agent_addresses=tuple(a for a in (info.advertise_address,) if a))
+        policy = self.config.check_policy(
+            agent_addresses=tuple(a for a in (info.advertise_address, *info.listen_addresses) if a),
+            agent_ports=info.listen_ports)
         return self.config.mapping_settings(*address, info.version, info.runs_remote_scripts, policy=policy)
 
     def build(self, info: AgentInfo) -> Loop:

@@ -15,7 +15,7 @@ from consul_reg import envfile
 from consul_reg.config import Config
 from consul_reg.env_files import EnvFileState
 from consul_reg.mapping import MappingSettings, map_container
-from consul_reg.model import ContainerDesire, ContainerStatus, keeps_records
+from consul_reg.model import ContainerDesire, ContainerStatus, Service, keeps_records
 from consul_reg.swarm_endpoints import SwarmEndpoints
 
 
@@ -33,6 +33,9 @@ class DesireBuilder:
         self.docker = docker
         self.settings = settings
         self._reported: dict[str, tuple[tuple[str, str], ...]] = {}
+        # The services each container mapped to last: a re-read that maps to the same
+        # ones hands those back, digest computed (model.Service.digest serialises all).
+        self._last: dict[str, dict[str, Service]] = {}
         self.swarm = SwarmEndpoints(docker)
 
     def build(self, container: dict[str, Any], env: EnvFileState | None, listing_key: str = "") -> ContainerDesire:
@@ -67,16 +70,28 @@ class DesireBuilder:
         warnings = [chosen.problem, *records.warnings] if chosen.problem else records.warnings
         self._report(name, container_id, warnings, records.services, records.skipped_reason)
         config = container.get("Config") if isinstance(container.get("Config"), dict) else {}
-        return ContainerDesire(container_id, name, created, tuple(records.services), status=status,
+        services = self._reuse(container_id, records.services)
+        return ContainerDesire(container_id, name, created, services, status=status,
                                stop_signal=str(config.get("StopSignal") or ""), env_file=env_path,
                                listing_key=listing_key)
 
     def forget(self, container_id: str) -> None:
         self._reported.pop(container_id, None)
+        self._last.pop(container_id, None)
 
     def forget_all_but(self, container_ids: set[str]) -> None:
         for gone in set(self._reported) - container_ids:
             del self._reported[gone]
+        for gone in set(self._last) - container_ids:
+            del self._last[gone]
+
+    def _reuse(self, container_id: str, services: list[Service]) -> tuple[Service, ...]:
+        """`services`, each one equal in every field to the one this container mapped to
+        last replaced by that one: comparing costs less than a digest."""
+        last = self._last.get(container_id, {})
+        kept = tuple(last[s.id] if _same(last.get(s.id), s) else s for s in services)
+        self._last[container_id] = {s.id: s for s in kept}
+        return kept
 
     def reset_reports(self) -> None:
         self._reported.clear()
@@ -104,3 +119,9 @@ class DesireBuilder:
         self._reported[container_id] = lines
         for level, text in lines:
             logger.bind(container=name).log(level.upper(), "container {}: {}", name, text)
+
+
+def _same(old: Service | None, new: Service) -> bool:
+    """Equal, and with the same explanations (not compared by ==)."""
+    return old is not None and old == new and old.address_reason == new.address_reason and \
+        old.origins == new.origins

@@ -35,7 +35,9 @@ def explain(config: Config, container_ref: str, out: TextIO = sys.stdout) -> int
     try:
         info = primary.agent_info()
         address = default_address(primary.endpoint.is_local, info.advertise_address)
-        policy = config.check_policy(agent_addresses=tuple(a for a in (info.advertise_address,) if a))
+        policy = config.check_policy(
+            agent_addresses=tuple(a for a in (info.advertise_address, *info.listen_addresses) if a),
+            agent_ports=info.listen_ports)
         settings = config.mapping_settings(*address, info.version, info.runs_remote_scripts, policy=policy)
         print(f"agent: {primary.description}, Consul {info.version}, script checks "
               f"{'enabled' if info.runs_remote_scripts else 'disabled'}", file=out)

@@ -14,13 +14,14 @@ from __future__ import annotations
 import json
 import re
 
-from consul_reg.checks import DISABLE_REDIRECTS_MIN_VERSION, HEADER_NAME, INITIAL_STATUSES, body_problem, \
-    frozen_fields, parse_duration
+from consul_reg.check_caps import body_problem, header_count_problem, header_name_problem, header_value_problem, \
+    path_problem
+from consul_reg.checks import DISABLE_REDIRECTS_MIN_VERSION, INITIAL_STATUSES, frozen_fields, parse_duration
 from consul_reg.labels import KeyValue, show
 from consul_reg.model import Check
 from consul_reg.settings import CheckSettings
-from consul_reg.validate import Limits, OwnEndpoints, check_target_problem, has_control, identifier_problem, \
-    parse_check_url, parse_host_port, whole_number
+from consul_reg.validate import Limits, OwnEndpoints, check_target_problem, has_control, has_space_or_control, \
+    identifier_problem, parse_check_url, parse_host_port, whole_number
 from consul_reg.versions import check_field_refusal
 
 # Consul's field names, as sent; a field is matched ignoring case and underscores,
@@ -48,7 +49,6 @@ KIND_FIELDS = {"Method": ("HTTP",), "Header": ("HTTP",), "Body": ("HTTP",), "Dis
                "GRPCUseTLS": ("GRPC",), "H2PingUseTLS": ("H2PING",), "DockerContainerID": ("Args",),
                "Shell": ("Args",), "Timeout": ("HTTP", "TCP", "UDP", "GRPC", "H2PING", "Args")}
 MAX_ARGS = 64
-MAX_HEADERS = 32
 DEFAULT_INTERVAL = "10s"
 # No ':' in a given ID: check IDs are agent-wide and `service:<service ID>:<ID>` must never
 # read as a check of another service (`service:<hostname>` + `web:80:http`).
@@ -253,7 +253,7 @@ class _JsonCheck:
 
     def _host_port(self, value: object, kind: str) -> tuple[str, int]:
         """`:9090`, `host:9090`, `[v6]:9090`, or "" for the service's own address and port."""
-        if not isinstance(value, str) or has_control(value) or any(c.isspace() for c in value):
+        if not isinstance(value, str) or has_space_or_control(value):
             raise Refused(f"{kind} must be a string without spaces or control characters")
         if value in ("", "true"):
             return self._target(None, None, kind)
@@ -275,7 +275,10 @@ class _JsonCheck:
 
     def _kind_http(self, out: dict[str, object]) -> None:
         value = self.fields["HTTP"]
-        if not isinstance(value, str) or not value or has_control(value) or any(c.isspace() for c in value):
+        too_long = path_problem(value, self.limits, "HTTP") if isinstance(value, str) else None
+        if too_long:  # the whole URL: its path is the most of it (a host name is at most 253)
+            raise Refused(too_long)
+        if not isinstance(value, str) or not value or has_space_or_control(value):
             raise Refused("HTTP must be a path (/health), :port/path or a URL, without spaces or control characters")
         scheme, host, port, path = "http", None, None, value
         if value.startswith(":"):
@@ -320,23 +323,32 @@ class _JsonCheck:
             out["DisableRedirects"] = True
 
     def _headers(self, value: object) -> dict[str, list[str]]:
-        if not isinstance(value, dict) or len(value) > MAX_HEADERS:
-            raise Refused(f"Header must be an object of at most {MAX_HEADERS} names, each a string or a list of them")
+        """The same caps as SERVICE_CHECK_HTTP_HEADER_* keys: values counted over all names first."""
+        limit = self.limits.check_headers
+        if not isinstance(value, dict) or len(value) > limit:
+            raise Refused(f"Header must be an object of at most {limit} names, each a string or a list of them")
+        lists = {name: [values] if isinstance(values, str) else values for name, values in value.items()}
+        if not all(isinstance(values, list) for values in lists.values()):
+            raise Refused("Header: each name's values are a string or a list of strings")
+        problem = header_count_problem(sum(len(values) for values in lists.values()), self.limits)
+        if problem:
+            raise Refused(f"Header: {problem}")
         headers: dict[str, list[str]] = {}
-        for name, values in value.items():
-            values = [values] if isinstance(values, str) else values
-            if not isinstance(name, str) or not HEADER_NAME.match(name) or len(name) > 128:
-                raise Refused(f"Header name {show(str(name), 40)}: letters, digits and - only")
-            if not isinstance(values, list) or len(values) > MAX_HEADERS or \
-                    not all(isinstance(v, str) and not has_control(v) and len(v) <= 4096 for v in values):
-                raise Refused(f"Header {show(name, 40)}: values are strings without CR, LF or control characters")
+        for name, values in lists.items():
+            if not isinstance(name, str) or header_name_problem(name):
+                raise Refused(f"Header name {show(str(name), 40)}: letters, digits and - only (at most 128)")
+            for one in values:
+                problem = header_value_problem(one, self.limits) if isinstance(one, str) else "not a string"
+                if problem:
+                    raise Refused(f"Header {show(name, 40)}: values are strings without CR, LF or control "
+                                  f"characters ({problem})")
             headers[name] = list(values)
         return headers
 
     def _server_name(self, out: dict[str, object]) -> None:
-        server_name = self._text("TLSServerName", 253)
+        server_name = self._text("TLSServerName", self.limits.server_name_length)
         if server_name is not None:
-            if any(c.isspace() for c in server_name):
+            if has_space_or_control(server_name):
                 raise Refused("TLSServerName holds whitespace")
             out["TLSServerName"] = server_name
 
@@ -363,7 +375,10 @@ class _JsonCheck:
         if not isinstance(value, str):
             raise Refused("GRPC must be a string: /my.Service, :50051/my.Service or host:port/my.Service")
         target, slash, grpc_service = value.partition("/")
-        if slash and (not grpc_service or has_control(grpc_service) or any(c.isspace() for c in grpc_service)):
+        too_long = path_problem(grpc_service, self.limits, "a gRPC check's service name")
+        if too_long:
+            raise Refused(too_long)
+        if slash and (not grpc_service or has_space_or_control(grpc_service)):
             raise Refused("GRPC: the service name after / must be non-empty, without spaces or control characters")
         host, port = self._host_port(target, "GRPC")
         out["GRPC"] = f"{self._bracketed(host)}:{port}" + (f"/{grpc_service}" if slash else "")

@@ -13,15 +13,17 @@ from typing import Any
 from consul_reg import labels, swarm, workers
 from consul_reg.addresses import UNSPECIFIED_HOST_IPS, AddressChoice, choose_address, container_addresses
 from consul_reg.checks import service_checks
-from consul_reg.definitions import service_extras
+from consul_reg.definitions import Extras, service_extras
 from consul_reg.json_checks import json_checks, parse_checks
 from consul_reg.labels import KeyValue, ServiceKeys, show
 from consul_reg.model import Check, Service, marker_meta
-from consul_reg.ports import PORT_NUMBER, int_or_none, port_entries, published_ports
+from consul_reg.ports import int_or_none, port_entries, published_ports
+from consul_reg.registration import registration_bytes
 from consul_reg.selection import selected
 from consul_reg.settings import CheckSettings, MappingSettings, PublishedPort
 from consul_reg.tags_meta import capped_tags, service_meta, tags_of, template_tags
-from consul_reg.validate import OwnEndpoints, identifier_problem, normal_host, squats_host_namespace
+from consul_reg.validate import OwnEndpoints, identifier_problem, normal_host, parse_ip, \
+    squats_host_namespace
 
 __all__ = ["CheckSettings", "ContainerRecords", "MappingSettings", "PublishedPort", "default_service_name",
            "map_container", "published_ports", "service_meta"]
@@ -126,25 +128,48 @@ class _Context:
     # SERVICE_CHECKS values parsed once per container, and how many checks they gave so far.
     parsed_checks: dict[str, list[object] | str] = field(default_factory=dict)
     json_checks_made: list[int] = field(default_factory=lambda: [0])
+    sidecars_made: list[int] = field(default_factory=lambda: [0])
+    registration_bytes: list[int] = field(default_factory=lambda: [0])  # of the services kept so far
 
 
 def own_endpoints(container: dict[str, Any], network_peer: dict[str, Any] | None, settings: MappingSettings,
                   ports: list[PublishedPort]) -> OwnEndpoints:
-    """What this container's checks may probe without an operator's rule:
-    its own IPs with its container-side ports, and the host addresses the
-    daemon itself would register (-ip, the agent's address, a specific
-    published address) with the ports published there."""
+    """What this container's checks (and sidecar forwards) may probe without an
+    operator's rule, as exact pairs (see validate.OwnEndpoints): its own IPs with
+    its container-side ports; each binding's (HostIp, HostPort); a port published
+    on every address at each address the daemon registers at, of that family."""
     exposed, bound = port_entries(container, settings.limits, [])
     container_ports = {int(number) for number, _ in exposed} | {int(number) for (number, _), _ in bound}
     container_ports |= {int(p.exposed) for p in ports if p.declared}
-    host_ports = {int(p.host_port) for p in ports if PORT_NUMBER.fullmatch(p.host_port)}
-    host_addresses = {normal_host(a) for a in (settings.host_ip, settings.host_ip6, settings.default_address) if a}
-    host_addresses |= {normal_host(p.host_ip) for p in ports if p.host_ip not in UNSPECIFIED_HOST_IPS}
+    chosen = {normal_host(a) for a in (settings.host_ip or settings.default_address, settings.host_ip6) if a}
+    pairs: set[tuple[str, int]] = set()
+    budget = settings.limits.port_entries  # bindings looked at, over all ports
+    for _, bindings in bound:
+        for binding in bindings[:budget] if isinstance(bindings, list) else ():
+            budget -= 1
+            host_port = int_or_none(str(binding.get("HostPort") or "")) if isinstance(binding, dict) else None
+            if host_port is None:
+                continue
+            host_ip = str(binding.get("HostIp") or "")
+            if host_ip in UNSPECIFIED_HOST_IPS:
+                pairs |= {(address, host_port) for address in chosen if _same_family(address, host_ip)}
+            elif parse_ip(host_ip) is not None:
+                pairs.add((normal_host(host_ip), host_port))
+        if budget <= 0:
+            break
     if _dict(container.get("HostConfig")).get("NetworkMode") == "host":
-        host_ports |= container_ports
+        pairs |= {(address, port) for address in chosen for port in container_ports}
     return OwnEndpoints(container_addresses=container_addresses(container, network_peer),
-                        container_ports=frozenset(container_ports), host_addresses=frozenset(host_addresses),
-                        host_ports=frozenset(host_ports))
+                        container_ports=frozenset(container_ports), host_pairs=frozenset(pairs),
+                        chosen_addresses=frozenset(chosen))
+
+
+def _same_family(address: str, unspecified: str) -> bool:
+    """Whether a binding on `unspecified` ("" both families, 0.0.0.0 IPv4, :: IPv6) is
+    reached at `address`. Docker lists 0.0.0.0 and :: separately when a port is on
+    both; a host name (-ip name) is taken as reached either way."""
+    ip = parse_ip(address)
+    return not unspecified or ip is None or ip.version == (4 if unspecified == "0.0.0.0" else 6)
 
 
 def default_service_name(container: dict[str, Any], container_name: str) -> str:
@@ -209,7 +234,7 @@ def _service_for_port(context: _Context, port: PublishedPort, is_group: bool, de
             return None
 
     checks = service_checks(merged, service_id, name, choice.address, port_number, records.container_id,
-                            settings.checks, records.warnings, _own_for(context.own, choice))
+                            settings.checks, records.warnings, context.own, settings.limits)
     if workers.has_healthcheck(context.container):
         checks += (workers.docker_health_check(service_id, name, records.container_id,
                                                settings.health_reassert_seconds),)
@@ -218,8 +243,9 @@ def _service_for_port(context: _Context, port: PublishedPort, is_group: bool, de
 
 def _service(context: _Context, keys: dict[str, KeyValue], service_id: str, name: str, choice: AddressChoice,
              port: PublishedPort | None, port_number: int | None, tags: list[str], checks: tuple[Check, ...]
-             ) -> Service:
-    """The record, with what every service gets: Meta and the marker, SERVICE_CHECKS, the extras."""
+             ) -> Service | None:
+    """The record, with what every service gets: Meta and the marker, SERVICE_CHECKS, the extras;
+    None when its registration is over the size caps (warned)."""
     settings, records = context.settings, context.records
     marker = marker_meta(settings.hostname, records.container_id, settings.instance)
     meta = service_meta(keys, records.warnings, settings.limits, marker_pairs=len(marker) + 1)  # + the digest
@@ -230,14 +256,14 @@ def _service(context: _Context, keys: dict[str, KeyValue], service_id: str, name
         if parsed is None:
             parsed = context.parsed_checks.setdefault(entry.value, parse_checks(entry))
         from_json = json_checks(entry, service_id, name, choice.address, port_number, records.container_id,
-                                settings.checks, records.warnings, _own_for(context.own, choice),
+                                settings.checks, records.warnings, context.own,
                                 {c.check_id for c in checks}, settings.limits, parsed,
                                 settings.limits.json_checks_per_container - context.json_checks_made[0])
         context.json_checks_made[0] += len(from_json)
         checks += from_json
-    extras = service_extras(keys, service_id, choice, port, port_number, settings, records.warnings,
-                            _own_for(context.own, choice))
-    return Service(
+    extras = _capped_sidecars(context, keys, service_id, service_extras(
+        keys, service_id, choice, port, port_number, settings, records.warnings, context.own))
+    return _within_size(context, Service(
         id=service_id,
         name=name,
         address=choice.address,
@@ -254,7 +280,44 @@ def _service(context: _Context, keys: dict[str, KeyValue], service_id: str, name
         enable_tag_override=extras.enable_tag_override,
         connect=extras.connect,
         origins=extras.origins,
-    )
+    ))
+
+
+def _capped_sidecars(context: _Context, keys: dict[str, KeyValue], service_id: str, extras: Extras) -> Extras:
+    """Each sidecar takes a port of the agent's sidecar range (21000-21255 by default),
+    shared by every service of this host: a container gets a few, never the range."""
+    if extras.connect is None or not extras.connect.sidecar:
+        return extras
+    limit = context.settings.limits.sidecars_per_container
+    if context.sidecars_made[0] < limit:
+        context.sidecars_made[0] += 1
+        return extras
+    entry = keys.get("connect")
+    where = f"key {show(entry.original_key)}" if entry is not None else "SERVICE_CONNECT"
+    context.records.warnings.append(
+        f"{where}: a container may have at most {limit} sidecar proxies (each takes a port of the agent's sidecar "
+        f"range, shared by this host); service {show(service_id)} is registered without one")
+    origins = tuple((k, v) for k, v in extras.origins if not k.startswith("Connect"))
+    return replace(extras, connect=None, origins=origins)
+
+
+def _within_size(context: _Context, service: Service) -> Service | None:
+    """The body the agent is sent for one service, and for all of one container's, is
+    bounded: a service over either cap is refused, named in the warning."""
+    limits, warnings = context.settings.limits, context.records.warnings
+    size = registration_bytes(service)
+    if size > limits.registration_bytes:
+        warnings.append(f"service {show(service.id)}: its registration would be {size} bytes, over the limit of "
+                        f"{limits.registration_bytes} for one service (checks: {len(service.checks)}, tags: "
+                        f"{len(service.tags)}); this service is refused")
+        return None
+    if context.registration_bytes[0] + size > limits.registration_bytes_per_container:
+        warnings.append(f"service {show(service.id)}: its registration ({size} bytes) would take this container's "
+                        f"registrations over {limits.registration_bytes_per_container} bytes in all; "
+                        "this service is refused")
+        return None
+    context.registration_bytes[0] += size
+    return service
 
 
 def _portless_service(context: _Context) -> Service | None:
@@ -276,7 +339,7 @@ def _portless_service(context: _Context) -> Service | None:
         return None
     tags = capped_tags(list(context.general_tags), service_id, settings, records.warnings)
     checks = service_checks(keys.general, service_id, name, choice.address, None, records.container_id,
-                            settings.checks, records.warnings, _own_for(context.own, choice))
+                            settings.checks, records.warnings, context.own, settings.limits)
     checks += (workers.heartbeat_check(keys.general, service_id, name, records.container_id, records.warnings),)
     return _service(context, keys.general, service_id, name, choice, None, None, tags, checks)
 
@@ -295,16 +358,6 @@ def _identifiers_ok(service_id: str, id_entry: KeyValue | None, name: str, name_
             warnings.append(f"{origin}: {problem}; this service is skipped")
             return False
     return True
-
-
-def _own_for(own: OwnEndpoints, choice: AddressChoice) -> OwnEndpoints:
-    """The service's address counts as the container's own only when the daemon
-    chose it (or it is one of the container's IPs): never a SERVICE_IP the
-    container wrote pointing elsewhere."""
-    chosen = normal_host(choice.address)
-    if choice.declared or chosen in own.container_addresses:
-        return own
-    return replace(own, host_addresses=own.host_addresses | {chosen})
 
 
 def _bounded(warnings: list[str], limit: int) -> list[str]:

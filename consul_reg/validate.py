@@ -53,6 +53,16 @@ class Limits:
     upstreams_per_service: int = 32
     check_body_length: int = 16384  # a health check's request body
     check_text_length: int = 1024  # a check's Name or Notes
+    # The same caps for every spelling of a check (SERVICE_CHECK_* keys and SERVICE_CHECKS):
+    check_headers: int = 32  # header values one HTTP check sends
+    header_value_length: int = 4096
+    check_path_length: int = 2048  # an HTTP check's path (with its query), a gRPC check's service name
+    server_name_length: int = 253  # TLSServerName: a DNS name
+    # What one service's PUT /v1/agent/service/register body may weigh, and all of one container's.
+    registration_bytes: int = 256 * 1024
+    registration_bytes_per_container: int = 1024 * 1024
+    # Each sidecar takes a port of the agent's sidecar range (21000-21255 by default), shared by the host.
+    sidecars_per_container: int = 16
 
 
 def identifier_problem(value: str, what: str = "service ID") -> str | None:
@@ -174,7 +184,16 @@ def squats_host_namespace(service_id: str, hostname: str) -> bool:
 
 def has_control(text: str) -> bool:
     """C0/C1 control characters, DEL and the Unicode line/paragraph separators (CR, LF, ESC, NUL...)."""
+    if text.isprintable():  # none of those is printable: one pass in C settles the usual case
+        return False
     return _CONTROL.search(text) is not None
+
+
+def has_space_or_control(text: str) -> bool:
+    """Any whitespace (str.isspace()'s) or control character."""
+    if text.isprintable():  # the only printable whitespace is the space itself
+        return " " in text
+    return _CONTROL.search(text) is not None or any(c.isspace() for c in text)
 
 
 def parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -303,24 +322,71 @@ class CheckPolicy:
 
     allow: tuple[AllowRule, ...] = ()
     methods: tuple[str, ...] = DEFAULT_CHECK_METHODS
-    agent_addresses: tuple[str, ...] = ("127.0.0.1",)  # the agent's HTTP address(es)
-    agent_ports: tuple[int, ...] = (8500,)  # the agent's HTTP port(s)
+    agent_addresses: tuple[str, ...] = ("127.0.0.1",)  # where the agent listens
+    agent_ports: tuple[int, ...] = (8500,)  # the agent's own ports: HTTP, HTTPS, gRPC, DNS
 
 
 @dataclass(frozen=True)
 class OwnEndpoints:
-    """The endpoints that are this container's: its own IPs with its
-    container-side ports, and the host addresses the daemon chose (never
-    ones the container wrote) with the ports it publishes there."""
+    """The endpoints that are this container's, as exact (address, port) pairs.
+
+    - The container's own IPs with its container-side ports: its own network
+      namespace, so any of those addresses with any of those ports is its own.
+    - `host_pairs`: each published binding's own (HostIp, HostPort); for a port
+      published on every address (HostIp "", 0.0.0.0, ::), (each host address the
+      daemon registers at, of that family, HostPort); on the host network, (each
+      of those addresses, each of its ports). Never a host address crossed with
+      another binding's port: 127.0.0.1:8080 and 127.0.0.2:2375 published do not
+      make 127.0.0.1:2375 this container's.
+    - `chosen_addresses`: the host addresses the daemon registers at (-ip, -ip6,
+      else the agent's advertise address): the operator's choice, never the
+      container's. A loopback pair counts only at one of these.
+    """
 
     container_addresses: frozenset[str] = frozenset()
     container_ports: frozenset[int] = frozenset()
-    host_addresses: frozenset[str] = frozenset()
-    host_ports: frozenset[int] = frozenset()
+    host_pairs: frozenset[tuple[str, int]] = frozenset()
+    chosen_addresses: frozenset[str] = frozenset()
+
+    def holds(self, normal: str, port: int) -> bool:
+        """Whether (normal, port) (normal_host()'s spelling) is one of these endpoints."""
+        if normal in self.container_addresses and port in self.container_ports:
+            return True
+        return (normal, port) in self.host_pairs
+
+
+# Addresses that reach this host itself: loopback, and the unspecified ones (a connect to
+# 0.0.0.0 or :: goes to the local host).
+LOCAL_ONLY = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("0.0.0.0/8"),
+              ipaddress.ip_network("::1/128"), ipaddress.ip_network("::/128"))
+_LOCAL_NAMES = ("localhost", "localhost.localdomain")
+
+
+def local_only(normal: str) -> bool:
+    """An address (normal_host()'s spelling) that reaches this host's own loopback services."""
+    address = parse_ip(normal)
+    if address is None:
+        return normal in _LOCAL_NAMES or normal.endswith(".localhost")
+    return any(address in net for net in LOCAL_ONLY if net.version == address.version)
+
+
+def _names_local(rule: AllowRule, normal: str) -> bool:
+    """A rule that names this host's own addresses: a network inside 127.0.0.0/8, ::1, or
+    the unspecified addresses, or the host name itself (`localhost`). 0.0.0.0/0 does not."""
+    if rule.network is None:
+        return rule.hostname == normal
+    return any(rule.network.version == net.version and rule.network.subnet_of(net) for net in LOCAL_ONLY)
 
 
 def check_target_problem(host: str, port: int, own: OwnEndpoints, policy: CheckPolicy) -> str | None:
-    """None when a network check may probe host:port, else why not."""
+    """None when a network check (or a sidecar's forward) may probe host:port, else why not.
+
+    In order: link-local (cloud metadata) needs a rule inside 169.254.0.0/16 or
+    fe80::/10; the agent's own ports need a rule that lists the port (on any address
+    but the container's own IPs); this host's own addresses (loopback) need a rule
+    that names them, or the pair is the container's own at an address the daemon
+    registers at (-ip 127.0.0.1, a dev agent's 127.0.0.1); anything else needs a
+    rule or the exact pair among the container's own endpoints."""
     shape = address_problem(host)
     if shape:
         return shape
@@ -334,16 +400,23 @@ def check_target_problem(host: str, port: int, own: OwnEndpoints, policy: CheckP
             "an --allow-check-target rule inside 169.254.0.0/16 or fe80::/10 names them"
     agent_like = port in policy.agent_ports and normal not in own.container_addresses
     if agent_like or (normal in {normal_host(a) for a in policy.agent_addresses} and port in policy.agent_ports):
-        explicit = [r for r in rules if r.names_port(port)]
-        return None if explicit else f"port {port} is the Consul agent's HTTP API; only an " \
-            "--allow-check-target rule that lists that port allows it"
+        if not any(r.names_port(port) for r in rules):
+            return f"port {port} is one of the Consul agent's own ports (HTTP API, HTTPS, gRPC, DNS); only an " \
+                "--allow-check-target rule that lists that port allows it"
+    if local_only(normal):
+        if any(_names_local(r, normal) for r in rules):
+            return None
+        if normal in own.chosen_addresses and own.holds(normal, port):
+            return None
+        return (f"{normal} is this host's own address (loopback): it is never probed unless an "
+                "--allow-check-target rule inside 127.0.0.0/8 or ::1 names it, or it is the address the daemon "
+                "registers at (-ip) and the port is this container's, published there")
     if rules:
         return None
-    if normal in own.container_addresses and port in own.container_ports:
+    if own.holds(normal, port):
         return None
-    if normal in own.host_addresses and port in own.host_ports:
-        return None
-    if normal in own.container_addresses or normal in own.host_addresses:
-        return f"port {port} is not a port of this container; allow it with --allow-check-target"
+    if normal in own.container_addresses or normal in own.chosen_addresses or \
+            any(normal == pair[0] for pair in own.host_pairs):
+        return f"port {port} is not a port of this container at {normal}; allow it with --allow-check-target"
     return (f"{normal} is not this container's address; a check may only probe the container itself "
             "unless --allow-check-target allows it")

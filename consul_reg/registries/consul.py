@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Collection
 
 from consul_reg.http_pool import Answer, ConnectionPool, TRANSPORT_ERRORS
-from consul_reg.model import MARKER_DIGEST_KEY, MARKER_SOURCE_KEY, MARKER_SOURCE_VALUE, SIDECAR_FOR_KEY, \
-    RegisteredService, Service
+from consul_reg.model import RegisteredService, Service
+from consul_reg.registration import connect_payload, registration_payload  # noqa: F401  (re-exported)
 from consul_reg.registries.base import (
     RegistryError,
     RegistryNotFound,
@@ -75,6 +75,41 @@ class AgentInfo:
     node_id: str
     advertise_address: str
     runs_remote_scripts: bool  # enable_script_checks: script and docker checks may be registered over HTTP
+    # Where the agent itself listens (HTTP, HTTPS, gRPC, DNS), as its DebugConfig says: never a check target.
+    listen_addresses: tuple[str, ...] = ()
+    listen_ports: tuple[int, ...] = ()
+
+
+# DebugConfig's port fields (-1: that listener is off) and its address lists
+# ("tcp://127.0.0.1:8500", "udp://...", "unix:///path"), as Consul 1.8 to 1.x return them.
+_LISTENER_PORT_FIELDS = ("HTTPPort", "HTTPSPort", "GRPCPort", "DNSPort")
+_LISTENER_ADDRESS_FIELDS = ("HTTPAddrs", "HTTPSAddrs", "GRPCAddrs", "DNSAddrs")
+MAX_LISTENERS = 16  # addresses read per field
+
+
+def agent_listeners(debug: dict[str, Any]) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """(addresses, ports) the agent listens on, from /v1/agent/self's DebugConfig."""
+    ports: list[int] = []
+    addresses: list[str] = []
+    for name in _LISTENER_PORT_FIELDS:
+        value = debug.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 65536:
+            ports.append(value)
+    for name in _LISTENER_ADDRESS_FIELDS:
+        listed = debug.get(name)
+        for entry in listed[:MAX_LISTENERS] if isinstance(listed, list) else ():
+            if not isinstance(entry, str) or not entry.startswith(("tcp://", "udp://")):
+                continue  # a unix socket is no check target
+            parts = urllib.parse.urlsplit(entry)
+            try:
+                port = parts.port
+            except ValueError:
+                continue
+            if parts.hostname:
+                addresses.append(parts.hostname)
+            if port:
+                ports.append(port)
+    return tuple(dict.fromkeys(addresses)), tuple(dict.fromkeys(ports))
 
 
 def agent_path(*segments: str) -> str:
@@ -196,12 +231,15 @@ class ConsulRegistry:
         member = info.get("Member") or {}
         debug = info.get("DebugConfig") or {}
         address = str(debug.get("AdvertiseAddrLAN") or member.get("Addr") or "")
+        addresses, ports = agent_listeners(debug if isinstance(debug, dict) else {})
         return AgentInfo(
             version=str(config.get("Version") or ""),
             node_name=str(config.get("NodeName") or ""),
             node_id=str(config.get("NodeID") or ""),
             advertise_address=address,
             runs_remote_scripts=bool(debug.get("EnableRemoteScriptChecks", debug.get("EnableScriptChecks", False))),
+            listen_addresses=addresses,
+            listen_ports=ports,
         )
 
     def services(self) -> dict[str, RegisteredService]:
@@ -293,51 +331,6 @@ class ConsulKV:
 
     def delete(self, key: str) -> None:
         self.client.call("DELETE", ("kv", *key.split("/")), f"delete KV {key}")
-
-
-def registration_payload(service: Service) -> dict[str, Any]:
-    """The JSON body of PUT /v1/agent/service/register for one service."""
-    meta = dict(service.meta)
-    meta[MARKER_DIGEST_KEY] = service.digest
-    payload: dict[str, Any] = {
-        "ID": service.id,
-        "Name": service.name,
-        "Tags": list(service.tags),
-        "Address": service.address,
-        "Meta": meta,
-    }
-    if service.port is not None:
-        payload["Port"] = service.port
-    if service.checks:
-        payload["Checks"] = [
-            {"CheckID": check.check_id, "Name": check.name, **check.definition_dict} for check in service.checks
-        ]
-    if service.tagged_addresses:
-        payload["TaggedAddresses"] = {t.name: {"Address": t.address, "Port": t.port}
-                                      for t in service.tagged_addresses}
-    if service.weights is not None:
-        payload["Weights"] = {"Passing": service.weights[0], "Warning": service.weights[1]}
-    if service.enable_tag_override:
-        payload["EnableTagOverride"] = True
-    if service.connect is not None:
-        payload["Connect"] = connect_payload(service)
-    return payload
-
-
-def connect_payload(service: Service) -> dict[str, Any]:
-    """The registration's Connect block. A sidecar's own Meta is set: without it
-    the agent copies the service's Meta, ownership marker included, into the
-    sidecar's registration, which the daemon would then take for an orphan of
-    its own and remove."""
-    assert service.connect is not None
-    if service.connect.native:
-        return {"Native": True}
-    proxy: dict[str, Any] = {"LocalServiceAddress": service.address, "LocalServicePort": service.port}
-    if service.connect.upstreams:
-        proxy["Upstreams"] = [{"DestinationName": u.destination, "LocalBindPort": u.local_port}
-                              for u in service.connect.upstreams]
-    return {"SidecarService": {"Meta": {MARKER_SOURCE_KEY: MARKER_SOURCE_VALUE, SIDECAR_FOR_KEY: service.id},
-                               "Proxy": proxy}}
 
 
 def _one_line(text: str, limit: int = MAX_ERROR_BODY) -> str:

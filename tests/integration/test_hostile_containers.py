@@ -17,6 +17,7 @@ after the hostile one.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -37,21 +38,21 @@ BRIDGE = "crhostile0"  # not test_docker_restart.py's bridge: the two may run at
 BRIDGE_CIDR = "10.213.78.1/24"
 
 
-@pytest.fixture(scope="module")
-def own_docker() -> Iterator[tuple[str, docker.DockerClient]]:
-    """A dockerd of this module's own (no iptables, its own bridge; never `--bridge none`, which deletes
+@contextlib.contextmanager
+def dockerd_of_its_own(bridge: str, bridge_cidr: str, prefix: str) -> Iterator[tuple[str, docker.DockerClient]]:
+    """A dockerd of the caller's own (no iptables, its own bridge; never `--bridge none`, which deletes
     docker0). Yields its DOCKER_HOST and a client."""
-    workdir = Path(tempfile.mkdtemp(prefix="crh-"))  # short: unix socket paths are limited
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))  # short: unix socket paths are limited
     host = f"unix://{workdir / 'docker.sock'}"
-    made_bridge = subprocess.run(["ip", "link", "show", BRIDGE], capture_output=True).returncode != 0
+    made_bridge = subprocess.run(["ip", "link", "show", bridge], capture_output=True).returncode != 0
     if made_bridge:
-        subprocess.run(["ip", "link", "add", BRIDGE, "type", "bridge"], check=True)
-        subprocess.run(["ip", "addr", "add", BRIDGE_CIDR, "dev", BRIDGE], check=True)
-        subprocess.run(["ip", "link", "set", BRIDGE, "up"], check=True)
+        subprocess.run(["ip", "link", "add", bridge, "type", "bridge"], check=True)
+        subprocess.run(["ip", "addr", "add", bridge_cidr, "dev", bridge], check=True)
+        subprocess.run(["ip", "link", "set", bridge, "up"], check=True)
     with open(workdir / "dockerd.log", "ab") as log:
         process = subprocess.Popen(
             ["dockerd", "--host", host, "--data-root", str(workdir / "root"), "--exec-root", str(workdir / "exec"),
-             "--pidfile", str(workdir / "docker.pid"), "--bridge", BRIDGE, "--iptables=false", "--ip-masq=false"],
+             "--pidfile", str(workdir / "docker.pid"), "--bridge", bridge, "--iptables=false", "--ip-masq=false"],
             stdout=log, stderr=subprocess.STDOUT)
     client: docker.DockerClient | None = None
     try:
@@ -71,7 +72,13 @@ def own_docker() -> Iterator[tuple[str, docker.DockerClient]]:
             process.wait(timeout=60)
         shutil.rmtree(workdir, ignore_errors=True)
         if made_bridge:
-            subprocess.run(["ip", "link", "delete", BRIDGE], capture_output=True)
+            subprocess.run(["ip", "link", "delete", bridge], capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def own_docker() -> Iterator[tuple[str, docker.DockerClient]]:
+    with dockerd_of_its_own(BRIDGE, BRIDGE_CIDR, "crh-") as both:
+        yield both
 
 
 @pytest.fixture

@@ -253,7 +253,7 @@ def test_check_on_the_agent_api_is_refused():
     records = map_container(container(labels={"SERVICE_CHECK_HTTP": "/v1/agent/self", "SERVICE_CHECK_PORT": "8500",
                                               "SERVICE_CHECK_INTERVAL": "1s"}), settings)
     assert len(records.services) == 1 and checks_of(records) == {}
-    assert warned(records, "key 'SERVICE_CHECK_PORT'='8500'", "'127.0.0.1' port 8500", "Consul agent's HTTP API")
+    assert warned(records, "key 'SERVICE_CHECK_PORT'='8500'", "'127.0.0.1' port 8500", "Consul agent's own ports")
 
 
 def test_check_on_cloud_metadata_is_refused():

@@ -106,7 +106,7 @@ def test_network_check_needs_a_port_and_honours_address_override():
     checks, _ = build(allowed, port=None, check_tcp="true", check_address="::1", check_port="9000")
     assert checks["service:h:web:80:tcp"]["TCP"] == "[::1]:9000"
     checks, warnings = build(port=None, check_tcp="true", check_address="::1", check_port="9000")
-    assert checks == {} and "not this container's address" in warnings[0]
+    assert checks == {} and "::1 is this host's own address (loopback)" in warnings[0]
 
 
 def test_grpc_service_name_and_tls():

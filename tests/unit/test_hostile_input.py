@@ -72,7 +72,12 @@ port_maps = st.dictionaries(st.sampled_from(["80/tcp", "443/tcp", "53/udp", "x",
                                       st.just([{"HostIp": "127.0.0.1", "HostPort": "32768"}]),
                                       st.just([{"HostIp": "", "HostPort": "abc"}]), st.just("junk"),
                                       st.just([{"HostIp": "", "HostPort": "²"}]),
-                                      st.just([{"HostIp": "0.0.0.0", "HostPort": "8500"}])), max_size=4)
+                                      st.just([{"HostIp": "0.0.0.0", "HostPort": "8500"}]),
+                                      # crossed publications: loopback and other host addresses, v6 only
+                                      st.just([{"HostIp": "127.0.0.2", "HostPort": "2375"}]),
+                                      st.just([{"HostIp": "10.0.0.7", "HostPort": "9000"},
+                                               {"HostIp": "127.0.0.1", "HostPort": "9001"}]),
+                                      st.just([{"HostIp": "::", "HostPort": "8443"}])), max_size=4)
 
 
 IDENTIFIER = re.compile(r"[A-Za-z0-9_.:@-]{1,128}")
@@ -104,8 +109,9 @@ def test_mapping_never_raises_and_payloads_are_valid(env, labels, ports, interna
                                    checks=CheckSettings(agent_runs_scripts=scripts, exec_checks=exec_checks))
     hostile = container(env, labels, ports)
     records = map_container(hostile, map_settings)
-    trusted_hosts = {host_ip or "10.0.0.9", "127.0.0.1" if "32768" in str(ports) else None}
-    host_ports = {8080, 32768}
+    trusted_hosts = {host_ip or "10.0.0.9", "127.0.0.1" if "32768" in str(ports) else None,
+                     "10.0.0.7" if "10.0.0.7" in str(ports) else None}
+    host_ports = {8080, 32768, 9000, 9001}  # the exact pairs: test_no_generated_container_gets_a_check_target_...
     for service in records.services:
         payload = registration_payload(service)
         assert len(payload["Meta"]) <= 64
@@ -168,7 +174,10 @@ def assert_valid_extras(payload: dict) -> None:
 
 json_values = st.recursive(
     st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=30),
-              st.sampled_from(["/h", ":8080", "10.0.0.9:8080", "http://172.17.0.2:80/", "30s", "POST", "GET\r\n"])),
+              st.sampled_from(["/h", ":8080", "10.0.0.9:8080", "http://172.17.0.2:80/", "30s", "POST", "GET\r\n",
+                               # crossed pairs: one binding's address with the other's port
+                               "10.0.0.9:32768", "10.0.0.5:8080", "http://10.0.0.5:8080/", "127.0.0.1:32768",
+                               "10.0.0.5:32768", ":32768"])),
     lambda children: st.one_of(st.lists(children, max_size=4),
                                st.dictionaries(st.one_of(st.sampled_from(JSON_CHECK_FIELDS), st.text(max_size=10)),
                                                children, max_size=6)),
@@ -181,14 +190,15 @@ json_values = st.recursive(
 def test_json_checks_never_raise_and_only_emit_allowed_checks(definitions, port, version, scripts):
     warnings: list[str] = []
     own = OwnEndpoints(container_addresses=frozenset({CONTAINER_IP}), container_ports=frozenset({80}),
-                       host_addresses=frozenset({"10.0.0.9"}), host_ports=frozenset({8080, 32768}))
+                       host_pairs=frozenset({("10.0.0.9", 8080), ("10.0.0.5", 32768)}),
+                       chosen_addresses=frozenset({"10.0.0.9"}))
     settings_ = CheckSettings(agent_version=version, agent_runs_scripts=scripts)
     checks = json_checks(KeyValue(json.dumps(definitions), "label", "SERVICE_CHECKS"), "h:x:80", "x", "10.0.0.9",
                          port, "f" * 64, settings_, warnings, own, set())
     assert len({c.check_id for c in checks}) == len(checks) <= len(definitions)
     for check in checks:
         for host, target_port in check_targets(check):
-            assert (host, target_port) in {(CONTAINER_IP, 80), ("10.0.0.9", 8080), ("10.0.0.9", 32768)}
+            assert (host, target_port) in {(CONTAINER_IP, 80), ("10.0.0.9", 8080), ("10.0.0.5", 32768)}
         definition = check.definition_dict
         assert not {k for k in definition if CHECK_FIELD_MIN_VERSION.get(k, (0, 0)) > version}
         assert "Args" not in definition or scripts
@@ -291,8 +301,8 @@ def test_collect_keeps_key_sources():
 
 ADDRESSES = ["169.254.169.254", "::ffff:169.254.169.254", "fe80::1", "127.0.0.1", "0.0.0.0", "localhost", "10.0.0.5",
              "10.0.0.9", "10.9.9.9", CONTAINER_IP, "::ffff:172.17.0.2", "2852039166", "metadata.google.internal",
-             "a@b", "1.2.3.4/x", "[::1]", "::1"]
-PORTS = ["8500", "80", "443", "8080", "32768", "22", "²", "0", "65536", "8501"]
+             "a@b", "1.2.3.4/x", "[::1]", "::1", "127.0.0.2", "10.0.0.7", "::ffff:127.0.0.1"]
+PORTS = ["8500", "80", "443", "8080", "32768", "22", "²", "0", "65536", "8501", "2375", "9000", "9001", "8443"]
 focused_labels = st.fixed_dictionaries(
     {"SERVICE_CHECK_" + kind: st.sampled_from(["/", "true", "/x"]) for kind in ("HTTP",)},
     optional={
@@ -310,18 +320,26 @@ BROAD = CheckPolicy(allow=(parse_allow_rule("0.0.0.0/0"), parse_allow_rule("::/0
 @given(labels=focused_labels, ports=port_maps, internal=st.booleans(),
        host_ip=st.sampled_from([None, "10.0.0.5", "127.0.0.1"]), broad=st.booleans())
 def test_no_generated_container_gets_a_check_target_outside_the_policy(labels, ports, internal, host_ip, broad):
-    """Without rules: only the container's own endpoints. With rules opening every address
-    (0.0.0.0/0, ::/0): still never link-local, never the agent's port."""
+    """Without rules: only the container's own endpoints, as exact pairs (an oracle written
+    here from the bindings, independent of mapping.py). With rules opening every address
+    (0.0.0.0/0, ::/0): still never link-local, never the agent's port, never loopback
+    unless it is the container's own pair at the address the daemon registers at."""
     map_settings = MappingSettings(hostname="h", internal=internal, host_ip=host_ip, default_address="10.0.0.9",
                                    checks=CheckSettings(policy=BROAD if broad else CheckPolicy()))
     records = map_container(container([], labels, ports), map_settings)
-    published = {int(b[0]["HostPort"]) for b in ports.values() if isinstance(b, list)
-                 and b[0]["HostPort"].isascii() and b[0]["HostPort"].isdigit()}
-    container_ports = {int(k.split("/")[0]) for k in ports if k.split("/")[0].isascii()
-                       and k.split("/")[0].isdigit() and 0 < int(k.split("/")[0]) < 65536}
-    specific = {"127.0.0.1"} if any(isinstance(b, list) and b[0]["HostIp"] == "127.0.0.1" for b in ports.values()) \
-        else set()
-    trusted_hosts = {host_ip or "10.0.0.9", "10.0.0.9"} | specific  # -ip and the agent's address: this host's
+    chosen = host_ip or "10.0.0.9"  # an IPv4: the daemon registers there
+    parseable = {key: bindings for key, bindings in ports.items()
+                 if re.fullmatch(r"[0-9]{1,5}/(tcp|udp|sctp)", key) and 0 < int(key.split("/")[0]) < 65536}
+    own = {(CONTAINER_IP, int(key.split("/")[0])) for key in parseable}
+    for bindings in parseable.values():
+        for binding in bindings if isinstance(bindings, list) else ():
+            if not re.fullmatch(r"[0-9]{1,5}", binding["HostPort"]) or not 0 < int(binding["HostPort"]) < 65536:
+                continue
+            host_port, host_ip_ = int(binding["HostPort"]), binding["HostIp"]
+            if host_ip_ in ("", "0.0.0.0"):
+                own.add((chosen, host_port))
+            elif host_ip_ != "::" and (not host_ip_.startswith("127.") or host_ip_ == chosen):
+                own.add((host_ip_, host_port))
     for service in records.services:
         for check in service.checks:
             for host, port in check_targets(check):
@@ -330,14 +348,10 @@ def test_no_generated_container_gets_a_check_target_outside_the_policy(labels, p
                 assert not address.is_link_local
                 if str(address) != CONTAINER_IP:
                     assert port != AGENT_PORT
-                if broad:
-                    continue
-                assert not address.is_unspecified
-                if str(address) == CONTAINER_IP:
-                    assert port in container_ports
-                else:
-                    assert str(address) in trusted_hosts and port in published and port != AGENT_PORT, \
-                        (host, port, labels, ports)
+                if address.is_loopback or address.is_unspecified:
+                    assert (str(address), port) in own, (host, port, labels, ports)
+                if not broad:
+                    assert (str(address), port) in own, (host, port, labels, ports)
 
 
 def reference_split_tags(raw: str) -> list[str]:

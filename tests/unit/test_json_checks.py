@@ -15,7 +15,8 @@ from consul_reg.validate import CheckPolicy, OwnEndpoints, parse_allow_rule
 
 CID = "ab" * 32
 OWN = OwnEndpoints(container_addresses=frozenset({"172.17.0.9"}), container_ports=frozenset({80, 9090}),
-                   host_addresses=frozenset({"10.0.0.5"}), host_ports=frozenset({8000, 9000}))
+                   host_pairs=frozenset({("10.0.0.5", 8000), ("10.0.0.5", 9000)}),
+                   chosen_addresses=frozenset({"10.0.0.5"}))
 
 
 def build(definitions: Any, settings: CheckSettings = CheckSettings(), address: str = "10.0.0.5",
@@ -91,7 +92,7 @@ def test_targets_relative_to_the_service_and_fields(definition, field, expected)
     ({"HTTP": "/", "Body": "x" * 20000}, "at most 16384"),
     ({"HTTP": "/a b"}, "without spaces"),
     ({"HTTP": "http://169.254.169.254/latest/meta-data"}, "link-local"),
-    ({"HTTP": "http://127.0.0.1:8500/v1/agent/leave"}, "Consul agent's HTTP API"),
+    ({"HTTP": "http://127.0.0.1:8500/v1/agent/leave"}, "Consul agent's own ports"),
     ({"HTTP": "http://user@172.17.0.9:80/"}, "no user, password"),
     ({"HTTP": "ftp://172.17.0.9/"}, "http:// or https://"),
     ({"HTTP": "http://192.0.2.1/"}, "not this container's address"),

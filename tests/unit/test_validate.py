@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from consul_reg.validate import CheckPolicy, OwnEndpoints, address_problem, check_target_problem, \
@@ -124,21 +125,43 @@ def test_bad_allow_rules_are_refused(text):
         parse_allow_rule(text)
 
 
+# The container 172.17.0.5 (ports 80 and 8500 inside). The daemon registers at 10.0.0.5 and, as
+# with -ip 127.0.0.1 or a dev agent, at 127.0.0.1: port 32768 is published on every address. Its
+# other bindings are its own exact pairs: 10.0.0.7:32769, and 127.0.0.2:2375, a loopback address
+# the operator did not choose.
 OWN = OwnEndpoints(container_addresses=frozenset({"172.17.0.5"}), container_ports=frozenset({80, 8500}),
-                   host_addresses=frozenset({"10.0.0.5", "127.0.0.1"}), host_ports=frozenset({32768}))
-POLICY = CheckPolicy(agent_addresses=("127.0.0.1",), agent_ports=(8500,))
+                   host_pairs=frozenset({("10.0.0.5", 32768), ("127.0.0.1", 32768), ("10.0.0.7", 32769),
+                                         ("127.0.0.2", 2375)}),
+                   chosen_addresses=frozenset({"10.0.0.5", "127.0.0.1"}))
+OWN_PAIRS = {("10.0.0.5", 32768), ("127.0.0.1", 32768), ("10.0.0.7", 32769)}  # what the default policy opens
+POLICY = CheckPolicy(agent_addresses=("127.0.0.1",), agent_ports=(8500, 8501, 8502, 8600))
+LOOPBACK_NETS = [ipaddress.ip_network(n) for n in ("127.0.0.0/8", "0.0.0.0/8", "::1/128", "::/128")]
 
 
 @pytest.mark.parametrize("host,port,allowed", [
     ("172.17.0.5", 80, True),  # the container's own IP and port
     ("172.17.0.5", 8500, True),  # the container's own port 8500 is not the agent's
-    ("10.0.0.5", 32768, True),  # the daemon's host address and the published port
-    ("127.0.0.1", 32768, True),
+    ("10.0.0.5", 32768, True),  # the daemon's host address and the port published on every address
+    ("127.0.0.1", 32768, True),  # the same at the loopback address the daemon registers at
     ("::ffff:10.0.0.5", 32768, True),
+    ("10.0.0.7", 32769, True),  # a binding's own (HostIp, HostPort)
     ("172.17.0.5", 32768, False),  # a host port on the container's IP: not this container's
     ("10.0.0.5", 80, False),  # a container port on the host address: another service of the host
+    ("10.0.0.7", 32768, False),  # crossed: one binding's address with another's port
+    ("10.0.0.5", 32769, False),
+    ("127.0.0.1", 2375, False),  # crossed onto loopback: the host's Docker API
+    ("::ffff:127.0.0.1", 2375, False),
+    ("127.0.0.2", 2375, False),  # its own binding, but on a loopback address the operator did not choose
+    ("127.0.0.1", 32769, False),
+    ("0.0.0.0", 32768, False),  # reaches the host itself
+    ("::", 32768, False),
+    ("::1", 32768, False),
+    ("localhost", 32768, False),
     ("127.0.0.1", 8500, False),  # the agent's API
     ("10.0.0.5", 8500, False),
+    ("10.0.0.5", 8502, False),  # the agent's gRPC, HTTPS and DNS ports too
+    ("10.0.0.5", 8501, False),
+    ("127.0.0.1", 8600, False),
     ("0.0.0.0", 8500, False),
     ("localhost", 8500, False),
     ("169.254.169.254", 80, False),
@@ -152,6 +175,13 @@ def test_default_policy(host, port, allowed):
     assert (check_target_problem(host, port, OWN, POLICY) is None) is allowed
 
 
+def test_a_crossed_pair_is_refused_with_the_reason():
+    problem = check_target_problem("10.0.0.7", 32768, OWN, POLICY)
+    assert problem == "port 32768 is not a port of this container at 10.0.0.7; allow it with --allow-check-target"
+    assert "loopback" in check_target_problem("127.0.0.1", 2375, OWN, POLICY)
+    assert "agent's own" in check_target_problem("10.0.0.5", 8502, OWN, POLICY)
+
+
 def test_allow_rules_open_what_they_name_and_no_more():
     policy = CheckPolicy(allow=(parse_allow_rule("10.0.0.0/24:5432"), parse_allow_rule("db.example.com")))
     assert check_target_problem("10.0.0.99", 5432, OWN, policy) is None
@@ -160,26 +190,78 @@ def test_allow_rules_open_what_they_name_and_no_more():
     assert check_target_problem("other.example.com", 1234, OWN, policy) is not None
 
 
-def test_link_local_and_agent_need_a_rule_that_names_them():
+def test_link_local_loopback_and_the_agent_need_a_rule_that_names_them():
     everything = CheckPolicy(allow=(parse_allow_rule("0.0.0.0/0"), parse_allow_rule("::/0")))
     assert check_target_problem("8.8.8.8", 53, OWN, everything) is None
     assert "link-local" in check_target_problem("169.254.169.254", 80, OWN, everything)
     assert "agent" in check_target_problem("127.0.0.1", 8500, OWN, everything)
+    for host in ("127.0.0.1", "127.0.0.2", "0.0.0.0", "::1", "::", "::ffff:127.0.0.1"):
+        assert "loopback" in check_target_problem(host, 2375, OWN, everything), host
     metadata = CheckPolicy(allow=(parse_allow_rule("169.254.169.254/32:80"),))
     assert check_target_problem("169.254.169.254", 80, OWN, metadata) is None
     assert check_target_problem("169.254.169.254", 81, OWN, metadata) is not None
     agent = CheckPolicy(allow=(parse_allow_rule("127.0.0.1/32:8500"),))
     assert check_target_problem("127.0.0.1", 8500, OWN, agent) is None
+    # A rule listing the port opens the agent's port, on loopback only if it also names loopback.
+    agent_port_anywhere = CheckPolicy(allow=(parse_allow_rule("0.0.0.0/0:8500"),))
+    assert check_target_problem("10.0.0.5", 8500, OWN, agent_port_anywhere) is None
+    assert "loopback" in check_target_problem("127.0.0.1", 8500, OWN, agent_port_anywhere)
+    loopback = CheckPolicy(allow=(parse_allow_rule("127.0.0.0/8:2375"), parse_allow_rule("[::1]"),
+                                  parse_allow_rule("localhost:9000")))
+    assert check_target_problem("127.0.0.2", 2375, OWN, loopback) is None
+    assert check_target_problem("127.0.0.2", 2376, OWN, loopback) is not None
+    assert check_target_problem("::1", 1234, OWN, loopback) is None
+    assert check_target_problem("localhost", 9000, OWN, loopback) is None
+    assert check_target_problem("localhost", 9001, OWN, loopback) is not None
 
 
-@given(host=st.one_of(st.ip_addresses().map(str), st.text(max_size=30)), port=st.integers(1, 65535))
+def _is_local(host: str) -> bool:
+    address = parse_ip(host)
+    if address is None:
+        return normal_host(host) == "localhost" or normal_host(host).endswith(".localhost")
+    return any(address in net for net in LOOPBACK_NETS if net.version == address.version)
+
+
+pairs = st.tuples(st.sampled_from(["10.0.0.5", "10.0.0.7", "127.0.0.1", "127.0.0.2", "::1", "fd00::5"]),
+                  st.sampled_from([80, 2375, 8500, 32768, 32769]))
+
+
+@given(host=st.one_of(st.ip_addresses().map(str), st.text(max_size=30), st.sampled_from(
+           ["127.0.0.1", "127.0.0.2", "::ffff:127.0.0.1", "0.0.0.0", "::", "localhost", "10.0.0.5", "10.0.0.7"])),
+       port=st.one_of(st.integers(1, 65535), st.sampled_from([80, 2375, 8500, 8502, 8600, 32768, 32769])))
 def test_policy_never_raises_and_refuses_link_local_and_the_agent(host, port):
     problem = check_target_problem(host, port, OWN, POLICY)
     address = parse_ip(host)
     if address is not None and (address.is_link_local or str(address).startswith("169.254.")):
         assert problem is not None
-    if port == 8500 and normal_host(host) != "172.17.0.5":
+    if port in POLICY.agent_ports and normal_host(host) != "172.17.0.5":
         assert problem is not None
     if problem is None:
-        assert (normal_host(host), port) in {("172.17.0.5", 80), ("172.17.0.5", 8500), ("10.0.0.5", 32768),
-                                              ("127.0.0.1", 32768)}
+        assert (normal_host(host), port) in {("172.17.0.5", 80), ("172.17.0.5", 8500)} | OWN_PAIRS
+
+
+@settings(max_examples=1000)
+@given(own_pairs=st.frozensets(pairs, max_size=6), chosen=st.frozensets(st.sampled_from(
+           ["10.0.0.5", "127.0.0.1", "::1"]), max_size=2), target=pairs,
+       rules=st.lists(st.sampled_from(["0.0.0.0/0", "::/0", "10.0.0.0/8:80", "127.0.0.0/8:2375", "[::1]",
+                                       "0.0.0.0/0:8500", "127.0.0.1/32:8500"]), max_size=3))
+def test_the_pair_rule(own_pairs, chosen, target, rules):
+    """Allowed only as an exact pair of the container's (loopback: at an address the daemon
+    registers at), or by a rule covering it; loopback only by a rule that names loopback; the
+    agent's port only by a rule that lists it; never the cross product of addresses and ports."""
+    own = OwnEndpoints(host_pairs=own_pairs, chosen_addresses=chosen)
+    parsed = [parse_allow_rule(r) for r in rules]
+    host, port = target
+    problem = check_target_problem(host, port, own, CheckPolicy(allow=tuple(parsed), agent_ports=(8500,)))
+    covering = [r for r in parsed if r.covers(host, port)]
+    own_pair = target in own_pairs and (not _is_local(host) or host in chosen)
+    naming_local = [r for r in covering if r.network is not None and any(
+        r.network.version == n.version and r.network.subnet_of(n) for n in LOOPBACK_NETS)]
+    if port == 8500:
+        expected = any(r.names_port(8500) for r in covering) and (
+            not _is_local(host) or bool(naming_local) or own_pair)
+    elif _is_local(host):
+        expected = bool(naming_local) or own_pair
+    else:
+        expected = bool(covering) or own_pair
+    assert (problem is None) is expected, (target, own_pairs, chosen, rules, problem)
