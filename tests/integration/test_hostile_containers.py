@@ -35,7 +35,7 @@ from tests.integration.conftest import IMAGE, ROOT, RUN_ID, TEST_LABEL, wait_unt
 pytestmark = pytest.mark.integration
 
 BRIDGE = "crhostile0"  # not test_docker_restart.py's bridge: the two may run at once on one machine
-BRIDGE_CIDR = "10.213.78.1/24"
+BRIDGE_CIDR = "10.213.97.1/24"  # not swarm_env.py's 10.213.78.1/24
 
 
 @contextlib.contextmanager
