@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import copy
-from typing import Any
+import re
+from typing import Any, Callable, Collection
 
-from consul_reg.model import RegisteredService, Service, registered_form
+from consul_reg.model import RegisteredService, Service, fold_id, registered_form
 from consul_reg.registries.base import RegistryNotFound, RegistryScriptsRefused, RegistryUnavailable
 from consul_reg.registries.consul import AgentInfo
 from consul_reg.docker_source import DockerUnavailable
@@ -67,9 +68,17 @@ class FakeAgent:
             self.checks[check.check_id] = ("critical", "")
             self.check_service[check.check_id] = service.id
 
-    def check_owners(self) -> dict[str, str]:
-        self._call("checks")
-        return {check_id: self.check_service.get(check_id, "") for check_id in self.checks}
+    def services_matching(self, service_ids: Collection[str]) -> dict[str, RegisteredService]:
+        """As the client's one filtered listing: every spelling of these IDs."""
+        self._call("services matching", ",".join(sorted(service_ids)))
+        wanted = {fold_id(s) for s in service_ids}
+        return {sid: record for sid, record in self.records.items() if fold_id(sid) in wanted}
+
+    def check_owners(self, check_ids: Collection[str] | None = None) -> dict[str, str]:
+        self._call("checks", "" if check_ids is None else ",".join(sorted(check_ids)))
+        wanted = None if check_ids is None else {fold_id(c) for c in check_ids}
+        return {check_id: self.check_service.get(check_id, "") for check_id in self.checks
+                if wanted is None or fold_id(check_id) in wanted}
 
     def _drop_checks(self, service_id: str) -> None:
         for check_id in [c for c, owner in self.check_service.items() if owner == service_id]:
@@ -97,9 +106,9 @@ class FakeAgent:
         self._call("maintenance off", service_id)
         self.maintenance.pop(service_id, None)
 
-    def maintenance_reason(self, service_id: str) -> str | None:
-        self._call("maintenance reason", service_id)
-        return self.maintenance.get(service_id)
+    def maintenance_reasons(self, service_ids: Collection[str]) -> dict[str, str]:
+        self._call("maintenance reasons", ",".join(sorted(service_ids)))
+        return {s: self.maintenance[s] for s in service_ids if s in self.maintenance}
 
     def restart(self, node_id: str) -> None:
         """As a dev agent: back empty, with a new node ID."""
@@ -161,3 +170,20 @@ class FakeDocker:
 
     def exec_in_container(self, container_id: str, command: str, timeout_seconds: float) -> tuple[int, str]:
         return 0, "ok"
+
+
+_MATCHES = re.compile(r'^(\w+) matches "(.*)"$')
+_EQUALS = re.compile(r'(\w+) == "([^"]*)"')
+
+
+def agent_filter(expression: str | None) -> Callable[[str], bool]:
+    """The keys an agent's `?filter=` keeps, for the two forms the client sends:
+    `<Selector> matches "<regex>"` and `<Selector> == "x" or <Selector> == "y"`."""
+    if expression is None:
+        return lambda key: True
+    matches = _MATCHES.match(expression)
+    if matches:
+        pattern = re.compile(matches.group(2))  # Go's RE2 and Python agree on (?i)^(a|b[.]c)$
+        return lambda key: pattern.search(key) is not None
+    wanted = {value for _, value in _EQUALS.findall(expression)}
+    return lambda key: key in wanted
