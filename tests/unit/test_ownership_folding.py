@@ -320,3 +320,13 @@ def test_consul_kv_lists_a_taken_default_id_as_absent_and_writes_over_it_on_its_
     with pytest.raises(RegistryNotOurs):  # another --instance of the host takes nothing back
         ConsulKVRegistry(client, "svc", Owner("h", "blue")).register(
             Service(id="h:web:80", name="web", address="10.0.0.1", port=32768))
+
+
+def test_a_json_check_id_differing_only_in_case_from_another_check_of_the_service_is_renamed() -> None:
+    """`service:web:HTTP` and `service:web:http` would be two checks in the agent, one in the catalog."""
+    settings = MappingSettings(hostname="host1", default_address="10.0.0.5")
+    labels = {"SERVICE_ID": "web", "SERVICE_CHECK_HTTP": "/health",
+              "SERVICE_CHECKS": '[{"ID": "HTTP", "TTL": "1h"}, {"ID": "Http", "TTL": "1h"}]'}
+    records = map_container(container("c1", "web", ports={"80/tcp": "8080"}, labels=labels), settings)
+    (web,) = records.services
+    assert [c.check_id for c in web.checks] == ["service:web:http", "service:web:HTTP-2", "service:web:Http-3"]
