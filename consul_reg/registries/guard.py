@@ -75,11 +75,11 @@ class OwnershipGuard:
                     f"{record.id!r}, registered by {_holder(record)}: Consul's catalog holds them as one "
                     f"service, so {service.id} is not registered")
         if sidecar:
-            self._refuse_taken_sidecar(service, sidecar, held.values(), ours_elsewhere)
+            ours_elsewhere += self._refuse_taken_sidecar(service, sidecar, held.values(), ours_elsewhere)
         for record in ours_elsewhere:
             # Removed first: the catalog deletes by folded ID, so removing the old spelling
             # after the new one was synced would delete the new one's row.
-            self.registry.deregister(record)
+            self.registry.deregister(record)  # a sidecar the agent removed with its service: a no-op 200
             logger.bind(service_id=record.id, action="deregister").info(
                 "deregistered {}: replaced by {} (IDs that differ only in case are one in Consul's catalog)",
                 record.id, service.id)
@@ -87,22 +87,27 @@ class OwnershipGuard:
         self.registry.register(service)
 
     def _refuse_taken_sidecar(self, service: Service, sidecar: str, held: Collection[RegisteredService],
-                              ours_elsewhere: list[RegisteredService]) -> None:
+                              ours_elsewhere: list[RegisteredService]) -> list[RegisteredService]:
         """The agent writes `<id>-sidecar-proxy` with `<id>` (replacing whatever holds that
         ID) and removes it with `<id>`: only a sidecar of ours for this `<id>` (or for a
-        spelling of it being replaced) may be there."""
+        spelling of it being replaced) may be there. Returns ours under another spelling
+        of the sidecar's ID, to be removed with their service."""
         parents = {service.id} | {record.id for record in ours_elsewhere}
+        replaced: list[RegisteredService] = []
         for record in held:
             if fold_id(record.id) != fold_id(sidecar):
                 continue
             if record.meta.get(MARKER_SOURCE_KEY) == MARKER_SOURCE_VALUE and \
                     record.meta.get(SIDECAR_FOR_KEY) in parents:
+                if record.id != sidecar:
+                    replaced.append(record)
                 continue
             spelling = "" if record.id == sidecar else f" (as {record.id!r}, one ID in Consul's catalog)"
             raise RegistryNotOurs(
                 f"container {service.container_name}: the sidecar proxy ID {sidecar!r} of {service.id} is already "
                 f"registered{spelling} by {_holder(record, sidecar_of=record.meta.get(SIDECAR_FOR_KEY))}; "
                 f"{service.id} is not registered, so as never to replace it")
+        return replaced
 
     def _refuse_taken_checks(self, service: Service) -> None:
         """Check IDs are agent-wide: registering a check whose ID another service holds

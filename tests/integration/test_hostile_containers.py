@@ -340,13 +340,16 @@ def test_another_spelling_of_a_hand_registered_id_leaves_it_as_registered_in_the
     spelled = "P" + sentinel["ID"][1:]
     hostile = run_container(ports={"80/tcp": None}, labels={"SERVICE_ID": spelled, "SERVICE_NAME": "payments",
                                                             "SERVICE_CHECK_TTL": "1h"})
-    daemon.wait_log(f"container {hostile.name}: service ID {spelled!r} differs only in case from {sentinel['ID']!r}")
+    later = run_container(ports={"80/tcp": None}, labels={"SERVICE_NAME": "later"})
+    wait_until(lambda: f"{hostname}:{later.name}:80" in api.services(), message="a later container: "
+               "every earlier event was handled")
     synced(api)
     while_running = catalog_view(api, "payments")
     hostile.remove(force=True)
     assert_host_unharmed(api, daemon, run_container, hostname, sentinel, hostile_ids=(spelled,))
     synced(api)
     assert (while_running, catalog_view(api, "payments")) == (before, before)
+    daemon.wait_log(f"container {hostile.name}: service ID {spelled!r} differs only in case from {sentinel['ID']!r}")
 
 
 def test_a_sidecar_registration_leaves_a_foreign_sidecar_proxy_untouched(host, own_docker, start_daemon,

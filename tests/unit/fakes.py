@@ -6,7 +6,7 @@ import copy
 import re
 from typing import Any, Callable, Collection
 
-from consul_reg.model import RegisteredService, Service, fold_id, registered_form
+from consul_reg.model import RegisteredService, Service, registered_form
 from consul_reg.registries.base import RegistryNotFound, RegistryScriptsRefused, RegistryUnavailable
 from consul_reg.registries.consul import AgentInfo
 from consul_reg.docker_source import DockerUnavailable
@@ -71,14 +71,14 @@ class FakeAgent:
     def services_matching(self, service_ids: Collection[str]) -> dict[str, RegisteredService]:
         """As the client's one filtered listing: every spelling of these IDs."""
         self._call("services matching", ",".join(sorted(service_ids)))
-        wanted = {fold_id(s) for s in service_ids}
-        return {sid: record for sid, record in self.records.items() if fold_id(sid) in wanted}
+        wanted = {s.lower() for s in service_ids}  # as the agent's (?i) filter: not the code's fold_id
+        return {sid: record for sid, record in self.records.items() if sid.lower() in wanted}
 
     def check_owners(self, check_ids: Collection[str] | None = None) -> dict[str, str]:
         self._call("checks", "" if check_ids is None else ",".join(sorted(check_ids)))
-        wanted = None if check_ids is None else {fold_id(c) for c in check_ids}
+        wanted = None if check_ids is None else {c.lower() for c in check_ids}
         return {check_id: self.check_service.get(check_id, "") for check_id in self.checks
-                if wanted is None or fold_id(check_id) in wanted}
+                if wanted is None or check_id.lower() in wanted}
 
     def _drop_checks(self, service_id: str) -> None:
         for check_id in [c for c, owner in self.check_service.items() if owner == service_id]:
@@ -187,3 +187,54 @@ def agent_filter(expression: str | None) -> Callable[[str], bool]:
         return lambda key: pattern.search(key) is not None
     wanted = {value for _, value in _EQUALS.findall(expression)}
     return lambda key: key in wanted
+
+
+class HttpAgent:
+    """The agent's HTTP API as ConsulRegistry speaks to it (through httpx.MockTransport):
+    services keyed by their exact ID, listings filtered as Consul filters them
+    (`agent_filter`), a registration replacing its exact ID and, with a SidecarService,
+    `<id>-sidecar-proxy` too; a deregistration removes the sidecar it wrote."""
+
+    def __init__(self, records: dict[str, dict[str, Any]] | None = None) -> None:
+        self.records: dict[str, dict[str, Any]] = dict(records or {})
+        self.sidecars: set[str] = set()  # sidecar IDs written by a registration
+        self.requests: list[str] = []
+
+    def handler(self, request: Any) -> Any:
+        import json
+        import urllib.parse
+
+        import httpx
+
+        query = urllib.parse.parse_qs(request.url.query.decode())
+        path = urllib.parse.unquote(request.url.path)
+        self.requests.append(f"{request.method} {path}")
+        if request.method == "GET" and path == "/v1/agent/services":
+            keeps = agent_filter(query["filter"][0] if "filter" in query else None)
+            return httpx.Response(200, json={sid: r for sid, r in self.records.items() if keeps(sid)})
+        if request.method == "GET" and path == "/v1/agent/checks":
+            return httpx.Response(200, json={})
+        if request.method == "PUT" and path == "/v1/agent/service/register":
+            body = json.loads(request.content)
+            self.records[body["ID"]] = {"Service": body["Name"], "Meta": body.get("Meta") or {}}
+            sidecar = (body.get("Connect") or {}).get("SidecarService")
+            if sidecar is not None:
+                self.records[body["ID"] + "-sidecar-proxy"] = {"Service": body["Name"] + "-sidecar-proxy",
+                                                               "Meta": sidecar.get("Meta") or {}}
+                self.sidecars.add(body["ID"] + "-sidecar-proxy")
+            return httpx.Response(200, text="")
+        if request.method == "PUT" and path.startswith("/v1/agent/service/deregister/"):
+            service_id = path.rsplit("/", 1)[-1]
+            self.records.pop(service_id, None)
+            if service_id + "-sidecar-proxy" in self.sidecars:
+                self.sidecars.discard(service_id + "-sidecar-proxy")
+                self.records.pop(service_id + "-sidecar-proxy", None)
+            return httpx.Response(200, text="")
+        return httpx.Response(404, text="not found")
+
+    def registry(self) -> Any:
+        import httpx
+
+        from consul_reg.registries.consul import ConsulClient, ConsulEndpoint, ConsulRegistry
+
+        return ConsulRegistry(ConsulClient(ConsulEndpoint("http"), transport=httpx.MockTransport(self.handler)))
