@@ -368,13 +368,16 @@ def test_a_sidecar_registration_leaves_a_foreign_sidecar_proxy_untouched(host, o
     daemon = start(start_daemon, agent, own_docker)
     hostile = run_container(ports={"80/tcp": None}, labels={"SERVICE_ID": shop, "SERVICE_NAME": "shop",
                                                             "SERVICE_CONNECT": "sidecar"})
-    daemon.wait_log(f"container {hostile.name}: the sidecar proxy ID {foreign['ID']!r} of {shop} is already "
-                    "registered by someone else")
+    later = run_container(ports={"80/tcp": None}, labels={"SERVICE_NAME": "later"})
+    wait_until(lambda: f"{hostname}:{later.name}:80" in api.services(), message="a later container: "
+               "every earlier event was handled")
     while_running = view()
     hostile.remove(force=True)
     assert_host_unharmed(api, daemon, run_container, hostname, sentinel, hostile_ids=(shop,),
                          hand_registered=(foreign["ID"],))
     assert (while_running, view()) == (("mesh-proxy", 21999, {"owner": "mesh-team"}, ""),) * 2
+    daemon.wait_log(f"container {hostile.name}: the sidecar proxy ID {foreign['ID']!r} of {shop} is already "
+                    "registered by someone else")
 
 
 def test_env_files_that_attack_the_daemon(host, own_docker, start_daemon, run_container, hostname):
