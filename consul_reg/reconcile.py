@@ -174,6 +174,8 @@ def plan(
     None plans everything (a full pass, which also removes orphans).
     Only records owned by this daemon on this host are ever written over or
     removed, except registrator leftovers when `adopt_leftovers` (-cleanup).
+    Keys compare case-folded (`fold_id`): a key held under another spelling by
+    someone else blocks the service, ours under another spelling is removed.
     `skip_register` maps service IDs to digests known to fail right now.
     A mirror keys its records its own way (`key_of`, e.g. a KV path) and
     compares what it stores (`digest_of`).
