@@ -13,6 +13,7 @@ from typing import Any
 from consul_reg import labels, swarm, workers
 from consul_reg.addresses import UNSPECIFIED_HOST_IPS, AddressChoice, choose_address, container_addresses
 from consul_reg.checks import service_checks
+from consul_reg.default_ids import default_id_host
 from consul_reg.definitions import Extras, service_extras
 from consul_reg.json_checks import json_checks, parse_checks
 from consul_reg.labels import KeyValue, ServiceKeys, show
@@ -22,8 +23,7 @@ from consul_reg.registration import registration_bytes
 from consul_reg.selection import selected
 from consul_reg.settings import CheckSettings, MappingSettings, PublishedPort
 from consul_reg.tags_meta import capped_tags, service_meta, tags_of, template_tags
-from consul_reg.validate import OwnEndpoints, default_id_host, identifier_problem, normal_host, parse_ip, \
-    squats_host_namespace
+from consul_reg.validate import OwnEndpoints, identifier_problem, normal_host, parse_ip, squats_host_namespace
 
 __all__ = ["CheckSettings", "ContainerRecords", "MappingSettings", "PublishedPort", "default_service_name",
            "map_container", "published_ports", "service_meta"]

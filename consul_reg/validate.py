@@ -182,29 +182,6 @@ def squats_host_namespace(service_id: str, hostname: str) -> bool:
     return service_id.lower().startswith(hostname.lower() + ":")
 
 
-# Default IDs are `<hostname>:<container>:<port>[:udp]` and, for a portless worker,
-# `<hostname>:<container>`; a host name holds no ':' (hostname_problem), a container
-# name is Docker's or Podman's ([a-zA-Z0-9][a-zA-Z0-9_.-]*). The portless form is told
-# from the common custom `<name>:<number>` (`web:8080`, `payments:1`) by its container
-# part not being all digits: a container named by digits alone is the one whose
-# portless default ID another host could still take.
-_HOST_PART = r"[A-Za-z0-9_.@-]{1,64}"
-_CONTAINER_PART = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
-_DEFAULT_ID_SHAPES = (re.compile(rf"({_HOST_PART}):{_CONTAINER_PART}:[0-9]{{1,5}}(:udp)?", re.IGNORECASE),
-                      re.compile(rf"({_HOST_PART}):(?![0-9]+$){_CONTAINER_PART}"))
-
-
-def default_id_host(service_id: str) -> str | None:
-    """The host in whose default-ID namespace a container-chosen ID sits (any
-    host's, not only this one's: mirrors and agents may be shared by several
-    hosts), or None. Case-insensitive, as Consul's catalog compares IDs."""
-    for shape in _DEFAULT_ID_SHAPES:
-        match = shape.fullmatch(service_id)
-        if match and match.group(1) not in (".", ".."):
-            return match.group(1)
-    return None
-
-
 def has_control(text: str) -> bool:
     """C0/C1 control characters, DEL and the Unicode line/paragraph separators (CR, LF, ESC, NUL...)."""
     if text.isprintable():  # none of those is printable: one pass in C settles the usual case

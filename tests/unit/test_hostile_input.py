@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from consul_reg.checks import CheckSettings, service_checks
+from consul_reg.default_ids import default_id_host
 from consul_reg.json_checks import FIELDS as JSON_CHECK_FIELDS
 from consul_reg.json_checks import json_checks
 from consul_reg.labels import KeyValue, collect, printable, split_tags
@@ -22,7 +23,7 @@ from consul_reg.registries.base import RegistryNotOurs
 from consul_reg.registries.consul import registration_payload
 from consul_reg.registries.guard import OwnershipGuard
 from consul_reg.tags_template import Template, TemplateError
-from consul_reg.validate import CheckPolicy, OwnEndpoints, address_problem, default_id_host, has_control, \
+from consul_reg.validate import CheckPolicy, OwnEndpoints, address_problem, has_control, \
     parse_allow_rule
 from consul_reg.versions import CHECK_FIELD_MIN_VERSION
 from tests.unit.fakes import HttpAgent

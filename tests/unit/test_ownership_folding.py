@@ -33,7 +33,7 @@ from consul_reg.registries.consulkv import ConsulKVRegistry
 from consul_reg.registries.guard import OwnershipGuard
 from consul_reg.registries.keys import owner_tag
 from consul_reg.router import RELOAD, START, Hint
-from consul_reg.validate import default_id_host
+from consul_reg.default_ids import default_id_host
 from tests.unit.fakes import FakeAgent, agent_filter, container
 from tests.unit.test_loop import Harness, event
 
