@@ -17,7 +17,11 @@ one catalog row, each replacing the other at every anti-entropy sync. The
 filtered listing sees every spelling as of the moment of the write (the same
 window as a GET of the exact ID; the planner's listing, older, only narrows the
 work), for the price of one request: the ID, its sidecar's ID and all their
-spellings at once. None for an in-sync pass.
+spellings at once. None for an in-sync pass. The agent answers it in time
+linear in the services it holds (Consul 1.8.7, p50: 0.57 ms with 30 services,
+1.2 ms with 300, against 0.32 and 0.39 ms for a GET of the exact ID, which
+would leave a spelling registered since the planner's listing unseen: with
+`-resync 0`, for as long as the daemon runs).
 """
 
 from __future__ import annotations
