@@ -128,7 +128,7 @@ class Daemon:
         loop = Loop(deregister_mode=config.deregister, resync_seconds=config.resync_seconds,
                     env_file_interval=config.env_file_interval, retry_interval=config.retry_interval_ms / 1000,
                     docker=self.docker, primary=primary, builder=builder, probes=probes,
-                    drainer=Drainer(self.registry, config.drain_timeout), mirrors=mirrors, env_reader=env_reader,
+                    drainer=Drainer(primary.agent, config.drain_timeout), mirrors=mirrors, env_reader=env_reader,
                     metrics=self.metrics, reload_token=self.reload_token,
                     agent_identity=lambda: self.watch.identity if self.watch else None,
                     on_agent_changed=self._agent_changed)

@@ -9,6 +9,12 @@ is cleared again, and so it is at once when the container starts again (a
 `docker restart` whose death and start came in one batch: its unchanged
 records are not registered again, which would have cleared it). Only
 maintenance this daemon set is ever cleared.
+
+Maintenance goes on only on the records the ownership guard reads, at that
+moment, as this daemon's for the stopping container (one read per stop: the
+loop's listing may be older than an operator's registration of the same ID),
+and clearing reads the agent's maintenance checks once for all the services
+whose drains end together.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from __future__ import annotations
 import signal
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Collection, Protocol
 
 from loguru import logger
 
@@ -28,9 +34,13 @@ TERMINATING = {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGKILL}
 
 
 class MaintenanceRegistry(Protocol):
+    """The primary behind its ownership guard (registries/guard.py)."""
+
+    def ours_now(self, service_ids: Collection[str], container_id: str) -> set[str]: ...
+
     def enable_maintenance(self, service_id: str, reason: str) -> None: ...
 
-    def maintenance_reason(self, service_id: str) -> str | None: ...
+    def maintenance_reasons(self, service_ids: Collection[str]) -> dict[str, str]: ...
 
     def disable_maintenance(self, service_id: str) -> None: ...
 
@@ -70,14 +80,25 @@ class Drainer:
         if not service_ids or not is_terminating(sent, stop_signal) or container_id in self._draining:
             return
         reason = f"{REASON_PREFIX} container {container_name} (signal {sent})"
+        try:
+            ours = self._registry.ours_now(service_ids, container_id)
+        except RegistryError as error:
+            logger.warning("could not drain container {}: {}", container_name, error)
+            return
         for service_id in service_ids:
+            if service_id not in ours:
+                logger.bind(service_id=service_id, container=container_name).info(
+                    "not draining {}: the agent's record is no longer this daemon's for container {}",
+                    service_id, container_name)
+                continue
             try:
                 self._registry.enable_maintenance(service_id, reason)
                 logger.bind(service_id=service_id, container=container_name, action="drain").info(
                     "draining {}: maintenance on while container {} stops", service_id, container_name)
             except RegistryError as error:
                 logger.warning("could not put {} in maintenance: {}", service_id, error)
-        self._draining[container_id] = _Drain(service_ids, self._clock() + self._timeout)
+        drained = tuple(service_id for service_id in service_ids if service_id in ours)
+        self._draining[container_id] = _Drain(drained, self._clock() + self._timeout)
 
     def on_die(self, container_id: str) -> None:
         """The process ended: deregistration follows, which removes the maintenance too
@@ -85,11 +106,10 @@ class Drainer:
         the container starts again: it replaces the service's checks)."""
         self._draining.pop(container_id, None)
 
-    def on_start(self, container_id: str) -> None:
-        """The container runs again (a restart): its drain is over, now."""
-        drain = self._draining.pop(container_id, None)
-        if drain is not None:
-            self._clear(drain.service_ids, "its container started again")
+    def on_start(self, *container_ids: str) -> None:
+        """These containers run again (a restart): their drains are over, now."""
+        ended = [drain for cid in container_ids if (drain := self._draining.pop(cid, None)) is not None]
+        self._clear([s for drain in ended for s in drain.service_ids], "its container started again")
 
     def next_deadline(self) -> float | None:
         return min((d.deadline for d in self._draining.values()), default=None)
@@ -97,16 +117,23 @@ class Drainer:
     def expire(self) -> None:
         """Give back rotation to containers that did not die within the drain timeout."""
         now = self._clock()
-        for container_id, drain in list(self._draining.items()):
-            if drain.deadline > now:
-                continue
-            del self._draining[container_id]
-            self._clear(drain.service_ids, "it did not stop within the drain timeout")
+        ended = [cid for cid, drain in self._draining.items() if drain.deadline <= now]
+        self._clear([s for cid in ended for s in self._draining.pop(cid).service_ids],
+                    "it did not stop within the drain timeout")
 
-    def _clear(self, service_ids: tuple[str, ...], why: str) -> None:
+    def _clear(self, service_ids: list[str], why: str) -> None:
+        """Clear the maintenance this daemon set on these services: one read of the
+        agent's maintenance checks for all of them, then one write per service."""
+        if not service_ids:
+            return
+        try:
+            reasons = self._registry.maintenance_reasons(service_ids)
+        except RegistryError as error:
+            logger.warning("could not clear maintenance of {}: {}", ", ".join(service_ids), error)
+            return
         for service_id in service_ids:
+            reason = reasons.get(service_id)
             try:
-                reason = self._registry.maintenance_reason(service_id)
                 if reason is not None and reason.startswith(REASON_PREFIX):
                     self._registry.disable_maintenance(service_id)
                     logger.bind(service_id=service_id, action="undrain").info(

@@ -18,7 +18,7 @@ from consul_reg.check_caps import body_problem, header_count_problem, header_nam
     path_problem
 from consul_reg.checks import DISABLE_REDIRECTS_MIN_VERSION, INITIAL_STATUSES, frozen_fields, parse_duration
 from consul_reg.labels import KeyValue, show
-from consul_reg.model import Check
+from consul_reg.model import Check, fold_id
 from consul_reg.settings import CheckSettings
 from consul_reg.validate import Limits, OwnEndpoints, check_target_problem, has_control, has_space_or_control, \
     identifier_problem, parse_check_url, parse_host_port, whole_number
@@ -232,8 +232,10 @@ class _JsonCheck:
                 raise Refused("ID must be 1 to 64 ASCII letters, digits and - _ . @ (no ':', which could name "
                               "a check of another service)")
             base = f"service:{self.service_id}:{given}"
+        # Compared case-folded: the catalog holds `service:web:HTTP` and `service:web:http` as one check.
+        folded = {fold_id(t) for t in taken} | {fold_id(f"service:{self.service_id}")}
         check_id, suffix = base, 2
-        while check_id in taken or check_id == f"service:{self.service_id}":
+        while fold_id(check_id) in folded:
             check_id, suffix = f"{base}-{suffix}", suffix + 1
         if check_id != base:
             self.notes.append(f"its ID {show(base)} is taken by another check of this service; it is {show(check_id)}")

@@ -174,7 +174,7 @@ class Loop:
         self.drainer.expire()
         for container_id in actions.restarted:
             self.primary.reaps.container_restarted(container_id)
-            self.drainer.on_start(container_id)
+        self.drainer.on_start(*actions.restarted)  # one read of the agent for all of them
         drains_left = self._drain(actions.drains)
         affected: set[str] = set()
         for container_id, exit_code in actions.deaths:

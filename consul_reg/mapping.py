@@ -13,6 +13,7 @@ from typing import Any
 from consul_reg import labels, swarm, workers
 from consul_reg.addresses import UNSPECIFIED_HOST_IPS, AddressChoice, choose_address, container_addresses
 from consul_reg.checks import service_checks
+from consul_reg.default_ids import default_id_host
 from consul_reg.definitions import Extras, service_extras
 from consul_reg.json_checks import json_checks, parse_checks
 from consul_reg.labels import KeyValue, ServiceKeys, show
@@ -22,8 +23,7 @@ from consul_reg.registration import registration_bytes
 from consul_reg.selection import selected
 from consul_reg.settings import CheckSettings, MappingSettings, PublishedPort
 from consul_reg.tags_meta import capped_tags, service_meta, tags_of, template_tags
-from consul_reg.validate import OwnEndpoints, identifier_problem, normal_host, parse_ip, \
-    squats_host_namespace
+from consul_reg.validate import OwnEndpoints, identifier_problem, normal_host, parse_ip, squats_host_namespace
 
 __all__ = ["CheckSettings", "ContainerRecords", "MappingSettings", "PublishedPort", "default_service_name",
            "map_container", "published_ports", "service_meta"]
@@ -353,6 +353,10 @@ def _identifiers_ok(service_id: str, id_entry: KeyValue | None, name: str, name_
                 squats_host_namespace(value, hostname):
             problem = (f"IDs starting with {show(hostname + ':')} are this host's default IDs "
                        "(<hostname>:<container>:<port>) and a container may not choose one")
+        elif problem is None and what == "service ID" and entry is not None and default_id_host(value):
+            problem = (f"it has the shape of host {show(default_id_host(value))}'s default IDs "
+                       "(<hostname>:<container>:<port>[:udp], <hostname>:<container>), and a container may not "
+                       "choose another host's ID (mirrors and agents may be shared)")
         if problem:
             origin = f"key {show(entry.original_key)}={show(entry.value)}" if entry else f"default {what} {show(value)}"
             warnings.append(f"{origin}: {problem}; this service is skipped")

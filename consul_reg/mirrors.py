@@ -261,8 +261,9 @@ class MirrorWorker:
         keys = {self.registry.key_of(service): current for service, current in todo.blocked}
         for key, current in keys.items():
             if key not in self._blocked:
-                logger.warning("{}: {} is held by {}: left as it is, not written (looked at again every {:g}s)",
-                               self.registry.description, key,
+                spelling = "" if current.id == key else f" as {current.id} (a key that differs only in case)"
+                logger.warning("{}: {} is held{} by {}: left as it is, not written (looked at again every {:g}s)",
+                               self.registry.description, key, spelling,
                                current.meta.get(HOLDER_KEY, "another host, lease or session"), BLOCKED_RETRY_SECONDS)
         self._blocked = {key: "warned" for key in keys}
         self._blocked_since = self._clock() if keys else None

@@ -292,3 +292,11 @@ def marker_meta(hostname: str, container_id: str, instance: str = "") -> dict[st
     if instance:
         meta[MARKER_INSTANCE_KEY] = instance
     return meta
+
+
+def fold_id(identifier: str) -> str:
+    """A service ID, check ID or mirror key as Consul's catalog compares it: case
+    folded (its indexes lower-case every ID). Two IDs with one fold are one record
+    there: each anti-entropy sync replaces the other's row, and removing either
+    removes the row. Our IDs are ASCII (validate.identifier_problem)."""
+    return identifier.lower()

@@ -205,9 +205,14 @@ class Primary:
         for service, holder in blocked:
             holder_text = f"host {holder.meta.get('consul_reg_host', '?')}" if holder.meta.get("consul_reg_host") \
                 else "nobody (registered by hand or by another tool)"
-            if self._blocked_warned.get(service.id) == holder_text:
+            if self._blocked_warned.get(service.id) == f"{holder_text} as {holder.id}":
                 continue
-            self._blocked_warned[service.id] = holder_text
-            logger.bind(service_id=service.id, container=service.container_name).warning(
-                "container {}: service ID {!r} is already registered by {}, not by this daemon: "
-                "left as it is, not registered", service.container_name, service.id, holder_text)
+            self._blocked_warned[service.id] = f"{holder_text} as {holder.id}"
+            log = logger.bind(service_id=service.id, container=service.container_name)
+            if holder.id == service.id:
+                log.warning("container {}: service ID {!r} is already registered by {}, not by this daemon: "
+                            "left as it is, not registered", service.container_name, service.id, holder_text)
+            else:  # another spelling: one service in Consul's catalog
+                log.warning("container {}: service ID {!r} differs only in case from {!r}, registered by {}: "
+                            "Consul's catalog holds them as one service, so {} is not registered",
+                            service.container_name, service.id, holder.id, holder_text, service.id)

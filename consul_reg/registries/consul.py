@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Collection
 
 from consul_reg.http_pool import Answer, ConnectionPool, TRANSPORT_ERRORS
-from consul_reg.model import RegisteredService, Service
+from consul_reg.model import RegisteredService, Service, fold_id
 from consul_reg.registration import connect_payload, registration_payload  # noqa: F401  (re-exported)
 from consul_reg.registries.base import (
     RegistryError,
@@ -39,6 +39,8 @@ MAX_ERROR_BODY = 300
 _MISSING_CHECK_TEXTS = ("unknown check", "does not have", "not found")
 # Check IDs that may be quoted in a filter expression as they are (the identifier set).
 _FILTER_SAFE = re.compile(r"[A-Za-z0-9_.:@-]{1,512}")
+# The check the agent adds to a service in maintenance: this prefix and the service's ID.
+MAINTENANCE_CHECK_PREFIX = "_service_maintenance:"
 
 
 @dataclass(frozen=True)
@@ -221,6 +223,7 @@ class ConsulRegistry:
         self.client = client
         self.endpoint = client.endpoint
         self.description = client.description
+        self._filter_folds = True  # the agent's filters have `matches` (see _filtered)
 
     def set_token(self, token: str | None) -> None:
         self.client.set_token(token)
@@ -244,33 +247,53 @@ class ConsulRegistry:
 
     def services(self) -> dict[str, RegisteredService]:
         listed = self.client.json("GET", ("agent", "services"), "list the agent's services") or {}
-        return {
-            str(service_id): RegisteredService(
-                id=str(service_id),
-                name=str(entry.get("Service") or ""),
-                address=str(entry.get("Address") or ""),
-                port=entry.get("Port") or None,
-                meta=dict(entry.get("Meta") or {}),
-            )
-            for service_id, entry in listed.items() if isinstance(entry, dict)
-        }
+        return _records(listed)
+
+    def services_matching(self, service_ids: Collection[str]) -> dict[str, RegisteredService]:
+        """The agent's records whose ID is one of `service_ids` in any case (Consul's
+        catalog holds one row for all of them): one filtered GET, as current as a GET
+        of each ID, and the only read that also sees `WEB` when asked for `web`."""
+        if not service_ids:
+            return {}
+        listed = self._filtered(("agent", "services"), "ID", service_ids, "read the agent's services")
+        return _records(listed)
 
     def check_owners(self, check_ids: Collection[str] | None = None) -> dict[str, str]:
         """Check ID -> ID of the service it belongs to ("" for a node check), of every
-        check the agent holds, or of those of `check_ids` it holds (one filtered GET)."""
-        params = None
-        if check_ids is not None:
-            if not check_ids:
-                return {}
-            unsafe = [c for c in check_ids if not _FILTER_SAFE.fullmatch(c)]
-            if unsafe:  # never reached: check IDs are built from identifiers; refuse rather than quote
-                raise RegistryError(f"refusing to look up check ID {unsafe[0]!r}: unsafe characters")
-            params = {"filter": " or ".join(f'CheckID == "{c}"' for c in sorted(check_ids))}
-        listed = self.client.json("GET", ("agent", "checks"), "list the agent's checks", params=params) or {}
+        check the agent holds, or of those of `check_ids` it holds in any case (one
+        filtered GET: the catalog folds check IDs as it folds service IDs)."""
+        if check_ids is None:
+            listed = self.client.json("GET", ("agent", "checks"), "list the agent's checks")
+        elif not check_ids:
+            return {}
+        else:
+            listed = self._filtered(("agent", "checks"), "CheckID", check_ids, "list the agent's checks")
         if not isinstance(listed, dict):
             raise RegistryError(f"{self.description}: could not list the agent's checks: not a JSON object")
         return {str(check_id): str(entry.get("ServiceID") or "") for check_id, entry in listed.items()
                 if isinstance(entry, dict)}
+
+    def _filtered(self, path: tuple[str, ...], selector: str, ids: Collection[str], what: str) -> Any:
+        """A listing of the entries whose `selector` is one of `ids`, ASCII case folded.
+        An agent whose filter language has no `matches` (before go-bexpr's regexes)
+        answers 400: the whole listing is then read and folded here, from then on."""
+        unsafe = [i for i in ids if not _FILTER_SAFE.fullmatch(i)]
+        if unsafe:  # never reached: IDs are identifiers; refuse rather than quote
+            raise RegistryError(f"refusing to look up ID {unsafe[0]!r}: unsafe characters")
+        if self._filter_folds:
+            # Identifier characters only: `.` is the one that means something in a regex.
+            alternatives = "|".join(sorted({i.replace(".", "[.]") for i in ids}))
+            try:
+                return self.client.json("GET", path, what,
+                                        params={"filter": f'{selector} matches "(?i)^({alternatives})$"'})
+            except RegistryError as error:
+                if type(error) is not RegistryError or " 400 " not in str(error):
+                    raise
+                self._filter_folds = False
+        listed = self.client.json("GET", path, what) or {}
+        wanted = {fold_id(i) for i in ids}
+        return {key: entry for key, entry in listed.items() if fold_id(str(key)) in wanted} \
+            if isinstance(listed, dict) else listed
 
     def register(self, service: Service) -> None:
         self.client.call("PUT", ("agent", "service", "register"), f"register {service.id}",
@@ -288,11 +311,18 @@ class ConsulRegistry:
         self.client.call("PUT", ("agent", "service", "maintenance", service_id),
                          f"take {service_id} out of maintenance", params={"enable": "false"})
 
-    def maintenance_reason(self, service_id: str) -> str | None:
-        """The reason of the service's maintenance, or None when it is not in maintenance."""
-        checks = self.client.json("GET", ("agent", "checks"), "list the agent's checks") or {}
-        check = checks.get(f"_service_maintenance:{service_id}")
-        return None if not isinstance(check, dict) else str(check.get("Notes") or "")
+    def maintenance_reasons(self, service_ids: Collection[str]) -> dict[str, str]:
+        """Service ID -> the reason of its maintenance, of those of `service_ids` in
+        maintenance: one filtered read of the agent's checks for all of them."""
+        if not service_ids:
+            return {}
+        by_check = {f"{MAINTENANCE_CHECK_PREFIX}{service_id}": service_id for service_id in service_ids}
+        params = {"filter": " or ".join(f'CheckID == "{c}"' for c in sorted(by_check)
+                                        if _FILTER_SAFE.fullmatch(c))}
+        checks = self.client.json("GET", ("agent", "checks"), "read the agent's maintenance checks",
+                                  params=params) or {}
+        return {by_check[check_id]: str(check.get("Notes") or "") for check_id, check in checks.items()
+                if check_id in by_check and isinstance(check, dict)} if isinstance(checks, dict) else {}
 
     def update_check(self, check_id: str, status: str, output: str) -> None:
         """Report a TTL check (the heartbeat's hot path). RegistryNotFound when the
@@ -331,6 +361,22 @@ class ConsulKV:
 
     def delete(self, key: str) -> None:
         self.client.call("DELETE", ("kv", *key.split("/")), f"delete KV {key}")
+
+
+def _records(listed: Any) -> dict[str, RegisteredService]:
+    """The agent's answer of /v1/agent/services as records (what is not an object is skipped)."""
+    if not isinstance(listed, dict):
+        return {}
+    return {
+        str(service_id): RegisteredService(
+            id=str(service_id),
+            name=str(entry.get("Service") or ""),
+            address=str(entry.get("Address") or ""),
+            port=entry.get("Port") or None,
+            meta={str(k): str(v) for k, v in entry["Meta"].items()} if isinstance(entry.get("Meta"), dict) else {},
+        )
+        for service_id, entry in listed.items() if isinstance(entry, dict)
+    }
 
 
 def _one_line(text: str, limit: int = MAX_ERROR_BODY) -> str:

@@ -1,9 +1,11 @@
 """Consul KV, registrator's layout: `<prefix>/<service-name>/<service-id>` = `<ip>:<port>`.
 Through the project's one Consul client. Each key this daemon writes carries
 its host's owner tag in the entry's Flags (opaque to Consul and to readers of
-the layout); only such keys are ever written over or removed, and each write
-or removal is a check-and-set on the index the owner was read at, so another
-host's daemon that took the key in between is never written over."""
+the layout); only such keys are ever written over or removed (and keys of
+this host's default IDs, which no container may choose, are written over
+whoever wrote them), and each write or removal is a check-and-set on the index
+the owner was read at, so another host's daemon that took the key in between
+is never written over."""
 
 from __future__ import annotations
 
@@ -68,6 +70,8 @@ class ConsulKVRegistry:
             meta = {MARKER_DIGEST_KEY: value}
             if self._owns(key, flags):
                 meta.update(owner_meta(self.hostname))
+            elif self._takes_back(key):
+                continue  # listed as absent: written over when wanted, never removed
             else:
                 meta[HOLDER_KEY] = self._holder(flags, value)
             found[key] = RegisteredService(id=key, name=name, meta=meta)
@@ -78,7 +82,7 @@ class ConsulKVRegistry:
         body = self.digest_of(service).encode()
         for _ in range(CAS_TRIES):
             current = self._entry(key)
-            if current is not None and not self._owns(key, current.flags):
+            if current is not None and not self._owns(key, current.flags) and not self._takes_back(key):
                 raise RegistryNotOurs(f"{key} is held by {self._holder(current.flags, current.value)}: "
                                       "left as it is")
             index = 0 if current is None else current.index  # 0: only if the key does not exist
@@ -104,8 +108,14 @@ class ConsulKVRegistry:
                 self.deregister(service)
 
     def _owns(self, key: str, flags: int) -> bool:
-        service_id = key[len(self.prefix) + 1:].partition("/")[2]
-        return flags == self.flags or (flags == 0 and default_id_owned(service_id, self.hostname))
+        return flags == self.flags or (flags == 0 and self._takes_back(key))
+
+    def _takes_back(self, key: str) -> bool:
+        """One of this host's default IDs, whoever wrote it: no container may choose one,
+        so another writer took it (an older consul-reg of another host, by hand). The
+        rightful host writes over it when it wants it, as in etcd; it never removes one
+        it did not write (another --instance of this host may hold it)."""
+        return default_id_owned(key[len(self.prefix) + 1:].partition("/")[2], self.hostname)
 
     @staticmethod
     def _holder(flags: int, value: str) -> str:

@@ -46,6 +46,9 @@ def shown(value: str) -> str:
 
 
 def default_id_owned(service_id: str, hostname: str) -> bool:
-    """Keys of consul-reg before owner markers: this host's default IDs (`<hostname>:`,
-    which no other host or container can take), for a daemon without --instance."""
-    return service_id.startswith(hostname + ":") and not getattr(hostname, "instance", "")
+    """This host's default IDs (`<hostname>:`, in any case: one ID in Consul's catalog),
+    for a daemon without --instance: no container may choose one (validate.default_id_host),
+    so whoever else holds such a key took it (an older consul-reg of another host, a
+    writer by hand); the rightful host takes it back. Also the keys of consul-reg before
+    owner markers."""
+    return service_id.lower().startswith(hostname.lower() + ":") and not getattr(hostname, "instance", "")

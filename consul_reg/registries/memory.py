@@ -4,6 +4,8 @@ and the mirrors receive every service."""
 
 from __future__ import annotations
 
+from typing import Collection
+
 from consul_reg.model import RegisteredService, Service, registered_form
 from consul_reg.registries.consul import AgentInfo, ConsulEndpoint
 
@@ -50,8 +52,11 @@ class MemoryRegistry:
     def disable_maintenance(self, service_id: str) -> None:
         pass
 
-    def maintenance_reason(self, service_id: str) -> str | None:
-        return None
+    def maintenance_reasons(self, service_ids: Collection[str]) -> dict[str, str]:
+        return {}
+
+    def ours_now(self, service_ids: Collection[str], container_id: str) -> set[str]:
+        return {s for s in service_ids if s in self._services and self._services[s].container_id == container_id}
 
     def set_token(self, token: str | None) -> None:
         pass

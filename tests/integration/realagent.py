@@ -42,7 +42,7 @@ class RealAgentLoop:
         self.loop = Loop(deregister_mode="always", resync_seconds=0, env_file_interval=10.0, retry_interval=1.0,
                          docker=self.docker, primary=self.primary,
                          builder=DesireBuilder(self.config, self.docker, settings), probes=self.probes,
-                         drainer=Drainer(self.registry, 30.0), mirrors=[], env_reader=None, metrics=Metrics())
+                         drainer=Drainer(self.primary.agent, 30.0), mirrors=[], env_reader=None, metrics=Metrics())
 
     def send(self, *hints: Hint) -> None:
         assert self.loop.handle(list(hints))

@@ -166,6 +166,7 @@ def start(start_daemon, agent, own_docker, *args: str):
     ("SERVICE_ID", "web\nINFO forged log line", False),
     ("SERVICE_NAME", "..", False),
     ("SERVICE_ID", "{hostname}:victim:80", False),  # this host's default-ID namespace
+    ("SERVICE_ID", "other-{hostname}:victim:80", False),  # another host's, on a shared agent or mirror
 ])
 def test_hostile_identifiers(host, own_docker, start_daemon, run_container, hostname, key, value, stop):
     agent, api, sentinel = host
@@ -307,6 +308,76 @@ def test_a_squatter_started_first_does_not_keep_the_id(host, own_docker, start_d
     assert api.services()[shared]["Meta"]["consul_reg_container"] == legit.id
     daemon.wait_log(f"service ID {shared!r} is declared by containers {legit.name} and {squatter.name}")
     assert_host_unharmed(api, daemon, run_container, hostname, sentinel)
+
+
+def catalog_view(api, name: str) -> list[tuple]:
+    """What Consul's catalog (not the agent) holds under a service name: its rows and their checks."""
+    rows = api.http.get(f"/v1/catalog/service/{name}").json()
+    checks = api.http.get(f"/v1/health/checks/{name}").json()
+    return sorted((r["ServiceID"], r["ServicePort"], r["ServiceTags"], sorted(r["ServiceMeta"].items())) for r in rows) \
+        + sorted((c["CheckID"], c["ServiceID"], c["Status"]) for c in checks)
+
+
+def synced(api) -> None:
+    """Anti-entropy has pushed every change the agent had: a service registered by hand
+    after them reaches the catalog (a sync pushes all that is out of sync at once)."""
+    marker = {"ID": f"sync-{uuid.uuid4().hex[:8]}", "Name": "sync-marker", "Port": 1}
+    api.register(marker)
+    wait_until(lambda: api.in_catalog({marker["ID"]: api.services()[marker["ID"]]}), message="anti-entropy")
+    api.deregister(marker["ID"])
+
+
+def test_another_spelling_of_a_hand_registered_id_leaves_it_as_registered_in_the_agent_and_the_catalog(
+        host, own_docker, start_daemon, run_container, hostname):
+    """The agent keys services by their exact ID, Consul's catalog lower-cased: a container's
+    `Payments-<h>` beside the payments team's `payments-<h>` would replace its catalog row at
+    each anti-entropy sync, and its removal could delete it. It is refused, warned naming both."""
+    agent, api, sentinel = host
+    synced(api)
+    before = catalog_view(api, "payments")
+    assert [row[0] for row in before[:1]] == [sentinel["ID"]] and len(before) == 2, before
+    daemon = start(start_daemon, agent, own_docker)
+    spelled = "P" + sentinel["ID"][1:]
+    hostile = run_container(ports={"80/tcp": None}, labels={"SERVICE_ID": spelled, "SERVICE_NAME": "payments",
+                                                            "SERVICE_CHECK_TTL": "1h"})
+    later = run_container(ports={"80/tcp": None}, labels={"SERVICE_NAME": "later"})
+    wait_until(lambda: f"{hostname}:{later.name}:80" in api.services(), message="a later container: "
+               "every earlier event was handled")
+    synced(api)
+    while_running = catalog_view(api, "payments")
+    hostile.remove(force=True)
+    assert_host_unharmed(api, daemon, run_container, hostname, sentinel, hostile_ids=(spelled,))
+    synced(api)
+    assert (while_running, catalog_view(api, "payments")) == (before, before)
+    daemon.wait_log(f"container {hostile.name}: service ID {spelled!r} differs only in case from {sentinel['ID']!r}")
+
+
+def test_a_sidecar_registration_leaves_a_foreign_sidecar_proxy_untouched(host, own_docker, start_daemon,
+                                                                         run_container, hostname):
+    """With SERVICE_CONNECT=sidecar the agent writes `<id>-sidecar-proxy` with `<id>`,
+    replacing whatever held that ID, and removes it with `<id>`."""
+    agent, api, sentinel = host
+    shop = f"shop-{hostname}"
+    foreign = {"ID": f"{shop}-sidecar-proxy", "Name": "mesh-proxy", "Port": 21999, "Meta": {"owner": "mesh-team"}}
+    api.register(foreign)
+
+    def view() -> tuple | None:
+        record = api.services().get(foreign["ID"])
+        return record and (record["Service"], record["Port"], record["Meta"], record.get("Kind", ""))
+
+    daemon = start(start_daemon, agent, own_docker)
+    hostile = run_container(ports={"80/tcp": None}, labels={"SERVICE_ID": shop, "SERVICE_NAME": "shop",
+                                                            "SERVICE_CONNECT": "sidecar"})
+    later = run_container(ports={"80/tcp": None}, labels={"SERVICE_NAME": "later"})
+    wait_until(lambda: f"{hostname}:{later.name}:80" in api.services(), message="a later container: "
+               "every earlier event was handled")
+    while_running = view()
+    hostile.remove(force=True)
+    assert_host_unharmed(api, daemon, run_container, hostname, sentinel, hostile_ids=(shop,),
+                         hand_registered=(foreign["ID"],))
+    assert (while_running, view()) == (("mesh-proxy", 21999, {"owner": "mesh-team"}, ""),) * 2
+    daemon.wait_log(f"container {hostile.name}: the sidecar proxy ID {foreign['ID']!r} of {shop} is already "
+                    "registered by someone else")
 
 
 def test_env_files_that_attack_the_daemon(host, own_docker, start_daemon, run_container, hostname):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import signal
 
@@ -298,3 +299,46 @@ def test_deregister_on_exit_empties_every_mirror(etcd, zookeeper, start_daemon, 
         assert consul_api.services_of(hostname) == {}
     finally:
         client.stop()
+
+
+def test_consulkv_another_hosts_default_id_is_refused_and_the_rightful_host_takes_it_back(
+        start_daemon, run_container, consul_api, hostname):
+    """Host B's daemon sees a container claiming `<host A>:<container>:80`, a default ID of
+    host A: refused (custom IDs are fleet-global in a shared prefix, default IDs their
+    host's). And a key of A's default ID that someone else holds (an older consul-reg of a
+    host C, which no longer runs, wrote it with C's owner tag): A's daemon writes over it
+    once its container runs."""
+    from consul_reg.registries.keys import owner_tag
+
+    prefix, select, other = f"kvns-{hostname}", f"kvns-{hostname}", f"{hostname}-b"
+    victim = f"victim-{hostname}"
+    taken, squatted = f"{prefix}/web/{hostname}:{victim}:80", f"{prefix}/web/{hostname}:{victim}-2:80"
+
+    def entry(key: str) -> tuple[str, int] | None:
+        response = consul_api.http.get(f"/v1/kv/{key}")
+        if response.status_code == 404:
+            return None
+        found = response.json()[0]
+        return base64.b64decode(found["Value"] or "").decode(), found["Flags"]
+
+    consul_api.http.put(f"/v1/kv/{taken}", params={"flags": str(owner_tag(f"{hostname}-c"))},
+                        content=b"192.0.2.99:1").raise_for_status()
+    try:
+        host_b = start_daemon("--hostname", other, "-ip", HOST_IP, "--filter", f"label={select}",
+                              f"consulkv://127.0.0.1:8500/{prefix}")
+        squatter = run_container(ports={"80/tcp": None}, labels={select: "1", "SERVICE_NAME": "web",
+                                                                  "SERVICE_ID": f"{hostname}:{victim}-2:80"})
+        host_b.wait_log(f"container {squatter.name}: key 'SERVICE_ID'='{hostname}:{victim}-2:80': it has the shape "
+                        f"of host {hostname!r}'s default IDs")
+        host_a = start_daemon("-ip", HOST_IP, "--filter", f"label={select}", f"consulkv://127.0.0.1:8500/{prefix}")
+        real = run_container(name=victim, ports={"80/tcp": None}, labels={select: "1", "SERVICE_NAME": "web"})
+        value = f"{HOST_IP}:{host_port(real, '80/tcp')}"
+        wait_until(lambda: entry(taken) == (value, owner_tag(hostname)),
+                   message=f"host A's own default ID taken back (now {entry(taken)})")
+        # Host B wrote its own key of the later container: it had handled the squatter's start before.
+        wait_until(lambda: entry(f"{prefix}/web/{other}:{victim}:80") == (value, owner_tag(other)),
+                   message="host B's key of the later container")
+        assert entry(squatted) is None, "host B wrote a default ID of host A"
+        assert host_a.process.poll() is None and host_b.process.poll() is None
+    finally:
+        consul_api.http.delete(f"/v1/kv/{prefix}", params={"recurse": "true"})

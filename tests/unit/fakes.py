@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import copy
-from typing import Any
+import re
+from typing import Any, Callable, Collection
 
 from consul_reg.model import RegisteredService, Service, registered_form
 from consul_reg.registries.base import RegistryNotFound, RegistryScriptsRefused, RegistryUnavailable
@@ -67,9 +68,17 @@ class FakeAgent:
             self.checks[check.check_id] = ("critical", "")
             self.check_service[check.check_id] = service.id
 
-    def check_owners(self) -> dict[str, str]:
-        self._call("checks")
-        return {check_id: self.check_service.get(check_id, "") for check_id in self.checks}
+    def services_matching(self, service_ids: Collection[str]) -> dict[str, RegisteredService]:
+        """As the client's one filtered listing: every spelling of these IDs."""
+        self._call("services matching", ",".join(sorted(service_ids)))
+        wanted = {s.lower() for s in service_ids}  # as the agent's (?i) filter: not the code's fold_id
+        return {sid: record for sid, record in self.records.items() if sid.lower() in wanted}
+
+    def check_owners(self, check_ids: Collection[str] | None = None) -> dict[str, str]:
+        self._call("checks", "" if check_ids is None else ",".join(sorted(check_ids)))
+        wanted = None if check_ids is None else {c.lower() for c in check_ids}
+        return {check_id: self.check_service.get(check_id, "") for check_id in self.checks
+                if wanted is None or check_id.lower() in wanted}
 
     def _drop_checks(self, service_id: str) -> None:
         for check_id in [c for c, owner in self.check_service.items() if owner == service_id]:
@@ -97,9 +106,9 @@ class FakeAgent:
         self._call("maintenance off", service_id)
         self.maintenance.pop(service_id, None)
 
-    def maintenance_reason(self, service_id: str) -> str | None:
-        self._call("maintenance reason", service_id)
-        return self.maintenance.get(service_id)
+    def maintenance_reasons(self, service_ids: Collection[str]) -> dict[str, str]:
+        self._call("maintenance reasons", ",".join(sorted(service_ids)))
+        return {s: self.maintenance[s] for s in service_ids if s in self.maintenance}
 
     def restart(self, node_id: str) -> None:
         """As a dev agent: back empty, with a new node ID."""
@@ -161,3 +170,71 @@ class FakeDocker:
 
     def exec_in_container(self, container_id: str, command: str, timeout_seconds: float) -> tuple[int, str]:
         return 0, "ok"
+
+
+_MATCHES = re.compile(r'^(\w+) matches "(.*)"$')
+_EQUALS = re.compile(r'(\w+) == "([^"]*)"')
+
+
+def agent_filter(expression: str | None) -> Callable[[str], bool]:
+    """The keys an agent's `?filter=` keeps, for the two forms the client sends:
+    `<Selector> matches "<regex>"` and `<Selector> == "x" or <Selector> == "y"`."""
+    if expression is None:
+        return lambda key: True
+    matches = _MATCHES.match(expression)
+    if matches:
+        pattern = re.compile(matches.group(2))  # Go's RE2 and Python agree on (?i)^(a|b[.]c)$
+        return lambda key: pattern.search(key) is not None
+    wanted = {value for _, value in _EQUALS.findall(expression)}
+    return lambda key: key in wanted
+
+
+class HttpAgent:
+    """The agent's HTTP API as ConsulRegistry speaks to it (through httpx.MockTransport):
+    services keyed by their exact ID, listings filtered as Consul filters them
+    (`agent_filter`), a registration replacing its exact ID and, with a SidecarService,
+    `<id>-sidecar-proxy` too; a deregistration removes the sidecar it wrote."""
+
+    def __init__(self, records: dict[str, dict[str, Any]] | None = None) -> None:
+        self.records: dict[str, dict[str, Any]] = dict(records or {})
+        self.sidecars: set[str] = set()  # sidecar IDs written by a registration
+        self.requests: list[str] = []
+
+    def handler(self, request: Any) -> Any:
+        import json
+        import urllib.parse
+
+        import httpx
+
+        query = urllib.parse.parse_qs(request.url.query.decode())
+        path = urllib.parse.unquote(request.url.path)
+        self.requests.append(f"{request.method} {path}")
+        if request.method == "GET" and path == "/v1/agent/services":
+            keeps = agent_filter(query["filter"][0] if "filter" in query else None)
+            return httpx.Response(200, json={sid: r for sid, r in self.records.items() if keeps(sid)})
+        if request.method == "GET" and path == "/v1/agent/checks":
+            return httpx.Response(200, json={})
+        if request.method == "PUT" and path == "/v1/agent/service/register":
+            body = json.loads(request.content)
+            self.records[body["ID"]] = {"Service": body["Name"], "Meta": body.get("Meta") or {}}
+            sidecar = (body.get("Connect") or {}).get("SidecarService")
+            if sidecar is not None:
+                self.records[body["ID"] + "-sidecar-proxy"] = {"Service": body["Name"] + "-sidecar-proxy",
+                                                               "Meta": sidecar.get("Meta") or {}}
+                self.sidecars.add(body["ID"] + "-sidecar-proxy")
+            return httpx.Response(200, text="")
+        if request.method == "PUT" and path.startswith("/v1/agent/service/deregister/"):
+            service_id = path.rsplit("/", 1)[-1]
+            self.records.pop(service_id, None)
+            if service_id + "-sidecar-proxy" in self.sidecars:
+                self.sidecars.discard(service_id + "-sidecar-proxy")
+                self.records.pop(service_id + "-sidecar-proxy", None)
+            return httpx.Response(200, text="")
+        return httpx.Response(404, text="not found")
+
+    def registry(self) -> Any:
+        import httpx
+
+        from consul_reg.registries.consul import ConsulClient, ConsulEndpoint, ConsulRegistry
+
+        return ConsulRegistry(ConsulClient(ConsulEndpoint("http"), transport=httpx.MockTransport(self.handler)))

@@ -4,7 +4,6 @@ one client looks checks up with a filter built only from safe IDs."""
 
 from __future__ import annotations
 
-import re
 import urllib.parse
 
 import httpx
@@ -15,24 +14,22 @@ from consul_reg.registries.base import RegistryError, RegistryNotOurs
 from consul_reg.registries.consul import ConsulClient, ConsulEndpoint, ConsulRegistry
 from consul_reg.registries.guard import OwnershipGuard, check_origin
 from consul_reg.registries.memory import MemoryRegistry
-
-_TERM = re.compile(r'CheckID == "([^"]*)"')
-
+from tests.unit.fakes import agent_filter
 
 def agent(checks: dict[str, str]) -> tuple[OwnershipGuard, list[str]]:
     """An agent with no services and these checks (check ID -> service ID), answering
-    the check listing's filter as Consul does."""
+    the listings' filters as Consul does."""
     seen: list[str] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
         query = urllib.parse.parse_qs(request.url.query.decode())
         seen.append(f"{request.method} {request.url.path}" + (f" {query['filter'][0]}" if "filter" in query else ""))
+        keeps = agent_filter(query["filter"][0] if "filter" in query else None)
         if request.url.path == "/v1/agent/checks":
-            wanted = set(_TERM.findall(query["filter"][0])) if "filter" in query else set(checks)
             return httpx.Response(200, json={cid: {"CheckID": cid, "ServiceID": sid}
-                                             for cid, sid in checks.items() if cid in wanted})
-        if request.method == "GET":
-            return httpx.Response(404, text="unknown service ID")
+                                             for cid, sid in checks.items() if keeps(cid)})
+        if request.url.path == "/v1/agent/services":
+            return httpx.Response(200, json={})
         return httpx.Response(200, text="")
 
     client = ConsulClient(ConsulEndpoint("http"), transport=httpx.MockTransport(handler))
@@ -50,8 +47,8 @@ def test_a_service_whose_check_another_service_holds_is_refused_without_a_write(
     with pytest.raises(RegistryNotOurs, match=r"container evil: check service:payments:1 \(from SERVICE_CHECK_TTL\) "
                                               r"is already the check of service 'payments'; payments:1 is not"):
         guard.register(service("payments:1", "service:payments:1"))
-    assert seen == ["GET /v1/agent/service/payments:1",
-                    'GET /v1/agent/checks CheckID == "service:payments:1"'], "no PUT"
+    assert seen == ['GET /v1/agent/services ID matches "(?i)^(payments:1)$"',
+                    'GET /v1/agent/checks CheckID matches "(?i)^(service:payments:1)$"'], "no PUT"
 
 
 def test_a_node_check_is_not_taken_over_either() -> None:
@@ -59,15 +56,15 @@ def test_a_node_check_is_not_taken_over_either() -> None:
     with pytest.raises(RegistryNotOurs, match="is already the check of a node check"):
         guard.register(service("web", "service:web:http", "service:web"))
     assert not [s for s in seen if s.startswith("PUT")]
-    assert seen[-1] == 'GET /v1/agent/checks CheckID == "service:web" or CheckID == "service:web:http"'
+    assert seen[-1] == 'GET /v1/agent/checks CheckID matches "(?i)^(service:web|service:web:http)$"'
 
 
 def test_checks_absent_or_already_this_services_are_registered() -> None:
     guard, seen = agent({"service:web:http": "web"})
     guard.register(service("web", "service:web:http", "service:web:tcp"))
     guard.register(service("plain"))  # no check: no check lookup
-    assert seen[-4:] == ['GET /v1/agent/checks CheckID == "service:web:http" or CheckID == "service:web:tcp"',
-                         "PUT /v1/agent/service/register", "GET /v1/agent/service/plain",
+    assert seen[-4:] == ['GET /v1/agent/checks CheckID matches "(?i)^(service:web:http|service:web:tcp)$"',
+                         "PUT /v1/agent/service/register", 'GET /v1/agent/services ID matches "(?i)^(plain)$"',
                          "PUT /v1/agent/service/register"]
 
 

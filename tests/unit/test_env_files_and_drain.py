@@ -9,6 +9,8 @@ from consul_reg.agent_watch import AgentWatch
 from consul_reg.drain import REASON_PREFIX, Drainer
 from consul_reg.env_files import EnvFileRead, EnvFileReader, EnvFileState, fold
 from consul_reg.liveness import Liveness
+from consul_reg.model import Owner, RegisteredService, marker_meta
+from consul_reg.registries.guard import OwnershipGuard
 from consul_reg.router import AGENT_BACK
 from tests.unit.fakes import FakeAgent, FakeClock
 
@@ -85,7 +87,9 @@ def test_the_reader_maps_every_failure_to_unreadable() -> None:
 
 def test_drainer_clears_only_its_own_maintenance() -> None:
     clock, agent = FakeClock(), FakeAgent()
-    drainer = Drainer(agent, timeout=10, clock=clock)
+    for service_id, container_id in (("s1", "c1"), ("s2", "c1"), ("s3", "c2")):
+        agent.records[service_id] = RegisteredService(service_id, "web", meta=marker_meta("h", container_id))
+    drainer = Drainer(OwnershipGuard(agent, Owner("h")), timeout=10, clock=clock)
     drainer.on_kill("web", "c1", ("s1", "s2"), "SIGHUP", "")
     assert agent.maintenance == {}, "a reload signal never drains"
     drainer.on_kill("web", "c1", ("s1", "s2"), "15", "")

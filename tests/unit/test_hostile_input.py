@@ -12,14 +12,21 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from consul_reg.checks import CheckSettings, service_checks
+from consul_reg.default_ids import default_id_host
 from consul_reg.json_checks import FIELDS as JSON_CHECK_FIELDS
 from consul_reg.json_checks import json_checks
 from consul_reg.labels import KeyValue, collect, printable, split_tags
 from consul_reg.mapping import MappingSettings, map_container
+from consul_reg.model import Connect, ContainerDesire, Owner, RegisteredService, Service, marker_meta
+from consul_reg.reconcile import DesiredServices, plan
+from consul_reg.registries.base import RegistryNotOurs
 from consul_reg.registries.consul import registration_payload
+from consul_reg.registries.guard import OwnershipGuard
 from consul_reg.tags_template import Template, TemplateError
-from consul_reg.validate import CheckPolicy, OwnEndpoints, address_problem, has_control, parse_allow_rule
+from consul_reg.validate import CheckPolicy, OwnEndpoints, address_problem, has_control, \
+    parse_allow_rule
 from consul_reg.versions import CHECK_FIELD_MIN_VERSION
+from tests.unit.fakes import HttpAgent
 
 SUFFIXES = ["NAME", "ID", "TAGS", "IGNORE", "IP", "NETWORK", "CHECK_HTTP", "CHECK_TCP", "CHECK_INTERVAL",
             "CHECK_TIMEOUT", "CHECK_TTL", "CHECK_SCRIPT", "CHECK_DOCKER", "CHECK_GRPC", "CHECK_HTTP_HEADER_X",
@@ -40,6 +47,7 @@ service_keys = st.one_of(
 )
 HOSTILE_VALUES = ["", " ", "true", "0", "10s", "banana", "1m30s", "-1", "/health", "a\\,b,c", "\x00", "é" * 600,
                   "../../leave", "../../maintenance", "x/../payments", "..", ".", "vault/core/master", "h:x:80",
+                  "host2:web:80", "host2:worker", "H:hostile:80", "web:8080", "Payments",
                   "web\nforged", "\x1b[2J", "²", "٨٠", "9" * 5000, "8500", "169.254.169.254",
                   "::ffff:169.254.169.254",
                   "127.0.0.1", "0.0.0.0", "localhost", "2852039166", "fe80::1", "a@169.254.169.254", "PUT", "1ms",
@@ -81,6 +89,7 @@ port_maps = st.dictionaries(st.sampled_from(["80/tcp", "443/tcp", "53/udp", "x",
 
 
 IDENTIFIER = re.compile(r"[A-Za-z0-9_.:@-]{1,128}")
+DEFAULT_ID = re.compile(r"h:hostile(:[0-9]+(:udp)?)?")  # the default IDs of the container below, on host h
 CONTAINER_IP = "172.17.0.2"
 AGENT_PORT = 8500
 
@@ -117,9 +126,10 @@ def test_mapping_never_raises_and_payloads_are_valid(env, labels, ports, interna
         assert len(payload["Meta"]) <= 64
         assert all(len(k) <= 128 and len(v) <= 512 for k, v in payload["Meta"].items())
         assert all(not k.startswith("consul-") for k in payload["Meta"])
-        # Identifiers: only the documented set; custom IDs never in this host's namespace.
+        # Identifiers: only the documented set; custom IDs never in any host's default-ID namespace.
         for value in (payload["ID"], payload["Name"]):
             assert IDENTIFIER.fullmatch(value) and value not in (".", "..")
+        assert default_id_host(payload["ID"]) is None or DEFAULT_ID.fullmatch(payload["ID"]), payload["ID"]
         assert len(service.tags) <= 128 + 1 and all(len(t) <= 1024 for t in service.tags)
         # Check targets: the container's own IP with a container-side port, or the daemon's own
         # host address with a port this container publishes; never link-local, never the agent.
@@ -409,3 +419,112 @@ def test_templates_parse_or_fail_cleanly_and_render_or_fail_cleanly(pieces, env)
         assert isinstance(template.render({"Id": "abc", "Config": {"Env": env, "Labels": {"a": "b"}}}), str)
     except TemplateError:
         pass
+
+
+# -- case folding (issue 20): one ID per fold, as in Consul's catalog --------------------------------
+
+def fold(identifier: str) -> str:
+    """The oracle: how Consul's catalog compares IDs (not the code's own fold_id)."""
+    return identifier.lower()
+
+
+SPELLINGS = ["web", "Web", "WEB", "api", "API", "web-sidecar-proxy", "WEB-sidecar-proxy"]
+claims = st.lists(st.tuples(st.sampled_from(SPELLINGS[:5]), st.integers(0, 3)), min_size=1, max_size=8)
+
+
+def claim_desires(drawn: list[tuple[str, int]]) -> list[ContainerDesire]:
+    return [ContainerDesire(f"c{i}", f"n{i}", f"2026-01-0{second + 1}T00:00:00Z",
+                            (Service(id=sid, name="s", address="10.0.0.1", port=80, container_id=f"c{i}"),))
+            for i, (sid, second) in enumerate(drawn)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(drawn=claims, order=st.randoms(use_true_random=False), removed=st.sets(st.integers(0, 7)))
+def test_the_election_is_case_folded_newest_wins_and_order_free(drawn, order, removed):
+    desires = claim_desires(drawn)
+    whole = DesiredServices()
+    whole.replace_all(desires)
+    folds = [fold(sid) for sid in whole.by_id]
+    assert len(folds) == len(set(folds)), whole.by_id  # one spelling per fold is desired
+    for folded in {fold(sid) for sid, _ in drawn}:
+        newest = max((d for d in desires if fold(d.services[0].id) == folded),
+                     key=lambda d: (d.created, d.container_id))
+        assert whole.by_id[newest.services[0].id].container_id == newest.container_id
+    # One container at a time, in any order, then some removed: as a rebuild of what is left.
+    stepwise, shuffled = DesiredServices(), list(desires)
+    order.shuffle(shuffled)
+    touched: set[str] = set()
+    for desire in shuffled:
+        touched |= stepwise.update(None, desire)[0]
+    assert stepwise.by_id == whole.by_id and touched >= set(whole.by_id)
+    left = [d for i, d in enumerate(desires) if i not in removed]
+    for i in sorted(removed & set(range(len(desires)))):
+        before = set(stepwise.by_id)
+        affected, _ = stepwise.update(desires[i], None)
+        assert (before ^ set(stepwise.by_id)) <= affected  # every spelling that came or went is planned
+    rebuilt = DesiredServices()
+    rebuilt.replace_all(left)
+    assert stepwise.by_id == rebuilt.by_id
+
+
+holders = st.dictionaries(st.sampled_from(SPELLINGS), st.sampled_from(["ours", "ours-c9", "foreign", "other-host",
+                                                                      "sidecar-web", "sidecar-Web"]), max_size=5)
+
+
+def agent_meta(holder: str) -> dict[str, str]:
+    if holder.startswith("sidecar-"):
+        return {"external-source": "consul-reg", "consul_reg_sidecar_for": holder.removeprefix("sidecar-")}
+    if holder == "foreign":
+        return {}
+    return marker_meta("other" if holder == "other-host" else "h", "c9" if holder == "ours-c9" else "c1")
+
+
+def agent_record(service_id: str, holder: str) -> RegisteredService:
+    return RegisteredService(service_id, "s", meta=agent_meta(holder))
+
+
+@settings(max_examples=400, deadline=None)
+@given(records=holders, wanted=st.sampled_from(SPELLINGS[:5]), sidecar=st.booleans())
+def test_the_guard_never_changes_a_record_that_is_not_ours_under_any_spelling(records, wanted, sidecar):
+    """The guard and the one client over the agent's HTTP API (keyed by exact ID, filtered as
+    Consul filters): whatever the agent holds, a registration leaves every record that is not
+    ours as it was, and when it goes ahead no other spelling of the ID or its sidecar's ID
+    remains that is not ours."""
+    agent = HttpAgent({sid: {"Service": "s", "Meta": agent_meta(holder)} for sid, holder in records.items()})
+    before = {sid: dict(record) for sid, record in agent.records.items()}
+    service = Service(id=wanted, name="s", address="10.0.0.1", port=80, container_id="c1", container_name="n",
+                      meta=tuple(sorted(marker_meta("h", "c1").items())), connect=Connect(sidecar=True) if sidecar
+                      else None)
+    guard = OwnershipGuard(agent.registry(), Owner("h"))
+    try:
+        guard.register(service)
+        done = True
+    except RegistryNotOurs:
+        done = False
+    ours = {sid for sid, holder in records.items() if holder in ("ours", "ours-c9")}
+    parents = {wanted} | {sid for sid in ours if fold(sid) == fold(wanted)}  # ours under another spelling go
+    sidecar_of_ours = {sid for sid, holder in records.items() if sidecar and holder.startswith("sidecar-")
+                       and fold(sid) == fold(wanted + "-sidecar-proxy") and holder.removeprefix("sidecar-") in parents}
+    for sid in set(before) - ours - sidecar_of_ours:
+        assert agent.records.get(sid) == before[sid], (sid, records, agent.requests)
+    if done:
+        claimed = {fold(wanted)} | ({fold(wanted + "-sidecar-proxy")} if sidecar else set())
+        assert [sid for sid in agent.records if fold(sid) in claimed and sid not in (wanted, wanted + "-sidecar-proxy")
+                ] == [], (records, agent.requests)
+    else:
+        assert "PUT /v1/agent/service/register" not in agent.requests
+
+
+@settings(max_examples=300, deadline=None)
+@given(records=holders, wanted=st.sets(st.sampled_from(SPELLINGS[:5]), max_size=3), scoped=st.booleans())
+def test_plan_never_writes_over_or_removes_a_spelling_that_is_not_ours(records, wanted, scoped):
+    actual = {sid: agent_record(sid, holder) for sid, holder in records.items()}
+    by_fold = {fold(sid): sid for sid in sorted(wanted)}  # the election leaves one spelling per fold
+    desired = {sid: Service(id=sid, name="s", address="10.0.0.1", port=80, container_id="c1",
+                            meta=tuple(sorted(marker_meta("h", "c1").items()))) for sid in by_fold.values()}
+    scope = set(desired) | set(actual) if scoped else None
+    result = plan(desired, actual, "h", scope=scope)
+    not_ours = {fold(sid) for sid, record in actual.items() if not record.owned_by("h")}
+    assert not [s for s in result.register if fold(s.id) in not_ours]
+    assert all(record.owned_by("h") for record in result.deregister)
+    assert {s.id for s in result.register} | {s.id for s, _ in result.blocked} == set(desired)

@@ -11,8 +11,9 @@ from consul_reg.drain import REASON_PREFIX, Drainer
 from consul_reg.heartbeat import ProbeScheduler
 from consul_reg.loop import Loop
 from consul_reg.metrics import Metrics
-from consul_reg.model import RegisteredService
+from consul_reg.model import Owner, RegisteredService
 from consul_reg.primary import Primary
+from consul_reg.registries.guard import OwnershipGuard
 from consul_reg.router import AGENT_BACK, CHECK_MISSING, RELOAD, START, Hint
 from tests.unit.fakes import FakeAgent, FakeClock, FakeDocker, container
 
@@ -20,18 +21,21 @@ HOST = "h1"
 
 
 class Harness:
-    def __init__(self, resync: float = 0.0, deregister: str = "always", **config: object) -> None:
+    def __init__(self, resync: float = 0.0, deregister: str = "always", guard: bool = False,
+                 **config: object) -> None:
         self.clock = FakeClock()
         self.docker = FakeDocker()
         self.agent = FakeAgent()
         self.config = Config(hostname=HOST, registry_uris=("consul://x",), resync_seconds=resync,
                              deregister=deregister, **config)
-        self.primary = Primary(self.agent, HOST, retry_interval=1.0, clock=self.clock)
+        # guard=True: the primary writes through the ownership guard, as the daemon's does.
+        self.guard = OwnershipGuard(self.agent, Owner(HOST))
+        self.primary = Primary(self.guard if guard else self.agent, HOST, retry_interval=1.0, clock=self.clock)
         self.primary.identity = self.agent.agent_info()
         self.missing: list[str] = []
         self.probes = ProbeScheduler(self.agent, self.docker, lambda sid, cid: self.missing.append(cid),
                                      clock=self.clock)
-        self.drainer = Drainer(self.agent, timeout=30.0, clock=self.clock)
+        self.drainer = Drainer(self.guard, timeout=30.0, clock=self.clock)
         settings = self.config.mapping_settings("10.0.0.1", "test", "1.8.7", True)
         self.identity = self.agent.agent_info()
         self.loop = Loop(deregister_mode=deregister, resync_seconds=resync, env_file_interval=10.0,

@@ -200,3 +200,23 @@ def test_a_key_held_at_listing_is_warned_once_naming_its_holder() -> None:
         logger.remove(sink)
     assert mirror.keys["/p/web/a"][1] == "other-host"
     assert len(warnings) == 1 and "/p/web/a is held by host other-host" in warnings[0], warnings
+
+
+def test_a_key_held_under_another_spelling_blocks_it_warned_once_naming_both() -> None:
+    """Mirror keys compare case-folded, as Consul's catalog compares IDs: another host's
+    `/p/web/A` blocks this host's `/p/web/a`; nothing is written or removed."""
+    mirror, clock = CasMirror(), FakeClock()
+    mirror.keys["/p/web/A"] = ("192.0.2.9:1", "other-host")
+    worker = MirrorWorker(mirror, "h", retry_interval=0.05, clock=clock)
+    warnings: list[str] = []
+    sink = logger.add(lambda message: warnings.append(message.record["message"]), level="WARNING")
+    try:
+        worker.offer(snap(1, "a"), relist=True)
+        for _ in range(3):
+            step(worker)
+            clock.advance(BLOCKED_RETRY_SECONDS)
+    finally:
+        logger.remove(sink)
+    assert mirror.keys == {"/p/web/A": ("192.0.2.9:1", "other-host")}
+    assert len(warnings) == 1 and "/p/web/a is held as /p/web/A (a key that differs only in case) by host " \
+        "other-host" in warnings[0], warnings
