@@ -28,16 +28,16 @@ from common import IMAGE, LABEL, describe_ms  # noqa: E402
 
 from loguru import logger  # noqa: E402
 
-from consul_reg.config import Config  # noqa: E402
-from consul_reg.desires import DesireBuilder  # noqa: E402
-from consul_reg.drain import Drainer  # noqa: E402
-from consul_reg.heartbeat import ProbeScheduler  # noqa: E402
-from consul_reg.loop import Loop  # noqa: E402
-from consul_reg.metrics import Metrics  # noqa: E402
-from consul_reg.model import registered_form  # noqa: E402
-from consul_reg.primary import Primary  # noqa: E402
-from consul_reg.registries.consul import AgentInfo, registration_payload  # noqa: E402
-from consul_reg.router import RELOAD, START, Hint  # noqa: E402
+from consul_reg.app.config import Config  # noqa: E402
+from consul_reg.sync.desires import DesireBuilder  # noqa: E402
+from consul_reg.sync.drain import Drainer  # noqa: E402
+from consul_reg.probes.scheduler import ProbeScheduler  # noqa: E402
+from consul_reg.sync.loop import Loop  # noqa: E402
+from consul_reg.app.metrics import Metrics  # noqa: E402
+from consul_reg.core.records import registered_form  # noqa: E402
+from consul_reg.sync.primary import Primary  # noqa: E402
+from consul_reg.consul.agent import AgentInfo, registration_payload  # noqa: E402
+from consul_reg.sync.router import RELOAD, START, Hint  # noqa: E402
 
 HOST = "bench"
 

@@ -87,9 +87,9 @@ def as_process(args, agent: Agent, hostname: str) -> None:
 def in_process(args, agent: Agent, hostname: str) -> None:
     from loguru import logger
 
-    from consul_reg.cli import parse_config
-    from consul_reg.daemon import Daemon
-    from consul_reg.router import RELOAD, START, Hint
+    from consul_reg.app.cli import parse_config
+    from consul_reg.app.daemon import Daemon
+    from consul_reg.sync.router import RELOAD, START, Hint
 
     logger.remove()
     logger.add(sys.stderr, level="WARNING")

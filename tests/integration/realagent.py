@@ -11,16 +11,16 @@ from typing import Iterator
 
 import pytest
 
-from consul_reg.config import Config
-from consul_reg.desires import DesireBuilder
-from consul_reg.drain import Drainer
-from consul_reg.heartbeat import ProbeScheduler
-from consul_reg.loop import Loop
-from consul_reg.metrics import Metrics
-from consul_reg.primary import Primary
-from consul_reg.registries.consul import ConsulClient, ConsulEndpoint, ConsulRegistry
-from consul_reg.registries.guard import guarded
-from consul_reg.router import Hint
+from consul_reg.app.config import Config
+from consul_reg.sync.desires import DesireBuilder
+from consul_reg.sync.drain import Drainer
+from consul_reg.probes.scheduler import ProbeScheduler
+from consul_reg.sync.loop import Loop
+from consul_reg.app.metrics import Metrics
+from consul_reg.sync.primary import Primary
+from consul_reg.consul.agent import ConsulClient, ConsulEndpoint, ConsulRegistry
+from consul_reg.consul.guard import guarded
+from consul_reg.sync.router import Hint
 from tests.integration.conftest import OwnAgent
 from tests.unit.fakes import FakeDocker
 

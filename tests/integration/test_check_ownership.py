@@ -10,7 +10,7 @@ from typing import Iterator
 import pytest
 from loguru import logger
 
-from consul_reg.router import RELOAD, START, Hint
+from consul_reg.sync.router import RELOAD, START, Hint
 from tests.integration.realagent import RealAgentLoop, real_agent_loop  # noqa: F401  (fixture)
 from tests.unit.fakes import container
 from tests.unit.test_loop import event

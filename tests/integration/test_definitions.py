@@ -28,7 +28,7 @@ import docker
 import httpx
 import pytest
 
-from consul_reg.registries.consul import ConsulClient, ConsulEndpoint
+from consul_reg.consul.agent import ConsulClient, ConsulEndpoint
 from tests.integration.conftest import IMAGE, ROOT, RUN_ID, TEST_LABEL, free_port, wait_until
 from tests.unit.test_versions import ACCEPTED_1_8_CHECK, ACCEPTED_1_8_SERVICE, EVERYTHING, payload_for
 

@@ -308,7 +308,7 @@ def test_consulkv_another_hosts_default_id_is_refused_and_the_rightful_host_take
     host's). And a key of A's default ID that someone else holds (an older consul-reg of a
     host C, which no longer runs, wrote it with C's owner tag): A's daemon writes over it
     once its container runs."""
-    from consul_reg.registries.keys import owner_tag
+    from consul_reg.mirrors.keys import owner_tag
 
     prefix, select, other = f"kvns-{hostname}", f"kvns-{hostname}", f"{hostname}-b"
     victim = f"victim-{hostname}"

@@ -6,10 +6,10 @@ import copy
 import re
 from typing import Any, Callable, Collection
 
-from consul_reg.model import RegisteredService, Service, registered_form
-from consul_reg.registries.base import RegistryNotFound, RegistryScriptsRefused, RegistryUnavailable
-from consul_reg.registries.consul import AgentInfo
-from consul_reg.docker_source import DockerUnavailable
+from consul_reg.core.records import RegisteredService, Service, registered_form
+from consul_reg.core.registry import RegistryNotFound, RegistryScriptsRefused, RegistryUnavailable
+from consul_reg.consul.agent import AgentInfo
+from consul_reg.docker.client import DockerUnavailable
 
 
 class FakeClock:
@@ -235,6 +235,6 @@ class HttpAgent:
     def registry(self) -> Any:
         import httpx
 
-        from consul_reg.registries.consul import ConsulClient, ConsulEndpoint, ConsulRegistry
+        from consul_reg.consul.agent import ConsulClient, ConsulEndpoint, ConsulRegistry
 
         return ConsulRegistry(ConsulClient(ConsulEndpoint("http"), transport=httpx.MockTransport(self.handler)))

@@ -6,10 +6,10 @@ import socket
 import threading
 import time
 
-from consul_reg.agent_watch import AgentWatch
-from consul_reg.liveness import Liveness
-from consul_reg.registries.consul import AgentInfo, ConsulClient, ConsulEndpoint, ConsulRegistry
-from consul_reg.router import AGENT_BACK
+from consul_reg.consul.watch import AgentWatch
+from consul_reg.core.liveness import Liveness
+from consul_reg.consul.agent import AgentInfo, ConsulClient, ConsulEndpoint, ConsulRegistry
+from consul_reg.sync.router import AGENT_BACK
 from tests.unit.fakes import FakeAgent, FakeClock
 
 

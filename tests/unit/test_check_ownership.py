@@ -9,11 +9,11 @@ import urllib.parse
 import httpx
 import pytest
 
-from consul_reg.model import Check, DaemonProbe, Owner, Service, marker_meta
-from consul_reg.registries.base import RegistryError, RegistryNotOurs
-from consul_reg.registries.consul import ConsulClient, ConsulEndpoint, ConsulRegistry
-from consul_reg.registries.guard import OwnershipGuard, check_origin
-from consul_reg.registries.memory import MemoryRegistry
+from consul_reg.core.records import Check, DaemonProbe, Owner, Service, marker_meta
+from consul_reg.core.registry import RegistryError, RegistryNotOurs
+from consul_reg.consul.agent import ConsulClient, ConsulEndpoint, ConsulRegistry
+from consul_reg.consul.guard import OwnershipGuard, check_origin
+from consul_reg.consul.memory import MemoryRegistry
 from tests.unit.fakes import agent_filter
 
 def agent(checks: dict[str, str]) -> tuple[OwnershipGuard, list[str]]:

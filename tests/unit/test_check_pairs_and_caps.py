@@ -11,14 +11,14 @@ from typing import Any
 
 import pytest
 
-from consul_reg.config import Config
-from consul_reg.daemon import Daemon
-from consul_reg.desires import DesireBuilder
-from consul_reg.mapping import MappingSettings, map_container
-from consul_reg.registration import registration_bytes, registration_payload
-from consul_reg.registries.consul import AgentInfo, agent_listeners
-from consul_reg.settings import CheckSettings
-from consul_reg.validate import CheckPolicy, Limits, parse_allow_rule
+from consul_reg.app.config import Config
+from consul_reg.app.daemon import Daemon
+from consul_reg.sync.desires import DesireBuilder
+from consul_reg.mapping.services import MappingSettings, map_container
+from consul_reg.mapping.registration import registration_bytes, registration_payload
+from consul_reg.consul.agent import AgentInfo, agent_listeners
+from consul_reg.mapping.settings import CheckSettings
+from consul_reg.mapping.validate import CheckPolicy, Limits, parse_allow_rule
 
 CONTAINER_IP = "172.17.0.9"
 

@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consul_reg.model import RegisteredService, Service
-from consul_reg.registries.base import (RegistryError, RegistryNotFound, RegistryPermissionDenied,
+from consul_reg.core.records import RegisteredService, Service
+from consul_reg.core.registry import (RegistryError, RegistryNotFound, RegistryPermissionDenied,
                                         RegistryScriptsRefused, RegistryUnavailable)
-from consul_reg.registries.consul import ConsulClient, ConsulEndpoint, ConsulRegistry
+from consul_reg.consul.agent import ConsulClient, ConsulEndpoint, ConsulRegistry
 
 TOKEN = "s3cr3t-token-value"
 

@@ -20,11 +20,17 @@ from typing import Callable, Iterator
 
 import pytest
 
-from consul_reg import docker_events, docker_http, docker_source, http_pool
-from consul_reg.backoff import Backoff
-from consul_reg.router import CONTAINER_ACTIONS, DOCKER_RECONNECTED, EVENT_SKIPPED, Hint
-from consul_reg.docker_events import _json_lines
-from consul_reg.docker_source import MAX_EVENT_BYTES, MAX_INSPECT_BYTES, OVERSIZED, DockerSource, \
+from consul_reg.docker import events as docker_events
+
+from consul_reg.docker import connection as docker_http
+
+from consul_reg.docker import client as docker_source
+
+from consul_reg.transport import pool as http_pool
+from consul_reg.core.backoff import Backoff
+from consul_reg.sync.router import CONTAINER_ACTIONS, DOCKER_RECONNECTED, EVENT_SKIPPED, Hint
+from consul_reg.docker.events import _json_lines
+from consul_reg.docker.client import MAX_EVENT_BYTES, MAX_INSPECT_BYTES, OVERSIZED, DockerSource, \
     DockerUnavailable
 
 
@@ -372,8 +378,8 @@ def test_ping_inspect_and_swarm_answers(source) -> None:
 
 def test_a_unix_socket_needs_no_docker_py() -> None:
     """docker-py (with requests behind it, ~9 MB) is imported only for an endpoint that is not plain HTTP."""
-    code = ("import sys, consul_reg.daemon\n"
-            "from consul_reg.docker_source import DockerSource\n"
+    code = ("import sys, consul_reg.app.daemon\n"
+            "from consul_reg.docker.client import DockerSource\n"
             "DockerSource().close()\n"
             "print(sorted(m for m in ('docker', 'requests', 'urllib3') if m in sys.modules))")
     for host in ("", "unix:///var/run/docker.sock"):
@@ -385,7 +391,7 @@ def test_a_unix_socket_needs_no_docker_py() -> None:
 
 def test_docker_py_answers_as_the_wire_does(source, tmp_path, monkeypatch) -> None:
     """The fallback for endpoints that are not plain HTTP (ssh://), here driven over a unix socket."""
-    from consul_reg.docker_py import DockerPy
+    from consul_reg.docker.ssh import DockerPy
 
     routes = {"/v1.41/containers/json": answer("200 OK", b'[{"Id": "c1"}]'),
               "/v1.41/containers/gone/json": answer("404 Not Found", b'{"message": "No such container: gone"}')}

@@ -5,13 +5,13 @@ from __future__ import annotations
 import threading
 import time
 
-from consul_reg.agent_watch import AgentWatch
-from consul_reg.drain import REASON_PREFIX, Drainer
-from consul_reg.env_files import EnvFileRead, EnvFileReader, EnvFileState, fold
-from consul_reg.liveness import Liveness
-from consul_reg.model import Owner, RegisteredService, marker_meta
-from consul_reg.registries.guard import OwnershipGuard
-from consul_reg.router import AGENT_BACK
+from consul_reg.consul.watch import AgentWatch
+from consul_reg.sync.drain import REASON_PREFIX, Drainer
+from consul_reg.docker.env_files import EnvFileRead, EnvFileReader, EnvFileState, fold
+from consul_reg.core.liveness import Liveness
+from consul_reg.core.records import Owner, RegisteredService, marker_meta
+from consul_reg.consul.guard import OwnershipGuard
+from consul_reg.sync.router import AGENT_BACK
 from tests.unit.fakes import FakeAgent, FakeClock
 
 

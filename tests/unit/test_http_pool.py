@@ -14,8 +14,8 @@ from typing import Callable, Iterator
 
 import pytest
 
-from consul_reg.http_pool import MAX_HEADERS, TRANSPORT_ERRORS, BodyTooLarge, ConnectionPool, PoolTimeout, ProtocolError
-from consul_reg.http_wire import MAX_HEAD_BYTES
+from consul_reg.transport.pool import MAX_HEADERS, TRANSPORT_ERRORS, BodyTooLarge, ConnectionPool, PoolTimeout, ProtocolError
+from consul_reg.transport.wire import MAX_HEAD_BYTES
 
 Handler = Callable[[socket.socket, bytes], bool]  # (connection, request) -> keep the connection open
 

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import pytest
 
-from consul_reg.config import Config
-from consul_reg.desires import DesireBuilder
-from consul_reg.drain import REASON_PREFIX, Drainer
-from consul_reg.heartbeat import ProbeScheduler
-from consul_reg.loop import Loop
-from consul_reg.metrics import Metrics
-from consul_reg.model import Owner, RegisteredService
-from consul_reg.primary import Primary
-from consul_reg.registries.guard import OwnershipGuard
-from consul_reg.router import AGENT_BACK, CHECK_MISSING, RELOAD, START, Hint
+from consul_reg.app.config import Config
+from consul_reg.sync.desires import DesireBuilder
+from consul_reg.sync.drain import REASON_PREFIX, Drainer
+from consul_reg.probes.scheduler import ProbeScheduler
+from consul_reg.sync.loop import Loop
+from consul_reg.app.metrics import Metrics
+from consul_reg.core.records import Owner, RegisteredService
+from consul_reg.sync.primary import Primary
+from consul_reg.consul.guard import OwnershipGuard
+from consul_reg.sync.router import AGENT_BACK, CHECK_MISSING, RELOAD, START, Hint
 from tests.unit.fakes import FakeAgent, FakeClock, FakeDocker, container
 
 HOST = "h1"
@@ -205,7 +205,7 @@ def test_a_mapping_bug_keeps_the_last_desire(h: Harness, monkeypatch: pytest.Mon
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr("consul_reg.desires.map_container", broken)
+    monkeypatch.setattr("consul_reg.sync.desires.map_container", broken)
     h.send(event("c1", "update"), Hint("", RELOAD))
     assert h.ids() == {"h1:web:80"}
 

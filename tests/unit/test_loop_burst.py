@@ -12,8 +12,8 @@ from dataclasses import replace
 import time
 from typing import Any
 
-from consul_reg.docker_source import DockerUnreachable
-from consul_reg.router import RELOAD, START, STOP, Hint
+from consul_reg.docker.client import DockerUnreachable
+from consul_reg.sync.router import RELOAD, START, STOP, Hint
 from tests.unit.fakes import FakeDocker, container
 from tests.unit.test_loop import Harness, event
 
@@ -238,7 +238,7 @@ def test_the_indexes_beside_desires_never_drift() -> None:
 
 
 def test_a_full_pass_holds_at_most_a_window_of_inspect_answers() -> None:
-    from consul_reg.reading import WINDOW
+    from consul_reg.sync.reading import WINDOW
 
     h, docker = harness()
     for n in range(100):

@@ -4,9 +4,9 @@ service ID only the winner drives that service's checks."""
 
 from __future__ import annotations
 
-from consul_reg.model import Service
-from consul_reg.registries.base import RegistryNotOurs
-from consul_reg.router import CHECK_MISSING, RELOAD, START, Hint
+from consul_reg.core.records import Service
+from consul_reg.core.registry import RegistryNotOurs
+from consul_reg.sync.router import CHECK_MISSING, RELOAD, START, Hint
 from tests.unit.fakes import FakeAgent, container
 from tests.unit.test_loop import Harness, event, h  # noqa: F401  (h: the started harness fixture)
 

@@ -4,10 +4,10 @@ batch, and nothing kept for a container outlives it."""
 
 from __future__ import annotations
 
-from consul_reg.drain import REASON_PREFIX
-from consul_reg.model import RegisteredService, Service
-from consul_reg.registries.base import RegistryError
-from consul_reg.router import AGENT_BACK, CHECK_MISSING, RELOAD, START, Hint
+from consul_reg.sync.drain import REASON_PREFIX
+from consul_reg.core.records import RegisteredService, Service
+from consul_reg.core.registry import RegistryError
+from consul_reg.sync.router import AGENT_BACK, CHECK_MISSING, RELOAD, START, Hint
 from tests.unit.fakes import FakeAgent, container
 from tests.unit.test_loop import Harness, event, h  # noqa: F401  (h: the started harness fixture)
 

@@ -4,8 +4,8 @@ again later, and the others carry on."""
 
 from __future__ import annotations
 
-from consul_reg.env_files import EnvFileRead
-from consul_reg.router import RELOAD, START, Hint
+from consul_reg.docker.env_files import EnvFileRead
+from consul_reg.sync.router import RELOAD, START, Hint
 from tests.unit.fakes import container
 from tests.unit.test_loop import Harness, event
 

@@ -9,12 +9,12 @@ from types import MappingProxyType
 
 from loguru import logger
 
-from consul_reg.mirrors import BLOCKED_RETRY_SECONDS, MirrorWorker
-from consul_reg.model import MARKER_DIGEST_KEY, MARKER_HOST_KEY, MARKER_SOURCE_KEY, MARKER_SOURCE_VALUE
-from consul_reg.model import RegisteredService, Service
-from consul_reg.registries.base import RegistryNotOurs, RegistryUnavailable
-from consul_reg.registries.keys import HOLDER_KEY
-from consul_reg.snapshot import Snapshot
+from consul_reg.mirrors.worker import BLOCKED_RETRY_SECONDS, MirrorWorker
+from consul_reg.core.records import MARKER_DIGEST_KEY, MARKER_HOST_KEY, MARKER_SOURCE_KEY, MARKER_SOURCE_VALUE
+from consul_reg.core.records import RegisteredService, Service
+from consul_reg.core.registry import RegistryNotOurs, RegistryUnavailable
+from consul_reg.mirrors.keys import HOLDER_KEY
+from consul_reg.core.snapshot import Snapshot
 from tests.unit.fakes import FakeClock
 
 

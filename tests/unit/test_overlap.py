@@ -10,10 +10,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from consul_reg.model import RegisteredService, Service
-from consul_reg.overlap import Calls, outcomes
-from consul_reg.reconcile import Plan, apply
-from consul_reg.registries.base import RegistryError, RegistryUnavailable
+from consul_reg.core.records import RegisteredService, Service
+from consul_reg.sync.overlap import Calls, outcomes
+from consul_reg.core.plan import Plan, apply
+from consul_reg.core.registry import RegistryError, RegistryUnavailable
 
 
 class Gate:

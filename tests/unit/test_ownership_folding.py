@@ -14,8 +14,8 @@ import httpx
 import pytest
 from loguru import logger
 
-from consul_reg.mapping import MappingSettings, map_container
-from consul_reg.model import (
+from consul_reg.mapping.services import MappingSettings, map_container
+from consul_reg.core.records import (
     SIDECAR_FOR_KEY,
     Check,
     Connect,
@@ -26,14 +26,14 @@ from consul_reg.model import (
     marker_meta,
     registered_form,
 )
-from consul_reg.reconcile import DesiredServices, plan
-from consul_reg.registries.base import RegistryNotOurs
-from consul_reg.registries.consul import ConsulClient, ConsulEndpoint, ConsulRegistry
-from consul_reg.registries.consulkv import ConsulKVRegistry
-from consul_reg.registries.guard import OwnershipGuard
-from consul_reg.registries.keys import owner_tag
-from consul_reg.router import RELOAD, START, Hint
-from consul_reg.default_ids import default_id_host
+from consul_reg.core.plan import DesiredServices, plan
+from consul_reg.core.registry import RegistryNotOurs
+from consul_reg.consul.agent import ConsulClient, ConsulEndpoint, ConsulRegistry
+from consul_reg.mirrors.consulkv import ConsulKVRegistry
+from consul_reg.consul.guard import OwnershipGuard
+from consul_reg.mirrors.keys import owner_tag
+from consul_reg.sync.router import RELOAD, START, Hint
+from consul_reg.mapping.default_ids import default_id_host
 from tests.unit.fakes import FakeAgent, agent_filter, container
 from tests.unit.test_loop import Harness, event
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from consul_reg.backoff import Backoff
-from consul_reg.model import Check, ContainerDesire, RegisteredService, Service, marker_meta
-from consul_reg.primary import Primary
+from consul_reg.core.backoff import Backoff
+from consul_reg.core.records import Check, ContainerDesire, RegisteredService, Service, marker_meta
+from consul_reg.sync.primary import Primary
 from tests.unit.fakes import FakeAgent, FakeClock
 
 
@@ -49,7 +49,7 @@ def test_refused_definitions_are_not_retried_until_they_change_or_a_full_pass() 
     class Refusing(FakeAgent):
         def register(self, service: Service) -> None:
             self._call("register", service.id)
-            from consul_reg.registries.base import RegistryError
+            from consul_reg.core.registry import RegistryError
             raise RegistryError("400 bad")
 
     clock, agent = FakeClock(), Refusing()

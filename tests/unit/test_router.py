@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from consul_reg.router import (AGENT_BACK, CHECK_MISSING, DOCKER_RECONNECTED, RELOAD, START, STOP, Hint,
+from consul_reg.sync.router import (AGENT_BACK, CHECK_MISSING, DOCKER_RECONNECTED, RELOAD, START, STOP, Hint,
                                route)
 
 
@@ -60,7 +60,7 @@ def test_a_sigkill_is_no_drain_its_death_follows_at_once() -> None:
 
 
 def test_an_event_keeps_only_the_attributes_read_and_never_the_labels() -> None:
-    from consul_reg.docker_events import hint_from_event
+    from consul_reg.docker.events import hint_from_event
 
     labels = {f"label{n}": "x" * 1000 for n in range(200)}
     event = {"Type": "container", "Action": "die", "timeNano": 7,
@@ -79,7 +79,7 @@ class Chunks:
 
 
 def test_the_event_stream_is_decoded_however_it_is_cut() -> None:
-    from consul_reg.docker_events import _json_lines
+    from consul_reg.docker.events import _json_lines
 
     text = '{"Action":"start","id":"a"}\n{"Action":"die","Actor":{"Attributes":{"n":"é"}}}{"x":[1,2]}  \n'.encode()
     for size in (1, 2, 3, 7, len(text)):
@@ -91,7 +91,7 @@ def test_the_event_stream_is_decoded_however_it_is_cut() -> None:
 def test_an_event_that_never_ends_is_refused_within_bounds() -> None:
     import pytest
 
-    from consul_reg.docker_events import MAX_EVENT_BYTES, _json_lines
+    from consul_reg.docker.events import MAX_EVENT_BYTES, _json_lines
 
     pieces = [b'{"Action":"start","junk":"'] + [b"x" * 65536] * (MAX_EVENT_BYTES // 65536 + 2)
     with pytest.raises(ValueError, match="longer than"):
@@ -99,7 +99,7 @@ def test_an_event_that_never_ends_is_refused_within_bounds() -> None:
 
 
 def test_the_listing_key_ignores_the_uptime_text_and_nothing_else() -> None:
-    from consul_reg.docker_source import listing_key
+    from consul_reg.docker.client import listing_key
 
     entry = {"Id": "c1", "Names": ["/web"], "Labels": {"SERVICE_NAME": "web"}, "State": "running",
              "Status": "Up 5 minutes", "Ports": [{"PrivatePort": 80, "PublicPort": 8080, "Type": "tcp"}]}

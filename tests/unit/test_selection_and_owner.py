@@ -9,16 +9,16 @@ import urllib.parse
 import httpx
 import pytest
 
-from consul_reg.cli import UsageError, parse_config
-from consul_reg.docker_source import DockerSource
-from consul_reg.mapping import MappingSettings, map_container
-from consul_reg.model import Owner, RegisteredService, Service, marker_meta, owner_meta, registered_form
-from consul_reg.reconcile import plan
-from consul_reg.registries.base import RegistryNotOurs
-from consul_reg.registries.consul import ConsulClient, ConsulEndpoint, ConsulRegistry
-from consul_reg.registries.guard import OwnershipGuard
-from consul_reg.registries.keys import owner_tag
-from consul_reg.selection import LabelFilter, docker_filters, parse_filter, selected
+from consul_reg.app.cli import UsageError, parse_config
+from consul_reg.docker.client import DockerSource
+from consul_reg.mapping.services import MappingSettings, map_container
+from consul_reg.core.records import Owner, RegisteredService, Service, marker_meta, owner_meta, registered_form
+from consul_reg.core.plan import plan
+from consul_reg.core.registry import RegistryNotOurs
+from consul_reg.consul.agent import ConsulClient, ConsulEndpoint, ConsulRegistry
+from consul_reg.consul.guard import OwnershipGuard
+from consul_reg.mirrors.keys import owner_tag
+from consul_reg.mapping.selection import LabelFilter, docker_filters, parse_filter, selected
 from tests.unit.fakes import agent_filter
 
 
@@ -185,7 +185,7 @@ def test_the_guard_reads_a_hostile_answer_as_not_ours():
 def test_a_consul_kv_mirror_tells_instances_apart():
     import base64
 
-    from consul_reg.registries.consulkv import ConsulKVRegistry
+    from consul_reg.mirrors.consulkv import ConsulKVRegistry
 
     blue, red = Owner("h", "blue"), Owner("h", "red")
     entries = [{"Key": "svc/web/h:web:80", "Value": base64.b64encode(b"1.2.3.4:80").decode(), "Flags": owner_tag(blue)},

@@ -1,0 +1,127 @@
+"""One inspected container -> what it asks for (a ContainerDesire).
+
+Gathers what the pure mapping needs besides the inspect data (the network
+peer's inspect, the env file's values the loop holds), runs the mapping, and
+logs each container's warnings and address choices once, until they change.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from loguru import logger
+
+from consul_reg.mapping import env_file as envfile
+from consul_reg.app.config import Config
+from consul_reg.docker.env_files import EnvFileState
+from consul_reg.mapping.services import MappingSettings, map_container
+from consul_reg.core.records import ContainerDesire, ContainerStatus, Service, keeps_records
+from consul_reg.docker.swarm import SwarmEndpoints
+
+
+class DesireUnavailable(Exception):
+    """This container's desire cannot be built right now; its last one stays."""
+
+
+class Inspector(Protocol):
+    def inspect(self, container_id: str) -> dict[str, Any] | None: ...
+
+
+class DesireBuilder:
+    def __init__(self, config: Config, docker: Inspector, settings: MappingSettings) -> None:
+        self.config = config
+        self.docker = docker
+        self.settings = settings
+        self._reported: dict[str, tuple[tuple[str, str], ...]] = {}
+        # The services each container mapped to last: a re-read that maps to the same
+        # ones hands those back, digest computed (model.Service.digest serialises all).
+        self._last: dict[str, dict[str, Service]] = {}
+        self.swarm = SwarmEndpoints(docker)
+
+    def build(self, container: dict[str, Any], env: EnvFileState | None, listing_key: str = "") -> ContainerDesire:
+        """The container's desire. `env` is its env file's state when it has one
+        (read: its values apply). Raises DesireUnavailable when part of what it
+        needs could not be read (its last desire must stay), DockerUnavailable
+        when Docker is down."""
+        container_id = str(container.get("Id") or "")
+        name = str(container.get("Name") or "").lstrip("/")
+        created = str(container.get("Created") or "")
+        state = container.get("State") if isinstance(container.get("State"), dict) else {}
+        status = ContainerStatus.from_inspect(container)
+        chosen = envfile.env_file_path(container, self.config.env_file, not self.config.no_container_env_file)
+        env_path = chosen.path
+        if not state.get("Running"):
+            return ContainerDesire(container_id, name, created, (),
+                                   keep_existing=keeps_records(self.config.deregister, state.get("ExitCode")),
+                                   status=status, listing_key=listing_key)
+        extra: tuple[tuple[str, list[tuple[str, str]]], ...] = ()
+        if env_path:
+            if env is None or env.path != env_path or not env.read:
+                raise DesireUnavailable(f"its env file {env_path} is not read yet")
+            extra = (("env file", list(env.good.pairs)),)
+        container = self.swarm.augment(container)  # a Swarm task: its service's ingress ports
+        try:
+            records = map_container(container, self.settings, network_peer=self._network_peer(container),
+                                    extra_sources=extra)
+        except Exception as error:  # mapping is pure and never raises; if it ever does, one container pays
+            logger.opt(exception=True).error("container {}: could not map it ({}); its last known services stay",
+                                             name, type(error).__name__)
+            raise DesireUnavailable(f"mapping failed: {type(error).__name__}") from None
+        warnings = [chosen.problem, *records.warnings] if chosen.problem else records.warnings
+        self._report(name, container_id, warnings, records.services, records.skipped_reason)
+        config = container.get("Config") if isinstance(container.get("Config"), dict) else {}
+        services = self._reuse(container_id, records.services)
+        return ContainerDesire(container_id, name, created, services, status=status,
+                               stop_signal=str(config.get("StopSignal") or ""), env_file=env_path,
+                               listing_key=listing_key)
+
+    def forget(self, container_id: str) -> None:
+        self._reported.pop(container_id, None)
+        self._last.pop(container_id, None)
+
+    def forget_all_but(self, container_ids: set[str]) -> None:
+        for gone in set(self._reported) - container_ids:
+            del self._reported[gone]
+        for gone in set(self._last) - container_ids:
+            del self._last[gone]
+
+    def _reuse(self, container_id: str, services: list[Service]) -> tuple[Service, ...]:
+        """`services`, each one equal in every field to the one this container mapped to
+        last replaced by that one: comparing costs less than a digest."""
+        last = self._last.get(container_id, {})
+        kept = tuple(last[s.id] if _same(last.get(s.id), s) else s for s in services)
+        self._last[container_id] = {s.id: s for s in kept}
+        return kept
+
+    def reset_reports(self) -> None:
+        self._reported.clear()
+
+    def env_file_path(self, container: dict[str, Any]) -> str:
+        """SERVICE_ENV_FILE (label, else env) overrides -envFile, unless refused."""
+        return envfile.env_file_path(container, self.config.env_file, not self.config.no_container_env_file).path
+
+    def _network_peer(self, container: dict[str, Any]) -> dict[str, Any] | None:
+        host_config = container.get("HostConfig") if isinstance(container.get("HostConfig"), dict) else {}
+        mode = str(host_config.get("NetworkMode") or "")
+        if not mode.startswith("container:"):
+            return None
+        # DockerUnavailable propagates: Docker is down, the last desire stays. A
+        # peer that is gone is the mapping's business (it warns, takes the next rule).
+        return self.docker.inspect(mode.split(":", 1)[1])
+
+    def _report(self, name: str, container_id: str, warnings: list[str], services, skipped: str) -> None:
+        lines = tuple(("warning", w) for w in warnings)
+        lines += tuple(("info", f"{s.id} registers at {s.address}: {s.address_reason}") for s in services)
+        if skipped:
+            lines += (("info", f"not registered: {skipped}"),)
+        if self._reported.get(container_id) == lines:
+            return
+        self._reported[container_id] = lines
+        for level, text in lines:
+            logger.bind(container=name).log(level.upper(), "container {}: {}", name, text)
+
+
+def _same(old: Service | None, new: Service) -> bool:
+    """Equal, and with the same explanations (not compared by ==)."""
+    return old is not None and old == new and old.address_reason == new.address_reason and \
+        old.origins == new.origins
