@@ -33,7 +33,7 @@ from consul_reg.app import logs
 from consul_reg.sync import loop  # noqa: E402
 from consul_reg.app.cli import parse_config  # noqa: E402
 from consul_reg.app.daemon import Daemon  # noqa: E402
-from consul_reg.sync.router import STOP, Hint  # noqa: E402
+from consul_reg.core.messages import Stop  # noqa: E402
 
 PROFILES: dict[str, cProfile.Profile] = {}
 HANDLE_CPU_MS: list[float] = []
@@ -99,7 +99,7 @@ def main() -> int:
         for container in containers:
             client.api.kill(container.id)
             wait_for(agent, f"{hostname}:{container.name}:80", False)
-        daemon.loop.post(Hint("", STOP))
+        daemon.loop.post(Stop())
         thread.join(timeout=10)
     finally:
         remove_labelled(client)

@@ -12,6 +12,7 @@ from consul_reg.mapping.selection import LabelFilter, docker_filters
 from consul_reg.mapping.settings import CheckSettings, MappingSettings
 from consul_reg.mapping.tags_template import Template
 from consul_reg.mapping.validate import DEFAULT_CHECK_METHODS, AllowRule, CheckPolicy, Limits
+from consul_reg.sync.desires import ContainerRules
 
 DEFAULT_AGENT_HTTP_PORT = 8500
 
@@ -74,6 +75,10 @@ class Config:
             except ValueError:
                 pass
         return tuple(dict.fromkeys(addresses)), tuple(dict.fromkeys(ports))
+
+    def container_rules(self) -> ContainerRules:
+        return ContainerRules(env_file=self.env_file, container_env_files=not self.no_container_env_file,
+                              deregister=self.deregister)
 
     def check_policy(self, agent_addresses: tuple[str, ...] = (), agent_ports: tuple[int, ...] = ()) -> CheckPolicy:
         """The check-target policy; the daemon may add the agent's addresses and

@@ -1,38 +1,41 @@
 """Wiring only: build the parts, reach Docker and the agent, start the
-threads, hand signals to the loop as messages, and stop in order."""
+threads, hand signals to the loop as messages, and stop in order.
+
+Signals are put on a queue by their handlers (nothing else: a handler runs on
+the loop's thread, between two of its bytecodes) and taken by the signal
+thread, which re-reads the token file on SIGHUP before telling the loop.
+"""
 
 from __future__ import annotations
 
 import queue
 import signal
 import threading
-import time
 from typing import Any
 
 from loguru import logger
 
 from consul_reg.app import logs
-from consul_reg.mapping.addresses import default_address
-from consul_reg.consul.watch import AgentWatch
-from consul_reg.core.backoff import Backoff
 from consul_reg.app.config import Config, TokenError, read_token
-from consul_reg.sync.desires import DesireBuilder
-from consul_reg.docker.client import DockerSource, DockerUnavailable
-from consul_reg.sync.drain import Drainer
-from consul_reg.docker.env_files import EnvFileReader
-from consul_reg.probes.scheduler import ProbeScheduler
-from consul_reg.core.liveness import Liveness
-from consul_reg.sync.loop import Loop
-from consul_reg.mapping.services import MappingSettings
+from consul_reg.app.host import default_address
 from consul_reg.app.metrics import Metrics, PrometheusMetrics
-from consul_reg.mirrors.worker import MirrorWorker
-from consul_reg.sync.primary import Primary
-from consul_reg.app.uris import registries_from_uris, token_transport_problem
-from consul_reg.core.registry import RegistryError
-from consul_reg.consul.agent import AgentInfo, ConsulRegistry
-from consul_reg.consul.guard import guarded
-from consul_reg.sync.router import CHECK_MISSING, RELOAD, STOP, Hint
+from consul_reg.app.uris import Registries, registries_from_uris, token_transport_problem
+from consul_reg.consul.watch import AgentAlarm, AgentWatch
+from consul_reg.core.backoff import Backoff
+from consul_reg.core.errors import DockerUnavailable, RegistryError
+from consul_reg.core.liveness import Liveness
+from consul_reg.core.messages import CheckMissing, Message, Reload, Stop
+from consul_reg.core.records import AgentInfo
 from consul_reg.core.snapshot import Snapshot
+from consul_reg.docker.client import DockerSource
+from consul_reg.docker.env_files import EnvFileReader
+from consul_reg.docker.reads import LoopReads
+from consul_reg.docker.swarm import SwarmEndpoints
+from consul_reg.mapping.services import MappingSettings
+from consul_reg.mirrors.worker import MirrorWorker
+from consul_reg.probes.scheduler import ProbeScheduler
+from consul_reg.sync.desires import DesireBuilder
+from consul_reg.sync.loop import Loop, LoopSettings
 
 USAGE_EXIT = 2
 
@@ -40,21 +43,41 @@ USAGE_EXIT = 2
 class Daemon:
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.registry, self.mirror_registries = registries_from_uris(config)
+        self.agent_liveness = Liveness("consul")
+        self.alarm = AgentAlarm(self.agent_liveness)
+        self.registries: Registries = registries_from_uris(config, on_unreachable=self.alarm)
+        self.registry = self.registries.primary
         self.docker = DockerSource(filters=config.docker_filters())
         self.metrics: Metrics = PrometheusMetrics() if config.status_addr else Metrics()
-        self.agent_liveness = Liveness("consul")
         self.stopping = threading.Event()
-        self.early_inbox: queue.SimpleQueue[Hint] = queue.SimpleQueue()  # signals before the loop runs
+        self.signals: queue.SimpleQueue[int] = queue.SimpleQueue()  # from the handlers, for the signal thread
+        self.early_inbox: queue.SimpleQueue[Message] = queue.SimpleQueue()  # what came before the loop ran
         self.loop: Loop | None = None
         self.watch: AgentWatch | None = None
+        self.mirrors: list[MirrorWorker] = []
+        self.env_reader: EnvFileReader | None = None
+        self.probes: ProbeScheduler | None = None
         self._announced_remote = False
+        threading.Thread(target=self._take_signals, name="signals", daemon=True).start()
 
-    # -- signals: only a message, nothing else ------------------------------------
+    # -- signals: the handler queues them, the signal thread acts -----------------------
 
     def on_signal(self, signum: int, _frame: Any) -> None:
-        hint = Hint("", RELOAD if signum == signal.SIGHUP else STOP)
-        (self.loop.post if self.loop is not None else self.early_inbox.put)(hint)
+        self.signals.put(signum)
+
+    def _take_signals(self) -> None:
+        while True:
+            signum = self.signals.get()
+            if signum == signal.SIGHUP:
+                self.reload_token()
+                self._post(Reload())
+            else:
+                self._post(Stop())
+
+    def _post(self, message: Message) -> None:
+        """To the loop, or kept for it while the daemon is still starting."""
+        loop = self.loop
+        (loop.post if loop is not None else self.early_inbox.put)(message)
 
     # -- start --------------------------------------------------------------------
 
@@ -83,16 +106,15 @@ class Daemon:
 
     def _wait_before_retry(self, wait: float, backoff: Backoff) -> bool:
         """Sleep until the next try, woken by a signal. True: stop asked. A SIGHUP
-        re-reads the token at once and tries again (a rotated token is the usual
-        way out of a start refused with 403)."""
+        (its token re-read by the signal thread) tries again at once: a rotated token
+        is the usual way out of a start refused with 403."""
         try:
-            hint = self.early_inbox.get(timeout=wait)
+            message = self.early_inbox.get(timeout=wait)
         except queue.Empty:
             return False
-        if hint.action == STOP:
+        if isinstance(message, Stop):
             return True
-        if hint.action == RELOAD:
-            self.reload_token()
+        if isinstance(message, Reload):
             backoff.succeeded()
         return False
 
@@ -112,52 +134,32 @@ class Daemon:
 
     def build(self, info: AgentInfo) -> Loop:
         config = self.config
-        primary = Primary(guarded(self.registry, config.owner, config.cleanup), config.owner,
-                          config.retry_interval_ms / 1000, time.monotonic, adopt_leftovers=config.cleanup)
-        primary.identity = info
-        builder = DesireBuilder(config, self.docker, self.settings_for(info))
+        builder = DesireBuilder(config.container_rules(), self.docker, self.settings_for(info), settings_for=self.settings_for,
+                                swarm=SwarmEndpoints(self.docker))
         probes = ProbeScheduler(self.registry, self.docker, self._check_missing, on_sent=self.metrics.heartbeat,
                                 on_load=self.metrics.heartbeat_load)
         env_reader = EnvFileReader(self.docker.read_file, self._post,
                                    is_docker_down=lambda error: isinstance(error, DockerUnavailable))
-        mirrors = [MirrorWorker(m, config.owner, config.retry_interval_ms / 1000, metrics=self.metrics)
-                   for m in self.mirror_registries]
-        if isinstance(self.registry, ConsulRegistry):
-            self.watch = AgentWatch(self.registry, self.agent_liveness, self._post, identity=info)
-            self.registry.client.on_unreachable = self.watch.unreachable
-        loop = Loop(deregister_mode=config.deregister, resync_seconds=config.resync_seconds,
-                    env_file_interval=config.env_file_interval, retry_interval=config.retry_interval_ms / 1000,
-                    docker=self.docker, primary=primary, builder=builder, probes=probes,
-                    drainer=Drainer(primary.agent, config.drain_timeout), mirrors=mirrors, env_reader=env_reader,
-                    metrics=self.metrics, reload_token=self.reload_token,
-                    agent_identity=lambda: self.watch.identity if self.watch else None,
-                    on_agent_changed=self._agent_changed)
-        while True:  # signals that came during start
-            try:
-                loop.post(self.early_inbox.get_nowait())
-            except queue.Empty:
-                break
+        self.mirrors = [MirrorWorker(m, config.owner, config.retry_interval_ms / 1000, metrics=self.metrics)
+                        for m in self.registries.mirrors]
+        if self.registries.is_agent:
+            self.watch = AgentWatch(self.registry, self.alarm, self._post, identity=info)
+        settings = LoopSettings(owner=config.owner, deregister_mode=config.deregister,
+                                resync_seconds=config.resync_seconds, env_file_interval=config.env_file_interval,
+                                retry_interval=config.retry_interval_ms / 1000, drain_timeout=config.drain_timeout,
+                                adopt_leftovers=config.cleanup)
+        loop = Loop(settings, LoopReads(self.docker, env_reader), self.registries.agent, builder, probes,
+                    subscribers=self.mirrors, metrics=self.metrics)
+        self.env_reader, self.probes = env_reader, probes
         return loop
-
-    def _post(self, message: Any) -> None:
-        assert self.loop is not None
-        self.loop.post(message)
 
     def _check_missing(self, service_id: str, check_id: str) -> None:
         """From a heartbeat sender: the agent does not know a check we report."""
         logger.warning("the agent does not know check {}; looking at {} again", check_id, service_id)
-        self._post(Hint("", CHECK_MISSING, attributes=(("service_id", service_id),)))
-
-    def _agent_changed(self, info: AgentInfo) -> None:
-        """On the loop's thread: the agent answers again, maybe another one."""
-        assert self.loop is not None
-        settings = self.settings_for(info)
-        if settings != self.loop.builder.settings:
-            self.loop.builder.settings = settings
-            self.loop.remap_everything()
+        self._post(CheckMissing(service_id, check_id))
 
     def reload_token(self) -> None:
-        """SIGHUP, on the loop's thread: re-read the token file for every client of Consul."""
+        """SIGHUP, on the signal thread: re-read the token file for every client of Consul."""
         if not self.config.token_file:
             logger.info("SIGHUP: full reconcile (no CONSUL_HTTP_TOKEN_FILE to re-read)")
             return
@@ -167,9 +169,8 @@ class Daemon:
             logger.error("SIGHUP: {}; keeping the current token", error)
             return
         logs.add_secret(token or "")
-        for registry in (self.registry, *self.mirror_registries):
-            if hasattr(registry, "set_token"):
-                registry.set_token(token)
+        for user in self.registries.token_users:
+            user.set_token(token)
         logger.info("SIGHUP: token re-read from {}; full reconcile", self.config.token_file)
 
     # -- run and stop ---------------------------------------------------------------
@@ -178,15 +179,21 @@ class Daemon:
         info = self.connect()
         if info is None:
             return 0 if self._stop_asked() else 1
-        self.loop = self.build(info)
+        loop = self.loop = self.build(info)
+        while True:  # signals that came during start (nothing else posts yet)
+            try:
+                loop.post(self.early_inbox.get_nowait())
+            except queue.Empty:
+                break
         self.docker.follow_events(self._post, self.stopping, retry_interval=self.config.retry_interval_ms / 1000)
-        self.loop.probes.start()
-        for mirror in self.loop.mirrors:
+        assert self.probes is not None
+        self.probes.start()
+        for mirror in self.mirrors:
             mirror.start()
         if self.watch is not None:
             self.watch.start()
         try:
-            self.loop.run()
+            loop.run(identity=info)
         finally:
             self.shutdown()
         return 0
@@ -194,7 +201,7 @@ class Daemon:
     def _stop_asked(self) -> bool:
         while True:
             try:
-                if self.early_inbox.get_nowait().action == STOP:
+                if isinstance(self.early_inbox.get_nowait(), Stop):
                     return True
             except queue.Empty:
                 return False
@@ -204,12 +211,13 @@ class Daemon:
         self.stopping.set()
         if self.watch is not None:
             self.watch.stop()
-        self.loop.probes.stop()
-        if self.loop.env_reader is not None:
-            self.loop.env_reader.stop()
+        if self.probes is not None:
+            self.probes.stop()
+        if self.env_reader is not None:
+            self.env_reader.stop()
         if self.config.deregister_on_exit:
             self._deregister_everything()
-        for mirror in self.loop.mirrors:
+        for mirror in self.mirrors:
             mirror.stop(remove_all=self.config.deregister_on_exit)
         logger.info("stopped")
 
@@ -237,7 +245,7 @@ def run(config: Config) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, daemon.on_signal)
     logger.info("consul-reg starting: host {}, registry {}{}", config.hostname, daemon.registry.description,
-                "".join(f", mirror {m.description}" for m in daemon.mirror_registries))
+                "".join(f", mirror {m.description}" for m in daemon.registries.mirrors))
     status = None
     if config.status_addr:
         from consul_reg.app.status import StatusServer, StatusSources
@@ -245,7 +253,7 @@ def run(config: Config) -> int:
         status = StatusServer(config.status_addr, StatusSources(
             snapshot=lambda: daemon.loop.snapshot if daemon.loop is not None else Snapshot(),
             docker=daemon.docker.liveness, agent=daemon.agent_liveness,
-            mirrors=lambda: {m.registry.description: m.state for m in (daemon.loop.mirrors if daemon.loop else [])},
+            mirrors=lambda: {m.registry.description: m.state for m in daemon.mirrors},
             metrics=daemon.metrics, hostname=config.owner))
         status.start()
     try:
@@ -255,4 +263,3 @@ def run(config: Config) -> int:
             status.stop()
         daemon.registry.close()
         daemon.docker.close()
-

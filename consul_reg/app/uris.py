@@ -6,17 +6,27 @@ from __future__ import annotations
 
 import os
 import urllib.parse
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Protocol
 
 from consul_reg.consul.agent import ConsulClient, ConsulEndpoint, ConsulRegistry
+from consul_reg.consul.guard import OwnershipGuard
+from consul_reg.consul.memory import MemoryRegistry
+from consul_reg.core.protocols import AgentAPI, MirrorRegistry
 
 if TYPE_CHECKING:
     from consul_reg.app.config import Config
+    from consul_reg.mirrors.consulkv import ConsulKVRegistry
 
 CONSUL_SCHEMES = ("consul", "consul-unix", "consul-tls")
+KV_SCHEMES = ("consulkv", "consulkv-unix")
 MIRROR_SCHEMES = ("consulkv", "consulkv-unix", "etcd", "skydns2", "zookeeper")
 SCHEMES = CONSUL_SCHEMES + MIRROR_SCHEMES
 DEFAULT_PORTS = {"consulkv": 8500, "etcd": 2379, "skydns2": 2379, "zookeeper": 2181}
+
+
+class TokenUser(Protocol):
+    def set_token(self, token: str | None) -> None: ...
 
 
 class RegistryURIError(ValueError):
@@ -100,8 +110,9 @@ def validate_uri(uri: str) -> None:
         consul_endpoint(uri, {})
 
 
-def from_uri(uri: str, token: str | None, environ: dict[str, str] | None = None) -> ConsulRegistry:
-    return ConsulRegistry(ConsulClient(consul_endpoint(uri, environ), token=token))
+def from_uri(uri: str, token: str | None, environ: dict[str, str] | None = None,
+             on_unreachable: Callable[[str], None] = lambda reason: None) -> ConsulRegistry:
+    return ConsulRegistry(ConsulClient(consul_endpoint(uri, environ), token=token, on_unreachable=on_unreachable))
 
 
 def kv_endpoint(uri: str, primary_uri: str, environ: dict[str, str] | None = None) -> ConsulEndpoint:
@@ -132,13 +143,12 @@ def token_transport_problem(uris: tuple[str, ...], token: str | None) -> str:
     return ""
 
 
-def mirror_from_uri(uri: str, config: "Config"):
+def mirror_from_uri(uri: str, config: "Config") -> MirrorRegistry:
+    """A mirror registry, found by its URI's scheme (each backend one module of mirrors/,
+    imported only when used: kazoo only for zookeeper://)."""
     scheme, host, port, socket_path, path = mirror_parts(uri)
-    if scheme in ("consulkv", "consulkv-unix"):
-        from consul_reg.mirrors.consulkv import ConsulKVRegistry
-
-        client = ConsulClient(kv_endpoint(uri, config.registry_uris[0]), token=config.token)
-        return ConsulKVRegistry(client, path, config.owner)
+    if scheme in KV_SCHEMES:
+        return consul_kv_mirror(uri, config)
     from consul_reg.mirrors.etcd import DEFAULT_LEASE_TTL
 
     lease_ttl = config.ttl or DEFAULT_LEASE_TTL
@@ -155,13 +165,45 @@ def mirror_from_uri(uri: str, config: "Config"):
     return ZooKeeperRegistry(host, port, path, config.owner)
 
 
-def registries_from_uris(config: "Config"):
-    """(primary, mirrors) for the daemon's URIs."""
-    from consul_reg.consul.memory import MemoryRegistry
+def consul_kv_mirror(uri: str, config: "Config") -> "ConsulKVRegistry":
+    from consul_reg.mirrors.consulkv import ConsulKVRegistry
 
+    client = ConsulClient(kv_endpoint(uri, config.registry_uris[0]), token=config.token)
+    return ConsulKVRegistry(client, mirror_parts(uri)[4], config.owner)
+
+
+@dataclass(frozen=True)
+class Registries:
+    """What the daemon's URIs name, built once at start."""
+
+    primary: ConsulRegistry | MemoryRegistry  # the first URI's agent, or the in-memory stand-in
+    agent: AgentAPI  # the primary as the loop writes to it: the agent behind its ownership guard
+    is_agent: bool  # a real agent: watched for outages and restarts
+    mirrors: tuple[MirrorRegistry, ...]
+    token_users: tuple[TokenUser, ...]  # every client that sends the ACL token (re-read on SIGHUP)
+
+
+def registries_from_uris(config: "Config", on_unreachable: Callable[[str], None] = lambda reason: None
+                         ) -> Registries:
+    """The primary and the mirrors for the daemon's URIs. `on_unreachable` is told of
+    every call that could not reach the primary agent."""
     first, *rest = config.registry_uris
-    if urllib.parse.urlsplit(first).scheme in CONSUL_SCHEMES:
-        primary = from_uri(first, token=config.token)
+    is_agent = urllib.parse.urlsplit(first).scheme in CONSUL_SCHEMES
+    primary: ConsulRegistry | MemoryRegistry
+    agent: AgentAPI
+    if is_agent:
+        primary = from_uri(first, token=config.token, on_unreachable=on_unreachable)
+        agent = OwnershipGuard(primary, config.owner, config.cleanup)
     else:
-        primary, rest = MemoryRegistry(), list(config.registry_uris)
-    return primary, [mirror_from_uri(uri, config) for uri in rest]
+        primary = agent = MemoryRegistry()
+        rest = list(config.registry_uris)
+    token_users: list[TokenUser] = [primary] if is_agent else []
+    mirrors: list[MirrorRegistry] = []
+    for uri in rest:
+        if mirror_parts(uri)[0] in KV_SCHEMES:  # a Consul client: it sends the token too
+            kv = consul_kv_mirror(uri, config)
+            mirrors.append(kv)
+            token_users.append(kv)
+        else:
+            mirrors.append(mirror_from_uri(uri, config))
+    return Registries(primary, agent, is_agent, tuple(mirrors), tuple(token_users))

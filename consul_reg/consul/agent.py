@@ -20,15 +20,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Collection
 
 from consul_reg.transport.pool import Answer, ConnectionPool, TRANSPORT_ERRORS
-from consul_reg.core.records import RegisteredService, Service, fold_id
+from consul_reg.core.records import AgentInfo, RegisteredService, Service, fold_id
 from consul_reg.mapping.registration import connect_payload, registration_payload  # noqa: F401  (re-exported)
-from consul_reg.core.registry import (
-    RegistryError,
-    RegistryNotFound,
-    RegistryPermissionDenied,
-    RegistryScriptsRefused,
-    RegistryUnavailable,
-)
+from consul_reg.core.errors import RegistryError, RegistryNotFound, RegistryPermissionDenied, RegistryScriptsRefused, RegistryUnavailable
 
 if TYPE_CHECKING:
     import httpx
@@ -68,18 +62,6 @@ class ConsulEndpoint:
         if self.socket_path:
             return f"unix://{self.socket_path}"
         return f"{self.scheme}://{self.host}:{self.port}"
-
-
-@dataclass(frozen=True)
-class AgentInfo:
-    version: str
-    node_name: str
-    node_id: str
-    advertise_address: str
-    runs_remote_scripts: bool  # enable_script_checks: script and docker checks may be registered over HTTP
-    # Where the agent itself listens (HTTP, HTTPS, gRPC, DNS), as its DebugConfig says: never a check target.
-    listen_addresses: tuple[str, ...] = ()
-    listen_ports: tuple[int, ...] = ()
 
 
 # DebugConfig's port fields (-1: that listener is off) and its address lists
@@ -130,7 +112,8 @@ class ConsulClient:
 
     def __init__(self, endpoint: ConsulEndpoint, token: str | None = None,
                  timeout: float = DEFAULT_TIMEOUT_SECONDS, max_connections: int = 16,
-                 transport: "httpx.BaseTransport | None" = None) -> None:
+                 transport: "httpx.BaseTransport | None" = None,
+                 on_unreachable: Callable[[str], None] = lambda reason: None) -> None:
         self.endpoint = endpoint
         self.description = f"consul {endpoint}"
         self.timeout = timeout
@@ -158,7 +141,7 @@ class ConsulClient:
         self._headers: dict[str, str] = {}
         self.set_token(token)
         # Told about every transport failure (the agent watch probes at once).
-        self.on_unreachable: Callable[[str], None] = lambda reason: None
+        self._on_unreachable = on_unreachable
 
     def set_token(self, token: str | None) -> None:
         """Replace the headers of every later request at once (never mutated in place)."""
@@ -174,7 +157,7 @@ class ConsulClient:
             response = self._send(method, target, body, self._headers, self.timeout if timeout is None else timeout)
         except self._errors as error:
             reason = f"{self.description}: could not {what}: {type(error).__name__}: {_one_line(str(error))}"
-            self.on_unreachable(reason)
+            self._on_unreachable(reason)
             raise RegistryUnavailable(reason) from None
         if response.status_code < 300 or (not_found_ok and response.status_code == 404):
             return response

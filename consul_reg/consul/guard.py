@@ -34,8 +34,8 @@ from consul_reg.mapping.checks import origin_key
 from consul_reg.core.records import MARKER_SOURCE_KEY, MARKER_SOURCE_VALUE, SIDECAR_FOR_KEY, RegisteredService, Service, \
     fold_id
 from consul_reg.core.plan import registrator_leftover_pattern
-from consul_reg.core.registry import RegistryNotOurs
-from consul_reg.consul.agent import AgentInfo, ConsulRegistry
+from consul_reg.core.errors import RegistryNotOurs
+from consul_reg.core.records import AgentInfo
 
 SIDECAR_SUFFIX = "-sidecar-proxy"  # the ID the agent gives the sidecar of <id>: <id>-sidecar-proxy
 
@@ -200,8 +200,3 @@ def _holder(record: RegisteredService, sidecar_of: str | None = None) -> str:
         return "someone else (by hand or another tool)"
     instance = record.meta.get("consul_reg_instance")
     return f"consul-reg of host {host!r}" + (f" instance {instance!r}" if instance else "")
-
-
-def guarded(registry: Any, owner: str, adopt_leftovers: bool = False) -> Any:
-    """The agent behind an OwnershipGuard; any other primary (the in-memory one) as it is."""
-    return OwnershipGuard(registry, owner, adopt_leftovers) if isinstance(registry, ConsulRegistry) else registry

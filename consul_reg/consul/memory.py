@@ -7,7 +7,8 @@ from __future__ import annotations
 from typing import Collection
 
 from consul_reg.core.records import RegisteredService, Service, registered_form
-from consul_reg.consul.agent import AgentInfo, ConsulEndpoint
+from consul_reg.consul.agent import ConsulEndpoint
+from consul_reg.core.records import AgentInfo
 
 
 class MemoryRegistry:

@@ -20,9 +20,9 @@ from loguru import logger
 
 from consul_reg.core.backoff import Clock
 from consul_reg.core.liveness import Liveness
-from consul_reg.core.registry import RegistryError, RegistryUnavailable
-from consul_reg.consul.agent import AgentInfo
-from consul_reg.sync.router import AGENT_BACK, Hint
+from consul_reg.core.errors import RegistryError, RegistryUnavailable
+from consul_reg.core.records import AgentInfo
+from consul_reg.core.messages import AgentBack, Message
 
 UP_INTERVAL = 1.0
 DOWN_INTERVAL = 0.25
@@ -35,20 +35,34 @@ class AgentSelf(Protocol):
     def agent_info(self) -> AgentInfo: ...
 
 
+class AgentAlarm:
+    """Given to every Consul client at its construction and told of each call that
+    could not reach the agent: health says so at once, and the watch looks at once."""
+
+    def __init__(self, liveness: Liveness) -> None:
+        self.liveness = liveness
+        self.rung = threading.Event()
+
+    def __call__(self, reason: str) -> None:
+        self.liveness.failed(reason)
+        self.rung.set()
+
+
 class AgentWatch:
-    def __init__(self, agent: AgentSelf, liveness: Liveness, post: Callable[[Hint], None],
+    def __init__(self, agent: AgentSelf, alarm: AgentAlarm, post: Callable[[Message], None],
                  identity: AgentInfo | None, up_interval: float = UP_INTERVAL,
                  down_interval: float = DOWN_INTERVAL, probe_deadline: float = PROBE_DEADLINE,
                  clock: Clock = time.monotonic) -> None:
         self._agent = agent
-        self._liveness = liveness
+        self._alarm = alarm
+        self._liveness = alarm.liveness
         self._post = post
-        self.identity = identity  # the agent last seen; read by the loop after AGENT_BACK
+        self.identity = identity  # the agent last seen
         self._intervals = (up_interval, down_interval)
         self._probe_deadline = probe_deadline
         self._clock = clock
         self._probe_started: float | None = None  # set while a probe waits for its answer
-        self._poke = threading.Event()
+        self._poke = alarm.rung
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="agent-watch", daemon=True)
         self._deadline_thread = threading.Thread(target=self._watch_deadline, name="agent-watch-deadline",
@@ -64,8 +78,7 @@ class AgentWatch:
 
     def unreachable(self, reason: str) -> None:
         """A call to the agent failed somewhere: health says so now, and the watch looks at once."""
-        self._liveness.failed(reason)
-        self._poke.set()
+        self._alarm(reason)
 
     def check_once(self) -> None:
         """One probe (the thread's body; called directly by tests)."""
@@ -91,7 +104,7 @@ class AgentWatch:
         if was_down or replaced:
             if was_down:
                 logger.info("{} answers again", self._agent.description)
-            self._post(Hint("", AGENT_BACK))
+            self._post(AgentBack(info))
 
     def overdue(self) -> bool:
         """A probe has waited longer than the deadline: mark the agent unreachable

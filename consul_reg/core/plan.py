@@ -7,21 +7,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from concurrent.futures import Executor
 from typing import Callable, Collection, Iterable, Mapping
 
 from loguru import logger
 
 from consul_reg.core.records import ContainerDesire, RegisteredService, Service, fold_id
-from consul_reg.sync.overlap import Calls, outcomes
-from consul_reg.core.registry import (
-    Registry,
-    RegistryError,
-    RegistryNotOurs,
-    RegistryRefused,
-    RegistryScriptsRefused,
-    RegistryUnavailable,
-)
+from consul_reg.core.calls import Calls, Runner, one_by_one
+from consul_reg.core.errors import RegistryError, RegistryNotOurs, RegistryRefused, RegistryScriptsRefused, RegistryUnavailable
+from consul_reg.core.protocols import Registry
 
 
 def _created_order(desire: ContainerDesire) -> tuple[str, str]:
@@ -242,15 +235,15 @@ def _spellings(actual: Mapping[str, RegisteredService]) -> dict[str, list[str]]:
     return found
 
 
-def apply(plan_to_apply: Plan, registry: Registry, where: str = "", pool: Executor | None = None) -> ApplyResult:
+def apply(plan_to_apply: Plan, registry: Registry, where: str = "", run: Runner = one_by_one) -> ApplyResult:
     """Register first, then deregister (a renamed service never has a gap).
     One failing service is logged and skipped; an unreachable registry stops it.
-    With `pool` (a registry that is thread-safe) each phase's calls overlap;
+    With an overlapping `run` (a registry that is thread-safe) each phase's calls overlap;
     results are taken and logged here, in the plan's order."""
     result = ApplyResult()
     suffix = f" in {where}" if where else ""
     registering = Calls(registry.register, (RegistryError,), RegistryUnavailable)
-    for service, outcome in outcomes(registering, plan_to_apply.register, pool):
+    for service, outcome in run(registering, plan_to_apply.register):
         log = logger.bind(action="register", service_id=service.id, container=service.container_name)
         error = outcome.error
         if not outcome.tried:
@@ -280,7 +273,7 @@ def apply(plan_to_apply: Plan, registry: Registry, where: str = "", pool: Execut
     if result.unavailable:
         return result
     deregistering = Calls(registry.deregister, (RegistryError,), RegistryUnavailable)
-    for current, outcome in outcomes(deregistering, plan_to_apply.deregister, pool):
+    for current, outcome in run(deregistering, plan_to_apply.deregister):
         log = logger.bind(action="deregister", service_id=current.id)
         error = outcome.error
         if not outcome.tried:

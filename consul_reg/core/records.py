@@ -300,3 +300,15 @@ def fold_id(identifier: str) -> str:
     there: each anti-entropy sync replaces the other's row, and removing either
     removes the row. Our IDs are ASCII (validate.identifier_problem)."""
     return identifier.lower()
+
+
+@dataclass(frozen=True)
+class AgentInfo:
+    version: str
+    node_name: str
+    node_id: str
+    advertise_address: str
+    runs_remote_scripts: bool  # enable_script_checks: script and docker checks may be registered over HTTP
+    # Where the agent itself listens (HTTP, HTTPS, gRPC, DNS), as its DebugConfig says: never a check target.
+    listen_addresses: tuple[str, ...] = ()
+    listen_ports: tuple[int, ...] = ()

@@ -6,7 +6,6 @@ subscriber that does not read within ~100 ms, so nothing slow runs there.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -24,10 +23,11 @@ from consul_reg.docker import files as container_files
 from consul_reg.docker import connection as docker_http
 from consul_reg.core.backoff import Backoff
 from consul_reg.docker.files import FileUnreadable  # noqa: F401  (raised by read_file)
-from consul_reg.docker.events import MAX_EVENT_BYTES, OVERSIZED, SkippedEvents, decoded_events, hint_from_event
+from consul_reg.docker.events import MAX_EVENT_BYTES, OVERSIZED, SkippedEvents, decoded_events, message_from_event
 from consul_reg.transport.pool import TRANSPORT_ERRORS, BodyTooLarge, ConnectionPool, PoolTimeout
+from consul_reg.core.errors import DockerUnavailable, DockerUnreachable
 from consul_reg.core.liveness import Liveness
-from consul_reg.sync.router import DOCKER_RECONNECTED, EVENT_FILTER_ACTIONS, Hint
+from consul_reg.core.messages import EVENT_FILTER_ACTIONS, DockerReconnected, Message
 
 # A fixed API version: "auto" would contact dockerd in the constructor, before
 # the daemon's retry loop. 1.41 is Docker 20.10's; newer engines still accept it.
@@ -48,15 +48,6 @@ MAX_INSPECT_BYTES = MAX_EVENT_BYTES
 MAX_LIST_BYTES = 256 * 1024 * 1024
 
 
-class DockerUnavailable(Exception):
-    """Docker could not be reached; the message says why."""
-
-
-class DockerUnreachable(DockerUnavailable):
-    """dockerd did not answer at all (not an error about one container): the calls
-    that would follow in the same batch are not made."""
-
-
 class NotASwarmManager(Exception):
     """This node cannot read Swarm services: a worker, or not in a swarm."""
 
@@ -69,20 +60,6 @@ def docker_base_url(environ: dict[str, str] | None = None) -> str | None:
     if not os.path.exists(DEFAULT_SOCKET) and os.path.exists(FALLBACK_SOCKET):
         return f"unix://{FALLBACK_SOCKET}"
     return f"unix://{DEFAULT_SOCKET}"
-
-
-def listing_key(summary: dict[str, Any]) -> str:
-    """A container's listing entry minus its "Status" text, which moves with time
-    ("Up 5 minutes"), but with the health word it carries: while this key is
-    unchanged, so is what the container registers. A digest of the entry as
-    decoded (dockerd writes it in one order, maps sorted): another order could
-    only cost one more inspect, never hide a change. Short, as 1,000 of them
-    are kept."""
-    status = str(summary.get("Status") or "")
-    health = next((word for word in ("(healthy)", "(unhealthy)", "(health: starting)", "(Paused)")
-                   if word in status), "")
-    rest = repr([(k, v) for k, v in summary.items() if k != "Status"]).encode("utf-8", "backslashreplace")
-    return hashlib.blake2b(rest, digest_size=16).hexdigest() + health
 
 
 class DockerSource:
@@ -225,7 +202,7 @@ class DockerSource:
         return container_exec.exec_in_container(self._endpoint, container_id, command, timeout_seconds,
                                                 output_limit)
 
-    def follow_events(self, post: Callable[[Hint], None], stop: threading.Event, retry_interval: float = 1.0,
+    def follow_events(self, post: Callable[[Message], None], stop: threading.Event, retry_interval: float = 1.0,
                       max_backoff: float = 30.0) -> threading.Thread:
         """Start the reader thread (container events -> `post`) and return once it has
         subscribed, so that a container started around the caller's first listing is not
@@ -242,7 +219,7 @@ class DockerSource:
                            "pass follows it", SUBSCRIBE_WAIT)
         return thread
 
-    def _read_events(self, post: Callable[[Hint], None], stop: threading.Event, backoff: Backoff,
+    def _read_events(self, post: Callable[[Message], None], stop: threading.Event, backoff: Backoff,
                      first: _FirstSubscription) -> None:
         # dockerd sends the answer's head, then subscribes: the first subscription replays the
         # last second too, so an event between the two still arrives (its clock: live events
@@ -258,7 +235,7 @@ class DockerSource:
                     if not first.made():  # a reconnect, or the caller went on without waiting for it
                         logger.info("docker event stream {}; resyncing everything",
                                     "reconnected" if again else "connected")
-                        post(Hint("", DOCKER_RECONNECTED))
+                        post(DockerReconnected())
                     again = True
                     self.liveness.ok()
                     backoff.succeeded()
@@ -268,15 +245,15 @@ class DockerSource:
                         if event is OVERSIZED:
                             skipped.notice()
                             continue
-                        hint = hint_from_event(event)
-                        if hint is None:
+                        message = message_from_event(event)
+                        if message is None:
                             continue
-                        key = (hint.time_nano, hint.container_id, hint.action)
+                        key = (message.time_nano, message.container_id, message.action)
                         if key in seen:
                             continue
                         seen[key] = True
-                        since = f"{hint.time_nano // 1_000_000_000}.{hint.time_nano % 1_000_000_000:09d}"
-                        post(hint)
+                        since = f"{message.time_nano // 1_000_000_000}.{message.time_nano % 1_000_000_000:09d}"
+                        post(message)
                     if stop.is_set():
                         return
                     self.liveness.failed("the event stream ended")

@@ -1,6 +1,6 @@
 """Docker's event stream, decoded: one JSON object per line (dockerd and Podman alike),
 each line parsed once when its newline arrives, each bounded; and an event -> the
-Hint the loop routes (router.py), in Docker's words whatever the engine said."""
+DockerEvent message the loop routes, in Docker's words whatever the engine said."""
 
 from __future__ import annotations
 
@@ -12,12 +12,13 @@ from typing import Any, Callable, Iterator
 
 from loguru import logger
 
-from consul_reg.sync.router import CONTAINER_ACTIONS, EVENT_SKIPPED, KEPT_ATTRIBUTES, Hint
+from consul_reg.core.messages import CONTAINER_ACTIONS, DockerEvent, EventsSkipped, Message
 
 RECV_BYTES = 64 * 1024
 # An event carries its container's labels, which Docker does not bound: as large as an
 # inspect may be (docker_source.MAX_INSPECT_BYTES).
 MAX_EVENT_BYTES = 8 * 1024 * 1024
+ATTRIBUTE_MAX_LENGTH = 32  # an exit code, a signal's name or number
 
 
 def decoded_events(stream: Any) -> Iterator[Any]:
@@ -30,7 +31,7 @@ def decoded_events(stream: Any) -> Iterator[Any]:
 _PODMAN_ACTIONS = {"remove": "destroy", "died": "die"}  # Podman's names (as filtered, or as sent)
 
 
-def hint_from_event(event: object) -> Hint | None:
+def message_from_event(event: object) -> DockerEvent | None:
     if not isinstance(event, dict):
         return None
     action = str(event.get("Action") or event.get("status") or "")
@@ -45,11 +46,13 @@ def hint_from_event(event: object) -> Hint | None:
         return None
     attributes = actor.get("Attributes") if isinstance(actor.get("Attributes"), dict) else {}
     time_nano = event.get("timeNano") or int(event.get("time") or time.time()) * 1_000_000_000
-    return Hint(
+    # Docker sets these after the container's labels (a label of the same name loses); bounded all the same.
+    return DockerEvent(
         container_id=container_id,
         action=base_action,
         time_nano=int(time_nano),
-        attributes=tuple((name, str(attributes[name])) for name in KEPT_ATTRIBUTES if name in attributes),
+        exit_code=str(attributes.get("exitCode", ""))[:ATTRIBUTE_MAX_LENGTH],
+        signal=str(attributes.get("signal", ""))[:ATTRIBUTE_MAX_LENGTH],
     )
 
 
@@ -59,7 +62,7 @@ class SkippedEvents:
     events at its healthcheck's pace (exec_*), and must not turn each into a full
     pass or a log line. One asked meanwhile is posted when the window ends."""
 
-    def __init__(self, post: Callable[[Hint], None], interval: float = 5.0,
+    def __init__(self, post: Callable[[Message], None], interval: float = 5.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._post, self._interval, self._clock = post, interval, clock
         self._lock = threading.Lock()
@@ -86,7 +89,7 @@ class SkippedEvents:
             self._last = self._clock()
         logger.warning("docker event stream: skipped {} event(s) longer than {} bytes (a container with labels that "
                        "large); looking at every container again", count, MAX_EVENT_BYTES)
-        self._post(Hint("", EVENT_SKIPPED))
+        self._post(EventsSkipped(count))
 
 
 OVERSIZED = object()  # yielded by _json_lines in place of an event over MAX_EVENT_BYTES

@@ -1,10 +1,9 @@
-"""Which address a service is registered at: the rules, in order (pure),
-and this host's primary address (the one helper here that asks the kernel)."""
+"""Which address a service is registered at: the rules, in order. Pure: this
+host's own primary address is asked of the kernel by app/host.py."""
 
 from __future__ import annotations
 
 import ipaddress
-import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -154,26 +153,6 @@ def plain_ip(text: str) -> str:
         return str(ipaddress.ip_address(text.strip("[]")))
     except ValueError:
         return text
-
-
-def default_address(agent_is_local: bool, advertise_address: str) -> tuple[str, str]:
-    """Rule 7: the address a service gets when nothing else chose one, and why."""
-    if agent_is_local and advertise_address:
-        return advertise_address, "the local Consul agent's advertise address"
-    return primary_host_address(), "this host's primary address (the agent is not local; set -ip to choose)"
-
-
-def primary_host_address() -> str:
-    """The address of the interface the default route uses. A UDP connect()
-    sends no packet; it only asks the kernel which source address it would use."""
-    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        probe.connect(("192.0.2.1", 9))  # TEST-NET-1: never contacted
-        return probe.getsockname()[0]
-    except OSError:
-        return "127.0.0.1"
-    finally:
-        probe.close()
 
 
 def _dict(value: object) -> dict[str, Any]:

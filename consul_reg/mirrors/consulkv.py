@@ -15,7 +15,7 @@ from typing import Callable
 
 from consul_reg.core.records import MARKER_DIGEST_KEY, owner_meta
 from consul_reg.core.records import RegisteredService, Service
-from consul_reg.core.registry import RegistryNotFound, RegistryNotOurs
+from consul_reg.core.errors import RegistryNotFound, RegistryNotOurs
 from consul_reg.consul.agent import ConsulClient, ConsulKV
 from consul_reg.mirrors.keys import HOLDER_KEY, child_key, default_id_owned, owner_tag, segment_problem, shown
 
@@ -30,6 +30,8 @@ class _Entry:
 
 
 class ConsulKVRegistry:
+    replaceable = True
+
     def __init__(self, client: ConsulClient, prefix: str, hostname: str) -> None:
         self._kv = ConsulKV(client)
         self._client = client
@@ -38,6 +40,10 @@ class ConsulKVRegistry:
         self.flags = owner_tag(hostname)
         self.description = f"consulkv {client.endpoint}/{self.prefix}"
         self.on_change: Callable[[], None] = lambda: None
+
+    def listen(self, on_change: Callable[[], None]) -> None:
+        """`on_change` is called when this registry's state was lost (its worker relists)."""
+        self.on_change = on_change
 
     def key_of(self, service: Service) -> str:
         return child_key(self.prefix, service.name, service.id)

@@ -24,7 +24,7 @@ import httpx
 
 from consul_reg.core.records import MARKER_DIGEST_KEY, instance_of, owner_meta
 from consul_reg.core.records import RegisteredService, Service
-from consul_reg.core.registry import RegistryError, RegistryNotOurs, RegistryUnavailable
+from consul_reg.core.errors import RegistryError, RegistryNotOurs, RegistryUnavailable
 from consul_reg.mirrors.keys import HOLDER_KEY, child_key, default_id_owned, segment_problem, shown
 
 DEFAULT_LEASE_TTL = 300
@@ -177,6 +177,8 @@ class EtcdV3:
 class EtcdRegistry:
     """`<prefix>/<service-name>/<service-id>` = `<ip>:<port>` on this daemon's lease."""
 
+    replaceable = False
+
     def __init__(self, host: str, port: int, prefix: str, hostname: str, lease_ttl: int, refresh: float = 0.0) -> None:
         self.prefix = "/" + prefix.strip("/")
         owner_segment = hostname + (f":{instance_of(hostname)}" if instance_of(hostname) else "")
@@ -184,6 +186,13 @@ class EtcdRegistry:
         self.hostname = hostname
         self.description = f"etcd {host}:{port}{self.prefix}"
         self.on_change: Callable[[], None] = lambda: None
+
+    def listen(self, on_change: Callable[[], None]) -> None:
+        """`on_change` is called when this registry's state was lost (its worker relists)."""
+        self.on_change = on_change
+
+    def identity(self) -> str:
+        return ""  # never replaced under us: its state loss comes through `maintain` and `listen`
 
     def key_of(self, service: Service) -> str:
         return child_key(self.prefix, service.name, service.id)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-from consul_reg.core.registry import RegistryError
+from consul_reg.core.errors import RegistryError
 
 
 def segment_problem(segment: str) -> str:

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from loguru import logger
 
 from consul_reg.core.backoff import Backoff, Clock
-from consul_reg.app.metrics import Metrics
 from consul_reg.core.records import MARKER_DIGEST_KEY, owner_meta
 from consul_reg.core.records import RegisteredService, Service
 from consul_reg.core.plan import Plan, apply, plan
-from consul_reg.core.registry import MirrorRegistry, RegistryError, RegistryNotOurs, RegistryRefused
+from consul_reg.core.errors import RegistryError, RegistryNotOurs, RegistryRefused
+from consul_reg.core.protocols import LoopMetrics, MirrorRegistry, NoMetrics
 from consul_reg.mirrors.keys import HOLDER_KEY
 from consul_reg.core.snapshot import Snapshot
 
@@ -37,11 +37,11 @@ WATCH_UP_SECONDS, WATCH_DOWN_SECONDS = 2.0, 0.5  # how often a registry's identi
 
 class MirrorWorker:
     def __init__(self, registry: MirrorRegistry, hostname: str, retry_interval: float,
-                 clock: Clock = time.monotonic, metrics: Metrics | None = None) -> None:
+                 clock: Clock = time.monotonic, metrics: LoopMetrics = NoMetrics()) -> None:
         self.registry = registry
         self.hostname = hostname
         self.state = "starting"
-        self.metrics = metrics or Metrics()
+        self.metrics = metrics
         self._clock = clock
         self._backoff = Backoff(min(retry_interval, MAX_BACKOFF_SECONDS), MAX_BACKOFF_SECONDS, clock)
         self._wake = threading.Condition()
@@ -59,10 +59,11 @@ class MirrorWorker:
         self._refused: dict[str, _Refusal] = {}  # key -> why the registry refused it (warned once per cause)
         self._refused_retry_at: float | None = None
         self._thread = threading.Thread(target=self._run, name=f"mirror {registry.description}", daemon=True)
+        registry.listen(self.poke)
 
     def start(self) -> None:
         self._thread.start()
-        if hasattr(self.registry, "identity"):  # a registry that can be replaced under us (an agent's KV)
+        if self.registry.replaceable:  # an agent's KV, which may restart empty
             threading.Thread(target=self._watch, name=f"watch {self.registry.description}", daemon=True).start()
 
     def _watch(self) -> None:
@@ -73,7 +74,7 @@ class MirrorWorker:
         failing = False
         while not self._stopping:
             try:
-                identity = self.registry.identity()  # type: ignore[attr-defined]
+                identity = self.registry.identity()
             except Exception as error:
                 if not failing:
                     logger.debug("{}: not answering: {}", self.registry.description, error)
@@ -134,7 +135,6 @@ class MirrorWorker:
         return max(0.0, min(waits))
 
     def _run(self) -> None:
-        self.registry.on_change = self.poke
         while True:
             with self._wake:
                 while not self._stopping:

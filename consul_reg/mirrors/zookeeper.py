@@ -40,7 +40,7 @@ from loguru import logger
 
 from consul_reg.core.records import MARKER_DIGEST_KEY, owner_meta
 from consul_reg.core.records import RegisteredService, Service
-from consul_reg.core.registry import RegistryError, RegistryNotOurs, RegistryRefused, RegistryUnavailable
+from consul_reg.core.errors import RegistryError, RegistryNotOurs, RegistryRefused, RegistryUnavailable
 from consul_reg.mirrors.keys import HOLDER_KEY, child_key, segment_problem
 
 SESSION_TIMEOUT_SECONDS = 10.0
@@ -58,6 +58,8 @@ SESSION_ERRORS = (KazooTimeoutError, ConnectionLoss, ConnectionDropped, SessionE
 
 
 class ZooKeeperRegistry:
+    replaceable = False
+
     def __init__(self, host: str, port: int, basepath: str, hostname: str) -> None:
         self.basepath = "/" + basepath.strip("/")
         self.hostname = hostname
@@ -68,6 +70,13 @@ class ZooKeeperRegistry:
         self.session_lost = threading.Event()
         self._started = False
         self._disconnected_since: float | None = None
+
+    def listen(self, on_change: Callable[[], None]) -> None:
+        """`on_change` is called when this registry's state was lost (its worker relists)."""
+        self.on_change = on_change
+
+    def identity(self) -> str:
+        return ""  # never replaced under us: its state loss comes through `maintain` and `listen`
 
     def _new_client(self) -> KazooClient:
         client = KazooClient(hosts=self._hosts, timeout=SESSION_TIMEOUT_SECONDS,

@@ -29,7 +29,7 @@ from consul_reg.core.backoff import Clock
 from consul_reg.probes.exec_slots import ExecSlots
 from consul_reg.probes.load import LoadWatch
 from consul_reg.core.records import ContainerStatus, DaemonProbe, Service
-from consul_reg.core.registry import RegistryUnavailable
+from consul_reg.core.errors import RegistryUnavailable
 
 HEALTH_TO_STATUS = {
     # Docker health -> Consul status, for port-less workers' heartbeat...

@@ -7,16 +7,15 @@ logs each container's warnings and address choices once, until they change.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Protocol
 
 from loguru import logger
 
+from consul_reg.core.records import AgentInfo, ContainerDesire, ContainerStatus, Service, keeps_records
 from consul_reg.mapping import env_file as envfile
-from consul_reg.app.config import Config
-from consul_reg.docker.env_files import EnvFileState
 from consul_reg.mapping.services import MappingSettings, map_container
-from consul_reg.core.records import ContainerDesire, ContainerStatus, Service, keeps_records
-from consul_reg.docker.swarm import SwarmEndpoints
+from consul_reg.sync.env_files import EnvFileState
 
 
 class DesireUnavailable(Exception):
@@ -27,16 +26,60 @@ class Inspector(Protocol):
     def inspect(self, container_id: str) -> dict[str, Any] | None: ...
 
 
+class SwarmPorts(Protocol):
+    def augment(self, container: dict[str, Any]) -> dict[str, Any]: ...  # a task: its service's ingress ports
+
+
+class NoSwarm:
+    def augment(self, container: dict[str, Any]) -> dict[str, Any]:
+        return container
+
+
+@dataclass(frozen=True)
+class ContainerRules:
+    """The operator's rules for reading a container, besides the mapping's settings."""
+
+    env_file: str = ""  # -envFile
+    container_env_files: bool = True  # SERVICE_ENV_FILE honoured (off: --no-container-env-file)
+    deregister: str = "always"  # -deregister: whether a dead container's records stay
+
+
 class DesireBuilder:
-    def __init__(self, config: Config, docker: Inspector, settings: MappingSettings) -> None:
-        self.config = config
+    """`settings_for` gives the mapping's settings for an agent (its version, its
+    script checks): they change only when the agent does (`agent_changed`)."""
+
+    def __init__(self, rules: ContainerRules, docker: Inspector, settings: MappingSettings,
+                 settings_for: Callable[[AgentInfo], MappingSettings] | None = None,
+                 swarm: SwarmPorts = NoSwarm()) -> None:
+        self.rules = rules
         self.docker = docker
         self.settings = settings
+        self._settings_for = settings_for
         self._reported: dict[str, tuple[tuple[str, str], ...]] = {}
         # The services each container mapped to last: a re-read that maps to the same
         # ones hands those back, digest computed (model.Service.digest serialises all).
         self._last: dict[str, dict[str, Service]] = {}
-        self.swarm = SwarmEndpoints(docker)
+        self.swarm = swarm
+
+    def agent_changed(self, info: AgentInfo) -> bool:
+        """The agent answers again, maybe another one: True when the settings changed
+        (every container is then mapped again)."""
+        if self._settings_for is None:
+            return False
+        settings = self._settings_for(info)
+        if settings == self.settings:
+            return False
+        self.settings = settings
+        return True
+
+    def without_agent_scripts(self) -> bool:
+        """The agent refused a check that runs a command: True when that changes the
+        settings (exec checks are then run by this daemon, script checks dropped)."""
+        checks = self.settings.checks
+        if not checks.agent_runs_scripts:
+            return False
+        self.settings = replace(self.settings, checks=replace(checks, agent_runs_scripts=False))
+        return True
 
     def build(self, container: dict[str, Any], env: EnvFileState | None, listing_key: str = "") -> ContainerDesire:
         """The container's desire. `env` is its env file's state when it has one
@@ -48,11 +91,11 @@ class DesireBuilder:
         created = str(container.get("Created") or "")
         state = container.get("State") if isinstance(container.get("State"), dict) else {}
         status = ContainerStatus.from_inspect(container)
-        chosen = envfile.env_file_path(container, self.config.env_file, not self.config.no_container_env_file)
+        chosen = envfile.env_file_path(container, self.rules.env_file, self.rules.container_env_files)
         env_path = chosen.path
         if not state.get("Running"):
             return ContainerDesire(container_id, name, created, (),
-                                   keep_existing=keeps_records(self.config.deregister, state.get("ExitCode")),
+                                   keep_existing=keeps_records(self.rules.deregister, state.get("ExitCode")),
                                    status=status, listing_key=listing_key)
         extra: tuple[tuple[str, list[tuple[str, str]]], ...] = ()
         if env_path:
@@ -98,7 +141,7 @@ class DesireBuilder:
 
     def env_file_path(self, container: dict[str, Any]) -> str:
         """SERVICE_ENV_FILE (label, else env) overrides -envFile, unless refused."""
-        return envfile.env_file_path(container, self.config.env_file, not self.config.no_container_env_file).path
+        return envfile.env_file_path(container, self.rules.env_file, self.rules.container_env_files).path
 
     def _network_peer(self, container: dict[str, Any]) -> dict[str, Any] | None:
         host_config = container.get("HostConfig") if isinstance(container.get("HostConfig"), dict) else {}

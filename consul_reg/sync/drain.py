@@ -22,27 +22,15 @@ from __future__ import annotations
 import signal
 import time
 from dataclasses import dataclass
-from typing import Collection, Protocol
 
 from loguru import logger
 
 from consul_reg.core.backoff import Clock
-from consul_reg.core.registry import RegistryError
+from consul_reg.core.errors import RegistryError
+from consul_reg.core.protocols import AgentAPI
 
 REASON_PREFIX = "consul-reg: draining"
 TERMINATING = {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGKILL}
-
-
-class MaintenanceRegistry(Protocol):
-    """The primary behind its ownership guard (registries/guard.py)."""
-
-    def ours_now(self, service_ids: Collection[str], container_id: str) -> set[str]: ...
-
-    def enable_maintenance(self, service_id: str, reason: str) -> None: ...
-
-    def maintenance_reasons(self, service_ids: Collection[str]) -> dict[str, str]: ...
-
-    def disable_maintenance(self, service_id: str) -> None: ...
 
 
 def signal_number(value: str) -> int | None:
@@ -69,7 +57,7 @@ class _Drain:
 
 
 class Drainer:
-    def __init__(self, registry: MaintenanceRegistry, timeout: float, clock: Clock = time.monotonic) -> None:
+    def __init__(self, registry: AgentAPI, timeout: float, clock: Clock = time.monotonic) -> None:
         self._registry = registry
         self._timeout = timeout
         self._clock = clock

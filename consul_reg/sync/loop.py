@@ -1,13 +1,19 @@
-"""The sync loop: the one owner of the daemon's mutable state.
+"""The sync loop: the one owner of the sync state.
 
 Other threads (Docker's event reader, the agent watch, heartbeat senders,
-env-file readers, signal handlers) only put messages in `inbox`. The loop
-takes everything queued at once, lets the router turn it into actions, runs
-every per-event action, then at most one pass: "full" (relist Docker and the
-agent) when asked or due, else one over the containers the batch touched.
-After each batch it publishes an immutable Snapshot (status endpoint,
-mirrors). Level-triggered, as a Kubernetes controller: events are hints,
-what Docker and the agent hold is the truth.
+env-file readers, the daemon's signal thread) only put typed messages
+(core/messages.py) in `inbox`. The loop takes everything queued at once,
+lets the router turn the batch into actions, runs every per-event action,
+then at most one pass: "full" (relist Docker and the agent) when asked or
+due, else one over the containers the batch touched. After each batch it
+publishes an immutable Snapshot (status endpoint, mirrors). Level-triggered,
+as a Kubernetes controller: events are hints, what Docker and the agent hold
+is the truth.
+
+What it owns: the containers' desires and env-file states (state.py), the
+agent's records as known (primary.py), drains (drain.py), its timers
+(timers.py) and reads (reading.py). It talks to Docker and the agent only
+through core's protocols.
 """
 
 from __future__ import annotations
@@ -15,94 +21,74 @@ from __future__ import annotations
 import queue
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
-from typing import Any, Callable, Iterable, Protocol, Union
+from dataclasses import dataclass, replace
+from typing import Any, Iterable, Sequence
 
 from loguru import logger
 
-from consul_reg.core.backoff import Backoff, Clock
+from consul_reg.core.backoff import Clock
+from consul_reg.core.errors import DockerUnavailable, DockerUnreachable
+from consul_reg.core.messages import EnvFileRead, Message, ScriptsRefused, Start
+from consul_reg.core.protocols import AgentAPI, DockerReads, LoopMetrics, NoMetrics, ProbeSink, SnapshotSubscriber
+from consul_reg.core.records import AgentInfo, ContainerDesire, ContainerStatus, Service, keeps_records
+from consul_reg.core.snapshot import Snapshot
 from consul_reg.sync.desires import DesireBuilder, DesireUnavailable
-from consul_reg.docker.client import DockerUnavailable, DockerUnreachable, listing_key
 from consul_reg.sync.drain import Drainer
-from consul_reg.docker.env_files import EnvFileRead, EnvFileReader, EnvFileState, fold
-from consul_reg.probes.scheduler import ProbeScheduler
-from consul_reg.app.metrics import Metrics
-from consul_reg.mirrors.worker import MirrorWorker
-from consul_reg.sync.reading import NOT_FETCHED, Reader
-from consul_reg.core.records import ContainerDesire, ContainerStatus, Service, keeps_records
+from consul_reg.sync.env_files import EnvFileState, fold
 from consul_reg.sync.primary import Primary, SyncResult
-from consul_reg.core.plan import DesiredServices
-from consul_reg.sync.router import AGENT_BACK, SCRIPTS_REFUSED, START, Hint, route
-from consul_reg.core.snapshot import Snapshot, freeze
+from consul_reg.sync.publish import Publisher
+from consul_reg.sync.reading import NOT_FETCHED, Reader, listing_key
+from consul_reg.sync.router import Actions, route
+from consul_reg.sync.state import Containers
+from consul_reg.sync.timers import Timers
 
-Message = Union[Hint, EnvFileRead]
 IDLE_WAIT_SECONDS = 3600.0
-HEALTH_RECHECK_SECONDS = 0.5
 IO_WORKERS = 4  # Docker inspects and agent writes of one batch in flight at once
 
 
-class DockerAPI(Protocol):
-    def list_containers(self) -> list[dict[str, Any]]: ...
-    def inspect(self, container_id: str) -> dict[str, Any] | None: ...
+@dataclass(frozen=True)
+class LoopSettings:
+    owner: str  # this daemon's ownership marker (core.records.Owner): host name and --instance
+    deregister_mode: str = "always"  # -deregister
+    resync_seconds: float = 30.0  # -resync; 0: no periodic full pass
+    env_file_interval: float = 10.0
+    retry_interval: float = 2.0  # first wait before retrying Docker or the agent
+    drain_timeout: float = 30.0
+    adopt_leftovers: bool = False  # -cleanup
+    io_workers: int = IO_WORKERS
 
 
 class Loop:
-    def __init__(self, *, deregister_mode: str, resync_seconds: float, env_file_interval: float,
-                 retry_interval: float, docker: DockerAPI, primary: Primary, builder: DesireBuilder,
-                 probes: ProbeScheduler, drainer: Drainer, mirrors: list[MirrorWorker],
-                 env_reader: EnvFileReader | None, metrics: Metrics, clock: Clock = time.monotonic,
-                 reload_token: Callable[[], None] = lambda: None,
-                 agent_identity: Callable[[], Any] = lambda: None,
-                 on_agent_changed: Callable[[Any], None] = lambda info: None, io_workers: int = IO_WORKERS) -> None:
+    def __init__(self, settings: LoopSettings, docker: DockerReads, agent: AgentAPI, builder: DesireBuilder,
+                 probes: ProbeSink, subscribers: Sequence[SnapshotSubscriber] = (),
+                 metrics: LoopMetrics = NoMetrics(), clock: Clock = time.monotonic) -> None:
         self.inbox: queue.SimpleQueue[Message] = queue.SimpleQueue()
-        self.deregister_mode = deregister_mode
-        self.resync_seconds = resync_seconds
-        self.env_file_interval = env_file_interval
+        self.settings = settings
         self.docker = docker
-        self.primary = primary
         self.builder = builder
         self.probes = probes
-        self.drainer = drainer
-        self.mirrors = mirrors
-        self.env_reader = env_reader
         self.metrics = metrics
         self.clock = clock
-        self._reload_token = reload_token
-        self._agent_identity = agent_identity
-        self._on_agent_changed = on_agent_changed
-        self.desires: dict[str, ContainerDesire] = {}
-        self.desired = DesiredServices()
-        self.env_states: dict[str, EnvFileState] = {}
-        self.docker_backoff = Backoff(retry_interval, clock=clock)
-        self.full_pending = ""  # a full pass was asked but Docker failed: retried on its backoff
-        # Podman sends health_status before the new status can be read (an inspect at the event
-        # saw the old one about 1 time in 12): such a container is read once more, shortly after.
-        self.health_rechecks: dict[str, float] = {}  # container ID -> when
-        self.last_full_pass: float | None = None
-        self.snapshot = Snapshot()
-        self._generation = 0
-        self._next_env_poll = 0.0
-        self._frozen_actual: Any = None
+        # The only other threads that serve the loop: they make the Docker and agent calls of
+        # a batch overlap, and only return answers; the loop applies them itself, in order.
+        self.io = ThreadPoolExecutor(settings.io_workers, thread_name_prefix="loop-io") \
+            if settings.io_workers > 1 else None
+        self.primary = Primary(agent, settings.owner, settings.retry_interval, clock,
+                               adopt_leftovers=settings.adopt_leftovers, io=self.io)
+        self.drainer = Drainer(agent, settings.drain_timeout, clock)
+        self.reader = Reader(lambda container_id: self.docker.inspect(container_id), self.io,
+                             settings.retry_interval, clock)
+        self.containers = Containers()
+        self.timers = Timers(settings.resync_seconds, settings.env_file_interval, settings.retry_interval, clock)
+        self.publisher = Publisher(subscribers)
         self._dirty = False  # desires changed since the last snapshot
         self._probe_dirty: set[str] = set()  # containers whose daemon-owned checks changed
         self._probes_stale = False  # hand the scheduler everything (after a full pass or a relist)
-        # Kept up to date with `desires`, so that no batch walks every container.
-        self._kept: set[str] = set()  # containers whose records stay after their death (-deregister on-success)
-        self._with_env_file: set[str] = set()
-        # The only other threads that serve the loop: they make the Docker and agent calls of
-        # a batch overlap, and only return answers; the loop applies them itself, in order.
-        self.io = ThreadPoolExecutor(io_workers, thread_name_prefix="loop-io") if io_workers > 1 else None
-        self.primary.io = self.io
-        self.reader = Reader(lambda container_id: self.docker.inspect(container_id), self.io, retry_interval, clock)
 
     @property
-    def retry_containers(self) -> set[str]:
-        """Containers that could not be read: looked at again on the reader's backoff."""
-        return self.reader.retry
-
-    @retry_containers.setter
-    def retry_containers(self, containers: set[str]) -> None:
-        self.reader.retry = containers
+    def snapshot(self) -> Snapshot:
+        """The last published view (any thread may read it)."""
+        return self.publisher.snapshot
 
     # -- any thread ---------------------------------------------------------------
 
@@ -113,8 +99,9 @@ class Loop:
 
     # -- the loop -------------------------------------------------------------------
 
-    def run(self) -> None:
-        self.post(Hint("", START))
+    def run(self, identity: AgentInfo | None = None) -> None:
+        """Until a Stop message. `identity`: the agent reached at start."""
+        self.post(Start(identity))
         while True:
             batch = self._next_batch(self.seconds_until_due())
             try:
@@ -125,8 +112,7 @@ class Loop:
             except Exception:  # a bug must cost one pass, never the daemon
                 self.primary.drop_prefetch()
                 logger.exception("unexpected error; everything is relisted at the next pass")
-                self.full_pending = "recovering from an unexpected error"
-                self.docker_backoff.failed()
+                self.timers.docker_failed("recovering from an unexpected error")
 
     def _next_batch(self, timeout: float) -> list[Message]:
         try:
@@ -141,77 +127,44 @@ class Loop:
 
     def seconds_until_due(self) -> float:
         """Until the loop must wake: a full pass, a retry, a drain timeout, an env-file poll, a health recheck."""
-        deadlines = [d for d in (self._full_pass_due_at(), self.drainer.next_deadline()) if d is not None]
-        if self.primary.backoff.retry_at is not None:
-            deadlines.append(self.primary.backoff.retry_at)
-        if self.full_pending and self.docker_backoff.retry_at is not None:
-            deadlines.append(self.docker_backoff.retry_at)
-        if self.reader.due_at() is not None:
-            deadlines.append(self.reader.due_at())  # type: ignore[arg-type]
-        if self.env_reader is not None and self._with_env_file:
-            deadlines.append(self._next_env_poll)
-        if self.health_rechecks:
-            deadlines.append(min(self.health_rechecks.values()))
+        deadlines = self.timers.deadlines(polling_env_files=bool(self.containers.with_env_file))
+        for deadline in (self.drainer.next_deadline(), self.primary.backoff.retry_at, self.reader.due_at()):
+            if deadline is not None:
+                deadlines.append(deadline)
         return min(deadlines) - self.clock() if deadlines else IDLE_WAIT_SECONDS
 
-    def _full_pass_due_at(self) -> float | None:
-        if self.resync_seconds > 0 and self.last_full_pass is not None:
-            return self.last_full_pass + self.resync_seconds
-        return None
-
-    def handle(self, batch: list[Message]) -> bool:
-        """One batch: every action it asks for, then at most one pass. False: stop."""
-        actions = route([m for m in batch if isinstance(m, Hint)])
+    def handle(self, batch: Sequence[Message]) -> bool:
+        """One batch: merge what it asks for, then sync once, for a reason. False: stop."""
+        actions = route(batch)
         if actions.stop:
             return False
         started = self.clock()
         if actions.event_times:
             self.metrics.event_lag(max(0.0, time.time() - max(actions.event_times) / 1e9))
-        if actions.reload_token:
-            self._reload_token()
-        if any(h.action == AGENT_BACK for h in batch if isinstance(h, Hint) and not h.container_id):
-            self._agent_back()
-        self.drainer.expire()
-        for container_id in actions.restarted:
-            self.primary.reaps.container_restarted(container_id)
-        self.drainer.on_start(*actions.restarted)  # one read of the agent for all of them
-        drains_left = self._drain(actions.drains)
-        affected: set[str] = set()
-        for container_id, exit_code in actions.deaths:
-            self.drainer.on_die(container_id)
-            affected |= self._mark_dead(container_id, exit_code)
-        rechecks = {cid for cid, due in self.health_rechecks.items() if due <= started}
-        for container_id in rechecks:
-            del self.health_rechecks[container_id]
-        for container_id in actions.health_changed:
-            self.health_rechecks[container_id] = started + HEALTH_RECHECK_SECONDS
-        refresh = set(actions.refresh) | rechecks | self._fold_env_reads(m for m in batch if isinstance(m, EnvFileRead))
+        if actions.identity is not None:
+            self._agent_seen(actions.identity, actions.agent_back)
+        affected, drains_left, rechecks = self._per_event(actions, started)
+        refresh = set(actions.refresh) | rechecks | self._fold_env_reads(actions.env_reads)
         if actions.missing_checks:
             logger.info("the agent lost checks of {}: listing it again", ", ".join(sorted(actions.missing_checks)))
             self.primary.relist()
         # A container that (re)starts after being seen dead: its records are verified,
         # whatever the cache says (the agent may have reaped or lost them meanwhile).
         verify = {cid for cid in actions.restarted
-                  if cid not in self.desires or not self.desires[cid].status.running}
-        full_reason = actions.full_reason or self._full_reason_due()
-        if self.reader.ready() and not full_reason:
-            refresh |= self.retry_containers
-        kind = "full" if full_reason else "targeted"
-        if full_reason and self._full_pass(full_reason):
+                  if (known := self.containers.get(cid)) is None or not known.status.running}
+        full_reason = actions.full_reason or self.timers.full_reason_due()
+        kind = "full" if full_reason and self._full_pass(full_reason) else "targeted"
+        if kind == "full":
             affected = set()  # a full pass plans everything
         else:
-            kind = "targeted"
-            unread: list[tuple[str, DockerUnavailable]] = []
-            for container_id, inspected in self.reader.answers(sorted(refresh)):
-                affected |= self._refresh(container_id, inspected, unread)
-            self.reader.retry_later(unread)
+            affected |= self._targeted(refresh, retries=self.reader.ready() and not full_reason)
         for container_id in verify:
-            known = self.desires.get(container_id)
+            known = self.containers.get(container_id)
             if known is not None:
                 self.primary.forget([s.id for s in known.services])
                 affected |= {s.id for s in known.services}
         for container_id in actions.report_status | rechecks:
-            known = self.desires.get(container_id)
+            known = self.containers.get(container_id)
             if known is not None:
                 self.probes.report_container_now(container_id, known.status)
         self._poll_env_files(force=kind == "full")
@@ -223,25 +176,34 @@ class Loop:
         if kind == "full" or affected:
             self.metrics.reconcile(kind, self.clock() - started)
         if kind == "full":  # its writes are made and its snapshot published (the mirrors take it on their threads)
-            logger.debug("full pass done ({}): {} containers", full_reason, len(self.desires))
+            logger.debug("full pass done ({}): {} containers", full_reason, len(self.containers.desires))
         return True
-
-    def _full_reason_due(self) -> str:
-        if self.full_pending and self.docker_backoff.ready():
-            return self.full_pending
-        due_at = self._full_pass_due_at()
-        if due_at is not None and self.clock() >= due_at:
-            return "resync"
-        return ""
 
     # -- per-event actions ------------------------------------------------------------
 
-    def _agent_back(self) -> None:
-        info = self._agent_identity()
-        if info is None:
+    def _per_event(self, actions: Actions, now: float) -> tuple[set[str], tuple[tuple[str, str], ...], set[str]]:
+        """Every event's own action, whatever pass follows: drains end or begin, deaths
+        are marked. Returns (service IDs affected, drains left for after the sync,
+        containers due to be read again)."""
+        self.drainer.expire()
+        for container_id in actions.restarted:
+            self.primary.reaps.container_restarted(container_id)
+        self.drainer.on_start(*actions.restarted)  # one read of the agent for all of them
+        drains_left = self._drain(actions.drains)
+        affected: set[str] = set()
+        for container_id, exit_code in actions.deaths:
+            self.drainer.on_die(container_id)
+            affected |= self._mark_dead(container_id, exit_code)
+        return affected, drains_left, self.timers.take_rechecks(now, actions.health_changed)
+
+    def _agent_seen(self, info: AgentInfo, back: bool) -> None:
+        """The agent's identity, at start or when it answers again (maybe another agent)."""
+        if not back:
+            self.primary.identity = info
             return
         self.primary.agent_changed(info)
-        self._on_agent_changed(info)
+        if self.builder.agent_changed(info):
+            self.remap_everything()
 
     def _drain(self, drains: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
         """Maintenance on for the containers being stopped. The ones left when the agent's
@@ -249,7 +211,7 @@ class Loop:
         if self.primary.actual is None:
             return drains
         for container_id, signal in drains:
-            known = self.desires.get(container_id)
+            known = self.containers.get(container_id)
             if known is not None:
                 self.drainer.on_kill(known.container_name, container_id, self._registered_ids(known), signal,
                                      known.stop_signal)
@@ -265,29 +227,30 @@ class Loop:
     def _mark_dead(self, container_id: str, exit_code: str) -> set[str]:
         """A `die` event is itself proof the process ended. Inspecting now would
         wait ~100 ms on dockerd's lock while it tears the network down."""
-        known = self.desires.get(container_id)
+        known = self.containers.get(container_id)
         if known is None:
             return set()
         dead = replace(known, services=(), status=ContainerStatus(running=False), listing_key="",
-                       keep_existing=keeps_records(self.deregister_mode, exit_code))
+                       keep_existing=keeps_records(self.settings.deregister_mode, exit_code))
         return self._set_desire(container_id, dead)
 
     def _fold_env_reads(self, reads: Iterable[EnvFileRead]) -> set[str]:
         """Env-file answers into the containers' states; the containers whose values changed."""
         changed: set[str] = set()
         unread: list[tuple[str, DockerUnavailable]] = []
+        states = self.containers.env_states
         for read in reads:
-            state = self.env_states.get(read.container_id)
+            state = states.get(read.container_id)
             if state is None or state.path != read.path:
                 continue  # the container went, or now names another file
             if read.docker_down and not state.read:
                 # Nothing asks for a file never read (the poll follows desires): the container is
                 # looked at again on Docker's backoff, and that look asks for the file again.
-                del self.env_states[read.container_id]
+                del states[read.container_id]
                 unread.append((read.container_id, DockerUnavailable(f"env file {read.path}: {read.error}")))
                 continue
             new_state, values_changed, warnings = fold(state, read)
-            self.env_states[read.container_id] = new_state
+            states[read.container_id] = new_state
             name = new_state.container_name or read.container_id[:12]
             for warning in warnings:
                 logger.bind(container=name).warning("container {}: {}", name, warning)
@@ -297,34 +260,30 @@ class Loop:
         return changed
 
     def _poll_env_files(self, force: bool = False) -> None:
-        if self.env_reader is None or (not force and self.clock() < self._next_env_poll):
+        if not self.timers.env_poll_due(force):
             return
-        self._next_env_poll = self.clock() + self.env_file_interval
-        for container_id, desire in self.desires.items():
+        for container_id, desire in self.containers.desires.items():
             if desire.env_file and desire.status.running:
-                self.env_reader.request(container_id, desire.env_file)
+                self.docker.request_env_file(container_id, desire.env_file)
 
     # -- passes ------------------------------------------------------------------------
 
     def _full_pass(self, reason: str) -> bool:
         """Relist Docker (reusing what an unchanged listing allows) and the agent.
         False when Docker could not be listed: what is known stays."""
-        if not self.full_pending:  # not while Docker fails: its retries would list the agent for nothing
+        if not self.timers.full_pending:  # not while Docker fails: its retries would list the agent for nothing
             self.primary.prefetch()  # the agent is listed beside Docker (taken by this batch's sync)
         try:
             summaries = self.docker.list_containers()
         except DockerUnavailable as error:
-            self.primary.drop_prefetch()
-            self.full_pending = reason
-            logger.warning("{}; full pass retried in {:.1f}s", error, self.docker_backoff.failed())
-            return False
+            return self._full_pass_failed(reason, error)
         entries: list[tuple[str, str, ContainerDesire | None, bool]] = []  # (ID, key, known, reusable)
         for summary in summaries:
             container_id = str(summary.get("Id") or "")
             if not container_id:
                 continue
             key = listing_key(summary)
-            known = self.desires.get(container_id)
+            known = self.containers.get(container_id)
             # Podman's listing never shows health: a container with a healthcheck is read again.
             blind = known is not None and known.status.health and "(" not in str(summary.get("Status") or "")
             entries.append((container_id, key, known,
@@ -333,40 +292,48 @@ class Loop:
         desires: dict[str, ContainerDesire] = {}
         unread: list[tuple[str, DockerUnavailable]] = []
         for container_id, key, known, reusable in entries:
-            if reusable:
-                desires[container_id] = known  # type: ignore[assignment]
+            if reusable and known is not None:
+                desires[container_id] = known
                 continue
             answered_for, inspected = next(answers)  # the answers come in the entries' order
             assert answered_for == container_id
             try:
                 built = self._build(container_id, key, inspected)
             except DockerUnreachable as error:
-                self.primary.drop_prefetch()
-                self.full_pending = reason
-                logger.warning("{}; full pass retried in {:.1f}s", error, self.docker_backoff.failed())
-                return False
+                return self._full_pass_failed(reason, error)
             except DockerUnavailable as error:  # about this container only: the others carry on
                 unread.append((container_id, error))
                 built = True
             if built is True:
                 built = known
-            if built is not None:
+            if isinstance(built, ContainerDesire):
                 desires[container_id] = built
         listed = {str(summary.get("Id") or "") for summary in summaries}
-        self.docker_backoff.succeeded()
-        self.full_pending = ""
-        self.retry_containers &= set(desires)
+        self.timers.full_pass_done()
+        self.reader.retry &= set(desires)
         self.reader.retry_later(unread)
-        self.desires = desires
-        self._reindex()
         self.builder.forget_all_but(set(desires))
-        self.env_states = {cid: s for cid, s in self.env_states.items() if cid in listed}
-        for warning in self.desired.replace_all(desires.values()):
+        for warning in self.containers.replace_all(desires, listed):
             logger.warning(warning)
         self.primary.new_pass()
-        self.last_full_pass = self.clock()
         self._probes_stale = True
         return True
+
+    def _full_pass_failed(self, reason: str, error: DockerUnavailable) -> bool:
+        self.primary.drop_prefetch()
+        logger.warning("{}; full pass retried in {:.1f}s", error, self.timers.docker_failed(reason))
+        return False
+
+    def _targeted(self, refresh: set[str], retries: bool) -> set[str]:
+        """A pass over the containers the batch touched (and those due for another read)."""
+        if retries:
+            refresh |= self.reader.retry
+        affected: set[str] = set()
+        unread: list[tuple[str, DockerUnavailable]] = []
+        for container_id, inspected in self.reader.answers(sorted(refresh)):
+            affected |= self._refresh(container_id, inspected, unread)
+        self.reader.retry_later(unread)
+        return affected
 
     def _refresh(self, container_id: str, inspected: Any, unread: list[tuple[str, DockerUnavailable]]) -> set[str]:
         """Look at one container again; the service IDs that may have changed."""
@@ -375,10 +342,10 @@ class Loop:
         except DockerUnavailable as error:
             unread.append((container_id, error))
             return set()
-        self.retry_containers.discard(container_id)
+        self.reader.retry.discard(container_id)
         if built is True:
             return set()  # keep its last desire
-        return self._set_desire(container_id, built)
+        return self._set_desire(container_id, built if isinstance(built, ContainerDesire) else None)
 
     def _build(self, container_id: str, key: str = "", inspected: Any = NOT_FETCHED) -> ContainerDesire | None | bool:
         """The container's new desire; None when it is gone; True to keep its last one."""
@@ -388,14 +355,14 @@ class Loop:
             raise inspected
         if inspected is None:
             return None
-        self.docker_backoff.succeeded()
+        self.timers.docker_backoff.succeeded()
         state = inspected.get("State") if isinstance(inspected.get("State"), dict) else {}
         path = self.builder.env_file_path(inspected) if state.get("Running") else ""
-        env = self.env_states.get(container_id)
-        if path and self.env_reader is not None and (env is None or env.path != path):
+        env = self.containers.env_states.get(container_id)
+        if path and (env is None or env.path != path):
             name = str(inspected.get("Name") or "").lstrip("/")
-            env = self.env_states[container_id] = EnvFileState(path, name)
-            self.env_reader.request(container_id, path)
+            env = self.containers.env_states[container_id] = EnvFileState(path, name)
+            self.docker.request_env_file(container_id, path)
         try:
             return self.builder.build(inspected, env, key)
         except DesireUnavailable as error:
@@ -403,53 +370,36 @@ class Loop:
             return True
 
     def _set_desire(self, container_id: str, new: ContainerDesire | None) -> set[str]:
-        old = self.desires.get(container_id)
+        old = self.containers.set(container_id, new)
         self._dirty = self._dirty or old != new
         if new is None:
-            self.desires.pop(container_id, None)
-            self.env_states.pop(container_id, None)
             self.builder.forget(container_id)
-        else:
-            self.desires[container_id] = new
-        self._index(container_id, new)
-        affected, warnings = self.desired.update(old, new)
+        affected, warnings = self.containers.desired.update(old, new)
         if old is not None and old.keep_existing and (new is None or not new.keep_existing):
             affected |= self.primary.records_of(container_id)  # kept on its death; they go now
         for warning in warnings:
             logger.warning(warning)
         self._probe_dirty.add(container_id)
-        self._probe_dirty |= self.desired.claimants(affected)  # an ID that changed hands moves its checks
+        self._probe_dirty |= self.containers.desired.claimants(affected)  # an ID that changed hands moves its checks
         return affected
-
-    def _index(self, container_id: str, desire: ContainerDesire | None) -> None:
-        for members, member in ((self._kept, desire is not None and desire.keep_existing),
-                                (self._with_env_file, desire is not None and bool(desire.env_file))):
-            if member:
-                members.add(container_id)
-            else:
-                members.discard(container_id)
-
-    def _reindex(self) -> None:
-        """After `desires` was replaced as a whole."""
-        self._kept = {cid for cid, d in self.desires.items() if d.keep_existing}
-        self._with_env_file = {cid for cid, d in self.desires.items() if d.env_file}
 
     def _probed(self, services: Iterable[Service], container_id: str) -> list[Service]:
         """Services whose daemon-owned checks are reported: only those the container
         won (a losing claimant never drives the winner's checks), not the reaped
         ones, nor the ones the agent refused (it has no such checks)."""
         return [s for s in services if s.id not in self.primary.reaps and s.id not in self.primary.refused
-                and self.desired.holds(container_id, s.id)]
+                and self.containers.desired.holds(container_id, s.id)]
 
     def _update_probes(self) -> None:
         """After the primary's writes (a check is reported once its service is
         registered): the changed containers, or everything after a relist."""
+        desires = self.containers.desires
         if self._probes_stale:
-            self.probes.replace_all({cid: self._probed(d.services, cid) for cid, d in self.desires.items()},
-                                    {cid: d.status for cid, d in self.desires.items()})
+            self.probes.replace_all({cid: self._probed(d.services, cid) for cid, d in desires.items()},
+                                    {cid: d.status for cid, d in desires.items()})
         else:
             for container_id in self._probe_dirty:
-                known = self.desires.get(container_id)
+                known = desires.get(container_id)
                 if known is None:
                     self.probes.set_container(container_id, (), ContainerStatus(running=False))
                 else:
@@ -460,62 +410,39 @@ class Loop:
 
     def _sync_primary(self, scope: set[str] | None) -> SyncResult:
         relisting = self.primary.actual is None
-        result = self.primary.sync(self.desired.by_id, self.desires.values(), scope, self._kept)
+        result = self.primary.sync(self.containers.desired.by_id, self.containers.desires.values(), scope,
+                                   self.containers.kept)
         if not result.reached:
             return result
         self.metrics.applied("consul", len(result.registered), len(result.deregistered), result.failed)
         self._probes_stale = self._probes_stale or relisting  # reaps may have been noticed
         self._update_probes()
         self.probes.report_now({s.id for s in result.registered})
-        if result.scripts_refused:
-            self._scripts_refused()
+        if result.scripts_refused and self.builder.without_agent_scripts():
+            logger.warning("the agent refused a check that runs a command (script checks disabled): from now on "
+                           "SERVICE_CHECK_DOCKER commands are run by this daemon, SERVICE_CHECK_SCRIPT is dropped")
+            self.remap_everything()
+            self.post(ScriptsRefused())
         return result
-
-    def _scripts_refused(self) -> None:
-        checks = self.builder.settings.checks
-        if not checks.agent_runs_scripts:
-            return
-        logger.warning("the agent refused a check that runs a command (script checks disabled): from now on "
-                       "SERVICE_CHECK_DOCKER commands are run by this daemon, SERVICE_CHECK_SCRIPT is dropped")
-        self.builder.settings = replace(self.builder.settings, checks=replace(checks, agent_runs_scripts=False))
-        self.remap_everything()
-        self.post(Hint("", SCRIPTS_REFUSED))
 
     def remap_everything(self) -> None:
         """The mapping's settings changed: the next full pass maps every container again."""
         self.builder.reset_reports()
         self.primary.refused.clear()
-        self.desires = {cid: replace(d, listing_key="") for cid, d in self.desires.items()}
-        self._reindex()
+        self.containers.forget_listing_keys()
 
     # -- what others read ------------------------------------------------------------------
 
     def _publish(self, relist_mirrors: bool, changed: bool) -> None:
-        unchanged = (not changed and self.snapshot.generation
-                     and (self.primary.actual is None) == (self.snapshot.actual is None)
-                     and self.primary.last_error == self.snapshot.primary_error)
-        if unchanged:
-            return
-        self._generation += 1
-        self._dirty = False
         actual = self.primary.actual
-        if actual is None:
-            self._frozen_actual = None
-        elif changed or self._frozen_actual is None:
-            self._frozen_actual = freeze(actual)
-        kept_ids = self._kept
+        kept_ids = self.containers.kept
         kept = tuple(Service(id=s.id, name=s.name, address=s.address, port=s.port, container_id=s.container_id)
                      for s in ((actual or {}).values() if kept_ids else ())
                      if s.container_id in kept_ids and s.owned_by(self.primary.hostname))
-        self.snapshot = Snapshot(
-            generation=self._generation,
-            desires=freeze(self.desires),
-            desired=freeze(self.desired.by_id),
-            actual=self._frozen_actual,
-            kept=kept,
-            last_full_pass=self.last_full_pass,
-            primary_error=self.primary.last_error,
-        )
-        self.metrics.services_managed(len(self.desired.by_id))
-        for mirror in self.mirrors:
-            mirror.offer(self.snapshot, relist=relist_mirrors)
+        published = self.publisher.publish(
+            desires=self.containers.desires, desired=self.containers.desired.by_id, actual=actual, kept=kept,
+            last_full_pass=self.timers.last_full_pass, primary_error=self.primary.last_error, changed=changed,
+            relist=relist_mirrors)
+        if published:
+            self._dirty = False
+            self.metrics.services_managed(len(self.containers.desired.by_id))

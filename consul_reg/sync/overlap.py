@@ -14,27 +14,12 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import CancelledError, Executor, wait
-from dataclasses import dataclass
-from typing import Any, Callable, Generic, Iterator, Sequence, TypeVar
+from functools import partial
+from typing import Iterator, Sequence, TypeVar
+
+from consul_reg.core.calls import NOT_TRIED, Calls, Outcome, Runner, one_by_one
 
 Item = TypeVar("Item")
-
-
-@dataclass(frozen=True)
-class Outcome:
-    value: Any = None
-    error: BaseException | None = None
-    tried: bool = True  # False: not made, an earlier call failed with the fatal error
-
-
-NOT_TRIED = Outcome(tried=False)
-
-
-@dataclass(frozen=True)
-class Calls(Generic[Item]):
-    call: Callable[[Item], Any]
-    errors: tuple[type[BaseException], ...]  # caught and returned as outcomes; anything else propagates
-    fatal: type[BaseException]  # once one call raised it, the calls not started are not made (one of `errors`)
 
 
 def outcomes(calls: Calls[Item], items: Sequence[Item], pool: Executor | None) -> Iterator[tuple[Item, Outcome]]:
@@ -54,8 +39,7 @@ def outcomes(calls: Calls[Item], items: Sequence[Item], pool: Executor | None) -
             return Outcome(error=error)
 
     if pool is None or len(items) < 2:
-        for item in items:
-            yield item, one(item)
+        yield from one_by_one(calls, items)
         return
     futures = [pool.submit(one, item) for item in items]
     try:
@@ -72,3 +56,8 @@ def outcomes(calls: Calls[Item], items: Sequence[Item], pool: Executor | None) -
         for pending in futures:
             pending.cancel()
         wait(futures)  # nothing of this batch is still running when the caller goes on
+
+
+def overlapped(pool: Executor | None) -> Runner:
+    """A runner for `apply` that overlaps each phase's calls on `pool`."""
+    return partial(outcomes, pool=pool)

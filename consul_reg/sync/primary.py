@@ -10,27 +10,24 @@ from __future__ import annotations
 
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field, replace
-from typing import Collection, Mapping, Protocol
+from typing import Collection, Mapping
 
 from loguru import logger
 
 from consul_reg.core.backoff import Backoff, Clock
-from consul_reg.core.records import MARKER_DIGEST_KEY, ContainerDesire, RegisteredService, Service, registered_form
-from consul_reg.sync.reaps import ReapTracker
+from consul_reg.core.errors import RegistryError
 from consul_reg.core.plan import apply, plan
-from consul_reg.core.registry import RegistryError
-from consul_reg.consul.agent import AgentInfo
-
-
-class AgentAPI(Protocol):
-    description: str
-
-    def agent_info(self) -> AgentInfo: ...
-    def services(self) -> dict[str, RegisteredService]: ...
-    def check_owners(self) -> dict[str, str]: ...  # check ID -> its service's ID
-    def register(self, service: Service) -> None: ...
-    def deregister(self, service: RegisteredService) -> None: ...
-
+from consul_reg.core.protocols import AgentAPI
+from consul_reg.core.records import (
+    MARKER_DIGEST_KEY,
+    AgentInfo,
+    ContainerDesire,
+    RegisteredService,
+    Service,
+    registered_form,
+)
+from consul_reg.sync.overlap import overlapped
+from consul_reg.sync.reaps import ReapTracker
 
 @dataclass
 class SyncResult:
@@ -43,7 +40,7 @@ class SyncResult:
 
 class Primary:
     def __init__(self, agent: AgentAPI, hostname: str, retry_interval: float, clock: Clock,
-                 adopt_leftovers: bool = False) -> None:
+                 adopt_leftovers: bool = False, io: Executor | None = None) -> None:
         self.agent = agent
         self.hostname = hostname
         self.adopt_leftovers = adopt_leftovers
@@ -55,7 +52,7 @@ class Primary:
         self.last_error = ""
         self._blocked_warned: dict[str, str] = {}  # service ID -> holder warned about
         self._listed_before: dict[str, RegisteredService] | None = None
-        self.io: Executor | None = None  # given by the loop: a batch's writes overlap on it
+        self.io = io  # the loop's pool: a batch's writes overlap on it
         self._prefetched: Future[tuple[dict[str, RegisteredService], dict[str, str]]] | None = None
 
     @property
@@ -137,7 +134,7 @@ class Primary:
         self._warn_blocked(todo.blocked, full=scope is None)
         result = SyncResult()
         if todo:
-            applied = apply(todo, self.agent, pool=self.io)
+            applied = apply(todo, self.agent, run=overlapped(self.io))
             for service in applied.registered:
                 self.actual[service.id] = registered_form(service)
                 self.refused.pop(service.id, None)

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from consul_reg.core.records import Check, DaemonProbe, Owner, Service, marker_meta
-from consul_reg.core.registry import RegistryError, RegistryNotOurs
+from consul_reg.core.errors import RegistryError, RegistryNotOurs
 from consul_reg.consul.agent import ConsulClient, ConsulEndpoint, ConsulRegistry
 from consul_reg.consul.guard import OwnershipGuard, check_origin
 from consul_reg.consul.memory import MemoryRegistry

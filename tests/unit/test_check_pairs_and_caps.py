@@ -16,7 +16,8 @@ from consul_reg.app.daemon import Daemon
 from consul_reg.sync.desires import DesireBuilder
 from consul_reg.mapping.services import MappingSettings, map_container
 from consul_reg.mapping.registration import registration_bytes, registration_payload
-from consul_reg.consul.agent import AgentInfo, agent_listeners
+from consul_reg.consul.agent import agent_listeners
+from consul_reg.core.records import AgentInfo
 from consul_reg.mapping.settings import CheckSettings
 from consul_reg.mapping.validate import CheckPolicy, Limits, parse_allow_rule
 
@@ -276,7 +277,7 @@ class Inspector:
 
 
 def test_a_reread_reuses_equal_services_and_their_digests(monkeypatch):
-    builder = DesireBuilder(Config(hostname="h", registry_uris=()), Inspector(), SETTINGS)
+    builder = DesireBuilder(Config(hostname="h", registry_uris=()).container_rules(), Inspector(), SETTINGS)
     labels = {"SERVICE_CHECK_HTTP": "/", **headers(8, 4000)}
     inspected = container(many_ports(4), labels)
     first = builder.build(json.loads(json.dumps(inspected)), None)

@@ -11,8 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from consul_reg.core.records import RegisteredService, Service
-from consul_reg.core.registry import (RegistryError, RegistryNotFound, RegistryPermissionDenied,
-                                        RegistryScriptsRefused, RegistryUnavailable)
+from consul_reg.core.errors import RegistryError, RegistryNotFound, RegistryPermissionDenied, RegistryScriptsRefused, RegistryUnavailable
 from consul_reg.consul.agent import ConsulClient, ConsulEndpoint, ConsulRegistry
 
 TOKEN = "s3cr3t-token-value"
@@ -73,9 +72,9 @@ def test_errors_are_mapped_once_and_never_hold_the_token() -> None:
     def refuse(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("connection refused", request=request)
 
-    client = ConsulClient(ConsulEndpoint("http"), token=TOKEN, transport=httpx.MockTransport(refuse))
     told: list[str] = []
-    client.on_unreachable = told.append
+    client = ConsulClient(ConsulEndpoint("http"), token=TOKEN, transport=httpx.MockTransport(refuse),
+                          on_unreachable=told.append)
     with pytest.raises(RegistryUnavailable) as caught:
         ConsulRegistry(client).services()
     assert TOKEN not in str(caught.value) and told and TOKEN not in told[0]

@@ -415,7 +415,8 @@ def test_deadlines_are_sane_whatever_the_timeout(seconds, expected):
 
 
 def test_docker_source_with_unusable_tls_files_is_docker_unavailable(monkeypatch, tmp_path):
-    from consul_reg.docker.client import DockerSource, DockerUnavailable
+    from consul_reg.docker.client import DockerSource
+    from consul_reg.core.errors import DockerUnavailable
 
     monkeypatch.setenv("DOCKER_HOST", "tcp://127.0.0.1:2376")
     monkeypatch.setenv("DOCKER_TLS_VERIFY", "1")

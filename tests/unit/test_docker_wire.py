@@ -28,7 +28,7 @@ from consul_reg.docker import client as docker_source
 
 from consul_reg.transport import pool as http_pool
 from consul_reg.core.backoff import Backoff
-from consul_reg.sync.router import CONTAINER_ACTIONS, DOCKER_RECONNECTED, EVENT_SKIPPED, Hint
+from consul_reg.core.messages import CONTAINER_ACTIONS, DockerEvent, DockerReconnected, EventsSkipped, Message
 from consul_reg.docker.events import _json_lines
 from consul_reg.docker.client import MAX_EVENT_BYTES, MAX_INSPECT_BYTES, OVERSIZED, DockerSource, \
     DockerUnavailable
@@ -110,17 +110,24 @@ def test_an_event_over_its_limit_asks_for_a_full_pass_and_the_stream_goes_on(sou
     with following(docker, 3) as posted:
         pass
     # whose the skipped event was is unknown: every container is looked at again
-    assert [(h.action, h.container_id) for h in posted[:3]] == [("start", "a"), (EVENT_SKIPPED, ""), ("die", "b")]
+    assert [described(m) for m in posted[:3]] == [("start", "a"), ("EventsSkipped", ""), ("die", "b")]
+
+
+def described(message: Message) -> tuple[str, str]:
+    """A Docker event as (action, container); any other message by its type's name."""
+    if isinstance(message, DockerEvent):
+        return message.action, message.container_id
+    return type(message).__name__, ""
 
 
 @contextlib.contextmanager
-def following(docker: DockerSource, until: int) -> Iterator[list[Hint]]:
+def following(docker: DockerSource, until: int) -> Iterator[list[Message]]:
     """The reader started (follow_events has returned): what it posts, until `until`
     hints arrived after the block; then it is stopped."""
-    posted: list[Hint] = []
+    posted: list[Message] = []
     enough = threading.Event()
 
-    def post(hint: Hint) -> None:
+    def post(hint: Message) -> None:
         posted.append(hint)
         if len(posted) >= until:
             enough.set()
@@ -155,7 +162,7 @@ def test_the_start_waits_for_the_event_subscription_which_replays_the_last_secon
         assert time.monotonic() - began >= 0.3  # it waited for the answer's head
     since = float(urllib.parse.parse_qs(urllib.parse.urlsplit(lines[0].split()[1]).query)["since"][0])
     assert wall - 3 < since <= wall - 1 + 0.01
-    assert [(h.action, h.container_id) for h in posted[:1]] == [("start", "a")]  # no full pass asked first
+    assert [described(m) for m in posted[:1]] == [("start", "a")]  # no full pass asked first
 
 
 def test_a_first_subscription_that_failed_is_made_by_the_reader_with_a_full_pass(source) -> None:
@@ -167,7 +174,7 @@ def test_a_first_subscription_that_failed_is_made_by_the_reader_with_a_full_pass
     with following(docker, 2) as posted:
         pass
     # the listing may have run before this subscription: it asks for another
-    assert [(h.action, h.container_id) for h in posted[:2]] == [(DOCKER_RECONNECTED, ""), ("start", "a")]
+    assert [described(m) for m in posted[:2]] == [("DockerReconnected", ""), ("start", "a")]
 
 
 def test_a_dockerd_that_does_not_answer_the_subscription_holds_the_start_only_so_long(source, monkeypatch) -> None:
@@ -185,7 +192,7 @@ def test_a_dockerd_that_does_not_answer_the_subscription_holds_the_start_only_so
     with following(docker, 2) as posted:  # follow_events returned: the caller goes on to list
         assert not answered  # it went on before dockerd answered
         release.set()
-    assert [(h.action, h.container_id) for h in posted[:2]] == [(DOCKER_RECONNECTED, ""), ("start", "a")]
+    assert [described(m) for m in posted[:2]] == [("DockerReconnected", ""), ("start", "a")]
 
 
 class CountedBackoff(Backoff):
@@ -208,10 +215,10 @@ def test_a_stream_that_ends_at_once_is_reopened_on_the_backoff(source) -> None:
     docker = source(lambda request: chunked())  # every subscription ends right after its head
     stop = threading.Event()
     backoff = CountedBackoff(stop, opens=3)
-    posted: list[Hint] = []
+    posted: list[Message] = []
     docker._read_events(posted.append, stop, backoff, docker_source._FirstSubscription())
     assert (backoff.successes, backoff.failures) == (3, 2)  # each end waited its turn (the last one: stopped)
-    assert [h.action for h in posted] == [DOCKER_RECONNECTED] * 2  # each reopening asks for a full pass
+    assert [type(m) for m in posted] == [DockerReconnected] * 2  # each reopening asks for a full pass
 
 
 class Pieces:
@@ -249,7 +256,7 @@ def test_the_stream_asks_only_for_the_actions_the_daemon_acts_on_as_each_engine_
     assert {"died", "remove", "health_status: healthy", "health_status: unhealthy"} <= events  # Podman's, exact
     assert not {e for e in events if e.startswith("exec")}
     for action in events:  # nothing is asked that the reader then drops
-        hint = docker_events.hint_from_event({"Action": action, "Actor": {"ID": "c1"}, "timeNano": 1})
+        hint = docker_events.message_from_event({"Action": action, "Actor": {"ID": "c1"}, "timeNano": 1})
         assert hint is not None and hint.action in CONTAINER_ACTIONS, action
 
 
@@ -284,19 +291,19 @@ def test_a_line_that_is_not_json_ends_the_stream_without_showing_it() -> None:
 
 
 def test_skipped_events_ask_for_at_most_one_full_pass_per_window_and_none_is_lost() -> None:
-    posted: list[Hint] = []
+    posted: list[Message] = []
     second = threading.Event()
 
-    def post(hint: Hint) -> None:
+    def post(hint: Message) -> None:
         posted.append(hint)
         if len(posted) == 2:
             second.set()
     skipped = docker_events.SkippedEvents(post, interval=0.2)
     for _ in range(50):  # a healthcheck's exec events of a container with huge labels
         skipped.notice()
-    assert [h.action for h in posted] == [EVENT_SKIPPED]  # one at once, the rest wait for the window
+    assert [type(m) for m in posted] == [EventsSkipped]  # one at once, the rest wait for the window
     assert second.wait(5)  # the ones noticed meanwhile: one more full pass when the window ends
-    assert [h.action for h in posted] == [EVENT_SKIPPED, EVENT_SKIPPED]
+    assert [type(m) for m in posted] == [EventsSkipped, EventsSkipped]
 
 
 def answer(status: str, body: bytes, content_type: str = "application/json") -> bytes:

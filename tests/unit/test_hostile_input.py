@@ -19,7 +19,7 @@ from consul_reg.mapping.labels import KeyValue, collect, printable, split_tags
 from consul_reg.mapping.services import MappingSettings, map_container
 from consul_reg.core.records import Connect, ContainerDesire, Owner, RegisteredService, Service, marker_meta
 from consul_reg.core.plan import DesiredServices, plan
-from consul_reg.core.registry import RegistryNotOurs
+from consul_reg.core.errors import RegistryNotOurs
 from consul_reg.consul.agent import registration_payload
 from consul_reg.consul.guard import OwnershipGuard
 from consul_reg.mapping.tags_template import Template, TemplateError

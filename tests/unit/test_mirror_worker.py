@@ -12,7 +12,7 @@ from loguru import logger
 from consul_reg.mirrors.worker import BLOCKED_RETRY_SECONDS, MirrorWorker
 from consul_reg.core.records import MARKER_DIGEST_KEY, MARKER_HOST_KEY, MARKER_SOURCE_KEY, MARKER_SOURCE_VALUE
 from consul_reg.core.records import RegisteredService, Service
-from consul_reg.core.registry import RegistryNotOurs, RegistryUnavailable
+from consul_reg.core.errors import RegistryNotOurs, RegistryUnavailable
 from consul_reg.mirrors.keys import HOLDER_KEY
 from consul_reg.core.snapshot import Snapshot
 from tests.unit.fakes import FakeClock
@@ -20,6 +20,7 @@ from tests.unit.fakes import FakeClock
 
 class FakeMirror:
     description = "fake mirror"
+    replaceable = False
 
     def __init__(self) -> None:
         self.keys: dict[str, tuple[str, str]] = {}  # key -> (value, owner)
@@ -29,6 +30,12 @@ class FakeMirror:
         self.writing = threading.Event()
         self.removed_all = False
         self.on_change = lambda: None
+
+    def listen(self, on_change) -> None:
+        self.on_change = on_change
+
+    def identity(self) -> str:
+        return ""
 
     def key_of(self, service: Service) -> str:
         return f"/p/{service.name}/{service.id}"

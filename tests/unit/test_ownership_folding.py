@@ -27,12 +27,12 @@ from consul_reg.core.records import (
     registered_form,
 )
 from consul_reg.core.plan import DesiredServices, plan
-from consul_reg.core.registry import RegistryNotOurs
+from consul_reg.core.errors import RegistryNotOurs
 from consul_reg.consul.agent import ConsulClient, ConsulEndpoint, ConsulRegistry
 from consul_reg.mirrors.consulkv import ConsulKVRegistry
 from consul_reg.consul.guard import OwnershipGuard
 from consul_reg.mirrors.keys import owner_tag
-from consul_reg.sync.router import RELOAD, START, Hint
+from consul_reg.core.messages import Reload, Start
 from consul_reg.mapping.default_ids import default_id_host
 from tests.unit.fakes import FakeAgent, agent_filter, container
 from tests.unit.test_loop import Harness, event
@@ -238,11 +238,11 @@ def test_a_container_declaring_another_spelling_of_a_hand_registered_id_never_to
         warnings: list[str]) -> None:
     h = Harness(guard=True)
     h.agent.records["payments"] = HAND
-    h.send(Hint("", START))
+    h.send(Start())
     h.docker.add(container("c1", "evil", ports={"80/tcp": "8080"},
                            labels={"SERVICE_ID": "Payments", "SERVICE_CHECK_TTL": "1h"}))
     h.send(event("c1", "start"))
-    h.send(Hint("", RELOAD))
+    h.send(Reload())
     h.docker.containers["c1"]["State"]["Running"] = False
     h.send(event("c1", "kill", signal="15"))
     h.send(event("c1", "die", exitCode="143"))
@@ -254,7 +254,7 @@ def test_a_container_declaring_another_spelling_of_a_hand_registered_id_never_to
 
 def test_two_containers_claiming_two_spellings_leave_one_record_the_newest(warnings: list[str]) -> None:
     h = Harness(guard=True)
-    h.send(Hint("", START))
+    h.send(Start())
     h.docker.add(container("c1", "old", ports={"80/tcp": "8080"}, labels={"SERVICE_ID": "web"},
                            created="2026-01-01T00:00:00Z"))
     h.send(event("c1", "start"))

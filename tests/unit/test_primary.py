@@ -49,7 +49,7 @@ def test_refused_definitions_are_not_retried_until_they_change_or_a_full_pass() 
     class Refusing(FakeAgent):
         def register(self, service: Service) -> None:
             self._call("register", service.id)
-            from consul_reg.core.registry import RegistryError
+            from consul_reg.core.errors import RegistryError
             raise RegistryError("400 bad")
 
     clock, agent = FakeClock(), Refusing()

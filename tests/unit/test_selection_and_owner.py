@@ -14,7 +14,7 @@ from consul_reg.docker.client import DockerSource
 from consul_reg.mapping.services import MappingSettings, map_container
 from consul_reg.core.records import Owner, RegisteredService, Service, marker_meta, owner_meta, registered_form
 from consul_reg.core.plan import plan
-from consul_reg.core.registry import RegistryNotOurs
+from consul_reg.core.errors import RegistryNotOurs
 from consul_reg.consul.agent import ConsulClient, ConsulEndpoint, ConsulRegistry
 from consul_reg.consul.guard import OwnershipGuard
 from consul_reg.mirrors.keys import owner_tag

@@ -10,7 +10,9 @@ from typing import Any
 import pytest
 from loguru import logger
 
-from consul_reg.docker.client import DockerUnavailable, NotASwarmManager
+from consul_reg.docker.client import NotASwarmManager
+
+from consul_reg.core.errors import DockerUnavailable
 from consul_reg.docker.swarm import SwarmEndpoints
 
 SERVICE_ID = "b1zaxn8p2ryrfctvw51shnlk6"
