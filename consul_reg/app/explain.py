@@ -21,6 +21,7 @@ from consul_reg.docker.swarm import SwarmEndpoints
 from consul_reg.core.records import MARKER_KEYS, Service
 from consul_reg.app.uris import registries_from_uris
 from consul_reg.core.errors import RegistryError
+from consul_reg.core.records import section
 
 
 def explain(config: Config, container_ref: str, out: TextIO = sys.stdout) -> int:
@@ -49,7 +50,7 @@ def explain(config: Config, container_ref: str, out: TextIO = sys.stdout) -> int
         settings = config.mapping_settings("(agent address)", "the agent's advertise address", "1.7", False)
 
     name = str(container.get("Name") or "").lstrip("/")
-    config_section = container.get("Config") if isinstance(container.get("Config"), dict) else {}
+    config_section = section(container, "Config")
     print(f"container: {printable(name, 200)} ({printable(str(container.get('Id'))[:12])}), "
           f"image {printable(config_section.get('Image'), 200)}", file=out)
     if not (container.get("State") or {}).get("Running"):

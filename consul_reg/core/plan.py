@@ -14,7 +14,7 @@ from loguru import logger
 from consul_reg.core.records import ContainerDesire, RegisteredService, Service, fold_id
 from consul_reg.core.calls import Calls, Runner, one_by_one
 from consul_reg.core.errors import RegistryError, RegistryNotOurs, RegistryRefused, RegistryScriptsRefused, RegistryUnavailable
-from consul_reg.core.protocols import Registry
+from consul_reg.core.protocols import RegistryWrites
 
 
 def _created_order(desire: ContainerDesire) -> tuple[str, str]:
@@ -235,7 +235,7 @@ def _spellings(actual: Mapping[str, RegisteredService]) -> dict[str, list[str]]:
     return found
 
 
-def apply(plan_to_apply: Plan, registry: Registry, where: str = "", run: Runner = one_by_one) -> ApplyResult:
+def apply(plan_to_apply: Plan, registry: RegistryWrites, where: str = "", run: Runner = one_by_one) -> ApplyResult:
     """Register first, then deregister (a renamed service never has a gap).
     One failing service is logged and skipped; an unreachable registry stops it.
     With an overlapping `run` (a registry that is thread-safe) each phase's calls overlap;

@@ -11,6 +11,14 @@ from consul_reg.core.snapshot import Snapshot
 
 
 
+class RegistryWrites(Protocol):
+    """What applying a plan needs of a registry."""
+
+    def register(self, service: Service) -> None: ...
+
+    def deregister(self, service: RegisteredService) -> None: ...
+
+
 class Registry(Protocol):
     """Where services are written. `services()` returns what it holds now."""
 

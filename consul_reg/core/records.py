@@ -10,7 +10,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Mapping
+from typing import Any, Mapping
 
 # Meta keys that mark a service as registered by consul-reg on one host.
 # Consul reserves the "consul-" prefix, so ours use an underscore.
@@ -64,6 +64,13 @@ def owner_meta(owner: str) -> dict[str, str]:
     return meta
 
 
+def section(holder: Mapping[str, Any], key: str) -> dict[str, Any]:
+    """`holder[key]` when it is an object (a part of Docker's inspect data), else {}:
+    what a container or an engine sent is never trusted to have its usual shape."""
+    value = holder.get(key)
+    return value if isinstance(value, dict) else {}
+
+
 @dataclass(frozen=True)
 class ContainerStatus:
     """A container's run and Docker-health state, for daemon-owned checks."""
@@ -75,8 +82,8 @@ class ContainerStatus:
 
     @classmethod
     def from_inspect(cls, container: dict) -> "ContainerStatus":
-        state = container.get("State") if isinstance(container.get("State"), dict) else {}
-        health = state.get("Health") if isinstance(state.get("Health"), dict) else {}
+        state = section(container, "State")
+        health = section(state, "Health")
         log = health.get("Log") if isinstance(health.get("Log"), list) else []
         last = log[-1] if log and isinstance(log[-1], dict) else {}
         return cls(running=bool(state.get("Running")), paused=bool(state.get("Paused")),

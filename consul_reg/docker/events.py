@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterator
 from loguru import logger
 
 from consul_reg.core.messages import CONTAINER_ACTIONS, DockerEvent, EventsSkipped, Message
+from consul_reg.core.records import section
 
 RECV_BYTES = 64 * 1024
 # An event carries its container's labels, which Docker does not bound: as large as an
@@ -40,11 +41,11 @@ def message_from_event(event: object) -> DockerEvent | None:
     base_action = _PODMAN_ACTIONS.get(base_action, base_action)
     if base_action not in CONTAINER_ACTIONS:
         return None
-    actor = event.get("Actor") if isinstance(event.get("Actor"), dict) else {}
+    actor = section(event, "Actor")
     container_id = str(actor.get("ID") or event.get("id") or "")
     if not container_id:
         return None
-    attributes = actor.get("Attributes") if isinstance(actor.get("Attributes"), dict) else {}
+    attributes = section(actor, "Attributes")
     time_nano = event.get("timeNano") or int(event.get("time") or time.time()) * 1_000_000_000
     # Docker sets these after the container's labels (a label of the same name loses); bounded all the same.
     return DockerEvent(

@@ -113,7 +113,7 @@ def _tagged_addresses(keys: dict[str, KeyValue], choice: AddressChoice, port: Pu
 
 def _weights(keys: dict[str, KeyValue], warnings: list[str], origins: dict[str, str]) -> tuple[int, int] | None:
     """SERVICE_WEIGHT (Weights.Passing) and SERVICE_WEIGHT_WARNING (Weights.Warning), 1 each by default."""
-    values = []
+    values: list[int | None] = []
     for key in ("weight", "weight_warning"):
         entry = keys.get(key)
         if entry is None or not entry.value.strip():

@@ -11,6 +11,7 @@ from typing import Any
 
 from consul_reg.mapping.labels import show
 from consul_reg.mapping.validate import has_control
+from consul_reg.core.records import section
 
 MAX_BYTES = 64 * 1024
 MAX_PATH_LENGTH = 1024
@@ -50,8 +51,8 @@ def env_file_path(container: dict[str, Any], flag_path: str | None, allow_contai
     """The container's SERVICE_ENV_FILE (label, else env; keys case-insensitive
     after SERVICE_) wins over -envFile unless the operator refuses per-container
     paths (--no-container-env-file) or the path is not a valid one."""
-    config = container.get("Config") if isinstance(container.get("Config"), dict) else {}
-    labels = config.get("Labels") if isinstance(config.get("Labels"), dict) else {}
+    config = section(container, "Config")
+    labels = section(config, "Labels")
     declared: tuple[str, str] | None = None
     for key, value in labels.items():
         if isinstance(key, str) and isinstance(value, str) and _is_env_file_key(key) and value.strip():

@@ -200,12 +200,12 @@ class _JsonCheck:
             if value is not None:
                 out[name] = value
         for name, high in NUMBER_FIELDS.items():
-            value = self.fields.get(name)
-            if value is None:
+            number = self.fields.get(name)
+            if number is None:
                 continue
-            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= high:
+            if isinstance(number, bool) or not isinstance(number, int) or not 0 <= number <= high:
                 raise Refused(f"{name} must be a whole number from 0 to {high}")
-            out[name] = value
+            out[name] = number
         if kind in ("TTL", "AliasService") and "Interval" in out:
             raise Refused(f"a {kind} check has no Interval")
         if kind not in ("TTL", "AliasService"):

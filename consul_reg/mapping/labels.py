@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 from consul_reg.mapping.validate import Limits
 
@@ -68,7 +68,7 @@ def env_pairs(env: Iterable[object] | None) -> list[tuple[str, str]]:
 
 def collect(
     env: Iterable[object] | None,
-    labels: Mapping[object, object] | None,
+    labels: Mapping[Any, Any] | None,
     *higher_sources: tuple[str, Iterable[tuple[str, str]]],
     limits: Limits = Limits(),
 ) -> ServiceKeys:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from consul_reg.mapping.validate import has_control
+from consul_reg.core.records import section
 
 MAX_FILTER_LENGTH = 1024
 
@@ -22,7 +23,7 @@ class LabelFilter:
     def docker_form(self) -> str:
         return self.key if self.value is None else f"{self.key}={self.value}"
 
-    def matches(self, labels: Mapping[object, object]) -> bool:
+    def matches(self, labels: Mapping[Any, Any]) -> bool:
         if self.key not in labels:
             return False
         return self.value is None or labels[self.key] == self.value
@@ -46,6 +47,6 @@ def docker_filters(filters: tuple[LabelFilter, ...]) -> dict[str, list[str]]:
 
 def selected(container: dict[str, Any], filters: tuple[LabelFilter, ...]) -> LabelFilter | None:
     """None when the container is selected, else the first filter it fails."""
-    config = container.get("Config") if isinstance(container.get("Config"), dict) else {}
-    labels = config.get("Labels") if isinstance(config.get("Labels"), dict) else {}
+    config = section(container, "Config")
+    labels = section(config, "Labels")
     return next((f for f in filters if not f.matches(labels)), None)

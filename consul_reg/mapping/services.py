@@ -232,10 +232,11 @@ def _service_for_port(context: _Context, port: PublishedPort, is_group: bool, de
     if settings.internal:
         port_number = int(port.exposed)
     else:
-        port_number = int_or_none(port.host_port)
-        if port_number is None:
+        host_port = int_or_none(port.host_port)
+        if host_port is None:
             records.warnings.append(f"{where}: host port {show(port.host_port)} is not a number, skipped")
             return None
+        port_number = host_port
 
     checks = service_checks(merged, service_id, name, choice.address, port_number, records.container_id,
                             settings.checks, records.warnings, context.own, settings.limits)
@@ -357,8 +358,8 @@ def _identifiers_ok(service_id: str, id_entry: KeyValue | None, name: str, name_
                 squats_host_namespace(value, hostname):
             problem = (f"IDs starting with {show(hostname + ':')} are this host's default IDs "
                        "(<hostname>:<container>:<port>) and a container may not choose one")
-        elif problem is None and what == "service ID" and entry is not None and default_id_host(value):
-            problem = (f"it has the shape of host {show(default_id_host(value))}'s default IDs "
+        elif problem is None and what == "service ID" and entry is not None and (other := default_id_host(value)):
+            problem = (f"it has the shape of host {show(other)}'s default IDs "
                        "(<hostname>:<container>:<port>[:udp], <hostname>:<container>), and a container may not "
                        "choose another host's ID (mirrors and agents may be shared)")
         if problem:

@@ -175,7 +175,7 @@ class Template:
                 if action[position:].strip() == "":
                     break
                 raise TemplateError(f"cannot read {action[position:]!r} in {{{{ {action} }}}}")
-            kind = match.lastgroup
+            kind = match.lastgroup or ""
             tokens.append((kind, match.group(kind)))
             position = match.end()
         pipeline, rest = self._pipeline(tokens, action)

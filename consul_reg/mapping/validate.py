@@ -131,7 +131,7 @@ def parse_host_port(text: str) -> tuple[str, int | None] | str:
         if not bracket or (after and not after.startswith(":")):
             return "write an IPv6 address as [address] or [address]:port"
         host, port_text = inner, after[1:]
-        if parse_ip(host) is None or parse_ip(host).version != 6:
+        if (parsed := parse_ip(host)) is None or parsed.version != 6:
             return "not an IPv6 address in brackets"
     elif text.count(":") > 1:
         host = text  # a bare IPv6 address, no port
@@ -370,12 +370,23 @@ def local_only(normal: str) -> bool:
     return any(address in net for net in LOCAL_ONLY if net.version == address.version)
 
 
+def _subnet(inner: ipaddress.IPv4Network | ipaddress.IPv6Network,
+            outer: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+    """`inner` lies within `outer` (False across families)."""
+    if isinstance(inner, ipaddress.IPv4Network) and isinstance(outer, ipaddress.IPv4Network):
+        return inner.subnet_of(outer)
+    if isinstance(inner, ipaddress.IPv6Network) and isinstance(outer, ipaddress.IPv6Network):
+        return inner.subnet_of(outer)
+    return False
+
+
 def _names_local(rule: AllowRule, normal: str) -> bool:
     """A rule that names this host's own addresses: a network inside 127.0.0.0/8, ::1, or
     the unspecified addresses, or the host name itself (`localhost`). 0.0.0.0/0 does not."""
     if rule.network is None:
         return rule.hostname == normal
-    return any(rule.network.version == net.version and rule.network.subnet_of(net) for net in LOCAL_ONLY)
+    network = rule.network
+    return any(_subnet(network, net) for net in LOCAL_ONLY)
 
 
 def check_target_problem(host: str, port: int, own: OwnEndpoints, policy: CheckPolicy) -> str | None:
@@ -395,7 +406,7 @@ def check_target_problem(host: str, port: int, own: OwnEndpoints, policy: CheckP
     rules = [rule for rule in policy.allow if rule.covers(host, port)]
     if address is not None and any(address in net for net in LINK_LOCAL if net.version == address.version):
         explicit = [r for r in rules if r.network is not None and any(
-            r.network.version == net.version and r.network.subnet_of(net) for net in LINK_LOCAL)]
+            _subnet(r.network, net) for net in LINK_LOCAL)]
         return None if explicit else "link-local addresses (cloud metadata) are never probed unless " \
             "an --allow-check-target rule inside 169.254.0.0/16 or fe80::/10 names them"
     agent_like = port in policy.agent_ports and normal not in own.container_addresses

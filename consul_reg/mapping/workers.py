@@ -14,14 +14,15 @@ from typing import Any
 from consul_reg.mapping.checks import go_duration, parse_duration
 from consul_reg.mapping.labels import KeyValue, show
 from consul_reg.core.records import Check, DaemonProbe
+from consul_reg.core.records import section
 
 DEFAULT_HEARTBEAT_TTL = 30.0
 DOCKER_HEALTH_TTL = "24h"
 
 
 def has_healthcheck(container: dict[str, Any]) -> bool:
-    config = container.get("Config") if isinstance(container.get("Config"), dict) else {}
-    healthcheck = config.get("Healthcheck") if isinstance(config.get("Healthcheck"), dict) else {}
+    config = section(container, "Config")
+    healthcheck = section(config, "Healthcheck")
     test = healthcheck.get("Test")
     return isinstance(test, list) and bool(test) and test[0] != "NONE"
 

@@ -16,6 +16,7 @@ from consul_reg.core.records import AgentInfo, ContainerDesire, ContainerStatus,
 from consul_reg.mapping import env_file as envfile
 from consul_reg.mapping.services import MappingSettings, map_container
 from consul_reg.sync.env_files import EnvFileState
+from consul_reg.core.records import section
 
 
 class DesireUnavailable(Exception):
@@ -89,7 +90,7 @@ class DesireBuilder:
         container_id = str(container.get("Id") or "")
         name = str(container.get("Name") or "").lstrip("/")
         created = str(container.get("Created") or "")
-        state = container.get("State") if isinstance(container.get("State"), dict) else {}
+        state = section(container, "State")
         status = ContainerStatus.from_inspect(container)
         chosen = envfile.env_file_path(container, self.rules.env_file, self.rules.container_env_files)
         env_path = chosen.path
@@ -112,7 +113,7 @@ class DesireBuilder:
             raise DesireUnavailable(f"mapping failed: {type(error).__name__}") from None
         warnings = [chosen.problem, *records.warnings] if chosen.problem else records.warnings
         self._report(name, container_id, warnings, records.services, records.skipped_reason)
-        config = container.get("Config") if isinstance(container.get("Config"), dict) else {}
+        config = section(container, "Config")
         services = self._reuse(container_id, records.services)
         return ContainerDesire(container_id, name, created, services, status=status,
                                stop_signal=str(config.get("StopSignal") or ""), env_file=env_path,
@@ -144,7 +145,7 @@ class DesireBuilder:
         return envfile.env_file_path(container, self.rules.env_file, self.rules.container_env_files).path
 
     def _network_peer(self, container: dict[str, Any]) -> dict[str, Any] | None:
-        host_config = container.get("HostConfig") if isinstance(container.get("HostConfig"), dict) else {}
+        host_config = section(container, "HostConfig")
         mode = str(host_config.get("NetworkMode") or "")
         if not mode.startswith("container:"):
             return None

@@ -41,6 +41,7 @@ from consul_reg.sync.reading import NOT_FETCHED, Reader, listing_key
 from consul_reg.sync.router import Actions, route
 from consul_reg.sync.state import Containers
 from consul_reg.sync.timers import Timers
+from consul_reg.core.records import section
 
 IDLE_WAIT_SECONDS = 3600.0
 IO_WORKERS = 4  # Docker inspects and agent writes of one batch in flight at once
@@ -356,7 +357,7 @@ class Loop:
         if inspected is None:
             return None
         self.timers.docker_backoff.succeeded()
-        state = inspected.get("State") if isinstance(inspected.get("State"), dict) else {}
+        state = section(inspected, "State")
         path = self.builder.env_file_path(inspected) if state.get("Running") else ""
         env = self.containers.env_states.get(container_id)
         if path and (env is None or env.path != path):
@@ -370,7 +371,7 @@ class Loop:
             return True
 
     def _set_desire(self, container_id: str, new: ContainerDesire | None) -> set[str]:
-        old = self.containers.set(container_id, new)
+        old = self.containers.put(container_id, new)
         self._dirty = self._dirty or old != new
         if new is None:
             self.builder.forget(container_id)

@@ -24,7 +24,7 @@ class Containers:
     def get(self, container_id: str) -> ContainerDesire | None:
         return self.desires.get(container_id)
 
-    def set(self, container_id: str, new: ContainerDesire | None) -> ContainerDesire | None:
+    def put(self, container_id: str, new: ContainerDesire | None) -> ContainerDesire | None:
         """Replace one container's desire (None: it is gone); returns the old one."""
         old = self.desires.get(container_id)
         if new is None:
