@@ -57,10 +57,6 @@ class Primary:
         self.io = io  # the loop's pool: a batch's writes overlap on it
         self._prefetched: Future[tuple[dict[str, RegisteredService], dict[str, str]]] | None = None
 
-    @property
-    def reachable(self) -> bool:
-        return not self.backoff.failing
-
     def agent_changed(self, info: AgentInfo) -> bool:
         """The agent answers (again); True when it is another agent (a new node
         ID: it lost everything, so nothing gone since is a reap)."""
