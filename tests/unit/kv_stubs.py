@@ -153,15 +153,15 @@ class StubConsul(Stub):
         cas = request.query.get("cas")
         if request.method == "PUT":
             if cas is not None and (int(cas) != (current.modify_index if current else 0)):
-                return 200, "false"
+                return 200, "false\n"
             self.write(key, request.body.decode(), int(request.query.get("flags") or 0))
-            return 200, "true"
+            return 200, "true\n"
         if request.method == "DELETE":
-            if cas is not None and (current is None or int(cas) == 0 or int(cas) != current.modify_index):
-                return 200, "false"
+            if cas is not None and current is not None and int(cas) != current.modify_index:  # absent: "true"
+                return 200, "false\n"
             self.kv.pop(key, None)
             self.index += 1
-            return 200, "true"
+            return 200, "true\n"
         return 405, "method not allowed"
 
 
