@@ -19,13 +19,14 @@ class Backoff:
     Jitter ("equal jitter"): the nominal delay doubles from `initial` up to
     `cap`, and each wait is drawn uniformly from (nominal/2, nominal]. Many
     hosts that lost a shared mirror or agent at the same moment then come back
-    spread over half the nominal delay instead of all at once. Not "full
-    jitter" (0, nominal]: a failure is never retried sooner than half the
-    nominal delay (a full-jitter draw near 0 retries a server that just failed
-    at once, and the first retry of a freshly failed host would often be
-    immediate), and the nominal delay stays an upper bound, so every "retried
-    within the retry interval" promise (-retry-interval, the cap) still holds.
-    `random` returning 0.0 gives the nominal delays exactly (tests)."""
+    spread over half the nominal delay instead of all at once, while one
+    host's successive waits still grow strictly below the cap ((d/2, d] and
+    (d, 2d] do not overlap). Not "full jitter" (0, nominal]: a draw near 0
+    retries a server that has just failed at once, so a failure is never
+    retried sooner than half its nominal delay; and the nominal delay stays an
+    upper bound, so every "retried within the retry interval" promise
+    (-retry-interval, the cap) still holds. `random` returning 0.0 gives the
+    nominal delays exactly (tests)."""
 
     def __init__(self, initial: float, cap: float = DEFAULT_CAP_SECONDS, clock: Clock = time.monotonic,
                  random: Random = _random.random) -> None:

@@ -86,3 +86,9 @@ def test_hosts_failing_at_the_same_moment_come_back_spread_out() -> None:
     assert len(tenths) == 10 and max(tenths.values()) <= 200, tenths
     in_step = [Backoff(2.0, cap=2.0, clock=clock, random=no_jitter).failed() for _ in range(1000)]
     assert len(set(in_step)) == 1  # what the jitter is for
+
+
+def test_one_hosts_successive_waits_still_grow_below_the_cap() -> None:
+    backoff = Backoff(0.1, cap=100.0, clock=FakeClock(), random=random.Random(3).random)
+    waits = [backoff.failed() for _ in range(10)]
+    assert all(earlier < later for earlier, later in zip(waits, waits[1:])), waits
