@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random as _random
 import time
-from typing import Callable
+from collections.abc import Callable
 
 Clock = Callable[[], float]
 Random = Callable[[], float]  # uniform in [0, 1), as random.random

@@ -17,9 +17,10 @@ import base64
 import json
 import threading
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any
 
 from tests.unit.fakes import FakeClock
 
@@ -41,7 +42,7 @@ Answer = tuple[int, Any]  # status, JSON-able body (a str is sent as it is)
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # kept alive, as the clients' pools expect
     disable_nagle_algorithm = True  # the head and the body go in two writes
-    server: "_Server"
+    server: _Server
 
     def _serve(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
@@ -66,7 +67,7 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, stub: "Stub") -> None:
+    def __init__(self, stub: Stub) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.stub = stub
 

@@ -3,13 +3,14 @@ and an injected random source."""
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections import Counter
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
-
 from consul_reg.core.backoff import Backoff
+
 from tests.unit.fakes import FakeClock, no_jitter
 
 
@@ -91,4 +92,4 @@ def test_hosts_failing_at_the_same_moment_come_back_spread_out() -> None:
 def test_one_hosts_successive_waits_still_grow_below_the_cap() -> None:
     backoff = Backoff(0.1, cap=100.0, clock=FakeClock(), random=random.Random(3).random)
     waits = [backoff.failed() for _ in range(10)]
-    assert all(earlier < later for earlier, later in zip(waits, waits[1:])), waits
+    assert all(earlier < later for earlier, later in itertools.pairwise(waits)), waits

@@ -5,18 +5,18 @@ default IDs taken back from whoever wrote them, never removed."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from types import MappingProxyType
-from typing import Iterator
 
 import pytest
-
 from consul_reg.consul.agent import ConsulClient, ConsulEndpoint
+from consul_reg.core.errors import RegistryNotOurs
 from consul_reg.core.records import Owner, RegisteredService, Service
-from consul_reg.core.registry import RegistryNotOurs
 from consul_reg.core.snapshot import Snapshot
 from consul_reg.mirrors.consulkv import CAS_TRIES, ConsulKVRegistry
 from consul_reg.mirrors.keys import HOLDER_KEY, owner_tag
 from consul_reg.mirrors.worker import MirrorWorker
+
 from tests.unit.fakes import FakeClock
 from tests.unit.kv_stubs import Request, StubConsul
 

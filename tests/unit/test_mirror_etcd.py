@@ -6,18 +6,18 @@ another host or lease never written or removed."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from types import MappingProxyType
-from typing import Iterator
 
 import pytest
-
-from consul_reg.core.records import Owner, RegisteredService, Service
 from consul_reg.core.errors import RegistryNotOurs
+from consul_reg.core.records import Owner, RegisteredService, Service
 from consul_reg.core.snapshot import Snapshot
 from consul_reg.mirrors.etcd import LEASES_PREFIX, SWAP_TRIES, EtcdRegistry
 from consul_reg.mirrors.keys import HOLDER_KEY
 from consul_reg.mirrors.skydns2 import SkyDNS2Registry
 from consul_reg.mirrors.worker import BLOCKED_RETRY_SECONDS, MirrorWorker
+
 from tests.unit.fakes import FakeClock
 from tests.unit.kv_stubs import Request, StubEtcd
 
