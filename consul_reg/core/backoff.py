@@ -1,23 +1,40 @@
-"""The one retry clock: capped exponential backoff, reset on success."""
+"""The one retry clock: capped exponential backoff with jitter, reset on success."""
 
 from __future__ import annotations
 
+import random as _random
 import time
-from typing import Callable
+from collections.abc import Callable
 
 Clock = Callable[[], float]
+Random = Callable[[], float]  # uniform in [0, 1), as random.random
 DEFAULT_CAP_SECONDS = 30.0
 
 
 class Backoff:
-    """After a failure, wait `initial`, then twice as long each time, at most
-    `cap`; a success resets it. Time comes from `clock` (monotonic seconds)."""
+    """After a failure, wait about `initial`, then about twice as long each
+    time, at most `cap`; a success resets it. Time comes from `clock`
+    (monotonic seconds), the jitter from `random`.
 
-    def __init__(self, initial: float, cap: float = DEFAULT_CAP_SECONDS, clock: Clock = time.monotonic) -> None:
+    Jitter ("equal jitter"): the nominal delay doubles from `initial` up to
+    `cap`, and each wait is drawn uniformly from (nominal/2, nominal]. Many
+    hosts that lost a shared mirror or agent at the same moment then come back
+    spread over half the nominal delay instead of all at once, while one
+    host's successive waits still grow strictly below the cap ((d/2, d] and
+    (d, 2d] do not overlap). Not "full jitter" (0, nominal]: a draw near 0
+    retries a server that has just failed at once, so a failure is never
+    retried sooner than half its nominal delay; and the nominal delay stays an
+    upper bound, so every "retried within the retry interval" promise
+    (-retry-interval, the cap) still holds. `random` returning 0.0 gives the
+    nominal delays exactly (tests)."""
+
+    def __init__(self, initial: float, cap: float = DEFAULT_CAP_SECONDS, clock: Clock = time.monotonic,
+                 random: Random = _random.random) -> None:
         self.initial = max(initial, 0.001)
         self.cap = max(cap, self.initial)
         self._clock = clock
-        self._next = self.initial
+        self._random = random
+        self._next = self.initial  # the nominal delay of the next failure
         self.retry_at: float | None = None  # None: not failing
 
     @property
@@ -26,9 +43,10 @@ class Backoff:
 
     def failed(self) -> float:
         """Record a failure; returns the delay until the next try."""
-        delay = self._next
+        nominal = self._next
+        delay = nominal - nominal / 2 * self._random()
         self.retry_at = self._clock() + delay
-        self._next = min(delay * 2, self.cap)
+        self._next = min(nominal * 2, self.cap)
         return delay
 
     def succeeded(self) -> None:
@@ -44,7 +62,3 @@ class Backoff:
     def ready(self) -> bool:
         """True when not failing, or when the wait after the last failure is over."""
         return self.retry_at is None or self._clock() >= self.retry_at
-
-    def due(self) -> bool:
-        """True when failing and the wait is over: time to retry."""
-        return self.retry_at is not None and self._clock() >= self.retry_at

@@ -40,9 +40,7 @@ REFUSED = {
 KINDS = ("HTTP", "TCP", "UDP", "GRPC", "H2PING", "TTL", "Args", "AliasService")
 NUMBER_FIELDS = {"SuccessBeforePassing": 100000, "FailuresBeforeCritical": 100000, "FailuresBeforeWarning": 100000,
                  "OutputMaxSize": 1 << 20}
-BOOL_FIELDS = ("TLSSkipVerify", "GRPCUseTLS", "H2PingUseTLS")
 DURATION_FIELDS = ("Interval", "Timeout", "TTL", "DeregisterCriticalServiceAfter")
-TEXT_FIELDS = ("Name", "Notes", "TLSServerName", "Shell")
 # Fields that apply to some kinds only.
 KIND_FIELDS = {"Method": ("HTTP",), "Header": ("HTTP",), "Body": ("HTTP",), "DisableRedirects": ("HTTP",),
                "TLSSkipVerify": ("HTTP", "GRPC", "H2PING"), "TLSServerName": ("HTTP", "GRPC", "H2PING"),

@@ -14,7 +14,6 @@ from consul_reg.mapping.tags_template import TemplateError
 from consul_reg.mapping.validate import Limits, has_control
 
 # Consul's rules for service Meta (agent/structs validateMetaPair); the counts are in Limits.
-META_KEY_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")
 META_RESERVED_PREFIX = "consul-"
 
 

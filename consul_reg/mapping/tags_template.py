@@ -163,10 +163,6 @@ class Template:
             self.parts.append(self._parse(text[start + 2:end].strip("- ")))
             position = end + 2
 
-    @property
-    def is_static(self) -> bool:
-        return all(isinstance(p, str) for p in self.parts)
-
     def _parse(self, action: str) -> list[Any]:
         tokens, position = [], 0
         while position < len(action):

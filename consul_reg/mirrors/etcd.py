@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 import httpx
 
+from consul_reg.core.backoff import Clock
 from consul_reg.core.records import MARKER_DIGEST_KEY, instance_of, owner_meta
 from consul_reg.core.records import RegisteredService, Service
 from consul_reg.core.errors import RegistryError, RegistryNotOurs, RegistryUnavailable
@@ -31,6 +32,7 @@ DEFAULT_LEASE_TTL = 300
 LEASES_PREFIX = "/consul-reg/leases"
 SWAP_TRIES = 3  # as new, then at the revision read (twice): a key that changes at each is left
 MAX_LEASE_MARKERS = 1000  # read to name the host holding a contested key's lease
+LEASE_NOT_FOUND = "requested lease not found"  # etcd's refusal of a put on a lease it does not hold
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,7 @@ class EtcdV3:
     """The few v3 gateway calls the mirrors need, plus this daemon's lease."""
 
     def __init__(self, host: str, port: int, lease_ttl: int, marker: str, refresh: float = 0.0,
-                 timeout: float = 5.0) -> None:
+                 timeout: float = 5.0, clock: Clock = time.monotonic) -> None:
         self.base = f"http://{host}:{port}"
         self.http = httpx.Client(base_url=self.base, timeout=timeout)
         self.lease_ttl = lease_ttl
@@ -72,6 +74,7 @@ class EtcdV3:
         self.previous_leases: set[str] = set()  # leases of this daemon's earlier runs
         self.marker = marker  # where this daemon's lease ID is kept, on the lease
         self._next_keepalive = 0.0
+        self._clock = clock
 
     def call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -79,6 +82,8 @@ class EtcdV3:
         except httpx.HTTPError as error:
             raise RegistryUnavailable(f"etcd {self.base}: {type(error).__name__}: {error}") from None
         if response.status_code != 200:
+            if LEASE_NOT_FOUND in response.text:  # lost between two keep-alives: replaced at the next step
+                self._next_keepalive = 0.0
             raise RegistryError(f"etcd {self.base}{path}: {response.status_code} {response.text[:300]}")
         try:
             return response.json()
@@ -88,7 +93,7 @@ class EtcdV3:
     def ensure_lease(self) -> bool:
         """Keep our lease alive; grant a new one when it is gone. True when it is new
         (every key must then be put again)."""
-        now = time.monotonic()
+        now = self._clock()
         if self.lease_id and now < self._next_keepalive:
             return False
         if self.lease_id:
@@ -108,7 +113,7 @@ class EtcdV3:
         return True
 
     def seconds_until_keepalive(self) -> float:
-        return max(0.0, self._next_keepalive - time.monotonic())
+        return max(0.0, self._next_keepalive - self._clock())
 
     def get(self, key: str) -> str | None:
         answer = self.call("/v3/kv/range", {"key": _b64(key)})
@@ -179,10 +184,12 @@ class EtcdRegistry:
 
     replaceable = False
 
-    def __init__(self, host: str, port: int, prefix: str, hostname: str, lease_ttl: int, refresh: float = 0.0) -> None:
+    def __init__(self, host: str, port: int, prefix: str, hostname: str, lease_ttl: int, refresh: float = 0.0,
+                 clock: Clock = time.monotonic) -> None:
         self.prefix = "/" + prefix.strip("/")
         owner_segment = hostname + (f":{instance_of(hostname)}" if instance_of(hostname) else "")
-        self.etcd = EtcdV3(host, port, lease_ttl, child_key(LEASES_PREFIX, owner_segment) + self.prefix, refresh)
+        self.etcd = EtcdV3(host, port, lease_ttl, child_key(LEASES_PREFIX, owner_segment) + self.prefix, refresh,
+                           clock=clock)
         self.hostname = hostname
         self.description = f"etcd {host}:{port}{self.prefix}"
         self.on_change: Callable[[], None] = lambda: None

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
+from consul_reg.core.backoff import Clock
 from consul_reg.core.records import Service
 from consul_reg.mirrors.etcd import EtcdRegistry
 
@@ -15,9 +17,9 @@ DNS_LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 
 class SkyDNS2Registry(EtcdRegistry):
     def __init__(self, host: str, port: int, domain: str, hostname: str, lease_ttl: int, record_ttl: int,
-                 refresh: float = 0.0) -> None:
+                 refresh: float = 0.0, clock: Clock = time.monotonic) -> None:
         labels = [label for label in domain.strip("/").split(".") if label]
-        super().__init__(host, port, "/skydns/" + "/".join(reversed(labels)), hostname, lease_ttl, refresh)
+        super().__init__(host, port, "/skydns/" + "/".join(reversed(labels)), hostname, lease_ttl, refresh, clock)
         self.description = f"skydns2 {host}:{port} ({domain.strip('/')})"
         self.record_ttl = record_ttl
 

@@ -74,7 +74,6 @@ class ProbeScheduler:
         self._runner = runner
         self._on_check_missing = on_check_missing
         self._clock = clock
-        self._exec_per_container = exec_per_container
         self._tasks: dict[str, _Task] = {}
         self._by_container: dict[str, set[str]] = {}  # container ID -> its check IDs
         self._holder: dict[str, str] = {}  # check ID -> the one container whose task it is

@@ -8,13 +8,14 @@ one agent client; tested with a fake agent and a fake clock.
 
 from __future__ import annotations
 
+import random as _random
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field, replace
 from typing import Collection, Mapping
 
 from loguru import logger
 
-from consul_reg.core.backoff import Backoff, Clock
+from consul_reg.core.backoff import Backoff, Clock, Random
 from consul_reg.core.errors import RegistryError
 from consul_reg.core.plan import apply, plan
 from consul_reg.core.protocols import AgentAPI
@@ -40,11 +41,12 @@ class SyncResult:
 
 class Primary:
     def __init__(self, agent: AgentAPI, hostname: str, retry_interval: float, clock: Clock,
-                 adopt_leftovers: bool = False, io: Executor | None = None) -> None:
+                 adopt_leftovers: bool = False, io: Executor | None = None,
+                 random: Random = _random.random) -> None:
         self.agent = agent
         self.hostname = hostname
         self.adopt_leftovers = adopt_leftovers
-        self.backoff = Backoff(retry_interval, clock=clock)
+        self.backoff = Backoff(retry_interval, clock=clock, random=random)
         self.actual: dict[str, RegisteredService] | None = None  # None: unknown, list it again
         self.identity: AgentInfo | None = None
         self.refused: dict[str, str] = {}  # service ID -> digest the agent refused; retried when it changes
@@ -54,10 +56,6 @@ class Primary:
         self._listed_before: dict[str, RegisteredService] | None = None
         self.io = io  # the loop's pool: a batch's writes overlap on it
         self._prefetched: Future[tuple[dict[str, RegisteredService], dict[str, str]]] | None = None
-
-    @property
-    def reachable(self) -> bool:
-        return not self.backoff.failing
 
     def agent_changed(self, info: AgentInfo) -> bool:
         """The agent answers (again); True when it is another agent (a new node

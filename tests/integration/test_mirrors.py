@@ -201,6 +201,23 @@ def test_etcd_killed_and_restarted_converges_within_seconds(etcd, start_daemon, 
     wait_until(lambda: _ports(etcd) == ["82"], timeout=5, message="etcd converged within 5 s of its restart")
 
 
+def test_etcd_lease_lost_between_keepalives_is_replaced_at_the_next_write(etcd, start_daemon, run_container,
+                                                                          hostname):
+    """etcd lost the daemon's lease between two keep-alives (revoked here; an etcd restarted
+    without its data does the same): the write it refuses ("requested lease not found") makes
+    the mirror take a new lease at once and put every key again, not at the next keep-alive."""
+    start_daemon("-ip", HOST_IP, "-ttl", "120", "-ttl-refresh", "60", f"{etcd.uri_base}/services")
+    run_container(ports={"80/tcp": None})
+    first = wait_until(lambda: etcd.keys("/services/"), message="first key")
+    (lease,) = {lease for _, lease in first.values()}
+    etcd.http.post("/v3/lease/revoke", json={"ID": lease}).raise_for_status()
+    assert etcd.keys("/services/") == {}
+    run_container(ports={"81/tcp": None})
+    both = wait_until(lambda: len(keys := etcd.keys("/services/")) == 2 and keys, timeout=15,
+                      message="both keys put again well before the next keep-alive (60 s)")
+    assert len({lease for _, lease in both.values()} | {lease}) == 2, "on one new lease"
+
+
 def test_zookeeper_restarted_with_the_session_expired_gets_its_nodes_back(zookeeper, start_daemon, run_container,
                                                                          hostname):
     start_daemon("-ip", HOST_IP, "-retry-interval", "200", "consul://127.0.0.1:8500",

@@ -23,6 +23,11 @@ class FakeClock:
         self.now += seconds
 
 
+def no_jitter() -> float:
+    """A Backoff's random source that makes every wait its nominal delay."""
+    return 0.0
+
+
 class FakeAgent:
     """An agent's services and checks in memory; `down` makes every call fail."""
 

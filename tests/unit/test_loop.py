@@ -13,7 +13,7 @@ from consul_reg.sync.loop import Loop, LoopSettings
 from consul_reg.app.metrics import Metrics
 from consul_reg.core.records import Owner, RegisteredService
 from consul_reg.consul.guard import OwnershipGuard
-from consul_reg.core.messages import AgentBack, CheckMissing, DockerEvent, Message, Reload, Start, Stop
+from consul_reg.core.messages import AgentBack, CheckMissing, DockerEvent, EnvFileRead, Message, Reload, Start, Stop
 from tests.unit.fakes import DrainGuarded, FakeAgent, FakeClock, FakeDocker, container
 
 HOST = "h1"
@@ -324,9 +324,39 @@ def test_the_agent_answering_again_is_acted_on_at_once_whatever_the_backoff(h: H
     h.send(event("c1", "start"))
     h.clock.advance(1.0)
     h.send()  # a second failure: the next try waits 2 s
-    assert h.ids() == set() and h.primary.backoff.retry_at == h.clock() + 2.0
+    assert h.ids() == set() and h.clock() + 1.0 < h.primary.backoff.retry_at <= h.clock() + 2.0  # jittered
     h.agent.restart("node-2")  # it comes back empty, under a new identity
     h.agent.down = False
     h.identity = h.agent.agent_info()
     h.send(AgentBack(h.identity))  # no time passed: the backoff's wait is not what holds it back
     assert h.ids() == {"h1:web:80"} and not h.primary.backoff.failing
+
+
+class RequestedEnvFiles:
+    """The env-file reader as the loop sees it: what it was asked to read."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str]] = []
+
+    def request(self, container_id: str, path: str) -> None:
+        self.requests.append((container_id, path))
+
+
+def test_env_files_are_polled_on_the_loops_own_deadline() -> None:
+    """No message asks for the poll: the loop wakes for it itself, every -envFile-interval."""
+    files = RequestedEnvFiles()
+    h = Harness()
+    h.docker.env_reader = files
+    h.send(Start())
+    h.docker.add(container("c1", "web", ports={"80/tcp": "8080"}, labels={"SERVICE_ENV_FILE": "/etc/web.env"}))
+    h.send(event("c1", "start"))
+    assert files.requests == [("c1", "/etc/web.env")]  # read once when first seen
+    assert h.loop.handle([EnvFileRead("c1", "/etc/web.env", "SERVICE_TAGS=blue\n")])
+    assert h.loop.seconds_until_due() == 10.0  # the harness's env_file_interval
+    h.clock.advance(9.9)
+    h.send()
+    assert len(files.requests) == 1
+    h.clock.advance(0.1)
+    assert h.loop.seconds_until_due() <= 0
+    h.send()
+    assert files.requests == [("c1", "/etc/web.env")] * 2
