@@ -22,7 +22,7 @@ from consul_reg.docker import execs as container_exec
 from consul_reg.docker import files as container_files
 
 from consul_reg.docker import connection as docker_http
-from consul_reg.docker.host import DEFAULT_SOCKET, FALLBACK_SOCKET, docker_base_url  # noqa: F401  (re-exported)
+from consul_reg.docker.host import docker_base_url
 from consul_reg.core.backoff import Backoff
 from consul_reg.docker.files import FileUnreadable  # noqa: F401  (raised by read_file)
 from consul_reg.docker.events import MAX_EVENT_BYTES, OVERSIZED, SkippedEvents, decoded_events, hint_from_event

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import json
 import urllib.parse
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from consul_reg.docker.host import Endpoint, endpoint_from
+from consul_reg.transport import exchange as transport_exchange
 from consul_reg.transport.exchange import (
     MAX_JSON_BYTES,
     BrokenExchange,
-    Exchange as _Exchange,
     Timeout,
     Unreachable,
     deadline_after,
@@ -29,7 +30,8 @@ from consul_reg.transport.exchange import (
 )
 from consul_reg.transport.wire import RECV_BYTES
 
-__all__ = ["BrokenExchange", "Endpoint", "Exchange", "MAX_JSON_BYTES", "RECV_BYTES", "Timeout", "Unreachable",
+# What the Docker client, file reads and execs use, in one place (the exchange's errors are the transport's).
+__all__ = ["MAX_JSON_BYTES", "RECV_BYTES", "BrokenExchange", "Endpoint", "Exchange", "Timeout", "Unreachable",
            "deadline_after", "describe", "endpoint_from", "printable", "url"]
 
 
@@ -39,7 +41,7 @@ def url(endpoint: Endpoint, path: str, *segments: str, query: Mapping[str, str] 
     return target + ("?" + urllib.parse.urlencode(query) if query else "")
 
 
-class Exchange(_Exchange):
+class Exchange(transport_exchange.Exchange):
     """One request to dockerd (`body` sent as JSON) and its streamed answer."""
 
     def __init__(self, endpoint: Endpoint, method: str, target: str, deadline: float,

@@ -20,8 +20,8 @@ import os
 import ssl
 import string
 import urllib.parse
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from consul_reg.transport.exchange import printable
 from consul_reg.transport.wire import Address
@@ -52,10 +52,6 @@ class Endpoint:
     @property
     def address(self) -> Address:
         return Address(unix_path=self.unix_path, host=self.host, port=self.port, ssl_context=self.ssl_context)
-
-    @property
-    def description(self) -> str:
-        return self.address.description
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from typing import Any
+from typing import Any, Self
 
 from consul_reg.transport.wire import RECV_BYTES, Address, ProtocolError, Wire
 
@@ -84,7 +84,7 @@ class Exchange:
             self.close()
             raise
 
-    def __enter__(self) -> Exchange:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

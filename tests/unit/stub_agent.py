@@ -9,8 +9,9 @@ from __future__ import annotations
 import socket
 import threading
 import weakref
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
-from typing import Any, Callable
+from typing import Any
 
 import httpx
 
@@ -66,7 +67,7 @@ class _Exchange(BaseHTTPRequestHandler):
         try:
             response = self.server.handler(request)
             body = response.read()
-        except Exception:
+        except Exception:  # noqa: BLE001  (any failure of the handler: the agent goes away)
             self.close_connection = True  # no answer at all
             return
         self.send_response_only(response.status_code)

@@ -39,7 +39,7 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("certs")
     made = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=docker",
                            "-days", "1", "-keyout", str(directory / "key.pem"), "-out", str(directory / "cert.pem")],
-                          capture_output=True)
+                          capture_output=True, check=False)
     if made.returncode != 0:
         pytest.skip("openssl is not available")
     (directory / "ca.pem").write_bytes((directory / "cert.pem").read_bytes())

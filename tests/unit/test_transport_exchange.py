@@ -10,8 +10,8 @@ import math
 import socket
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 
@@ -88,9 +88,9 @@ def test_errors_name_the_peer_the_caller_names(server, tmp_path: Path) -> None:
     with pytest.raises(Unreachable, match="^no answer from etcd 127.0.0.1: bad HTTP"):
         Exchange(address, "GET", "/", time.monotonic() + 5, peer="etcd 127.0.0.1")
     cut, _ = server(lambda conn, request: conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort"))
-    with Exchange(cut, "GET", "/", time.monotonic() + 5) as exchange:
-        with pytest.raises(BrokenExchange, match="^bad HTTP from the server: "):
-            exchange.read_all(100)
+    with Exchange(cut, "GET", "/", time.monotonic() + 5) as exchange, \
+            pytest.raises(BrokenExchange, match="^bad HTTP from the server: "):
+        exchange.read_all(100)
     with pytest.raises(Unreachable, match=f"^cannot connect to unix://{tmp_path}/none.sock: "):
         Exchange(Address(unix_path=str(tmp_path / "none.sock")), "GET", "/", time.monotonic() + 5)
 
@@ -107,16 +107,15 @@ def test_a_stream_lifts_its_deadline_once_the_head_came(server) -> None:
         exchange.deadline = math.inf
         assert exchange.remaining() is None
         assert exchange.read_all(100) == b"end"
-    with Exchange(address, "GET", "/events", time.monotonic() + 0.4) as exchange:  # not lifted: it times out
-        with pytest.raises(Timeout):
-            exchange.read_all(100)
+    with Exchange(address, "GET", "/events", time.monotonic() + 0.4) as exchange, pytest.raises(Timeout):
+        exchange.read_all(100)  # not lifted: it times out
 
 
 def test_a_whole_body_is_read_up_to_its_bound(server) -> None:
     address, _ = server(ok(b"x" * 1000))
-    with Exchange(address, "GET", "/", time.monotonic() + 5) as exchange:
-        with pytest.raises(BrokenExchange, match="answer longer than 999 bytes"):
-            exchange.read_all(999)
+    with Exchange(address, "GET", "/", time.monotonic() + 5) as exchange, \
+            pytest.raises(BrokenExchange, match="answer longer than 999 bytes"):
+        exchange.read_all(999)
     with Exchange(address, "GET", "/", time.monotonic() + 5) as exchange:
         assert exchange.read_all(1000) == b"x" * 1000
 
