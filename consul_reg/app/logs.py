@@ -1,6 +1,6 @@
 """Logging setup: loguru, text or one JSON object per line; secrets redacted.
 
-Records of the standard library's logging (kazoo, httpx, docker's urllib3)
+Records of the standard library's logging (kazoo, docker-py's urllib3 for ssh://)
 are routed into loguru too, so `--log-format json` holds for every line and
 the redaction applies to all of them.
 """
@@ -80,7 +80,7 @@ def setup(level: str = "INFO", log_format: str = "text", secrets: tuple[str, ...
     # Libraries' own records: only warnings and up (kazoo is chatty at INFO), unless debugging.
     library_level = logging.INFO if level in ("TRACE", "DEBUG") else logging.WARNING
     logging.basicConfig(handlers=[InterceptHandler()], level=library_level, force=True)
-    for noisy in ("httpx", "httpcore", "urllib3"):
+    for noisy in ("urllib3",):  # docker-py's, for an ssh:// DOCKER_HOST
         logging.getLogger(noisy).setLevel(logging.WARNING)
     threading.excepthook = _thread_died
 

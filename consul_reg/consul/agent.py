@@ -1,6 +1,6 @@
 """The one Consul client: a small HTTP client of the project's own on h11
-(kept-alive connections, `http_pool` / `http_wire`), and the agent as the
-primary registry.
+(kept-alive connections, `transport.pool`), and the agent as the primary
+registry.
 
 Every request goes through `ConsulClient.call`: each path segment is
 percent-encoded (nothing a container wrote can leave its segment or climb
@@ -17,15 +17,12 @@ import re
 import ssl
 import urllib.parse
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Collection
+from typing import Any, Callable, Collection
 
 from consul_reg.transport.pool import Answer, ConnectionPool, TRANSPORT_ERRORS
 from consul_reg.core.records import AgentInfo, RegisteredService, Service, fold_id
 from consul_reg.mapping.registration import connect_payload, registration_payload  # noqa: F401  (re-exported)
 from consul_reg.core.errors import RegistryError, RegistryNotFound, RegistryPermissionDenied, RegistryScriptsRefused, RegistryUnavailable
-
-if TYPE_CHECKING:
-    import httpx
 
 DEFAULT_TIMEOUT_SECONDS = 10.0
 MAX_ERROR_BODY = 300
@@ -112,32 +109,19 @@ class ConsulClient:
 
     def __init__(self, endpoint: ConsulEndpoint, token: str | None = None,
                  timeout: float = DEFAULT_TIMEOUT_SECONDS, max_connections: int = 16,
-                 transport: "httpx.BaseTransport | None" = None,
                  on_unreachable: Callable[[str], None] = lambda reason: None) -> None:
         self.endpoint = endpoint
         self.description = f"consul {endpoint}"
         self.timeout = timeout
-        self._transport = transport
-        if transport is None:
-            context: ssl.SSLContext | None = None
-            if endpoint.scheme == "https":
-                context = ssl.create_default_context(cafile=endpoint.ca_file)
-                if endpoint.client_cert:
-                    context.load_cert_chain(endpoint.client_cert, endpoint.client_key)
-            # Kept-alive connections framed by h11: through httpx.Client a call cost 3-5
-            # times its CPU here (BENCHMARKS.md), and a TTL update is nothing else.
-            self._pool: ConnectionPool | None = ConnectionPool(
-                host=endpoint.host, port=endpoint.port, socket_path=endpoint.socket_path, ssl_context=context,
-                max_connections=max_connections, timeout=timeout)
-            self._send = self._pool.request
-            self._errors: tuple[type[BaseException], ...] = TRANSPORT_ERRORS
-        else:
-            import httpx
-
-            self._pool = None
-            self._errors = (*TRANSPORT_ERRORS, httpx.HTTPError)
-            self._send = _through_httpx(transport, "http://consul" if endpoint.socket_path
-                                        else f"{endpoint.scheme}://{endpoint.host}:{endpoint.port}")
+        context: ssl.SSLContext | None = None
+        if endpoint.scheme == "https":
+            context = ssl.create_default_context(cafile=endpoint.ca_file)
+            if endpoint.client_cert:
+                context.load_cert_chain(endpoint.client_cert, endpoint.client_key)
+        # Kept-alive connections framed by h11: through httpx.Client a call cost 3-5
+        # times its CPU here (BENCHMARKS.md), and a TTL update is nothing else.
+        self._pool = ConnectionPool(host=endpoint.host, port=endpoint.port, socket_path=endpoint.socket_path,
+                                    ssl_context=context, max_connections=max_connections, timeout=timeout)
         self._headers: dict[str, str] = {}
         self.set_token(token)
         # Told about every transport failure (the agent watch probes at once).
@@ -154,8 +138,9 @@ class ConsulClient:
         if params:
             target += "?" + urllib.parse.urlencode(params)
         try:
-            response = self._send(method, target, body, self._headers, self.timeout if timeout is None else timeout)
-        except self._errors as error:
+            response = self._pool.request(method, target, body, self._headers,
+                                          self.timeout if timeout is None else timeout)
+        except TRANSPORT_ERRORS as error:
             reason = f"{self.description}: could not {what}: {type(error).__name__}: {_one_line(str(error))}"
             self._on_unreachable(reason)
             raise RegistryUnavailable(reason) from None
@@ -180,23 +165,7 @@ class ConsulClient:
             raise RegistryError(f"{self.description}: could not {what}: the answer is not JSON") from None
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.close()
-        if self._transport is not None:
-            self._transport.close()
-
-
-def _through_httpx(transport: "httpx.BaseTransport", base: str):
-    """A send function over an httpx transport (tests hand in httpx.MockTransport)."""
-    import httpx
-
-    def send(method: str, target: str, body: bytes | None, headers: dict[str, str], timeout: float) -> Answer:
-        request = httpx.Request(method, base + target, content=body, headers=headers,
-                                extensions={"timeout": dict.fromkeys(("connect", "read", "write", "pool"), timeout)})
-        response = transport.handle_request(request)
-        response.read()
-        return Answer(response.status_code, {k.lower(): v for k, v in response.headers.items()}, response.content)
-    return send
+        self._pool.close()
 
 
 class ConsulRegistry:

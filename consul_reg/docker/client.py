@@ -21,6 +21,7 @@ from consul_reg.docker import execs as container_exec
 from consul_reg.docker import files as container_files
 
 from consul_reg.docker import connection as docker_http
+from consul_reg.docker.host import docker_base_url
 from consul_reg.core.backoff import Backoff
 from consul_reg.docker.files import FileUnreadable  # noqa: F401  (raised by read_file)
 from consul_reg.docker.events import MAX_EVENT_BYTES, OVERSIZED, SkippedEvents, decoded_events, message_from_event
@@ -32,8 +33,6 @@ from consul_reg.core.messages import EVENT_FILTER_ACTIONS, DockerReconnected, Me
 # A fixed API version: "auto" would contact dockerd in the constructor, before
 # the daemon's retry loop. 1.41 is Docker 20.10's; newer engines still accept it.
 API_VERSION = "1.41"
-FALLBACK_SOCKET = "/tmp/docker.sock"
-DEFAULT_SOCKET = "/var/run/docker.sock"
 READ_TIMEOUT = 10.0  # seconds for one file read when the caller gives none, and for the event stream's head
 SUBSCRIBE_WAIT = 10.0  # seconds the start waits for the event subscription
 INSPECT_CONNECTIONS = 4
@@ -52,14 +51,6 @@ class NotASwarmManager(Exception):
     """This node cannot read Swarm services: a worker, or not in a swarm."""
 
 
-def docker_base_url(environ: dict[str, str] | None = None) -> str | None:
-    """As the docker CLI: DOCKER_HOST, else the default socket, else /tmp/docker.sock."""
-    environ = dict(os.environ) if environ is None else environ
-    if environ.get("DOCKER_HOST"):
-        return None  # docker.from_env reads DOCKER_HOST, DOCKER_TLS_VERIFY, DOCKER_CERT_PATH
-    if not os.path.exists(DEFAULT_SOCKET) and os.path.exists(FALLBACK_SOCKET):
-        return f"unix://{FALLBACK_SOCKET}"
-    return f"unix://{DEFAULT_SOCKET}"
 
 
 class DockerSource:
@@ -72,17 +63,21 @@ class DockerSource:
         # behind the sync loop's calls and never outlive their deadline.
         try:
             self._endpoint = docker_http.endpoint_from(base_url, os.environ, API_VERSION)
-        except Exception as error:  # unreadable TLS files, a bad DOCKER_HOST (docker-py's own errors)
+        except (ValueError, OSError) as error:  # a bad DOCKER_HOST, TLS files missing or unreadable (ssl.SSLError)
             raise DockerUnavailable(f"docker: {_describe(error)}") from None
         self.description = base_url or os.environ.get("DOCKER_HOST", "")
         self.liveness = Liveness("docker")
-        # Every call on kept-alive connections (http_pool, h11), each answer bounded;
+        # Every call on kept-alive connections (transport.pool), each answer bounded;
         # docker-py only where the endpoint is not plain HTTP (ssh://).
         endpoint = self._endpoint
         self._pool: ConnectionPool | None = None
         self._docker_py: Any = None
         if endpoint.unsupported:
-            from consul_reg.docker.ssh import DockerPy
+            try:
+                from consul_reg.docker.ssh import DockerPy
+            except ImportError:  # docker-py is an optional extra, for these endpoints only
+                raise DockerUnavailable(f"docker: DOCKER_HOST={endpoint.scheme}://... needs docker-py: "
+                                        "pip install 'consul-reg[ssh]'") from None
             try:
                 self._docker_py = DockerPy(timeout, API_VERSION)
             except docker_http.Unreachable as error:
@@ -273,22 +268,21 @@ class DockerSource:
 
     def _events(self, since: str | None) -> Iterator[Any]:
         """Docker's stream of container events, each decoded (each at most MAX_EVENT_BYTES),
-        its head answered when this returns (past READ_TIMEOUT: TimeoutError; through
+        its head answered when this returns (past READ_TIMEOUT: docker_http.Timeout; through
         docker-py, for an endpoint that is not plain HTTP, the head has no deadline).
-        Read on a connection of its own."""
+        Read on an exchange of its own, without a deadline once the head came."""
         if self._docker_py is not None:
             return self._docker_py.events(since, self.event_filters())
-        assert self._pool is not None
         query = {"filters": json.dumps(self.event_filters()), **({"since": since} if since else {})}
-        stream = self._pool.open("GET", docker_http.url(self._endpoint, "/events", query=query), READ_TIMEOUT)
+        stream = docker_http.Exchange(self._endpoint, "GET", docker_http.url(self._endpoint, "/events", query=query),
+                                      time.monotonic() + READ_TIMEOUT)
         try:
-            status, headers = stream.read_head()
-            stream.deadline = math.inf  # the stream is quiet while nothing happens
-            if status != 200:
+            if stream.status != 200:
                 stream.deadline = time.monotonic() + READ_TIMEOUT
-                text = stream.read_body(headers, MAX_EVENT_BYTES, "the event stream's error").decode("utf-8", "replace")
-                raise DockerUnavailable(f"docker ({self.description}): the event stream answered {status} "
+                text = stream.read_all(MAX_EVENT_BYTES).decode("utf-8", "replace")
+                raise DockerUnavailable(f"docker ({self.description}): the event stream answered {stream.status} "
                                         f"{_describe(ValueError(text))}")
+            stream.deadline = math.inf  # the stream is quiet while nothing happens
         except BaseException:
             stream.close()
             raise

@@ -1,10 +1,13 @@
 """docker-py, for a DOCKER_HOST that is not plain HTTP (ssh://, npipe://).
 
-Every other endpoint is read over the daemon's own h11 wire (docker_source),
-and this module, with docker-py and requests behind it (~9 MB of memory), is
-then never imported. Its calls answer as the wire's do: (HTTP status, decoded
-body), an error's body being dockerd's {"message": ...}; docker_http.Unreachable
-when dockerd could not be reached.
+docker-py is an optional extra (`pip install 'consul-reg[ssh]'`): without it
+such a DOCKER_HOST is refused at the start with that advice (docker/client.py).
+Every other endpoint is read over the daemon's own transport (h11), and this
+module, with docker-py and requests behind it (~9 MB of memory), is then never
+imported; it is the only module of the package that imports either. Its calls
+answer as the transport's do: (HTTP status, decoded body), an error's body
+being dockerd's {"message": ...}; docker_http.Unreachable when dockerd could
+not be reached.
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""etcd v3 through its JSON gateway (httpx; base64 keys and values, no grpc).
+"""etcd v3 through its JSON gateway (base64 keys and values, no grpc), on the
+daemon's own transport: kept-alive connections, each call within its timeout,
+each answer bounded (MAX_ANSWER_BYTES).
 
 Every key hangs on this daemon's own lease (TTL -ttl, else 5 minutes), kept
 alive while it runs: keys vanish by themselves when the daemon is gone, and
@@ -16,23 +18,27 @@ took in between (on its own lease) is never written over or removed.
 from __future__ import annotations
 
 import base64
+import json
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
-
-import httpx
 
 from consul_reg.core.backoff import Clock
 from consul_reg.core.records import MARKER_DIGEST_KEY, instance_of, owner_meta
 from consul_reg.core.records import RegisteredService, Service
 from consul_reg.core.errors import RegistryError, RegistryNotOurs, RegistryUnavailable
 from consul_reg.mirrors.keys import HOLDER_KEY, child_key, default_id_owned, segment_problem, shown
+from consul_reg.transport.pool import TRANSPORT_ERRORS, ConnectionPool
 
 DEFAULT_LEASE_TTL = 300
 LEASES_PREFIX = "/consul-reg/leases"
 SWAP_TRIES = 3  # as new, then at the revision read (twice): a key that changes at each is left
 MAX_LEASE_MARKERS = 1000  # read to name the host holding a contested key's lease
 LEASE_NOT_FOUND = "requested lease not found"  # etcd's refusal of a put on a lease it does not hold
+# A range of every key under the prefix is the largest answer: ~100 bytes a key, and
+# etcd's own default request limit is 1.5 MiB a value. An answer past this is refused.
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
+_JSON = {"Content-Type": "application/json"}
 
 
 @dataclass(frozen=True)
@@ -67,7 +73,9 @@ class EtcdV3:
     def __init__(self, host: str, port: int, lease_ttl: int, marker: str, refresh: float = 0.0,
                  timeout: float = 5.0, clock: Clock = time.monotonic) -> None:
         self.base = f"http://{host}:{port}"
-        self.http = httpx.Client(base_url=self.base, timeout=timeout)
+        # One caller, the mirror's worker thread: one kept-alive connection in use at a time.
+        self.http = ConnectionPool(host=host, port=port, max_connections=2, timeout=timeout,
+                                   max_body=MAX_ANSWER_BYTES)
         self.lease_ttl = lease_ttl
         self.refresh = refresh or lease_ttl / 3  # -ttl-refresh, else a third of the TTL
         self.lease_id = ""
@@ -78,8 +86,8 @@ class EtcdV3:
 
     def call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         try:
-            response = self.http.post(path, json=body)
-        except httpx.HTTPError as error:
+            response = self.http.request("POST", path, json.dumps(body).encode(), _JSON)
+        except TRANSPORT_ERRORS as error:  # no connection, no HTTP, past the timeout, an answer over the bound
             raise RegistryUnavailable(f"etcd {self.base}: {type(error).__name__}: {error}") from None
         if response.status_code != 200:
             if LEASE_NOT_FOUND in response.text:  # lost between two keep-alives: replaced at the next step

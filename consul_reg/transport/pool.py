@@ -1,5 +1,6 @@
 """Keep-alive HTTP/1.1 connections to one server (TCP, verified TLS or a unix
-socket), shared by threads; h11 frames every exchange (`http_wire`).
+socket), shared by threads; h11 frames every exchange (`wire`). A call that
+streams, or must not wait for a pooled connection, is an `exchange` instead.
 
 The hot paths (the agent's register / deregister / TTL updates, Docker's
 inspect) are one small request and one small answer each: a kept-alive
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import math
 import select
 import socket
 import ssl
@@ -27,10 +27,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from consul_reg.transport.wire import MAX_HEADERS, BodyTooLarge, ProtocolError, Wire, connect
+from consul_reg.transport.wire import MAX_HEADERS, Address, BodyTooLarge, ProtocolError, Wire
 
-__all__ = ["Answer", "BodyTooLarge", "ConnectionPool", "MAX_HEADERS", "PoolTimeout", "ProtocolError",
-           "TRANSPORT_ERRORS"]
+__all__ = ["Answer", "BodyTooLarge", "ConnectionPool", "DEFAULT_MAX_BODY", "MAX_HEADERS", "PoolTimeout",
+           "ProtocolError", "TRANSPORT_ERRORS"]
 
 # What a request may raise when the server cannot be reached or speaks no HTTP
 # (h11's RemoteProtocolError arrives as ProtocolError, an HTTPException).
@@ -66,10 +66,9 @@ class ConnectionPool:
     def __init__(self, *, host: str = "", port: int = 0, socket_path: str | None = None,
                  ssl_context: ssl.SSLContext | None = None, max_connections: int = 8,
                  timeout: float = 10.0, max_body: int = DEFAULT_MAX_BODY) -> None:
-        self._host, self._port, self._socket_path, self._ssl = host, port, socket_path, ssl_context
-        self._host_header = "localhost" if socket_path else (f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
-        self.description = f"unix://{socket_path}" if socket_path else \
-            f"{'https' if ssl_context else 'http'}://{self._host_header}"
+        self.address = Address(unix_path=socket_path or "", host=host, port=port, ssl_context=ssl_context)
+        self._host_header = self.address.host_header
+        self.description = self.address.description
         self.timeout = timeout
         self.max_body = max_body
         self._idle: list[Wire] = []
@@ -102,19 +101,6 @@ class ConnectionPool:
             return self._exchange(wire, deadline, method, target, fields, body or b"", limit)
         finally:
             self._slots.release()
-
-    def open(self, method: str, target: str, timeout: float | None = None) -> Wire:
-        """A streamed exchange on a connection of the caller's own, outside the pool (an event
-        stream that stays open): the request is sent, the caller reads the answer
-        (`read_head`, `read_some`) and closes it. Without a timeout it waits for ever."""
-        wire = self._connect(timeout)
-        try:
-            wire.deadline = math.inf if timeout is None else time.monotonic() + timeout
-            wire.send_request(method, target, [("Host", self._host_header)])
-        except BaseException:
-            wire.close()
-            raise
-        return wire
 
     def close(self) -> None:
         with self._lock:
@@ -150,8 +136,7 @@ class ConnectionPool:
             wire.close()
 
     def _connect(self, timeout: float | None) -> Wire:
-        return Wire(connect(unix_path=self._socket_path, host=self._host, port=self._port, ssl_context=self._ssl,
-                            timeout=timeout))
+        return self.address.connect(timeout)
 
     def _give_back(self, wire: Wire) -> None:
         with self._lock:

@@ -1,6 +1,7 @@
 """One HTTP/1.1 connection of ours: a socket we read and write ourselves, and
-h11 (its public API) for the framing. Shared by the kept-alive pool of the
-hot paths (`http_pool`) and dockerd's streamed calls (`docker_http`).
+h11 (its public API) for the framing. The one HTTP implementation under every
+client: the kept-alive pool of the hot paths (`pool`) and the per-call
+exchange of streamed calls (`exchange`) both run on it.
 
 Every recv takes at most `RECV_BYTES` and gets the time left before the
 wire's deadline as its timeout (no deadline: it waits, as an event stream
@@ -21,6 +22,7 @@ import math
 import socket
 import ssl
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import h11
@@ -60,6 +62,33 @@ def connect(*, unix_path: str | None, host: str, port: int, ssl_context: ssl.SSL
         sock.close()
         raise
     return sock
+
+
+@dataclass(frozen=True)
+class Address:
+    """Where a server listens: a unix socket, else host:port over TCP (TLS when a context is given)."""
+
+    unix_path: str = ""
+    host: str = ""
+    port: int = 0
+    ssl_context: ssl.SSLContext | None = None
+
+    @property
+    def host_header(self) -> str:
+        if self.unix_path:
+            return "localhost"
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def description(self) -> str:
+        if self.unix_path:
+            return f"unix://{self.unix_path}"
+        return f"{'https' if self.ssl_context else 'http'}://{self.host_header}"
+
+    def connect(self, timeout: float | None) -> Wire:
+        """A new connection (OSError when it cannot be made within `timeout`)."""
+        return Wire(connect(unix_path=self.unix_path or None, host=self.host, port=self.port,
+                            ssl_context=self.ssl_context, timeout=timeout))
 
 
 class Wire:

@@ -234,7 +234,7 @@ def agent_filter(expression: str | None) -> Callable[[str], bool]:
 
 
 class HttpAgent:
-    """The agent's HTTP API as ConsulRegistry speaks to it (through httpx.MockTransport):
+    """The agent's HTTP API as ConsulRegistry speaks to it (served by a StubAgent, tests/unit/stub_agent.py):
     services keyed by their exact ID, listings filtered as Consul filters them
     (`agent_filter`), a registration replacing its exact ID and, with a SidecarService,
     `<id>-sidecar-proxy` too; a deregistration removes the sidecar it wrote."""
@@ -277,8 +277,7 @@ class HttpAgent:
         return httpx.Response(404, text="not found")
 
     def registry(self) -> Any:
-        import httpx
+        from consul_reg.consul.agent import ConsulRegistry
+        from tests.unit.stub_agent import stub_client
 
-        from consul_reg.consul.agent import ConsulClient, ConsulEndpoint, ConsulRegistry
-
-        return ConsulRegistry(ConsulClient(ConsulEndpoint("http"), transport=httpx.MockTransport(self.handler)))
+        return ConsulRegistry(stub_client(self.handler))

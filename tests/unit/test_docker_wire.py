@@ -195,6 +195,51 @@ def test_a_dockerd_that_does_not_answer_the_subscription_holds_the_start_only_so
     assert [described(m) for m in posted[:2]] == [("DockerReconnected", ""), ("start", "a")]
 
 
+def test_the_event_stream_stays_open_while_quiet_past_the_heads_deadline(tmp_path: Path, monkeypatch) -> None:
+    """READ_TIMEOUT bounds the wait for the stream's head only: a stream quiet for longer
+    is neither a failure nor reopened (no full pass asked)."""
+    monkeypatch.setattr(docker_source, "READ_TIMEOUT", 0.3)
+    path = str(tmp_path / "quiet.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(4)
+    subscriptions: list[bytes] = []
+    done = threading.Event()
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                subscriptions.append(conn.recv(65536))
+                conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                time.sleep(1.0)  # nothing happens: more than three times the head's deadline
+                body = event("start", "a")
+                try:
+                    conn.sendall(f"{len(body):x}\r\n".encode() + body + b"\r\n")
+                except OSError:
+                    continue  # the reader had given up on this stream
+                done.wait(10)
+    threading.Thread(target=serve, daemon=True).start()
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{path}")
+    docker = DockerSource(timeout=5)
+    posted: list[Hint] = []
+    arrived, stop = threading.Event(), threading.Event()
+    reader = docker.follow_events(lambda hint: (posted.append(hint), arrived.set()), stop, retry_interval=0.05)
+    try:
+        assert arrived.wait(10)
+    finally:
+        stop.set()
+        done.set()  # the server ends the stream: the reader sees it stopped
+        reader.join(10)
+        docker.close()
+        listener.close()
+    assert [(h.action, h.container_id) for h in posted] == [("start", "a")]
+    assert len(subscriptions) == 1
+
+
 class CountedBackoff(Backoff):
     def __init__(self, stop: threading.Event, opens: int) -> None:
         super().__init__(0.01, 0.02)

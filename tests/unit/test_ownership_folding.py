@@ -28,13 +28,14 @@ from consul_reg.core.records import (
 )
 from consul_reg.core.plan import DesiredServices, plan
 from consul_reg.core.errors import RegistryNotOurs
-from consul_reg.consul.agent import ConsulClient, ConsulEndpoint, ConsulRegistry
+from consul_reg.consul.agent import ConsulRegistry
 from consul_reg.mirrors.consulkv import ConsulKVRegistry
 from consul_reg.consul.guard import OwnershipGuard
 from consul_reg.mirrors.keys import owner_tag
 from consul_reg.core.messages import Reload, Start
 from consul_reg.mapping.default_ids import default_id_host
 from tests.unit.fakes import FakeAgent, agent_filter, container
+from tests.unit.stub_agent import stub_client
 from tests.unit.test_loop import Harness, event
 
 OWNER = Owner("h")
@@ -162,7 +163,7 @@ def listing_agent(services: dict[str, dict[str, Any]], folds: bool = True) -> tu
         keeps = agent_filter(expression)
         return httpx.Response(200, json={sid: s for sid, s in services.items() if keeps(sid)})
 
-    client = ConsulClient(ConsulEndpoint("http"), transport=httpx.MockTransport(handler))
+    client = stub_client(handler)
     return ConsulRegistry(client), seen
 
 
@@ -312,7 +313,7 @@ def test_consul_kv_lists_a_taken_default_id_as_absent_and_writes_over_it_on_its_
         return httpx.Response(200, json=[{"Key": k, "Value": base64.b64encode(v.encode()).decode(), "Flags": f,
                                           "ModifyIndex": i} for k, (v, f, i) in found])
 
-    client = ConsulClient(ConsulEndpoint("http"), transport=httpx.MockTransport(handler))
+    client = stub_client(handler)
     rightful = ConsulKVRegistry(client, "svc", Owner("h"))
     assert rightful.services() == {}, "never removed: it did not write it"
     rightful.register(Service(id="h:web:80", name="web", address="10.0.0.1", port=32768))

@@ -15,11 +15,12 @@ from consul_reg.mapping.services import MappingSettings, map_container
 from consul_reg.core.records import Owner, RegisteredService, Service, marker_meta, owner_meta, registered_form
 from consul_reg.core.plan import plan
 from consul_reg.core.errors import RegistryNotOurs
-from consul_reg.consul.agent import ConsulClient, ConsulEndpoint, ConsulRegistry
+from consul_reg.consul.agent import ConsulRegistry
 from consul_reg.consul.guard import OwnershipGuard
 from consul_reg.mirrors.keys import owner_tag
 from consul_reg.mapping.selection import LabelFilter, docker_filters, parse_filter, selected
 from tests.unit.fakes import agent_filter
+from tests.unit.stub_agent import stub_client
 
 
 # -- --filter ------------------------------------------------------------------------------------
@@ -143,7 +144,7 @@ def agent(records: dict[str, dict]) -> tuple[OwnershipGuard, list[str]]:
             return httpx.Response(200, json={sid: record for sid, record in records.items() if keeps(sid)})
         return httpx.Response(200, text="")
 
-    client = ConsulClient(ConsulEndpoint("http"), transport=httpx.MockTransport(handler))
+    client = stub_client(handler)
     return OwnershipGuard(ConsulRegistry(client), Owner("h", "blue"), adopt_leftovers=True), seen
 
 
@@ -196,7 +197,7 @@ def test_a_consul_kv_mirror_tells_instances_apart():
         return httpx.Response(200, json=entries)
 
     def listing(owner: str) -> dict[str, bool]:
-        client = ConsulClient(ConsulEndpoint("http"), transport=httpx.MockTransport(handler))
+        client = stub_client(handler)
         records = ConsulKVRegistry(client, "svc", owner).services()
         return {key: record.owned_by(owner) for key, record in records.items()}
 
