@@ -23,6 +23,7 @@ from consul_reg.transport.pool import Answer, ConnectionPool, TRANSPORT_ERRORS
 from consul_reg.core.records import AgentInfo, RegisteredService, Service, fold_id
 from consul_reg.mapping.registration import connect_payload, registration_payload  # noqa: F401  (re-exported)
 from consul_reg.core.errors import RegistryError, RegistryNotFound, RegistryPermissionDenied, RegistryScriptsRefused, RegistryUnavailable
+from consul_reg.core.text import printable
 
 DEFAULT_TIMEOUT_SECONDS = 10.0
 MAX_ERROR_BODY = 300
@@ -332,5 +333,4 @@ def _records(listed: Any) -> dict[str, RegisteredService]:
 
 
 def _one_line(text: str, limit: int = MAX_ERROR_BODY) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[:limit] + "..."
+    return printable(text, limit, one_line=True)

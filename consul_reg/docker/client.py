@@ -29,6 +29,7 @@ from consul_reg.transport.pool import TRANSPORT_ERRORS, BodyTooLarge, Connection
 from consul_reg.core.errors import DockerUnavailable, DockerUnreachable
 from consul_reg.core.liveness import Liveness
 from consul_reg.core.messages import EVENT_FILTER_ACTIONS, DockerReconnected, Message
+from consul_reg.core.text import printable
 
 # A fixed API version: "auto" would contact dockerd in the constructor, before
 # the daemon's retry loop. 1.41 is Docker 20.10's; newer engines still accept it.
@@ -151,7 +152,7 @@ class DockerSource:
         """One GET: (status, decoded body or None). dockerd answering at all is liveness;
         not reaching it raises DockerUnreachable, an answer over `max_body` DockerUnavailable
         (about this one call: `subject` names what it was about)."""
-        about = f" {docker_http.printable(subject, 80)}" if subject else ""
+        about = f" {printable(subject, 80)}" if subject else ""
         try:
             if self._docker_py is not None:
                 status, body = self._docker_py.call(*docker_py_call, **(docker_py_kwargs or {}))
@@ -163,7 +164,7 @@ class DockerSource:
                 try:
                     body = answer.json()
                 except ValueError:  # a proxy's page, say: its text is the message
-                    body = None if status == 200 else {"message": docker_http.printable(answer.text, 200)}
+                    body = None if status == 200 else {"message": printable(answer.text, 200)}
         except PoolTimeout as error:  # every connection busy with other calls: dockerd is slow, not gone
             raise DockerUnavailable(f"docker ({self.description}): could not {what}{about}: "
                                     f"{_describe(error)}") from None
@@ -343,5 +344,4 @@ def _answered(status: int, body: Any) -> str:
 
 
 def _describe(error: BaseException) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) < 300 else text[:300] + "..."
+    return printable(str(error).strip() or type(error).__name__, 300, one_line=True)

@@ -26,13 +26,12 @@ from consul_reg.transport.exchange import (
     Unreachable,
     deadline_after,
     describe,
-    printable,
 )
 from consul_reg.transport.wire import RECV_BYTES
 
 # What the Docker client, file reads and execs use, in one place (the exchange's errors are the transport's).
 __all__ = ["MAX_JSON_BYTES", "RECV_BYTES", "BrokenExchange", "Endpoint", "Exchange", "Timeout", "Unreachable",
-           "deadline_after", "describe", "endpoint_from", "printable", "url"]
+           "deadline_after", "describe", "endpoint_from", "url"]
 
 
 def url(endpoint: Endpoint, path: str, *segments: str, query: Mapping[str, str] | None = None) -> str:

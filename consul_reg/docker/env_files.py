@@ -15,6 +15,7 @@ from typing import Callable
 
 from consul_reg.core.messages import EnvFileRead
 from consul_reg.mapping import env_file as envfile
+from consul_reg.core.text import printable
 
 READ_TIMEOUT_SECONDS = 5.0
 
@@ -64,5 +65,4 @@ class EnvFileReader:
 
 
 def _describe(error: BaseException) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) <= 300 else text[:300] + "..."
+    return printable(str(error).strip() or type(error).__name__, 300, one_line=True)

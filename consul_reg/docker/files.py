@@ -18,7 +18,8 @@ import tarfile
 from typing import Any, Protocol
 
 from consul_reg.docker import connection as docker_http
-from consul_reg.docker.connection import Endpoint, printable
+from consul_reg.core.text import printable
+from consul_reg.docker.connection import Endpoint
 
 BLOCK = 512
 # Besides the file's own blocks, the stream may hold its tar header and a PAX

@@ -23,7 +23,7 @@ import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from consul_reg.transport.exchange import printable
+from consul_reg.core.text import printable
 from consul_reg.transport.wire import Address
 
 DEFAULT_SOCKET = "/var/run/docker.sock"

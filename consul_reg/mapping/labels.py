@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 from consul_reg.mapping.validate import Limits
+from consul_reg.core.text import printable, quoted  # noqa: F401  (printable: re-exported)
 
 PREFIX = "SERVICE_"
 _PORT_KEY = re.compile(r"^([0-9]{1,5})_(.+)$", re.DOTALL)
@@ -85,14 +86,14 @@ def collect(
                 continue
             if taken == limits.keys_per_container:
                 keys.warnings.append(f"more than {limits.keys_per_container} SERVICE_* keys in the {source}: "
-                                     f"the rest, from key {_show(original_key)} on, are ignored")
+                                     f"the rest, from key {quoted(original_key)} on, are ignored")
                 break
             taken += 1
             if len(original_key) > limits.key_length:
-                keys.warnings.append(f"key {_show(original_key)}: longer than {limits.key_length} characters, "
+                keys.warnings.append(f"key {quoted(original_key)}: longer than {limits.key_length} characters, "
                                      "ignored")
             elif len(value) > limits.value_length:
-                keys.warnings.append(f"key {_show(original_key)}: its value of {len(value)} characters is over "
+                keys.warnings.append(f"key {quoted(original_key)}: its value of {len(value)} characters is over "
                                      f"the limit of {limits.value_length} (--max-value-length), ignored")
             else:
                 _add(keys, original_key, value, source)
@@ -102,22 +103,22 @@ def collect(
 def _add(keys: ServiceKeys, original_key: str, value: str, source: str) -> None:
     key = original_key[len(PREFIX):].lower()
     if not key:
-        keys.warnings.append(f"key {_show(original_key)}: no name after SERVICE_, ignored")
+        keys.warnings.append(f"key {quoted(original_key)}: no name after SERVICE_, ignored")
         return
     entry = KeyValue(value=value, source=source, original_key=original_key)
     port_match = _PORT_KEY.match(key)
     if port_match:
         port, rest = port_match.groups()
         if not 0 < int(port) < 65536:
-            keys.warnings.append(f"key {_show(original_key)}: {port} is not a valid port number, ignored")
+            keys.warnings.append(f"key {quoted(original_key)}: {port} is not a valid port number, ignored")
             return
         keys.by_port.setdefault(str(int(port)), {})[rest] = entry
         return
     typo = _LOOKS_LIKE_PORT_KEY.match(key)
     if typo and not is_daemon_key(key) and typo.group(1) not in ("check", "heartbeat", "env"):
         keys.warnings.append(
-            f"key {_show(original_key)}: {_show(typo.group(1))} is not a port number,"
-            f" so this is not a port-scoped key; kept as Meta {_show(key)}"
+            f"key {quoted(original_key)}: {quoted(typo.group(1))} is not a port number,"
+            f" so this is not a port-scoped key; kept as Meta {quoted(key)}"
         )
     keys.general[key] = entry
 
@@ -138,23 +139,4 @@ def is_true_flag(value: str) -> bool:
     return value.strip() != "" and value.strip().lower() not in ("false", "0", "no")
 
 
-def _show(text: str, limit: int = 80) -> str:
-    """A key or value quoted for a log line, cut when huge; repr() escapes
-    newlines, terminal escapes and every other non-printable character."""
-    shown = text if len(text) <= limit else text[:limit] + f"...({len(text)} chars)"
-    return repr(shown)
-
-
-show = _show
-
-
-def printable(text: object, limit: int | None = None) -> str:
-    """Container-controlled text for a terminal or a log line, unquoted:
-    every non-printable character (newline, ESC, bidi controls...) escaped as
-    repr() writes it, and cut after `limit` characters when given."""
-    shown = str(text)
-    if limit is not None and len(shown) > limit:
-        shown = shown[:limit] + f"...({len(shown)} chars)"
-    if shown.isprintable():
-        return shown
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in shown)
+show = quoted  # a key or value named in a warning

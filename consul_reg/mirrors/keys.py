@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 
 from consul_reg.core.errors import RegistryError
+from consul_reg.core.text import quoted
 
 
 def segment_problem(segment: str) -> str:
@@ -41,8 +42,7 @@ MAX_SHOWN_VALUE = 80
 
 def shown(value: str) -> str:
     """A value someone else wrote, fit for one log line (escaped, cut)."""
-    text = repr(value[:MAX_SHOWN_VALUE])
-    return text + ("..." if len(value) > MAX_SHOWN_VALUE else "")
+    return quoted(value, MAX_SHOWN_VALUE)
 
 
 def default_id_owned(service_id: str, hostname: str) -> bool:

@@ -21,6 +21,7 @@ import time
 from typing import Any, Self
 
 from consul_reg.transport.wire import RECV_BYTES, Address, ProtocolError, Wire
+from consul_reg.core.text import printable
 
 MAX_JSON_BYTES = 1024 * 1024  # a small JSON answer, an error body
 MAX_SECONDS = 86400.0
@@ -147,11 +148,6 @@ class Exchange:
             wire.close()
 
 
-def printable(text: str, limit: int = 200) -> str:
-    """Text the other side controls made safe for one log line: control characters escaped, length capped."""
-    escaped = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
-    return escaped if len(escaped) <= limit else escaped[:limit] + "..."
-
-
 def describe(error: BaseException) -> str:
-    return printable(" ".join(str(error).split()) or type(error).__name__, 300)
+    """An error for one log line: what the other side wrote in it shown escaped and cut."""
+    return printable(str(error).strip() or type(error).__name__, 300, one_line=True)
