@@ -14,6 +14,7 @@ from loguru import logger
 from consul_reg import envfile
 from consul_reg.config import Config
 from consul_reg.env_files import EnvFileState
+from consul_reg.labels import printable
 from consul_reg.mapping import MappingSettings, map_container
 from consul_reg.model import ContainerDesire, ContainerStatus, Service, keeps_records
 from consul_reg.swarm_endpoints import SwarmEndpoints
@@ -57,7 +58,7 @@ class DesireBuilder:
         extra: tuple[tuple[str, list[tuple[str, str]]], ...] = ()
         if env_path:
             if env is None or env.path != env_path or not env.read:
-                raise DesireUnavailable(f"its env file {env_path} is not read yet")
+                raise DesireUnavailable(f"its env file {printable(env_path)} is not read yet")
             extra = (("env file", list(env.good.pairs)),)
         container = self.swarm.augment(container)  # a Swarm task: its service's ingress ports
         try:

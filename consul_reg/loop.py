@@ -26,6 +26,7 @@ from consul_reg.docker_source import DockerUnavailable, DockerUnreachable, listi
 from consul_reg.drain import Drainer
 from consul_reg.env_files import EnvFileRead, EnvFileReader, EnvFileState, fold
 from consul_reg.heartbeat import ProbeScheduler
+from consul_reg.labels import printable
 from consul_reg.metrics import Metrics
 from consul_reg.mirrors import MirrorWorker
 from consul_reg.reading import NOT_FETCHED, Reader
@@ -284,7 +285,7 @@ class Loop:
                 # Nothing asks for a file never read (the poll follows desires): the container is
                 # looked at again on Docker's backoff, and that look asks for the file again.
                 del self.env_states[read.container_id]
-                unread.append((read.container_id, DockerUnavailable(f"env file {read.path}: {read.error}")))
+                unread.append((read.container_id, DockerUnavailable(f"env file {printable(read.path)}: {read.error}")))
                 continue
             new_state, values_changed, warnings = fold(state, read)
             self.env_states[read.container_id] = new_state

@@ -14,7 +14,7 @@ from consul_reg.tags_template import TemplateError
 from consul_reg.validate import Limits, has_control
 
 # Consul's rules for service Meta (agent/structs validateMetaPair); the counts are in Limits.
-META_KEY_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")
+META_KEY_PATTERN = re.compile(r"[A-Za-z0-9_-]+")  # fullmatch
 META_RESERVED_PREFIX = "consul-"
 # Ours: the ownership marker, the digest, the sidecar's link (model.py), and any we add later.
 OWN_META_PREFIX = "consul_reg_"
