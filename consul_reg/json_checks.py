@@ -317,7 +317,7 @@ class _JsonCheck:
             out["Body"] = body
         problem = redirect_problem(str(out.get("Method", "GET")), bool(out.get("Body")), self.settings)
         if problem:
-            raise Refused(f"the HTTP check {show(out['HTTP'], 80)}: {problem}")
+            raise Refused(f"the HTTP check {show(str(out['HTTP']), 80)}: {problem}")
         if self._flag("TLSSkipVerify"):
             out["TLSSkipVerify"] = True
         self._server_name(out)

@@ -30,10 +30,21 @@ from consul_reg.mapping import MappingSettings, map_container
 from consul_reg.metrics import Metrics
 from consul_reg.model import MARKER_INSTANCE_KEY, Owner, registered_form
 from consul_reg.snapshot import Snapshot
-from consul_reg.status import MAX_CONNECTIONS_PER_CLIENT, REQUEST_TIMEOUT_SECONDS, StatusServer, StatusSources, \
-    client_key
+from consul_reg.status import (
+    MAX_CONNECTIONS_PER_CLIENT,
+    REQUEST_TIMEOUT_SECONDS,
+    StatusServer,
+    StatusSources,
+    client_key,
+)
 from consul_reg.tags_meta import is_reserved_meta_key, service_meta
-from consul_reg.validate import CheckPolicy, OwnEndpoints, check_target_problem, parse_allow_rule, parse_ip
+from consul_reg.validate import (
+    CheckPolicy,
+    OwnEndpoints,
+    check_target_problem,
+    parse_allow_rule,
+    parse_ip,
+)
 
 CID = "c0ffee" * 10 + "abcd"
 
@@ -133,8 +144,8 @@ def test_get_and_head_without_a_body_stay_on_an_old_agent(values) -> None:
 def test_a_body_an_agent_before_1_7_never_gets_does_not_cost_the_check() -> None:
     checks, warnings = key_checks(CheckSettings(agent_version=(1, 6)), check_http="/", check_http_body="b")
     assert "Body" not in checks["service:h:web:80:http"]
-    assert warnings == ["service 'h:web:80': the check field Body needs Consul 1.7 or later and this agent is 1.6: "
-                        "left out"]
+    assert warnings == [("service 'h:web:80': the check field Body needs Consul 1.7 or later and this agent is "
+                         "1.6: left out")]
 
 
 def json_built(definitions: list[dict], settings: CheckSettings) -> tuple[dict[str, dict], list[str]]:
@@ -237,7 +248,7 @@ def _status_server() -> StatusServer:
     up = Liveness("x")
     up.ok()
     server = StatusServer("127.0.0.1:0", StatusSources(snapshot=lambda: Snapshot(), docker=up, agent=up,
-                                                       mirrors=lambda: {}, metrics=Metrics(), hostname="h1"))
+                                                       mirrors=dict, metrics=Metrics(), hostname="h1"))
     server.start()
     return server
 
