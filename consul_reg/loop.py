@@ -26,6 +26,7 @@ from consul_reg.docker_source import DockerUnavailable, DockerUnreachable, listi
 from consul_reg.drain import Drainer
 from consul_reg.env_files import EnvFileRead, EnvFileReader, EnvFileState, fold
 from consul_reg.heartbeat import ProbeScheduler
+from consul_reg.labels import printable
 from consul_reg.metrics import Metrics
 from consul_reg.mirrors import MirrorWorker
 from consul_reg.reading import NOT_FETCHED, Reader
@@ -38,6 +39,9 @@ from consul_reg.snapshot import Snapshot, freeze
 Message = Union[Hint, EnvFileRead]
 IDLE_WAIT_SECONDS = 3600.0
 HEALTH_RECHECK_SECONDS = 0.5
+# A container whose health flaps is read again at most once in this long (besides the read at
+# each of its events): the recheck only corrects a status read too early.
+HEALTH_RECHECK_MIN_INTERVAL = 2.0
 IO_WORKERS = 4  # Docker inspects and agent writes of one batch in flight at once
 
 
@@ -77,7 +81,8 @@ class Loop:
         self.full_pending = ""  # a full pass was asked but Docker failed: retried on its backoff
         # Podman sends health_status before the new status can be read (an inspect at the event
         # saw the old one about 1 time in 12): such a container is read once more, shortly after.
-        self.health_rechecks: dict[str, float] = {}  # container ID -> when
+        self.health_rechecks: dict[str, float] = {}  # container ID -> when (one pending per container)
+        self._rechecked: dict[str, float] = {}  # container ID -> when it was last read again (recent ones)
         self.last_full_pass: float | None = None
         self.snapshot = Snapshot()
         self._generation = 0
@@ -180,11 +185,7 @@ class Loop:
         for container_id, exit_code in actions.deaths:
             self.drainer.on_die(container_id)
             affected |= self._mark_dead(container_id, exit_code)
-        rechecks = {cid for cid, due in self.health_rechecks.items() if due <= started}
-        for container_id in rechecks:
-            del self.health_rechecks[container_id]
-        for container_id in actions.health_changed:
-            self.health_rechecks[container_id] = started + HEALTH_RECHECK_SECONDS
+        rechecks = self._due_rechecks(started, actions.health_changed)
         refresh = set(actions.refresh) | rechecks | self._fold_env_reads(m for m in batch if isinstance(m, EnvFileRead))
         if actions.missing_checks:
             logger.info("the agent lost checks of {}: listing it again", ", ".join(sorted(actions.missing_checks)))
@@ -225,6 +226,21 @@ class Loop:
         if kind == "full":  # its writes are made and its snapshot published (the mirrors take it on their threads)
             logger.debug("full pass done ({}): {} containers", full_reason, len(self.desires))
         return True
+
+    def _due_rechecks(self, now: float, health_changed: Iterable[str]) -> set[str]:
+        """The health rechecks due now; each health_status event asks for one, at least
+        HEALTH_RECHECK_SECONDS after it and HEALTH_RECHECK_MIN_INTERVAL after the
+        container's last (a pending one moves later, never earlier: one per container)."""
+        due = {cid for cid, at in self.health_rechecks.items() if at <= now}
+        for container_id in due:
+            del self.health_rechecks[container_id]
+            self._rechecked[container_id] = now
+        self._rechecked = {cid: at for cid, at in self._rechecked.items() if at + HEALTH_RECHECK_MIN_INTERVAL > now}
+        for container_id in health_changed:
+            at = max(now + HEALTH_RECHECK_SECONDS, self._rechecked.get(container_id, -HEALTH_RECHECK_MIN_INTERVAL)
+                     + HEALTH_RECHECK_MIN_INTERVAL)
+            self.health_rechecks[container_id] = max(at, self.health_rechecks.get(container_id, at))
+        return due
 
     def _full_reason_due(self) -> str:
         if self.full_pending and self.docker_backoff.ready():
@@ -284,7 +300,7 @@ class Loop:
                 # Nothing asks for a file never read (the poll follows desires): the container is
                 # looked at again on Docker's backoff, and that look asks for the file again.
                 del self.env_states[read.container_id]
-                unread.append((read.container_id, DockerUnavailable(f"env file {read.path}: {read.error}")))
+                unread.append((read.container_id, DockerUnavailable(f"env file {printable(read.path)}: {read.error}")))
                 continue
             new_state, values_changed, warnings = fold(state, read)
             self.env_states[read.container_id] = new_state

@@ -167,6 +167,24 @@ class Template:
     def is_static(self) -> bool:
         return all(isinstance(p, str) for p in self.parts)
 
+    @functools.cached_property
+    def fields(self) -> frozenset[str]:
+        """Every field the template reads (`.Config.Labels`; `.` is the whole container)."""
+        found: set[str] = set()
+
+        def walk(commands: list[list[Any]]) -> None:
+            for command in commands:
+                for kind, value in command:
+                    if kind == "field":
+                        found.add(value)
+                    elif kind == "pipeline":
+                        walk(value)
+
+        for part in self.parts:
+            if not isinstance(part, str):
+                walk(part)
+        return frozenset(found)
+
     def _parse(self, action: str) -> list[Any]:
         tokens, position = [], 0
         while position < len(action):

@@ -31,13 +31,14 @@ from typing import Any, Collection
 from loguru import logger
 
 from consul_reg.checks import origin_key
+from consul_reg.default_ids import SIDECAR_ID_SUFFIX
 from consul_reg.model import MARKER_SOURCE_KEY, MARKER_SOURCE_VALUE, SIDECAR_FOR_KEY, RegisteredService, Service, \
     fold_id
 from consul_reg.reconcile import registrator_leftover_pattern
 from consul_reg.registries.base import RegistryNotOurs
 from consul_reg.registries.consul import AgentInfo, ConsulRegistry
 
-SIDECAR_SUFFIX = "-sidecar-proxy"  # the ID the agent gives the sidecar of <id>: <id>-sidecar-proxy
+SIDECAR_SUFFIX = SIDECAR_ID_SUFFIX  # the ID the agent gives the sidecar of <id>: <id>-sidecar-proxy
 
 
 class OwnershipGuard:
