@@ -88,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
              "(80,443,9000-9100); repeatable. By default a check may only probe its own container")
     add("--allow-check-method", dest="allow_check_methods", action="append", default=[], metavar="METHOD",
         help=f"let HTTP checks use this method too (default: {', '.join(DEFAULT_CHECK_METHODS)}); repeatable")
+    add("--allow-check-redirects", dest="allow_check_redirects", action="store_true",
+        help="on Consul before 1.12 (whose HTTP checks follow redirects, keeping method and body), still "
+             "register HTTP checks that send a body or a method other than GET and HEAD: a container's server "
+             "could then redirect them to any address the agent reaches")
     defaults = Limits()
     add("--max-services-per-container", dest="max_services", type=int, default=defaults.services_per_container,
         metavar="N", help=f"services one container may register (default {defaults.services_per_container})")
@@ -214,6 +218,7 @@ def parse_config(argv: Sequence[str], environ: dict[str, str] | None = None) -> 
         limits=limits,
         allow_check_targets=tuple(rules),
         allow_check_methods=tuple(methods),
+        allow_check_redirects=args.allow_check_redirects,
         no_container_env_file=args.no_container_env_file,
         host_ip6=str(parse_ip(args.host_ip6)) if args.host_ip6 else None,
         instance=args.instance,

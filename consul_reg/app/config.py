@@ -48,6 +48,7 @@ class Config:
     limits: Limits = Limits()  # --max-services-per-container, --max-tags-per-service, ...
     allow_check_targets: tuple[AllowRule, ...] = ()  # --allow-check-target
     allow_check_methods: tuple[str, ...] = ()  # --allow-check-method, beyond GET HEAD OPTIONS POST
+    allow_check_redirects: bool = False  # --allow-check-redirects: POST and bodies on an agent before 1.12
     no_container_env_file: bool = False  # refuse containers' own SERVICE_ENV_FILE
     host_ip6: str | None = None  # -ip6: this host's IPv6 for ports published on IPv6
     instance: str = ""  # --instance: this daemon's name beside others of the same host on one agent
@@ -113,6 +114,7 @@ class Config:
                 refuse_script_checks=self.no_script_checks,
                 exec_checks=self.exec_checks,
                 policy=policy or self.check_policy(),
+                allow_check_redirects=self.allow_check_redirects,
             ),
             limits=self.limits,
         )

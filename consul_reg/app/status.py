@@ -4,14 +4,17 @@ Docker and the agent. Every connection has a deadline and their number is
 capped, so a slow or hostile client cannot tie the daemon up: the whole
 request must arrive within REQUEST_TIMEOUT_SECONDS of the connection (not
 per read: a client dribbling a byte now and then is dropped all the same),
-and the answer must be taken within as long again. One source address holds
-at most MAX_CONNECTIONS_PER_CLIENT of the slots; a request is at most
+and the answer must be taken within as long again. One client holds at most
+MAX_CONNECTIONS_PER_CLIENT of the slots, a client being what one party can
+hardly multiply: this host's loopback (all of 127.0.0.0/8 and ::1), an IPv6
+/64, an IPv4 address (an IPv4-mapped IPv6 one counts as that IPv4); a request is at most
 MAX_REQUEST_BYTES and MAX_HEADERS header lines; its request line is logged
 escaped."""
 
 from __future__ import annotations
 
 import io
+import ipaddress
 import json
 import socket
 import sys
@@ -30,9 +33,25 @@ from consul_reg.core.snapshot import Snapshot
 
 REQUEST_TIMEOUT_SECONDS = 5.0
 MAX_CONNECTIONS = 16
-MAX_CONNECTIONS_PER_CLIENT = 4  # per source address: one client cannot take every slot
+MAX_CONNECTIONS_PER_CLIENT = 4  # per client (client_key): one client cannot take every slot
 MAX_REQUEST_BYTES = 8 * 1024  # request line and headers (a GET has no body); read no further
 MAX_HEADERS = 32
+
+
+def client_key(host: str) -> str:
+    """Whose connection this is, for the per-client cap: any local process can bind
+    any of 127.0.0.0/8, and one IPv6 host usually holds a whole /64."""
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if address.is_loopback:
+        return "loopback"
+    if isinstance(address, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
 
 
 @dataclass(frozen=True)
@@ -115,11 +134,11 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self._lock = threading.Lock()
-        self._per_client: dict[str, int] = {}  # source address -> connections it holds
+        self._per_client: dict[str, int] = {}  # client_key -> connections it holds
         super().__init__(address, handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        client = str(client_address[0])
+        client = client_key(str(client_address[0]))
         with self._lock:
             held = self._per_client.get(client, 0)
             admitted = held < MAX_CONNECTIONS_PER_CLIENT and self._slots.acquire(blocking=False)
@@ -134,7 +153,7 @@ class _Server(ThreadingHTTPServer):
         try:
             super().process_request_thread(request, client_address)
         finally:
-            client = str(client_address[0])
+            client = client_key(str(client_address[0]))
             with self._lock:
                 held = self._per_client.pop(client) - 1
                 if held:

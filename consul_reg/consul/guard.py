@@ -31,13 +31,14 @@ from typing import Any, Collection
 from loguru import logger
 
 from consul_reg.mapping.checks import origin_key
+from consul_reg.mapping.default_ids import SIDECAR_ID_SUFFIX
 from consul_reg.core.records import MARKER_SOURCE_KEY, MARKER_SOURCE_VALUE, SIDECAR_FOR_KEY, RegisteredService, Service, \
     fold_id
 from consul_reg.core.plan import registrator_leftover_pattern
 from consul_reg.core.errors import RegistryNotOurs
 from consul_reg.core.records import AgentInfo
 
-SIDECAR_SUFFIX = "-sidecar-proxy"  # the ID the agent gives the sidecar of <id>: <id>-sidecar-proxy
+SIDECAR_SUFFIX = SIDECAR_ID_SUFFIX  # the ID the agent gives the sidecar of <id>: <id>-sidecar-proxy
 
 
 class OwnershipGuard:

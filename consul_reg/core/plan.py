@@ -146,7 +146,7 @@ class ApplyResult:
 
 def registrator_leftover_pattern(hostname: str) -> re.Pattern[str]:
     """IDs registrator gave on this host: <hostname>:<container-name>:<port>[:udp]."""
-    return re.compile(rf"^{re.escape(hostname)}:[^:]+:[0-9]+(:udp)?$")
+    return re.compile(rf"^{re.escape(hostname)}:[^:\n]+:[0-9]+(:udp)?\Z")  # \Z: `$` passes a final newline
 
 
 def plan(

@@ -11,7 +11,7 @@ import re
 from consul_reg.mapping.labels import show
 from consul_reg.mapping.validate import Limits, has_control, has_space_or_control
 
-HEADER_NAME = re.compile(r"^[A-Za-z0-9-]+$")
+HEADER_NAME = re.compile(r"[A-Za-z0-9-]+")  # fullmatch: `$` would let a final newline through
 HEADER_NAME_LENGTH = 128
 _TAB_AND_LINE_BREAKS = {9: None, 10: None, 13: None}
 
@@ -23,7 +23,7 @@ def header_count_problem(count: int, limits: Limits = Limits()) -> str | None:
 
 
 def header_name_problem(name: str) -> str | None:
-    if not name or len(name) > HEADER_NAME_LENGTH or not HEADER_NAME.match(name):
+    if not name or len(name) > HEADER_NAME_LENGTH or not HEADER_NAME.fullmatch(name):
         return f"header name {show(name, 40)}: 1 to {HEADER_NAME_LENGTH} letters, digits and -"
     return None
 

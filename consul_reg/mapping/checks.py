@@ -20,7 +20,7 @@ from consul_reg.mapping.validate import Limits, OwnEndpoints, check_target_probl
 from consul_reg.mapping.versions import CHECK_FIELD_MIN_VERSION, check_field_refusal
 
 __all__ = ["CheckSettings", "HEADER_NAME", "body_problem", "go_duration", "parse_duration", "parse_version",
-           "service_checks"]
+           "redirect_problem", "service_checks"]
 
 DEFAULT_INTERVAL = "10s"
 # Go's time.ParseDuration units; ASCII digits only (Consul would refuse others).
@@ -32,6 +32,9 @@ _WHOLE_NUMBER = re.compile(r"[0-9]{1,9}")
 _PORT = re.compile(r"[0-9]{1,5}")
 # HTTP checks stop following redirects where the agent can (1.12; some 1.9-1.11 patch releases too).
 DISABLE_REDIRECTS_MIN_VERSION = CHECK_FIELD_MIN_VERSION["DisableRedirects"]
+# What an HTTP check may send to an agent that follows redirects: Go's client follows a 307 or
+# 308 with the same method and body, so anything else could be carried to any address.
+REDIRECT_SAFE_METHODS = ("GET", "HEAD")
 # Daemon-run exec checks: Consul clamps its own check intervals and timeouts to 1 s.
 EXEC_MIN_SECONDS = 1.0
 # Kinds of the SERVICE_CHECK_<KIND> keys: their check IDs are `service:<service ID>:<kind>`.
@@ -58,6 +61,25 @@ def parse_duration(text: str) -> float | None:
 def go_duration(seconds: float) -> str:
     """Seconds as a Go duration Consul parses: never an exponent ("1e+06s")."""
     return f"{seconds:.3f}".rstrip("0").rstrip(".") + "s"
+
+
+def redirect_problem(method: str, has_body: bool, settings: CheckSettings) -> str | None:
+    """None when an HTTP check sending `method` (and a body or not) is safe on this agent;
+    else why it is refused. An agent before Consul 1.12 follows the checked server's
+    redirects (DisableRedirects is newer), and a 307 keeps the method and the body: the
+    container's own server could send the request to any address the agent reaches, a
+    loopback-only Docker API's POST /containers/create included."""
+    if settings.agent_version >= DISABLE_REDIRECTS_MIN_VERSION or settings.allow_check_redirects:
+        return None
+    if method in REDIRECT_SAFE_METHODS and not has_body:
+        return None
+    sends = method + (" with a body" if has_body else "")
+    agent = settings.agent_version
+    return (f"it sends {sends}, and this agent (Consul {agent[0]}.{agent[1]}) follows the checked server's "
+            f"redirects keeping the method and the body (Consul cannot turn that off before "
+            f"{DISABLE_REDIRECTS_MIN_VERSION[0]}.{DISABLE_REDIRECTS_MIN_VERSION[1]}): a redirect would carry it to "
+            "any address the agent reaches. Only GET and HEAD without a body are sent; upgrade Consul, or the "
+            "operator may accept the risk with --allow-check-redirects")
 
 
 def parse_version(text: str) -> tuple[int, int]:
@@ -256,6 +278,13 @@ class _Builder:
                 return None
             if body:
                 fields["Body"] = body
+            sends_body = bool(body) and check_field_refusal("Body", self.settings.agent_version) is None
+            problem = redirect_problem(str(fields.get("Method", "GET")), sends_body, self.settings)
+            if problem:
+                self._warn(f"check_{kind}_body" if sends_body else f"check_{kind}_method",
+                           f"the {kind.upper()} check {show(f'service:{self.service_id}:{kind}')}: {problem}; "
+                           "that check is dropped")
+                return None
             if kind == "https" and self._flag("check_tls_skip_verify"):
                 fields["TLSSkipVerify"] = True
             if self.settings.agent_version >= DISABLE_REDIRECTS_MIN_VERSION:

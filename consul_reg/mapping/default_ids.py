@@ -23,6 +23,17 @@ _DEFAULT_ID_SHAPES = (re.compile(rf"({_HOST_PART}):{_CONTAINER_PART}:[0-9]{{1,5}
                       re.compile(rf"({_HOST_PART}):(?![0-9]+$){_CONTAINER_PART}"))
 
 
+# The agent names the sidecar proxy of service <id> `<id>-sidecar-proxy` (SERVICE_CONNECT=sidecar).
+SIDECAR_ID_SUFFIX = "-sidecar-proxy"
+
+
+def is_sidecar_shaped(service_id: str) -> bool:
+    """An ID of the form the agent derives for a sidecar proxy: no container may
+    choose one, as it would be another service's sidecar (another host's default
+    ID's sidecar, `<host>:<container>:<port>-sidecar-proxy`, included)."""
+    return service_id.lower().endswith(SIDECAR_ID_SUFFIX)
+
+
 def default_id_host(service_id: str) -> str | None:
     """The host in whose default-ID namespace a container-chosen ID sits (any
     host's, not only this one's: mirrors and agents may be shared by several

@@ -6,6 +6,7 @@ API (no exec: it works in distroless images)."""
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +44,8 @@ def path_problem(path: str) -> str | None:
         return f"an env file path may hold at most {MAX_PATH_LENGTH} characters"
     if has_control(path):
         return "an env file path may not hold NUL or control characters"
+    if any(unicodedata.category(char) == "Cf" for char in path):
+        return "an env file path may not hold invisible format characters (bidi controls, zero-width ones)"
     return None
 
 

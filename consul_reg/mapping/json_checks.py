@@ -16,7 +16,8 @@ import re
 
 from consul_reg.mapping.check_caps import body_problem, header_count_problem, header_name_problem, header_value_problem, \
     path_problem
-from consul_reg.mapping.checks import DISABLE_REDIRECTS_MIN_VERSION, INITIAL_STATUSES, frozen_fields, parse_duration
+from consul_reg.mapping.checks import DISABLE_REDIRECTS_MIN_VERSION, INITIAL_STATUSES, frozen_fields, parse_duration, \
+    redirect_problem
 from consul_reg.mapping.labels import KeyValue, show
 from consul_reg.core.records import Check, fold_id
 from consul_reg.mapping.settings import CheckSettings
@@ -312,6 +313,9 @@ class _JsonCheck:
             if problem:
                 raise Refused(problem)
             out["Body"] = body
+        problem = redirect_problem(str(out.get("Method", "GET")), bool(out.get("Body")), self.settings)
+        if problem:
+            raise Refused(f"the HTTP check {show(str(out['HTTP']), 80)}: {problem}")
         if self._flag("TLSSkipVerify"):
             out["TLSSkipVerify"] = True
         self._server_name(out)

@@ -11,13 +11,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from consul_reg.mapping import labels
-
 from consul_reg.mapping import swarm
-
 from consul_reg.mapping import workers
 from consul_reg.mapping.addresses import UNSPECIFIED_HOST_IPS, AddressChoice, choose_address, container_addresses
 from consul_reg.mapping.checks import service_checks
-from consul_reg.mapping.default_ids import default_id_host
+from consul_reg.mapping.default_ids import SIDECAR_ID_SUFFIX, default_id_host, is_sidecar_shaped
 from consul_reg.mapping.definitions import Extras, service_extras
 from consul_reg.mapping.json_checks import json_checks, parse_checks
 from consul_reg.mapping.labels import KeyValue, ServiceKeys, show
@@ -26,7 +24,7 @@ from consul_reg.mapping.ports import int_or_none, port_entries, published_ports
 from consul_reg.mapping.registration import registration_bytes
 from consul_reg.mapping.selection import selected
 from consul_reg.mapping.settings import CheckSettings, MappingSettings, PublishedPort
-from consul_reg.mapping.tags_meta import capped_tags, service_meta, tags_of, template_tags
+from consul_reg.mapping.tags_meta import capped_tags, service_meta, tags_of, template_tags, without_reserved
 from consul_reg.mapping.validate import OwnEndpoints, identifier_problem, normal_host, parse_ip, squats_host_namespace
 
 __all__ = ["CheckSettings", "ContainerRecords", "MappingSettings", "PublishedPort", "default_service_name",
@@ -253,7 +251,8 @@ def _service(context: _Context, keys: dict[str, KeyValue], service_id: str, name
     None when its registration is over the size caps (warned)."""
     settings, records = context.settings, context.records
     marker = marker_meta(settings.hostname, records.container_id, settings.instance)
-    meta = service_meta(keys, records.warnings, settings.limits, marker_pairs=len(marker) + 1)  # + the digest
+    meta = without_reserved(service_meta(keys, records.warnings, settings.limits,
+                                         marker_pairs=len(marker) + 1))  # + the digest
     meta.update(marker)
     entry = keys.get("checks")
     if entry is not None and entry.value.strip():
@@ -362,6 +361,9 @@ def _identifiers_ok(service_id: str, id_entry: KeyValue | None, name: str, name_
             problem = (f"it has the shape of host {show(other)}'s default IDs "
                        "(<hostname>:<container>:<port>[:udp], <hostname>:<container>), and a container may not "
                        "choose another host's ID (mirrors and agents may be shared)")
+        elif problem is None and what == "service ID" and entry is not None and is_sidecar_shaped(value):
+            problem = (f"IDs ending in {show(SIDECAR_ID_SUFFIX)} are the ones the agent gives sidecar proxies "
+                       "(<service ID>-sidecar-proxy), and a container may not choose one")
         if problem:
             origin = f"key {show(entry.original_key)}={show(entry.value)}" if entry else f"default {what} {show(value)}"
             warnings.append(f"{origin}: {problem}; this service is skipped")

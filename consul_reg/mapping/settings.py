@@ -18,6 +18,9 @@ class CheckSettings:
     refuse_script_checks: bool = False  # --no-script-checks
     exec_checks: str = "agent"  # --exec-checks agent|daemon
     policy: CheckPolicy = CheckPolicy()  # which endpoints and methods network checks may use
+    # --allow-check-redirects: on an agent that follows redirects (before Consul 1.12), still
+    # register HTTP checks that send a body or a method other than GET and HEAD.
+    allow_check_redirects: bool = False
 
 
 @dataclass(frozen=True)

@@ -8,13 +8,30 @@ from typing import Any
 
 from consul_reg.mapping import labels
 from consul_reg.mapping.labels import KeyValue, show
-from consul_reg.core.records import MARKER_KEYS
+from consul_reg.core.records import MARKER_SOURCE_KEY
 from consul_reg.mapping.settings import MappingSettings
 from consul_reg.mapping.tags_template import TemplateError
 from consul_reg.mapping.validate import Limits, has_control
 
 # Consul's rules for service Meta (agent/structs validateMetaPair); the counts are in Limits.
+META_KEY_PATTERN = re.compile(r"[A-Za-z0-9_-]+")  # fullmatch
 META_RESERVED_PREFIX = "consul-"
+# Ours: the ownership marker, the digest, the sidecar's link (model.py), and any we add later.
+OWN_META_PREFIX = "consul_reg_"
+
+
+def is_reserved_meta_key(key: str) -> bool:
+    """A Meta key no container may set: Consul's `consul-` prefix, consul-reg's own
+    `consul_reg_` prefix and the marker's `external-source`. Case-insensitive, and
+    meant for the key as it is registered (after the characters are fixed)."""
+    folded = key.lower()
+    return folded.startswith((META_RESERVED_PREFIX, OWN_META_PREFIX)) or folded == MARKER_SOURCE_KEY
+
+
+def without_reserved(meta: dict[str, str]) -> dict[str, str]:
+    """`meta` without any reserved key: what the daemon's marker is then added to,
+    so that only the marker it writes is ever in a record."""
+    return {key: value for key, value in meta.items() if not is_reserved_meta_key(key)}
 
 
 def tags_of(entry: KeyValue | None, limits: Limits, warnings: list[str]) -> list[str]:
@@ -77,10 +94,10 @@ def service_meta(keys: dict[str, KeyValue], warnings: list[str], limits: Limits 
         if labels.is_daemon_key(key):
             continue
         where = f"key {show(entry.original_key)}"
-        if key in MARKER_KEYS or key.startswith(META_RESERVED_PREFIX):
-            warnings.append(f"{where}: Meta key {show(key)} is reserved, dropped")
-            continue
         fixed = re.sub(r"[^A-Za-z0-9_-]", "_", key)
+        if is_reserved_meta_key(fixed):  # as registered: 'consul.reg.instance' would be 'consul_reg_instance'
+            warnings.append(f"{where}: Meta key {show(fixed)} is reserved, dropped")
+            continue
         if fixed != key:
             warnings.append(f"{where}: Meta keys may only hold A-Z a-z 0-9 _ -, registered as {show(fixed)}")
         if len(fixed) > limits.meta_key_length:

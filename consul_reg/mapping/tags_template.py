@@ -163,6 +163,24 @@ class Template:
             self.parts.append(self._parse(text[start + 2:end].strip("- ")))
             position = end + 2
 
+    @functools.cached_property
+    def fields(self) -> frozenset[str]:
+        """Every field the template reads (`.Config.Labels`; `.` is the whole container)."""
+        found: set[str] = set()
+
+        def walk(commands: list[list[Any]]) -> None:
+            for command in commands:
+                for kind, value in command:
+                    if kind == "field":
+                        found.add(value)
+                    elif kind == "pipeline":
+                        walk(value)
+
+        for part in self.parts:
+            if not isinstance(part, str):
+                walk(part)
+        return frozenset(found)
+
     def _parse(self, action: str) -> list[Any]:
         tokens, position = [], 0
         while position < len(action):

@@ -28,6 +28,11 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 PORT_MAX = 65535
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 LINK_LOCAL = (ipaddress.ip_network("169.254.0.0/16"), ipaddress.ip_network("fe80::/10"))
+# Cloud platforms' instance endpoints outside link-local (169.254.169.254, GCP's and Azure's
+# IMDS, ECS's 169.254.170.2 are inside it): AWS's IMDS on IPv6, Alibaba Cloud's metadata
+# service, Azure's WireServer (its VM agent's goal state, certificates included).
+CLOUD_METADATA = frozenset({ipaddress.ip_address("fd00:ec2::254"), ipaddress.ip_address("100.100.100.200"),
+                            ipaddress.ip_address("168.63.129.16")})
 DEFAULT_CHECK_METHODS = ("GET", "HEAD", "OPTIONS", "POST")
 
 
@@ -393,7 +398,8 @@ def check_target_problem(host: str, port: int, own: OwnEndpoints, policy: CheckP
     """None when a network check (or a sidecar's forward) may probe host:port, else why not.
 
     In order: link-local (cloud metadata) needs a rule inside 169.254.0.0/16 or
-    fe80::/10; the agent's own ports need a rule that lists the port (on any address
+    fe80::/10, the metadata endpoints outside it (CLOUD_METADATA) a rule naming that
+    address alone; the agent's own ports need a rule that lists the port (on any address
     but the container's own IPs); this host's own addresses (loopback) need a rule
     that names them, or the pair is the container's own at an address the daemon
     registers at (-ip 127.0.0.1, a dev agent's 127.0.0.1); anything else needs a
@@ -409,6 +415,10 @@ def check_target_problem(host: str, port: int, own: OwnEndpoints, policy: CheckP
             _subnet(r.network, net) for net in LINK_LOCAL)]
         return None if explicit else "link-local addresses (cloud metadata) are never probed unless " \
             "an --allow-check-target rule inside 169.254.0.0/16 or fe80::/10 names them"
+    if address in CLOUD_METADATA:
+        exact = [r for r in rules if r.network is not None and r.network.num_addresses == 1]
+        return None if exact else f"{address} is a cloud platform's metadata endpoint: it is never probed " \
+            "unless an --allow-check-target rule names that address alone (/32 or /128)"
     agent_like = port in policy.agent_ports and normal not in own.container_addresses
     if agent_like or (normal in {normal_host(a) for a in policy.agent_addresses} and port in policy.agent_ports):
         if not any(r.names_port(port) for r in rules):

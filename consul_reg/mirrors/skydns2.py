@@ -12,7 +12,7 @@ from consul_reg.core.backoff import Clock
 from consul_reg.core.records import Service
 from consul_reg.mirrors.etcd import EtcdRegistry
 
-DNS_LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+DNS_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")  # fullmatch
 
 
 class SkyDNS2Registry(EtcdRegistry):
@@ -28,7 +28,7 @@ class SkyDNS2Registry(EtcdRegistry):
         if refusal:
             return refusal
         for what, value in (("name", service.name), ("ID", service.id)):
-            if not DNS_LABEL.match(value):
+            if not DNS_LABEL.fullmatch(value):
                 return (f"service {what} {value!r} is not a DNS label (letters, digits and '-', at most 63): "
                         "SkyDNS cannot serve it; set SERVICE_ID / SERVICE_NAME to one")
         return ""

@@ -19,6 +19,7 @@ whose drains end together.
 
 from __future__ import annotations
 
+import re
 import signal
 import time
 from dataclasses import dataclass
@@ -31,15 +32,20 @@ from consul_reg.core.protocols import AgentAPI
 
 REASON_PREFIX = "consul-reg: draining"
 TERMINATING = {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGKILL}
+_SIGNAL_NUMBER = re.compile(r"[0-9]{1,4}")  # ASCII digits only
+MAX_SIGNAL_TEXT = 32
 
 
-def signal_number(value: str) -> int | None:
-    """'15', 'SIGTERM', 'TERM' -> 15; None when it names no signal."""
+def signal_number(value: object) -> int | None:
+    """'15', 'SIGTERM', 'TERM' -> 15; None when it names no signal. Total: a container's
+    StopSignal is any text ('²' is a digit to str.isdigit and no number to int())."""
+    if not isinstance(value, str) or len(value) > MAX_SIGNAL_TEXT:
+        return None
     value = value.strip().upper()
-    if value.isdigit():
+    if _SIGNAL_NUMBER.fullmatch(value):
         return int(value)
     name = value if value.startswith("SIG") else "SIG" + value
-    member = getattr(signal.Signals, name, None) if name.isidentifier() else None
+    member = signal.Signals.__members__.get(name)
     return int(member) if member is not None else None
 
 

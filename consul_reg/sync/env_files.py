@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from consul_reg.core.messages import EnvFileRead
+from consul_reg.core.text import printable
 from consul_reg.mapping import env_file as envfile
 
 NO_VALUES = envfile.EnvFile((), ())
@@ -30,7 +31,7 @@ def fold(state: EnvFileState, result: EnvFileRead) -> tuple[EnvFileState, bool, 
         return state, False, []
     if result.error:
         problem = f"unreadable: {result.error}"
-        warnings = [f"env file {result.path}: {result.error}; keeping its last good values"] \
+        warnings = [f"env file {printable(result.path)}: {result.error}; keeping its last good values"] \
             if problem != state.problem else []
         return replace(state, read=True, problem=problem), not state.read, warnings
     if result.text is None:  # missing: "nothing yet", no warning
@@ -46,6 +47,6 @@ def fold(state: EnvFileState, result: EnvFileRead) -> tuple[EnvFileState, bool, 
         good = state.good  # malformed: the last good values stay
         problem = "; ".join(parsed.problems)
         if problem != state.problem:
-            warnings = [f"env file {result.path}: {p}" for p in parsed.problems]
+            warnings = [f"env file {printable(result.path)}: {p}" for p in parsed.problems]
     changed = not state.read or good != state.good
     return replace(state, read=True, text=result.text, good=good, problem=problem), changed, warnings

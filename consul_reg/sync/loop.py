@@ -32,6 +32,7 @@ from consul_reg.core.messages import EnvFileRead, Message, ScriptsRefused, Start
 from consul_reg.core.protocols import AgentAPI, DockerReads, LoopMetrics, NoMetrics, ProbeSink, SnapshotSubscriber
 from consul_reg.core.records import AgentInfo, ContainerDesire, ContainerStatus, Service, keeps_records
 from consul_reg.core.snapshot import Snapshot
+from consul_reg.core.text import printable
 from consul_reg.sync.desires import DesireBuilder, DesireUnavailable
 from consul_reg.sync.drain import Drainer
 from consul_reg.sync.env_files import EnvFileState, fold
@@ -248,7 +249,7 @@ class Loop:
                 # Nothing asks for a file never read (the poll follows desires): the container is
                 # looked at again on Docker's backoff, and that look asks for the file again.
                 del states[read.container_id]
-                unread.append((read.container_id, DockerUnavailable(f"env file {read.path}: {read.error}")))
+                unread.append((read.container_id, DockerUnavailable(f"env file {printable(read.path)}: {read.error}")))
                 continue
             new_state, values_changed, warnings = fold(state, read)
             states[read.container_id] = new_state

@@ -9,6 +9,9 @@ from consul_reg.core.backoff import Backoff, Clock
 # Podman sends health_status before the new status can be read (an inspect at the event
 # saw the old one about 1 time in 12): such a container is read once more, shortly after.
 HEALTH_RECHECK_SECONDS = 0.5
+# A container whose health flaps is read again at most once in this long (besides the read at
+# each of its events): the recheck only corrects a status read too early.
+HEALTH_RECHECK_MIN_INTERVAL = 2.0
 
 
 class Timers:
@@ -20,7 +23,8 @@ class Timers:
         self.full_pending = ""  # a full pass was asked but Docker failed: retried on its backoff
         self.last_full_pass: float | None = None
         self.next_env_poll = 0.0
-        self.health_rechecks: dict[str, float] = {}  # container ID -> when
+        self.health_rechecks: dict[str, float] = {}  # container ID -> when (one pending per container)
+        self._rechecked: dict[str, float] = {}  # container ID -> when it was last read again (recent ones)
 
     def full_pass_due_at(self) -> float | None:
         if self.resync_seconds > 0 and self.last_full_pass is not None:
@@ -46,12 +50,18 @@ class Timers:
         self.last_full_pass = self.clock()
 
     def take_rechecks(self, now: float, health_changed: frozenset[str]) -> set[str]:
-        """The containers due to be read again now; those whose health just changed are due shortly."""
+        """The health rechecks due now; each health_status event asks for one, at least
+        HEALTH_RECHECK_SECONDS after it and HEALTH_RECHECK_MIN_INTERVAL after the
+        container's last (a pending one moves later, never earlier: one per container)."""
         due = {cid for cid, at in self.health_rechecks.items() if at <= now}
         for container_id in due:
             del self.health_rechecks[container_id]
+            self._rechecked[container_id] = now
+        self._rechecked = {cid: at for cid, at in self._rechecked.items() if at + HEALTH_RECHECK_MIN_INTERVAL > now}
         for container_id in health_changed:
-            self.health_rechecks[container_id] = now + HEALTH_RECHECK_SECONDS
+            at = max(now + HEALTH_RECHECK_SECONDS, self._rechecked.get(container_id, -HEALTH_RECHECK_MIN_INTERVAL)
+                     + HEALTH_RECHECK_MIN_INTERVAL)
+            self.health_rechecks[container_id] = max(at, self.health_rechecks.get(container_id, at))
         return due
 
     def env_poll_due(self, force: bool) -> bool:

@@ -12,7 +12,9 @@ machine sees the flood.
 from __future__ import annotations
 
 import datetime
+import json
 import re
+import socket
 import threading
 import time
 import uuid
@@ -23,7 +25,7 @@ from consul_reg.docker.client import MAX_EVENT_BYTES, DockerSource
 from consul_reg.core.messages import CONTAINER_ACTIONS
 from tests.integration.conftest import wait_until
 from tests.integration.test_hostile_containers import (  # noqa: F401 (fixtures)
-    assert_host_unharmed, host, own_docker, run_container, start)
+    assert_host_unharmed, host, own_docker, run_container, services_of_container, start)
 
 pytestmark = pytest.mark.integration
 
@@ -116,3 +118,77 @@ def test_dockerd_sends_health_status_for_the_filter_and_no_exec_events(own_docke
     assert actions[0] == "start"
     assert not [a for a in actions if a.startswith("exec")], actions
     assert {a.split(":")[0] for a in actions} <= CONTAINER_ACTIONS, actions
+
+
+def heaviest_labels() -> dict[str, str]:
+    """The review's worst case for the mapping (~264 KB): 128 tags of ~250 characters, 58 Meta
+    values of 512, 16 tagged addresses, 32 SERVICE_CHECKS with 1 KiB Notes and Names, 32 header
+    keys of 4,000 characters, a 2 KiB HTTP check path (~270 ms to map on this machine)."""
+    labels = {"SERVICE_TAGS": ",".join(f"t{i:03d}" + "x" * 250 for i in range(128)),
+              "SERVICE_CHECKS": json.dumps([{"TCP": ":1", "Notes": "n" * 1000, "Name": "m" * 1000}] * 32),
+              "SERVICE_CHECK_HTTP": "/" + "p" * 2000, "SERVICE_CHECK_NOTES": "n" * 1000}
+    labels.update({f"SERVICE_M{i:03d}": "v" * 512 for i in range(58)})
+    labels.update({f"SERVICE_TAGGED_ADDRESS_A{i}": ("a" * 63 + ".") * 3 + "example.com:80" for i in range(16)})
+    labels.update({f"SERVICE_CHECK_HTTP_HEADER_X{i}": "h" * 4000 for i in range(32)})
+    return labels
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct ports free on 127.0.0.1 (held together while chosen: one at a time, the
+    kernel may hand the same one out twice)."""
+    held = []
+    try:
+        for _ in range(count):
+            probe = socket.socket()
+            held.append(probe)
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in held]
+    finally:
+        for probe in held:
+            probe.close()
+
+
+REMAP_BOUND = 1.0  # seconds for one registration or removal beside four flapping heavy containers (~0.15 s;
+# mapped at every event, 1.1-3.5 s here)
+
+
+def test_flapping_health_of_heavy_containers_delays_no_other_container(host, own_docker, start_daemon,
+                                                                        run_container, hostname):
+    """Four containers with the heaviest labels, 64 ports published and a health that flaps
+    every second: each health_status event re-reads the container (its status is new) but
+    maps it again only if what the mapping reads changed. Mapped at each event (and at its
+    recheck), they delayed another container's registration by 3.7-8.5 s."""
+    agent, api, sentinel = host
+    daemon = start(start_daemon, agent, own_docker)
+    flapping = {"test": ["CMD-SHELL", "if [ -e /tmp/up ]; then rm /tmp/up; exit 1; else touch /tmp/up; fi"],
+                "interval": 1_000_000_000, "timeout": 5_000_000_000, "retries": 1}
+    # Host ports the kernel calls free: not from this dockerd's allocator, which would walk 256 ports
+    # into the ones the machine's other dockerd hands out.
+    host_ports = iter(free_ports(4 * 64))
+    heavy = [run_container(labels=heaviest_labels(), healthcheck=flapping,
+                           ports={f"{p}/tcp": ("127.0.0.1", next(host_ports)) for p in range(1, 65)})
+             for _ in range(4)]
+    for container in heavy:
+        wait_until(lambda: services_of_container(api, container), timeout=60, message="a heavy container's services")
+        wait_until(lambda: container.reload() or container.attrs["State"]["Health"]["Status"] != "starting",
+                   timeout=60, message="its first probe done")
+    began = time.time()
+    round_, slowest = 0, 0.0
+    while round_ < ROUNDS or _probe_started(heavy[-1]) < began + FLOOD_SECONDS:
+        assert round_ < 100, "the heavy containers stopped probing"
+        good = run_container(ports={"80/tcp": None}, labels={"SERVICE_NAME": "well-behaved"})
+        service_id = f"{hostname}:{good.name}:80"
+        started = time.monotonic()
+        wait_until(lambda: service_id in api.services(), timeout=REMAP_BOUND, interval=0.05,
+                   message=f"round {round_}: a container registered within {REMAP_BOUND}s beside the flapping ones")
+        registered = time.monotonic() - started
+        good.remove(force=True)
+        started = time.monotonic()
+        wait_until(lambda: service_id not in api.services(), timeout=REMAP_BOUND, interval=0.05,
+                   message=f"round {round_}: a container deregistered within {REMAP_BOUND}s beside the flapping ones")
+        deregistered = time.monotonic() - started
+        slowest = max(slowest, registered, deregistered)
+        print(f"round {round_}: registered in {registered:.2f}s, deregistered in {deregistered:.2f}s")
+        round_ += 1
+    print(f"slowest of {round_} rounds: {slowest:.2f}s")
+    assert_host_unharmed(api, daemon, run_container, hostname, sentinel)

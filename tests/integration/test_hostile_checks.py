@@ -19,7 +19,7 @@ from typing import Any, Iterator
 import docker
 import pytest
 
-from tests.integration.conftest import IMAGE, RUN_ID, TEST_LABEL, free_port, wait_until
+from tests.integration.conftest import IMAGE, RUN_ID, TEST_LABEL, free_port, host_port, wait_until
 from tests.integration.test_hostile_containers import (  # noqa: F401  (fixtures: host, run_container)
     assert_host_unharmed, dockerd_of_its_own, host, run_container, services_of_container, start)
 
@@ -126,7 +126,8 @@ def test_huge_check_keys_on_many_ports_send_a_bounded_registration(host, own_doc
     sees what the agent holds: at most 32 headers of at most 4 KiB, the body within its cap."""
     agent, api, sentinel = host
     _, client = own_docker
-    daemon = start(start_daemon, agent, own_docker, "-internal", "--allow-check-target", f"127.0.0.1/32:{recorder.port}")
+    daemon = start(start_daemon, agent, own_docker, "-internal", "--allow-check-target", f"127.0.0.1/32:{recorder.port}",
+                   "--allow-check-redirects")  # its POST with a body, on Consul 1.8.7
     big = "x" * 60000
     labels = {TEST_LABEL: RUN_ID, "SERVICE_NAME": "huge", "SERVICE_CHECK_INTERVAL": "1s",
               "SERVICE_CHECK_ADDRESS": "127.0.0.1", "SERVICE_CHECK_PORT": str(recorder.port),
@@ -194,3 +195,53 @@ def test_the_agents_own_ports_are_never_a_check_target(host, own_docker, start_d
     daemon.wait_log(f"container {hostile.name}: key 'SERVICE_CHECK_TCP'='true': the TCP check would probe "
                     f"'127.0.0.1' port {dns_port}: port {dns_port} is one of the Consul agent's own ports")
     assert_host_unharmed(api, daemon, run_container, hostname, sentinel)
+
+
+# Answers every request with a 307 to $TARGET once it has read the request (headers and body).
+REDIRECTOR = r"""#!/bin/sh
+len=0
+while IFS= read -r line; do
+  line=$(printf '%s' "$line" | tr -d '\r')
+  [ -z "$line" ] && break
+  case "$line" in [Cc]ontent-[Ll]ength:*) len=$(echo ${line#*:}) ;; esac
+done
+[ "$len" -gt 0 ] && head -c "$len" >/dev/null
+printf 'HTTP/1.1 307 Temporary Redirect\r\nLocation: %s\r\nContent-Length: 0\r\nConnection: close\r\n\r\n' "$TARGET"
+"""
+
+
+def test_a_redirect_from_the_containers_own_server_carries_no_post_to_a_loopback_service(
+        host, own_docker, start_daemon, run_container, hostname, recorder):
+    """Consul 1.8.7 cannot disable redirects, and Go's client follows a 307 keeping the method and
+    the body: a check on the container's own pair whose server answers 307 to a loopback-only
+    service (here the recorder, standing for a Docker API on 127.0.0.1:2375) would POST there.
+    Such checks are refused; a GET check still runs and is redirected (what remains before 1.12)."""
+    agent, api, sentinel = host
+    daemon = start(start_daemon, agent, own_docker, "-ip", "127.0.0.1")
+    target = f"http://127.0.0.1:{recorder.port}/containers/create"
+    evil = '{"Image": "evil", "HostConfig": {"Privileged": true}}'
+    hostile = run_container(
+        ["sh", "-c", 'printf "%s" "$REDIRECTOR" > /tmp/r.sh && chmod +x /tmp/r.sh && exec nc -ll -p 80 -e /tmp/r.sh'],
+        ports={"80/tcp": ("127.0.0.1", None)}, environment={"REDIRECTOR": REDIRECTOR, "TARGET": target}, labels={
+            "SERVICE_CHECK_INTERVAL": "1s",
+            "SERVICE_CHECK_HTTP": "/", "SERVICE_CHECK_HTTP_METHOD": "POST", "SERVICE_CHECK_HTTP_BODY": evil,
+            "SERVICE_CHECKS": json.dumps([
+                {"HTTP": "/json", "Method": "POST", "Body": evil, "Interval": "1s"},
+                {"HTTP": "/put", "Method": "OPTIONS", "Interval": "1s"},
+                {"HTTP": "/get", "Interval": "1s", "ID": "get"}])})
+    service_id = f"{hostname}:{hostile.name}:80"
+    wait_until(lambda: service_id in api.services(), message="the service, with its GET check only")
+    assert set(api.checks_of(service_id)) == {f"service:{service_id}:get"}
+    # The GET check does reach the recorder through the redirect: the path is real, and POSTs would take it.
+    wait_until(lambda: len(recorder.requests) >= 3, timeout=30, message="three redirected GET probes")
+    assert {(method, path, body) for method, path, _, body in recorder.requests} == \
+        {("GET", "/containers/create", b"")}
+    why = "follows the checked server's redirects keeping the method and the body"
+    daemon.wait_log(f"container {hostile.name}: key 'SERVICE_CHECK_HTTP_BODY'=")
+    daemon.wait_log(f"the HTTP check 'service:{service_id}:http': it sends POST with a body, and this agent "
+                    f"(Consul 1.8) {why}")
+    daemon.wait_log(f"container {hostile.name}: key 'SERVICE_CHECKS': check 1: the HTTP check "
+                    f"'http://127.0.0.1:{host_port(hostile, '80/tcp')}/json': it sends POST with a body")
+    daemon.wait_log(f"container {hostile.name}: key 'SERVICE_CHECKS': check 2: the HTTP check")
+    assert_host_unharmed(api, daemon, run_container, hostname, sentinel)
+    assert all(method == "GET" and body == b"" for method, _, _, body in recorder.requests)

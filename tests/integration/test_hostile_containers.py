@@ -167,6 +167,7 @@ def start(start_daemon, agent, own_docker, *args: str):
     ("SERVICE_NAME", "..", False),
     ("SERVICE_ID", "{hostname}:victim:80", False),  # this host's default-ID namespace
     ("SERVICE_ID", "other-{hostname}:victim:80", False),  # another host's, on a shared agent or mirror
+    ("SERVICE_ID", "other-{hostname}:victim:80-sidecar-proxy", False),  # the agent's ID for its sidecar
 ])
 def test_hostile_identifiers(host, own_docker, start_daemon, run_container, hostname, key, value, stop):
     agent, api, sentinel = host
@@ -308,6 +309,30 @@ def test_a_squatter_started_first_does_not_keep_the_id(host, own_docker, start_d
     assert api.services()[shared]["Meta"]["consul_reg_container"] == legit.id
     daemon.wait_log(f"service ID {shared!r} is declared by containers {legit.name} and {squatter.name}")
     assert_host_unharmed(api, daemon, run_container, hostname, sentinel)
+
+
+def test_a_container_cannot_write_the_ownership_marker_into_its_meta(host, own_docker, start_daemon, run_container,
+                                                                     hostname):
+    """`SERVICE_CONSUL.REG.INSTANCE` is Meta `consul_reg_instance` once its characters are fixed: had
+    it been kept, the record would be no record of this daemon (run without --instance), never
+    updated nor removed, outliving its container. The reserved keys are judged as registered."""
+    agent, api, sentinel = host
+    daemon = start(start_daemon, agent, own_docker)
+    hostile = run_container(ports={"80/tcp": None}, labels={
+        "SERVICE_NAME": "marker", "SERVICE_CONSUL.REG.INSTANCE": "x", "SERVICE_CONSUL.REG.SIDECAR.FOR": "payments",
+        "SERVICE_CONSUL.REG.HOST": "elsewhere", "SERVICE_EXTERNAL-SOURCE": "kubernetes", "SERVICE_KEPT": "yes"})
+    service_id = f"{hostname}:{hostile.name}:80"
+    wait_until(lambda: service_id in api.services(), message="the container's service")
+    meta = api.services()[service_id]["Meta"]
+    assert {k: v for k, v in meta.items() if k != "consul_reg_digest"} == {
+        "external-source": "consul-reg", "consul_reg_host": hostname, "consul_reg_container": hostile.id,
+        "kept": "yes"}
+    for key in ("SERVICE_CONSUL.REG.INSTANCE", "SERVICE_CONSUL.REG.SIDECAR.FOR", "SERVICE_EXTERNAL-SOURCE"):
+        daemon.wait_log(f"container {hostile.name}: key {key!r}: Meta key")
+    hostile.remove(force=True)  # the daemon's record: removed with its container (-resync 0: by the event)
+    wait_until(lambda: service_id not in api.services(), message="the record removed with its container")
+    daemon.wait_log(f"deregistered {service_id} name=marker")
+    assert_host_unharmed(api, daemon, run_container, hostname, sentinel, hostile_ids=(service_id,))
 
 
 def catalog_view(api, name: str) -> list[tuple]:

@@ -304,7 +304,7 @@ def test_check_field_refusals(labels, message):
 
 def test_operator_may_allow_more_methods():
     policy = CheckPolicy(methods=("GET", "HEAD", "OPTIONS", "POST", "PUT"))
-    settings = MappingSettings(hostname="h", checks=CheckSettings(policy=policy))
+    settings = MappingSettings(hostname="h", checks=CheckSettings(agent_version=(1, 12), policy=policy))
     records = map_container(container(labels={"SERVICE_CHECK_HTTP": "/", "SERVICE_CHECK_HTTP_METHOD": "put"}),
                             settings)
     assert checks_of(records)["service:h:web:80:http"]["Method"] == "PUT"

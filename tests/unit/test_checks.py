@@ -11,6 +11,10 @@ def keys(**values: str) -> dict[str, KeyValue]:
     return {k.lower(): KeyValue(v, "label", "SERVICE_" + k.upper()) for k, v in values.items()}
 
 
+# The operator's --allow-check-redirects: bodies and POST on a 1.8 agent (which follows redirects).
+REDIRECTS_ACCEPTED = CheckSettings(allow_check_redirects=True)
+
+
 def build(settings: CheckSettings = CheckSettings(), port: int | None = 8080, **values: str):
     warnings: list[str] = []
     checks = service_checks(keys(**values), "h:web:80", "web", "10.0.0.2", port, "abc123", settings, warnings)
@@ -30,7 +34,7 @@ def test_versions():
 
 
 def test_http_defaults_and_overrides():
-    checks, warnings = build(check_http="health", check_http_method="post", check_timeout="2s")
+    checks, warnings = build(REDIRECTS_ACCEPTED, check_http="health", check_http_method="post", check_timeout="2s")
     assert checks["service:h:web:80:http"] == {"HTTP": "http://10.0.0.2:8080/health", "Method": "POST",
                                                "Interval": "10s", "Timeout": "2s"}
     assert warnings == []
@@ -124,9 +128,10 @@ def test_http_checks_do_not_follow_redirects_where_the_agent_can():
 
 
 def test_http_body_goes_with_the_simple_http_check():
-    checks, warnings = build(check_http="/", check_http_method="POST", check_http_body='{"a": 1}\n')
+    checks, warnings = build(REDIRECTS_ACCEPTED, check_http="/", check_http_method="POST",
+                             check_http_body='{"a": 1}\n')
     assert checks["service:h:web:80:http"]["Body"] == '{"a": 1}\n' and warnings == []
-    checks, _ = build(check_https="/", check_https_body="b", check_http_body="not for https")
+    checks, _ = build(REDIRECTS_ACCEPTED, check_https="/", check_https_body="b", check_http_body="not for https")
     assert checks["service:h:web:80:https"]["Body"] == "b"
 
 

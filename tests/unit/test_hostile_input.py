@@ -110,6 +110,14 @@ def check_targets(check) -> list[tuple[str, int]]:
     return targets
 
 
+def declared_ports(env: list[str], labels: dict[str, str]) -> set[int]:
+    """The container ports a container declares with SERVICE_PORT (env or label, any case), as
+    numbers: the mapping may aim a check at the container's own IP on any of them."""
+    values = [value for key, value in labels.items() if key.upper() == "SERVICE_PORT"]
+    values += [entry.partition("=")[2] for entry in env if entry.partition("=")[0].upper() == "SERVICE_PORT"]
+    return {int(part) for value in values for part in re.findall(r"[0-9]+", value)}
+
+
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(env=env_lists, labels=label_maps, ports=port_maps, internal=st.booleans(), scripts=st.booleans(),
        host_ip=st.sampled_from([None, "10.0.0.5", "127.0.0.1"]), exec_checks=st.sampled_from(["agent", "daemon"]))
@@ -141,7 +149,8 @@ def test_mapping_never_raises_and_payloads_are_valid(env, labels, ports, interna
                 assert not address.is_link_local
                 assert str(address) in {CONTAINER_IP, *trusted_hosts}, (host, port, labels, env)
                 if str(address) == CONTAINER_IP:
-                    assert str(port) in str(ports) or port in (80, 443, 53, 8500, 8080, 9090)  # + SERVICE_PORT's
+                    assert str(port) in str(ports) or port in (80, 443, 53, 8500, 8080, 9090) \
+                        or port in declared_ports(env, labels)
                 else:
                     assert port in host_ports and port != AGENT_PORT
             probe = check.daemon_probe

@@ -31,7 +31,8 @@ def build(definitions: Any, settings: CheckSettings = CheckSettings(), address: 
 def test_two_http_checks_with_their_own_intervals_and_a_post_body():
     checks, warnings = build([
         {"HTTP": "/health", "Interval": "5s", "Method": "post", "Body": '{"ping": 1}', "Header": {"X-A": "b"}},
-        {"HTTP": ":9000/metrics", "Interval": "30s", "Timeout": "2s", "ID": "metrics", "Name": "metrics"}])
+        {"HTTP": ":9000/metrics", "Interval": "30s", "Timeout": "2s", "ID": "metrics", "Name": "metrics"}],
+        CheckSettings(allow_check_redirects=True))  # the operator accepts a POST on an agent following redirects
     assert checks == {
         "service:h:web:80:1": {"Name": "Service 'web' check 1", "HTTP": "http://10.0.0.5:8000/health",
                                "Interval": "5s", "Method": "POST", "Body": '{"ping": 1}', "Header": {"X-A": ["b"]}},

@@ -85,19 +85,33 @@ def _ask(port: int, request: bytes, source: str = "127.0.0.1") -> bytes:
         return answer
 
 
+def _ask_as(server: StatusServer, source: str) -> bytes:
+    """/health as a client at `source` sees it: a connected pair handed to the server as
+    if accepted from there (loopback is one client, whichever 127.x address)."""
+    ours, theirs = socket.socketpair()
+    with ours:
+        ours.settimeout(REQUEST_TIMEOUT_SECONDS + 5)
+        server.server.process_request(theirs, (source, 40000))
+        ours.sendall(b"GET /health HTTP/1.0\r\n\r\n")
+        answer = b""
+        while chunk := ours.recv(65536):
+            answer += chunk
+        return answer
+
+
 def test_one_client_address_holds_at_most_its_share_of_the_slots() -> None:
     """Every slot held by one address's idle connections left /health to nobody else."""
     server = _server()
     port = server.server.server_address[1]
     idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(MAX_CONNECTIONS)]
     try:
-        assert _ask(port, b"GET /health HTTP/1.0\r\n\r\n", source="127.0.0.2").startswith(b"HTTP/1.0 200")
+        assert _ask_as(server, "192.0.2.7").startswith(b"HTTP/1.0 200")
         closed = 0
         for client in idle[MAX_CONNECTIONS_PER_CLIENT:]:  # over its share: closed at once, not after the deadline
             client.settimeout(1)
             closed += client.recv(1) == b""
         assert closed == MAX_CONNECTIONS - MAX_CONNECTIONS_PER_CLIENT
-        assert _ask(port, b"GET /health HTTP/1.0\r\n\r\n", source="127.0.0.3").startswith(b"HTTP/1.0 200")
+        assert _ask_as(server, "192.0.2.8").startswith(b"HTTP/1.0 200")
     finally:
         for client in idle:
             client.close()

@@ -58,14 +58,16 @@ EVERYTHING = {
 }
 
 
-def payload_for(labels: dict[str, str], version: tuple[int, int]) -> dict[str, Any] | None:
+def payload_for(labels: dict[str, str], version: tuple[int, int],
+                allow_check_redirects: bool = False) -> dict[str, Any] | None:
     container = {"Id": "f" * 64, "Name": "/web", "Config": {"Image": "web", "Labels": labels, "Env": []},
                  "HostConfig": {"NetworkMode": "default"},
                  "NetworkSettings": {"Ports": {"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8000"},
                                                           {"HostIp": "::", "HostPort": "8000"}]},
                                      "Networks": {"bridge": {"IPAddress": "172.17.0.2"}}}}
     settings = MappingSettings(hostname="h", default_address="10.0.0.5", host_ip6="fd00::5",
-                               checks=CheckSettings(agent_version=version))
+                               checks=CheckSettings(agent_version=version,
+                                                    allow_check_redirects=allow_check_redirects))
     records = map_container(container, settings)
     return registration_payload(records.services[0]) if records.services else None
 
@@ -82,7 +84,7 @@ def test_each_gated_field_and_its_minimum_version():
 
 
 def test_the_fullest_registration_for_1_8_holds_only_what_1_8_accepts():
-    payload = payload_for(EVERYTHING, (1, 8))
+    payload = payload_for(EVERYTHING, (1, 8), allow_check_redirects=True)  # else no POST nor Body on 1.8
     assert payload is not None
     service_fields, check_fields = fields_sent(payload)
     assert service_fields == ACCEPTED_1_8_SERVICE
