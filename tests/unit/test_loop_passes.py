@@ -17,10 +17,10 @@ from tests.unit.fakes import container
 from tests.unit.test_loop import Harness, event, h  # noqa: F401  (h: the started harness fixture)
 
 
-def sources(h: Harness) -> StatusSources:
+def sources(harness: Harness) -> StatusSources:
     up = Liveness("x")
     up.ok()
-    return StatusSources(snapshot=lambda: h.loop.snapshot, docker=up, agent=up, mirrors=lambda: {},
+    return StatusSources(snapshot=lambda: harness.loop.snapshot, docker=up, agent=up, mirrors=dict,
                          metrics=Metrics(), hostname="h1")
 
 
@@ -28,16 +28,16 @@ def counters(body: dict[str, Any]) -> tuple[int, int]:
     return body["full_passes_started"], body["full_pass_done"]
 
 
-def seen_during(h: Harness, method: str) -> list[tuple[int, int]]:
+def seen_during(harness: Harness, method: str) -> list[tuple[int, int]]:
     """What /health answers each time the loop calls the agent's `method` (in the middle of a batch)."""
     seen: list[tuple[int, int]] = []
-    original = getattr(h.agent, method)
+    original = getattr(harness.agent, method)
 
     def spy(*args: Any) -> Any:
-        seen.append(counters(health(sources(h))[1]))
+        seen.append(counters(health(sources(harness))[1]))
         return original(*args)
 
-    setattr(h.agent, method, spy)
+    setattr(harness.agent, method, spy)
     return seen
 
 
