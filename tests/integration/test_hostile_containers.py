@@ -465,9 +465,9 @@ def test_a_dot_dot_name_never_wedges_the_mirrors(tmp_path, host, own_docker, sta
     zookeeper = ZooKeeper(tmp_path).start()
     try:
         prefix = f"kvh-{hostname}"
-        daemon = start_daemon("-ip", "192.0.2.60", agent.uri, f"consulkv://127.0.0.1:{agent.http_port}/{prefix}",
-                              f"{zookeeper.uri_base}/services", *status_args(), resync="0",
-                              env={"DOCKER_HOST": own_docker[0]})
+        daemon = start_daemon("-ip", "192.0.2.60", *status_args(), agent.uri,
+                              f"consulkv://127.0.0.1:{agent.http_port}/{prefix}", f"{zookeeper.uri_base}/services",
+                              resync="0", env={"DOCKER_HOST": own_docker[0]})
         daemon.wait_first_full_pass()
         hostile = run_container(ports={"80/tcp": None}, labels={"SERVICE_NAME": ".."})
         daemon.wait_log(f"container {hostile.name}: key 'SERVICE_NAME'='..': ")

@@ -145,8 +145,8 @@ def test_zookeeper_nodes_are_ephemeral_and_recreated(zookeeper, start_daemon, ru
 
 def test_on_success_keeps_a_failed_container_in_mirrors_too(etcd, start_daemon, run_container, consul_api,
                                                             hostname):
-    daemon = start_daemon("-ip", HOST_IP, "-deregister", "on-success", "consul://127.0.0.1:8500",
-                          f"{etcd.uri_base}/services", *status_args())
+    daemon = start_daemon("-ip", HOST_IP, "-deregister", "on-success", *status_args(), "consul://127.0.0.1:8500",
+                          f"{etcd.uri_base}/services")
     failing = run_container(["sh", "-c", "sleep 2; exit 3"], ports={"80/tcp": None})
     key = f"/services/busybox/{hostname}:{failing.name}:80"
     wait_until(lambda: key in etcd.keys("/services/"), message="key written")
