@@ -240,7 +240,7 @@ class DaemonProcess:
         action()
         target = started + count
         wait_until(lambda: self.passes()[1] >= target, timeout,
-                   message=f"full pass {target} done ({count} begun after full pass {started})")
+                   message=f"full pass {target} done ({count} begun after the read, which saw {started} begun)")
         return target
 
     def full_pass_by_sighup(self, timeout: float = 20.0) -> int:
