@@ -79,6 +79,7 @@ def health(sources: StatusSources, now: float | None = None) -> tuple[int, dict[
             body[f"{name}_unreachable_seconds"] = round(now - state.since, 3)
     age = None if snapshot.last_full_pass is None else round(now - snapshot.last_full_pass, 3)
     body["last_reconcile_seconds_ago"] = age
+    body.update(_passes(snapshot))
     body["mirrors"] = sources.mirrors()
     healthy = sources.docker.state.ok and sources.agent.state.ok
     return (200 if healthy else 503), body
@@ -98,7 +99,15 @@ def services(sources: StatusSources) -> dict[str, Any]:
         }
     owned = {sid for sid, s in actual.items() if s.owned_by(sources.hostname)}
     return {"containers": containers, "registered_but_not_desired": sorted(owned - set(snapshot.desired)),
-            "agent_listing_known": snapshot.actual is not None}
+            "agent_listing_known": snapshot.actual is not None, **_passes(snapshot)}
+
+
+def _passes(snapshot: Snapshot) -> dict[str, int]:
+    """Which view this is, and how far the full passes are: wait for full_pass_done to
+    pass a full_passes_started read before an action to know a pass begun after it made
+    its writes (see Snapshot)."""
+    return {"generation": snapshot.generation, "full_passes_started": snapshot.full_passes_started,
+            "full_pass_done": snapshot.full_pass_done}
 
 
 class _DeadlineReader(io.RawIOBase):

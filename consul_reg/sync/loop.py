@@ -173,7 +173,7 @@ class Loop:
         result = self._sync_primary(None if kind == "full" else affected)
         self.primary.drop_prefetch()  # taken by the sync, unless it needed no listing
         self._drain(drains_left)
-        self._publish(relist_mirrors=kind == "full", changed=self._dirty or kind == "full" or bool(
+        self._publish(full_pass=kind == "full", changed=self._dirty or kind == "full" or bool(
             result.registered or result.deregistered))
         if kind == "full" or affected:
             self.metrics.reconcile(kind, self.clock() - started)
@@ -273,6 +273,7 @@ class Loop:
     def _full_pass(self, reason: str) -> bool:
         """Relist Docker (reusing what an unchanged listing allows) and the agent.
         False when Docker could not be listed: what is known stays."""
+        self.publisher.full_pass_begins()  # numbered before anything is listed
         if not self.timers.full_pending:  # not while Docker fails: its retries would list the agent for nothing
             self.primary.prefetch()  # the agent is listed beside Docker (taken by this batch's sync)
         try:
@@ -435,7 +436,8 @@ class Loop:
 
     # -- what others read ------------------------------------------------------------------
 
-    def _publish(self, relist_mirrors: bool, changed: bool) -> None:
+    def _publish(self, full_pass: bool, changed: bool) -> None:
+        """full_pass: one just made its writes and drains (the subscribers relist; its number is done)."""
         actual = self.primary.actual
         kept_ids = self.containers.kept
         kept = tuple(Service(id=s.id, name=s.name, address=s.address, port=s.port, container_id=s.container_id)
@@ -444,7 +446,7 @@ class Loop:
         published = self.publisher.publish(
             desires=self.containers.desires, desired=self.containers.desired.by_id, actual=actual, kept=kept,
             last_full_pass=self.timers.last_full_pass, primary_error=self.primary.last_error, changed=changed,
-            relist=relist_mirrors)
+            full_pass=full_pass)
         if published:
             self._dirty = False
             self.metrics.services_managed(len(self.containers.desired.by_id))

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from kazoo.security import make_digest_acl
 
-from tests.integration.conftest import free_port, host_port, wait_until
+from tests.integration.conftest import free_port, host_port, status_args, wait_until
 from tests.integration.servers import Etcd, ZooKeeper
 
 pytestmark = pytest.mark.integration
@@ -145,16 +145,14 @@ def test_zookeeper_nodes_are_ephemeral_and_recreated(zookeeper, start_daemon, ru
 
 def test_on_success_keeps_a_failed_container_in_mirrors_too(etcd, start_daemon, run_container, consul_api,
                                                             hostname):
-    daemon = start_daemon("-ip", HOST_IP, "-deregister", "on-success", "consul://127.0.0.1:8500",
+    daemon = start_daemon("-ip", HOST_IP, "-deregister", "on-success", *status_args(), "consul://127.0.0.1:8500",
                           f"{etcd.uri_base}/services")
     failing = run_container(["sh", "-c", "sleep 2; exit 3"], ports={"80/tcp": None})
     key = f"/services/busybox/{hostname}:{failing.name}:80"
     wait_until(lambda: key in etcd.keys("/services/"), message="key written")
     wait_until(lambda: failing.reload() or failing.status == "exited", message="container failed")
     for _ in range(2):  # with -resync 0, full passes asked by SIGHUP: they keep it too
-        passes = daemon.log().count("full pass done (reload)")
-        daemon.process.send_signal(signal.SIGHUP)
-        wait_until(lambda: daemon.log().count("full pass done (reload)") > passes, message="a full pass")
+        daemon.full_pass_by_sighup()
     # The mirror takes the passes' snapshot on its own thread, later. A container started now is
     # written by a step that begins after them, and removed by the next step: once its key is
     # gone, the step that took their snapshot is over.
