@@ -6,8 +6,8 @@ import os
 import urllib.parse
 from dataclasses import dataclass, field
 
-from consul_reg.mapping.checks import parse_version
 from consul_reg.core.records import Owner
+from consul_reg.mapping.checks import parse_version
 from consul_reg.mapping.selection import LabelFilter, docker_filters
 from consul_reg.mapping.settings import CheckSettings, MappingSettings
 from consul_reg.mapping.tags_template import Template

@@ -134,7 +134,8 @@ class Daemon:
 
     def build(self, info: AgentInfo) -> Loop:
         config = self.config
-        builder = DesireBuilder(config.container_rules(), self.docker, self.settings_for(info), settings_for=self.settings_for,
+        builder = DesireBuilder(config.container_rules(), self.docker, self.settings_for(info),
+                                settings_for=self.settings_for,
                                 swarm=SwarmEndpoints(self.docker))
         probes = ProbeScheduler(self.registry, self.docker, self._check_missing, on_sent=self.metrics.heartbeat,
                                 on_load=self.metrics.heartbeat_load)

@@ -7,21 +7,18 @@ from __future__ import annotations
 import sys
 from typing import Any, TextIO
 
+from consul_reg.app.config import Config
+from consul_reg.app.host import default_address
+from consul_reg.app.uris import registries_from_uris
+from consul_reg.core.errors import DockerUnavailable, RegistryError
+from consul_reg.core.records import MARKER_KEYS, Service, section
+from consul_reg.docker.client import DockerSource
+from consul_reg.docker.swarm import SwarmEndpoints
 from consul_reg.mapping import env_file as envfile
-
 from consul_reg.mapping import labels
 from consul_reg.mapping.checks import origin_key
-from consul_reg.app.config import Config
-from consul_reg.docker.client import DockerSource
-from consul_reg.core.errors import DockerUnavailable
 from consul_reg.mapping.labels import KeyValue, printable
-from consul_reg.app.host import default_address
 from consul_reg.mapping.services import map_container
-from consul_reg.docker.swarm import SwarmEndpoints
-from consul_reg.core.records import MARKER_KEYS, Service
-from consul_reg.app.uris import registries_from_uris
-from consul_reg.core.errors import RegistryError
-from consul_reg.core.records import section
 
 
 def explain(config: Config, container_ref: str, out: TextIO = sys.stdout) -> int:

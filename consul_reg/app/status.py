@@ -20,16 +20,17 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any
 
 from loguru import logger
 
-from consul_reg.mapping.labels import printable
-from consul_reg.core.liveness import Liveness
 from consul_reg.app.metrics import Metrics
+from consul_reg.core.liveness import Liveness
 from consul_reg.core.snapshot import Snapshot
+from consul_reg.mapping.labels import printable
 
 REQUEST_TIMEOUT_SECONDS = 5.0
 MAX_CONNECTIONS = 16

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import os
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from consul_reg.consul.agent import ConsulClient, ConsulEndpoint, ConsulRegistry
 from consul_reg.consul.guard import OwnershipGuard
@@ -98,7 +99,8 @@ def mirror_parts(uri: str) -> tuple[str, str, int, str, str]:
         raise RegistryURIError(f"{uri!r}: {error}") from None
     if not parsed.path.strip("/"):
         raise RegistryURIError(f"{uri!r}: {parsed.scheme}:// needs a {what}, "
-                               f"e.g. {parsed.scheme}://{host}:{port}/{'example.com' if what == 'domain' else 'services'}")
+                               f"e.g. {parsed.scheme}://{host}:{port}/"
+                               f"{'example.com' if what == 'domain' else 'services'}")
     return parsed.scheme, host, port, "", parsed.path.strip("/")
 
 
@@ -143,7 +145,7 @@ def token_transport_problem(uris: tuple[str, ...], token: str | None) -> str:
     return ""
 
 
-def mirror_from_uri(uri: str, config: "Config") -> MirrorRegistry:
+def mirror_from_uri(uri: str, config: Config) -> MirrorRegistry:
     """A mirror registry, found by its URI's scheme (each backend one module of mirrors/,
     imported only when used: kazoo only for zookeeper://)."""
     scheme, host, port, socket_path, path = mirror_parts(uri)
@@ -165,7 +167,7 @@ def mirror_from_uri(uri: str, config: "Config") -> MirrorRegistry:
     return ZooKeeperRegistry(host, port, path, config.owner)
 
 
-def consul_kv_mirror(uri: str, config: "Config") -> "ConsulKVRegistry":
+def consul_kv_mirror(uri: str, config: Config) -> ConsulKVRegistry:
     from consul_reg.mirrors.consulkv import ConsulKVRegistry
 
     client = ConsulClient(kv_endpoint(uri, config.registry_uris[0]), token=config.token)
@@ -183,7 +185,7 @@ class Registries:
     token_users: tuple[TokenUser, ...]  # every client that sends the ACL token (re-read on SIGHUP)
 
 
-def registries_from_uris(config: "Config", on_unreachable: Callable[[str], None] = lambda reason: None
+def registries_from_uris(config: Config, on_unreachable: Callable[[str], None] = lambda reason: None
                          ) -> Registries:
     """The primary and the mirrors for the daemon's URIs. `on_unreachable` is told of
     every call that could not reach the primary agent."""

@@ -16,14 +16,21 @@ import json
 import re
 import ssl
 import urllib.parse
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import Any, Callable, Collection
+from typing import Any
 
-from consul_reg.transport.pool import Answer, ConnectionPool, TRANSPORT_ERRORS
+from consul_reg.core.errors import (
+    RegistryError,
+    RegistryNotFound,
+    RegistryPermissionDenied,
+    RegistryScriptsRefused,
+    RegistryUnavailable,
+)
 from consul_reg.core.records import AgentInfo, RegisteredService, Service, fold_id
-from consul_reg.mapping.registration import connect_payload, registration_payload  # noqa: F401  (re-exported)
-from consul_reg.core.errors import RegistryError, RegistryNotFound, RegistryPermissionDenied, RegistryScriptsRefused, RegistryUnavailable
 from consul_reg.core.text import printable
+from consul_reg.mapping.registration import connect_payload, registration_payload  # noqa: F401  (re-exported)
+from consul_reg.transport.pool import TRANSPORT_ERRORS, Answer, ConnectionPool
 
 DEFAULT_TIMEOUT_SECONDS = 10.0
 MAX_ERROR_BODY = 300

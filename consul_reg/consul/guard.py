@@ -26,17 +26,24 @@ would leave a spelling registered since the planner's listing unseen: with
 
 from __future__ import annotations
 
-from typing import Any, Collection
+from collections.abc import Collection
+from typing import Any
 
 from loguru import logger
 
+from consul_reg.core.errors import RegistryNotOurs
+from consul_reg.core.plan import registrator_leftover_pattern
+from consul_reg.core.records import (
+    MARKER_SOURCE_KEY,
+    MARKER_SOURCE_VALUE,
+    SIDECAR_FOR_KEY,
+    AgentInfo,
+    RegisteredService,
+    Service,
+    fold_id,
+)
 from consul_reg.mapping.checks import origin_key
 from consul_reg.mapping.default_ids import SIDECAR_ID_SUFFIX
-from consul_reg.core.records import MARKER_SOURCE_KEY, MARKER_SOURCE_VALUE, SIDECAR_FOR_KEY, RegisteredService, Service, \
-    fold_id
-from consul_reg.core.plan import registrator_leftover_pattern
-from consul_reg.core.errors import RegistryNotOurs
-from consul_reg.core.records import AgentInfo
 
 SIDECAR_SUFFIX = SIDECAR_ID_SUFFIX  # the ID the agent gives the sidecar of <id>: <id>-sidecar-proxy
 

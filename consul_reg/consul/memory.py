@@ -4,11 +4,10 @@ and the mirrors receive every service."""
 
 from __future__ import annotations
 
-from typing import Collection
+from collections.abc import Collection
 
-from consul_reg.core.records import RegisteredService, Service, registered_form
 from consul_reg.consul.agent import ConsulEndpoint
-from consul_reg.core.records import AgentInfo
+from consul_reg.core.records import AgentInfo, RegisteredService, Service, registered_form
 
 
 class MemoryRegistry:

@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 from loguru import logger
 
 from consul_reg.core.backoff import Clock
-from consul_reg.core.liveness import Liveness
 from consul_reg.core.errors import RegistryError, RegistryUnavailable
-from consul_reg.core.records import AgentInfo
+from consul_reg.core.liveness import Liveness
 from consul_reg.core.messages import AgentBack, Message
+from consul_reg.core.records import AgentInfo
 
 UP_INTERVAL = 1.0
 DOWN_INTERVAL = 0.25

@@ -9,7 +9,6 @@ inbox; the loop takes everything queued at once and dispatches on the type
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
 
 from consul_reg.core.records import AgentInfo
 
@@ -101,8 +100,8 @@ class EnvFileRead:
     docker_down: bool = False
 
 
-Message = Union[DockerEvent, Start, Stop, Reload, DockerReconnected, EventsSkipped, AgentBack, CheckMissing,
-                ScriptsRefused, EnvFileRead]
+Message = (DockerEvent | Start | Stop | Reload | DockerReconnected | EventsSkipped | AgentBack | CheckMissing
+           | ScriptsRefused | EnvFileRead)
 # The messages that ask for a full pass, and the reason each gives in the log.
 FULL_PASS_REASONS: dict[type, str] = {
     Start: "start", Reload: "reload", DockerReconnected: "docker reconnected", EventsSkipped: "event skipped",

@@ -6,15 +6,21 @@ Knows nothing of Docker or of a particular registry: it compares records.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Collection, Iterable, Mapping
 
 from loguru import logger
 
-from consul_reg.core.records import ContainerDesire, RegisteredService, Service, fold_id
 from consul_reg.core.calls import Calls, Runner, one_by_one
-from consul_reg.core.errors import RegistryError, RegistryNotOurs, RegistryRefused, RegistryScriptsRefused, RegistryUnavailable
+from consul_reg.core.errors import (
+    RegistryError,
+    RegistryNotOurs,
+    RegistryRefused,
+    RegistryScriptsRefused,
+    RegistryUnavailable,
+)
 from consul_reg.core.protocols import RegistryWrites
+from consul_reg.core.records import ContainerDesire, RegisteredService, Service, fold_id
 
 
 def _created_order(desire: ContainerDesire) -> tuple[str, str]:

@@ -4,11 +4,11 @@ the tests' fakes) implement them, and app/daemon.py wires them together."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Collection, Iterable, Protocol
+from collections.abc import Callable, Collection, Iterable
+from typing import Any, Protocol
 
 from consul_reg.core.records import ContainerStatus, RegisteredService, Service
 from consul_reg.core.snapshot import Snapshot
-
 
 
 class RegistryWrites(Protocol):

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Mapping
+from typing import Any
 
 # Meta keys that mark a service as registered by consul-reg on one host.
 # Consul reserves the "consul-" prefix, so ours use an underscore.
@@ -40,7 +41,7 @@ class Owner(str):
 
     instance: str
 
-    def __new__(cls, hostname: str, instance: str = "") -> "Owner":
+    def __new__(cls, hostname: str, instance: str = "") -> Owner:
         owner = super().__new__(cls, hostname)
         object.__setattr__(owner, "instance", instance)
         return owner
@@ -81,7 +82,7 @@ class ContainerStatus:
     health_output: str = ""
 
     @classmethod
-    def from_inspect(cls, container: dict) -> "ContainerStatus":
+    def from_inspect(cls, container: dict) -> ContainerStatus:
         state = section(container, "State")
         health = section(state, "Health")
         log = health.get("Log") if isinstance(health.get("Log"), list) else []

@@ -4,12 +4,11 @@ touch the loop's own dictionaries."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping
 
 from consul_reg.core.records import ContainerDesire, RegisteredService, Service
-
 
 
 @dataclass(frozen=True)

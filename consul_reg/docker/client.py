@@ -11,25 +11,24 @@ import math
 import os
 import threading
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from cachetools import LRUCache
 from loguru import logger
 
-from consul_reg.docker import execs as container_exec
-
-from consul_reg.docker import files as container_files
-
-from consul_reg.docker import connection as docker_http
-from consul_reg.docker.host import docker_base_url
 from consul_reg.core.backoff import Backoff
-from consul_reg.docker.files import FileUnreadable  # noqa: F401  (raised by read_file)
-from consul_reg.docker.events import MAX_EVENT_BYTES, OVERSIZED, SkippedEvents, decoded_events, message_from_event
-from consul_reg.transport.pool import TRANSPORT_ERRORS, BodyTooLarge, ConnectionPool, PoolTimeout
 from consul_reg.core.errors import DockerUnavailable, DockerUnreachable
 from consul_reg.core.liveness import Liveness
 from consul_reg.core.messages import EVENT_FILTER_ACTIONS, DockerReconnected, Message
 from consul_reg.core.text import printable
+from consul_reg.docker import connection as docker_http
+from consul_reg.docker import execs as container_exec
+from consul_reg.docker import files as container_files
+from consul_reg.docker.events import MAX_EVENT_BYTES, OVERSIZED, SkippedEvents, decoded_events, message_from_event
+from consul_reg.docker.files import FileUnreadable  # noqa: F401  (raised by read_file)
+from consul_reg.docker.host import docker_base_url
+from consul_reg.transport.pool import TRANSPORT_ERRORS, BodyTooLarge, ConnectionPool, PoolTimeout
 
 # A fixed API version: "auto" would contact dockerd in the constructor, before
 # the daemon's retry loop. 1.41 is Docker 20.10's; newer engines still accept it.

@@ -10,12 +10,12 @@ never stalls the loop. The loop owns each container's state
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
 
 from consul_reg.core.messages import EnvFileRead
-from consul_reg.mapping import env_file as envfile
 from consul_reg.core.text import printable
+from consul_reg.mapping import env_file as envfile
 
 READ_TIMEOUT_SECONDS = 5.0
 

@@ -23,8 +23,9 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from consul_reg.docker import connection as docker_http
 from consul_reg.docker.connection import Endpoint

@@ -17,8 +17,8 @@ import json
 import tarfile
 from typing import Any, Protocol
 
-from consul_reg.docker import connection as docker_http
 from consul_reg.core.text import printable
+from consul_reg.docker import connection as docker_http
 from consul_reg.docker.connection import Endpoint
 
 BLOCK = 512
@@ -72,8 +72,9 @@ def decode_stat(header: str | None) -> dict[str, Any]:
 def read_file(endpoint: Endpoint, container_id: str, path: str, limit_bytes: int,
               timeout_seconds: float) -> str | None:
     """The file's text (UTF-8, undecodable bytes replaced); None when the container
-    or the path does not exist (or the file vanished while dockerd archived it). Raises FileUnreadable for anything else about
-    the file, docker_http.Unreachable when dockerd cannot be reached."""
+    or the path does not exist (or the file vanished while dockerd archived it). Raises
+    FileUnreadable for anything else about the file, docker_http.Unreachable when dockerd
+    cannot be reached."""
     deadline = docker_http.deadline_after(timeout_seconds)
     target = docker_http.url(endpoint, "/containers/{}/archive", container_id, query={"path": path})
     try:
@@ -87,7 +88,7 @@ def read_file(endpoint: Endpoint, container_id: str, path: str, limit_bytes: int
         return read_archive(exchange, path, limit_bytes, timeout_seconds)
 
 
-def read_archive(exchange: "_Body", path: str, limit_bytes: int, timeout_seconds: float) -> str | None:
+def read_archive(exchange: _Body, path: str, limit_bytes: int, timeout_seconds: float) -> str | None:
     """The file's text from an answer of the archive endpoint (any status but 404)."""
     if exchange.status != 200:
         raise FileUnreadable(path, f"could not be read: Docker answered {printable(exchange.error_message())}")

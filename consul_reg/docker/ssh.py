@@ -12,12 +12,13 @@ not be reached.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
-import docker
 import docker.errors
 import requests.exceptions
 
+import docker
 from consul_reg.docker import connection as docker_http
 
 

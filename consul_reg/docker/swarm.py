@@ -15,9 +15,10 @@ from typing import Any
 from cachetools import LRUCache
 from loguru import logger
 
-from consul_reg.mapping import swarm
 from consul_reg.docker.client import DockerSource, NotASwarmManager
+from consul_reg.mapping import swarm
 from consul_reg.mapping.labels import printable
+
 
 class SwarmEndpoints:
     def __init__(self, docker: DockerSource) -> None:

@@ -11,10 +11,18 @@ from __future__ import annotations
 
 import re
 
-from consul_reg.mapping.check_caps import HEADER_NAME, body_problem, header_count_problem, header_name_problem, \
-    header_value_problem, path_problem, server_name_problem, text_problem
-from consul_reg.mapping.labels import KeyValue, show
 from consul_reg.core.records import Check, DaemonProbe
+from consul_reg.mapping.check_caps import (
+    HEADER_NAME,
+    body_problem,
+    header_count_problem,
+    header_name_problem,
+    header_value_problem,
+    path_problem,
+    server_name_problem,
+    text_problem,
+)
+from consul_reg.mapping.labels import KeyValue, show
 from consul_reg.mapping.settings import CheckSettings
 from consul_reg.mapping.validate import Limits, OwnEndpoints, check_target_problem, has_space_or_control, normal_host
 from consul_reg.mapping.versions import CHECK_FIELD_MIN_VERSION, check_field_refusal

@@ -8,12 +8,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from consul_reg.core.records import Connect, TaggedAddress, Upstream
 from consul_reg.mapping.addresses import AddressChoice
 from consul_reg.mapping.labels import KeyValue, show
-from consul_reg.core.records import Connect, TaggedAddress, Upstream
 from consul_reg.mapping.settings import MappingSettings, PublishedPort
-from consul_reg.mapping.validate import OwnEndpoints, check_target_problem, identifier_problem, parse_host_port, parse_ip, \
-    tagged_address_name_problem, whole_number
+from consul_reg.mapping.validate import (
+    OwnEndpoints,
+    check_target_problem,
+    identifier_problem,
+    parse_host_port,
+    parse_ip,
+    tagged_address_name_problem,
+    whole_number,
+)
 from consul_reg.mapping.versions import service_field_refusal
 
 TAGGED_ADDRESS_PREFIX = "tagged_address_"

@@ -10,9 +10,9 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
+from consul_reg.core.records import section
 from consul_reg.mapping.labels import show
 from consul_reg.mapping.validate import has_control
-from consul_reg.core.records import section
 
 MAX_BYTES = 64 * 1024
 MAX_PATH_LENGTH = 1024

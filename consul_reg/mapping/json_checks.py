@@ -14,15 +14,34 @@ from __future__ import annotations
 import json
 import re
 
-from consul_reg.mapping.check_caps import body_problem, header_count_problem, header_name_problem, header_value_problem, \
-    path_problem
-from consul_reg.mapping.checks import DISABLE_REDIRECTS_MIN_VERSION, INITIAL_STATUSES, frozen_fields, parse_duration, \
-    redirect_problem
-from consul_reg.mapping.labels import KeyValue, show
 from consul_reg.core.records import Check, fold_id
+from consul_reg.mapping.check_caps import (
+    body_problem,
+    header_count_problem,
+    header_name_problem,
+    header_value_problem,
+    path_problem,
+)
+from consul_reg.mapping.checks import (
+    DISABLE_REDIRECTS_MIN_VERSION,
+    INITIAL_STATUSES,
+    frozen_fields,
+    parse_duration,
+    redirect_problem,
+)
+from consul_reg.mapping.labels import KeyValue, show
 from consul_reg.mapping.settings import CheckSettings
-from consul_reg.mapping.validate import Limits, OwnEndpoints, check_target_problem, has_control, has_space_or_control, \
-    identifier_problem, parse_check_url, parse_host_port, whole_number
+from consul_reg.mapping.validate import (
+    Limits,
+    OwnEndpoints,
+    check_target_problem,
+    has_control,
+    has_space_or_control,
+    identifier_problem,
+    parse_check_url,
+    parse_host_port,
+    whole_number,
+)
 from consul_reg.mapping.versions import check_field_refusal
 
 # Consul's field names, as sent; a field is matched ignoring case and underscores,

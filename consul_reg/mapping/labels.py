@@ -9,11 +9,12 @@ Pure functions: no I/O, never raise on any input.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 
-from consul_reg.mapping.validate import Limits
 from consul_reg.core.text import printable, quoted  # noqa: F401  (printable: re-exported)
+from consul_reg.mapping.validate import Limits
 
 PREFIX = "SERVICE_"
 _PORT_KEY = re.compile(r"^([0-9]{1,5})_(.+)$", re.DOTALL)

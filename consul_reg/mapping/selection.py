@@ -5,11 +5,12 @@ stream, and checked again on each inspected container. Pure: no I/O."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
-from consul_reg.mapping.validate import has_control
 from consul_reg.core.records import section
+from consul_reg.mapping.validate import has_control
 
 MAX_FILTER_LENGTH = 1024
 

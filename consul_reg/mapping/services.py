@@ -10,16 +10,14 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from consul_reg.mapping import labels
-from consul_reg.mapping import swarm
-from consul_reg.mapping import workers
+from consul_reg.core.records import Check, Service, marker_meta
+from consul_reg.mapping import labels, swarm, workers
 from consul_reg.mapping.addresses import UNSPECIFIED_HOST_IPS, AddressChoice, choose_address, container_addresses
 from consul_reg.mapping.checks import service_checks
 from consul_reg.mapping.default_ids import SIDECAR_ID_SUFFIX, default_id_host, is_sidecar_shaped
 from consul_reg.mapping.definitions import Extras, service_extras
 from consul_reg.mapping.json_checks import json_checks, parse_checks
 from consul_reg.mapping.labels import KeyValue, ServiceKeys, show
-from consul_reg.core.records import Check, Service, marker_meta
 from consul_reg.mapping.ports import int_or_none, port_entries, published_ports
 from consul_reg.mapping.registration import registration_bytes
 from consul_reg.mapping.selection import selected

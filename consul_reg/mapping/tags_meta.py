@@ -6,9 +6,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from consul_reg.core.records import MARKER_SOURCE_KEY
 from consul_reg.mapping import labels
 from consul_reg.mapping.labels import KeyValue, show
-from consul_reg.core.records import MARKER_SOURCE_KEY
 from consul_reg.mapping.settings import MappingSettings
 from consul_reg.mapping.tags_template import TemplateError
 from consul_reg.mapping.validate import Limits, has_control

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 LEFT_OUT = {"httpGet", "jsonParse"}
 REGEX_FUNCTIONS = {"matchFirstElement", "matchAllElements"}

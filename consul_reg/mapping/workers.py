@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from consul_reg.core.records import Check, DaemonProbe, section
 from consul_reg.mapping.checks import go_duration, parse_duration
 from consul_reg.mapping.labels import KeyValue, show
-from consul_reg.core.records import Check, DaemonProbe
-from consul_reg.core.records import section
 
 DEFAULT_HEARTBEAT_TTL = 30.0
 DOCKER_HEALTH_TTL = "24h"

@@ -10,13 +10,12 @@ is never written over."""
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
-from consul_reg.core.records import MARKER_DIGEST_KEY, owner_meta
-from consul_reg.core.records import RegisteredService, Service
-from consul_reg.core.errors import RegistryNotFound, RegistryNotOurs
 from consul_reg.consul.agent import ConsulClient, ConsulKV
+from consul_reg.core.errors import RegistryNotFound, RegistryNotOurs
+from consul_reg.core.records import MARKER_DIGEST_KEY, RegisteredService, Service, owner_meta
 from consul_reg.mirrors.keys import HOLDER_KEY, child_key, default_id_owned, owner_tag, segment_problem, shown
 
 CAS_TRIES = 2  # a key that changes under every try is left to the next step
@@ -109,7 +108,7 @@ class ConsulKVRegistry:
         raise RegistryNotOurs(f"{service.id} changed under this daemon at each of {CAS_TRIES} tries: not removed")
 
     def remove_all(self) -> None:
-        for key, service in self.services().items():
+        for service in self.services().values():
             if service.owned_by(self.hostname):
                 self.deregister(service)
 

@@ -20,13 +20,13 @@ from __future__ import annotations
 import base64
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from consul_reg.core.backoff import Clock
-from consul_reg.core.records import MARKER_DIGEST_KEY, instance_of, owner_meta
-from consul_reg.core.records import RegisteredService, Service
 from consul_reg.core.errors import RegistryError, RegistryNotOurs, RegistryUnavailable
+from consul_reg.core.records import MARKER_DIGEST_KEY, RegisteredService, Service, instance_of, owner_meta
 from consul_reg.mirrors.keys import HOLDER_KEY, child_key, default_id_owned, segment_problem, shown
 from consul_reg.transport.pool import TRANSPORT_ERRORS, ConnectionPool
 

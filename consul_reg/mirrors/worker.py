@@ -20,13 +20,12 @@ from dataclasses import dataclass
 from loguru import logger
 
 from consul_reg.core.backoff import Backoff, Clock
-from consul_reg.core.records import MARKER_DIGEST_KEY, owner_meta
-from consul_reg.core.records import RegisteredService, Service
-from consul_reg.core.plan import Plan, apply, plan
 from consul_reg.core.errors import RegistryError, RegistryNotOurs, RegistryRefused
+from consul_reg.core.plan import Plan, apply, plan
 from consul_reg.core.protocols import LoopMetrics, MirrorRegistry, NoMetrics
-from consul_reg.mirrors.keys import HOLDER_KEY
+from consul_reg.core.records import MARKER_DIGEST_KEY, RegisteredService, Service, owner_meta
 from consul_reg.core.snapshot import Snapshot
+from consul_reg.mirrors.keys import HOLDER_KEY
 
 MAX_BACKOFF_SECONDS = 2.0  # a mirror that comes back converges within seconds
 BLOCKED_RETRY_SECONDS = 5.0  # keys held by someone else (an old session, lease) are looked at again

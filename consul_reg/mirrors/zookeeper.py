@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import (
@@ -38,9 +38,8 @@ from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.protocol.states import ZnodeStat
 from loguru import logger
 
-from consul_reg.core.records import MARKER_DIGEST_KEY, owner_meta
-from consul_reg.core.records import RegisteredService, Service
 from consul_reg.core.errors import RegistryError, RegistryNotOurs, RegistryRefused, RegistryUnavailable
+from consul_reg.core.records import MARKER_DIGEST_KEY, RegisteredService, Service, owner_meta
 from consul_reg.mirrors.keys import HOLDER_KEY, child_key, segment_problem
 
 SESSION_TIMEOUT_SECONDS = 10.0

@@ -15,7 +15,7 @@ serves) is no overload.
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from loguru import logger
 

@@ -19,17 +19,18 @@ import queue
 import random
 import threading
 import time
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Iterable, Protocol
+from typing import Protocol
 
 from loguru import logger
 
 from consul_reg.core.backoff import Clock
+from consul_reg.core.errors import RegistryUnavailable
+from consul_reg.core.records import ContainerStatus, DaemonProbe, Service
 from consul_reg.probes.exec_slots import ExecSlots
 from consul_reg.probes.load import LoadWatch
-from consul_reg.core.records import ContainerStatus, DaemonProbe, Service
-from consul_reg.core.errors import RegistryUnavailable
 
 HEALTH_TO_STATUS = {
     # Docker health -> Consul status, for port-less workers' heartbeat...

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import queue
 import time
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from loguru import logger
 
@@ -30,7 +31,7 @@ from consul_reg.core.backoff import Clock
 from consul_reg.core.errors import DockerUnavailable, DockerUnreachable
 from consul_reg.core.messages import EnvFileRead, Message, ScriptsRefused, Start
 from consul_reg.core.protocols import AgentAPI, DockerReads, LoopMetrics, NoMetrics, ProbeSink, SnapshotSubscriber
-from consul_reg.core.records import AgentInfo, ContainerDesire, ContainerStatus, Service, keeps_records
+from consul_reg.core.records import AgentInfo, ContainerDesire, ContainerStatus, Service, keeps_records, section
 from consul_reg.core.snapshot import Snapshot
 from consul_reg.core.text import printable
 from consul_reg.sync.desires import DesireBuilder, DesireUnavailable
@@ -42,7 +43,6 @@ from consul_reg.sync.reading import NOT_FETCHED, Reader, listing_key
 from consul_reg.sync.router import Actions, route
 from consul_reg.sync.state import Containers
 from consul_reg.sync.timers import Timers
-from consul_reg.core.records import section
 
 IDLE_WAIT_SECONDS = 3600.0
 IO_WORKERS = 4  # Docker inspects and agent writes of one batch in flight at once

@@ -13,9 +13,10 @@ are not made.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator, Sequence
 from concurrent.futures import CancelledError, Executor, wait
 from functools import partial
-from typing import Iterator, Sequence, TypeVar
+from typing import TypeVar
 
 from consul_reg.core.calls import NOT_TRIED, Calls, Outcome, Runner, one_by_one
 
@@ -43,7 +44,7 @@ def outcomes(calls: Calls[Item], items: Sequence[Item], pool: Executor | None) -
         return
     futures = [pool.submit(one, item) for item in items]
     try:
-        for item, future in zip(items, futures):
+        for item, future in zip(items, futures, strict=True):
             try:
                 outcome = future.result()
             except CancelledError:

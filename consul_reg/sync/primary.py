@@ -9,9 +9,9 @@ one agent client; tested with a fake agent and a fake clock.
 from __future__ import annotations
 
 import random as _random
+from collections.abc import Collection, Mapping
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field, replace
-from typing import Collection, Mapping
 
 from loguru import logger
 
@@ -29,6 +29,7 @@ from consul_reg.core.records import (
 )
 from consul_reg.sync.overlap import overlapped
 from consul_reg.sync.reaps import ReapTracker
+
 
 @dataclass
 class SyncResult:

@@ -11,8 +11,9 @@ container (dockerd answered) costs only that one.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from loguru import logger
 

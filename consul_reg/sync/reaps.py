@@ -8,7 +8,7 @@ no container asks for it any more. An agent restart (a new node ID: everything g
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 from loguru import logger
 

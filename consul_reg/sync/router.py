@@ -8,8 +8,8 @@ is being stopped" or "this container restarted".
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from consul_reg.core.messages import (
     CONTAINER_ACTIONS,

@@ -20,8 +20,8 @@ import math
 import time
 from typing import Any, Self
 
-from consul_reg.transport.wire import RECV_BYTES, Address, ProtocolError, Wire
 from consul_reg.core.text import printable
+from consul_reg.transport.wire import RECV_BYTES, Address, ProtocolError, Wire
 
 MAX_JSON_BYTES = 1024 * 1024  # a small JSON answer, an error body
 MAX_SECONDS = 86400.0

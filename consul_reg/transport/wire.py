@@ -6,8 +6,9 @@ exchange of streamed calls (`exchange`) both run on it.
 Every recv takes at most `RECV_BYTES` and gets the time left before the
 wire's deadline as its timeout (no deadline: it waits, as an event stream
 must). h11 holds at most `MAX_HEAD_BYTES` of an unfinished status line and
-headers (so a head is under twice that: one recv more); a body is read piece by piece, and `read_body` refuses one longer
-than its limit as soon as its Content-Length says so or its bytes pass it.
+headers (so a head is under twice that: one recv more); a body is read piece by
+piece, and `read_body` refuses one longer than its limit as soon as its
+Content-Length says so or its bytes pass it.
 
 Errors: OSError (TimeoutError past the deadline, http.client.RemoteDisconnected
 when the server closed the connection before a byte of the answer came) and
