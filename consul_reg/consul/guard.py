@@ -38,8 +38,10 @@ from consul_reg.core.records import (
     MARKER_SOURCE_VALUE,
     SIDECAR_FOR_KEY,
     AgentInfo,
+    Owner,
     RegisteredService,
     Service,
+    as_owner,
     fold_id,
 )
 from consul_reg.mapping.checks import origin_key
@@ -52,11 +54,11 @@ class OwnershipGuard:
     """The agent as the primary, with every write checked against its current records.
     `registry` is a ConsulRegistry (or a fake with the same reads, in tests)."""
 
-    def __init__(self, registry: Any, owner: str, adopt_leftovers: bool = False) -> None:
+    def __init__(self, registry: Any, owner: Owner | str, adopt_leftovers: bool = False) -> None:
         self.registry = registry
-        self.owner = owner
+        self.owner = as_owner(owner)
         self.description = registry.description
-        self._leftover = registrator_leftover_pattern(str(owner)) if adopt_leftovers else None
+        self._leftover = registrator_leftover_pattern(self.owner.host) if adopt_leftovers else None
 
     def agent_info(self) -> AgentInfo:
         return self.registry.agent_info()

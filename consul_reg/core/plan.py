@@ -20,7 +20,7 @@ from consul_reg.core.errors import (
     RegistryUnavailable,
 )
 from consul_reg.core.protocols import RegistryWrites
-from consul_reg.core.records import ContainerDesire, RegisteredService, Service, fold_id
+from consul_reg.core.records import ContainerDesire, Owner, RegisteredService, Service, as_owner, fold_id
 
 
 def _created_order(desire: ContainerDesire) -> tuple[str, str]:
@@ -158,7 +158,7 @@ def registrator_leftover_pattern(hostname: str) -> re.Pattern[str]:
 def plan(
     desired: Mapping[str, Service],
     actual: Mapping[str, RegisteredService],
-    hostname: str,
+    hostname: Owner | str,
     *,
     scope: Collection[str] | None = None,
     kept_containers: Collection[str] = frozenset(),
@@ -180,7 +180,8 @@ def plan(
     compares what it stores (`digest_of`).
     """
     skip_register = skip_register or {}
-    leftover = registrator_leftover_pattern(hostname) if adopt_leftovers else None
+    hostname = as_owner(hostname)
+    leftover = registrator_leftover_pattern(hostname.host) if adopt_leftovers else None
 
     def ours(key: str, current: RegisteredService) -> bool:
         return current.owned_by(hostname) or (

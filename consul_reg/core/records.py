@@ -29,39 +29,30 @@ MARKER_KEYS = frozenset({MARKER_SOURCE_KEY, MARKER_HOST_KEY, MARKER_CONTAINER_KE
 SIDECAR_FOR_KEY = "consul_reg_sidecar_for"
 
 
-class Owner(str):
-    """This daemon's identity in the ownership marker: the host name (the
-    string itself, as default IDs and registrator's leftover pattern use it)
-    and the `--instance` name ("" by default). Passed wherever the host name
-    is the owner; a plain `str` owner is an owner without an instance.
+@dataclass(frozen=True)
+class Owner:
+    """This daemon's identity in the ownership marker: its host name (as default
+    IDs and registrator's leftover pattern use it) and its `--instance` name ("" by
+    default). Shown as the host name."""
 
-    A `str` so that every place that uses the host name as text keeps working;
-    equality is the host name's (compare `instance` where it matters).
-    """
+    host: str
+    instance: str = ""
 
-    instance: str
-
-    def __new__(cls, hostname: str, instance: str = "") -> Owner:
-        owner = super().__new__(cls, hostname)
-        object.__setattr__(owner, "instance", instance)
-        return owner
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError("an Owner is immutable")
-
-    def __repr__(self) -> str:
-        return f"Owner({str(self)!r}, instance={self.instance!r})"
+    def __str__(self) -> str:
+        return self.host
 
 
-def instance_of(owner: str) -> str:
-    return getattr(owner, "instance", "")
+def as_owner(owner: Owner | str) -> Owner:
+    """An Owner; a plain host name is the daemon of that host without --instance."""
+    return owner if isinstance(owner, Owner) else Owner(owner)
 
 
-def owner_meta(owner: str) -> dict[str, str]:
+def owner_meta(owner: Owner | str) -> dict[str, str]:
     """The ownership marker of `owner`'s records (without the container and digest)."""
-    meta = {MARKER_SOURCE_KEY: MARKER_SOURCE_VALUE, MARKER_HOST_KEY: str(owner)}
-    if instance_of(owner):
-        meta[MARKER_INSTANCE_KEY] = instance_of(owner)
+    owner = as_owner(owner)
+    meta = {MARKER_SOURCE_KEY: MARKER_SOURCE_VALUE, MARKER_HOST_KEY: owner.host}
+    if owner.instance:
+        meta[MARKER_INSTANCE_KEY] = owner.instance
     return meta
 
 
@@ -234,13 +225,14 @@ class RegisteredService:
     def endpoint(self) -> str:
         return f"{self.address}:{self.port}" if self.port else self.address
 
-    def owned_by(self, owner: str) -> bool:
-        """Marked by this host's daemon of the same --instance (an Owner; a plain
-        host name is the daemon without an instance)."""
+    def owned_by(self, owner: Owner | str) -> bool:
+        """Marked by this host's daemon of the same --instance (a plain host name is
+        the daemon without an instance)."""
+        owner = as_owner(owner)
         return (
             self.meta.get(MARKER_SOURCE_KEY) == MARKER_SOURCE_VALUE
-            and self.meta.get(MARKER_HOST_KEY) == str(owner)
-            and self.meta.get(MARKER_INSTANCE_KEY, "") == instance_of(owner)
+            and self.meta.get(MARKER_HOST_KEY) == owner.host
+            and self.meta.get(MARKER_INSTANCE_KEY, "") == owner.instance
         )
 
     @property

@@ -26,7 +26,7 @@ from typing import Any
 
 from consul_reg.core.backoff import Clock
 from consul_reg.core.errors import RegistryError, RegistryNotOurs, RegistryUnavailable
-from consul_reg.core.records import MARKER_DIGEST_KEY, RegisteredService, Service, instance_of, owner_meta
+from consul_reg.core.records import MARKER_DIGEST_KEY, Owner, RegisteredService, Service, as_owner, owner_meta
 from consul_reg.mirrors.keys import HOLDER_KEY, child_key, default_id_owned, segment_problem, shown
 from consul_reg.transport.pool import TRANSPORT_ERRORS, ConnectionPool
 
@@ -192,13 +192,14 @@ class EtcdRegistry:
 
     replaceable = False
 
-    def __init__(self, host: str, port: int, prefix: str, hostname: str, lease_ttl: int, refresh: float = 0.0,
-                 clock: Clock = time.monotonic) -> None:
+    def __init__(self, host: str, port: int, prefix: str, hostname: Owner | str, lease_ttl: int,
+                 refresh: float = 0.0, clock: Clock = time.monotonic) -> None:
         self.prefix = "/" + prefix.strip("/")
-        owner_segment = hostname + (f":{instance_of(hostname)}" if instance_of(hostname) else "")
+        owner = as_owner(hostname)
+        owner_segment = owner.host + (f":{owner.instance}" if owner.instance else "")
         self.etcd = EtcdV3(host, port, lease_ttl, child_key(LEASES_PREFIX, owner_segment) + self.prefix, refresh,
                            clock=clock)
-        self.hostname = hostname
+        self.hostname = owner
         self.description = f"etcd {host}:{port}{self.prefix}"
         self.on_change: Callable[[], None] = lambda: None
 

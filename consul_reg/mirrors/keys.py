@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 
 from consul_reg.core.errors import RegistryError
+from consul_reg.core.records import Owner, as_owner
 from consul_reg.core.text import quoted
 
 
@@ -26,11 +27,13 @@ def child_key(prefix: str, *segments: str) -> str:
     return "/".join((prefix, *segments))
 
 
-def owner_tag(hostname: str) -> int:
-    """A 63-bit number naming this host's daemon, stored with each record where
-    the layout leaves no room for a marker (Consul KV's Flags)."""
-    instance = getattr(hostname, "instance", "")  # an Owner with --instance: another owner on the same host
-    digest = hashlib.sha256(b"consul-reg\0" + hostname.encode() + (b"\0" + instance.encode() if instance else b"")
+def owner_tag(hostname: Owner | str) -> int:
+    """A 63-bit number naming this host's daemon (its --instance too: another owner on the
+    same host), stored with each record where the layout leaves no room for a marker
+    (Consul KV's Flags)."""
+    owner = as_owner(hostname)
+    instance = owner.instance
+    digest = hashlib.sha256(b"consul-reg\0" + owner.host.encode() + (b"\0" + instance.encode() if instance else b"")
                             ).digest()
     return int.from_bytes(digest[:8], "big") & (2 ** 63 - 1)
 
@@ -45,10 +48,11 @@ def shown(value: str) -> str:
     return quoted(value, MAX_SHOWN_VALUE)
 
 
-def default_id_owned(service_id: str, hostname: str) -> bool:
+def default_id_owned(service_id: str, hostname: Owner | str) -> bool:
     """This host's default IDs (`<hostname>:`, in any case: one ID in Consul's catalog),
     for a daemon without --instance: no container may choose one (validate.default_id_host),
     so whoever else holds such a key took it (an older consul-reg of another host, a
     writer by hand); the rightful host takes it back. Also the keys of consul-reg before
     owner markers."""
-    return service_id.lower().startswith(hostname.lower() + ":") and not getattr(hostname, "instance", "")
+    owner = as_owner(hostname)
+    return service_id.lower().startswith(owner.host.lower() + ":") and not owner.instance

@@ -23,8 +23,10 @@ from consul_reg.core.records import (
     MARKER_DIGEST_KEY,
     AgentInfo,
     ContainerDesire,
+    Owner,
     RegisteredService,
     Service,
+    as_owner,
     registered_form,
 )
 from consul_reg.sync.overlap import overlapped
@@ -41,11 +43,11 @@ class SyncResult:
 
 
 class Primary:
-    def __init__(self, agent: AgentAPI, hostname: str, retry_interval: float, clock: Clock,
+    def __init__(self, agent: AgentAPI, hostname: Owner | str, retry_interval: float, clock: Clock,
                  adopt_leftovers: bool = False, io: Executor | None = None,
                  random: Random = _random.random) -> None:
         self.agent = agent
-        self.hostname = hostname
+        self.hostname = as_owner(hostname)  # this daemon as the ownership marker names it
         self.adopt_leftovers = adopt_leftovers
         self.backoff = Backoff(retry_interval, clock=clock, random=random)
         self.actual: dict[str, RegisteredService] | None = None  # None: unknown, list it again

@@ -3,6 +3,8 @@ one host on one agent never remove, adopt or overwrite each other's services."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import urllib.parse
 
@@ -83,12 +85,13 @@ def record(service_id: str, host: str = "h", instance: str = "", container: str 
     return registered_form(service)
 
 
-def test_owner_is_the_host_name_text_and_carries_the_instance():
+def test_owner_is_shown_as_the_host_name_and_carries_the_instance():
     owner = Owner("h", "blue")
-    assert owner == "h" and f"{owner}:web:80" == "h:web:80" and owner.instance == "blue"
+    assert owner.host == "h" and f"{owner}:web:80" == "h:web:80" and owner.instance == "blue"
+    assert owner != Owner("h") and Owner("h") == Owner("h")  # a record: equal by host and instance
     assert owner_meta(owner) == {"external-source": "consul-reg", "consul_reg_host": "h", "consul_reg_instance": "blue"}
     assert owner_meta("h") == {"external-source": "consul-reg", "consul_reg_host": "h"}
-    with pytest.raises(AttributeError):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         owner.instance = "red"  # type: ignore[misc]
     assert parse_config(["--hostname", "h", "--instance", "blue"]).owner.instance == "blue"
 
