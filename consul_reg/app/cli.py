@@ -15,18 +15,17 @@ from typing import NoReturn
 from consul_reg import __version__
 from consul_reg.app.config import Config, TokenError, read_token
 from consul_reg.app.uris import RegistryURIError, default_uri, validate_uri
+from consul_reg.mapping.check_targets import AllowRule, parse_allow_rule
 from consul_reg.mapping.env_file import path_problem
 from consul_reg.mapping.labels import split_tags
 from consul_reg.mapping.selection import LabelFilter, parse_filter
 from consul_reg.mapping.tags_template import Template, TemplateError
 from consul_reg.mapping.validate import (
     DEFAULT_CHECK_METHODS,
-    AllowRule,
     Limits,
     address_problem,
     hostname_problem,
     instance_problem,
-    parse_allow_rule,
     parse_ip,
 )
 

@@ -22,9 +22,10 @@ from consul_reg.mapping.check_caps import (
     server_name_problem,
     text_problem,
 )
+from consul_reg.mapping.check_targets import OwnEndpoints, check_target_problem
 from consul_reg.mapping.labels import KeyValue, show
 from consul_reg.mapping.settings import CheckSettings
-from consul_reg.mapping.validate import Limits, OwnEndpoints, check_target_problem, has_space_or_control, normal_host
+from consul_reg.mapping.validate import Limits, has_space_or_control, normal_host
 from consul_reg.mapping.versions import CHECK_FIELD_MIN_VERSION, check_field_refusal
 
 __all__ = ["CheckSettings", "HEADER_NAME", "body_problem", "go_duration", "parse_duration", "parse_version",

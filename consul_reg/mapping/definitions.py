@@ -10,11 +10,10 @@ from dataclasses import dataclass
 
 from consul_reg.core.records import Connect, TaggedAddress, Upstream
 from consul_reg.mapping.addresses import AddressChoice
+from consul_reg.mapping.check_targets import OwnEndpoints, check_target_problem
 from consul_reg.mapping.labels import KeyValue, show
 from consul_reg.mapping.settings import MappingSettings, PublishedPort
 from consul_reg.mapping.validate import (
-    OwnEndpoints,
-    check_target_problem,
     identifier_problem,
     parse_host_port,
     parse_ip,

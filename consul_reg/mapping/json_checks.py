@@ -22,6 +22,7 @@ from consul_reg.mapping.check_caps import (
     header_value_problem,
     path_problem,
 )
+from consul_reg.mapping.check_targets import OwnEndpoints, check_target_problem
 from consul_reg.mapping.checks import (
     DISABLE_REDIRECTS_MIN_VERSION,
     INITIAL_STATUSES,
@@ -33,8 +34,6 @@ from consul_reg.mapping.labels import KeyValue, show
 from consul_reg.mapping.settings import CheckSettings
 from consul_reg.mapping.validate import (
     Limits,
-    OwnEndpoints,
-    check_target_problem,
     has_control,
     has_space_or_control,
     identifier_problem,

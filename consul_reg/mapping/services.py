@@ -13,6 +13,7 @@ from typing import Any
 from consul_reg.core.records import Check, Service, marker_meta
 from consul_reg.mapping import labels, swarm, workers
 from consul_reg.mapping.addresses import UNSPECIFIED_HOST_IPS, AddressChoice, choose_address, container_addresses
+from consul_reg.mapping.check_targets import OwnEndpoints
 from consul_reg.mapping.checks import service_checks
 from consul_reg.mapping.default_ids import SIDECAR_ID_SUFFIX, default_id_host, is_sidecar_shaped
 from consul_reg.mapping.definitions import Extras, service_extras
@@ -23,7 +24,7 @@ from consul_reg.mapping.registration import registration_bytes
 from consul_reg.mapping.selection import selected
 from consul_reg.mapping.settings import CheckSettings, MappingSettings, PublishedPort
 from consul_reg.mapping.tags_meta import capped_tags, service_meta, tags_of, template_tags, without_reserved
-from consul_reg.mapping.validate import OwnEndpoints, identifier_problem, normal_host, parse_ip, squats_host_namespace
+from consul_reg.mapping.validate import identifier_problem, normal_host, parse_ip, squats_host_namespace
 
 __all__ = ["CheckSettings", "ContainerRecords", "MappingSettings", "PublishedPort", "default_service_name",
            "map_container", "published_ports", "service_meta"]

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from consul_reg.mapping.check_targets import CheckPolicy
 from consul_reg.mapping.selection import LabelFilter
 from consul_reg.mapping.tags_template import Template
-from consul_reg.mapping.validate import CheckPolicy, Limits
+from consul_reg.mapping.validate import Limits
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,8 @@ import pytest
 from consul_reg.mapping.labels import split_tags
 from consul_reg.mapping.services import MappingSettings, map_container
 from consul_reg.mapping.settings import CheckSettings
-from consul_reg.mapping.validate import CheckPolicy, Limits, parse_allow_rule
+from consul_reg.mapping.validate import Limits
+from consul_reg.mapping.check_targets import CheckPolicy, parse_allow_rule
 
 SETTINGS = MappingSettings(hostname="host1", default_address="10.0.0.5")
 

@@ -19,7 +19,8 @@ from consul_reg.mapping.registration import registration_bytes, registration_pay
 from consul_reg.consul.agent import agent_listeners
 from consul_reg.core.records import AgentInfo
 from consul_reg.mapping.settings import CheckSettings
-from consul_reg.mapping.validate import CheckPolicy, Limits, parse_allow_rule
+from consul_reg.mapping.validate import Limits
+from consul_reg.mapping.check_targets import CheckPolicy, parse_allow_rule
 
 CONTAINER_IP = "172.17.0.9"
 

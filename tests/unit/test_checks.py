@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from consul_reg.mapping.checks import CheckSettings, parse_duration, parse_version, service_checks
 from consul_reg.mapping.labels import KeyValue
-from consul_reg.mapping.validate import CheckPolicy, parse_allow_rule
+from consul_reg.mapping.check_targets import CheckPolicy, parse_allow_rule
 
 
 def keys(**values: str) -> dict[str, KeyValue]:

@@ -23,8 +23,8 @@ from consul_reg.core.errors import RegistryNotOurs
 from consul_reg.consul.agent import registration_payload
 from consul_reg.consul.guard import OwnershipGuard
 from consul_reg.mapping.tags_template import Template, TemplateError
-from consul_reg.mapping.validate import CheckPolicy, OwnEndpoints, address_problem, has_control, \
-    parse_allow_rule
+from consul_reg.mapping.validate import address_problem, has_control
+from consul_reg.mapping.check_targets import CheckPolicy, OwnEndpoints, parse_allow_rule
 from consul_reg.mapping.versions import CHECK_FIELD_MIN_VERSION
 from tests.unit.fakes import HttpAgent
 

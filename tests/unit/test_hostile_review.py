@@ -39,13 +39,8 @@ from consul_reg.app.status import (
     client_key,
 )
 from consul_reg.mapping.tags_meta import is_reserved_meta_key, service_meta
-from consul_reg.mapping.validate import (
-    CheckPolicy,
-    OwnEndpoints,
-    check_target_problem,
-    parse_allow_rule,
-    parse_ip,
-)
+from consul_reg.mapping.validate import parse_ip
+from consul_reg.mapping.check_targets import CheckPolicy, OwnEndpoints, check_target_problem, parse_allow_rule
 
 CID = "c0ffee" * 10 + "abcd"
 
