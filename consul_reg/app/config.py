@@ -7,8 +7,8 @@ import urllib.parse
 from dataclasses import dataclass, field
 
 from consul_reg.core.records import Owner
+from consul_reg.mapping.check_fields import parse_version
 from consul_reg.mapping.check_targets import AllowRule, CheckPolicy
-from consul_reg.mapping.checks import parse_version
 from consul_reg.mapping.selection import LabelFilter, docker_filters
 from consul_reg.mapping.settings import CheckSettings, MappingSettings
 from consul_reg.mapping.tags_template import Template

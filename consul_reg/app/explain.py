@@ -16,7 +16,7 @@ from consul_reg.docker.client import DockerSource
 from consul_reg.docker.swarm import SwarmEndpoints
 from consul_reg.mapping import env_file as envfile
 from consul_reg.mapping import labels
-from consul_reg.mapping.checks import origin_key
+from consul_reg.mapping.check_fields import origin_key
 from consul_reg.mapping.labels import KeyValue, printable
 from consul_reg.mapping.services import map_container
 

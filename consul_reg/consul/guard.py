@@ -44,7 +44,7 @@ from consul_reg.core.records import (
     as_owner,
     fold_id,
 )
-from consul_reg.mapping.checks import origin_key
+from consul_reg.mapping.check_fields import origin_key
 from consul_reg.mapping.default_ids import SIDECAR_ID_SUFFIX
 
 SIDECAR_SUFFIX = SIDECAR_ID_SUFFIX  # the ID the agent gives the sidecar of <id>: <id>-sidecar-proxy

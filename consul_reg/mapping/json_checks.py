@@ -22,14 +22,14 @@ from consul_reg.mapping.check_caps import (
     header_value_problem,
     path_problem,
 )
-from consul_reg.mapping.check_targets import OwnEndpoints, check_target_problem
-from consul_reg.mapping.checks import (
+from consul_reg.mapping.check_fields import (
     DISABLE_REDIRECTS_MIN_VERSION,
     INITIAL_STATUSES,
     frozen_fields,
     parse_duration,
     redirect_problem,
 )
+from consul_reg.mapping.check_targets import OwnEndpoints, check_target_problem
 from consul_reg.mapping.labels import KeyValue, show
 from consul_reg.mapping.settings import CheckSettings
 from consul_reg.mapping.validate import (

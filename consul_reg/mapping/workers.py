@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from consul_reg.core.records import Check, DaemonProbe, section
-from consul_reg.mapping.checks import go_duration, parse_duration
+from consul_reg.mapping.check_fields import go_duration, parse_duration
 from consul_reg.mapping.labels import KeyValue, show
 
 DEFAULT_HEARTBEAT_TTL = 30.0
