@@ -4,8 +4,12 @@ when a read fails or the content is malformed. Owned by the loop's thread."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
+from loguru import logger
+
+from consul_reg.core.errors import DockerUnavailable
 from consul_reg.core.messages import EnvFileRead
 from consul_reg.core.text import printable
 from consul_reg.mapping import env_file as envfile
@@ -50,3 +54,29 @@ def fold(state: EnvFileState, result: EnvFileRead) -> tuple[EnvFileState, bool, 
             warnings = [f"env file {printable(result.path)}: {p}" for p in parsed.problems]
     changed = not state.read or good != state.good
     return replace(state, read=True, text=result.text, good=good, problem=problem), changed, warnings
+
+
+def fold_reads(states: dict[str, EnvFileState], reads: Iterable[EnvFileRead]
+               ) -> tuple[set[str], list[tuple[str, DockerUnavailable]]]:
+    """Readers' answers into `states` (each container's warnings logged once per content):
+    (containers whose values changed, containers whose first read met a Docker outage)."""
+    changed: set[str] = set()
+    unread: list[tuple[str, DockerUnavailable]] = []
+    for read in reads:
+        state = states.get(read.container_id)
+        if state is None or state.path != read.path:
+            continue  # the container went, or now names another file
+        if read.docker_down and not state.read:
+            # Nothing asks for a file never read (the poll follows desires): the container is
+            # looked at again on Docker's backoff, and that look asks for the file again.
+            del states[read.container_id]
+            unread.append((read.container_id, DockerUnavailable(f"env file {printable(read.path)}: {read.error}")))
+            continue
+        new_state, values_changed, warnings = fold(state, read)
+        states[read.container_id] = new_state
+        name = new_state.container_name or read.container_id[:12]
+        for warning in warnings:
+            logger.bind(container=name).warning("container {}: {}", name, warning)
+        if values_changed:
+            changed.add(read.container_id)
+    return changed, unread

@@ -33,11 +33,11 @@ from consul_reg.core.messages import EnvFileRead, Message, ScriptsRefused, Start
 from consul_reg.core.protocols import AgentAPI, DockerReads, LoopMetrics, NoMetrics, ProbeSink, SnapshotSubscriber
 from consul_reg.core.records import AgentInfo, ContainerDesire, ContainerStatus, Service, keeps_records, section
 from consul_reg.core.snapshot import Snapshot
-from consul_reg.core.text import printable
 from consul_reg.sync.desires import DesireBuilder, DesireUnavailable
 from consul_reg.sync.drain import Drainer
-from consul_reg.sync.env_files import EnvFileState, fold
+from consul_reg.sync.env_files import EnvFileState, fold_reads
 from consul_reg.sync.primary import Primary, SyncResult
+from consul_reg.sync.probe_feed import ProbeFeed
 from consul_reg.sync.publish import Publisher
 from consul_reg.sync.reading import NOT_FETCHED, Reader, listing_key
 from consul_reg.sync.router import Actions, route
@@ -84,8 +84,7 @@ class Loop:
         self.timers = Timers(settings.resync_seconds, settings.env_file_interval, settings.retry_interval, clock)
         self.publisher = Publisher(subscribers)
         self._dirty = False  # desires changed since the last snapshot
-        self._probe_dirty: set[str] = set()  # containers whose daemon-owned checks changed
-        self._probes_stale = False  # hand the scheduler everything (after a full pass or a relist)
+        self.probe_feed = ProbeFeed(probes)
 
     @property
     def snapshot(self) -> Snapshot:
@@ -237,27 +236,9 @@ class Loop:
         return self._set_desire(container_id, dead)
 
     def _fold_env_reads(self, reads: Iterable[EnvFileRead]) -> set[str]:
-        """Env-file answers into the containers' states; the containers whose values changed."""
-        changed: set[str] = set()
-        unread: list[tuple[str, DockerUnavailable]] = []
-        states = self.containers.env_states
-        for read in reads:
-            state = states.get(read.container_id)
-            if state is None or state.path != read.path:
-                continue  # the container went, or now names another file
-            if read.docker_down and not state.read:
-                # Nothing asks for a file never read (the poll follows desires): the container is
-                # looked at again on Docker's backoff, and that look asks for the file again.
-                del states[read.container_id]
-                unread.append((read.container_id, DockerUnavailable(f"env file {printable(read.path)}: {read.error}")))
-                continue
-            new_state, values_changed, warnings = fold(state, read)
-            states[read.container_id] = new_state
-            name = new_state.container_name or read.container_id[:12]
-            for warning in warnings:
-                logger.bind(container=name).warning("container {}: {}", name, warning)
-            if values_changed:
-                changed.add(read.container_id)
+        """Env-file answers into the containers' states; the containers whose values changed.
+        A first read that met a Docker outage: the container is read again on Docker's backoff."""
+        changed, unread = fold_reads(self.containers.env_states, reads)
         self.reader.retry_later(unread)
         return changed
 
@@ -319,7 +300,7 @@ class Loop:
         for warning in self.containers.replace_all(desires, listed):
             logger.warning(warning)
         self.primary.new_pass()
-        self._probes_stale = True
+        self.probe_feed.everything_changed()
         return True
 
     def _full_pass_failed(self, reason: str, error: DockerUnavailable) -> bool:
@@ -382,34 +363,9 @@ class Loop:
             affected |= self.primary.records_of(container_id)  # kept on its death; they go now
         for warning in warnings:
             logger.warning(warning)
-        self._probe_dirty.add(container_id)
-        self._probe_dirty |= self.containers.desired.claimants(affected)  # an ID that changed hands moves its checks
+        # An ID that changed hands moves its checks: every claimant's are handed over again.
+        self.probe_feed.changed({container_id, *self.containers.desired.claimants(affected)})
         return affected
-
-    def _probed(self, services: Iterable[Service], container_id: str) -> list[Service]:
-        """Services whose daemon-owned checks are reported: only those the container
-        won (a losing claimant never drives the winner's checks), not the reaped
-        ones, nor the ones the agent refused (it has no such checks)."""
-        return [s for s in services if s.id not in self.primary.reaps and s.id not in self.primary.refused
-                and self.containers.desired.holds(container_id, s.id)]
-
-    def _update_probes(self) -> None:
-        """After the primary's writes (a check is reported once its service is
-        registered): the changed containers, or everything after a relist."""
-        desires = self.containers.desires
-        if self._probes_stale:
-            self.probes.replace_all({cid: self._probed(d.services, cid) for cid, d in desires.items()},
-                                    {cid: d.status for cid, d in desires.items()})
-        else:
-            for container_id in self._probe_dirty:
-                known = desires.get(container_id)
-                if known is None:
-                    self.probes.set_container(container_id, (), ContainerStatus(running=False))
-                else:
-                    self.probes.set_container(container_id, self._probed(known.services, container_id),
-                                              known.status)
-        self._probes_stale = False
-        self._probe_dirty.clear()
 
     def _sync_primary(self, scope: set[str] | None) -> SyncResult:
         relisting = self.primary.actual is None
@@ -418,8 +374,9 @@ class Loop:
         if not result.reached:
             return result
         self.metrics.applied("consul", len(result.registered), len(result.deregistered), result.failed)
-        self._probes_stale = self._probes_stale or relisting  # reaps may have been noticed
-        self._update_probes()
+        if relisting:  # reaps may have been noticed
+            self.probe_feed.everything_changed()
+        self.probe_feed.hand_over(self.containers, self.primary)
         self.probes.report_now({s.id for s in result.registered})
         if result.scripts_refused and self.builder.without_agent_scripts():
             logger.warning("the agent refused a check that runs a command (script checks disabled): from now on "
