@@ -10,10 +10,9 @@ from consul_reg.core.records import Owner
 from consul_reg.mapping.check_fields import parse_version
 from consul_reg.mapping.check_targets import AllowRule, CheckPolicy
 from consul_reg.mapping.selection import LabelFilter, docker_filters
-from consul_reg.mapping.settings import CheckSettings, MappingSettings
+from consul_reg.mapping.settings import CheckSettings, ContainerRules, MappingSettings
 from consul_reg.mapping.tags_template import Template
 from consul_reg.mapping.validate import DEFAULT_CHECK_METHODS, Limits
-from consul_reg.sync.desires import ContainerRules
 
 DEFAULT_AGENT_HTTP_PORT = 8500
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import queue
 import signal
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
@@ -32,10 +32,12 @@ from consul_reg.docker.env_files import EnvFileReader
 from consul_reg.docker.reads import LoopReads
 from consul_reg.docker.swarm import SwarmEndpoints
 from consul_reg.mapping.services import MappingSettings
-from consul_reg.mirrors.worker import MirrorWorker
 from consul_reg.probes.scheduler import ProbeScheduler
 from consul_reg.sync.desires import DesireBuilder
 from consul_reg.sync.loop import Loop, LoopSettings
+
+if TYPE_CHECKING:
+    from consul_reg.mirrors.worker import MirrorWorker
 
 USAGE_EXIT = 2
 
@@ -141,8 +143,11 @@ class Daemon:
                                 on_load=self.metrics.heartbeat_load)
         env_reader = EnvFileReader(self.docker.read_file, self._post,
                                    is_docker_down=lambda error: isinstance(error, DockerUnavailable))
-        self.mirrors = [MirrorWorker(m, config.owner, config.retry_interval_ms / 1000, metrics=self.metrics)
-                        for m in self.registries.mirrors]
+        if self.registries.mirrors:  # the workers' module is loaded only when there is a mirror
+            from consul_reg.mirrors.worker import MirrorWorker
+
+            self.mirrors = [MirrorWorker(m, config.owner, config.retry_interval_ms / 1000, metrics=self.metrics)
+                            for m in self.registries.mirrors]
         if self.registries.is_agent:
             self.watch = AgentWatch(self.registry, self.alarm, self._post, identity=info)
         settings = LoopSettings(owner=config.owner, deregister_mode=config.deregister,

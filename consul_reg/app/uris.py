@@ -11,12 +11,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from consul_reg.consul.agent import ConsulClient, ConsulEndpoint, ConsulRegistry
-from consul_reg.consul.guard import OwnershipGuard
-from consul_reg.consul.memory import MemoryRegistry
-from consul_reg.core.protocols import AgentAPI, MirrorRegistry
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the CLI reads URIs before anything is built: the clients' modules load when used
     from consul_reg.app.config import Config
+    from consul_reg.consul.memory import MemoryRegistry
+    from consul_reg.core.protocols import AgentAPI, MirrorRegistry
     from consul_reg.mirrors.consulkv import ConsulKVRegistry
 
 CONSUL_SCHEMES = ("consul", "consul-unix", "consul-tls")
@@ -189,6 +188,9 @@ def registries_from_uris(config: Config, on_unreachable: Callable[[str], None] =
                          ) -> Registries:
     """The primary and the mirrors for the daemon's URIs. `on_unreachable` is told of
     every call that could not reach the primary agent."""
+    from consul_reg.consul.guard import OwnershipGuard
+    from consul_reg.consul.memory import MemoryRegistry
+
     first, *rest = config.registry_uris
     is_agent = urllib.parse.urlsplit(first).scheme in CONSUL_SCHEMES
     primary: ConsulRegistry | MemoryRegistry

@@ -23,7 +23,6 @@ from consul_reg.core.liveness import Liveness
 from consul_reg.core.messages import EVENT_FILTER_ACTIONS, DockerReconnected, Message
 from consul_reg.core.text import printable
 from consul_reg.docker import connection as docker_http
-from consul_reg.docker import execs as container_exec
 from consul_reg.docker import files as container_files
 from consul_reg.docker.events import MAX_EVENT_BYTES, OVERSIZED, SkippedEvents, decoded_events, message_from_event
 from consul_reg.docker.files import FileUnreadable  # noqa: F401  (raised by read_file)
@@ -194,8 +193,9 @@ class DockerSource:
         """Run `sh -c command` in the container: (exit code, the output's last `output_limit`
         bytes). Past `timeout_seconds` the command is killed and the exit code is -1, as
         for any failure; the output says why. Never raises for Docker's sake. Thread-safe."""
-        return container_exec.exec_in_container(self._endpoint, container_id, command, timeout_seconds,
-                                                output_limit)
+        from consul_reg.docker import execs  # only a daemon that runs exec checks needs it
+
+        return execs.exec_in_container(self._endpoint, container_id, command, timeout_seconds, output_limit)
 
     def follow_events(self, post: Callable[[Message], None], stop: threading.Event, retry_interval: float = 1.0,
                       max_backoff: float = 30.0) -> threading.Thread:

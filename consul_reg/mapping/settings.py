@@ -54,3 +54,12 @@ class PublishedPort:
     on_ipv4: bool = True  # published on an IPv4 host address (or every address)
     on_ipv6: bool = False  # published on an IPv6 host address (or every address)
     declared: bool = False  # from SERVICE_PORT rather than what Docker shows
+
+
+@dataclass(frozen=True)
+class ContainerRules:
+    """The operator's rules for reading a container, besides the mapping's settings."""
+
+    env_file: str = ""  # -envFile
+    container_env_files: bool = True  # SERVICE_ENV_FILE honoured (off: --no-container-env-file)
+    deregister: str = "always"  # -deregister: whether a dead container's records stay

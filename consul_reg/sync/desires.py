@@ -28,6 +28,7 @@ from consul_reg.core.records import AgentInfo, ContainerDesire, ContainerStatus,
 from consul_reg.core.text import printable
 from consul_reg.mapping import env_file as envfile
 from consul_reg.mapping.services import ContainerRecords, MappingSettings, map_container
+from consul_reg.mapping.settings import ContainerRules
 from consul_reg.sync.env_files import EnvFileState
 
 
@@ -55,15 +56,6 @@ class SwarmPorts(Protocol):
 class NoSwarm:
     def augment(self, container: dict[str, Any]) -> dict[str, Any]:
         return container
-
-
-@dataclass(frozen=True)
-class ContainerRules:
-    """The operator's rules for reading a container, besides the mapping's settings."""
-
-    env_file: str = ""  # -envFile
-    container_env_files: bool = True  # SERVICE_ENV_FILE honoured (off: --no-container-env-file)
-    deregister: str = "always"  # -deregister: whether a dead container's records stay
 
 
 class DesireBuilder:
