@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import docker
 
-from consul_reg.docker_source import DockerSource, FileUnreadable
+from consul_reg.docker.client import DockerSource, FileUnreadable
 
 IMAGE = "consul-reg-test/busybox:latest"
 LIMIT = 64 * 1024

@@ -22,8 +22,8 @@ import time
 from dataclasses import replace
 from typing import Any, Callable
 
-from consul_reg.mapping import MappingSettings, map_container
-from consul_reg.validate import Limits
+from consul_reg.mapping.services import MappingSettings, map_container
+from consul_reg.mapping.validate import Limits
 
 PORTS = ",".join(str(p) for p in range(1, 70))
 

@@ -85,10 +85,10 @@ def ceiling(agent: Agent, count: int, threads: int, seconds: float) -> tuple[flo
 def child(uri: str, count: int, interval: float, seconds: float, senders: int) -> None:
     from loguru import logger
 
-    from consul_reg.heartbeat import ProbeScheduler
-    from consul_reg.model import Check, ContainerStatus, DaemonProbe, Service
+    from consul_reg.probes.scheduler import ProbeScheduler
+    from consul_reg.core.records import Check, ContainerStatus, DaemonProbe, Service
     import consul_reg
-    from consul_reg.registries import from_uri
+    from consul_reg.app.uris import from_uri
 
     print(f"scheduler from {Path(consul_reg.__file__).parent}", file=sys.stderr)
     warnings: list[str] = []

@@ -32,7 +32,7 @@ def main() -> int:
         sys.path.insert(0, args.code)
     import docker
 
-    from consul_reg.docker_source import DockerSource
+    from consul_reg.docker.client import DockerSource
     client = docker.from_env(timeout=300)
     source = DockerSource(timeout=60)
     import consul_reg

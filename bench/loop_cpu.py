@@ -28,16 +28,15 @@ from common import IMAGE, LABEL, describe_ms  # noqa: E402
 
 from loguru import logger  # noqa: E402
 
-from consul_reg.config import Config  # noqa: E402
-from consul_reg.desires import DesireBuilder  # noqa: E402
-from consul_reg.drain import Drainer  # noqa: E402
-from consul_reg.heartbeat import ProbeScheduler  # noqa: E402
-from consul_reg.loop import Loop  # noqa: E402
-from consul_reg.metrics import Metrics  # noqa: E402
-from consul_reg.model import registered_form  # noqa: E402
-from consul_reg.primary import Primary  # noqa: E402
-from consul_reg.registries.consul import AgentInfo, registration_payload  # noqa: E402
-from consul_reg.router import RELOAD, START, Hint  # noqa: E402
+from consul_reg.app.config import Config  # noqa: E402
+from consul_reg.sync.desires import DesireBuilder  # noqa: E402
+from consul_reg.probes.scheduler import ProbeScheduler  # noqa: E402
+from consul_reg.sync.loop import Loop, LoopSettings  # noqa: E402
+from consul_reg.app.metrics import Metrics  # noqa: E402
+from consul_reg.core.records import registered_form  # noqa: E402
+from consul_reg.consul.agent import registration_payload  # noqa: E402
+from consul_reg.core.records import AgentInfo  # noqa: E402
+from consul_reg.core.messages import DockerEvent, Reload, Start  # noqa: E402
 
 HOST = "bench"
 
@@ -63,6 +62,9 @@ class Docker:
     def inspect(self, container_id: str) -> dict | None:
         found = self.containers.get(container_id)
         return json.loads(json.dumps(found)) if found is not None else None  # a fresh dict, as a real inspect
+
+    def request_env_file(self, container_id: str, path: str) -> None:
+        pass  # the benchmark's container names no env file
 
     def exec_in_container(self, *args) -> tuple[int, str]:
         return 0, ""
@@ -96,6 +98,15 @@ class Agent:
     def enable_maintenance(self, *args) -> None:
         pass
 
+    def disable_maintenance(self, *args) -> None:
+        pass
+
+    def maintenance_reasons(self, service_ids) -> dict:
+        return {}
+
+    def ours_now(self, service_ids, container_id) -> set:
+        return set(service_ids)
+
 
 def real_inspect() -> tuple[dict, dict]:
     """A running busybox container's inspect answer and listing entry."""
@@ -112,16 +123,13 @@ def real_inspect() -> tuple[dict, dict]:
 def build_loop(template: dict, summary: dict, known: int) -> tuple[Loop, Docker]:
     config = Config(hostname=HOST, registry_uris=("consul://x",), resync_seconds=0)
     docker_api, agent = Docker(template, summary), Agent()
-    primary = Primary(agent, HOST, retry_interval=1.0, clock=time.monotonic)
-    primary.identity = agent.agent_info()
     settings = config.mapping_settings("127.0.0.1", "bench", "1.8.7", True)
-    loop = Loop(deregister_mode="always", resync_seconds=0, env_file_interval=10.0, retry_interval=1.0,
-                docker=docker_api, primary=primary, builder=DesireBuilder(config, docker_api, settings),
-                probes=ProbeScheduler(agent, docker_api, lambda *a: None), drainer=Drainer(agent, 30.0),
-                mirrors=[], env_reader=None, metrics=Metrics())
+    loop = Loop(LoopSettings(owner=HOST, resync_seconds=0, retry_interval=1.0), docker_api, agent,
+                DesireBuilder(config.container_rules(), docker_api, settings),
+                ProbeScheduler(agent, docker_api, lambda *a: None), metrics=Metrics())
     for index in range(known):
         docker_api.add(index)
-    loop.handle([Hint("", START)])
+    loop.handle([Start(agent.agent_info())])
     assert len(agent.records) == known
     return loop, docker_api
 
@@ -143,7 +151,7 @@ def main() -> int:
         passes = []
         for _ in range(args.passes):
             began = time.thread_time()
-            loop.handle([Hint("", RELOAD)])
+            loop.handle([Reload()])
             passes.append((time.thread_time() - began) * 1000)
         print(f"{known} other containers: in-sync full pass CPU {describe_ms(passes)} (the listing decoded "
               "from JSON included, the agent's answer not)")
@@ -151,7 +159,7 @@ def main() -> int:
             if args.profile:
                 profile = cProfile.Profile(time.thread_time)
                 profile.enable()
-                loop.handle([Hint("", RELOAD)])
+                loop.handle([Reload()])
                 profile.disable()
                 pstats.Stats(profile).strip_dirs().sort_stats(args.sort).print_stats(40)
             continue
@@ -160,7 +168,7 @@ def main() -> int:
         for n in range(args.events):
             container_id = docker_api.add(100_000 + n)
             for action, into in (("start", start_ms), ("die", die_ms)):
-                hint = Hint(container_id, action, time.time_ns(), (("exitCode", "137"),) if action == "die" else ())
+                hint = DockerEvent(container_id, action, time.time_ns(), exit_code="137" if action == "die" else "")
                 if profile:
                     profile.enable()
                 began = time.thread_time()

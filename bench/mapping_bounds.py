@@ -17,8 +17,8 @@ import argparse
 import time
 from typing import Any, Callable
 
-from consul_reg.mapping import MappingSettings, map_container
-from consul_reg.tags_template import Template
+from consul_reg.mapping.services import MappingSettings, map_container
+from consul_reg.mapping.tags_template import Template
 
 
 def container(labels: dict[str, str], exposed: range, env: list[str] | None = None) -> dict[str, Any]:

@@ -26,10 +26,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import IMAGE, LABEL, Agent, describe_ms, remove_labelled  # noqa: E402
 
-from consul_reg import docker_source, logs, loop  # noqa: E402
-from consul_reg.cli import parse_config  # noqa: E402
-from consul_reg.daemon import Daemon  # noqa: E402
-from consul_reg.router import STOP, Hint  # noqa: E402
+from consul_reg.docker import client as docker_source
+
+from consul_reg.app import logs
+
+from consul_reg.sync import loop  # noqa: E402
+from consul_reg.app.cli import parse_config  # noqa: E402
+from consul_reg.app.daemon import Daemon  # noqa: E402
+from consul_reg.core.messages import Stop  # noqa: E402
 
 PROFILES: dict[str, cProfile.Profile] = {}
 HANDLE_CPU_MS: list[float] = []
@@ -95,7 +99,7 @@ def main() -> int:
         for container in containers:
             client.api.kill(container.id)
             wait_for(agent, f"{hostname}:{container.name}:80", False)
-        daemon.loop.post(Hint("", STOP))
+        daemon.loop.post(Stop())
         thread.join(timeout=10)
     finally:
         remove_labelled(client)

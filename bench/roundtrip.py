@@ -1,4 +1,4 @@
-"""One request's round trip through consul_reg.http_pool, in the benchmark's own
+"""One request's round trip through consul_reg.transport.pool, in the benchmark's own
 process: wall time per call and CPU per call, for the two hot paths (the
 agent's PUT of a TTL update and a service registration, Docker's inspect of
 one container), against an agent of the benchmark's own and the dockerd of
@@ -49,12 +49,12 @@ def main() -> int:
         sys.path.insert(0, args.code)
     import docker
 
-    from consul_reg.docker_source import DockerSource
-    from consul_reg.http_pool import ConnectionPool
-    import consul_reg.http_pool as http_pool
-    from consul_reg.model import RegisteredService, Service, owner_meta
-    from consul_reg.registries.consul import ConsulClient, ConsulEndpoint, ConsulRegistry
-    from consul_reg.registries.guard import OwnershipGuard
+    from consul_reg.docker.client import DockerSource
+    from consul_reg.transport.pool import ConnectionPool
+    import consul_reg.transport.pool as http_pool
+    from consul_reg.core.records import RegisteredService, Service, owner_meta
+    from consul_reg.consul.agent import ConsulClient, ConsulEndpoint, ConsulRegistry
+    from consul_reg.consul.guard import OwnershipGuard
 
     print(f"{time.strftime('%Y-%m-%d %H:%M')}, {load()}, http_pool from {http_pool.__file__}", flush=True)
     client = docker.from_env(timeout=60)

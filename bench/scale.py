@@ -87,20 +87,21 @@ def as_process(args, agent: Agent, hostname: str) -> None:
 def in_process(args, agent: Agent, hostname: str) -> None:
     from loguru import logger
 
-    from consul_reg.cli import parse_config
-    from consul_reg.daemon import Daemon
-    from consul_reg.router import RELOAD, START, Hint
+    from consul_reg.app.cli import parse_config
+    from consul_reg.app.daemon import Daemon
+    from consul_reg.core.messages import Reload, Start
 
     logger.remove()
     logger.add(sys.stderr, level="WARNING")
     daemon = Daemon(parse_config(["--hostname", hostname, "-internal", "-resync", "0", agent.uri], {}))
     daemon.docker = Counting(daemon.docker, ["list_containers", "inspect"])  # type: ignore[assignment]
-    daemon.registry = Counting(daemon.registry, ["services", "check_owners", "agent_info", "register",
-                                                      "deregister"])  # type: ignore
+    # What the loop writes through: the agent behind its guard; the guard's reads are counted too.
+    daemon.registry = daemon.registries.agent.registry = Counting(  # type: ignore
+        daemon.registry, ["services", "check_owners", "agent_info", "register", "deregister", "services_matching"])
     info = daemon.connect()
     assert info is not None
     loop = daemon.build(info)
-    loop.handle([Hint("", START)])
+    loop.handle([Start(info)])
     times, calls, sequential = [], [], []
     pool = loop.primary.io
     for n in range(2 * args.passes):
@@ -111,7 +112,7 @@ def in_process(args, agent: Agent, hostname: str) -> None:
         # and with the agent listed after Docker (no pool for the primary: what the daemon did before).
         loop.primary.io = pool if n % 2 == 0 else None
         began = time.perf_counter()
-        loop.handle([Hint("", RELOAD)])
+        loop.handle([Reload()])
         (times if n % 2 == 0 else sequential).append((time.perf_counter() - began) * 1000)
         calls.append({**daemon.docker.calls, **daemon.registry.calls})  # type: ignore[attr-defined]
     loop.primary.io = pool
@@ -130,7 +131,7 @@ def in_process(args, agent: Agent, hostname: str) -> None:
     reads = last["list_containers"] + last["inspect"] + last["services"] + last["check_owners"] + last["agent_info"]
     print(f"in-sync full pass, the agent listed after Docker (the passes in between): median "
           f"{statistics.median(sequential):.1f} ms, min {min(sequential):.1f}, max {max(sequential):.1f}", flush=True)
-    print(f"in-sync full pass over {len(loop.desires)} containers: median {statistics.median(times):.1f} ms, "
+    print(f"in-sync full pass over {len(loop.containers.desires)} containers: median {statistics.median(times):.1f} ms, "
           f"min {min(times):.1f}, max {max(times):.1f} over {args.passes} passes; HTTP reads per pass {reads} "
           f"(docker list {last['list_containers']}, inspect {last['inspect']}, agent services {last['services']}, "
           f"agent checks {last['check_owners']}, agent self {last['agent_info']}); writes {max(c['register'] + c['deregister'] for c in calls)}; "

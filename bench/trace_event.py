@@ -27,11 +27,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import IMAGE, LABEL, Agent, load, remove_labelled  # noqa: E402
 
-from consul_reg import docker_source, loop  # noqa: E402
-from consul_reg.cli import parse_config  # noqa: E402
-from consul_reg.daemon import Daemon  # noqa: E402
-from consul_reg.registries import consul, guard  # noqa: E402
-from consul_reg.router import STOP, Hint  # noqa: E402
+from consul_reg.docker import client as docker_source
+
+from consul_reg.sync import loop  # noqa: E402
+from consul_reg.app.cli import parse_config  # noqa: E402
+from consul_reg.app.daemon import Daemon  # noqa: E402
+from consul_reg.app.uris import consul, guard  # noqa: E402
+from consul_reg.core.messages import Stop  # noqa: E402
 
 MARKS: dict[str, dict[str, int]] = defaultdict(dict)  # container or service ID -> step -> time_ns
 
@@ -125,7 +127,7 @@ def main() -> int:
             client.api.kill(container.id)
             time.sleep(args.gap)
         time.sleep(1)
-        daemon.loop.post(Hint("", STOP))
+        daemon.loop.post(Stop())
         thread.join(timeout=10)
     finally:
         remove_labelled(client)

@@ -1,5 +1,5 @@
 import sys
 
-from consul_reg.cli import main
+from consul_reg.app.cli import main
 
 sys.exit(main())

@@ -194,6 +194,61 @@ class DaemonProcess:
     def wait_log(self, text: str, timeout: float = 20.0) -> None:
         wait_until(lambda: text in self.log(), timeout, message=f"{text!r} in the daemon log")
 
+    @property
+    def status_addr(self) -> str:
+        if "--status-addr" not in self.args:
+            raise AssertionError("this daemon serves no status endpoint: start it with --status-addr "
+                                 "(the full-pass counters are read from /health)")
+        return self.args[self.args.index("--status-addr") + 1]
+
+    def passes(self) -> tuple[int, int]:
+        """(full_passes_started, full_pass_done) as /health shows them now (a 503 carries them too)."""
+        assert self.process is not None and self.process.poll() is None, "the daemon exited"
+        body = httpx.get(f"http://{self.status_addr}/health", timeout=5).json()
+        return int(body["full_passes_started"]), int(body["full_pass_done"])
+
+    def wait_first_full_pass(self, timeout: float = 20.0) -> None:
+        """Until the daemon's first full pass (at start-up) has made its writes."""
+        wait_until(lambda: self.passes()[1] >= 1, timeout, message="the daemon's first full pass done")
+
+    def wait_full_passes_after(self, action: Callable[[], Any] = lambda: None, count: int = 1,
+                               timeout: float = 20.0) -> int:
+        """Do `action`, then wait until `count` full passes begun after it are over (their sync,
+        drains and publication done); the number of the last one. With no action: `count`
+        more passes (a resync's), none of them already running now.
+
+        Why the pass waited for began after the action, even if one was running when it came:
+        - The loop numbers a full pass when it begins, before it lists Docker or the agent, and
+          publishes that number (`full_passes_started`) at once; `full_pass_done`, the number of
+          the latest pass over, moves only after that pass's sync, drains and publication. So
+          with S read before the action, a pass numbered above S began after the read, and
+          `full_pass_done >= S + count` means the count-th of them is over.
+        - A pass already running at the read is numbered S or below: its end is not counted.
+          (Waiting for `full_pass_done` to pass its value before the action would count it,
+          though it listed Docker before the action. A SIGHUP that arrives during it is taken
+          by the loop only in the batch after it: its pass is numbered S + 1 or more.)
+        - A pass Docker cut short keeps its number and is never done: the wait ends on a later
+          pass that did its work, never on the abandoned one.
+        - It ends as long as the action asks for a full pass (or resyncs run): that pass begins
+          after the action, so its number is above S.
+        - What is left is the window between the read and the action (one HTTP answer): a pass
+          begun there would be counted though it may list Docker before the action. With -resync
+          0 a full pass begins only when asked: at start-up (over, or seen running by the read),
+          by SIGHUP, or when Docker or the agent came back: the test's own actions, which it does
+          not run at once with another."""
+        started = wait_until(lambda: self.passes(), timeout, message="the daemon's /health")[0]
+        action()
+        target = started + count
+        wait_until(lambda: self.passes()[1] >= target, timeout,
+                   message=f"full pass {target} done ({count} begun after the read, which saw {started} begun)")
+        return target
+
+    def full_pass_by_sighup(self, timeout: float = 20.0) -> int:
+        """SIGHUP (re-read the token, a full pass), and wait until that full pass is over."""
+        process = self.process
+        assert process is not None
+        return self.wait_full_passes_after(lambda: process.send_signal(signal.SIGHUP), timeout=timeout)
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
         assert self.process is not None
         if self.process.poll() is None:
@@ -228,6 +283,11 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def status_args() -> list[str]:
+    """A status endpoint on a free loopback port: DaemonProcess reads the full-pass counters there."""
+    return ["--status-addr", f"127.0.0.1:{free_port()}"]
 
 
 class OwnAgent:

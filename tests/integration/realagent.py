@@ -4,23 +4,19 @@ dicts, so no hostile container ever runs on any dockerd)."""
 
 from __future__ import annotations
 
-import time
 import uuid
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from consul_reg.config import Config
-from consul_reg.desires import DesireBuilder
-from consul_reg.drain import Drainer
-from consul_reg.heartbeat import ProbeScheduler
-from consul_reg.loop import Loop
-from consul_reg.metrics import Metrics
-from consul_reg.primary import Primary
-from consul_reg.registries.consul import ConsulClient, ConsulEndpoint, ConsulRegistry
-from consul_reg.registries.guard import guarded
-from consul_reg.router import Hint
+from consul_reg.app.config import Config
+from consul_reg.consul.agent import ConsulClient, ConsulEndpoint, ConsulRegistry
+from consul_reg.consul.guard import OwnershipGuard
+from consul_reg.core.messages import Message
+from consul_reg.probes.scheduler import ProbeScheduler
+from consul_reg.sync.desires import DesireBuilder
+from consul_reg.sync.loop import Loop, LoopSettings
 from tests.integration.conftest import OwnAgent
 from tests.unit.fakes import FakeDocker
 
@@ -34,18 +30,17 @@ class RealAgentLoop:
         self.registry = ConsulRegistry(self.client)
         self.config = Config(hostname=hostname, registry_uris=(agent.uri,), resync_seconds=0)
         info = self.registry.agent_info()
-        self.primary = Primary(guarded(self.registry, self.config.owner), self.config.owner, 1.0, time.monotonic)
-        self.primary.identity = info
         self.docker = FakeDocker()
         self.probes = ProbeScheduler(self.registry, self.docker, lambda sid, cid: None)
         settings = self.config.mapping_settings("10.0.0.1", "test", info.version, info.runs_remote_scripts)
-        self.loop = Loop(deregister_mode="always", resync_seconds=0, env_file_interval=10.0, retry_interval=1.0,
-                         docker=self.docker, primary=self.primary,
-                         builder=DesireBuilder(self.config, self.docker, settings), probes=self.probes,
-                         drainer=Drainer(self.primary.agent, 30.0), mirrors=[], env_reader=None, metrics=Metrics())
+        self.loop = Loop(LoopSettings(owner=self.config.owner, resync_seconds=0, retry_interval=1.0), self.docker,
+                         OwnershipGuard(self.registry, self.config.owner),
+                         DesireBuilder(self.config.container_rules(), self.docker, settings), self.probes)
+        self.primary = self.loop.primary
+        self.primary.identity = info
 
-    def send(self, *hints: Hint) -> None:
-        assert self.loop.handle(list(hints))
+    def send(self, *messages: Message) -> None:
+        assert self.loop.handle(list(messages))
 
     def check_owner(self, check_id: str) -> str | None:
         check = self.api.http.get("/v1/agent/checks").json().get(check_id)

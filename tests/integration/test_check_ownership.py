@@ -10,7 +10,7 @@ from typing import Iterator
 import pytest
 from loguru import logger
 
-from consul_reg.router import RELOAD, START, Hint
+from consul_reg.core.messages import Reload, Start
 from tests.integration.realagent import RealAgentLoop, real_agent_loop  # noqa: F401  (fixture)
 from tests.unit.fakes import container
 from tests.unit.test_loop import event
@@ -28,7 +28,7 @@ def warnings() -> Iterator[list[str]]:
 
 def web_with_a_check(h: RealAgentLoop, kind: str, value: str) -> tuple[str, str]:
     """Container web (port 80) with SERVICE_CHECK_<KIND>, registered: (its service ID, its check ID)."""
-    h.send(Hint("", START))
+    h.send(Start())
     h.docker.add(container("c-web", "web", ports={"80/tcp": "8080"},
                            labels={f"SERVICE_CHECK_{kind.upper()}": value, "SERVICE_CHECK_INTERVAL": "24h"}))
     h.send(event("c-web", "start"))
@@ -55,7 +55,7 @@ def test_a_check_id_naming_another_services_check_is_refused(real_agent_loop: Re
     assert any("container evil: key 'SERVICE_CHECKS': check 1: ID must be" in w for w in warnings), warnings
     del h.docker.containers["c-evil"]
     h.send(event("c-evil", "destroy"))
-    h.send(Hint("", RELOAD))
+    h.send(Reload())
     assert (owner_while_hostile_runs, h.check_owner(victim_check)) == (victim, victim)
 
 
@@ -69,7 +69,7 @@ def test_a_container_cannot_take_or_remove_a_hand_registered_services_check(real
     h.api.register({"ID": "payments", "Name": "payments", "Port": 9999,
                     "Checks": [{"TTL": "1h", "Status": "passing"}, {"TTL": "1h", "Status": "passing"}]})
     assert h.check_owner("service:payments:1") == "payments" and h.check_owner("service:payments:2") == "payments"
-    h.send(Hint("", START))
+    h.send(Start())
     h.docker.add(container("c-evil", "evil", labels={"SERVICE_ID": "payments:1", "SERVICE_NAME": "evil",
                                                      "SERVICE_CHECK_TTL": "1h"}))
     h.send(event("c-evil", "start"))
@@ -77,7 +77,7 @@ def test_a_container_cannot_take_or_remove_a_hand_registered_services_check(real
     assert "payments:1" not in h.api.services()
     assert any("container evil: check service:payments:1 (from SERVICE_CHECK_TTL) is already the check of "
                "service 'payments'" in w for w in warnings), warnings
-    h.send(Hint("", RELOAD))  # a full pass tries again, and is refused again
+    h.send(Reload())  # a full pass tries again, and is refused again
     del h.docker.containers["c-evil"]
     h.send(event("c-evil", "destroy"))
     assert (while_running, h.check_owner("service:payments:1")) == ("payments", "payments")
@@ -90,5 +90,5 @@ def test_a_check_removed_from_outside_is_registered_again_by_a_full_pass(real_ag
     service, check = web_with_a_check(h, "tcp", "true")
     h.api.http.put(f"/v1/agent/check/deregister/{check}").raise_for_status()
     assert h.check_owner(check) is None and service in h.api.services()
-    h.send(Hint("", RELOAD))
+    h.send(Reload())
     assert h.check_owner(check) == service

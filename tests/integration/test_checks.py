@@ -7,11 +7,9 @@ when nothing listens in the container, which would hide a broken service).
 
 from __future__ import annotations
 
-import signal
-
 import pytest
 
-from tests.integration.conftest import wait_until
+from tests.integration.conftest import status_args, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -151,7 +149,7 @@ def test_removed_check_key_disappears_from_consul(start_daemon, run_container, c
 @pytest.mark.slow
 def test_deregister_after_is_not_undone(start_daemon, run_container, consul_api, hostname):
     """Consul reaps at least 1 minute after critical, every 30 s: this test takes ~1.5 minutes."""
-    daemon = start_daemon("-internal")
+    daemon = start_daemon("-internal", *status_args())
     container = run_container(ports={"81/tcp": None}, labels={  # nothing listens: critical at once
         **FAST, "SERVICE_CHECK_TCP": "true", "SERVICE_CHECK_DEREGISTER_AFTER": "1m"})
     service_id = f"{hostname}:{container.name}:81"
@@ -159,9 +157,7 @@ def test_deregister_after_is_not_undone(start_daemon, run_container, consul_api,
     wait_until(lambda: service_id not in consul_api.services(), timeout=150, interval=1,
                message="the agent reaped the service")
     for _ in range(2):  # full passes (as a resync's, asked by SIGHUP): the first sees the reap, none undoes it
-        passes = daemon.log().count("full pass done (reload)")
-        daemon.process.send_signal(signal.SIGHUP)
-        wait_until(lambda: daemon.log().count("full pass done (reload)") > passes, message="a full pass")
+        daemon.full_pass_by_sighup()
     daemon.wait_log(f"the agent removed {service_id}")
     assert service_id not in consul_api.services()
     container.restart(timeout=1)

@@ -31,7 +31,7 @@ def test_argument_errors_exit_2(args, reason):
 
 
 def test_both_spellings_are_accepted():
-    from consul_reg.cli import parse_config
+    from consul_reg.app.cli import parse_config
 
     single = parse_config(["-ip", "1.2.3.4", "-internal", "-tags", "a,b", "-resync", "0", "--hostname", "h"], {})
     double = parse_config(["--ip=1.2.3.4", "--internal", "--tags", "a,b", "--resync", "0", "--hostname", "h"], {})

@@ -19,8 +19,9 @@ from typing import Any, Callable, Iterator
 import docker
 import pytest
 
-from consul_reg import container_exec
-from consul_reg.docker_source import DockerSource, DockerUnavailable, FileUnreadable
+from consul_reg.docker import execs as container_exec
+from consul_reg.docker.client import DockerSource, FileUnreadable
+from consul_reg.core.errors import DockerUnavailable
 from tests.integration.conftest import IMAGE, RUN_ID, TEST_LABEL, wait_until
 from tests.integration.test_docker_restart import own_dockerd  # noqa: F401  (fixture)
 

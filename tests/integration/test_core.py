@@ -53,11 +53,15 @@ def test_health_is_never_503_during_a_healthy_resync(start_daemon, run_container
     for _ in range(3):
         run_container(ports={"80/tcp": None})
     wait_until(lambda: len(ids(consul_api, hostname)) == 3, message="registered")
-    passes = daemon.log().count("full pass done")
+    target = daemon.passes()[0] + 10  # ten passes begun after now, each seen through /health itself
     codes = []
     with httpx.Client() as client:
-        while daemon.log().count("full pass done") < passes + 10:
-            codes.append(client.get(f"http://{status}/health").status_code)
+        def probe() -> bool:
+            response = client.get(f"http://{status}/health")
+            codes.append(response.status_code)
+            return response.json()["full_pass_done"] >= target
+
+        wait_until(probe, timeout=30, interval=0, message=f"full pass {target} done")
     assert codes and set(codes) == {200}
 
 

@@ -28,8 +28,8 @@ import docker
 import httpx
 import pytest
 
-from consul_reg.registries.consul import ConsulClient, ConsulEndpoint
-from tests.integration.conftest import IMAGE, ROOT, RUN_ID, TEST_LABEL, free_port, wait_until
+from consul_reg.consul.agent import ConsulClient, ConsulEndpoint
+from tests.integration.conftest import IMAGE, ROOT, RUN_ID, TEST_LABEL, free_port, status_args, wait_until
 from tests.unit.test_versions import ACCEPTED_1_8_CHECK, ACCEPTED_1_8_SERVICE, EVERYTHING, payload_for
 
 pytestmark = pytest.mark.integration
@@ -100,8 +100,8 @@ def run_container(own_docker) -> Iterator[Callable[..., Any]]:
 
 
 def start(start_daemon, agent, own_docker, *args: str, resync: str = "0"):
-    daemon = start_daemon(*args, agent.uri, resync=resync, env={"DOCKER_HOST": own_docker[0]})
-    daemon.wait_log("full pass done")
+    daemon = start_daemon(*args, *status_args(), agent.uri, resync=resync, env={"DOCKER_HOST": own_docker[0]})
+    daemon.wait_first_full_pass()
     return daemon
 
 
@@ -360,12 +360,10 @@ def test_tag_override_survives_resyncs_and_an_unrelated_change(own_agent, own_do
         "Service": {"ID": service_id, "Service": name, "Address": record["Address"], "Port": record["Port"],
                     "Tags": ["leader"], "Meta": record["Meta"], "EnableTagOverride": True}}).raise_for_status()
     assert catalog_tags() == [["leader"]]
-    passes = daemon.log().count("full pass done")
-    wait_until(lambda: daemon.log().count("full pass done") >= passes + 3, timeout=30, message="three resyncs")
+    daemon.wait_full_passes_after(count=3, timeout=30)  # three resyncs
     other = run_container(ports={"80/tcp": None}, labels={"SERVICE_NAME": "unrelated"})
     wait_until(lambda: f"{hostname}:{other.name}:80" in api.services(), message="the unrelated container")
-    passes = daemon.log().count("full pass done")
-    wait_until(lambda: daemon.log().count("full pass done") >= passes + 2, timeout=30, message="two more resyncs")
+    daemon.wait_full_passes_after(count=2, timeout=30)  # two more
     assert catalog_tags() == [["leader"]]
     assert len(re.findall(rf"(?<!de)registered {re.escape(service_id)} name=", daemon.log())) == 1  # never again
 
@@ -408,9 +406,7 @@ def test_connect_sidecar_carries_a_request_through_an_upstream(own_agent, own_do
                             timeout=60, message="a request through the client's upstream")
         assert answer.status_code == 200 and answer.text.strip() == "ok"
         # A full pass (SIGHUP) keeps the sidecars: they are the agent's, not orphans of the daemon's.
-        passes = daemon.log().count("full pass done (reload)")
-        daemon.process.send_signal(signal.SIGHUP)
-        wait_until(lambda: daemon.log().count("full pass done (reload)") > passes, message="the SIGHUP's full pass")
+        daemon.full_pass_by_sighup()
         assert f"{web_id}-sidecar-proxy" in api.services()
         assert f"deregistered {web_id}-sidecar-proxy" not in daemon.log()
         # The sidecar registration goes when the service goes.
@@ -518,8 +514,8 @@ def test_two_daemons_selecting_the_same_container_never_fight(own_agent, own_doc
     web = run_container(ports={"80/tcp": None}, labels={"team": "a", "SERVICE_NAME": "web"})
     service_id = f"{hostname}:{web.name}:80"
     wait_until(lambda: service_id in owners(api), message="registered by one of them")
-    passes = [d.log().count("full pass done") for d in daemons]
-    wait_until(lambda: all(d.log().count("full pass done") >= p + 3 for d, p in zip(daemons, passes)), timeout=40,
+    targets = [d.passes()[0] + 3 for d in daemons]  # three passes of each, begun after now
+    wait_until(lambda: all(d.passes()[1] >= target for d, target in zip(daemons, targets)), timeout=40,
                message="three resyncs of each")
     holder = owners(api)[service_id][1]
     assert holder in ("x", "y")

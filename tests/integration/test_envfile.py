@@ -3,12 +3,11 @@ start, read through Docker's archive API, highest priority, key by key."""
 
 from __future__ import annotations
 
-import signal
 import time
 
 import pytest
 
-from tests.integration.conftest import wait_until
+from tests.integration.conftest import status_args, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -25,7 +24,7 @@ def reads_since(docker_client, container, since: float) -> int:
 
 
 def test_env_file_changes_registration_after_start(start_daemon, run_container, consul_api, hostname, docker_client):
-    daemon = start_daemon("-ip", "192.0.2.1", "--env-file-interval", "0.5")
+    daemon = start_daemon("-ip", "192.0.2.1", "--env-file-interval", "0.5", *status_args())
     web = run_container(ports={"80/tcp": None}, labels={"SERVICE_ENV_FILE": "/tmp/service.env",
                                                         "SERVICE_TAGS": "traefik.enable=true,web"})
     service_id = f"{hostname}:{web.name}:80"
@@ -42,9 +41,7 @@ def test_env_file_changes_registration_after_start(start_daemon, run_container, 
                message="new ID registered, old one removed")
     write(web, "this is not KEY=value at all\\n")
     daemon.wait_log("not KEY=value")
-    passes = daemon.log().count("full pass done (reload)")
-    daemon.process.send_signal(signal.SIGHUP)  # with -resync 0, a full pass asked by SIGHUP
-    wait_until(lambda: daemon.log().count("full pass done (reload)") > passes, message="a full pass")
+    daemon.full_pass_by_sighup()  # with -resync 0, a full pass asked by SIGHUP
     # Its re-read of the file (and the polls') are answered on reader threads and folded in later batches:
     # two reads served after the pass (one container's reads never overlap: the first one's answer is
     # posted before the second starts), then a new content, whose warning is logged after that answer.

@@ -21,8 +21,8 @@ import uuid
 
 import pytest
 
-from consul_reg.docker_source import MAX_EVENT_BYTES, DockerSource
-from consul_reg.router import CONTAINER_ACTIONS
+from consul_reg.docker.client import MAX_EVENT_BYTES, DockerSource
+from consul_reg.core.messages import CONTAINER_ACTIONS
 from tests.integration.conftest import wait_until
 from tests.integration.test_hostile_containers import (  # noqa: F401 (fixtures)
     assert_host_unharmed, host, own_docker, run_container, services_of_container, start)

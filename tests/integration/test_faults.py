@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.integration.conftest import wait_until
+from tests.integration.conftest import status_args, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -22,21 +22,20 @@ def ids(api, hostname) -> set[str]:
 def test_in_sync_resync_writes_nothing(own_agent, start_daemon, run_container, hostname):
     agent = own_agent()
     api = agent.api()
-    daemon = start_daemon(agent.uri, resync="1")
+    daemon = start_daemon(*status_args(), agent.uri, resync="1")
     web = run_container(ports={"80/tcp": None, "443/tcp": None},
                         labels={"SERVICE_CHECK_TCP": "true", "SERVICE_CHECK_INTERVAL": "1s"})
     run_container(ports={"81/tcp": None}, labels={"SERVICE_TAGS": "a,b", "SERVICE_ZONE": "z"})
     wait_until(lambda: len(ids(api, hostname)) == 3, message="3 services")
     # Let the agent settle first: a check turning passing is a write of the agent's own.
     wait_until(lambda: api.check_status(f"service:{hostname}:{web.name}:80:tcp") == "passing", message="settled")
-    daemon.wait_log("full pass done")
+    daemon.wait_full_passes_after()  # a resync begun once it settled
     wait_until(lambda: (services := api.services_of(hostname)) and len(services) == 3 and api.in_catalog(services),
                message="the 3 services synced to the catalog")
     index = api.catalog_index()
     register_calls = agent.log().count("/v1/agent/service/register")
     assert register_calls >= 3  # the agent's debug log shows each register call
-    syncs = daemon.log().count("full pass done")
-    wait_until(lambda: daemon.log().count("full pass done") >= syncs + 3, message="three more resyncs")
+    daemon.wait_full_passes_after(count=3)  # three more resyncs
     assert api.catalog_index() == index
     assert agent.log().count("/v1/agent/service/register") == register_calls
     assert agent.log().count("/v1/agent/service/deregister") == 0
@@ -97,7 +96,7 @@ def test_sigterm_is_quick_and_keeps_services(start_daemon, run_container, consul
     assert daemon.stop(signal.SIGTERM) == 0
     assert time.monotonic() - started < 5
     assert len(ids(consul_api, hostname)) == 1
-    with_cleanup = start_daemon("-deregister-on-exit")
-    with_cleanup.wait_log("full pass done")
+    with_cleanup = start_daemon("-deregister-on-exit", *status_args())
+    with_cleanup.wait_first_full_pass()
     assert with_cleanup.stop(signal.SIGTERM) == 0
     assert ids(consul_api, hostname) == set()

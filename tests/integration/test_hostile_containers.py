@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator
 import docker
 import pytest
 
-from tests.integration.conftest import IMAGE, ROOT, RUN_ID, TEST_LABEL, wait_until
+from tests.integration.conftest import IMAGE, ROOT, RUN_ID, TEST_LABEL, status_args, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -154,8 +154,8 @@ def services_of_container(api, container) -> dict[str, dict[str, Any]]:
 
 
 def start(start_daemon, agent, own_docker, *args: str):
-    daemon = start_daemon(*args, agent.uri, resync="0", env={"DOCKER_HOST": own_docker[0]})
-    daemon.wait_log("full pass done")
+    daemon = start_daemon(*args, *status_args(), agent.uri, resync="0", env={"DOCKER_HOST": own_docker[0]})
+    daemon.wait_first_full_pass()
     return daemon
 
 
@@ -465,9 +465,10 @@ def test_a_dot_dot_name_never_wedges_the_mirrors(tmp_path, host, own_docker, sta
     zookeeper = ZooKeeper(tmp_path).start()
     try:
         prefix = f"kvh-{hostname}"
-        daemon = start_daemon("-ip", "192.0.2.60", agent.uri, f"consulkv://127.0.0.1:{agent.http_port}/{prefix}",
-                              f"{zookeeper.uri_base}/services", resync="0", env={"DOCKER_HOST": own_docker[0]})
-        daemon.wait_log("full pass done")
+        daemon = start_daemon("-ip", "192.0.2.60", *status_args(), agent.uri,
+                              f"consulkv://127.0.0.1:{agent.http_port}/{prefix}", f"{zookeeper.uri_base}/services",
+                              resync="0", env={"DOCKER_HOST": own_docker[0]})
+        daemon.wait_first_full_pass()
         hostile = run_container(ports={"80/tcp": None}, labels={"SERVICE_NAME": ".."})
         daemon.wait_log(f"container {hostile.name}: key 'SERVICE_NAME'='..': ")
         good = run_container(ports={"81/tcp": None}, labels={"SERVICE_NAME": "fine"})

@@ -14,13 +14,13 @@ from typing import Callable
 import pytest
 from loguru import logger
 
-from consul_reg.mirrors import MirrorWorker
-from consul_reg.model import Owner, Service
-from consul_reg.registries.consul import ConsulClient, ConsulEndpoint
-from consul_reg.registries.consulkv import ConsulKVRegistry
-from consul_reg.registries.etcd import EtcdRegistry
-from consul_reg.registries.keys import owner_tag
-from consul_reg.snapshot import Snapshot
+from consul_reg.mirrors.worker import MirrorWorker
+from consul_reg.core.records import Owner, Service
+from consul_reg.consul.agent import ConsulClient, ConsulEndpoint
+from consul_reg.mirrors.consulkv import ConsulKVRegistry
+from consul_reg.mirrors.etcd import EtcdRegistry
+from consul_reg.mirrors.keys import owner_tag
+from consul_reg.core.snapshot import Snapshot
 from tests.integration.conftest import OwnAgent, wait_until
 from tests.integration.servers import Etcd
 

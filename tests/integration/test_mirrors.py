@@ -10,7 +10,7 @@ import httpx
 import pytest
 from kazoo.security import make_digest_acl
 
-from tests.integration.conftest import free_port, host_port, wait_until
+from tests.integration.conftest import free_port, host_port, status_args, wait_until
 from tests.integration.servers import Etcd, ZooKeeper
 
 pytestmark = pytest.mark.integration
@@ -145,16 +145,14 @@ def test_zookeeper_nodes_are_ephemeral_and_recreated(zookeeper, start_daemon, ru
 
 def test_on_success_keeps_a_failed_container_in_mirrors_too(etcd, start_daemon, run_container, consul_api,
                                                             hostname):
-    daemon = start_daemon("-ip", HOST_IP, "-deregister", "on-success", "consul://127.0.0.1:8500",
+    daemon = start_daemon("-ip", HOST_IP, "-deregister", "on-success", *status_args(), "consul://127.0.0.1:8500",
                           f"{etcd.uri_base}/services")
     failing = run_container(["sh", "-c", "sleep 2; exit 3"], ports={"80/tcp": None})
     key = f"/services/busybox/{hostname}:{failing.name}:80"
     wait_until(lambda: key in etcd.keys("/services/"), message="key written")
     wait_until(lambda: failing.reload() or failing.status == "exited", message="container failed")
     for _ in range(2):  # with -resync 0, full passes asked by SIGHUP: they keep it too
-        passes = daemon.log().count("full pass done (reload)")
-        daemon.process.send_signal(signal.SIGHUP)
-        wait_until(lambda: daemon.log().count("full pass done (reload)") > passes, message="a full pass")
+        daemon.full_pass_by_sighup()
     # The mirror takes the passes' snapshot on its own thread, later. A container started now is
     # written by a step that begins after them, and removed by the next step: once its key is
     # gone, the step that took their snapshot is over.
@@ -199,6 +197,23 @@ def test_etcd_killed_and_restarted_converges_within_seconds(etcd, start_daemon, 
                message="the primary follows with etcd down")
     etcd.start()
     wait_until(lambda: _ports(etcd) == ["82"], timeout=5, message="etcd converged within 5 s of its restart")
+
+
+def test_etcd_lease_lost_between_keepalives_is_replaced_at_the_next_write(etcd, start_daemon, run_container,
+                                                                          hostname):
+    """etcd lost the daemon's lease between two keep-alives (revoked here; an etcd restarted
+    without its data does the same): the write it refuses ("requested lease not found") makes
+    the mirror take a new lease at once and put every key again, not at the next keep-alive."""
+    start_daemon("-ip", HOST_IP, "-ttl", "120", "-ttl-refresh", "60", f"{etcd.uri_base}/services")
+    run_container(ports={"80/tcp": None})
+    first = wait_until(lambda: etcd.keys("/services/"), message="first key")
+    (lease,) = {lease for _, lease in first.values()}
+    etcd.http.post("/v3/lease/revoke", json={"ID": lease}).raise_for_status()
+    assert etcd.keys("/services/") == {}
+    run_container(ports={"81/tcp": None})
+    both = wait_until(lambda: len(keys := etcd.keys("/services/")) == 2 and keys, timeout=15,
+                      message="both keys put again well before the next keep-alive (60 s)")
+    assert len({lease for _, lease in both.values()} | {lease}) == 2, "on one new lease"
 
 
 def test_zookeeper_restarted_with_the_session_expired_gets_its_nodes_back(zookeeper, start_daemon, run_container,
@@ -308,7 +323,7 @@ def test_consulkv_another_hosts_default_id_is_refused_and_the_rightful_host_take
     host's). And a key of A's default ID that someone else holds (an older consul-reg of a
     host C, which no longer runs, wrote it with C's owner tag): A's daemon writes over it
     once its container runs."""
-    from consul_reg.registries.keys import owner_tag
+    from consul_reg.mirrors.keys import owner_tag
 
     prefix, select, other = f"kvns-{hostname}", f"kvns-{hostname}", f"{hostname}-b"
     victim = f"victim-{hostname}"

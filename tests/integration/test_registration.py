@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.conftest import host_port, wait_until
+from tests.integration.conftest import host_port, status_args, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -89,7 +89,8 @@ def test_stop_deregisters(start_daemon, run_container, consul_api, hostname):
 
 
 def test_deregister_on_success_keeps_failed_container(start_daemon, run_container, consul_api, hostname):
-    daemon = start_daemon("-ip", HOST_IP, "-deregister", "on-success", resync="2")  # resyncs keep the record
+    daemon = start_daemon("-ip", HOST_IP, "-deregister", "on-success", *status_args(),
+                          resync="2")  # resyncs keep the record
     failing = run_container(["sh", "-c", "sleep 2; exit 3"], ports={"80/tcp": None})
     run_container(["sh", "-c", "sleep 2; exit 0"], ports={"81/tcp": None})  # exit 0: deregistered
     wait_services(consul_api, hostname, 2)
@@ -98,8 +99,7 @@ def test_deregister_on_success_keeps_failed_container(start_daemon, run_containe
     failing.reload()
     assert failing.attrs["State"]["ExitCode"] == 3
     # Later resyncs (-resync 2) must not remove what on-success kept on purpose.
-    syncs = daemon.log().count("full pass done")
-    wait_until(lambda: daemon.log().count("full pass done") >= syncs + 2, message="two more resyncs")
+    daemon.wait_full_passes_after(count=2)  # two more resyncs
     assert set(consul_api.services_of(hostname)) == {f"{hostname}:{failing.name}:80"}
     failing.remove()
     wait_until(lambda: consul_api.services_of(hostname) == {}, message="record removed with its container")
@@ -161,8 +161,8 @@ def test_daemon_restart_leaves_no_duplicates(start_daemon, run_container, consul
     assert consul_api.services_of(hostname) == first  # a daemon restart is not an outage
     wait_until(lambda: consul_api.in_catalog(first), message="the first daemon's records synced to the catalog")
     index = consul_api.catalog_index()
-    second = start_daemon("-ip", HOST_IP)
-    second.wait_log("full pass done")
+    second = start_daemon("-ip", HOST_IP, *status_args())
+    second.wait_first_full_pass()
     assert consul_api.services_of(hostname) == first
     assert consul_api.catalog_index() == index  # nothing rewritten: the digests matched
     assert " registered " not in second.log()  # no register call at all

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.integration.conftest import wait_until
+from tests.integration.conftest import status_args, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -48,12 +48,12 @@ def test_portless_worker_heartbeat_lapses_when_daemon_stops(start_daemon, run_co
 
 
 def test_no_port_and_no_name_stays_unregistered(start_daemon, run_container, consul_api, hostname):
-    daemon = start_daemon()
+    daemon = start_daemon(*status_args())
     silent = run_container()
     ignored = run_container(labels={**WORKER, "SERVICE_IGNORE": "true"})
     daemon.wait_log(f"container {silent.name}: not registered: it publishes no port")
     daemon.wait_log(f"container {ignored.name}: not registered: SERVICE_IGNORE='true' asks to ignore it")
-    daemon.wait_log("full pass done")
+    daemon.wait_first_full_pass()
     assert consul_api.services_of(hostname) == {}
 
 

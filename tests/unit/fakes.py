@@ -6,10 +6,10 @@ import copy
 import re
 from typing import Any, Callable, Collection
 
-from consul_reg.model import RegisteredService, Service, registered_form
-from consul_reg.registries.base import RegistryNotFound, RegistryScriptsRefused, RegistryUnavailable
-from consul_reg.registries.consul import AgentInfo
-from consul_reg.docker_source import DockerUnavailable
+from consul_reg.core.records import RegisteredService, Service, registered_form
+from consul_reg.core.errors import RegistryNotFound, RegistryScriptsRefused, RegistryUnavailable
+from consul_reg.core.records import AgentInfo
+from consul_reg.core.errors import DockerUnavailable
 
 
 class FakeClock:
@@ -21,6 +21,11 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+def no_jitter() -> float:
+    """A Backoff's random source that makes every wait its nominal delay."""
+    return 0.0
 
 
 class FakeAgent:
@@ -147,6 +152,7 @@ class FakeDocker:
         self.broken: set[str] = set()  # inspecting these fails (Docker answers an error)
         self.inspects = 0
         self.lists = 0
+        self.env_reader: Any = None  # what env-file requests go to (none: they are never answered)
 
     def add(self, data: dict[str, Any]) -> dict[str, Any]:
         self.containers[data["Id"]] = data
@@ -168,8 +174,46 @@ class FakeDocker:
         found = self.containers.get(container_id)
         return copy.deepcopy(found) if found is not None else None
 
+    def request_env_file(self, container_id: str, path: str) -> None:
+        if self.env_reader is not None:
+            self.env_reader.request(container_id, path)
+
     def exec_in_container(self, container_id: str, command: str, timeout_seconds: float) -> tuple[int, str]:
         return 0, "ok"
+
+
+class DrainGuarded:
+    """The fake agent as most loop tests want the primary: writes unguarded (no
+    read before each), drains through the guard's `ours_now`, as the daemon's."""
+
+    def __init__(self, agent: FakeAgent, guard: Any) -> None:
+        self.agent = agent
+        self.guard = guard
+        self.description = agent.description
+
+    def services(self) -> dict[str, RegisteredService]:
+        return self.agent.services()
+
+    def check_owners(self) -> dict[str, str]:
+        return self.agent.check_owners()
+
+    def register(self, service: Service) -> None:
+        self.agent.register(service)
+
+    def deregister(self, service: RegisteredService) -> None:
+        self.agent.deregister(service)
+
+    def ours_now(self, service_ids: Collection[str], container_id: str) -> set[str]:
+        return self.guard.ours_now(service_ids, container_id)
+
+    def enable_maintenance(self, service_id: str, reason: str) -> None:
+        self.agent.enable_maintenance(service_id, reason)
+
+    def disable_maintenance(self, service_id: str) -> None:
+        self.agent.disable_maintenance(service_id)
+
+    def maintenance_reasons(self, service_ids: Collection[str]) -> dict[str, str]:
+        return self.agent.maintenance_reasons(service_ids)
 
 
 _MATCHES = re.compile(r'^(\w+) matches "(.*)"$')
@@ -190,7 +234,7 @@ def agent_filter(expression: str | None) -> Callable[[str], bool]:
 
 
 class HttpAgent:
-    """The agent's HTTP API as ConsulRegistry speaks to it (through httpx.MockTransport):
+    """The agent's HTTP API as ConsulRegistry speaks to it (served by a StubAgent, tests/unit/stub_agent.py):
     services keyed by their exact ID, listings filtered as Consul filters them
     (`agent_filter`), a registration replacing its exact ID and, with a SidecarService,
     `<id>-sidecar-proxy` too; a deregistration removes the sidecar it wrote."""
@@ -233,8 +277,7 @@ class HttpAgent:
         return httpx.Response(404, text="not found")
 
     def registry(self) -> Any:
-        import httpx
+        from consul_reg.consul.agent import ConsulRegistry
+        from tests.unit.stub_agent import stub_client
 
-        from consul_reg.registries.consul import ConsulClient, ConsulEndpoint, ConsulRegistry
-
-        return ConsulRegistry(ConsulClient(ConsulEndpoint("http"), transport=httpx.MockTransport(self.handler)))
+        return ConsulRegistry(stub_client(self.handler))

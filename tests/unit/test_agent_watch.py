@@ -6,10 +6,11 @@ import socket
 import threading
 import time
 
-from consul_reg.agent_watch import AgentWatch
-from consul_reg.liveness import Liveness
-from consul_reg.registries.consul import AgentInfo, ConsulClient, ConsulEndpoint, ConsulRegistry
-from consul_reg.router import AGENT_BACK
+from consul_reg.consul.watch import AgentAlarm, AgentWatch
+from consul_reg.core.messages import AgentBack
+from consul_reg.core.liveness import Liveness
+from consul_reg.consul.agent import ConsulClient, ConsulEndpoint, ConsulRegistry
+from consul_reg.core.records import AgentInfo
 from tests.unit.fakes import FakeAgent, FakeClock
 
 
@@ -34,7 +35,7 @@ def test_a_probe_past_its_deadline_marks_the_agent_unreachable_then_back_when_it
     liveness = Liveness("consul", clock)
     liveness.ok()
     posted = []
-    watch = AgentWatch(agent, liveness, posted.append, identity=agent.agent_info(), probe_deadline=2.0, clock=clock)
+    watch = AgentWatch(agent, AgentAlarm(liveness), posted.append, identity=agent.agent_info(), probe_deadline=2.0, clock=clock)
     assert not watch.overdue(), "no probe in flight: nothing is overdue"
     agent.hang.set()
     probe = threading.Thread(target=watch.check_once)
@@ -48,7 +49,7 @@ def test_a_probe_past_its_deadline_marks_the_agent_unreachable_then_back_when_it
     agent.hang.clear()
     agent.release.set()
     probe.join(5)
-    assert liveness.state.ok and [h.action for h in posted] == [AGENT_BACK], "answering again is a full pass"
+    assert liveness.state.ok and [type(m) for m in posted] == [AgentBack], "answering again is a full pass"
 
 
 def test_health_turns_unreachable_within_5s_when_the_agent_hangs() -> None:
@@ -57,11 +58,11 @@ def test_health_turns_unreachable_within_5s_when_the_agent_hangs() -> None:
     hung = socket.socket()
     hung.bind(("127.0.0.1", 0))
     hung.listen(64)  # never accepted, never answered
-    client = ConsulClient(ConsulEndpoint("http", "127.0.0.1", hung.getsockname()[1]))
     liveness = Liveness("consul")
     liveness.ok()
-    watch = AgentWatch(ConsulRegistry(client), liveness, lambda hint: None, identity=None)
-    client.on_unreachable = watch.unreachable
+    alarm = AgentAlarm(liveness)
+    client = ConsulClient(ConsulEndpoint("http", "127.0.0.1", hung.getsockname()[1]), on_unreachable=alarm)
+    watch = AgentWatch(ConsulRegistry(client), alarm, lambda message: None, identity=None)
     watch.start()
     try:
         hung_at = time.monotonic()

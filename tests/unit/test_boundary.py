@@ -8,10 +8,11 @@ from typing import Any
 
 import pytest
 
-from consul_reg.labels import split_tags
-from consul_reg.mapping import MappingSettings, map_container
-from consul_reg.settings import CheckSettings
-from consul_reg.validate import CheckPolicy, Limits, parse_allow_rule
+from consul_reg.mapping.labels import split_tags
+from consul_reg.mapping.services import MappingSettings, map_container
+from consul_reg.mapping.settings import CheckSettings
+from consul_reg.mapping.validate import Limits
+from consul_reg.mapping.check_targets import CheckPolicy, parse_allow_rule
 
 SETTINGS = MappingSettings(hostname="host1", default_address="10.0.0.5")
 
@@ -195,7 +196,7 @@ def test_a_huge_tags_value_is_not_split(size, message):
 
 
 def test_tags_under_the_bound_are_split_once_per_container(monkeypatch):
-    from consul_reg import labels as labels_module
+    from consul_reg.mapping import labels as labels_module
 
     calls: list[int] = []
     real = labels_module.split_tags

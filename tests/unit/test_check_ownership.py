@@ -9,12 +9,13 @@ import urllib.parse
 import httpx
 import pytest
 
-from consul_reg.model import Check, DaemonProbe, Owner, Service, marker_meta
-from consul_reg.registries.base import RegistryError, RegistryNotOurs
-from consul_reg.registries.consul import ConsulClient, ConsulEndpoint, ConsulRegistry
-from consul_reg.registries.guard import OwnershipGuard, check_origin
-from consul_reg.registries.memory import MemoryRegistry
+from consul_reg.core.records import Check, DaemonProbe, Owner, Service, marker_meta
+from consul_reg.core.errors import RegistryError, RegistryNotOurs
+from consul_reg.consul.agent import ConsulRegistry
+from consul_reg.consul.guard import OwnershipGuard, check_origin
+from consul_reg.consul.memory import MemoryRegistry
 from tests.unit.fakes import agent_filter
+from tests.unit.stub_agent import stub_client
 
 def agent(checks: dict[str, str]) -> tuple[OwnershipGuard, list[str]]:
     """An agent with no services and these checks (check ID -> service ID), answering
@@ -32,7 +33,7 @@ def agent(checks: dict[str, str]) -> tuple[OwnershipGuard, list[str]]:
             return httpx.Response(200, json={})
         return httpx.Response(200, text="")
 
-    client = ConsulClient(ConsulEndpoint("http"), transport=httpx.MockTransport(handler))
+    client = stub_client(handler)
     return OwnershipGuard(ConsulRegistry(client), Owner("h")), seen
 
 

@@ -11,14 +11,16 @@ from typing import Any
 
 import pytest
 
-from consul_reg.config import Config
-from consul_reg.daemon import Daemon
-from consul_reg.desires import DesireBuilder
-from consul_reg.mapping import MappingSettings, map_container
-from consul_reg.registration import registration_bytes, registration_payload
-from consul_reg.registries.consul import AgentInfo, agent_listeners
-from consul_reg.settings import CheckSettings
-from consul_reg.validate import CheckPolicy, Limits, parse_allow_rule
+from consul_reg.app.config import Config
+from consul_reg.app.daemon import Daemon
+from consul_reg.sync.desires import DesireBuilder
+from consul_reg.mapping.services import MappingSettings, map_container
+from consul_reg.mapping.registration import registration_bytes, registration_payload
+from consul_reg.consul.agent import agent_listeners
+from consul_reg.core.records import AgentInfo
+from consul_reg.mapping.settings import CheckSettings
+from consul_reg.mapping.validate import Limits
+from consul_reg.mapping.check_targets import CheckPolicy, parse_allow_rule
 
 CONTAINER_IP = "172.17.0.9"
 
@@ -276,7 +278,7 @@ class Inspector:
 
 
 def test_a_reread_reuses_equal_services_and_their_digests(monkeypatch):
-    builder = DesireBuilder(Config(hostname="h", registry_uris=()), Inspector(), SETTINGS)
+    builder = DesireBuilder(Config(hostname="h", registry_uris=()).container_rules(), Inspector(), SETTINGS)
     labels = {"SERVICE_CHECK_HTTP": "/", **headers(8, 4000)}
     inspected = container(many_ports(4), labels)
     first = builder.build(json.loads(json.dumps(inspected)), None)

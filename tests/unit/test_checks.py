@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from consul_reg.checks import CheckSettings, parse_duration, parse_version, service_checks
-from consul_reg.labels import KeyValue
-from consul_reg.validate import CheckPolicy, parse_allow_rule
+from consul_reg.mapping.checks import CheckSettings, parse_duration, parse_version, service_checks
+from consul_reg.mapping.labels import KeyValue
+from consul_reg.mapping.check_targets import CheckPolicy, parse_allow_rule
 
 
 def keys(**values: str) -> dict[str, KeyValue]:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from consul_reg.cli import UsageError, parse_config
-from consul_reg.config import Config, read_token, TokenError
-from consul_reg.validate import Limits, parse_allow_rule
+from consul_reg.app.cli import UsageError, parse_config
+from consul_reg.app.config import Config, read_token, TokenError
+from consul_reg.mapping.validate import Limits
+from consul_reg.mapping.check_targets import parse_allow_rule
 
 TOKEN = "3f2a9c1e-7b4d-4c1a-9e2f-0123456789ab"
 

@@ -10,10 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consul_reg.model import RegisteredService, Service
-from consul_reg.registries.base import (RegistryError, RegistryNotFound, RegistryPermissionDenied,
+from consul_reg.core.records import RegisteredService, Service
+from consul_reg.core.errors import (RegistryError, RegistryNotFound, RegistryPermissionDenied,
                                         RegistryScriptsRefused, RegistryUnavailable)
-from consul_reg.registries.consul import ConsulClient, ConsulEndpoint, ConsulRegistry
+from consul_reg.consul.agent import ConsulRegistry
+from tests.unit.stub_agent import stub_client
 
 TOKEN = "s3cr3t-token-value"
 
@@ -25,7 +26,7 @@ def recording(status: int = 200, body: str = "true") -> tuple[ConsulRegistry, li
         seen.append(request)
         return httpx.Response(status, text=body)
 
-    client = ConsulClient(ConsulEndpoint("http"), token=TOKEN, transport=httpx.MockTransport(handler))
+    client = stub_client(handler, token=TOKEN)
     return ConsulRegistry(client), seen
 
 
@@ -73,9 +74,8 @@ def test_errors_are_mapped_once_and_never_hold_the_token() -> None:
     def refuse(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("connection refused", request=request)
 
-    client = ConsulClient(ConsulEndpoint("http"), token=TOKEN, transport=httpx.MockTransport(refuse))
     told: list[str] = []
-    client.on_unreachable = told.append
+    client = stub_client(refuse, token=TOKEN, on_unreachable=told.append)
     with pytest.raises(RegistryUnavailable) as caught:
         ConsulRegistry(client).services()
     assert TOKEN not in str(caught.value) and told and TOKEN not in told[0]
@@ -98,7 +98,7 @@ def test_concurrent_requests_with_a_token_rotation_never_mix_headers() -> None:
         tokens.append(request.headers.get("X-Consul-Token"))
         return httpx.Response(200, text="true")
 
-    client = ConsulClient(ConsulEndpoint("http"), token="a" * 20, transport=httpx.MockTransport(handler))
+    client = stub_client(handler, token="a" * 20)
     registry = ConsulRegistry(client)
 
     def send() -> None:

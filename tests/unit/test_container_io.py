@@ -22,8 +22,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consul_reg import container_exec, docker_http
-from consul_reg.container_files import FileUnreadable, decode_stat, file_kind, read_archive
+from consul_reg.docker import execs as container_exec
+
+from consul_reg.docker import connection as docker_http
+from consul_reg.docker.files import FileUnreadable, decode_stat, file_kind, read_archive
 
 LIMIT = 64 * 1024
 # Modes as the real dockerd 20.10 sent them in X-Docker-Container-Path-Stat.
@@ -413,7 +415,8 @@ def test_deadlines_are_sane_whatever_the_timeout(seconds, expected):
 
 
 def test_docker_source_with_unusable_tls_files_is_docker_unavailable(monkeypatch, tmp_path):
-    from consul_reg.docker_source import DockerSource, DockerUnavailable
+    from consul_reg.docker.client import DockerSource
+    from consul_reg.core.errors import DockerUnavailable
 
     monkeypatch.setenv("DOCKER_HOST", "tcp://127.0.0.1:2376")
     monkeypatch.setenv("DOCKER_TLS_VERIFY", "1")

@@ -10,8 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from consul_reg.config import Config
-from consul_reg.daemon import Daemon
+from consul_reg.app.config import Config
+from consul_reg.app.daemon import Daemon
 
 AGENT_SELF = {"Config": {"Version": "1.8.7", "NodeName": "n1", "NodeID": "id-1"},
               "Member": {"Addr": "127.0.0.1"}, "DebugConfig": {"EnableRemoteScriptChecks": False}}

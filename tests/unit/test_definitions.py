@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 
-from consul_reg.cli import UsageError, parse_config
-from consul_reg.explain import _print_service
-from consul_reg.labels import collect
-from consul_reg.mapping import MappingSettings, map_container
-from consul_reg.model import Connect, Service, Upstream
-from consul_reg.registries.consul import registration_payload
-from consul_reg.settings import CheckSettings
+from consul_reg.app.cli import UsageError, parse_config
+from consul_reg.app.explain import _print_service
+from consul_reg.mapping.labels import collect
+from consul_reg.mapping.services import MappingSettings, map_container
+from consul_reg.core.records import Connect, Service, Upstream
+from consul_reg.consul.agent import registration_payload
+from consul_reg.mapping.settings import CheckSettings
 
 CID = "c0ffee" * 10 + "abcd"
 SETTINGS = MappingSettings(hostname="h", default_address="10.0.0.5")
@@ -290,7 +290,7 @@ def test_service_fields_are_left_out_for_an_older_agent():
 
 def test_the_digest_of_a_service_without_the_new_fields_is_unchanged():
     """As computed by the code before these fields existed: an upgrade re-registers nothing."""
-    from consul_reg.model import Check
+    from consul_reg.core.records import Check
 
     service = Service(id="h:web:80", name="web", address="10.0.0.5", port=8080, tags=("a", "b"), meta=(("x", "y"),),
                       checks=(Check("service:h:web:80:http", "n", (("HTTP", "http://10.0.0.5:8080/"),
@@ -326,7 +326,7 @@ def test_explain_shows_the_new_fields_and_where_they_came_from():
 
 
 def test_service_checks_are_bounded_per_container_and_parsed_once(monkeypatch):
-    import consul_reg.mapping as mapping
+    import consul_reg.mapping.services as mapping
 
     parses: list[str] = []
     real = mapping.parse_checks

@@ -9,15 +9,15 @@ from typing import Any
 
 import pytest
 
-from consul_reg import desires
-from consul_reg.config import Config
-from consul_reg.desires import DesireBuilder, mapping_key
-from consul_reg.env_files import EnvFileState
-from consul_reg.envfile import EnvFile
-from consul_reg.loop import HEALTH_RECHECK_MIN_INTERVAL, HEALTH_RECHECK_SECONDS
-from consul_reg.mapping import MappingSettings
-from consul_reg.router import START, Hint
-from consul_reg.tags_template import Template
+from consul_reg.sync import desires
+from consul_reg.app.config import Config
+from consul_reg.sync.desires import DesireBuilder, mapping_key
+from consul_reg.sync.env_files import EnvFileState
+from consul_reg.mapping.env_file import EnvFile
+from consul_reg.sync.timers import HEALTH_RECHECK_MIN_INTERVAL, HEALTH_RECHECK_SECONDS
+from consul_reg.mapping.services import MappingSettings
+from consul_reg.core.messages import Start
+from consul_reg.mapping.tags_template import Template
 from tests.unit.fakes import FakeDocker, container
 from tests.unit.test_loop import Harness, event
 
@@ -42,7 +42,7 @@ def flip(h: Harness, cid: str, health: str) -> None:
 
 def test_a_health_flap_reads_the_status_and_maps_nothing_again_until_a_label_changes(mappings: list[str]) -> None:
     h = Harness()
-    h.send(Hint("", START))
+    h.send(Start())
     h.docker.add(container("c1", "web", ports={"80/tcp": "8080"}, health="starting", labels={"SERVICE_TAGS": "a"}))
     h.send(event("c1", "start"))
     assert mappings == ["c1"] and h.agent.records["h1:web:80"].name == "web"
@@ -51,7 +51,7 @@ def test_a_health_flap_reads_the_status_and_maps_nothing_again_until_a_label_cha
         inspects = h.docker.inspects
         h.send(event("c1", "health_status"))
         assert h.docker.inspects == inspects + 1  # read again: its status is new
-        assert h.probes._status["c1"].health == health and h.loop.desires["c1"].status.health == health
+        assert h.probes._status["c1"].health == health and h.loop.containers.desires["c1"].status.health == health
         h.clock.advance(HEALTH_RECHECK_MIN_INTERVAL)
         h.send()  # the recheck, if due
         assert mappings == ["c1"], round_  # ...and never mapped again
@@ -107,7 +107,7 @@ def test_a_template_reading_state_puts_exactly_that_part_in_the_key() -> None:
 def test_the_builder_maps_again_for_new_settings_a_new_peer_and_new_env_values(mappings: list[str]) -> None:
     docker = FakeDocker()
     config = Config(hostname="h1", registry_uris=("consul://x",))
-    builder = DesireBuilder(config, docker, MappingSettings(hostname="h1"))
+    builder = DesireBuilder(config.container_rules(), docker, MappingSettings(hostname="h1"))
     peer = docker.add(container("p1", "peer"))
     inspected = container("c1", "web", ports={"80/tcp": "8080"}, health="healthy")
     inspected["HostConfig"]["NetworkMode"] = "container:p1"
@@ -133,7 +133,7 @@ def test_the_builder_maps_again_for_new_settings_a_new_peer_and_new_env_values(m
 
 def test_a_flapping_container_is_rechecked_at_most_once_per_interval_and_after_its_last_event() -> None:
     h = Harness()
-    h.send(Hint("", START))
+    h.send(Start())
     h.docker.add(container("c1", "web", ports={"80/tcp": "8080"}, health="starting"))
     h.send(event("c1", "start"))
     events = rechecks = 0
@@ -149,14 +149,14 @@ def test_a_flapping_container_is_rechecked_at_most_once_per_interval_and_after_i
             h.send()
             rechecks += h.docker.inspects - before
         h.clock.advance(end - h.clock.now)
-    assert len(h.loop.health_rechecks) <= 1  # one pending per container
+    assert len(h.loop.timers.health_rechecks) <= 1  # one pending per container
     assert h.docker.inspects - inspects == events + rechecks
     assert 1 <= rechecks <= 10 / HEALTH_RECHECK_MIN_INTERVAL + 1, rechecks
     # After the last event, one recheck still comes, at least HEALTH_RECHECK_SECONDS after it.
     last_event = h.clock.now - 1.0
-    due = min(h.loop.health_rechecks.values())
+    due = min(h.loop.timers.health_rechecks.values())
     assert due >= last_event + HEALTH_RECHECK_SECONDS
     flip(h, "c1", "healthy")  # what the event announced, readable only now (Podman)
     h.clock.advance(due - h.clock.now)
     h.send()
-    assert h.probes._status["c1"].health == "healthy" and h.loop.health_rechecks == {}
+    assert h.probes._status["c1"].health == "healthy" and h.loop.timers.health_rechecks == {}

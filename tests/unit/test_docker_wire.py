@@ -20,11 +20,17 @@ from typing import Callable, Iterator
 
 import pytest
 
-from consul_reg import docker_events, docker_http, docker_source, http_pool
-from consul_reg.backoff import Backoff
-from consul_reg.router import CONTAINER_ACTIONS, DOCKER_RECONNECTED, EVENT_SKIPPED, Hint
-from consul_reg.docker_events import _json_lines
-from consul_reg.docker_source import MAX_EVENT_BYTES, MAX_INSPECT_BYTES, OVERSIZED, DockerSource, \
+from consul_reg.docker import events as docker_events
+
+from consul_reg.docker import connection as docker_http
+
+from consul_reg.docker import client as docker_source
+
+from consul_reg.transport import pool as http_pool
+from consul_reg.core.backoff import Backoff
+from consul_reg.core.messages import CONTAINER_ACTIONS, DockerEvent, DockerReconnected, EventsSkipped, Message
+from consul_reg.docker.events import _json_lines
+from consul_reg.docker.client import MAX_EVENT_BYTES, MAX_INSPECT_BYTES, OVERSIZED, DockerSource, \
     DockerUnavailable
 
 
@@ -104,17 +110,24 @@ def test_an_event_over_its_limit_asks_for_a_full_pass_and_the_stream_goes_on(sou
     with following(docker, 3) as posted:
         pass
     # whose the skipped event was is unknown: every container is looked at again
-    assert [(h.action, h.container_id) for h in posted[:3]] == [("start", "a"), (EVENT_SKIPPED, ""), ("die", "b")]
+    assert [described(m) for m in posted[:3]] == [("start", "a"), ("EventsSkipped", ""), ("die", "b")]
+
+
+def described(message: Message) -> tuple[str, str]:
+    """A Docker event as (action, container); any other message by its type's name."""
+    if isinstance(message, DockerEvent):
+        return message.action, message.container_id
+    return type(message).__name__, ""
 
 
 @contextlib.contextmanager
-def following(docker: DockerSource, until: int) -> Iterator[list[Hint]]:
+def following(docker: DockerSource, until: int) -> Iterator[list[Message]]:
     """The reader started (follow_events has returned): what it posts, until `until`
     hints arrived after the block; then it is stopped."""
-    posted: list[Hint] = []
+    posted: list[Message] = []
     enough = threading.Event()
 
-    def post(hint: Hint) -> None:
+    def post(hint: Message) -> None:
         posted.append(hint)
         if len(posted) >= until:
             enough.set()
@@ -149,7 +162,7 @@ def test_the_start_waits_for_the_event_subscription_which_replays_the_last_secon
         assert time.monotonic() - began >= 0.3  # it waited for the answer's head
     since = float(urllib.parse.parse_qs(urllib.parse.urlsplit(lines[0].split()[1]).query)["since"][0])
     assert wall - 3 < since <= wall - 1 + 0.01
-    assert [(h.action, h.container_id) for h in posted[:1]] == [("start", "a")]  # no full pass asked first
+    assert [described(m) for m in posted[:1]] == [("start", "a")]  # no full pass asked first
 
 
 def test_a_first_subscription_that_failed_is_made_by_the_reader_with_a_full_pass(source) -> None:
@@ -161,7 +174,7 @@ def test_a_first_subscription_that_failed_is_made_by_the_reader_with_a_full_pass
     with following(docker, 2) as posted:
         pass
     # the listing may have run before this subscription: it asks for another
-    assert [(h.action, h.container_id) for h in posted[:2]] == [(DOCKER_RECONNECTED, ""), ("start", "a")]
+    assert [described(m) for m in posted[:2]] == [("DockerReconnected", ""), ("start", "a")]
 
 
 def test_a_dockerd_that_does_not_answer_the_subscription_holds_the_start_only_so_long(source, monkeypatch) -> None:
@@ -179,7 +192,52 @@ def test_a_dockerd_that_does_not_answer_the_subscription_holds_the_start_only_so
     with following(docker, 2) as posted:  # follow_events returned: the caller goes on to list
         assert not answered  # it went on before dockerd answered
         release.set()
-    assert [(h.action, h.container_id) for h in posted[:2]] == [(DOCKER_RECONNECTED, ""), ("start", "a")]
+    assert [described(m) for m in posted[:2]] == [("DockerReconnected", ""), ("start", "a")]
+
+
+def test_the_event_stream_stays_open_while_quiet_past_the_heads_deadline(tmp_path: Path, monkeypatch) -> None:
+    """READ_TIMEOUT bounds the wait for the stream's head only: a stream quiet for longer
+    is neither a failure nor reopened (no full pass asked)."""
+    monkeypatch.setattr(docker_source, "READ_TIMEOUT", 0.3)
+    path = str(tmp_path / "quiet.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(4)
+    subscriptions: list[bytes] = []
+    done = threading.Event()
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                subscriptions.append(conn.recv(65536))
+                conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                time.sleep(1.0)  # nothing happens: more than three times the head's deadline
+                body = event("start", "a")
+                try:
+                    conn.sendall(f"{len(body):x}\r\n".encode() + body + b"\r\n")
+                except OSError:
+                    continue  # the reader had given up on this stream
+                done.wait(10)
+    threading.Thread(target=serve, daemon=True).start()
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{path}")
+    docker = DockerSource(timeout=5)
+    posted: list[Hint] = []
+    arrived, stop = threading.Event(), threading.Event()
+    reader = docker.follow_events(lambda hint: (posted.append(hint), arrived.set()), stop, retry_interval=0.05)
+    try:
+        assert arrived.wait(10)
+    finally:
+        stop.set()
+        done.set()  # the server ends the stream: the reader sees it stopped
+        reader.join(10)
+        docker.close()
+        listener.close()
+    assert [(h.action, h.container_id) for h in posted] == [("start", "a")]
+    assert len(subscriptions) == 1
 
 
 class CountedBackoff(Backoff):
@@ -202,10 +260,10 @@ def test_a_stream_that_ends_at_once_is_reopened_on_the_backoff(source) -> None:
     docker = source(lambda request: chunked())  # every subscription ends right after its head
     stop = threading.Event()
     backoff = CountedBackoff(stop, opens=3)
-    posted: list[Hint] = []
+    posted: list[Message] = []
     docker._read_events(posted.append, stop, backoff, docker_source._FirstSubscription())
     assert (backoff.successes, backoff.failures) == (3, 2)  # each end waited its turn (the last one: stopped)
-    assert [h.action for h in posted] == [DOCKER_RECONNECTED] * 2  # each reopening asks for a full pass
+    assert [type(m) for m in posted] == [DockerReconnected] * 2  # each reopening asks for a full pass
 
 
 class Pieces:
@@ -243,7 +301,7 @@ def test_the_stream_asks_only_for_the_actions_the_daemon_acts_on_as_each_engine_
     assert {"died", "remove", "health_status: healthy", "health_status: unhealthy"} <= events  # Podman's, exact
     assert not {e for e in events if e.startswith("exec")}
     for action in events:  # nothing is asked that the reader then drops
-        hint = docker_events.hint_from_event({"Action": action, "Actor": {"ID": "c1"}, "timeNano": 1})
+        hint = docker_events.message_from_event({"Action": action, "Actor": {"ID": "c1"}, "timeNano": 1})
         assert hint is not None and hint.action in CONTAINER_ACTIONS, action
 
 
@@ -278,19 +336,19 @@ def test_a_line_that_is_not_json_ends_the_stream_without_showing_it() -> None:
 
 
 def test_skipped_events_ask_for_at_most_one_full_pass_per_window_and_none_is_lost() -> None:
-    posted: list[Hint] = []
+    posted: list[Message] = []
     second = threading.Event()
 
-    def post(hint: Hint) -> None:
+    def post(hint: Message) -> None:
         posted.append(hint)
         if len(posted) == 2:
             second.set()
     skipped = docker_events.SkippedEvents(post, interval=0.2)
     for _ in range(50):  # a healthcheck's exec events of a container with huge labels
         skipped.notice()
-    assert [h.action for h in posted] == [EVENT_SKIPPED]  # one at once, the rest wait for the window
+    assert [type(m) for m in posted] == [EventsSkipped]  # one at once, the rest wait for the window
     assert second.wait(5)  # the ones noticed meanwhile: one more full pass when the window ends
-    assert [h.action for h in posted] == [EVENT_SKIPPED, EVENT_SKIPPED]
+    assert [type(m) for m in posted] == [EventsSkipped, EventsSkipped]
 
 
 def answer(status: str, body: bytes, content_type: str = "application/json") -> bytes:
@@ -372,8 +430,8 @@ def test_ping_inspect_and_swarm_answers(source) -> None:
 
 def test_a_unix_socket_needs_no_docker_py() -> None:
     """docker-py (with requests behind it, ~9 MB) is imported only for an endpoint that is not plain HTTP."""
-    code = ("import sys, consul_reg.daemon\n"
-            "from consul_reg.docker_source import DockerSource\n"
+    code = ("import sys, consul_reg.app.daemon\n"
+            "from consul_reg.docker.client import DockerSource\n"
             "DockerSource().close()\n"
             "print(sorted(m for m in ('docker', 'requests', 'urllib3') if m in sys.modules))")
     for host in ("", "unix:///var/run/docker.sock"):
@@ -385,7 +443,7 @@ def test_a_unix_socket_needs_no_docker_py() -> None:
 
 def test_docker_py_answers_as_the_wire_does(source, tmp_path, monkeypatch) -> None:
     """The fallback for endpoints that are not plain HTTP (ssh://), here driven over a unix socket."""
-    from consul_reg.docker_py import DockerPy
+    from consul_reg.docker.ssh import DockerPy
 
     routes = {"/v1.41/containers/json": answer("200 OK", b'[{"Id": "c1"}]'),
               "/v1.41/containers/gone/json": answer("404 Not Found", b'{"message": "No such container: gone"}')}

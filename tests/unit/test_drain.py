@@ -5,9 +5,9 @@ clearing reads the agent once for all the drains that end together."""
 
 from __future__ import annotations
 
-from consul_reg.drain import Drainer
-from consul_reg.model import Owner, RegisteredService, marker_meta
-from consul_reg.registries.guard import OwnershipGuard
+from consul_reg.sync.drain import Drainer
+from consul_reg.core.records import Owner, RegisteredService, marker_meta
+from consul_reg.consul.guard import OwnershipGuard
 from tests.unit.fakes import FakeAgent, FakeClock
 
 OWNER = Owner("h")

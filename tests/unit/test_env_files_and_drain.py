@@ -5,13 +5,15 @@ from __future__ import annotations
 import threading
 import time
 
-from consul_reg.agent_watch import AgentWatch
-from consul_reg.drain import REASON_PREFIX, Drainer
-from consul_reg.env_files import EnvFileRead, EnvFileReader, EnvFileState, fold
-from consul_reg.liveness import Liveness
-from consul_reg.model import Owner, RegisteredService, marker_meta
-from consul_reg.registries.guard import OwnershipGuard
-from consul_reg.router import AGENT_BACK
+from consul_reg.consul.watch import AgentAlarm, AgentWatch
+from consul_reg.core.messages import AgentBack
+from consul_reg.sync.drain import REASON_PREFIX, Drainer
+from consul_reg.core.messages import EnvFileRead
+from consul_reg.docker.env_files import EnvFileReader
+from consul_reg.sync.env_files import EnvFileState, fold
+from consul_reg.core.liveness import Liveness
+from consul_reg.core.records import Owner, RegisteredService, marker_meta
+from consul_reg.consul.guard import OwnershipGuard
 from tests.unit.fakes import FakeAgent, FakeClock
 
 
@@ -109,7 +111,7 @@ def test_agent_watch_tells_the_loop_when_the_agent_is_back_or_replaced() -> None
     liveness = Liveness("consul")
     liveness.ok()
     posted = []
-    watch = AgentWatch(agent, liveness, posted.append, identity=agent.agent_info())
+    watch = AgentWatch(agent, AgentAlarm(liveness), posted.append, identity=agent.agent_info())
     watch.check_once()
     assert posted == [] and liveness.state.ok
     agent.down = True
@@ -117,9 +119,9 @@ def test_agent_watch_tells_the_loop_when_the_agent_is_back_or_replaced() -> None
     assert not liveness.state.ok and "connection refused" in liveness.state.reason
     agent.down = False
     watch.check_once()
-    assert liveness.state.ok and [h.action for h in posted] == [AGENT_BACK]
+    assert liveness.state.ok and [type(m) for m in posted] == [AgentBack]
     agent.restart("node-2")  # a quick restart the watch never saw down
     watch.check_once()
-    assert [h.action for h in posted] == [AGENT_BACK, AGENT_BACK] and watch.identity.node_id == "node-2"
+    assert [type(m) for m in posted] == [AgentBack, AgentBack] and watch.identity.node_id == "node-2"
     watch.unreachable("a heartbeat failed")
     assert not liveness.state.ok and liveness.state.reason == "a heartbeat failed"

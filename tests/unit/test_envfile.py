@@ -1,6 +1,6 @@
 import pytest
 
-from consul_reg.envfile import parse
+from consul_reg.mapping.env_file import parse
 
 
 def test_parse_env_file():
@@ -32,7 +32,7 @@ def test_a_file_of_bad_lines_reports_a_few_and_counts_the_rest():
     assert parsed.pairs == (("SERVICE_NAME", "web"),)
 
 
-from consul_reg.envfile import MAX_PROBLEMS_SHOWN, env_file_path, path_problem  # noqa: E402
+from consul_reg.mapping.env_file import MAX_PROBLEMS_SHOWN, env_file_path, path_problem  # noqa: E402
 
 
 def holder(labels=None, env=None):

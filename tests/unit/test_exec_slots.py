@@ -7,11 +7,11 @@ from __future__ import annotations
 import threading
 import time
 
-from consul_reg.config import Config
-from consul_reg.exec_slots import FAST_TIMEOUT_SECONDS, ExecSlots
-from consul_reg.heartbeat import ProbeScheduler
-from consul_reg.mapping import map_container
-from consul_reg.model import ContainerStatus
+from consul_reg.app.config import Config
+from consul_reg.probes.exec_slots import FAST_TIMEOUT_SECONDS, ExecSlots
+from consul_reg.probes.scheduler import ProbeScheduler
+from consul_reg.mapping.services import map_container
+from consul_reg.core.records import ContainerStatus
 from tests.unit.fakes import container
 
 HOSTILE_LABELS = {"SERVICE_CHECK_DOCKER": "sleep 86400", "SERVICE_CHECK_INTERVAL": "24h",

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import tracemalloc
 
-from consul_reg.heartbeat import ProbeScheduler
-from consul_reg.model import Check, ContainerStatus, DaemonProbe, Service
+from consul_reg.probes.scheduler import ProbeScheduler
+from consul_reg.core.records import Check, ContainerStatus, DaemonProbe, Service
 from tests.unit.fakes import FakeAgent, FakeClock, FakeDocker
 
 

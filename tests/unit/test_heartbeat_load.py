@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from loguru import logger
 
-from consul_reg.heartbeat import ProbeScheduler
-from consul_reg.heartbeat_load import LoadWatch
+from consul_reg.probes.scheduler import ProbeScheduler
+from consul_reg.probes.load import LoadWatch
 from tests.unit.fakes import FakeAgent, FakeClock, FakeDocker
 from tests.unit.test_heartbeat import running, worker
 

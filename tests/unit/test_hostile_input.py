@@ -11,21 +11,21 @@ import urllib.parse
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from consul_reg.checks import CheckSettings, service_checks
-from consul_reg.default_ids import default_id_host
-from consul_reg.json_checks import FIELDS as JSON_CHECK_FIELDS
-from consul_reg.json_checks import json_checks
-from consul_reg.labels import KeyValue, collect, printable, split_tags
-from consul_reg.mapping import MappingSettings, map_container
-from consul_reg.model import Connect, ContainerDesire, Owner, RegisteredService, Service, marker_meta
-from consul_reg.reconcile import DesiredServices, plan
-from consul_reg.registries.base import RegistryNotOurs
-from consul_reg.registries.consul import registration_payload
-from consul_reg.registries.guard import OwnershipGuard
-from consul_reg.tags_template import Template, TemplateError
-from consul_reg.validate import CheckPolicy, OwnEndpoints, address_problem, has_control, \
-    parse_allow_rule
-from consul_reg.versions import CHECK_FIELD_MIN_VERSION
+from consul_reg.mapping.checks import CheckSettings, service_checks
+from consul_reg.mapping.default_ids import default_id_host
+from consul_reg.mapping.json_checks import FIELDS as JSON_CHECK_FIELDS
+from consul_reg.mapping.json_checks import json_checks
+from consul_reg.mapping.labels import KeyValue, collect, printable, split_tags
+from consul_reg.mapping.services import MappingSettings, map_container
+from consul_reg.core.records import Connect, ContainerDesire, Owner, RegisteredService, Service, marker_meta
+from consul_reg.core.plan import DesiredServices, plan
+from consul_reg.core.errors import RegistryNotOurs
+from consul_reg.consul.agent import registration_payload
+from consul_reg.consul.guard import OwnershipGuard
+from consul_reg.mapping.tags_template import Template, TemplateError
+from consul_reg.mapping.validate import address_problem, has_control
+from consul_reg.mapping.check_targets import CheckPolicy, OwnEndpoints, parse_allow_rule
+from consul_reg.mapping.versions import CHECK_FIELD_MIN_VERSION
 from tests.unit.fakes import HttpAgent
 
 SUFFIXES = ["NAME", "ID", "TAGS", "IGNORE", "IP", "NETWORK", "CHECK_HTTP", "CHECK_TCP", "CHECK_INTERVAL",

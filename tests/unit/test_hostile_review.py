@@ -15,36 +15,32 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
 
-from consul_reg import envfile
-from consul_reg.check_caps import header_name_problem
-from consul_reg.checks import CheckSettings, service_checks
-from consul_reg.config import Config
-from consul_reg.default_ids import is_sidecar_shaped
-from consul_reg.desires import DesireBuilder, DesireUnavailable
-from consul_reg.drain import is_terminating, signal_number
-from consul_reg.env_files import EnvFileRead, EnvFileState, fold
-from consul_reg.json_checks import json_checks
-from consul_reg.labels import KeyValue, printable
-from consul_reg.liveness import Liveness
-from consul_reg.mapping import MappingSettings, map_container
-from consul_reg.metrics import Metrics
-from consul_reg.model import MARKER_INSTANCE_KEY, Owner, registered_form
-from consul_reg.snapshot import Snapshot
-from consul_reg.status import (
+from consul_reg.mapping import env_file as envfile
+from consul_reg.mapping.check_caps import header_name_problem
+from consul_reg.mapping.checks import CheckSettings, service_checks
+from consul_reg.app.config import Config
+from consul_reg.mapping.default_ids import is_sidecar_shaped
+from consul_reg.sync.desires import DesireBuilder, DesireUnavailable
+from consul_reg.sync.drain import is_terminating, signal_number
+from consul_reg.core.messages import EnvFileRead
+from consul_reg.sync.env_files import EnvFileState, fold
+from consul_reg.mapping.json_checks import json_checks
+from consul_reg.mapping.labels import KeyValue, printable
+from consul_reg.core.liveness import Liveness
+from consul_reg.mapping.services import MappingSettings, map_container
+from consul_reg.app.metrics import Metrics
+from consul_reg.core.records import MARKER_INSTANCE_KEY, Owner, registered_form
+from consul_reg.core.snapshot import Snapshot
+from consul_reg.app.status import (
     MAX_CONNECTIONS_PER_CLIENT,
     REQUEST_TIMEOUT_SECONDS,
     StatusServer,
     StatusSources,
     client_key,
 )
-from consul_reg.tags_meta import is_reserved_meta_key, service_meta
-from consul_reg.validate import (
-    CheckPolicy,
-    OwnEndpoints,
-    check_target_problem,
-    parse_allow_rule,
-    parse_ip,
-)
+from consul_reg.mapping.tags_meta import is_reserved_meta_key, service_meta
+from consul_reg.mapping.validate import parse_ip
+from consul_reg.mapping.check_targets import CheckPolicy, OwnEndpoints, check_target_problem, parse_allow_rule
 
 CID = "c0ffee" * 10 + "abcd"
 
@@ -316,7 +312,7 @@ def test_fold_warnings_show_the_path_escaped(path: str) -> None:
 def test_the_not_read_yet_line_shows_the_path_escaped() -> None:
     path = "/etc/env\xa0file"  # no control nor format character: path_problem lets it through
     assert envfile.path_problem(path) is None
-    builder = DesireBuilder(Config(hostname="h1", registry_uris=("consul://127.0.0.1:8500",)), None,
+    builder = DesireBuilder(Config(hostname="h1", registry_uris=("consul://127.0.0.1:8500",)).container_rules(), None,
                             MappingSettings(hostname="h1"))
     inspected = {**container({"SERVICE_ENV_FILE": path}), "State": {"Running": True}}
     with pytest.raises(DesireUnavailable) as raised:

@@ -6,6 +6,7 @@ fresh one that fails is an error; bounded lines, headers and connections."""
 from __future__ import annotations
 
 import http.client
+import math
 import socket
 import threading
 import time
@@ -14,8 +15,9 @@ from typing import Callable, Iterator
 
 import pytest
 
-from consul_reg.http_pool import MAX_HEADERS, TRANSPORT_ERRORS, BodyTooLarge, ConnectionPool, PoolTimeout, ProtocolError
-from consul_reg.http_wire import MAX_HEAD_BYTES
+from consul_reg.transport.pool import MAX_HEADERS, TRANSPORT_ERRORS, BodyTooLarge, ConnectionPool, PoolTimeout, ProtocolError
+from consul_reg.transport.exchange import Exchange
+from consul_reg.transport.wire import MAX_HEAD_BYTES
 
 Handler = Callable[[socket.socket, bytes], bool]  # (connection, request) -> keep the connection open
 
@@ -333,9 +335,10 @@ def test_a_stream_on_its_own_connection(serve) -> None:
         return False
 
     pool = serve(handler)
-    stream = pool.open("GET", "/v1.41/events?filters=%7B%7D")
+    stream = Exchange(pool.address, "GET", "/v1.41/events?filters=%7B%7D", time.monotonic() + 5)
     try:
-        assert stream.read_head()[0] == 200
+        assert stream.status == 200
+        stream.deadline = math.inf  # a stream waits for ever once its head came
         assert b"".join(iter(stream.read_some, b"")) == b"".join(events)
         assert stream.read_some() == b""  # the end stays the end
     finally:

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from consul_reg.json_checks import json_checks
-from consul_reg.labels import KeyValue
-from consul_reg.settings import CheckSettings
-from consul_reg.validate import CheckPolicy, OwnEndpoints, parse_allow_rule
+from consul_reg.mapping.json_checks import json_checks
+from consul_reg.mapping.labels import KeyValue
+from consul_reg.mapping.settings import CheckSettings
+from consul_reg.mapping.check_targets import CheckPolicy, OwnEndpoints, parse_allow_rule
 
 CID = "ab" * 32
 OWN = OwnEndpoints(container_addresses=frozenset({"172.17.0.9"}), container_ports=frozenset({80, 9090}),

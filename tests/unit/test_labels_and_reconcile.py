@@ -1,8 +1,8 @@
 from __future__ import annotations
 
-from consul_reg.labels import collect, split_tags
-from consul_reg.model import ContainerDesire, RegisteredService, Service, marker_meta, registered_form
-from consul_reg.reconcile import DesiredServices, plan
+from consul_reg.mapping.labels import collect, split_tags
+from consul_reg.core.records import ContainerDesire, RegisteredService, Service, marker_meta, registered_form
+from consul_reg.core.plan import DesiredServices, plan
 
 
 def test_split_tags():

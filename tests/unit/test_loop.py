@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import pytest
 
-from consul_reg.config import Config
-from consul_reg.desires import DesireBuilder
-from consul_reg.drain import REASON_PREFIX, Drainer
-from consul_reg.heartbeat import ProbeScheduler
-from consul_reg.loop import Loop
-from consul_reg.metrics import Metrics
-from consul_reg.model import Owner, RegisteredService
-from consul_reg.primary import Primary
-from consul_reg.registries.guard import OwnershipGuard
-from consul_reg.router import AGENT_BACK, CHECK_MISSING, RELOAD, START, Hint
-from tests.unit.fakes import FakeAgent, FakeClock, FakeDocker, container
+from consul_reg.app.config import Config
+from consul_reg.sync.desires import DesireBuilder
+from consul_reg.sync.drain import REASON_PREFIX
+from consul_reg.probes.scheduler import ProbeScheduler
+from consul_reg.sync.loop import Loop, LoopSettings
+from consul_reg.app.metrics import Metrics
+from consul_reg.core.records import Owner, RegisteredService
+from consul_reg.consul.guard import OwnershipGuard
+from consul_reg.core.messages import AgentBack, CheckMissing, DockerEvent, EnvFileRead, Message, Reload, Start, Stop
+from tests.unit.fakes import DrainGuarded, FakeAgent, FakeClock, FakeDocker, container
 
 HOST = "h1"
 
@@ -30,22 +29,22 @@ class Harness:
                              deregister=deregister, **config)
         # guard=True: the primary writes through the ownership guard, as the daemon's does.
         self.guard = OwnershipGuard(self.agent, Owner(HOST))
-        self.primary = Primary(self.guard if guard else self.agent, HOST, retry_interval=1.0, clock=self.clock)
-        self.primary.identity = self.agent.agent_info()
         self.missing: list[str] = []
         self.probes = ProbeScheduler(self.agent, self.docker, lambda sid, cid: self.missing.append(cid),
                                      clock=self.clock)
-        self.drainer = Drainer(self.guard, timeout=30.0, clock=self.clock)
         settings = self.config.mapping_settings("10.0.0.1", "test", "1.8.7", True)
         self.identity = self.agent.agent_info()
-        self.loop = Loop(deregister_mode=deregister, resync_seconds=resync, env_file_interval=10.0,
-                         retry_interval=1.0, docker=self.docker, primary=self.primary,
-                         builder=DesireBuilder(self.config, self.docker, settings), probes=self.probes,
-                         drainer=self.drainer, mirrors=[], env_reader=None, metrics=Metrics(), clock=self.clock,
-                         agent_identity=lambda: self.identity)
+        self.loop = Loop(LoopSettings(owner=HOST, deregister_mode=deregister, resync_seconds=resync,
+                                      env_file_interval=10.0, retry_interval=1.0, drain_timeout=30.0),
+                         self.docker, self.guard if guard else DrainGuarded(self.agent, self.guard),
+                         DesireBuilder(self.config.container_rules(), self.docker, settings), self.probes,
+                         metrics=Metrics(), clock=self.clock)
+        self.primary = self.loop.primary
+        self.primary.identity = self.identity
+        self.drainer = self.loop.drainer
 
-    def send(self, *hints: Hint) -> None:
-        assert self.loop.handle(list(hints))
+    def send(self, *messages: Message) -> None:
+        assert self.loop.handle(list(messages))
 
     def ids(self) -> set[str]:
         return set(self.agent.records)
@@ -54,14 +53,14 @@ class Harness:
         return self.probes._due_at[check_id]
 
 
-def event(cid: str, action: str, **attributes: str) -> Hint:
-    return Hint(cid, action, 1, tuple(sorted(attributes.items())))
+def event(cid: str, action: str, exitCode: str = "", signal: str = "") -> DockerEvent:  # noqa: N803 (Docker's name)
+    return DockerEvent(cid, action, 1, exit_code=exitCode, signal=signal)
 
 
 @pytest.fixture
 def h() -> Harness:
     harness = Harness()
-    harness.send(Hint("", START))
+    harness.send(Start())
     return harness
 
 
@@ -77,7 +76,7 @@ def test_start_registers_and_die_deregisters(h: Harness) -> None:
 def test_a_docker_stop_drains_even_when_a_full_pass_runs_in_the_same_batch(h: Harness) -> None:
     h.docker.add(container("c1", "web", ports={"80/tcp": "8080"}))
     h.send(event("c1", "start"))
-    h.send(event("c1", "kill", signal="15"), Hint("", RELOAD))
+    h.send(event("c1", "kill", signal="15"), Reload())
     assert h.agent.maintenance["h1:web:80"].startswith(REASON_PREFIX)
     h.docker.containers["c1"]["State"]["Running"] = False
     h.send(event("c1", "die", exitCode="143"))
@@ -112,14 +111,14 @@ def reaped_setup(h: Harness) -> str:
     h.send(event("c1", "start"))
     assert h.ids() == {"h1:worker:80"}
     del h.agent.records["h1:worker:80"]  # the agent reaps it (critical longer than deregister-after)
-    h.send(Hint("", CHECK_MISSING, attributes=(("service_id", "h1:worker:80"),)))
+    h.send(CheckMissing("h1:worker:80"))
     assert h.ids() == set(), "a reaped service stays removed"
     return "h1:worker:80"
 
 
 def test_a_reaped_service_stays_removed_until_its_container_restarts(h: Harness) -> None:
     reaped_setup(h)
-    h.send(Hint("", RELOAD))
+    h.send(Reload())
     assert h.ids() == set()
     h.send(event("c1", "restart"))
     assert h.ids() == {"h1:worker:80"}
@@ -128,13 +127,13 @@ def test_a_reaped_service_stays_removed_until_its_container_restarts(h: Harness)
 def test_a_restart_in_the_same_batch_as_a_full_pass_ends_the_reap(h: Harness) -> None:
     reaped_setup(h)
     h.docker.containers["c1"]["Created"] = h.docker.containers["c1"]["Created"]  # same container
-    h.send(event("c1", "start"), Hint("", RELOAD))
+    h.send(event("c1", "start"), Reload())
     assert h.ids() == {"h1:worker:80"}
 
 
 def test_a_start_registers_again_what_the_cache_thought_registered() -> None:
     h = Harness(deregister="on-success")
-    h.send(Hint("", START))
+    h.send(Start())
     h.docker.add(container("c1", "web", ports={"80/tcp": "8080"}))
     h.send(event("c1", "start"))
     h.docker.containers["c1"]["State"].update(Running=False, ExitCode=1)
@@ -149,7 +148,7 @@ def test_a_start_registers_again_what_the_cache_thought_registered() -> None:
 def test_a_start_event_racing_the_first_full_pass_writes_once() -> None:
     h = Harness()
     h.docker.add(container("c1", "web", ports={"80/tcp": "8080"}))
-    h.send(Hint("", START))
+    h.send(Start())
     h.send(event("c1", "start"))  # the event of a container the first pass already saw running
     assert h.agent.writes() == [("register", "h1:web:80")]
 
@@ -160,7 +159,7 @@ def test_health_change_is_reported_at_once_even_with_a_full_pass(h: Harness) -> 
     check = "service:h1:web:80:docker-health"
     h.clock.advance(5)
     h.docker.containers["c1"]["State"]["Health"]["Status"] = "healthy"
-    h.send(event("c1", "health_status"), Hint("", RELOAD))
+    h.send(event("c1", "health_status"), Reload())
     assert h.due(check) == h.clock.now
     assert h.probes._status["c1"].health == "healthy"
 
@@ -190,7 +189,7 @@ def test_an_unreadable_container_keeps_its_last_desire(h: Harness) -> None:
     h.docker.broken.add("c1")
     h.send(event("c1", "update"))
     assert h.ids() == {"h1:web:80"}
-    assert "c1" in h.loop.retry_containers
+    assert "c1" in h.loop.reader.retry
     h.docker.broken.clear()
     h.docker.containers["c1"]["Config"]["Labels"]["SERVICE_NAME"] = "shop"
     h.clock.advance(1.5)
@@ -205,8 +204,8 @@ def test_a_mapping_bug_keeps_the_last_desire(h: Harness, monkeypatch: pytest.Mon
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr("consul_reg.desires.map_container", broken)
-    h.send(event("c1", "update"), Hint("", RELOAD))
+    monkeypatch.setattr("consul_reg.sync.desires.map_container", broken)
+    h.send(event("c1", "update"), Reload())
     assert h.ids() == {"h1:web:80"}
 
 
@@ -214,14 +213,14 @@ def test_docker_down_during_a_full_pass_keeps_everything(h: Harness) -> None:
     h.docker.add(container("c1", "web", ports={"80/tcp": "8080"}))
     h.send(event("c1", "start"))
     h.docker.down = True
-    h.send(Hint("", RELOAD))
-    assert h.ids() == {"h1:web:80"} and h.loop.full_pending
+    h.send(Reload())
+    assert h.ids() == {"h1:web:80"} and h.loop.timers.full_pending
     h.docker.down = False
     del h.docker.containers["c1"]
     h.clock.advance(1.5)
     assert h.loop.seconds_until_due() <= 0
     h.send()
-    assert h.ids() == set() and not h.loop.full_pending
+    assert h.ids() == set() and not h.loop.timers.full_pending
 
 
 def test_agent_down_then_back_applies_what_changed(h: Harness) -> None:
@@ -242,14 +241,14 @@ def test_agent_restart_registers_everything_again(h: Harness) -> None:
     assert h.ids() == {"h1:web:80", "h1:jobs"}
     h.agent.restart("node-2")
     h.identity = h.agent.agent_info()
-    h.send(Hint("", AGENT_BACK))
+    h.send(AgentBack(h.identity))
     assert h.ids() == {"h1:web:80", "h1:jobs"}
     assert h.primary.identity.node_id == "node-2"
 
 
 def test_the_newer_container_takes_a_contested_id_and_a_foreign_record_is_never_replaced(h: Harness) -> None:
     h.agent.records["payments"] = RegisteredService("payments", "payments")  # registered by hand
-    h.send(Hint("", RELOAD))
+    h.send(Reload())
     h.docker.add(container("c1", "squatter", labels={"SERVICE_NAME": "a", "SERVICE_ID": "shared"},
                            created="2026-01-01T00:00:00.1Z"))
     h.docker.add(container("c2", "legit", labels={"SERVICE_NAME": "b", "SERVICE_ID": "shared"},
@@ -263,7 +262,7 @@ def test_the_newer_container_takes_a_contested_id_and_a_foreign_record_is_never_
 
 def test_a_stop_never_drains_a_record_that_is_not_ours(h: Harness) -> None:
     h.agent.records["payments"] = RegisteredService("payments", "payments")  # registered by hand
-    h.send(Hint("", RELOAD))
+    h.send(Reload())
     h.docker.add(container("c1", "thief", labels={"SERVICE_NAME": "payments", "SERVICE_ID": "payments"},
                            ports={"80/tcp": "8080"}))
     h.send(event("c1", "start"))
@@ -276,21 +275,21 @@ def test_a_stop_never_drains_a_record_that_is_not_ours(h: Harness) -> None:
 
 def test_on_success_keeps_a_failed_containers_records(h: Harness) -> None:
     harness = Harness(deregister="on-success")
-    harness.send(Hint("", START))
+    harness.send(Start())
     harness.docker.add(container("c1", "job", ports={"80/tcp": "8080"}))
     harness.send(event("c1", "start"))
     harness.docker.containers["c1"]["State"].update(Running=False, ExitCode=3)
     harness.send(event("c1", "die", exitCode="3"))
-    harness.send(Hint("", RELOAD))
+    harness.send(Reload())
     assert harness.ids() == {"h1:job:80"}
     harness.docker.containers["c1"]["State"].update(ExitCode=0)
-    harness.send(Hint("", RELOAD))
+    harness.send(Reload())
     assert harness.ids() == set()
 
 
 def test_a_resync_writes_nothing_when_in_sync() -> None:
     h = Harness(resync=30)
-    h.send(Hint("", START))
+    h.send(Start())
     h.docker.add(container("c1", "web", ports={"80/tcp": "8080"}))
     h.send(event("c1", "start"))
     writes, inspects = len(h.agent.writes()), h.docker.inspects
@@ -316,7 +315,7 @@ def test_the_snapshot_is_a_frozen_view(h: Harness) -> None:
 
 
 def test_stop_ends_the_loop(h: Harness) -> None:
-    assert h.loop.handle([Hint("", "stop")]) is False
+    assert h.loop.handle([Stop()]) is False
 
 
 def test_the_agent_answering_again_is_acted_on_at_once_whatever_the_backoff(h: Harness) -> None:
@@ -325,9 +324,39 @@ def test_the_agent_answering_again_is_acted_on_at_once_whatever_the_backoff(h: H
     h.send(event("c1", "start"))
     h.clock.advance(1.0)
     h.send()  # a second failure: the next try waits 2 s
-    assert h.ids() == set() and h.primary.backoff.retry_at == h.clock() + 2.0
+    assert h.ids() == set() and h.clock() + 1.0 < h.primary.backoff.retry_at <= h.clock() + 2.0  # jittered
     h.agent.restart("node-2")  # it comes back empty, under a new identity
     h.agent.down = False
     h.identity = h.agent.agent_info()
-    h.send(Hint("", AGENT_BACK))  # no time passed: the backoff's wait is not what holds it back
+    h.send(AgentBack(h.identity))  # no time passed: the backoff's wait is not what holds it back
     assert h.ids() == {"h1:web:80"} and not h.primary.backoff.failing
+
+
+class RequestedEnvFiles:
+    """The env-file reader as the loop sees it: what it was asked to read."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str]] = []
+
+    def request(self, container_id: str, path: str) -> None:
+        self.requests.append((container_id, path))
+
+
+def test_env_files_are_polled_on_the_loops_own_deadline() -> None:
+    """No message asks for the poll: the loop wakes for it itself, every -envFile-interval."""
+    files = RequestedEnvFiles()
+    h = Harness()
+    h.docker.env_reader = files
+    h.send(Start())
+    h.docker.add(container("c1", "web", ports={"80/tcp": "8080"}, labels={"SERVICE_ENV_FILE": "/etc/web.env"}))
+    h.send(event("c1", "start"))
+    assert files.requests == [("c1", "/etc/web.env")]  # read once when first seen
+    assert h.loop.handle([EnvFileRead("c1", "/etc/web.env", "SERVICE_TAGS=blue\n")])
+    assert h.loop.seconds_until_due() == 10.0  # the harness's env_file_interval
+    h.clock.advance(9.9)
+    h.send()
+    assert len(files.requests) == 1
+    h.clock.advance(0.1)
+    assert h.loop.seconds_until_due() <= 0
+    h.send()
+    assert files.requests == [("c1", "/etc/web.env")] * 2

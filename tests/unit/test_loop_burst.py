@@ -12,8 +12,8 @@ from dataclasses import replace
 import time
 from typing import Any
 
-from consul_reg.docker_source import DockerUnreachable
-from consul_reg.router import RELOAD, START, STOP, Hint
+from consul_reg.core.errors import DockerUnreachable
+from consul_reg.core.messages import Reload, Start, Stop
 from tests.unit.fakes import FakeDocker, container
 from tests.unit.test_loop import Harness, event
 
@@ -50,7 +50,7 @@ def harness(hold: float = 0.0, **options: Any) -> tuple[Harness, RecordingDocker
     h.docker = docker
     h.loop.docker = docker
     h.loop.builder.docker = docker
-    h.send(Hint("", START))
+    h.send(Start())
     return h, docker
 
 
@@ -91,12 +91,12 @@ def test_containers_docker_could_not_answer_for_are_looked_at_again() -> None:
     docker.broken = {"c003", "c007"}
     h.send(*[event(f"c{n:03d}", "start") for n in range(10)])
     assert h.ids() == {f"h1:web{n}:80" for n in range(10) if n not in (3, 7)}
-    assert h.loop.retry_containers == {"c003", "c007"}
+    assert h.loop.reader.retry == {"c003", "c007"}
     docker.broken = set()
     h.clock.advance(60)
     assert h.loop.seconds_until_due() <= 0
     h.send()
-    assert h.ids() == {f"h1:web{n}:80" for n in range(10)} and not h.loop.retry_containers
+    assert h.ids() == {f"h1:web{n}:80" for n in range(10)} and not h.loop.reader.retry
 
 
 def test_docker_going_down_mid_burst_loses_no_container() -> None:
@@ -117,7 +117,7 @@ def test_docker_going_down_mid_burst_loses_no_container() -> None:
     inspect_with(h, failing_after_five)
     h.send(*[event(f"c{n:03d}", "start") for n in range(30)])
     registered = {sid for sid in h.ids()}
-    looked_again = h.loop.retry_containers
+    looked_again = h.loop.reader.retry
     assert len(registered) < 30
     assert {f"h1:web{int(cid[1:])}:80" for cid in looked_again} | registered == {f"h1:web{n}:80" for n in range(30)}
     assert calls < 30, "once dockerd did not answer, the batch's inspects not started were not made"
@@ -142,12 +142,12 @@ def test_docker_down_in_a_full_pass_stops_it_and_keeps_everything() -> None:
         return inspect(container_id)
 
     inspect_with(h, unreachable_for_c025)
-    h.send(Hint("", RELOAD))
-    assert h.ids() == {f"h1:web{n}:80" for n in range(20)} and h.loop.full_pending
+    h.send(Reload())
+    assert h.ids() == {f"h1:web{n}:80" for n in range(20)} and h.loop.timers.full_pending
     inspect_with(h, inspect)
     h.clock.advance(60)
     h.send()
-    assert h.ids() == {f"h1:web{n}:80" for n in range(40)} and not h.loop.full_pending
+    assert h.ids() == {f"h1:web{n}:80" for n in range(40)} and not h.loop.timers.full_pending
 
 
 def test_one_container_docker_errs_about_costs_a_full_pass_nothing_else() -> None:
@@ -159,15 +159,15 @@ def test_one_container_docker_errs_about_costs_a_full_pass_nothing_else() -> Non
     for n in range(20, 30):
         docker.add(web(n))
     docker.broken = {"c005", "c025"}  # dockerd answers an error about these two only
-    h.send(Hint("", RELOAD))
+    h.send(Reload())
     assert h.ids() == {f"h1:web{n}:80" for n in range(30) if n != 25}  # c005's last desire stays
-    assert not h.loop.full_pending and h.loop.retry_containers == {"c005", "c025"}
+    assert not h.loop.timers.full_pending and h.loop.reader.retry == {"c005", "c025"}
     docker.broken = set()
     h.clock.advance(1.5)
     assert h.loop.seconds_until_due() <= 0, "the retry wakes the loop by itself (-resync 0)"
     h.send()
     assert h.ids() == {f"h1:web{n}:80" for n in range(30)} and h.agent.records["h1:web5:80"].name == "renamed"
-    assert not h.loop.retry_containers
+    assert not h.loop.reader.retry
 
 
 def test_each_containers_last_event_wins_across_batches() -> None:
@@ -207,7 +207,7 @@ def test_no_event_of_a_burst_posted_from_many_threads_is_lost() -> None:
     deadline = time.monotonic() + 20
     while len(h.agent.records) < 200 and time.monotonic() < deadline:
         time.sleep(0.01)
-    h.loop.post(Hint("", STOP))
+    h.loop.post(Stop())
     runner.join(timeout=10)
     assert not runner.is_alive()
     assert h.ids() == {f"h1:web{n}:80" for n in range(200)}
@@ -231,14 +231,14 @@ def test_the_indexes_beside_desires_never_drift() -> None:
             state.update(Running=False, ExitCode=code)
             h.send(event(cid, "die", exitCode=str(code)))
         if step % 10 == 9:
-            h.send(Hint("", RELOAD))
-        assert h.loop._kept == {c for c, d in h.loop.desires.items() if d.keep_existing}
-        assert h.loop._with_env_file == {c for c, d in h.loop.desires.items() if d.env_file}
-        assert {s.container_id for s in h.loop.snapshot.kept} <= h.loop._kept
+            h.send(Reload())
+        assert h.loop.containers.kept == {c for c, d in h.loop.containers.desires.items() if d.keep_existing}
+        assert h.loop.containers.with_env_file == {c for c, d in h.loop.containers.desires.items() if d.env_file}
+        assert {s.container_id for s in h.loop.snapshot.kept} <= h.loop.containers.kept
 
 
 def test_a_full_pass_holds_at_most_a_window_of_inspect_answers() -> None:
-    from consul_reg.reading import WINDOW
+    from consul_reg.sync.reading import WINDOW
 
     h, docker = harness()
     for n in range(100):
@@ -255,7 +255,7 @@ def test_a_full_pass_holds_at_most_a_window_of_inspect_answers() -> None:
         return build(*args, **kwargs)
 
     h.loop.builder.build = counting_build  # type: ignore[method-assign]
-    h.send(Hint("", RELOAD))
+    h.send(Reload())
     assert h.ids() == {f"h1:web{n}:80" for n in range(100)} and built == 100
     assert max(ahead) <= WINDOW, "answers are taken a window ahead of the builder, not all at once"
     assert max(ahead) > 1, "yet ahead of it: the inspects overlap"
@@ -281,7 +281,7 @@ def test_a_full_pass_lists_the_agent_while_docker_lists() -> None:
 
     h.agent.services = agent_services  # type: ignore[method-assign]
     docker.list_containers = docker_listing  # type: ignore[method-assign]
-    h.send(Hint("", RELOAD))
+    h.send(Reload())
     assert overlapped == [True]
     assert h.ids() == {"h1:web1:80"}
 
@@ -312,17 +312,17 @@ class HeldListing:
 def test_a_listing_read_for_a_pass_docker_failed_is_never_used_later() -> None:
     h, docker = harness()
     docker.add(web(1))
-    h.send(Hint("", RELOAD))
+    h.send(Reload())
     assert h.ids() == {"h1:web1:80"}
     held = HeldListing(h)
     docker.down = True
-    h.send(Hint("", RELOAD))  # the agent's listing (still holding the service) is on its way; Docker fails
+    h.send(Reload())  # the agent's listing (still holding the service) is on its way; Docker fails
     assert held.read.wait(5)
     del h.agent.records["h1:web1:80"]  # then the service is removed by hand
     held.release.set()
     docker.down = False
     h.clock.advance(60)  # past Docker's backoff
-    h.send(Hint("", RELOAD))
+    h.send(Reload())
     assert h.ids() == {"h1:web1:80"}  # the pass saw the agent as it is now, and registered it again
 
 
@@ -330,11 +330,11 @@ def test_a_hung_agent_does_not_hold_the_loop_when_docker_fails() -> None:
     """The listing started beside Docker's is not waited for once the pass failed."""
     h, docker = harness()
     docker.add(web(1))
-    h.send(Hint("", RELOAD))
+    h.send(Reload())
     held = HeldListing(h)
     docker.down = True
     began = time.monotonic()
-    h.send(Hint("", RELOAD))
+    h.send(Reload())
     assert held.read.wait(5)
     took = time.monotonic() - began
     held.release.set()
@@ -344,16 +344,16 @@ def test_a_hung_agent_does_not_hold_the_loop_when_docker_fails() -> None:
 def test_a_full_pass_takes_the_listing_made_beside_docker_and_lists_nothing_else() -> None:
     h, docker = harness()
     docker.add(web(1))
-    h.send(Hint("", RELOAD))
+    h.send(Reload())
     h.agent.calls.clear()
-    h.send(Hint("", RELOAD))
+    h.send(Reload())
     assert [call for call in h.agent.calls if call[0] in ("services", "checks")] == [("services", ""), ("checks", "")]
 
 
 def test_a_listing_left_by_an_unexpected_error_is_never_used_later() -> None:
     h, docker = harness()
     docker.add(web(1))
-    h.send(Hint("", RELOAD))
+    h.send(Reload())
     held = HeldListing(h)
     list_containers = h.loop.docker.list_containers
     failures = [RuntimeError("a bug in the pass")]
@@ -365,19 +365,19 @@ def test_a_listing_left_by_an_unexpected_error_is_never_used_later() -> None:
         return list_containers()
     h.loop.docker.list_containers = failing_once
     runner = threading.Thread(target=h.loop.run)
-    h.loop.post(Hint("", RELOAD))
+    h.loop.post(Reload())
     runner.start()
     try:
         assert held.read.wait(5)
         del h.agent.records["h1:web1:80"]  # removed by hand while that listing was on its way
         held.release.set()
         h.clock.advance(60)  # past the backoff of the error
-        h.loop.post(Hint("", RELOAD))
+        h.loop.post(Reload())
         deadline = time.monotonic() + 5
         while h.ids() != {"h1:web1:80"} and time.monotonic() < deadline:
             time.sleep(0.01)
     finally:
-        h.loop.post(Hint("", STOP))
+        h.loop.post(Stop())
         runner.join(10)
     assert not runner.is_alive()
     assert h.ids() == {"h1:web1:80"}  # the pass after the error listed the agent as it is now
@@ -385,9 +385,9 @@ def test_an_agent_down_during_the_prefetch_is_an_unreachable_agent_as_before() -
     h, docker = harness()
     docker.add(web(1))
     h.agent.down = True
-    h.send(Hint("", RELOAD))
+    h.send(Reload())
     assert h.loop.primary.backoff.failing and "connection refused" in h.loop.primary.last_error
     h.agent.down = False
     h.clock.advance(60)
-    h.send(Hint("", RELOAD))
+    h.send(Reload())
     assert h.ids() == {"h1:web1:80"} and not h.loop.primary.backoff.failing

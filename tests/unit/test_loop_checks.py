@@ -4,9 +4,9 @@ service ID only the winner drives that service's checks."""
 
 from __future__ import annotations
 
-from consul_reg.model import Service
-from consul_reg.registries.base import RegistryNotOurs
-from consul_reg.router import CHECK_MISSING, RELOAD, START, Hint
+from consul_reg.core.records import Service
+from consul_reg.core.errors import RegistryNotOurs
+from consul_reg.core.messages import CheckMissing, Reload, Start
 from tests.unit.fakes import FakeAgent, container
 from tests.unit.test_loop import Harness, event, h  # noqa: F401  (h: the started harness fixture)
 
@@ -25,7 +25,7 @@ def test_a_heartbeat_check_the_agent_lost_is_registered_again(h: Harness) -> Non
     h.clock.advance(31.0)
     h.probes.run_due()
     assert h.missing == [check]
-    h.send(Hint("", CHECK_MISSING, attributes=(("service_id", "h1:jobs"),)))
+    h.send(CheckMissing("h1:jobs"))
     assert check in h.agent.checks
     assert h.agent.calls.count(("register", "h1:jobs")) == 2
     h.probes.run_due()
@@ -35,10 +35,10 @@ def test_a_heartbeat_check_the_agent_lost_is_registered_again(h: Harness) -> Non
 def test_a_full_pass_registers_again_a_service_that_lost_an_agent_check(h: Harness) -> None:
     h.docker.add(container("c1", "web", ports={"80/tcp": "8080"}, labels={"SERVICE_CHECK_TCP": "true"}))
     h.send(event("c1", "start"))
-    h.send(Hint("", RELOAD))
+    h.send(Reload())
     assert h.agent.calls.count(("register", "h1:web:80")) == 1, "an in-sync full pass writes nothing"
     del h.agent.checks["service:h1:web:80:tcp"]
-    h.send(Hint("", RELOAD))
+    h.send(Reload())
     assert "service:h1:web:80:tcp" in h.agent.checks
     assert h.agent.calls.count(("register", "h1:web:80")) == 2
 
@@ -82,7 +82,7 @@ def test_the_checks_follow_the_id_when_the_winner_leaves(h: Harness) -> None:
     h.send(event("legit", "destroy"))
     assert h.agent.registered["jobs"].container_id == "squat"
     assert h.probes._tasks[CHECK].probe.container_id == "squat"
-    h.send(Hint("", RELOAD))
+    h.send(Reload())
     assert h.probes._tasks[CHECK].probe.container_id == "squat" and h.probes.check_count() == 1
 
 
@@ -101,12 +101,12 @@ class GuardedAgent(FakeAgent):
 def test_a_service_whose_lost_check_cannot_be_registered_again_still_leaves_with_its_container() -> None:
     h = Harness()
     h.agent.__class__ = GuardedAgent
-    h.send(Hint("", START))
+    h.send(Start())
     h.docker.add(container("c1", "web", ports={"80/tcp": "8080"}, labels={"SERVICE_CHECK_TTL": "30s"}))
     h.send(event("c1", "start"))
     assert h.ids() == {"h1:web:80"}
     h.agent.check_service["service:h1:web:80"] = "by-hand"  # a service registered by hand took the check
-    h.send(Hint("", RELOAD))  # the lost check is noticed; registering it again is refused
+    h.send(Reload())  # the lost check is noticed; registering it again is refused
     assert "h1:web:80" in h.agent.records
     h.docker.containers["c1"]["State"]["Running"] = False
     h.send(event("c1", "die", exitCode="0"))

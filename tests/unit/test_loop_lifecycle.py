@@ -4,10 +4,10 @@ batch, and nothing kept for a container outlives it."""
 
 from __future__ import annotations
 
-from consul_reg.drain import REASON_PREFIX
-from consul_reg.model import RegisteredService, Service
-from consul_reg.registries.base import RegistryError
-from consul_reg.router import AGENT_BACK, CHECK_MISSING, RELOAD, START, Hint
+from consul_reg.sync.drain import REASON_PREFIX
+from consul_reg.core.records import RegisteredService, Service
+from consul_reg.core.errors import RegistryError
+from consul_reg.core.messages import AgentBack, CheckMissing, Reload, Start
 from tests.unit.fakes import FakeAgent, container
 from tests.unit.test_loop import Harness, event, h  # noqa: F401  (h: the started harness fixture)
 
@@ -20,7 +20,7 @@ def started(h: Harness, name: str = "web") -> None:
 
 def test_a_docker_stop_in_the_same_batch_as_agent_back_still_drains(h: Harness) -> None:
     started(h)
-    h.send(event("c1", "kill", signal="15"), Hint("", AGENT_BACK))
+    h.send(event("c1", "kill", signal="15"), AgentBack(h.identity))
     assert h.agent.maintenance.get("h1:web:80", "").startswith(REASON_PREFIX), "the docker stop was not drained"
 
 
@@ -31,7 +31,7 @@ def test_a_docker_stop_with_agent_back_drains_what_the_restarted_agent_holds_aga
     h.agent.records.clear()
     h.agent.node_id = "node-2"
     h.identity = h.agent.agent_info()
-    h.send(event("c1", "kill", signal="15"), Hint("", AGENT_BACK))
+    h.send(event("c1", "kill", signal="15"), AgentBack(h.identity))
     assert h.ids() == {"h1:web:80"}
     assert h.agent.maintenance.get("h1:web:80", "").startswith(REASON_PREFIX)
     h.docker.containers["c1"]["State"]["Running"] = False
@@ -42,7 +42,7 @@ def test_a_docker_stop_with_agent_back_drains_what_the_restarted_agent_holds_aga
 def test_a_docker_stop_while_the_agent_is_down_is_no_drain_and_no_crash(h: Harness) -> None:
     started(h)
     h.agent.down = True
-    h.send(event("c1", "kill", signal="15"), Hint("", AGENT_BACK))
+    h.send(event("c1", "kill", signal="15"), AgentBack(h.identity))
     assert h.agent.maintenance == {} and h.loop.drainer.next_deadline() is None
 
 
@@ -80,7 +80,7 @@ def test_a_drained_container_whose_records_were_kept_leaves_maintenance_when_it_
     in maintenance while it is dead; when it starts again, in another batch, its
     records are registered again, which clears the maintenance."""
     h = Harness(deregister="on-success")
-    h.send(Hint("", START))
+    h.send(Start())
     started(h)
     h.send(event("c1", "kill", signal="15"))
     h.docker.containers["c1"]["State"].update(Running=False, ExitCode=1)
@@ -110,7 +110,7 @@ def test_refused_definitions_do_not_outlive_their_container() -> None:
     h = Harness()
     h.agent = RefusingAgent()
     h.primary.agent = h.agent
-    h.send(Hint("", START))
+    h.send(Start())
     for n in range(50):
         cid = f"c{n}"
         h.docker.add(container(cid, f"job{n}", ports={"80/tcp": "8080"}, labels={"SERVICE_NAME": "bad"}))
@@ -118,7 +118,7 @@ def test_refused_definitions_do_not_outlive_their_container() -> None:
         assert f"h1:job{n}:80" in h.primary.refused
         del h.docker.containers[cid]
         h.send(event(cid, "destroy"))
-    assert h.loop.desires == {}
+    assert h.loop.containers.desires == {}
     assert len(h.primary.refused) == 0, f"{len(h.primary.refused)} entries of containers long gone"
 
 
@@ -126,7 +126,7 @@ def test_a_refused_definition_of_a_running_container_is_still_not_retried() -> N
     h = Harness()
     h.agent = RefusingAgent()
     h.primary.agent = h.agent
-    h.send(Hint("", START))
+    h.send(Start())
     h.docker.add(container("c1", "job", ports={"80/tcp": "8080"}, labels={"SERVICE_NAME": "bad"}))
     h.docker.add(container("c2", "web", ports={"80/tcp": "8081"}))
     h.send(event("c1", "start"))
@@ -139,7 +139,7 @@ def reaped(h: Harness) -> None:
                            labels={"SERVICE_CHECK_TTL": "10s", "SERVICE_CHECK_DEREGISTER_AFTER": "1m"}))
     h.send(event("c1", "start"))
     del h.agent.records["h1:worker:80"]  # the agent reaps it
-    h.send(Hint("", CHECK_MISSING, attributes=(("service_id", "h1:worker:80"),)))
+    h.send(CheckMissing("h1:worker:80"))
     assert "h1:worker:80" in h.primary.reaps and h.ids() == set()
 
 
@@ -153,19 +153,19 @@ def test_a_reap_does_not_outlive_its_container(h: Harness) -> None:
 def test_a_full_pass_forgets_the_reap_of_a_container_whose_removal_was_missed(h: Harness) -> None:
     reaped(h)
     del h.docker.containers["c1"]  # its destroy event was lost
-    h.send(Hint("", RELOAD))
+    h.send(Reload())
     assert h.primary.reaps.digests() == {}
 
 
 def test_a_reap_of_a_running_container_stays_through_a_full_pass(h: Harness) -> None:
     reaped(h)
-    h.send(Hint("", RELOAD))
+    h.send(Reload())
     h.send(event("c1", "update"))
     assert "h1:worker:80" in h.primary.reaps and h.ids() == set()
 
 
 def failed_on_success(h: Harness) -> None:
-    h.send(Hint("", START))
+    h.send(Start())
     started(h, "job")
     h.docker.containers["c1"]["State"].update(Running=False, ExitCode=3)
     h.send(event("c1", "die", exitCode="3"))
@@ -189,7 +189,7 @@ def test_destroy_of_a_failed_container_leaves_a_record_someone_else_holds_now() 
     h = Harness(deregister="on-success")
     failed_on_success(h)
     h.agent.records["h1:job:80"] = RegisteredService("h1:job:80", "job")  # taken over by hand meanwhile
-    h.send(Hint("", RELOAD))
+    h.send(Reload())
     del h.docker.containers["c1"]
     h.send(event("c1", "destroy"))
     assert h.ids() == {"h1:job:80"} and ("deregister", "h1:job:80") not in h.agent.calls

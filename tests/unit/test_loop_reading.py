@@ -4,8 +4,8 @@ again later, and the others carry on."""
 
 from __future__ import annotations
 
-from consul_reg.env_files import EnvFileRead
-from consul_reg.router import RELOAD, START, Hint
+from consul_reg.core.messages import EnvFileRead
+from consul_reg.core.messages import Reload, Start
 from tests.unit.fakes import container
 from tests.unit.test_loop import Harness, event
 
@@ -38,7 +38,7 @@ def test_one_container_whose_inspect_fails_does_not_stop_every_other_from_regist
         h.docker.add(container(f"good{n}", f"good{n}", ports={"80/tcp": str(8000 + n)}))
     h.docker.add(container("stuck", "stuck", ports={"80/tcp": "8081"}))
     h.docker.broken.add("stuck")  # inspecting this one container fails; Docker itself answers
-    h.send(Hint("", START))
+    h.send(Start())
     for _ in range(10):  # the full pass is retried on Docker's backoff
         h.clock.advance(max(h.loop.seconds_until_due(), 0.0))
         h.send()
@@ -48,8 +48,8 @@ def test_one_container_whose_inspect_fails_does_not_stop_every_other_from_regist
 
 
 def env_file_container(h: Harness, reader: FakeEnvReader) -> None:
-    h.loop.env_reader = reader  # type: ignore[assignment]
-    h.send(Hint("", START))
+    h.docker.env_reader = reader
+    h.send(Start())
     h.docker.add(container("c1", "web", ports={"80/tcp": "8080"}, labels={"SERVICE_ENV_FILE": ENV_PATH}))
     h.send(event("c1", "start"))
     assert reader.pending == [("c1", ENV_PATH)] and h.ids() == set()
@@ -74,7 +74,7 @@ def test_a_first_env_file_read_that_met_a_docker_outage_is_retried() -> None:
         h.send()
         if reader.pending:
             assert h.loop.handle(list(reader.answer_all(None)))
-    h.send(Hint("", RELOAD))
+    h.send(Reload())
     if reader.pending:
         assert h.loop.handle(list(reader.answer_all(None)))
     assert h.ids() == {"h1:web:80"}, (
@@ -108,7 +108,7 @@ def test_the_retry_of_a_first_env_file_read_follows_dockers_backoff() -> None:
     assert reader.pending == [("c1", ENV_PATH)]
     assert h.loop.handle(reader.answer_all("SERVICE_NAME=shop\n"))
     assert {s.name for s in h.agent.registered.values()} == {"shop"}
-    assert h.loop.retry_containers == set()
+    assert h.loop.reader.retry == set()
 
 
 def test_an_outage_after_a_good_read_keeps_the_values_and_asks_nothing_extra() -> None:
@@ -122,5 +122,5 @@ def test_an_outage_after_a_good_read_keeps_the_values_and_asks_nothing_extra() -
     writes = len(h.agent.writes())
     assert h.loop.handle([outage()])
     h.send()
-    assert reader.pending == [] and h.loop.retry_containers == set()
+    assert reader.pending == [] and h.loop.reader.retry == set()
     assert {s.name for s in h.agent.registered.values()} == {"shop"} and len(h.agent.writes()) == writes

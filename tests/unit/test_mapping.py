@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from consul_reg.registries.consul import registration_payload
-from consul_reg.mapping import MappingSettings, default_service_name, map_container, published_ports
+from consul_reg.consul.agent import registration_payload
+from consul_reg.mapping.services import MappingSettings, default_service_name, map_container, published_ports
 
 SETTINGS = MappingSettings(hostname="host1", default_address="10.0.0.5")
 

@@ -9,17 +9,18 @@ from types import MappingProxyType
 
 from loguru import logger
 
-from consul_reg.mirrors import BLOCKED_RETRY_SECONDS, MirrorWorker
-from consul_reg.model import MARKER_DIGEST_KEY, MARKER_HOST_KEY, MARKER_SOURCE_KEY, MARKER_SOURCE_VALUE
-from consul_reg.model import RegisteredService, Service
-from consul_reg.registries.base import RegistryNotOurs, RegistryUnavailable
-from consul_reg.registries.keys import HOLDER_KEY
-from consul_reg.snapshot import Snapshot
+from consul_reg.mirrors.worker import BLOCKED_RETRY_SECONDS, MirrorWorker
+from consul_reg.core.records import MARKER_DIGEST_KEY, MARKER_HOST_KEY, MARKER_SOURCE_KEY, MARKER_SOURCE_VALUE
+from consul_reg.core.records import RegisteredService, Service
+from consul_reg.core.errors import RegistryNotOurs, RegistryUnavailable
+from consul_reg.mirrors.keys import HOLDER_KEY
+from consul_reg.core.snapshot import Snapshot
 from tests.unit.fakes import FakeClock
 
 
 class FakeMirror:
     description = "fake mirror"
+    replaceable = False
 
     def __init__(self) -> None:
         self.keys: dict[str, tuple[str, str]] = {}  # key -> (value, owner)
@@ -29,6 +30,12 @@ class FakeMirror:
         self.writing = threading.Event()
         self.removed_all = False
         self.on_change = lambda: None
+
+    def listen(self, on_change) -> None:
+        self.on_change = on_change
+
+    def identity(self) -> str:
+        return ""
 
     def key_of(self, service: Service) -> str:
         return f"/p/{service.name}/{service.id}"

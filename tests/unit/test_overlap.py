@@ -10,10 +10,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from consul_reg.model import RegisteredService, Service
-from consul_reg.overlap import Calls, outcomes
-from consul_reg.reconcile import Plan, apply
-from consul_reg.registries.base import RegistryError, RegistryUnavailable
+from consul_reg.core.records import RegisteredService, Service
+from consul_reg.sync.overlap import Calls, outcomes, overlapped
+from consul_reg.core.plan import Plan, apply
+from consul_reg.core.errors import RegistryError, RegistryUnavailable
 
 
 class Gate:
@@ -137,7 +137,7 @@ def plan_of(registers: int, deregisters: int, refused: bool = False) -> Plan:
 
 def test_apply_on_a_pool_registers_everything_before_deregistering_anything(pool) -> None:
     registry = SlowRegistry()
-    result = apply(plan_of(12, 12, refused=True), registry, pool=pool)
+    result = apply(plan_of(12, 12, refused=True), registry, run=overlapped(pool))
     kinds = [what for what, _ in registry.log]
     assert kinds == ["register"] * 12 + ["deregister"] * 12
     assert [s.id for s in result.registered] == [f"s{n}" for n in range(12)]  # the plan's order
@@ -147,7 +147,7 @@ def test_apply_on_a_pool_registers_everything_before_deregistering_anything(pool
 
 def test_apply_on_a_pool_stops_when_the_agent_goes_and_reports_what_was_done(pool) -> None:
     registry = SlowRegistry(down_after=5)
-    result = apply(plan_of(30, 5), registry, pool=pool)
+    result = apply(plan_of(30, 5), registry, run=overlapped(pool))
     assert result.unavailable
     done = {sid for what, sid in registry.log}
     assert {s.id for s in result.registered} == done and len(done) == 5

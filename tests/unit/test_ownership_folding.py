@@ -14,8 +14,8 @@ import httpx
 import pytest
 from loguru import logger
 
-from consul_reg.mapping import MappingSettings, map_container
-from consul_reg.model import (
+from consul_reg.mapping.services import MappingSettings, map_container
+from consul_reg.core.records import (
     SIDECAR_FOR_KEY,
     Check,
     Connect,
@@ -26,15 +26,16 @@ from consul_reg.model import (
     marker_meta,
     registered_form,
 )
-from consul_reg.reconcile import DesiredServices, plan
-from consul_reg.registries.base import RegistryNotOurs
-from consul_reg.registries.consul import ConsulClient, ConsulEndpoint, ConsulRegistry
-from consul_reg.registries.consulkv import ConsulKVRegistry
-from consul_reg.registries.guard import OwnershipGuard
-from consul_reg.registries.keys import owner_tag
-from consul_reg.router import RELOAD, START, Hint
-from consul_reg.default_ids import default_id_host
+from consul_reg.core.plan import DesiredServices, plan
+from consul_reg.core.errors import RegistryNotOurs
+from consul_reg.consul.agent import ConsulRegistry
+from consul_reg.mirrors.consulkv import ConsulKVRegistry
+from consul_reg.consul.guard import OwnershipGuard
+from consul_reg.mirrors.keys import owner_tag
+from consul_reg.core.messages import Reload, Start
+from consul_reg.mapping.default_ids import default_id_host
 from tests.unit.fakes import FakeAgent, agent_filter, container
+from tests.unit.stub_agent import stub_client
 from tests.unit.test_loop import Harness, event
 
 OWNER = Owner("h")
@@ -162,7 +163,7 @@ def listing_agent(services: dict[str, dict[str, Any]], folds: bool = True) -> tu
         keeps = agent_filter(expression)
         return httpx.Response(200, json={sid: s for sid, s in services.items() if keeps(sid)})
 
-    client = ConsulClient(ConsulEndpoint("http"), transport=httpx.MockTransport(handler))
+    client = stub_client(handler)
     return ConsulRegistry(client), seen
 
 
@@ -238,11 +239,11 @@ def test_a_container_declaring_another_spelling_of_a_hand_registered_id_never_to
         warnings: list[str]) -> None:
     h = Harness(guard=True)
     h.agent.records["payments"] = HAND
-    h.send(Hint("", START))
+    h.send(Start())
     h.docker.add(container("c1", "evil", ports={"80/tcp": "8080"},
                            labels={"SERVICE_ID": "Payments", "SERVICE_CHECK_TTL": "1h"}))
     h.send(event("c1", "start"))
-    h.send(Hint("", RELOAD))
+    h.send(Reload())
     h.docker.containers["c1"]["State"]["Running"] = False
     h.send(event("c1", "kill", signal="15"))
     h.send(event("c1", "die", exitCode="143"))
@@ -254,7 +255,7 @@ def test_a_container_declaring_another_spelling_of_a_hand_registered_id_never_to
 
 def test_two_containers_claiming_two_spellings_leave_one_record_the_newest(warnings: list[str]) -> None:
     h = Harness(guard=True)
-    h.send(Hint("", START))
+    h.send(Start())
     h.docker.add(container("c1", "old", ports={"80/tcp": "8080"}, labels={"SERVICE_ID": "web"},
                            created="2026-01-01T00:00:00Z"))
     h.send(event("c1", "start"))
@@ -312,7 +313,7 @@ def test_consul_kv_lists_a_taken_default_id_as_absent_and_writes_over_it_on_its_
         return httpx.Response(200, json=[{"Key": k, "Value": base64.b64encode(v.encode()).decode(), "Flags": f,
                                           "ModifyIndex": i} for k, (v, f, i) in found])
 
-    client = ConsulClient(ConsulEndpoint("http"), transport=httpx.MockTransport(handler))
+    client = stub_client(handler)
     rightful = ConsulKVRegistry(client, "svc", Owner("h"))
     assert rightful.services() == {}, "never removed: it did not write it"
     rightful.register(Service(id="h:web:80", name="web", address="10.0.0.1", port=32768))

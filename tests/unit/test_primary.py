@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from consul_reg.backoff import Backoff
-from consul_reg.model import Check, ContainerDesire, RegisteredService, Service, marker_meta
-from consul_reg.primary import Primary
-from tests.unit.fakes import FakeAgent, FakeClock
+from consul_reg.core.records import Check, ContainerDesire, RegisteredService, Service, marker_meta
+from consul_reg.sync.primary import Primary
+from tests.unit.fakes import FakeAgent, FakeClock, no_jitter
 
 
 def service(sid: str, cid: str = "c1", **kw: object) -> Service:
@@ -13,21 +12,9 @@ def service(sid: str, cid: str = "c1", **kw: object) -> Service:
                    container_id=cid, **kw)
 
 
-def test_backoff_doubles_to_its_cap_and_resets() -> None:
-    clock = FakeClock()
-    backoff = Backoff(1.0, cap=4.0, clock=clock)
-    assert backoff.ready() and not backoff.failing
-    assert [backoff.failed() for _ in range(4)] == [1.0, 2.0, 4.0, 4.0]
-    assert not backoff.ready()
-    clock.advance(4.0)
-    assert backoff.ready() and backoff.due()
-    backoff.succeeded()
-    assert not backoff.failing and backoff.failed() == 1.0
-
-
 def test_unreachable_agent_backs_off_and_resets_after_a_successful_pass() -> None:
     clock, agent = FakeClock(), FakeAgent()
-    primary = Primary(agent, "h", 1.0, clock)
+    primary = Primary(agent, "h", 1.0, clock, random=no_jitter)
     wanted = {"a": service("a")}
     agent.down = True
     assert not primary.sync(wanted, [], None, set()).reached
@@ -49,7 +36,7 @@ def test_refused_definitions_are_not_retried_until_they_change_or_a_full_pass() 
     class Refusing(FakeAgent):
         def register(self, service: Service) -> None:
             self._call("register", service.id)
-            from consul_reg.registries.base import RegistryError
+            from consul_reg.core.errors import RegistryError
             raise RegistryError("400 bad")
 
     clock, agent = FakeClock(), Refusing()

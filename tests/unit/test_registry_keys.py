@@ -8,20 +8,20 @@ import httpx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consul_reg.model import Service
-from consul_reg.registries.consul import ConsulClient, ConsulEndpoint
-from consul_reg.registries.consulkv import ConsulKVRegistry
-from consul_reg.registries.etcd import EtcdRegistry
-from consul_reg.registries.skydns2 import SkyDNS2Registry
-from consul_reg.registries.zookeeper import ZooKeeperRegistry
-from consul_reg.validate import identifier_problem
+from consul_reg.core.records import Service
+from consul_reg.mirrors.consulkv import ConsulKVRegistry
+from consul_reg.mirrors.etcd import EtcdRegistry
+from consul_reg.mirrors.skydns2 import SkyDNS2Registry
+from consul_reg.mirrors.zookeeper import ZooKeeperRegistry
+from consul_reg.mapping.validate import identifier_problem
+from tests.unit.stub_agent import stub_client
 
 ALPHABET = st.sampled_from(list("abcXYZ019-_.:@/\\%?#\n\x00 é.")) 
 texts = st.one_of(st.text(min_size=0, max_size=20), st.text(ALPHABET, min_size=0, max_size=12),
                   st.sampled_from(["..", ".", "../../leave", "a/..", "vault/core/master", "%2e%2e", ""]))
 
 MIRRORS = [
-    ConsulKVRegistry(ConsulClient(ConsulEndpoint("http"), transport=httpx.MockTransport(lambda r: httpx.Response(200))),
+    ConsulKVRegistry(stub_client(lambda r: httpx.Response(200)),
                      "services", "h"),
     EtcdRegistry("127.0.0.1", 1, "services", "h", 300),
     SkyDNS2Registry("127.0.0.1", 1, "skydns.local", "h", 300, 0),

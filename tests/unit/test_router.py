@@ -1,13 +1,17 @@
-"""The router: each hint's actions, with and without a full pass in the same batch."""
+"""The router: each message's actions, with and without a full pass in the same batch."""
 
 from __future__ import annotations
 
-from consul_reg.router import (AGENT_BACK, CHECK_MISSING, DOCKER_RECONNECTED, RELOAD, START, STOP, Hint,
-                               route)
+from consul_reg.core.messages import AgentBack, CheckMissing, DockerEvent, DockerReconnected, Reload, Start, Stop
+from consul_reg.core.records import AgentInfo
+from consul_reg.sync.router import route
 
 
-def ev(cid: str, action: str, **attributes: str) -> Hint:
-    return Hint(cid, action, 5, tuple(sorted(attributes.items())))
+def ev(cid: str, action: str, exitCode: str = "", signal: str = "") -> DockerEvent:  # noqa: N803 (Docker's name)
+    return DockerEvent(cid, action, 5, exit_code=exitCode, signal=signal)
+
+
+AGENT = AgentInfo("1.8.7", "node", "node-1", "127.0.0.1", True)
 
 
 def test_start_refreshes_and_ends_reaps() -> None:
@@ -30,9 +34,10 @@ def test_kill_drains_unless_its_death_is_in_the_same_batch() -> None:
 
 
 def test_per_event_actions_survive_a_full_pass_in_the_same_batch() -> None:
-    for reason in (RELOAD, START, DOCKER_RECONNECTED, AGENT_BACK):
+    for message, reason in ((Reload(), "reload"), (Start(), "start"), (DockerReconnected(), "docker reconnected"),
+                            (AgentBack(AGENT), "agent back")):
         actions = route([ev("a", "kill", signal="TERM"), ev("b", "die", exitCode="0"), ev("c", "restart"),
-                         ev("d", "health_status"), Hint("", reason)])
+                         ev("d", "health_status"), message])
         assert actions.full_reason == reason
         assert actions.drains == (("a", "TERM"),)
         assert actions.deaths == (("b", "0"),)
@@ -42,9 +47,11 @@ def test_per_event_actions_survive_a_full_pass_in_the_same_batch() -> None:
 
 
 def test_daemon_messages() -> None:
-    actions = route([Hint("", CHECK_MISSING, attributes=(("service_id", "s1"),)), Hint("", RELOAD), Hint("", STOP)])
-    assert actions.missing_checks == {"s1"} and actions.reload_token and actions.stop
-    assert route([Hint("", CHECK_MISSING, attributes=(("service_id", "s1"),))]).full_reason == ""
+    actions = route([CheckMissing("s1"), Reload(), Stop()])
+    assert actions.missing_checks == {"s1"} and actions.full_reason == "reload" and actions.stop
+    back = route([AgentBack(AGENT)])
+    assert back.agent_back and back.identity == AGENT and back.full_reason == "agent back"
+    assert route([CheckMissing("s1")]).full_reason == ""
 
 
 def test_unknown_actions_and_empty_batches_do_nothing() -> None:
@@ -60,14 +67,14 @@ def test_a_sigkill_is_no_drain_its_death_follows_at_once() -> None:
 
 
 def test_an_event_keeps_only_the_attributes_read_and_never_the_labels() -> None:
-    from consul_reg.docker_events import hint_from_event
+    from consul_reg.docker.events import message_from_event
 
     labels = {f"label{n}": "x" * 1000 for n in range(200)}
     event = {"Type": "container", "Action": "die", "timeNano": 7,
              "Actor": {"ID": "c1", "Attributes": {**labels, "exitCode": "137", "name": "web", "signal": "9"}}}
-    hint = hint_from_event(event)
-    assert hint is not None and hint.attributes == (("exitCode", "137"), ("signal", "9"))
-    assert route([hint]).deaths == (("c1", "137"),)
+    message = message_from_event(event)
+    assert message == DockerEvent("c1", "die", 7, exit_code="137", signal="9")  # nothing else of the event is kept
+    assert route([message]).deaths == (("c1", "137"),)
 
 
 class Chunks:
@@ -79,7 +86,7 @@ class Chunks:
 
 
 def test_the_event_stream_is_decoded_however_it_is_cut() -> None:
-    from consul_reg.docker_events import _json_lines
+    from consul_reg.docker.events import _json_lines
 
     text = '{"Action":"start","id":"a"}\n{"Action":"die","Actor":{"Attributes":{"n":"é"}}}{"x":[1,2]}  \n'.encode()
     for size in (1, 2, 3, 7, len(text)):
@@ -91,7 +98,7 @@ def test_the_event_stream_is_decoded_however_it_is_cut() -> None:
 def test_an_event_that_never_ends_is_refused_within_bounds() -> None:
     import pytest
 
-    from consul_reg.docker_events import MAX_EVENT_BYTES, _json_lines
+    from consul_reg.docker.events import MAX_EVENT_BYTES, _json_lines
 
     pieces = [b'{"Action":"start","junk":"'] + [b"x" * 65536] * (MAX_EVENT_BYTES // 65536 + 2)
     with pytest.raises(ValueError, match="longer than"):
@@ -99,7 +106,7 @@ def test_an_event_that_never_ends_is_refused_within_bounds() -> None:
 
 
 def test_the_listing_key_ignores_the_uptime_text_and_nothing_else() -> None:
-    from consul_reg.docker_source import listing_key
+    from consul_reg.sync.reading import listing_key
 
     entry = {"Id": "c1", "Names": ["/web"], "Labels": {"SERVICE_NAME": "web"}, "State": "running",
              "Status": "Up 5 minutes", "Ports": [{"PrivatePort": 80, "PublicPort": 8080, "Type": "tcp"}]}

@@ -3,23 +3,26 @@ one host on one agent never remove, adopt or overwrite each other's services."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import urllib.parse
 
 import httpx
 import pytest
 
-from consul_reg.cli import UsageError, parse_config
-from consul_reg.docker_source import DockerSource
-from consul_reg.mapping import MappingSettings, map_container
-from consul_reg.model import Owner, RegisteredService, Service, marker_meta, owner_meta, registered_form
-from consul_reg.reconcile import plan
-from consul_reg.registries.base import RegistryNotOurs
-from consul_reg.registries.consul import ConsulClient, ConsulEndpoint, ConsulRegistry
-from consul_reg.registries.guard import OwnershipGuard
-from consul_reg.registries.keys import owner_tag
-from consul_reg.selection import LabelFilter, docker_filters, parse_filter, selected
+from consul_reg.app.cli import UsageError, parse_config
+from consul_reg.docker.client import DockerSource
+from consul_reg.mapping.services import MappingSettings, map_container
+from consul_reg.core.records import Owner, RegisteredService, Service, marker_meta, owner_meta, registered_form
+from consul_reg.core.plan import plan
+from consul_reg.core.errors import RegistryNotOurs
+from consul_reg.consul.agent import ConsulRegistry
+from consul_reg.consul.guard import OwnershipGuard
+from consul_reg.mirrors.keys import owner_tag
+from consul_reg.mapping.selection import LabelFilter, docker_filters, parse_filter, selected
 from tests.unit.fakes import agent_filter
+from tests.unit.stub_agent import stub_client
 
 
 # -- --filter ------------------------------------------------------------------------------------
@@ -82,12 +85,13 @@ def record(service_id: str, host: str = "h", instance: str = "", container: str 
     return registered_form(service)
 
 
-def test_owner_is_the_host_name_text_and_carries_the_instance():
+def test_owner_is_shown_as_the_host_name_and_carries_the_instance():
     owner = Owner("h", "blue")
-    assert owner == "h" and f"{owner}:web:80" == "h:web:80" and owner.instance == "blue"
+    assert owner.host == "h" and f"{owner}:web:80" == "h:web:80" and owner.instance == "blue"
+    assert owner != Owner("h") and Owner("h") == Owner("h")  # a record: equal by host and instance
     assert owner_meta(owner) == {"external-source": "consul-reg", "consul_reg_host": "h", "consul_reg_instance": "blue"}
     assert owner_meta("h") == {"external-source": "consul-reg", "consul_reg_host": "h"}
-    with pytest.raises(AttributeError):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         owner.instance = "red"  # type: ignore[misc]
     assert parse_config(["--hostname", "h", "--instance", "blue"]).owner.instance == "blue"
 
@@ -143,7 +147,7 @@ def agent(records: dict[str, dict]) -> tuple[OwnershipGuard, list[str]]:
             return httpx.Response(200, json={sid: record for sid, record in records.items() if keeps(sid)})
         return httpx.Response(200, text="")
 
-    client = ConsulClient(ConsulEndpoint("http"), transport=httpx.MockTransport(handler))
+    client = stub_client(handler)
     return OwnershipGuard(ConsulRegistry(client), Owner("h", "blue"), adopt_leftovers=True), seen
 
 
@@ -185,7 +189,7 @@ def test_the_guard_reads_a_hostile_answer_as_not_ours():
 def test_a_consul_kv_mirror_tells_instances_apart():
     import base64
 
-    from consul_reg.registries.consulkv import ConsulKVRegistry
+    from consul_reg.mirrors.consulkv import ConsulKVRegistry
 
     blue, red = Owner("h", "blue"), Owner("h", "red")
     entries = [{"Key": "svc/web/h:web:80", "Value": base64.b64encode(b"1.2.3.4:80").decode(), "Flags": owner_tag(blue)},
@@ -196,7 +200,7 @@ def test_a_consul_kv_mirror_tells_instances_apart():
         return httpx.Response(200, json=entries)
 
     def listing(owner: str) -> dict[str, bool]:
-        client = ConsulClient(ConsulEndpoint("http"), transport=httpx.MockTransport(handler))
+        client = stub_client(handler)
         records = ConsulKVRegistry(client, "svc", owner).services()
         return {key: record.owned_by(owner) for key, record in records.items()}
 

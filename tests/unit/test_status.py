@@ -11,12 +11,12 @@ import textwrap
 import time
 from pathlib import Path
 
-from consul_reg.liveness import Liveness
-from consul_reg.metrics import Metrics
-from consul_reg.snapshot import Snapshot
+from consul_reg.core.liveness import Liveness
+from consul_reg.app.metrics import Metrics
+from consul_reg.core.snapshot import Snapshot
 from loguru import logger
 
-from consul_reg.status import MAX_CONNECTIONS, MAX_CONNECTIONS_PER_CLIENT, MAX_HEADERS, MAX_REQUEST_BYTES, \
+from consul_reg.app.status import MAX_CONNECTIONS, MAX_CONNECTIONS_PER_CLIENT, MAX_HEADERS, MAX_REQUEST_BYTES, \
     REQUEST_TIMEOUT_SECONDS, StatusServer, StatusSources
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -154,11 +154,11 @@ def test_the_request_line_is_never_logged_raw() -> None:
 
 SCRIPT = textwrap.dedent("""
     import socket, struct, time
-    from consul_reg import logs
-    from consul_reg.liveness import Liveness
-    from consul_reg.metrics import Metrics
-    from consul_reg.snapshot import Snapshot
-    from consul_reg.status import StatusServer, StatusSources
+    from consul_reg.app import logs
+    from consul_reg.core.liveness import Liveness
+    from consul_reg.app.metrics import Metrics
+    from consul_reg.core.snapshot import Snapshot
+    from consul_reg.app.status import StatusServer, StatusSources
     logs.setup("INFO", "json")
     up = Liveness("x"); up.ok()
     server = StatusServer("127.0.0.1:0", StatusSources(snapshot=lambda: Snapshot(), docker=up, agent=up,
@@ -194,7 +194,7 @@ def test_with_log_format_json_a_reset_status_client_never_writes_a_non_json_line
 
 THREAD_SCRIPT = textwrap.dedent("""
     import threading
-    from consul_reg import logs
+    from consul_reg.app import logs
     logs.setup("INFO", "json")
     def boom():
         raise RuntimeError("a bug in a thread")

@@ -10,8 +10,8 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from consul_reg import swarm
-from consul_reg.mapping import MappingSettings, map_container
+from consul_reg.mapping import swarm
+from consul_reg.mapping.services import MappingSettings, map_container
 
 SETTINGS = MappingSettings(hostname="host1", default_address="10.0.0.5")
 SERVICE_ID = "b1zaxn8p2ryrfctvw51shnlk6"

@@ -10,8 +10,10 @@ from typing import Any
 import pytest
 from loguru import logger
 
-from consul_reg.docker_source import DockerUnavailable, NotASwarmManager
-from consul_reg.swarm_endpoints import SwarmEndpoints
+from consul_reg.docker.client import NotASwarmManager
+
+from consul_reg.core.errors import DockerUnavailable
+from consul_reg.docker.swarm import SwarmEndpoints
 
 SERVICE_ID = "b1zaxn8p2ryrfctvw51shnlk6"
 OTHER_SERVICE_ID = "q8x7w6v5u4t3s2r1p0o9n8m7l"

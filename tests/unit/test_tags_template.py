@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from consul_reg.mapping import MappingSettings, map_container
-from consul_reg.tags_template import Template, TemplateError
+from consul_reg.mapping.services import MappingSettings, map_container
+from consul_reg.mapping.tags_template import Template, TemplateError
 
 CONTAINER = {
     "Id": "e20f9c1a76565d62ae24a3bb877b17b862b6eab94f4e95a0e07ccf25087aaf4f",

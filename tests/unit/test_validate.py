@@ -9,8 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consul_reg.validate import CheckPolicy, OwnEndpoints, address_problem, check_target_problem, \
-    hostname_problem, identifier_problem, normal_host, parse_allow_rule, parse_ip, squats_host_namespace
+from consul_reg.mapping.validate import address_problem, hostname_problem, identifier_problem, normal_host, parse_ip, squats_host_namespace
+
+from consul_reg.mapping.check_targets import CheckPolicy, OwnEndpoints, check_target_problem, parse_allow_rule
 
 DOCUMENTED_SET = re.compile(r"[A-Za-z0-9_.:@-]{1,128}")
 

@@ -13,10 +13,10 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from consul_reg.mapping import MappingSettings, map_container
-from consul_reg.registries.consul import registration_payload
-from consul_reg.settings import CheckSettings
-from consul_reg.versions import CHECK_FIELD_MIN_VERSION, SERVICE_FIELD_MIN_VERSION
+from consul_reg.mapping.services import MappingSettings, map_container
+from consul_reg.consul.agent import registration_payload
+from consul_reg.mapping.settings import CheckSettings
+from consul_reg.mapping.versions import CHECK_FIELD_MIN_VERSION, SERVICE_FIELD_MIN_VERSION
 
 # Each gated field and the first Consul version that knows it.
 EXPECTED_CHECK_GATES = {

@@ -20,10 +20,10 @@ from kazoo.exceptions import (
 from kazoo.protocol.states import ZnodeStat
 from loguru import logger
 
-from consul_reg.mirrors import REFUSED_RETRY_SECONDS, MirrorWorker
-from consul_reg.model import Service
-from consul_reg.registries.zookeeper import ZooKeeperRegistry
-from consul_reg.snapshot import Snapshot
+from consul_reg.mirrors.worker import REFUSED_RETRY_SECONDS, MirrorWorker
+from consul_reg.core.records import Service
+from consul_reg.mirrors.zookeeper import ZooKeeperRegistry
+from consul_reg.core.snapshot import Snapshot
 from tests.unit.fakes import FakeClock
 
 SESSION = 0x51

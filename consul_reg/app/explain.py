@@ -1,0 +1,150 @@
+"""`consul-reg explain [the daemon's flags] [registry-uri] CONTAINER`: print,
+without registering anything, what the daemon would register for one
+container, where every field came from, and every warning."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, TextIO
+
+from consul_reg.app.config import Config
+from consul_reg.app.host import default_address
+from consul_reg.app.uris import registries_from_uris
+from consul_reg.core.errors import DockerUnavailable, RegistryError
+from consul_reg.core.records import MARKER_KEYS, Service, section
+from consul_reg.docker.client import DockerSource
+from consul_reg.docker.swarm import SwarmEndpoints
+from consul_reg.mapping import env_file as envfile
+from consul_reg.mapping import labels
+from consul_reg.mapping.check_fields import origin_key
+from consul_reg.mapping.labels import KeyValue, printable
+from consul_reg.mapping.services import map_container
+
+
+def explain(config: Config, container_ref: str, out: TextIO = sys.stdout) -> int:
+    primary = registries_from_uris(config).primary
+    try:
+        docker = DockerSource(filters=config.docker_filters())
+        container = docker.inspect(container_ref)
+    except DockerUnavailable as error:
+        print(f"error: {error}", file=out)
+        return 1
+    if container is None:
+        print(f"error: no container named or with ID {container_ref!r}", file=out)
+        return 1
+    warnings: list[str] = []
+    try:
+        info = primary.agent_info()
+        address = default_address(primary.endpoint.is_local, info.advertise_address)
+        policy = config.check_policy(
+            agent_addresses=tuple(a for a in (info.advertise_address, *info.listen_addresses) if a),
+            agent_ports=info.listen_ports)
+        settings = config.mapping_settings(*address, info.version, info.runs_remote_scripts, policy=policy)
+        print(f"agent: {primary.description}, Consul {info.version}, script checks "
+              f"{'enabled' if info.runs_remote_scripts else 'disabled'}", file=out)
+    except RegistryError as error:
+        warnings.append(f"the agent could not be asked ({error}); assuming Consul 1.7 without script checks")
+        settings = config.mapping_settings("(agent address)", "the agent's advertise address", "1.7", False)
+
+    name = str(container.get("Name") or "").lstrip("/")
+    config_section = section(container, "Config")
+    print(f"container: {printable(name, 200)} ({printable(str(container.get('Id'))[:12])}), "
+          f"image {printable(config_section.get('Image'), 200)}", file=out)
+    if not (container.get("State") or {}).get("Running"):
+        print("would register nothing: the container is not running", file=out)
+        return 1
+
+    chosen = envfile.env_file_path(container, config.env_file, not config.no_container_env_file)
+    if chosen.problem:
+        warnings.append(chosen.problem)
+    env_path = chosen.path
+    extra: tuple[tuple[str, list[tuple[str, str]]], ...] = ()
+    if env_path:
+        text = None
+        shown_path = printable(env_path, 200)
+        try:
+            text = docker.read_file(str(container["Id"]), env_path, envfile.MAX_BYTES)
+        except ValueError as error:
+            warnings.append(f"env file {shown_path}: {error}")
+        if text is None:
+            print(f"env file: {shown_path} (not there yet)", file=out)
+        else:
+            parsed = envfile.parse(text)
+            warnings.extend(f"env file {shown_path}: {p}" for p in parsed.problems)
+            extra = (("env file", list(parsed.pairs)),)
+            print(f"env file: {shown_path} ({len(parsed.pairs)} keys)", file=out)
+
+    peer = None
+    mode = str((container.get("HostConfig") or {}).get("NetworkMode") or "")
+    if mode.startswith("container:"):
+        peer = docker.inspect(mode.split(":", 1)[1])
+    container = SwarmEndpoints(docker).augment(container)  # a Swarm task: its service's ingress ports
+    records = map_container(container, settings, network_peer=peer, extra_sources=extra)
+    keys = labels.collect(config_section.get("Env"), config_section.get("Labels"), *extra, limits=config.limits)
+    for service in records.services:
+        _print_service(service, keys.for_port(service.exposed_port.split("/")[0]) if service.exposed_port
+                       else dict(keys.general), config, out)
+    for warning in warnings + records.warnings:
+        print(f"warning: {printable(warning)}", file=out)
+    if not records.services:
+        print(f"would register nothing: {printable(records.skipped_reason or 'no service')}", file=out)
+        return 1
+    return 0
+
+
+def _source(keys: dict[str, KeyValue], key: str, default: str) -> str:
+    entry = keys.get(key)
+    return f"{entry.source} {entry.original_key}" if entry and entry.value.strip() else default
+
+
+def _check_source(service: Service, check_id: str, keys: dict[str, KeyValue]) -> str:
+    key = origin_key(service.id, check_id)
+    if not key:
+        return "daemon-owned"
+    default = {"check_ttl": "SERVICE_CHECK_TTL", "checks": "SERVICE_CHECKS"}.get(key, "a SERVICE_CHECK_* key")
+    return _source(keys, key, default)
+
+
+def _print_service(service: Service, keys: dict[str, KeyValue], config: Config, out: TextIO) -> None:
+    """Every value shown here may come from the container: all of it goes through printable()."""
+    origins = dict(service.origins)
+    print(f"\nservice {printable(service.id)}", file=out)
+    port_source = _source(keys, "port", "") or ("-internal: the exposed port" if config.internal
+                                                else "the published host port")
+    rows: list[tuple[str, Any, str]] = [
+        ("ID", service.id, _source(keys, "id", "default <hostname>:<container>:<port>")),
+        ("Name", service.name, _source(keys, "name", "default: the image's base name")),
+        ("Address", service.address, service.address_reason),
+        ("Port", service.port if service.port is not None else "(none: a port-less worker)", port_source),
+        ("Tags", ", ".join(service.tags) or "(none)",
+         " + ".join(filter(None, [_source(keys, "tags", ""), "flag -tags" if config.force_tags else ""]))
+         or "none set"),
+    ]
+    for tagged in service.tagged_addresses:
+        source = origins.get(f"TaggedAddresses {tagged.name}") or next(
+            (v for k, v in origins.items() if k.startswith("TaggedAddresses ") and tagged.name in k), "")
+        rows.append((f"Tagged {tagged.name}", f"{tagged.address}:{tagged.port}", source))
+    if service.weights is not None:
+        rows.append(("Weights", f"passing {service.weights[0]}, warning {service.weights[1]}",
+                     " + ".join(v for k, v in origins.items() if k.startswith("Weights")) or "default"))
+    if service.enable_tag_override:
+        rows.append(("TagOverride", "enabled: tags changed in the catalog are kept",
+                     origins.get("EnableTagOverride", "")))
+    if service.connect is not None:
+        if service.connect.native:
+            rows.append(("Connect", "native", origins.get("Connect", "")))
+        else:
+            upstreams = ", ".join(f"{u.destination} at 127.0.0.1:{u.local_port}" for u in service.connect.upstreams)
+            rows.append(("Connect", f"sidecar proxy {service.id}-sidecar-proxy (run it with: consul connect proxy "
+                                    f"-sidecar-for {service.id})" + (f"; upstreams {upstreams}" if upstreams else ""),
+                         " + ".join(v for k, v in origins.items() if k.startswith("Connect"))))
+    for key, value in service.meta:
+        if key not in MARKER_KEYS:
+            rows.append((f"Meta {key}", value, _source(keys, key, "fixed from another key")))
+    for check in service.checks:
+        definition = check.definition_dict
+        where = "consul-reg" if check.daemon_probe else "the agent"
+        rows.append((f"Check {check.check_id}", ", ".join(f"{k}={v}" for k, v in definition.items()),
+                     f"run by {where}; " + _check_source(service, check.check_id, keys)))
+    for field, value, source in rows:
+        print(f"  {printable(field):<12} {printable(value)}    <- {printable(source)}", file=out)

@@ -1,0 +1,129 @@
+"""Notices the agent going away, coming back, or being replaced (a restart
+gives a dev agent a new node ID, and it comes back empty), without waiting
+for -resync: a cheap local read of /v1/agent/self every second while the
+agent answers, four times a second while it does not, and at once when any
+call to it failed. Tells the sync loop through its inbox; never touches
+the loop's state.
+
+An agent that hangs (stopped, a paused VM, a blackholed remote agent) still
+accepts TCP connections and never answers: a probe that has not answered
+within PROBE_DEADLINE seconds marks the agent unreachable at once, whatever
+the client's own timeout, and the probe goes on waiting for its answer."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from loguru import logger
+
+from consul_reg.core.backoff import Clock
+from consul_reg.core.errors import RegistryError, RegistryUnavailable
+from consul_reg.core.liveness import Liveness
+from consul_reg.core.messages import AgentBack, Message
+from consul_reg.core.records import AgentInfo
+
+UP_INTERVAL = 1.0
+DOWN_INTERVAL = 0.25
+PROBE_DEADLINE = 2.5  # /health turns 503 within this (plus one DOWN_INTERVAL) of a hang
+
+
+class AgentSelf(Protocol):
+    description: str
+
+    def agent_info(self) -> AgentInfo: ...
+
+
+class AgentAlarm:
+    """Given to every Consul client at its construction and told of each call that
+    could not reach the agent: health says so at once, and the watch looks at once."""
+
+    def __init__(self, liveness: Liveness) -> None:
+        self.liveness = liveness
+        self.rung = threading.Event()
+
+    def __call__(self, reason: str) -> None:
+        self.liveness.failed(reason)
+        self.rung.set()
+
+
+class AgentWatch:
+    def __init__(self, agent: AgentSelf, alarm: AgentAlarm, post: Callable[[Message], None],
+                 identity: AgentInfo | None, up_interval: float = UP_INTERVAL,
+                 down_interval: float = DOWN_INTERVAL, probe_deadline: float = PROBE_DEADLINE,
+                 clock: Clock = time.monotonic) -> None:
+        self._agent = agent
+        self._alarm = alarm
+        self._liveness = alarm.liveness
+        self._post = post
+        self.identity = identity  # the agent last seen
+        self._intervals = (up_interval, down_interval)
+        self._probe_deadline = probe_deadline
+        self._clock = clock
+        self._probe_started: float | None = None  # set while a probe waits for its answer
+        self._poke = alarm.rung
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="agent-watch", daemon=True)
+        self._deadline_thread = threading.Thread(target=self._watch_deadline, name="agent-watch-deadline",
+                                                 daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+        self._deadline_thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._poke.set()
+
+    def unreachable(self, reason: str) -> None:
+        """A call to the agent failed somewhere: health says so now, and the watch looks at once."""
+        self._alarm(reason)
+
+    def check_once(self) -> None:
+        """One probe (the thread's body; called directly by tests)."""
+        was_down = not self._liveness.state.ok
+        self._probe_started = self._clock()
+        try:
+            info = self._agent.agent_info()
+        except RegistryUnavailable as error:
+            if self._liveness.state.ok:  # not yet said (by the deadline or another call)
+                logger.warning("{} does not answer: {}", self._agent.description, error)
+            self._liveness.failed(str(error))
+            return
+        except RegistryError as error:  # it answers, but refuses (a 403): reachable all the same
+            self._liveness.ok()
+            logger.debug("{}: {}", self._agent.description, error)
+            return
+        finally:
+            self._probe_started = None
+        was_down = was_down or not self._liveness.state.ok  # marked down while this probe hung
+        self._liveness.ok()
+        replaced = self.identity is not None and info.node_id != self.identity.node_id
+        self.identity = info
+        if was_down or replaced:
+            if was_down:
+                logger.info("{} answers again", self._agent.description)
+            self._post(AgentBack(info))
+
+    def overdue(self) -> bool:
+        """A probe has waited longer than the deadline: mark the agent unreachable
+        (once per hang; the deadline thread's body, called directly by tests)."""
+        started = self._probe_started
+        if started is None or self._clock() - started < self._probe_deadline or not self._liveness.state.ok:
+            return False
+        reason = f"{self._agent.description}: no answer to /v1/agent/self within {self._probe_deadline:g}s"
+        logger.warning("{} (the agent hangs?)", reason)
+        self._liveness.failed(reason)
+        return True
+
+    def _watch_deadline(self) -> None:
+        while not self._stopping.wait(self._intervals[1]):
+            self.overdue()
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            self.check_once()
+            self._poke.wait(self._intervals[0] if self._liveness.state.ok else self._intervals[1])
+            self._poke.clear()

@@ -1,0 +1,314 @@
+"""Records that flow from the mapping to the registries.
+
+Equality of these frozen dataclasses is what reconcile compares: two equal
+`Service` values produce the same registration.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+# Meta keys that mark a service as registered by consul-reg on one host.
+# Consul reserves the "consul-" prefix, so ours use an underscore.
+MARKER_SOURCE_KEY = "external-source"
+MARKER_SOURCE_VALUE = "consul-reg"
+MARKER_HOST_KEY = "consul_reg_host"
+MARKER_CONTAINER_KEY = "consul_reg_container"
+MARKER_DIGEST_KEY = "consul_reg_digest"
+# Written only by a daemon run with --instance: two daemons of one host tell their records apart.
+MARKER_INSTANCE_KEY = "consul_reg_instance"
+MARKER_KEYS = frozenset({MARKER_SOURCE_KEY, MARKER_HOST_KEY, MARKER_CONTAINER_KEY, MARKER_DIGEST_KEY,
+                         MARKER_INSTANCE_KEY})
+# Meta of the sidecar proxy registration the agent derives from a service (SERVICE_CONNECT=sidecar):
+# set so that the agent does not copy the service's own Meta, ownership marker included, into it.
+SIDECAR_FOR_KEY = "consul_reg_sidecar_for"
+
+
+@dataclass(frozen=True)
+class Owner:
+    """This daemon's identity in the ownership marker: its host name (as default
+    IDs and registrator's leftover pattern use it) and its `--instance` name ("" by
+    default). Shown as the host name."""
+
+    host: str
+    instance: str = ""
+
+    def __str__(self) -> str:
+        return self.host
+
+
+def as_owner(owner: Owner | str) -> Owner:
+    """An Owner; a plain host name is the daemon of that host without --instance."""
+    return owner if isinstance(owner, Owner) else Owner(owner)
+
+
+def owner_meta(owner: Owner | str) -> dict[str, str]:
+    """The ownership marker of `owner`'s records (without the container and digest)."""
+    owner = as_owner(owner)
+    meta = {MARKER_SOURCE_KEY: MARKER_SOURCE_VALUE, MARKER_HOST_KEY: owner.host}
+    if owner.instance:
+        meta[MARKER_INSTANCE_KEY] = owner.instance
+    return meta
+
+
+def section(holder: Mapping[str, Any], key: str) -> dict[str, Any]:
+    """`holder[key]` when it is an object (a part of Docker's inspect data), else {}:
+    what a container or an engine sent is never trusted to have its usual shape."""
+    value = holder.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+@dataclass(frozen=True)
+class ContainerStatus:
+    """A container's run and Docker-health state, for daemon-owned checks."""
+
+    running: bool = True
+    paused: bool = False
+    health: str = ""  # "", "starting", "healthy", "unhealthy"
+    health_output: str = ""
+
+    @classmethod
+    def from_inspect(cls, container: dict) -> ContainerStatus:
+        state = section(container, "State")
+        health = section(state, "Health")
+        log = health.get("Log") if isinstance(health.get("Log"), list) else []
+        last = log[-1] if log and isinstance(log[-1], dict) else {}
+        return cls(running=bool(state.get("Running")), paused=bool(state.get("Paused")),
+                   health=str(health.get("Status") or ""), health_output=str(last.get("Output") or "").strip())
+
+
+@dataclass(frozen=True)
+class DaemonProbe:
+    """What the daemon itself reports to a TTL check it owns (the agent only
+    stores the result): a heartbeat, a command run in the container through
+    the Docker exec API, or the container's Docker health."""
+
+    kind: str  # "heartbeat", "exec", "docker-health"
+    interval: float  # seconds between reports
+    timeout: float = 10.0
+    command: str = ""
+    container_id: str = ""
+
+
+@dataclass(frozen=True)
+class Check:
+    """One Consul agent check attached to a service.
+
+    `definition` holds the Consul check fields (HTTP, Interval, ...) as
+    sorted pairs (nested dicts too) so the record stays hashable.
+    """
+
+    check_id: str
+    name: str
+    definition: tuple[tuple[str, object], ...] = ()
+    daemon_probe: DaemonProbe | None = None
+
+    @property
+    def definition_dict(self) -> dict[str, object]:
+        return {key: _thaw(value) for key, value in self.definition}
+
+
+def _thaw(value: object) -> object:
+    """Back from the frozen form: tuples of (str, x) pairs are dicts, other tuples lists."""
+    if isinstance(value, tuple):
+        if value and all(isinstance(v, tuple) and len(v) == 2 and isinstance(v[0], str) for v in value):
+            return {k: _thaw(v) for k, v in value}
+        return [_thaw(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True)
+class TaggedAddress:
+    """One of Consul's service TaggedAddresses (lan_ipv4, lan_ipv6, wan, ...)."""
+
+    name: str
+    address: str
+    port: int
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """A Connect upstream of a sidecar proxy: a service reached at 127.0.0.1:local_port."""
+
+    destination: str
+    local_port: int
+
+
+@dataclass(frozen=True)
+class Connect:
+    """SERVICE_CONNECT: a Connect-native service, or one with a sidecar proxy registration."""
+
+    native: bool = False
+    sidecar: bool = False
+    upstreams: tuple[Upstream, ...] = ()
+
+
+@dataclass(frozen=True)
+class Service:
+    """A service as consul-reg wants it to exist in a registry."""
+
+    id: str
+    name: str
+    address: str
+    port: int | None
+    tags: tuple[str, ...] = ()
+    meta: tuple[tuple[str, str], ...] = ()
+    checks: tuple[Check, ...] = ()
+    container_id: str = ""
+    container_name: str = ""
+    # Port as exposed inside the container ("80/tcp"), for mirrors that record it.
+    exposed_port: str = ""
+    # Why `address` was chosen, logged once per container.
+    address_reason: str = field(default="", compare=False)
+    tagged_addresses: tuple[TaggedAddress, ...] = ()  # sorted by name
+    weights: tuple[int, int] | None = None  # (passing, warning)
+    enable_tag_override: bool = False
+    connect: Connect | None = None
+    # Field -> where its value came from ("key SERVICE_WEIGHT (label)", "-ip6"), for explain.
+    origins: tuple[tuple[str, str], ...] = field(default=(), compare=False)
+
+    @property
+    def meta_dict(self) -> dict[str, str]:
+        return dict(self.meta)
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.address}:{self.port}" if self.port is not None else self.address
+
+    @cached_property
+    def digest(self) -> str:
+        """A short digest of everything that is registered, kept in Meta.
+
+        The agent does not echo every field back (checks least of all), so
+        "already registered as desired" is decided by this digest alone.
+        """
+        content: dict[str, object] = {
+            "id": self.id,
+            "name": self.name,
+            "address": self.address,
+            "port": self.port,
+            "tags": list(self.tags),
+            "meta": sorted(self.meta),
+            "checks": [[c.check_id, c.name, sorted((k, repr(v)) for k, v in c.definition)] for c in self.checks],
+        }
+        # Only when set: a service without them keeps the digest it had before they existed
+        # (no re-registration of everything when the daemon is upgraded).
+        if self.tagged_addresses:
+            content["tagged_addresses"] = [[t.name, t.address, t.port] for t in self.tagged_addresses]
+        if self.weights is not None:
+            content["weights"] = list(self.weights)
+        if self.enable_tag_override:
+            content["enable_tag_override"] = True
+        if self.connect is not None:
+            content["connect"] = [self.connect.native, self.connect.sidecar,
+                                  [[u.destination, u.local_port] for u in self.connect.upstreams]]
+        raw = json.dumps(content, sort_keys=True, ensure_ascii=True).encode()
+        return hashlib.sha256(raw).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class RegisteredService:
+    """A service as a registry reports it (only what reconcile needs)."""
+
+    id: str
+    name: str
+    address: str = ""
+    port: int | None = None
+    meta: Mapping[str, str] = field(default_factory=dict, hash=False)
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.address}:{self.port}" if self.port else self.address
+
+    def owned_by(self, owner: Owner | str) -> bool:
+        """Marked by this host's daemon of the same --instance (a plain host name is
+        the daemon without an instance)."""
+        owner = as_owner(owner)
+        return (
+            self.meta.get(MARKER_SOURCE_KEY) == MARKER_SOURCE_VALUE
+            and self.meta.get(MARKER_HOST_KEY) == owner.host
+            and self.meta.get(MARKER_INSTANCE_KEY, "") == owner.instance
+        )
+
+    @property
+    def from_consul_reg(self) -> bool:
+        """Marked by some consul-reg (any host, any instance): never a registrator leftover."""
+        return self.meta.get(MARKER_SOURCE_KEY) == MARKER_SOURCE_VALUE
+
+    @property
+    def digest(self) -> str:
+        return self.meta.get(MARKER_DIGEST_KEY, "")
+
+    @property
+    def container_id(self) -> str:
+        return self.meta.get(MARKER_CONTAINER_KEY, "")
+
+
+@dataclass(frozen=True)
+class ContainerDesire:
+    """What one container asks for: its services, and whether a stopped
+    container's existing records are to be kept (-deregister on-success)."""
+
+    container_id: str
+    container_name: str
+    created: str  # Docker's Created timestamp; the newer container wins a contested ID
+    services: tuple[Service, ...] = ()
+    keep_existing: bool = False
+    status: ContainerStatus = ContainerStatus()
+    stop_signal: str = ""  # Config.StopSignal: this signal also starts a drain
+    env_file: str = ""  # path of its env file inside the container, polled for changes
+    # Docker's listing entry this desire was built from (minus its moving "Status"
+    # text): while the listing is unchanged, a full pass reuses the desire.
+    listing_key: str = field(default="", compare=False)
+
+
+def keeps_records(deregister: str, exit_code: object) -> bool:
+    """-deregister on-success: a container that failed (exit code 1-127) keeps its
+    records; exit 0 and deaths by signal (128 and above) do not."""
+    if isinstance(exit_code, str):
+        exit_code = int(exit_code) if exit_code.isascii() and exit_code.isdigit() else None
+    return deregister == "on-success" and isinstance(exit_code, int) and 0 < exit_code < 128
+
+
+def registered_form(service: Service) -> RegisteredService:
+    """How a registry lists `service` once it is registered."""
+    meta = dict(service.meta)
+    meta[MARKER_DIGEST_KEY] = service.digest
+    return RegisteredService(id=service.id, name=service.name, address=service.address,
+                             port=service.port, meta=meta)
+
+
+def marker_meta(hostname: str, container_id: str, instance: str = "") -> dict[str, str]:
+    meta = {
+        MARKER_SOURCE_KEY: MARKER_SOURCE_VALUE,
+        MARKER_HOST_KEY: hostname,
+        MARKER_CONTAINER_KEY: container_id,
+    }
+    if instance:
+        meta[MARKER_INSTANCE_KEY] = instance
+    return meta
+
+
+def fold_id(identifier: str) -> str:
+    """A service ID, check ID or mirror key as Consul's catalog compares it: case
+    folded (its indexes lower-case every ID). Two IDs with one fold are one record
+    there: each anti-entropy sync replaces the other's row, and removing either
+    removes the row. Our IDs are ASCII (validate.identifier_problem)."""
+    return identifier.lower()
+
+
+@dataclass(frozen=True)
+class AgentInfo:
+    version: str
+    node_name: str
+    node_id: str
+    advertise_address: str
+    runs_remote_scripts: bool  # enable_script_checks: script and docker checks may be registered over HTTP
+    # Where the agent itself listens (HTTP, HTTPS, gRPC, DNS), as its DebugConfig says: never a check target.
+    listen_addresses: tuple[str, ...] = ()
+    listen_ports: tuple[int, ...] = ()

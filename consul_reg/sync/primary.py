@@ -1,0 +1,216 @@
+"""The primary registry's state, owned by the sync loop: what the agent holds
+(listed, then kept up to date by every write), the definitions it refused,
+the services it reaped, its identity, and one backoff for reaching it.
+
+`sync` plans desired against actual and applies the difference through the
+one agent client; tested with a fake agent and a fake clock.
+"""
+
+from __future__ import annotations
+
+import random as _random
+from collections.abc import Collection, Mapping
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass, field, replace
+
+from loguru import logger
+
+from consul_reg.core.backoff import Backoff, Clock, Random
+from consul_reg.core.errors import RegistryError
+from consul_reg.core.plan import apply, plan
+from consul_reg.core.protocols import AgentAPI
+from consul_reg.core.records import (
+    MARKER_DIGEST_KEY,
+    AgentInfo,
+    ContainerDesire,
+    Owner,
+    RegisteredService,
+    Service,
+    as_owner,
+    registered_form,
+)
+from consul_reg.sync.overlap import overlapped
+from consul_reg.sync.reaps import ReapTracker
+
+
+@dataclass
+class SyncResult:
+    registered: list[Service] = field(default_factory=list)
+    deregistered: list[RegisteredService] = field(default_factory=list)
+    failed: int = 0
+    scripts_refused: bool = False
+    reached: bool = True  # False: the agent could not be reached; retried at `retry_at`
+
+
+class Primary:
+    def __init__(self, agent: AgentAPI, hostname: Owner | str, retry_interval: float, clock: Clock,
+                 adopt_leftovers: bool = False, io: Executor | None = None,
+                 random: Random = _random.random) -> None:
+        self.agent = agent
+        self.hostname = as_owner(hostname)  # this daemon as the ownership marker names it
+        self.adopt_leftovers = adopt_leftovers
+        self.backoff = Backoff(retry_interval, clock=clock, random=random)
+        self.actual: dict[str, RegisteredService] | None = None  # None: unknown, list it again
+        self.identity: AgentInfo | None = None
+        self.refused: dict[str, str] = {}  # service ID -> digest the agent refused; retried when it changes
+        self.reaps = ReapTracker()
+        self.last_error = ""
+        self._blocked_warned: dict[str, str] = {}  # service ID -> holder warned about
+        self._listed_before: dict[str, RegisteredService] | None = None
+        self.io = io  # the loop's pool: a batch's writes overlap on it
+        self._prefetched: Future[tuple[dict[str, RegisteredService], dict[str, str]]] | None = None
+
+    def agent_changed(self, info: AgentInfo) -> bool:
+        """The agent answers (again); True when it is another agent (a new node
+        ID: it lost everything, so nothing gone since is a reap)."""
+        restarted = self.identity is not None and info.node_id != self.identity.node_id
+        if restarted:
+            logger.warning("the Consul agent restarted (node ID {} -> {}); re-registering everything",
+                           self.identity.node_id if self.identity else "", info.node_id)
+            self.reaps.clear()
+        self.identity = info
+        self.actual = None
+        self._listed_before = None  # after an outage, what is missing was not reaped
+        self.backoff.retry_now()  # it answered: list and write at once, not after the wait
+        return restarted
+
+    def forget(self, service_ids: Collection[str]) -> None:
+        """Register these again at the next sync whatever the listing said
+        (the agent lost a check of theirs, or their container restarted)."""
+        if self.actual is not None:
+            for service_id in service_ids:
+                current = self.actual.get(service_id)
+                if current is not None and current.owned_by(self.hostname):  # someone else's record stays known
+                    del self.actual[service_id]
+
+    def relist(self) -> None:
+        """List the agent again at the next sync (what it lost since, with a
+        deregister-after check, was reaped)."""
+        if self.actual is not None:
+            self._listed_before = self.actual
+        self.actual = None
+
+    def new_pass(self) -> None:
+        """A full pass: refused definitions get another chance, the agent is listed again."""
+        self.refused.clear()
+        self.relist()
+
+    def prefetch(self) -> None:
+        """Start listing the agent (its services, its checks' owners) on the I/O pool, for
+        the next sync that needs a listing: a full pass reads it beside Docker's listing.
+        The loop takes it in the same batch, or drops it (`drop_prefetch`)."""
+        if self.io is not None and self._prefetched is None and self.backoff.ready():
+            self._prefetched = self.io.submit(self._list_agent)
+
+    def drop_prefetch(self) -> None:
+        """Forget a listing started but not taken (the pass it was for did not happen):
+        it is never used later, when it could be stale. Not waited for: an agent that
+        hangs must not hold the loop for a listing nobody will read."""
+        prefetched, self._prefetched = self._prefetched, None
+        if prefetched is not None:
+            prefetched.cancel()  # if it has not started; else it ends on its own, unread
+
+    def _list_agent(self) -> tuple[dict[str, RegisteredService], dict[str, str]]:
+        return self.agent.services(), self.agent.check_owners()
+
+    def sync(self, desired: Mapping[str, Service], desires: Collection[ContainerDesire], scope: Collection[str] | None,
+             kept_containers: Collection[str]) -> SyncResult:
+        self._forget_undesired(desired, scope)
+        if self.actual is None:
+            if not self.backoff.ready():
+                return SyncResult(reached=False)
+            prefetched, self._prefetched = self._prefetched, None
+            try:
+                self.actual, held = self._list_agent() if prefetched is None else prefetched.result()
+            except RegistryError as error:
+                self._unreachable(str(error))
+                return SyncResult(reached=False)
+            if self._listed_before is not None:
+                self.reaps.notice(desires, self._listed_before, self.actual)
+            self._listed_before = None
+            self._forget_lost_checks(desired, held)
+            scope = None  # a fresh listing: plan everything
+        todo = plan(desired, self.actual, self.hostname, scope=scope, kept_containers=kept_containers,
+                    adopt_leftovers=self.adopt_leftovers, skip_register={**self.refused, **self.reaps.digests()})
+        self._warn_blocked(todo.blocked, full=scope is None)
+        result = SyncResult()
+        if todo:
+            applied = apply(todo, self.agent, run=overlapped(self.io))
+            for service in applied.registered:
+                self.actual[service.id] = registered_form(service)
+                self.refused.pop(service.id, None)
+            for gone in applied.deregistered:
+                self.actual.pop(gone.id, None)
+            for service_id, _ in applied.failed:
+                if service_id in desired:
+                    self.refused[service_id] = desired[service_id].digest
+            result = SyncResult(applied.registered, applied.deregistered, len(applied.failed),
+                                applied.scripts_refused)
+            if applied.unavailable:
+                self._unreachable(applied.unavailable)
+                result.reached = False
+                return result
+        if self.backoff.failing:
+            logger.info("{} answers again", self.agent.description)
+        self.backoff.succeeded()
+        self.last_error = ""
+        return result
+
+    def _forget_undesired(self, desired: Mapping[str, Service], scope: Collection[str] | None) -> None:
+        """What is kept per service ID (a refused definition, a reap, a warning) leaves with
+        the last desire for that ID, so that no table outlives its containers."""
+        ids = set(self.refused) | self.reaps.service_ids() | set(self._blocked_warned) if scope is None else scope
+        for service_id in ids:
+            if service_id not in desired:
+                self.refused.pop(service_id, None)
+                self.reaps.forget(service_id)
+                self._blocked_warned.pop(service_id, None)
+
+    def _forget_lost_checks(self, desired: Mapping[str, Service], held: Mapping[str, str]) -> None:
+        """Our services the agent holds as desired, but without all their checks (lost
+        by the agent, removed or taken over from outside): the digest cannot tell, so
+        they are registered again (the guard refuses one whose check another service holds)."""
+        assert self.actual is not None
+        for service_id, service in desired.items():
+            current = self.actual.get(service_id)
+            if current is None or current.digest != service.digest or not current.owned_by(self.hostname):
+                continue
+            lost = [check.check_id for check in service.checks if held.get(check.check_id) != service_id]
+            if lost:
+                logger.info("{} lost its checks {}: registering it again", service_id, ", ".join(lost))
+                # Still ours and still there: a stale digest makes the plan register it again,
+                # and if that fails it is still deregistered (or drained) with its container.
+                self.actual[service_id] = replace(current, meta={**current.meta, MARKER_DIGEST_KEY: ""})
+
+    def owned(self) -> list[RegisteredService]:
+        return [s for s in (self.actual or {}).values() if s.owned_by(self.hostname)]
+
+    def records_of(self, container_id: str) -> set[str]:
+        """The IDs of this daemon's records for one container, as last known."""
+        return {s.id for s in self.owned() if s.container_id == container_id}
+
+    def _unreachable(self, reason: str) -> None:
+        self.actual = None
+        self.last_error = reason
+        delay = self.backoff.failed()
+        logger.warning("{}; retrying in {:.1f}s", reason, delay)
+
+    def _warn_blocked(self, blocked: tuple[tuple[Service, RegisteredService], ...], full: bool) -> None:
+        """Once per service and holder; a full plan forgets the ones no longer blocked."""
+        if full:
+            still = {service.id for service, _ in blocked}
+            self._blocked_warned = {k: v for k, v in self._blocked_warned.items() if k in still}
+        for service, holder in blocked:
+            holder_text = f"host {holder.meta.get('consul_reg_host', '?')}" if holder.meta.get("consul_reg_host") \
+                else "nobody (registered by hand or by another tool)"
+            if self._blocked_warned.get(service.id) == f"{holder_text} as {holder.id}":
+                continue
+            self._blocked_warned[service.id] = f"{holder_text} as {holder.id}"
+            log = logger.bind(service_id=service.id, container=service.container_name)
+            if holder.id == service.id:
+                log.warning("container {}: service ID {!r} is already registered by {}, not by this daemon: "
+                            "left as it is, not registered", service.container_name, service.id, holder_text)
+            else:  # another spelling: one service in Consul's catalog
+                log.warning("container {}: service ID {!r} differs only in case from {!r}, registered by {}: "
+                            "Consul's catalog holds them as one service, so {} is not registered",
+                            service.container_name, service.id, holder.id, holder_text, service.id)

@@ -1,0 +1,156 @@
+"""Keep-alive HTTP/1.1 connections to one server (TCP, verified TLS or a unix
+socket), shared by threads; h11 frames every exchange (`wire`). A call that
+streams, or must not wait for a pooled connection, is an `exchange` instead.
+
+The hot paths (the agent's register / deregister / TTL updates, Docker's
+inspect) are one small request and one small answer each: a kept-alive
+connection spares a connect per call, and httpx's own stack cost 3-5 times
+the CPU per call here (BENCHMARKS.md). At most `max_connections` requests are
+in flight; a caller waits for a free connection up to its timeout, and the
+whole exchange has that timeout as its deadline. An idle connection the
+server closed is noticed before reuse, and a request that fails on a reused
+connection before any answer came is sent once more on a new one (every
+request made through this pool is idempotent: GET, a PUT of a whole
+definition or state, a DELETE). An answer's body is refused past the
+request's `max_body` (the pool's by default), without reading further.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import select
+import socket
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from consul_reg.transport.wire import MAX_HEADERS, Address, BodyTooLarge, ProtocolError, Wire
+
+__all__ = ["Answer", "BodyTooLarge", "ConnectionPool", "DEFAULT_MAX_BODY", "MAX_HEADERS", "PoolTimeout",
+           "ProtocolError", "TRANSPORT_ERRORS"]
+
+# What a request may raise when the server cannot be reached or speaks no HTTP
+# (h11's RemoteProtocolError arrives as ProtocolError, an HTTPException).
+TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (OSError, http.client.HTTPException)
+# A reused connection the server had closed: nothing of the answer came.
+_STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
+# Docker's inspect of a container with labels and env at Docker's own limits, the
+# agent's services with 1,000 services: far below (BENCHMARKS.md).
+DEFAULT_MAX_BODY = 64 * 1024 * 1024
+
+
+class PoolTimeout(TimeoutError):
+    """No connection became free in time."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A whole answer: status, headers (names in lower case), body."""
+
+    status_code: int
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", "replace")
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class ConnectionPool:
+    def __init__(self, *, host: str = "", port: int = 0, socket_path: str | None = None,
+                 ssl_context: ssl.SSLContext | None = None, max_connections: int = 8,
+                 timeout: float = 10.0, max_body: int = DEFAULT_MAX_BODY) -> None:
+        self.address = Address(unix_path=socket_path or "", host=host, port=port, ssl_context=ssl_context)
+        self._host_header = self.address.host_header
+        self.description = self.address.description
+        self.timeout = timeout
+        self.max_body = max_body
+        self._idle: list[Wire] = []
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def request(self, method: str, target: str, body: bytes | None = None,
+                headers: dict[str, str] | None = None, timeout: float | None = None,
+                max_body: int | None = None) -> Answer:
+        """One exchange within `timeout`; raises one of TRANSPORT_ERRORS when the server cannot
+        be reached, answers no HTTP or a body over `max_body` (BodyTooLarge), ValueError for a
+        target or header that cannot be sent."""
+        timeout = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        if not self._slots.acquire(timeout=timeout):
+            raise PoolTimeout(f"no free connection to {self.description} within {timeout:g}s")
+        try:
+            fields = [("Host", self._host_header), *(headers or {}).items()]
+            if body is not None or method in ("PUT", "POST"):
+                fields.append(("Content-Length", str(len(body or b""))))
+            limit = self.max_body if max_body is None else max_body
+            wire, reused = self._take(max(deadline - time.monotonic(), 0.001))
+            try:
+                return self._exchange(wire, deadline, method, target, fields, body or b"", limit)
+            except _STALE:
+                if not reused:
+                    raise
+            wire = self._connect(max(deadline - time.monotonic(), 0.001))  # the server had closed the reused one
+            return self._exchange(wire, deadline, method, target, fields, body or b"", limit)
+        finally:
+            self._slots.release()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for wire in idle:
+            wire.close()
+
+    def _exchange(self, wire: Wire, deadline: float, method: str, target: str, fields: list[tuple[str, str]],
+                  body: bytes, limit: int) -> Answer:
+        try:
+            wire.deadline = deadline
+            wire.send_request(method, target, fields, body)
+            status, headers = wire.read_head()
+            data = wire.read_body(headers, limit, f"{method} {target[:200]} on {self.description}")
+        except BaseException:
+            wire.close()
+            raise
+        if wire.next_cycle():
+            self._give_back(wire)
+        else:
+            wire.close()
+        return Answer(status, headers, data)
+
+    def _take(self, timeout: float) -> tuple[Wire, bool]:
+        while True:
+            with self._lock:
+                wire = self._idle.pop() if self._idle else None
+            if wire is None:
+                return self._connect(timeout), False
+            if _usable(wire.sock):
+                return wire, True
+            wire.close()
+
+    def _connect(self, timeout: float | None) -> Wire:
+        return self.address.connect(timeout)
+
+    def _give_back(self, wire: Wire) -> None:
+        with self._lock:
+            if not self._closed:
+                self._idle.append(wire)
+                return
+        wire.close()
+
+
+def _usable(sock: socket.socket) -> bool:
+    """An idle connection is usable while the server sent nothing on it (a readable
+    idle socket means it was closed, or holds bytes nobody asked for)."""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return False
+    return not readable
