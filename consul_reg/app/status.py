@@ -2,10 +2,11 @@
 only read: the loop's last published Snapshot, and the live reachability of
 Docker and the agent. Every connection has a deadline and their number is
 capped, so a slow or hostile client cannot tie the daemon up: the whole
-request must arrive within REQUEST_TIMEOUT_SECONDS of the connection (not
-per read: a client dribbling a byte now and then is dropped all the same),
-and the answer must be taken within as long again. One client holds at most
-MAX_CONNECTIONS_PER_CLIENT of the slots, a client being what one party can
+request must arrive within REQUEST_TIMEOUT_SECONDS of the connection, or of
+the previous answer on a kept-alive connection (not per read: a client
+dribbling a byte now and then is dropped all the same), and the answer must
+be taken within as long again. One client holds at most
+MAX_CONNECTIONS_PER_CLIENT of the slots (one over it is answered 503), a client being what one party can
 hardly multiply: this host's loopback (all of 127.0.0.0/8 and ::1), an IPv6
 /64, an IPv4 address (an IPv4-mapped IPv6 one counts as that IPv4); a request is at most
 MAX_REQUEST_BYTES and MAX_HEADERS header lines; its request line is logged
@@ -121,6 +122,10 @@ class _DeadlineReader(io.RawIOBase):
         self._budget = budget
         self.exhausted = False  # the request went on past the budget: the reader saw an end instead
 
+    def restart(self, deadline: float, budget: int = MAX_REQUEST_BYTES) -> None:
+        """The next request on a kept-alive connection: its own deadline and byte budget."""
+        self._deadline, self._budget, self.exhausted = deadline, budget, False
+
     def readable(self) -> bool:
         return True
 
@@ -136,6 +141,12 @@ class _DeadlineReader(io.RawIOBase):
             received = self._sock.recv_into(view[:self._budget])
         self._budget -= received
         return received
+
+
+_OVER_CAP_BODY = (f"too many connections: at most {MAX_CONNECTIONS_PER_CLIENT} from one client and "
+                  f"{MAX_CONNECTIONS} in all; keep one connection alive or retry\n").encode()
+_OVER_CAP = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nConnection: close\r\n"
+             b"Retry-After: 1\r\nContent-Length: %d\r\n\r\n%s" % (len(_OVER_CAP_BODY), _OVER_CAP_BODY))
 
 
 class _Server(ThreadingHTTPServer):
@@ -154,8 +165,13 @@ class _Server(ThreadingHTTPServer):
             admitted = held < MAX_CONNECTIONS_PER_CLIENT and self._slots.acquire(blocking=False)
             if admitted:
                 self._per_client[client] = held + 1
-        if not admitted:
-            self.shutdown_request(request)  # over a cap: closed at once, nothing queued
+        if not admitted:  # over a cap: told why and closed at once, nothing read or queued
+            try:
+                request.setblocking(False)
+                request.send(_OVER_CAP)
+            except OSError:
+                pass
+            self.shutdown_request(request)
             return
         super().process_request(request, client_address)
 
@@ -200,6 +216,9 @@ class StatusServer:
 
 def _handler_for(sources: StatusSources) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
+        # Kept alive: a monitor or scraper reuses one connection (and one slot) instead of
+        # racing its next connection against the release of the last one's slot.
+        protocol_version = "HTTP/1.1"
         timeout = REQUEST_TIMEOUT_SECONDS  # on the socket: a client that stalls is dropped
 
         def setup(self) -> None:
@@ -207,6 +226,12 @@ def _handler_for(sources: StatusSources) -> type[BaseHTTPRequestHandler]:
             deadline = time.monotonic() + REQUEST_TIMEOUT_SECONDS
             self._reader = _DeadlineReader(self.connection, deadline)
             self.rfile = io.BufferedReader(self._reader)
+
+        def handle_one_request(self) -> None:
+            # Each request on a kept-alive connection has the whole deadline from the end of
+            # the previous answer; one deadline per connection dropped busy clients mid-stream.
+            self._reader.restart(time.monotonic() + REQUEST_TIMEOUT_SECONDS)
+            super().handle_one_request()
 
         def parse_request(self) -> bool:
             if self._reader.exhausted:  # the request line itself went past the bound

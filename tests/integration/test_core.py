@@ -82,7 +82,9 @@ def test_services_endpoint_under_churn(start_daemon, run_container, docker_clien
                 except Exception as error:  # collected, asserted below
                     errors.append(repr(error))
 
-    wait_until(lambda: httpx.get(f"http://{status}/health").status_code == 200, message="daemon up")
+    # Three readers and this test each keep one connection alive: the four a client may hold.
+    watcher = httpx.Client(timeout=10)
+    wait_until(lambda: watcher.get(f"http://{status}/health").status_code == 200, message="daemon up")
     readers = [threading.Thread(target=hammer) for _ in range(3)]
     for reader in readers:
         reader.start()
@@ -91,9 +93,10 @@ def test_services_endpoint_under_churn(start_daemon, run_container, docker_clien
         for container in containers[:4]:
             container.remove(force=True)
         expected = {c.name for c in containers[4:]}
-        wait_until(lambda: {name for name in httpx.get(f"http://{status}/services").json()["containers"]
+        wait_until(lambda: {name for name in watcher.get(f"http://{status}/services").json()["containers"]
                             if name in {c.name for c in containers}} == expected, message="/services follows")
     finally:
+        watcher.close()
         stop.set()
         for reader in readers:
             reader.join()

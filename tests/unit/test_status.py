@@ -62,12 +62,39 @@ def test_clients_that_dribble_a_request_cannot_hold_health_for_ever() -> None:
             still_sending = sum(_dribble(client, b"G" if not answers else b"E") for client in slow)
             time.sleep(2.0)
             answers.append(_health(port))
-        assert answers[-1].startswith(b"HTTP/1.0 200"), (
+        assert answers[-1].startswith(b"HTTP/1.1 200"), (
             f"/health refused for {time.monotonic() - started:.0f}s by {MAX_CONNECTIONS} dribbling clients: {answers}")
         assert still_sending == 0, f"{still_sending} dribbling clients still connected after 15s"
     finally:
         for client in slow:
             client.close()
+        server.stop()
+
+
+def test_a_kept_alive_client_is_served_past_the_request_deadline(monkeypatch) -> None:
+    """The deadline is per request: a client that keeps one connection and asks /health
+    again and again (a monitor, a deploy script) is answered for longer than
+    REQUEST_TIMEOUT_SECONDS, on the same connection and slot, never dropped mid-stream."""
+    import http.client
+    import consul_reg.app.status as status
+    monkeypatch.setattr(status, "REQUEST_TIMEOUT_SECONDS", 0.5)
+    server = _server()
+    port = server.server.server_address[1]
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        started = time.monotonic()
+        codes, sockets = [], []
+        while time.monotonic() - started < 4 * status.REQUEST_TIMEOUT_SECONDS:
+            connection.request("GET", "/health")
+            if not sockets or sockets[-1] is not connection.sock:  # http.client re-opens a closed one
+                sockets.append(connection.sock)
+            response = connection.getresponse()
+            response.read()
+            codes.append(response.status)
+        assert len(codes) > 1 and set(codes) == {200}, codes
+        assert len(sockets) == 1, f"the connection was dropped and re-opened {len(sockets) - 1} times"
+    finally:
+        connection.close()
         server.stop()
 
 
@@ -105,13 +132,16 @@ def test_one_client_address_holds_at_most_its_share_of_the_slots() -> None:
     port = server.server.server_address[1]
     idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(MAX_CONNECTIONS)]
     try:
-        assert _ask_as(server, "192.0.2.7").startswith(b"HTTP/1.0 200")
-        closed = 0
-        for client in idle[MAX_CONNECTIONS_PER_CLIENT:]:  # over its share: closed at once, not after the deadline
+        assert _ask_as(server, "192.0.2.7").startswith(b"HTTP/1.1 200")
+        refused = 0
+        for client in idle[MAX_CONNECTIONS_PER_CLIENT:]:  # over its share: told and closed at once, not at the deadline
             client.settimeout(1)
-            closed += client.recv(1) == b""
-        assert closed == MAX_CONNECTIONS - MAX_CONNECTIONS_PER_CLIENT
-        assert _ask_as(server, "192.0.2.8").startswith(b"HTTP/1.0 200")
+            answer = b""
+            while chunk := client.recv(4096):
+                answer += chunk
+            refused += answer.startswith(b"HTTP/1.1 503") and b"too many connections" in answer
+        assert refused == MAX_CONNECTIONS - MAX_CONNECTIONS_PER_CLIENT
+        assert _ask_as(server, "192.0.2.8").startswith(b"HTTP/1.1 200")
     finally:
         for client in idle:
             client.close()
@@ -124,13 +154,13 @@ def test_a_request_is_bounded_in_header_lines_and_bytes() -> None:
     try:
         def headers(count: int, size: int = 8) -> bytes:
             return b"".join(b"X-%d: %s\r\n" % (n, b"v" * size) for n in range(count))
-        assert _ask(port, b"GET /health HTTP/1.0\r\n" + headers(MAX_HEADERS) + b"\r\n").startswith(b"HTTP/1.0 200")
+        assert _ask(port, b"GET /health HTTP/1.0\r\n" + headers(MAX_HEADERS) + b"\r\n").startswith(b"HTTP/1.1 200")
         for request in (b"GET /health HTTP/1.0\r\n" + headers(MAX_HEADERS + 1) + b"\r\n",
                         b"GET /health HTTP/1.0\r\n" + headers(1, MAX_REQUEST_BYTES) + b"\r\n",
                         b"GET /health HTTP/1.0\r\n" + headers(4, 64 * 1024) + b"\r\n",  # under http.server's line cap
                         b"GET /" + b"a" * (2 * MAX_REQUEST_BYTES) + b" HTTP/1.0\r\n\r\n"):
             started = time.monotonic()
-            assert _ask(port, request).startswith(b"HTTP/1.0 431"), request[:60]
+            assert _ask(port, request).startswith(b"HTTP/1.1 431"), request[:60]
             assert time.monotonic() - started < REQUEST_TIMEOUT_SECONDS  # refused at once, not dropped at the deadline
     finally:
         server.stop()
@@ -142,7 +172,7 @@ def test_the_request_line_is_never_logged_raw() -> None:
     server = _server()
     port = server.server.server_address[1]
     try:
-        assert _ask(port, b"GET /\x1b]0;owned\x07\x1b[2J HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.0 404")
+        assert _ask(port, b"GET /\x1b]0;owned\x07\x1b[2J HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.1 404")
         assert b"Error code explanation: 400" in _ask(port, b"\x1b[2J\x08\x08 HTTP/1.0\r\n\r\n")  # as HTTP/0.9
     finally:
         server.stop()
