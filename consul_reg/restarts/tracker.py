@@ -6,7 +6,8 @@ StartedAt is), always passed in, so tests drive it with a fake clock.
   per its interval, from `grace` seconds after the container's last start.
   A sample that fails (critical; warning too unless ignore_warnings) adds one
   to that check's count, a passing one sets it back to 0; a check the agent
-  does not hold for that very service is no result.
+  does not hold for that very service is no result, nor is one that has not
+  run since it was registered (critical or its initial status, no output).
 - Once one check has failed `limit` samples in a row, the container is
   restarted, unless a restart of it is in flight or its backoff holds it.
 - Backoff: after the k-th restart in a row the next one may come no sooner
@@ -142,6 +143,8 @@ class Tracker:
                     result = read.get(check_id)
                     if result is None or result.service_id != service_id:
                         continue  # not held for this service: no result (a container counts only its own checks)
+                    if not result.output and result.status != "passing":
+                        continue  # not run yet: the agent registers a check critical (or its initial status)
                     sampled += 1
                     if policy.fails(result.status):
                         count = state.counts[check_id] = state.counts.get(check_id, 0) + 1

@@ -65,6 +65,7 @@ class RestartWatcher:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._watched: frozenset[str] = frozenset()  # for the debug line when it changes
         self._done: queue.SimpleQueue[tuple[str, float]] = queue.SimpleQueue()  # restarts over: (ID, when)
 
     # -- SnapshotSubscriber -------------------------------------------------------
@@ -101,7 +102,11 @@ class RestartWatcher:
         while not self._done.empty():
             self.tracker.restarted(*self._done.get_nowait())
         if snapshot is not None:
-            self.tracker.watch(watched(snapshot, self._owner), now)
+            view = watched(snapshot, self._owner)
+            if frozenset(view) != self._watched:
+                self._watched = frozenset(view)
+                logger.debug("check restarts: watching {} containers", len(view))
+            self.tracker.watch(view, now)
         due = self.tracker.due(now)
         if due:
             try:

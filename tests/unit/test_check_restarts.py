@@ -206,6 +206,19 @@ def test_warnings_count_unless_ignored():
     assert ignoring.restarts == []
 
 
+def test_a_check_that_has_not_run_yet_is_no_result():
+    """Consul registers a check critical, without output, until its first run: a container
+    registered after its grace must not be restarted for that."""
+    tracker = Tracker(1.0, 1.0)
+    tracker.watch(watched_one(policy=replace(POLICY, limit=1, grace=0.0)), 1000.0)
+    for now in (1000.0, 1002.0, 1004.0):
+        due = tracker.due(now)
+        assert tracker.results({CHECK: AgentCheck(SERVICE, "critical", "")}, due, now) == []
+    due = tracker.due(1006.0)
+    assert [d.kind for d in tracker.results({CHECK: AgentCheck(SERVICE, "critical", "refused")}, due, 1006.0)] \
+        == ["restart"]
+
+
 def test_a_check_held_for_another_service_is_no_result():
     """A container counts only the checks the agent holds for its own service."""
     clock = Clocked()
@@ -248,7 +261,7 @@ def test_one_restart_in_flight_at_most():
     tracker = Tracker(1.0, 1.0)
     tracker.watch(watched_one(policy=replace(POLICY, limit=1, grace=0.0)), 1000.0)
     due = tracker.due(1000.0)
-    assert [d.kind for d in tracker.results({CHECK: AgentCheck(SERVICE, "critical")}, due, 1000.0)] == ["restart"]
+    assert [d.kind for d in tracker.results({CHECK: AgentCheck(SERVICE, "critical", "x")}, due, 1000.0)] == ["restart"]
     for now in (1005.0, 1010.0, 1100.0):  # never told it is over: nothing is sampled, nothing restarted
         assert tracker.due(now) == []
         assert tracker.results({CHECK: AgentCheck(SERVICE, "critical")}, [CHECK], now) == []
