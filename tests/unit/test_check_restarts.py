@@ -427,3 +427,19 @@ def test_the_metric_has_bounded_labels_from_the_start():
     assert 'consul_reg_check_restarts_total{outcome="restarted"} 1.0' in text
     assert 'consul_reg_check_restarts_total{outcome="failed"} 1.0' in text
     assert text.count("consul_reg_check_restarts_total{") == 2
+
+
+@pytest.mark.parametrize("on", [True, False])
+def test_the_daemon_wires_the_watcher_as_a_snapshot_subscriber_unless_turned_off(on):
+    from consul_reg.app.config import Config
+    from consul_reg.app.daemon import Daemon
+    from consul_reg.core.records import AgentInfo
+
+    daemon = Daemon(Config(hostname="h1", registry_uris=("consul://127.0.0.1:1",), check_restart=on))
+    try:
+        loop = daemon.build(AgentInfo("1.8.7", "n1", "id", "127.0.0.1", False))
+        assert (daemon.restarts is not None) is on
+        assert (daemon.restarts in loop.publisher.subscribers) is on
+    finally:
+        daemon.registry.close()
+        daemon.docker.close()
