@@ -270,6 +270,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["explain"]:
         return _explain(argv[1:])
+    if argv[:1] == ["wait"]:
+        from consul_reg.app.wait import main as wait_main
+
+        return wait_main(argv[1:])
     try:
         config = parse_config(argv)
     except UsageError as error:
@@ -297,3 +301,4 @@ def _explain(argv: list[str]) -> int:
 
     logs.setup("ERROR", "text", secrets=(config.token or "",))
     return explain(config, argv[-1])
+

@@ -1,0 +1,369 @@
+"""`consul-reg wait [--passing | --registered | --gone] [--timeout DURATION] [the daemon's
+flags] CONTAINER... [registry-uri]`: for deploy scripts, until every service the daemon
+would register for those containers is in the catalog with all its checks passing
+(`--passing`, the default), is there at all (`--registered`), or is gone (`--gone`).
+
+Exit codes: 0 done; 1 timed out (each service or check not yet as asked is named on
+stderr, a failing check with its output); 2 a usage error (cli.py); 3 nothing to wait
+for: a container that is not there or not running (`--passing`, `--registered`), one
+that would register nothing, or Docker that cannot be reached.
+
+The expected services are mapped once, at start, as `explain` maps them: the agent's
+settings, the container's labels, env and env file, the daemon's flags. Then one
+thread per service name holds a blocking query on /v1/health/service/<name>
+(consul/health.py), keeping this agent's node's instances only; the main thread
+judges every answer. Nothing polls: a request goes out at start, when the service's
+instances or checks changed, when a blocking query's wait ran out (never before the
+deadline), or after a back-off when the agent failed or answered without news.
+"""
+
+from __future__ import annotations
+
+import queue
+import re
+import sys
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from consul_reg.app import logs
+from consul_reg.app.cli import USAGE_EXIT, UsageError, build_parser, parse_config
+from consul_reg.app.config import Config
+from consul_reg.app.explain import agent_settings, map_running, read_env_file
+from consul_reg.app.uris import CONSUL_SCHEMES, consul_endpoint
+from consul_reg.consul.agent import ConsulClient, ConsulRegistry
+from consul_reg.consul.health import InstanceHealth, container_services, service_health
+from consul_reg.core.errors import DockerUnavailable, RegistryError
+from consul_reg.core.records import fold_id
+from consul_reg.core.text import printable
+from consul_reg.docker.client import DockerSource
+from consul_reg.mapping.check_fields import parse_duration
+from consul_reg.mapping.settings import MappingSettings
+
+MODES = ("passing", "registered", "gone")
+DEFAULT_TIMEOUT_SECONDS = 60.0
+EXIT_DONE, EXIT_TIMED_OUT, EXIT_NOTHING_TO_WAIT_FOR = 0, 1, 3
+MAX_OUTPUT_SHOWN = 500  # characters of a check's output in a time-out report
+_MAX_PAUSE = 5.0  # the longest back-off between two requests of one watch
+
+
+@dataclass(frozen=True)
+class Expected:
+    """One service the daemon would register (or holds) for a container named on the command line."""
+
+    service_id: str
+    name: str
+    container: str
+    check_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class View:
+    """The last answer about one service name: its instances on this agent's node, or why
+    it could not be read."""
+
+    instances: tuple[InstanceHealth, ...] = ()
+    error: str = ""
+
+
+class NothingToWaitFor(Exception):
+    """A container named cannot have the services asked for (not there, not running, none)."""
+
+
+WAIT_USAGE = ("consul-reg wait [--passing | --registered | --gone] [--timeout DURATION] [options] "
+              "CONTAINER... [registry-uri]")
+_WAIT_MODES = {"passing", "registered", "gone"}
+_CONTAINER_REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}")
+
+
+@dataclass(frozen=True)
+class WaitArgs:
+    mode: str
+    timeout: float
+    containers: tuple[str, ...]
+    config: Config
+
+
+def parse_wait(argv: Sequence[str], environ: dict[str, str] | None = None) -> WaitArgs:
+    """`wait`'s own options, then the daemon's (as the daemon and `explain` take them),
+    then the containers, then the registry URI; raises UsageError."""
+    takes_value = {option for action in build_parser()._actions if action.nargs != 0 and action.option_strings
+                   for option in action.option_strings}
+    mode, timeout = "", DEFAULT_TIMEOUT_SECONDS
+    options: list[str] = []
+    index = 0
+    while index < len(argv) and argv[index].startswith("-") and len(argv[index]) > 1:
+        arg = argv[index]
+        name, has_value, value = arg.lstrip("-").partition("=")
+        if name in _WAIT_MODES and not has_value:
+            if mode and mode != name:
+                raise UsageError(f"--{mode} and --{name} exclude each other")
+            mode = name
+        elif name == "timeout":
+            if not has_value:
+                index += 1
+                if index == len(argv):
+                    raise UsageError("--timeout needs a duration, e.g. 30s or 2m")
+                value = argv[index]
+            timeout = _wait_timeout(value)
+        else:
+            options.append(arg)
+            if arg in takes_value and not has_value and index + 1 < len(argv):
+                index += 1
+                options.append(argv[index])
+        index += 1
+    positional = list(argv[index:])
+    later = [a for a in positional if a.startswith("-") and len(a) > 1]
+    if later:
+        raise UsageError(f"option {later[0]} comes after the containers; options go first: {WAIT_USAGE}")
+    uris = [a for a in positional if "://" in a]
+    containers = [a for a in positional if "://" not in a]
+    if not containers:
+        raise UsageError(f"wait needs at least one container name or ID: {WAIT_USAGE}")
+    if uris and positional[-len(uris):] != uris:
+        raise UsageError(f"the registry URI goes after the containers: {WAIT_USAGE}")
+    for ref in containers:
+        if not _CONTAINER_REF.fullmatch(ref):
+            raise UsageError(f"{ref[:80]!r} is not a container name or ID")
+    if len(uris) > 1:
+        raise UsageError("wait reads one Consul agent: give at most one registry URI")
+    config = parse_config(options + uris, environ)
+    if urllib.parse.urlsplit(config.registry_uris[0]).scheme not in CONSUL_SCHEMES:
+        raise UsageError(f"wait reads a Consul agent: {config.registry_uris[0]!r} is not a Consul agent URI")
+    return WaitArgs(mode or "passing", timeout, tuple(dict.fromkeys(containers)), config)
+
+
+def _wait_timeout(text: str) -> float:
+    """A Go duration ("90s", "1m30s") or a number of seconds, above 0."""
+    seconds = float(text) if re.fullmatch(r"[0-9]{1,9}(\.[0-9]{1,9})?", text) else parse_duration(text)
+    if seconds is None or seconds <= 0:
+        raise UsageError(f"--timeout {text[:80]!r}: not a duration above 0 (e.g. 30s, 2m, 90)")
+    return seconds
+
+
+def main(argv: Sequence[str]) -> int:
+    try:
+        args = parse_wait(argv)
+    except UsageError as error:
+        print(f"consul-reg: {error}", file=sys.stderr)
+        return USAGE_EXIT
+    logs.setup("ERROR", "text", secrets=(args.config.token or "",))
+    return wait(args.config, args.containers, args.mode, args.timeout)
+
+
+def unmet(mode: str, expected: Sequence[Expected], views: Mapping[str, View]) -> list[str]:
+    """Every service or check not yet as `mode` asks, one line each (escaped); [] when done."""
+    lines: list[str] = []
+    for want in expected:
+        label = _label(want)
+        view = views.get(want.name)
+        if view is None:
+            lines.append(f"{label}: no answer from the agent yet")
+            continue
+        if view.error:
+            lines.append(f"{label}: {printable(view.error, MAX_OUTPUT_SHOWN, one_line=True)}")
+            continue
+        instance = next((i for i in view.instances if fold_id(i.service_id) == fold_id(want.service_id)), None)
+        if mode == "gone":
+            if instance is not None:
+                lines.append(f"{label}: still registered")
+            continue
+        if instance is None:
+            lines.append(f"{label}: not registered")
+        elif mode == "passing":
+            lines.extend(f"{label}: {problem}" for problem in _check_problems(want, instance))
+    return lines
+
+
+def _label(want: Expected) -> str:
+    return f"service {printable(want.service_id)} ({printable(want.name)}) of container {printable(want.container)}"
+
+
+def _check_problems(want: Expected, instance: InstanceHealth) -> list[str]:
+    present = {fold_id(check.check_id) for check in instance.checks}
+    problems = [f"check {printable(check_id)} not registered" for check_id in want.check_ids
+                if fold_id(check_id) not in present]
+    for check in instance.checks:
+        if check.status == "passing":
+            continue
+        kind = "check" if check.service_id else "node check"
+        name = f" ({printable(check.name, 100)})" if check.name else ""
+        output = printable(check.output, MAX_OUTPUT_SHOWN, one_line=True) or "(no output)"
+        problems.append(f"{kind} {printable(check.check_id)}{name} is {printable(check.status, 20)}: {output}")
+    return problems
+
+
+def wait(config: Config, containers: Sequence[str], mode: str = "passing",
+         timeout: float = DEFAULT_TIMEOUT_SECONDS, out: TextIO = sys.stdout, err: TextIO = sys.stderr,
+         clock: Callable[[], float] = time.monotonic) -> int:
+    deadline = clock() + timeout
+    # One kept connection per watched name at most: names are bounded by the containers named.
+    client = ConsulClient(consul_endpoint(config.registry_uris[0]), token=config.token,
+                          max_connections=len(containers) * config.limits.services_per_container + 2)
+    try:
+        try:
+            docker = DockerSource(filters=config.docker_filters())
+        except DockerUnavailable as error:
+            print(f"consul-reg wait: {error}", file=err)
+            return EXIT_NOTHING_TO_WAIT_FOR
+        try:
+            node, settings = _agent(config, ConsulRegistry(client), deadline, clock)
+            expected = _expected(config, docker, client, settings, containers, mode)
+        except RegistryError as error:  # asked again until the deadline (_agent)
+            print(f"consul-reg wait: the agent could not be asked (tried for up to {timeout:g}s): "
+                  f"{printable(error, MAX_OUTPUT_SHOWN, one_line=True)}", file=err)
+            return EXIT_TIMED_OUT
+        except (NothingToWaitFor, DockerUnavailable) as error:
+            print(f"consul-reg wait: {error}", file=err)
+            return EXIT_NOTHING_TO_WAIT_FOR
+        try:
+            return _until_done(client, node, expected, mode, containers, docker, timeout, deadline, clock, out, err)
+        finally:
+            docker.close()
+    finally:
+        client.close()
+
+
+def _agent(config: Config, registry: ConsulRegistry, deadline: float, clock: Callable[[], float]
+           ) -> tuple[str, MappingSettings]:
+    """This agent's node name and the mapping's settings; the agent is asked again on a
+    back-off until the deadline (the last RegistryError raised)."""
+    pause = 0.5
+    while True:
+        try:
+            settings, info = agent_settings(config, registry)
+            return info.node_name, settings
+        except RegistryError:
+            if clock() + pause > deadline:
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, _MAX_PAUSE)
+
+
+def _expected(config: Config, docker: DockerSource, client: ConsulClient, settings: MappingSettings,
+              containers: Sequence[str], mode: str) -> list[Expected]:
+    expected: list[Expected] = []
+    for ref in containers:
+        shown = printable(ref, 200)
+        container = docker.inspect(ref)
+        if container is None:
+            if mode == "gone":
+                continue  # removed: gone
+            raise NothingToWaitFor(f"no container named or with ID {shown}")
+        running = bool((container.get("State") or {}).get("Running"))
+        mapped = map_running(docker, container, settings, read_env_file(config, docker, container)) \
+            if running else None
+        if mode == "gone":
+            held = container_services(client, str(container.get("Id") or ""))
+            held.update({s.id: s.name for s in mapped.services} if mapped else {})
+            expected.extend(Expected(service_id, name, ref) for service_id, name in held.items())
+            continue
+        if mapped is None:
+            raise NothingToWaitFor(f"container {shown} is not running ({_state(container)})")
+        if not mapped.services:
+            raise NothingToWaitFor(f"container {shown} would register nothing: "
+                                   f"{printable(mapped.skipped_reason or 'no service', 300)}")
+        expected.extend(Expected(s.id, s.name, ref, tuple(c.check_id for c in s.checks)) for s in mapped.services)
+    return expected
+
+
+def _state(container: dict[str, Any]) -> str:
+    state = container.get("State") or {}
+    status = printable(state.get("Status") or "not running", 40)
+    return f"{status}, exit code {state.get('ExitCode')}" if status == "exited" else status
+
+
+def _until_done(client: ConsulClient, node: str, expected: list[Expected], mode: str, containers: Sequence[str],
+                docker: DockerSource, timeout: float, deadline: float, clock: Callable[[], float],
+                out: TextIO, err: TextIO) -> int:
+    answers: queue.Queue[tuple[str, View]] = queue.Queue()
+    stop = threading.Event()
+    views: dict[str, View] = {}
+    for name in dict.fromkeys(want.name for want in expected):
+        _Watch(client, name, node, deadline, clock, answers.put, stop).start()
+    try:
+        while True:
+            left = unmet(mode, expected, views)
+            if not left:
+                for want in expected:
+                    print(f"{mode}: {_label(want)}", file=out)
+                for ref in containers:
+                    if not any(want.container == ref for want in expected):
+                        print(f"{mode}: container {printable(ref, 200)}: no service left", file=out)
+                return EXIT_DONE
+            remaining = deadline - clock()
+            if remaining <= 0:
+                left.extend(_not_running(docker, containers) if mode != "gone" else [])
+                print(f"consul-reg wait: timed out after {timeout:g}s waiting for {len(expected)} service(s) to be "
+                      f"{mode} in the agent's node {printable(node, 200)}; not yet:", file=err)
+                for line in left:
+                    print(f"  {line}", file=err)
+                return EXIT_TIMED_OUT
+            try:
+                name, view = answers.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            views[name] = view
+            while not answers.empty():  # judge once for everything that came together
+                name, view = answers.get_nowait()
+                views[name] = view
+    finally:
+        stop.set()
+
+
+def _not_running(docker: DockerSource, containers: Sequence[str]) -> list[str]:
+    """At a time-out: the containers that stopped meanwhile (one inspect each)."""
+    lines = []
+    for ref in containers:
+        try:
+            container = docker.inspect(ref)
+        except DockerUnavailable:
+            continue
+        if container is None:
+            lines.append(f"container {printable(ref, 200)}: removed")
+        elif not (container.get("State") or {}).get("Running"):
+            lines.append(f"container {printable(ref, 200)}: not running ({_state(container)})")
+    return lines
+
+
+class _Watch(threading.Thread):
+    """One blocking query after another on one service name, each answer posted."""
+
+    def __init__(self, client: ConsulClient, name: str, node: str, deadline: float, clock: Callable[[], float],
+                 post: Callable[[tuple[str, View]], None], stop: threading.Event) -> None:
+        super().__init__(name=f"wait-{name[:40]}", daemon=True)
+        self._client, self._service, self._node = client, name, node
+        self._deadline, self._clock, self._post, self._stop = deadline, clock, post, stop
+
+    def run(self) -> None:
+        index, pause = 0, 0.0
+        while not self._stop.wait(pause):
+            remaining = self._deadline - self._clock()
+            if remaining <= 0:
+                return
+            asked = self._clock()
+            try:
+                answered, instances = service_health(self._client, self._service, self._node, index, remaining)
+            except RegistryError as error:
+                self._post((self._service, View(error=str(error))))
+                pause = min(max(pause * 2, 0.5), _MAX_PAUSE)
+                continue
+            self._post((self._service, View(instances)))
+            index, pause = next_request(index, answered, self._clock() - asked, pause)
+
+
+def next_request(index: int, answered: int, took: float, pause: float) -> tuple[int, float]:
+    """(the next request's index, the pause before it), as Consul's blocking queries ask:
+    a newer index is asked at once; one that went backwards is asked afresh (index 0);
+    an answer without an index, or the same index back within a second (a wake-up without
+    news: a blocking query waits at least a second), is asked again after a growing pause."""
+    if answered <= 0:
+        return 0, min(max(pause * 2, 0.5), _MAX_PAUSE)
+    if answered < index:
+        return 0, 0.0
+    if answered == index and took < 1.0:
+        return index, min(max(pause * 2, 0.5), _MAX_PAUSE)
+    return answered, 0.0
