@@ -144,7 +144,33 @@ def _wait_timeout(text: str) -> float:
     return seconds
 
 
+WAIT_HELP = f"""usage: {WAIT_USAGE}
+
+Waits until every service the daemon would register for the containers named is in
+the Consul agent's catalog (its node) and all its checks pass; for deploy scripts:
+start v2, `consul-reg wait v2`, then stop v1. Give the daemon's own flags
+(--hostname, -ip, -internal, -tags, --filter...) and its agent (the registry URI,
+else CONSUL_HTTP_ADDR) and token (CONSUL_HTTP_TOKEN, CONSUL_HTTP_TOKEN_FILE): the
+services are computed as `consul-reg explain` computes them.
+
+options:
+  --passing             until every service is registered and all its checks pass (default)
+  --registered          until every service is registered, whatever its checks say
+  --gone                until none of the containers' services is left (a container
+                        already removed counts as gone)
+  --timeout DURATION    give up after DURATION (30s, 2m, 1m30s or seconds); default {DEFAULT_TIMEOUT_SECONDS:g}s
+  -h, --help            show this help and exit
+
+exit status: 0 done; 1 timed out (stderr names each service or check not as asked,
+a failing check with its output), also when the agent never answered; 2 usage error;
+3 nothing to wait for (a container that does not exist or is not running, one that
+would register nothing) or Docker unreachable."""
+
+
 def main(argv: Sequence[str]) -> int:
+    if any(arg in ("-h", "--help") for arg in argv):
+        print(WAIT_HELP)
+        return EXIT_DONE
     try:
         args = parse_wait(argv)
     except UsageError as error:
@@ -198,7 +224,7 @@ def _check_problems(want: Expected, instance: InstanceHealth) -> list[str]:
 
 def wait(config: Config, containers: Sequence[str], mode: str = "passing",
          timeout: float = DEFAULT_TIMEOUT_SECONDS, out: TextIO = sys.stdout, err: TextIO = sys.stderr,
-         clock: Callable[[], float] = time.monotonic) -> int:
+         clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> int:
     deadline = clock() + timeout
     # One kept connection per watched name at most: names are bounded by the containers named.
     client = ConsulClient(consul_endpoint(config.registry_uris[0]), token=config.token,
@@ -210,25 +236,26 @@ def wait(config: Config, containers: Sequence[str], mode: str = "passing",
             print(f"consul-reg wait: {error}", file=err)
             return EXIT_NOTHING_TO_WAIT_FOR
         try:
-            node, settings = _agent(config, ConsulRegistry(client), deadline, clock)
+            node, settings = _agent(config, ConsulRegistry(client), deadline, clock, sleep)
             expected = _expected(config, docker, client, settings, containers, mode)
         except RegistryError as error:  # asked again until the deadline (_agent)
-            print(f"consul-reg wait: the agent could not be asked (tried for up to {timeout:g}s): "
+            print(f"consul-reg wait: the Consul agent cannot be reached or refused (tried for {timeout:g}s): "
                   f"{printable(error, MAX_OUTPUT_SHOWN, one_line=True)}", file=err)
             return EXIT_TIMED_OUT
         except (NothingToWaitFor, DockerUnavailable) as error:
             print(f"consul-reg wait: {error}", file=err)
             return EXIT_NOTHING_TO_WAIT_FOR
         try:
-            return _until_done(client, node, expected, mode, containers, docker, timeout, deadline, clock, out, err)
+            late = (lambda: _not_running(docker, containers)) if mode != "gone" else (lambda: [])
+            return until_done(client, node, expected, mode, containers, late, timeout, deadline, clock, out, err)
         finally:
             docker.close()
     finally:
         client.close()
 
 
-def _agent(config: Config, registry: ConsulRegistry, deadline: float, clock: Callable[[], float]
-           ) -> tuple[str, MappingSettings]:
+def _agent(config: Config, registry: ConsulRegistry, deadline: float, clock: Callable[[], float],
+           sleep: Callable[[float], None]) -> tuple[str, MappingSettings]:
     """This agent's node name and the mapping's settings; the agent is asked again on a
     back-off until the deadline (the last RegistryError raised)."""
     pause = 0.5
@@ -239,7 +266,7 @@ def _agent(config: Config, registry: ConsulRegistry, deadline: float, clock: Cal
         except RegistryError:
             if clock() + pause > deadline:
                 raise
-            time.sleep(pause)
+            sleep(pause)
             pause = min(pause * 2, _MAX_PAUSE)
 
 
@@ -276,9 +303,12 @@ def _state(container: dict[str, Any]) -> str:
     return f"{status}, exit code {state.get('ExitCode')}" if status == "exited" else status
 
 
-def _until_done(client: ConsulClient, node: str, expected: list[Expected], mode: str, containers: Sequence[str],
-                docker: DockerSource, timeout: float, deadline: float, clock: Callable[[], float],
-                out: TextIO, err: TextIO) -> int:
+def until_done(client: ConsulClient, node: str, expected: Sequence[Expected], mode: str, containers: Sequence[str],
+               late: Callable[[], list[str]], timeout: float, deadline: float, clock: Callable[[], float],
+               out: TextIO, err: TextIO) -> int:
+    """The waiting itself: one watch per service name, every answer judged (unmet) until
+    nothing is left (EXIT_DONE) or the deadline passed (EXIT_TIMED_OUT, each line of what
+    is left on `err`, then what `late` adds: the containers that stopped meanwhile)."""
     answers: queue.Queue[tuple[str, View]] = queue.Queue()
     stop = threading.Event()
     views: dict[str, View] = {}
@@ -296,7 +326,7 @@ def _until_done(client: ConsulClient, node: str, expected: list[Expected], mode:
                 return EXIT_DONE
             remaining = deadline - clock()
             if remaining <= 0:
-                left.extend(_not_running(docker, containers) if mode != "gone" else [])
+                left.extend(late())
                 print(f"consul-reg wait: timed out after {timeout:g}s waiting for {len(expected)} service(s) to be "
                       f"{mode} in the agent's node {printable(node, 200)}; not yet:", file=err)
                 for line in left:
