@@ -305,7 +305,8 @@ def _state(container: dict[str, Any]) -> str:
 
 def until_done(client: ConsulClient, node: str, expected: Sequence[Expected], mode: str, containers: Sequence[str],
                late: Callable[[], list[str]], timeout: float, deadline: float, clock: Callable[[], float],
-               out: TextIO, err: TextIO) -> int:
+               out: TextIO, err: TextIO,
+               pause: Callable[[threading.Event, float], bool] = lambda stop, seconds: stop.wait(seconds)) -> int:
     """The waiting itself: one watch per service name, every answer judged (unmet) until
     nothing is left (EXIT_DONE) or the deadline passed (EXIT_TIMED_OUT, each line of what
     is left on `err`, then what `late` adds: the containers that stopped meanwhile)."""
@@ -313,7 +314,7 @@ def until_done(client: ConsulClient, node: str, expected: Sequence[Expected], mo
     stop = threading.Event()
     views: dict[str, View] = {}
     for name in dict.fromkeys(want.name for want in expected):
-        _Watch(client, name, node, deadline, clock, answers.put, stop).start()
+        _Watch(client, name, node, deadline, clock, answers.put, stop, pause).start()
     try:
         while True:
             left = unmet(mode, expected, views)
@@ -363,14 +364,15 @@ class _Watch(threading.Thread):
     """One blocking query after another on one service name, each answer posted."""
 
     def __init__(self, client: ConsulClient, name: str, node: str, deadline: float, clock: Callable[[], float],
-                 post: Callable[[tuple[str, View]], None], stop: threading.Event) -> None:
+                 post: Callable[[tuple[str, View]], None], stop: threading.Event,
+                 pause: Callable[[threading.Event, float], bool]) -> None:
         super().__init__(name=f"wait-{name[:40]}", daemon=True)
         self._client, self._service, self._node = client, name, node
-        self._deadline, self._clock, self._post, self._stop = deadline, clock, post, stop
+        self._deadline, self._clock, self._post, self._stop, self._pause = deadline, clock, post, stop, pause
 
     def run(self) -> None:
         index, pause = 0, 0.0
-        while not self._stop.wait(pause):
+        while not self._pause(self._stop, pause):
             remaining = self._deadline - self._clock()
             if remaining <= 0:
                 return

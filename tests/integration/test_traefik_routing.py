@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from tests.integration.conftest import ROOT, wait_until
-from tests.integration.traefik import REFRESH_SECONDS, Traefik, traefik  # noqa: F401  (the fixture)
+from tests.integration.traefik import Traefik, traefik_fixture  # noqa: F401  (the fixture "traefik")
 
 pytestmark = pytest.mark.integration
 
@@ -79,7 +79,7 @@ class Hammer:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="hammer", daemon=True)
 
-    def __enter__(self) -> "Hammer":
+    def __enter__(self) -> Hammer:
         self._thread.start()
         return self
 

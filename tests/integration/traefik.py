@@ -6,7 +6,7 @@ Every Traefik a test starts routes only the services that carry its own tag
 (a constraint), so other tests' and other runs' services in the shared agent
 never reach it; with `exposedByDefault=false` a service also needs
 `traefik.enable=true`, as users write it. Import the `traefik` fixture into a
-test module: `from tests.integration.traefik import traefik  # noqa: F401`."""
+test module: `from tests.integration.traefik import traefik_fixture  # noqa: F401`."""
 
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ class Traefik:
             "--log.level=DEBUG",
         ]
 
-    def start(self) -> "Traefik":
+    def start(self) -> Traefik:
         log = open(self._log_path, "ab")
         self.process = subprocess.Popen(self.args(), stdout=log, stderr=subprocess.STDOUT, cwd=self._dir)
         log.close()
@@ -103,8 +103,8 @@ class Traefik:
         shutil.rmtree(self._dir, ignore_errors=True)
 
 
-@pytest.fixture
-def traefik() -> Iterator[Traefik]:
+@pytest.fixture(name="traefik")
+def traefik_fixture() -> Iterator[Traefik]:
     server = Traefik().start()
     try:
         yield server
