@@ -20,31 +20,28 @@ deadline), or after a back-off when the agent failed or answered without news.
 from __future__ import annotations
 
 import queue
-import re
 import sys
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
 from consul_reg.app import logs
-from consul_reg.app.cli import USAGE_EXIT, UsageError, build_parser, parse_config
+from consul_reg.app.cli import USAGE_EXIT, UsageError
 from consul_reg.app.config import Config
 from consul_reg.app.explain import agent_settings, map_running, read_env_file
-from consul_reg.app.uris import CONSUL_SCHEMES, consul_endpoint
+from consul_reg.app.uris import consul_endpoint
+from consul_reg.app.wait_args import DEFAULT_TIMEOUT_SECONDS, WAIT_HELP, parse_wait
 from consul_reg.consul.agent import ConsulClient, ConsulRegistry
-from consul_reg.consul.health import InstanceHealth, container_services, service_health
+from consul_reg.consul.health import CheckHealth, InstanceHealth, agent_checks, container_services, service_health
 from consul_reg.core.errors import DockerUnavailable, RegistryError
 from consul_reg.core.records import fold_id
 from consul_reg.core.text import printable
 from consul_reg.docker.client import DockerSource
-from consul_reg.mapping.check_fields import parse_duration
 from consul_reg.mapping.settings import MappingSettings
 
 MODES = ("passing", "registered", "gone")
-DEFAULT_TIMEOUT_SECONDS = 60.0
 EXIT_DONE, EXIT_TIMED_OUT, EXIT_NOTHING_TO_WAIT_FOR = 0, 1, 3
 MAX_OUTPUT_SHOWN = 500  # characters of a check's output in a time-out report
 _MAX_PAUSE = 5.0  # the longest back-off between two requests of one watch
@@ -73,98 +70,6 @@ class NothingToWaitFor(Exception):
     """A container named cannot have the services asked for (not there, not running, none)."""
 
 
-WAIT_USAGE = ("consul-reg wait [--passing | --registered | --gone] [--timeout DURATION] [options] "
-              "CONTAINER... [registry-uri]")
-_WAIT_MODES = {"passing", "registered", "gone"}
-_CONTAINER_REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}")
-
-
-@dataclass(frozen=True)
-class WaitArgs:
-    mode: str
-    timeout: float
-    containers: tuple[str, ...]
-    config: Config
-
-
-def parse_wait(argv: Sequence[str], environ: dict[str, str] | None = None) -> WaitArgs:
-    """`wait`'s own options, then the daemon's (as the daemon and `explain` take them),
-    then the containers, then the registry URI; raises UsageError."""
-    takes_value = {option for action in build_parser()._actions if action.nargs != 0 and action.option_strings
-                   for option in action.option_strings}
-    mode, timeout = "", DEFAULT_TIMEOUT_SECONDS
-    options: list[str] = []
-    index = 0
-    while index < len(argv) and argv[index].startswith("-") and len(argv[index]) > 1:
-        arg = argv[index]
-        name, has_value, value = arg.lstrip("-").partition("=")
-        if name in _WAIT_MODES and not has_value:
-            if mode and mode != name:
-                raise UsageError(f"--{mode} and --{name} exclude each other")
-            mode = name
-        elif name == "timeout":
-            if not has_value:
-                index += 1
-                if index == len(argv):
-                    raise UsageError("--timeout needs a duration, e.g. 30s or 2m")
-                value = argv[index]
-            timeout = _wait_timeout(value)
-        else:
-            options.append(arg)
-            if arg in takes_value and not has_value and index + 1 < len(argv):
-                index += 1
-                options.append(argv[index])
-        index += 1
-    positional = list(argv[index:])
-    later = [a for a in positional if a.startswith("-") and len(a) > 1]
-    if later:
-        raise UsageError(f"option {later[0]} comes after the containers; options go first: {WAIT_USAGE}")
-    uris = [a for a in positional if "://" in a]
-    containers = [a for a in positional if "://" not in a]
-    if not containers:
-        raise UsageError(f"wait needs at least one container name or ID: {WAIT_USAGE}")
-    if uris and positional[-len(uris):] != uris:
-        raise UsageError(f"the registry URI goes after the containers: {WAIT_USAGE}")
-    for ref in containers:
-        if not _CONTAINER_REF.fullmatch(ref):
-            raise UsageError(f"{ref[:80]!r} is not a container name or ID")
-    if len(uris) > 1:
-        raise UsageError("wait reads one Consul agent: give at most one registry URI")
-    config = parse_config(options + uris, environ)
-    if urllib.parse.urlsplit(config.registry_uris[0]).scheme not in CONSUL_SCHEMES:
-        raise UsageError(f"wait reads a Consul agent: {config.registry_uris[0]!r} is not a Consul agent URI")
-    return WaitArgs(mode or "passing", timeout, tuple(dict.fromkeys(containers)), config)
-
-
-def _wait_timeout(text: str) -> float:
-    """A Go duration ("90s", "1m30s") or a number of seconds, above 0."""
-    seconds = float(text) if re.fullmatch(r"[0-9]{1,9}(\.[0-9]{1,9})?", text) else parse_duration(text)
-    if seconds is None or seconds <= 0:
-        raise UsageError(f"--timeout {text[:80]!r}: not a duration above 0 (e.g. 30s, 2m, 90)")
-    return seconds
-
-
-WAIT_HELP = f"""usage: {WAIT_USAGE}
-
-Waits until every service the daemon would register for the containers named is in
-the Consul agent's catalog (its node) and all its checks pass; for deploy scripts:
-start v2, `consul-reg wait v2`, then stop v1. Give the daemon's own flags
-(--hostname, -ip, -internal, -tags, --filter...) and its agent (the registry URI,
-else CONSUL_HTTP_ADDR) and token (CONSUL_HTTP_TOKEN, CONSUL_HTTP_TOKEN_FILE): the
-services are computed as `consul-reg explain` computes them.
-
-options:
-  --passing             until every service is registered and all its checks pass (default)
-  --registered          until every service is registered, whatever its checks say
-  --gone                until none of the containers' services is left (a container
-                        already removed counts as gone)
-  --timeout DURATION    give up after DURATION (30s, 2m, 1m30s or seconds); default {DEFAULT_TIMEOUT_SECONDS:g}s
-  -h, --help            show this help and exit
-
-exit status: 0 done; 1 timed out (stderr names each service or check not as asked,
-a failing check with its output), also when the agent never answered; 2 usage error;
-3 nothing to wait for (a container that does not exist or is not running, one that
-would register nothing) or Docker unreachable."""
 
 
 def main(argv: Sequence[str]) -> int:
@@ -180,8 +85,10 @@ def main(argv: Sequence[str]) -> int:
     return wait(args.config, args.containers, args.mode, args.timeout)
 
 
-def unmet(mode: str, expected: Sequence[Expected], views: Mapping[str, View]) -> list[str]:
-    """Every service or check not yet as `mode` asks, one line each (escaped); [] when done."""
+def unmet(mode: str, expected: Sequence[Expected], views: Mapping[str, View],
+          fresh: Mapping[str, CheckHealth] | None = None) -> list[str]:
+    """Every service or check not yet as `mode` asks, one line each (escaped); [] when done.
+    `fresh`: the agent's own view of checks, whose outputs are newer than the catalog's."""
     lines: list[str] = []
     for want in expected:
         label = _label(want)
@@ -200,7 +107,7 @@ def unmet(mode: str, expected: Sequence[Expected], views: Mapping[str, View]) ->
         if instance is None:
             lines.append(f"{label}: not registered")
         elif mode == "passing":
-            lines.extend(f"{label}: {problem}" for problem in _check_problems(want, instance))
+            lines.extend(f"{label}: {problem}" for problem in _check_problems(want, instance, fresh or {}))
     return lines
 
 
@@ -208,7 +115,7 @@ def _label(want: Expected) -> str:
     return f"service {printable(want.service_id)} ({printable(want.name)}) of container {printable(want.container)}"
 
 
-def _check_problems(want: Expected, instance: InstanceHealth) -> list[str]:
+def _check_problems(want: Expected, instance: InstanceHealth, fresh: Mapping[str, CheckHealth]) -> list[str]:
     present = {fold_id(check.check_id) for check in instance.checks}
     problems = [f"check {printable(check_id)} not registered" for check_id in want.check_ids
                 if fold_id(check_id) not in present]
@@ -217,7 +124,9 @@ def _check_problems(want: Expected, instance: InstanceHealth) -> list[str]:
             continue
         kind = "check" if check.service_id else "node check"
         name = f" ({printable(check.name, 100)})" if check.name else ""
-        output = printable(check.output, MAX_OUTPUT_SHOWN, one_line=True) or "(no output)"
+        newer = fresh.get(check.check_id)
+        text = newer.output if newer is not None and newer.status == check.status and newer.output else check.output
+        output = printable(text, MAX_OUTPUT_SHOWN, one_line=True) or "(no output)"
         problems.append(f"{kind} {printable(check.check_id)}{name} is {printable(check.status, 20)}: {output}")
     return problems
 
@@ -284,7 +193,7 @@ def _expected(config: Config, docker: DockerSource, client: ConsulClient, settin
         mapped = map_running(docker, container, settings, read_env_file(config, docker, container)) \
             if running else None
         if mode == "gone":
-            held = container_services(client, str(container.get("Id") or ""))
+            held = container_services(client, str(container.get("Id") or ""), config.owner)
             held.update({s.id: s.name for s in mapped.services} if mapped else {})
             expected.extend(Expected(service_id, name, ref) for service_id, name in held.items())
             continue
@@ -327,6 +236,7 @@ def until_done(client: ConsulClient, node: str, expected: Sequence[Expected], mo
                 return EXIT_DONE
             remaining = deadline - clock()
             if remaining <= 0:
+                left = unmet(mode, expected, views, _fresh_checks(client, views) if mode == "passing" else None)
                 left.extend(late())
                 print(f"consul-reg wait: timed out after {timeout:g}s waiting for {len(expected)} service(s) to be "
                       f"{mode} in the agent's node {printable(node, 200)}; not yet:", file=err)
@@ -343,6 +253,17 @@ def until_done(client: ConsulClient, node: str, expected: Sequence[Expected], mo
                 views[name] = view
     finally:
         stop.set()
+
+
+def _fresh_checks(client: ConsulClient, views: Mapping[str, View]) -> dict[str, CheckHealth]:
+    """At a time-out: the agent's own view of the checks that are not passing (their output
+    reaches the catalog only every few minutes), or nothing when it cannot be read."""
+    failing = {check.check_id for view in views.values() for instance in view.instances
+               for check in instance.checks if check.status != "passing"}
+    try:
+        return agent_checks(client, failing)
+    except RegistryError:
+        return {}
 
 
 def _not_running(docker: DockerSource, containers: Sequence[str]) -> list[str]:

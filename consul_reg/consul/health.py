@@ -1,22 +1,27 @@
 """What the catalog says of services, for `consul-reg wait`: one service's
 instances on one node and their checks (the node's too), read with Consul's
-blocking queries through the one client (`consul/agent.py`); and the agent's
-services that carry one container's marker.
+blocking queries through the one client (`consul/agent.py`); the agent's
+services that one daemon marked as one container's; the agent's own view of
+some checks.
 
 A blocking query answers when the service's instances or checks change, or
 after its wait: the agent's own endpoints never block in Consul 1.8, the
 health endpoint does. The catalog is what routers (Traefik, DNS) read, a
-moment after the agent itself (its anti-entropy sync)."""
+moment after the agent itself (its anti-entropy sync). A check's status
+reaches the catalog at once, but a change of its output alone only every
+`check_update_interval` (5 minutes by default): the agent's own view of its
+checks (`agent_checks`) has the output as the check last wrote it."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
 from consul_reg.consul.agent import ConsulClient
 from consul_reg.core.errors import RegistryError
-from consul_reg.core.records import MARKER_CONTAINER_KEY
+from consul_reg.core.records import MARKER_CONTAINER_KEY, MARKER_INSTANCE_KEY, Owner, owner_meta
 
 # A node name that may be quoted in a filter expression as it is; any other is filtered here only.
 _NODE_FILTER_SAFE = re.compile(r"[A-Za-z0-9_.-]{1,128}")
@@ -71,17 +76,38 @@ def service_health(client: ConsulClient, name: str, node: str, index: int = 0, w
     return new_index, _instances(listed, node)
 
 
-def container_services(client: ConsulClient, container_id: str) -> dict[str, str]:
-    """Service ID -> name of the agent's services marked as `container_id`'s (any daemon's)."""
+def container_services(client: ConsulClient, container_id: str, owner: Owner) -> dict[str, str]:
+    """Service ID -> name of the agent's services `owner` (a daemon: host and --instance)
+    marked as `container_id`'s; other daemons' records of the container are theirs."""
     if not _CONTAINER_ID.fullmatch(container_id):
         raise RegistryError(f"refusing to look up container ID {container_id[:80]!r}: not a container ID")
     listed = client.json("GET", ("agent", "services"), "list the agent's services of a container",
                          params={"filter": f'Meta.{MARKER_CONTAINER_KEY} == "{container_id}"'})
-    if not isinstance(listed, dict):
-        return {}
-    return {str(service_id): str(entry["Service"]) for service_id, entry in listed.items()
-            if isinstance(entry, dict) and isinstance(entry.get("Meta"), dict) and entry.get("Service")
-            and entry["Meta"].get(MARKER_CONTAINER_KEY) == container_id}
+    marker = owner_meta(owner)
+    found = {}
+    for service_id, entry in (listed.items() if isinstance(listed, dict) else ()):
+        meta = entry.get("Meta") if isinstance(entry, dict) else None
+        if not isinstance(meta, dict) or not entry.get("Service") or meta.get(MARKER_CONTAINER_KEY) != container_id:
+            continue
+        if all(meta.get(key) == value for key, value in marker.items()) \
+                and meta.get(MARKER_INSTANCE_KEY, "") == owner.instance:
+            found[str(service_id)] = str(entry["Service"])
+    return found
+
+
+def agent_checks(client: ConsulClient, check_ids: Collection[str]) -> dict[str, CheckHealth]:
+    """The agent's own view of these checks (ID -> check), their outputs as last written;
+    one request, whatever is not a check skipped."""
+    wanted = set(check_ids)
+    listed = client.json("GET", ("agent", "checks"), "read the agent's checks") if wanted else {}
+    found = {}
+    for check_id, check in (listed.items() if isinstance(listed, dict) else ()):
+        if check_id in wanted and isinstance(check, dict):
+            found[check_id] = CheckHealth(check_id=str(check_id), name=str(check.get("Name") or ""),
+                                          status=str(check.get("Status") or ""),
+                                          output=str(check.get("Output") or "")[:MAX_CHECK_OUTPUT],
+                                          service_id=str(check.get("ServiceID") or ""))
+    return found
 
 
 def _instances(listed: Any, node: str) -> tuple[InstanceHealth, ...]:
