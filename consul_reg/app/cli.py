@@ -47,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Registers Docker containers' services in the local Consul agent.",
         allow_abbrev=False,
         usage="consul-reg [options] [registry-uri]",
+        epilog="commands: `consul-reg explain [options] [registry-uri] CONTAINER` shows what would be "
+               "registered and why; `consul-reg wait [--passing | --registered | --gone] [--timeout DURATION] "
+               "[options] CONTAINER... [registry-uri]` waits until those services are passing (see "
+               "`consul-reg wait --help`)",
     )
     add = parser.add_argument
     add("-ip", "--ip", dest="host_ip", metavar="IP", help="address to register services with")
@@ -301,4 +305,3 @@ def _explain(argv: list[str]) -> int:
 
     logs.setup("ERROR", "text", secrets=(config.token or "",))
     return explain(config, argv[-1])
-

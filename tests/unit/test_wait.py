@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from consul_reg.app.cli import UsageError
+from consul_reg.app.cli import UsageError, build_parser
 from consul_reg.app.wait import (
     EXIT_DONE,
     EXIT_TIMED_OUT,
@@ -274,6 +274,7 @@ def test_parse_wait_modes_timeout_and_order():
 def test_help_and_usage_exit_codes(capsys):
     assert main(["--help"]) == 0
     assert "usage: consul-reg wait [--passing | --registered | --gone]" in capsys.readouterr().out
+    assert "`consul-reg wait --help`" in " ".join(build_parser().format_help().split())  # the daemon's --help names it
     assert main(["--timeout", "never", "web"]) == 2
     assert "--timeout 'never'" in capsys.readouterr().err
 
