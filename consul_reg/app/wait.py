@@ -41,7 +41,6 @@ from consul_reg.core.text import printable
 from consul_reg.docker.client import DockerSource
 from consul_reg.mapping.settings import MappingSettings
 
-MODES = ("passing", "registered", "gone")
 EXIT_DONE, EXIT_TIMED_OUT, EXIT_NOTHING_TO_WAIT_FOR = 0, 1, 3
 MAX_OUTPUT_SHOWN = 500  # characters of a check's output in a time-out report
 _MAX_PAUSE = 5.0  # the longest back-off between two requests of one watch
@@ -68,8 +67,6 @@ class View:
 
 class NothingToWaitFor(Exception):
     """A container named cannot have the services asked for (not there, not running, none)."""
-
-
 
 
 def main(argv: Sequence[str]) -> int:

@@ -172,6 +172,11 @@ def test_wait_refuses_a_missing_or_stopped_container_and_an_unreachable_agent(ru
     result = run_wait(hostname, label, "--registered", stopped.name)
     assert result.returncode == 3
     assert f"container {stopped.name} is not running (exited, exit code 0)" in result.stderr
+    outside = run_container(labels={"SERVICE_NAME": "x"})  # running, without this daemon's --filter label
+    result = run_wait(hostname, label, outside.name)
+    assert result.returncode == 3
+    assert f"container {outside.name} would register nothing: it does not match --filter label={label}" \
+        in result.stderr
     unreachable = run_wait(hostname, label, "--timeout", "2s", stopped.name, f"consul://127.0.0.1:{free_port()}")
     assert unreachable.returncode == 1
     assert "consul-reg wait: the Consul agent cannot be reached or refused (tried for 2s): " in unreachable.stderr
