@@ -47,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Registers Docker containers' services in the local Consul agent.",
         allow_abbrev=False,
         usage="consul-reg [options] [registry-uri]",
+        epilog="commands: `consul-reg explain [options] [registry-uri] CONTAINER` shows what would be "
+               "registered and why; `consul-reg wait [--passing | --registered | --gone] [--timeout DURATION] "
+               "[options] CONTAINER... [registry-uri]` waits until those services are passing (see "
+               "`consul-reg wait --help`)",
     )
     add = parser.add_argument
     add("-ip", "--ip", dest="host_ip", metavar="IP", help="address to register services with")
@@ -270,6 +274,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["explain"]:
         return _explain(argv[1:])
+    if argv[:1] == ["wait"]:
+        from consul_reg.app.wait import main as wait_main
+
+        return wait_main(argv[1:])
     try:
         config = parse_config(argv)
     except UsageError as error:
