@@ -1,4 +1,4 @@
-"""The docs' service-key examples as data: a `container` block (an optional
+"""The service-key examples of the docs (docs/*.md and the README) as data: a `container` block (an optional
 `consul-reg ...` line with the daemon's options, then a `docker run ...`
 line), then a `registration` block (the JSON the agent is sent, one object or
 a list), optionally a `warning` block (lines each warning must contain, one
@@ -53,7 +53,8 @@ def examples() -> list[Example]:
     """Every example of every page, in order. A `container` block not followed
     by its `registration` block is an error, so no example goes unchecked."""
     found: list[Example] = []
-    for path in sorted(DOCS.glob("*.md")):
+    readme = DOCS.parent / "README.md"
+    for path in [*sorted(DOCS.glob("*.md")), *([readme] if readme.exists() else [])]:
         text = path.read_text()
         blocks = [(m.group(2), m.group(3), text.count("\n", 0, m.start()) + 1) for m in _FENCE.finditer(text)]
         index = 0

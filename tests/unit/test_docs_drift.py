@@ -18,11 +18,12 @@ import ast
 import contextlib
 import io
 import re
+import tomllib
 from pathlib import Path
 
 import pytest
-
 from consul_reg.app import cli
+
 from tests.unit import docs_examples
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -245,7 +246,8 @@ def test_a_reworded_message_is_caught() -> None:
 
 
 def test_the_readme_test_command_is_what_ci_runs() -> None:
-    ci = [line for line in (ROOT / ".ci/run").read_text().splitlines() if line and not line.startswith(("#", "set ", "cd "))]
+    ci = [line for line in (ROOT / ".ci/run").read_text().splitlines()
+          if line and not line.startswith(("#", "set ", "cd "))]
     assert ci == ["sh scripts/test.sh"]
     assert "```sh\nsh scripts/test.sh" in (ROOT / "README.md").read_text()
 
@@ -273,5 +275,9 @@ def test_the_version_comes_from_the_package_metadata() -> None:
     assert code == 0 and text.strip() == f"consul-reg {version('consul-reg')}"
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert re.search(r'^ARG VERSION=(\S+)$', dockerfile, re.M).group(1) == version("consul-reg")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["version"] == version("consul-reg")  # the metadata installed is this tree's
+    assert re.search(r'^ARG SOURCE=(\S+)$', dockerfile, re.M).group(1) == project["urls"]["Source"]
+    assert f'org.opencontainers.image.licenses={project["license"]["text"]}' in dockerfile
     assert f"## [{version('consul-reg')}]" in (ROOT / "CHANGELOG.md").read_text()
 
