@@ -207,24 +207,30 @@ def _quoted_messages() -> list[str]:
 
 
 def _covered(fragment: str, literals: list[str]) -> bool:
-    """Whether `fragment` is made of pieces of the code's literals (the daemon
-    composes messages from several): each piece holding a letter is at least
-    8 characters long, but at the fragment's ends; shorter ones are
-    separators (`: `, `; `, quotes) and numbers."""
-    position = 0
-    while position < len(fragment):
-        best = 0
-        for literal in literals:
-            size = min(len(literal), len(fragment) - position)
-            while size > best and fragment[position:position + size] not in literal:
-                size -= 1
-            best = max(best, size)
-        piece = fragment[position:position + best]
-        inside = position > 0 and position + best < len(fragment)
-        if best == 0 or (best < 8 and inside and re.search(r"[A-Za-z]", piece)):
-            return False
-        position += best
-    return True
+    """Whether `fragment` can be cut into pieces of the code's literals (the
+    daemon composes messages from several): each piece holding a letter at
+    least 8 characters long (or the whole fragment's words, or an article
+    starting it); shorter ones are separators (`: `, `; `, quotes) and numbers."""
+    text = "\x00".join(literals)
+    words = re.sub(r"^[^A-Za-z]+|[^A-Za-z]+$", "", fragment)  # the fragment without its end punctuation
+    need = min(8, len(words))
+
+    def longest(position: int) -> int:  # the longest piece of a literal starting there (shorter ones are too)
+        low, high = 0, len(fragment) - position
+        while low < high:
+            middle = (low + high + 1) // 2
+            low, high = (middle, high) if fragment[position:position + middle] in text else (low, middle - 1)
+        return low
+
+    reachable = {0}
+    for position in range(len(fragment)):
+        if position not in reachable:
+            continue
+        for size in range(1, longest(position) + 1):
+            piece = fragment[position:position + size]
+            if size >= need or not re.search(r"[A-Za-z]", piece) or (position == 0 and size <= 2):
+                reachable.add(position + size)
+    return len(fragment) in reachable
 
 
 def test_each_quoted_message_is_still_in_the_code() -> None:
@@ -240,6 +246,8 @@ def test_a_reworded_message_is_caught() -> None:
     literals = _code_literals()
     assert _covered("; retrying in ", literals)
     assert not _covered("; will retry after a pause of ", literals)
+    assert not _covered("); this service is left out of Consul", literals)  # the end reworded
+    assert not _covered("a service ID must consist only of ASCII letters", literals)
 
 
 # --- facts stated once ------------------------------------------------------------------------------
