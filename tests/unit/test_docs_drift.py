@@ -209,11 +209,11 @@ def _quoted_messages() -> list[str]:
 def _covered(fragment: str, literals: list[str]) -> bool:
     """Whether `fragment` can be cut into pieces of the code's literals (the
     daemon composes messages from several): each piece holding a letter at
-    least 8 characters long (or the whole fragment's words, or an article
+    least 12 characters long (or the whole fragment's words, or an article
     starting it); shorter ones are separators (`: `, `; `, quotes) and numbers."""
     text = "\x00".join(literals)
     words = re.sub(r"^[^A-Za-z]+|[^A-Za-z]+$", "", fragment)  # the fragment without its end punctuation
-    need = min(8, len(words))
+    need = min(12, len(words))
 
     def longest(position: int) -> int:  # the longest piece of a literal starting there (shorter ones are too)
         low, high = 0, len(fragment) - position
