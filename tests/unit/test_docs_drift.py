@@ -4,6 +4,7 @@ and compares it with what the code does:
 
 - every option `consul-reg --help` (and each subcommand's --help) prints is in
   docs/options.md, and every option named there exists;
+- every key the mapping reads is named in the key tables;
 - every service-key example (docs/*.md: a `container` block, its
   `registration` block, maybe a `warning` block) is what the pure mapping gives;
 - the metrics table of docs/operating.md is exactly what /metrics exports;
@@ -74,14 +75,16 @@ def _run_help(argv: list[str]) -> tuple[int, str]:
 
 
 def _subcommands() -> set[str]:
-    """The subcommands main() dispatches on (`if argv[:1] == ["name"]`)."""
+    """The subcommands main() dispatches on: the names it compares its first
+    argument with (`argv[:1] == ["explain"]`, `argv[0] in ("a", "b")`...)."""
     tree = ast.parse(Path(cli.__file__).read_text())
     main = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "main")
     names = set()
     for node in ast.walk(main):
-        if isinstance(node, ast.Compare) and ast.unparse(node.left) == "argv[:1]":
+        if isinstance(node, ast.Compare) and ast.unparse(node.left) in ("argv[:1]", "argv[0]"):
             for comparator in node.comparators:
-                names |= {e.value for e in getattr(comparator, "elts", []) if isinstance(e, ast.Constant)}
+                names |= {c.value for c in ast.walk(comparator)
+                          if isinstance(c, ast.Constant) and isinstance(c.value, str)}
     return names
 
 
@@ -158,6 +161,33 @@ def test_a_container_block_without_its_registration_is_an_error(tmp_path, monkey
 def test_an_option_the_examples_do_not_know_is_an_error() -> None:
     with pytest.raises(AssertionError, match="does not know --privileged"):
         docs_examples.inspect_data(("--privileged", "nginx"))
+
+
+def _keys_the_mapping_reads() -> set[str]:
+    """SERVICE_* keys (lower-cased, after `SERVICE_`) the mapping configures itself with:
+    its daemon keys and every `check_*`, `heartbeat_*`, `tagged_address_*` key it names."""
+    from consul_reg.mapping.labels import DAEMON_KEYS
+
+    keys = set(DAEMON_KEYS)
+    for path in (PACKAGE / "mapping").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and re.fullmatch(
+                    r"(check|heartbeat|tagged_address)_[a-z0-9_]+", node.value):
+                keys.add(node.value)
+    return keys
+
+
+def test_every_key_the_mapping_reads_is_documented() -> None:
+    """docs/service-keys.md, health-checks.md and workers.md name every key (a new
+    key is one row in one of their tables)."""
+    text = " ".join((DOCS / page).read_text() for page in ("service-keys.md", "health-checks.md", "workers.md"))
+    documented = set()
+    for code in re.findall(r"`([^`]*)`", text):
+        for key in re.findall(r"(?:SERVICE_)?(?:<port>_|[0-9]+_)?([A-Z][A-Z0-9_]*)", code):
+            documented.add(key.lower().rstrip("_"))
+    keys = _keys_the_mapping_reads()
+    assert len(keys) > 25 and "check_docker" in keys
+    assert {key for key in keys if key.rstrip("_") not in documented} == set()
 
 
 # --- metrics ----------------------------------------------------------------------------------------
