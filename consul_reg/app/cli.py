@@ -12,7 +12,7 @@ import urllib.parse
 from collections.abc import Sequence
 from typing import NoReturn
 
-from consul_reg import __version__
+from consul_reg import version as package_version
 from consul_reg.app.config import Config, TokenError, read_token
 from consul_reg.app.uris import RegistryURIError, default_uri, validate_uri
 from consul_reg.mapping.check_targets import AllowRule, parse_allow_rule
@@ -39,6 +39,15 @@ class UsageError(Exception):
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise UsageError(message)
+
+
+class _Version(argparse.Action):
+    """--version: the package's version from its metadata, read only when asked."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: object, values: object,
+                 option_string: str | None = None) -> None:
+        print(f"consul-reg {package_version()}")
+        parser.exit()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -116,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--log-level", default="INFO", type=str.upper,
         choices=["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"])
     add("--log-format", default="text", choices=["text", "json"])
-    add("-version", "--version", action="version", version=f"consul-reg {__version__}")
+    add("-version", "--version", action=_Version, nargs=0, help="print the version and exit")
     add("uris", nargs="*", metavar="registry-uri", help="default consul://127.0.0.1:8500 or CONSUL_HTTP_ADDR")
     return parser
 
