@@ -12,9 +12,14 @@
 # of its multi-platform index. To move it: pick the tag, then
 #   docker buildx imagetools inspect python:3.11.N-slim-bookworm   (its Digest)
 ARG BASE=python:3.11.13-slim-bookworm@sha256:86adf8dbadc3d6e82ee5dd2c74bec2e1c2467cdad47886280501df722372d2e1
+# The OCI labels' version: pyproject.toml's, which the build stage checks against the installed
+# `consul-reg --version` (a release that forgets this line fails to build). Source and licence likewise.
+ARG VERSION=0.1.0
+ARG SOURCE=https://github.com/consul-reg/consul-reg
 
 # Stage 1: wheels for the package and every dependency, installed into a venv.
 FROM ${BASE} AS build
+ARG VERSION
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 # .dockerignore lets through only what the image needs (and wheels/ when present).
 COPY . /src/
@@ -28,11 +33,14 @@ RUN set -eu; \
     fi; \
     $pip uninstall -y -q pip setuptools; \
     mkdir -p /opt/consul-reg/checks && cp /src/checks/* /opt/consul-reg/checks/ && chmod 0755 /opt/consul-reg/checks/*; \
-    /opt/consul-reg/venv/bin/consul-reg --version
+    got=$(/opt/consul-reg/venv/bin/consul-reg --version); \
+    [ "$got" = "consul-reg ${VERSION}" ] || { echo "the package says '$got', the Dockerfile's VERSION ${VERSION}" >&2; exit 1; }
 
 # Stage 2: the base plus the venv; no compiler, no wheels, no pip.
 FROM ${BASE}
 ARG BASE
+ARG VERSION
+ARG SOURCE
 # The probes land in /opt/consul-reg/checks, for other images:
 #   COPY --from=consul-reg /opt/consul-reg/checks/ /checks/
 COPY --from=build /opt/consul-reg /opt/consul-reg
@@ -44,7 +52,10 @@ ENV PATH=/opt/consul-reg/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/
 LABEL SERVICE_IGNORE=true \
       org.opencontainers.image.base.name="${BASE}" \
       org.opencontainers.image.title=consul-reg \
-      org.opencontainers.image.description="Registers Docker containers' services in the local Consul agent"
+      org.opencontainers.image.description="Registers Docker containers' services in the local Consul agent" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.source="${SOURCE}" \
+      org.opencontainers.image.licenses=MIT
 STOPSIGNAL SIGTERM
 # Exec form: consul-reg is PID 1 and receives SIGTERM from `docker stop` itself.
 ENTRYPOINT ["consul-reg"]

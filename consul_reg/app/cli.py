@@ -12,7 +12,7 @@ import urllib.parse
 from collections.abc import Sequence
 from typing import NoReturn
 
-from consul_reg import __version__
+from consul_reg import version as package_version
 from consul_reg.app.config import Config, TokenError, read_token
 from consul_reg.app.uris import RegistryURIError, default_uri, validate_uri
 from consul_reg.mapping.check_targets import AllowRule, parse_allow_rule
@@ -41,12 +41,25 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+class _Version(argparse.Action):
+    """--version: the package's version from its metadata, read only when asked."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: object, values: object,
+                 option_string: str | None = None) -> None:
+        print(f"consul-reg {package_version()}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="consul-reg",
         description="Registers Docker containers' services in the local Consul agent.",
         allow_abbrev=False,
         usage="consul-reg [options] [registry-uri]",
+        epilog="commands: `consul-reg explain [options] [registry-uri] CONTAINER` shows what would be "
+               "registered and why; `consul-reg wait [--passing | --registered | --gone] [--timeout DURATION] "
+               "[options] CONTAINER... [registry-uri]` waits until those services are passing (see "
+               "`consul-reg wait --help`)",
     )
     add = parser.add_argument
     add("-ip", "--ip", dest="host_ip", metavar="IP", help="address to register services with")
@@ -118,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--log-level", default="INFO", type=str.upper,
         choices=["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"])
     add("--log-format", default="text", choices=["text", "json"])
-    add("-version", "--version", action="version", version=f"consul-reg {__version__}")
+    add("-version", "--version", action=_Version, nargs=0, help="print the version and exit")
     add("uris", nargs="*", metavar="registry-uri", help="default consul://127.0.0.1:8500 or CONSUL_HTTP_ADDR")
     return parser
 
@@ -283,6 +296,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["explain"]:
         return _explain(argv[1:])
+    if argv[:1] == ["wait"]:
+        from consul_reg.app.wait import main as wait_main
+
+        return wait_main(argv[1:])
     try:
         config = parse_config(argv)
     except UsageError as error:

@@ -5,20 +5,26 @@ container, where every field came from, and every warning."""
 from __future__ import annotations
 
 import sys
-from typing import Any, TextIO
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TextIO
 
 from consul_reg.app.config import Config
 from consul_reg.app.host import default_address
 from consul_reg.app.uris import registries_from_uris
 from consul_reg.core.errors import DockerUnavailable, RegistryError
-from consul_reg.core.records import MARKER_KEYS, Service, section
+from consul_reg.core.records import MARKER_KEYS, AgentInfo, Service, section
 from consul_reg.docker.client import DockerSource
 from consul_reg.docker.swarm import SwarmEndpoints
 from consul_reg.mapping import env_file as envfile
 from consul_reg.mapping import labels
 from consul_reg.mapping.check_fields import origin_key
 from consul_reg.mapping.labels import KeyValue, printable
-from consul_reg.mapping.services import map_container
+from consul_reg.mapping.services import ContainerRecords, map_container
+from consul_reg.mapping.settings import MappingSettings
+
+if TYPE_CHECKING:
+    from consul_reg.consul.agent import ConsulRegistry
+    from consul_reg.consul.memory import MemoryRegistry
 
 
 def explain(config: Config, container_ref: str, out: TextIO = sys.stdout) -> int:
@@ -34,12 +40,7 @@ def explain(config: Config, container_ref: str, out: TextIO = sys.stdout) -> int
         return 1
     warnings: list[str] = []
     try:
-        info = primary.agent_info()
-        address = default_address(primary.endpoint.is_local, info.advertise_address)
-        policy = config.check_policy(
-            agent_addresses=tuple(a for a in (info.advertise_address, *info.listen_addresses) if a),
-            agent_ports=info.listen_ports)
-        settings = config.mapping_settings(*address, info.version, info.runs_remote_scripts, policy=policy)
+        settings, info = agent_settings(config, primary)
         print(f"agent: {primary.description}, Consul {info.version}, script checks "
               f"{'enabled' if info.runs_remote_scripts else 'disabled'}", file=out)
     except RegistryError as error:
@@ -54,33 +55,14 @@ def explain(config: Config, container_ref: str, out: TextIO = sys.stdout) -> int
         print("would register nothing: the container is not running", file=out)
         return 1
 
-    chosen = envfile.env_file_path(container, config.env_file, not config.no_container_env_file)
-    if chosen.problem:
-        warnings.append(chosen.problem)
-    env_path = chosen.path
-    extra: tuple[tuple[str, list[tuple[str, str]]], ...] = ()
-    if env_path:
-        text = None
-        shown_path = printable(env_path, 200)
-        try:
-            text = docker.read_file(str(container["Id"]), env_path, envfile.MAX_BYTES)
-        except ValueError as error:
-            warnings.append(f"env file {shown_path}: {error}")
-        if text is None:
-            print(f"env file: {shown_path} (not there yet)", file=out)
-        else:
-            parsed = envfile.parse(text)
-            warnings.extend(f"env file {shown_path}: {p}" for p in parsed.problems)
-            extra = (("env file", list(parsed.pairs)),)
-            print(f"env file: {shown_path} ({len(parsed.pairs)} keys)", file=out)
-
-    peer = None
-    mode = str((container.get("HostConfig") or {}).get("NetworkMode") or "")
-    if mode.startswith("container:"):
-        peer = docker.inspect(mode.split(":", 1)[1])
-    container = SwarmEndpoints(docker).augment(container)  # a Swarm task: its service's ingress ports
-    records = map_container(container, settings, network_peer=peer, extra_sources=extra)
-    keys = labels.collect(config_section.get("Env"), config_section.get("Labels"), *extra, limits=config.limits)
+    env = read_env_file(config, docker, container)
+    warnings.extend(env.warnings)
+    if env.shown_path:
+        print(f"env file: {env.shown_path} " + ("(not there yet)" if env.pairs is None else
+                                                f"({len(env.pairs)} keys)"), file=out)
+    records = map_running(docker, container, settings, env)
+    keys = labels.collect(config_section.get("Env"), config_section.get("Labels"), *env.sources,
+                          limits=config.limits)
     for service in records.services:
         _print_service(service, keys.for_port(service.exposed_port.split("/")[0]) if service.exposed_port
                        else dict(keys.general), config, out)
@@ -90,6 +72,62 @@ def explain(config: Config, container_ref: str, out: TextIO = sys.stdout) -> int
         print(f"would register nothing: {printable(records.skipped_reason or 'no service')}", file=out)
         return 1
     return 0
+
+
+def agent_settings(config: Config, primary: ConsulRegistry | MemoryRegistry) -> tuple[MappingSettings, AgentInfo]:
+    """The mapping's settings as the daemon takes them from its agent (version, script
+    checks, advertise address, listeners). Raises RegistryError."""
+    info = primary.agent_info()
+    address = default_address(primary.endpoint.is_local, info.advertise_address)
+    policy = config.check_policy(
+        agent_addresses=tuple(a for a in (info.advertise_address, *info.listen_addresses) if a),
+        agent_ports=info.listen_ports)
+    return config.mapping_settings(*address, info.version, info.runs_remote_scripts, policy=policy), info
+
+
+@dataclass(frozen=True)
+class EnvFileRead:
+    """A container's env file as read now: its path as shown ("" without one), its
+    pairs (None: not there yet) and what was wrong with it."""
+
+    shown_path: str = ""
+    pairs: tuple[tuple[str, str], ...] | None = None
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def sources(self) -> tuple[tuple[str, list[tuple[str, str]]], ...]:
+        """The mapping's extra sources: the env file's keys, when there are some."""
+        return (("env file", list(self.pairs)),) if self.pairs is not None else ()
+
+
+def read_env_file(config: Config, docker: DockerSource, container: dict[str, Any]) -> EnvFileRead:
+    chosen = envfile.env_file_path(container, config.env_file, not config.no_container_env_file)
+    warnings = [chosen.problem] if chosen.problem else []
+    if not chosen.path:
+        return EnvFileRead(warnings=tuple(warnings))
+    shown_path = printable(chosen.path, 200)
+    text = None
+    try:
+        text = docker.read_file(str(container["Id"]), chosen.path, envfile.MAX_BYTES)
+    except ValueError as error:
+        warnings.append(f"env file {shown_path}: {error}")
+    if text is None:
+        return EnvFileRead(shown_path, None, tuple(warnings))
+    parsed = envfile.parse(text)
+    warnings.extend(f"env file {shown_path}: {p}" for p in parsed.problems)
+    return EnvFileRead(shown_path, tuple(parsed.pairs), tuple(warnings))
+
+
+def map_running(docker: DockerSource, container: dict[str, Any], settings: MappingSettings,
+                env: EnvFileRead) -> ContainerRecords:
+    """What the daemon would register for a running container, as its loop maps it:
+    with its network peer's ports and a Swarm task's ingress ports."""
+    peer = None
+    mode = str((container.get("HostConfig") or {}).get("NetworkMode") or "")
+    if mode.startswith("container:"):
+        peer = docker.inspect(mode.split(":", 1)[1])
+    container = SwarmEndpoints(docker).augment(container)  # a Swarm task: its service's ingress ports
+    return map_container(container, settings, network_peer=peer, extra_sources=env.sources)
 
 
 def _source(keys: dict[str, KeyValue], key: str, default: str) -> str:

@@ -12,6 +12,7 @@ import subprocess
 import threading
 import time
 import uuid
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -179,6 +180,11 @@ def test_image_base_is_pinned_and_recorded(consul_reg_image):
     assert labels["consul-reg.base.suite"] == "bookworm" and labels["consul-reg.base.debian-version"].startswith("12.")
     assert labels["consul-reg.base.python"].startswith("python3.11="), labels
     assert re.fullmatch(r"[0-9a-f]{64}", labels["consul-reg.base.release-sha256"]), labels
+    # The OCI labels show the package's version (its metadata, as `consul-reg --version` in the image says).
+    ran = docker_cli("run", "--rm", "--network", "none", consul_reg_image, "--version")
+    assert ran.stdout.strip() == f"consul-reg {labels['org.opencontainers.image.version']}", (ran.stdout, labels)
+    assert labels["org.opencontainers.image.version"] == version("consul-reg"), labels
+    assert labels["org.opencontainers.image.licenses"] == "MIT" and labels["org.opencontainers.image.source"], labels
     ran = docker_cli("run", "--rm", "--network", "none", "--entrypoint", "python3", consul_reg_image, "-c",
                      "import sys; print('%d.%d' % sys.version_info[:2])")
     assert ran.stdout.strip() == "3.11", ran.stdout + ran.stderr

@@ -1,0 +1,319 @@
+"""`consul-reg wait [--passing | --registered | --gone] [--timeout DURATION] [the daemon's
+flags] CONTAINER... [registry-uri]`: for deploy scripts, until every service the daemon
+would register for those containers is in the catalog with all its checks passing
+(`--passing`, the default), is there at all (`--registered`), or is gone (`--gone`).
+
+Exit codes: 0 done; 1 timed out (each service or check not yet as asked is named on
+stderr, a failing check with its output); 2 a usage error (cli.py); 3 nothing to wait
+for: a container that is not there or not running (`--passing`, `--registered`), one
+that would register nothing, or Docker that cannot be reached.
+
+The expected services are mapped once, at start, as `explain` maps them: the agent's
+settings, the container's labels, env and env file, the daemon's flags. Then one
+thread per service name holds a blocking query on /v1/health/service/<name>
+(consul/health.py), keeping this agent's node's instances only; the main thread
+judges every answer. Nothing polls: a request goes out at start, when the service's
+instances or checks changed, when a blocking query's wait ran out (never before the
+deadline), or after a back-off when the agent failed or answered without news.
+"""
+
+from __future__ import annotations
+
+import queue
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from consul_reg.app import logs
+from consul_reg.app.cli import USAGE_EXIT, UsageError
+from consul_reg.app.config import Config
+from consul_reg.app.explain import agent_settings, map_running, read_env_file
+from consul_reg.app.uris import consul_endpoint
+from consul_reg.app.wait_args import DEFAULT_TIMEOUT_SECONDS, WAIT_HELP, parse_wait
+from consul_reg.consul.agent import ConsulClient, ConsulRegistry
+from consul_reg.consul.health import CheckHealth, InstanceHealth, agent_checks, container_services, service_health
+from consul_reg.core.errors import DockerUnavailable, RegistryError
+from consul_reg.core.records import fold_id
+from consul_reg.core.text import printable
+from consul_reg.docker.client import DockerSource
+from consul_reg.mapping.settings import MappingSettings
+
+EXIT_DONE, EXIT_TIMED_OUT, EXIT_NOTHING_TO_WAIT_FOR = 0, 1, 3
+MAX_OUTPUT_SHOWN = 500  # characters of a check's output in a time-out report
+_MAX_PAUSE = 5.0  # the longest back-off between two requests of one watch
+
+
+@dataclass(frozen=True)
+class Expected:
+    """One service the daemon would register (or holds) for a container named on the command line."""
+
+    service_id: str
+    name: str
+    container: str
+    check_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class View:
+    """The last answer about one service name: its instances on this agent's node, or why
+    it could not be read."""
+
+    instances: tuple[InstanceHealth, ...] = ()
+    error: str = ""
+
+
+class NothingToWaitFor(Exception):
+    """A container named cannot have the services asked for (not there, not running, none)."""
+
+
+def main(argv: Sequence[str]) -> int:
+    if any(arg in ("-h", "--help") for arg in argv):
+        print(WAIT_HELP)
+        return EXIT_DONE
+    try:
+        args = parse_wait(argv)
+    except UsageError as error:
+        print(f"consul-reg: {error}", file=sys.stderr)
+        return USAGE_EXIT
+    logs.setup("ERROR", "text", secrets=(args.config.token or "",))
+    return wait(args.config, args.containers, args.mode, args.timeout)
+
+
+def unmet(mode: str, expected: Sequence[Expected], views: Mapping[str, View],
+          fresh: Mapping[str, CheckHealth] | None = None) -> list[str]:
+    """Every service or check not yet as `mode` asks, one line each (escaped); [] when done.
+    `fresh`: the agent's own view of checks, whose outputs are newer than the catalog's."""
+    lines: list[str] = []
+    for want in expected:
+        label = _label(want)
+        view = views.get(want.name)
+        if view is None:
+            lines.append(f"{label}: no answer from the agent yet")
+            continue
+        if view.error:
+            lines.append(f"{label}: {printable(view.error, MAX_OUTPUT_SHOWN, one_line=True)}")
+            continue
+        instance = next((i for i in view.instances if fold_id(i.service_id) == fold_id(want.service_id)), None)
+        if mode == "gone":
+            if instance is not None:
+                lines.append(f"{label}: still registered")
+            continue
+        if instance is None:
+            lines.append(f"{label}: not registered")
+        elif mode == "passing":
+            lines.extend(f"{label}: {problem}" for problem in _check_problems(want, instance, fresh or {}))
+    return lines
+
+
+def _label(want: Expected) -> str:
+    return f"service {printable(want.service_id)} ({printable(want.name)}) of container {printable(want.container)}"
+
+
+def _check_problems(want: Expected, instance: InstanceHealth, fresh: Mapping[str, CheckHealth]) -> list[str]:
+    present = {fold_id(check.check_id) for check in instance.checks}
+    problems = [f"check {printable(check_id)} not registered" for check_id in want.check_ids
+                if fold_id(check_id) not in present]
+    for check in instance.checks:
+        if check.status == "passing":
+            continue
+        kind = "check" if check.service_id else "node check"
+        name = f" ({printable(check.name, 100)})" if check.name else ""
+        newer = fresh.get(check.check_id)
+        text = newer.output if newer is not None and newer.status == check.status and newer.output else check.output
+        output = printable(text, MAX_OUTPUT_SHOWN, one_line=True) or "(no output)"
+        problems.append(f"{kind} {printable(check.check_id)}{name} is {printable(check.status, 20)}: {output}")
+    return problems
+
+
+def wait(config: Config, containers: Sequence[str], mode: str = "passing",
+         timeout: float = DEFAULT_TIMEOUT_SECONDS, out: TextIO = sys.stdout, err: TextIO = sys.stderr,
+         clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> int:
+    deadline = clock() + timeout
+    # One kept connection per watched name at most: names are bounded by the containers named.
+    client = ConsulClient(consul_endpoint(config.registry_uris[0]), token=config.token,
+                          max_connections=len(containers) * config.limits.services_per_container + 2)
+    try:
+        try:
+            docker = DockerSource(filters=config.docker_filters())
+        except DockerUnavailable as error:
+            print(f"consul-reg wait: {error}", file=err)
+            return EXIT_NOTHING_TO_WAIT_FOR
+        try:
+            node, settings = _agent(config, ConsulRegistry(client), deadline, clock, sleep)
+            expected = _expected(config, docker, client, settings, containers, mode)
+        except RegistryError as error:  # asked again until the deadline (_agent)
+            print(f"consul-reg wait: the Consul agent cannot be reached or refused (tried for {timeout:g}s): "
+                  f"{printable(error, MAX_OUTPUT_SHOWN, one_line=True)}", file=err)
+            return EXIT_TIMED_OUT
+        except (NothingToWaitFor, DockerUnavailable) as error:
+            print(f"consul-reg wait: {error}", file=err)
+            return EXIT_NOTHING_TO_WAIT_FOR
+        try:
+            late = (lambda: _not_running(docker, containers)) if mode != "gone" else (lambda: [])
+            return until_done(client, node, expected, mode, containers, late, timeout, deadline, clock, out, err)
+        finally:
+            docker.close()
+    finally:
+        client.close()
+
+
+def _agent(config: Config, registry: ConsulRegistry, deadline: float, clock: Callable[[], float],
+           sleep: Callable[[float], None]) -> tuple[str, MappingSettings]:
+    """This agent's node name and the mapping's settings; the agent is asked again on a
+    back-off until the deadline (the last RegistryError raised)."""
+    pause = 0.5
+    while True:
+        try:
+            settings, info = agent_settings(config, registry)
+            return info.node_name, settings
+        except RegistryError:
+            if clock() + pause > deadline:
+                raise
+            sleep(pause)
+            pause = min(pause * 2, _MAX_PAUSE)
+
+
+def _expected(config: Config, docker: DockerSource, client: ConsulClient, settings: MappingSettings,
+              containers: Sequence[str], mode: str) -> list[Expected]:
+    expected: list[Expected] = []
+    for ref in containers:
+        shown = printable(ref, 200)
+        container = docker.inspect(ref)
+        if container is None:
+            if mode == "gone":
+                continue  # removed: gone
+            raise NothingToWaitFor(f"no container named or with ID {shown}")
+        running = bool((container.get("State") or {}).get("Running"))
+        mapped = map_running(docker, container, settings, read_env_file(config, docker, container)) \
+            if running else None
+        if mode == "gone":
+            held = container_services(client, str(container.get("Id") or ""), config.owner)
+            held.update({s.id: s.name for s in mapped.services} if mapped else {})
+            expected.extend(Expected(service_id, name, ref) for service_id, name in held.items())
+            continue
+        if mapped is None:
+            raise NothingToWaitFor(f"container {shown} is not running ({_state(container)})")
+        if not mapped.services:
+            raise NothingToWaitFor(f"container {shown} would register nothing: "
+                                   f"{printable(mapped.skipped_reason or 'no service', 300)}")
+        expected.extend(Expected(s.id, s.name, ref, tuple(c.check_id for c in s.checks)) for s in mapped.services)
+    return expected
+
+
+def _state(container: dict[str, Any]) -> str:
+    state = container.get("State") or {}
+    status = printable(state.get("Status") or "not running", 40)
+    return f"{status}, exit code {state.get('ExitCode')}" if status == "exited" else status
+
+
+def until_done(client: ConsulClient, node: str, expected: Sequence[Expected], mode: str, containers: Sequence[str],
+               late: Callable[[], list[str]], timeout: float, deadline: float, clock: Callable[[], float],
+               out: TextIO, err: TextIO,
+               pause: Callable[[threading.Event, float], bool] = lambda stop, seconds: stop.wait(seconds)) -> int:
+    """The waiting itself: one watch per service name, every answer judged (unmet) until
+    nothing is left (EXIT_DONE) or the deadline passed (EXIT_TIMED_OUT, each line of what
+    is left on `err`, then what `late` adds: the containers that stopped meanwhile)."""
+    answers: queue.Queue[tuple[str, View]] = queue.Queue()
+    stop = threading.Event()
+    views: dict[str, View] = {}
+    for name in dict.fromkeys(want.name for want in expected):
+        _Watch(client, name, node, deadline, clock, answers.put, stop, pause).start()
+    try:
+        while True:
+            left = unmet(mode, expected, views)
+            if not left:
+                for want in expected:
+                    print(f"{mode}: {_label(want)}", file=out)
+                for ref in containers:
+                    if not any(want.container == ref for want in expected):
+                        print(f"{mode}: container {printable(ref, 200)}: no service left", file=out)
+                return EXIT_DONE
+            remaining = deadline - clock()
+            if remaining <= 0:
+                left = unmet(mode, expected, views, _fresh_checks(client, views) if mode == "passing" else None)
+                left.extend(late())
+                print(f"consul-reg wait: timed out after {timeout:g}s waiting for {len(expected)} service(s) to be "
+                      f"{mode} in the agent's node {printable(node, 200)}; not yet:", file=err)
+                for line in left:
+                    print(f"  {line}", file=err)
+                return EXIT_TIMED_OUT
+            try:
+                name, view = answers.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            views[name] = view
+            while not answers.empty():  # judge once for everything that came together
+                name, view = answers.get_nowait()
+                views[name] = view
+    finally:
+        stop.set()
+
+
+def _fresh_checks(client: ConsulClient, views: Mapping[str, View]) -> dict[str, CheckHealth]:
+    """At a time-out: the agent's own view of the checks that are not passing (their output
+    reaches the catalog only every few minutes), or nothing when it cannot be read."""
+    failing = {check.check_id for view in views.values() for instance in view.instances
+               for check in instance.checks if check.status != "passing"}
+    try:
+        return agent_checks(client, failing)
+    except RegistryError:
+        return {}
+
+
+def _not_running(docker: DockerSource, containers: Sequence[str]) -> list[str]:
+    """At a time-out: the containers that stopped meanwhile (one inspect each)."""
+    lines = []
+    for ref in containers:
+        try:
+            container = docker.inspect(ref)
+        except DockerUnavailable:
+            continue
+        if container is None:
+            lines.append(f"container {printable(ref, 200)}: removed")
+        elif not (container.get("State") or {}).get("Running"):
+            lines.append(f"container {printable(ref, 200)}: not running ({_state(container)})")
+    return lines
+
+
+class _Watch(threading.Thread):
+    """One blocking query after another on one service name, each answer posted."""
+
+    def __init__(self, client: ConsulClient, name: str, node: str, deadline: float, clock: Callable[[], float],
+                 post: Callable[[tuple[str, View]], None], stop: threading.Event,
+                 pause: Callable[[threading.Event, float], bool]) -> None:
+        super().__init__(name=f"wait-{name[:40]}", daemon=True)
+        self._client, self._service, self._node = client, name, node
+        self._deadline, self._clock, self._post, self._stop, self._pause = deadline, clock, post, stop, pause
+
+    def run(self) -> None:
+        index, pause = 0, 0.0
+        while not self._pause(self._stop, pause):
+            remaining = self._deadline - self._clock()
+            if remaining <= 0:
+                return
+            asked = self._clock()
+            try:
+                answered, instances = service_health(self._client, self._service, self._node, index, remaining)
+            except RegistryError as error:
+                self._post((self._service, View(error=str(error))))
+                pause = min(max(pause * 2, 0.5), _MAX_PAUSE)
+                continue
+            self._post((self._service, View(instances)))
+            index, pause = next_request(index, answered, self._clock() - asked, pause)
+
+
+def next_request(index: int, answered: int, took: float, pause: float) -> tuple[int, float]:
+    """(the next request's index, the pause before it), as Consul's blocking queries ask:
+    a newer index is asked at once; one that went backwards is asked afresh (index 0);
+    an answer without an index, or the same index back within a second (a wake-up without
+    news: a blocking query waits at least a second), is asked again after a growing pause."""
+    if answered <= 0:
+        return 0, min(max(pause * 2, 0.5), _MAX_PAUSE)
+    if answered < index:
+        return 0, 0.0
+    if answered == index and took < 1.0:
+        return index, min(max(pause * 2, 0.5), _MAX_PAUSE)
+    return answered, 0.0
