@@ -89,7 +89,11 @@ class RestartWatcher:
 
     def _run(self) -> None:
         while not self._stopping.is_set():
-            wait = self.step()
+            try:
+                wait = self.step()
+            except Exception:  # never the end of the watcher: said, and tried again later
+                logger.exception("check restarts: a round failed; trying again in {:g}s", IDLE_SECONDS)
+                wait = IDLE_SECONDS
             self._wake.wait(wait)
             self._wake.clear()
 
@@ -139,6 +143,10 @@ class RestartWatcher:
             self._metrics.check_restart("restarted")
         except DockerUnavailable as error:
             logger.error("could not restart container {}: {}", printable(container.name, 120), error)
+            self._metrics.check_restart("failed")
+        except Exception as error:  # a bug here must not keep the container marked in flight
+            logger.exception("could not restart container {}: {}", printable(container.name, 120),
+                             printable(error, 300))
             self._metrics.check_restart("failed")
         finally:  # the tracker is the watcher thread's alone: it is told on its next round
             self._done.put((container.container_id, self._clock()))

@@ -443,3 +443,21 @@ def test_the_daemon_wires_the_watcher_as_a_snapshot_subscriber_unless_turned_off
     finally:
         daemon.registry.close()
         daemon.docker.close()
+
+
+def test_a_failing_round_never_ends_the_watcher():
+    class BrokenAgent(FakeAgent):
+        def check_statuses(self, check_ids):
+            self.reads.append(sorted(check_ids))
+            raise KeyError("a bug")
+
+    agent = BrokenAgent()
+    watcher = RestartWatcher(agent, FakeDocker(), OWNER, FakeMetrics(), 10.0, 60.0, clock=lambda: 2000.0)
+    watcher.offer(snapshot(desire(CID, SERVICE)))
+    watcher.start()
+    try:
+        wait_for(lambda: agent.reads != [])
+        watcher.offer(snapshot(desire(CID, SERVICE)))  # wakes it: a living watcher reads again
+        wait_for(lambda: len(agent.reads) >= 2)
+    finally:
+        watcher.stop()
