@@ -11,9 +11,9 @@ StartedAt is), always passed in, so tests drive it with a fake clock.
 - Once one check has failed `limit` samples in a row, the container is
   restarted, unless a restart of it is in flight or its backoff holds it.
 - Backoff: after the k-th restart in a row the next one may come no sooner
-  than min(backoff x 2^(k-1), backoff_max) after it. The row ends (the delay
-  starts again from `backoff`) once every counted check has passed for as
-  long as the current delay.
+  than min(backoff x 2^(k-1), backoff_max) after it is over (the container's
+  new start). The row ends (the delay starts again from `backoff`) once
+  every counted check has passed for as long as the current delay.
 - Across a daemon restart: the row is memory, but Docker's state is not. A
   container first seen that has run before (State.FinishedAt set) and started
   less than backoff_max ago may be in a row this daemon cannot see (its own
@@ -196,6 +196,8 @@ class Tracker:
         if state is None:
             return
         state.in_flight = False
+        # the delay runs from the end of the restart (the container's new start), as Docker's StartedAt shows it
+        state.hold_until = max(state.hold_until, now + state.delay)
         state.counts, state.next_sample, state.passing_since = {}, {}, None
         state.counting_from = now + _grace(state.container)
 

@@ -461,3 +461,15 @@ def test_a_failing_round_never_ends_the_watcher():
         wait_for(lambda: len(agent.reads) >= 2)
     finally:
         watcher.stop()
+
+
+def test_the_delay_runs_from_the_end_of_a_slow_restart():
+    """A restart that takes 5 s (a long stop timeout): the next may come no sooner than the
+    delay after the new start, which is what Docker's StartedAt shows."""
+    tracker = Tracker(10.0, 10.0)
+    tracker.watch(watched_one(policy=replace(POLICY, limit=1, grace=0.0)), 1000.0)
+    due = tracker.due(1000.0)
+    assert [d.kind for d in tracker.results({CHECK: AgentCheck(SERVICE, "critical", "x")}, due, 1000.0)] == \
+        ["restart"]
+    tracker.restarted(CID, 1005.0)  # over 5 s later
+    assert tracker.row_of(CID) == (1, 1015.0)
