@@ -51,9 +51,9 @@ def test_a_container_whose_check_stays_critical_is_restarted_with_growing_delays
     seen: list[float] = [started_at(broken)]
     wait_until(lambda: len(starts(broken, seen)) >= 4, 150, 0.2, message="three restarts by the daemon")
     gaps = [b - a for a, b in zip(seen, seen[1:], strict=False)]
-    # the first: 2s of grace then 2 critical samples 1s apart; then at least 4s, then at least 8s (the cap)
+    # the first: 2s of grace then 2 critical samples 1s apart (~3s); then at least 4s, then at least 8s
+    # (the cap), each from the previous new start (a loaded host may only make the natural cadence longer)
     assert gaps[1] >= 4 - 0.5 and gaps[2] >= 8 - 0.5, gaps
-    assert gaps[2] > gaps[1] - 0.5, gaps
     assert "restarting container" in daemon.log() and "failed 2 times in a row" in daemon.log()
     metrics = httpx.get(f"http://{daemon.status_addr}/metrics", timeout=5).text
     restarted = [line for line in metrics.splitlines()
