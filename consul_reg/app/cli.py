@@ -91,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="who runs SERVICE_CHECK_DOCKER commands: the agent (docker check) or this daemon (docker exec)")
     add("--drain-timeout", dest="drain_timeout", type=float, default=30.0, metavar="SECONDS",
         help="how long a container stopped by a signal stays in maintenance waiting for its death")
+    add("--no-check-restart", dest="no_check_restart", action="store_true",
+        help="never restart a container whose checks stay critical (SERVICE_CHECK_RESTART_LIMIT is ignored)")
+    add("--check-restart-backoff", dest="check_restart_backoff", type=float, default=10.0, metavar="SECONDS",
+        help="least time between two check restarts of one container; doubles per restart (default 10)")
+    add("--check-restart-backoff-max", dest="check_restart_backoff_max", type=float, default=300.0,
+        metavar="SECONDS", help="the longest that time grows to (default 300)")
     add("-envFile", "--envFile", "--env-file", dest="env_file", default=None, metavar="PATH",
         help="file inside each container with SERVICE_*=value lines, read after start and on changes")
     add("--env-file-interval", dest="env_file_interval", type=float, default=10.0, metavar="SECONDS",
@@ -154,6 +160,10 @@ def parse_config(argv: Sequence[str], environ: dict[str, str] | None = None) -> 
         raise UsageError(f"--env-file-interval must be greater than 0 (got {args.env_file_interval:g})")
     if args.drain_timeout < 0:
         raise UsageError(f"--drain-timeout must not be negative (got {args.drain_timeout:g})")
+    if not 0 < args.check_restart_backoff <= args.check_restart_backoff_max <= 86400:
+        raise UsageError("--check-restart-backoff must be above 0 and at most --check-restart-backoff-max, "
+                         f"itself at most 86400 (got {args.check_restart_backoff:g} and "
+                         f"{args.check_restart_backoff_max:g})")
     if "{{" in args.tags:
         try:
             Template(args.tags)
@@ -228,6 +238,9 @@ def parse_config(argv: Sequence[str], environ: dict[str, str] | None = None) -> 
         deregister_on_exit=args.deregister_on_exit,
         no_script_checks=args.no_script_checks,
         drain_timeout=args.drain_timeout,
+        check_restart=not args.no_check_restart,
+        check_restart_backoff=args.check_restart_backoff,
+        check_restart_backoff_max=args.check_restart_backoff_max,
         status_addr=args.status_addr,
         env_file=args.env_file,
         env_file_interval=args.env_file_interval,

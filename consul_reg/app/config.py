@@ -38,6 +38,9 @@ class Config:
     log_level: str = "INFO"
     log_format: str = "text"
     drain_timeout: float = 30.0
+    check_restart: bool = True  # --no-check-restart: False
+    check_restart_backoff: float = 10.0  # least seconds between two check restarts of one container; doubles
+    check_restart_backoff_max: float = 300.0
     status_addr: str | None = None
     env_file: str | None = None  # -envFile: SERVICE_* lines inside each container
     env_file_interval: float = 10.0

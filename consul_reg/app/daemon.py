@@ -38,6 +38,7 @@ from consul_reg.sync.loop import Loop, LoopSettings
 
 if TYPE_CHECKING:
     from consul_reg.mirrors.worker import MirrorWorker
+    from consul_reg.restarts.watcher import RestartWatcher
 
 USAGE_EXIT = 2
 
@@ -59,6 +60,7 @@ class Daemon:
         self.mirrors: list[MirrorWorker] = []
         self.env_reader: EnvFileReader | None = None
         self.probes: ProbeScheduler | None = None
+        self.restarts: RestartWatcher | None = None
         self._announced_remote = False
         threading.Thread(target=self._take_signals, name="signals", daemon=True).start()
 
@@ -150,12 +152,17 @@ class Daemon:
                             for m in self.registries.mirrors]
         if self.registries.is_agent:
             self.watch = AgentWatch(self.registry, self.alarm, self._post, identity=info)
+        if self.registries.is_agent and config.check_restart:  # only an agent runs checks
+            from consul_reg.restarts.watcher import RestartWatcher
+
+            self.restarts = RestartWatcher(self.registry, self.docker, config.owner, self.metrics,
+                                           config.check_restart_backoff, config.check_restart_backoff_max)
         settings = LoopSettings(owner=config.owner, deregister_mode=config.deregister,
                                 resync_seconds=config.resync_seconds, env_file_interval=config.env_file_interval,
                                 retry_interval=config.retry_interval_ms / 1000, drain_timeout=config.drain_timeout,
                                 adopt_leftovers=config.cleanup)
         loop = Loop(settings, LoopReads(self.docker, env_reader), self.registries.agent, builder, probes,
-                    subscribers=self.mirrors, metrics=self.metrics)
+                    subscribers=[*self.mirrors, *([self.restarts] if self.restarts else [])], metrics=self.metrics)
         self.env_reader, self.probes = env_reader, probes
         return loop
 
@@ -196,6 +203,8 @@ class Daemon:
         self.probes.start()
         for mirror in self.mirrors:
             mirror.start()
+        if self.restarts is not None:
+            self.restarts.start()
         if self.watch is not None:
             self.watch.start()
         try:
@@ -219,6 +228,8 @@ class Daemon:
             self.watch.stop()
         if self.probes is not None:
             self.probes.stop()
+        if self.restarts is not None:
+            self.restarts.stop()
         if self.env_reader is not None:
             self.env_reader.stop()
         if self.config.deregister_on_exit:

@@ -184,5 +184,23 @@ def _print_service(service: Service, keys: dict[str, KeyValue], config: Config, 
         where = "consul-reg" if check.daemon_probe else "the agent"
         rows.append((f"Check {check.check_id}", ", ".join(f"{k}={v}" for k, v in definition.items()),
                      f"run by {where}; " + _check_source(service, check.check_id, keys)))
+        if check.reading:
+            rows.append(("  target", check.reading, "a relative :PORT is the container's port"))
+    rows.append(_restart_row(service, config, keys))
     for field, value, source in rows:
         print(f"  {printable(field):<12} {printable(value)}    <- {printable(source)}", file=out)
+
+
+def _restart_row(service: Service, config: Config, keys: dict[str, KeyValue]) -> tuple[str, str, str]:
+    """SERVICE_CHECK_RESTART_*: the policy as the restart watcher applies it."""
+    policy = service.restart
+    if policy is None:
+        return ("Restart", "never (no SERVICE_CHECK_RESTART_LIMIT)", "default")
+    counted = ", ".join(f"{check_id} every {seconds:g}s" for check_id, seconds in policy.samples)
+    text = (f"after {policy.limit} failed results in a row of one check ({counted}); warnings "
+            f"{'ignored' if policy.ignore_warnings else 'count as failures'}; grace {policy.grace:g}s after "
+            f"each start ({policy.grace_source}); backoff from {config.check_restart_backoff:g}s doubling to "
+            f"{config.check_restart_backoff_max:g}s")
+    if not config.check_restart:
+        text = "off on this host (--no-check-restart); else: " + text
+    return ("Restart", text, _source(keys, "check_restart_limit", "SERVICE_CHECK_RESTART_LIMIT"))

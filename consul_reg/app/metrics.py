@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from consul_reg.probes.load import LATE_SECONDS  # a heartbeat sent later than this after it was due is late
 
+CHECK_RESTART_OUTCOMES = ("restarted", "failed")  # the only values of consul_reg_check_restarts_total's label
+
 
 class Metrics:
     def applied(self, registry: str, registered: int, deregistered: int, failed: int) -> None:
@@ -25,6 +27,9 @@ class Metrics:
         pass
 
     def services_managed(self, count: int) -> None:
+        pass
+
+    def check_restart(self, outcome: str) -> None:
         pass
 
     def render(self) -> tuple[bytes, str]:
@@ -62,6 +67,11 @@ class PrometheusMetrics(Metrics):
         self._overloaded = Gauge("consul_reg_heartbeats_overloaded",
                                  "1 while the agent cannot serve the TTL updates asked (a warning names the settings)",
                                  registry=self.registry)
+        self._check_restarts = Counter("consul_reg_check_restarts_total",
+                                       "Containers restarted because a check kept failing (SERVICE_CHECK_RESTART_LIMIT)"
+                                       ", by outcome: restarted, failed", ["outcome"], registry=self.registry)
+        for outcome in CHECK_RESTART_OUTCOMES:  # both series exist from the start, at 0
+            self._check_restarts.labels(outcome)
         self._services = Gauge("consul_reg_services_managed", "Services this daemon wants registered",
                                registry=self.registry)
 
@@ -90,6 +100,9 @@ class PrometheusMetrics(Metrics):
 
     def services_managed(self, count: int) -> None:
         self._services.set(count)
+
+    def check_restart(self, outcome: str) -> None:
+        self._check_restarts.labels(outcome if outcome in CHECK_RESTART_OUTCOMES else "failed").inc()
 
     def render(self) -> tuple[bytes, str]:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest

@@ -27,13 +27,14 @@ from consul_reg.core.errors import (
     RegistryScriptsRefused,
     RegistryUnavailable,
 )
-from consul_reg.core.records import AgentInfo, RegisteredService, Service, fold_id
+from consul_reg.core.records import AgentCheck, AgentInfo, RegisteredService, Service, fold_id
 from consul_reg.core.text import printable
 from consul_reg.mapping.registration import connect_payload, registration_payload  # noqa: F401  (re-exported)
 from consul_reg.transport.pool import TRANSPORT_ERRORS, Answer, ConnectionPool
 
 DEFAULT_TIMEOUT_SECONDS = 10.0
 MAX_ERROR_BODY = 300
+MAX_CHECK_OUTPUT = 1024  # characters of a check's output kept (a restart's log line shows it)
 # Bodies of the agent's answers that mean "no such check" for a TTL update.
 _MISSING_CHECK_TEXTS = ("unknown check", "does not have", "not found")
 # Check IDs that may be quoted in a filter expression as they are (the identifier set).
@@ -232,6 +233,19 @@ class ConsulRegistry:
             raise RegistryError(f"{self.description}: could not list the agent's checks: not a JSON object")
         return {str(check_id): str(entry.get("ServiceID") or "") for check_id, entry in listed.items()
                 if isinstance(entry, dict)}
+
+    def check_statuses(self, check_ids: Collection[str]) -> dict[str, AgentCheck]:
+        """Check ID -> its service, status and last output (cut), of those of `check_ids`
+        the agent holds under exactly that ID: one filtered GET."""
+        if not check_ids:
+            return {}
+        listed = self._filtered(("agent", "checks"), "CheckID", check_ids, "read the agent's checks")
+        if not isinstance(listed, dict):
+            raise RegistryError(f"{self.description}: could not read the agent's checks: not a JSON object")
+        wanted = set(check_ids)
+        return {check_id: AgentCheck(str(entry.get("ServiceID") or ""), str(entry.get("Status") or ""),
+                                     str(entry.get("Output") or "")[:MAX_CHECK_OUTPUT])
+                for check_id, entry in listed.items() if check_id in wanted and isinstance(entry, dict)}
 
     def _filtered(self, path: tuple[str, ...], selector: str, ids: Collection[str], what: str) -> Any:
         """A listing of the entries whose `selector` is one of `ids`, ASCII case folded.

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Iterable
 from typing import Any, Protocol
 
-from consul_reg.core.records import ContainerStatus, RegisteredService, Service
+from consul_reg.core.records import AgentCheck, ContainerStatus, RegisteredService, Service
 from consul_reg.core.snapshot import Snapshot
 
 
@@ -84,6 +84,23 @@ class SnapshotSubscriber(Protocol):
     """A mirror worker: offered each snapshot the loop publishes (never queued)."""
 
     def offer(self, snapshot: Snapshot, relist: bool = False) -> None: ...
+
+
+class CheckStatuses(Protocol):
+    """The agent as the restart watcher reads it: its checks' results."""
+
+    def check_statuses(self, check_ids: Collection[str]) -> dict[str, AgentCheck]: ...
+
+
+class ContainerRestarts(Protocol):
+    """Docker as the restart watcher asks it: `docker restart`, with the container's own
+    stop timeout, done within `timeout_seconds`; raises DockerUnavailable otherwise."""
+
+    def restart(self, container_id: str, timeout_seconds: float) -> None: ...
+
+
+class RestartMetrics(Protocol):
+    def check_restart(self, outcome: str) -> None: ...  # "restarted" or "failed"
 
 
 class LoopMetrics(Protocol):

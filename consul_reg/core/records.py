@@ -6,8 +6,10 @@ Equality of these frozen dataclasses is what reconcile compares: two equal
 
 from __future__ import annotations
 
+import calendar
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -65,12 +67,16 @@ def section(holder: Mapping[str, Any], key: str) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class ContainerStatus:
-    """A container's run and Docker-health state, for daemon-owned checks."""
+    """A container's run and Docker-health state, for daemon-owned checks, and
+    when it last started (for the restart watcher's grace and backoff)."""
 
     running: bool = True
     paused: bool = False
     health: str = ""  # "", "starting", "healthy", "unhealthy"
     health_output: str = ""
+    started_at: float = 0.0  # State.StartedAt in seconds since the epoch; 0: not known
+    ran_before: bool = False  # State.FinishedAt is set: this start is a restart (by anyone), not the first
+    stop_timeout: float = 10.0  # Config.StopTimeout (Docker's default 10 s): what a restart waits before SIGKILL
 
     @classmethod
     def from_inspect(cls, container: dict) -> ContainerStatus:
@@ -79,7 +85,64 @@ class ContainerStatus:
         log = health.get("Log") if isinstance(health.get("Log"), list) else []
         last = log[-1] if log and isinstance(log[-1], dict) else {}
         return cls(running=bool(state.get("Running")), paused=bool(state.get("Paused")),
-                   health=str(health.get("Status") or ""), health_output=str(last.get("Output") or "").strip())
+                   health=str(health.get("Status") or ""), health_output=str(last.get("Output") or "").strip(),
+                   started_at=docker_time(state.get("StartedAt")), ran_before=docker_time(state.get("FinishedAt")) > 0,
+                   stop_timeout=_stop_timeout(section(container, "Config").get("StopTimeout")))
+
+
+def _stop_timeout(value: object) -> float:
+    """Config.StopTimeout in seconds: Docker's 10 when unset, at most an hour."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return 10.0
+    return float(min(value, 3600))
+
+
+_DOCKER_TIME = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})(\.[0-9]{1,9})?"
+                          r"(Z|[+-][0-9]{2}:[0-9]{2})")
+
+
+def docker_time(value: object) -> float:
+    """Docker's RFC 3339 time ("2024-05-01T10:00:00.123456789Z", Podman's with an offset)
+    in seconds since the epoch; 0.0 for its zero time ("0001-01-01T00:00:00Z") or anything else."""
+    match = _DOCKER_TIME.fullmatch(value) if isinstance(value, str) and len(value) <= 40 else None
+    if match is None or int(match.group(1)) < 1970:
+        return 0.0
+    year, month, day, hour, minute, second = (int(match.group(n)) for n in range(1, 7))
+    if not (1 <= month <= 12 and 1 <= day <= 31 and hour < 24 and minute < 60 and second < 61):
+        return 0.0
+    zone = match.group(8)
+    offset = 0 if zone == "Z" else (1 if zone[0] == "+" else -1) * (int(zone[1:3]) * 3600 + int(zone[4:6]) * 60)
+    seconds = calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0)) - offset
+    return seconds + float("0" + (match.group(7) or ".0"))
+
+
+@dataclass(frozen=True)
+class AgentCheck:
+    """One check as the agent holds it: its service, its status and its last output."""
+
+    service_id: str
+    status: str  # "passing", "warning", "critical" (or "maintenance"-style checks' own)
+    output: str = ""
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """SERVICE_CHECK_RESTART_*, in Nomad's check_restart terms: the container is
+    restarted once one of the service's checks has failed `limit` times in a row
+    (critical, or warning unless `ignore_warnings`), counting only from `grace`
+    seconds after each start. `samples`: each counted check's ID and the seconds
+    between two of its results as counted (its interval; a TTL check's TTL)."""
+
+    limit: int
+    grace: float
+    ignore_warnings: bool = False
+    samples: tuple[tuple[str, float], ...] = ()
+    # Where the grace came from ("key SERVICE_CHECK_RESTART_GRACE (label)", "default: ..."), for explain.
+    grace_source: str = field(default="", compare=False)
+
+    def fails(self, status: str) -> bool:
+        """Whether a check in `status` counts as a failed result."""
+        return status == "critical" or (status == "warning" and not self.ignore_warnings)
 
 
 @dataclass(frozen=True)
@@ -107,6 +170,8 @@ class Check:
     name: str
     definition: tuple[tuple[str, object], ...] = ()
     daemon_probe: DaemonProbe | None = None
+    # How a relative target (`:9090`) was read, for explain ("" when none was written).
+    reading: str = field(default="", compare=False)
 
     @property
     def definition_dict(self) -> dict[str, object]:
@@ -171,6 +236,9 @@ class Service:
     connect: Connect | None = None
     # Field -> where its value came from ("key SERVICE_WEIGHT (label)", "-ip6"), for explain.
     origins: tuple[tuple[str, str], ...] = field(default=(), compare=False)
+    # SERVICE_CHECK_RESTART_*: restart this service's container when its checks keep failing
+    # (never registered: the daemon's own business, so not in the digest).
+    restart: RestartPolicy | None = None
 
     @property
     def meta_dict(self) -> dict[str, str]:

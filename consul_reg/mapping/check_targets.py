@@ -10,6 +10,7 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
+from consul_reg.mapping.check_ports import PortReach
 from consul_reg.mapping.validate import (
     CLOUD_METADATA,
     DEFAULT_CHECK_METHODS,
@@ -115,12 +116,14 @@ class OwnEndpoints:
     - `chosen_addresses`: the host addresses the daemon registers at (-ip, -ip6,
       else the agent's advertise address): the operator's choice, never the
       container's. A loopback pair counts only at one of these.
+    - `reach`: how the agent reaches each of the container's ports (its bindings).
     """
 
     container_addresses: frozenset[str] = frozenset()
     container_ports: frozenset[int] = frozenset()
     host_pairs: frozenset[tuple[str, int]] = frozenset()
     chosen_addresses: frozenset[str] = frozenset()
+    reach: PortReach = PortReach()  # where each container port is reached, for `:PORT` targets (check_ports.py)
 
     def holds(self, normal: str, port: int) -> bool:
         """Whether (normal, port) (normal_host()'s spelling) is one of these endpoints."""

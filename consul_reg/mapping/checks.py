@@ -10,6 +10,7 @@ a registration with any unknown field).
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 from consul_reg.core.records import Check, DaemonProbe
 from consul_reg.mapping.check_caps import (
@@ -31,6 +32,7 @@ from consul_reg.mapping.check_fields import (
     parse_version,
     redirect_problem,
 )
+from consul_reg.mapping.check_ports import relative_target, split_relative
 from consul_reg.mapping.check_targets import OwnEndpoints, check_target_problem
 from consul_reg.mapping.labels import KeyValue, show
 from consul_reg.mapping.settings import CheckSettings
@@ -194,6 +196,18 @@ class _Builder:
                 self._warn("check_port", "not a port number, so that check is dropped")
                 return None
             port = int(port_text)
+        relative, reading = split_relative(value), ""
+        if isinstance(relative, str):
+            self._warn(key, f"{relative}, so that check is dropped")
+            return None
+        if relative is not None:  # `:PORT[/rest]`: the container's port PORT, wherever the agent reaches it
+            port, value = relative
+            if self._value("check_address") is None:
+                target = relative_target(port, "udp" if kind == "udp" else "tcp", address, self.own.reach)
+                if target.problem:
+                    self._warn(key, f"{target.problem}; that check is dropped")
+                    return None
+                address, port, reading = target.address, target.port, target.reading
         if port is None:
             self._warn(key, "this service has no port; set SERVICE_CHECK_PORT, so that check is dropped")
             return None
@@ -257,7 +271,7 @@ class _Builder:
         elif kind in ("tcp", "udp"):
             fields[kind.upper()] = f"{host}:{port}"
         elif kind == "grpc":
-            service_suffix = "" if value.lower() in TRUE_VALUES else "/" + value
+            service_suffix = "" if value.lower() in TRUE_VALUES or not value else "/" + value
             fields["GRPC"] = f"{host}:{port}{service_suffix}"
             if self._flag("check_grpc_use_tls"):
                 fields["GRPCUseTLS"] = True
@@ -272,7 +286,7 @@ class _Builder:
                 self._warn("check_tls_server_name", f"{problem}; left out")
             else:
                 fields["TLSServerName"] = server_name
-        return self._check(kind, fields)
+        return replace(self._check(kind, fields), reading=reading)
 
     def _headers(self) -> dict[str, list[str]] | None:
         """SERVICE_CHECK_HTTP_HEADER_<NAME> keys, counted before any is looked into."""

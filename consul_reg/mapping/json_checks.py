@@ -29,6 +29,7 @@ from consul_reg.mapping.check_fields import (
     parse_duration,
     redirect_problem,
 )
+from consul_reg.mapping.check_ports import relative_target
 from consul_reg.mapping.check_targets import OwnEndpoints, check_target_problem
 from consul_reg.mapping.labels import KeyValue, show
 from consul_reg.mapping.settings import CheckSettings
@@ -149,6 +150,7 @@ class _JsonCheck:
         self.own = own
         self.limits = limits
         self.notes: list[str] = []
+        self.reading = ""  # how a `:PORT` target was read (check_ports.py), for explain
 
     # -- fields -----------------------------------------------------------------
 
@@ -232,7 +234,7 @@ class _JsonCheck:
         check_id = self._check_id(taken)
         name = self._text("Name", self.limits.check_text_length) or \
             f"Service '{self.service_name}' check {self.index}"
-        return Check(check_id=check_id, name=name, definition=frozen_fields(out))
+        return Check(check_id=check_id, name=name, definition=frozen_fields(out), reading=self.reading)
 
     def _only_for(self, kind: str) -> None:
         """Fields that belong to other kinds are refused rather than sent to be ignored."""
@@ -270,6 +272,14 @@ class _JsonCheck:
             raise Refused(f"the {kind} check would probe {show(host)} port {port}: {problem}")
         return host, port
 
+    def _relative(self, port: int, kind: str) -> tuple[str, int]:
+        """`:PORT`: the container's port PORT, where the agent reaches it (check_ports.py)."""
+        target = relative_target(port, "udp" if kind == "UDP" else "tcp", self.address, self.own.reach)
+        if target.problem:
+            raise Refused(f"{kind} :{port}: {target.problem}")
+        self.reading = target.reading
+        return self._target(target.address, target.port, kind)
+
     def _host_port(self, value: object, kind: str) -> tuple[str, int]:
         """`:9090`, `host:9090`, `[v6]:9090`, or "" for the service's own address and port."""
         if not isinstance(value, str) or has_space_or_control(value):
@@ -280,7 +290,7 @@ class _JsonCheck:
             port = whole_number(value[1:], 1, 65535)
             if port is None:
                 raise Refused(f"{kind} {show(value, 60)}: not :port")
-            return self._target(None, port, kind)
+            return self._relative(port, kind)
         parsed = parse_host_port(value)
         if isinstance(parsed, str):
             raise Refused(f"{kind} {show(value, 60)}: {parsed}")
@@ -306,6 +316,7 @@ class _JsonCheck:
             if port is None:
                 raise Refused(f"HTTP {show(value, 60)}: not :port/path")
             path = "/" + rest
+            host, port = self._relative(port, "HTTP")
         elif not value.startswith("/"):
             parsed = parse_check_url(value)
             if isinstance(parsed, str):

@@ -12,19 +12,21 @@ from typing import Any
 
 from consul_reg.core.records import Check, Service, marker_meta
 from consul_reg.mapping import labels, swarm, workers
-from consul_reg.mapping.addresses import UNSPECIFIED_HOST_IPS, AddressChoice, choose_address, container_addresses
+from consul_reg.mapping.addresses import AddressChoice, choose_address
 from consul_reg.mapping.check_targets import OwnEndpoints
 from consul_reg.mapping.checks import service_checks
 from consul_reg.mapping.default_ids import SIDECAR_ID_SUFFIX, default_id_host, is_sidecar_shaped
 from consul_reg.mapping.definitions import Extras, service_extras
+from consul_reg.mapping.endpoints import own_endpoints
 from consul_reg.mapping.json_checks import json_checks, parse_checks
 from consul_reg.mapping.labels import KeyValue, ServiceKeys, show
-from consul_reg.mapping.ports import int_or_none, port_entries, published_ports
+from consul_reg.mapping.ports import int_or_none, published_ports
 from consul_reg.mapping.registration import registration_bytes
+from consul_reg.mapping.restart_policy import restart_policy
 from consul_reg.mapping.selection import selected
 from consul_reg.mapping.settings import CheckSettings, MappingSettings, PublishedPort
 from consul_reg.mapping.tags_meta import capped_tags, service_meta, tags_of, template_tags, without_reserved
-from consul_reg.mapping.validate import identifier_problem, normal_host, parse_ip, squats_host_namespace
+from consul_reg.mapping.validate import identifier_problem, squats_host_namespace
 
 __all__ = ["CheckSettings", "ContainerRecords", "MappingSettings", "PublishedPort", "default_service_name",
            "map_container", "published_ports", "service_meta"]
@@ -131,46 +133,6 @@ class _Context:
     json_checks_made: list[int] = field(default_factory=lambda: [0])
     sidecars_made: list[int] = field(default_factory=lambda: [0])
     registration_bytes: list[int] = field(default_factory=lambda: [0])  # of the services kept so far
-
-
-def own_endpoints(container: dict[str, Any], network_peer: dict[str, Any] | None, settings: MappingSettings,
-                  ports: list[PublishedPort]) -> OwnEndpoints:
-    """What this container's checks (and sidecar forwards) may probe without an
-    operator's rule, as exact pairs (see validate.OwnEndpoints): its own IPs with
-    its container-side ports; each binding's (HostIp, HostPort); a port published
-    on every address at each address the daemon registers at, of that family."""
-    exposed, bound = port_entries(container, settings.limits, [])
-    container_ports = {int(number) for number, _ in exposed} | {int(number) for (number, _), _ in bound}
-    container_ports |= {int(p.exposed) for p in ports if p.declared}
-    chosen = {normal_host(a) for a in (settings.host_ip or settings.default_address, settings.host_ip6) if a}
-    pairs: set[tuple[str, int]] = set()
-    budget = settings.limits.port_entries  # bindings looked at, over all ports
-    for _, bindings in bound:
-        for binding in bindings[:budget] if isinstance(bindings, list) else ():
-            budget -= 1
-            host_port = int_or_none(str(binding.get("HostPort") or "")) if isinstance(binding, dict) else None
-            if host_port is None:
-                continue
-            host_ip = str(binding.get("HostIp") or "")
-            if host_ip in UNSPECIFIED_HOST_IPS:
-                pairs |= {(address, host_port) for address in chosen if _same_family(address, host_ip)}
-            elif parse_ip(host_ip) is not None:
-                pairs.add((normal_host(host_ip), host_port))
-        if budget <= 0:
-            break
-    if _dict(container.get("HostConfig")).get("NetworkMode") == "host":
-        pairs |= {(address, port) for address in chosen for port in container_ports}
-    return OwnEndpoints(container_addresses=container_addresses(container, network_peer),
-                        container_ports=frozenset(container_ports), host_pairs=frozenset(pairs),
-                        chosen_addresses=frozenset(chosen))
-
-
-def _same_family(address: str, unspecified: str) -> bool:
-    """Whether a binding on `unspecified` ("" both families, 0.0.0.0 IPv4, :: IPv6) is
-    reached at `address`. Docker lists 0.0.0.0 and :: separately when a port is on
-    both; a host name (-ip name) is taken as reached either way."""
-    ip = parse_ip(address)
-    return not unspecified or ip is None or ip.version == (4 if unspecified == "0.0.0.0" else 6)
 
 
 def default_service_name(container: dict[str, Any], container_name: str) -> str:
@@ -283,6 +245,7 @@ def _service(context: _Context, keys: dict[str, KeyValue], service_id: str, name
         enable_tag_override=extras.enable_tag_override,
         connect=extras.connect,
         origins=extras.origins,
+        restart=restart_policy(keys, checks, context.container, records.warnings),
     ))
 
 

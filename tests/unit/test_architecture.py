@@ -17,7 +17,7 @@ from tests.unit.fakes import FakeAgent, FakeDocker
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "consul_reg"
-LAYERS = {"core", "mapping", "transport", "docker", "consul", "sync", "probes", "mirrors", "app"}
+LAYERS = {"core", "mapping", "transport", "docker", "consul", "sync", "probes", "mirrors", "restarts", "app"}
 MAP = ROOT / "docs" / "architecture.md"
 
 

@@ -1,0 +1,113 @@
+"""Restarts of containers whose checks stay critical (SERVICE_CHECK_RESTART_*),
+by the real dockerd, from the real agent's check results. Each daemon here is
+filtered to this test's own containers (--filter label=...), so it never sees,
+let alone restarts, another test's. Docker's own State.StartedAt proves each
+restart. -internal: the agent probes the container's IP (a published port
+through Docker's proxy would accept connections with nothing behind it)."""
+
+from __future__ import annotations
+
+import uuid
+
+import httpx
+import pytest
+
+from consul_reg.core.records import docker_time
+from tests.integration.conftest import status_args, wait_until
+
+pytestmark = pytest.mark.integration
+
+FAILING = "mkdir -p /www && exec httpd -f -p 80 -h /www"  # /health: 404, so the HTTP check is critical
+PASSING = "mkdir -p /www && echo ok > /www/health && exec httpd -f -p 80 -h /www"
+CHECK = {"SERVICE_CHECK_HTTP": "/health", "SERVICE_CHECK_INTERVAL": "1s", "SERVICE_CHECK_TIMEOUT": "1s"}
+
+
+def started_at(container) -> float:
+    container.reload()
+    return docker_time(container.attrs["State"]["StartedAt"])
+
+
+def starts(container, seen: list[float]) -> list[float]:
+    """Every StartedAt seen so far (polled), the new one appended."""
+    now = started_at(container)
+    if now and (not seen or now != seen[-1]):
+        seen.append(now)
+    return seen
+
+
+def web(run_container, own: str, command: str, **keys: str):
+    return run_container(["sh", "-c", command], ports={"80/tcp": None}, labels={own: "1", **CHECK, **keys})
+
+
+def own_label() -> str:
+    return f"crt-restarts-{uuid.uuid4().hex[:8]}"
+
+
+def test_a_container_whose_check_stays_critical_is_restarted_with_growing_delays(start_daemon, run_container):
+    own = own_label()
+    daemon = start_daemon("-internal", "--filter", f"label={own}", "--check-restart-backoff", "4",
+                          "--check-restart-backoff-max", "8", *status_args())
+    broken = web(run_container, own, FAILING, SERVICE_CHECK_RESTART_LIMIT="2", SERVICE_CHECK_RESTART_GRACE="2s")
+    seen: list[float] = [started_at(broken)]
+    wait_until(lambda: len(starts(broken, seen)) >= 4, 150, 0.2, message="three restarts by the daemon")
+    gaps = [b - a for a, b in zip(seen, seen[1:], strict=False)]
+    # the first: 2s of grace then 2 critical samples 1s apart (~3s); then at least 4s, then at least 8s
+    # (the cap), each from the previous new start (a loaded host may only make the natural cadence longer)
+    assert gaps[1] >= 4 - 0.5 and gaps[2] >= 8 - 0.5, gaps
+    assert "restarting container" in daemon.log() and "failed 2 times in a row" in daemon.log()
+    metrics = httpx.get(f"http://{daemon.status_addr}/metrics", timeout=5).text
+    restarted = [line for line in metrics.splitlines()
+                 if line.startswith('consul_reg_check_restarts_total{outcome="restarted"}')]
+    assert restarted and float(restarted[0].split()[-1]) >= 3
+
+
+def statuses_of(consul_api, container) -> list[str]:
+    """The agent's statuses of the checks of this container's services (with their output)."""
+    return [check["Status"] for check in consul_api.http.get("/v1/agent/checks").json().values()
+            if container.name in check["ServiceID"] and check["Output"]]
+
+
+def test_only_what_the_policy_asks_is_restarted(start_daemon, run_container, consul_api):
+    """Beside a control that the daemon restarts twice: a passing container, one within its grace,
+    one without the key, and one seen only by a daemon run with --no-check-restart stay as they are."""
+    own, off = own_label(), own_label()
+    start_daemon("-internal", "--filter", f"label={own}", "--check-restart-backoff", "1",
+                 "--check-restart-backoff-max", "1")
+    # its own --instance: with the same host name and no instance, either daemon would take the
+    # other's records for its own stale ones and remove them
+    start_daemon("-internal", "--filter", f"label={off}", "--instance", "off", "--no-check-restart")
+    fast = {"SERVICE_CHECK_RESTART_LIMIT": "1", "SERVICE_CHECK_RESTART_GRACE": "1s"}
+    control = web(run_container, own, FAILING, **fast)
+    kept = {
+        "passing": web(run_container, own, PASSING, **fast),
+        "within its grace": web(run_container, own, FAILING, SERVICE_CHECK_RESTART_LIMIT="1",
+                                SERVICE_CHECK_RESTART_GRACE="1h"),
+        "without the key": web(run_container, own, FAILING),
+        "--no-check-restart": web(run_container, off, FAILING, **fast),
+    }
+    before = {why: started_at(c) for why, c in kept.items()}
+    seen = [started_at(control)]
+    wait_until(lambda: len(starts(control, seen)) >= 3, 120, 0.2, message="the control restarted twice")
+    assert {why: started_at(c) for why, c in kept.items()} == before
+    # and not for want of a failing result: each failing one's check has run and is critical
+    assert {why: statuses_of(consul_api, c) for why, c in kept.items()} == {
+        "passing": ["passing"], "within its grace": ["critical"], "without the key": ["critical"],
+        "--no-check-restart": ["critical"]}
+
+
+def test_a_daemon_restart_during_the_backoff_causes_no_extra_restart(start_daemon, run_container):
+    """The first daemon restarts the container once; a new daemon, started at once, must not restart
+    it again before the longest backoff after that restart (Docker's StartedAt is what it goes by),
+    though its check is critical again within 2 s (1s grace, one sample)."""
+    own = own_label()
+    args = ("-internal", "--filter", f"label={own}", "--check-restart-backoff", "1",
+            "--check-restart-backoff-max", "15")
+    first = start_daemon(*args)
+    broken = web(run_container, own, FAILING, SERVICE_CHECK_RESTART_LIMIT="1", SERVICE_CHECK_RESTART_GRACE="1s")
+    seen = [started_at(broken)]
+    wait_until(lambda: len(starts(broken, seen)) >= 2, 120, 0.2, message="the first restart")
+    first.kill()
+    second = start_daemon(*args)
+    wait_until(lambda: len(starts(broken, seen)) >= 3, 120, 0.2, message="the restart after the backoff")
+    assert seen[2] - seen[1] >= 15 - 0.5, seen
+    assert "not restarting container" in second.log()  # held, and said so
