@@ -165,8 +165,9 @@ class ConsulClient:
             raise RegistryNotFound(f"{self.description}: could not {what}: not found ({text})")
         raise RegistryError(f"{self.description}: could not {what}: {response.status_code} {text}")
 
-    def json(self, method: str, segments: tuple[str, ...], what: str, params: dict[str, str] | None = None) -> Any:
-        response = self.call(method, segments, what, params)
+    def json(self, method: str, segments: tuple[str, ...], what: str, params: dict[str, str] | None = None,
+             timeout: float | None = None) -> Any:
+        response = self.call(method, segments, what, params, timeout=timeout)
         try:
             return response.json()
         except ValueError:
@@ -188,8 +189,10 @@ class ConsulRegistry:
     def set_token(self, token: str | None) -> None:
         self.client.set_token(token)
 
-    def agent_info(self) -> AgentInfo:
-        info = self.client.json("GET", ("agent", "self"), "read the agent's own information") or {}
+    def agent_info(self, timeout: float | None = None) -> AgentInfo:
+        """The agent's version, node, addresses and script policy (`timeout`: this call's
+        own, else the client's)."""
+        info = self.client.json("GET", ("agent", "self"), "read the agent's own information", timeout=timeout) or {}
         config = info.get("Config") or {}
         member = info.get("Member") or {}
         debug = info.get("DebugConfig") or {}
