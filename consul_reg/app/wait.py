@@ -241,9 +241,9 @@ def _agent(config: Config, registry: ConsulRegistry, deadline: float, clock: Cal
         except RegistryPermissionDenied:
             raise
         except RegistryError:
-            if clock() + pause > deadline:
+            if clock() >= deadline:
                 raise
-            sleep(pause)
+            sleep(min(pause, deadline - clock()))  # the last try at the deadline
             pause = min(pause * 2, _MAX_PAUSE)
 
 

@@ -6,13 +6,16 @@ wait, so a time-out of minutes takes a fraction of a second."""
 from __future__ import annotations
 
 import io
+import re
+import socket
 import threading
+import time
 from typing import Any
 
 import httpx
 import pytest
-
-from consul_reg.app.cli import UsageError, build_parser
+from consul_reg.app.cli import UsageError, build_parser, parse_config
+from consul_reg.app.explain import read_env_file
 from consul_reg.app.wait import (
     EXIT_DONE,
     EXIT_TIMED_OUT,
@@ -20,17 +23,21 @@ from consul_reg.app.wait import (
     MAX_OUTPUT_SHOWN,
     Expected,
     View,
+    _expected,
+    _records_of_removed,
     main,
     next_request,
     unmet,
     until_done,
+    wait,
 )
 from consul_reg.app.wait_args import parse_wait
 from consul_reg.consul.health import CheckHealth, InstanceHealth, marked_services, service_health
 from consul_reg.core.errors import RegistryError
 from consul_reg.core.records import Owner, marker_meta
+
 from tests.unit.fakes import FakeClock
-from tests.unit.stub_agent import stub_client
+from tests.unit.stub_agent import StubAgent, stub_client
 
 NODE = "node-1"
 CID = "c0" * 32  # the container waited on
@@ -394,3 +401,166 @@ def test_after_an_agent_error_the_watch_asks_afresh_as_a_restarted_agents_index_
     assert [p.get("index") for p in asked[:3]] == [None, "11", None], asked  # afresh after the error
     assert clock() - start < 5  # a back-off, never a blocking query's whole wait
     assert all(float(p["wait"].rstrip("s")) <= MAX_BLOCK_SECONDS for p in asked if "wait" in p)
+
+
+def test_a_removed_containers_records_are_found_by_its_id_or_its_name():
+    """`--gone` for a container already removed asks the agent: its records stay until the
+    daemon catches up (before the fix, a removed container counted as gone at once)."""
+    listed = {"h:web:80": {"Service": "web", "Meta": marker_meta("h", CID)},
+              "H:Web": {"Service": "web-worker", "Meta": marker_meta("h", CID)},  # port-less, folded
+              "custom": {"Service": "api", "Meta": marker_meta("h", CID)},  # a SERVICE_ID: found by the container
+              "other:web:80": {"Service": "web", "Meta": marker_meta("other", CID)},  # another daemon's, same one
+              "h:webby:80": {"Service": "web", "Meta": marker_meta("h", OTHER_CID)},  # another name
+              "h:web:8080": {"Service": "web", "Meta": marker_meta("h", "ee" * 32, "blue")},  # another --instance
+              "h:web:81": {"Service": "web", "Meta": {"consul_reg_container": "ff" * 32}}}  # not consul-reg's
+    client = stub_client(lambda request: httpx.Response(200, json=listed))
+    config = parse_config(["--hostname", "h"], environ={})
+    of_cid = ["H:Web", "custom", "h:web:80", "other:web:80"]
+    assert sorted(r.id for r in _records_of_removed(config, client, "web", lambda: 5.0)) == of_cid
+    assert sorted(r.id for r in _records_of_removed(config, client, CID[:12], lambda: 5.0)) == of_cid
+    assert sorted(r.id for r in _records_of_removed(config, client, CID, lambda: 5.0)) == of_cid
+    assert _records_of_removed(config, client, "c0c0", lambda: 5.0) == []  # too short to be taken as an ID
+    assert _records_of_removed(config, client, "db", lambda: 5.0) == []
+    # as wait computes what --gone waits on: a container Docker no longer knows
+    expected = _expected(config, RemovedDocker(), client, None, ["web"], "gone", lambda: 5.0)  # type: ignore[arg-type]
+    assert sorted((e.service_id, e.container_id, e.owner) for e in expected) == [(i, CID, None) for i in of_cid]
+    blue = parse_config(["--hostname", "h", "--instance", "blue"], environ={})
+    assert [r.id for r in _records_of_removed(blue, client, "web", lambda: 5.0)] == ["h:web:8080"]
+
+
+class RemovedDocker:
+    def inspect(self, ref: str) -> None:
+        return None
+
+
+class FileReadingDocker:
+    """Docker's file read, as `read_env_file` uses it."""
+
+    def __init__(self, text: str | None) -> None:
+        self.text = text
+
+    def read_file(self, container_id: str, path: str, limit: int) -> str | None:
+        return self.text
+
+
+def test_a_malformed_env_file_gives_none_of_its_keys_as_the_daemon_takes_it():
+    """The daemon keeps a malformed env file's last good values, and has none on a first read:
+    explain and wait must not expect the lines that parsed."""
+    container = {"Id": CID, "Config": {"Labels": {"SERVICE_ENV_FILE": "/svc.env"}}}
+    config = parse_config([], environ={})
+    read = read_env_file(config, FileReadingDocker("SERVICE_NAME=from-file\nnot a pair\n"), container)
+    assert read.pairs == () and read.sources == (("env file", []),)
+    assert any("not a pair" in w or "line 2" in w for w in read.warnings), read.warnings
+    assert any("uses none of its keys" in w for w in read.warnings), read.warnings
+    good = read_env_file(config, FileReadingDocker("SERVICE_NAME=from-file\n"), container)
+    assert good.pairs == (("SERVICE_NAME", "from-file"),) and good.warnings == ()
+    assert read_env_file(config, FileReadingDocker(None), container).pairs is None  # not there yet
+
+
+def wait_against(handler: Any, timeout: float, environ: dict[str, str] | None = None,
+                 uri: str = "") -> tuple[int, str, float, list[str]]:
+    """`wait` as a deploy script runs it, against a stub agent: (exit, stderr, seconds, paths asked)."""
+    paths: list[str] = []
+
+    def recording(request: httpx.Request) -> httpx.Response:
+        paths.append(request.url.path)
+        return handler(request)
+
+    stub = StubAgent(recording)
+    try:
+        args = parse_wait(["--timeout", f"{timeout:g}", "web", uri or f"consul://127.0.0.1:{stub.port}"],
+                          environ=environ or {})
+        err = io.StringIO()
+        started = time.monotonic()
+        code = wait(args.config, args.containers, args.mode, args.timeout, out=io.StringIO(), err=err)
+        return code, err.getvalue(), time.monotonic() - started, paths
+    finally:
+        stub.close()
+
+
+def test_an_agent_that_never_answers_costs_the_timeout_not_the_clients_10s_per_call():
+    with socket.create_server(("127.0.0.1", 0), backlog=50) as black_hole:  # accepts, never answers
+        args = parse_wait(["--timeout", "1.5", "web", f"consul://127.0.0.1:{black_hole.getsockname()[1]}"],
+                          environ={})
+        err = io.StringIO()
+        started = time.monotonic()
+        code = wait(args.config, args.containers, args.mode, args.timeout, out=io.StringIO(), err=err)
+        took = time.monotonic() - started
+    assert code == EXIT_TIMED_OUT
+    assert took < 4.0, took  # the client's own time-out is 10 s a call
+    assert re.match(r"consul-reg wait: the Consul agent cannot be reached or refused \(tried for 1(\.[0-9])?s\): ",
+                    err.getvalue()), err.getvalue()
+
+
+def test_a_token_an_error_page_echoes_is_never_written():
+    token = "TOPSECRET-0000-1111"
+
+    def echo(request: httpx.Request) -> httpx.Response:  # a proxy's error page showing the request's headers
+        shown = "\n".join(f"{k}: {v}" for k, v in request.headers.items())
+        return httpx.Response(502, text=f"proxy error; request was:\n{shown}")
+
+    code, err, _, _ = wait_against(echo, 1.0, environ={"CONSUL_HTTP_TOKEN": token})
+    assert code == EXIT_TIMED_OUT
+    assert "x-consul-token: [redacted]" in err.lower() and token not in err, err
+    # the same on a watch's error, as a time-out reports it
+    clock = FakeClock()
+    client = stub_client(echo, token=token)
+    out, errs = io.StringIO(), io.StringIO()
+    code = until_done(client, NODE, [WEB], "passing", ["web"], lambda: [], clock(), clock() + 5, clock, out, errs,
+                      pause=lambda stop, seconds: (clock.advance(seconds), stop.is_set())[1])
+    client.close()
+    assert code == EXIT_TIMED_OUT
+    assert "[redacted]" in errs.getvalue() and token not in errs.getvalue(), errs.getvalue()
+
+
+def test_a_refused_token_fails_at_once_with_a_clear_message():
+    def forbidden(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(403, text="Permission denied")
+
+    code, err, took, paths = wait_against(forbidden, 30.0)
+    assert code == 2
+    assert err.startswith("consul-reg wait: the agent refused the token: consul http://127.0.0.1:"), err
+    assert "permission denied to read the agent's own information" in err
+    assert paths == ["/v1/agent/self"] and took < 10  # asked once, not for the whole time-out
+
+
+def test_a_refused_health_read_fails_at_once():
+    clock = FakeClock()
+    client = stub_client(lambda request: httpx.Response(403, text="Permission denied"))
+    out, err = io.StringIO(), io.StringIO()
+    code = until_done(client, NODE, [WEB], "passing", ["web"], lambda: [], clock(), clock() + 300, clock, out, err,
+                      pause=lambda stop, seconds: (clock.advance(seconds), stop.is_set())[1])
+    client.close()
+    assert code == 2 and clock() < 1000 + 5
+    assert "the agent refused the token" in err.getvalue() and "read the health of service web" in err.getvalue()
+
+
+@pytest.mark.parametrize("ca_text", [None, "not a certificate"])
+def test_tls_settings_that_cannot_be_loaded_are_a_clear_error(tmp_path, monkeypatch, ca_text):
+    ca_file = tmp_path / "ca.pem"
+    if ca_text is not None:
+        ca_file.write_text(ca_text)
+    monkeypatch.setenv("CONSUL_CACERT", str(ca_file))
+    code, err, _, _ = wait_against(lambda request: httpx.Response(200), 5.0, uri="consul-tls://127.0.0.1:1")
+    assert code == 2
+    assert err.startswith("consul-reg wait: the agent's TLS settings cannot be used: "), err
+    assert "Traceback" not in err
+
+
+def test_a_container_that_stops_while_waited_on_ends_the_wait_with_the_reason():
+    clock = FakeClock()
+    agent = FakeHealthAgent(clock)
+    agent.set("web", [entry("h:web:80", "web", ("service:h:web:80", "critical", "connection refused"))])
+    looks: list[int] = []
+
+    def changed() -> list[str]:
+        looks.append(1)
+        return ["container web: not running (exited, exit code 1)"] if len(looks) >= 2 else []
+
+    thread, result = run(agent, clock, [WEB], timeout=600, changed=changed)
+    assert finish(thread, result) == 3
+    lines = result["err"].getvalue().splitlines()
+    assert lines[0].startswith("consul-reg wait: gave up after ") and "is no longer running" in lines[0], lines
+    assert lines[1:] == ["  service h:web:80 (web) of container web: check service:h:web:80 (service:h:web:80) "
+                         "is critical: connection refused", "  container web: not running (exited, exit code 1)"]
+    assert clock() < 1000 + 600  # before the time-out
