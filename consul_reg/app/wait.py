@@ -39,7 +39,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, TextIO
 
 from consul_reg.app import logs
@@ -48,51 +47,20 @@ from consul_reg.app.config import Config
 from consul_reg.app.explain import agent_settings, map_running, read_env_file
 from consul_reg.app.uris import consul_endpoint
 from consul_reg.app.wait_args import DEFAULT_TIMEOUT_SECONDS, WAIT_HELP, parse_wait
+from consul_reg.app.wait_judge import MAX_OUTPUT_SHOWN, Expected, View, label, unmet
 from consul_reg.consul.agent import ConsulClient, ConsulRegistry
-from consul_reg.consul.health import CheckHealth, InstanceHealth, agent_checks, marked_services, service_health
+from consul_reg.consul.health import CheckHealth, agent_checks, marked_services, service_health
 from consul_reg.core.errors import DockerUnavailable, RegistryError, RegistryPermissionDenied
-from consul_reg.core.records import MARKER_HOST_KEY, MARKER_INSTANCE_KEY, Owner, RegisteredService, fold_id
+from consul_reg.core.records import RegisteredService, fold_id
 from consul_reg.core.text import printable
 from consul_reg.docker.client import DockerSource
 from consul_reg.mapping.settings import MappingSettings
 
 EXIT_DONE, EXIT_TIMED_OUT, EXIT_CANNOT_WORK, EXIT_NOTHING_TO_WAIT_FOR = 0, 1, USAGE_EXIT, 3
-MAX_OUTPUT_SHOWN = 500  # characters of a check's output in a time-out report
 MAX_BLOCK_SECONDS = 60.0  # the longest wait of one blocking query (a lost index costs no more)
 REPORT_GRACE = 1.0  # seconds the time-out's report may take to read the checks' fresh outputs
 _MAX_PAUSE = 5.0  # the longest back-off between two requests of one watch, or two looks at the containers
 _SHORT_ID = re.compile(r"[0-9a-f]{12,64}")  # a container ID or a prefix Docker would show
-
-
-@dataclass(frozen=True)
-class Expected:
-    """One service the daemon would register (or holds) for a container named on the command
-    line; an instance counts only when marked as `container_id`'s by `owner` (None: by any
-    consul-reg, as `--gone` waits on every record of the container)."""
-
-    service_id: str
-    name: str
-    container: str
-    check_ids: tuple[str, ...] = ()
-    container_id: str = ""
-    owner: Owner | None = None
-
-    def counts(self, instance: InstanceHealth) -> bool:
-        record = instance.record
-        if fold_id(record.id) != fold_id(self.service_id) or not self.container_id \
-                or record.container_id != self.container_id:
-            return False
-        return record.from_consul_reg if self.owner is None else record.owned_by(self.owner)
-
-
-@dataclass(frozen=True)
-class View:
-    """The last answer about one service name: its instances on this agent's node, or why
-    it could not be read (`denied`: the agent refused the token, 403)."""
-
-    instances: tuple[InstanceHealth, ...] = ()
-    error: str = ""
-    denied: bool = False
 
 
 class NothingToWaitFor(Exception):
@@ -115,63 +83,6 @@ def main(argv: Sequence[str]) -> int:
         return USAGE_EXIT
     logs.setup("ERROR", "text", secrets=(args.config.token or "",))
     return wait(args.config, args.containers, args.mode, args.timeout)
-
-
-def unmet(mode: str, expected: Sequence[Expected], views: Mapping[str, View],
-          fresh: Mapping[str, CheckHealth] | None = None) -> list[str]:
-    """Every service or check not yet as `mode` asks, one line each (escaped); [] when done.
-    `fresh`: the agent's own view of checks, whose outputs are newer than the catalog's."""
-    lines: list[str] = []
-    for want in expected:
-        label = _label(want)
-        view = views.get(want.name)
-        if view is None:
-            lines.append(f"{label}: no answer from the agent yet")
-            continue
-        if view.error:
-            lines.append(f"{label}: {printable(view.error, MAX_OUTPUT_SHOWN, one_line=True)}")
-            continue
-        instance = next((i for i in view.instances if want.counts(i)), None)
-        if mode == "gone":
-            if instance is not None:
-                lines.append(f"{label}: still registered")
-            continue
-        if instance is None:
-            other = next((i for i in view.instances if fold_id(i.service_id) == fold_id(want.service_id)), None)
-            lines.append(f"{label}: " + (f"not registered (the ID is held by {_holder(other.record)})"
-                                         if other is not None else "not registered"))
-        elif mode == "passing":
-            lines.extend(f"{label}: {problem}" for problem in _check_problems(want, instance, fresh or {}))
-    return lines
-
-
-def _label(want: Expected) -> str:
-    return f"service {printable(want.service_id)} ({printable(want.name)}) of container {printable(want.container)}"
-
-
-def _holder(record: RegisteredService) -> str:
-    if not record.from_consul_reg:
-        return "a record consul-reg did not mark"
-    instance = record.meta.get(MARKER_INSTANCE_KEY, "")
-    daemon = f"the daemon of host {printable(record.meta.get(MARKER_HOST_KEY, ''), 100)}" + \
-        (f" --instance {printable(instance, 100)}" if instance else "")
-    return f"container {printable(record.container_id[:12]) or '(none)'}, by {daemon}"
-
-
-def _check_problems(want: Expected, instance: InstanceHealth, fresh: Mapping[str, CheckHealth]) -> list[str]:
-    present = {fold_id(check.check_id) for check in instance.checks}
-    problems = [f"check {printable(check_id)} not registered" for check_id in want.check_ids
-                if fold_id(check_id) not in present]
-    for check in instance.checks:
-        if check.status == "passing":
-            continue
-        kind = "check" if check.service_id else "node check"
-        name = f" ({printable(check.name, 100)})" if check.name else ""
-        newer = fresh.get(check.check_id)
-        text = newer.output if newer is not None and newer.status == check.status and newer.output else check.output
-        output = printable(text, MAX_OUTPUT_SHOWN, one_line=True) or "(no output)"
-        problems.append(f"{kind} {printable(check.check_id)}{name} is {printable(check.status, 20)}: {output}")
-    return problems
 
 
 def wait(config: Config, containers: Sequence[str], mode: str = "passing",
@@ -316,7 +227,7 @@ def until_done(client: ConsulClient, node: str, expected: Sequence[Expected], mo
             left = unmet(mode, expected, views)
             if not left:
                 for want in expected:
-                    say(out, f"{mode}: {_label(want)}")
+                    say(out, f"{mode}: {label(want)}")
                 for ref in containers:
                     if not any(want.container == ref for want in expected):
                         say(out, f"{mode}: container {printable(ref, 200)}: no service left")

@@ -20,17 +20,14 @@ from consul_reg.app.wait import (
     EXIT_DONE,
     EXIT_TIMED_OUT,
     MAX_BLOCK_SECONDS,
-    MAX_OUTPUT_SHOWN,
-    Expected,
-    View,
     _expected,
     _records_of_removed,
     main,
     next_request,
-    unmet,
     until_done,
     wait,
 )
+from consul_reg.app.wait_judge import MAX_OUTPUT_SHOWN, Expected, View, unmet
 from consul_reg.app.wait_args import parse_wait
 from consul_reg.consul.health import CheckHealth, InstanceHealth, marked_services, service_health
 from consul_reg.core.errors import RegistryError
