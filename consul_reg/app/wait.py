@@ -28,7 +28,8 @@ instances or checks changed, when a blocking query's wait ran out (never before 
 deadline), or after a back-off when the agent failed or answered without news; each
 blocking query waits at most a minute (and never past the deadline), and one after an
 error starts afresh (index 0: a restarted agent's index went down). Every call outside
-the watches gets the time left as its time-out.
+the watches gets the time left as its time-out (the time-out's report, reading the
+checks' latest outputs, a second more at most).
 """
 
 from __future__ import annotations
@@ -74,12 +75,12 @@ def say(stream: TextIO, line: str) -> None:
 
 def main(argv: Sequence[str]) -> int:
     if any(arg in ("-h", "--help") for arg in argv):
-        print(WAIT_HELP)
+        say(sys.stdout, WAIT_HELP)
         return EXIT_DONE
     try:
         args = parse_wait(argv)
     except UsageError as error:
-        print(f"consul-reg: {error}", file=sys.stderr)
+        say(sys.stderr, f"consul-reg: {error}")
         return USAGE_EXIT
     logs.setup("ERROR", "text", secrets=(args.config.token or "",))
     return wait(args.config, args.containers, args.mode, args.timeout)
@@ -240,7 +241,7 @@ def until_done(client: ConsulClient, node: str, expected: Sequence[Expected], mo
                 gone = changed()
                 if gone:
                     say(err, f"consul-reg wait: gave up after {_seconds(now - started)}: a container waited on "
-                             f"is no longer running; not yet {mode}:")
+                             f"stopped, went or was replaced; not yet {mode}:")
                     for line in left + gone:
                         say(err, f"  {line}")
                     return EXIT_NOTHING_TO_WAIT_FOR

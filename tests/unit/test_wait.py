@@ -557,7 +557,7 @@ def test_a_container_that_stops_while_waited_on_ends_the_wait_with_the_reason():
     thread, result = run(agent, clock, [WEB], timeout=600, changed=changed)
     assert finish(thread, result) == 3
     lines = result["err"].getvalue().splitlines()
-    assert lines[0].startswith("consul-reg wait: gave up after ") and "is no longer running" in lines[0], lines
+    assert lines[0].startswith("consul-reg wait: gave up after ") and "stopped, went or was replaced" in lines[0]
     assert lines[1:] == ["  service h:web:80 (web) of container web: check service:h:web:80 (service:h:web:80) "
                          "is critical: connection refused", "  container web: not running (exited, exit code 1)"]
     assert clock() < 1000 + 600  # before the time-out
