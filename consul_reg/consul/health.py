@@ -28,7 +28,7 @@ _NODE_FILTER_SAFE = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 _CONTAINER_ID = re.compile(r"[0-9a-f]{12,64}")
 MAX_WAIT_SECONDS = 300  # Consul caps a blocking query's wait at 10 minutes
 MAX_CHECK_OUTPUT = 4096  # characters of a check's output kept (the agent keeps 4 KiB by default)
-MAX_MARKER_VALUE = 256  # characters of a marker's value kept (a host name, an --instance, a container ID)
+MAX_MARKER_VALUE = 256  # characters of a marker's value at most (a host name, an --instance, a container ID)
 
 
 @dataclass(frozen=True)
@@ -108,11 +108,12 @@ def marked_services(client: ConsulClient, container_id: str = "", timeout: float
 
 
 def _marker(meta: Any) -> dict[str, str]:
-    """The ownership marker's keys of a service's Meta, each value bounded."""
+    """The ownership marker's keys of a service's Meta; a value too long to be one is left
+    out (never cut: a cut value could match another daemon's)."""
     if not isinstance(meta, dict):
         return {}
-    return {key: value[:MAX_MARKER_VALUE] for key, value in meta.items()
-            if key in MARKER_KEYS and isinstance(value, str)}
+    return {key: value for key, value in meta.items()
+            if key in MARKER_KEYS and isinstance(value, str) and len(value) <= MAX_MARKER_VALUE}
 
 
 def agent_checks(client: ConsulClient, check_ids: Collection[str], timeout: float | None = None
