@@ -270,3 +270,16 @@ def test_wait_ends_at_once_when_the_container_stops_meanwhile(start_daemon, run_
     assert time.monotonic() - started < 60  # long before the 120 s time-out
     assert err.startswith("consul-reg wait: gave up after "), err
     assert f"  container {app.name}: not running (exited, exit code 137)" in err.splitlines(), err
+
+
+def test_wait_expects_what_the_daemon_registers_for_a_malformed_env_file(start_daemon, run_container, hostname,
+                                                                         label):
+    """A malformed env file: the daemon keeps its last good values (none on a first read), so it
+    registers the default name; wait (and explain) must not expect the lines that parsed."""
+    start_daemon("-ip", "127.0.0.1", "--filter", f"label={label}")
+    app = run_container(["sh", "-c", f"printf 'SERVICE_NAME=from-{hostname}\\nnot a pair\\n' > /svc.env; "
+                                     "exec sleep 600"],
+                        ports={"80/tcp": None}, labels={label: "1", "SERVICE_ENV_FILE": "/svc.env"})
+    result = run_wait(hostname, label, "--registered", "--timeout", "60s", app.name)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout == f"registered: service {hostname}:{app.name}:80 (busybox) of container {app.name}\n"
