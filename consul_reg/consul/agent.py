@@ -154,7 +154,7 @@ class ConsulClient:
             raise RegistryUnavailable(reason) from None
         if response.status_code < 300 or (not_found_ok and response.status_code == 404):
             return response
-        text = _one_line(response.text)
+        text = _one_line(self._scrubbed(response.text))
         if response.status_code == 403:
             raise RegistryPermissionDenied(f"{self.description}: permission denied to {what} "
                                            f"(check the ACL token's policy): {text}")
@@ -164,6 +164,12 @@ class ConsulClient:
                                            and any(t in text.lower() for t in _MISSING_CHECK_TEXTS)):
             raise RegistryNotFound(f"{self.description}: could not {what}: not found ({text})")
         raise RegistryError(f"{self.description}: could not {what}: {response.status_code} {text}")
+
+    def _scrubbed(self, text: str) -> str:
+        """An answer's text without the token (a proxy's error page may echo the request's
+        headers), before it is cut: a cut could otherwise leave part of it in a message."""
+        token = self._headers.get("X-Consul-Token", "")
+        return text.replace(token, "[redacted]") if token else text
 
     def json(self, method: str, segments: tuple[str, ...], what: str, params: dict[str, str] | None = None,
              timeout: float | None = None) -> Any:

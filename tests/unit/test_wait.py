@@ -561,3 +561,13 @@ def test_a_container_that_stops_while_waited_on_ends_the_wait_with_the_reason():
     assert lines[1:] == ["  service h:web:80 (web) of container web: check service:h:web:80 (service:h:web:80) "
                          "is critical: connection refused", "  container web: not running (exited, exit code 1)"]
     assert clock() < 1000 + 600  # before the time-out
+
+
+def test_a_token_echoed_across_the_error_bodys_cut_leaves_no_part_of_it():
+    token = "TOPSECRET-2222-3333-4444"
+    client = stub_client(lambda request: httpx.Response(502, text="x" * 290 + request.headers["x-consul-token"]),
+                         token=token)
+    with pytest.raises(RegistryError) as raised:
+        service_health(client, "web", NODE)
+    client.close()
+    assert "TOPSECRET" not in str(raised.value) and "[redacted]" in str(raised.value), str(raised.value)
