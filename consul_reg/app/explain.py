@@ -12,6 +12,7 @@ from consul_reg.app.config import Config
 from consul_reg.app.host import default_address
 from consul_reg.app.uris import registries_from_uris
 from consul_reg.core.errors import DockerUnavailable, RegistryError
+from consul_reg.core.messages import EnvFileRead as ReaderAnswer
 from consul_reg.core.records import MARKER_KEYS, AgentInfo, Service, section
 from consul_reg.docker.client import DockerSource
 from consul_reg.docker.swarm import SwarmEndpoints
@@ -21,6 +22,7 @@ from consul_reg.mapping.check_fields import origin_key
 from consul_reg.mapping.labels import KeyValue, printable
 from consul_reg.mapping.services import ContainerRecords, map_container
 from consul_reg.mapping.settings import MappingSettings
+from consul_reg.sync import env_files
 
 if TYPE_CHECKING:
     from consul_reg.consul.agent import ConsulRegistry
@@ -74,10 +76,12 @@ def explain(config: Config, container_ref: str, out: TextIO = sys.stdout) -> int
     return 0
 
 
-def agent_settings(config: Config, primary: ConsulRegistry | MemoryRegistry) -> tuple[MappingSettings, AgentInfo]:
+def agent_settings(config: Config, primary: ConsulRegistry | MemoryRegistry, info: AgentInfo | None = None
+                   ) -> tuple[MappingSettings, AgentInfo]:
     """The mapping's settings as the daemon takes them from its agent (version, script
-    checks, advertise address, listeners). Raises RegistryError."""
-    info = primary.agent_info()
+    checks, advertise address, listeners; `info`: the agent's answer when already read).
+    Raises RegistryError."""
+    info = primary.agent_info() if info is None else info
     address = default_address(primary.endpoint.is_local, info.advertise_address)
     policy = config.check_policy(
         agent_addresses=tuple(a for a in (info.advertise_address, *info.listen_addresses) if a),
@@ -101,21 +105,27 @@ class EnvFileRead:
 
 
 def read_env_file(config: Config, docker: DockerSource, container: dict[str, Any]) -> EnvFileRead:
+    """The container's env file as the daemon would take it on its first read (the loop's
+    own fold, sync/env_files.py): a malformed file gives none of its keys, as the daemon
+    keeps its last good values and has none yet."""
     chosen = envfile.env_file_path(container, config.env_file, not config.no_container_env_file)
     warnings = [chosen.problem] if chosen.problem else []
     if not chosen.path:
         return EnvFileRead(warnings=tuple(warnings))
     shown_path = printable(chosen.path, 200)
-    text = None
+    container_id = str(container["Id"])
     try:
-        text = docker.read_file(str(container["Id"]), chosen.path, envfile.MAX_BYTES)
+        answer = ReaderAnswer(container_id, chosen.path, docker.read_file(container_id, chosen.path, envfile.MAX_BYTES))
     except ValueError as error:
-        warnings.append(f"env file {shown_path}: {error}")
-    if text is None:
+        answer = ReaderAnswer(container_id, chosen.path, None, error=str(error))
+    state, _, problems = env_files.fold(env_files.EnvFileState(chosen.path), answer)
+    warnings.extend(problems)
+    if state.problem and answer.text is not None:
+        warnings.append(f"env file {shown_path} is malformed: the daemon uses none of its keys until it parses "
+                        "(it keeps a file's last good values, and has none on a first read)")
+    if answer.text is None:
         return EnvFileRead(shown_path, None, tuple(warnings))
-    parsed = envfile.parse(text)
-    warnings.extend(f"env file {shown_path}: {p}" for p in parsed.problems)
-    return EnvFileRead(shown_path, tuple(parsed.pairs), tuple(warnings))
+    return EnvFileRead(shown_path, state.good.pairs, tuple(warnings))
 
 
 def map_running(docker: DockerSource, container: dict[str, Any], settings: MappingSettings,

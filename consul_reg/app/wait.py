@@ -4,9 +4,20 @@ would register for those containers is in the catalog with all its checks passin
 (`--passing`, the default), is there at all (`--registered`), or is gone (`--gone`).
 
 Exit codes: 0 done; 1 timed out (each service or check not yet as asked is named on
-stderr, a failing check with its output); 2 a usage error (cli.py); 3 nothing to wait
-for: a container that is not there or not running (`--passing`, `--registered`), one
-that would register nothing, or Docker that cannot be reached.
+stderr, a failing check with its output); 2 a usage error (cli.py), or settings that
+cannot work: TLS files that cannot be loaded, a token the agent refuses (403); 3
+nothing to wait for: a container that is not there or not running (`--passing`,
+`--registered`; also one that stops, goes or is replaced while waited on), one that
+would register nothing, or Docker that cannot be reached.
+
+An instance counts for `--passing` and `--registered` only when its ownership marker
+names the container waited on (its full ID) and this daemon (host, --instance): after
+`docker rm -f app && docker run --name app`, or with a fixed SERVICE_ID, the catalog
+may still hold the old container's instance under the same ID. For `--gone`, every
+record some consul-reg marked as the container's is waited on; a removed container's
+are found by its ID (or ID prefix), or by its name among this daemon's records with
+default IDs (`<hostname>:<name>[:<port>]`). Every line written goes through the
+logs' redaction (the token, should an error page echo it).
 
 The expected services are mapped once, at start, as `explain` maps them: the agent's
 settings, the container's labels, env and env file, the daemon's flags. Then one
@@ -14,17 +25,21 @@ thread per service name holds a blocking query on /v1/health/service/<name>
 (consul/health.py), keeping this agent's node's instances only; the main thread
 judges every answer. Nothing polls: a request goes out at start, when the service's
 instances or checks changed, when a blocking query's wait ran out (never before the
-deadline), or after a back-off when the agent failed or answered without news.
+deadline), or after a back-off when the agent failed or answered without news; each
+blocking query waits at most a minute (and never past the deadline), and one after an
+error starts afresh (index 0: a restarted agent's index went down). Every call outside
+the watches gets the time left as its time-out (the time-out's report, reading the
+checks' latest outputs, a second more at most).
 """
 
 from __future__ import annotations
 
 import queue
+import re
 import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, TextIO
 
 from consul_reg.app import logs
@@ -33,174 +48,159 @@ from consul_reg.app.config import Config
 from consul_reg.app.explain import agent_settings, map_running, read_env_file
 from consul_reg.app.uris import consul_endpoint
 from consul_reg.app.wait_args import DEFAULT_TIMEOUT_SECONDS, WAIT_HELP, parse_wait
+from consul_reg.app.wait_judge import MAX_OUTPUT_SHOWN, Expected, View, label, unmet
 from consul_reg.consul.agent import ConsulClient, ConsulRegistry
-from consul_reg.consul.health import CheckHealth, InstanceHealth, agent_checks, container_services, service_health
-from consul_reg.core.errors import DockerUnavailable, RegistryError
-from consul_reg.core.records import fold_id
+from consul_reg.consul.health import CheckHealth, agent_checks, marked_services, service_health
+from consul_reg.core.errors import DockerUnavailable, RegistryError, RegistryPermissionDenied
+from consul_reg.core.records import RegisteredService, fold_id
 from consul_reg.core.text import printable
 from consul_reg.docker.client import DockerSource
 from consul_reg.mapping.settings import MappingSettings
 
-EXIT_DONE, EXIT_TIMED_OUT, EXIT_NOTHING_TO_WAIT_FOR = 0, 1, 3
-MAX_OUTPUT_SHOWN = 500  # characters of a check's output in a time-out report
-_MAX_PAUSE = 5.0  # the longest back-off between two requests of one watch
-
-
-@dataclass(frozen=True)
-class Expected:
-    """One service the daemon would register (or holds) for a container named on the command line."""
-
-    service_id: str
-    name: str
-    container: str
-    check_ids: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class View:
-    """The last answer about one service name: its instances on this agent's node, or why
-    it could not be read."""
-
-    instances: tuple[InstanceHealth, ...] = ()
-    error: str = ""
+EXIT_DONE, EXIT_TIMED_OUT, EXIT_CANNOT_WORK, EXIT_NOTHING_TO_WAIT_FOR = 0, 1, USAGE_EXIT, 3
+MAX_BLOCK_SECONDS = 60.0  # the longest wait of one blocking query (a lost index costs no more)
+REPORT_GRACE = 1.0  # seconds the time-out's report may take to read the checks' fresh outputs
+_MAX_PAUSE = 5.0  # the longest back-off between two requests of one watch, or two looks at the containers
+_SHORT_ID = re.compile(r"[0-9a-f]{12,64}")  # a container ID or a prefix Docker would show
 
 
 class NothingToWaitFor(Exception):
     """A container named cannot have the services asked for (not there, not running, none)."""
 
 
+def say(stream: TextIO, line: str) -> None:
+    """Every line `wait` writes: scrubbed of the token as the daemon's log lines are."""
+    print(logs.redact(line), file=stream)
+
+
 def main(argv: Sequence[str]) -> int:
     if any(arg in ("-h", "--help") for arg in argv):
-        print(WAIT_HELP)
+        say(sys.stdout, WAIT_HELP)
         return EXIT_DONE
     try:
         args = parse_wait(argv)
     except UsageError as error:
-        print(f"consul-reg: {error}", file=sys.stderr)
+        say(sys.stderr, f"consul-reg: {error}")
         return USAGE_EXIT
     logs.setup("ERROR", "text", secrets=(args.config.token or "",))
     return wait(args.config, args.containers, args.mode, args.timeout)
 
 
-def unmet(mode: str, expected: Sequence[Expected], views: Mapping[str, View],
-          fresh: Mapping[str, CheckHealth] | None = None) -> list[str]:
-    """Every service or check not yet as `mode` asks, one line each (escaped); [] when done.
-    `fresh`: the agent's own view of checks, whose outputs are newer than the catalog's."""
-    lines: list[str] = []
-    for want in expected:
-        label = _label(want)
-        view = views.get(want.name)
-        if view is None:
-            lines.append(f"{label}: no answer from the agent yet")
-            continue
-        if view.error:
-            lines.append(f"{label}: {printable(view.error, MAX_OUTPUT_SHOWN, one_line=True)}")
-            continue
-        instance = next((i for i in view.instances if fold_id(i.service_id) == fold_id(want.service_id)), None)
-        if mode == "gone":
-            if instance is not None:
-                lines.append(f"{label}: still registered")
-            continue
-        if instance is None:
-            lines.append(f"{label}: not registered")
-        elif mode == "passing":
-            lines.extend(f"{label}: {problem}" for problem in _check_problems(want, instance, fresh or {}))
-    return lines
-
-
-def _label(want: Expected) -> str:
-    return f"service {printable(want.service_id)} ({printable(want.name)}) of container {printable(want.container)}"
-
-
-def _check_problems(want: Expected, instance: InstanceHealth, fresh: Mapping[str, CheckHealth]) -> list[str]:
-    present = {fold_id(check.check_id) for check in instance.checks}
-    problems = [f"check {printable(check_id)} not registered" for check_id in want.check_ids
-                if fold_id(check_id) not in present]
-    for check in instance.checks:
-        if check.status == "passing":
-            continue
-        kind = "check" if check.service_id else "node check"
-        name = f" ({printable(check.name, 100)})" if check.name else ""
-        newer = fresh.get(check.check_id)
-        text = newer.output if newer is not None and newer.status == check.status and newer.output else check.output
-        output = printable(text, MAX_OUTPUT_SHOWN, one_line=True) or "(no output)"
-        problems.append(f"{kind} {printable(check.check_id)}{name} is {printable(check.status, 20)}: {output}")
-    return problems
-
-
 def wait(config: Config, containers: Sequence[str], mode: str = "passing",
          timeout: float = DEFAULT_TIMEOUT_SECONDS, out: TextIO = sys.stdout, err: TextIO = sys.stderr,
          clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> int:
-    deadline = clock() + timeout
-    # One kept connection per watched name at most: names are bounded by the containers named.
-    client = ConsulClient(consul_endpoint(config.registry_uris[0]), token=config.token,
-                          max_connections=len(containers) * config.limits.services_per_container + 2)
+    started = clock()
+    deadline = started + timeout
+    logs.add_secret(config.token or "")
+    try:  # One kept connection per watched name at most: names are bounded by the containers named.
+        client = ConsulClient(consul_endpoint(config.registry_uris[0]), token=config.token,
+                              max_connections=len(containers) * config.limits.services_per_container + 2)
+    except OSError as error:  # a CA file or client certificate missing or unreadable (ssl.SSLError too)
+        say(err, f"consul-reg wait: the agent's TLS settings cannot be used: {printable(error, 300, one_line=True)}")
+        return EXIT_CANNOT_WORK
     try:
         try:
             docker = DockerSource(filters=config.docker_filters())
         except DockerUnavailable as error:
-            print(f"consul-reg wait: {error}", file=err)
+            say(err, f"consul-reg wait: {error}")
             return EXIT_NOTHING_TO_WAIT_FOR
         try:
             node, settings = _agent(config, ConsulRegistry(client), deadline, clock, sleep)
-            expected = _expected(config, docker, client, settings, containers, mode)
+            expected = _expected(config, docker, client, settings, containers, mode, lambda: _left(deadline, clock))
+        except RegistryPermissionDenied as error:
+            return _refused(err, str(error))
         except RegistryError as error:  # asked again until the deadline (_agent)
-            print(f"consul-reg wait: the Consul agent cannot be reached or refused (tried for {timeout:g}s): "
-                  f"{printable(error, MAX_OUTPUT_SHOWN, one_line=True)}", file=err)
+            say(err, f"consul-reg wait: the Consul agent cannot be reached or refused (tried for "
+                     f"{_seconds(clock() - started)}): {printable(error, MAX_OUTPUT_SHOWN, one_line=True)}")
             return EXIT_TIMED_OUT
         except (NothingToWaitFor, DockerUnavailable) as error:
-            print(f"consul-reg wait: {error}", file=err)
+            say(err, f"consul-reg wait: {error}")
             return EXIT_NOTHING_TO_WAIT_FOR
         try:
-            late = (lambda: _not_running(docker, containers)) if mode != "gone" else (lambda: [])
-            return until_done(client, node, expected, mode, containers, late, timeout, deadline, clock, out, err)
+            ids = {want.container: want.container_id for want in expected}
+            changed = (lambda: _changed(docker, containers, ids)) if mode != "gone" else (lambda: [])
+            return until_done(client, node, expected, mode, containers, changed, started, deadline, clock, out, err)
         finally:
             docker.close()
     finally:
         client.close()
 
 
+def _refused(err: TextIO, reason: str) -> int:
+    """A 403: the token lacks a permission; waiting longer cannot help."""
+    say(err, f"consul-reg wait: the agent refused the token: {printable(reason, MAX_OUTPUT_SHOWN, one_line=True)}")
+    return EXIT_CANNOT_WORK
+
+
+def _left(deadline: float, clock: Callable[[], float]) -> float:
+    """The time left, as one call's time-out (never 0: the transport takes it as a deadline)."""
+    return max(deadline - clock(), 0.05)
+
+
+def _seconds(spent: float) -> str:
+    return f"{spent:.1f}".removesuffix(".0") + "s"
+
+
 def _agent(config: Config, registry: ConsulRegistry, deadline: float, clock: Callable[[], float],
            sleep: Callable[[float], None]) -> tuple[str, MappingSettings]:
     """This agent's node name and the mapping's settings; the agent is asked again on a
-    back-off until the deadline (the last RegistryError raised)."""
+    back-off until the deadline (the last RegistryError raised), never after a 403."""
     pause = 0.5
     while True:
         try:
-            settings, info = agent_settings(config, registry)
+            settings, info = agent_settings(config, registry, registry.agent_info(timeout=_left(deadline, clock)))
             return info.node_name, settings
+        except RegistryPermissionDenied:
+            raise
         except RegistryError:
-            if clock() + pause > deadline:
+            if clock() >= deadline:
                 raise
-            sleep(pause)
+            sleep(min(pause, deadline - clock()))  # the last try at the deadline
             pause = min(pause * 2, _MAX_PAUSE)
 
 
 def _expected(config: Config, docker: DockerSource, client: ConsulClient, settings: MappingSettings,
-              containers: Sequence[str], mode: str) -> list[Expected]:
+              containers: Sequence[str], mode: str, left: Callable[[], float]) -> list[Expected]:
     expected: list[Expected] = []
     for ref in containers:
         shown = printable(ref, 200)
         container = docker.inspect(ref)
         if container is None:
-            if mode == "gone":
-                continue  # removed: gone
+            if mode == "gone":  # removed: whatever records of it some consul-reg still holds
+                expected.extend(Expected(r.id, r.name, ref, (), r.container_id)
+                                for r in _records_of_removed(config, client, ref, left))
+                continue
             raise NothingToWaitFor(f"no container named or with ID {shown}")
+        container_id = str(container.get("Id") or "")
         running = bool((container.get("State") or {}).get("Running"))
         mapped = map_running(docker, container, settings, read_env_file(config, docker, container)) \
             if running else None
         if mode == "gone":
-            held = container_services(client, str(container.get("Id") or ""), config.owner)
+            held = {r.id: r.name for r in marked_services(client, container_id, left())}
             held.update({s.id: s.name for s in mapped.services} if mapped else {})
-            expected.extend(Expected(service_id, name, ref) for service_id, name in held.items())
+            expected.extend(Expected(service_id, name, ref, (), container_id) for service_id, name in held.items())
             continue
         if mapped is None:
             raise NothingToWaitFor(f"container {shown} is not running ({_state(container)})")
         if not mapped.services:
             raise NothingToWaitFor(f"container {shown} would register nothing: "
                                    f"{printable(mapped.skipped_reason or 'no service', 300)}")
-        expected.extend(Expected(s.id, s.name, ref, tuple(c.check_id for c in s.checks)) for s in mapped.services)
+        expected.extend(Expected(s.id, s.name, ref, tuple(c.check_id for c in s.checks), container_id, config.owner)
+                        for s in mapped.services)
     return expected
+
+
+def _records_of_removed(config: Config, client: ConsulClient, ref: str, left: Callable[[], float]
+                        ) -> list[RegisteredService]:
+    """The records some consul-reg still holds of a removed container: marked with an ID
+    `ref` begins (12 hex digits or more), or this daemon's with the default IDs of a
+    container named `ref`; then every record marked as one of those containers'."""
+    records = marked_services(client, timeout=left())
+    by_name = fold_id(f"{config.owner.host}:{ref}")
+    ids = {r.container_id for r in records if r.container_id and (
+        (_SHORT_ID.fullmatch(ref) and r.container_id.startswith(ref))
+        or (r.owned_by(config.owner) and (fold_id(r.id) == by_name or fold_id(r.id).startswith(by_name + ":"))))}
+    return [r for r in records if r.container_id in ids]
 
 
 def _state(container: dict[str, Any]) -> str:
@@ -210,38 +210,53 @@ def _state(container: dict[str, Any]) -> str:
 
 
 def until_done(client: ConsulClient, node: str, expected: Sequence[Expected], mode: str, containers: Sequence[str],
-               late: Callable[[], list[str]], timeout: float, deadline: float, clock: Callable[[], float],
+               changed: Callable[[], list[str]], started: float, deadline: float, clock: Callable[[], float],
                out: TextIO, err: TextIO,
                pause: Callable[[threading.Event, float], bool] = lambda stop, seconds: stop.wait(seconds)) -> int:
     """The waiting itself: one watch per service name, every answer judged (unmet) until
-    nothing is left (EXIT_DONE) or the deadline passed (EXIT_TIMED_OUT, each line of what
-    is left on `err`, then what `late` adds: the containers that stopped meanwhile)."""
+    nothing is left (EXIT_DONE), the agent refused the token (EXIT_CANNOT_WORK), a container
+    is no longer the one waited on (`changed`, asked on a back-off: EXIT_NOTHING_TO_WAIT_FOR)
+    or the deadline passed (EXIT_TIMED_OUT, each line of what is left on `err`)."""
     answers: queue.Queue[tuple[str, View]] = queue.Queue()
     stop = threading.Event()
     views: dict[str, View] = {}
     for name in dict.fromkeys(want.name for want in expected):
         _Watch(client, name, node, deadline, clock, answers.put, stop, pause).start()
+    look, look_pause = started, 1.0
     try:
         while True:
             left = unmet(mode, expected, views)
             if not left:
                 for want in expected:
-                    print(f"{mode}: {_label(want)}", file=out)
+                    say(out, f"{mode}: {label(want)}")
                 for ref in containers:
                     if not any(want.container == ref for want in expected):
-                        print(f"{mode}: container {printable(ref, 200)}: no service left", file=out)
+                        say(out, f"{mode}: container {printable(ref, 200)}: no service left")
                 return EXIT_DONE
-            remaining = deadline - clock()
+            denied = next((view.error for view in views.values() if view.denied), "")
+            if denied:
+                return _refused(err, denied)
+            now = clock()
+            if now >= look:
+                gone = changed()
+                if gone:
+                    say(err, f"consul-reg wait: gave up after {_seconds(now - started)}: a container waited on "
+                             f"stopped, went or was replaced; not yet {mode}:")
+                    for line in left + gone:
+                        say(err, f"  {line}")
+                    return EXIT_NOTHING_TO_WAIT_FOR
+                look, look_pause = now + look_pause, min(look_pause * 2, _MAX_PAUSE)
+            remaining = deadline - now
             if remaining <= 0:
-                left = unmet(mode, expected, views, _fresh_checks(client, views) if mode == "passing" else None)
-                left.extend(late())
-                print(f"consul-reg wait: timed out after {timeout:g}s waiting for {len(expected)} service(s) to be "
-                      f"{mode} in the agent's node {printable(node, 200)}; not yet:", file=err)
+                fresh = _fresh_checks(client, views) if mode == "passing" else None
+                left = unmet(mode, expected, views, fresh)
+                say(err, f"consul-reg wait: timed out after {_seconds(clock() - started)} waiting for {len(expected)} "
+                         f"service(s) to be {mode} in the agent's node {printable(node, 200)}; not yet:")
                 for line in left:
-                    print(f"  {line}", file=err)
+                    say(err, f"  {line}")
                 return EXIT_TIMED_OUT
             try:
-                name, view = answers.get(timeout=remaining)
+                name, view = answers.get(timeout=max(min(remaining, look - now), 0.01))
             except queue.Empty:
                 continue
             views[name] = view
@@ -258,13 +273,14 @@ def _fresh_checks(client: ConsulClient, views: Mapping[str, View]) -> dict[str, 
     failing = {check.check_id for view in views.values() for instance in view.instances
                for check in instance.checks if check.status != "passing"}
     try:
-        return agent_checks(client, failing)
+        return agent_checks(client, failing, timeout=REPORT_GRACE)
     except RegistryError:
         return {}
 
 
-def _not_running(docker: DockerSource, containers: Sequence[str]) -> list[str]:
-    """At a time-out: the containers that stopped meanwhile (one inspect each)."""
+def _changed(docker: DockerSource, containers: Sequence[str], ids: Mapping[str, str]) -> list[str]:
+    """The containers that stopped, went or were replaced (another ID under the name) since
+    their services were computed (one inspect each; Docker unreachable: none known)."""
     lines = []
     for ref in containers:
         try:
@@ -273,6 +289,9 @@ def _not_running(docker: DockerSource, containers: Sequence[str]) -> list[str]:
             continue
         if container is None:
             lines.append(f"container {printable(ref, 200)}: removed")
+        elif ids.get(ref) and container.get("Id") != ids[ref]:
+            lines.append(f"container {printable(ref, 200)}: replaced by container "
+                         f"{printable(str(container.get('Id'))[:12])}")
         elif not (container.get("State") or {}).get("Running"):
             lines.append(f"container {printable(ref, 200)}: not running ({_state(container)})")
     return lines
@@ -296,10 +315,17 @@ class _Watch(threading.Thread):
                 return
             asked = self._clock()
             try:
-                answered, instances = service_health(self._client, self._service, self._node, index, remaining)
+                answered, instances = service_health(self._client, self._service, self._node, index,
+                                                     min(remaining, MAX_BLOCK_SECONDS), timeout=min(
+                                                         self._client.timeout, max(remaining, 1.0)))
+            except RegistryPermissionDenied as error:  # asking again cannot help
+                self._post((self._service, View(error=logs.redact(str(error)), denied=True)))
+                return
             except RegistryError as error:
-                self._post((self._service, View(error=str(error))))
-                pause = min(max(pause * 2, 0.5), _MAX_PAUSE)
+                self._post((self._service, View(error=logs.redact(str(error)))))
+                # Asked afresh: an agent that restarted meanwhile counts its index from 1 again, and
+                # a blocking query on the old one would wait its whole time for nothing.
+                index, pause = 0, min(max(pause * 2, 0.5), _MAX_PAUSE)
                 continue
             self._post((self._service, View(instances)))
             index, pause = next_request(index, answered, self._clock() - asked, pause)

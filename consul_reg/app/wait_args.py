@@ -92,19 +92,22 @@ WAIT_HELP = f"""usage: {WAIT_USAGE}
 Waits until every service the daemon would register for the containers named is in
 the Consul agent's catalog (its node) and all its checks pass; for deploy scripts:
 start v2, `consul-reg wait v2`, then stop v1. Give the daemon's own flags
-(--hostname, -ip, -internal, -tags, --filter...) and its agent (the registry URI,
-else CONSUL_HTTP_ADDR) and token (CONSUL_HTTP_TOKEN, CONSUL_HTTP_TOKEN_FILE): the
-services are computed as `consul-reg explain` computes them.
+(--hostname, -ip, -internal, -tags, --instance, --filter...) and its agent (the
+registry URI, else CONSUL_HTTP_ADDR) and token (CONSUL_HTTP_TOKEN,
+CONSUL_HTTP_TOKEN_FILE): the services are computed as `consul-reg explain` computes
+them, and an instance counts only when this daemon marked it as the container's.
 
 options:
   --passing             until every service is registered and all its checks pass (default)
   --registered          until every service is registered, whatever its checks say
-  --gone                until none of the containers' services is left (a container
-                        already removed counts as gone)
+  --gone                until none of the containers' services is left, nor any record
+                        some consul-reg marked as theirs (a removed container's are
+                        found by its ID, or by its name among default IDs)
   --timeout DURATION    give up after DURATION (30s, 2m, 1m30s or seconds); default {DEFAULT_TIMEOUT_SECONDS:g}s
   -h, --help            show this help and exit
 
 exit status: 0 done; 1 timed out (stderr names each service or check not as asked,
-a failing check with its output), also when the agent never answered; 2 usage error;
-3 nothing to wait for (a container that does not exist or is not running, one that
-would register nothing) or Docker unreachable."""
+a failing check with its output), also when the agent never answered; 2 usage error,
+TLS files that cannot be loaded, or a token the agent refuses (403); 3 nothing to
+wait for (a container that does not exist or is not running, or stops, goes or is
+replaced while waited on; one that would register nothing) or Docker unreachable."""

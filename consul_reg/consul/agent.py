@@ -155,7 +155,7 @@ class ConsulClient:
             raise RegistryUnavailable(reason) from None
         if response.status_code < 300 or (not_found_ok and response.status_code == 404):
             return response
-        text = _one_line(response.text)
+        text = _one_line(self._scrubbed(response.text))
         if response.status_code == 403:
             raise RegistryPermissionDenied(f"{self.description}: permission denied to {what} "
                                            f"(check the ACL token's policy): {text}")
@@ -166,8 +166,15 @@ class ConsulClient:
             raise RegistryNotFound(f"{self.description}: could not {what}: not found ({text})")
         raise RegistryError(f"{self.description}: could not {what}: {response.status_code} {text}")
 
-    def json(self, method: str, segments: tuple[str, ...], what: str, params: dict[str, str] | None = None) -> Any:
-        response = self.call(method, segments, what, params)
+    def _scrubbed(self, text: str) -> str:
+        """An answer's text without the token (a proxy's error page may echo the request's
+        headers), before it is cut: a cut could otherwise leave part of it in a message."""
+        token = self._headers.get("X-Consul-Token", "")
+        return text.replace(token, "[redacted]") if token else text
+
+    def json(self, method: str, segments: tuple[str, ...], what: str, params: dict[str, str] | None = None,
+             timeout: float | None = None) -> Any:
+        response = self.call(method, segments, what, params, timeout=timeout)
         try:
             return response.json()
         except ValueError:
@@ -189,8 +196,10 @@ class ConsulRegistry:
     def set_token(self, token: str | None) -> None:
         self.client.set_token(token)
 
-    def agent_info(self) -> AgentInfo:
-        info = self.client.json("GET", ("agent", "self"), "read the agent's own information") or {}
+    def agent_info(self, timeout: float | None = None) -> AgentInfo:
+        """The agent's version, node, addresses and script policy (`timeout`: this call's
+        own, else the client's)."""
+        info = self.client.json("GET", ("agent", "self"), "read the agent's own information", timeout=timeout) or {}
         config = info.get("Config") or {}
         member = info.get("Member") or {}
         debug = info.get("DebugConfig") or {}

@@ -4,6 +4,9 @@ blocking queries: a handful of requests over a whole time-out, not a poll."""
 
 from __future__ import annotations
 
+import contextlib
+import re
+import signal
 import subprocess
 import sys
 import threading
@@ -86,10 +89,10 @@ def run_wait(hostname: str, label: str, *args: str) -> subprocess.CompletedProce
     return subprocess.run(wait_cmd(hostname, label, *args), capture_output=True, text=True, timeout=120, cwd=ROOT)
 
 
-def web(run_container, label: str, name: str, healthy: bool = True, **kwargs):
+def web(run_container, label: str, service: str, healthy: bool = True, **kwargs):
     script = "mkdir -p /www && " + ("echo ok > /www/health && " if healthy else "") + "exec httpd -f -p 80 -h /www"
     return run_container(["sh", "-c", script], ports={"80/tcp": None},
-                         labels={label: "1", "SERVICE_NAME": name, "SERVICE_CHECK_HTTP": "/health",
+                         labels={label: "1", "SERVICE_NAME": service, "SERVICE_CHECK_HTTP": "/health",
                                  "SERVICE_CHECK_INTERVAL": "1s"}, **kwargs)
 
 
@@ -114,8 +117,10 @@ def test_wait_times_out_naming_the_failing_check_with_its_output(start_daemon, r
     result = run_wait(hostname, label, "--timeout", "8s", app.name, proxy.uri)
     assert result.returncode == 1, result.stdout + result.stderr
     lines = result.stderr.splitlines()
-    assert lines[0] == (f"consul-reg wait: timed out after 8s waiting for 1 service(s) to be passing in the "
-                        f"agent's node {consul_api.http.get('/v1/agent/self').json()['Config']['NodeName']}; not yet:")
+    node = consul_api.http.get('/v1/agent/self').json()['Config']['NodeName']
+    # the time actually spent: the 8 s, give or take the last answer's way back
+    assert re.fullmatch(rf"consul-reg wait: timed out after 8(\.[0-9])?s waiting for 1 service\(s\) to be passing in "
+                        rf"the agent's node {re.escape(node)}; not yet:", lines[0]), lines[0]
     port = host_port(app, "80/tcp")
     assert lines[1].startswith(f"  service {service_id} (app-{hostname}) of container {app.name}: "
                                f"check service:{service_id}:http (") and \
@@ -179,5 +184,102 @@ def test_wait_refuses_a_missing_or_stopped_container_and_an_unreachable_agent(ru
         in result.stderr
     unreachable = run_wait(hostname, label, "--timeout", "2s", stopped.name, f"consul://127.0.0.1:{free_port()}")
     assert unreachable.returncode == 1
-    assert "consul-reg wait: the Consul agent cannot be reached or refused (tried for 2s): " in unreachable.stderr
+    assert re.match(r"consul-reg wait: the Consul agent cannot be reached or refused \(tried for 2(\.[0-9])?s\): ",
+                    unreachable.stderr), unreachable.stderr
     assert "Connection refused" in unreachable.stderr
+
+
+@contextlib.contextmanager
+def paused(daemon) -> Iterator[None]:
+    """The daemon lagging behind Docker (SIGSTOP), always resumed."""
+    daemon.process.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        daemon.process.send_signal(signal.SIGCONT)
+
+
+def test_wait_does_not_count_the_instance_of_a_container_replaced_under_the_same_name(
+        start_daemon, run_container, hostname, label):
+    """`docker rm -f app && docker run --name app ...` while the daemon has not caught up: the
+    catalog holds the old container's instance under the new one's default ID. It does not count."""
+    daemon = start_daemon("-ip", "127.0.0.1", "--filter", f"label={label}")
+    name = f"app-{uuid.uuid4().hex[:8]}"
+    v1 = web(run_container, label, f"app-{hostname}", name=name)
+    assert run_wait(hostname, label, "--registered", "--timeout", "60s", name).returncode == 0
+    service_id = f"{hostname}:{name}:80"
+    with paused(daemon):
+        v1.remove(force=True)
+        v2 = web(run_container, label, f"app-{hostname}", name=name)
+        result = run_wait(hostname, label, "--registered", "--timeout", "4s", name)
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert f"  service {service_id} (app-{hostname}) of container {name}: not registered (the ID is held by " \
+               f"container {v1.id[:12]}, by the daemon of host {hostname})" in result.stderr.splitlines(), result.stderr
+    # the daemon catches up: v2's own instance, passing
+    result = run_wait(hostname, label, "--timeout", "60s", name)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout == f"passing: service {service_id} (app-{hostname}) of container {name}\n"
+    assert v2.id != v1.id
+
+
+def test_wait_gone_for_a_removed_container_waits_for_the_daemon_to_deregister_it(
+        start_daemon, run_container, hostname, label, proxy):
+    daemon = start_daemon("-ip", "127.0.0.1", "--filter", f"label={label}")
+    app = web(run_container, label, f"app-{hostname}")
+    assert run_wait(hostname, label, "--registered", "--timeout", "60s", app.name).returncode == 0
+    service_id = f"{hostname}:{app.name}:80"
+    with paused(daemon):
+        app.remove(force=True)
+        for ref in (app.id, app.id[:12]):  # by its ID: any daemon's records of it
+            by_id = run_wait(hostname, label, "--gone", "--timeout", "2s", ref)
+            assert by_id.returncode == 1, by_id.stdout + by_id.stderr
+            assert f"  service {service_id} (app-{hostname}) of container {ref}: still registered" \
+                in by_id.stderr.splitlines(), by_id.stderr
+        waiting = subprocess.Popen(wait_cmd(hostname, label, "--gone", "--timeout", "60s", app.name, proxy.uri),
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        try:
+            wait_until(lambda: proxy.count("/v1/health/service/") >= 1 or waiting.poll() is not None, timeout=60,
+                       message="wait reading the agent")
+            assert waiting.poll() is None, waiting.communicate()  # by its name: this daemon's default IDs
+        except BaseException:
+            waiting.kill()
+            raise
+    try:
+        out, err = waiting.communicate(timeout=90)  # the daemon resumed: it deregisters the removed container
+    finally:
+        waiting.kill()
+    assert waiting.returncode == 0, out + err
+    assert out == f"gone: service {service_id} (app-{hostname}) of container {app.name}\n"
+
+
+def test_wait_ends_at_once_when_the_container_stops_meanwhile(start_daemon, run_container, hostname, label,
+                                                              proxy):
+    start_daemon("-ip", "127.0.0.1", "--filter", f"label={label}")
+    app = web(run_container, label, f"app-{hostname}", healthy=False)  # never passes
+    waiting = subprocess.Popen(wait_cmd(hostname, label, "--timeout", "120s", app.name, proxy.uri),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        # once it waits (its services computed while the container ran), stop the container
+        wait_until(lambda: proxy.count("/v1/health/service/") >= 1, timeout=60, message="wait reading the agent")
+        started = time.monotonic()
+        app.stop(timeout=1)
+        out, err = waiting.communicate(timeout=90)
+    finally:
+        waiting.kill()
+    assert waiting.returncode == 3, out + err
+    assert time.monotonic() - started < 60  # long before the 120 s time-out
+    assert err.startswith("consul-reg wait: gave up after "), err
+    assert f"  container {app.name}: not running (exited, exit code 137)" in err.splitlines(), err
+
+
+def test_wait_expects_what_the_daemon_registers_for_a_malformed_env_file(start_daemon, run_container, hostname,
+                                                                         label):
+    """A malformed env file: the daemon keeps its last good values (none on a first read), so it
+    registers the default name; wait (and explain) must not expect the lines that parsed."""
+    start_daemon("-ip", "127.0.0.1", "--filter", f"label={label}")
+    app = run_container(["sh", "-c", f"printf 'SERVICE_NAME=from-{hostname}\\nnot a pair\\n' > /svc.env; "
+                                     "exec sleep 600"],
+                        ports={"80/tcp": None}, labels={label: "1", "SERVICE_ENV_FILE": "/svc.env"})
+    result = run_wait(hostname, label, "--registered", "--timeout", "60s", app.name)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout == f"registered: service {hostname}:{app.name}:80 (busybox) of container {app.name}\n"
