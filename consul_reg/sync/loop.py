@@ -18,7 +18,6 @@ through core's protocols.
 
 from __future__ import annotations
 
-import queue
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +35,7 @@ from consul_reg.core.snapshot import Snapshot
 from consul_reg.sync.desires import DesireBuilder, DesireUnavailable
 from consul_reg.sync.drain import Drainer
 from consul_reg.sync.env_files import EnvFileState, fold_reads
+from consul_reg.sync.inbox import Inbox
 from consul_reg.sync.primary import Primary, SyncResult
 from consul_reg.sync.probe_feed import ProbeFeed
 from consul_reg.sync.publish import Publisher
@@ -64,7 +64,7 @@ class Loop:
     def __init__(self, settings: LoopSettings, docker: DockerReads, agent: AgentAPI, builder: DesireBuilder,
                  probes: ProbeSink, subscribers: Sequence[SnapshotSubscriber] = (),
                  metrics: LoopMetrics = NoMetrics(), clock: Clock = time.monotonic) -> None:
-        self.inbox: queue.SimpleQueue[Message] = queue.SimpleQueue()
+        self.inbox = Inbox()
         self.settings = settings
         self.docker = docker
         self.builder = builder
@@ -84,6 +84,8 @@ class Loop:
         self.timers = Timers(settings.resync_seconds, settings.env_file_interval, settings.retry_interval, clock)
         self.publisher = Publisher(subscribers)
         self._dirty = False  # desires changed since the last snapshot
+        # Desires a resync built before it gave way to events (container ID -> (listing key, desire)).
+        self._pass_built: dict[str, tuple[str, ContainerDesire]] = {}
         self.probe_feed = ProbeFeed(probes)
 
     @property
@@ -104,7 +106,7 @@ class Loop:
         """Until a Stop message. `identity`: the agent reached at start."""
         self.post(Start(identity))
         while True:
-            batch = self._next_batch(self.seconds_until_due())
+            batch = self.inbox.next_batch(self.seconds_until_due())
             try:
                 if not self.handle(batch):
                     if self.io is not None:
@@ -114,17 +116,6 @@ class Loop:
                 self.primary.drop_prefetch()
                 logger.exception("unexpected error; everything is relisted at the next pass")
                 self.timers.docker_failed("recovering from an unexpected error")
-
-    def _next_batch(self, timeout: float) -> list[Message]:
-        try:
-            batch = [self.inbox.get(timeout=max(timeout, 0.0))]
-        except queue.Empty:
-            return []
-        while True:  # take everything already queued: one pass handles a burst
-            try:
-                batch.append(self.inbox.get_nowait())
-            except queue.Empty:
-                return batch
 
     def seconds_until_due(self) -> float:
         """Until the loop must wake: a full pass, a retry, a drain timeout, an env-file poll, a health recheck."""
@@ -154,7 +145,12 @@ class Loop:
         verify = {cid for cid in actions.restarted
                   if (known := self.containers.get(cid)) is None or not known.status.running}
         full_reason = actions.full_reason or self.timers.full_reason_due()
-        kind = "full" if full_reason and self._full_pass(full_reason) else "targeted"
+        # A due resync (the safety net) never holds an event: it waits while container events
+        # flow, and one under way gives way to the events that arrive meanwhile (`_full_pass`).
+        yielding = full_reason == "resync" and self.timers.resync_may_wait()
+        if yielding and (actions.refresh or actions.deaths or actions.drains):
+            full_reason = ""
+        kind = "full" if full_reason and self._full_pass(full_reason, yielding) else "targeted"
         if kind == "full":
             affected = set()  # a full pass plans everything
         else:
@@ -251,9 +247,11 @@ class Loop:
 
     # -- passes ------------------------------------------------------------------------
 
-    def _full_pass(self, reason: str) -> bool:
+    def _full_pass(self, reason: str, yielding: bool = False) -> bool:
         """Relist Docker (reusing what an unchanged listing allows) and the agent.
-        False when Docker could not be listed: what is known stays."""
+        False when Docker could not be listed (what is known stays) or, `yielding`,
+        when container events arrived meanwhile: the pass stops for them and is made
+        again at the next batch without events, reusing the desires it built."""
         self.publisher.full_pass_begins()  # numbered before anything is listed
         if not self.timers.full_pending:  # not while Docker fails: its retries would list the agent for nothing
             self.primary.prefetch()  # the agent is listed beside Docker (taken by this batch's sync)
@@ -261,7 +259,7 @@ class Loop:
             summaries = self.docker.list_containers()
         except DockerUnavailable as error:
             return self._full_pass_failed(reason, error)
-        entries: list[tuple[str, str, ContainerDesire | None, bool]] = []  # (ID, key, known, reusable)
+        entries: list[tuple[str, str, ContainerDesire | None, ContainerDesire | None]] = []  # ID, key, known, reused
         for summary in summaries:
             container_id = str(summary.get("Id") or "")
             if not container_id:
@@ -270,15 +268,22 @@ class Loop:
             known = self.containers.get(container_id)
             # Podman's listing never shows health: a container with a healthcheck is read again.
             blind = known is not None and known.status.health and "(" not in str(summary.get("Status") or "")
-            entries.append((container_id, key, known,
-                            known is not None and bool(known.listing_key) and known.listing_key == key and not blind))
-        answers = self.reader.answers([cid for cid, _, _, reusable in entries if not reusable])
+            reused = known if known is not None and known.listing_key == key and key and not blind else None
+            if reused is None and (built_before := self._pass_built.get(container_id)) and built_before[0] == key:
+                reused = built_before[1]  # built by a pass that gave way to events; unchanged since
+            entries.append((container_id, key, known, reused))
+        answers = self.reader.answers([cid for cid, _, _, reused in entries if reused is None])
         desires: dict[str, ContainerDesire] = {}
         unread: list[tuple[str, DockerUnavailable]] = []
-        for container_id, key, known, reusable in entries:
-            if reusable and known is not None:
-                desires[container_id] = known
+        for container_id, key, known, reused in entries:
+            if reused is not None:
+                desires[container_id] = reused
                 continue
+            if yielding and self.inbox.events_waiting():
+                answers.close()  # the inspects in flight end; none is started
+                self.primary.drop_prefetch()
+                logger.debug("full pass ({}) gives way to container events", reason)
+                return False
             answered_for, inspected = next(answers)  # the answers come in the entries' order
             assert answered_for == container_id
             try:
@@ -292,6 +297,8 @@ class Loop:
                 built = known
             if isinstance(built, ContainerDesire):
                 desires[container_id] = built
+                self._pass_built[container_id] = (key, built)
+        self._pass_built.clear()
         listed = {str(summary.get("Id") or "") for summary in summaries}
         self.timers.full_pass_done()
         self.reader.retry &= set(desires)
@@ -354,6 +361,7 @@ class Loop:
             return True
 
     def _set_desire(self, container_id: str, new: ContainerDesire | None) -> set[str]:
+        self._pass_built.pop(container_id, None)  # an event saw it since: a resumed pass reads it again
         old = self.containers.put(container_id, new)
         self._dirty = self._dirty or old != new
         if new is None:

@@ -11,7 +11,7 @@ container (dockerd answered) costs only that one.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from concurrent.futures import Executor
 from typing import Any
 
@@ -35,7 +35,7 @@ class Reader:
         # retry would then wait for an unrelated message).
         self.backoff = Backoff(retry_interval, clock=clock)
 
-    def answers(self, container_ids: list[str]) -> Iterator[tuple[str, Any]]:
+    def answers(self, container_ids: list[str]) -> Generator[tuple[str, Any], None, None]:
         """(container ID, its inspect answer) in the given order: a dict, None (gone),
         the DockerUnavailable raised, or NOT_FETCHED (one container, or no pool: the
         caller inspects it itself). Inspected WINDOW at a time, overlapped, while the

@@ -39,6 +39,12 @@ class Timers:
             return "resync"
         return ""
 
+    def resync_may_wait(self) -> bool:
+        """Whether a due resync may still give way to container events: for at most one
+        more -resync interval after it fell due (then it runs, whatever comes)."""
+        due_at = self.full_pass_due_at()
+        return not self.full_pending and due_at is not None and self.clock() < due_at + self.resync_seconds
+
     def docker_failed(self, reason: str) -> float:
         """A full pass failed on Docker: it is asked again after the returned delay."""
         self.full_pending = reason
