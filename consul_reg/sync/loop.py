@@ -154,6 +154,8 @@ class Loop:
         if kind == "full":
             affected = set()  # a full pass plans everything
         else:
+            if refresh or len(actions.deaths) > 1:  # the batch's writes checked against one read, made now
+                self.primary.read_ahead(len(refresh) + len(actions.deaths))
             affected |= self._targeted(refresh, retries=self.reader.ready() and not full_reason)
         for container_id in verify:
             known = self.containers.get(container_id)
