@@ -90,3 +90,27 @@ def test_an_id_the_batch_already_wrote_is_read_again_before_its_next_write() -> 
     assert ("services matching", "web") in agent.calls
     assert set(agent.records) == {"Web"}
     assert ("deregister", "web") not in agent.calls
+
+
+def test_a_death_removes_our_known_record_without_reading_it_first() -> None:
+    h = guarded()
+    h.docker.add(container("c1", "web", ports={"80/tcp": "8080"}))
+    h.send(event("c1", "start"))
+    h.agent.calls.clear()
+    h.docker.containers["c1"]["State"]["Running"] = False
+    h.send(event("c1", "die", exitCode="0"))
+    assert h.ids() == set()
+    assert h.agent.calls == [("deregister", "h1:web:80")], "one PUT, no read"
+
+
+def test_a_death_never_removes_a_record_a_full_pass_saw_taken_over() -> None:
+    h = guarded()
+    h.docker.add(container("c1", "web", ports={"80/tcp": "8080"}))
+    h.send(event("c1", "start"))
+    h.agent.records["h1:web:80"] = RegisteredService("h1:web:80", "by-hand")  # written over ours
+    h.primary.relist()  # a full pass's listing sees it
+    h.send()
+    h.docker.containers["c1"]["State"]["Running"] = False
+    h.send(event("c1", "die", exitCode="0"))
+    assert h.agent.records["h1:web:80"].name == "by-hand"
+    assert ("deregister", "h1:web:80") not in h.agent.calls
