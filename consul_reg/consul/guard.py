@@ -234,7 +234,7 @@ class _CheckedAgainst:
         return self._held.services_matching(service_ids)
 
     def _check_owners(self, check_ids: Collection[str]) -> dict[str, str]:
-        if any(filter_fold(i) in self._written_checks for i in check_ids):
+        if self._held.check_owners is None or any(filter_fold(i) in self._written_checks for i in check_ids):
             return self._guard.registry.check_owners(check_ids)
         return self._held.check_owners_matching(check_ids)
 

@@ -311,12 +311,14 @@ def filter_fold(identifier: str) -> str:
 
 @dataclass(frozen=True)
 class Holdings:
-    """The agent's records and its checks' owners, read at one moment (`read_at`, on the
+    """The agent's records (and maybe its checks' owners), read at one moment (`read_at`, on the
     loop's clock): what the writes of one batch are checked against, answered as the
     agent's filtered reads would answer (every spelling of the IDs asked)."""
 
     services: Mapping[str, RegisteredService]
-    check_owners: Mapping[str, str]  # check ID -> its service's ID ("" for a node check)
+    # Check ID -> its service's ID ("" for a node check); None: not read (each write that
+    # registers checks reads their owners itself, just before it is made).
+    check_owners: Mapping[str, str] | None
     read_at: float = 0.0
 
     @cached_property
@@ -329,7 +331,7 @@ class Holdings:
     @cached_property
     def _check_folds(self) -> dict[str, list[str]]:
         folds: dict[str, list[str]] = {}
-        for check_id in self.check_owners:
+        for check_id in self.check_owners or {}:
             folds.setdefault(filter_fold(check_id), []).append(check_id)
         return folds
 
@@ -338,6 +340,7 @@ class Holdings:
                 for sid in self._service_folds.get(wanted, ())}
 
     def check_owners_matching(self, check_ids: Collection[str]) -> dict[str, str]:
+        assert self.check_owners is not None
         return {cid: self.check_owners[cid] for wanted in {filter_fold(i) for i in check_ids}
                 for cid in self._check_folds.get(wanted, ())}
 

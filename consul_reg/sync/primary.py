@@ -122,7 +122,7 @@ class Primary:
             prefetched.cancel()  # if it has not started; else it ends on its own, unread
 
     def read_ahead(self, containers: int) -> None:
-        """The batch's events were just taken: read the agent's records and checks now, on
+        """The batch's events were just taken: read the agent's records now, on
         the pool, beside Docker's inspects; the batch's writes are checked against this one
         read (its moment: when the loop took the events) instead of a read each, made after
         the inspect. Only when one listing costs less than the reads it saves: the agent's
@@ -134,8 +134,7 @@ class Primary:
         self._ahead = self.io.submit(self._hold, self.clock())
 
     def _hold(self, read_at: float) -> Holdings:
-        services, owners = self._list_agent()
-        return Holdings(services, owners, read_at)
+        return Holdings(self.agent.services(), None, read_at)  # check owners: read by the writes with checks
 
     def _take_ahead(self) -> Holdings | None:
         """The read made ahead for this batch, if it answered; else None (each write reads)."""
@@ -157,7 +156,7 @@ class Primary:
             return None
         known = {record.id: current for record in todo.deregister
                  if (current := self.actual.get(record.id)) is not None and current.owned_by(self.hostname)}
-        return Holdings(known, {}) if len(known) == len(todo.deregister) else None
+        return Holdings(known, None) if len(known) == len(todo.deregister) else None
 
     def _list_agent(self) -> tuple[dict[str, RegisteredService], dict[str, str]]:
         return self.agent.services(), self.agent.check_owners()
@@ -183,8 +182,8 @@ class Primary:
                     adopt_leftovers=self.adopt_leftovers, skip_register={**self.refused, **self.reaps.digests()})
         self._warn_blocked(todo.blocked, full=scope is None)
         result = SyncResult()
-        ahead = self._take_ahead() or self._known_ours(todo)
         if todo:
+            ahead = self._take_ahead() or self._known_ours(todo)
             applied = apply(todo, self.agent.checked_against(ahead), run=overlapped(self.io))
             for service in applied.registered:
                 self.actual[service.id] = registered_form(service)

@@ -29,7 +29,7 @@ def test_a_start_reads_the_agent_once_when_the_event_is_taken_not_after_the_insp
     h.agent.calls.clear()
     h.send(event("c1", "start"))
     assert h.ids() == {"h1:web:80"}
-    assert reads(h) == [("services", ""), ("checks", "")], "one listing read ahead, no read per write"
+    assert reads(h) == [("services", "")], "one listing read ahead, no read per write"
 
 
 def test_a_foreign_record_that_appeared_since_the_last_listing_is_never_overwritten() -> None:
