@@ -144,12 +144,12 @@ class Loop:
         # whatever the cache says (the agent may have reaped or lost them meanwhile).
         verify = {cid for cid in actions.restarted
                   if (known := self.containers.get(cid)) is None or not known.status.running}
-        full_reason = actions.full_reason or self.timers.full_reason_due()
+        if actions.refresh or actions.deaths or actions.drains:
+            self.timers.events_seen()
         # A due resync (the safety net) never holds an event: it waits while container events
         # flow, and one under way gives way to the events that arrive meanwhile (`_full_pass`).
+        full_reason = actions.full_reason or self.timers.full_reason_due()
         yielding = full_reason == "resync" and self.timers.resync_may_wait()
-        if yielding and (actions.refresh or actions.deaths or actions.drains):
-            full_reason = ""
         kind = "full" if full_reason and self._full_pass(full_reason, yielding) else "targeted"
         if kind == "full":
             affected = set()  # a full pass plans everything

@@ -8,6 +8,7 @@ from typing import Any
 
 from consul_reg.core.messages import DockerEvent, Start
 from tests.unit.fakes import FakeDocker, container
+from consul_reg.sync.timers import RESYNC_QUIET_SECONDS
 from tests.unit.test_loop import Harness, event
 
 RESYNC = 30.0
@@ -32,8 +33,12 @@ def test_a_start_event_is_registered_while_a_resync_is_due_and_the_resync_follow
     assert h.ids() == {"h1:web:80"}
     assert h.docker.lists == lists, "the event's batch made no full pass"
     assert passes(h) == (1, 1)
-    assert h.loop.seconds_until_due() <= 0, "the resync is still due"
-    h.send()  # the next batch without events: the resync runs
+    # It waits for a quiet moment (the loop sleeps meanwhile: no empty batch spins).
+    assert 0 < h.loop.seconds_until_due() <= RESYNC_QUIET_SECONDS
+    h.send()
+    assert passes(h) == (1, 1)
+    h.clock.advance(RESYNC_QUIET_SECONDS)
+    h.send()  # a quiet moment: the resync runs
     assert passes(h) == (2, 2)
     assert h.docker.lists == lists + 1
 
@@ -82,7 +87,8 @@ def test_a_start_event_that_arrives_during_a_resync_is_registered_before_the_res
     h.send(*batch)  # the event's batch: c1 at once, the resync still waiting
     assert h.ids() == {"h1:web:80"}
     assert passes(h) == (2, 1)
-    h.send()  # no event: the resync is made again, and ends
+    h.clock.advance(RESYNC_QUIET_SECONDS)
+    h.send()  # a quiet moment: the resync is made again, and ends
     assert passes(h)[1] == passes(h)[0] == 3
     assert h.ids() == {"h1:web:80"} | {f"h1:other{n}:80" for n in range(40)}
 
@@ -100,6 +106,7 @@ def test_a_resync_that_gave_way_reuses_what_it_built() -> None:
     assert passes(h) == (2, 1)
     h.send(*h.loop.inbox.next_batch(0))  # x00 read again by its event
     inspects = h.docker.inspects
+    h.clock.advance(RESYNC_QUIET_SECONDS)
     h.send()
     assert passes(h) == (3, 3)
     assert h.docker.inspects - inspects < 20, "the desires built before it gave way were reused"
