@@ -36,6 +36,7 @@ from consul_reg.sync.desires import DesireBuilder, DesireUnavailable
 from consul_reg.sync.drain import Drainer
 from consul_reg.sync.env_files import EnvFileState, fold_reads
 from consul_reg.sync.inbox import Inbox
+from consul_reg.sync.listing import BackgroundListing
 from consul_reg.sync.primary import Primary, SyncResult
 from consul_reg.sync.probe_feed import ProbeFeed
 from consul_reg.sync.publish import Publisher
@@ -86,6 +87,7 @@ class Loop:
         self._dirty = False  # desires changed since the last snapshot
         # Desires a resync built before it gave way to events (container ID -> (listing key, desire)).
         self._pass_built: dict[str, tuple[str, ContainerDesire]] = {}
+        self.listing = BackgroundListing(lambda: self.docker.list_containers(), self.io, self.inbox)
         self.probe_feed = ProbeFeed(probes)
 
     @property
@@ -257,8 +259,16 @@ class Loop:
         self.publisher.full_pass_begins()  # numbered before anything is listed
         if not self.timers.full_pending:  # not while Docker fails: its retries would list the agent for nothing
             self.primary.prefetch()  # the agent is listed beside Docker (taken by this batch's sync)
+        touched: set[str] = set()  # looked at by events since the listing was asked: they keep that
         try:
-            summaries = self.docker.list_containers()
+            if yielding:
+                listed_now = self.listing.take()
+                if listed_now is None:
+                    return self._give_way(reason)
+                summaries, touched = listed_now, self.listing.touched
+            else:
+                self.listing.drop()
+                summaries = self.docker.list_containers()
         except DockerUnavailable as error:
             return self._full_pass_failed(reason, error)
         entries: list[tuple[str, str, ContainerDesire | None, ContainerDesire | None]] = []  # ID, key, known, reused
@@ -268,6 +278,9 @@ class Loop:
                 continue
             key = listing_key(summary)
             known = self.containers.get(container_id)
+            if container_id in touched:
+                entries.append((container_id, key, known, known))
+                continue
             # Podman's listing never shows health: a container with a healthcheck is read again.
             blind = known is not None and known.status.health and "(" not in str(summary.get("Status") or "")
             reused = known if known is not None and known.listing_key == key and key and not blind else None
@@ -283,9 +296,7 @@ class Loop:
                 continue
             if yielding and self.inbox.events_waiting():
                 answers.close()  # the inspects in flight end; none is started
-                self.primary.drop_prefetch()
-                logger.debug("full pass ({}) gives way to container events", reason)
-                return False
+                return self._give_way(reason)
             answered_for, inspected = next(answers)  # the answers come in the entries' order
             assert answered_for == container_id
             try:
@@ -302,6 +313,10 @@ class Loop:
                 self._pass_built[container_id] = (key, built)
         self._pass_built.clear()
         listed = {str(summary.get("Id") or "") for summary in summaries}
+        for container_id in touched - listed:  # started since the listing: as its events said
+            if (known := self.containers.get(container_id)) is not None:
+                desires[container_id] = known
+                listed.add(container_id)
         self.timers.full_pass_done()
         self.reader.retry &= set(desires)
         self.reader.retry_later(unread)
@@ -311,6 +326,11 @@ class Loop:
         self.primary.new_pass()
         self.probe_feed.everything_changed()
         return True
+
+    def _give_way(self, reason: str) -> bool:
+        self.primary.drop_prefetch()
+        logger.debug("full pass ({}) gives way to container events", reason)
+        return False
 
     def _full_pass_failed(self, reason: str, error: DockerUnavailable) -> bool:
         self.primary.drop_prefetch()
@@ -364,6 +384,7 @@ class Loop:
 
     def _set_desire(self, container_id: str, new: ContainerDesire | None) -> set[str]:
         self._pass_built.pop(container_id, None)  # an event saw it since: a resumed pass reads it again
+        self.listing.touch(container_id)
         old = self.containers.put(container_id, new)
         self._dirty = self._dirty or old != new
         if new is None:

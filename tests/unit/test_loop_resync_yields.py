@@ -4,6 +4,7 @@ resync is pending or under way, and the resync still happens afterwards."""
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from consul_reg.core.messages import DockerEvent, Start
@@ -121,3 +122,47 @@ def test_a_resync_waits_for_events_at_most_one_more_interval() -> None:
     h.clock.advance(RESYNC)  # events kept flowing for one more interval
     h.send(event("c1", "pause"))
     assert passes(h) == (2, 2), "an overdue resync runs whatever comes"
+
+
+class SlowListingDocker(FakeDocker):
+    """A listing that answers only when `release` is set (dockerd busy under a burst);
+    it lists the containers as they were when it was asked."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked = threading.Event()
+        self.release = threading.Event()
+
+    def list_containers(self) -> list[dict[str, Any]]:
+        listed = super().list_containers()
+        self.asked.set()
+        assert self.release.wait(10)
+        return listed
+
+
+def test_a_slow_docker_listing_never_holds_an_event_and_the_resumed_pass_uses_it() -> None:
+    h = Harness(resync=RESYNC)
+    docker = SlowListingDocker()
+    docker.release.set()
+    h.docker = docker
+    h.loop.docker = docker
+    h.send(Start())
+    docker.release.clear()
+    docker.asked.clear()
+    docker.add(container("c0", "old", ports={"80/tcp": "8000"}))
+    h.clock.advance(RESYNC + 1)
+    # An event arrives while dockerd lists: the loop goes back to it.
+    threading.Thread(target=lambda: (docker.asked.wait(10), docker.add(container("c1", "web", ports={
+        "80/tcp": "8080"})), h.loop.post(DockerEvent("c1", "start", 1))), daemon=True).start()
+    h.send()
+    assert passes(h) == (2, 1), "the pass gave way while Docker listed"
+    h.send(*h.loop.inbox.next_batch(5))
+    assert h.ids() == {"h1:web:80"}, "c1 registered while the listing was still pending"
+    docker.release.set()
+    h.clock.advance(RESYNC_QUIET_SECONDS)
+    lists = docker.lists
+    h.send()
+    assert passes(h) == (3, 3)
+    assert docker.lists == lists, "the resumed pass used the listing asked before"
+    # c1, started after that listing, keeps what its event said; c0 is found by the pass.
+    assert h.ids() == {"h1:web:80", "h1:old:80"}
