@@ -146,7 +146,8 @@ def one_run(args, client, agent: Agent, events: Events, run: int, subject: str) 
     else:
         resync = ["-resync", str(args.resync)] if args.resync != 30 else []  # 30: the default, not given
         command = [sys.executable, "-m", "consul_reg", "--hostname", hostname, "-internal", *resync,
-                   "--status-addr", f"127.0.0.1:{status_port}", agent.uri]
+                   "--status-addr", f"127.0.0.1:{status_port}", *(["--log-level", "DEBUG"] if args.debug else []),
+                   agent.uri]
     daemon = subprocess.Popen(command, stdout=log, stderr=log, env=daemon_env(args.code), cwd=DAEMON_CWD)
     try:
         time.sleep(3)  # connected, first full pass done
@@ -194,6 +195,7 @@ def main() -> int:
     parser.add_argument("--across-resync", type=float, default=None, metavar="SECONDS",
                         help="start the burst this long before consul-reg's resync is due (with --resync)")
     parser.add_argument("--registrator", default="", help="also measure gliderlabs/registrator's binary")
+    parser.add_argument("--debug", action="store_true", help="consul-reg logs at DEBUG (its passes, in its log)")
     args = parser.parse_args()
     client = docker.from_env(timeout=120, max_pool_size=args.threads)
     agent = Agent().start()
