@@ -37,6 +37,7 @@ from consul_reg.sync.drain import Drainer
 from consul_reg.sync.env_files import EnvFileState, fold_reads
 from consul_reg.sync.inbox import Inbox
 from consul_reg.sync.listing import BackgroundListing
+from consul_reg.sync.overlap import Interrupted
 from consul_reg.sync.primary import Primary, SyncResult
 from consul_reg.sync.probe_feed import ProbeFeed
 from consul_reg.sync.publish import Publisher
@@ -47,6 +48,7 @@ from consul_reg.sync.timers import Timers
 
 IDLE_WAIT_SECONDS = 3600.0
 IO_WORKERS = 4  # Docker inspects and agent writes of one batch in flight at once
+PASS_IO_WORKERS = 2  # a resync's Docker calls, beside the events'
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,10 @@ class Loop:
         # a batch overlap, and only return answers; the loop applies them itself, in order.
         self.io = ThreadPoolExecutor(settings.io_workers, thread_name_prefix="loop-io") \
             if settings.io_workers > 1 else None
+        # A resync's listing and inspects, on threads of their own: one of a dying container
+        # can wait seconds on dockerd, and must never hold a worker the events' calls need.
+        self.pass_io = ThreadPoolExecutor(PASS_IO_WORKERS, thread_name_prefix="pass-io") \
+            if self.io is not None else None
         self.primary = Primary(agent, settings.owner, settings.retry_interval, clock,
                                adopt_leftovers=settings.adopt_leftovers, io=self.io)
         self.drainer = Drainer(agent, settings.drain_timeout, clock)
@@ -87,7 +93,7 @@ class Loop:
         self._dirty = False  # desires changed since the last snapshot
         # Desires a resync built before it gave way to events (container ID -> (listing key, desire)).
         self._pass_built: dict[str, tuple[str, ContainerDesire]] = {}
-        self.listing = BackgroundListing(lambda: self.docker.list_containers(), self.io, self.inbox)
+        self.listing = BackgroundListing(lambda: self.docker.list_containers(), self.pass_io, self.inbox)
         self.probe_feed = ProbeFeed(probes)
 
     @property
@@ -111,8 +117,9 @@ class Loop:
             batch = self.inbox.next_batch(self.seconds_until_due())
             try:
                 if not self.handle(batch):
-                    if self.io is not None:
-                        self.io.shutdown(wait=False, cancel_futures=True)
+                    for pool in (self.io, self.pass_io):
+                        if pool is not None:
+                            pool.shutdown(wait=False, cancel_futures=True)
                     return
             except Exception:  # a bug must cost one pass, never the daemon
                 self.primary.drop_prefetch()
@@ -287,7 +294,8 @@ class Loop:
             if reused is None and (built_before := self._pass_built.get(container_id)) and built_before[0] == key:
                 reused = built_before[1]  # built by a pass that gave way to events; unchanged since
             entries.append((container_id, key, known, reused))
-        answers = self.reader.answers([cid for cid, _, _, reused in entries if reused is None])
+        answers = self.reader.answers([cid for cid, _, _, reused in entries if reused is None],
+                                      *((self.pass_io, self.inbox.events_waiting) if yielding else ()))
         desires: dict[str, ContainerDesire] = {}
         unread: list[tuple[str, DockerUnavailable]] = []
         for container_id, key, known, reused in entries:
@@ -297,7 +305,10 @@ class Loop:
             if yielding and self.inbox.events_waiting():
                 answers.close()  # the inspects in flight end; none is started
                 return self._give_way(reason)
-            answered_for, inspected = next(answers)  # the answers come in the entries' order
+            try:
+                answered_for, inspected = next(answers)  # the answers come in the entries' order
+            except Interrupted:  # an event came while dockerd answered
+                return self._give_way(reason)
             assert answered_for == container_id
             try:
                 built = self._build(container_id, key, inspected)

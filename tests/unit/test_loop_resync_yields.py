@@ -166,3 +166,44 @@ def test_a_slow_docker_listing_never_holds_an_event_and_the_resumed_pass_uses_it
     assert docker.lists == lists, "the resumed pass used the listing asked before"
     # c1, started after that listing, keeps what its event said; c0 is found by the pass.
     assert h.ids() == {"h1:web:80", "h1:old:80"}
+
+
+class SlowInspectDocker(FakeDocker):
+    """Inspecting `slow` posts `on_slow` (an event arriving meanwhile), then waits
+    for `release`: a dying container's inspect waiting on dockerd's lock."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.slow = ""
+        self.on_slow: Any = None
+        self.release = threading.Event()
+
+    def inspect(self, container_id: str) -> dict[str, Any] | None:
+        if container_id == self.slow and self.on_slow is not None:
+            post, self.on_slow = self.on_slow, None
+            post()
+            assert self.release.wait(10)
+        return super().inspect(container_id)
+
+
+def test_an_event_is_handled_while_a_resync_waits_on_a_slow_inspect() -> None:
+    h = Harness(resync=RESYNC)
+    docker = SlowInspectDocker()
+    h.docker = docker
+    h.loop.docker = docker
+    h.send(Start())
+    for n in range(10):
+        docker.add(container(f"x{n:02d}", f"other{n}", ports={"80/tcp": str(9000 + n)}))
+    docker.add(container("c1", "web", ports={"80/tcp": "8080"}))
+    docker.slow = "x00"
+    docker.on_slow = lambda: h.loop.post(DockerEvent("c1", "start", 1))
+    h.clock.advance(RESYNC + 1)
+    h.send()  # the resync's first inspect hangs; the event arrives meanwhile
+    assert passes(h) == (2, 1), "the pass gave way without waiting for the inspect"
+    h.send(*h.loop.inbox.next_batch(0))
+    assert h.ids() == {"h1:web:80"}, "c1 registered while x00's inspect still hangs"
+    docker.release.set()
+    h.clock.advance(RESYNC_QUIET_SECONDS)
+    h.send()
+    assert passes(h) == (3, 3)
+    assert h.ids() == {"h1:web:80"} | {f"h1:other{n}:80" for n in range(10)}
