@@ -17,7 +17,7 @@ from loguru import logger
 
 from consul_reg.core.backoff import Backoff, Clock, Random
 from consul_reg.core.errors import RegistryError
-from consul_reg.core.plan import Plan, apply, plan
+from consul_reg.core.plan import apply, plan
 from consul_reg.core.protocols import AgentAPI
 from consul_reg.core.records import (
     MARKER_DIGEST_KEY,
@@ -146,18 +146,6 @@ class Primary:
         except RegistryError:
             return None  # each write reads for itself (and meets the same error, if it lasts)
 
-    def _known_ours(self, todo: Plan) -> Holdings | None:
-        """Deregistrations only, each of a record known as this daemon's (listed as ours, or
-        written by us, and not seen to change hands since): they are checked against what is
-        known, without a read. The window: a record written over ours by someone else after
-        our last write or listing of it is removed with our container; the next full pass
-        lists the agent again, and from then on such a record is never touched."""
-        if todo.register or not todo.deregister or self.actual is None:
-            return None
-        known = {record.id: current for record in todo.deregister
-                 if (current := self.actual.get(record.id)) is not None and current.owned_by(self.hostname)}
-        return Holdings(known, None) if len(known) == len(todo.deregister) else None
-
     def _list_agent(self) -> tuple[dict[str, RegisteredService], dict[str, str]]:
         return self.agent.services(), self.agent.check_owners()
 
@@ -183,7 +171,7 @@ class Primary:
         self._warn_blocked(todo.blocked, full=scope is None)
         result = SyncResult()
         if todo:
-            ahead = self._take_ahead() or self._known_ours(todo)
+            ahead = self._take_ahead()
             applied = apply(todo, self.agent.checked_against(ahead), run=overlapped(self.io))
             for service in applied.registered:
                 self.actual[service.id] = registered_form(service)

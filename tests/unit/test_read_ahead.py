@@ -92,15 +92,17 @@ def test_an_id_the_batch_already_wrote_is_read_again_before_its_next_write() -> 
     assert ("deregister", "web") not in agent.calls
 
 
-def test_a_death_removes_our_known_record_without_reading_it_first() -> None:
+def test_a_death_never_removes_a_record_taken_over_since_the_last_listing() -> None:
+    """A removal is checked against the agent as it is when the death is handled, not
+    against what the daemon last listed: a record someone wrote over ours since is left."""
     h = guarded()
     h.docker.add(container("c1", "web", ports={"80/tcp": "8080"}))
     h.send(event("c1", "start"))
-    h.agent.calls.clear()
+    h.agent.records["h1:web:80"] = RegisteredService("h1:web:80", "by-hand")  # written over ours, unlisted
     h.docker.containers["c1"]["State"]["Running"] = False
     h.send(event("c1", "die", exitCode="0"))
-    assert h.ids() == set()
-    assert h.agent.calls == [("deregister", "h1:web:80")], "one PUT, no read"
+    assert h.agent.records["h1:web:80"].name == "by-hand"
+    assert ("deregister", "h1:web:80") not in h.agent.calls
 
 
 def test_a_death_never_removes_a_record_a_full_pass_saw_taken_over() -> None:
