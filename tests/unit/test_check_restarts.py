@@ -15,6 +15,7 @@ import pytest
 from consul_reg.core.errors import DockerUnavailable
 from consul_reg.core.records import (
     AgentCheck,
+    CheckRead,
     ContainerDesire,
     ContainerStatus,
     Owner,
@@ -339,22 +340,40 @@ def test_only_running_containers_whose_records_are_this_daemons_for_that_contain
 
 
 class FakeAgent:
+    """The agent's checks (`statuses`), the services in maintenance, and its records (`records`;
+    None: this daemon's of whatever container asks)."""
+
     def __init__(self) -> None:
         self.statuses: dict[str, AgentCheck] = {}
+        self.maintenance: set[str] = set()
+        self.records: dict | None = None
         self.reads: list[list[str]] = []
+        self.maintenance_reads: list[list[str]] = []
+        self.live_reads: list[list[str]] = []
 
-    def check_statuses(self, check_ids):
-        self.reads.append(sorted(check_ids))
-        return {c: self.statuses[c] for c in check_ids if c in self.statuses}
+    def check_statuses(self, check_ids, service_ids=()):
+        if check_ids:
+            self.reads.append(sorted(check_ids))
+        self.maintenance_reads.append(sorted(service_ids))
+        return CheckRead({c: self.statuses[c] for c in check_ids if c in self.statuses},
+                         frozenset(s for s in service_ids if s in self.maintenance))
+
+    def services_matching(self, service_ids):
+        self.live_reads.append(sorted(service_ids))
+        if self.records is None:
+            return {s: registered_form(replace(desire(CID, s).services[0], id=s)) for s in service_ids}
+        return {s: self.records[s] for s in service_ids if s in self.records}
 
 
 class FakeDocker:
     def __init__(self, fail: bool = False) -> None:
         self.restarted: list[tuple[str, float]] = []
+        self.stop_timeouts: list[float] = []
         self.fail = fail
 
-    def restart(self, container_id: str, timeout_seconds: float) -> None:
+    def restart(self, container_id: str, stop_timeout: float, timeout_seconds: float) -> None:
         self.restarted.append((container_id, timeout_seconds))
+        self.stop_timeouts.append(stop_timeout)
         if self.fail:
             raise DockerUnavailable("docker: no")
 
@@ -447,7 +466,7 @@ def test_the_daemon_wires_the_watcher_as_a_snapshot_subscriber_unless_turned_off
 
 def test_a_failing_round_never_ends_the_watcher():
     class BrokenAgent(FakeAgent):
-        def check_statuses(self, check_ids):
+        def check_statuses(self, check_ids, service_ids=()):
             self.reads.append(sorted(check_ids))
             raise KeyError("a bug")
 
