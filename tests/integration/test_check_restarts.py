@@ -7,6 +7,7 @@ through Docker's proxy would accept connections with nothing behind it)."""
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import httpx
@@ -111,3 +112,31 @@ def test_a_daemon_restart_during_the_backoff_causes_no_extra_restart(start_daemo
     wait_until(lambda: len(starts(broken, seen)) >= 3, 120, 0.2, message="the restart after the backoff")
     assert seen[2] - seen[1] >= 15 - 0.5, seen
     assert "not restarting container" in second.log()  # held, and said so
+
+
+# An app that stops answering at SIGTERM and exits a few seconds later (a graceful shutdown).
+GRACEFUL = ("mkdir -p /www && echo ok > /www/health; httpd -f -p 80 -h /www & pid=$!; "
+            "trap 'kill $pid; sleep 8; exit 0' TERM; while true; do sleep 1; done")
+
+
+def test_a_docker_stop_of_a_graceful_app_is_never_turned_into_a_restart(start_daemon, run_container, consul_api):
+    """From the adversarial review: during the stop timeout the container still runs and its check
+    fails; the daemon's drain puts its service in maintenance at the kill event, and a service in
+    maintenance gives no result. The container ends exited, never started again."""
+    own = own_label()
+    daemon = start_daemon("-internal", "--filter", f"label={own}")
+    graceful = run_container(["sh", "-c", GRACEFUL], ports={"80/tcp": None}, stop_signal="SIGTERM",
+                             labels={own: "1", **CHECK, "SERVICE_CHECK_RESTART_LIMIT": "2",
+                                     "SERVICE_CHECK_RESTART_GRACE": "1s"})
+    first = started_at(graceful)
+    wait_until(lambda: statuses_of(consul_api, graceful) == ["passing"], 90, 0.5, message="its check passing")
+    wait_until(lambda: "watching 1 containers" in daemon.log() and time.time() > first + 3, 60, 0.2,
+               message="watched, past its grace")
+    graceful.stop(timeout=30)  # the operator's docker stop: ~8 s of a failing check before the exit
+    wait_until(lambda: not any(graceful.name in service_id
+                               for service_id in consul_api.http.get("/v1/agent/services").json()),
+               60, 0.2, message="its death handled (deregistered)")
+    graceful.reload()
+    assert graceful.attrs["State"]["Status"] == "exited"
+    assert started_at(graceful) == first
+    assert "restarting container" not in daemon.log()
