@@ -46,16 +46,33 @@ def own_label() -> str:
 
 def test_a_container_whose_check_stays_critical_is_restarted_with_growing_delays(start_daemon, run_container):
     own = own_label()
-    daemon = start_daemon("-internal", "--filter", f"label={own}", "--check-restart-backoff", "4",
-                          "--check-restart-backoff-max", "8", *status_args())
-    broken = web(run_container, own, FAILING, SERVICE_CHECK_RESTART_LIMIT="2", SERVICE_CHECK_RESTART_GRACE="2s")
-    seen: list[float] = [started_at(broken)]
-    wait_until(lambda: len(starts(broken, seen)) >= 4, 150, 0.2, message="three restarts by the daemon")
-    gaps = [b - a for a, b in zip(seen, seen[1:], strict=False)]
-    # the first: 2s of grace then 2 critical samples 1s apart (~3s); then at least 4s, then at least 8s
-    # (the cap), each from the previous new start (a loaded host may only make the natural cadence longer)
-    assert gaps[1] >= 4 - 0.5 and gaps[2] >= 8 - 0.5, gaps
-    assert "restarting container" in daemon.log() and "failed 2 times in a row" in daemon.log()
+    backoff, backoff_max, grace, limit, interval = 6.0, 12.0, 2.0, 2, 1.0
+    daemon = start_daemon("-internal", "--filter", f"label={own}", "--check-restart-backoff", f"{backoff:g}",
+                          "--check-restart-backoff-max", f"{backoff_max:g}", *status_args())
+    broken = web(run_container, own, FAILING, SERVICE_CHECK_RESTART_LIMIT=str(limit),
+                 SERVICE_CHECK_RESTART_GRACE=f"{grace:g}s")
+    runs: dict[float, float] = {}  # each run's StartedAt -> its FinishedAt (Docker's, once it ended)
+
+    def restarted_three_times() -> bool:
+        broken.reload()
+        state = broken.attrs["State"]
+        started, finished = docker_time(state["StartedAt"]), docker_time(state["FinishedAt"])
+        if started and started not in runs:
+            previous = max(runs, default=0.0)
+            if previous:
+                runs[previous] = finished  # the run before this start ended then (its restart's stop)
+            runs[started] = 0.0
+        return len(runs) >= 4
+
+    wait_until(restarted_three_times, 150, 0.2, message="three restarts by the daemon")
+    lasted = [finished - started for started, finished in sorted(runs.items())[:3]]
+    # Unheld, a run lasts its grace and `limit` samples (`interval` apart) plus the stop: the first's
+    # cadence, well below the backoff; the backoff (from each new start) makes the next runs last at
+    # least `backoff`, then `backoff_max` (the cap). A loaded host only makes runs longer.
+    cadence = grace + (limit - 1) * interval
+    assert cadence + 2 <= backoff
+    assert lasted[1] >= backoff - 0.5 and lasted[2] >= backoff_max - 0.5, (lasted, cadence)
+    assert "restarting container" in daemon.log() and f"failed {limit} times in a row" in daemon.log()
     metrics = httpx.get(f"http://{daemon.status_addr}/metrics", timeout=5).text
     restarted = [line for line in metrics.splitlines()
                  if line.startswith('consul_reg_check_restarts_total{outcome="restarted"}')]
