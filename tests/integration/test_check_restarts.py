@@ -8,13 +8,14 @@ through Docker's proxy would accept connections with nothing behind it)."""
 from __future__ import annotations
 
 import time
+import urllib.parse
 import uuid
 
 import httpx
 import pytest
-
 from consul_reg.core.records import docker_time
-from tests.integration.conftest import status_args, wait_until
+
+from tests.integration.conftest import CONSUL_ADDR, status_args, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -157,3 +158,28 @@ def test_a_docker_stop_of_a_graceful_app_is_never_turned_into_a_restart(start_da
     assert graceful.attrs["State"]["Status"] == "exited"
     assert started_at(graceful) == first
     assert "restarting container" not in daemon.log()
+
+
+def test_one_read_gives_the_checks_and_which_services_are_in_maintenance(consul_api, hostname):
+    """The restart watcher's read against the real agent: the asked checks under their exact IDs, and
+    the asked services whose `_service_maintenance:` check the agent holds (the drain's, an operator's)."""
+    from consul_reg.consul.agent import ConsulClient, ConsulEndpoint, ConsulRegistry
+
+    drained, serving = f"{hostname}-drained", f"{hostname}-serving"
+    for service_id in (drained, serving):
+        consul_api.http.put("/v1/agent/service/register", json={
+            "ID": service_id, "Name": service_id, "Check": {"CheckID": f"service:{service_id}:1", "TTL": "60s"}}
+        ).raise_for_status()
+    consul_api.http.put(f"/v1/agent/service/maintenance/{drained}",
+                        params={"enable": "true", "reason": "stopping"}).raise_for_status()
+    address = urllib.parse.urlsplit(CONSUL_ADDR)
+    client = ConsulClient(ConsulEndpoint(address.scheme, address.hostname or "127.0.0.1", address.port or 8500))
+    try:
+        read = ConsulRegistry(client).check_statuses([f"service:{drained}:1", f"service:{serving}:1"],
+                                                     [drained, serving])
+    finally:
+        client.close()
+    assert read.maintenance == {drained}
+    assert {check_id: check.service_id for check_id, check in read.checks.items()} == {
+        f"service:{drained}:1": drained, f"service:{serving}:1": serving}
+    assert all(check.status == "critical" for check in read.checks.values())  # a TTL check not reported yet

@@ -11,7 +11,6 @@ from types import MappingProxyType
 from typing import Any
 
 import pytest
-
 from consul_reg.core.errors import DockerUnavailable
 from consul_reg.core.records import (
     AgentCheck,
@@ -744,10 +743,10 @@ def test_the_wake_is_cleared_before_the_round_so_an_offer_during_it_is_not_lost(
 def test_a_restart_always_names_its_stop_timeout(tmp_path, monkeypatch):
     """`docker restart` of a container created with `--stop-timeout -1` would wait forever: t= is
     always sent (Docker's 10 for a negative, at most an hour), on the wire and through docker-py."""
-    from tests.unit.test_docker_wire import answer, request_target, serve_once
-
     from consul_reg.docker.client import DockerSource, restart_stop_seconds
     from consul_reg.docker.ssh import DockerPy
+
+    from tests.unit.test_docker_wire import answer, request_target, serve_once
 
     assert [restart_stop_seconds(s) for s in (-1, 0, 2.5, 30, 10**9)] == [10, 0, 2, 30, 3600]
     targets: list[str] = []

@@ -8,11 +8,10 @@ import json
 from dataclasses import replace
 from typing import Any
 
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from consul_reg.mapping.check_ports import PortReach, relative_target, split_relative
 from consul_reg.mapping.services import MappingSettings, map_container
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 SETTINGS = MappingSettings(hostname="host1", default_address="10.0.0.5")
 CONTAINER_IP = "172.17.0.9"
