@@ -15,6 +15,7 @@ an inspect of a created container (never started) and a GET of an absent
 service from the agent (the guard's read), each on a kept-alive connection.
 
 Usage: .venv/bin/python bench/burst.py [--containers 200] [--threads 16] [--runs 2]
+    [--resync 30 --across-resync 0.05] [--registrator /tmp/regbuild/registrator]
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
+import socket
 import subprocess
 import sys
 import threading
@@ -33,7 +36,7 @@ from pathlib import Path
 import docker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DAEMON_CWD, IMAGE, LABEL, Agent  # noqa: E402
+from common import DAEMON_CWD, IMAGE, LABEL, Agent, free_port  # noqa: E402
 from common import cpu_seconds, daemon_env, describe_ms, load, proc_status  # noqa: E402
 from common import remove_labelled  # noqa: E402
 from event_latency import Events  # noqa: E402
@@ -105,21 +108,54 @@ def phase(agent: Agent, events: Events, ids: dict[str, str], docker_call, action
             result.get("probe", {}))
 
 
-def one_run(args, client, agent: Agent, events: Events, run: int) -> None:
+def wait_resync(status_port: int, resync: float, lead: float) -> float:
+    """Until `lead` seconds before the daemon's next resync is due (its /health says how
+    long ago the last full pass was); returns the seconds waited."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", status_port, timeout=5)
+            connection.request("GET", "/health")
+            age = json.loads(connection.getresponse().read()).get("last_reconcile_seconds_ago")
+            connection.close()
+            if age is not None:
+                break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.1)
+    wait = max(resync - age - lead, 0.0)
+    time.sleep(wait)
+    return wait
+
+
+def one_run(args, client, agent: Agent, events: Events, run: int, subject: str) -> dict:
     hostname = f"burst{uuid.uuid4().hex[:6]}"
+    id_host = socket.gethostname() if subject == "registrator" else hostname
     containers = []
     with ThreadPoolExecutor(args.threads) as pool:
         containers = list(pool.map(lambda n: client.api.create_container(
             IMAGE, "sleep 3600", ports=[80], labels={LABEL: "1"}, name=f"{hostname}-{n}",
             host_config=client.api.create_host_config(init=False)), range(args.containers)))
-    ids = {c["Id"]: f"{hostname}:{hostname}-{n}:80" for n, c in enumerate(containers)}
+    ids = {c["Id"]: f"{id_host}:{hostname}-{n}:80" for n, c in enumerate(containers)}
     reference = client.api.create_container(IMAGE, "sleep 3600", labels={LABEL: "1"}, name=f"{hostname}-probe")["Id"]
-    log = open(f"/tmp/consul-reg-bench-burst-{hostname}.log", "wb")
-    daemon = subprocess.Popen([sys.executable, "-m", "consul_reg", "--hostname", hostname, "-internal",
-                               "-resync", "0", agent.uri], stdout=log, stderr=log,
-                              env=daemon_env(args.code), cwd=DAEMON_CWD)
+    log = open(f"/tmp/consul-reg-bench-burst-{subject}-{hostname}.log", "wb")
+    status_port = free_port()
+    if subject == "registrator":
+        command = [args.registrator, "-internal", "-resync", "0", f"consul://127.0.0.1:{agent.http_port}"]
+    else:
+        resync = ["-resync", str(args.resync)] if args.resync != 30 else []  # 30: the default, not given
+        command = [sys.executable, "-m", "consul_reg", "--hostname", hostname, "-internal", *resync,
+                   "--status-addr", f"127.0.0.1:{status_port}", *(["--log-level", "DEBUG"] if args.debug else []),
+                   agent.uri]
+    daemon = subprocess.Popen(command, stdout=log, stderr=log, env=daemon_env(args.code), cwd=DAEMON_CWD)
     try:
         time.sleep(3)  # connected, first full pass done
+        placed = ""
+        if subject == "consul-reg" and args.across_resync is not None and args.resync > 0:
+            waited = wait_resync(status_port, args.resync, args.across_resync)
+            placed = f"; burst started {args.across_resync * 1000:.0f} ms before the resync was due " \
+                     f"(waited {waited:.1f} s)"
         cpu_before = cpu_seconds(daemon.pid)
         up_ms, last_up, registered, _, probed = phase(
             agent, events, ids, client.api.start, "start", True, args.threads,
@@ -128,20 +164,25 @@ def one_run(args, client, agent: Agent, events: Events, run: int) -> None:
         down_ms, last_down, gone, period, _ = phase(agent, events, ids, client.api.kill, "die", False, args.threads)
         cpu = cpu_seconds(daemon.pid) - cpu_before
         rss = proc_status(daemon.pid)["VmHWM"] / 1024
-        print(f"run {run}: {len(registered)}/{len(ids)} registered; start -> visible {describe_ms(up_ms)}; "
-              f"last one {last_up:.1f} ms after the last start event", flush=True)
-        print(f"run {run}: meanwhile, one after another: inspect {describe_ms(probed['inspect'])}; agent GET "
-              f"{describe_ms(probed['agent GET'])}", flush=True)
-        print(f"run {run}: {len(gone)}/{len(ids)} removed; die -> gone {describe_ms(down_ms)}; "
+        print(f"run {run} {subject}: {len(registered)}/{len(ids)} registered; start -> visible {describe_ms(up_ms)}; "
+              f"last one {last_up:.1f} ms after the last start event{placed}", flush=True)
+        print(f"run {run} {subject}: meanwhile, one after another: inspect {describe_ms(probed['inspect'])}; "
+              f"agent GET {describe_ms(probed['agent GET'])}", flush=True)
+        print(f"run {run} {subject}: {len(gone)}/{len(ids)} removed; die -> gone {describe_ms(down_ms)}; "
               f"last one {last_down:.1f} ms after the last die event", flush=True)
-        print(f"run {run}: agent polled every {period:.1f} ms; daemon CPU {cpu:.2f} s, "
-              f"peak RSS {rss:.1f} MB; {load()}", flush=True)
+        print(f"run {run} {subject}: missing {len(ids) - len(registered)}, left {len(ids) - len(gone)}; "
+              f"agent polled every {period:.1f} ms; CPU {cpu:.2f} s, peak RSS {rss:.1f} MB; {load()}", flush=True)
+        return {"subject": subject, "up": up_ms, "last_up": last_up, "down": down_ms, "last_down": last_down,
+                "missing": len(ids) - len(registered), "left": len(ids) - len(gone)}
     finally:
         daemon.kill()
         daemon.wait(timeout=15)
         log.close()
         with ThreadPoolExecutor(args.threads) as pool:
             list(pool.map(lambda cid: client.api.remove_container(cid, force=True), [*ids, reference]))
+        if subject == "registrator":  # what it left behind in the agent goes before the next run
+            for service_id in agent.services():
+                agent.request("PUT", f"/v1/agent/service/deregister/{service_id}")
 
 
 def main() -> int:
@@ -150,6 +191,11 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=16)
     parser.add_argument("--code", default="", help="run the daemon of another checkout (a directory)")
     parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--resync", type=float, default=0, help="consul-reg's -resync (30 is its default)")
+    parser.add_argument("--across-resync", type=float, default=None, metavar="SECONDS",
+                        help="start the burst this long before consul-reg's resync is due (with --resync)")
+    parser.add_argument("--registrator", default="", help="also measure gliderlabs/registrator's binary")
+    parser.add_argument("--debug", action="store_true", help="consul-reg logs at DEBUG (its passes, in its log)")
     args = parser.parse_args()
     client = docker.from_env(timeout=120, max_pool_size=args.threads)
     agent = Agent().start()
@@ -157,7 +203,10 @@ def main() -> int:
     print(f"{time.strftime('%Y-%m-%d %H:%M')}, {load()}", flush=True)
     try:
         for run in range(1, args.runs + 1):
-            one_run(args, client, agent, events, run)
+            for subject in ("consul-reg", "registrator"):
+                if subject == "registrator" and not (args.registrator and os.path.exists(args.registrator)):
+                    continue
+                one_run(args, client, agent, events, run, subject)
     finally:
         events.close()
         remove_labelled(client)

@@ -159,4 +159,6 @@ def daemon_env(code: str = "") -> dict[str, str]:
     or the one in `code` (a directory holding another checkout's consul_reg: before/after)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = (code or str(ROOT)) + os.pathsep + env.get("PYTHONPATH", "")
+    # registrator's own default is unix:///tmp/docker.sock (the path it has in its image)
+    env.setdefault("DOCKER_HOST", "unix:///var/run/docker.sock")
     return env

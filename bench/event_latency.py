@@ -21,6 +21,8 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -92,6 +94,8 @@ def in_thread(function, *args) -> threading.Thread:
 
 def measure(subject: str, command: list[str], agent: Agent, client, events: Events, containers, hostname: str,
             args) -> dict:
+    if subject == "registrator":  # its IDs are <the machine's host name>:<container>:<port>
+        hostname = socket.gethostname()
     log = open(f"/tmp/consul-reg-bench-{subject}-{hostname}.log", "wb")
     process = subprocess.Popen(command, stdout=log if subject != "floor" else subprocess.PIPE, stderr=log,
                                env=daemon_env(args.code), cwd=DAEMON_CWD)
@@ -139,6 +143,8 @@ def main() -> int:
     parser.add_argument("--poll", type=float, default=0.0005, help="seconds between two polls of the agent")
     parser.add_argument("--only", default="", help="floor or consul-reg: measure only this one")
     parser.add_argument("--code", default="", help="run the daemon of another checkout (a directory)")
+    parser.add_argument("--registrator", default="/tmp/regbuild/registrator",
+                        help="gliderlabs/registrator's binary, measured too when it exists")
     parser.add_argument("--json", default="", help="also write the figures to this file")
     args = parser.parse_args()
     client = docker.from_env(timeout=60)
@@ -157,6 +163,9 @@ def main() -> int:
             "floor": [sys.executable, str(BENCH / "floor.py"), str(agent.http_port), hostname],
             "consul-reg": [sys.executable, "-m", "consul_reg", "--hostname", hostname, "-resync", "0", agent.uri],
         }
+        if args.registrator and os.path.exists(args.registrator):  # never built here by the benchmark
+            subjects["registrator"] = [args.registrator, "-resync", "0", "-ip", "127.0.0.1",
+                                       f"consul://127.0.0.1:{agent.http_port}"]
         for run in range(args.runs):
             for subject, command in subjects.items():
                 if args.only and subject != args.only:
@@ -172,13 +181,13 @@ def main() -> int:
         remove_labelled(client)
         agent.stop()
     floors = [f for s, f in results if s == "floor"]
-    ours = [f for s, f in results if s == "consul-reg"]
-    if floors and ours:
+    for name in ("consul-reg", "registrator"):
+        ours = [f for s, f in results if s == name]
         for kind in ("start", "die"):
             for ours_run, floor_run in zip(ours, floors):
                 ratio50 = statistics.median(ours_run[kind]) / statistics.median(floor_run[kind])
                 ratio90 = percentile(ours_run[kind], 0.9) / percentile(floor_run[kind], 0.9)
-                print(f"{kind}: consul-reg / floor p50 x{ratio50:.2f}, p90 x{ratio90:.2f}")
+                print(f"{kind}: {name} / floor p50 x{ratio50:.2f}, p90 x{ratio90:.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps(results))
     return 0

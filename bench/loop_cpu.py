@@ -107,6 +107,9 @@ class Agent:
     def ours_now(self, service_ids, container_id) -> set:
         return set(service_ids)
 
+    def checked_against(self, held):
+        return self  # records only: nothing to check
+
 
 def real_inspect() -> tuple[dict, dict]:
     """A running busybox container's inspect answer and listing entry."""

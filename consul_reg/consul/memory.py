@@ -7,7 +7,8 @@ from __future__ import annotations
 from collections.abc import Collection
 
 from consul_reg.consul.agent import ConsulEndpoint
-from consul_reg.core.records import AgentInfo, CheckRead, RegisteredService, Service, registered_form
+from consul_reg.core.protocols import RegistryWrites
+from consul_reg.core.records import AgentInfo, CheckRead, Holdings, RegisteredService, Service, registered_form
 
 
 class MemoryRegistry:
@@ -60,6 +61,9 @@ class MemoryRegistry:
 
     def maintenance_reasons(self, service_ids: Collection[str]) -> dict[str, str]:
         return {}
+
+    def checked_against(self, held: Holdings | None) -> RegistryWrites:
+        return self  # no one else writes here: nothing to check
 
     def ours_now(self, service_ids: Collection[str], container_id: str) -> set[str]:
         return {s for s in service_ids if s in self._services and self._services[s].container_id == container_id}

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Iterable
 from typing import Any, Protocol
 
-from consul_reg.core.records import CheckRead, ContainerStatus, RegisteredService, Service
+from consul_reg.core.records import CheckRead, ContainerStatus, Holdings, RegisteredService, Service
 from consul_reg.core.snapshot import Snapshot
 
 
@@ -46,6 +46,8 @@ class AgentAPI(Protocol):
     def register(self, service: Service) -> None: ...
 
     def deregister(self, service: RegisteredService) -> None: ...
+
+    def checked_against(self, held: Holdings | None) -> RegistryWrites: ...  # checked against `held`, read once
 
     def ours_now(self, service_ids: Collection[str], container_id: str) -> set[str]: ...
 

@@ -10,7 +10,7 @@ import calendar
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -381,6 +381,49 @@ def fold_id(identifier: str) -> str:
     there: each anti-entropy sync replaces the other's row, and removing either
     removes the row. Our IDs are ASCII (validate.identifier_problem)."""
     return identifier.lower()
+
+
+def filter_fold(identifier: str) -> str:
+    """An ID as the agent's `(?i)` filter compares it, or looser: Go's case folding
+    also matches the Kelvin sign to `k` and the long s to `s`, which `casefold` does too
+    (a looser match only finds more records to refuse, never fewer)."""
+    return identifier.casefold()
+
+
+@dataclass(frozen=True)
+class Holdings:
+    """The agent's records (and maybe its checks' owners), read at one moment (`read_at`, on the
+    loop's clock): what the writes of one batch are checked against, answered as the
+    agent's filtered reads would answer (every spelling of the IDs asked)."""
+
+    services: Mapping[str, RegisteredService]
+    # Check ID -> its service's ID ("" for a node check); None: not read (each write that
+    # registers checks reads their owners itself, just before it is made).
+    check_owners: Mapping[str, str] | None
+    read_at: float = 0.0
+
+    @cached_property
+    def _service_folds(self) -> dict[str, list[str]]:
+        folds: dict[str, list[str]] = {}
+        for service_id in self.services:
+            folds.setdefault(filter_fold(service_id), []).append(service_id)
+        return folds
+
+    @cached_property
+    def _check_folds(self) -> dict[str, list[str]]:
+        folds: dict[str, list[str]] = {}
+        for check_id in self.check_owners or {}:
+            folds.setdefault(filter_fold(check_id), []).append(check_id)
+        return folds
+
+    def services_matching(self, service_ids: Collection[str]) -> dict[str, RegisteredService]:
+        return {sid: self.services[sid] for wanted in {filter_fold(i) for i in service_ids}
+                for sid in self._service_folds.get(wanted, ())}
+
+    def check_owners_matching(self, check_ids: Collection[str]) -> dict[str, str]:
+        assert self.check_owners is not None
+        return {cid: self.check_owners[cid] for wanted in {filter_fold(i) for i in check_ids}
+                for cid in self._check_folds.get(wanted, ())}
 
 
 @dataclass(frozen=True)

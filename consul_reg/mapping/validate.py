@@ -11,6 +11,7 @@ znode or a log line.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import urllib.parse
@@ -206,6 +207,11 @@ def parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     6to4, compatible) comes back as the IPv4 address it reaches."""
     if not isinstance(text, str) or "%" in text:  # no IPv6 zone: it cannot be written in a check URL
         return None
+    return _parse_ip(text)
+
+
+@functools.lru_cache(maxsize=1024)  # a host's few addresses, read several times per container; immutable answers
+def _parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     raw = text[1:-1] if text.startswith("[") and text.endswith("]") else text
     try:
         address = ipaddress.ip_address(raw)

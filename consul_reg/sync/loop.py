@@ -18,7 +18,6 @@ through core's protocols.
 
 from __future__ import annotations
 
-import queue
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +35,9 @@ from consul_reg.core.snapshot import Snapshot
 from consul_reg.sync.desires import DesireBuilder, DesireUnavailable
 from consul_reg.sync.drain import Drainer
 from consul_reg.sync.env_files import EnvFileState, fold_reads
+from consul_reg.sync.inbox import Inbox
+from consul_reg.sync.listing import BackgroundListing
+from consul_reg.sync.overlap import Interrupted
 from consul_reg.sync.primary import Primary, SyncResult
 from consul_reg.sync.probe_feed import ProbeFeed
 from consul_reg.sync.publish import Publisher
@@ -46,6 +48,7 @@ from consul_reg.sync.timers import Timers
 
 IDLE_WAIT_SECONDS = 3600.0
 IO_WORKERS = 4  # Docker inspects and agent writes of one batch in flight at once
+PASS_IO_WORKERS = 2  # a resync's Docker calls, beside the events'
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,7 @@ class Loop:
     def __init__(self, settings: LoopSettings, docker: DockerReads, agent: AgentAPI, builder: DesireBuilder,
                  probes: ProbeSink, subscribers: Sequence[SnapshotSubscriber] = (),
                  metrics: LoopMetrics = NoMetrics(), clock: Clock = time.monotonic) -> None:
-        self.inbox: queue.SimpleQueue[Message] = queue.SimpleQueue()
+        self.inbox = Inbox()
         self.settings = settings
         self.docker = docker
         self.builder = builder
@@ -75,6 +78,10 @@ class Loop:
         # a batch overlap, and only return answers; the loop applies them itself, in order.
         self.io = ThreadPoolExecutor(settings.io_workers, thread_name_prefix="loop-io") \
             if settings.io_workers > 1 else None
+        # A resync's listing and inspects, on threads of their own: one of a dying container
+        # can wait seconds on dockerd, and must never hold a worker the events' calls need.
+        self.pass_io = ThreadPoolExecutor(PASS_IO_WORKERS, thread_name_prefix="pass-io") \
+            if self.io is not None else None
         self.primary = Primary(agent, settings.owner, settings.retry_interval, clock,
                                adopt_leftovers=settings.adopt_leftovers, io=self.io)
         self.drainer = Drainer(agent, settings.drain_timeout, clock)
@@ -84,6 +91,9 @@ class Loop:
         self.timers = Timers(settings.resync_seconds, settings.env_file_interval, settings.retry_interval, clock)
         self.publisher = Publisher(subscribers)
         self._dirty = False  # desires changed since the last snapshot
+        # Desires a resync built before it gave way to events (container ID -> (listing key, desire)).
+        self._pass_built: dict[str, tuple[str, ContainerDesire]] = {}
+        self.listing = BackgroundListing(lambda: self.docker.list_containers(), self.pass_io, self.inbox)
         self.probe_feed = ProbeFeed(probes)
 
     @property
@@ -104,27 +114,17 @@ class Loop:
         """Until a Stop message. `identity`: the agent reached at start."""
         self.post(Start(identity))
         while True:
-            batch = self._next_batch(self.seconds_until_due())
+            batch = self.inbox.next_batch(self.seconds_until_due())
             try:
                 if not self.handle(batch):
-                    if self.io is not None:
-                        self.io.shutdown(wait=False, cancel_futures=True)
+                    for pool in (self.io, self.pass_io):
+                        if pool is not None:
+                            pool.shutdown(wait=False, cancel_futures=True)
                     return
             except Exception:  # a bug must cost one pass, never the daemon
                 self.primary.drop_prefetch()
                 logger.exception("unexpected error; everything is relisted at the next pass")
                 self.timers.docker_failed("recovering from an unexpected error")
-
-    def _next_batch(self, timeout: float) -> list[Message]:
-        try:
-            batch = [self.inbox.get(timeout=max(timeout, 0.0))]
-        except queue.Empty:
-            return []
-        while True:  # take everything already queued: one pass handles a burst
-            try:
-                batch.append(self.inbox.get_nowait())
-            except queue.Empty:
-                return batch
 
     def seconds_until_due(self) -> float:
         """Until the loop must wake: a full pass, a retry, a drain timeout, an env-file poll, a health recheck."""
@@ -153,11 +153,18 @@ class Loop:
         # whatever the cache says (the agent may have reaped or lost them meanwhile).
         verify = {cid for cid in actions.restarted
                   if (known := self.containers.get(cid)) is None or not known.status.running}
+        if actions.refresh or actions.deaths or actions.drains:
+            self.timers.events_seen()
+        # A due resync (the safety net) never holds an event: it waits while container events
+        # flow, and one under way gives way to the events that arrive meanwhile (`_full_pass`).
         full_reason = actions.full_reason or self.timers.full_reason_due()
-        kind = "full" if full_reason and self._full_pass(full_reason) else "targeted"
+        yielding = full_reason == "resync" and self.timers.resync_may_wait()
+        kind = "full" if full_reason and self._full_pass(full_reason, yielding) else "targeted"
         if kind == "full":
             affected = set()  # a full pass plans everything
         else:
+            if refresh or len(actions.deaths) > 1:  # the batch's writes checked against one read, made now
+                self.primary.read_ahead(len(refresh) + len(actions.deaths))
             affected |= self._targeted(refresh, retries=self.reader.ready() and not full_reason)
         for container_id in verify:
             known = self.containers.get(container_id)
@@ -251,35 +258,57 @@ class Loop:
 
     # -- passes ------------------------------------------------------------------------
 
-    def _full_pass(self, reason: str) -> bool:
+    def _full_pass(self, reason: str, yielding: bool = False) -> bool:
         """Relist Docker (reusing what an unchanged listing allows) and the agent.
-        False when Docker could not be listed: what is known stays."""
+        False when Docker could not be listed (what is known stays) or, `yielding`,
+        when container events arrived meanwhile: the pass stops for them and is made
+        again at the next batch without events, reusing the desires it built."""
         self.publisher.full_pass_begins()  # numbered before anything is listed
         if not self.timers.full_pending:  # not while Docker fails: its retries would list the agent for nothing
             self.primary.prefetch()  # the agent is listed beside Docker (taken by this batch's sync)
+        touched: set[str] = set()  # looked at by events since the listing was asked: they keep that
         try:
-            summaries = self.docker.list_containers()
+            if yielding:
+                listed_now = self.listing.take()
+                if listed_now is None:
+                    return self._give_way(reason)
+                summaries, touched = listed_now, self.listing.touched
+            else:
+                self.listing.drop()
+                summaries = self.docker.list_containers()
         except DockerUnavailable as error:
             return self._full_pass_failed(reason, error)
-        entries: list[tuple[str, str, ContainerDesire | None, bool]] = []  # (ID, key, known, reusable)
+        entries: list[tuple[str, str, ContainerDesire | None, ContainerDesire | None]] = []  # ID, key, known, reused
         for summary in summaries:
             container_id = str(summary.get("Id") or "")
             if not container_id:
                 continue
             key = listing_key(summary)
             known = self.containers.get(container_id)
+            if container_id in touched:
+                entries.append((container_id, key, known, known))
+                continue
             # Podman's listing never shows health: a container with a healthcheck is read again.
             blind = known is not None and known.status.health and "(" not in str(summary.get("Status") or "")
-            entries.append((container_id, key, known,
-                            known is not None and bool(known.listing_key) and known.listing_key == key and not blind))
-        answers = self.reader.answers([cid for cid, _, _, reusable in entries if not reusable])
+            reused = known if known is not None and known.listing_key == key and key and not blind else None
+            if reused is None and (built_before := self._pass_built.get(container_id)) and built_before[0] == key:
+                reused = built_before[1]  # built by a pass that gave way to events; unchanged since
+            entries.append((container_id, key, known, reused))
+        answers = self.reader.answers([cid for cid, _, _, reused in entries if reused is None],
+                                      *((self.pass_io, self.inbox.events_waiting) if yielding else ()))
         desires: dict[str, ContainerDesire] = {}
         unread: list[tuple[str, DockerUnavailable]] = []
-        for container_id, key, known, reusable in entries:
-            if reusable and known is not None:
-                desires[container_id] = known
+        for container_id, key, known, reused in entries:
+            if reused is not None:
+                desires[container_id] = reused
                 continue
-            answered_for, inspected = next(answers)  # the answers come in the entries' order
+            if yielding and self.inbox.events_waiting():
+                answers.close()  # the inspects in flight end; none is started
+                return self._give_way(reason)
+            try:
+                answered_for, inspected = next(answers)  # the answers come in the entries' order
+            except Interrupted:  # an event came while dockerd answered
+                return self._give_way(reason)
             assert answered_for == container_id
             try:
                 built = self._build(container_id, key, inspected)
@@ -292,7 +321,13 @@ class Loop:
                 built = known
             if isinstance(built, ContainerDesire):
                 desires[container_id] = built
+                self._pass_built[container_id] = (key, built)
+        self._pass_built.clear()
         listed = {str(summary.get("Id") or "") for summary in summaries}
+        for container_id in touched - listed:  # started since the listing: as its events said
+            if (known := self.containers.get(container_id)) is not None:
+                desires[container_id] = known
+                listed.add(container_id)
         self.timers.full_pass_done()
         self.reader.retry &= set(desires)
         self.reader.retry_later(unread)
@@ -302,6 +337,11 @@ class Loop:
         self.primary.new_pass()
         self.probe_feed.everything_changed()
         return True
+
+    def _give_way(self, reason: str) -> bool:
+        self.primary.drop_prefetch()
+        logger.debug("full pass ({}) gives way to container events", reason)
+        return False
 
     def _full_pass_failed(self, reason: str, error: DockerUnavailable) -> bool:
         self.primary.drop_prefetch()
@@ -354,6 +394,8 @@ class Loop:
             return True
 
     def _set_desire(self, container_id: str, new: ContainerDesire | None) -> set[str]:
+        self._pass_built.pop(container_id, None)  # an event saw it since: a resumed pass reads it again
+        self.listing.touch(container_id)
         old = self.containers.put(container_id, new)
         self._dirty = self._dirty or old != new
         if new is None:

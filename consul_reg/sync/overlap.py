@@ -13,7 +13,7 @@ are not made.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import CancelledError, Executor, wait
 from functools import partial
 from typing import TypeVar
@@ -23,9 +23,20 @@ from consul_reg.core.calls import NOT_TRIED, Calls, Outcome, Runner, one_by_one
 Item = TypeVar("Item")
 
 
-def outcomes(calls: Calls[Item], items: Sequence[Item], pool: Executor | None) -> Iterator[tuple[Item, Outcome]]:
+POLL_SECONDS = 0.005  # how often a caller that may be interrupted looks again
+
+
+class Interrupted(Exception):
+    """`interrupt()` said so while the caller waited for an outcome."""
+
+
+def outcomes(calls: Calls[Item], items: Sequence[Item], pool: Executor | None,
+             interrupt: Callable[[], bool] | None = None) -> Iterator[tuple[Item, Outcome]]:
     """(item, outcome) for every item, in order. Without a pool (or for one item)
-    the calls are made one by one, on the caller's thread."""
+    the calls are made one by one, on the caller's thread. With `interrupt`, asked
+    every few milliseconds while an outcome is awaited: when it says so, Interrupted
+    is raised, the calls not started are cancelled and the ones running are left to
+    end on their own (the pool must then be one of the caller's own, not the loop's)."""
     stopped = threading.Event()  # set by the first fatal error: later calls are not made
 
     def one(item: Item) -> Outcome:
@@ -43,8 +54,14 @@ def outcomes(calls: Calls[Item], items: Sequence[Item], pool: Executor | None) -
         yield from one_by_one(calls, items)
         return
     futures = [pool.submit(one, item) for item in items]
+    interrupted = False
     try:
         for item, future in zip(items, futures, strict=True):
+            while interrupt is not None and not future.done():
+                if interrupt():
+                    interrupted = True
+                    raise Interrupted()
+                wait([future], timeout=POLL_SECONDS)
             try:
                 outcome = future.result()
             except CancelledError:
@@ -56,7 +73,8 @@ def outcomes(calls: Calls[Item], items: Sequence[Item], pool: Executor | None) -
     finally:
         for pending in futures:
             pending.cancel()
-        wait(futures)  # nothing of this batch is still running when the caller goes on
+        if not interrupted:
+            wait(futures)  # nothing of this batch is still running when the caller goes on
 
 
 def overlapped(pool: Executor | None) -> Runner:

@@ -11,7 +11,7 @@ container (dockerd answered) costs only that one.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from concurrent.futures import Executor
 from typing import Any
 
@@ -35,7 +35,8 @@ class Reader:
         # retry would then wait for an unrelated message).
         self.backoff = Backoff(retry_interval, clock=clock)
 
-    def answers(self, container_ids: list[str]) -> Iterator[tuple[str, Any]]:
+    def answers(self, container_ids: list[str], pool: Executor | None = None,
+                interrupt: Callable[[], bool] | None = None) -> Generator[tuple[str, Any], None, None]:
         """(container ID, its inspect answer) in the given order: a dict, None (gone),
         the DockerUnavailable raised, or NOT_FETCHED (one container, or no pool: the
         caller inspects it itself). Inspected WINDOW at a time, overlapped, while the
@@ -43,7 +44,8 @@ class Reader:
         (1,000 inspect answers held together were ~50 MB). Once dockerd did not
         answer at all, the inspects not made yet count as failed with that error: the
         caller stops there (a full pass) or looks at each again later (none is lost)."""
-        if self.io is None or len(container_ids) < 2:
+        pool = pool or self.io
+        if pool is None or len(container_ids) < 2:
             for container_id in container_ids:
                 yield container_id, NOT_FETCHED
             return
@@ -54,7 +56,7 @@ class Reader:
                 for container_id in window:
                     yield container_id, failure
                 continue
-            for container_id, outcome in outcomes(self.inspecting, window, self.io):
+            for container_id, outcome in outcomes(self.inspecting, window, pool, interrupt):
                 if isinstance(outcome.error, DockerUnreachable):
                     failure = failure or outcome.error
                 yield container_id, (outcome.error or outcome.value) if outcome.tried else failure

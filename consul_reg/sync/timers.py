@@ -12,6 +12,9 @@ HEALTH_RECHECK_SECONDS = 0.5
 # A container whose health flaps is read again at most once in this long (besides the read at
 # each of its events): the recheck only corrects a status read too early.
 HEALTH_RECHECK_MIN_INTERVAL = 2.0
+# A due resync waits for this long without container events (at most one more -resync
+# interval): begun between two events of a burst, its listing alone would hold the next ones.
+RESYNC_QUIET_SECONDS = 0.25
 
 
 class Timers:
@@ -25,11 +28,19 @@ class Timers:
         self.next_env_poll = 0.0
         self.health_rechecks: dict[str, float] = {}  # container ID -> when (one pending per container)
         self._rechecked: dict[str, float] = {}  # container ID -> when it was last read again (recent ones)
+        self.quiet_from = 0.0  # no container event since before this: a due resync may begin
 
     def full_pass_due_at(self) -> float | None:
+        """When the resync begins: when due, or once container events stop for a moment,
+        at most one more interval later."""
         if self.resync_seconds > 0 and self.last_full_pass is not None:
-            return self.last_full_pass + self.resync_seconds
+            due = self.last_full_pass + self.resync_seconds
+            return min(max(due, self.quiet_from), due + self.resync_seconds)
         return None
+
+    def events_seen(self) -> None:
+        """Container events in this batch: a due resync waits for a quiet moment."""
+        self.quiet_from = self.clock() + RESYNC_QUIET_SECONDS
 
     def full_reason_due(self) -> str:
         if self.full_pending and self.docker_backoff.ready():
@@ -38,6 +49,13 @@ class Timers:
         if due_at is not None and self.clock() >= due_at:
             return "resync"
         return ""
+
+    def resync_may_wait(self) -> bool:
+        """Whether a due resync may still give way to container events: for at most one
+        more -resync interval after it fell due (then it runs, whatever comes)."""
+        if self.full_pending or self.resync_seconds <= 0 or self.last_full_pass is None:
+            return False
+        return self.clock() < self.last_full_pass + 2 * self.resync_seconds
 
     def docker_failed(self, reason: str) -> float:
         """A full pass failed on Docker: it is asked again after the returned delay."""

@@ -6,7 +6,8 @@ import copy
 import re
 from typing import Any, Callable, Collection
 
-from consul_reg.core.records import RegisteredService, Service, registered_form
+from consul_reg.core.protocols import RegistryWrites
+from consul_reg.core.records import Holdings, RegisteredService, Service, registered_form
 from consul_reg.core.errors import RegistryNotFound, RegistryScriptsRefused, RegistryUnavailable
 from consul_reg.core.records import AgentInfo
 from consul_reg.core.errors import DockerUnavailable
@@ -96,6 +97,9 @@ class FakeAgent:
         self.records.pop(service.id, None)
         self.registered.pop(service.id, None)
         self.maintenance.pop(service.id, None)
+
+    def checked_against(self, held: Holdings | None) -> RegistryWrites:
+        return self  # the fake agent alone: writes as they come (the guard wraps it to check them)
 
     def update_check(self, check_id: str, status: str, output: str) -> None:
         self._call("update", check_id)
@@ -202,6 +206,9 @@ class DrainGuarded:
 
     def deregister(self, service: RegisteredService) -> None:
         self.agent.deregister(service)
+
+    def checked_against(self, held: Holdings | None) -> RegistryWrites:
+        return self  # no one else writes here: nothing to check
 
     def ours_now(self, service_ids: Collection[str], container_id: str) -> set[str]:
         return self.guard.ours_now(service_ids, container_id)

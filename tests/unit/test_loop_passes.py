@@ -115,7 +115,7 @@ def test_a_full_pass_asked_while_one_runs_is_numbered_after_it(h: Harness) -> No
     [(started, done)] = read_when_signalled
     assert (started, done) == (2, 1)
     assert h.loop.snapshot.full_pass_done == started, "the running pass ends as the one read"
-    h.send(*h.loop._next_batch(0))  # the batch holding the signal's message
+    h.send(*h.loop.inbox.next_batch(0))  # the batch holding the signal's message
     assert h.loop.snapshot.full_pass_done == started + 1
 
 
