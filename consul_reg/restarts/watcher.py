@@ -46,6 +46,8 @@ def watched(snapshot: Snapshot, owner: Owner) -> dict[str, Watched]:
     found: dict[str, Watched] = {}
     for container_id, desire in snapshot.desires.items():
         status = desire.status
+        if container_id in snapshot.draining:  # being stopped: its failing checks are its shutdown
+            continue
         if not status.running or status.paused or status.started_at <= 0:
             continue
         policies = tuple((service.id, service.restart) for service in desire.services

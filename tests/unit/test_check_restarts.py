@@ -773,3 +773,32 @@ def test_a_restart_always_names_its_stop_timeout(tmp_path, monkeypatch):
     finally:
         source.close()
         listener.close()
+
+
+def test_the_loop_publishes_the_containers_it_drains_and_the_watcher_skips_them():
+    """A `docker stop`'s kill event: the loop's next snapshot names the container as being stopped
+    (until its death or the drain timeout), and the watcher watches it no more meanwhile."""
+    from consul_reg.core.messages import Start
+    from tests.unit.fakes import container as inspected
+    from tests.unit.test_loop import Harness, event
+
+    h = Harness()
+    h.send(Start())
+    h.docker.add(inspected("c1", "web", ports={"80/tcp": "8080"}))
+    h.send(event("c1", "start"))
+    assert h.loop.snapshot.draining == frozenset()
+    h.send(event("c1", "kill", signal="15"))
+    assert h.loop.snapshot.draining == {"c1"}
+    h.docker.containers["c1"]["State"]["Running"] = False
+    h.send(event("c1", "die", exitCode="143"))
+    assert h.loop.snapshot.draining == frozenset()
+    h.docker.containers["c1"]["State"]["Running"] = True
+    h.send(event("c1", "start"))
+    h.send(event("c1", "kill", signal="SIGTERM"))  # trapped: no death within the drain timeout
+    assert h.loop.snapshot.draining == {"c1"}
+    h.clock.advance(31)
+    h.send()
+    assert h.loop.snapshot.draining == frozenset()
+    # the watcher: a container being stopped is not watched
+    assert set(watched(snapshot(desire(CID, SERVICE)), OWNER)) == {CID}
+    assert watched(replace(snapshot(desire(CID, SERVICE)), draining=frozenset({CID})), OWNER) == {}
