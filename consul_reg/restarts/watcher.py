@@ -167,13 +167,13 @@ class RestartWatcher:
         except DockerUnavailable as error:
             logger.error("could not restart container {}: {}", printable(container.name, 120), error)
             self._metrics.check_restart("failed")
-        except Exception as error:  # a bug here must not keep the container marked in flight
-            logger.exception("could not restart container {}: {}", printable(container.name, 120),
-                             printable(error, 300))
-            self._metrics.check_restart("failed")
         except RegistryError as error:
             logger.warning("not restarting container {}: could not read the agent just before: {}",
                            printable(container.name, 120), error)
+            self._metrics.check_restart("failed")
+        except Exception as error:  # a bug here must not keep the container marked in flight
+            logger.exception("could not restart container {}: {}", printable(container.name, 120),
+                             printable(error, 300))
             self._metrics.check_restart("failed")
         finally:  # the tracker is the watcher thread's alone: it is told on its next round
             self._done.put((container.container_id, self._clock(), asked))

@@ -802,3 +802,36 @@ def test_the_loop_publishes_the_containers_it_drains_and_the_watcher_skips_them(
     # the watcher: a container being stopped is not watched
     assert set(watched(snapshot(desire(CID, SERVICE)), OWNER)) == {CID}
     assert watched(replace(snapshot(desire(CID, SERVICE)), draining=frozenset({CID})), OWNER) == {}
+
+
+def test_an_agent_unreadable_just_before_the_restart_means_no_restart_counted_failed():
+    from consul_reg.core.errors import RegistryUnavailable
+
+    now = [1000.0]
+    agent, docker, metrics = FakeAgent(), FakeDocker(), FakeMetrics()
+
+    def unreadable(service_ids):
+        raise RegistryUnavailable("agent down")
+
+    agent.services_matching = unreadable
+    watcher = RestartWatcher(agent, docker, OWNER, metrics, 10.0, 60.0, clock=lambda: now[0])
+    watcher.offer(snapshot(desire(CID, SERVICE)))
+    agent.statuses = {CHECK: AgentCheck(SERVICE, "critical", "HTTP GET: 503")}
+    from loguru import logger
+
+    lines: list[tuple[str, str]] = []
+    sink = logger.add(lambda m: lines.append((m.record["level"].name, m.record["message"])), level="INFO")
+    try:
+        for t in (1010.0, 1012.0, 1014.0):
+            now[0] = t
+            watcher.step()
+        wait_for(lambda: metrics.outcomes != [])
+    finally:
+        logger.remove(sink)
+    assert metrics.outcomes == ["failed"] and docker.restarted == []
+    # said as what it is (a warning naming the agent), not as a bug (an error with a traceback)
+    assert [level for level, message in lines if "not restarting container" in message] == ["WARNING"]
+    assert not [message for level, message in lines if level == "ERROR"]
+    now[0] = 1016.0
+    watcher.step()
+    assert not watcher.tracker._states[CID].in_flight
