@@ -27,7 +27,7 @@ from consul_reg.core.errors import (
     RegistryScriptsRefused,
     RegistryUnavailable,
 )
-from consul_reg.core.records import AgentCheck, AgentInfo, RegisteredService, Service, fold_id
+from consul_reg.core.records import AgentCheck, AgentInfo, CheckRead, RegisteredService, Service, fold_id
 from consul_reg.core.text import printable
 from consul_reg.mapping.registration import connect_payload, registration_payload  # noqa: F401  (re-exported)
 from consul_reg.transport.pool import TRANSPORT_ERRORS, Answer, ConnectionPool
@@ -243,18 +243,23 @@ class ConsulRegistry:
         return {str(check_id): str(entry.get("ServiceID") or "") for check_id, entry in listed.items()
                 if isinstance(entry, dict)}
 
-    def check_statuses(self, check_ids: Collection[str]) -> dict[str, AgentCheck]:
-        """Check ID -> its service, status and last output (cut), of those of `check_ids`
-        the agent holds under exactly that ID: one filtered GET."""
-        if not check_ids:
-            return {}
-        listed = self._filtered(("agent", "checks"), "CheckID", check_ids, "read the agent's checks")
+    def check_statuses(self, check_ids: Collection[str], service_ids: Collection[str] = ()) -> CheckRead:
+        """Each of `check_ids` the agent holds under exactly that ID (its service, status and
+        last output, cut), and which of `service_ids` are in maintenance (the agent's
+        `_service_maintenance:<ID>` check): one filtered GET for both."""
+        by_maintenance = {f"{MAINTENANCE_CHECK_PREFIX}{service_id}": service_id for service_id in service_ids}
+        if not check_ids and not by_maintenance:
+            return CheckRead()
+        listed = self._filtered(("agent", "checks"), "CheckID", [*check_ids, *by_maintenance],
+                                "read the agent's checks")
         if not isinstance(listed, dict):
             raise RegistryError(f"{self.description}: could not read the agent's checks: not a JSON object")
         wanted = set(check_ids)
-        return {check_id: AgentCheck(str(entry.get("ServiceID") or ""), str(entry.get("Status") or ""),
-                                     str(entry.get("Output") or "")[:MAX_CHECK_OUTPUT])
-                for check_id, entry in listed.items() if check_id in wanted and isinstance(entry, dict)}
+        checks = {check_id: AgentCheck(str(entry.get("ServiceID") or ""), str(entry.get("Status") or ""),
+                                       str(entry.get("Output") or "")[:MAX_CHECK_OUTPUT])
+                  for check_id, entry in listed.items() if check_id in wanted and isinstance(entry, dict)}
+        return CheckRead(checks, frozenset(by_maintenance[check_id] for check_id, entry in listed.items()
+                                           if check_id in by_maintenance and isinstance(entry, dict)))
 
     def _filtered(self, path: tuple[str, ...], selector: str, ids: Collection[str], what: str) -> Any:
         """A listing of the entries whose `selector` is one of `ids`, ASCII case folded.

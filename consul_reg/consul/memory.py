@@ -8,7 +8,7 @@ from collections.abc import Collection
 
 from consul_reg.consul.agent import ConsulEndpoint
 from consul_reg.core.protocols import RegistryWrites
-from consul_reg.core.records import AgentCheck, AgentInfo, Holdings, RegisteredService, Service, registered_form
+from consul_reg.core.records import AgentInfo, CheckRead, Holdings, RegisteredService, Service, registered_form
 
 
 class MemoryRegistry:
@@ -29,8 +29,11 @@ class MemoryRegistry:
     def check_owners(self) -> dict[str, str]:
         return dict(self._checks)
 
-    def check_statuses(self, check_ids: Collection[str]) -> dict[str, AgentCheck]:
-        return {}  # no agent runs a check here: none has a result
+    def check_statuses(self, check_ids: Collection[str], service_ids: Collection[str] = ()) -> CheckRead:
+        return CheckRead()  # no agent runs a check here: none has a result
+
+    def services_matching(self, service_ids: Collection[str]) -> dict[str, RegisteredService]:
+        return {service_id: self._services[service_id] for service_id in service_ids if service_id in self._services}
 
     def register(self, service: Service) -> None:
         self._services[service.id] = registered_form(service)

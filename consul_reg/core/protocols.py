@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Iterable
 from typing import Any, Protocol
 
-from consul_reg.core.records import AgentCheck, ContainerStatus, Holdings, RegisteredService, Service
+from consul_reg.core.records import CheckRead, ContainerStatus, Holdings, RegisteredService, Service
 from consul_reg.core.snapshot import Snapshot
 
 
@@ -89,16 +89,19 @@ class SnapshotSubscriber(Protocol):
 
 
 class CheckStatuses(Protocol):
-    """The agent as the restart watcher reads it: its checks' results."""
+    """The agent as the restart watcher reads it: its checks' results and which services
+    are in maintenance (one read), and its records of services, read just before a restart."""
 
-    def check_statuses(self, check_ids: Collection[str]) -> dict[str, AgentCheck]: ...
+    def check_statuses(self, check_ids: Collection[str], service_ids: Collection[str] = ()) -> CheckRead: ...
+
+    def services_matching(self, service_ids: Collection[str]) -> dict[str, RegisteredService]: ...
 
 
 class ContainerRestarts(Protocol):
-    """Docker as the restart watcher asks it: `docker restart`, with the container's own
-    stop timeout, done within `timeout_seconds`; raises DockerUnavailable otherwise."""
+    """Docker as the restart watcher asks it: `docker restart` with `stop_timeout` (the
+    container's own), done within `timeout_seconds`; raises DockerUnavailable otherwise."""
 
-    def restart(self, container_id: str, timeout_seconds: float) -> None: ...
+    def restart(self, container_id: str, stop_timeout: float, timeout_seconds: float) -> None: ...
 
 
 class RestartMetrics(Protocol):

@@ -126,6 +126,16 @@ class AgentCheck:
 
 
 @dataclass(frozen=True)
+class CheckRead:
+    """The agent's answer to one read of the restart watcher: each asked check it holds
+    (by check ID), and which of the asked services are in maintenance (the daemon's own
+    drain of a stopping container, or an operator's)."""
+
+    checks: Mapping[str, AgentCheck] = field(default_factory=dict)
+    maintenance: frozenset[str] = frozenset()  # service IDs
+
+
+@dataclass(frozen=True)
 class RestartPolicy:
     """SERVICE_CHECK_RESTART_*, in Nomad's check_restart terms: the container is
     restarted once one of the service's checks has failed `limit` times in a row
@@ -137,6 +147,9 @@ class RestartPolicy:
     grace: float
     ignore_warnings: bool = False
     samples: tuple[tuple[str, float], ...] = ()
+    # The counted checks that mirror Docker's health (the Docker-health check, a worker's heartbeat on a
+    # container with a HEALTHCHECK): a result while Docker says `starting` is no result.
+    health_mirrors: tuple[str, ...] = ()
     # Where the grace came from ("key SERVICE_CHECK_RESTART_GRACE (label)", "default: ..."), for explain.
     grace_source: str = field(default="", compare=False)
 

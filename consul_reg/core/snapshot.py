@@ -27,6 +27,9 @@ class Snapshot:
     # after T, so "full_pass_done > that number" means such a pass has made its writes.
     full_passes_started: int = 0
     full_pass_done: int = 0
+    # Containers being stopped (a terminating kill seen, its death not yet, within the drain timeout):
+    # the restart watcher counts none of their checks.
+    draining: frozenset[str] = frozenset()
 
 
 def freeze(mapping: Mapping) -> Mapping:

@@ -44,6 +44,8 @@ MAX_INSPECT_BYTES = MAX_EVENT_BYTES
 # an endless or absurd answer, far above what 1,000 containers list (~2 MB): a listing
 # refused fails every full pass, for every container.
 MAX_LIST_BYTES = 256 * 1024 * 1024
+DEFAULT_STOP_SECONDS = 10  # Docker's stop timeout when a container names none
+MAX_RESTART_STOP_SECONDS = 3600  # the longest t= of a check restart (an hour, as the mapping caps StopTimeout)
 
 
 class NotASwarmManager(Exception):
@@ -288,19 +290,26 @@ class DockerSource:
             raise
         return decoded_events(stream)
 
-    def restart(self, container_id: str, timeout_seconds: float) -> None:
-        """Restart the container as `docker restart` does, with its own stop timeout (the
-        request names none), on a connection of its own, within `timeout_seconds` (its
-        stop timeout and its start). Raises DockerUnavailable (why, dockerd's message
-        included) when it was not restarted or not within that time. Thread-safe."""
+    def restart(self, container_id: str, stop_timeout: float, timeout_seconds: float) -> None:
+        """Restart the container as `docker restart -t <stop_timeout>` does (always named:
+        a container created with `--stop-timeout -1` would make dockerd wait forever; a
+        negative one is Docker's default 10 s, at most MAX_RESTART_STOP_SECONDS), on a
+        connection of its own, within `timeout_seconds` (the stop and the start). Raises
+        DockerUnavailable (why, dockerd's message included) when it was not restarted or
+        not within that time. Thread-safe."""
         about = printable(container_id, 80)
+        seconds = restart_stop_seconds(stop_timeout)
         if self._docker_py is not None:
-            status, body = self._docker_py.call("restart", container_id)
+            try:
+                status, body = self._docker_py.call("restart", container_id, timeout=seconds)
+            except docker_http.Unreachable as error:
+                raise DockerUnavailable(f"docker ({self.description}): could not restart {about}: "
+                                        f"{_describe(error)}") from None
             if status >= 300:
                 raise DockerUnavailable(f"docker ({self.description}): could not restart {about}: "
                                         f"{_answered(status, body)}")
             return
-        target = docker_http.url(self._endpoint, "/containers/{}/restart", container_id)
+        target = docker_http.url(self._endpoint, "/containers/{}/restart", container_id, query={"t": str(seconds)})
         try:
             with docker_http.Exchange(self._endpoint, "POST", target,
                                       docker_http.deadline_after(timeout_seconds)) as exchange:
@@ -367,3 +376,11 @@ def _answered(status: int, body: Any) -> str:
 
 def _describe(error: BaseException) -> str:
     return printable(str(error).strip() or type(error).__name__, 300, one_line=True)
+
+
+def restart_stop_seconds(stop_timeout: float) -> int:
+    """The `t=` of a restart: whole seconds, Docker's default 10 for a negative (or not a
+    number), at most MAX_RESTART_STOP_SECONDS."""
+    if not isinstance(stop_timeout, (int, float)) or isinstance(stop_timeout, bool) or not stop_timeout >= 0:
+        return DEFAULT_STOP_SECONDS
+    return int(min(stop_timeout, MAX_RESTART_STOP_SECONDS))

@@ -5,9 +5,13 @@ The policy names what the restart watcher counts: each of the service's checks
 (the Docker-health check and the daemon's heartbeats included; an AliasService
 check is not: it reports another service) with the seconds between two of its
 results as counted: its Interval, a TTL check's TTL, a daemon-run check's own
-interval, the container's HEALTHCHECK interval for the Docker-health check.
-The default grace is twice the longest of those, plus the HEALTHCHECK's start
-period when the container has one.
+interval, the container's HEALTHCHECK interval for the checks that mirror
+Docker's health: the Docker-health check, and a port-less worker's heartbeat
+when its container has a HEALTHCHECK (the heartbeat then reports Docker's
+health: `starting` as a warning). The default grace is twice the longest of
+those, plus the HEALTHCHECK's start period when a counted check mirrors it;
+a mirrored result while Docker says `starting` is never counted (the
+tracker's rule, from the policy's `health_mirrors`).
 """
 
 from __future__ import annotations
@@ -47,13 +51,14 @@ def restart_policy(keys: dict[str, KeyValue], checks: tuple[Check, ...], contain
         return None
     samples = tuple((check.check_id, every) for check in checks
                     if (every := _sample_seconds(check, container)) is not None)
+    mirrors = tuple(check.check_id for check in checks if _mirrors_health(check, container)
+                    and check.check_id in dict(samples))
     if not samples:
         warnings.append(f"key {show(limit_entry.original_key)}: this service has no check to count; ignored")
         return None
     ignore_warnings = _flag(keys.get(WARNINGS_KEY), warnings)
     longest = max(every for _, every in samples)
-    start_period = _healthcheck_seconds(container, "StartPeriod", 0.0) \
-        if any(c.daemon_probe is not None and c.daemon_probe.kind == "docker-health" for c in checks) else 0.0
+    start_period = _healthcheck_seconds(container, "StartPeriod", 0.0) if mirrors else 0.0
     grace = 2 * longest + start_period
     grace_source = f"default: 2 x the longest check interval ({go_duration(longest)})" + (
         f" + the HEALTHCHECK's start period ({go_duration(start_period)})" if start_period else "")
@@ -66,7 +71,7 @@ def restart_policy(keys: dict[str, KeyValue], checks: tuple[Check, ...], contain
         else:
             grace, grace_source = given, f"{grace_entry.source} {grace_entry.original_key}"
     return RestartPolicy(limit=int(text), grace=grace, ignore_warnings=ignore_warnings, samples=samples,
-                         grace_source=grace_source)
+                         health_mirrors=mirrors, grace_source=grace_source)
 
 
 def _sample_seconds(check: Check, container: dict[str, Any]) -> float | None:
@@ -77,10 +82,25 @@ def _sample_seconds(check: Check, container: dict[str, Any]) -> float | None:
     probe = check.daemon_probe
     if probe is not None:
         every = _healthcheck_seconds(container, "Interval", DOCKER_HEALTH_INTERVAL) \
-            if probe.kind == "docker-health" else probe.interval
+            if _mirrors_health(check, container) else probe.interval
     else:
         every = parse_duration(str(definition.get("Interval") or definition.get("TTL") or "")) or 0.0
     return min(max(every, MIN_SAMPLE_SECONDS), MAX_SAMPLE_SECONDS)
+
+
+def _mirrors_health(check: Check, container: dict[str, Any]) -> bool:
+    """Whether `check` reports Docker's health: the Docker-health check, or a heartbeat on a
+    container with a HEALTHCHECK (the heartbeat scheduler's rule: it mirrors any health it sees)."""
+    probe = check.daemon_probe
+    if probe is None:
+        return False
+    return probe.kind == "docker-health" or (probe.kind == "heartbeat" and _has_healthcheck(container))
+
+
+def _has_healthcheck(container: dict[str, Any]) -> bool:
+    """Config.Healthcheck names a test (not `NONE`, Docker's "disabled")."""
+    test = section(section(container, "Config"), "Healthcheck").get("Test")
+    return isinstance(test, list) and bool(test) and test[0] != "NONE"
 
 
 def _healthcheck_seconds(container: dict[str, Any], field: str, default: float) -> float:

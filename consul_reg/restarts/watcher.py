@@ -3,12 +3,18 @@ failing, as its SERVICE_CHECK_RESTART_* keys ask (the counting is tracker.py's).
 
 It is offered each snapshot the loop publishes (a SnapshotSubscriber: it keeps
 the latest, never queues) and reads the agent's check results itself, one
-filtered read per round of due samples. Only what the snapshot shows as this
+filtered read per round of due samples (with the maintenance of their services),
+rounds at least a second apart. Only what the snapshot shows as this
 daemon's is watched: a container of Docker's filtered listing, running, and
 its services that the agent holds with this daemon's marker for that very
 container; a check counts only when the agent holds it for that service. So a
-container can only ever cause its own restart. Each restart runs on a thread
-of its own, bounded by the container's stop timeout, one per container at most.
+container can only ever cause its own restart. A service in maintenance gives
+no result: `docker stop` of a container whose app stops answering at SIGTERM
+puts it in maintenance (the daemon's drain) before its check fails, and an
+operator's maintenance is theirs. Each restart runs on a thread of its own,
+bounded by the container's stop timeout, one per container at most, and reads
+the agent once more just before it: the services still this daemon's for that
+container, and not in maintenance, or no restart.
 """
 
 from __future__ import annotations
@@ -40,6 +46,8 @@ def watched(snapshot: Snapshot, owner: Owner) -> dict[str, Watched]:
     found: dict[str, Watched] = {}
     for container_id, desire in snapshot.desires.items():
         status = desire.status
+        if container_id in snapshot.draining:  # being stopped: its failing checks are its shutdown
+            continue
         if not status.running or status.paused or status.started_at <= 0:
             continue
         policies = tuple((service.id, service.restart) for service in desire.services
@@ -47,7 +55,7 @@ def watched(snapshot: Snapshot, owner: Owner) -> dict[str, Watched]:
                          and actual[service.id].owned_by(owner) and actual[service.id].container_id == container_id)
         if policies:
             found[container_id] = Watched(container_id, desire.container_name, status.started_at,
-                                          status.ran_before, status.stop_timeout, policies)
+                                          status.ran_before, status.stop_timeout, policies, status.health)
     return found
 
 
@@ -66,7 +74,8 @@ class RestartWatcher:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._watched: frozenset[str] = frozenset()  # for the debug line when it changes
-        self._done: queue.SimpleQueue[tuple[str, float]] = queue.SimpleQueue()  # restarts over: (ID, when)
+        # restarts over: (ID, when, whether one was asked of Docker)
+        self._done: queue.SimpleQueue[tuple[str, float, bool]] = queue.SimpleQueue()
 
     # -- SnapshotSubscriber -------------------------------------------------------
 
@@ -89,13 +98,13 @@ class RestartWatcher:
 
     def _run(self) -> None:
         while not self._stopping.is_set():
+            self._wake.clear()  # before the round: a snapshot offered during it wakes the next at once
             try:
                 wait = self.step()
             except Exception:  # never the end of the watcher: said, and tried again later
                 logger.exception("check restarts: a round failed; trying again in {:g}s", IDLE_SECONDS)
                 wait = IDLE_SECONDS
             self._wake.wait(wait)
-            self._wake.clear()
 
     def step(self) -> float:
         """One round: take the latest snapshot, read the due samples, restart what must be.
@@ -114,12 +123,17 @@ class RestartWatcher:
         due = self.tracker.due(now)
         if due:
             try:
-                read = self._agent.check_statuses(due)
+                read = self._agent.check_statuses(due, self.tracker.services(due))
             except RegistryError as error:
                 logger.debug("check restarts: could not read the agent's checks: {}", error)
+                self.tracker.read_failed(now)
                 return min(IDLE_SECONDS, 5.0)
-            for decision in self.tracker.results(read, due, now):
-                self._act(decision)
+            for decision in self.tracker.results(read.checks, due, now, read.maintenance):
+                try:  # each on its own: one that fails leaves the others made
+                    self._act(decision)
+                except Exception:
+                    logger.exception("check restarts: could not act on container {}",
+                                     decision.container.container_id[:12])
         return self.tracker.wake_in(self._clock(), IDLE_SECONDS)
 
     def _act(self, decision: Decision) -> None:
@@ -135,19 +149,52 @@ class RestartWatcher:
         logger.bind(action="check-restart", container_id=container.container_id).warning(
             "restarting container {}: {}; restart {} in a row, the next no sooner than {:g}s after it",
             name, what, decision.in_a_row, decision.next_delay)
-        threading.Thread(target=self._restart, args=(container,), name="check-restart", daemon=True).start()
+        try:
+            threading.Thread(target=self._restart, args=(container,), name="check-restart", daemon=True).start()
+        except Exception as error:  # no thread (the host's limit): no restart, and never in flight forever
+            logger.error("could not restart container {}: {}", name, printable(error, 300))
+            self._metrics.check_restart("failed")
+            self._done.put((container.container_id, self._clock(), False))
 
     def _restart(self, container: Watched) -> None:
+        asked = False
         try:
-            self._docker.restart(container.container_id, container.stop_timeout + START_SECONDS)
-            self._metrics.check_restart("restarted")
+            if self._still_ours(container):
+                asked = True
+                self._docker.restart(container.container_id, container.stop_timeout,
+                                     container.stop_timeout + START_SECONDS)
+                self._metrics.check_restart("restarted")
         except DockerUnavailable as error:
             logger.error("could not restart container {}: {}", printable(container.name, 120), error)
+            self._metrics.check_restart("failed")
+        except RegistryError as error:
+            logger.warning("not restarting container {}: could not read the agent just before: {}",
+                           printable(container.name, 120), error)
             self._metrics.check_restart("failed")
         except Exception as error:  # a bug here must not keep the container marked in flight
             logger.exception("could not restart container {}: {}", printable(container.name, 120),
                              printable(error, 300))
             self._metrics.check_restart("failed")
         finally:  # the tracker is the watcher thread's alone: it is told on its next round
-            self._done.put((container.container_id, self._clock()))
+            self._done.put((container.container_id, self._clock(), asked))
             self._wake.set()
+
+    def _still_ours(self, container: Watched) -> bool:
+        """One live read of the agent just before a restart (the snapshot may be older than a
+        `docker stop`'s drain or another writer's registration): its services still this
+        daemon's records of that container, and none of them in maintenance."""
+        service_ids = [service_id for service_id, _ in container.policies]
+        held = self._agent.services_matching(service_ids)
+        ours = [s for s in service_ids if (record := held.get(s)) is not None
+                and record.owned_by(self._owner) and record.container_id == container.container_id]
+        name = f"{printable(container.name, 120)} ({container.container_id[:12]})"
+        if not ours:
+            logger.info("not restarting container {}: the agent no longer holds its services as this "
+                        "daemon's for it", name)
+            return False
+        maintenance = self._agent.check_statuses((), ours).maintenance
+        if maintenance:
+            logger.info("not restarting container {}: {} in maintenance (being stopped, or an operator's)",
+                        name, ", ".join(sorted(printable(s, 120) for s in maintenance)))
+            return False
+        return True

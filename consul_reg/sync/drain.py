@@ -105,6 +105,10 @@ class Drainer:
         ended = [drain for cid in container_ids if (drain := self._draining.pop(cid, None)) is not None]
         self._clear([s for drain in ended for s in drain.service_ids], "its container started again")
 
+    def draining(self) -> frozenset[str]:
+        """The containers being stopped now (their kill seen, their death or drain timeout not yet)."""
+        return frozenset(self._draining)
+
     def next_deadline(self) -> float | None:
         return min((d.deadline for d in self._draining.values()), default=None)
 

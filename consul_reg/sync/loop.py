@@ -445,7 +445,7 @@ class Loop:
         published = self.publisher.publish(
             desires=self.containers.desires, desired=self.containers.desired.by_id, actual=actual, kept=kept,
             last_full_pass=self.timers.last_full_pass, primary_error=self.primary.last_error, changed=changed,
-            full_pass=full_pass)
+            full_pass=full_pass, draining=self.drainer.draining())
         if published:
             self._dirty = False
             self.metrics.services_managed(len(self.containers.desired.by_id))

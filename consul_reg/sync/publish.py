@@ -21,12 +21,14 @@ class Publisher:
 
     def publish(self, *, desires: Mapping[str, ContainerDesire], desired: Mapping[str, Service],
                 actual: Mapping[str, RegisteredService] | None, kept: tuple[Service, ...],
-                last_full_pass: float | None, primary_error: str, changed: bool, full_pass: bool) -> bool:
-        """A new snapshot when something changed (or the agent's reachability did); False: none.
-        full_pass: one just made its writes and drains: it is counted done, and the subscribers relist."""
+                last_full_pass: float | None, primary_error: str, changed: bool, full_pass: bool,
+                draining: frozenset[str] = frozenset()) -> bool:
+        """A new snapshot when something changed (or the agent's reachability did, or which containers
+        are being stopped); False: none. full_pass: one just made its writes and drains: it is counted
+        done, and the subscribers relist."""
         last = self.snapshot
         if (not changed and not full_pass and last.generation and (actual is None) == (last.actual is None)
-                and primary_error == last.primary_error):
+                and primary_error == last.primary_error and draining == last.draining):
             return False
         if actual is None:
             self._frozen_actual = None
@@ -42,6 +44,7 @@ class Publisher:
             primary_error=primary_error,
             full_passes_started=last.full_passes_started,
             full_pass_done=last.full_passes_started if full_pass else last.full_pass_done,
+            draining=draining,
         )
         for subscriber in self.subscribers:
             subscriber.offer(self.snapshot, relist=full_pass)

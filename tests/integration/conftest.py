@@ -263,11 +263,16 @@ class DaemonProcess:
 
 @pytest.fixture
 def start_daemon(tmp_path: Path, hostname: str) -> Iterator[Callable[..., DaemonProcess]]:
-    """Start consul-reg with this test's --hostname; -resync 0 unless the test is about the resync."""
+    """Start consul-reg with this test's --hostname; -resync 0 unless the test is about the resync.
+    A daemon without --filter sees every container on the host, other runs' included: it gets
+    --no-check-restart, so it never restarts another test's container (a check-restart test's
+    broken one, restarted by two daemons, would break that test's backoff)."""
     daemons: list[DaemonProcess] = []
 
     def start(*args: str, env: dict[str, str] | None = None, resync: str = "0") -> DaemonProcess:
-        full_args = ["--hostname", hostname, "-resync", resync, "--log-level", "DEBUG", *args]
+        unfiltered = not any(a == "--filter" or a.startswith("--filter=") for a in args)
+        full_args = ["--hostname", hostname, "-resync", resync, "--log-level", "DEBUG",
+                     *(["--no-check-restart"] if unfiltered and "--no-check-restart" not in args else []), *args]
         daemon = DaemonProcess(full_args, tmp_path / f"daemon-{len(daemons)}.log", env).start()
         daemons.append(daemon)
         return daemon

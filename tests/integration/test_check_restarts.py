@@ -7,13 +7,15 @@ through Docker's proxy would accept connections with nothing behind it)."""
 
 from __future__ import annotations
 
+import time
+import urllib.parse
 import uuid
 
 import httpx
 import pytest
-
 from consul_reg.core.records import docker_time
-from tests.integration.conftest import status_args, wait_until
+
+from tests.integration.conftest import CONSUL_ADDR, status_args, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -45,16 +47,33 @@ def own_label() -> str:
 
 def test_a_container_whose_check_stays_critical_is_restarted_with_growing_delays(start_daemon, run_container):
     own = own_label()
-    daemon = start_daemon("-internal", "--filter", f"label={own}", "--check-restart-backoff", "4",
-                          "--check-restart-backoff-max", "8", *status_args())
-    broken = web(run_container, own, FAILING, SERVICE_CHECK_RESTART_LIMIT="2", SERVICE_CHECK_RESTART_GRACE="2s")
-    seen: list[float] = [started_at(broken)]
-    wait_until(lambda: len(starts(broken, seen)) >= 4, 150, 0.2, message="three restarts by the daemon")
-    gaps = [b - a for a, b in zip(seen, seen[1:], strict=False)]
-    # the first: 2s of grace then 2 critical samples 1s apart (~3s); then at least 4s, then at least 8s
-    # (the cap), each from the previous new start (a loaded host may only make the natural cadence longer)
-    assert gaps[1] >= 4 - 0.5 and gaps[2] >= 8 - 0.5, gaps
-    assert "restarting container" in daemon.log() and "failed 2 times in a row" in daemon.log()
+    backoff, backoff_max, grace, limit, interval = 6.0, 12.0, 2.0, 2, 1.0
+    daemon = start_daemon("-internal", "--filter", f"label={own}", "--check-restart-backoff", f"{backoff:g}",
+                          "--check-restart-backoff-max", f"{backoff_max:g}", *status_args())
+    broken = web(run_container, own, FAILING, SERVICE_CHECK_RESTART_LIMIT=str(limit),
+                 SERVICE_CHECK_RESTART_GRACE=f"{grace:g}s")
+    runs: dict[float, float] = {}  # each run's StartedAt -> its FinishedAt (Docker's, once it ended)
+
+    def restarted_three_times() -> bool:
+        broken.reload()
+        state = broken.attrs["State"]
+        started, finished = docker_time(state["StartedAt"]), docker_time(state["FinishedAt"])
+        if started and started not in runs:
+            previous = max(runs, default=0.0)
+            if previous:
+                runs[previous] = finished  # the run before this start ended then (its restart's stop)
+            runs[started] = 0.0
+        return len(runs) >= 4
+
+    wait_until(restarted_three_times, 150, 0.2, message="three restarts by the daemon")
+    lasted = [finished - started for started, finished in sorted(runs.items())[:3]]
+    # Unheld, a run lasts its grace and `limit` samples (`interval` apart) plus the stop: the first's
+    # cadence, well below the backoff; the backoff (from each new start) makes the next runs last at
+    # least `backoff`, then `backoff_max` (the cap). A loaded host only makes runs longer.
+    cadence = grace + (limit - 1) * interval
+    assert cadence + 2 <= backoff
+    assert lasted[1] >= backoff - 0.5 and lasted[2] >= backoff_max - 0.5, (lasted, cadence)
+    assert "restarting container" in daemon.log() and f"failed {limit} times in a row" in daemon.log()
     metrics = httpx.get(f"http://{daemon.status_addr}/metrics", timeout=5).text
     restarted = [line for line in metrics.splitlines()
                  if line.startswith('consul_reg_check_restarts_total{outcome="restarted"}')]
@@ -111,3 +130,56 @@ def test_a_daemon_restart_during_the_backoff_causes_no_extra_restart(start_daemo
     wait_until(lambda: len(starts(broken, seen)) >= 3, 120, 0.2, message="the restart after the backoff")
     assert seen[2] - seen[1] >= 15 - 0.5, seen
     assert "not restarting container" in second.log()  # held, and said so
+
+
+# An app that stops answering at SIGTERM and exits a few seconds later (a graceful shutdown).
+GRACEFUL = ("mkdir -p /www && echo ok > /www/health; httpd -f -p 80 -h /www & pid=$!; "
+            "trap 'kill $pid; sleep 8; exit 0' TERM; while true; do sleep 1; done")
+
+
+def test_a_docker_stop_of_a_graceful_app_is_never_turned_into_a_restart(start_daemon, run_container, consul_api):
+    """From the adversarial review: during the stop timeout the container still runs and its check
+    fails; the daemon's drain puts its service in maintenance at the kill event, and a service in
+    maintenance gives no result. The container ends exited, never started again."""
+    own = own_label()
+    daemon = start_daemon("-internal", "--filter", f"label={own}")
+    graceful = run_container(["sh", "-c", GRACEFUL], ports={"80/tcp": None}, stop_signal="SIGTERM",
+                             labels={own: "1", **CHECK, "SERVICE_CHECK_RESTART_LIMIT": "2",
+                                     "SERVICE_CHECK_RESTART_GRACE": "1s"})
+    first = started_at(graceful)
+    wait_until(lambda: statuses_of(consul_api, graceful) == ["passing"], 90, 0.5, message="its check passing")
+    wait_until(lambda: "watching 1 containers" in daemon.log() and time.time() > first + 3, 60, 0.2,
+               message="watched, past its grace")
+    graceful.stop(timeout=30)  # the operator's docker stop: ~8 s of a failing check before the exit
+    wait_until(lambda: not any(graceful.name in service_id
+                               for service_id in consul_api.http.get("/v1/agent/services").json()),
+               60, 0.2, message="its death handled (deregistered)")
+    graceful.reload()
+    assert graceful.attrs["State"]["Status"] == "exited"
+    assert started_at(graceful) == first
+    assert "restarting container" not in daemon.log()
+
+
+def test_one_read_gives_the_checks_and_which_services_are_in_maintenance(consul_api, hostname):
+    """The restart watcher's read against the real agent: the asked checks under their exact IDs, and
+    the asked services whose `_service_maintenance:` check the agent holds (the drain's, an operator's)."""
+    from consul_reg.consul.agent import ConsulClient, ConsulEndpoint, ConsulRegistry
+
+    drained, serving = f"{hostname}-drained", f"{hostname}-serving"
+    for service_id in (drained, serving):
+        consul_api.http.put("/v1/agent/service/register", json={
+            "ID": service_id, "Name": service_id, "Check": {"CheckID": f"service:{service_id}:1", "TTL": "60s"}}
+        ).raise_for_status()
+    consul_api.http.put(f"/v1/agent/service/maintenance/{drained}",
+                        params={"enable": "true", "reason": "stopping"}).raise_for_status()
+    address = urllib.parse.urlsplit(CONSUL_ADDR)
+    client = ConsulClient(ConsulEndpoint(address.scheme, address.hostname or "127.0.0.1", address.port or 8500))
+    try:
+        read = ConsulRegistry(client).check_statuses([f"service:{drained}:1", f"service:{serving}:1"],
+                                                     [drained, serving])
+    finally:
+        client.close()
+    assert read.maintenance == {drained}
+    assert {check_id: check.service_id for check_id, check in read.checks.items()} == {
+        f"service:{drained}:1": drained, f"service:{serving}:1": serving}
+    assert all(check.status == "critical" for check in read.checks.values())  # a TTL check not reported yet

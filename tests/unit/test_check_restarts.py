@@ -11,10 +11,10 @@ from types import MappingProxyType
 from typing import Any
 
 import pytest
-
 from consul_reg.core.errors import DockerUnavailable
 from consul_reg.core.records import (
     AgentCheck,
+    CheckRead,
     ContainerDesire,
     ContainerStatus,
     Owner,
@@ -339,22 +339,40 @@ def test_only_running_containers_whose_records_are_this_daemons_for_that_contain
 
 
 class FakeAgent:
+    """The agent's checks (`statuses`), the services in maintenance, and its records (`records`;
+    None: this daemon's of whatever container asks)."""
+
     def __init__(self) -> None:
         self.statuses: dict[str, AgentCheck] = {}
+        self.maintenance: set[str] = set()
+        self.records: dict | None = None
         self.reads: list[list[str]] = []
+        self.maintenance_reads: list[list[str]] = []
+        self.live_reads: list[list[str]] = []
 
-    def check_statuses(self, check_ids):
-        self.reads.append(sorted(check_ids))
-        return {c: self.statuses[c] for c in check_ids if c in self.statuses}
+    def check_statuses(self, check_ids, service_ids=()):
+        if check_ids:
+            self.reads.append(sorted(check_ids))
+        self.maintenance_reads.append(sorted(service_ids))
+        return CheckRead({c: self.statuses[c] for c in check_ids if c in self.statuses},
+                         frozenset(s for s in service_ids if s in self.maintenance))
+
+    def services_matching(self, service_ids):
+        self.live_reads.append(sorted(service_ids))
+        if self.records is None:
+            return {s: registered_form(replace(desire(CID, s).services[0], id=s)) for s in service_ids}
+        return {s: self.records[s] for s in service_ids if s in self.records}
 
 
 class FakeDocker:
     def __init__(self, fail: bool = False) -> None:
         self.restarted: list[tuple[str, float]] = []
+        self.stop_timeouts: list[float] = []
         self.fail = fail
 
-    def restart(self, container_id: str, timeout_seconds: float) -> None:
+    def restart(self, container_id: str, stop_timeout: float, timeout_seconds: float) -> None:
         self.restarted.append((container_id, timeout_seconds))
+        self.stop_timeouts.append(stop_timeout)
         if self.fail:
             raise DockerUnavailable("docker: no")
 
@@ -379,18 +397,24 @@ def test_the_watcher_restarts_its_container_once_and_counts_the_outcome(fail):
     now = [1000.0]
     agent, docker, metrics = FakeAgent(), FakeDocker(fail=fail), FakeMetrics()
     watcher = RestartWatcher(agent, docker, OWNER, metrics, 10.0, 60.0, clock=lambda: now[0])
-    other = replace(desire(OTHER_CID, "other"), services=(replace(desire(OTHER_CID, "other").services[0],
-                                                                  restart=None),))
+    other_check = "service:other:1"
+    other_service = desire(OTHER_CID, "other").services[0]
+    other = replace(desire(OTHER_CID, "other"), services=(replace(
+        other_service, checks=(replace(other_service.checks[0], check_id=other_check),),
+        restart=replace(POLICY, samples=((other_check, 2.0),))),))
     watcher.offer(snapshot(desire(CID, SERVICE), other))
+    # the other container's check is sampled too, and fails, but as the agent holds it for another
+    # service than the one it is counted for (a check ID claimed across services): never a result
     agent.statuses = {CHECK: AgentCheck(SERVICE, "critical", "HTTP GET: 500"),
-                      "service:other:1": AgentCheck("other", "critical")}
+                      other_check: AgentCheck(SERVICE, "critical", "HTTP GET: 500")}
     for t in (1005.0, 1010.0, 1012.0, 1014.0):
         now[0] = t
         watcher.step()
     wait_for(lambda: metrics.outcomes != [])
     assert docker.restarted == [(CID, 10.0 + 60.0)]  # its stop timeout and a minute to start
+    assert docker.stop_timeouts == [10.0]  # sent as the restart's t=
     assert metrics.outcomes == ["failed" if fail else "restarted"]
-    assert all(read == [CHECK] for read in agent.reads)  # never the other container's checks
+    assert [CHECK, other_check] in agent.reads  # both sampled, in one read; only its own restarted
     for t in (1016.0, 1018.0, 1020.0):  # the restart is over: counting waits for the grace again
         now[0] = t
         watcher.step()
@@ -447,7 +471,7 @@ def test_the_daemon_wires_the_watcher_as_a_snapshot_subscriber_unless_turned_off
 
 def test_a_failing_round_never_ends_the_watcher():
     class BrokenAgent(FakeAgent):
-        def check_statuses(self, check_ids):
+        def check_statuses(self, check_ids, service_ids=()):
             self.reads.append(sorted(check_ids))
             raise KeyError("a bug")
 
@@ -473,3 +497,341 @@ def test_the_delay_runs_from_the_end_of_a_slow_restart():
         ["restart"]
     tracker.restarted(CID, 1005.0)  # over 5 s later
     assert tracker.row_of(CID) == (1, 1015.0)
+
+
+# -- after the adversarial review -------------------------------------------------------------
+
+
+def test_a_service_in_maintenance_gives_no_result():
+    """A `docker stop` puts the services in maintenance (the daemon's drain) before the app's check
+    fails; an operator's maintenance is theirs: neither is counted, whatever the checks say."""
+    clock = Clocked()
+    clock.tracker.watch(watched_one(), 1000.0)
+    for now in range(1010, 1060, 2):
+        clock.now = float(now)
+        due = clock.tracker.due(clock.now)
+        assert clock.tracker.services(due) == ([SERVICE] if due else [])
+        assert clock.tracker.results({c: AgentCheck(SERVICE, "critical", "down") for c in due}, due, clock.now,
+                                     maintenance={SERVICE}) == []
+    assert clock.tracker.row_of(CID) == (0, 0.0)
+    clock.now = 1060.0  # out of maintenance: counted again, from 0
+    clock.run_until(1066.0, "critical")
+    assert clock.restarts == [1064.0]
+
+
+def test_the_watcher_reads_maintenance_with_the_checks_and_never_restarts_a_drained_container():
+    now = [1000.0]
+    agent, docker, metrics = FakeAgent(), FakeDocker(), FakeMetrics()
+    watcher = RestartWatcher(agent, docker, OWNER, metrics, 10.0, 60.0, clock=lambda: now[0])
+    watcher.offer(snapshot(desire(CID, SERVICE)))
+    agent.statuses = {CHECK: AgentCheck(SERVICE, "critical", "HTTP GET: 503")}
+    agent.maintenance = {SERVICE}
+    for t in range(1010, 1040, 2):
+        now[0] = float(t)
+        watcher.step()
+    assert agent.reads and all(services == [SERVICE] for services in agent.maintenance_reads)  # one read: both
+    assert docker.restarted == [] and metrics.outcomes == []
+
+
+@pytest.mark.parametrize("why", ["maintenance", "another container's record", "no record"])
+def test_a_last_live_read_before_the_restart_stops_it(why):
+    """The decision comes from the snapshot and the last round's read; the agent is read once more,
+    just before the restart: a stop's drain since, or a record no longer this daemon's for that
+    container, and there is no restart (and no outcome: nothing was asked of Docker)."""
+    now = [1000.0]
+    agent, docker, metrics = FakeAgent(), FakeDocker(), FakeMetrics()
+    watcher = RestartWatcher(agent, docker, OWNER, metrics, 10.0, 60.0, clock=lambda: now[0])
+    watcher.offer(snapshot(desire(CID, SERVICE)))
+    agent.statuses = {CHECK: AgentCheck(SERVICE, "critical", "HTTP GET: 503")}
+    live = FakeAgent.services_matching(agent, [SERVICE])
+    if why == "another container's record":
+        agent.records = {SERVICE: registered_form(replace(desire(OTHER_CID, SERVICE).services[0]))}
+    elif why == "no record":
+        agent.records = {}
+    real_check_statuses = agent.check_statuses
+
+    def drained_meanwhile(check_ids, service_ids=()):  # the kill event's drain lands after the round's read
+        answer = real_check_statuses(check_ids, service_ids)
+        if not check_ids and why == "maintenance":
+            return CheckRead(answer.checks, frozenset(service_ids))
+        return answer
+
+    agent.check_statuses = drained_meanwhile
+    for t in (1010.0, 1012.0, 1014.0):
+        now[0] = t
+        watcher.step()
+    wait_for(lambda: not watcher.tracker._states[CID].in_flight or not watcher._done.empty())
+    wait_for(lambda: not watcher._done.empty())
+    assert agent.live_reads[-1] == [SERVICE] and live  # read, just before
+    assert docker.restarted == [] and metrics.outcomes == []
+    agent.records, agent.check_statuses = None, real_check_statuses  # the same, later, as the agent says
+    for t in range(1016, 1200, 2):
+        now[0] = float(t)
+        watcher.step()
+    wait_for(lambda: docker.restarted != [])
+
+
+def test_a_worker_heartbeat_mirroring_a_healthcheck_is_sampled_like_docker_health():
+    """A port-less worker with a HEALTHCHECK: its heartbeat reports Docker's health (`starting` as a
+    warning), so it is sampled at the HEALTHCHECK's interval, the start period is in the grace, and a
+    result while Docker says `starting` is never counted (from the adversarial review)."""
+    worker = container(["SERVICE_NAME=worker", "SERVICE_CHECK_RESTART_LIMIT=3"],
+                       {"Test": ["CMD", "true"], "Interval": 30_000_000_000, "StartPeriod": 300_000_000_000})
+    worker["Config"]["ExposedPorts"], worker["NetworkSettings"]["Ports"] = {}, {}
+    [service] = map_container(worker, SETTINGS).services
+    policy = service.restart
+    [heartbeat] = [c for c in service.checks if c.daemon_probe is not None and c.daemon_probe.kind == "heartbeat"]
+    assert policy is not None and policy.samples == ((heartbeat.check_id, 30.0),)
+    assert policy.grace == 2 * 30.0 + 300.0 and policy.health_mirrors == (heartbeat.check_id,)
+    without = container(["SERVICE_NAME=worker", "SERVICE_CHECK_RESTART_LIMIT=3"])
+    without["Config"]["ExposedPorts"], without["NetworkSettings"]["Ports"] = {}, {}
+    [plain] = map_container(without, SETTINGS).services
+    assert plain.restart is not None and plain.restart.health_mirrors == ()
+    assert plain.restart.samples == ((heartbeat.check_id, heartbeat.daemon_probe.interval),)
+    # Docker still says `starting` after the start period (failures within its retries): never counted
+    tracker = Tracker(10.0, 300.0)
+    starting = {CID: Watched(CID, "worker.0", 1000.0, False, 10.0, ((service.id, policy),), "starting")}
+    now, decisions = 1000.0, []
+    while now < 3000.0:
+        tracker.watch(starting, now)
+        due = tracker.due(now)
+        decisions += tracker.results({c: AgentCheck(service.id, "warning", "docker health: starting")
+                                      for c in due}, due, now) if due else []
+        now += 1.0
+    assert decisions == []
+    unhealthy = {CID: replace(starting[CID], health="unhealthy")}
+    while not decisions:
+        tracker.watch(unhealthy, now)
+        due = tracker.due(now)
+        decisions += tracker.results({c: AgentCheck(service.id, "critical", "docker health: unhealthy")
+                                      for c in due}, due, now) if due else []
+        now += 1.0
+    assert decisions[0].kind == "restart"
+
+
+def test_a_daemon_restarted_while_its_restart_stops_the_container_keeps_the_backoff():
+    """From the adversarial review: the old daemon asked for a restart; the new one first sees the
+    old start (long ago: no hold), then the new start as a known container. A start this tracker did
+    not ask for is held as at first sight: no restart before backoff_max after that start."""
+    new = Tracker(10.0, 300.0)
+    old_start, new_start = 1000.0, 5005.0
+    now, restarts = 5003.0, []
+    while now < new_start + 400.0:
+        start = old_start if now < new_start else new_start
+        new.watch({CID: Watched(CID, "web", start, start != old_start, 10.0, ((SERVICE, POLICY),))}, now)
+        due = new.due(now)
+        for decision in new.results({c: AgentCheck(SERVICE, "critical", "x") for c in due}, due, now) if due else []:
+            if decision.kind == "restart":
+                restarts.append(now)
+                new.restarted(CID, now)
+        now += 1.0
+    assert restarts and restarts[0] >= new_start + 300.0, restarts
+
+
+def test_the_end_of_its_own_restart_is_not_held_but_a_start_by_someone_else_is():
+    clock = Clocked(backoff=10.0, backoff_max=300.0)
+    started = [1000.0]
+    operator = 1100.0  # an operator's `docker restart`, when the row's hold is 80 s
+
+    def view(now: float) -> dict:
+        if now >= operator and started[-1] < operator:
+            started.append(operator)
+        elif clock.restarts and clock.restarts[-1] + 1.0 <= now and started[-1] < clock.restarts[-1] + 1.0:
+            started.append(clock.restarts[-1] + 1.0)  # its own restart's new start, a moment later
+        return watched_one(started[-1], ran_before=len(started) > 1)
+
+    clock.run_until(1500.0, "critical", view)
+    before = [t for t in clock.restarts if t < operator]
+    after = [t for t in clock.restarts if t >= operator]
+    assert len(before) >= 3 and before[1] - before[0] < 30.0  # its own restarts: the backoff, not the longest
+    assert after and after[0] >= operator + 300.0, clock.restarts  # someone else's start: held as at first sight
+
+
+def test_agent_reads_are_at_least_a_second_apart_whatever_the_check_intervals():
+    """From the adversarial review: 20 checks at 1.00-1.19 s made 1089 reads a minute. One read per
+    round takes every due sample; rounds are at least READ_GAP apart (the fake clock counts reads)."""
+    from consul_reg.restarts.tracker import READ_GAP
+
+    checks = tuple((f"service:{SERVICE}:c{i}", 1.0 + i * 0.01) for i in range(20))
+    tracker = Tracker(10.0, 300.0)
+    tracker.watch({CID: Watched(CID, "web", 1000.0, False, 10.0,
+                                ((SERVICE, RestartPolicy(limit=1000, grace=0.0, samples=checks)),))}, 1000.0)
+    now, reads, sampled = 1000.0, [], set()
+    while now < 1060.0:
+        due = tracker.due(now)
+        if due:
+            reads.append(now)
+            sampled |= set(due)
+            tracker.results({c: AgentCheck(SERVICE, "passing", "ok") for c in due}, due, now)
+        now += tracker.wake_in(now, 30.0) or 0.001
+    assert sampled == {c for c, _ in checks}  # every check is still sampled
+    assert min(b - a for a, b in zip(reads, reads[1:], strict=False)) >= READ_GAP - 1e-9
+    assert len(reads) <= 60 / READ_GAP + 1, len(reads)
+
+
+def test_a_restart_thread_that_cannot_start_is_counted_failed_and_never_left_in_flight(monkeypatch):
+    import threading
+
+    now = [1000.0]
+    agent, docker, metrics = FakeAgent(), FakeDocker(), FakeMetrics()
+    watcher = RestartWatcher(agent, docker, OWNER, metrics, 10.0, 60.0, clock=lambda: now[0])
+    watcher.offer(snapshot(desire(CID, SERVICE)))
+    agent.statuses = {CHECK: AgentCheck(SERVICE, "critical", "HTTP GET: 500")}
+    real_start, refused = threading.Thread.start, []
+
+    def no_thread_once(self):
+        if self.name == "check-restart" and not refused:
+            refused.append(self)
+            raise RuntimeError("can't start new thread")
+        return real_start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", no_thread_once)
+    for t in (1010.0, 1012.0, 1014.0):
+        now[0] = t
+        watcher.step()  # never raises: the decision is handled
+    assert refused and metrics.outcomes == ["failed"]
+    for t in range(1016, 1200, 2):  # threads again; the check still fails
+        now[0] = float(t)
+        watcher.step()
+    wait_for(lambda: docker.restarted != [])
+
+
+def test_a_failed_read_sets_the_counts_back():
+    """Samples before and after an agent outage are not in a row."""
+    from consul_reg.core.errors import RegistryUnavailable
+
+    now, down = [1000.0], [False]
+
+    class Flaky(FakeAgent):
+        def check_statuses(self, check_ids, service_ids=()):
+            if down[0] and check_ids:
+                raise RegistryUnavailable("agent down")
+            return super().check_statuses(check_ids, service_ids)
+
+    agent, docker = Flaky(), FakeDocker()
+    watcher = RestartWatcher(agent, docker, OWNER, FakeMetrics(), 10.0, 60.0, clock=lambda: now[0])
+    watcher.offer(snapshot(desire(CID, SERVICE)))
+    agent.statuses = {CHECK: AgentCheck(SERVICE, "critical", "x")}
+    for t, is_down in ((1010.0, False), (1012.0, False), (1014.0, True), (1016.0, False), (1018.0, False)):
+        now[0], down[0] = t, is_down
+        watcher.step()
+    assert docker.restarted == []  # 2 before, 2 after: never 3 in a row
+    now[0] = 1020.0
+    watcher.step()
+    wait_for(lambda: docker.restarted != [])
+
+
+def test_the_wake_is_cleared_before_the_round_so_an_offer_during_it_is_not_lost():
+    seen = []
+
+    class Offering(FakeAgent):
+        def check_statuses(self, check_ids, service_ids=()):
+            seen.append(watcher._wake.is_set())
+            return super().check_statuses(check_ids, service_ids)
+
+    agent = Offering()
+    watcher = RestartWatcher(agent, FakeDocker(), OWNER, FakeMetrics(), 10.0, 60.0, clock=lambda: 2000.0)
+    watcher.offer(snapshot(desire(CID, SERVICE)))
+    watcher.start()
+    try:
+        wait_for(lambda: seen != [])
+        assert seen[0] is False  # cleared before the round, not after it
+    finally:
+        watcher.stop()
+
+
+def test_a_restart_always_names_its_stop_timeout(tmp_path, monkeypatch):
+    """`docker restart` of a container created with `--stop-timeout -1` would wait forever: t= is
+    always sent (Docker's 10 for a negative, at most an hour), on the wire and through docker-py."""
+    from consul_reg.docker.client import DockerSource, restart_stop_seconds
+    from consul_reg.docker.ssh import DockerPy
+
+    from tests.unit.test_docker_wire import answer, request_target, serve_once
+
+    assert [restart_stop_seconds(s) for s in (-1, 0, 2.5, 30, 10**9)] == [10, 0, 2, 30, 3600]
+    targets: list[str] = []
+
+    def reply(request: bytes) -> bytes:
+        targets.append(request_target(request))
+        return answer("204 No Content", b"")
+
+    path = str(tmp_path / "d.sock")
+    listener = serve_once(path, reply)
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{path}")
+    source = DockerSource(timeout=5)
+    try:
+        source.restart(CID, -1, 5.0)
+        source.restart(CID, 45.0, 5.0)
+        assert targets == [f"/v1.41/containers/{CID}/restart?t=10", f"/v1.41/containers/{CID}/restart?t=45"]
+        monkeypatch.setattr(source, "_docker_py", DockerPy(timeout=5, api_version="1.41"))
+        source.restart(CID, -1, 5.0)
+        assert targets[-1] == f"/v1.41/containers/{CID}/restart?t=10"
+        monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/nobody.sock")
+        monkeypatch.setattr(source, "_docker_py", DockerPy(timeout=2, api_version="1.41"))
+        with pytest.raises(DockerUnavailable, match="could not restart"):
+            source.restart(CID, 10.0, 5.0)
+    finally:
+        source.close()
+        listener.close()
+
+
+def test_the_loop_publishes_the_containers_it_drains_and_the_watcher_skips_them():
+    """A `docker stop`'s kill event: the loop's next snapshot names the container as being stopped
+    (until its death or the drain timeout), and the watcher watches it no more meanwhile."""
+    from consul_reg.core.messages import Start
+    from tests.unit.fakes import container as inspected
+    from tests.unit.test_loop import Harness, event
+
+    h = Harness()
+    h.send(Start())
+    h.docker.add(inspected("c1", "web", ports={"80/tcp": "8080"}))
+    h.send(event("c1", "start"))
+    assert h.loop.snapshot.draining == frozenset()
+    h.send(event("c1", "kill", signal="15"))
+    assert h.loop.snapshot.draining == {"c1"}
+    h.docker.containers["c1"]["State"]["Running"] = False
+    h.send(event("c1", "die", exitCode="143"))
+    assert h.loop.snapshot.draining == frozenset()
+    h.docker.containers["c1"]["State"]["Running"] = True
+    h.send(event("c1", "start"))
+    h.send(event("c1", "kill", signal="SIGTERM"))  # trapped: no death within the drain timeout
+    assert h.loop.snapshot.draining == {"c1"}
+    h.clock.advance(31)
+    h.send()
+    assert h.loop.snapshot.draining == frozenset()
+    # the watcher: a container being stopped is not watched
+    assert set(watched(snapshot(desire(CID, SERVICE)), OWNER)) == {CID}
+    assert watched(replace(snapshot(desire(CID, SERVICE)), draining=frozenset({CID})), OWNER) == {}
+
+
+def test_an_agent_unreadable_just_before_the_restart_means_no_restart_counted_failed():
+    from consul_reg.core.errors import RegistryUnavailable
+
+    now = [1000.0]
+    agent, docker, metrics = FakeAgent(), FakeDocker(), FakeMetrics()
+
+    def unreadable(service_ids):
+        raise RegistryUnavailable("agent down")
+
+    agent.services_matching = unreadable
+    watcher = RestartWatcher(agent, docker, OWNER, metrics, 10.0, 60.0, clock=lambda: now[0])
+    watcher.offer(snapshot(desire(CID, SERVICE)))
+    agent.statuses = {CHECK: AgentCheck(SERVICE, "critical", "HTTP GET: 503")}
+    from loguru import logger
+
+    lines: list[tuple[str, str]] = []
+    sink = logger.add(lambda m: lines.append((m.record["level"].name, m.record["message"])), level="INFO")
+    try:
+        for t in (1010.0, 1012.0, 1014.0):
+            now[0] = t
+            watcher.step()
+        wait_for(lambda: metrics.outcomes != [])
+    finally:
+        logger.remove(sink)
+    assert metrics.outcomes == ["failed"] and docker.restarted == []
+    # said as what it is (a warning naming the agent), not as a bug (an error with a traceback)
+    assert [level for level, message in lines if "not restarting container" in message] == ["WARNING"]
+    assert not [message for level, message in lines if level == "ERROR"]
+    now[0] = 1016.0
+    watcher.step()
+    assert not watcher.tracker._states[CID].in_flight

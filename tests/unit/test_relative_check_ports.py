@@ -8,11 +8,10 @@ import json
 from dataclasses import replace
 from typing import Any
 
-from hypothesis import given
-from hypothesis import strategies as st
-
 from consul_reg.mapping.check_ports import PortReach, relative_target, split_relative
 from consul_reg.mapping.services import MappingSettings, map_container
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 SETTINGS = MappingSettings(hostname="host1", default_address="10.0.0.5")
 CONTAINER_IP = "172.17.0.9"
@@ -167,3 +166,38 @@ def test_an_unpublished_container_port_is_refused_unless_it_is_a_host_port(port,
         assert (target.port, target.problem) == (port, "")  # the host port, read as before
     else:
         assert "not published" in target.problem
+
+
+HOSTS = ["", "0.0.0.0", "::", "127.0.0.1", "10.0.0.5", "10.0.0.7", "127.0.0.2"]
+PORTS = [80, 8080, 8500, 9090, 2375, 32768]
+
+
+@settings(max_examples=300, deadline=None)
+@given(bindings=st.lists(st.tuples(st.sampled_from(PORTS), st.sampled_from(HOSTS), st.sampled_from(PORTS)),
+                         min_size=1, max_size=4),
+       target=st.sampled_from(PORTS), json_form=st.booleans(), internal=st.booleans())
+def test_a_relative_target_through_map_container_is_one_of_the_containers_own_endpoints(
+        bindings, target, json_form, internal):
+    """End to end through map_container (from the adversarial review): whatever the bindings (any
+    host address, crossed or shared ports), a `:PORT` TCP check reaches an exact (address, port) pair
+    the container publishes on a routable address, or its own IP and port with -internal; never a
+    loopback or IPv6-only binding, another host address's port, nor the agent's port."""
+    ports: dict[str, list[dict[str, str]]] = {}
+    for container_port, host_ip, host_port in bindings:
+        ports.setdefault(f"{container_port}/tcp", []).append({"HostIp": host_ip, "HostPort": str(host_port)})
+    env = [f"SERVICE_CHECKS={json.dumps([{'TCP': f':{target}'}])}" if json_form
+           else f"SERVICE_CHECK_TCP=:{target}"]
+    records = map_container(container(env, ports, tuple(ports)), replace(SETTINGS, internal=internal))
+    allowed = {("10.0.0.5", host_port) if host_ip in ("", "0.0.0.0") else (host_ip, host_port)
+               for _, host_ip, host_port in bindings if host_ip not in ("::", "127.0.0.1", "127.0.0.2")}
+    container_ports = {container_port for container_port, _, _ in bindings}
+    for service in records.services:
+        for check in service.checks:
+            tcp = check.definition_dict.get("TCP")
+            if not tcp:
+                continue
+            host, _, port = str(tcp).rpartition(":")
+            if internal:
+                assert host == CONTAINER_IP and int(port) in container_ports, (tcp, bindings)
+            else:
+                assert (host, int(port)) in allowed and int(port) != 8500, (tcp, bindings, target)
