@@ -32,6 +32,7 @@ from consul_reg.core.messages import CONTAINER_ACTIONS, DockerEvent, DockerRecon
 from consul_reg.docker.events import _json_lines
 from consul_reg.docker.client import MAX_EVENT_BYTES, MAX_INSPECT_BYTES, OVERSIZED, DockerSource, \
     DockerUnavailable
+from tests.unit.sockets import read_head
 
 
 def serve_once(path: str, reply: Callable[[bytes], bytes]) -> socket.socket:
@@ -46,12 +47,7 @@ def serve_once(path: str, reply: Callable[[bytes], bytes]) -> socket.socket:
             except OSError:
                 return
             with conn:
-                request = b""
-                while b"\r\n\r\n" not in request:
-                    data = conn.recv(65536)
-                    if not data:
-                        break
-                    request += data
+                request = read_head(conn)
                 try:
                     conn.sendall(reply(request))
                 except OSError:

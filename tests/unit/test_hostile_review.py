@@ -41,6 +41,7 @@ from consul_reg.app.status import (
 from consul_reg.mapping.tags_meta import is_reserved_meta_key, service_meta
 from consul_reg.mapping.validate import parse_ip
 from consul_reg.mapping.check_targets import CheckPolicy, OwnEndpoints, check_target_problem, parse_allow_rule
+from tests.unit.sockets import ask_as, read_all
 
 CID = "c0ffee" * 10 + "abcd"
 
@@ -249,20 +250,6 @@ def _status_server() -> StatusServer:
     return server
 
 
-def ask_as(server: StatusServer, source: str) -> bytes:
-    """/health as a client at `source` sees it: a connected pair handed to the server as if
-    accepted from there (no such address needs to exist on this machine)."""
-    ours, theirs = socket.socketpair()
-    with ours:
-        ours.settimeout(REQUEST_TIMEOUT_SECONDS + 5)
-        server.server.process_request(theirs, (source, 40000))
-        ours.sendall(b"GET /health HTTP/1.0\r\n\r\n")
-        answer = b""
-        while chunk := ours.recv(65536):
-            answer += chunk
-        return answer
-
-
 def test_many_loopback_addresses_hold_one_clients_share_of_the_status_slots() -> None:
     """The review: 20 idle connections from 127.0.0.2-6 (4 each) took all 16 slots."""
     server = _status_server()
@@ -274,14 +261,12 @@ def test_many_loopback_addresses_hold_one_clients_share_of_the_status_slots() ->
                                               source_address=(f"127.0.0.{2 + i // 4}", 0))
             idle.append(client)
             if i >= MAX_CONNECTIONS_PER_CLIENT:
-                answer = b""
-                while chunk := client.recv(4096):
-                    answer += chunk
+                answer = read_all(client)
                 assert answer.startswith(b"HTTP/1.1 503"), (i, answer)  # over loopback's share: told, closed at once
         still_open, _, _ = select.select(idle[:MAX_CONNECTIONS_PER_CLIENT], [], [], 0)
         assert still_open == []  # loopback's share, held (neither answered nor closed)
         for source in ("192.0.2.7", "::ffff:192.0.2.8", "2001:db8::1"):
-            assert ask_as(server, source).startswith(b"HTTP/1.1 200"), source
+            assert ask_as(server, source, REQUEST_TIMEOUT_SECONDS + 5).startswith(b"HTTP/1.1 200"), source
     finally:
         for client in idle:
             client.close()

@@ -18,6 +18,7 @@ from loguru import logger
 
 from consul_reg.app.status import MAX_CONNECTIONS, MAX_CONNECTIONS_PER_CLIENT, MAX_HEADERS, MAX_REQUEST_BYTES, \
     REQUEST_TIMEOUT_SECONDS, StatusServer, StatusSources
+from tests.unit.sockets import ask_as, read_all
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -106,24 +107,11 @@ def _ask(port: int, request: bytes, source: str = "127.0.0.1") -> bytes:
             client.sendall(request)
         except OSError:  # it stopped reading, and answered or closed
             pass
-        answer = b""
-        while chunk := client.recv(65536):
-            answer += chunk
-        return answer
+        return read_all(client)
 
 
 def _ask_as(server: StatusServer, source: str) -> bytes:
-    """/health as a client at `source` sees it: a connected pair handed to the server as
-    if accepted from there (loopback is one client, whichever 127.x address)."""
-    ours, theirs = socket.socketpair()
-    with ours:
-        ours.settimeout(REQUEST_TIMEOUT_SECONDS + 5)
-        server.server.process_request(theirs, (source, 40000))
-        ours.sendall(b"GET /health HTTP/1.0\r\n\r\n")
-        answer = b""
-        while chunk := ours.recv(65536):
-            answer += chunk
-        return answer
+    return ask_as(server, source, REQUEST_TIMEOUT_SECONDS + 5)
 
 
 def test_one_client_address_holds_at_most_its_share_of_the_slots() -> None:
@@ -136,9 +124,7 @@ def test_one_client_address_holds_at_most_its_share_of_the_slots() -> None:
         refused = 0
         for client in idle[MAX_CONNECTIONS_PER_CLIENT:]:  # over its share: told and closed at once, not at the deadline
             client.settimeout(1)
-            answer = b""
-            while chunk := client.recv(4096):
-                answer += chunk
+            answer = read_all(client)
             refused += answer.startswith(b"HTTP/1.1 503") and b"too many connections" in answer
         assert refused == MAX_CONNECTIONS - MAX_CONNECTIONS_PER_CLIENT
         assert _ask_as(server, "192.0.2.8").startswith(b"HTTP/1.1 200")

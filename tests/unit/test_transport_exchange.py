@@ -17,6 +17,7 @@ import pytest
 
 from consul_reg.transport.exchange import BrokenExchange, Exchange, Timeout, Unreachable
 from consul_reg.transport.wire import Address
+from tests.unit.sockets import read_head
 
 Behave = Callable[[socket.socket, bytes], None]
 
@@ -47,12 +48,7 @@ def server(tmp_path: Path) -> Iterator[Callable[..., tuple[Address, list[bytes]]
                 except OSError:
                     return
                 with conn:
-                    request = b""
-                    while b"\r\n\r\n" not in request:
-                        data = conn.recv(65536)
-                        if not data:
-                            break
-                        request += data
+                    request = read_head(conn)
                     requests.append(request)
                     try:
                         behave(conn, request)
