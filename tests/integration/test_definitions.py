@@ -4,7 +4,7 @@ Both are the module's or the test's own: a dockerd of this module's own (so
 that services can be counted, and no other consul-reg on the machine sees
 these containers), and a dev agent per test (Connect-enabled where needed),
 whose DNS port answers `dig`. Every daemon runs with -resync 0 except the
-tag-override test, which is about the resync.
+tag-override and the two-daemons tests, which are about the resync.
 """
 
 from __future__ import annotations
@@ -342,7 +342,7 @@ def test_tag_override_survives_resyncs_and_an_unrelated_change(own_agent, own_do
                                                                  hostname):
     agent = own_agent()
     api = agent.api()
-    daemon = start(start_daemon, agent, own_docker, resync="1")
+    daemon = start(start_daemon, agent, own_docker, resync="1")  # about the periodic resync keeping what the agent changed
     name = f"leader{uuid.uuid4().hex[:6]}"
     web = run_container(ports={"80/tcp": None}, labels={"SERVICE_NAME": name, "SERVICE_TAGS": "replica",
                                                         "SERVICE_ENABLE_TAG_OVERRIDE": "true"})
@@ -509,6 +509,7 @@ def test_two_daemons_selecting_the_same_container_never_fight(own_agent, own_doc
     neither rewrites or removes it back and forth across resyncs; the holder removes it when it goes."""
     agent = own_agent()
     api = agent.api()
+    # About resyncs: neither daemon's periodic pass may rewrite or remove the other's record.
     daemons = [start(start_daemon, agent, own_docker, "--filter", "label=team", "--instance", "x", resync="1"),
                start(start_daemon, agent, own_docker, "--filter", "label=team=a", "--instance", "y", resync="1")]
     web = run_container(ports={"80/tcp": None}, labels={"team": "a", "SERVICE_NAME": "web"})

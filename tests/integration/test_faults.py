@@ -22,7 +22,7 @@ def ids(api, hostname) -> set[str]:
 def test_in_sync_resync_writes_nothing(own_agent, start_daemon, run_container, hostname):
     agent = own_agent()
     api = agent.api()
-    daemon = start_daemon(*status_args(), agent.uri, resync="1")
+    daemon = start_daemon(*status_args(), agent.uri, resync="1")  # about the periodic resync: it must write nothing
     web = run_container(ports={"80/tcp": None, "443/tcp": None},
                         labels={"SERVICE_CHECK_TCP": "true", "SERVICE_CHECK_INTERVAL": "1s"})
     run_container(ports={"81/tcp": None}, labels={"SERVICE_TAGS": "a,b", "SERVICE_ZONE": "z"})
