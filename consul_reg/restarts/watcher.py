@@ -71,6 +71,8 @@ class RestartWatcher:
         self._latest: Snapshot | None = None
         self._lock = threading.Lock()
         self._wake = threading.Event()
+        self._viewed_snapshot: Snapshot | None = None  # the snapshot _view was scanned from
+        self._view: dict[str, Watched] = {}
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._watched: frozenset[str] = frozenset()  # for the debug line when it changes
@@ -115,7 +117,9 @@ class RestartWatcher:
         while not self._done.empty():
             self.tracker.restarted(*self._done.get_nowait())
         if snapshot is not None:
-            view = watched(snapshot, self._owner)
+            if snapshot is not self._viewed_snapshot:  # a wake by the clock reuses the last scan
+                self._viewed_snapshot, self._view = snapshot, watched(snapshot, self._owner)
+            view = self._view
             if frozenset(view) != self._watched:
                 self._watched = frozenset(view)
                 logger.debug("check restarts: watching {} containers", len(view))
