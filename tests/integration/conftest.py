@@ -295,6 +295,10 @@ def status_args() -> list[str]:
     return ["--status-addr", f"127.0.0.1:{free_port()}"]
 
 
+class AgentExited(AssertionError):
+    """An agent of a test's own exited before it answered (its log tail says why)."""
+
+
 class OwnAgent:
     """A Consul dev agent of one test's own, on its own ports: tests that kill,
     restart or reconfigure the agent never touch the shared one."""
@@ -358,14 +362,18 @@ class OwnAgent:
         return self
 
     def wait_ready(self) -> None:
-        def ready() -> bool:
+        def ready() -> bool | str:
+            if self.process is not None and self.process.poll() is not None:
+                return "exited"  # no use waiting: said below
             api = self.api()
             try:
                 response = api.http.get("/v1/status/leader")
                 return response.status_code in (200, 403) and response.text not in ('""', "")
             finally:
                 api.http.close()
-        wait_until(ready, timeout=60, message="own consul agent ready")
+        if wait_until(ready, timeout=60, message="own consul agent ready") == "exited":
+            raise AgentExited(f"the consul agent exited ({self.process.returncode if self.process else '?'}): "
+                              f"{self.log()[-2000:]}")
 
     def stop(self, sig: int = signal.SIGKILL) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -387,9 +395,15 @@ def own_agent(tmp_path: Path) -> Iterator[Callable[..., OwnAgent]]:
 
     def start(hcl: list[str] | None = None, http_socket: str | None = None,
               tls: dict[str, str] | None = None) -> OwnAgent:
-        agent = OwnAgent(tmp_path, hcl, http_socket, tls).start()
-        agents.append(agent)
-        return agent
+        for attempt in range(3):
+            agent = OwnAgent(tmp_path, hcl, http_socket, tls)
+            agents.append(agent)
+            try:
+                return agent.start()
+            except AgentExited as error:  # a free port taken before the agent bound it: other ports
+                if "address already in use" not in str(error) or attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     yield start
     for agent in agents:
