@@ -30,7 +30,7 @@ from common import IMAGE, LABEL, Agent, load, remove_labelled  # noqa: E402
 
 from consul_reg.docker import client as docker_source
 
-from consul_reg.sync import loop, primary  # noqa: E402
+from consul_reg.sync import loop  # noqa: E402
 from consul_reg.app.cli import parse_config  # noqa: E402
 from consul_reg.app.daemon import Daemon  # noqa: E402
 from consul_reg.consul import agent as consul  # noqa: E402
@@ -76,18 +76,27 @@ def instrument() -> None:
             MARKS[container_id].setdefault("inspect answered", time.time_ns())
     docker_source.DockerSource.inspect = traced_inspect
 
-    hold = primary.Primary._hold
+    later = consul.ConsulRegistry.services_in_later
+    taken = consul._ServicesLater.result
 
-    def traced_hold(self, read_at):
-        batch = list(BATCH)
-        for container_id in batch:
-            MARKS[container_id].setdefault("read ahead sent", time.time_ns())
+    def traced_later(self, scope):
+        batch = [(cid, "die" if "start read ahead answered" in MARKS[cid] else "start") for cid in BATCH]
+        for container_id, action in batch:
+            MARKS[container_id].setdefault(f"{action} read ahead sent", time.time_ns())
+        answer = later(self, scope)
+        answer.batch = batch
+        return answer
+
+    def traced_taken(self):
+        for container_id, action in getattr(self, "batch", ()):
+            MARKS[container_id].setdefault(f"{action} read ahead asked for", time.time_ns())
         try:
-            return hold(self, read_at)
+            return taken(self)
         finally:
-            for container_id in batch:
-                MARKS[container_id].setdefault("read ahead answered", time.time_ns())
-    primary.Primary._hold = traced_hold
+            for container_id, action in getattr(self, "batch", ()):
+                MARKS[container_id].setdefault(f"{action} read ahead answered", time.time_ns())
+    consul.ConsulRegistry.services_in_later = traced_later
+    consul._ServicesLater.result = traced_taken
 
     matching = consul.ConsulRegistry.services_matching
 
@@ -114,6 +123,20 @@ def instrument() -> None:
         setattr(consul.ConsulRegistry, name, traced)
 
 
+def thread_cpu() -> dict[str, int]:
+    """Nanoseconds on a CPU of each of this process's threads, by name (Linux schedstat);
+    threads of one name (the loop's I/O pool) are summed."""
+    total: dict[str, int] = defaultdict(int)
+    names = {t.native_id: t.name.split("_")[0] for t in threading.enumerate()}
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            ns = int((task / "schedstat").read_text().split()[0])
+        except OSError:
+            continue
+        total[names.get(int(task.name), "other")] += ns
+    return dict(total)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--containers", type=int, default=40)
@@ -137,6 +160,7 @@ def main() -> int:
                                                name=f"{hostname}-{n}", stop_signal="SIGKILL")
                       for n in range(args.containers)]
         time.sleep(2)
+        cpu_before = thread_cpu()
         for container in containers:
             client.api.start(container.id)
             time.sleep(args.gap)
@@ -144,6 +168,10 @@ def main() -> int:
             client.api.kill(container.id)
             time.sleep(args.gap)
         time.sleep(1)
+        cpu_after = thread_cpu()
+        spent = {name: (cpu_after[name] - cpu_before.get(name, 0)) / 1e6 / (2 * len(containers)) for name in cpu_after}
+        print("CPU per event by thread (ms, start and die averaged): " + ", ".join(
+            f"{name} {ms:.3f}" for name, ms in sorted(spent.items(), key=lambda item: -item[1]) if ms >= 0.005))
         daemon.loop.post(Stop())
         thread.join(timeout=10)
     finally:
@@ -162,10 +190,15 @@ def main() -> int:
                 continue
             for before, after in zip(present, present[1:]):
                 gaps[f"{before} -> {after}"].append((marks[after] - marks[before]) / 1e6)
-            if action == "start" and "read ahead answered" in marks:
-                gaps["(read ahead: batch -> sent)"].append((marks["read ahead sent"] - marks["start batch"]) / 1e6)
-                gaps["(read ahead: sent -> answered)"].append(
-                    (marks["read ahead answered"] - marks["read ahead sent"]) / 1e6)
+            if f"{action} read ahead answered" in marks:
+                sent, answered = marks[f"{action} read ahead sent"], marks[f"{action} read ahead answered"]
+                gaps["(read ahead: batch -> sent)"].append((sent - marks[f"{action} batch"]) / 1e6)
+                gaps["(read ahead: sent -> answered)"].append((answered - sent) / 1e6)
+                asked = marks.get(f"{action} read ahead asked for", answered)
+                gaps["(read ahead: sent -> taken up)"].append((asked - sent) / 1e6)
+                gaps["(read ahead: taken up -> answered)"].append((answered - asked) / 1e6)
+                gaps["(read ahead: answered -> write sent)"].append(
+                    (marks[names[-2]] - answered) / 1e6)
             gaps["total"].append((marks[names[-1]] - marks[names[0]]) / 1e6)
         print(f"{action} (n={len(gaps['total'])}): " + "; ".join(
             f"{step} {statistics.median(values):.2f} (n={len(values)})" for step, values in gaps.items())

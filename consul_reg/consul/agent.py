@@ -20,6 +20,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
+from consul_reg.core.calls import Later, Ready
 from consul_reg.core.errors import (
     RegistryError,
     RegistryNotFound,
@@ -27,10 +28,18 @@ from consul_reg.core.errors import (
     RegistryScriptsRefused,
     RegistryUnavailable,
 )
-from consul_reg.core.records import AgentCheck, AgentInfo, CheckRead, RegisteredService, Service, fold_id
+from consul_reg.core.records import (
+    AgentCheck,
+    AgentInfo,
+    CheckRead,
+    ReadScope,
+    RegisteredService,
+    Service,
+    fold_id,
+)
 from consul_reg.core.text import printable
 from consul_reg.mapping.registration import connect_payload, registration_payload  # noqa: F401  (re-exported)
-from consul_reg.transport.pool import TRANSPORT_ERRORS, Answer, ConnectionPool
+from consul_reg.transport.pool import TRANSPORT_ERRORS, Answer, ConnectionPool, Pending
 
 DEFAULT_TIMEOUT_SECONDS = 10.0
 MAX_ERROR_BODY = 300
@@ -150,9 +159,26 @@ class ConsulClient:
             response = self._pool.request(method, target, body, self._headers,
                                           self.timeout if timeout is None else timeout)
         except TRANSPORT_ERRORS as error:
-            reason = f"{self.description}: could not {what}: {type(error).__name__}: {_one_line(str(error))}"
-            self._on_unreachable(reason)
-            raise RegistryUnavailable(reason) from None
+            raise self._unreachable(what, error) from None
+        return self._checked(response, what, not_found_ok)
+
+    def begin(self, segments: tuple[str, ...], what: str, params: dict[str, str] | None = None) -> PendingCall:
+        """A GET sent now whose answer is taken later (`PendingCall.result`: checked as `call`
+        checks it) on the caller's own thread; raises as `call` does when it cannot be sent."""
+        target = agent_path(*segments)
+        if params:
+            target += "?" + urllib.parse.urlencode(params)
+        try:
+            return PendingCall(self, self._pool.begin("GET", target, self._headers), what)
+        except TRANSPORT_ERRORS as error:
+            raise self._unreachable(what, error) from None
+
+    def _unreachable(self, what: str, error: BaseException) -> RegistryUnavailable:
+        reason = f"{self.description}: could not {what}: {type(error).__name__}: {_one_line(str(error))}"
+        self._on_unreachable(reason)
+        return RegistryUnavailable(reason)
+
+    def _checked(self, response: Answer, what: str, not_found_ok: bool = False) -> Answer:
         if response.status_code < 300 or (not_found_ok and response.status_code == 404):
             return response
         text = _one_line(self._scrubbed(response.text))
@@ -182,6 +208,49 @@ class ConsulClient:
 
     def close(self) -> None:
         self._pool.close()
+
+
+class PendingCall:
+    """A GET of `ConsulClient.begin`, sent; its answer is taken once, or it is cancelled."""
+
+    def __init__(self, client: ConsulClient, pending: Pending, what: str) -> None:
+        self._client, self._pending, self._what = client, pending, what
+
+    def result(self) -> Answer:
+        try:
+            response = self._pending.answer()
+        except TRANSPORT_ERRORS as error:
+            raise self._client._unreachable(self._what, error) from None
+        return self._client._checked(response, self._what)
+
+    def json(self) -> Any:
+        try:
+            return self.result().json()
+        except ValueError:
+            raise RegistryError(f"{self._client.description}: could not {self._what}: the answer is not JSON") \
+                from None
+
+    def cancel(self) -> None:
+        self._pending.cancel()
+
+
+class _ServicesLater:
+    """The agent's services a read ahead asked for, taken when the batch's first write needs them."""
+
+    def __init__(self, registry: ConsulRegistry, call: PendingCall, scope: ReadScope) -> None:
+        self._registry, self._call, self._scope = registry, call, scope
+
+    def result(self) -> dict[str, RegisteredService]:
+        try:
+            return _records(self._call.json())
+        except RegistryError as error:
+            if type(error) is not RegistryError or " 400 " not in str(error):
+                raise
+        self._registry._filter_folds = False  # no `matches` in this agent's filters (see _filtered)
+        return self._registry.services_in(self._scope)
+
+    def cancel(self) -> None:
+        self._call.cancel()
 
 
 class ConsulRegistry:
@@ -228,6 +297,29 @@ class ConsulRegistry:
         listed = self._filtered(("agent", "services"), "ID", service_ids, "read the agent's services")
         return _records(listed)
 
+    def services_in(self, scope: ReadScope) -> dict[str, RegisteredService]:
+        """The agent's records `scope` asks for (IDs and ID prefixes, any case): one
+        filtered GET."""
+        if not scope:
+            return {}
+        listed = self._filtered(("agent", "services"), "ID", scope.ids, "read the agent's services",
+                                patterns=_scope_patterns(scope), keep=scope.covers, also_checked=scope.prefixes)
+        return _records(listed)
+
+    def services_in_later(self, scope: ReadScope) -> Later[dict[str, RegisteredService]]:
+        """`services_in`, sent now and answered when `result()` is called, on the caller's
+        thread: the read ahead of a batch of container events (issue 24), sent before
+        Docker's inspects and read after them, with no thread hop in between."""
+        if not scope or not self._filter_folds:
+            return Ready(self.services_in(scope))
+        unsafe = [i for i in (*scope.ids, *scope.prefixes) if not _FILTER_SAFE.fullmatch(i)]
+        if unsafe:  # never reached: IDs are identifiers; refuse rather than quote
+            raise RegistryError(f"refusing to look up ID {unsafe[0]!r}: unsafe characters")
+        alternatives = "|".join(sorted(set(_scope_patterns(scope))))
+        call = self.client.begin(("agent", "services"), "read the agent's services",
+                                 params={"filter": f'ID matches "(?i)^({alternatives})$"'})
+        return _ServicesLater(self, call, scope)
+
     def check_owners(self, check_ids: Collection[str] | None = None) -> dict[str, str]:
         """Check ID -> ID of the service it belongs to ("" for a node check), of every
         check the agent holds, or of those of `check_ids` it holds in any case (one
@@ -261,16 +353,19 @@ class ConsulRegistry:
         return CheckRead(checks, frozenset(by_maintenance[check_id] for check_id, entry in listed.items()
                                            if check_id in by_maintenance and isinstance(entry, dict)))
 
-    def _filtered(self, path: tuple[str, ...], selector: str, ids: Collection[str], what: str) -> Any:
-        """A listing of the entries whose `selector` is one of `ids`, ASCII case folded.
-        An agent whose filter language has no `matches` (before go-bexpr's regexes)
-        answers 400: the whole listing is then read and folded here, from then on."""
-        unsafe = [i for i in ids if not _FILTER_SAFE.fullmatch(i)]
+    def _filtered(self, path: tuple[str, ...], selector: str, ids: Collection[str], what: str,
+                  patterns: Collection[str] = (), keep: Callable[[str], bool] | None = None,
+                  also_checked: Collection[str] = ()) -> Any:
+        """A listing of the entries whose `selector` is one of `ids`, ASCII case folded
+        (or, given `patterns` and `keep`, matches one of those regexes: `keep` says the same
+        of a key). An agent whose filter language has no `matches` (before go-bexpr's
+        regexes) answers 400: the whole listing is then read and folded here, from then on."""
+        unsafe = [i for i in (*ids, *also_checked) if not _FILTER_SAFE.fullmatch(i)]
         if unsafe:  # never reached: IDs are identifiers; refuse rather than quote
             raise RegistryError(f"refusing to look up ID {unsafe[0]!r}: unsafe characters")
         if self._filter_folds:
             # Identifier characters only: `.` is the one that means something in a regex.
-            alternatives = "|".join(sorted({i.replace(".", "[.]") for i in ids}))
+            alternatives = "|".join(sorted(set(patterns) if keep is not None else {i.replace(".", "[.]") for i in ids}))
             try:
                 return self.client.json("GET", path, what,
                                         params={"filter": f'{selector} matches "(?i)^({alternatives})$"'})
@@ -280,8 +375,8 @@ class ConsulRegistry:
                 self._filter_folds = False
         listed = self.client.json("GET", path, what) or {}
         wanted = {fold_id(i) for i in ids}
-        return {key: entry for key, entry in listed.items() if fold_id(str(key)) in wanted} \
-            if isinstance(listed, dict) else listed
+        kept = keep if keep is not None else (lambda key: fold_id(key) in wanted)
+        return {key: entry for key, entry in listed.items() if kept(str(key))} if isinstance(listed, dict) else listed
 
     def register(self, service: Service) -> None:
         self.client.call("PUT", ("agent", "service", "register"), f"register {service.id}",
@@ -349,6 +444,12 @@ class ConsulKV:
 
     def delete(self, key: str) -> None:
         self.client.call("DELETE", ("kv", *key.split("/")), f"delete KV {key}")
+
+
+def _scope_patterns(scope: ReadScope) -> tuple[str, ...]:
+    """A scope as regex alternatives: identifier characters, `.` the one escaped."""
+    return (*(p.replace(".", "[.]") + ".*" for p in sorted(scope.prefixes)),
+            *(i.replace(".", "[.]") for i in sorted(scope.ids)))
 
 
 def _records(listed: Any) -> dict[str, RegisteredService]:

@@ -39,6 +39,7 @@ from typing import Any
 
 from loguru import logger
 
+from consul_reg.core.calls import Later
 from consul_reg.core.errors import RegistryNotOurs
 from consul_reg.core.plan import registrator_leftover_pattern
 from consul_reg.core.protocols import RegistryWrites
@@ -49,6 +50,7 @@ from consul_reg.core.records import (
     AgentInfo,
     Holdings,
     Owner,
+    ReadScope,
     RegisteredService,
     Service,
     as_owner,
@@ -79,6 +81,9 @@ class OwnershipGuard:
 
     def check_owners(self) -> dict[str, str]:
         return self.registry.check_owners()
+
+    def services_in_later(self, scope: ReadScope) -> Later[dict[str, RegisteredService]]:
+        return self.registry.services_in_later(scope)
 
     def checked_against(self, held: Holdings | None) -> RegistryWrites:
         """Writes checked against `held` (the agent's records and checks read once, when
@@ -229,7 +234,7 @@ class _CheckedAgainst:
         self._written_checks: set[str] = set()  # ... and of every check ID it registered
 
     def _services_matching(self, service_ids: Collection[str]) -> dict[str, RegisteredService]:
-        if any(filter_fold(i) in self._written for i in service_ids):
+        if any(filter_fold(i) in self._written for i in service_ids) or not self._held.covers(service_ids):
             return self._guard.registry.services_matching(service_ids)
         return self._held.services_matching(service_ids)
 

@@ -7,8 +7,17 @@ from __future__ import annotations
 from collections.abc import Collection
 
 from consul_reg.consul.agent import ConsulEndpoint
+from consul_reg.core.calls import Later, Ready
 from consul_reg.core.protocols import RegistryWrites
-from consul_reg.core.records import AgentInfo, CheckRead, Holdings, RegisteredService, Service, registered_form
+from consul_reg.core.records import (
+    AgentInfo,
+    CheckRead,
+    Holdings,
+    ReadScope,
+    RegisteredService,
+    Service,
+    registered_form,
+)
 
 
 class MemoryRegistry:
@@ -31,6 +40,9 @@ class MemoryRegistry:
 
     def check_statuses(self, check_ids: Collection[str], service_ids: Collection[str] = ()) -> CheckRead:
         return CheckRead()  # no agent runs a check here: none has a result
+
+    def services_in_later(self, scope: ReadScope) -> Later[dict[str, RegisteredService]]:
+        return Ready({service_id: record for service_id, record in self._services.items() if scope.covers(service_id)})
 
     def services_matching(self, service_ids: Collection[str]) -> dict[str, RegisteredService]:
         return {service_id: self._services[service_id] for service_id in service_ids if service_id in self._services}

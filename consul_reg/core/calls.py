@@ -47,3 +47,28 @@ def one_by_one(calls: Calls[Item], items: Sequence[Item]) -> Iterator[tuple[Item
             yield item, Outcome(error=error)
         except calls.errors as error:
             yield item, Outcome(error=error)
+
+
+T = TypeVar("T", covariant=True)
+
+
+class Later(Protocol[T]):
+    """A read already asked for, whose answer is taken when needed (or never)."""
+
+    def result(self) -> T: ...
+
+    def cancel(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Ready(Generic[Item]):
+    """A Later whose answer was there at once (a fake, the in-memory registry, an old agent)."""
+
+    value: Item
+
+    def result(self) -> Item:
+        return self.value
+
+    def cancel(self) -> None:
+        pass
+

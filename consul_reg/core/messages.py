@@ -38,6 +38,7 @@ class DockerEvent:
     time_nano: int = 0  # Docker's own time of the event
     exit_code: str = ""  # "die"
     signal: str = ""  # "kill"
+    name: str = ""  # the container's name as the event gave it (shaped as Docker's names, else "")
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,8 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Iterable
 from typing import Any, Protocol
 
-from consul_reg.core.records import CheckRead, ContainerStatus, Holdings, RegisteredService, Service
+from consul_reg.core.calls import Later
+from consul_reg.core.records import CheckRead, ContainerStatus, Holdings, ReadScope, RegisteredService, Service
 from consul_reg.core.snapshot import Snapshot
 
 
@@ -42,6 +43,8 @@ class AgentAPI(Protocol):
     def services(self) -> dict[str, RegisteredService]: ...
 
     def check_owners(self) -> dict[str, str]: ...  # check ID -> its service's ID
+
+    def services_in_later(self, scope: ReadScope) -> Later[dict[str, RegisteredService]]: ...  # sent now, read later
 
     def register(self, service: Service) -> None: ...
 

@@ -391,16 +391,44 @@ def filter_fold(identifier: str) -> str:
 
 
 @dataclass(frozen=True)
+class ReadScope:
+    """Which of the agent's records one read asked for: every ID that, in any case, is
+    one of `ids` or begins with one of `prefixes` (a container's default IDs,
+    `<host>:<container>:...`). Identifier characters only (the client refuses others)."""
+
+    prefixes: frozenset[str] = frozenset()
+    ids: frozenset[str] = frozenset()
+
+    @cached_property
+    def _folded(self) -> tuple[tuple[str, ...], frozenset[str]]:
+        return tuple(filter_fold(p) for p in self.prefixes), frozenset(filter_fold(i) for i in self.ids)
+
+    def __bool__(self) -> bool:
+        return bool(self.prefixes or self.ids)
+
+    def covers(self, service_id: str) -> bool:
+        prefixes, ids = self._folded
+        folded = filter_fold(service_id)
+        return folded in ids or folded.startswith(prefixes)
+
+
+@dataclass(frozen=True)
 class Holdings:
     """The agent's records (and maybe its checks' owners), read at one moment (`read_at`, on the
     loop's clock): what the writes of one batch are checked against, answered as the
-    agent's filtered reads would answer (every spelling of the IDs asked)."""
+    agent's filtered reads would answer (every spelling of the IDs asked). `scope`: the
+    records that read asked for (None: all of them); an ID outside it is read by its write."""
 
     services: Mapping[str, RegisteredService]
     # Check ID -> its service's ID ("" for a node check); None: not read (each write that
     # registers checks reads their owners itself, just before it is made).
     check_owners: Mapping[str, str] | None
     read_at: float = 0.0
+    scope: ReadScope | None = None
+
+    def covers(self, service_ids: Collection[str]) -> bool:
+        """Whether this read saw every spelling of each of `service_ids`."""
+        return self.scope is None or all(self.scope.covers(i) for i in service_ids)
 
     @cached_property
     def _service_folds(self) -> dict[str, list[str]]:

@@ -5,6 +5,7 @@ DockerEvent message the loop routes, in Docker's words whatever the engine said.
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +22,8 @@ RECV_BYTES = 64 * 1024
 # inspect may be (docker_source.MAX_INSPECT_BYTES).
 MAX_EVENT_BYTES = 8 * 1024 * 1024
 ATTRIBUTE_MAX_LENGTH = 32  # an exit code, a signal's name or number
+# Docker's and Podman's container names: only a hint (what the agent is read for ahead, issue 24).
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
 def decoded_events(stream: Any) -> Iterator[Any]:
@@ -55,6 +58,7 @@ def message_from_event(event: object) -> DockerEvent | None:
         time_nano=int(time_nano),
         exit_code=str(attributes.get("exitCode", ""))[:ATTRIBUTE_MAX_LENGTH],
         signal=str(attributes.get("signal", ""))[:ATTRIBUTE_MAX_LENGTH],
+        name=name if isinstance(name := attributes.get("name"), str) and _NAME.fullmatch(name) else "",
     )
 
 

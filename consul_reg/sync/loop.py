@@ -30,7 +30,15 @@ from consul_reg.core.backoff import Clock
 from consul_reg.core.errors import DockerUnavailable, DockerUnreachable
 from consul_reg.core.messages import EnvFileRead, Message, ScriptsRefused, Start
 from consul_reg.core.protocols import AgentAPI, DockerReads, LoopMetrics, NoMetrics, ProbeSink, SnapshotSubscriber
-from consul_reg.core.records import AgentInfo, ContainerDesire, ContainerStatus, Service, keeps_records, section
+from consul_reg.core.records import (
+    AgentInfo,
+    ContainerDesire,
+    ContainerStatus,
+    ReadScope,
+    Service,
+    keeps_records,
+    section,
+)
 from consul_reg.core.snapshot import Snapshot
 from consul_reg.sync.desires import DesireBuilder, DesireUnavailable
 from consul_reg.sync.drain import Drainer
@@ -144,6 +152,8 @@ class Loop:
             self.metrics.event_lag(max(0.0, time.time() - max(actions.event_times) / 1e9))
         if actions.identity is not None:
             self._agent_seen(actions.identity, actions.agent_back)
+        if actions.refresh or actions.deaths:  # first: the read runs beside everything below
+            self.primary.read_ahead(self._read_scope(actions))
         affected, drains_left, rechecks = self._per_event(actions, started)
         refresh = set(actions.refresh) | rechecks | self._fold_env_reads(actions.env_reads)
         if actions.missing_checks:
@@ -163,8 +173,6 @@ class Loop:
         if kind == "full":
             affected = set()  # a full pass plans everything
         else:
-            if refresh or len(actions.deaths) > 1:  # the batch's writes checked against one read, made now
-                self.primary.read_ahead(len(refresh) + len(actions.deaths))
             affected |= self._targeted(refresh, retries=self.reader.ready() and not full_reason)
         for container_id in verify:
             known = self.containers.get(container_id)
@@ -203,6 +211,25 @@ class Loop:
             self.drainer.on_die(container_id)
             affected |= self._mark_dead(container_id, exit_code)
         return affected, drains_left, self.timers.take_rechecks(now, actions.health_changed)
+
+    def _read_scope(self, actions: Actions) -> ReadScope:
+        """The agent's records a batch's writes will touch, as far as its events tell: each
+        container's default IDs (`<host>:<name>` and every `<host>:<name>:...`, by the name
+        its event or its last desire gave) and every ID its last desire had. A write to an
+        ID outside this reads the agent itself, so a wrong name costs a read, never a check."""
+        host = self.primary.hostname.host
+        names = dict(actions.names)
+        prefixes: set[str] = set()
+        ids: set[str] = set()
+        for container_id in (*actions.refresh, *(cid for cid, _ in actions.deaths)):
+            known = self.containers.get(container_id)
+            name = names.get(container_id) or (known.container_name if known is not None else "")
+            if name:
+                ids.add(f"{host}:{name}")
+                prefixes.add(f"{host}:{name}:")
+            if known is not None:
+                ids.update(service.id for service in known.services)
+        return ReadScope(frozenset(prefixes), frozenset(ids))
 
     def _agent_seen(self, info: AgentInfo, back: bool) -> None:
         """The agent's identity, at start or when it answers again (maybe another agent)."""
@@ -339,12 +366,12 @@ class Loop:
         return True
 
     def _give_way(self, reason: str) -> bool:
-        self.primary.drop_prefetch()
+        self.primary.drop_listing()
         logger.debug("full pass ({}) gives way to container events", reason)
         return False
 
     def _full_pass_failed(self, reason: str, error: DockerUnavailable) -> bool:
-        self.primary.drop_prefetch()
+        self.primary.drop_listing()
         logger.warning("{}; full pass retried in {:.1f}s", error, self.timers.docker_failed(reason))
         return False
 

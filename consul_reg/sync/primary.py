@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from loguru import logger
 
 from consul_reg.core.backoff import Backoff, Clock, Random
+from consul_reg.core.calls import Later
 from consul_reg.core.errors import RegistryError
 from consul_reg.core.plan import apply, plan
 from consul_reg.core.protocols import AgentAPI
@@ -25,6 +26,7 @@ from consul_reg.core.records import (
     ContainerDesire,
     Holdings,
     Owner,
+    ReadScope,
     RegisteredService,
     Service,
     as_owner,
@@ -32,11 +34,6 @@ from consul_reg.core.records import (
 )
 from consul_reg.sync.overlap import overlapped
 from consul_reg.sync.reaps import ReapTracker
-
-# The agent's whole listing is read ahead for a batch only while it holds at most this many
-# records per container of the batch: a filtered read costs 0.57 ms at 30 records and 1.2 ms
-# at 300 (Consul 1.8.7), a whole listing grows with every record (BENCHMARKS.md, issue 24).
-READ_AHEAD_RECORDS_PER_CONTAINER = 100
 
 
 @dataclass
@@ -66,7 +63,8 @@ class Primary:
         self._listed_before: dict[str, RegisteredService] | None = None
         self.io = io  # the loop's pool: a batch's writes overlap on it
         self._prefetched: Future[tuple[dict[str, RegisteredService], dict[str, str]]] | None = None
-        self._ahead: Future[Holdings] | None = None  # read when the batch was taken: its writes' check
+        # Asked for when the batch was taken (what, when): what its writes are checked against.
+        self._ahead: tuple[Later[dict[str, RegisteredService]], ReadScope, float] | None = None
 
     def agent_changed(self, info: AgentInfo) -> bool:
         """The agent answers (again); True when it is another agent (a new node
@@ -102,6 +100,7 @@ class Primary:
         """A full pass: refused definitions get another chance, the agent is listed again."""
         self.refused.clear()
         self.relist()
+        self._drop_ahead()  # the pass's listing is what its writes are planned on
 
     def prefetch(self) -> None:
         """Start listing the agent (its services, its checks' owners) on the I/O pool, for
@@ -111,38 +110,48 @@ class Primary:
             self._prefetched = self.io.submit(self._list_agent)
 
     def drop_prefetch(self) -> None:
-        """Forget a listing started but not taken (the pass it was for did not happen):
-        it is never used later, when it could be stale. Not waited for: an agent that
-        hangs must not hold the loop for a listing nobody will read."""
+        """Forget a listing (and a read ahead) started but not taken (the pass it was for
+        did not happen): it is never used later, when it could be stale. Not waited for: an
+        agent that hangs must not hold the loop for a listing nobody will read."""
+        self._drop_ahead()
+        self.drop_listing()
+
+    def _drop_ahead(self) -> None:
         ahead, self._ahead = self._ahead, None
         if ahead is not None:
-            ahead.cancel()
+            ahead[0].cancel()
+
+    def drop_listing(self) -> None:
+        """Forget the full listing started for a pass that did not happen; a read ahead
+        for the batch's events stays (their targeted pass follows)."""
         prefetched, self._prefetched = self._prefetched, None
         if prefetched is not None:
             prefetched.cancel()  # if it has not started; else it ends on its own, unread
 
-    def read_ahead(self, containers: int) -> None:
-        """The batch's events were just taken: read the agent's records now, on
-        the pool, beside Docker's inspects; the batch's writes are checked against this one
-        read (its moment: when the loop took the events) instead of a read each, made after
-        the inspect. Only when one listing costs less than the reads it saves: the agent's
-        listing grows with its records, a filtered read hardly (READ_AHEAD_RECORDS_PER_CONTAINER)."""
-        records = len(self.actual) if self.actual is not None else None
-        if self.io is None or self._ahead is not None or records is None or not self.backoff.ready() or \
-                records > READ_AHEAD_RECORDS_PER_CONTAINER * max(containers, 1):
+    def read_ahead(self, scope: ReadScope) -> None:
+        """The batch's events were just taken: ask the agent now for the records `scope`
+        names (the batch's containers' default IDs by prefix, the IDs they had), before
+        Docker's inspects; its answer is read when the batch's first write needs it. The
+        batch's writes to IDs in that scope are checked against this one read (its moment:
+        when the loop took the events) instead of a read each after the inspect; any other
+        ID is read by its write, as before. One filtered read, on the loop's own thread,
+        however many records the agent holds: its answer is only the scope's."""
+        if self._ahead is not None or self.actual is None or not self.backoff.ready() or not scope:
             return
-        self._ahead = self.io.submit(self._hold, self.clock())
-
-    def _hold(self, read_at: float) -> Holdings:
-        return Holdings(self.agent.services(), None, read_at)  # check owners: read by the writes with checks
+        try:
+            self._ahead = (self.agent.services_in_later(scope), scope, self.clock())
+        except RegistryError:
+            pass  # each write reads for itself (and meets the same error, if it lasts)
 
     def _take_ahead(self) -> Holdings | None:
         """The read made ahead for this batch, if it answered; else None (each write reads)."""
         ahead, self._ahead = self._ahead, None
         if ahead is None:
             return None
+        later, scope, read_at = ahead
         try:
-            return ahead.result()
+            # Check owners: read by the writes with checks, just before each.
+            return Holdings(later.result(), None, read_at, scope)
         except RegistryError:
             return None  # each write reads for itself (and meets the same error, if it lasts)
 

@@ -41,6 +41,7 @@ class Actions:
     drains: tuple[tuple[str, str], ...] = ()  # (container ID, signal) of a kill not followed by its death
     deaths: tuple[tuple[str, str], ...] = ()  # (container ID, exit code): its last event was "die"
     refresh: frozenset[str] = frozenset()  # containers to inspect again
+    names: tuple[tuple[str, str], ...] = ()  # (container ID, name) as the events named them: a hint only
     report_status: frozenset[str] = frozenset()  # containers whose daemon-owned checks report at once
     health_changed: frozenset[str] = frozenset()  # a health_status event: looked at once more, shortly after
     missing_checks: frozenset[str] = frozenset()  # service IDs the agent lost
@@ -107,6 +108,7 @@ def route(batch: Sequence[Message]) -> Actions:
         drains=drains,
         deaths=deaths,
         refresh=frozenset(cid for cid in last if cid not in dead),
+        names=tuple({event.container_id: event.name for event in events if event.name}.items()),
         report_status=frozenset(status - dead),
         health_changed=frozenset(health - dead),
         missing_checks=frozenset(missing),

@@ -29,7 +29,7 @@ from typing import Any
 
 from consul_reg.transport.wire import MAX_HEADERS, Address, BodyTooLarge, ProtocolError, Wire
 
-__all__ = ["Answer", "BodyTooLarge", "ConnectionPool", "DEFAULT_MAX_BODY", "MAX_HEADERS", "PoolTimeout",
+__all__ = ["Answer", "BodyTooLarge", "ConnectionPool", "DEFAULT_MAX_BODY", "MAX_HEADERS", "Pending", "PoolTimeout",
            "ProtocolError", "TRANSPORT_ERRORS"]
 
 # What a request may raise when the server cannot be reached or speaks no HTTP
@@ -102,6 +102,38 @@ class ConnectionPool:
         finally:
             self._slots.release()
 
+    def begin(self, method: str, target: str, headers: dict[str, str] | None = None,
+              timeout: float | None = None, max_body: int | None = None) -> Pending:
+        """A bodiless request sent now, on a connection it keeps, whose answer the caller
+        reads later (`Pending.answer`) or never (`Pending.cancel`): the caller's thread goes
+        on meanwhile, with no thread of ours in between. Raises as `request` does."""
+        timeout = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        if not self._slots.acquire(timeout=timeout):
+            raise PoolTimeout(f"no free connection to {self.description} within {timeout:g}s")
+        try:
+            fields = [("Host", self._host_header), *(headers or {}).items()]
+            wire, reused = self._take(max(deadline - time.monotonic(), 0.001))
+            try:
+                wire.deadline = deadline
+                wire.send_request(method, target, fields)
+            except BaseException as error:
+                wire.close()
+                if not (reused and isinstance(error, _STALE)):
+                    raise
+                wire, reused = self._connect(max(deadline - time.monotonic(), 0.001)), False
+                wire.deadline = deadline
+                try:
+                    wire.send_request(method, target, fields)
+                except BaseException:
+                    wire.close()
+                    raise
+        except BaseException:
+            self._slots.release()
+            raise
+        return Pending(self, wire, reused, method, target, fields, self.max_body if max_body is None else max_body,
+                       timeout)
+
     def close(self) -> None:
         with self._lock:
             self._closed = True
@@ -114,6 +146,15 @@ class ConnectionPool:
         try:
             wire.deadline = deadline
             wire.send_request(method, target, fields, body)
+        except BaseException:
+            wire.close()
+            raise
+        return self._finish(wire, method, target, limit)
+
+    def _finish(self, wire: Wire, method: str, target: str, limit: int) -> Answer:
+        """The answer of the request just sent on `wire` (within its deadline); the
+        connection is kept for another request when both sides allow it."""
+        try:
             status, headers = wire.read_head()
             data = wire.read_body(headers, limit, f"{method} {target[:200]} on {self.description}")
         except BaseException:
@@ -144,6 +185,46 @@ class ConnectionPool:
                 self._idle.append(wire)
                 return
         wire.close()
+
+
+class Pending:
+    """A request of `ConnectionPool.begin`, sent; its connection and its slot in the pool
+    are held until its answer is read or it is cancelled. One thread uses it."""
+
+    def __init__(self, pool: ConnectionPool, wire: Wire, reused: bool, method: str, target: str,
+                 fields: list[tuple[str, str]], limit: int, timeout: float) -> None:
+        self._pool, self._wire, self._reused = pool, wire, reused
+        self._request = (method, target, fields, limit)
+        self._timeout = timeout
+        self._done = False
+
+    def answer(self) -> Answer:
+        """The whole answer; the server gets the pool's timeout from now (it has had
+        the time since the request was sent besides). Raises as `request` does."""
+        if self._done:
+            raise RuntimeError("this answer was already taken")
+        self._done = True
+        method, target, fields, limit = self._request
+        deadline = time.monotonic() + self._timeout
+        try:
+            self._wire.deadline = deadline
+            try:
+                return self._pool._finish(self._wire, method, target, limit)
+            except _STALE:
+                if not self._reused:
+                    raise
+            # The server had closed the reused connection before the request came.
+            wire = self._pool._connect(max(deadline - time.monotonic(), 0.001))
+            return self._pool._exchange(wire, deadline, method, target, fields, b"", limit)
+        finally:
+            self._pool._slots.release()
+
+    def cancel(self) -> None:
+        """Never read: the connection is closed (its answer may still be on its way)."""
+        if not self._done:
+            self._done = True
+            self._wire.close()
+            self._pool._slots.release()
 
 
 def _usable(sock: socket.socket) -> bool:

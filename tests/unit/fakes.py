@@ -7,7 +7,8 @@ import re
 from typing import Any, Callable, Collection
 
 from consul_reg.core.protocols import RegistryWrites
-from consul_reg.core.records import Holdings, RegisteredService, Service, registered_form
+from consul_reg.core.calls import Later, Ready
+from consul_reg.core.records import Holdings, ReadScope, RegisteredService, Service, registered_form
 from consul_reg.core.errors import RegistryNotFound, RegistryScriptsRefused, RegistryUnavailable
 from consul_reg.core.records import AgentInfo
 from consul_reg.core.errors import DockerUnavailable
@@ -73,6 +74,14 @@ class FakeAgent:
         for check in service.checks:  # a check ID is agent-wide: another service's check moves here
             self.checks[check.check_id] = ("critical", "")
             self.check_service[check.check_id] = service.id
+
+    def services_in_later(self, scope: ReadScope) -> Later[dict[str, RegisteredService]]:
+        """As the client's filtered read ahead: the IDs and prefixes of `scope`, any case,
+        as they are when it is asked for."""
+        self._call("services in", ",".join(sorted((*scope.ids, *(p + "*" for p in scope.prefixes)))))
+        prefixes, ids = tuple(p.lower() for p in scope.prefixes), {i.lower() for i in scope.ids}
+        return Ready({sid: record for sid, record in self.records.items()
+                      if sid.lower() in ids or sid.lower().startswith(prefixes)})
 
     def services_matching(self, service_ids: Collection[str]) -> dict[str, RegisteredService]:
         """As the client's one filtered listing: every spelling of these IDs."""
@@ -200,6 +209,9 @@ class DrainGuarded:
 
     def check_owners(self) -> dict[str, str]:
         return self.agent.check_owners()
+
+    def services_in_later(self, scope: ReadScope) -> Later[dict[str, RegisteredService]]:
+        return self.agent.services_in_later(scope)
 
     def register(self, service: Service) -> None:
         self.agent.register(service)

@@ -53,8 +53,8 @@ class Harness:
         return self.probes._due_at[check_id]
 
 
-def event(cid: str, action: str, exitCode: str = "", signal: str = "") -> DockerEvent:  # noqa: N803 (Docker's name)
-    return DockerEvent(cid, action, 1, exit_code=exitCode, signal=signal)
+def event(cid: str, action: str, exitCode: str = "", signal: str = "", name: str = "") -> DockerEvent:  # noqa: N803
+    return DockerEvent(cid, action, 1, exit_code=exitCode, signal=signal, name=name)
 
 
 @pytest.fixture

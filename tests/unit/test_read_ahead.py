@@ -20,16 +20,16 @@ def guarded() -> Harness:
 
 
 def reads(h: Harness) -> list[tuple[str, str]]:
-    return [call for call in h.agent.calls if call[0] in ("services", "services matching", "checks")]
+    return [call for call in h.agent.calls if call[0] in ("services", "services in", "services matching", "checks")]
 
 
 def test_a_start_reads_the_agent_once_when_the_event_is_taken_not_after_the_inspect() -> None:
     h = guarded()
     h.docker.add(container("c1", "web", ports={"80/tcp": "8080"}))
     h.agent.calls.clear()
-    h.send(event("c1", "start"))
+    h.send(event("c1", "start", name="web"))
     assert h.ids() == {"h1:web:80"}
-    assert reads(h) == [("services", "")], "one listing read ahead, no read per write"
+    assert reads(h) == [("services in", "h1:web,h1:web:*")], "one read of the container's default IDs, none per write"
 
 
 def test_a_foreign_record_that_appeared_since_the_last_listing_is_never_overwritten() -> None:
@@ -37,15 +37,15 @@ def test_a_foreign_record_that_appeared_since_the_last_listing_is_never_overwrit
     # Registered by hand after the loop's last listing, before the container's event.
     h.agent.records["h1:web:80"] = RegisteredService("h1:web:80", "by-hand", "10.9.9.9", 1)
     h.docker.add(container("c1", "web", ports={"80/tcp": "8080"}))
-    h.send(event("c1", "start"))
+    h.send(event("c1", "start", name="web"))
     assert h.agent.records["h1:web:80"].name == "by-hand"
     assert ("register", "h1:web:80") not in h.agent.calls
-    # ...nor removed at the container's death (two deaths: the batch reads ahead).
+    # ...nor removed at the container's death.
     h.docker.add(container("c2", "api", ports={"81/tcp": "8081"}))
-    h.send(event("c2", "start"))
+    h.send(event("c2", "start", name="api"))
     h.docker.containers["c1"]["State"]["Running"] = False
     h.docker.containers["c2"]["State"]["Running"] = False
-    h.send(event("c1", "die", exitCode="0"), event("c2", "die", exitCode="0"))
+    h.send(event("c1", "die", exitCode="0", name="web"), event("c2", "die", exitCode="0", name="api"))
     assert h.agent.records["h1:web:80"].name == "by-hand"
     assert "h1:api:81" not in h.agent.records
 
@@ -54,21 +54,61 @@ def test_a_foreign_record_under_another_spelling_is_seen_by_the_read_ahead() -> 
     h = guarded()
     h.agent.records["H1:WEB:80"] = RegisteredService("H1:WEB:80", "by-hand")
     h.docker.add(container("c1", "web", ports={"80/tcp": "8080"}))
-    h.send(event("c1", "start"))
+    h.agent.calls.clear()
+    h.send(event("c1", "start", name="web"))
     assert set(h.agent.records) == {"H1:WEB:80"}
+    assert [c[0] for c in reads(h)] == ["services in"], "refused on the read ahead alone"
 
 
-def test_a_batch_reads_ahead_only_while_one_listing_costs_less_than_the_reads_it_saves() -> None:
+def test_the_read_ahead_asks_only_for_the_batchs_ids_however_many_records_the_agent_holds() -> None:
     h = guarded()
-    for n in range(150):  # more records than one container's read ahead is worth
+    for n in range(150):
         h.agent.records[f"other-{n}"] = RegisteredService(f"other-{n}", "other")
     h.primary.relist()
     h.send()  # the loop lists the agent again
     h.docker.add(container("c1", "web", ports={"80/tcp": "8080"}))
+    h.docker.add(container("c2", "api", ports={"81/tcp": "8081"}))
     h.agent.calls.clear()
-    h.send(event("c1", "start"))
-    assert "h1:web:80" in h.agent.records
-    assert [c[0] for c in reads(h)] == ["services matching"], "the write read its own ID, as before"
+    h.send(event("c1", "start", name="web"), event("c2", "start", name="api"))
+    assert {"h1:web:80", "h1:api:81"} <= h.ids()
+    assert reads(h) == [("services in", "h1:api,h1:api:*,h1:web,h1:web:*")]
+
+
+def test_an_id_outside_the_read_ahead_is_read_by_its_write() -> None:
+    """A custom ID (from the container's env, which no event carries) is not in the read
+    ahead: its write reads the agent itself and still refuses a record not ours."""
+    h = guarded()
+    h.agent.records["payments"] = RegisteredService("payments", "by-hand")
+    h.docker.add(container("c1", "web", ports={"80/tcp": "8080"}, env=["SERVICE_ID=payments"]))
+    h.agent.calls.clear()
+    h.send(event("c1", "start", name="web"))
+    assert h.agent.records["payments"].name == "by-hand"
+    assert ("register", "payments") not in h.agent.calls
+    assert ("services matching", "payments") in reads(h)
+
+
+def test_an_event_naming_another_container_costs_a_read_never_the_check() -> None:
+    """The event's name is only a hint: a container whose event named another (renamed
+    meanwhile, or a label posing as the name) gets its IDs read by the write."""
+    h = guarded()
+    h.agent.records["h1:web:80"] = RegisteredService("h1:web:80", "by-hand")
+    h.docker.add(container("c1", "web", ports={"80/tcp": "8080"}))
+    h.agent.calls.clear()
+    h.send(event("c1", "start", name="not-web"))
+    assert h.agent.records["h1:web:80"].name == "by-hand"
+    assert ("register", "h1:web:80") not in h.agent.calls
+    assert ("services matching", "h1:web:80") in reads(h)
+
+
+def test_a_single_death_is_checked_against_the_read_made_when_its_event_was_taken() -> None:
+    h = guarded()
+    h.docker.add(container("c1", "web", ports={"80/tcp": "8080"}))
+    h.send(event("c1", "start", name="web"))
+    h.docker.containers["c1"]["State"]["Running"] = False
+    h.agent.calls.clear()
+    h.send(event("c1", "die", exitCode="0", name="web"))
+    assert "h1:web:80" not in h.agent.records
+    assert reads(h) == [("services in", "h1:web,h1:web:*,h1:web:80")]
 
 
 def service(service_id: str) -> Service:

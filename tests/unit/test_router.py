@@ -73,8 +73,21 @@ def test_an_event_keeps_only_the_attributes_read_and_never_the_labels() -> None:
     event = {"Type": "container", "Action": "die", "timeNano": 7,
              "Actor": {"ID": "c1", "Attributes": {**labels, "exitCode": "137", "name": "web", "signal": "9"}}}
     message = message_from_event(event)
-    assert message == DockerEvent("c1", "die", 7, exit_code="137", signal="9")  # nothing else of the event is kept
+    assert message == DockerEvent("c1", "die", 7, exit_code="137", signal="9", name="web")  # nothing else is kept
     assert route([message]).deaths == (("c1", "137"),)
+    assert route([message]).names == (("c1", "web"),)
+
+
+def test_an_events_name_is_kept_only_when_shaped_as_a_containers_name() -> None:
+    from consul_reg.docker.events import message_from_event
+
+    for name in ("", "-web", "web/../x", "a" * 129, "web\nFAKE", "we b", 7, None):
+        event = {"Type": "container", "Action": "start", "Actor": {"ID": "c1", "Attributes": {"name": name}}}
+        message = message_from_event(event)
+        assert message is not None and message.name == "", name
+    event = {"Type": "container", "Action": "start", "Actor": {"ID": "c1", "Attributes": {"name": "web.v2_1-a"}}}
+    message = message_from_event(event)
+    assert message is not None and message.name == "web.v2_1-a"
 
 
 class Chunks:
