@@ -19,7 +19,7 @@ through core's protocols.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
@@ -50,6 +50,7 @@ from consul_reg.sync.primary import Primary, SyncResult
 from consul_reg.sync.probe_feed import ProbeFeed
 from consul_reg.sync.publish import Publisher
 from consul_reg.sync.reading import NOT_FETCHED, Reader, listing_key
+from consul_reg.sync.reading import WINDOW as READ_WINDOW
 from consul_reg.sync.router import Actions, route
 from consul_reg.sync.state import Containers
 from consul_reg.sync.timers import Timers
@@ -90,8 +91,12 @@ class Loop:
         # can wait seconds on dockerd, and must never hold a worker the events' calls need.
         self.pass_io = ThreadPoolExecutor(PASS_IO_WORKERS, thread_name_prefix="pass-io") \
             if self.io is not None else None
+        # The agent's writes on a pool of their own: a burst's registrations go out while
+        # the inspects of its next containers are still under way (`_targeted`).
         self.primary = Primary(agent, settings.owner, settings.retry_interval, clock,
-                               adopt_leftovers=settings.adopt_leftovers, io=self.io)
+                               adopt_leftovers=settings.adopt_leftovers,
+                               io=ThreadPoolExecutor(settings.io_workers, thread_name_prefix="loop-write")
+                               if self.io is not None else None)
         self.drainer = Drainer(agent, settings.drain_timeout, clock)
         self.reader = Reader(lambda container_id: self.docker.inspect(container_id), self.io,
                              settings.retry_interval, clock)
@@ -125,7 +130,7 @@ class Loop:
             batch = self.inbox.next_batch(self.seconds_until_due())
             try:
                 if not self.handle(batch):
-                    for pool in (self.io, self.pass_io):
+                    for pool in (self.io, self.pass_io, self.primary.io):
                         if pool is not None:
                             pool.shutdown(wait=False, cancel_futures=True)
                     return
@@ -173,12 +178,10 @@ class Loop:
         if kind == "full":
             affected = set()  # a full pass plans everything
         else:
-            affected |= self._targeted(refresh, retries=self.reader.ready() and not full_reason)
-        for container_id in verify:
-            known = self.containers.get(container_id)
-            if known is not None:
-                self.primary.forget([s.id for s in known.services])
-                affected |= {s.id for s in known.services}
+            affected |= self._targeted(refresh, retries=self.reader.ready() and not full_reason, pending=affected,
+                                       verify=verify)
+        for container_id in verify:  # those no targeted pass looked at (a full pass), or not yet
+            affected |= self._verify(container_id)
         for container_id in actions.report_status | rechecks:
             known = self.containers.get(container_id)
             if known is not None:
@@ -375,14 +378,38 @@ class Loop:
         logger.warning("{}; full pass retried in {:.1f}s", error, self.timers.docker_failed(reason))
         return False
 
-    def _targeted(self, refresh: set[str], retries: bool) -> set[str]:
-        """A pass over the containers the batch touched (and those due for another read)."""
+    def _verify(self, container_id: str) -> set[str]:
+        """Its records are written again whatever the agent was last known to hold."""
+        known = self.containers.get(container_id)
+        if known is None:
+            return set()
+        self.primary.forget([s.id for s in known.services])
+        return {s.id for s in known.services}
+
+    def _targeted(self, refresh: set[str], retries: bool, pending: Collection[str] = (),
+                  verify: set[str] | None = None) -> set[str]:
+        """A pass over the containers the batch touched (and those due for another read).
+        A burst (more containers than one window of inspects) is written window by window:
+        when the first answer of a window comes, the IDs changed so far (and `pending`,
+        the batch's deaths) are synced, while that window's other inspects go on. Each
+        container of `verify` read here is verified (`_verify`) before any sync, and
+        taken out of it."""
         if retries:
             refresh |= self.reader.retry
         affected: set[str] = set()
+        unsynced = set(pending)
         unread: list[tuple[str, DockerUnavailable]] = []
-        for container_id, inspected in self.reader.answers(sorted(refresh)):
-            affected |= self._refresh(container_id, inspected, unread)
+        pipelined = len(refresh) > READ_WINDOW
+        for n, (container_id, inspected) in enumerate(self.reader.answers(sorted(refresh))):
+            if pipelined and n % READ_WINDOW == 0 and unsynced and self.primary.actual is not None:
+                self._sync_primary(unsynced)
+                unsynced = set()
+            changed = self._refresh(container_id, inspected, unread)
+            if verify is not None and container_id in verify:
+                verify.discard(container_id)
+                changed |= self._verify(container_id)
+            affected |= changed
+            unsynced |= changed
         self.reader.retry_later(unread)
         return affected
 

@@ -19,7 +19,7 @@ from consul_reg.core.backoff import Backoff, Clock, Random
 from consul_reg.core.calls import Later
 from consul_reg.core.errors import RegistryError
 from consul_reg.core.plan import apply, plan
-from consul_reg.core.protocols import AgentAPI
+from consul_reg.core.protocols import AgentAPI, RegistryWrites
 from consul_reg.core.records import (
     MARKER_DIGEST_KEY,
     AgentInfo,
@@ -61,7 +61,8 @@ class Primary:
         self.last_error = ""
         self._blocked_warned: dict[str, str] = {}  # service ID -> holder warned about
         self._listed_before: dict[str, RegisteredService] | None = None
-        self.io = io  # the loop's pool: a batch's writes overlap on it
+        self.io = io  # the writes' own pool: a batch's writes overlap on it
+        self._writes: RegistryWrites | None = None  # this batch's, checked against its read ahead
         self._prefetched: Future[tuple[dict[str, RegisteredService], dict[str, str]]] | None = None
         # Asked for when the batch was taken (what, when): what its writes are checked against.
         self._ahead: tuple[Later[dict[str, RegisteredService]], ReadScope, float] | None = None
@@ -117,6 +118,7 @@ class Primary:
         self.drop_listing()
 
     def _drop_ahead(self) -> None:
+        self._writes = None
         ahead, self._ahead = self._ahead, None
         if ahead is not None:
             ahead[0].cancel()
@@ -142,6 +144,13 @@ class Primary:
             self._ahead = (self.agent.services_in_later(scope), scope, self.clock())
         except RegistryError:
             pass  # each write reads for itself (and meets the same error, if it lasts)
+
+    def _batch_writes(self) -> RegistryWrites:
+        """The writes of this batch (every sync of it: a burst is synced window by window),
+        all checked against its one read ahead; made at the batch's first write."""
+        if self._writes is None:
+            self._writes = self.agent.checked_against(self._take_ahead())
+        return self._writes
 
     def _take_ahead(self) -> Holdings | None:
         """The read made ahead for this batch, if it answered; else None (each write reads)."""
@@ -180,8 +189,7 @@ class Primary:
         self._warn_blocked(todo.blocked, full=scope is None)
         result = SyncResult()
         if todo:
-            ahead = self._take_ahead()
-            applied = apply(todo, self.agent.checked_against(ahead), run=overlapped(self.io))
+            applied = apply(todo, self._batch_writes(), run=overlapped(self.io))
             for service in applied.registered:
                 self.actual[service.id] = registered_form(service)
                 self.refused.pop(service.id, None)

@@ -84,6 +84,55 @@ def test_a_burst_in_one_batch_inspects_each_once_off_the_loop_and_builds_on_it()
     assert [w for w in h.agent.writes() if w[0] == "register"] and len(h.agent.writes()) == 50
 
 
+def test_a_burst_registers_window_by_window_while_its_later_inspects_go_on() -> None:
+    """Issue 24: the first containers of a burst are written while the burst's later
+    containers are still being inspected, on a pool of their own, each once."""
+    h, docker = harness(hold=0.002)
+    order: list[str] = []
+    inspect = docker.inspect
+
+    def recording_inspect(container_id: str) -> Any:
+        with docker.lock:
+            order.append(f"inspect {container_id}")
+        return inspect(container_id)
+
+    inspect_with(h, recording_inspect)
+    register = h.agent.register
+    write_threads: set[str] = set()
+
+    def recording_register(service: Any) -> None:
+        with docker.lock:
+            order.append(f"register {service.id}")
+            write_threads.add(threading.current_thread().name)
+        register(service)
+
+    h.agent.register = recording_register  # type: ignore[method-assign]
+    for n in range(48):
+        docker.add(web(n))
+    h.send(*[event(f"c{n:03d}", "start", name=f"web{n}") for n in range(48)])
+    assert h.ids() == {f"h1:web{n}:80" for n in range(48)}
+    first_write = next(i for i, entry in enumerate(order) if entry.startswith("register"))
+    last_inspect = max(i for i, entry in enumerate(order) if entry.startswith("inspect"))
+    assert first_write < last_inspect, "the first window was written before the last was inspected"
+    assert len([w for w in h.agent.writes() if w[0] == "register"]) == 48, "each registered once"
+    assert write_threads and all(name.startswith("loop-write") for name in write_threads)
+
+
+def test_a_burst_never_writes_a_record_not_ours_in_any_window() -> None:
+    h, docker = harness(guard=True)
+    from consul_reg.core.records import RegisteredService
+
+    h.agent.records["h1:web40:80"] = RegisteredService("h1:web40:80", "by-hand")  # since the last listing
+    for n in range(48):
+        docker.add(web(n))
+    h.agent.calls.clear()
+    h.send(*[event(f"c{n:03d}", "start", name=f"web{n}") for n in range(48)])
+    assert h.agent.records["h1:web40:80"].name == "by-hand"
+    assert {f"h1:web{n}:80" for n in range(48) if n != 40} <= h.ids()
+    assert [c[0] for c in h.agent.calls if c[0].startswith("services")] == ["services in"], \
+        "every window checked against the batch's one read ahead"
+
+
 def test_containers_docker_could_not_answer_for_are_looked_at_again() -> None:
     h, docker = harness()
     for n in range(10):
