@@ -27,15 +27,13 @@ from typing import Any
 from loguru import logger
 
 from consul_reg.core.backoff import Clock
-from consul_reg.core.errors import DockerUnavailable, DockerUnreachable
+from consul_reg.core.errors import DockerUnavailable
 from consul_reg.core.messages import EnvFileRead, Message, ScriptsRefused, Start
 from consul_reg.core.protocols import AgentAPI, DockerReads, LoopMetrics, NoMetrics, ProbeSink, SnapshotSubscriber
 from consul_reg.core.records import (
     AgentInfo,
     ContainerDesire,
     ContainerStatus,
-    ReadScope,
-    Service,
     keeps_records,
     section,
 )
@@ -43,13 +41,12 @@ from consul_reg.core.snapshot import Snapshot
 from consul_reg.sync.desires import DesireBuilder, DesireUnavailable
 from consul_reg.sync.drain import Drainer
 from consul_reg.sync.env_files import EnvFileState, fold_reads
+from consul_reg.sync.full_pass import FullPassReader
 from consul_reg.sync.inbox import Inbox
-from consul_reg.sync.listing import BackgroundListing
-from consul_reg.sync.overlap import Interrupted
-from consul_reg.sync.primary import Primary, SyncResult
+from consul_reg.sync.primary import Primary, SyncResult, batch_scope
 from consul_reg.sync.probe_feed import ProbeFeed
 from consul_reg.sync.publish import Publisher
-from consul_reg.sync.reading import NOT_FETCHED, Reader, listing_key
+from consul_reg.sync.reading import NOT_FETCHED, Reader
 from consul_reg.sync.reading import WINDOW as READ_WINDOW
 from consul_reg.sync.router import Actions, route
 from consul_reg.sync.state import Containers
@@ -104,9 +101,8 @@ class Loop:
         self.timers = Timers(settings.resync_seconds, settings.env_file_interval, settings.retry_interval, clock)
         self.publisher = Publisher(subscribers)
         self._dirty = False  # desires changed since the last snapshot
-        # Desires a resync built before it gave way to events (container ID -> (listing key, desire)).
-        self._pass_built: dict[str, tuple[str, ContainerDesire]] = {}
-        self.listing = BackgroundListing(lambda: self.docker.list_containers(), self.pass_io, self.inbox)
+        self.pass_reader = FullPassReader(lambda: self.docker.list_containers(), self.reader, self.containers,
+                                          self.inbox, self.pass_io, self._build)
         self.probe_feed = ProbeFeed(probes)
 
     @property
@@ -158,7 +154,9 @@ class Loop:
         if actions.identity is not None:
             self._agent_seen(actions.identity, actions.agent_back)
         if actions.refresh or actions.deaths:  # first: the read runs beside everything below
-            self.primary.read_ahead(self._read_scope(actions))
+            ids = (*actions.refresh, *(cid for cid, _ in actions.deaths))
+            self.primary.read_ahead(batch_scope(self.primary.hostname.host, dict(actions.names),
+                                                [(cid, self.containers.get(cid)) for cid in ids]))
         affected, drains_left, rechecks = self._per_event(actions, started)
         refresh = set(actions.refresh) | rechecks | self._fold_env_reads(actions.env_reads)
         if actions.missing_checks:
@@ -215,25 +213,6 @@ class Loop:
             affected |= self._mark_dead(container_id, exit_code)
         return affected, drains_left, self.timers.take_rechecks(now, actions.health_changed)
 
-    def _read_scope(self, actions: Actions) -> ReadScope:
-        """The agent's records a batch's writes will touch, as far as its events tell: each
-        container's default IDs (`<host>:<name>` and every `<host>:<name>:...`, by the name
-        its event or its last desire gave) and every ID its last desire had. A write to an
-        ID outside this reads the agent itself, so a wrong name costs a read, never a check."""
-        host = self.primary.hostname.host
-        names = dict(actions.names)
-        prefixes: set[str] = set()
-        ids: set[str] = set()
-        for container_id in (*actions.refresh, *(cid for cid, _ in actions.deaths)):
-            known = self.containers.get(container_id)
-            name = names.get(container_id) or (known.container_name if known is not None else "")
-            if name:
-                ids.add(f"{host}:{name}")
-                prefixes.add(f"{host}:{name}:")
-            if known is not None:
-                ids.update(service.id for service in known.services)
-        return ReadScope(frozenset(prefixes), frozenset(ids))
-
     def _agent_seen(self, info: AgentInfo, back: bool) -> None:
         """The agent's identity, at start or when it answers again (maybe another agent)."""
         if not back:
@@ -251,16 +230,9 @@ class Loop:
         for container_id, signal in drains:
             known = self.containers.get(container_id)
             if known is not None:
-                self.drainer.on_kill(known.container_name, container_id, self._registered_ids(known), signal,
+                self.drainer.on_kill(known.container_name, container_id, self.primary.registered_ids(known), signal,
                                      known.stop_signal)
         return ()
-
-    def _registered_ids(self, desire: ContainerDesire) -> tuple[str, ...]:
-        """The container's services whose records in the agent are this daemon's, for
-        this container: a drain never touches a record someone else holds."""
-        actual = self.primary.actual or {}
-        return tuple(s.id for s in desire.services if (record := actual.get(s.id)) is not None
-                     and record.owned_by(self.primary.hostname) and record.container_id == desire.container_id)
 
     def _mark_dead(self, container_id: str, exit_code: str) -> set[str]:
         """A `die` event is itself proof the process ended. Inspecting now would
@@ -296,68 +268,13 @@ class Loop:
         self.publisher.full_pass_begins()  # numbered before anything is listed
         if not self.timers.full_pending:  # not while Docker fails: its retries would list the agent for nothing
             self.primary.prefetch()  # the agent is listed beside Docker (taken by this batch's sync)
-        touched: set[str] = set()  # looked at by events since the listing was asked: they keep that
         try:
-            if yielding:
-                listed_now = self.listing.take()
-                if listed_now is None:
-                    return self._give_way(reason)
-                summaries, touched = listed_now, self.listing.touched
-            else:
-                self.listing.drop()
-                summaries = self.docker.list_containers()
-        except DockerUnavailable as error:
+            read = self.pass_reader.read(yielding)
+        except DockerUnavailable as error:  # DockerUnreachable too: what is known stays
             return self._full_pass_failed(reason, error)
-        entries: list[tuple[str, str, ContainerDesire | None, ContainerDesire | None]] = []  # ID, key, known, reused
-        for summary in summaries:
-            container_id = str(summary.get("Id") or "")
-            if not container_id:
-                continue
-            key = listing_key(summary)
-            known = self.containers.get(container_id)
-            if container_id in touched:
-                entries.append((container_id, key, known, known))
-                continue
-            # Podman's listing never shows health: a container with a healthcheck is read again.
-            blind = known is not None and known.status.health and "(" not in str(summary.get("Status") or "")
-            reused = known if known is not None and known.listing_key == key and key and not blind else None
-            if reused is None and (built_before := self._pass_built.get(container_id)) and built_before[0] == key:
-                reused = built_before[1]  # built by a pass that gave way to events; unchanged since
-            entries.append((container_id, key, known, reused))
-        answers = self.reader.answers([cid for cid, _, _, reused in entries if reused is None],
-                                      *((self.pass_io, self.inbox.events_waiting) if yielding else ()))
-        desires: dict[str, ContainerDesire] = {}
-        unread: list[tuple[str, DockerUnavailable]] = []
-        for container_id, key, known, reused in entries:
-            if reused is not None:
-                desires[container_id] = reused
-                continue
-            if yielding and self.inbox.events_waiting():
-                answers.close()  # the inspects in flight end; none is started
-                return self._give_way(reason)
-            try:
-                answered_for, inspected = next(answers)  # the answers come in the entries' order
-            except Interrupted:  # an event came while dockerd answered
-                return self._give_way(reason)
-            assert answered_for == container_id
-            try:
-                built = self._build(container_id, key, inspected)
-            except DockerUnreachable as error:
-                return self._full_pass_failed(reason, error)
-            except DockerUnavailable as error:  # about this container only: the others carry on
-                unread.append((container_id, error))
-                built = True
-            if built is True:
-                built = known
-            if isinstance(built, ContainerDesire):
-                desires[container_id] = built
-                self._pass_built[container_id] = (key, built)
-        self._pass_built.clear()
-        listed = {str(summary.get("Id") or "") for summary in summaries}
-        for container_id in touched - listed:  # started since the listing: as its events said
-            if (known := self.containers.get(container_id)) is not None:
-                desires[container_id] = known
-                listed.add(container_id)
+        if read is None:
+            return self._give_way(reason)
+        desires, listed, unread = read.desires, read.listed, read.unread
         self.timers.full_pass_done()
         self.reader.retry &= set(desires)
         self.reader.retry_later(unread)
@@ -448,8 +365,7 @@ class Loop:
             return True
 
     def _set_desire(self, container_id: str, new: ContainerDesire | None) -> set[str]:
-        self._pass_built.pop(container_id, None)  # an event saw it since: a resumed pass reads it again
-        self.listing.touch(container_id)
+        self.pass_reader.touch(container_id)  # an event saw it since: a resumed pass reads it again
         old = self.containers.put(container_id, new)
         self._dirty = self._dirty or old != new
         if new is None:
@@ -491,13 +407,9 @@ class Loop:
 
     def _publish(self, full_pass: bool, changed: bool) -> None:
         """full_pass: one just made its writes and drains (the subscribers relist; its number is done)."""
-        actual = self.primary.actual
-        kept_ids = self.containers.kept
-        kept = tuple(Service(id=s.id, name=s.name, address=s.address, port=s.port, container_id=s.container_id)
-                     for s in ((actual or {}).values() if kept_ids else ())
-                     if s.container_id in kept_ids and s.owned_by(self.primary.hostname))
         published = self.publisher.publish(
-            desires=self.containers.desires, desired=self.containers.desired.by_id, actual=actual, kept=kept,
+            desires=self.containers.desires, desired=self.containers.desired.by_id, actual=self.primary.actual,
+            kept=self.primary.kept_records(self.containers.kept),
             last_full_pass=self.timers.last_full_pass, primary_error=self.primary.last_error, changed=changed,
             full_pass=full_pass, draining=self.drainer.draining())
         if published:

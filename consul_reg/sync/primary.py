@@ -9,7 +9,7 @@ one agent client; tested with a fake agent and a fake clock.
 from __future__ import annotations
 
 import random as _random
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field, replace
 
@@ -239,6 +239,19 @@ class Primary:
     def owned(self) -> list[RegisteredService]:
         return [s for s in (self.actual or {}).values() if s.owned_by(self.hostname)]
 
+    def registered_ids(self, desire: ContainerDesire) -> tuple[str, ...]:
+        """The container's services whose records in the agent are this daemon's, for
+        this container: a drain never touches a record someone else holds."""
+        actual = self.actual or {}
+        return tuple(s.id for s in desire.services if (record := actual.get(s.id)) is not None
+                     and record.owned_by(self.hostname) and record.container_id == desire.container_id)
+
+    def kept_records(self, kept_containers: Collection[str]) -> tuple[Service, ...]:
+        """This daemon's records kept for containers that died (-deregister on-success), as services."""
+        return tuple(Service(id=s.id, name=s.name, address=s.address, port=s.port, container_id=s.container_id)
+                     for s in ((self.actual or {}).values() if kept_containers else ())
+                     if s.container_id in kept_containers and s.owned_by(self.hostname))
+
     def records_of(self, container_id: str) -> set[str]:
         """The IDs of this daemon's records for one container, as last known."""
         return {s.id for s in self.owned() if s.container_id == container_id}
@@ -268,3 +281,22 @@ class Primary:
                 log.warning("container {}: service ID {!r} differs only in case from {!r}, registered by {}: "
                             "Consul's catalog holds them as one service, so {} is not registered",
                             service.container_name, service.id, holder.id, holder_text, service.id)
+
+
+def batch_scope(host: str, names: Mapping[str, str],
+                containers: Iterable[tuple[str, ContainerDesire | None]]) -> ReadScope:
+    """The agent's records a batch's writes will touch, as far as its events tell: each
+    container's default IDs (`<host>:<name>` and every `<host>:<name>:...`, by the name
+    its event or its last desire gave) and every ID its last desire had. A write to an
+    ID outside this reads the agent itself, so a wrong name costs a read, never a check."""
+    prefixes: set[str] = set()
+    ids: set[str] = set()
+    for container_id, known in containers:
+        name = names.get(container_id) or (known.container_name if known is not None else "")
+        if name:
+            ids.add(f"{host}:{name}")
+            prefixes.add(f"{host}:{name}:")
+        if known is not None:
+            ids.update(service.id for service in known.services)
+    return ReadScope(frozenset(prefixes), frozenset(ids))
+
