@@ -57,7 +57,7 @@ class Later(Protocol[T]):
 
     def result(self) -> T: ...
 
-    def cancel(self) -> None: ...
+    def cancel(self) -> object: ...  # what it returns is not read (a Future's says whether it was)
 
 
 @dataclass(frozen=True)

@@ -130,20 +130,27 @@ class Primary:
         if prefetched is not None:
             prefetched.cancel()  # if it has not started; else it ends on its own, unread
 
-    def read_ahead(self, scope: ReadScope) -> None:
+    def read_ahead(self, scope: ReadScope, beside_inspects: bool) -> None:
         """The batch's events were just taken: ask the agent now for the records `scope`
-        names (the batch's containers' default IDs by prefix, the IDs they had), before
-        Docker's inspects; its answer is read when the batch's first write needs it. The
-        batch's writes to IDs in that scope are checked against this one read (its moment:
-        when the loop took the events) instead of a read each after the inspect; any other
-        ID is read by its write, as before. One filtered read, on the loop's own thread,
-        however many records the agent holds: its answer is only the scope's."""
+        names (the batch's containers' default IDs by prefix, the IDs they had); its
+        answer is taken when the batch's first write needs it. The batch's writes to IDs
+        in that scope are checked against this one read (its moment: when the loop took
+        the events) instead of a read each after the inspect; any other ID is read by its
+        write, as before. One filtered read, however many records the agent holds: its
+        answer is only the scope's. `beside_inspects`: made on the writes' pool, so that
+        the loop sends Docker's inspects (the longer wait) first; else (deaths alone) sent
+        at once from the loop's thread, whose next step is to wait for it."""
         if self._ahead is not None or self.actual is None or not self.backoff.ready() or not scope:
             return
         try:
-            self._ahead = (self.agent.services_in_later(scope), scope, self.clock())
+            if beside_inspects and self.io is not None:
+                later: Later[dict[str, RegisteredService]] = self.io.submit(
+                    lambda: self.agent.services_in_later(scope).result())
+            else:
+                later = self.agent.services_in_later(scope)
         except RegistryError:
-            pass  # each write reads for itself (and meets the same error, if it lasts)
+            return  # each write reads for itself (and meets the same error, if it lasts)
+        self._ahead = (later, scope, self.clock())
 
     def _batch_writes(self) -> RegistryWrites:
         """The writes of this batch (every sync of it: a burst is synced window by window),
