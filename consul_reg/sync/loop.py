@@ -308,7 +308,10 @@ class Loop:
         """A pass over the containers the batch touched (and those due for another read).
         A burst (more containers than one window of inspects) is written window by window:
         when the first answer of a window comes, the IDs changed so far (and `pending`,
-        the batch's deaths) are synced, while that window's other inspects go on. Each
+        the batch's deaths) that are still desired are synced, while that window's other
+        inspects go on; a removal waits for the batch's last sync, once every container of
+        it was read (a later one may claim the ID again: a container replaced under its
+        name is re-registered, never removed first, as `apply` leaves no gap). Each
         container of `verify` read here is verified (`_verify`) before any sync, and
         taken out of it."""
         if retries:
@@ -318,9 +321,11 @@ class Loop:
         unread: list[tuple[str, DockerUnavailable]] = []
         pipelined = len(refresh) > READ_WINDOW
         for n, (container_id, inspected) in enumerate(self.reader.answers(sorted(refresh))):
-            if pipelined and n % READ_WINDOW == 0 and unsynced and self.primary.actual is not None:
-                self._sync_primary(unsynced)
-                unsynced = set()
+            if pipelined and n % READ_WINDOW == 0 and self.primary.actual is not None:
+                desired = {i for i in unsynced if i in self.containers.desired.by_id}
+                if desired:
+                    self._sync_primary(desired)
+                    unsynced -= desired
             changed = self._refresh(container_id, inspected, unread)
             if verify is not None and container_id in verify:
                 verify.discard(container_id)
