@@ -471,3 +471,15 @@ def test_a_burst_removes_its_deaths_once_every_container_was_read() -> None:
     h.send(*[event(f"c{n:03d}", "die", exitCode="0") for n in range(10)],
            *[event(f"c{n:03d}", "start", name=f"web{n}") for n in range(20, 40)])
     assert h.ids() == {f"h1:web{n}:80" for n in range(10, 40)}
+def test_a_custom_id_two_containers_of_a_burst_claim_is_registered_for_the_newer_only() -> None:
+    """Two containers of one burst declare SERVICE_ID=payments: the newer wins it, and it is
+    never registered first for the older one (read in an earlier window)."""
+    h, docker = harness()
+    docker.add(container("a-old", "olda", ports={"80/tcp": "8080"}, env=["SERVICE_ID=payments"], created="2026-01-01T00:00:00.000000001Z"))
+    docker.add(container("z-new", "newz", ports={"80/tcp": "9090"}, env=["SERVICE_ID=payments"], created="2026-01-02T00:00:00.000000001Z"))
+    for n in range(20):
+        docker.add(web(n))
+    h.agent.calls.clear()
+    h.send(event("a-old", "start"), event("z-new", "start"), *[event(f"c{n:03d}", "start") for n in range(20)])
+    assert h.agent.records["payments"].port == 9090
+    assert [c for c in h.agent.writes() if c[1] == "payments"] == [("register", "payments")]
