@@ -364,8 +364,7 @@ class ConsulRegistry:
         if unsafe:  # never reached: IDs are identifiers; refuse rather than quote
             raise RegistryError(f"refusing to look up ID {unsafe[0]!r}: unsafe characters")
         if self._filter_folds:
-            # Identifier characters only: `.` is the one that means something in a regex.
-            alternatives = "|".join(sorted(set(patterns) if keep is not None else {i.replace(".", "[.]") for i in ids}))
+            alternatives = "|".join(sorted(set(patterns) if keep is not None else {_pattern(i) for i in ids}))
             try:
                 return self.client.json("GET", path, what,
                                         params={"filter": f'{selector} matches "(?i)^({alternatives})$"'})
@@ -446,10 +445,16 @@ class ConsulKV:
         self.client.call("DELETE", ("kv", *key.split("/")), f"delete KV {key}")
 
 
+def _pattern(identifier: str) -> str:
+    """An ID as a `(?i)` regex of every spelling Consul's catalog folds into it:
+    identifier characters, `.` the one that means something in a regex; and `İ` (U+0130),
+    which the catalog lower-cases to `i` (Go's strings.ToLower) but `(?i)` never folds."""
+    return identifier.replace(".", "[.]").replace("i", "[i\u0130]").replace("I", "[i\u0130]")
+
+
 def _scope_patterns(scope: ReadScope) -> tuple[str, ...]:
-    """A scope as regex alternatives: identifier characters, `.` the one escaped."""
-    return (*(p.replace(".", "[.]") + ".*" for p in sorted(scope.prefixes)),
-            *(i.replace(".", "[.]") for i in sorted(scope.ids)))
+    """A scope as regex alternatives (`_pattern`)."""
+    return (*(_pattern(p) + ".*" for p in sorted(scope.prefixes)), *(_pattern(i) for i in sorted(scope.ids)))
 
 
 def _records(listed: Any) -> dict[str, RegisteredService]:

@@ -379,15 +379,18 @@ def fold_id(identifier: str) -> str:
     """A service ID, check ID or mirror key as Consul's catalog compares it: case
     folded (its indexes lower-case every ID). Two IDs with one fold are one record
     there: each anti-entropy sync replaces the other's row, and removing either
-    removes the row. Our IDs are ASCII (validate.identifier_problem)."""
-    return identifier.lower()
+    removes the row. Our IDs are ASCII (validate.identifier_problem); another writer's
+    may not be: Go's strings.ToLower maps `İ` (U+0130) to `i`, where Python's gives two
+    characters, so it is mapped first (the Kelvin sign lowers to `k` in both)."""
+    return identifier.replace("\u0130", "i").lower()
 
 
 def filter_fold(identifier: str) -> str:
-    """An ID as the agent's `(?i)` filter compares it, or looser: Go's case folding
-    also matches the Kelvin sign to `k` and the long s to `s`, which `casefold` does too
-    (a looser match only finds more records to refuse, never fewer)."""
-    return identifier.casefold()
+    """An ID as the agent's filter (`(?i)`, `i` also matching `İ`: agent.py) compares
+    it, or looser: Go's case folding also matches the Kelvin sign to `k` and the long s
+    to `s`, which `casefold` does too; `İ` is the catalog's `i` (`fold_id`). A looser
+    match only finds more records to refuse, never fewer."""
+    return identifier.replace("\u0130", "i").casefold()
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ from consul_reg.core.records import (
     section,
 )
 from consul_reg.core.snapshot import Snapshot
+from consul_reg.mapping.default_ids import default_id_host
 from consul_reg.sync.desires import DesireBuilder, DesireUnavailable
 from consul_reg.sync.drain import Drainer
 from consul_reg.sync.env_files import EnvFileState, fold_reads
@@ -309,7 +310,12 @@ class Loop:
         """A pass over the containers the batch touched (and those due for another read).
         A burst (more containers than one window of inspects) is written window by window:
         when the first answer of a window comes, the IDs changed so far (and `pending`,
-        the batch's deaths) are synced, while that window's other inspects go on. Each
+        the batch's deaths) that are still desired and are default IDs of this host are
+        synced, while that window's other inspects go on. The rest waits for the batch's
+        last sync, once every container of it was read: a later one may claim the ID too
+        (a container replaced under its name is re-registered, never removed first, as
+        `apply` leaves no gap; a custom ID two containers claim goes to the newer one only,
+        never first to the one read first; a default ID has one container, by name). Each
         container of `verify` read here is verified (`_verify`) before any sync, and
         taken out of it."""
         if retries:
@@ -319,9 +325,12 @@ class Loop:
         unread: list[tuple[str, DockerUnavailable]] = []
         pipelined = len(refresh) > READ_WINDOW
         for n, (container_id, inspected) in enumerate(self.reader.answers(sorted(refresh))):
-            if pipelined and n % READ_WINDOW == 0 and unsynced and self.primary.actual is not None:
-                self._sync_primary(unsynced)
-                unsynced = set()
+            if pipelined and n % READ_WINDOW == 0 and self.primary.actual is not None:
+                ready = {i for i in unsynced if i in self.containers.desired.by_id
+                         and default_id_host(i) == self.primary.hostname.host}
+                if ready:
+                    self._sync_primary(ready)
+                    unsynced -= ready
             changed = self._refresh(container_id, inspected, unread)
             if verify is not None and container_id in verify:
                 verify.discard(container_id)

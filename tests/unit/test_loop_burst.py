@@ -440,3 +440,46 @@ def test_an_agent_down_during_the_prefetch_is_an_unreachable_agent_as_before() -
     h.clock.advance(60)
     h.send(Reload())
     assert h.ids() == {"h1:web1:80"} and not h.loop.primary.backoff.failing
+
+
+def test_a_container_replaced_under_its_name_in_a_burst_is_re_registered_never_removed_first() -> None:
+    """A death and the start of its replacement (same name, so the same default ID) in one
+    burst: the ID is registered again for the new container, never deregistered first (a
+    window's sync before the new container was read would leave the service absent)."""
+    h, docker = harness()
+    docker.add(container("a-old", "web", ports={"80/tcp": "8080"}, created="2026-01-01T00:00:00.000000001Z"))
+    h.send(event("a-old", "start", name="web"))
+    assert h.agent.records["h1:web:80"].port == 8080
+    docker.containers["a-old"]["State"]["Running"] = False
+    docker.add(container("z-new", "web", ports={"80/tcp": "9090"}, created="2026-01-02T00:00:00.000000001Z"))
+    for n in range(20):  # more containers than one window of inspects
+        docker.add(web(n))
+    h.agent.calls.clear()
+    h.send(event("a-old", "die", exitCode="0", name="web"), event("z-new", "start", name="web"),
+           *[event(f"c{n:03d}", "start", name=f"web{n}") for n in range(20)])
+    assert h.agent.records["h1:web:80"].port == 9090 and h.ids() == {"h1:web:80"} | {f"h1:web{n}:80" for n in range(20)}
+    assert [c for c in h.agent.writes() if c[1] == "h1:web:80"] == [("register", "h1:web:80")]
+
+
+def test_a_burst_removes_its_deaths_once_every_container_was_read() -> None:
+    h, docker = harness()
+    for n in range(40):
+        docker.add(web(n))
+    h.send(*[event(f"c{n:03d}", "start", name=f"web{n}") for n in range(20)])
+    for n in range(10):
+        docker.containers[f"c{n:03d}"]["State"]["Running"] = False
+    h.send(*[event(f"c{n:03d}", "die", exitCode="0") for n in range(10)],
+           *[event(f"c{n:03d}", "start", name=f"web{n}") for n in range(20, 40)])
+    assert h.ids() == {f"h1:web{n}:80" for n in range(10, 40)}
+def test_a_custom_id_two_containers_of_a_burst_claim_is_registered_for_the_newer_only() -> None:
+    """Two containers of one burst declare SERVICE_ID=payments: the newer wins it, and it is
+    never registered first for the older one (read in an earlier window)."""
+    h, docker = harness()
+    docker.add(container("a-old", "olda", ports={"80/tcp": "8080"}, env=["SERVICE_ID=payments"], created="2026-01-01T00:00:00.000000001Z"))
+    docker.add(container("z-new", "newz", ports={"80/tcp": "9090"}, env=["SERVICE_ID=payments"], created="2026-01-02T00:00:00.000000001Z"))
+    for n in range(20):
+        docker.add(web(n))
+    h.agent.calls.clear()
+    h.send(event("a-old", "start"), event("z-new", "start"), *[event(f"c{n:03d}", "start") for n in range(20)])
+    assert h.agent.records["payments"].port == 9090
+    assert [c for c in h.agent.writes() if c[1] == "payments"] == [("register", "payments")]
