@@ -156,9 +156,9 @@ class Loop:
             self._agent_seen(actions.identity, actions.agent_back)
         if actions.refresh or actions.deaths:  # first: the read runs beside everything below
             ids = (*actions.refresh, *(cid for cid, _ in actions.deaths))
-            self.primary.read_ahead(batch_scope(self.primary.hostname.host, dict(actions.names),
-                                                [(cid, self.containers.get(cid)) for cid in ids]),
-                                    beside_inspects=bool(actions.refresh))
+            scope = batch_scope(self.primary.hostname.host, dict(actions.names),
+                                [(cid, self.containers.get(cid)) for cid in ids]) if len(ids) <= READ_WINDOW else None
+            self.primary.read_ahead(scope, beside_inspects=bool(actions.refresh))
         affected, drains_left, rechecks = self._per_event(actions, started)
         refresh = set(actions.refresh) | rechecks | self._fold_env_reads(actions.env_reads)
         if actions.missing_checks:

@@ -65,7 +65,7 @@ class Primary:
         self._writes: RegistryWrites | None = None  # this batch's, checked against its read ahead
         self._prefetched: Future[tuple[dict[str, RegisteredService], dict[str, str]]] | None = None
         # Asked for when the batch was taken (what, when): what its writes are checked against.
-        self._ahead: tuple[Later[dict[str, RegisteredService]], ReadScope, float] | None = None
+        self._ahead: tuple[Later[dict[str, RegisteredService]], ReadScope | None, float] | None = None
 
     def agent_changed(self, info: AgentInfo) -> bool:
         """The agent answers (again); True when it is another agent (a new node
@@ -130,24 +130,29 @@ class Primary:
         if prefetched is not None:
             prefetched.cancel()  # if it has not started; else it ends on its own, unread
 
-    def read_ahead(self, scope: ReadScope, beside_inspects: bool) -> None:
+    def read_ahead(self, scope: ReadScope | None, beside_inspects: bool) -> None:
         """The batch's events were just taken: ask the agent now for the records `scope`
-        names (the batch's containers' default IDs by prefix, the IDs they had); its
-        answer is taken when the batch's first write needs it. The batch's writes to IDs
-        in that scope are checked against this one read (its moment: when the loop took
-        the events) instead of a read each after the inspect; any other ID is read by its
-        write, as before. One filtered read, however many records the agent holds: its
-        answer is only the scope's. `beside_inspects`: made on the writes' pool, so that
-        the loop sends Docker's inspects (the longer wait) first; else (deaths alone) sent
-        at once from the loop's thread, whose next step is to wait for it."""
-        if self._ahead is not None or self.actual is None or not self.backoff.ready() or not scope:
+        names (the batch's containers' default IDs by prefix, the IDs they had; None: all
+        of them, for a burst, whose filter of hundreds of alternatives the agent would
+        match against every record it holds); its answer is taken when the batch's first
+        write needs it. The batch's writes to IDs in that scope are checked against this
+        one read (its moment: when the loop took the events) instead of a read each after
+        the inspect; any other ID is read by its write, as before. `beside_inspects`: made
+        on the writes' pool, so that the loop sends Docker's inspects (the longer wait)
+        first; else (deaths alone) sent at once from the loop's thread, whose next step is
+        to wait for it."""
+        if self._ahead is not None or self.actual is None or not self.backoff.ready() or scope is not None \
+                and not scope:
             return
         try:
-            if beside_inspects and self.io is not None:
-                later: Later[dict[str, RegisteredService]] = self.io.submit(
-                    lambda: self.agent.services_in_later(scope).result())
-            else:
+            if scope is None and self.io is not None:
+                later: Later[dict[str, RegisteredService]] = self.io.submit(self.agent.services)
+            elif scope is not None and beside_inspects and self.io is not None:
+                later = self.io.submit(lambda: self.agent.services_in_later(scope).result())
+            elif scope is not None:
                 later = self.agent.services_in_later(scope)
+            else:
+                return
         except RegistryError:
             return  # each write reads for itself (and meets the same error, if it lasts)
         self._ahead = (later, scope, self.clock())
