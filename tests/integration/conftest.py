@@ -283,11 +283,23 @@ def start_daemon(tmp_path: Path, hostname: str) -> Iterator[Callable[..., Daemon
 
 
 def free_port() -> int:
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free loopback ports: every probe is held until all are chosen (one
+    closed before the next bind could be handed out again: an agent given one port for two
+    listeners exits with 'already configured')."""
     import socket
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    probes = [socket.socket() for _ in range(count)]
+    try:
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
 
 
 def status_args() -> list[str]:
@@ -309,9 +321,8 @@ class OwnAgent:
         self.tls = tls  # {"ca": ..., "cert": ..., "key": ...}: HTTPS only, on the same port
         self.hcl = list(hcl or [])
         self.http_socket = http_socket
-        self.http_port = free_port()
-        self.ports = {"-serf-lan-port": free_port(), "-serf-wan-port": free_port(),
-                      "-server-port": free_port(), "-dns-port": free_port()}
+        self.http_port, *others = free_ports(5)
+        self.ports = dict(zip(("-serf-lan-port", "-serf-wan-port", "-server-port", "-dns-port"), others, strict=True))
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / f"consul-{self.http_port}.log"
 
