@@ -312,12 +312,8 @@ class ConsulRegistry:
         Docker's inspects and read after them, with no thread hop in between."""
         if not scope or not self._filter_folds:
             return Ready(self.services_in(scope))
-        unsafe = [i for i in (*scope.ids, *scope.prefixes) if not _FILTER_SAFE.fullmatch(i)]
-        if unsafe:  # never reached: IDs are identifiers; refuse rather than quote
-            raise RegistryError(f"refusing to look up ID {unsafe[0]!r}: unsafe characters")
-        alternatives = "|".join(sorted(set(_scope_patterns(scope))))
         call = self.client.begin(("agent", "services"), "read the agent's services",
-                                 params={"filter": f'ID matches "(?i)^({alternatives})$"'})
+                                 params=_match_filter("ID", (*scope.ids, *scope.prefixes), _scope_patterns(scope)))
         return _ServicesLater(self, call, scope)
 
     def check_owners(self, check_ids: Collection[str] | None = None) -> dict[str, str]:
@@ -360,14 +356,11 @@ class ConsulRegistry:
         (or, given `patterns` and `keep`, matches one of those regexes: `keep` says the same
         of a key). An agent whose filter language has no `matches` (before go-bexpr's
         regexes) answers 400: the whole listing is then read and folded here, from then on."""
-        unsafe = [i for i in (*ids, *also_checked) if not _FILTER_SAFE.fullmatch(i)]
-        if unsafe:  # never reached: IDs are identifiers; refuse rather than quote
-            raise RegistryError(f"refusing to look up ID {unsafe[0]!r}: unsafe characters")
+        params = _match_filter(selector, (*ids, *also_checked),
+                               patterns if keep is not None else [_pattern(i) for i in ids])
         if self._filter_folds:
-            alternatives = "|".join(sorted(set(patterns) if keep is not None else {_pattern(i) for i in ids}))
             try:
-                return self.client.json("GET", path, what,
-                                        params={"filter": f'{selector} matches "(?i)^({alternatives})$"'})
+                return self.client.json("GET", path, what, params=params)
             except RegistryError as error:
                 if type(error) is not RegistryError or " 400 " not in str(error):
                     raise
@@ -450,6 +443,15 @@ def _pattern(identifier: str) -> str:
     identifier characters, `.` the one that means something in a regex; and `İ` (U+0130),
     which the catalog lower-cases to `i` (Go's strings.ToLower) but `(?i)` never folds."""
     return identifier.replace(".", "[.]").replace("i", "[i\u0130]").replace("I", "[i\u0130]")
+
+
+def _match_filter(selector: str, checked: Collection[str], patterns: Collection[str]) -> dict[str, str]:
+    """The `filter` parameter matching `selector` against any of `patterns` in any case;
+    `checked` (what the patterns were made of) must be identifiers."""
+    unsafe = [i for i in checked if not _FILTER_SAFE.fullmatch(i)]
+    if unsafe:  # never reached: IDs are identifiers; refuse rather than quote
+        raise RegistryError(f"refusing to look up ID {unsafe[0]!r}: unsafe characters")
+    return {"filter": f'{selector} matches "(?i)^({"|".join(sorted(set(patterns)))})$"'}
 
 
 def _scope_patterns(scope: ReadScope) -> tuple[str, ...]:

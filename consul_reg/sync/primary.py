@@ -144,17 +144,17 @@ class Primary:
         if self._ahead is not None or self.actual is None or not self.backoff.ready() or scope is not None \
                 and not scope:
             return
-        try:
-            if scope is None and self.io is not None:
-                later: Later[dict[str, RegisteredService]] = self.io.submit(self.agent.services)
-            elif scope is not None and beside_inspects and self.io is not None:
-                later = self.io.submit(lambda: self.agent.services_in_later(scope).result())
-            elif scope is not None:
+        later: Later[dict[str, RegisteredService]]
+        if self.io is not None and (scope is None or beside_inspects):
+            later = self.io.submit(self.agent.services if scope is None
+                                   else lambda: self.agent.services_in_later(scope).result())
+        elif scope is None:
+            return
+        else:
+            try:
                 later = self.agent.services_in_later(scope)
-            else:
-                return
-        except RegistryError:
-            return  # each write reads for itself (and meets the same error, if it lasts)
+            except RegistryError:
+                return  # each write reads for itself (and meets the same error, if it lasts)
         self._ahead = (later, scope, self.clock())
 
     def _batch_writes(self) -> RegistryWrites:

@@ -83,11 +83,9 @@ class ConnectionPool:
         be reached, answers no HTTP or a body over `max_body` (BodyTooLarge), ValueError for a
         target or header that cannot be sent."""
         timeout = self.timeout if timeout is None else timeout
-        deadline = time.monotonic() + timeout
-        if not self._slots.acquire(timeout=timeout):
-            raise PoolTimeout(f"no free connection to {self.description} within {timeout:g}s")
+        deadline = self._claim_slot(timeout)
         try:
-            fields = [("Host", self._host_header), *(headers or {}).items()]
+            fields = self._fields(headers)
             if body is not None or method in ("PUT", "POST"):
                 fields.append(("Content-Length", str(len(body or b""))))
             limit = self.max_body if max_body is None else max_body
@@ -108,11 +106,9 @@ class ConnectionPool:
         reads later (`Pending.answer`) or never (`Pending.cancel`): the caller's thread goes
         on meanwhile, with no thread of ours in between. Raises as `request` does."""
         timeout = self.timeout if timeout is None else timeout
-        deadline = time.monotonic() + timeout
-        if not self._slots.acquire(timeout=timeout):
-            raise PoolTimeout(f"no free connection to {self.description} within {timeout:g}s")
+        deadline = self._claim_slot(timeout)
         try:
-            fields = [("Host", self._host_header), *(headers or {}).items()]
+            fields = self._fields(headers)
             wire, reused = self._take(max(deadline - time.monotonic(), 0.001))
             try:
                 wire.deadline = deadline
@@ -133,6 +129,16 @@ class ConnectionPool:
             raise
         return Pending(self, wire, reused, method, target, fields, self.max_body if max_body is None else max_body,
                        timeout)
+
+    def _claim_slot(self, timeout: float) -> float:
+        """A slot for one request (PoolTimeout when none frees within `timeout`); its deadline."""
+        deadline = time.monotonic() + timeout
+        if not self._slots.acquire(timeout=timeout):
+            raise PoolTimeout(f"no free connection to {self.description} within {timeout:g}s")
+        return deadline
+
+    def _fields(self, headers: dict[str, str] | None) -> list[tuple[str, str]]:
+        return [("Host", self._host_header), *(headers or {}).items()]
 
     def close(self) -> None:
         with self._lock:
