@@ -123,7 +123,14 @@ class AgentWatch:
             self.overdue()
 
     def _run(self) -> None:
+        up_interval, down_interval = self._intervals
         while not self._stopping.is_set():
+            probed_at = time.monotonic()
             self.check_once()
-            self._poke.wait(self._intervals[0] if self._liveness.state.ok else self._intervals[1])
+            # A failed probe rings the alarm itself (its client tells every failure): that
+            # ring is no news. Others' rings wake the watch, never sooner than down_interval
+            # after its last probe, so a refused agent is asked 4 times a second, not in a spin.
             self._poke.clear()
+            self._poke.wait(up_interval if self._liveness.state.ok else down_interval)
+            self._poke.clear()
+            self._stopping.wait(max(0.0, down_interval - (time.monotonic() - probed_at)))

@@ -75,3 +75,39 @@ def test_health_turns_unreachable_within_5s_when_the_agent_hangs() -> None:
         watch.stop()
         hung.close()
         client.close()
+
+
+def test_an_agent_that_refuses_connections_is_asked_four_times_a_second_not_in_a_spin() -> None:
+    """Each failed probe rings the alarm through its own client: the watch must not take
+    that ring for news and probe again at once (it spun a core while the agent was down)."""
+    refused = socket.socket()
+    refused.bind(("127.0.0.1", 0))
+    port = refused.getsockname()[1]
+    refused.close()  # nothing listens: every connection is refused at once
+    liveness = Liveness("consul")
+    liveness.ok()
+    alarm = AgentAlarm(liveness)
+    client = ConsulClient(ConsulEndpoint("http", "127.0.0.1", port), on_unreachable=alarm)
+    registry = ConsulRegistry(client)
+    probes: list[float] = []
+    probe = registry.agent_info
+
+    def counted() -> AgentInfo:
+        probes.append(time.monotonic())
+        return probe()
+    registry.agent_info = counted  # type: ignore[method-assign]
+    down_interval = 0.1
+    watch = AgentWatch(registry, alarm, lambda message: None, identity=None, down_interval=down_interval)
+    watch.start()
+    try:
+        deadline = time.monotonic() + 10
+        while len(probes) < 6 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(probes) >= 6, f"the watch stopped probing a refusing agent: {len(probes)} probes in 10 s"
+        assert not liveness.state.ok
+        gaps = [later - earlier for earlier, later in zip(probes, probes[1:])]
+        assert min(gaps) >= down_interval * 0.9, (
+            f"probes {min(gaps) * 1000:.2f} ms apart: the watch takes its own failure's alarm for news")
+    finally:
+        watch.stop()
+        client.close()
