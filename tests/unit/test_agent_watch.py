@@ -105,7 +105,7 @@ def test_an_agent_that_refuses_connections_is_asked_four_times_a_second_not_in_a
             time.sleep(0.05)
         assert len(probes) >= 6, f"the watch stopped probing a refusing agent: {len(probes)} probes in 10 s"
         assert not liveness.state.ok
-        gaps = [later - earlier for earlier, later in zip(probes, probes[1:])]
+        gaps = [later - earlier for earlier, later in zip(probes, probes[1:], strict=False)]
         assert min(gaps) >= down_interval * 0.9, (
             f"probes {min(gaps) * 1000:.2f} ms apart: the watch takes its own failure's alarm for news")
     finally:
