@@ -19,6 +19,7 @@ from consul_reg.core.errors import (
     RegistryScriptsRefused,
     RegistryUnavailable,
 )
+from consul_reg.core.listing import Listing
 from consul_reg.core.protocols import RegistryWrites
 from consul_reg.core.records import ContainerDesire, Owner, RegisteredService, Service, as_owner, fold_id
 
@@ -191,7 +192,7 @@ def plan(
     blocked: list[tuple[Service, RegisteredService]] = []
     deregister: list[RegisteredService] = []
     wanted_keys: set[str] = set()
-    spellings = _spellings(actual)
+    spellings = actual.spellings if isinstance(actual, Listing) else _spellings(actual)
     ids = desired.keys() if scope is None else [sid for sid in scope if sid in desired]
     for service_id in ids:
         service = desired[service_id]
@@ -200,7 +201,7 @@ def plan(
         current = actual.get(key)
         digest = digest_of(service)
         # Another spelling of the key that is not ours: one record in Consul's catalog.
-        other = next((actual[k] for k in spellings.get(fold_id(key), ()) if k != key and not ours(k, actual[k])),
+        other = next((actual[k] for k in spellings(fold_id(key)) if k != key and not ours(k, actual[k])),
                      None)
         if other is not None:
             blocked.append((service, other))
@@ -221,7 +222,7 @@ def plan(
         candidates: Mapping[str, RegisteredService] = actual
     else:
         candidates = {key: actual[key] for key in scope if key in actual and key not in desired}
-        candidates.update((k, actual[k]) for folded in wanted_folds for k in spellings.get(folded, ()))
+        candidates.update((k, actual[k]) for folded in wanted_folds for k in spellings(folded))
     for key, current in candidates.items():
         if key in wanted_keys:
             continue
@@ -233,13 +234,13 @@ def plan(
     return Plan(register=tuple(register), deregister=tuple(deregister), blocked=tuple(blocked))
 
 
-def _spellings(actual: Mapping[str, RegisteredService]) -> dict[str, list[str]]:
+def _spellings(actual: Mapping[str, RegisteredService]) -> Callable[[str], tuple[str, ...]]:
     """Folded key -> the keys of `actual` with that fold: one pass over the listing per
-    plan, so that each lookup after it is a dict read."""
+    plan, so that each lookup after it is a dict read (a Listing keeps this index)."""
     found: dict[str, list[str]] = {}
     for key in actual:
         found.setdefault(fold_id(key), []).append(key)
-    return found
+    return lambda folded: tuple(found.get(folded, ()))
 
 
 def apply(plan_to_apply: Plan, registry: RegistryWrites, where: str = "", run: Runner = one_by_one) -> ApplyResult:

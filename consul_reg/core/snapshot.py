@@ -33,4 +33,4 @@ class Snapshot:
 
 
 def freeze(mapping: Mapping) -> Mapping:
-    return MappingProxyType(dict(mapping))
+    return MappingProxyType(dict(mapping.items()))

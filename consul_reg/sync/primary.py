@@ -18,6 +18,7 @@ from loguru import logger
 from consul_reg.core.backoff import Backoff, Clock, Random
 from consul_reg.core.calls import Later
 from consul_reg.core.errors import RegistryError
+from consul_reg.core.listing import Listing
 from consul_reg.core.plan import apply, plan
 from consul_reg.core.protocols import AgentAPI, RegistryWrites
 from consul_reg.core.records import (
@@ -54,13 +55,13 @@ class Primary:
         self.adopt_leftovers = adopt_leftovers
         self.clock = clock
         self.backoff = Backoff(retry_interval, clock=clock, random=random)
-        self.actual: dict[str, RegisteredService] | None = None  # None: unknown, list it again
+        self.actual: Listing | None = None  # None: unknown, list it again
         self.identity: AgentInfo | None = None
         self.refused: dict[str, str] = {}  # service ID -> digest the agent refused; retried when it changes
         self.reaps = ReapTracker()
         self.last_error = ""
         self._blocked_warned: dict[str, str] = {}  # service ID -> holder warned about
-        self._listed_before: dict[str, RegisteredService] | None = None
+        self._listed_before: Mapping[str, RegisteredService] | None = None
         self.io = io  # the writes' own pool: a batch's writes overlap on it
         self._writes: RegistryWrites | None = None  # this batch's, checked against its read ahead
         self._prefetched: Future[tuple[dict[str, RegisteredService], dict[str, str]]] | None = None
@@ -88,7 +89,7 @@ class Primary:
             for service_id in service_ids:
                 current = self.actual.get(service_id)
                 if current is not None and current.owned_by(self.hostname):  # someone else's record stays known
-                    del self.actual[service_id]
+                    self.actual.remove(service_id)
 
     def relist(self) -> None:
         """List the agent again at the next sync (what it lost since, with a
@@ -187,7 +188,8 @@ class Primary:
                 return SyncResult(reached=False)
             prefetched, self._prefetched = self._prefetched, None
             try:
-                self.actual, held = self._list_agent() if prefetched is None else prefetched.result()
+                listed, held = self._list_agent() if prefetched is None else prefetched.result()
+                self.actual = Listing(listed)
             except RegistryError as error:
                 self._unreachable(str(error))
                 return SyncResult(reached=False)
@@ -203,10 +205,10 @@ class Primary:
         if todo:
             applied = apply(todo, self._batch_writes(), run=overlapped(self.io))
             for service in applied.registered:
-                self.actual[service.id] = registered_form(service)
+                self.actual.put(service.id, registered_form(service))
                 self.refused.pop(service.id, None)
             for gone in applied.deregistered:
-                self.actual.pop(gone.id, None)
+                self.actual.remove(gone.id)
             for service_id, _ in applied.failed:
                 if service_id in desired:
                     self.refused[service_id] = desired[service_id].digest
@@ -246,7 +248,7 @@ class Primary:
                 logger.info("{} lost its checks {}: registering it again", service_id, ", ".join(lost))
                 # Still ours and still there: a stale digest makes the plan register it again,
                 # and if that fails it is still deregistered (or drained) with its container.
-                self.actual[service_id] = replace(current, meta={**current.meta, MARKER_DIGEST_KEY: ""})
+                self.actual.put(service_id, replace(current, meta={**current.meta, MARKER_DIGEST_KEY: ""}))
 
     def owned(self) -> list[RegisteredService]:
         return [s for s in (self.actual or {}).values() if s.owned_by(self.hostname)]
@@ -254,7 +256,7 @@ class Primary:
     def registered_ids(self, desire: ContainerDesire) -> tuple[str, ...]:
         """The container's services whose records in the agent are this daemon's, for
         this container: a drain never touches a record someone else holds."""
-        actual = self.actual or {}
+        actual: Mapping[str, RegisteredService] = self.actual or {}
         return tuple(s.id for s in desire.services if (record := actual.get(s.id)) is not None
                      and record.owned_by(self.hostname) and record.container_id == desire.container_id)
 
