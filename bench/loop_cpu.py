@@ -77,6 +77,7 @@ class Agent:
 
     def __init__(self) -> None:
         self.records: dict = {}
+        self.filter_cpu = 0.0  # thread CPU seconds spent filtering as the agent would
 
     def agent_info(self) -> AgentInfo:
         return AgentInfo("1.8.7", "node", "node-1", "127.0.0.1", True)
@@ -95,7 +96,12 @@ class Agent:
         return {}  # the benchmark's container declares no check
 
     def services_in_later(self, scope):  # the batch's read ahead, answered at once
-        return Ready({sid: record for sid, record in self.records.items() if scope.covers(sid)})
+        # The real agent filters on its side: the loop's thread never pays for it, so
+        # the time this fake takes is counted apart and taken out of each event's.
+        began = time.thread_time()
+        answer = {sid: record for sid, record in self.records.items() if scope.covers(sid)}
+        self.filter_cpu += time.thread_time() - began
+        return Ready(answer)
 
     def update_check(self, *args) -> None:
         pass
@@ -179,9 +185,9 @@ def main() -> int:
                 hint = DockerEvent(container_id, action, time.time_ns(), exit_code="137" if action == "die" else "")
                 if profile:
                     profile.enable()
-                began = time.thread_time()
+                began, filtered = time.thread_time(), loop.primary.agent.filter_cpu
                 loop.handle([hint])
-                into.append((time.thread_time() - began) * 1000)
+                into.append((time.thread_time() - began - (loop.primary.agent.filter_cpu - filtered)) * 1000)
                 if profile:
                     profile.disable()
             del docker_api.containers[container_id]
