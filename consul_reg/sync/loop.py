@@ -158,7 +158,7 @@ class Loop:
             ids = (*actions.refresh, *(cid for cid, _ in actions.deaths))
             scope = batch_scope(self.primary.hostname.host, dict(actions.names),
                                 [(cid, self.containers.get(cid)) for cid in ids]) if len(ids) <= READ_WINDOW else None
-            self.primary.read_ahead(scope, beside_inspects=bool(actions.refresh))
+            self.primary.read_ahead(scope)
         affected, drains_left, rechecks = self._per_event(actions, started)
         refresh = set(actions.refresh) | rechecks | self._fold_env_reads(actions.env_reads)
         if actions.missing_checks:

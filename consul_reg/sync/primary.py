@@ -131,26 +131,25 @@ class Primary:
         if prefetched is not None:
             prefetched.cancel()  # if it has not started; else it ends on its own, unread
 
-    def read_ahead(self, scope: ReadScope | None, beside_inspects: bool) -> None:
+    def read_ahead(self, scope: ReadScope | None) -> None:
         """The batch's events were just taken: ask the agent now for the records `scope`
         names (the batch's containers' default IDs by prefix, the IDs they had; None: all
         of them, for a burst, whose filter of hundreds of alternatives the agent would
         match against every record it holds); its answer is taken when the batch's first
         write needs it. The batch's writes to IDs in that scope are checked against this
         one read (its moment: when the loop took the events) instead of a read each after
-        the inspect; any other ID is read by its write, as before. `beside_inspects`: made
-        on the writes' pool, so that the loop sends Docker's inspects (the longer wait)
-        first; else (deaths alone) sent at once from the loop's thread, whose next step is
-        to wait for it."""
+        the inspect; any other ID is read by its write, as before. A scoped read is sent
+        from the loop's thread before Docker's inspects (it answers no sooner than they
+        do: sent after them, on the writes' pool, it held the register back ~0.5 ms, see
+        BENCHMARKS.md); a burst's whole listing goes on the writes' pool."""
         if self._ahead is not None or self.actual is None or not self.backoff.ready() or scope is not None \
                 and not scope:
             return
         later: Later[dict[str, RegisteredService]]
-        if self.io is not None and (scope is None or beside_inspects):
-            later = self.io.submit(self.agent.services if scope is None
-                                   else lambda: self.agent.services_in_later(scope).result())
-        elif scope is None:
-            return
+        if scope is None:
+            if self.io is None:
+                return
+            later = self.io.submit(self.agent.services)
         else:
             try:
                 later = self.agent.services_in_later(scope)
