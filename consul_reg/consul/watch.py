@@ -2,7 +2,8 @@
 gives a dev agent a new node ID, and it comes back empty), without waiting
 for -resync: a cheap local read of /v1/agent/self every second while the
 agent answers, four times a second while it does not, and at once when any
-call to it failed. Tells the sync loop through its inbox; never touches
+call to it failed (never sooner than 0.25 s after its last probe: a failed
+probe rings the alarm too). Tells the sync loop through its inbox; never touches
 the loop's state.
 
 An agent that hangs (stopped, a paused VM, a blackholed remote agent) still
