@@ -2,7 +2,8 @@
 gives a dev agent a new node ID, and it comes back empty), without waiting
 for -resync: a cheap local read of /v1/agent/self every second while the
 agent answers, four times a second while it does not, and at once when any
-call to it failed. Tells the sync loop through its inbox; never touches
+call to it failed (never sooner than 0.25 s after its last probe: a failed
+probe rings the alarm too). Tells the sync loop through its inbox; never touches
 the loop's state.
 
 An agent that hangs (stopped, a paused VM, a blackholed remote agent) still
@@ -127,10 +128,11 @@ class AgentWatch:
         while not self._stopping.is_set():
             probed_at = time.monotonic()
             self.check_once()
-            # A failed probe rings the alarm itself (its client tells every failure): that
-            # ring is no news. Others' rings wake the watch, never sooner than down_interval
-            # after its last probe, so a refused agent is asked 4 times a second, not in a spin.
-            self._poke.clear()
+            # A failed probe rings the alarm itself (its client tells every failure), so the
+            # wait below may end at once: the probes are spaced by down_interval after it, so a
+            # refused agent is asked 4 times a second, not in a spin. The ring is not cleared
+            # before the wait: a ring of another thread during the probe (a failure its answer
+            # predates) or of stop() would be lost, and looked at only an up_interval later.
             self._poke.wait(up_interval if self._liveness.state.ok else down_interval)
             self._poke.clear()
             self._stopping.wait(max(0.0, down_interval - (time.monotonic() - probed_at)))

@@ -111,3 +111,67 @@ def test_an_agent_that_refuses_connections_is_asked_four_times_a_second_not_in_a
     finally:
         watch.stop()
         client.close()
+
+
+class StaleAnswerAgent(FakeAgent):
+    """agent_info() is answered, then its answer is held until released: another
+    thread's call may fail in between (the answer predates the failure)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hold = threading.Event()
+        self.release = threading.Event()
+        self.held = threading.Event()
+
+    def agent_info(self) -> AgentInfo:
+        info = super().agent_info()
+        if self.hold.is_set():
+            self.hold.clear()
+            self.held.set()
+            self.release.wait(10)
+        return info
+
+
+def test_stop_during_a_probe_ends_the_watch_at_once() -> None:
+    """stop() rings the watch awake: a probe in flight when it is called must not swallow that ring
+    (the watch then slept a whole up_interval before it saw it was stopped)."""
+    agent = StaleAnswerAgent()
+    liveness = Liveness("consul")
+    liveness.ok()
+    watch = AgentWatch(agent, AgentAlarm(liveness), lambda message: None, identity=agent.agent_info(),
+                       up_interval=30.0, down_interval=0.05)
+    agent.hold.set()
+    watch.start()
+    assert agent.held.wait(5)
+    watch.stop()
+    agent.release.set()
+    watch._thread.join(3)
+    assert not watch._thread.is_alive(), "the watch still runs 3 s after stop()"
+
+
+def test_another_threads_failure_during_a_probe_is_looked_at_within_down_interval() -> None:
+    """A heartbeat's call fails while the watch's probe is in flight, its answer given before the
+    agent went away: the ring must still make the watch look again within down_interval, not after
+    a whole up_interval while /health says ok."""
+    agent = StaleAnswerAgent()
+    liveness = Liveness("consul")
+    liveness.ok()
+    alarm = AgentAlarm(liveness)
+    watch = AgentWatch(agent, alarm, lambda message: None, identity=agent.agent_info(),
+                       up_interval=30.0, down_interval=0.05)
+    agent.hold.set()
+    watch.start()
+    try:
+        assert agent.held.wait(5)
+        agent.down = True
+        alarm("fake agent: could not update a check: connection refused")  # a heartbeat sender's call
+        failed_at = time.monotonic()
+        agent.release.set()
+        deadline = failed_at + 3
+        while time.monotonic() < deadline and (liveness.state.ok or agent.calls.count(("self", "")) < 3):
+            time.sleep(0.02)
+        assert agent.calls.count(("self", "")) >= 3 and not liveness.state.ok, (
+            f"{time.monotonic() - failed_at:.1f}s after another thread's call failed the watch has not "
+            f"looked again; /health says ok={liveness.state.ok}")
+    finally:
+        watch.stop()

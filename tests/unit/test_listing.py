@@ -59,3 +59,31 @@ def test_a_write_then_a_removal_of_one_spelling_leaves_the_other() -> None:
     assert listing.remove("web") is None
     listing.remove("Web")
     assert listing.spellings("web") == () and not listing
+
+
+# other writers' IDs may be any text: the Kelvin sign, dotless and dotted i, long s, sharp s, sigmas
+wide_ids = st.text(alphabet="kK\u212aiI\u0130\u0131sS\u017f\u00df\u03a3\u03c3\u03c2:1", min_size=1, max_size=3)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), wide_ids, st.booleans(), st.sampled_from(["c1", "c2"])), max_size=30),
+       st.lists(wide_ids, min_size=1, max_size=4, unique=True), st.booleans())
+def test_a_plan_over_a_listing_written_and_removed_from_is_the_plan_over_the_same_dict(
+        steps: list[tuple[bool, str, bool, str]], wanted: list[str], kept: bool) -> None:
+    """The primary's listing is written to and removed from between plans (its writes, `forget`,
+    lost checks): the plan over it, scoped or not, with kept containers or not, is still the plan
+    over a dict that went through the same steps."""
+    listing, plain = Listing(), {}
+    for write, service_id, ours, container in steps:
+        if write:
+            listing.put(service_id, record(service_id, ours, container))
+            plain[service_id] = record(service_id, ours, container)
+        else:
+            assert listing.remove(service_id) == plain.pop(service_id, None)
+        assert listing.get(service_id) == plain.get(service_id) and (service_id in listing) == (service_id in plain)
+    assert list(listing.items()) == list(plain.items())
+    desired = {sid: Service(id=sid, name="web", address="10.0.0.1", port=80, container_id="c1") for sid in wanted}
+    kept_containers = {"c2"} if kept else set()
+    for scope in (None, set(wanted), set(wanted) | set(list(plain)[:3])):
+        assert plan(desired, listing, OWNER, scope=scope, kept_containers=kept_containers) == \
+            plan(desired, plain, OWNER, scope=scope, kept_containers=kept_containers)
