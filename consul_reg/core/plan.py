@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from loguru import logger
 
+from consul_reg.core.agent_records import AgentRecords
 from consul_reg.core.calls import Calls, Runner, one_by_one
 from consul_reg.core.errors import (
     RegistryError,
@@ -19,7 +20,6 @@ from consul_reg.core.errors import (
     RegistryScriptsRefused,
     RegistryUnavailable,
 )
-from consul_reg.core.listing import Listing
 from consul_reg.core.protocols import RegistryWrites
 from consul_reg.core.records import ContainerDesire, Owner, RegisteredService, Service, as_owner, fold_id
 
@@ -192,7 +192,7 @@ def plan(
     blocked: list[tuple[Service, RegisteredService]] = []
     deregister: list[RegisteredService] = []
     wanted_keys: set[str] = set()
-    spellings = actual.spellings if isinstance(actual, Listing) else _spellings(actual)
+    spellings = actual.spellings if isinstance(actual, AgentRecords) else _spellings(actual)
     ids = desired.keys() if scope is None else [sid for sid in scope if sid in desired]
     for service_id in ids:
         service = desired[service_id]
@@ -236,7 +236,7 @@ def plan(
 
 def _spellings(actual: Mapping[str, RegisteredService]) -> Callable[[str], tuple[str, ...]]:
     """Folded key -> the keys of `actual` with that fold: one pass over the listing per
-    plan, so that each lookup after it is a dict read (a Listing keeps this index)."""
+    plan, so that each lookup after it is a dict read (AgentRecords keeps this index)."""
     found: dict[str, list[str]] = {}
     for key in actual:
         found.setdefault(fold_id(key), []).append(key)

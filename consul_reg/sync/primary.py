@@ -15,10 +15,10 @@ from dataclasses import dataclass, field, replace
 
 from loguru import logger
 
+from consul_reg.core.agent_records import AgentRecords
 from consul_reg.core.backoff import Backoff, Clock, Random
 from consul_reg.core.calls import Later
 from consul_reg.core.errors import RegistryError
-from consul_reg.core.listing import Listing
 from consul_reg.core.plan import apply, plan
 from consul_reg.core.protocols import AgentAPI, RegistryWrites
 from consul_reg.core.records import (
@@ -55,7 +55,7 @@ class Primary:
         self.adopt_leftovers = adopt_leftovers
         self.clock = clock
         self.backoff = Backoff(retry_interval, clock=clock, random=random)
-        self.actual: Listing | None = None  # None: unknown, list it again
+        self.actual: AgentRecords | None = None  # None: unknown, list it again
         self.identity: AgentInfo | None = None
         self.refused: dict[str, str] = {}  # service ID -> digest the agent refused; retried when it changes
         self.reaps = ReapTracker()
@@ -188,7 +188,7 @@ class Primary:
             prefetched, self._prefetched = self._prefetched, None
             try:
                 listed, held = self._list_agent() if prefetched is None else prefetched.result()
-                self.actual = Listing(listed)
+                self.actual = AgentRecords(listed)
             except RegistryError as error:
                 self._unreachable(str(error))
                 return SyncResult(reached=False)

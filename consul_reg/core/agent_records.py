@@ -13,7 +13,7 @@ from collections.abc import ItemsView, Iterator, KeysView, Mapping, ValuesView
 from consul_reg.core.records import RegisteredService, fold_id
 
 
-class Listing(Mapping[str, RegisteredService]):
+class AgentRecords(Mapping[str, RegisteredService]):
     __slots__ = ("_records", "_by_fold")
 
     def __init__(self, records: Mapping[str, RegisteredService] | None = None) -> None:

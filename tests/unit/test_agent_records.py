@@ -1,4 +1,4 @@
-"""The primary's Listing (issue 24): its fold index stays the same as a pass over
+"""The primary's AgentRecords (issue 24): its fold index stays the same as a pass over
 its records after any writes and removals, and a plan over it is the plan over
 the same records as a plain dict (which scans them), for IDs that differ only in
 case, ours and others'."""
@@ -8,7 +8,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consul_reg.core.listing import Listing
+from consul_reg.core.agent_records import AgentRecords
 from consul_reg.core.plan import _spellings, plan
 from consul_reg.core.records import Owner, RegisteredService, Service, fold_id, marker_meta, registered_form
 
@@ -25,7 +25,7 @@ def record(service_id: str, ours: bool, container: str = "c1") -> RegisteredServ
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.tuples(st.booleans(), ids, st.booleans()), max_size=40))
 def test_the_fold_index_is_what_a_pass_over_the_records_finds(steps: list[tuple[bool, str, bool]]) -> None:
-    listing, plain = Listing(), {}
+    listing, plain = AgentRecords(), {}
     for write, service_id, ours in steps:
         if write:
             listing.put(service_id, record(service_id, ours))
@@ -36,7 +36,7 @@ def test_the_fold_index_is_what_a_pass_over_the_records_finds(steps: list[tuple[
     scanned = _spellings(plain)
     for folded in {fold_id(k) for k in plain} | {"zz"}:
         assert sorted(listing.spellings(folded)) == sorted(scanned(folded))
-    assert sorted(Listing(plain).spellings("a")) == sorted(scanned("a"))
+    assert sorted(AgentRecords(plain).spellings("a")) == sorted(scanned("a"))
 
 
 @settings(max_examples=300, deadline=None)
@@ -46,11 +46,11 @@ def test_a_plan_over_a_listing_is_the_plan_over_its_records(held: dict[str, bool
     desired = {sid: Service(id=sid, name="web", address="10.0.0.1", port=80, container_id="c1") for sid in wanted}
     for scope in (None, set(wanted) | set(list(held)[:3])):
         expected = plan(desired, actual, OWNER, scope=scope)
-        assert plan(desired, Listing(actual), OWNER, scope=scope) == expected
+        assert plan(desired, AgentRecords(actual), OWNER, scope=scope) == expected
 
 
 def test_a_write_then_a_removal_of_one_spelling_leaves_the_other() -> None:
-    listing = Listing({"Web": record("Web", ours=False)})
+    listing = AgentRecords({"Web": record("Web", ours=False)})
     listing.put("web", registered_form(Service(id="web", name="web", address="10.0.0.1", port=80, container_id="c1",
                                                 meta=tuple(marker_meta(OWNER.host, "c1", "").items()))))
     assert sorted(listing.spellings("web")) == ["Web", "web"]
@@ -73,7 +73,7 @@ def test_a_plan_over_a_listing_written_and_removed_from_is_the_plan_over_the_sam
     """The primary's listing is written to and removed from between plans (its writes, `forget`,
     lost checks): the plan over it, scoped or not, with kept containers or not, is still the plan
     over a dict that went through the same steps."""
-    listing, plain = Listing(), {}
+    listing, plain = AgentRecords(), {}
     for write, service_id, ours, container in steps:
         if write:
             listing.put(service_id, record(service_id, ours, container))
