@@ -36,6 +36,7 @@ from consul_reg.core.records import (
     RegisteredService,
     Service,
     fold_id,
+    section,
 )
 from consul_reg.core.text import printable
 from consul_reg.mapping.registration import connect_payload, registration_payload  # noqa: F401  (re-exported)
@@ -268,12 +269,13 @@ class ConsulRegistry:
     def agent_info(self, timeout: float | None = None) -> AgentInfo:
         """The agent's version, node, addresses and script policy (`timeout`: this call's
         own, else the client's)."""
-        info = self.client.json("GET", ("agent", "self"), "read the agent's own information", timeout=timeout) or {}
-        config = info.get("Config") or {}
-        member = info.get("Member") or {}
-        debug = info.get("DebugConfig") or {}
+        what = "read the agent's own information"
+        info = self.client.json("GET", ("agent", "self"), what, timeout=timeout)
+        if not isinstance(info, dict):  # else the watch's thread would end on an AttributeError
+            raise RegistryError(f"{self.description}: could not {what}: the answer is not a JSON object")
+        config, member, debug = (section(info, key) for key in ("Config", "Member", "DebugConfig"))
         address = str(debug.get("AdvertiseAddrLAN") or member.get("Addr") or "")
-        addresses, ports = agent_listeners(debug if isinstance(debug, dict) else {})
+        addresses, ports = agent_listeners(debug)
         return AgentInfo(
             version=str(config.get("Version") or ""),
             node_name=str(config.get("NodeName") or ""),

@@ -127,7 +127,10 @@ class AgentWatch:
         up_interval, down_interval = self._intervals
         while not self._stopping.is_set():
             probed_at = time.monotonic()
-            self.check_once()
+            try:
+                self.check_once()
+            except Exception:  # a bug must cost one probe, never the watch (agent restarts unnoticed)
+                logger.exception("the agent watch's probe failed unexpectedly; probing again")
             # A failed probe rings the alarm itself (its client tells every failure), so the
             # wait below may end at once: the probes are spaced by down_interval after it, so a
             # refused agent is asked 4 times a second, not in a spin. The ring is not cleared

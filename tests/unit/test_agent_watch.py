@@ -6,12 +6,17 @@ import socket
 import threading
 import time
 
+import httpx
+import pytest
+
 from consul_reg.consul.watch import AgentAlarm, AgentWatch
 from consul_reg.core.messages import AgentBack
 from consul_reg.core.liveness import Liveness
 from consul_reg.consul.agent import ConsulClient, ConsulEndpoint, ConsulRegistry
+from consul_reg.core.errors import RegistryError
 from consul_reg.core.records import AgentInfo
 from tests.unit.fakes import FakeAgent, FakeClock
+from tests.unit.stub_agent import stub_client
 
 
 class HangingAgent(FakeAgent):
@@ -175,3 +180,23 @@ def test_another_threads_failure_during_a_probe_is_looked_at_within_down_interva
             f"looked again; /health says ok={liveness.state.ok}")
     finally:
         watch.stop()
+
+
+def test_an_agent_self_answer_of_another_shape_is_an_error_of_the_probe_never_the_end_of_the_watch() -> None:
+    """A JSON answer that is not an object (a proxy's, a broken agent's) was an
+    AttributeError: the watch's thread ended, and no agent restart was noticed again."""
+    answers = iter([httpx.Response(200, json=["not", "an", "object"]),
+                    httpx.Response(200, json={"Config": "text", "Member": 3, "DebugConfig": None})])
+    registry = ConsulRegistry(stub_client(lambda request: next(answers)))
+    with pytest.raises(RegistryError, match="not a JSON object"):
+        registry.agent_info()
+    info = registry.agent_info()
+    assert (info.node_id, info.version, info.listen_ports) == ("", "", ())
+    liveness = Liveness("consul")
+    liveness.ok()
+    shapes = iter([httpx.Response(200, json=[1]), httpx.Response(200, json={"Config": {"NodeID": "n2"}})])
+    client = stub_client(lambda request: next(shapes))
+    watch = AgentWatch(ConsulRegistry(client), AgentAlarm(liveness), lambda message: None, identity=None)
+    watch.check_once()  # refused as an error of the probe: the thread would go on
+    watch.check_once()
+    assert watch.identity is not None and watch.identity.node_id == "n2"
