@@ -457,8 +457,8 @@ def _match_filter(selector: str, checked: Collection[str], patterns: Collection[
 
 
 def _scope_patterns(scope: ReadScope) -> tuple[str, ...]:
-    """A scope as regex alternatives (`_pattern`)."""
-    return (*(_pattern(p) + ".*" for p in sorted(scope.prefixes)), *(_pattern(i) for i in sorted(scope.ids)))
+    """A scope as regex alternatives (`_pattern`; `_match_filter` orders them)."""
+    return (*(_pattern(p) + ".*" for p in scope.prefixes), *(_pattern(i) for i in scope.ids))
 
 
 def _records(listed: Any) -> dict[str, RegisteredService]:

@@ -64,6 +64,3 @@ class AgentRecords(Mapping[str, RegisteredService]):
             if not keys:
                 del self._by_fold[folded]
         return record
-
-    def copy(self) -> dict[str, RegisteredService]:
-        return dict(self._records)
