@@ -18,6 +18,7 @@ from cachetools import LRUCache
 from loguru import logger
 
 from consul_reg.core.backoff import Backoff
+from consul_reg.core.calls import Deferred, Later
 from consul_reg.core.errors import DockerUnavailable, DockerUnreachable
 from consul_reg.core.liveness import Liveness
 from consul_reg.core.messages import EVENT_FILTER_ACTIONS, DockerReconnected, Message
@@ -27,7 +28,7 @@ from consul_reg.docker import files as container_files
 from consul_reg.docker.events import MAX_EVENT_BYTES, OVERSIZED, SkippedEvents, decoded_events, message_from_event
 from consul_reg.docker.files import FileUnreadable  # noqa: F401  (raised by read_file)
 from consul_reg.docker.host import docker_base_url
-from consul_reg.transport.pool import TRANSPORT_ERRORS, BodyTooLarge, ConnectionPool, PoolTimeout
+from consul_reg.transport.pool import TRANSPORT_ERRORS, BodyTooLarge, ConnectionPool, Pending, PoolTimeout
 
 # A fixed API version: "auto" would contact dockerd in the constructor, before
 # the daemon's retry loop. 1.41 is Docker 20.10's; newer engines still accept it.
@@ -114,8 +115,24 @@ class DockerSource:
 
     def inspect(self, container_id: str) -> dict[str, Any] | None:
         """The container's inspect data, or None when it no longer exists. Thread-safe."""
-        status, body = self._get("inspect a container", ("inspect_container", container_id),
-                                 "/containers/{}/json", container_id, subject=container_id)
+        return self._inspected(self._get("inspect a container", ("inspect_container", container_id),
+                                         "/containers/{}/json", container_id, subject=container_id))
+
+    def inspect_later(self, container_id: str) -> Later[dict[str, Any] | None]:
+        """The inspect sent now, on a kept-alive connection the caller's thread holds (no
+        thread in between); its `result` raises as `inspect` does. With docker-py, or when it
+        cannot be sent now, `result` makes the whole inspect."""
+        if self._pool is None:
+            return Deferred(lambda: self.inspect(container_id))
+        try:
+            pending = self._pool.begin("GET", docker_http.url(self._endpoint, "/containers/{}/json", container_id),
+                                       max_body=MAX_INSPECT_BYTES)
+        except (ValueError, *TRANSPORT_ERRORS):  # not sent: the whole call, later, says why
+            return Deferred(lambda: self.inspect(container_id))
+        return _PendingInspect(self, container_id, pending)
+
+    def _inspected(self, answer: tuple[int, Any]) -> dict[str, Any] | None:
+        status, body = answer
         if status == 200 and isinstance(body, dict):
             return body
         if _not_found(status, body):
@@ -148,18 +165,20 @@ class DockerSource:
 
     def _get(self, what: str, docker_py_call: tuple[Any, ...], path: str, *segments: str,
              query: dict[str, str] | None = None, max_body: int = MAX_INSPECT_BYTES, subject: str = "",
-             docker_py_kwargs: dict[str, Any] | None = None) -> tuple[int, Any]:
+             docker_py_kwargs: dict[str, Any] | None = None,
+             sent: Pending | None = None) -> tuple[int, Any]:
         """One GET: (status, decoded body or None). dockerd answering at all is liveness;
         not reaching it raises DockerUnreachable, an answer over `max_body` DockerUnavailable
-        (about this one call: `subject` names what it was about)."""
+        (about this one call: `subject` names what it was about). `sent`: the GET, already
+        sent (`inspect_later`), whose answer is read here."""
         about = f" {printable(subject, 80)}" if subject else ""
         try:
             if self._docker_py is not None:
                 status, body = self._docker_py.call(*docker_py_call, **(docker_py_kwargs or {}))
             else:
                 assert self._pool is not None
-                answer = self._pool.request("GET", docker_http.url(self._endpoint, path, *segments, query=query),
-                                            max_body=max_body)
+                answer = sent.answer() if sent is not None else self._pool.request(
+                    "GET", docker_http.url(self._endpoint, path, *segments, query=query), max_body=max_body)
                 status = answer.status_code
                 try:
                     body = answer.json()
@@ -325,6 +344,21 @@ class DockerSource:
             self._pool.close()
         if self._docker_py is not None:
             self._docker_py.close()
+
+
+class _PendingInspect:
+    """An inspect of `DockerSource.inspect_later`, sent; its answer is read once, or it is cancelled."""
+
+    def __init__(self, source: DockerSource, container_id: str, sent: Pending) -> None:
+        self._source, self._container_id, self._sent = source, container_id, sent
+
+    def result(self) -> dict[str, Any] | None:
+        return self._source._inspected(self._source._get(
+            "inspect a container", ("inspect_container", self._container_id), "/containers/{}/json",
+            self._container_id, subject=self._container_id, sent=self._sent))
+
+    def cancel(self) -> None:
+        self._sent.cancel()
 
 
 class _FirstSubscription:

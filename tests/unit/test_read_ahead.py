@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 
 from consul_reg.consul.guard import OwnershipGuard
-from consul_reg.core.messages import Start
+from consul_reg.core.messages import DockerReconnected, Start
 from consul_reg.core.records import Holdings, Owner, RegisteredService, Service, marker_meta, registered_form
 from tests.unit.fakes import FakeAgent, container
 from tests.unit.test_loop import HOST, Harness, event
@@ -34,27 +34,61 @@ def test_a_start_reads_the_agent_once_when_the_event_is_taken_not_after_the_insp
     assert reads(h) == [("services in", "h1:web,h1:web:*")], "one read of the container's default IDs, none per write"
 
 
-def test_a_starts_read_is_sent_from_the_loops_thread_before_dockers_inspect() -> None:
-    """Sent after the inspect, on the writes' pool, the read answered after the inspect
-    and held the register back (~0.5 ms per start, BENCHMARKS.md): it goes first now."""
+def test_a_lone_starts_inspect_is_sent_first_then_the_read_both_from_the_loops_thread() -> None:
+    """Both requests go out before either answer is waited for, from the loop's own thread
+    (no hop to a pool): the inspect first, as its answer is needed first (the mapping), the
+    agent's read next, answering while the inspect is under way (BENCHMARKS.md)."""
     h = guarded()
     h.docker.add(container("c1", "web", ports={"80/tcp": "8080"}))
     order: list[tuple[str, str]] = []
-    read, inspect = h.agent.services_in_later, h.docker.inspect
+    read, inspect_later = h.agent.services_in_later, h.docker.inspect_later
 
     def read_now(scope):  # type: ignore[no-untyped-def]
-        order.append(("read", threading.current_thread().name))
+        order.append(("read sent", threading.current_thread().name))
         return read(scope)
 
-    def inspect_now(container_id):  # type: ignore[no-untyped-def]
-        order.append(("inspect", threading.current_thread().name))
-        return inspect(container_id)
+    class Traced:
+        def __init__(self, later):  # type: ignore[no-untyped-def]
+            self.later = later
+
+        def result(self):  # type: ignore[no-untyped-def]
+            order.append(("inspect answered", threading.current_thread().name))
+            return self.later.result()
+
+        def cancel(self) -> None:
+            order.append(("inspect cancelled", threading.current_thread().name))
+
+    def inspect_sent(container_id):  # type: ignore[no-untyped-def]
+        order.append(("inspect sent", threading.current_thread().name))
+        return Traced(inspect_later(container_id))
     h.agent.services_in_later = read_now  # type: ignore[method-assign]
-    h.docker.inspect = inspect_now  # type: ignore[method-assign]
+    h.docker.inspect_later = inspect_sent  # type: ignore[method-assign]
     h.send(event("c1", "start", name="web"))
     assert h.ids() == {"h1:web:80"}
-    assert [what for what, _ in order] == ["read", "inspect"], order
-    assert order[0][1] == threading.current_thread().name, "the read is sent by the loop's own thread"
+    assert [what for what, _ in order] == ["inspect sent", "read sent", "inspect answered"], order
+    assert {thread for _, thread in order} == {threading.current_thread().name}, "all on the loop's own thread"
+
+
+def test_an_inspect_sent_ahead_for_a_batch_that_makes_a_full_pass_is_cancelled() -> None:
+    h = guarded()
+    h.docker.add(container("c1", "web", ports={"80/tcp": "8080"}))
+    h.docker.add(container("c2", "api", ports={"81/tcp": "8081"}))  # the pass inspects two, on its pool
+    cancelled: list[str] = []
+    inspect_later = h.docker.inspect_later
+
+    class Traced:
+        def __init__(self, container_id, later):  # type: ignore[no-untyped-def]
+            self.container_id, self.later = container_id, later
+
+        def result(self):  # type: ignore[no-untyped-def]
+            return self.later.result()
+
+        def cancel(self) -> None:
+            cancelled.append(self.container_id)
+    h.docker.inspect_later = lambda cid: Traced(cid, inspect_later(cid))  # type: ignore[method-assign]
+    h.send(event("c1", "start", name="web"), DockerReconnected())
+    assert h.ids() == {"h1:web:80", "h1:api:81"}
+    assert cancelled == ["c1"], "the lone start's inspect, sent ahead, was not taken: cancelled, not left holding a connection"
 
 
 def test_a_foreign_record_that_appeared_since_the_last_listing_is_never_overwritten() -> None:
