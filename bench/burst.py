@@ -42,6 +42,9 @@ from common import remove_labelled  # noqa: E402
 from event_latency import Events  # noqa: E402
 
 
+TIMELINE: dict[str, list[tuple[int, int]]] | None = None  # --timeline: each container's (event, seen) ns
+
+
 def watch(port: int, expected: set[str], present: bool, calls_done: threading.Event) -> tuple[dict[str, int], float]:
     """service ID -> time.time_ns() of the first poll that shows it (present) or no
     longer shows it, until all are seen or 30 s after the Docker calls returned;
@@ -103,6 +106,8 @@ def phase(agent: Agent, events: Events, ids: dict[str, str], docker_call, action
         prober.join()
     times = {cid: events.wait(cid, action) for cid in ids}
     seen = result["seen"]
+    if TIMELINE is not None:
+        TIMELINE[action] = sorted((times[cid], seen.get(sid, 0)) for cid, sid in ids.items())
     latencies = [(seen[sid] - times[cid]) / 1e6 for cid, sid in ids.items() if sid in seen]
     return (latencies, (max(seen.values(), default=0) - max(times.values())) / 1e6, seen, result["period"],
             result.get("probe", {}))
@@ -172,6 +177,9 @@ def one_run(args, client, agent: Agent, events: Events, run: int, subject: str) 
               f"last one {last_down:.1f} ms after the last die event", flush=True)
         print(f"run {run} {subject}: missing {len(ids) - len(registered)}, left {len(ids) - len(gone)}; "
               f"agent polled every {period:.1f} ms; CPU {cpu:.2f} s, peak RSS {rss:.1f} MB; {load()}", flush=True)
+        if args.timeline:
+            with open(args.timeline, "a") as out:
+                out.write(json.dumps({"run": run, "subject": subject, **(TIMELINE or {})}) + "\n")
         return {"subject": subject, "up": up_ms, "last_up": last_up, "down": down_ms, "last_down": last_down,
                 "missing": len(ids) - len(registered), "left": len(ids) - len(gone)}
     finally:
@@ -195,8 +203,12 @@ def main() -> int:
     parser.add_argument("--across-resync", type=float, default=None, metavar="SECONDS",
                         help="start the burst this long before consul-reg's resync is due (with --resync)")
     parser.add_argument("--registrator", default="", help="also measure gliderlabs/registrator's binary")
+    parser.add_argument("--timeline", default="", help="write each container's event and seen times (ns) here, "
+                        "a JSON object per run and subject, one per line")
     parser.add_argument("--debug", action="store_true", help="consul-reg logs at DEBUG (its passes, in its log)")
     args = parser.parse_args()
+    global TIMELINE
+    TIMELINE = {} if args.timeline else None
     client = docker.from_env(timeout=120, max_pool_size=args.threads)
     agent = Agent().start()
     events = Events(client)
