@@ -120,15 +120,18 @@ class DockerSource:
 
     def inspect_later(self, container_id: str) -> Later[dict[str, Any] | None]:
         """The inspect sent now, on a kept-alive connection the caller's thread holds (no
-        thread in between); its `result` raises as `inspect` does. With docker-py, or when it
-        cannot be sent now, `result` makes the whole inspect."""
+        thread in between); its `result` raises as `inspect` does. With docker-py `result` makes
+        the whole inspect; when it could not be sent (dockerd not reached in the timeout, no free
+        connection), `result` raises why, without a second wait."""
         if self._pool is None:
             return Deferred(lambda: self.inspect(container_id))
         try:
             pending = self._pool.begin("GET", docker_http.url(self._endpoint, "/containers/{}/json", container_id),
                                        max_body=MAX_INSPECT_BYTES)
-        except (ValueError, *TRANSPORT_ERRORS):  # not sent: the whole call, later, says why
+        except ValueError:  # a target that cannot be sent: the whole call, later, says why
             return Deferred(lambda: self.inspect(container_id))
+        except TRANSPORT_ERRORS as error:  # not sent: `result` says why as `inspect` would, never tries again
+            return _PendingInspect(self, container_id, _NotSent(error))
         return _PendingInspect(self, container_id, pending)
 
     def _inspected(self, answer: tuple[int, Any]) -> dict[str, Any] | None:
@@ -166,11 +169,11 @@ class DockerSource:
     def _get(self, what: str, docker_py_call: tuple[Any, ...], path: str, *segments: str,
              query: dict[str, str] | None = None, max_body: int = MAX_INSPECT_BYTES, subject: str = "",
              docker_py_kwargs: dict[str, Any] | None = None,
-             sent: Pending | None = None) -> tuple[int, Any]:
+             sent: Pending | _NotSent | None = None) -> tuple[int, Any]:
         """One GET: (status, decoded body or None). dockerd answering at all is liveness;
         not reaching it raises DockerUnreachable, an answer over `max_body` DockerUnavailable
         (about this one call: `subject` names what it was about). `sent`: the GET, already
-        sent (`inspect_later`), whose answer is read here."""
+        sent (`inspect_later`), whose answer is read here (or the error that kept it from being sent)."""
         about = f" {printable(subject, 80)}" if subject else ""
         try:
             if self._docker_py is not None:
@@ -349,7 +352,7 @@ class DockerSource:
 class _PendingInspect:
     """An inspect of `DockerSource.inspect_later`, sent; its answer is read once, or it is cancelled."""
 
-    def __init__(self, source: DockerSource, container_id: str, sent: Pending) -> None:
+    def __init__(self, source: DockerSource, container_id: str, sent: Pending | _NotSent) -> None:
         self._source, self._container_id, self._sent = source, container_id, sent
 
     def result(self) -> dict[str, Any] | None:
@@ -359,6 +362,20 @@ class _PendingInspect:
 
     def cancel(self) -> None:
         self._sent.cancel()
+
+
+class _NotSent:
+    """A request `begin` could not send (dockerd not reached in time, no free connection):
+    its answer raises that error, so the caller waits once, as for one whole call."""
+
+    def __init__(self, error: BaseException) -> None:
+        self._error = error
+
+    def answer(self) -> Any:
+        raise self._error
+
+    def cancel(self) -> None:
+        pass
 
 
 class _FirstSubscription:

@@ -548,3 +548,58 @@ def test_an_inspect_sent_ahead_to_a_dockerd_that_is_gone_says_so(tmp_path, monke
         assert not docker.liveness.state.ok
     finally:
         docker.close()
+
+
+def test_an_inspect_that_could_not_be_sent_ahead_is_not_made_again_when_taken(tmp_path, monkeypatch) -> None:
+    """`inspect_later` could not send (dockerd not reached, or no free connection): its
+    result says so as `inspect` would, without a second try. A second try waited the
+    whole timeout again: a dockerd whose host drops connections held the loop 2 x 30 s
+    per lone start instead of 30 s."""
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path / 'nobody.sock'}")
+    gone = DockerSource(timeout=2)
+    connects: list[float] = []
+    connect = gone._pool._connect
+
+    def counted(timeout):  # type: ignore[no-untyped-def]
+        connects.append(timeout)
+        return connect(timeout)
+    monkeypatch.setattr(gone._pool, "_connect", counted)
+    try:
+        with pytest.raises(docker_source.DockerUnreachable, match="could not inspect a container"):
+            gone.inspect_later("c1").result()
+        assert not gone.liveness.state.ok
+        assert len(connects) == 1, "one attempt to reach dockerd, as one inspect makes"
+    finally:
+        gone.close()
+
+
+def test_an_inspect_sent_ahead_with_every_connection_busy_waits_for_one_once(tmp_path, monkeypatch) -> None:
+    release = threading.Event()
+
+    def hold(request: bytes) -> bytes:
+        release.wait(10)
+        return answer("200 OK", b'{"Id": "c1"}')
+    path = str(tmp_path / "busy.sock")
+    listener = serve_once(path, hold)
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{path}")
+    busy = DockerSource(timeout=0.3)
+    claims: list[float] = []
+    claim = busy._pool._claim_slot
+
+    def counted(timeout):  # type: ignore[no-untyped-def]
+        claims.append(timeout)
+        return claim(timeout)
+    monkeypatch.setattr(busy._pool, "_claim_slot", counted)
+    held = [busy.inspect_later(f"c{n}") for n in range(docker_source.INSPECT_CONNECTIONS)]
+    try:
+        claims.clear()
+        with pytest.raises(DockerUnavailable, match="no free connection") as refused:
+            busy.inspect_later("c9").result()
+        assert not isinstance(refused.value, docker_source.DockerUnreachable)  # dockerd is slow, not gone
+        assert len(claims) == 1, "one wait for a free connection, as one inspect makes"
+    finally:
+        release.set()
+        for later in held:
+            later.cancel()
+        busy.close()
+        listener.close()
