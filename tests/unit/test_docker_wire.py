@@ -38,7 +38,7 @@ from tests.unit.sockets import read_head
 def serve_once(path: str, reply: Callable[[bytes], bytes]) -> socket.socket:
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
-    listener.listen(4)
+    listener.listen(64)  # one connection served at a time: connects beyond the backlog fail at once (EAGAIN)
 
     def accept() -> None:
         while True:
