@@ -127,8 +127,10 @@ class ConnectionPool:
         except BaseException:
             self._slots.release()
             raise
+        # Its answer gets what is left of `timeout` once sent: the wait for a connection (and
+        # to connect) counts, as in `request`; the caller's own work until it reads does not.
         return Pending(self, wire, reused, method, target, fields, self.max_body if max_body is None else max_body,
-                       timeout)
+                       max(deadline - time.monotonic(), 0.001))
 
     def _claim_slot(self, timeout: float) -> float:
         """A slot for one request (PoolTimeout when none frees within `timeout`); its deadline."""
@@ -205,8 +207,8 @@ class Pending:
         self._done = False
 
     def answer(self) -> Answer:
-        """The whole answer; the server gets the pool's timeout from now (it has had
-        the time since the request was sent besides). Raises as `request` does."""
+        """The whole answer; the server gets from now what was left of the timeout when the
+        request was sent (it has had the time since besides). Raises as `request` does."""
         if self._done:
             raise RuntimeError("this answer was already taken")
         self._done = True

@@ -344,3 +344,38 @@ def test_a_stream_on_its_own_connection(serve) -> None:
     finally:
         stream.close()
     assert pool.server.requests[0].startswith(b"GET /v1.41/events?filters=%7B%7D HTTP/1.1\r\n")  # type: ignore
+
+
+def test_a_request_sent_ahead_counts_its_wait_for_a_connection_in_its_timeout(serve) -> None:
+    """`begin` waited for a free connection (or to connect): its answer gets what is left of
+    the timeout, as `request` counts it, never a whole timeout more (a hung server held the
+    sync loop for the wait plus a whole timeout)."""
+    release = threading.Event()
+
+    def handler(conn: socket.socket, request: bytes) -> bool:
+        if request.startswith(b"GET /slow "):
+            time.sleep(1.0)
+        else:
+            release.wait(10)  # never answers in time
+        try:
+            conn.sendall(answer())
+        except OSError:
+            return False  # the client gave up
+        return True
+
+    pool = serve(handler, max_connections=1)
+    holder = threading.Thread(target=pool.request, args=("GET", "/slow"))
+    holder.start()
+    deadline = time.monotonic() + 5
+    while not pool.server.requests and time.monotonic() < deadline:  # type: ignore[attr-defined]
+        time.sleep(0.01)
+    started = time.monotonic()
+    try:
+        pending = pool.begin("GET", "/never", timeout=1.5)
+        assert time.monotonic() - started > 0.5, "it waited for the only connection"
+        with pytest.raises(TimeoutError):
+            pending.answer()
+        assert time.monotonic() - started < 1.5 + 0.5, "the wait and the answer within one timeout"
+    finally:
+        release.set()
+        holder.join()
