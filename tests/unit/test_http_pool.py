@@ -379,3 +379,26 @@ def test_a_request_sent_ahead_counts_its_wait_for_a_connection_in_its_timeout(se
     finally:
         release.set()
         holder.join()
+
+
+def test_a_request_sent_ahead_on_a_reused_connection_dropped_is_sent_again_once(serve) -> None:
+    """`begin` on a kept-alive connection the server closes as the request comes (it
+    restarts): `answer` sends it once more on a new connection; on a fresh one it is an error."""
+    calls = []
+
+    def handler(conn: socket.socket, request: bytes) -> bool:
+        calls.append(request)
+        if len(calls) in (2, 4):
+            return False  # closes without answering
+        conn.sendall(answer())
+        return True
+
+    pool = serve(handler)
+    pool.request("GET", "/one")
+    assert pool.begin("GET", "/two").answer().status_code == 200
+    assert len(calls) == 3 and calls[1] == calls[2]
+    pool.close()  # nothing kept: the next one is on a fresh connection
+    fresh = pool.begin("GET", "/three")
+    with pytest.raises(http.client.RemoteDisconnected):
+        fresh.answer()
+    assert len(calls) == 4
