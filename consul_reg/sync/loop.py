@@ -156,7 +156,8 @@ class Loop:
             self.metrics.event_lag(max(0.0, time.time() - max(actions.event_times) / 1e9))
         if actions.identity is not None:
             self._agent_seen(actions.identity, actions.agent_back)
-        self.reader.send_ahead(actions.refresh)  # first: a lone container's inspect, then the agent's read
+        if not actions.full_reason:  # a full pass reads every container itself
+            self.reader.send_ahead(actions.refresh)  # first: a lone container's inspect, then the agent's read
         if actions.refresh or actions.deaths:  # both run beside everything below
             ids = (*actions.refresh, *(cid for cid, _ in actions.deaths))
             scope = batch_scope(self.primary.hostname.host, dict(actions.names),

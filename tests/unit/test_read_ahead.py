@@ -69,26 +69,54 @@ def test_a_lone_starts_inspect_is_sent_first_then_the_read_both_from_the_loops_t
     assert {thread for _, thread in order} == {threading.current_thread().name}, "all on the loop's own thread"
 
 
-def test_an_inspect_sent_ahead_for_a_batch_that_makes_a_full_pass_is_cancelled() -> None:
+class Settled:
+    """An inspect sent ahead, and what became of it: taken or cancelled."""
+
+    def __init__(self, container_id, later, log):  # type: ignore[no-untyped-def]
+        self.container_id, self.later, self.log = container_id, later, log
+
+    def result(self):  # type: ignore[no-untyped-def]
+        self.log.append(("taken", self.container_id))
+        return self.later.result()
+
+    def cancel(self) -> None:
+        self.log.append(("cancelled", self.container_id))
+
+
+def traced_aheads(h: Harness) -> list[tuple[str, str]]:
+    log: list[tuple[str, str]] = []
+    inspect_later = h.docker.inspect_later
+    h.docker.inspect_later = lambda cid: Settled(cid, inspect_later(cid), log)  # type: ignore[method-assign]
+    return log
+
+
+def test_a_batch_that_asks_for_a_full_pass_sends_no_inspect_ahead() -> None:
+    """The pass reads every container itself: an inspect sent ahead would be wasted (and
+    cancelling it closes a kept-alive connection)."""
     h = guarded()
     h.docker.add(container("c1", "web", ports={"80/tcp": "8080"}))
-    h.docker.add(container("c2", "api", ports={"81/tcp": "8081"}))  # the pass inspects two, on its pool
-    cancelled: list[str] = []
-    inspect_later = h.docker.inspect_later
-
-    class Traced:
-        def __init__(self, container_id, later):  # type: ignore[no-untyped-def]
-            self.container_id, self.later = container_id, later
-
-        def result(self):  # type: ignore[no-untyped-def]
-            return self.later.result()
-
-        def cancel(self) -> None:
-            cancelled.append(self.container_id)
-    h.docker.inspect_later = lambda cid: Traced(cid, inspect_later(cid))  # type: ignore[method-assign]
+    h.docker.add(container("c2", "api", ports={"81/tcp": "8081"}))
+    log = traced_aheads(h)
     h.send(event("c1", "start", name="web"), DockerReconnected())
     assert h.ids() == {"h1:web:80", "h1:api:81"}
-    assert cancelled == ["c1"], "the lone start's inspect, sent ahead, was not taken: cancelled, not left holding a connection"
+    assert log == []
+
+
+def test_an_inspect_sent_ahead_that_the_batch_reads_otherwise_is_cancelled() -> None:
+    """A lone start joined by a container due for another read: the two are inspected
+    together on the pool, and the inspect sent ahead is cancelled, never left holding a connection."""
+    h = guarded()
+    h.docker.add(container("c2", "api", ports={"81/tcp": "8081"}))
+    h.docker.broken.add("c2")
+    h.send(event("c2", "start", name="api"))  # could not be read: looked at again on a backoff
+    assert h.ids() == set()
+    h.docker.broken.clear()
+    h.clock.advance(60)
+    h.docker.add(container("c1", "web", ports={"80/tcp": "8080"}))
+    log = traced_aheads(h)
+    h.send(event("c1", "start", name="web"))
+    assert h.ids() == {"h1:web:80", "h1:api:81"}
+    assert log == [("cancelled", "c1")]
 
 
 def test_a_foreign_record_that_appeared_since_the_last_listing_is_never_overwritten() -> None:
