@@ -28,7 +28,7 @@ from common import IMAGE, LABEL, describe_ms  # noqa: E402
 
 from loguru import logger  # noqa: E402
 
-from consul_reg.core.calls import Deferred, Ready  # noqa: E402
+from consul_reg.core.calls import Ready  # noqa: E402
 
 from consul_reg.app.config import Config  # noqa: E402
 from consul_reg.sync.desires import DesireBuilder  # noqa: E402
@@ -64,9 +64,6 @@ class Docker:
     def inspect(self, container_id: str) -> dict | None:
         found = self.containers.get(container_id)
         return json.loads(json.dumps(found)) if found is not None else None  # a fresh dict, as a real inspect
-
-    def inspect_later(self, container_id: str) -> Deferred:
-        return Deferred(lambda: self.inspect(container_id))
 
     def request_env_file(self, container_id: str, path: str) -> None:
         pass  # the benchmark's container names no env file

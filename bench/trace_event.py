@@ -76,20 +76,6 @@ def instrument() -> None:
             MARKS[container_id].setdefault("inspect answered", time.time_ns())
     docker_source.DockerSource.inspect = traced_inspect
 
-    inspect_later, pending_result = docker_source.DockerSource.inspect_later, docker_source._PendingInspect.result
-
-    def traced_inspect_later(self, container_id):
-        MARKS[container_id].setdefault("inspect sent", time.time_ns())
-        return inspect_later(self, container_id)
-
-    def traced_pending_result(self):
-        try:
-            return pending_result(self)
-        finally:
-            MARKS[self._container_id].setdefault("inspect answered", time.time_ns())
-    docker_source.DockerSource.inspect_later = traced_inspect_later
-    docker_source._PendingInspect.result = traced_pending_result
-
     later = consul.ConsulRegistry.services_in_later
     taken = consul._ServicesLater.result
 

@@ -72,16 +72,3 @@ class Ready(Generic[Item]):
     def cancel(self) -> None:
         pass
 
-
-
-class Deferred(Generic[Item]):
-    """A Later whose call is made when its answer is taken (nothing was sent ahead)."""
-
-    def __init__(self, call: Callable[[], Item]) -> None:
-        self._call = call
-
-    def result(self) -> Item:
-        return self._call()
-
-    def cancel(self) -> None:
-        pass

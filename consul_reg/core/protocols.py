@@ -69,8 +69,6 @@ class DockerReads(Protocol):
 
     def inspect(self, container_id: str) -> dict[str, Any] | None: ...
 
-    def inspect_later(self, container_id: str) -> Later[dict[str, Any] | None]: ...  # sent now, read later
-
     def request_env_file(self, container_id: str, path: str) -> None: ...
 
 

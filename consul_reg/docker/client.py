@@ -18,7 +18,6 @@ from cachetools import LRUCache
 from loguru import logger
 
 from consul_reg.core.backoff import Backoff
-from consul_reg.core.calls import Deferred, Later
 from consul_reg.core.errors import DockerUnavailable, DockerUnreachable
 from consul_reg.core.liveness import Liveness
 from consul_reg.core.messages import EVENT_FILTER_ACTIONS, DockerReconnected, Message
@@ -28,7 +27,7 @@ from consul_reg.docker import files as container_files
 from consul_reg.docker.events import MAX_EVENT_BYTES, OVERSIZED, SkippedEvents, decoded_events, message_from_event
 from consul_reg.docker.files import FileUnreadable  # noqa: F401  (raised by read_file)
 from consul_reg.docker.host import docker_base_url
-from consul_reg.transport.pool import TRANSPORT_ERRORS, BodyTooLarge, ConnectionPool, Pending, PoolTimeout
+from consul_reg.transport.pool import TRANSPORT_ERRORS, BodyTooLarge, ConnectionPool, PoolTimeout
 
 # A fixed API version: "auto" would contact dockerd in the constructor, before
 # the daemon's retry loop. 1.41 is Docker 20.10's; newer engines still accept it.
@@ -115,27 +114,8 @@ class DockerSource:
 
     def inspect(self, container_id: str) -> dict[str, Any] | None:
         """The container's inspect data, or None when it no longer exists. Thread-safe."""
-        return self._inspected(self._get("inspect a container", ("inspect_container", container_id),
-                                         "/containers/{}/json", container_id, subject=container_id))
-
-    def inspect_later(self, container_id: str) -> Later[dict[str, Any] | None]:
-        """The inspect sent now, on a kept-alive connection the caller's thread holds (no
-        thread in between); its `result` raises as `inspect` does. With docker-py `result` makes
-        the whole inspect; when it could not be sent (dockerd not reached in the timeout, no free
-        connection), `result` raises why, without a second wait."""
-        if self._pool is None:
-            return Deferred(lambda: self.inspect(container_id))
-        try:
-            pending = self._pool.begin("GET", docker_http.url(self._endpoint, "/containers/{}/json", container_id),
-                                       max_body=MAX_INSPECT_BYTES)
-        except ValueError:  # a target that cannot be sent: the whole call, later, says why
-            return Deferred(lambda: self.inspect(container_id))
-        except TRANSPORT_ERRORS as error:  # not sent: `result` says why as `inspect` would, never tries again
-            return _PendingInspect(self, container_id, _NotSent(error))
-        return _PendingInspect(self, container_id, pending)
-
-    def _inspected(self, answer: tuple[int, Any]) -> dict[str, Any] | None:
-        status, body = answer
+        status, body = self._get("inspect a container", ("inspect_container", container_id),
+                                 "/containers/{}/json", container_id, subject=container_id)
         if status == 200 and isinstance(body, dict):
             return body
         if _not_found(status, body):
@@ -168,20 +148,18 @@ class DockerSource:
 
     def _get(self, what: str, docker_py_call: tuple[Any, ...], path: str, *segments: str,
              query: dict[str, str] | None = None, max_body: int = MAX_INSPECT_BYTES, subject: str = "",
-             docker_py_kwargs: dict[str, Any] | None = None,
-             sent: Pending | _NotSent | None = None) -> tuple[int, Any]:
+             docker_py_kwargs: dict[str, Any] | None = None) -> tuple[int, Any]:
         """One GET: (status, decoded body or None). dockerd answering at all is liveness;
         not reaching it raises DockerUnreachable, an answer over `max_body` DockerUnavailable
-        (about this one call: `subject` names what it was about). `sent`: the GET, already
-        sent (`inspect_later`), whose answer is read here (or the error that kept it from being sent)."""
+        (about this one call: `subject` names what it was about)."""
         about = f" {printable(subject, 80)}" if subject else ""
         try:
             if self._docker_py is not None:
                 status, body = self._docker_py.call(*docker_py_call, **(docker_py_kwargs or {}))
             else:
                 assert self._pool is not None
-                answer = sent.answer() if sent is not None else self._pool.request(
-                    "GET", docker_http.url(self._endpoint, path, *segments, query=query), max_body=max_body)
+                answer = self._pool.request("GET", docker_http.url(self._endpoint, path, *segments, query=query),
+                                            max_body=max_body)
                 status = answer.status_code
                 try:
                     body = answer.json()
@@ -347,35 +325,6 @@ class DockerSource:
             self._pool.close()
         if self._docker_py is not None:
             self._docker_py.close()
-
-
-class _PendingInspect:
-    """An inspect of `DockerSource.inspect_later`, sent; its answer is read once, or it is cancelled."""
-
-    def __init__(self, source: DockerSource, container_id: str, sent: Pending | _NotSent) -> None:
-        self._source, self._container_id, self._sent = source, container_id, sent
-
-    def result(self) -> dict[str, Any] | None:
-        return self._source._inspected(self._source._get(
-            "inspect a container", ("inspect_container", self._container_id), "/containers/{}/json",
-            self._container_id, subject=self._container_id, sent=self._sent))
-
-    def cancel(self) -> None:
-        self._sent.cancel()
-
-
-class _NotSent:
-    """A request `begin` could not send (dockerd not reached in time, no free connection):
-    its answer raises that error, so the caller waits once, as for one whole call."""
-
-    def __init__(self, error: BaseException) -> None:
-        self._error = error
-
-    def answer(self) -> Any:
-        raise self._error
-
-    def cancel(self) -> None:
-        pass
 
 
 class _FirstSubscription:

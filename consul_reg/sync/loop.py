@@ -96,8 +96,7 @@ class Loop:
                                io=ThreadPoolExecutor(settings.io_workers, thread_name_prefix="loop-write")
                                if self.io is not None else None)
         self.drainer = Drainer(agent, settings.drain_timeout, clock)
-        self.reader = Reader(lambda container_id: self.docker.inspect(container_id),
-                             lambda container_id: self.docker.inspect_later(container_id), self.io,
+        self.reader = Reader(lambda container_id: self.docker.inspect(container_id), self.io,
                              settings.retry_interval, clock)
         self.containers = Containers()
         self.timers = Timers(settings.resync_seconds, settings.env_file_interval, settings.retry_interval, clock)
@@ -134,7 +133,6 @@ class Loop:
                     return
             except Exception:  # a bug must cost one pass, never the daemon
                 self.primary.drop_prefetch()
-                self.reader.drop_ahead()
                 logger.exception("unexpected error; everything is relisted at the next pass")
                 self.timers.docker_failed("recovering from an unexpected error")
 
@@ -156,9 +154,7 @@ class Loop:
             self.metrics.event_lag(max(0.0, time.time() - max(actions.event_times) / 1e9))
         if actions.identity is not None:
             self._agent_seen(actions.identity, actions.agent_back)
-        if not actions.full_reason:  # a full pass reads every container itself
-            self.reader.send_ahead(actions.refresh)  # first: a lone container's inspect, then the agent's read
-        if actions.refresh or actions.deaths:  # both run beside everything below
+        if actions.refresh or actions.deaths:  # first: the read runs beside everything below
             ids = (*actions.refresh, *(cid for cid, _ in actions.deaths))
             scope = batch_scope(self.primary.hostname.host, dict(actions.names),
                                 [(cid, self.containers.get(cid)) for cid in ids]) if len(ids) <= READ_WINDOW else None
@@ -193,7 +189,6 @@ class Loop:
         self._poll_env_files(force=kind == "full")
         result = self._sync_primary(None if kind == "full" else affected)
         self.primary.drop_prefetch()  # taken by the sync, unless it needed no listing
-        self.reader.drop_ahead()  # taken by the targeted pass, unless a full pass was made
         self._drain(drains_left)
         self._publish(full_pass=kind == "full", changed=self._dirty or kind == "full" or bool(
             result.registered or result.deregistered))

@@ -11,14 +11,13 @@ container (dockerd answered) costs only that one.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Collection, Generator
+from collections.abc import Callable, Generator
 from concurrent.futures import Executor
 from typing import Any
 
 from loguru import logger
 
 from consul_reg.core.backoff import Backoff, Clock
-from consul_reg.core.calls import Later
 from consul_reg.core.errors import DockerUnavailable, DockerUnreachable
 from consul_reg.sync.overlap import Calls, outcomes
 
@@ -27,12 +26,9 @@ WINDOW = 16  # inspects taken ahead of the loop at most
 
 
 class Reader:
-    def __init__(self, inspect: Callable[[str], dict[str, Any] | None],
-                 inspect_later: Callable[[str], Later[dict[str, Any] | None]], io: Executor | None,
+    def __init__(self, inspect: Callable[[str], dict[str, Any] | None], io: Executor | None,
                  retry_interval: float, clock: Clock) -> None:
         self.inspecting = Calls(inspect, (DockerUnavailable,), DockerUnreachable)
-        self.inspect_later = inspect_later
-        self._ahead: tuple[str, Later[dict[str, Any] | None]] | None = None  # `send_ahead`'s, until taken
         self.io = io
         self.retry: set[str] = set()  # could not be read: looked at again on `backoff`
         # A clock of their own: another container read meanwhile must not reset it (the
@@ -51,9 +47,8 @@ class Reader:
         pool = pool or self.io
         if pool is None or len(container_ids) < 2:
             for container_id in container_ids:
-                yield container_id, self._take_ahead(container_id)
+                yield container_id, NOT_FETCHED
             return
-        self.drop_ahead()
         failure: DockerUnreachable | None = None
         for start in range(0, len(container_ids), WINDOW):
             window = container_ids[start:start + WINDOW]
@@ -65,32 +60,6 @@ class Reader:
                 if isinstance(outcome.error, DockerUnreachable):
                     failure = failure or outcome.error
                 yield container_id, (outcome.error or outcome.value) if outcome.tried else failure
-
-    def send_ahead(self, container_ids: Collection[str]) -> None:
-        """A batch of one container: its inspect is sent now, first of all the batch's calls
-        (the agent's read ahead is sent next, and answers while the inspect is under way);
-        `answers` takes its answer. Any other batch inspects in `answers`."""
-        self.drop_ahead()
-        if len(container_ids) == 1:
-            container_id = next(iter(container_ids))
-            self._ahead = (container_id, self.inspect_later(container_id))
-
-    def drop_ahead(self) -> None:
-        """The inspect sent ahead and not taken (the batch made a full pass, say) is cancelled."""
-        ahead, self._ahead = self._ahead, None
-        if ahead is not None:
-            ahead[1].cancel()
-
-    def _take_ahead(self, container_id: str) -> Any:
-        """The answer of the inspect sent ahead for this container (a dict, None, or the
-        DockerUnavailable raised), else NOT_FETCHED."""
-        if self._ahead is None or self._ahead[0] != container_id:
-            return NOT_FETCHED
-        ahead, self._ahead = self._ahead[1], None
-        try:
-            return ahead.result()
-        except DockerUnavailable as error:
-            return error
 
     def retry_later(self, unread: list[tuple[str, DockerUnavailable]]) -> None:
         """Containers that could not be read (their last desire stays) are looked at

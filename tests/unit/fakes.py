@@ -7,7 +7,7 @@ import re
 from typing import Any, Callable, Collection
 
 from consul_reg.core.protocols import RegistryWrites
-from consul_reg.core.calls import Deferred, Later, Ready
+from consul_reg.core.calls import Later, Ready
 from consul_reg.core.records import Holdings, ReadScope, RegisteredService, Service, registered_form
 from consul_reg.core.errors import RegistryNotFound, RegistryScriptsRefused, RegistryUnavailable
 from consul_reg.core.records import AgentInfo
@@ -186,9 +186,6 @@ class FakeDocker:
             raise DockerUnavailable("fake docker: could not inspect a container")
         found = self.containers.get(container_id)
         return copy.deepcopy(found) if found is not None else None
-
-    def inspect_later(self, container_id: str) -> Later[dict[str, Any] | None]:
-        return Deferred(lambda: self.inspect(container_id))
 
     def request_env_file(self, container_id: str, path: str) -> None:
         if self.env_reader is not None:

@@ -38,7 +38,7 @@ from tests.unit.sockets import read_head
 def serve_once(path: str, reply: Callable[[bytes], bytes]) -> socket.socket:
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
-    listener.listen(64)  # one connection served at a time: connects beyond the backlog fail at once (EAGAIN)
+    listener.listen(4)
 
     def accept() -> None:
         while True:
@@ -501,105 +501,3 @@ def test_https_without_tls_variables_is_verified_as_docker_py_verifies_it(tmp_pa
     assert verified.ssl_context.verify_mode == ssl.CERT_REQUIRED
     plain = docker_http.endpoint_from(None, {"DOCKER_HOST": "tcp://127.0.0.1:2375"}, "1.41")
     assert plain.ssl_context is None and (plain.host, plain.port) == ("127.0.0.1", 2375)
-
-
-def test_an_inspect_sent_ahead_answers_as_an_inspect_does(source) -> None:
-    """`inspect_later` (a lone start's inspect, sent before the agent's read): the request
-    is on the wire when it returns, and its answer reads as `inspect`'s would."""
-    big = json.dumps({"Id": "big", "Config": {"Labels": {"x": "y" * MAX_INSPECT_BYTES}}}).encode()
-    asked: list[str] = []
-
-    def reply(request: bytes) -> bytes:
-        asked.append(request_target(request))
-        return {"/v1.41/containers/c1/json": answer("200 OK", b'{"Id": "c1"}'),
-                "/v1.41/containers/gone/json": answer("404 Not Found", b'{"message": "No such container: gone"}'),
-                "/v1.41/containers/big/json": answer("200 OK", big)}.get(
-            request_target(request), answer("500 Internal Server Error", b'{"message": "broken"}'))
-    docker = source(reply)
-    sent = docker.inspect_later("c1")
-    deadline = time.monotonic() + 10
-    while not asked and time.monotonic() < deadline:  # answered by the server's thread, never by reading it
-        time.sleep(0.005)
-    assert asked == ["/v1.41/containers/c1/json"], "sent before its answer was asked for"
-    assert sent.result() == {"Id": "c1"}
-    assert docker.inspect_later("gone").result() is None
-    with pytest.raises(DockerUnavailable) as refused:
-        docker.inspect_later("big").result()
-    assert not isinstance(refused.value, docker_source.DockerUnreachable)
-    assert "big" in str(refused.value) and "limit of 8 MiB" in str(refused.value)
-    with pytest.raises(DockerUnavailable, match="could not inspect a container: 500 broken"):
-        docker.inspect_later("x").result()
-    assert docker.liveness.state.ok
-
-
-def test_inspects_sent_ahead_and_cancelled_give_their_connections_back(source) -> None:
-    docker = source(lambda request: answer("200 OK", b'{"Id": "c1"}'))
-    for _ in range(3 * docker_source.INSPECT_CONNECTIONS):  # each holds one of the pool's connections until then
-        docker.inspect_later("c1").cancel()
-    assert docker.inspect_later("c1").result() == {"Id": "c1"}
-
-
-def test_an_inspect_sent_ahead_to_a_dockerd_that_is_gone_says_so(tmp_path, monkeypatch) -> None:
-    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path / 'nobody.sock'}")
-    docker = DockerSource(timeout=2)
-    try:
-        with pytest.raises(docker_source.DockerUnreachable, match="could not inspect a container"):
-            docker.inspect_later("c1").result()
-        assert not docker.liveness.state.ok
-    finally:
-        docker.close()
-
-
-def test_an_inspect_that_could_not_be_sent_ahead_is_not_made_again_when_taken(tmp_path, monkeypatch) -> None:
-    """`inspect_later` could not send (dockerd not reached, or no free connection): its
-    result says so as `inspect` would, without a second try. A second try waited the
-    whole timeout again: a dockerd whose host drops connections held the loop 2 x 30 s
-    per lone start instead of 30 s."""
-    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path / 'nobody.sock'}")
-    gone = DockerSource(timeout=2)
-    connects: list[float] = []
-    connect = gone._pool._connect
-
-    def counted(timeout):  # type: ignore[no-untyped-def]
-        connects.append(timeout)
-        return connect(timeout)
-    monkeypatch.setattr(gone._pool, "_connect", counted)
-    try:
-        with pytest.raises(docker_source.DockerUnreachable, match="could not inspect a container"):
-            gone.inspect_later("c1").result()
-        assert not gone.liveness.state.ok
-        assert len(connects) == 1, "one attempt to reach dockerd, as one inspect makes"
-    finally:
-        gone.close()
-
-
-def test_an_inspect_sent_ahead_with_every_connection_busy_waits_for_one_once(tmp_path, monkeypatch) -> None:
-    release = threading.Event()
-
-    def hold(request: bytes) -> bytes:
-        release.wait(10)
-        return answer("200 OK", b'{"Id": "c1"}')
-    path = str(tmp_path / "busy.sock")
-    listener = serve_once(path, hold)
-    monkeypatch.setenv("DOCKER_HOST", f"unix://{path}")
-    busy = DockerSource(timeout=0.3)
-    claims: list[float] = []
-    claim = busy._pool._claim_slot
-
-    def counted(timeout):  # type: ignore[no-untyped-def]
-        claims.append(timeout)
-        return claim(timeout)
-    monkeypatch.setattr(busy._pool, "_claim_slot", counted)
-    held = [busy.inspect_later(f"c{n}") for n in range(docker_source.INSPECT_CONNECTIONS)]
-    try:
-        claims.clear()
-        with pytest.raises(DockerUnavailable, match="no free connection") as refused:
-            busy.inspect_later("c9").result()
-        assert not isinstance(refused.value, docker_source.DockerUnreachable)  # dockerd is slow, not gone
-        assert len(claims) == 1, "one wait for a free connection, as one inspect makes"
-    finally:
-        release.set()
-        for later in held:
-            later.cancel()
-        busy.close()
-        listener.close()
