@@ -375,7 +375,8 @@ def test_a_request_sent_ahead_counts_its_wait_for_a_connection_in_its_timeout(se
         assert time.monotonic() - started > 0.5, "it waited for the only connection"
         with pytest.raises(TimeoutError):
             pending.answer()
-        assert time.monotonic() - started < 1.5 + 0.5, "the wait and the answer within one timeout"
+        # within one timeout (1.5 s), with room for a loaded machine; without the fix: ~2.5 s
+        assert time.monotonic() - started < 1.5 + 0.7, "the wait and the answer within one timeout"
     finally:
         release.set()
         holder.join()
