@@ -10,6 +10,7 @@ import threading
 import httpx
 import pytest
 
+from consul_reg.app.status import MAX_CONNECTIONS_PER_CLIENT
 from tests.integration.conftest import free_port, wait_until
 from tests.integration.servers import ZooKeeper
 
@@ -136,11 +137,25 @@ def test_the_status_endpoint_bounds_slow_clients(start_daemon, hostname):
         status = open(f"/proc/{daemon.process.pid}/status").read()
         return int(status.split("Threads:")[1].split()[0])
 
+    def refused_at_once(connection: socket.socket) -> bytes:
+        connection.settimeout(10)
+        answer = b""
+        while chunk := connection.recv(4096):
+            answer += chunk
+        return answer
+
     base = threads()
-    idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(60)]  # never send a request
+    # Every loopback address is one client: it gets MAX_CONNECTIONS_PER_CLIENT threads.
+    idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(MAX_CONNECTIONS_PER_CLIENT)]
     try:
-        wait_until(lambda: threads() >= base + 1, message="some connections are being served")
-        assert threads() <= base + 16 + 2  # the cap, not one thread per connection
+        # The idle ones hold their slots (they are being served, each by a thread): one more
+        # is told why and closed at once, not queued or given a thread.
+        more = socket.create_connection(("127.0.0.1", port))
+        idle.append(more)
+        answer = refused_at_once(more)
+        assert answer.startswith(b"HTTP/1.1 503") and b"too many connections" in answer, answer
+        idle += [socket.create_connection(("127.0.0.1", port)) for _ in range(55)]  # never send a request
+        assert threads() <= base + MAX_CONNECTIONS_PER_CLIENT + 2  # the cap, not one thread per connection
         # Idle clients are dropped after the request timeout; the endpoint answers again.
         wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200, timeout=15,
                    message="answers again once the idle clients timed out")
