@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DAEMON_CWD, Agent, daemon_env, idle_figures, load  # noqa: E402
 
 # The daemon's imports, heaviest parts apart, in the order the daemon first loads them.
-LAYERS = ["ssl", "http.client", "concurrent.futures", "asyncio", "multiprocessing", "loguru", "h11",
+LAYERS = ["ssl", "concurrent.futures", "asyncio", "multiprocessing", "loguru", "h11",
           "cachetools", "consul_reg.mapping.services", "consul_reg.app.daemon", "consul_reg.app.cli"]
 # Imported only when a feature asks for them: re2 (a -tags template with a regular expression),
 # docker-py (the ssh extra: a DOCKER_HOST of ssh:// or npipe://), prometheus_client (the status

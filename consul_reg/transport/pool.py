@@ -17,7 +17,6 @@ request's `max_body` (the pool's by default), without reading further.
 
 from __future__ import annotations
 
-import http.client
 import json
 import select
 import socket
@@ -27,16 +26,16 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from consul_reg.transport.wire import MAX_HEADERS, Address, BodyTooLarge, ProtocolError, Wire
+from consul_reg.transport.wire import MAX_HEADERS, Address, BodyTooLarge, ProtocolError, RemoteDisconnected, Wire
 
 __all__ = ["Answer", "BodyTooLarge", "ConnectionPool", "DEFAULT_MAX_BODY", "MAX_HEADERS", "Pending", "PoolTimeout",
            "ProtocolError", "TRANSPORT_ERRORS"]
 
 # What a request may raise when the server cannot be reached or speaks no HTTP
-# (h11's RemoteProtocolError arrives as ProtocolError, an HTTPException).
-TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (OSError, http.client.HTTPException)
+# (h11's RemoteProtocolError arrives as ProtocolError).
+TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (OSError, ProtocolError)
 # A reused connection the server had closed: nothing of the answer came.
-_STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
+_STALE = (RemoteDisconnected, BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
 # Docker's inspect of a container with labels and env at Docker's own limits, the
 # agent's services with 1,000 services: far below (BENCHMARKS.md).
 DEFAULT_MAX_BODY = 64 * 1024 * 1024
