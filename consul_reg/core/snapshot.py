@@ -30,6 +30,9 @@ class Snapshot:
     # Containers being stopped (a terminating kill seen, its death not yet, within the drain timeout):
     # the restart watcher counts none of their checks.
     draining: frozenset[str] = frozenset()
+    # Containers whose desire names a restart policy (SERVICE_CHECK_RESTART_*): the restart
+    # watcher looks at these alone, and is not woken while there are none.
+    restart_candidates: frozenset[str] = frozenset()
 
 
 def freeze(mapping: Mapping) -> Mapping:

@@ -44,7 +44,10 @@ def watched(snapshot: Snapshot, owner: Owner) -> dict[str, Watched]:
     if actual is None:  # the agent's records are not known now: nothing is known to be ours
         return {}
     found: dict[str, Watched] = {}
-    for container_id, desire in snapshot.desires.items():
+    for container_id in snapshot.restart_candidates:
+        desire = snapshot.desires.get(container_id)
+        if desire is None:
+            continue
         status = desire.status
         if container_id in snapshot.draining:  # being stopped: its failing checks are its shutdown
             continue
@@ -69,6 +72,7 @@ class RestartWatcher:
         self._clock = clock
         self.tracker = Tracker(backoff, backoff_max)
         self._latest: Snapshot | None = None
+        self._offered_candidates = False  # the last snapshot offered named a container with a policy
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._viewed_snapshot: Snapshot | None = None  # the snapshot _view was scanned from
@@ -82,9 +86,14 @@ class RestartWatcher:
     # -- SnapshotSubscriber -------------------------------------------------------
 
     def offer(self, snapshot: Snapshot, relist: bool = False) -> None:
+        """Woken only when this snapshot or the one before names a container with a restart
+        policy: the one after the last such still wakes it, to let go of what it watched."""
         with self._lock:
             self._latest = snapshot
-        self._wake.set()
+            wake = bool(snapshot.restart_candidates) or self._offered_candidates
+            self._offered_candidates = bool(snapshot.restart_candidates)
+        if wake:
+            self._wake.set()
 
     # -- the thread ---------------------------------------------------------------
 

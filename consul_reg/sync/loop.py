@@ -421,7 +421,8 @@ class Loop:
             desires=self.containers.desires, desired=self.containers.desired.by_id, actual=self.primary.actual,
             kept=self.primary.kept_records(self.containers.kept),
             last_full_pass=self.timers.last_full_pass, primary_error=self.primary.last_error, changed=changed,
-            full_pass=full_pass, draining=self.drainer.draining())
+            full_pass=full_pass, draining=self.drainer.draining(),
+            restart_candidates=frozenset(self.containers.with_restart))
         if published:
             self._dirty = False
             self.metrics.services_managed(len(self.containers.desired.by_id))

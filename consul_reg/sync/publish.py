@@ -22,7 +22,7 @@ class Publisher:
     def publish(self, *, desires: Mapping[str, ContainerDesire], desired: Mapping[str, Service],
                 actual: Mapping[str, RegisteredService] | None, kept: tuple[Service, ...],
                 last_full_pass: float | None, primary_error: str, changed: bool, full_pass: bool,
-                draining: frozenset[str] = frozenset()) -> bool:
+                draining: frozenset[str] = frozenset(), restart_candidates: frozenset[str] = frozenset()) -> bool:
         """A new snapshot when something changed (or the agent's reachability did, or which containers
         are being stopped); False: none. full_pass: one just made its writes and drains: it is counted
         done, and the subscribers relist."""
@@ -45,6 +45,7 @@ class Publisher:
             full_passes_started=last.full_passes_started,
             full_pass_done=last.full_passes_started if full_pass else last.full_pass_done,
             draining=draining,
+            restart_candidates=restart_candidates,
         )
         for subscriber in self.subscribers:
             subscriber.offer(self.snapshot, relist=full_pass)

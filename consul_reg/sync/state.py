@@ -20,6 +20,7 @@ class Containers:
         # Kept up to date with `desires`, so that no batch walks every container.
         self.kept: set[str] = set()  # containers whose records stay after their death (-deregister on-success)
         self.with_env_file: set[str] = set()
+        self.with_restart: set[str] = set()  # containers with a SERVICE_CHECK_RESTART_* policy (the restart watcher's)
 
     def get(self, container_id: str) -> ContainerDesire | None:
         return self.desires.get(container_id)
@@ -33,7 +34,8 @@ class Containers:
         else:
             self.desires[container_id] = new
         for members, member in ((self.kept, new is not None and new.keep_existing),
-                                (self.with_env_file, new is not None and bool(new.env_file))):
+                                (self.with_env_file, new is not None and bool(new.env_file)),
+                                (self.with_restart, new is not None and _restarts(new))):
             if member:
                 members.add(container_id)
             else:
@@ -56,3 +58,8 @@ class Containers:
     def _reindex(self) -> None:
         self.kept = {cid for cid, d in self.desires.items() if d.keep_existing}
         self.with_env_file = {cid for cid, d in self.desires.items() if d.env_file}
+        self.with_restart = {cid for cid, d in self.desires.items() if _restarts(d)}
+
+
+def _restarts(desire: ContainerDesire) -> bool:
+    return any(service.restart is not None for service in desire.services)

@@ -200,3 +200,30 @@ def test_an_agent_self_answer_of_another_shape_is_an_error_of_the_probe_never_th
     watch.check_once()  # refused as an error of the probe: the thread would go on
     watch.check_once()
     assert watch.identity is not None and watch.identity.node_id == "n2"
+
+
+def test_the_deadline_thread_sleeps_while_no_probe_is_in_flight_and_ends_with_stop() -> None:
+    """It wakes for a probe's start or its deadline, never on a clock of its own: while probes
+    answer at once, it looks at no deadline (it used to wake four times a second)."""
+    agent = FakeAgent()
+    liveness = Liveness("consul")
+    liveness.ok()
+    watch = AgentWatch(agent, AgentAlarm(liveness), lambda message: None, identity=agent.agent_info(),
+                       up_interval=0.1, down_interval=0.05, probe_deadline=0.3)
+    looked = []
+    checked = watch.overdue
+    watch.overdue = lambda: looked.append(time.monotonic()) or checked()  # type: ignore[method-assign]
+    probes = []
+    answer = agent.agent_info
+    agent.agent_info = lambda: probes.append(1) or answer()  # type: ignore[method-assign]
+    watch.start()
+    try:
+        deadline = time.monotonic() + 10
+        while len(probes) < 8 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(probes) >= 8  # ~0.8 s of probes every 0.1 s, each answered at once
+        assert looked == [], "the deadline thread looked at a deadline that no probe reached"
+    finally:
+        watch.stop()
+    watch._deadline_thread.join(3)
+    assert not watch._deadline_thread.is_alive(), "the deadline thread still runs 3 s after stop()"

@@ -325,7 +325,9 @@ def snapshot(*desires: ContainerDesire, actual_owner: str = "host1", actual_cont
             meta["consul_reg_container"] = actual_container or d.container_id
             actual[s.id] = replace(record, meta=meta)
     return Snapshot(generation=1, desires=MappingProxyType({d.container_id: d for d in desires}),
-                    actual=MappingProxyType(actual))
+                    actual=MappingProxyType(actual),
+                    restart_candidates=frozenset(d.container_id for d in desires
+                                                 if any(s.restart is not None for s in d.services)))
 
 
 def test_only_running_containers_whose_records_are_this_daemons_for_that_container_are_watched():
@@ -835,3 +837,53 @@ def test_an_agent_unreadable_just_before_the_restart_means_no_restart_counted_fa
     now[0] = 1016.0
     watcher.step()
     assert not watcher.tracker._states[CID].in_flight
+
+
+def test_the_loop_publishes_the_containers_with_a_restart_policy():
+    """restart_candidates follows each container's desire: set by a start with a policy, left
+    out for one without, gone with the container (by event or by a full pass)."""
+    from consul_reg.core.messages import Reload, Start
+    from tests.unit.fakes import container as inspected
+    from tests.unit.test_loop import Harness, event
+
+    h = Harness()
+    h.send(Start())
+    h.docker.add(inspected("c1", "web", ports={"80/tcp": "8080"},
+                           env=["SERVICE_CHECK_TCP=true", "SERVICE_CHECK_RESTART_LIMIT=3"]))
+    h.docker.add(inspected("c2", "db", ports={"5432/tcp": "5432"}, env=["SERVICE_CHECK_TCP=true"]))
+    h.send(event("c1", "start"), event("c2", "start"))
+    assert h.loop.snapshot.restart_candidates == {"c1"}
+    assert set(h.loop.snapshot.desires) == {"c1", "c2"}
+    del h.docker.containers["c1"]
+    h.send(event("c1", "destroy"))
+    assert h.loop.snapshot.restart_candidates == frozenset()
+    h.docker.add(inspected("c3", "web2", ports={"81/tcp": "8081"},
+                           env=["SERVICE_CHECK_TCP=true", "SERVICE_CHECK_RESTART_LIMIT=2"]))
+    h.send(Reload())  # found by a full pass, no event of its own
+    assert h.loop.snapshot.restart_candidates == {"c3"}
+    del h.docker.containers["c3"]
+    h.send(Reload())
+    assert h.loop.snapshot.restart_candidates == frozenset() and set(h.loop.snapshot.desires) == {"c2"}
+
+
+def test_the_watcher_is_woken_only_by_snapshots_that_concern_it():
+    """No container with a policy: a snapshot does not wake the watcher's thread (each batch
+    of a burst used to). The first snapshot after the last one with a candidate still wakes
+    it, so that it lets go of what it watched."""
+    watcher = RestartWatcher(FakeAgent(), FakeDocker(), OWNER, FakeMetrics(), 10.0, 60.0, clock=lambda: 2000.0)
+    none = replace(snapshot(desire(CID, SERVICE, policy=None)), generation=2)
+    assert none.restart_candidates == frozenset()
+    watcher.offer(none)
+    assert not watcher._wake.is_set()
+    watcher.offer(snapshot(desire(CID, SERVICE)))
+    assert watcher._wake.is_set()
+    watcher._wake.clear()
+    watcher.step()
+    assert watcher._watched == {CID}
+    watcher.offer(none)  # the container lost its policy (recreated without it)
+    assert watcher._wake.is_set()
+    watcher._wake.clear()
+    watcher.step()
+    assert watcher._watched == frozenset()
+    watcher.offer(replace(none, generation=3))
+    assert not watcher._wake.is_set()
