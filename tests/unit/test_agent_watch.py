@@ -227,3 +227,58 @@ def test_the_deadline_thread_sleeps_while_no_probe_is_in_flight_and_ends_with_st
         watch.stop()
     watch._deadline_thread.join(3)
     assert not watch._deadline_thread.is_alive(), "the deadline thread still runs 3 s after stop()"
+
+
+def test_stop_landing_between_the_deadline_threads_loop_check_and_its_wait_still_ends_it() -> None:
+    """stop() sets the flag, then notifies the condition: the deadline thread must look at the
+    flag under the condition's lock before it sleeps, or a stop() that lands between its
+    `while not stopping` and its wait() is a notify nobody hears (it then sleeps forever)."""
+    agent = FakeAgent()
+    liveness = Liveness("consul")
+    liveness.ok()
+    watch = AgentWatch(agent, AgentAlarm(liveness), lambda message: None, identity=agent.agent_info())
+
+    class RacedStop(threading.Event):
+        """The deadline thread's first look at the flag says "not stopping", then stop() runs."""
+
+        raced = False
+
+        def is_set(self) -> bool:
+            seen = super().is_set()
+            if not seen and not self.raced and threading.current_thread() is watch._deadline_thread:
+                self.raced = True
+                watch.stop()
+            return seen
+
+    watch._stopping = RacedStop()
+    watch._deadline_thread.start()  # alone: no probe in flight, it sleeps until one begins or stop()
+    watch._deadline_thread.join(3)
+    assert watch._stopping.raced and watch._stopping.is_set()
+    assert not watch._deadline_thread.is_alive(), "the deadline thread still sleeps 3 s after stop()"
+
+
+def test_a_probe_hung_to_the_exact_deadline_is_marked_unreachable_by_the_deadline_thread() -> None:
+    """The thread decides "the deadline passed" by started + deadline - now <= 0, overdue() by
+    now - started < deadline: in floating point they disagree at the boundary (1000.0 + 0.3), and
+    the thread then sleeps until the next probe begins, which a hung probe never lets happen."""
+    agent, clock = HangingAgent(), FakeClock(1000.0)
+    liveness = Liveness("consul", clock)
+    liveness.ok()
+    watch = AgentWatch(agent, AgentAlarm(liveness), lambda message: None, identity=agent.agent_info(),
+                       probe_deadline=0.3, clock=clock)
+    watch._deadline_thread.start()
+    agent.hang.set()
+    probe = threading.Thread(target=watch.check_once, daemon=True)
+    probe.start()
+    try:
+        assert agent.entered.wait(5)
+        clock.advance(0.3)  # now == 1000.0 + 0.3 to the last bit: the deadline is reached
+        waited_until = time.monotonic() + 5
+        while time.monotonic() < waited_until and liveness.state.ok:
+            time.sleep(0.05)
+        assert not liveness.state.ok, "a probe hung past its deadline was never marked overdue"
+    finally:
+        watch.stop()
+        agent.hang.clear()
+        agent.release.set()
+        probe.join(5)
