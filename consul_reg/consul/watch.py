@@ -117,7 +117,9 @@ class AgentWatch:
         """A probe has waited longer than the deadline: mark the agent unreachable
         (once per hang; the deadline thread's body, called directly by tests)."""
         started = self._probe_started
-        if started is None or self._clock() - started < self._probe_deadline or not self._liveness.state.ok:
+        # The same sum as the deadline thread's: `now - started < deadline` disagrees with it at the
+        # boundary (1000.0 + 0.3), and that thread would then sleep until a next probe.
+        if started is None or self._clock() < started + self._probe_deadline or not self._liveness.state.ok:
             return False
         reason = f"{self._agent.description}: no answer to /v1/agent/self within {self._probe_deadline:g}s"
         logger.warning("{} (the agent hangs?)", reason)
@@ -129,6 +131,8 @@ class AgentWatch:
         start, never by the clock (a wake four times a second cost CPU on the loop's cores)."""
         while not self._stopping.is_set():
             with self._probe_began:
+                if self._stopping.is_set():  # under the lock: a stop() after the loop's look is not lost
+                    return
                 started = self._probe_started
                 left = None if started is None else started + self._probe_deadline - self._clock()
                 if left is None or left > 0:
