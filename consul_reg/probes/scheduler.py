@@ -160,8 +160,12 @@ class ProbeScheduler:
                 self._wake.notify()
 
     def report_container_now(self, container_id: str, status: ContainerStatus) -> None:
-        """A health_status / pause event: report that container's checks right away."""
+        """A health_status / pause event: report that container's checks right away. A container
+        with none is not kept (set_container brings its state with its checks): a status kept for it
+        would outlive it when its destroy event is lost, as no full pass drops it."""
         with self._wake:
+            if container_id not in self._by_container:
+                return
             self._status[container_id] = status
             now = self._clock()
             scheduled = False

@@ -139,3 +139,19 @@ def test_a_check_handed_to_another_container_is_never_dropped_by_the_first() -> 
     assert probes.check_count() == 1
     probes.set_container("c2", [], ContainerStatus(running=False))
     assert probes.check_count() == 0 and probes._holder == {} and probes._by_container == {}
+
+
+def test_the_state_of_a_container_without_checks_is_not_kept() -> None:
+    """Every start reports its container's state; one without daemon-run checks must leave nothing
+    behind, or a container whose destroy event was lost would stay in the scheduler for good (a full
+    pass drops only containers that had checks). Its state comes with its checks if it gets some."""
+    clock = FakeClock()
+    probes, agent, _ = scheduler(clock)
+    probes.report_container_now("c9", ContainerStatus(running=True, health="healthy"))
+    probes.replace_all({}, {})  # a full pass: the container is gone, its events were lost
+    assert "c9" not in probes._status and probes.check_count() == 0
+    service = worker(9)
+    agent.checks[service.checks[0].check_id] = ("critical", "")
+    probes.set_container("c9", [service], ContainerStatus(running=True, paused=True))
+    probes.report_container_now("c9", running())  # unpaused: reported at once
+    assert probes.run_due() == 1 and agent.checks[service.checks[0].check_id][0] == "passing"
