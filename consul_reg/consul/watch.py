@@ -138,10 +138,10 @@ class AgentWatch:
                 if left is None or left > 0:
                     self._probe_began.wait(left)
                     continue
-            if not self.overdue():  # this probe was said already (or the agent was down before it)
-                with self._probe_began:
-                    if self._probe_started == started and not self._stopping.is_set():
-                        self._probe_began.wait()  # until the next probe begins
+            self.overdue()  # once per hang: this probe is then looked at no more
+            with self._probe_began:
+                if self._probe_started == started and not self._stopping.is_set():
+                    self._probe_began.wait()  # until the next probe begins
 
     def _run(self) -> None:
         up_interval, down_interval = self._intervals

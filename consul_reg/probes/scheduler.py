@@ -169,7 +169,7 @@ class ProbeScheduler:
             self._status[container_id] = status
             now = self._clock()
             scheduled = False
-            for check_id in self._by_container.get(container_id, ()):
+            for check_id in self._by_container[container_id]:
                 task = self._tasks.get(check_id)
                 if task is not None and task.probe.kind != "exec":
                     self._schedule(check_id, now)
