@@ -15,7 +15,7 @@ an inspect of a created container (never started) and a GET of an absent
 service from the agent (the guard's read), each on a kept-alive connection.
 
 Usage: .venv/bin/python bench/burst.py [--containers 200] [--threads 16] [--runs 2]
-    [--resync 30 --across-resync 0.05] [--registrator /tmp/regbuild/registrator]
+    [--resync 30 --across-resync 0.05] [--registrator /tmp/regbuild/registrator] [--floor]
 """
 
 from __future__ import annotations
@@ -146,15 +146,22 @@ def one_run(args, client, agent: Agent, events: Events, run: int, subject: str) 
     reference = client.api.create_container(IMAGE, "sleep 3600", labels={LABEL: "1"}, name=f"{hostname}-probe")["Id"]
     log = open(f"/tmp/consul-reg-bench-burst-{subject}-{hostname}.log", "wb")
     status_port = free_port()
+    floor = subject.startswith("floor")
     if subject == "registrator":
         command = [args.registrator, "-internal", "-resync", "0", f"consul://127.0.0.1:{agent.http_port}"]
+    elif floor:
+        command = [sys.executable, str(Path(__file__).resolve().parent / "floor.py"), str(agent.http_port), hostname,
+                   "--internal", *(["--guarded"] if subject == "floor-guarded" else [])]
     else:
         resync = ["-resync", str(args.resync)] if args.resync != 30 else []  # 30: the default, not given
         command = [sys.executable, "-m", "consul_reg", "--hostname", hostname, "-internal", *resync,
                    "--status-addr", f"127.0.0.1:{status_port}", *(["--log-level", "DEBUG"] if args.debug else []),
                    agent.uri]
-    daemon = subprocess.Popen(command, stdout=log, stderr=log, env=daemon_env(args.code), cwd=DAEMON_CWD)
+    daemon = subprocess.Popen(command, stdout=subprocess.PIPE if floor else log, stderr=log, env=daemon_env(args.code),
+                              cwd=DAEMON_CWD)
     try:
+        if floor:
+            assert daemon.stdout is not None and daemon.stdout.readline().strip() == b"ready"
         time.sleep(3)  # connected, first full pass done
         placed = ""
         if subject == "consul-reg" and args.across_resync is not None and args.resync > 0:
@@ -188,7 +195,7 @@ def one_run(args, client, agent: Agent, events: Events, run: int, subject: str) 
         log.close()
         with ThreadPoolExecutor(args.threads) as pool:
             list(pool.map(lambda cid: client.api.remove_container(cid, force=True), [*ids, reference]))
-        if subject == "registrator":  # what it left behind in the agent goes before the next run
+        if subject != "consul-reg":  # what it left behind in the agent goes before the next run
             for service_id in agent.services():
                 agent.request("PUT", f"/v1/agent/service/deregister/{service_id}")
 
@@ -203,6 +210,8 @@ def main() -> int:
     parser.add_argument("--across-resync", type=float, default=None, metavar="SECONDS",
                         help="start the burst this long before consul-reg's resync is due (with --resync)")
     parser.add_argument("--registrator", default="", help="also measure gliderlabs/registrator's binary")
+    parser.add_argument("--floor", action="store_true", help="also measure bench/floor.py, plain and --guarded "
+                        "(one event after another: an inspect and a PUT, and the ownership read)")
     parser.add_argument("--timeline", default="", help="write each container's event and seen times (ns) here, "
                         "a JSON object per run and subject, one per line")
     parser.add_argument("--debug", action="store_true", help="consul-reg logs at DEBUG (its passes, in its log)")
@@ -215,8 +224,10 @@ def main() -> int:
     print(f"{time.strftime('%Y-%m-%d %H:%M')}, {load()}", flush=True)
     try:
         for run in range(1, args.runs + 1):
-            for subject in ("consul-reg", "registrator"):
+            for subject in ("consul-reg", "registrator", "floor", "floor-guarded"):
                 if subject == "registrator" and not (args.registrator and os.path.exists(args.registrator)):
+                    continue
+                if subject.startswith("floor") and not args.floor:
                     continue
                 one_run(args, client, agent, events, run, subject)
     finally:

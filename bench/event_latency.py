@@ -1,8 +1,10 @@
 """Per-event latency as users see it: Docker's `timeNano` of a container's
 `start` (`die`) event -> its service present in (gone from) the agent's
 /v1/agent/service/<id>, for consul-reg and for the floor (bench/floor.py:
-one inspect and one PUT per event, nothing else), in the same run, against
-an agent of the benchmark's own. Method and figures in BENCHMARKS.md.
+one inspect and one PUT per event, nothing else), the guarded floor (the
+same plus the ownership read consul-reg makes: `floor.py --guarded`) and
+registrator when its binary is there, in the same run, against an agent of
+the benchmark's own. Method and figures in BENCHMARKS.md.
 
 For each subject in turn (floor, consul-reg, floor, consul-reg... for
 --runs rounds): start it, warm it up with one container, then start the
@@ -97,13 +99,14 @@ def measure(subject: str, command: list[str], agent: Agent, client, events: Even
     if subject == "registrator":  # its IDs are <the machine's host name>:<container>:<port>
         hostname = socket.gethostname()
     log = open(f"/tmp/consul-reg-bench-{subject}-{hostname}.log", "wb")
-    process = subprocess.Popen(command, stdout=log if subject != "floor" else subprocess.PIPE, stderr=log,
+    floor = subject.startswith("floor")
+    process = subprocess.Popen(command, stdout=subprocess.PIPE if floor else log, stderr=log,
                                env=daemon_env(args.code), cwd=DAEMON_CWD)
     poller = Poller(agent.http_port, args.poll)
     try:
-        if subject == "floor":
+        if floor:
             assert process.stdout is not None and process.stdout.readline().strip() == b"ready"
-        time.sleep(1.0 if subject == "floor" else 2.0)  # its first full pass done
+        time.sleep(1.0 if floor else 2.0)  # its first full pass done
         # Warm-up: one container through start and death, not counted.
         warm = containers[0]
         client.api.start(warm.id)
@@ -141,7 +144,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--gap", type=float, default=0.3, help="seconds between two containers")
     parser.add_argument("--poll", type=float, default=0.0005, help="seconds between two polls of the agent")
-    parser.add_argument("--only", default="", help="floor or consul-reg: measure only this one")
+    parser.add_argument("--only", default="", help="floor, floor-guarded, consul-reg or registrator: only this one")
     parser.add_argument("--code", default="", help="run the daemon of another checkout (a directory)")
     parser.add_argument("--registrator", default="/tmp/regbuild/registrator",
                         help="gliderlabs/registrator's binary, measured too when it exists")
@@ -161,6 +164,7 @@ def main() -> int:
                 stop_signal="SIGKILL"))
         subjects = {
             "floor": [sys.executable, str(BENCH / "floor.py"), str(agent.http_port), hostname],
+            "floor-guarded": [sys.executable, str(BENCH / "floor.py"), str(agent.http_port), hostname, "--guarded"],
             "consul-reg": [sys.executable, "-m", "consul_reg", "--hostname", hostname, "-resync", "0", agent.uri],
         }
         if args.registrator and os.path.exists(args.registrator):  # never built here by the benchmark
@@ -180,14 +184,15 @@ def main() -> int:
         events.close()
         remove_labelled(client)
         agent.stop()
-    floors = [f for s, f in results if s == "floor"]
-    for name in ("consul-reg", "registrator"):
-        ours = [f for s, f in results if s == name]
-        for kind in ("start", "die"):
-            for ours_run, floor_run in zip(ours, floors):
-                ratio50 = statistics.median(ours_run[kind]) / statistics.median(floor_run[kind])
-                ratio90 = percentile(ours_run[kind], 0.9) / percentile(floor_run[kind], 0.9)
-                print(f"{kind}: {name} / floor p50 x{ratio50:.2f}, p90 x{ratio90:.2f}")
+    for reference in ("floor", "floor-guarded"):
+        floors = [f for s, f in results if s == reference]
+        for name in ("floor-guarded", "consul-reg", "registrator"):
+            ours = [f for s, f in results if s == name]
+            for kind in ("start", "die"):
+                for ours_run, floor_run in zip(ours, floors) if name != reference else ():
+                    ratio50 = statistics.median(ours_run[kind]) / statistics.median(floor_run[kind])
+                    ratio90 = percentile(ours_run[kind], 0.9) / percentile(floor_run[kind], 0.9)
+                    print(f"{kind}: {name} / {reference} p50 x{ratio50:.2f}, p90 x{ratio90:.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps(results))
     return 0

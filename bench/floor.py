@@ -8,7 +8,20 @@ published port with one PUT on a keep-alive connection to the agent; on
 `die` it deregisters with one PUT, no inspect. Nothing else: no mapping, no
 checks, no logging, no state but the IDs.
 
-Usage: python bench/floor.py AGENT_PORT HOSTNAME
+With --guarded, the least a registrar that keeps the ownership rule (a record
+not ours is never written over) can do on Consul 1.8.7, which has neither a
+conditional write nor a blocking read of the agent's services: before each
+PUT it reads the agent's records of the container's IDs with the filter
+consul-reg sends (`ID matches "(?i)^(<host>:<name>|<host>:<name>:.*|...)$"`)
+and writes only when the ID is free or carries its own mark. On `start` that
+read is sent before the inspect, on a connection of its own, and its answer
+read after the inspect's (as consul-reg's read ahead); on `die` it comes
+before the deregistration.
+
+With --internal (bench/burst.py, whose containers publish no port), it
+registers the container's IP and exposed port, as `-internal` does.
+
+Usage: python bench/floor.py AGENT_PORT HOSTNAME [--guarded] [--internal]
 """
 
 from __future__ import annotations
@@ -32,8 +45,18 @@ class UnixConnection(http.client.HTTPConnection):
         self.sock.connect(self.path)
 
 
+def scope_filter(hostname: str, name: str, ids: tuple[str, ...] = ()) -> str:
+    patterns = sorted({f"{hostname}:{name}", f"{hostname}:{name}:.*", *ids})
+    return urllib.parse.urlencode({"filter": f'ID matches "(?i)^({"|".join(patterns)})$"'})
+
+
 def main() -> int:
     agent_port, hostname = int(sys.argv[1]), sys.argv[2]
+    unknown = set(sys.argv[3:]) - {"--guarded", "--internal"}
+    if unknown:
+        sys.exit(f"unknown options: {' '.join(sorted(unknown))}")
+    guarded, internal = "--guarded" in sys.argv[3:], "--internal" in sys.argv[3:]
+    reader = http.client.HTTPConnection("127.0.0.1", agent_port, timeout=30)
     events = UnixConnection(DOCKER_SOCKET)
     query = urllib.parse.urlencode({"filters": json.dumps({"type": ["container"]})})
     events.request("GET", f"/v1.41/events?{query}")
@@ -45,23 +68,42 @@ def main() -> int:
     while line := stream.readline():
         event = json.loads(line)
         action, container_id = event.get("Action"), event["Actor"]["ID"]
+        name = (event["Actor"].get("Attributes") or {}).get("name", "")
         if action == "start":
+            if guarded:  # sent now, its answer read after the inspect's
+                reader.request("GET", f"/v1/agent/services?{scope_filter(hostname, name)}")
             docker.request("GET", f"/v1.41/containers/{container_id}/json")
             response = docker.getresponse()
             inspected = json.loads(response.read())
-            published = [(port, bindings[0]) for port, bindings in
-                         ((inspected.get("NetworkSettings") or {}).get("Ports") or {}).items() if bindings]
+            network = inspected.get("NetworkSettings") or {}
+            if internal:
+                address = network.get("IPAddress") or ""
+                published = [(port, port.split("/")[0]) for port in
+                             (inspected.get("Config") or {}).get("ExposedPorts") or {}]
+            else:
+                address = "127.0.0.1"
+                published = [(port, bindings[0]["HostPort"]) for port, bindings in
+                             (network.get("Ports") or {}).items() if bindings]
+            held = json.loads(reader.getresponse().read()) if guarded else {}
             if response.status != 200 or not published:
                 continue
-            port, binding = published[0]
+            port, host_port = published[0]
             service_id = f"{hostname}:{inspected['Name'].lstrip('/')}:{port.split('/')[0]}"
-            body = json.dumps({"ID": service_id, "Name": "busybox", "Address": "127.0.0.1",
-                               "Port": int(binding["HostPort"]), "Tags": []}).encode()
+            if service_id in held and held[service_id].get("Meta", {}).get("floor") != "1":
+                continue  # not ours
+            record = {"ID": service_id, "Name": "busybox", "Address": address, "Port": int(host_port), "Tags": []}
+            body = json.dumps({**record, "Meta": {"floor": "1"}} if guarded else record).encode()
             agent.request("PUT", "/v1/agent/service/register", body=body)
             agent.getresponse().read()
             registered[container_id] = service_id
         elif action == "die" and container_id in registered:
-            agent.request("PUT", f"/v1/agent/service/deregister/{registered.pop(container_id)}")
+            service_id = registered.pop(container_id)
+            if guarded:
+                reader.request("GET", f"/v1/agent/services?{scope_filter(hostname, name, (service_id,))}")
+                held = json.loads(reader.getresponse().read())
+                if held.get(service_id, {}).get("Meta", {}).get("floor") != "1":
+                    continue  # gone, or not ours
+            agent.request("PUT", f"/v1/agent/service/deregister/{service_id}")
             agent.getresponse().read()
     return 0
 
