@@ -91,19 +91,25 @@ class AgentWatch:
         with self._probe_began:
             self._probe_started = self._clock()
             self._probe_began.notify()
+        refused: RegistryError | None = None
         try:
             info = self._agent.agent_info()
-        except RegistryUnavailable as error:
-            if self._liveness.state.ok:  # not yet said (by the deadline or another call)
-                logger.warning("{} does not answer: {}", self._agent.description, error)
-            self._liveness.failed(str(error))
-            return
-        except RegistryError as error:  # it answers, but refuses (a 403): reachable all the same
-            self._liveness.ok()
-            logger.debug("{}: {}", self._agent.description, error)
-            return
+        except RegistryError as error:
+            refused = error
         finally:
-            self._probe_started = None
+            # Ended before its outcome is told, under the lock `overdue` decides under: a deadline
+            # look that comes later finds no probe, and one that came sooner is overridden by it.
+            with self._probe_began:
+                self._probe_started = None
+        if isinstance(refused, RegistryUnavailable):
+            if self._liveness.state.ok:  # not yet said (by the deadline or another call)
+                logger.warning("{} does not answer: {}", self._agent.description, refused)
+            self._liveness.failed(str(refused))
+            return
+        if refused is not None:  # it answers, but refuses (a 403): reachable all the same
+            self._liveness.ok()
+            logger.debug("{}: {}", self._agent.description, refused)
+            return
         was_down = was_down or not self._liveness.state.ok  # marked down while this probe hung
         self._liveness.ok()
         replaced = self.identity is not None and info.node_id != self.identity.node_id
@@ -116,14 +122,15 @@ class AgentWatch:
     def overdue(self) -> bool:
         """A probe has waited longer than the deadline: mark the agent unreachable
         (once per hang; the deadline thread's body, called directly by tests)."""
-        started = self._probe_started
-        # The same sum as the deadline thread's: `now - started < deadline` disagrees with it at the
-        # boundary (1000.0 + 0.3), and that thread would then sleep until a next probe.
-        if started is None or self._clock() < started + self._probe_deadline or not self._liveness.state.ok:
-            return False
         reason = f"{self._agent.description}: no answer to /v1/agent/self within {self._probe_deadline:g}s"
+        with self._probe_began:  # a probe that answers meanwhile tells its outcome after this
+            started = self._probe_started
+            # The same sum as the deadline thread's: `now - started < deadline` disagrees with it at the
+            # boundary (1000.0 + 0.3), and that thread would then sleep until a next probe.
+            if started is None or self._clock() < started + self._probe_deadline or not self._liveness.state.ok:
+                return False
+            self._liveness.failed(reason)
         logger.warning("{} (the agent hangs?)", reason)
-        self._liveness.failed(reason)
         return True
 
     def _watch_deadline(self) -> None:

@@ -282,3 +282,59 @@ def test_a_probe_hung_to_the_exact_deadline_is_marked_unreachable_by_the_deadlin
         agent.hang.clear()
         agent.release.set()
         probe.join(5)
+
+
+class RefusingAgent(FakeAgent):
+    """agent_info() answers 403 after the probe waited `took` seconds of the fake clock."""
+
+    def __init__(self, clock: FakeClock, took: float) -> None:
+        super().__init__()
+        self.clock, self.took = clock, took
+
+    def agent_info(self) -> AgentInfo:
+        self.clock.advance(self.took)
+        raise RegistryError("403 Permission denied: agent:read")
+
+
+class LookedAtAfterOk(Liveness):
+    """The deadline thread's look landing right after the probe said "reachable"."""
+
+    watch: AgentWatch | None = None
+
+    def ok(self) -> None:
+        super().ok()
+        if self.watch is not None:
+            self.watch.overdue()
+
+
+def test_a_slow_refusal_is_not_marked_unreachable_by_a_deadline_look_right_after_it() -> None:
+    """A 403 that came after the deadline: the agent answers. The deadline thread looking at
+    that moment (the probe told its outcome, not yet ended) once marked it down afterwards,
+    and /health said 503 until the next probe."""
+    clock = FakeClock()
+    liveness = LookedAtAfterOk("consul", clock)
+    liveness.ok()
+    agent = RefusingAgent(clock, took=3.0)
+    watch = AgentWatch(agent, AgentAlarm(liveness), lambda message: None, identity=None, probe_deadline=2.0,
+                       clock=clock)
+    liveness.watch = watch
+    watch.check_once()
+    assert liveness.state.ok, f"an agent that answered (403) is marked down: {liveness.state.reason}"
+
+
+def test_a_probe_marked_overdue_while_it_hangs_is_reachable_again_once_it_answers_403() -> None:
+    clock = FakeClock()
+    liveness = Liveness("consul", clock)
+    liveness.ok()
+
+    class OverdueThenRefused(RefusingAgent):
+        def agent_info(self) -> AgentInfo:
+            self.clock.advance(self.took)
+            assert watch.overdue(), "a probe past its deadline is overdue while it hangs"
+            assert not liveness.state.ok
+            raise RegistryError("403 Permission denied: agent:read")
+
+    watch = AgentWatch(OverdueThenRefused(clock, took=3.0), AgentAlarm(liveness), lambda message: None,
+                       identity=None, probe_deadline=2.0, clock=clock)
+    watch.check_once()
+    assert liveness.state.ok and not watch.overdue()
