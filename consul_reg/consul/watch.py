@@ -130,7 +130,8 @@ class AgentWatch:
             if started is None or self._clock() < started + self._probe_deadline or not self._liveness.state.ok:
                 return False
             self._liveness.failed(reason)
-        logger.warning("{} (the agent hangs?)", reason)
+            # Said under the lock too: a probe that answers meanwhile says "answers again" after it.
+            logger.warning("{} (the agent hangs?)", reason)
         return True
 
     def _watch_deadline(self) -> None:

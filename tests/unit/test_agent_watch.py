@@ -8,6 +8,7 @@ import time
 
 import httpx
 import pytest
+from loguru import logger
 
 from consul_reg.consul.watch import AgentAlarm, AgentWatch
 from consul_reg.core.messages import AgentBack
@@ -338,3 +339,52 @@ def test_a_probe_marked_overdue_while_it_hangs_is_reachable_again_once_it_answer
                        identity=None, probe_deadline=2.0, clock=clock)
     watch.check_once()
     assert liveness.state.ok and not watch.overdue()
+
+
+class AfterRelease(threading.Condition):
+    """Runs `hook` once, in the deadline look's thread, right after that look lets go of the lock."""
+
+    hook = None
+
+    def __exit__(self, *exc):  # type: ignore[no-untyped-def]
+        result = super().__exit__(*exc)
+        hook, self.hook = self.hook, None
+        if hook is not None and threading.current_thread() is threading.main_thread():
+            hook()
+        return result
+
+
+def test_the_hang_warning_is_logged_before_the_answers_again_that_ends_it() -> None:
+    """The deadline look marks the agent down under the lock, then logs its warning after it:
+    a probe answering in between logs "answers again" (and posts AgentBack) first, and the log
+    then ends on "the agent hangs?" while /health says ok."""
+    agent, clock = HangingAgent(), FakeClock()
+    liveness = Liveness("consul", clock)
+    liveness.ok()
+    posted: list[object] = []
+    watch = AgentWatch(agent, AgentAlarm(liveness), posted.append, identity=agent.agent_info(),
+                       probe_deadline=2.0, clock=clock)
+    condition = AfterRelease()
+    watch._probe_began = condition
+    lines: list[str] = []
+    sink = logger.add(lambda message: lines.append(message.record["message"]), level="INFO")
+    agent.hang.set()
+    probe = threading.Thread(target=watch.check_once, daemon=True)
+    try:
+        probe.start()
+        assert agent.entered.wait(5)
+        clock.advance(2.1)
+
+        def answer_now() -> None:  # the probe's answer arrives as the look lets go of the lock
+            agent.hang.clear()
+            agent.release.set()
+            probe.join(5)
+        condition.hook = answer_now
+        assert watch.overdue()
+    finally:
+        agent.release.set()
+        probe.join(5)
+        logger.remove(sink)
+    assert liveness.state.ok and [type(m) for m in posted] == [AgentBack]
+    said = [line for line in lines if "hangs?" in line or "answers again" in line]
+    assert len(said) == 2 and "hangs?" in said[0], f"the log ends on the hang while the agent answers: {said}"
