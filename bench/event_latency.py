@@ -134,6 +134,8 @@ def measure(subject: str, command: list[str], agent: Agent, client, events: Even
         process.kill()
         process.wait(timeout=15)
         log.close()
+        for service_id in agent.services():  # each subject begins with an empty agent
+            agent.request("PUT", f"/v1/agent/service/deregister/{service_id}")
     return {"start": started_ms, "die": died_ms, "cpu_ms_per_event": cpu * 1000 / (2 * len(started_ms)),
             "peak_rss_mb": rss}
 
@@ -144,7 +146,8 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--gap", type=float, default=0.3, help="seconds between two containers")
     parser.add_argument("--poll", type=float, default=0.0005, help="seconds between two polls of the agent")
-    parser.add_argument("--only", default="", help="floor, floor-guarded, consul-reg or registrator: only this one")
+    parser.add_argument("--only", default="", help="floor, floor-guarded, floor-exact, consul-reg or registrator: "
+                        "only this one")
     parser.add_argument("--code", default="", help="run the daemon of another checkout (a directory)")
     parser.add_argument("--registrator", default="/tmp/regbuild/registrator",
                         help="gliderlabs/registrator's binary, measured too when it exists")
@@ -165,6 +168,8 @@ def main() -> int:
         subjects = {
             "floor": [sys.executable, str(BENCH / "floor.py"), str(agent.http_port), hostname],
             "floor-guarded": [sys.executable, str(BENCH / "floor.py"), str(agent.http_port), hostname, "--guarded"],
+            "floor-exact": [sys.executable, str(BENCH / "floor.py"), str(agent.http_port), hostname, "--guarded",
+                            "--exact"],
             "consul-reg": [sys.executable, "-m", "consul_reg", "--hostname", hostname, "-resync", "0", agent.uri],
         }
         if args.registrator and os.path.exists(args.registrator):  # never built here by the benchmark
@@ -186,7 +191,7 @@ def main() -> int:
         agent.stop()
     for reference in ("floor", "floor-guarded"):
         floors = [f for s, f in results if s == reference]
-        for name in ("floor-guarded", "consul-reg", "registrator"):
+        for name in ("floor-guarded", "floor-exact", "consul-reg", "registrator"):
             ours = [f for s, f in results if s == name]
             for kind in ("start", "die"):
                 for ours_run, floor_run in zip(ours, floors) if name != reference else ():
