@@ -196,8 +196,7 @@ def one_run(args, client, agent: Agent, events: Events, run: int, subject: str) 
         with ThreadPoolExecutor(args.threads) as pool:
             list(pool.map(lambda cid: client.api.remove_container(cid, force=True), [*ids, reference]))
         if subject != "consul-reg":  # what it left behind in the agent goes before the next run
-            for service_id in agent.services():
-                agent.request("PUT", f"/v1/agent/service/deregister/{service_id}")
+            agent.deregister_all()
 
 
 def main() -> int:

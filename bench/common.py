@@ -75,6 +75,11 @@ class Agent:
         status, body = self.request("GET", "/v1/agent/services")
         return json.loads(body) if status == 200 else {}
 
+    def deregister_all(self) -> None:
+        """Empties the agent: what one subject left is never read by the next one."""
+        for service_id in self.services():
+            self.request("PUT", f"/v1/agent/service/deregister/{service_id}")
+
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()

@@ -134,8 +134,7 @@ def measure(subject: str, command: list[str], agent: Agent, client, events: Even
         process.kill()
         process.wait(timeout=15)
         log.close()
-        for service_id in agent.services():  # each subject begins with an empty agent
-            agent.request("PUT", f"/v1/agent/service/deregister/{service_id}")
+        agent.deregister_all()  # each subject begins with an empty agent
     return {"start": started_ms, "die": died_ms, "cpu_ms_per_event": cpu * 1000 / (2 * len(started_ms)),
             "peak_rss_mb": rss}
 
