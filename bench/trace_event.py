@@ -30,7 +30,7 @@ from common import IMAGE, LABEL, Agent, load, remove_labelled  # noqa: E402
 
 from consul_reg.docker import client as docker_source
 
-from consul_reg.sync import loop  # noqa: E402
+from consul_reg.sync import early, loop  # noqa: E402
 from consul_reg.app.cli import parse_config  # noqa: E402
 from consul_reg.app.daemon import Daemon  # noqa: E402
 from consul_reg.consul import agent as consul  # noqa: E402
@@ -38,6 +38,7 @@ from consul_reg.core.messages import Stop  # noqa: E402
 
 MARKS: dict[str, dict[str, int]] = defaultdict(dict)  # container or service ID -> step -> time_ns
 BATCH: list[str] = []  # the container IDs of the batch the loop is handling
+NOTICING = threading.local()  # (container ID, "start" or "die") while Docker's event thread begins its reads
 
 
 def instrument() -> None:
@@ -66,6 +67,38 @@ def instrument() -> None:
         return handle(self, batch)
     loop.Loop.handle = traced_handle
 
+    noticed = early.EarlyReads.noticed
+
+    def traced_noticed(self, event):
+        # the reads begun on Docker's event thread as it reads the event (issue 24)
+        NOTICING.event = (event.container_id, "die" if event.action in ("kill", "die") else "start")
+        MARKS[event.container_id].setdefault(f"{event.action} noticed", time.time_ns())
+        try:
+            return noticed(self, event)
+        finally:
+            NOTICING.event = None
+            MARKS[event.container_id].setdefault(f"{event.action} posted", time.time_ns())
+    early.EarlyReads.noticed = traced_noticed
+
+    inspect_later = docker_source.DockerSource.inspect_later
+    inspect_result = docker_source._InspectLater.result
+
+    def traced_inspect_later(self, container_id):
+        MARKS[container_id].setdefault("inspect sent", time.time_ns())
+        answer = inspect_later(self, container_id)
+        answer.traced_id = container_id
+        return answer
+
+    def traced_inspect_result(self):
+        container_id = getattr(self, "traced_id", "")
+        MARKS[container_id].setdefault("inspect asked for", time.time_ns())
+        try:
+            return inspect_result(self)
+        finally:
+            MARKS[container_id].setdefault("inspect answered", time.time_ns())
+    docker_source.DockerSource.inspect_later = traced_inspect_later
+    docker_source._InspectLater.result = traced_inspect_result
+
     inspect = docker_source.DockerSource.inspect
 
     def traced_inspect(self, container_id):
@@ -79,11 +112,13 @@ def instrument() -> None:
     later = consul.ConsulRegistry.services_in_later
     taken = consul._ServicesLater.result
 
-    def traced_later(self, scope):
-        batch = [(cid, "die" if "start read ahead answered" in MARKS[cid] else "start") for cid in BATCH]
+    def traced_later(self, scope, wait=True):
+        noticing = getattr(NOTICING, "event", None)
+        batch = [noticing] if noticing else \
+            [(cid, "die" if "start read ahead answered" in MARKS[cid] else "start") for cid in BATCH]
         for container_id, action in batch:
             MARKS[container_id].setdefault(f"{action} read ahead sent", time.time_ns())
-        answer = later(self, scope)
+        answer = later(self, scope, wait)
         answer.batch = batch
         return answer
 
@@ -177,10 +212,12 @@ def main() -> int:
     finally:
         remove_labelled(client)
         agent.stop()
-    steps = {"start": ["start docker", "start read", "start batch", "inspect sent", "inspect answered",
-                       "start get sent", "start get answered", "register sent", "register answered"],
-             "die": ["die docker", "die read", "die batch", "die get sent", "die get answered", "deregister sent",
-                     "deregister answered"]}
+    # In the order they come: the early inspect is sent before the event is posted (sync/early.py).
+    steps = {"start": ["start docker", "start read", "inspect sent", "start posted", "start batch", "inspect asked for",
+                       "inspect answered", "start get sent", "start get answered", "register sent",
+                       "register answered"],
+             "die": ["die docker", "die read", "die posted", "die batch", "die get sent", "die get answered",
+                     "deregister sent", "deregister answered"]}
     for action, names in steps.items():
         gaps: dict[str, list[float]] = defaultdict(list)
         for container in containers:

@@ -40,7 +40,7 @@ from consul_reg.core.records import (
 )
 from consul_reg.core.text import printable
 from consul_reg.mapping.registration import connect_payload, registration_payload  # noqa: F401  (re-exported)
-from consul_reg.transport.pool import TRANSPORT_ERRORS, Answer, ConnectionPool, Pending
+from consul_reg.transport.pool import TRANSPORT_ERRORS, Answer, ConnectionPool, Pending, PoolBusy
 
 DEFAULT_TIMEOUT_SECONDS = 10.0
 MAX_ERROR_BODY = 300
@@ -163,14 +163,20 @@ class ConsulClient:
             raise self._unreachable(what, error) from None
         return self._checked(response, what, not_found_ok)
 
-    def begin(self, segments: tuple[str, ...], what: str, params: dict[str, str] | None = None) -> PendingCall:
+    def begin(self, segments: tuple[str, ...], what: str, params: dict[str, str] | None = None,
+              wait: bool = True) -> PendingCall:
         """A GET sent now whose answer is taken later (`PendingCall.result`: checked as `call`
-        checks it) on the caller's own thread; raises as `call` does when it cannot be sent."""
+        checks it) by one thread (the caller's, or the one it hands it to); raises as `call`
+        does when it cannot be sent, and with `wait=False` RegistryError at once when every
+        connection is in use (the agent is busy, not gone: nobody is told it is unreachable)."""
         target = agent_path(*segments)
         if params:
             target += "?" + urllib.parse.urlencode(params)
         try:
-            return PendingCall(self, self._pool.begin("GET", target, self._headers), what)
+            return PendingCall(self, self._pool.begin("GET", target, self._headers, wait=wait), what)
+        except PoolBusy:
+            raise RegistryError(f"{self.description}: could not {what} at once: every connection is in use") \
+                from None
         except TRANSPORT_ERRORS as error:
             raise self._unreachable(what, error) from None
 
@@ -308,14 +314,18 @@ class ConsulRegistry:
                                 patterns=_scope_patterns(scope), keep=scope.covers, also_checked=scope.prefixes)
         return _records(listed)
 
-    def services_in_later(self, scope: ReadScope) -> Later[dict[str, RegisteredService]]:
-        """`services_in`, sent now and answered when `result()` is called, on the caller's
-        thread: the read ahead of a batch of container events (issue 24), sent before
-        Docker's inspects and read after them, with no thread hop in between."""
+    def services_in_later(self, scope: ReadScope, wait: bool = True) -> Later[dict[str, RegisteredService]]:
+        """`services_in`, sent now and answered when `result()` is called: the read ahead of
+        container events (issue 24), sent before Docker's inspects and read after them, with
+        no thread hop in between. `wait=False` (Docker's event thread): RegistryError rather
+        than waiting for a connection or reading here."""
         if not scope or not self._filter_folds:
+            if not wait:
+                raise RegistryError(f"{self.description}: this agent's services are read when needed")
             return Ready(self.services_in(scope))
         call = self.client.begin(("agent", "services"), "read the agent's services",
-                                 params=_match_filter("ID", (*scope.ids, *scope.prefixes), _scope_patterns(scope)))
+                                 params=_match_filter("ID", (*scope.ids, *scope.prefixes), _scope_patterns(scope)),
+                                 wait=wait)
         return _ServicesLater(self, call, scope)
 
     def check_owners(self, check_ids: Collection[str] | None = None) -> dict[str, str]:

@@ -82,8 +82,8 @@ class OwnershipGuard:
     def check_owners(self) -> dict[str, str]:
         return self.registry.check_owners()
 
-    def services_in_later(self, scope: ReadScope) -> Later[dict[str, RegisteredService]]:
-        return self.registry.services_in_later(scope)
+    def services_in_later(self, scope: ReadScope, wait: bool = True) -> Later[dict[str, RegisteredService]]:
+        return self.registry.services_in_later(scope, wait)
 
     def checked_against(self, held: Holdings | None) -> RegistryWrites:
         """Writes checked against `held` (the agent's records and checks read once, when

@@ -41,7 +41,7 @@ class MemoryRegistry:
     def check_statuses(self, check_ids: Collection[str], service_ids: Collection[str] = ()) -> CheckRead:
         return CheckRead()  # no agent runs a check here: none has a result
 
-    def services_in_later(self, scope: ReadScope) -> Later[dict[str, RegisteredService]]:
+    def services_in_later(self, scope: ReadScope, wait: bool = True) -> Later[dict[str, RegisteredService]]:
         return Ready({service_id: record for service_id, record in self._services.items() if scope.covers(service_id)})
 
     def services_matching(self, service_ids: Collection[str]) -> dict[str, RegisteredService]:

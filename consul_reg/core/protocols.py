@@ -44,7 +44,8 @@ class AgentAPI(Protocol):
 
     def check_owners(self) -> dict[str, str]: ...  # check ID -> its service's ID
 
-    def services_in_later(self, scope: ReadScope) -> Later[dict[str, RegisteredService]]: ...  # sent now, read later
+    # Sent now, read later; wait=False: RegistryError rather than wait for a connection.
+    def services_in_later(self, scope: ReadScope, wait: bool = True) -> Later[dict[str, RegisteredService]]: ...
 
     def register(self, service: Service) -> None: ...
 
@@ -68,6 +69,9 @@ class DockerReads(Protocol):
     def list_containers(self) -> list[dict[str, Any]]: ...
 
     def inspect(self, container_id: str) -> dict[str, Any] | None: ...
+
+    # Sent now (from Docker's event thread), answered by `result()`; DockerUnavailable when it cannot be sent at once.
+    def inspect_later(self, container_id: str) -> Later[dict[str, Any] | None]: ...
 
     def request_env_file(self, container_id: str, path: str) -> None: ...
 

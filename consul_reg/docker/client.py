@@ -12,12 +12,13 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 from cachetools import LRUCache
 from loguru import logger
 
 from consul_reg.core.backoff import Backoff
+from consul_reg.core.calls import Later
 from consul_reg.core.errors import DockerUnavailable, DockerUnreachable
 from consul_reg.core.liveness import Liveness
 from consul_reg.core.messages import EVENT_FILTER_ACTIONS, DockerReconnected, Message
@@ -27,7 +28,7 @@ from consul_reg.docker import files as container_files
 from consul_reg.docker.events import MAX_EVENT_BYTES, OVERSIZED, SkippedEvents, decoded_events, message_from_event
 from consul_reg.docker.files import FileUnreadable  # noqa: F401  (raised by read_file)
 from consul_reg.docker.host import docker_base_url
-from consul_reg.transport.pool import TRANSPORT_ERRORS, BodyTooLarge, ConnectionPool, PoolTimeout
+from consul_reg.transport.pool import TRANSPORT_ERRORS, Answer, BodyTooLarge, ConnectionPool, Pending, PoolTimeout
 
 # A fixed API version: "auto" would contact dockerd in the constructor, before
 # the daemon's retry loop. 1.41 is Docker 20.10's; newer engines still accept it.
@@ -35,6 +36,7 @@ API_VERSION = "1.41"
 READ_TIMEOUT = 10.0  # seconds for one file read when the caller gives none, and for the event stream's head
 SUBSCRIBE_WAIT = 10.0  # seconds the start waits for the event subscription
 INSPECT_CONNECTIONS = 4
+EARLY_CONNECTIONS = 2  # inspects sent the moment a start event is read (inspect_later)
 # An inspect answer (labels, env, mounts...) is 5-20 KiB; Docker bounds neither labels nor a
 # created container's env, so we do: 8 MiB holds an env at Linux's execve limit (2 MiB
 # with the default 8 MiB stack) escaped as JSON, beside megabytes of labels
@@ -46,6 +48,9 @@ MAX_INSPECT_BYTES = MAX_EVENT_BYTES
 MAX_LIST_BYTES = 256 * 1024 * 1024
 DEFAULT_STOP_SECONDS = 10  # Docker's stop timeout when a container names none
 MAX_RESTART_STOP_SECONDS = 3600  # the longest t= of a check restart (an hour, as the mapping caps StopTimeout)
+
+
+Answered = TypeVar("Answered")
 
 
 class NotASwarmManager(Exception):
@@ -72,6 +77,7 @@ class DockerSource:
         # docker-py only where the endpoint is not plain HTTP (ssh://).
         endpoint = self._endpoint
         self._pool: ConnectionPool | None = None
+        self._early: ConnectionPool | None = None  # inspects sent from the event thread (inspect_later)
         self._docker_py: Any = None
         if endpoint.unsupported:
             try:
@@ -87,6 +93,10 @@ class DockerSource:
             self._pool = ConnectionPool(
                 host=endpoint.host, port=endpoint.port, socket_path=endpoint.unix_path or None,
                 ssl_context=endpoint.ssl_context, max_connections=INSPECT_CONNECTIONS, timeout=timeout,
+                max_body=MAX_INSPECT_BYTES)
+            self._early = ConnectionPool(
+                host=endpoint.host, port=endpoint.port, socket_path=endpoint.unix_path or None,
+                ssl_context=endpoint.ssl_context, max_connections=EARLY_CONNECTIONS, timeout=timeout,
                 max_body=MAX_INSPECT_BYTES)
 
     def ping(self) -> None:
@@ -114,8 +124,27 @@ class DockerSource:
 
     def inspect(self, container_id: str) -> dict[str, Any] | None:
         """The container's inspect data, or None when it no longer exists. Thread-safe."""
-        status, body = self._get("inspect a container", ("inspect_container", container_id),
-                                 "/containers/{}/json", container_id, subject=container_id)
+        return self._inspected(*self._get("inspect a container", ("inspect_container", container_id),
+                                          "/containers/{}/json", container_id, subject=container_id))
+
+    def inspect_later(self, container_id: str) -> Later[dict[str, Any] | None]:
+        """`inspect`, sent now on a connection of its own (at most EARLY_CONNECTIONS, never one
+        the loop's calls wait for) and answered when `result()` is called, by one thread:
+        Docker's event thread sends it the moment it reads a start (issue 24), the loop takes
+        the answer. Raises DockerUnavailable at once, never waiting, when those connections are
+        all in use or dockerd cannot be reached. Through docker-py (ssh://) it is made when its
+        answer is asked for."""
+        if self._early is None:
+            return _InspectWhenAsked(self, container_id)
+        target = docker_http.url(self._endpoint, "/containers/{}/json", container_id)
+        pending = self._answer("inspect a container", container_id, lambda: self._early_begin(target))
+        return _InspectLater(self, pending, container_id)
+
+    def _early_begin(self, target: str) -> Pending:
+        assert self._early is not None
+        return self._early.begin("GET", target, wait=False)
+
+    def _inspected(self, status: int, body: Any) -> dict[str, Any] | None:
         if status == 200 and isinstance(body, dict):
             return body
         if _not_found(status, body):
@@ -152,19 +181,20 @@ class DockerSource:
         """One GET: (status, decoded body or None). dockerd answering at all is liveness;
         not reaching it raises DockerUnreachable, an answer over `max_body` DockerUnavailable
         (about this one call: `subject` names what it was about)."""
+        if self._docker_py is not None:
+            return self._answer(what, subject, lambda: self._docker_py.call(*docker_py_call,
+                                                                              **(docker_py_kwargs or {})))
+        assert self._pool is not None
+        pool = self._pool
+        target = docker_http.url(self._endpoint, path, *segments, query=query)
+        return self._answer(what, subject, lambda: _decoded(pool.request("GET", target, max_body=max_body)))
+
+    def _answer(self, what: str, subject: str, call: Callable[[], Answered]) -> Answered:
+        """`call`'s result, its failure said as DockerUnavailable (about `subject`) or
+        DockerUnreachable; dockerd answering at all is liveness."""
         about = f" {printable(subject, 80)}" if subject else ""
         try:
-            if self._docker_py is not None:
-                status, body = self._docker_py.call(*docker_py_call, **(docker_py_kwargs or {}))
-            else:
-                assert self._pool is not None
-                answer = self._pool.request("GET", docker_http.url(self._endpoint, path, *segments, query=query),
-                                            max_body=max_body)
-                status = answer.status_code
-                try:
-                    body = answer.json()
-                except ValueError:  # a proxy's page, say: its text is the message
-                    body = None if status == 200 else {"message": printable(answer.text, 200)}
+            answered = call()
         except PoolTimeout as error:  # every connection busy with other calls: dockerd is slow, not gone
             raise DockerUnavailable(f"docker ({self.description}): could not {what}{about}: "
                                     f"{_describe(error)}") from None
@@ -176,8 +206,9 @@ class DockerSource:
             reason = f"docker ({self.description}): could not {what}: {_describe(error)}"
             self.liveness.failed(reason)
             raise DockerUnreachable(reason) from None
-        self.liveness.ok()  # dockerd answered
-        return status, body
+        if not isinstance(answered, Pending):
+            self.liveness.ok()  # dockerd answered
+        return answered
 
     def read_file(self, container_id: str, path: str, limit_bytes: int,
                   timeout_seconds: float = READ_TIMEOUT) -> str | None:
@@ -321,10 +352,47 @@ class DockerSource:
                                     f"{timeout_seconds:g}s: {_describe(error)}") from None
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.close()
+        for pool in (self._pool, self._early):
+            if pool is not None:
+                pool.close()
         if self._docker_py is not None:
             self._docker_py.close()
+
+
+def _decoded(answer: Answer) -> tuple[int, Any]:
+    """(status, decoded body or None) of one of dockerd's answers."""
+    try:
+        return answer.status_code, answer.json()
+    except ValueError:  # a proxy's page, say: its text is the message
+        return answer.status_code, None if answer.status_code == 200 else {"message": printable(answer.text, 200)}
+
+
+class _InspectLater:
+    """An inspect sent by `inspect_later`, answered once (or cancelled) by one thread."""
+
+    def __init__(self, client: DockerSource, pending: Pending, container_id: str) -> None:
+        self._client, self._pending, self._container_id = client, pending, container_id
+
+    def result(self) -> dict[str, Any] | None:
+        pending = self._pending
+        return self._client._inspected(*self._client._answer("inspect a container", self._container_id,
+                                                             lambda: _decoded(pending.answer())))
+
+    def cancel(self) -> None:
+        self._pending.cancel()
+
+
+class _InspectWhenAsked:
+    """docker-py's inspect_later: made when its answer is asked for."""
+
+    def __init__(self, client: DockerSource, container_id: str) -> None:
+        self._client, self._container_id = client, container_id
+
+    def result(self) -> dict[str, Any] | None:
+        return self._client.inspect(self._container_id)
+
+    def cancel(self) -> None:
+        pass
 
 
 class _FirstSubscription:

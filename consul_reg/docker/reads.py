@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from consul_reg.core.calls import Later
 from consul_reg.docker.client import DockerSource
 from consul_reg.docker.env_files import EnvFileReader
 
@@ -20,6 +21,9 @@ class LoopReads:
 
     def inspect(self, container_id: str) -> dict[str, Any] | None:
         return self.client.inspect(container_id)
+
+    def inspect_later(self, container_id: str) -> Later[dict[str, Any] | None]:
+        return self.client.inspect_later(container_id)
 
     def request_env_file(self, container_id: str, path: str) -> None:
         self.env_files.request(container_id, path)

@@ -19,7 +19,7 @@ through core's protocols.
 from __future__ import annotations
 
 import time
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
@@ -28,12 +28,13 @@ from loguru import logger
 
 from consul_reg.core.backoff import Clock
 from consul_reg.core.errors import DockerUnavailable
-from consul_reg.core.messages import EnvFileRead, Message, ScriptsRefused, Start
+from consul_reg.core.messages import DockerEvent, EnvFileRead, Message, ScriptsRefused, Start
 from consul_reg.core.protocols import AgentAPI, DockerReads, LoopMetrics, NoMetrics, ProbeSink, SnapshotSubscriber
 from consul_reg.core.records import (
     AgentInfo,
     ContainerDesire,
     ContainerStatus,
+    ReadScope,
     keeps_records,
     section,
 )
@@ -41,6 +42,7 @@ from consul_reg.core.snapshot import Snapshot
 from consul_reg.mapping.default_ids import default_id_host
 from consul_reg.sync.desires import DesireBuilder, DesireUnavailable
 from consul_reg.sync.drain import Drainer
+from consul_reg.sync.early import EarlyReads, Taken
 from consul_reg.sync.env_files import EnvFileState, fold_reads
 from consul_reg.sync.full_pass import FullPassReader
 from consul_reg.sync.inbox import Inbox
@@ -105,6 +107,10 @@ class Loop:
         self.pass_reader = FullPassReader(lambda: self.docker.list_containers(), self.reader, self.containers,
                                           self.inbox, self.pass_io, self._build)
         self.probe_feed = ProbeFeed(probes)
+        # Reads begun on Docker's event thread as it reads each event (`post`), taken by `handle`.
+        self.early = EarlyReads(lambda container_id: self.docker.inspect_later(container_id),
+                                lambda scope: agent.services_in_later(scope, wait=False),
+                                self._early_scope, clock) if self.io is not None else None
 
     @property
     def snapshot(self) -> Snapshot:
@@ -115,8 +121,17 @@ class Loop:
 
     def post(self, message: Message) -> None:
         """Queue a message for the loop. Safe from any thread and from signal
-        handlers (SimpleQueue.put is reentrant)."""
+        handlers (SimpleQueue.put is reentrant). A container event's reads are
+        begun first, on the poster's thread (Docker's event reader: sync/early.py)."""
+        if self.early is not None and isinstance(message, DockerEvent):
+            self.early.noticed(message)
         self.inbox.put(message)
+
+    def _early_scope(self, container_id: str, name: str) -> ReadScope:
+        """What an early read for the container asks for (Docker's event thread): as
+        `batch_scope`, from the last snapshot published."""
+        return batch_scope(self.primary.hostname.host, {container_id: name} if name else {},
+                           [(container_id, self.publisher.snapshot.desires.get(container_id))])
 
     # -- the loop -------------------------------------------------------------------
 
@@ -130,6 +145,8 @@ class Loop:
                     for pool in (self.io, self.pass_io, self.primary.io):
                         if pool is not None:
                             pool.shutdown(wait=False, cancel_futures=True)
+                    if self.early is not None:
+                        self.early.drop_all()
                     return
             except Exception:  # a bug must cost one pass, never the daemon
                 self.primary.drop_prefetch()
@@ -149,16 +166,27 @@ class Loop:
         actions = route(batch)
         if actions.stop:
             return False
+        ids = (*actions.refresh, *(cid for cid, _ in actions.deaths))
+        taken = self.early.take(ids) if self.early is not None else Taken()
+        try:
+            self._handle(actions, ids, taken)
+        finally:
+            taken.drop_inspects()  # those not answered (a full pass, an error): their connections go back
+            if self.early is not None:
+                self.early.reads_wanted = self.primary.actual is not None and self.primary.backoff.ready()
+        return True
+
+    def _handle(self, actions: Actions, ids: tuple[str, ...], taken: Taken) -> None:
         started = self.clock()
         if actions.event_times:
             self.metrics.event_lag(max(0.0, time.time() - max(actions.event_times) / 1e9))
         if actions.identity is not None:
             self._agent_seen(actions.identity, actions.agent_back)
-        if actions.refresh or actions.deaths:  # first: the read runs beside everything below
-            ids = (*actions.refresh, *(cid for cid, _ in actions.deaths))
+        if ids:  # first: the read runs beside everything below (with those begun when the events were read)
             scope = batch_scope(self.primary.hostname.host, dict(actions.names),
-                                [(cid, self.containers.get(cid)) for cid in ids]) if len(ids) <= READ_WINDOW else None
-            self.primary.read_ahead(scope)
+                                [(cid, self.containers.get(cid)) for cid in ids if cid not in taken.reads]) \
+                if len(ids) <= READ_WINDOW else None
+            self.primary.read_ahead(scope, tuple(taken.reads.values()))
         affected, drains_left, rechecks = self._per_event(actions, started)
         refresh = set(actions.refresh) | rechecks | self._fold_env_reads(actions.env_reads)
         if actions.missing_checks:
@@ -179,7 +207,7 @@ class Loop:
             affected = set()  # a full pass plans everything
         else:
             affected |= self._targeted(refresh, retries=self.reader.ready() and not full_reason, pending=affected,
-                                       verify=verify)
+                                       verify=verify, early=taken.inspects)
         for container_id in verify:  # those no targeted pass looked at (a full pass), or not yet
             affected |= self._verify(container_id)
         for container_id in actions.report_status | rechecks:
@@ -196,7 +224,6 @@ class Loop:
             self.metrics.reconcile(kind, self.clock() - started)
         if kind == "full":  # its writes are made and its snapshot published (the mirrors take it on their threads)
             logger.debug("full pass done ({}): {} containers", full_reason, len(self.containers.desires))
-        return True
 
     # -- per-event actions ------------------------------------------------------------
 
@@ -306,7 +333,7 @@ class Loop:
         return {s.id for s in known.services}
 
     def _targeted(self, refresh: set[str], retries: bool, pending: Collection[str] = (),
-                  verify: set[str] | None = None) -> set[str]:
+                  verify: set[str] | None = None, early: Mapping[str, Any] | None = None) -> set[str]:
         """A pass over the containers the batch touched (and those due for another read).
         A burst (more containers than one window of inspects) is written window by window:
         when the first answer of a window comes, the IDs changed so far (and `pending`,
@@ -317,14 +344,15 @@ class Loop:
         `apply` leaves no gap; a custom ID two containers claim goes to the newer one only,
         never first to the one read first; a default ID has one container, by name). Each
         container of `verify` read here is verified (`_verify`) before any sync, and
-        taken out of it."""
+        taken out of it. `early`: inspects sent when the events were read, by container."""
         if retries:
             refresh |= self.reader.retry
         affected: set[str] = set()
         unsynced = set(pending)
         unread: list[tuple[str, DockerUnavailable]] = []
         pipelined = len(refresh) > READ_WINDOW
-        for n, (container_id, inspected) in enumerate(self.reader.answers(sorted(refresh))):
+        early = {cid: later for cid, later in (early or {}).items() if cid in refresh}
+        for n, (container_id, inspected) in enumerate(self.reader.answers(sorted(refresh), early=early)):
             if pipelined and n % READ_WINDOW == 0 and self.primary.actual is not None:
                 ready = {i for i in unsynced if i in self.containers.desired.by_id
                          and default_id_host(i) == self.primary.hostname.host}

@@ -13,7 +13,7 @@ are not made.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import CancelledError, Executor, wait
 from functools import partial
 from typing import TypeVar
@@ -31,7 +31,7 @@ class Interrupted(Exception):
 
 
 def outcomes(calls: Calls[Item], items: Sequence[Item], pool: Executor | None,
-             interrupt: Callable[[], bool] | None = None) -> Iterator[tuple[Item, Outcome]]:
+             interrupt: Callable[[], bool] | None = None) -> Generator[tuple[Item, Outcome], None, None]:
     """(item, outcome) for every item, in order. Without a pool (or for one item)
     the calls are made one by one, on the caller's thread. With `interrupt`, asked
     every few milliseconds while an outcome is awaited: when it says so, Interrupted

@@ -9,7 +9,7 @@ one agent client; tested with a fake agent and a fake clock.
 from __future__ import annotations
 
 import random as _random
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field, replace
 
@@ -33,6 +33,7 @@ from consul_reg.core.records import (
     as_owner,
     registered_form,
 )
+from consul_reg.sync.early import EarlyRead
 from consul_reg.sync.overlap import overlapped
 from consul_reg.sync.reaps import ReapTracker
 
@@ -131,31 +132,35 @@ class Primary:
         if prefetched is not None:
             prefetched.cancel()  # if it has not started; else it ends on its own, unread
 
-    def read_ahead(self, scope: ReadScope | None) -> None:
+    def read_ahead(self, scope: ReadScope | None, begun: Sequence[EarlyRead] = ()) -> None:
         """The batch's events were just taken: ask the agent now for the records `scope`
         names (the batch's containers' default IDs by prefix, the IDs they had; None: all
         of them, for a burst, whose filter of hundreds of alternatives the agent would
         match against every record it holds); its answer is taken when the batch's first
-        write needs it. The batch's writes to IDs in that scope are checked against this
-        one read (its moment: when the loop took the events) instead of a read each after
-        the inspect; any other ID is read by its write, as before. A scoped read is sent
-        from the loop's thread before Docker's inspects (it answers no sooner than they
-        do: sent after them, on the writes' pool, it held the register back ~0.5 ms, see
-        BENCHMARKS.md); a burst's whole listing goes on the writes' pool."""
-        if self._ahead is not None or self.actual is None or not self.backoff.ready() or scope is not None \
-                and not scope:
+        write needs it. `begun`: reads Docker's event thread sent for other containers of
+        the batch when it read their events (sync/early.py), taken with this one. The
+        batch's writes to IDs in these scopes are checked against these reads (each made
+        when its event was read or taken) instead of a read each after the inspect; any
+        other ID is read by its write, as before. A scoped read is sent from the loop's
+        thread before Docker's inspects (it answers no sooner than they do: sent after
+        them, on the writes' pool, it held the register back ~0.5 ms, see BENCHMARKS.md);
+        a burst's whole listing goes on the writes' pool."""
+        if self._ahead is not None or self.actual is None or not self.backoff.ready() or scope is None:
+            for read in begun:
+                read.later.cancel()
+            if scope is None and self._ahead is None and self.actual is not None and self.backoff.ready() \
+                    and self.io is not None:
+                self._ahead = (self.io.submit(self.agent.services), None, self.clock())
             return
-        later: Later[dict[str, RegisteredService]]
-        if scope is None:
-            if self.io is None:
-                return
-            later = self.io.submit(self.agent.services)
-        else:
+        reads = list(begun)
+        if scope:
             try:
-                later = self.agent.services_in_later(scope)
+                reads.append(EarlyRead(self.agent.services_in_later(scope), scope, self.clock()))
             except RegistryError:
-                return  # each write reads for itself (and meets the same error, if it lasts)
-        self._ahead = (later, scope, self.clock())
+                pass  # each write outside the reads begun reads for itself (and meets the same error, if it lasts)
+        if reads:
+            self._ahead = (_Merged(tuple(r.later for r in reads)) if len(reads) > 1 else reads[0].later,
+                           merged_scope(r.scope for r in reads), min(r.sent_at for r in reads))
 
     def _batch_writes(self) -> RegistryWrites:
         """The writes of this batch (every sync of it: a burst is synced window by window),
@@ -294,6 +299,36 @@ class Primary:
                 log.warning("container {}: service ID {!r} differs only in case from {!r}, registered by {}: "
                             "Consul's catalog holds them as one service, so {} is not registered",
                             service.container_name, service.id, holder.id, holder_text, service.id)
+
+
+def merged_scope(scopes: Iterable[ReadScope]) -> ReadScope:
+    prefixes: set[str] = set()
+    ids: set[str] = set()
+    for scope in scopes:
+        prefixes |= scope.prefixes
+        ids |= scope.ids
+    return ReadScope(frozenset(prefixes), frozenset(ids))
+
+
+class _Merged:
+    """Several scoped reads of one batch as one: the union of their answers (their scopes
+    are disjoint or agree: each answer is the agent's records by ID)."""
+
+    def __init__(self, laters: tuple[Later[dict[str, RegisteredService]], ...]) -> None:
+        self._laters = laters
+
+    def result(self) -> dict[str, RegisteredService]:
+        merged: dict[str, RegisteredService] = {}
+        try:
+            for later in self._laters:
+                merged.update(later.result())
+        finally:
+            self.cancel()  # the ones not read when one failed
+        return merged
+
+    def cancel(self) -> None:
+        for later in self._laters:
+            later.cancel()
 
 
 def batch_scope(host: str, names: Mapping[str, str],

@@ -11,13 +11,14 @@ container (dockerd answered) costs only that one.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Mapping
 from concurrent.futures import Executor
 from typing import Any
 
 from loguru import logger
 
 from consul_reg.core.backoff import Backoff, Clock
+from consul_reg.core.calls import Later
 from consul_reg.core.errors import DockerUnavailable, DockerUnreachable
 from consul_reg.sync.overlap import Calls, outcomes
 
@@ -36,18 +37,23 @@ class Reader:
         self.backoff = Backoff(retry_interval, clock=clock)
 
     def answers(self, container_ids: list[str], pool: Executor | None = None,
-                interrupt: Callable[[], bool] | None = None) -> Generator[tuple[str, Any], None, None]:
+                interrupt: Callable[[], bool] | None = None,
+                early: Mapping[str, Later[dict[str, Any] | None]] | None = None
+                ) -> Generator[tuple[str, Any], None, None]:
         """(container ID, its inspect answer) in the given order: a dict, None (gone),
         the DockerUnavailable raised, or NOT_FETCHED (one container, or no pool: the
         caller inspects it itself). Inspected WINDOW at a time, overlapped, while the
         caller builds the ones before: at most a window of answers is held at once
-        (1,000 inspect answers held together were ~50 MB). Once dockerd did not
-        answer at all, the inspects not made yet count as failed with that error: the
-        caller stops there (a full pass) or looks at each again later (none is lost)."""
+        (1,000 inspect answers held together were ~50 MB). `early`: inspects Docker's
+        event thread already sent (sync/early.py), answered here in their turn. Once
+        dockerd did not answer at all, the inspects not made yet count as failed with
+        that error: the caller stops there (a full pass) or looks at each again later
+        (none is lost)."""
         pool = pool or self.io
+        early = early or {}
         if pool is None or len(container_ids) < 2:
             for container_id in container_ids:
-                yield container_id, NOT_FETCHED
+                yield container_id, _answer(early[container_id]) if container_id in early else NOT_FETCHED
             return
         failure: DockerUnreachable | None = None
         for start in range(0, len(container_ids), WINDOW):
@@ -56,10 +62,21 @@ class Reader:
                 for container_id in window:
                     yield container_id, failure
                 continue
-            for container_id, outcome in outcomes(self.inspecting, window, pool, interrupt):
-                if isinstance(outcome.error, DockerUnreachable):
-                    failure = failure or outcome.error
-                yield container_id, (outcome.error or outcome.value) if outcome.tried else failure
+            fetched = outcomes(self.inspecting, [cid for cid in window if cid not in early], pool, interrupt)
+            try:
+                for container_id in window:
+                    if container_id in early:
+                        answer = _answer(early[container_id])
+                        if isinstance(answer, DockerUnreachable):
+                            failure = failure or answer
+                        yield container_id, answer
+                        continue
+                    _, outcome = next(fetched)
+                    if isinstance(outcome.error, DockerUnreachable):
+                        failure = failure or outcome.error
+                    yield container_id, (outcome.error or outcome.value) if outcome.tried else failure
+            finally:
+                fetched.close()  # every call of the window finished (or cancelled) before the next
 
     def retry_later(self, unread: list[tuple[str, DockerUnavailable]]) -> None:
         """Containers that could not be read (their last desire stays) are looked at
@@ -77,6 +94,13 @@ class Reader:
 
     def ready(self) -> bool:
         return bool(self.retry) and self.backoff.ready()
+
+
+def _answer(later: Later[dict[str, Any] | None]) -> Any:
+    try:
+        return later.result()
+    except DockerUnavailable as error:
+        return error
 
 
 def listing_key(summary: dict[str, Any]) -> str:

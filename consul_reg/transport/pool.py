@@ -28,8 +28,8 @@ from typing import Any
 
 from consul_reg.transport.wire import MAX_HEADERS, Address, BodyTooLarge, ProtocolError, RemoteDisconnected, Wire
 
-__all__ = ["Answer", "BodyTooLarge", "ConnectionPool", "DEFAULT_MAX_BODY", "MAX_HEADERS", "Pending", "PoolTimeout",
-           "ProtocolError", "TRANSPORT_ERRORS"]
+__all__ = ["Answer", "BodyTooLarge", "ConnectionPool", "DEFAULT_MAX_BODY", "MAX_HEADERS", "Pending", "PoolBusy",
+           "PoolTimeout", "ProtocolError", "TRANSPORT_ERRORS"]
 
 # What a request may raise when the server cannot be reached or speaks no HTTP
 # (h11's RemoteProtocolError arrives as ProtocolError).
@@ -43,6 +43,10 @@ DEFAULT_MAX_BODY = 64 * 1024 * 1024
 
 class PoolTimeout(TimeoutError):
     """No connection became free in time."""
+
+
+class PoolBusy(PoolTimeout):
+    """Every connection is in use, and the caller would not wait (`begin(wait=False)`)."""
 
 
 @dataclass(frozen=True)
@@ -100,12 +104,13 @@ class ConnectionPool:
             self._slots.release()
 
     def begin(self, method: str, target: str, headers: dict[str, str] | None = None,
-              timeout: float | None = None, max_body: int | None = None) -> Pending:
+              timeout: float | None = None, max_body: int | None = None, wait: bool = True) -> Pending:
         """A bodiless request sent now, on a connection it keeps, whose answer the caller
         reads later (`Pending.answer`) or never (`Pending.cancel`): the caller's thread goes
-        on meanwhile, with no thread of ours in between. Raises as `request` does."""
+        on meanwhile, with no thread of ours in between. Raises as `request` does; with
+        `wait=False`, PoolBusy at once when every connection is in use."""
         timeout = self.timeout if timeout is None else timeout
-        deadline = self._claim_slot(timeout)
+        deadline = self._claim_slot(timeout, wait)
         try:
             fields = self._fields(headers)
             wire, reused = self._take(max(deadline - time.monotonic(), 0.001))
@@ -131,10 +136,13 @@ class ConnectionPool:
         return Pending(self, wire, reused, method, target, fields, self.max_body if max_body is None else max_body,
                        max(deadline - time.monotonic(), 0.001))
 
-    def _claim_slot(self, timeout: float) -> float:
+    def _claim_slot(self, timeout: float, wait: bool = True) -> float:
         """A slot for one request (PoolTimeout when none frees within `timeout`); its deadline."""
         deadline = time.monotonic() + timeout
-        if not self._slots.acquire(timeout=timeout):
+        if not wait:
+            if not self._slots.acquire(blocking=False):
+                raise PoolBusy(f"every connection to {self.description} is in use")
+        elif not self._slots.acquire(timeout=timeout):
             raise PoolTimeout(f"no free connection to {self.description} within {timeout:g}s")
         return deadline
 

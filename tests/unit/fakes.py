@@ -75,7 +75,7 @@ class FakeAgent:
             self.checks[check.check_id] = ("critical", "")
             self.check_service[check.check_id] = service.id
 
-    def services_in_later(self, scope: ReadScope) -> Later[dict[str, RegisteredService]]:
+    def services_in_later(self, scope: ReadScope, wait: bool = True) -> Later[dict[str, RegisteredService]]:
         """As the client's filtered read ahead: the IDs and prefixes of `scope`, any case,
         as they are when it is asked for."""
         self._call("services in", ",".join(sorted((*scope.ids, *(p + "*" for p in scope.prefixes)))))
@@ -158,6 +158,19 @@ def container(cid: str, name: str, *, ports: dict[str, str] | None = None, label
     }
 
 
+class Lazy:
+    """A Later made when its answer is asked for; counts its cancels."""
+
+    def __init__(self, call: Callable[[], Any]) -> None:
+        self.call, self.cancelled = call, 0
+
+    def result(self) -> Any:
+        return self.call()
+
+    def cancel(self) -> None:
+        self.cancelled += 1
+
+
 class FakeDocker:
     def __init__(self) -> None:
         self.containers: dict[str, dict[str, Any]] = {}
@@ -187,6 +200,10 @@ class FakeDocker:
         found = self.containers.get(container_id)
         return copy.deepcopy(found) if found is not None else None
 
+    def inspect_later(self, container_id: str) -> Lazy:
+        """Inspected when its answer is taken: a fake's early inspect sees what the test set up."""
+        return Lazy(lambda: self.inspect(container_id))
+
     def request_env_file(self, container_id: str, path: str) -> None:
         if self.env_reader is not None:
             self.env_reader.request(container_id, path)
@@ -210,8 +227,8 @@ class DrainGuarded:
     def check_owners(self) -> dict[str, str]:
         return self.agent.check_owners()
 
-    def services_in_later(self, scope: ReadScope) -> Later[dict[str, RegisteredService]]:
-        return self.agent.services_in_later(scope)
+    def services_in_later(self, scope: ReadScope, wait: bool = True) -> Later[dict[str, RegisteredService]]:
+        return self.agent.services_in_later(scope, wait)
 
     def register(self, service: Service) -> None:
         self.agent.register(service)

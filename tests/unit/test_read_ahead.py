@@ -42,9 +42,9 @@ def test_a_starts_read_is_sent_from_the_loops_thread_before_dockers_inspect() ->
     order: list[tuple[str, str]] = []
     read, inspect = h.agent.services_in_later, h.docker.inspect
 
-    def read_now(scope):  # type: ignore[no-untyped-def]
+    def read_now(scope, wait=True):  # type: ignore[no-untyped-def]
         order.append(("read", threading.current_thread().name))
-        return read(scope)
+        return read(scope, wait)
 
     def inspect_now(container_id):  # type: ignore[no-untyped-def]
         order.append(("inspect", threading.current_thread().name))
