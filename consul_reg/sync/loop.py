@@ -187,6 +187,8 @@ class Loop:
                                 [(cid, self.containers.get(cid)) for cid in ids if cid not in taken.reads]) \
                 if len(ids) <= READ_WINDOW else None
             self.primary.read_ahead(scope, tuple(taken.reads.values()))
+            if taken.inspects:  # already sent: the read is answered while they are on their way
+                self.primary.take_read_now()
         affected, drains_left, rechecks = self._per_event(actions, started)
         refresh = set(actions.refresh) | rechecks | self._fold_env_reads(actions.env_reads)
         if actions.missing_checks:

@@ -162,6 +162,13 @@ class Primary:
             self._ahead = (_Merged(tuple(r.later for r in reads)) if len(reads) > 1 else reads[0].later,
                            merged_scope(r.scope for r in reads), min(r.sent_at for r in reads))
 
+    def take_read_now(self) -> None:
+        """Take the batch's read ahead now, while Docker's early inspects are still on their
+        way (its answer is needed by the first write anyway: read here, its parsing is off
+        the path from the inspect's answer to the write)."""
+        if self._ahead is not None:
+            self._batch_writes()
+
     def _batch_writes(self) -> RegistryWrites:
         """The writes of this batch (every sync of it: a burst is synced window by window),
         all checked against its one read ahead; made at the batch's first write."""
