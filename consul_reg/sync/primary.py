@@ -68,6 +68,9 @@ class Primary:
         self._prefetched: Future[tuple[dict[str, RegisteredService], dict[str, str]]] | None = None
         # Asked for when the batch was taken (what, when): what its writes are checked against.
         self._ahead: tuple[Later[dict[str, RegisteredService]], ReadScope | None, float] | None = None
+        # Counts each batch's writes in and out (odd: under way): a read sent before the end of
+        # the last writes (an early read, sync/early.py) is older than they are, and not used.
+        self.write_epoch = 0
 
     def agent_changed(self, info: AgentInfo) -> bool:
         """The agent answers (again); True when it is another agent (a new node
@@ -145,6 +148,11 @@ class Primary:
         thread before Docker's inspects (it answers no sooner than they do: sent after
         them, on the writes' pool, it held the register back ~0.5 ms, see BENCHMARKS.md);
         a burst's whole listing goes on the writes' pool."""
+        current = [read for read in begun if read.epoch == self.write_epoch]
+        for read in begun:
+            if read.epoch != self.write_epoch:  # sent before (or while) the loop wrote: older than its writes
+                read.later.cancel()
+        begun = current
         if self._ahead is not None or self.actual is None or not self.backoff.ready() or scope is None:
             for read in begun:
                 read.later.cancel()
@@ -155,7 +163,7 @@ class Primary:
         reads = list(begun)
         if scope:
             try:
-                reads.append(EarlyRead(self.agent.services_in_later(scope), scope, self.clock()))
+                reads.append(EarlyRead(self.agent.services_in_later(scope), scope, self.clock(), self.write_epoch))
             except RegistryError:
                 pass  # each write outside the reads begun reads for itself (and meets the same error, if it lasts)
         if reads:
@@ -214,7 +222,12 @@ class Primary:
         self._warn_blocked(todo.blocked, full=scope is None)
         result = SyncResult()
         if todo:
-            applied = apply(todo, self._batch_writes(), run=overlapped(self.io))
+            writes = self._batch_writes()
+            self.write_epoch += 1  # odd: an early read sent from now on is older than these writes
+            try:
+                applied = apply(todo, writes, run=overlapped(self.io))
+            finally:
+                self.write_epoch += 1
             for service in applied.registered:
                 self.actual.put(service.id, registered_form(service))
                 self.refused.pop(service.id, None)

@@ -1,0 +1,58 @@
+"""Review of sync/early.py (issue 24): reproductions of what the early reads got wrong."""
+
+from __future__ import annotations
+
+from consul_reg.core.messages import Start
+from tests.unit.fakes import Lazy, container
+from tests.unit.test_loop import Harness, event
+
+
+def guarded() -> Harness:
+    h = Harness(guard=True)
+    h.send(Start())
+    return h
+
+
+def test_a_death_read_while_the_loop_still_registers_the_start_still_deregisters() -> None:
+    """The die is read (its agent read begun) while the loop's batch of the start is still
+    under way: that read is older than the start's registration, so it must not serve the
+    death (it says the record is absent: the deregistration would be skipped as 'already
+    gone' and the record of a dead container left in the agent)."""
+    h = guarded()
+    h.docker.add(container("c1", "web", ports={"80/tcp": "8080"}))
+
+    def inspect_later(cid: str) -> Lazy:
+        def answer() -> object:
+            inspected = h.docker.inspect(cid)  # sent at the start: running
+            h.docker.containers[cid]["State"]["Running"] = False
+            h.loop.post(event(cid, "die", exitCode="0", name="web"))  # Docker's event thread, meanwhile
+            return inspected
+        return Lazy(answer)
+    h.docker.inspect_later = inspect_later  # type: ignore[method-assign]
+    h.loop.post(event("c1", "start", name="web"))
+    assert h.loop.handle(h.loop.inbox.next_batch(0))  # the start: registered
+    assert ("register", "h1:web:80") in h.agent.calls
+    assert h.loop.handle(h.loop.inbox.next_batch(0))  # the death
+    assert h.ids() == set(), "the dead container's record is left in the agent"
+
+
+def test_a_kill_read_while_the_loop_still_registers_the_start_does_not_serve_the_death() -> None:
+    """As above with `docker run` then `docker kill` (SIGKILL) at once: the kill's read,
+    kept for the death, was sent before the start's registration."""
+    h = guarded()
+    h.docker.add(container("c1", "web", ports={"80/tcp": "8080"}))
+
+    def inspect_later(cid: str) -> Lazy:
+        def answer() -> object:
+            inspected = h.docker.inspect(cid)
+            h.loop.post(event(cid, "kill", signal="9", name="web"))  # read while the start's batch runs
+            return inspected
+        return Lazy(answer)
+    h.docker.inspect_later = inspect_later  # type: ignore[method-assign]
+    h.loop.post(event("c1", "start", name="web"))
+    assert h.loop.handle(h.loop.inbox.next_batch(0))
+    assert h.loop.handle(h.loop.inbox.next_batch(0))  # the kill: nothing to drain
+    h.docker.containers["c1"]["State"]["Running"] = False
+    h.loop.post(event("c1", "die", exitCode="137", name="web"))  # keeps the kill's read
+    assert h.loop.handle(h.loop.inbox.next_batch(0))
+    assert h.ids() == set(), "the dead container's record is left in the agent"
