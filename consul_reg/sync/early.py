@@ -86,6 +86,13 @@ class Taken:
                 later.cancel()
         return {cid: later for cid, later in self.inspects.items() if cid in keep}
 
+    def drop_all(self) -> None:
+        """Cancel every inspect and read not answered (the batch is over: a read handed to
+        the primary was answered or dropped with it; cancelling an answered one is a no-op)."""
+        self.drop_inspects()
+        for read in self.reads.values():
+            read.later.cancel()
+
 
 class EarlyReads:
     def __init__(self, inspect_later: Callable[[str], Later[dict[str, Any] | None]],

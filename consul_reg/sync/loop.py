@@ -172,7 +172,7 @@ class Loop:
         try:
             self._handle(actions, ids, taken)
         finally:
-            taken.drop_inspects()  # those not answered (a full pass, an error): their connections go back
+            taken.drop_all()  # those not answered (a full pass, an error): their connections go back
             if self.early is not None:
                 self.early.reads_wanted = self.primary.actual is not None and self.primary.backoff.ready()
         return True

@@ -56,3 +56,30 @@ def test_a_kill_read_while_the_loop_still_registers_the_start_does_not_serve_the
     h.loop.post(event("c1", "die", exitCode="137", name="web"))  # keeps the kill's read
     assert h.loop.handle(h.loop.inbox.next_batch(0))
     assert h.ids() == set(), "the dead container's record is left in the agent"
+
+
+def test_a_bug_between_taking_the_early_reads_and_reading_ahead_leaves_no_read_uncancelled(monkeypatch) -> None:
+    """A read the loop took is its own: whatever the batch raises (a bug costs one pass), it
+    is answered or cancelled. Uncancelled, a Pending holds one of the agent pool's slots for
+    good (heartbeats and the loop's reads share them)."""
+    import pytest
+
+    import consul_reg.sync.loop as loop_module
+    h = guarded()
+    h.docker.add(container("c1", "web", ports={"80/tcp": "8080"}))
+    laters: list[Lazy] = []
+
+    def services_in_later(scope: object, wait: bool = True) -> Lazy:
+        laters.append(Lazy(dict))
+        return laters[-1]
+    h.agent.services_in_later = services_in_later  # type: ignore[method-assign]
+    h.loop.post(event("c1", "start", name="web"))
+    assert len(laters) == 1, "the early read was begun"
+
+    def bug(*args: object) -> object:
+        raise RuntimeError("a bug")
+    monkeypatch.setattr(loop_module, "batch_scope", bug)
+    with pytest.raises(RuntimeError):
+        h.loop.handle(h.loop.inbox.next_batch(0))
+    h.primary.drop_prefetch()  # as Loop.run does after an unexpected error
+    assert laters[0].cancelled >= 1, "the taken read was neither answered nor cancelled"
