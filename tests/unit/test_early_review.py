@@ -83,3 +83,30 @@ def test_a_bug_between_taking_the_early_reads_and_reading_ahead_leaves_no_read_u
         h.loop.handle(h.loop.inbox.next_batch(0))
     h.primary.drop_prefetch()  # as Loop.run does after an unexpected error
     assert laters[0].cancelled >= 1, "the taken read was neither answered nor cancelled"
+
+
+def test_the_loops_own_inspects_of_a_window_are_under_way_while_an_early_one_is_awaited() -> None:
+    """A batch of a container with an early inspect and one without: the second's inspect
+    is made while the first's answer is awaited (before the review, only after it: a slow
+    early answer, dockerd holding the container's lock, delayed the whole batch by as much)."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from consul_reg.sync.reading import Reader
+
+    own_begun = threading.Event()
+
+    def inspect(cid: str) -> dict[str, str]:
+        own_begun.set()
+        return {"Id": cid}
+
+    def early_answer() -> dict[str, str]:
+        assert own_begun.wait(5), "the loop's own inspect waited for the early one's answer"
+        return {"Id": "a"}
+    pool = ThreadPoolExecutor(2)
+    try:
+        answered = dict(Reader(inspect, pool, 1.0, time.monotonic).answers(["a", "b"], early={"a": Lazy(early_answer)}))
+    finally:
+        pool.shutdown()
+    assert answered == {"a": {"Id": "a"}, "b": {"Id": "b"}}
