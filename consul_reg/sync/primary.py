@@ -173,8 +173,9 @@ class Primary:
     def take_read_now(self) -> None:
         """Take the batch's read ahead now, while Docker's early inspects are still on their
         way (its answer is needed by the first write anyway: read here, its parsing is off
-        the path from the inspect's answer to the write)."""
-        if self._ahead is not None:
+        the path from the inspect's answer to the write). Not a burst's whole listing: its
+        first write comes after a window of inspects, which are sent meanwhile."""
+        if self._ahead is not None and self._ahead[1] is not None:
             self._batch_writes()
 
     def _batch_writes(self) -> RegistryWrites:

@@ -110,3 +110,33 @@ def test_the_loops_own_inspects_of_a_window_are_under_way_while_an_early_one_is_
     finally:
         pool.shutdown()
     assert answered == {"a": {"Id": "a"}, "b": {"Id": "b"}}
+
+
+def test_a_bursts_listing_is_not_awaited_before_its_inspects_are_sent() -> None:
+    """A burst (more containers than a window) is checked against the agent's whole listing,
+    made on the writes' pool while the first window is inspected. `take_read_now` (for a
+    batch with early inspects) waited for that listing before any inspect of the loop's own."""
+    import threading
+
+    h = guarded()
+    n = 20
+    for i in range(n):
+        h.docker.add(container(f"c{i:02}", f"web{i}", ports={"80/tcp": str(8000 + i)}))
+    inspected = threading.Event()
+    inspect, services = h.docker.inspect, h.agent.services
+
+    def inspect_noting(cid: str) -> object:
+        inspected.set()
+        return inspect(cid)
+
+    def listing() -> object:
+        assert inspected.wait(5), "the listing was awaited before any inspect was sent"
+        return services()
+    h.docker.inspect = inspect_noting  # type: ignore[method-assign]
+    h.docker.inspect_later = lambda cid: Lazy(lambda: inspect(cid))  # type: ignore[method-assign]
+    h.agent.services = listing  # type: ignore[method-assign]
+    for i in range(n):
+        h.loop.post(event(f"c{i:02}", "start", name=f"web{i}"))
+    assert h.loop.handle(h.loop.inbox.next_batch(0))
+    assert len(h.ids()) == n
+    assert not [c for c in h.agent.calls if c[0] == "services matching"], "every write checked against the listing"
