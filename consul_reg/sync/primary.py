@@ -33,7 +33,7 @@ from consul_reg.core.records import (
     as_owner,
     registered_form,
 )
-from consul_reg.sync.early import EarlyRead
+from consul_reg.sync.early import FRESH_SECONDS, EarlyRead
 from consul_reg.sync.overlap import overlapped
 from consul_reg.sync.reaps import ReapTracker
 
@@ -65,6 +65,7 @@ class Primary:
         self._listed_before: Mapping[str, RegisteredService] | None = None
         self.io = io  # the writes' own pool: a batch's writes overlap on it
         self._writes: RegistryWrites | None = None  # this batch's, checked against its read ahead
+        self._writes_read_at: float | None = None  # when the scoped read `_writes` is checked against was sent
         self._prefetched: Future[tuple[dict[str, RegisteredService], dict[str, str]]] | None = None
         # Asked for when the batch was taken (what, when): what its writes are checked against.
         self._ahead: tuple[Later[dict[str, RegisteredService]], ReadScope | None, float] | None = None
@@ -123,7 +124,7 @@ class Primary:
         self.drop_listing()
 
     def _drop_ahead(self) -> None:
-        self._writes = None
+        self._writes, self._writes_read_at = None, None
         ahead, self._ahead = self._ahead, None
         if ahead is not None:
             ahead[0].cancel()
@@ -180,9 +181,15 @@ class Primary:
 
     def _batch_writes(self) -> RegistryWrites:
         """The writes of this batch (every sync of it: a burst is synced window by window),
-        all checked against its one read ahead; made at the batch's first write."""
+        all checked against its one read ahead; made at the batch's first write. A scoped read
+        older than FRESH_SECONDS when a sync writes (the batch's inspects were slow) is not
+        used from then on: each write reads for itself (the window of docs/guarantees-latency.md)."""
         if self._writes is None:
-            self._writes = self.agent.checked_against(self._take_ahead())
+            held = self._take_ahead()
+            self._writes_read_at = held.read_at if held is not None and held.scope is not None else None
+            self._writes = self.agent.checked_against(held)
+        if self._writes_read_at is not None and self.clock() - self._writes_read_at > FRESH_SECONDS:
+            self._writes, self._writes_read_at = self.agent.checked_against(None), None
         return self._writes
 
     def _take_ahead(self) -> Holdings | None:

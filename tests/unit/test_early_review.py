@@ -140,3 +140,38 @@ def test_a_bursts_listing_is_not_awaited_before_its_inspects_are_sent() -> None:
     assert h.loop.handle(h.loop.inbox.next_batch(0))
     assert len(h.ids()) == n
     assert not [c for c in h.agent.calls if c[0] == "services matching"], "every write checked against the listing"
+
+
+def test_a_read_older_than_the_window_when_the_write_comes_is_not_what_it_is_checked_against() -> None:
+    """docs/guarantees-latency.md: a read is used at most FRESH_SECONDS after it was sent,
+    a record not ours when the kill was read 'at most 0.25 s before the removal' is never
+    removed. The freshness was checked when the loop took the read, not when the batch
+    wrote: a batch whose other container's inspect took 1 s (dockerd's lock) removed a
+    record that replaced ours 0.5 s after the kill's read."""
+    from consul_reg.core.records import RegisteredService
+    from consul_reg.sync.early import FRESH_SECONDS
+
+    h = guarded()
+    h.docker.add(container("c1", "web", ports={"80/tcp": "8080"}))
+    h.docker.add(container("c2", "api", ports={"80/tcp": "8081"}))
+    h.send(event("c1", "start", name="web"))
+    h.loop.post(event("c1", "kill", signal="9", name="web"))  # its read: ours
+    assert h.loop.handle(h.loop.inbox.next_batch(0))
+    inspect = h.docker.inspect
+
+    def slow(cid: str) -> object:
+        if cid == "c2":
+            h.clock.advance(0.5)
+            h.agent.records["h1:web:80"] = RegisteredService("h1:web:80", "by-hand", "10.9.9.9", 1)
+            h.clock.advance(0.5)
+        return inspect(cid)
+    h.docker.inspect = slow  # type: ignore[method-assign]
+    h.docker.inspect_later = lambda cid: Lazy(lambda: inspect(cid))  # type: ignore[method-assign]
+    h.docker.containers["c1"]["State"]["Running"] = False
+    h.loop.post(event("c1", "die", exitCode="137", name="web"))
+    h.loop.post(event("c2", "restart", name="api"))  # its early inspect is dropped by nothing: keep it own
+    h.loop.early.take(["c2"]).drop_all()  # type: ignore[union-attr]  # c2 inspected by the loop (slow)
+    assert h.loop.handle(h.loop.inbox.next_batch(0))
+    assert FRESH_SECONDS < 0.5
+    assert h.agent.records.get("h1:web:80") is not None and h.agent.records["h1:web:80"].name == "by-hand", \
+        "a record written 0.5 s after the read, 0.5 s before the removal, was removed"
