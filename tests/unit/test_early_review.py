@@ -32,8 +32,11 @@ def test_a_death_read_while_the_loop_still_registers_the_start_still_deregisters
     h.loop.post(event("c1", "start", name="web"))
     assert h.loop.handle(h.loop.inbox.next_batch(0))  # the start: registered
     assert ("register", "h1:web:80") in h.agent.calls
+    h.agent.calls.clear()
     assert h.loop.handle(h.loop.inbox.next_batch(0))  # the death
     assert h.ids() == set(), "the dead container's record is left in the agent"
+    assert [c[0] for c in h.agent.calls] == ["services in", "deregister"], \
+        "the loop read the container's records itself, for its writes, once"
 
 
 def test_a_kill_read_while_the_loop_still_registers_the_start_does_not_serve_the_death() -> None:
