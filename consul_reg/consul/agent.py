@@ -168,15 +168,15 @@ class ConsulClient:
         """A GET sent now whose answer is taken later (`PendingCall.result`: checked as `call`
         checks it) by one thread (the caller's, or the one it hands it to); raises as `call`
         does when it cannot be sent, and with `wait=False` RegistryError at once when every
-        connection is in use (the agent is busy, not gone: nobody is told it is unreachable)."""
+        connection is in use or a new one is not made within the pool's NO_WAIT_CONNECT_SECONDS
+        (the agent is busy, not gone: nobody is told it is unreachable)."""
         target = agent_path(*segments)
         if params:
             target += "?" + urllib.parse.urlencode(params)
         try:
             return PendingCall(self, self._pool.begin("GET", target, self._headers, wait=wait), what)
-        except PoolBusy:
-            raise RegistryError(f"{self.description}: could not {what} at once: every connection is in use") \
-                from None
+        except PoolBusy as error:  # every connection in use, or a new one not made at once: busy, not gone
+            raise RegistryError(f"{self.description}: could not {what} at once: {error}") from None
         except TRANSPORT_ERRORS as error:
             raise self._unreachable(what, error) from None
 

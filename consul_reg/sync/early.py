@@ -17,7 +17,14 @@ whoever took it out: answered or cancelled there, never both.
 - `die`: the kill's read is kept when there is one, else a read is begun.
 - any other event of the container: its inspect is dropped (it may be older
   than what the event says); its read stays (a read of the agent made after
-  an earlier event of the container is no less current).
+  an earlier event of the container is no less current, as long as the loop
+  wrote nothing since: see below).
+
+Each read carries the loop's write epoch when it was sent (`Primary.write_epoch`,
+odd while a batch's writes are under way): a read sent before or during a write of
+the loop's own is older than that write (it would say a record we just registered is
+absent, and the death would skip its deregistration as "already gone"), and
+`Primary.read_ahead` drops it.
 
 A read older than FRESH_SECONDS when the loop takes it is not used (the loop
 reads for itself, as without this). Nothing here decides a write: the loop
@@ -55,6 +62,7 @@ class EarlyRead:
     later: Later[dict[str, RegisteredService]]
     scope: ReadScope
     sent_at: float
+    epoch: int = 0  # the loop's write epoch before it was sent (Primary.write_epoch)
 
 
 @dataclass
@@ -78,18 +86,28 @@ class Taken:
                 later.cancel()
         return {cid: later for cid, later in self.inspects.items() if cid in keep}
 
+    def drop_all(self) -> None:
+        """Cancel every inspect and read not answered (the batch is over: a read handed to
+        the primary was answered or dropped with it; cancelling an answered one is a no-op)."""
+        self.drop_inspects()
+        for read in self.reads.values():
+            read.later.cancel()
+
 
 class EarlyReads:
     def __init__(self, inspect_later: Callable[[str], Later[dict[str, Any] | None]],
                  services_in_later: Callable[[ReadScope], Later[dict[str, RegisteredService]]],
-                 scope_of: Callable[[str, str], ReadScope], clock: Clock = time.monotonic) -> None:
+                 scope_of: Callable[[str, str], ReadScope], clock: Clock = time.monotonic,
+                 write_epoch: Callable[[], int] = lambda: 0) -> None:
         """`inspect_later` and `services_in_later` must send at once or raise (never wait for a
         connection): they run on Docker's event thread. `scope_of(container ID, name)`: the
-        records a read for that container asks for (from the loop's last snapshot)."""
+        records a read for that container asks for (from the loop's last snapshot).
+        `write_epoch`: the loop's write epoch, stamped on each read before it is sent."""
         self._inspect_later = inspect_later
         self._services_in_later = services_in_later
         self._scope_of = scope_of
         self._clock = clock
+        self._write_epoch = write_epoch
         self._lock = threading.Lock()
         self._entries: dict[str, _Entry] = {}
         # Set by the loop after each batch: whether it would read ahead now (the agent listed,
@@ -136,8 +154,9 @@ class EarlyReads:
                     and self.reads_wanted:
                 scope = self._scope_of(container_id, event.name)
                 if scope:
+                    epoch = self._write_epoch()  # before the read is sent
                     try:
-                        entry.read = EarlyRead(self._services_in_later(scope), scope, self._clock())
+                        entry.read = EarlyRead(self._services_in_later(scope), scope, self._clock(), epoch)
                     except RegistryError:
                         pass  # the loop reads itself
         except BaseException:

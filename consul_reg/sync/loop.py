@@ -110,7 +110,8 @@ class Loop:
         # Reads begun on Docker's event thread as it reads each event (`post`), taken by `handle`.
         self.early = EarlyReads(lambda container_id: self.docker.inspect_later(container_id),
                                 lambda scope: agent.services_in_later(scope, wait=False),
-                                self._early_scope, clock) if self.io is not None else None
+                                self._early_scope, clock, lambda: self.primary.write_epoch) \
+            if self.io is not None else None
 
     @property
     def snapshot(self) -> Snapshot:
@@ -171,7 +172,7 @@ class Loop:
         try:
             self._handle(actions, ids, taken)
         finally:
-            taken.drop_inspects()  # those not answered (a full pass, an error): their connections go back
+            taken.drop_all()  # those not answered (a full pass, an error): their connections go back
             if self.early is not None:
                 self.early.reads_wanted = self.primary.actual is not None and self.primary.backoff.ready()
         return True
@@ -183,10 +184,13 @@ class Loop:
         if actions.identity is not None:
             self._agent_seen(actions.identity, actions.agent_back)
         if ids:  # first: the read runs beside everything below (with those begun when the events were read)
+            # A read sent before the loop's last writes is older than they are: the loop reads those
+            # containers itself (the read is cancelled with the batch).
+            begun = {cid: read for cid, read in taken.reads.items() if read.epoch == self.primary.write_epoch}
             scope = batch_scope(self.primary.hostname.host, dict(actions.names),
-                                [(cid, self.containers.get(cid)) for cid in ids if cid not in taken.reads]) \
+                                [(cid, self.containers.get(cid)) for cid in ids if cid not in begun]) \
                 if len(ids) <= READ_WINDOW else None
-            self.primary.read_ahead(scope, tuple(taken.reads.values()))
+            self.primary.read_ahead(scope, tuple(begun.values()))
             if taken.inspects:  # already sent: the read is answered while they are on their way
                 self.primary.take_read_now()
         affected, drains_left, rechecks = self._per_event(actions, started)

@@ -33,7 +33,7 @@ from consul_reg.core.records import (
     as_owner,
     registered_form,
 )
-from consul_reg.sync.early import EarlyRead
+from consul_reg.sync.early import FRESH_SECONDS, EarlyRead
 from consul_reg.sync.overlap import overlapped
 from consul_reg.sync.reaps import ReapTracker
 
@@ -65,9 +65,13 @@ class Primary:
         self._listed_before: Mapping[str, RegisteredService] | None = None
         self.io = io  # the writes' own pool: a batch's writes overlap on it
         self._writes: RegistryWrites | None = None  # this batch's, checked against its read ahead
+        self._writes_read_at: float | None = None  # when the scoped read `_writes` is checked against was sent
         self._prefetched: Future[tuple[dict[str, RegisteredService], dict[str, str]]] | None = None
         # Asked for when the batch was taken (what, when): what its writes are checked against.
         self._ahead: tuple[Later[dict[str, RegisteredService]], ReadScope | None, float] | None = None
+        # Counts each batch's writes in and out (odd: under way): a read sent before the end of
+        # the last writes (an early read, sync/early.py) is older than they are, and not used.
+        self.write_epoch = 0
 
     def agent_changed(self, info: AgentInfo) -> bool:
         """The agent answers (again); True when it is another agent (a new node
@@ -120,7 +124,7 @@ class Primary:
         self.drop_listing()
 
     def _drop_ahead(self) -> None:
-        self._writes = None
+        self._writes, self._writes_read_at = None, None
         ahead, self._ahead = self._ahead, None
         if ahead is not None:
             ahead[0].cancel()
@@ -145,6 +149,11 @@ class Primary:
         thread before Docker's inspects (it answers no sooner than they do: sent after
         them, on the writes' pool, it held the register back ~0.5 ms, see BENCHMARKS.md);
         a burst's whole listing goes on the writes' pool."""
+        current = [read for read in begun if read.epoch == self.write_epoch]
+        for read in begun:
+            if read.epoch != self.write_epoch:  # sent before (or while) the loop wrote: older than its writes
+                read.later.cancel()
+        begun = current
         if self._ahead is not None or self.actual is None or not self.backoff.ready() or scope is None:
             for read in begun:
                 read.later.cancel()
@@ -155,7 +164,7 @@ class Primary:
         reads = list(begun)
         if scope:
             try:
-                reads.append(EarlyRead(self.agent.services_in_later(scope), scope, self.clock()))
+                reads.append(EarlyRead(self.agent.services_in_later(scope), scope, self.clock(), self.write_epoch))
             except RegistryError:
                 pass  # each write outside the reads begun reads for itself (and meets the same error, if it lasts)
         if reads:
@@ -165,15 +174,22 @@ class Primary:
     def take_read_now(self) -> None:
         """Take the batch's read ahead now, while Docker's early inspects are still on their
         way (its answer is needed by the first write anyway: read here, its parsing is off
-        the path from the inspect's answer to the write)."""
-        if self._ahead is not None:
+        the path from the inspect's answer to the write). Not a burst's whole listing: its
+        first write comes after a window of inspects, which are sent meanwhile."""
+        if self._ahead is not None and self._ahead[1] is not None:
             self._batch_writes()
 
     def _batch_writes(self) -> RegistryWrites:
         """The writes of this batch (every sync of it: a burst is synced window by window),
-        all checked against its one read ahead; made at the batch's first write."""
+        all checked against its one read ahead; made at the batch's first write. A scoped read
+        older than FRESH_SECONDS when a sync writes (the batch's inspects were slow) is not
+        used from then on: each write reads for itself (the window of docs/guarantees-latency.md)."""
         if self._writes is None:
-            self._writes = self.agent.checked_against(self._take_ahead())
+            held = self._take_ahead()
+            self._writes_read_at = held.read_at if held is not None and held.scope is not None else None
+            self._writes = self.agent.checked_against(held)
+        if self._writes_read_at is not None and self.clock() - self._writes_read_at > FRESH_SECONDS:
+            self._writes, self._writes_read_at = self.agent.checked_against(None), None
         return self._writes
 
     def _take_ahead(self) -> Holdings | None:
@@ -214,7 +230,12 @@ class Primary:
         self._warn_blocked(todo.blocked, full=scope is None)
         result = SyncResult()
         if todo:
-            applied = apply(todo, self._batch_writes(), run=overlapped(self.io))
+            writes = self._batch_writes()
+            self.write_epoch += 1  # odd: an early read sent from now on is older than these writes
+            try:
+                applied = apply(todo, writes, run=overlapped(self.io))
+            finally:
+                self.write_epoch += 1
             for service in applied.registered:
                 self.actual.put(service.id, registered_form(service))
                 self.refused.pop(service.id, None)

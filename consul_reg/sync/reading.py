@@ -62,21 +62,15 @@ class Reader:
                 for container_id in window:
                     yield container_id, failure
                 continue
-            fetched = outcomes(self.inspecting, [cid for cid in window if cid not in early], pool, interrupt)
-            try:
-                for container_id in window:
-                    if container_id in early:
-                        answer = _answer(early[container_id])
-                        if isinstance(answer, DockerUnreachable):
-                            failure = failure or answer
-                        yield container_id, answer
-                        continue
-                    _, outcome = next(fetched)
-                    if isinstance(outcome.error, DockerUnreachable):
-                        failure = failure or outcome.error
-                    yield container_id, (outcome.error or outcome.value) if outcome.tried else failure
-            finally:
-                fetched.close()  # every call of the window finished (or cancelled) before the next
+            # An early inspect is answered on the pool like the others: the window's own
+            # inspects are on their way while it is awaited, never only after it.
+            calls = self.inspecting if not early else Calls(
+                lambda cid: early[cid].result() if cid in early else self.inspecting.call(cid),
+                self.inspecting.errors, self.inspecting.fatal)
+            for container_id, outcome in outcomes(calls, window, pool, interrupt):
+                if isinstance(outcome.error, DockerUnreachable):
+                    failure = failure or outcome.error
+                yield container_id, (outcome.error or outcome.value) if outcome.tried else failure
 
     def retry_later(self, unread: list[tuple[str, DockerUnavailable]]) -> None:
         """Containers that could not be read (their last desire stays) are looked at

@@ -46,7 +46,14 @@ class PoolTimeout(TimeoutError):
 
 
 class PoolBusy(PoolTimeout):
-    """Every connection is in use, and the caller would not wait (`begin(wait=False)`)."""
+    """Every connection is in use, or a new one was not made within NO_WAIT_CONNECT_SECONDS,
+    and the caller would not wait (`begin(wait=False)`)."""
+
+
+# What `begin(wait=False)` gives a new connection (and its TLS handshake): its caller (Docker's
+# event thread) must never be held for a whole timeout by a server that accepts but never
+# answers; a server that slow is busy to such a caller, not gone (the other calls find out).
+NO_WAIT_CONNECT_SECONDS = 0.05
 
 
 @dataclass(frozen=True)
@@ -111,9 +118,13 @@ class ConnectionPool:
         `wait=False`, PoolBusy at once when every connection is in use."""
         timeout = self.timeout if timeout is None else timeout
         deadline = self._claim_slot(timeout, wait)
+
+        def connect_within() -> float:
+            left = max(deadline - time.monotonic(), 0.001)
+            return left if wait else min(left, NO_WAIT_CONNECT_SECONDS)
         try:
             fields = self._fields(headers)
-            wire, reused = self._take(max(deadline - time.monotonic(), 0.001))
+            wire, reused = self._take(connect_within())
             try:
                 wire.deadline = deadline
                 wire.send_request(method, target, fields)
@@ -121,13 +132,19 @@ class ConnectionPool:
                 wire.close()
                 if not (reused and isinstance(error, _STALE)):
                     raise
-                wire, reused = self._connect(max(deadline - time.monotonic(), 0.001)), False
+                wire, reused = self._connect(connect_within()), False
                 wire.deadline = deadline
                 try:
                     wire.send_request(method, target, fields)
                 except BaseException:
                     wire.close()
                     raise
+        except TimeoutError as error:
+            self._slots.release()
+            if wait or isinstance(error, PoolTimeout):
+                raise
+            raise PoolBusy(f"no new connection to {self.description} within {NO_WAIT_CONNECT_SECONDS:g}s") \
+                from None
         except BaseException:
             self._slots.release()
             raise

@@ -402,3 +402,28 @@ def test_a_request_sent_ahead_on_a_reused_connection_dropped_is_sent_again_once(
     with pytest.raises(RemoteDisconnected):
         fresh.answer()
     assert len(calls) == 4
+
+
+def test_a_request_sent_without_waiting_never_waits_for_a_server_that_does_not_answer_its_handshake() -> None:
+    """`begin(wait=False)` (Docker's event thread, sync/early.py) to a TLS server that accepts
+    but never answers (a hung agent): PoolBusy within NO_WAIT_CONNECT_SECONDS, not the whole
+    timeout (review of 8b0a6d6: the event thread was held 10 s), and its slot is free again."""
+    import ssl
+
+    from consul_reg.transport.pool import NO_WAIT_CONNECT_SECONDS, PoolBusy
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # the kernel accepts; nobody ever speaks
+    context = ssl.create_default_context()
+    pool = ConnectionPool(host="127.0.0.1", port=silent.getsockname()[1], ssl_context=context,
+                          max_connections=1, timeout=3.0)
+    try:
+        for _ in range(2):  # the second: the slot of the first went back
+            started = time.monotonic()
+            with pytest.raises(PoolBusy):
+                pool.begin("GET", "/v1/agent/services", wait=False)
+            assert time.monotonic() - started < NO_WAIT_CONNECT_SECONDS + 0.5, "held for the whole timeout"
+    finally:
+        pool.close()
+        silent.close()
