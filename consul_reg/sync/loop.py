@@ -110,7 +110,7 @@ class Loop:
         # Reads begun on Docker's event thread as it reads each event (`post`), taken by `handle`.
         self.early = EarlyReads(lambda container_id: self.docker.inspect_later(container_id),
                                 lambda scope: agent.services_in_later(scope, wait=False),
-                                self._early_scope, clock, lambda: self.primary.write_epoch) \
+                                self._early_scope, clock, lambda: self.primary.write_epoch, self.io) \
             if self.io is not None else None
 
     @property

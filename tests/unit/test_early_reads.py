@@ -7,6 +7,8 @@ the real guard, fake clock; events go through `Loop.post` as the reader's do."""
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 from consul_reg.core.errors import DockerUnavailable
@@ -175,3 +177,36 @@ def test_an_entry_nobody_takes_is_cancelled_once_stale_and_a_bug_never_reaches_t
     taken = early.take(["c4"])
     assert len(taken.inspects) == 1 and len(taken.reads) == 1
     assert taken.drop_inspects() == {} and laters[-2].cancelled == 1
+
+
+def test_a_kills_read_is_answered_on_a_worker_before_the_death_and_cancelled_unread_only_if_not_begun() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    clock = FakeClock()
+    answered: list[str] = []
+    reads: list[Lazy] = []
+
+    def read_later(scope: ReadScope) -> Lazy:
+        reads.append(Lazy(lambda: answered.append(threading.current_thread().name) or {}))
+        return reads[-1]
+    pool = ThreadPoolExecutor(1, thread_name_prefix="answers")
+    try:
+        early = EarlyReads(lambda cid: Lazy(dict), read_later,
+                           lambda cid, name: ReadScope(frozenset({f"h:{name}:"})), clock, answers=pool)
+        early.reads_wanted = True
+        early.noticed(DockerEvent("c1", "kill", 1, signal="9", name="web"))
+        deadline = time.monotonic() + 10
+        while not answered and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert answered and answered[0].startswith("answers"), "answered on the worker, before any death"
+        early.noticed(DockerEvent("c1", "die", 2, exit_code="137", name="web"))
+        taken = early.take(["c1"])
+        assert taken.reads["c1"].later.result() == {} and answered == answered[:1], "the death's is the kill's"
+        blocker = threading.Event()
+        pool.submit(blocker.wait, 10)  # the worker is busy: the next kill's read waits in its queue
+        early.noticed(DockerEvent("c2", "kill", 3, signal="KILL", name="api"))
+        early.drop_all()
+        assert reads[-1].cancelled == 1, "not begun by the worker: cancelled unread, its connection freed"
+        blocker.set()
+    finally:
+        pool.shutdown(wait=True)
