@@ -72,3 +72,16 @@ class Ready(Generic[Item]):
     def cancel(self) -> None:
         pass
 
+
+
+class WhenAsked(Generic[Item]):
+    """A Later made when its answer is asked for (where nothing can be sent ahead)."""
+
+    def __init__(self, call: Callable[[], Item]) -> None:
+        self._call = call
+
+    def result(self) -> Item:
+        return self._call()
+
+    def cancel(self) -> None:
+        pass

@@ -18,7 +18,7 @@ from cachetools import LRUCache
 from loguru import logger
 
 from consul_reg.core.backoff import Backoff
-from consul_reg.core.calls import Later
+from consul_reg.core.calls import Later, WhenAsked
 from consul_reg.core.errors import DockerUnavailable, DockerUnreachable
 from consul_reg.core.liveness import Liveness
 from consul_reg.core.messages import EVENT_FILTER_ACTIONS, DockerReconnected, Message
@@ -135,7 +135,7 @@ class DockerSource:
         all in use or dockerd cannot be reached. Through docker-py (ssh://) it is made when its
         answer is asked for."""
         if self._early is None:
-            return _InspectWhenAsked(self, container_id)
+            return WhenAsked(lambda: self.inspect(container_id))
         target = docker_http.url(self._endpoint, "/containers/{}/json", container_id)
         pending = self._answer("inspect a container", container_id, lambda: self._early_begin(target))
         return _InspectLater(self, pending, container_id)
@@ -380,19 +380,6 @@ class _InspectLater:
 
     def cancel(self) -> None:
         self._pending.cancel()
-
-
-class _InspectWhenAsked:
-    """docker-py's inspect_later: made when its answer is asked for."""
-
-    def __init__(self, client: DockerSource, container_id: str) -> None:
-        self._client, self._container_id = client, container_id
-
-    def result(self) -> dict[str, Any] | None:
-        return self._client.inspect(self._container_id)
-
-    def cancel(self) -> None:
-        pass
 
 
 class _FirstSubscription:

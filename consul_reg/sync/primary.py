@@ -142,18 +142,14 @@ class Primary:
         of them, for a burst, whose filter of hundreds of alternatives the agent would
         match against every record it holds); its answer is taken when the batch's first
         write needs it. `begun`: reads Docker's event thread sent for other containers of
-        the batch when it read their events (sync/early.py), taken with this one. The
+        the batch when it read their events (sync/early.py), taken with this one: only those
+        of the current `write_epoch` (the loop leaves out any sent before its last writes). The
         batch's writes to IDs in these scopes are checked against these reads (each made
         when its event was read or taken) instead of a read each after the inspect; any
         other ID is read by its write, as before. A scoped read is sent from the loop's
         thread before Docker's inspects (it answers no sooner than they do: sent after
         them, on the writes' pool, it held the register back ~0.5 ms, see BENCHMARKS.md);
         a burst's whole listing goes on the writes' pool."""
-        current = [read for read in begun if read.epoch == self.write_epoch]
-        for read in begun:
-            if read.epoch != self.write_epoch:  # sent before (or while) the loop wrote: older than its writes
-                read.later.cancel()
-        begun = current
         if self._ahead is not None or self.actual is None or not self.backoff.ready() or scope is None:
             for read in begun:
                 read.later.cancel()
