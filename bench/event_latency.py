@@ -101,7 +101,8 @@ def measure(subject: str, command: list[str], agent: Agent, client, events: Even
     log = open(f"/tmp/consul-reg-bench-{subject}-{hostname}.log", "wb")
     floor = subject.startswith("floor")
     process = subprocess.Popen(command, stdout=subprocess.PIPE if floor else log, stderr=log,
-                               env=daemon_env(args.code), cwd=DAEMON_CWD)
+                               env=daemon_env(args.before if subject == "consul-reg-before" else args.code),
+                               cwd=DAEMON_CWD)
     poller = Poller(agent.http_port, args.poll)
     try:
         if floor:
@@ -145,9 +146,11 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--gap", type=float, default=0.3, help="seconds between two containers")
     parser.add_argument("--poll", type=float, default=0.0005, help="seconds between two polls of the agent")
-    parser.add_argument("--only", default="", help="floor, floor-guarded, floor-exact, consul-reg or registrator: "
-                        "only this one")
+    parser.add_argument("--only", default="", help="floor, floor-guarded, floor-exact, consul-reg, consul-reg-before "
+                        "or registrator, or several joined by commas: only these")
     parser.add_argument("--code", default="", help="run the daemon of another checkout (a directory)")
+    parser.add_argument("--before", default="", help="also run the daemon of this checkout (a directory), as "
+                        "consul-reg-before, in the same rounds: a change measured beside what it changes")
     parser.add_argument("--registrator", default="/tmp/regbuild/registrator",
                         help="gliderlabs/registrator's binary, measured too when it exists")
     parser.add_argument("--json", default="", help="also write the figures to this file")
@@ -171,12 +174,14 @@ def main() -> int:
                             "--exact"],
             "consul-reg": [sys.executable, "-m", "consul_reg", "--hostname", hostname, "-resync", "0", agent.uri],
         }
+        if args.before:
+            subjects["consul-reg-before"] = subjects["consul-reg"]
         if args.registrator and os.path.exists(args.registrator):  # never built here by the benchmark
             subjects["registrator"] = [args.registrator, "-resync", "0", "-ip", "127.0.0.1",
                                        f"consul://127.0.0.1:{agent.http_port}"]
         for run in range(args.runs):
             for subject, command in subjects.items():
-                if args.only and subject != args.only:
+                if args.only and subject not in args.only.split(","):
                     continue
                 figures = measure(subject, command, agent, client, events, containers, hostname, args)
                 results.append((subject, figures))
@@ -190,7 +195,7 @@ def main() -> int:
         agent.stop()
     for reference in ("floor", "floor-guarded"):
         floors = [f for s, f in results if s == reference]
-        for name in ("floor-guarded", "floor-exact", "consul-reg", "registrator"):
+        for name in ("floor-guarded", "floor-exact", "consul-reg", "consul-reg-before", "registrator"):
             ours = [f for s, f in results if s == name]
             for kind in ("start", "die"):
                 for ours_run, floor_run in zip(ours, floors) if name != reference else ():

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -30,7 +31,7 @@ from common import IMAGE, LABEL, Agent, load, remove_labelled  # noqa: E402
 
 from consul_reg.docker import client as docker_source
 
-from consul_reg.sync import early, loop  # noqa: E402
+from consul_reg.sync import desires, early, loop, primary  # noqa: E402
 from consul_reg.app.cli import parse_config  # noqa: E402
 from consul_reg.app.daemon import Daemon  # noqa: E402
 from consul_reg.consul import agent as consul  # noqa: E402
@@ -38,6 +39,7 @@ from consul_reg.core.messages import Stop  # noqa: E402
 
 MARKS: dict[str, dict[str, int]] = defaultdict(dict)  # container or service ID -> step -> time_ns
 BATCH: list[str] = []  # the container IDs of the batch the loop is handling
+ACTIONS: dict[str, str] = {}  # of the batch's containers: their events' actions
 NOTICING = threading.local()  # (container ID, "start" or "die") while Docker's event thread begins its reads
 
 
@@ -61,6 +63,8 @@ def instrument() -> None:
     def traced_handle(self, batch):
         now = time.time_ns()
         BATCH[:] = [m.container_id for m in batch if getattr(m, "container_id", "")]
+        ACTIONS.clear()
+        ACTIONS.update({m.container_id: m.action for m in batch if getattr(m, "container_id", "")})
         for message in batch:
             if getattr(message, "container_id", ""):
                 MARKS[message.container_id].setdefault(f"{message.action} batch", now)
@@ -146,6 +150,23 @@ def instrument() -> None:
             MARKS[service_id].setdefault(f"{action} get answered", time.time_ns())
     consul.ConsulRegistry.services_matching = traced_matching
 
+    build = desires.DesireBuilder.build
+
+    def traced_build(self, container, env, key=""):
+        try:
+            return build(self, container, env, key)
+        finally:
+            MARKS[str(container.get("Id") or "")].setdefault("mapped", time.time_ns())
+    desires.DesireBuilder.build = traced_build
+
+    sync = primary.Primary.sync
+
+    def traced_sync(self, *args, **kwargs):
+        for container_id in BATCH:
+            MARKS[container_id].setdefault(f"{ACTIONS.get(container_id, 'start')} sync", time.time_ns())
+        return sync(self, *args, **kwargs)
+    primary.Primary.sync = traced_sync
+
     for name in ("register", "deregister"):
         original = getattr(consul.ConsulRegistry, name)
 
@@ -172,6 +193,44 @@ def thread_cpu() -> dict[str, int]:
     return dict(total)
 
 
+ASKER = """
+import http.client, socket, sys
+class Unix(http.client.HTTPConnection):
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect("/var/run/docker.sock")
+connection = Unix("localhost")
+for line in sys.stdin:
+    action, container_id = line.split()
+    connection.request("POST", f"/containers/{container_id}/{action}")
+    response = connection.getresponse()
+    response.read()
+    print(response.status, flush=True)
+"""
+
+
+class DockerAsker:
+    """`start` and `kill` requests made by a small process of its own, one at a time."""
+
+    def __enter__(self) -> DockerAsker:
+        self.process = subprocess.Popen([sys.executable, "-c", ASKER], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, text=True)
+        return self
+
+    def ask(self, action: str, container_id: str) -> None:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(f"{action} {container_id}\n")
+        self.process.stdin.flush()
+        status = self.process.stdout.readline().strip()
+        if status not in ("204", "304"):
+            raise RuntimeError(f"docker {action} {container_id[:12]}: {status or 'no answer'}")
+
+    def __exit__(self, *_: object) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        self.process.wait(timeout=10)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--containers", type=int, default=40)
@@ -196,12 +255,15 @@ def main() -> int:
                       for n in range(args.containers)]
         time.sleep(2)
         cpu_before = thread_cpu()
-        for container in containers:
-            client.api.start(container.id)
-            time.sleep(args.gap)
-        for container in containers:
-            client.api.kill(container.id)
-            time.sleep(args.gap)
+        # Docker is asked by a process of its own: a request made here would hold this
+        # process's GIL in the very milliseconds the daemon's threads answer the event.
+        with DockerAsker() as asker:
+            for container in containers:
+                asker.ask("start", container.id)
+                time.sleep(args.gap)
+            for container in containers:
+                asker.ask("kill", container.id)
+                time.sleep(args.gap)
         time.sleep(1)
         cpu_after = thread_cpu()
         spent = {name: (cpu_after[name] - cpu_before.get(name, 0)) / 1e6 / (2 * len(containers)) for name in cpu_after}
@@ -214,9 +276,9 @@ def main() -> int:
         agent.stop()
     # In the order they come: the early inspect is sent before the event is posted (sync/early.py).
     steps = {"start": ["start docker", "start read", "inspect sent", "start posted", "start batch", "inspect asked for",
-                       "inspect answered", "start get sent", "start get answered", "register sent",
+                       "inspect answered", "mapped", "start sync", "start get sent", "start get answered", "register sent",
                        "register answered"],
-             "die": ["die docker", "die read", "die posted", "die batch", "die get sent", "die get answered",
+             "die": ["die docker", "die read", "die posted", "die batch", "die sync", "die get sent", "die get answered",
                      "deregister sent", "deregister answered"]}
     for action, names in steps.items():
         gaps: dict[str, list[float]] = defaultdict(list)

@@ -12,6 +12,12 @@ peer's likewise, the env file's values, the settings, and what of State a
 it again only when one of those changed: a container with the heaviest
 labels (~250 ms to map) whose health flaps costs its inspect and a digest
 (~2 ms), not a mapping, at each event.
+
+Off a start's path (issue 24): once the sync loop calls `hold_reports`, the
+log lines of a mapping and the digest of a container mapped for the first
+time (there is nothing to compare it with yet) wait for `settle`, which the
+loop calls once the batch's writes are sent. At most UNSETTLED_MAX
+containers wait at once: a full pass of 1,000 never holds 1,000 inspects.
 """
 
 from __future__ import annotations
@@ -29,6 +35,19 @@ from consul_reg.mapping import env_file as envfile
 from consul_reg.mapping.services import ContainerRecords, MappingSettings, map_container
 from consul_reg.mapping.settings import ContainerRules
 from consul_reg.sync.env_files import EnvFileState
+
+UNSETTLED_MAX = 32  # first mappings whose digest waits for `settle` (each holds its inspect data)
+
+
+@dataclass(frozen=True)
+class _Unsettled:
+    """A first mapping whose digest is not made yet: what it read."""
+
+    container: dict[str, Any]
+    peer: dict[str, Any] | None
+    extra: tuple[tuple[str, list[tuple[str, str]]], ...]
+    settings: MappingSettings
+    records: ContainerRecords
 
 
 @dataclass(frozen=True)
@@ -75,6 +94,9 @@ class DesireBuilder:
         self._mapped: dict[str, _Mapped] = {}  # container ID -> its last mapping (see the module's docstring)
         self.mappings = 0  # map_container calls made (a count for tests and measurements)
         self.swarm = swarm
+        self._holding = False  # reports and first digests wait for `settle` (`hold_reports`)
+        self._unreported: list[tuple[str, str, str]] = []  # (container name, level, text)
+        self._unsettled: dict[str, _Unsettled] = {}
 
     def agent_changed(self, info: AgentInfo) -> bool:
         """The agent answers again, maybe another one: True when the settings changed
@@ -127,11 +149,27 @@ class DesireBuilder:
                                stop_signal=str(config.get("StopSignal") or ""), env_file=env_path,
                                listing_key=listing_key)
 
+    def hold_reports(self) -> None:
+        """From now on, each mapping's log lines and a first mapping's digest wait for
+        `settle` (the sync loop's, so that they come after the writes they would delay)."""
+        self._holding = True
+
+    def settle(self) -> None:
+        """Log the lines held, and make the digests of the first mappings held."""
+        unsettled, self._unsettled = self._unsettled, {}
+        for container_id, first in unsettled.items():
+            self._keep(container_id, mapping_key(first.container, first.peer, first.extra, first.settings),
+                       first.settings, first.records)
+        unreported, self._unreported = self._unreported, []
+        for name, level, text in unreported:
+            logger.bind(container=name).log(level.upper(), "container {}: {}", name, text)
+
     def _map(self, container_id: str, name: str, container: dict[str, Any], peer: dict[str, Any] | None,
              extra: tuple[tuple[str, list[tuple[str, str]]], ...]) -> ContainerRecords:
         """map_container's answer, or the last one when nothing it reads has changed."""
-        key = mapping_key(container, peer, extra, self.settings)
         known = self._mapped.get(container_id)
+        first = known is None and self._holding and len(self._unsettled) < UNSETTLED_MAX
+        key = None if first else mapping_key(container, peer, extra, self.settings)
         if key is not None and known is not None and known.key == key and known.settings is self.settings:
             return known.records
         self.mappings += 1
@@ -141,19 +179,28 @@ class DesireBuilder:
             logger.opt(exception=True).error("container {}: could not map it ({}); its last known services stay",
                                              name, type(error).__name__)
             raise DesireUnavailable(f"mapping failed: {type(error).__name__}") from None
+        if first:
+            self._unsettled[container_id] = _Unsettled(container, peer, extra, self.settings, records)
+        else:
+            self._unsettled.pop(container_id, None)
+            self._keep(container_id, key, self.settings, records)
+        return records
+
+    def _keep(self, container_id: str, key: bytes | None, settings: MappingSettings,
+              records: ContainerRecords) -> None:
         if key is None:
             self._mapped.pop(container_id, None)
         else:
-            self._mapped[container_id] = _Mapped(key, self.settings, records)
-        return records
+            self._mapped[container_id] = _Mapped(key, settings, records)
 
     def forget(self, container_id: str) -> None:
         self._reported.pop(container_id, None)
         self._last.pop(container_id, None)
         self._mapped.pop(container_id, None)
+        self._unsettled.pop(container_id, None)
 
     def forget_all_but(self, container_ids: set[str]) -> None:
-        for known in (self._reported, self._last, self._mapped):
+        for known in (self._reported, self._last, self._mapped, self._unsettled):
             for gone in set(known) - container_ids:
                 del known[gone]
 
@@ -189,6 +236,9 @@ class DesireBuilder:
         if self._reported.get(container_id) == lines:
             return
         self._reported[container_id] = lines
+        if self._holding:
+            self._unreported.extend((name, level, text) for level, text in lines)
+            return
         for level, text in lines:
             logger.bind(container=name).log(level.upper(), "container {}: {}", name, text)
 

@@ -80,6 +80,7 @@ class Loop:
         self.settings = settings
         self.docker = docker
         self.builder = builder
+        builder.hold_reports()  # its log lines and first digests wait until a batch's writes are sent
         self.probes = probes
         self.metrics = metrics
         self.clock = clock
@@ -173,6 +174,7 @@ class Loop:
             self._handle(actions, ids, taken)
         finally:
             taken.drop_all()  # those not answered (a full pass, an error): their connections go back
+            self.builder.settle()  # what a batch that wrote nothing held
             if self.early is not None:
                 self.early.reads_wanted = self.primary.actual is not None and self.primary.backoff.ready()
         return True
@@ -191,8 +193,6 @@ class Loop:
                                 [(cid, self.containers.get(cid)) for cid in ids if cid not in begun]) \
                 if len(ids) <= READ_WINDOW else None
             self.primary.read_ahead(scope, tuple(begun.values()))
-            if taken.inspects:  # already sent: the read is answered while they are on their way
-                self.primary.take_read_now()
         affected, drains_left, rechecks = self._per_event(actions, started)
         refresh = set(actions.refresh) | rechecks | self._fold_env_reads(actions.env_reads)
         if actions.missing_checks:
@@ -427,6 +427,7 @@ class Loop:
         relisting = self.primary.actual is None
         result = self.primary.sync(self.containers.desired.by_id, self.containers.desires.values(), scope,
                                    self.containers.kept)
+        self.builder.settle()  # after the writes: the mappings' log lines, the first ones' digests
         if not result.reached:
             return result
         self.metrics.applied("consul", len(result.registered), len(result.deregistered), result.failed)

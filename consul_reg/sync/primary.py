@@ -141,9 +141,10 @@ class Primary:
         names (the batch's containers' default IDs by prefix, the IDs they had; None: all
         of them, for a burst, whose filter of hundreds of alternatives the agent would
         match against every record it holds); its answer is taken when the batch's first
-        write needs it. `begun`: reads Docker's event thread sent for other containers of
-        the batch when it read their events (sync/early.py), taken with this one: only those
-        of the current `write_epoch` (the loop leaves out any sent before its last writes). The
+        write needs it (the batch's inspects are answered and mapped meanwhile). `begun`:
+        reads Docker's event thread sent for other containers of the batch when it read
+        their events (sync/early.py), taken with this one: only those of the current
+        `write_epoch` (the loop leaves out any sent before its last writes). The
         batch's writes to IDs in these scopes are checked against these reads (each made
         when its event was read or taken) instead of a read each after the inspect; any
         other ID is read by its write, as before. A scoped read is sent from the loop's
@@ -166,14 +167,6 @@ class Primary:
         if reads:
             self._ahead = (_Merged(tuple(r.later for r in reads)) if len(reads) > 1 else reads[0].later,
                            merged_scope(r.scope for r in reads), min(r.sent_at for r in reads))
-
-    def take_read_now(self) -> None:
-        """Take the batch's read ahead now, while Docker's early inspects are still on their
-        way (its answer is needed by the first write anyway: read here, its parsing is off
-        the path from the inspect's answer to the write). Not a burst's whole listing: its
-        first write comes after a window of inspects, which are sent meanwhile."""
-        if self._ahead is not None and self._ahead[1] is not None:
-            self._batch_writes()
 
     def _batch_writes(self) -> RegistryWrites:
         """The writes of this batch (every sync of it: a burst is synced window by window),

@@ -117,8 +117,8 @@ def test_the_loops_own_inspects_of_a_window_are_under_way_while_an_early_one_is_
 
 def test_a_bursts_listing_is_not_awaited_before_its_inspects_are_sent() -> None:
     """A burst (more containers than a window) is checked against the agent's whole listing,
-    made on the writes' pool while the first window is inspected. `take_read_now` (for a
-    batch with early inspects) waited for that listing before any inspect of the loop's own."""
+    made on the writes' pool while the first window is inspected. Once (`take_read_now`, for a
+    batch with early inspects) that listing was waited for before any inspect of the loop's own."""
     import threading
 
     h = guarded()
