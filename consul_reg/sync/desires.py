@@ -14,10 +14,11 @@ labels (~250 ms to map) whose health flaps costs its inspect and a digest
 (~2 ms), not a mapping, at each event.
 
 Off a start's path (issue 24): once the sync loop calls `hold_reports`, the
-log lines of a mapping and the digest of a container mapped for the first
-time (there is nothing to compare it with yet) wait for `settle`, which the
-loop calls once the batch's writes are sent. At most UNSETTLED_MAX
-containers wait at once: a full pass of 1,000 never holds 1,000 inspects.
+log lines of a mapping wait until its writes are made (`report_held`), and
+the digest of a container mapped for the first time (there is nothing to
+compare it with yet) until the batch is written and published (`settle`).
+At most UNSETTLED_MAX containers wait at once: a full pass of 1,000 never
+holds 1,000 inspects.
 """
 
 from __future__ import annotations
@@ -154,15 +155,20 @@ class DesireBuilder:
         `settle` (the sync loop's, so that they come after the writes they would delay)."""
         self._holding = True
 
+    def report_held(self) -> None:
+        """Log the lines held (the loop: once a sync's writes are made)."""
+        unreported, self._unreported = self._unreported, []
+        for name, level, text in unreported:
+            logger.bind(container=name).log(level.upper(), "container {}: {}", name, text)
+
     def settle(self) -> None:
-        """Log the lines held, and make the digests of the first mappings held."""
+        """Log the lines held, and make the digests of the first mappings held (the loop:
+        once a batch, or a window of a burst, is written and published)."""
+        self.report_held()
         unsettled, self._unsettled = self._unsettled, {}
         for container_id, first in unsettled.items():
             self._keep(container_id, mapping_key(first.container, first.peer, first.extra, first.settings),
                        first.settings, first.records)
-        unreported, self._unreported = self._unreported, []
-        for name, level, text in unreported:
-            logger.bind(container=name).log(level.upper(), "container {}: {}", name, text)
 
     def _map(self, container_id: str, name: str, container: dict[str, Any], peer: dict[str, Any] | None,
              extra: tuple[tuple[str, list[tuple[str, str]]], ...]) -> ContainerRecords:
@@ -230,7 +236,9 @@ class DesireBuilder:
 
     def _report(self, name: str, container_id: str, warnings: list[str], services, skipped: str) -> None:
         lines = tuple(("warning", w) for w in warnings)
-        lines += tuple(("info", f"{s.id} registers at {s.address}: {s.address_reason}") for s in services)
+        # Said after the writes (`hold_reports`), so never as if it were registered: the
+        # plan or the guard may refuse it.
+        lines += tuple(("info", f"{s.id} takes the address {s.address}: {s.address_reason}") for s in services)
         if skipped:
             lines += (("info", f"not registered: {skipped}"),)
         if self._reported.get(container_id) == lines:

@@ -80,7 +80,7 @@ class Loop:
         self.settings = settings
         self.docker = docker
         self.builder = builder
-        builder.hold_reports()  # its log lines and first digests wait until a batch's writes are sent
+        builder.hold_reports()  # its log lines and first digests wait until a batch's writes are made
         self.probes = probes
         self.metrics = metrics
         self.clock = clock
@@ -174,7 +174,7 @@ class Loop:
             self._handle(actions, ids, taken)
         finally:
             taken.drop_all()  # those not answered (a full pass, an error): their connections go back
-            self.builder.settle()  # what a batch that wrote nothing held
+            self.builder.settle()  # the first mappings' digests (and any line a batch that wrote nothing held)
             if self.early is not None:
                 self.early.reads_wanted = self.primary.actual is not None and self.primary.backoff.ready()
         return True
@@ -364,6 +364,7 @@ class Loop:
                          and default_id_host(i) == self.primary.hostname.host}
                 if ready:
                     self._sync_primary(ready)
+                    self.builder.settle()  # this window's first digests, while the next is inspected
                     unsynced -= ready
             changed = self._refresh(container_id, inspected, unread)
             if verify is not None and container_id in verify:
@@ -427,7 +428,7 @@ class Loop:
         relisting = self.primary.actual is None
         result = self.primary.sync(self.containers.desired.by_id, self.containers.desires.values(), scope,
                                    self.containers.kept)
-        self.builder.settle()  # after the writes: the mappings' log lines, the first ones' digests
+        self.builder.report_held()  # after the writes: the mappings' log lines
         if not result.reached:
             return result
         self.metrics.applied("consul", len(result.registered), len(result.deregistered), result.failed)

@@ -65,7 +65,8 @@ class Primary:
         self._listed_before: Mapping[str, RegisteredService] | None = None
         self.io = io  # the writes' own pool: a batch's writes overlap on it
         self._writes: RegistryWrites | None = None  # this batch's, checked against its read ahead
-        self._writes_read_at: float | None = None  # when the scoped read `_writes` is checked against was sent
+        self._writes_read_at: float | None = None  # when the read `_writes` is checked against was sent
+        self._writes_listing = False  # that read is a burst's whole listing (made again when it ages)
         self._prefetched: Future[tuple[dict[str, RegisteredService], dict[str, str]]] | None = None
         # Asked for when the batch was taken (what, when): what its writes are checked against.
         self._ahead: tuple[Later[dict[str, RegisteredService]], ReadScope | None, float] | None = None
@@ -170,16 +171,31 @@ class Primary:
 
     def _batch_writes(self) -> RegistryWrites:
         """The writes of this batch (every sync of it: a burst is synced window by window),
-        all checked against its one read ahead; made at the batch's first write. A scoped read
-        older than FRESH_SECONDS when a sync writes (the batch's inspects were slow) is not
-        used from then on: each write reads for itself (the window of docs/guarantees-latency.md)."""
+        all checked against its one read ahead; made at the batch's first write. A read older
+        than FRESH_SECONDS when a sync writes is not used from then on (the window of
+        docs/guarantees-latency.md): after a scoped read (the batch's inspects were slow) each
+        write reads for itself; a burst's whole listing is listed again, once per window."""
         if self._writes is None:
             held = self._take_ahead()
-            self._writes_read_at = held.read_at if held is not None and held.scope is not None else None
+            self._writes_read_at = held.read_at if held is not None else None
+            self._writes_listing = held is not None and held.scope is None
             self._writes = self.agent.checked_against(held)
         if self._writes_read_at is not None and self.clock() - self._writes_read_at > FRESH_SECONDS:
-            self._writes, self._writes_read_at = self.agent.checked_against(None), None
+            again = self._listed_again()
+            self._writes = self.agent.checked_against(again)
+            self._writes_read_at = again.read_at if again is not None else None
         return self._writes
+
+    def _listed_again(self) -> Holdings | None:
+        """A burst's whole listing, made again now (None: after a scoped read, or when the
+        agent did not answer, each write reads for itself)."""
+        if not self._writes_listing:
+            return None
+        read_at = self.clock()
+        try:
+            return Holdings(self.agent.services(), None, read_at, None)
+        except RegistryError:
+            return None
 
     def _take_ahead(self) -> Holdings | None:
         """The read made ahead for this batch, if it answered; else None (each write reads)."""

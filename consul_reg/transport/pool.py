@@ -54,6 +54,9 @@ class PoolBusy(PoolTimeout):
 # event thread) must never be held for a whole timeout by a server that accepts but never
 # answers; a server that slow is busy to such a caller, not gone (the other calls find out).
 NO_WAIT_CONNECT_SECONDS = 0.05
+# A cancelled request whose answer has begun to come: read for at most this long, so that its
+# connection is kept (a start that registers nothing drops its read of the agent, answered).
+CANCEL_READ_SECONDS = 0.01
 
 
 @dataclass(frozen=True)
@@ -252,10 +255,23 @@ class Pending:
             self._pool._slots.release()
 
     def cancel(self) -> None:
-        """Never read: the connection is closed (its answer may still be on its way)."""
-        if not self._done:
-            self._done = True
-            self._wire.close()
+        """Not wanted. An answer that has come is read all the same (within
+        CANCEL_READ_SECONDS), so its kept-alive connection goes back to the pool; else the
+        connection is closed (its answer may still be on its way)."""
+        if self._done:
+            return
+        self._done = True
+        try:
+            if _usable(self._wire.sock):  # nothing came yet
+                self._wire.close()
+                return
+            method, target, _, limit = self._request
+            self._wire.deadline = time.monotonic() + CANCEL_READ_SECONDS
+            try:
+                self._pool._finish(self._wire, method, target, limit)  # closes the wire when it cannot
+            except Exception:  # nobody wants this answer: a failure only costs its connection
+                pass
+        finally:
             self._pool._slots.release()
 
 

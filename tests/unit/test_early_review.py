@@ -178,3 +178,37 @@ def test_a_read_older_than_the_window_when_the_write_comes_is_not_what_it_is_che
     assert FRESH_SECONDS < 0.5
     assert h.agent.records.get("h1:web:80") is not None and h.agent.records["h1:web:80"].name == "by-hand", \
         "a record written 0.5 s after the read, 0.5 s before the removal, was removed"
+
+
+def test_a_bursts_listing_is_listed_again_once_older_than_the_window() -> None:
+    """docs/guarantees-latency.md: a read is used at most FRESH_SECONDS after it was sent.
+    A burst's writes are checked against one listing of the agent; a window of the burst
+    written after that (dockerd slow on an inspect) is checked against a new listing: a
+    record written by someone else after the first listing stays."""
+    from consul_reg.core.records import RegisteredService
+    from consul_reg.sync.early import FRESH_SECONDS
+
+    h = guarded()
+    h.docker.add(container("c0", "old", ports={"80/tcp": "8000"}))
+    h.send(event("c0", "start", name="old"))
+    assert "h1:old:80" in h.agent.records
+    for n in range(1, 20):
+        h.docker.add(container(f"c{n}", f"w{n}", ports={"80/tcp": str(8000 + n)}))
+    inspect = h.docker.inspect
+
+    def slow(cid: str) -> object:
+        if cid == "c19":
+            h.clock.advance(FRESH_SECONDS * 8)  # dockerd's lock
+            h.agent.records["h1:old:80"] = RegisteredService("h1:old:80", "by-hand", "10.9.9.9", 1)
+        return inspect(cid)
+    h.docker.inspect = slow  # type: ignore[method-assign]
+    h.docker.inspect_later = lambda cid: Lazy(lambda: slow(cid))  # type: ignore[method-assign]
+    h.docker.containers["c0"]["State"]["Running"] = False
+    h.loop.post(event("c0", "die", exitCode="0", name="old"))
+    for n in range(1, 20):
+        h.loop.post(event(f"c{n}", "start", name=f"w{n}"))
+    assert h.loop.handle(h.loop.inbox.next_batch(0))
+    assert h.agent.records["h1:old:80"].name == "by-hand", "written after the listing, and removed"
+    assert {f"h1:w{n}:80" for n in range(1, 20)} <= h.ids()
+    listings = [call for call in h.agent.calls if call[0] == "services"]
+    assert len(listings) >= 2, "listed again for the writes after the window"

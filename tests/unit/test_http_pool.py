@@ -427,3 +427,56 @@ def test_a_request_sent_without_waiting_never_waits_for_a_server_that_does_not_a
     finally:
         pool.close()
         silent.close()
+
+
+def _answered_by(pool: ConnectionPool, count: int) -> None:
+    deadline = time.monotonic() + 5
+    while len(pool.server.requests) < count and time.monotonic() < deadline:  # type: ignore[attr-defined]
+        time.sleep(0.005)
+
+
+def test_a_request_cancelled_once_answered_keeps_its_connection(serve) -> None:
+    """A read nobody takes (a start that registers nothing drops its read of the agent):
+    its answer has come, so it is read, and the kept-alive connection goes back to the pool
+    instead of being closed (with TLS, every such start cost the next call a handshake)."""
+    pool = serve(lambda conn, request: conn.sendall(answer()) is None)
+    pool.request("GET", "/first")
+    pending = pool.begin("GET", "/ahead")
+    _answered_by(pool, 2)
+    deadline = time.monotonic() + 5  # the answer is in the socket's buffer
+    while _usable_after(pending) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    pending.cancel()
+    assert pool.request("GET", "/next").status_code == 200
+    assert pool.server.connections == 1  # type: ignore[attr-defined]
+
+
+def test_a_request_cancelled_before_its_answer_closes_its_connection_at_once(serve) -> None:
+    """Nothing has come: the connection is closed, never waited on (a hung server must not
+    hold the one who no longer wants the answer)."""
+    release = threading.Event()
+
+    def handler(conn: socket.socket, request: bytes) -> bool:
+        if request.startswith(b"GET /hung "):
+            release.wait(10)
+            return False
+        conn.sendall(answer())
+        return True
+
+    pool = serve(handler)
+    try:
+        pending = pool.begin("GET", "/hung")
+        _answered_by(pool, 1)
+        started = time.monotonic()
+        pending.cancel()
+        assert time.monotonic() - started < 0.5
+        assert pool.request("GET", "/next").status_code == 200
+        assert pool.server.connections == 2  # type: ignore[attr-defined]
+    finally:
+        release.set()
+
+
+def _usable_after(pending: object) -> bool:
+    """True while nothing came on the pending request's connection."""
+    from consul_reg.transport.pool import _usable
+    return _usable(pending._wire.sock)  # type: ignore[attr-defined]
