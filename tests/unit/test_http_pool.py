@@ -480,3 +480,32 @@ def _usable_after(pending: object) -> bool:
     """True while nothing came on the pending request's connection."""
     from consul_reg.transport.pool import _usable
     return _usable(pending._wire.sock)  # type: ignore[attr-defined]
+
+
+def test_a_request_cancelled_with_half_its_answer_never_waits_for_the_rest(serve) -> None:
+    """Part of the answer came, the rest does not: read for at most CANCEL_READ_SECONDS,
+    then the connection is closed (its caller may be Docker's event thread)."""
+    from consul_reg.transport.pool import CANCEL_READ_SECONDS
+    release = threading.Event()
+
+    def handler(conn: socket.socket, request: bytes) -> bool:
+        if request.startswith(b"GET /half "):
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789")
+            release.wait(10)
+            return False
+        conn.sendall(answer())
+        return True
+
+    pool = serve(handler)
+    try:
+        pending = pool.begin("GET", "/half")
+        deadline = time.monotonic() + 5
+        while _usable_after(pending) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        started = time.monotonic()
+        pending.cancel()
+        assert time.monotonic() - started < CANCEL_READ_SECONDS + 0.2
+        assert pool.request("GET", "/next").status_code == 200
+        assert pool.server.connections == 2  # type: ignore[attr-defined]
+    finally:
+        release.set()
