@@ -443,9 +443,7 @@ def test_a_request_cancelled_once_answered_keeps_its_connection(serve) -> None:
     pool.request("GET", "/first")
     pending = pool.begin("GET", "/ahead")
     _answered_by(pool, 2)
-    deadline = time.monotonic() + 5  # the answer is in the socket's buffer
-    while _usable_after(pending) and time.monotonic() < deadline:
-        time.sleep(0.005)
+    _until_something_came(pending)  # the answer is in the socket's buffer
     pending.cancel()
     assert pool.request("GET", "/next").status_code == 200
     assert pool.server.connections == 1  # type: ignore[attr-defined]
@@ -476,10 +474,12 @@ def test_a_request_cancelled_before_its_answer_closes_its_connection_at_once(ser
         release.set()
 
 
-def _usable_after(pending: object) -> bool:
-    """True while nothing came on the pending request's connection."""
+def _until_something_came(pending: object) -> None:
+    """Until bytes of the answer wait on the pending request's connection (at most 5 s)."""
     from consul_reg.transport.pool import _usable
-    return _usable(pending._wire.sock)  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 5
+    while _usable(pending._wire.sock) and time.monotonic() < deadline:  # type: ignore[attr-defined]
+        time.sleep(0.005)
 
 
 def test_a_request_cancelled_with_half_its_answer_never_waits_for_the_rest(serve) -> None:
@@ -499,9 +499,7 @@ def test_a_request_cancelled_with_half_its_answer_never_waits_for_the_rest(serve
     pool = serve(handler)
     try:
         pending = pool.begin("GET", "/half")
-        deadline = time.monotonic() + 5
-        while _usable_after(pending) and time.monotonic() < deadline:
-            time.sleep(0.005)
+        _until_something_came(pending)
         started = time.monotonic()
         pending.cancel()
         assert time.monotonic() - started < CANCEL_READ_SECONDS + 0.2
