@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import IMAGE, LABEL, Agent, describe_ms, remove_labelled  # noqa: E402
 
-from consul_reg.docker import client as docker_source
+from consul_reg.docker import events as docker_events
 
 from consul_reg.app import logs
 
@@ -76,7 +76,7 @@ def main() -> int:
         loop.Loop.handle = cpu_timed(loop.Loop.handle)
     else:
         loop.Loop.run = profiled("loop", loop.Loop.run)
-        docker_source.DockerSource._read_events = profiled("events", docker_source.DockerSource._read_events)
+        docker_events.read_events = profiled("events", docker_events.read_events)
     log = open(f"/tmp/consul-reg-profile-{hostname}.log", "w")
     config = parse_config(["--hostname", hostname, "-resync", "0", agent.uri], {})
     logs.setup(config.log_level, config.log_format)

@@ -44,7 +44,7 @@ NOTICING = threading.local()  # (container ID, "start" or "die") while Docker's 
 
 
 def instrument() -> None:
-    events = docker_source.DockerSource._events
+    events = docker_source.DockerSource.events
 
     def traced_events(self, since):
         stream = events(self, since)  # subscribed here, as the daemon's own call is
@@ -56,7 +56,7 @@ def instrument() -> None:
                 MARKS[actor].setdefault(f"{event.get('Action')} docker", int(event.get("timeNano") or 0))
                 yield event
         return marked()
-    docker_source.DockerSource._events = traced_events
+    docker_source.DockerSource.events = traced_events
 
     handle = loop.Loop.handle
 

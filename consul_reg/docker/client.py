@@ -1,7 +1,5 @@
-"""The only module that talks to Docker: listing, inspecting, and the event stream.
-
-Events are read on their own thread straight into a queue: dockerd drops a
-subscriber that does not read within ~100 ms, so nothing slow runs there.
+"""The only module that talks to Docker: listing, inspecting, files, execs, restarts,
+and subscribing to the event stream (which docker/events.py follows on a thread of its own).
 """
 
 from __future__ import annotations
@@ -14,18 +12,15 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-from cachetools import LRUCache
-from loguru import logger
-
-from consul_reg.core.backoff import Backoff
 from consul_reg.core.calls import Later, WhenAsked
 from consul_reg.core.errors import DockerUnavailable, DockerUnreachable
 from consul_reg.core.liveness import Liveness
-from consul_reg.core.messages import EVENT_FILTER_ACTIONS, DockerReconnected, Message
+from consul_reg.core.messages import EVENT_FILTER_ACTIONS, Message
 from consul_reg.core.text import printable
 from consul_reg.docker import connection as docker_http
 from consul_reg.docker import files as container_files
-from consul_reg.docker.events import MAX_EVENT_BYTES, OVERSIZED, SkippedEvents, decoded_events, message_from_event
+from consul_reg.docker.events import MAX_EVENT_BYTES, decoded_events, follow
+from consul_reg.docker.events import describe as _describe
 from consul_reg.docker.files import FileUnreadable  # noqa: F401  (raised by read_file)
 from consul_reg.docker.host import docker_base_url
 from consul_reg.transport.pool import TRANSPORT_ERRORS, Answer, BodyTooLarge, ConnectionPool, Pending, PoolTimeout
@@ -34,7 +29,6 @@ from consul_reg.transport.pool import TRANSPORT_ERRORS, Answer, BodyTooLarge, Co
 # the daemon's retry loop. 1.41 is Docker 20.10's; newer engines still accept it.
 API_VERSION = "1.41"
 READ_TIMEOUT = 10.0  # seconds for one file read when the caller gives none, and for the event stream's head
-SUBSCRIBE_WAIT = 10.0  # seconds the start waits for the event subscription
 INSPECT_CONNECTIONS = 4
 EARLY_CONNECTIONS = 2  # inspects sent the moment a start event is read (inspect_later)
 # An inspect answer (labels, env, mounts...) is 5-20 KiB; Docker bounds neither labels nor a
@@ -232,74 +226,10 @@ class DockerSource:
 
     def follow_events(self, post: Callable[[Message], None], stop: threading.Event, retry_interval: float = 1.0,
                       max_backoff: float = 30.0) -> threading.Thread:
-        """Start the reader thread (container events -> `post`) and return once it has
-        subscribed, so that a container started around the caller's first listing is not
-        missed; at most SUBSCRIBE_WAIT, or until the first try failed: a subscription made
-        after the caller went on asks for a full pass, as every reconnect does (events may
-        have been lost)."""
-        first = _FirstSubscription()
-        thread = threading.Thread(target=self._read_events,
-                                  args=(post, stop, Backoff(retry_interval, max_backoff), first),
-                                  name="docker-events", daemon=True)
-        thread.start()
-        if first.wait(SUBSCRIBE_WAIT) == "timed out":
-            logger.warning("docker has not answered the event subscription within {:.0f}s: going on; a full "
-                           "pass follows it", SUBSCRIBE_WAIT)
-        return thread
+        """docker/events.py's `follow`: the reader thread, started once it has subscribed."""
+        return follow(self, post, stop, retry_interval, max_backoff)
 
-    def _read_events(self, post: Callable[[Message], None], stop: threading.Event, backoff: Backoff,
-                     first: _FirstSubscription) -> None:
-        # dockerd sends the answer's head, then subscribes: the first subscription replays the
-        # last second too, so an event between the two still arrives (its clock: live events
-        # are never filtered by `since`). Later ones go on from the last event read.
-        since: str | None = f"{time.time() - 1:.9f}"
-        seen: LRUCache[tuple[int, str, str], bool] = LRUCache(maxsize=512)  # replayed by `since`
-        skipped = SkippedEvents(post)
-        again = False
-        try:
-            while not stop.is_set():
-                try:
-                    stream = self._events(since)
-                    if not first.made():  # a reconnect, or the caller went on without waiting for it
-                        logger.info("docker event stream {}; resyncing everything",
-                                    "reconnected" if again else "connected")
-                        post(DockerReconnected())
-                    again = True
-                    self.liveness.ok()
-                    backoff.succeeded()
-                    for event in stream:
-                        if stop.is_set():
-                            break
-                        if event is OVERSIZED:
-                            skipped.notice()
-                            continue
-                        message = message_from_event(event)
-                        if message is None:
-                            continue
-                        key = (message.time_nano, message.container_id, message.action)
-                        if key in seen:
-                            continue
-                        seen[key] = True
-                        since = f"{message.time_nano // 1_000_000_000}.{message.time_nano % 1_000_000_000:09d}"
-                        post(message)
-                    if stop.is_set():
-                        return
-                    self.liveness.failed("the event stream ended")
-                    # on its backoff: a stream that ends at once must not be reopened in a tight loop
-                    logger.warning("docker event stream ended (dockerd restarted?); reconnecting in {:.1f}s",
-                                   backoff.failed())
-                except Exception as error:  # the stream must outlive any Docker failure
-                    first.failed()
-                    if stop.is_set():
-                        return
-                    self.liveness.failed(f"event stream: {_describe(error)}")
-                    logger.warning("docker event stream failed: {}; retrying in {:.1f}s", _describe(error),
-                                   backoff.failed())
-                stop.wait(max((backoff.retry_at or 0) - time.monotonic(), 0.0))
-        finally:
-            first.failed()  # stopped before the first subscription: the caller need not wait
-
-    def _events(self, since: str | None) -> Iterator[Any]:
+    def events(self, since: str | None) -> Iterator[Any]:
         """Docker's stream of container events, each decoded (each at most MAX_EVENT_BYTES),
         its head answered when this returns (past READ_TIMEOUT: docker_http.Timeout; through
         docker-py, for an endpoint that is not plain HTTP, the head has no deadline).
@@ -382,39 +312,6 @@ class _InspectLater:
         self._pending.cancel()
 
 
-class _FirstSubscription:
-    """How the reader's first subscription went while follow_events waited for it: made
-    (before the caller's first listing), failed (the reader retries), or not answered in
-    time (the caller went on)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._state = "waiting"
-        self._settled = threading.Event()
-
-    def made(self) -> bool:
-        """The reader subscribed: True only for the first time, and only while awaited."""
-        return self._settle("made")
-
-    def failed(self) -> None:
-        """The reader could not subscribe (or stopped): the caller goes on."""
-        self._settle("failed")
-
-    def wait(self, timeout: float) -> str:
-        """"made", "failed", or "timed out"."""
-        self._settled.wait(timeout)
-        self._settle("timed out")
-        return self._state
-
-    def _settle(self, state: str) -> bool:
-        with self._lock:
-            if self._state != "waiting":
-                return False
-            self._state = state
-        self._settled.set()
-        return True
-
-
 def _message(body: Any) -> str:
     """dockerd's {"message": ...} of a failed call."""
     message = body.get("message") if isinstance(body, dict) else None
@@ -427,10 +324,6 @@ def _not_found(status: int, body: Any) -> bool:
 
 def _answered(status: int, body: Any) -> str:
     return f"{status} {_describe(ValueError(_message(body) or 'not the JSON expected'))}"
-
-
-def _describe(error: BaseException) -> str:
-    return printable(str(error).strip() or type(error).__name__, 300, one_line=True)
 
 
 def restart_stop_seconds(stop_timeout: float) -> int:

@@ -1,5 +1,7 @@
-"""Docker's event stream, decoded: one JSON object per line (dockerd and Podman alike),
-each line parsed once when its newline arrives, each bounded; and an event -> the
+"""Docker's event stream: followed on a thread of its own (`follow`), straight into the
+loop's inbox (dockerd drops a subscriber that does not read within ~100 ms, so nothing
+slow runs there); decoded one JSON object per line (dockerd and Podman alike), each
+line parsed once when its newline arrives, each bounded; and an event -> the
 DockerEvent message the loop routes, in Docker's words whatever the engine said."""
 
 from __future__ import annotations
@@ -10,13 +12,18 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Protocol
 
+from cachetools import LRUCache
 from loguru import logger
 
-from consul_reg.core.messages import CONTAINER_ACTIONS, DockerEvent, EventsSkipped, Message
+from consul_reg.core.backoff import Backoff
+from consul_reg.core.liveness import Liveness
+from consul_reg.core.messages import CONTAINER_ACTIONS, DockerEvent, DockerReconnected, EventsSkipped, Message
 from consul_reg.core.records import section
+from consul_reg.core.text import printable
 
+SUBSCRIBE_WAIT = 10.0  # seconds the start waits for the event subscription
 RECV_BYTES = 64 * 1024
 # An event carries its container's labels, which Docker does not bound: as large as an
 # inspect may be (docker_source.MAX_INSPECT_BYTES).
@@ -24,6 +31,125 @@ MAX_EVENT_BYTES = 8 * 1024 * 1024
 ATTRIBUTE_MAX_LENGTH = 32  # an exit code, a signal's name or number
 # Docker's and Podman's container names: only a hint (what the agent is read for ahead, issue 24).
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
+class EventSource(Protocol):
+    """What `follow` reads: docker/client.py's DockerSource."""
+
+    description: str
+    liveness: Liveness
+
+    def events(self, since: str | None) -> Iterator[Any]:
+        """Docker's container events, decoded, from `since` (raises when it cannot subscribe)."""
+        ...
+
+
+def follow(source: EventSource, post: Callable[[Message], None], stop: threading.Event,
+           retry_interval: float = 1.0, max_backoff: float = 30.0) -> threading.Thread:
+    """Start the reader thread (container events -> `post`) and return once it has
+    subscribed, so that a container started around the caller's first listing is not
+    missed; at most SUBSCRIBE_WAIT, or until the first try failed: a subscription made
+    after the caller went on asks for a full pass, as every reconnect does (events may
+    have been lost)."""
+    first = FirstSubscription()
+    thread = threading.Thread(target=read_events,
+                              args=(source, post, stop, Backoff(retry_interval, max_backoff), first),
+                              name="docker-events", daemon=True)
+    thread.start()
+    if first.wait(SUBSCRIBE_WAIT) == "timed out":
+        logger.warning("docker has not answered the event subscription within {:.0f}s: going on; a full "
+                       "pass follows it", SUBSCRIBE_WAIT)
+    return thread
+
+def read_events(source: EventSource, post: Callable[[Message], None], stop: threading.Event, backoff: Backoff,
+                first: FirstSubscription) -> None:
+    # dockerd sends the answer's head, then subscribes: the first subscription replays the
+    # last second too, so an event between the two still arrives (its clock: live events
+    # are never filtered by `since`). Later ones go on from the last event read.
+    since: str | None = f"{time.time() - 1:.9f}"
+    seen: LRUCache[tuple[int, str, str], bool] = LRUCache(maxsize=512)  # replayed by `since`
+    skipped = SkippedEvents(post)
+    again = False
+    try:
+        while not stop.is_set():
+            try:
+                stream = source.events(since)
+                if not first.made():  # a reconnect, or the caller went on without waiting for it
+                    logger.info("docker event stream {}; resyncing everything",
+                                "reconnected" if again else "connected")
+                    post(DockerReconnected())
+                again = True
+                source.liveness.ok()
+                backoff.succeeded()
+                for event in stream:
+                    if stop.is_set():
+                        break
+                    if event is OVERSIZED:
+                        skipped.notice()
+                        continue
+                    message = message_from_event(event)
+                    if message is None:
+                        continue
+                    key = (message.time_nano, message.container_id, message.action)
+                    if key in seen:
+                        continue
+                    seen[key] = True
+                    since = f"{message.time_nano // 1_000_000_000}.{message.time_nano % 1_000_000_000:09d}"
+                    post(message)
+                if stop.is_set():
+                    return
+                source.liveness.failed("the event stream ended")
+                # on its backoff: a stream that ends at once must not be reopened in a tight loop
+                logger.warning("docker event stream ended (dockerd restarted?); reconnecting in {:.1f}s",
+                               backoff.failed())
+            except Exception as error:  # the stream must outlive any Docker failure
+                first.failed()
+                if stop.is_set():
+                    return
+                source.liveness.failed(f"event stream: {describe(error)}")
+                logger.warning("docker event stream failed: {}; retrying in {:.1f}s", describe(error),
+                               backoff.failed())
+            stop.wait(max((backoff.retry_at or 0) - time.monotonic(), 0.0))
+    finally:
+        first.failed()  # stopped before the first subscription: the caller need not wait
+
+
+class FirstSubscription:
+    """How the reader's first subscription went while follow_events waited for it: made
+    (before the caller's first listing), failed (the reader retries), or not answered in
+    time (the caller went on)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._state = "waiting"
+        self._settled = threading.Event()
+
+    def made(self) -> bool:
+        """The reader subscribed: True only for the first time, and only while awaited."""
+        return self._settle("made")
+
+    def failed(self) -> None:
+        """The reader could not subscribe (or stopped): the caller goes on."""
+        self._settle("failed")
+
+    def wait(self, timeout: float) -> str:
+        """"made", "failed", or "timed out"."""
+        self._settled.wait(timeout)
+        self._settle("timed out")
+        return self._state
+
+    def _settle(self, state: str) -> bool:
+        with self._lock:
+            if self._state != "waiting":
+                return False
+            self._state = state
+        self._settled.set()
+        return True
+
+
+def describe(error: BaseException) -> str:
+    """An error as one bounded, printable line."""
+    return printable(str(error).strip() or type(error).__name__, 300, one_line=True)
 
 
 def decoded_events(stream: Any) -> Iterator[Any]:

@@ -107,7 +107,7 @@ def test_dockerd_sends_health_status_for_the_filter_and_no_exec_events(own_docke
                 both.set()
                 return
     try:
-        reader = threading.Thread(target=read, args=(source._events(f"{time.time() - 1:.9f}"),), daemon=True)
+        reader = threading.Thread(target=read, args=(source.events(f"{time.time() - 1:.9f}"),), daemon=True)
         reader.start()
         flapping = {"test": ["CMD-SHELL", "if [ -e /tmp/up ]; then rm /tmp/up; exit 1; else touch /tmp/up; fi"],
                     "interval": 1_000_000_000, "timeout": 5_000_000_000, "retries": 1}

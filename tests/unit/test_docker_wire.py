@@ -30,8 +30,8 @@ from consul_reg.transport import pool as http_pool
 from consul_reg.core.backoff import Backoff
 from consul_reg.core.messages import CONTAINER_ACTIONS, DockerEvent, DockerReconnected, EventsSkipped, Message
 from consul_reg.docker.events import _json_lines
-from consul_reg.docker.client import MAX_EVENT_BYTES, MAX_INSPECT_BYTES, OVERSIZED, DockerSource, \
-    DockerUnavailable
+from consul_reg.docker.client import MAX_EVENT_BYTES, MAX_INSPECT_BYTES, DockerSource, DockerUnavailable
+from consul_reg.docker.events import OVERSIZED
 from tests.unit.sockets import read_head
 
 
@@ -174,7 +174,7 @@ def test_a_first_subscription_that_failed_is_made_by_the_reader_with_a_full_pass
 
 
 def test_a_dockerd_that_does_not_answer_the_subscription_holds_the_start_only_so_long(source, monkeypatch) -> None:
-    monkeypatch.setattr(docker_source, "SUBSCRIBE_WAIT", 0.3)
+    monkeypatch.setattr(docker_events, "SUBSCRIBE_WAIT", 0.3)
     monkeypatch.setattr(docker_source, "READ_TIMEOUT", 30.0)  # the head's own deadline is not what frees the start
     release = threading.Event()
     answered: list[bool] = []
@@ -257,7 +257,7 @@ def test_a_stream_that_ends_at_once_is_reopened_on_the_backoff(source) -> None:
     stop = threading.Event()
     backoff = CountedBackoff(stop, opens=3)
     posted: list[Message] = []
-    docker._read_events(posted.append, stop, backoff, docker_source._FirstSubscription())
+    docker_events.read_events(docker, posted.append, stop, backoff, docker_events.FirstSubscription())
     assert (backoff.successes, backoff.failures) == (3, 2)  # each end waited its turn (the last one: stopped)
     assert [type(m) for m in posted] == [DockerReconnected] * 2  # each reopening asks for a full pass
 
