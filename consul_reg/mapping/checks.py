@@ -78,6 +78,11 @@ def service_checks(
     return builder.build()
 
 
+def asks_checks(keys: dict[str, KeyValue]) -> bool:
+    """Whether any SERVICE_CHECK_* key is set: without one, `service_checks` makes none."""
+    return any(key.startswith("check_") for key in keys)
+
+
 class _Builder:
     def __init__(self, keys: dict[str, KeyValue], service_id: str, service_name: str, address: str,
                  port: int | None, container_id: str, settings: CheckSettings, warnings: list[str],
@@ -94,7 +99,7 @@ class _Builder:
         self.warnings: list[str] = warnings
 
     def build(self) -> tuple[Check, ...]:
-        if not any(k.startswith("check_") for k in self.keys):
+        if not asks_checks(self.keys):
             return ()
         common = self._common_fields()
         if common is None:

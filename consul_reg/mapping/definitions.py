@@ -6,6 +6,7 @@ Fields the agent's version does not know are left out (versions.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from consul_reg.core.records import Connect, TaggedAddress, Upstream
@@ -42,9 +43,10 @@ class Extras:
 
 def service_extras(keys: dict[str, KeyValue], service_id: str, choice: AddressChoice, port: PublishedPort | None,
                    port_number: int | None, settings: MappingSettings, warnings: list[str],
-                   own: OwnEndpoints = OwnEndpoints()) -> Extras:
-    """The extras of one service from its keys (general merged with its port's). `own`
-    is what the container's checks may probe: a sidecar proxy forwards only there."""
+                   own: Callable[[], OwnEndpoints] = OwnEndpoints) -> Extras:
+    """The extras of one service from its keys (general merged with its port's). `own()`
+    is what the container's checks may probe: a sidecar proxy forwards only there (asked
+    only for a sidecar)."""
     origins: dict[str, str] = {}
     version = settings.checks.agent_version
     tagged = _tagged_addresses(keys, choice, port, port_number, settings, warnings, origins)
@@ -154,7 +156,7 @@ def _tag_override(keys: dict[str, KeyValue], warnings: list[str], origins: dict[
 
 
 def _connect(keys: dict[str, KeyValue], choice: AddressChoice, port_number: int | None, settings: MappingSettings,
-             warnings: list[str], origins: dict[str, str], own: OwnEndpoints) -> Connect | None:
+             warnings: list[str], origins: dict[str, str], own: Callable[[], OwnEndpoints]) -> Connect | None:
     entry = keys.get("connect")
     upstreams_entry = keys.get("connect_upstreams")
     if entry is None or not entry.value.strip():
@@ -177,7 +179,7 @@ def _connect(keys: dict[str, KeyValue], choice: AddressChoice, port_number: int 
         return Connect(native=True)
     # The proxy runs beside the agent and forwards the mesh's traffic to address:port, as a
     # check probes it: the same rule (a SERVICE_IP of 127.0.0.1 with port 8500 is the agent's API).
-    problem = check_target_problem(choice.address, port_number, own, settings.checks.policy)
+    problem = check_target_problem(choice.address, port_number, own(), settings.checks.policy)
     if problem:
         origins.pop("Connect", None)
         warnings.append(f"{where}: the sidecar proxy would forward to {show(choice.address)} port {port_number}: "

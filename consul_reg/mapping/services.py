@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
 from consul_reg.core.records import Check, Service, marker_meta
 from consul_reg.mapping import labels, swarm, workers
 from consul_reg.mapping.addresses import AddressChoice, choose_address
 from consul_reg.mapping.check_targets import OwnEndpoints
-from consul_reg.mapping.checks import service_checks
+from consul_reg.mapping.checks import asks_checks, service_checks
 from consul_reg.mapping.default_ids import SIDECAR_ID_SUFFIX, default_id_host, is_sidecar_shaped
 from consul_reg.mapping.definitions import Extras, service_extras
 from consul_reg.mapping.endpoints import own_endpoints
@@ -95,8 +96,7 @@ def _map_into(records: ContainerRecords, container: dict[str, Any], config: dict
                                 "become services (--max-services-per-container)")
         ports = ports[:limits.services_per_container]
     _warn_unknown_port_keys(keys, ports, records.warnings)
-    context = _Context(container, keys, settings, network_peer, records,
-                       own=own_endpoints(container, network_peer, settings, ports),
+    context = _Context(container, keys, settings, network_peer, records, ports=tuple(ports),
                        general_tags=tags_of(keys.general.get("tags"), limits, records.warnings))
     if not ports:
         worker = _portless_service(context)
@@ -126,13 +126,19 @@ class _Context:
     settings: MappingSettings
     network_peer: dict[str, Any] | None
     records: ContainerRecords
-    own: OwnEndpoints
+    ports: tuple[PublishedPort, ...]  # the container's ports that become services
     general_tags: list[str]
     # SERVICE_CHECKS values parsed once per container, and how many checks they gave so far.
     parsed_checks: dict[str, list[object] | str] = field(default_factory=dict)
     json_checks_made: list[int] = field(default_factory=lambda: [0])
     sidecars_made: list[int] = field(default_factory=lambda: [0])
     registration_bytes: list[int] = field(default_factory=lambda: [0])  # of the services kept so far
+
+    @cached_property
+    def own(self) -> OwnEndpoints:
+        """What the container's checks and sidecar may probe: made when the first of them
+        asks (most containers have neither, and it is a third of a mapping's work)."""
+        return own_endpoints(self.container, self.network_peer, self.settings, list(self.ports))
 
 
 def default_service_name(container: dict[str, Any], container_name: str) -> str:
@@ -198,7 +204,8 @@ def _service_for_port(context: _Context, port: PublishedPort, is_group: bool, de
         port_number = host_port
 
     checks = service_checks(merged, service_id, name, choice.address, port_number, records.container_id,
-                            settings.checks, records.warnings, context.own, settings.limits)
+                            settings.checks, records.warnings, context.own, settings.limits) \
+        if asks_checks(merged) else ()
     if workers.has_healthcheck(context.container):
         checks += (workers.docker_health_check(service_id, name, records.container_id,
                                                settings.health_reassert_seconds),)
@@ -227,7 +234,7 @@ def _service(context: _Context, keys: dict[str, KeyValue], service_id: str, name
         context.json_checks_made[0] += len(from_json)
         checks += from_json
     extras = _capped_sidecars(context, keys, service_id, service_extras(
-        keys, service_id, choice, port, port_number, settings, records.warnings, context.own))
+        keys, service_id, choice, port, port_number, settings, records.warnings, lambda: context.own))
     return _within_size(context, Service(
         id=service_id,
         name=name,
@@ -305,7 +312,8 @@ def _portless_service(context: _Context) -> Service | None:
         return None
     tags = capped_tags(list(context.general_tags), service_id, settings, records.warnings)
     checks = service_checks(keys.general, service_id, name, choice.address, None, records.container_id,
-                            settings.checks, records.warnings, context.own, settings.limits)
+                            settings.checks, records.warnings, context.own, settings.limits) \
+        if asks_checks(keys.general) else ()
     checks += (workers.heartbeat_check(keys.general, service_id, name, records.container_id, records.warnings),)
     return _service(context, keys.general, service_id, name, choice, None, None, tags, checks)
 

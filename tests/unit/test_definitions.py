@@ -276,6 +276,43 @@ def test_connect_needs_a_port():
     assert one(records).connect is None and any("needs a port" in w for w in records.warnings)
 
 
+@pytest.mark.parametrize("env,ports,worked_out", [
+    ([], {"80/tcp": BOTH}, 0),
+    (["SERVICE_CONNECT=native", "SERVICE_TAGS=a"], {"80/tcp": BOTH}, 0),
+    (["SERVICE_NAME=w", "SERVICE_TTL=30s"], {}, 0),  # a port-less worker: its heartbeat needs no target
+    (["SERVICE_CHECK_TCP=true"], {"80/tcp": BOTH, "81/tcp": BOTH}, 1),  # once for both services
+    (["SERVICE_81_CHECK_TCP=true"], {"80/tcp": BOTH, "81/tcp": BOTH}, 1),
+    (['SERVICE_CHECKS=[{"TCP": ":80"}]'], {"80/tcp": BOTH}, 1),
+    (["SERVICE_CONNECT=sidecar"], {"80/tcp": BOTH}, 1),
+])
+def test_a_containers_own_endpoints_are_worked_out_only_for_a_check_or_a_sidecar(env, ports, worked_out,
+                                                                                 monkeypatch):
+    """A third of a mapping's work, made only when a check's or a sidecar's target is judged."""
+    from consul_reg.mapping import services
+
+    calls: list[str] = []
+    real = services.own_endpoints
+
+    def counted(*args: Any) -> Any:
+        calls.append(args[0]["Id"])
+        return real(*args)
+    monkeypatch.setattr(services, "own_endpoints", counted)
+    records = map_container(container(env=env, ports=ports), SETTINGS)
+    assert records.services, (records.warnings, records.skipped_reason)
+    assert len(calls) == worked_out
+    monkeypatch.setattr(services, "own_endpoints", real)
+    assert map_container(container(env=env, ports=ports), SETTINGS).services == records.services
+
+
+def test_a_check_on_the_containers_own_port_is_judged_by_its_endpoints_when_made_lazily():
+    """Its own binding is allowed, another host port on the same address is refused: the
+    endpoints worked out on first use are the container's, not an empty set."""
+    env = ["SERVICE_CHECKS=[{\"TCP\": \"10.0.0.5:8000\"}, {\"TCP\": \"10.0.0.5:9000\"}]"]
+    records = map_container(container(env=env, ports={"80/tcp": BOTH}), SETTINGS)
+    assert [check.definition_dict.get("TCP") for check in one(records).checks] == ["10.0.0.5:8000"]
+    assert any("10.0.0.5" in w and "9000" in w for w in records.warnings), records.warnings
+
+
 # -- gates, digests, explain ----------------------------------------------------------------------
 
 
