@@ -4,9 +4,11 @@ sync loop (router, desire, mapping, plan, apply, snapshot, logging) fed
 dockerd (a busybox container, one published port) and an agent that only
 records. Measured as the loop thread's CPU time (time.thread_time), so the
 machine's load matters little; with --known other containers already
-registered, to show what grows with their number.
+registered, to show what grows with their number. With --gap, the thread
+sleeps that long before each event, as the daemon idles between events on a
+quiet host: the same work then takes more CPU time (the core, not the code).
 
-Usage: .venv/bin/python bench/loop_cpu.py [--events 300] [--known 0,1000] [--profile]
+Usage: .venv/bin/python bench/loop_cpu.py [--events 300] [--known 0,1000] [--profile] [--gap 0.01]
 """
 
 from __future__ import annotations
@@ -159,6 +161,7 @@ def main() -> int:
     parser.add_argument("--sort", default="tottime")
     parser.add_argument("--passes", type=int, default=5, help="in-sync full passes timed")
     parser.add_argument("--passes-only", action="store_true", help="only the full passes (profiled with --profile)")
+    parser.add_argument("--gap", type=float, default=0.0, help="seconds slept before each event (0: back to back)")
     args = parser.parse_args()
     logger.remove()
     logger.add(open("/dev/null", "w"), level="INFO", format="{time:YYYY-MM-DDTHH:mm:ss.SSSZ} {level: <7} {message}")
@@ -185,6 +188,8 @@ def main() -> int:
         for n in range(args.events):
             container_id = docker_api.add(100_000 + n)
             for action, into in (("start", start_ms), ("die", die_ms)):
+                if args.gap:
+                    time.sleep(args.gap)
                 hint = DockerEvent(container_id, action, time.time_ns(), exit_code="137" if action == "die" else "")
                 if profile:
                     profile.enable()
@@ -194,6 +199,8 @@ def main() -> int:
                 if profile:
                     profile.disable()
             del docker_api.containers[container_id]
+        if args.gap:
+            print(f"{known} other containers: each event after {args.gap * 1000:g} ms asleep")
         print(f"{known} other containers: start batch CPU {describe_ms(start_ms)}")
         print(f"{known} other containers: die batch CPU   {describe_ms(die_ms)}")
         if profile:
