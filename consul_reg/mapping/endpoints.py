@@ -10,7 +10,7 @@ from typing import Any
 from consul_reg.mapping.addresses import UNSPECIFIED_HOST_IPS, container_addresses
 from consul_reg.mapping.check_ports import PortReach
 from consul_reg.mapping.check_targets import OwnEndpoints
-from consul_reg.mapping.ports import int_or_none, port_entries
+from consul_reg.mapping.ports import binding_text, int_or_none, port_entries
 from consul_reg.mapping.settings import MappingSettings, PublishedPort
 from consul_reg.mapping.validate import normal_host, parse_ip
 
@@ -31,10 +31,10 @@ def own_endpoints(container: dict[str, Any], network_peer: dict[str, Any] | None
     for (number, protocol), bindings in bound:
         for binding in bindings[:budget] if isinstance(bindings, list) else ():
             budget -= 1
-            host_port = int_or_none(str(binding.get("HostPort") or "")) if isinstance(binding, dict) else None
+            host_port = int_or_none(binding_text(binding.get("HostPort") or "")) if isinstance(binding, dict) else None
             if host_port is None:
                 continue
-            host_ip = str(binding.get("HostIp") or "")
+            host_ip = binding_text(binding.get("HostIp") or "")
             if host_ip in UNSPECIFIED_HOST_IPS:
                 pairs |= {(address, host_port) for address in chosen if _same_family(address, host_ip)}
             elif parse_ip(host_ip) is not None:

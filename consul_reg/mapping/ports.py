@@ -111,7 +111,7 @@ def first_binding(bindings: object) -> tuple[str, str, bool, bool] | None:
     if not usable:
         return None
     host_port = str(usable[0]["HostPort"])
-    ips = {str(b.get("HostIp") or "") for b in usable if str(b["HostPort"]) == host_port}
+    ips = {binding_text(b.get("HostIp") or "") for b in usable if str(b["HostPort"]) == host_port}
     ips = {ip for ip in ips if ip in UNSPECIFIED_HOST_IPS or parse_ip(ip) is not None}
     specific = sorted(ip for ip in ips if ip not in UNSPECIFIED_HOST_IPS)
     versions = {parse_ip(ip).version for ip in specific}  # type: ignore[union-attr]
@@ -133,6 +133,14 @@ def parse_port_key(key: object) -> Parsed | None:
     if protocol not in PROTOCOLS:
         return None
     return str(int(number)), protocol
+
+
+def binding_text(value: object) -> str:
+    """A binding's HostIp or HostPort as text: Docker writes a string (a port may come as a
+    number); anything else is "" (str() of a value nested a thousand deep would raise)."""
+    if isinstance(value, str):
+        return value
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else ""
 
 
 def int_or_none(text: str) -> int | None:

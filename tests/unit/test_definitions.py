@@ -313,6 +313,20 @@ def test_a_check_on_the_containers_own_port_is_judged_by_its_endpoints_when_made
     assert any("10.0.0.5" in w and "9000" in w for w in records.warnings), records.warnings
 
 
+@pytest.mark.parametrize("field", ["HostIp", "HostPort"])
+def test_a_binding_field_nested_past_the_recursion_limit_is_mapped_without_raising(field):
+    """Mapping never raises: str() of a value nested ~1,000 deep would (only dockerd writes
+    these fields, but what it sends is never trusted to be flat)."""
+    deep: object = "8000"
+    for _ in range(5000):
+        deep = [deep]
+    odd = {**BOTH[0], field: deep}
+    env = ["SERVICE_CHECK_TCP=true", "SERVICE_CONNECT=sidecar"]
+    records = map_container(container(env=env, ports={"80/tcp": [odd, BOTH[1]], "81/tcp": [odd]}), SETTINGS)
+    ids = [service.id for service in records.services]
+    assert "h:web:80" in ids, (ids, records.warnings)  # published on :: all the same
+
+
 # -- gates, digests, explain ----------------------------------------------------------------------
 
 
