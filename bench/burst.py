@@ -8,14 +8,18 @@ agent's /v1/agent/services on one keep-alive connection as fast as it
 answers, and takes for every service the time of the first answer that
 holds it (and, after the kills, of the first that does not); the poll
 period is printed, it bounds the resolution. Each is compared with Docker's
-timeNano of that container's `start` (`die`) event. The daemon's peak RSS
-and CPU over the burst are read from /proc. Meanwhile a probe thread times,
-one after another, what each start costs the daemon besides its own work:
-an inspect of a created container (never started) and a GET of an absent
-service from the agent (the guard's read), each on a kept-alive connection.
+timeNano of that container's `start` (`die`) event. With --poll-gap, the
+poll and the probe below wait between two requests, so that measuring does
+not keep the agent busy (a listing of 200 records costs it 1-1.5 ms). The
+daemon's peak RSS and CPU over the burst are read from /proc. Meanwhile a
+probe thread times, one after another, what each start costs the daemon
+besides its own work: an inspect of a created container (never started) and
+a GET of an absent service from the agent (the guard's read), each on a
+kept-alive connection.
 
 Usage: .venv/bin/python bench/burst.py [--containers 200] [--threads 16] [--runs 2]
     [--resync 30 --across-resync 0.05] [--registrator /tmp/regbuild/registrator] [--floor]
+    [--poll-gap 0.005]
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from event_latency import Events  # noqa: E402
 
 
 TIMELINE: dict[str, list[tuple[int, int]]] | None = None  # --timeline: each container's (event, seen) ns
+GAP = 0.0  # --poll-gap: seconds the listing poll and the probe wait between two requests
 
 
 def watch(port: int, expected: set[str], present: bool, calls_done: threading.Event) -> tuple[dict[str, int], float]:
@@ -57,6 +62,8 @@ def watch(port: int, expected: set[str], present: bool, calls_done: threading.Ev
     while len(seen) < len(expected) and time.monotonic() < deadline:
         if calls_done.is_set() and deadline == float("inf"):
             deadline = time.monotonic() + 30
+        if GAP and polls:
+            time.sleep(GAP)
         connection.request("GET", "/v1/agent/services")
         listed = set(json.loads(connection.getresponse().read()))
         now = time.time_ns()
@@ -74,6 +81,8 @@ def probe(client: docker.DockerClient, reference: str, port: int, stop: threadin
     timed: dict[str, list[float]] = {"inspect": [], "agent GET": []}
     agent = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     while not stop.is_set():
+        if GAP:
+            stop.wait(GAP)
         began = time.perf_counter()
         client.api.inspect_container(reference)
         timed["inspect"].append((time.perf_counter() - began) * 1000)
@@ -214,9 +223,13 @@ def main() -> int:
     parser.add_argument("--timeline", default="", help="write each container's event and seen times (ns) here, "
                         "a JSON object per run and subject, one per line")
     parser.add_argument("--debug", action="store_true", help="consul-reg logs at DEBUG (its passes, in its log)")
+    parser.add_argument("--poll-gap", type=float, default=0.0, metavar="SECONDS",
+                        help="wait this long between two listings of the agent, and between two probes "
+                        "(0: as fast as they answer, which keeps the agent busy)")
     args = parser.parse_args()
-    global TIMELINE
+    global TIMELINE, GAP
     TIMELINE = {} if args.timeline else None
+    GAP = args.poll_gap
     client = docker.from_env(timeout=120, max_pool_size=args.threads)
     agent = Agent().start()
     events = Events(client)
