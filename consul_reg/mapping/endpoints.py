@@ -5,6 +5,7 @@ no I/O, never raises."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from consul_reg.mapping.addresses import UNSPECIFIED_HOST_IPS, container_addresses
@@ -16,7 +17,7 @@ from consul_reg.mapping.validate import normal_host, parse_ip
 
 
 def own_endpoints(container: dict[str, Any], network_peer: dict[str, Any] | None, settings: MappingSettings,
-                  ports: list[PublishedPort]) -> OwnEndpoints:
+                  ports: Sequence[PublishedPort]) -> OwnEndpoints:
     """What this container's checks (and sidecar forwards) may probe without an
     operator's rule, as exact pairs (see validate.OwnEndpoints): its own IPs with
     its container-side ports; each binding's (HostIp, HostPort); a port published

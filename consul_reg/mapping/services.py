@@ -138,7 +138,7 @@ class _Context:
     def own(self) -> OwnEndpoints:
         """What the container's checks and sidecar may probe: made when the first of them
         asks (most containers have neither, and it is a third of a mapping's work)."""
-        return own_endpoints(self.container, self.network_peer, self.settings, list(self.ports))
+        return own_endpoints(self.container, self.network_peer, self.settings, self.ports)
 
 
 def default_service_name(container: dict[str, Any], container_name: str) -> str:
