@@ -8,7 +8,13 @@ guard's read of the agent's record sent and answered, the register
 and killed one at a time, --gap seconds apart. Prints the median of each
 step. Method in BENCHMARKS.md.
 
-Usage: .venv/bin/python bench/trace_event.py [--containers 40]
+With --burst ASKERS, every container is started at once (from ASKERS processes),
+then, once all are registered, killed at once; each step's p50 and p90 over the
+burst are printed, and beside them how much later the daemon's event thread
+read each event than a process of its own that only reads Docker's event
+stream ("a plain reader").
+
+Usage: .venv/bin/python bench/trace_event.py [--containers 40] [--gap 0.3] [--burst ASKERS]
 """
 
 from __future__ import annotations
@@ -209,6 +215,42 @@ for line in sys.stdin:
 """
 
 
+READER = """
+import http.client, json, socket, sys, time, urllib.parse
+class Unix(http.client.HTTPConnection):
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect("/var/run/docker.sock")
+connection = Unix("localhost")
+query = urllib.parse.urlencode({"filters": json.dumps({"type": ["container"]})})
+connection.request("GET", "/events?" + query)
+stream = connection.getresponse()
+print("ready", flush=True)
+while line := stream.readline():
+    now = time.time_ns()
+    event = json.loads(line)
+    print(event.get("Action"), event["Actor"]["ID"], now, flush=True)
+"""
+
+
+class PlainReader:
+    """Docker's event stream read by a process of its own that does nothing else: when
+    each event could be read, to compare with the daemon's event thread (--burst)."""
+
+    def __enter__(self) -> PlainReader:
+        self.process = subprocess.Popen([sys.executable, "-c", READER], stdout=subprocess.PIPE, text=True)
+        assert self.process.stdout is not None
+        if self.process.stdout.readline().strip() != "ready":
+            raise RuntimeError("the plain event reader did not start")
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.process.terminate()
+        out, _ = self.process.communicate(timeout=10)
+        self.read_at = {(action, cid): int(ns) for action, cid, ns in
+                        (line.split() for line in out.splitlines() if len(line.split()) == 3)}
+
+
 class DockerAsker:
     """`start` and `kill` requests made by a small process of its own, one at a time."""
 
@@ -231,10 +273,43 @@ class DockerAsker:
         self.process.wait(timeout=10)
 
 
+def ask_at_once(action: str, containers: list, askers: int) -> None:
+    """One action for every container, from `askers` processes at once (a burst)."""
+    def ask_share(share: list) -> None:
+        with DockerAsker() as asker:
+            for container in share:
+                asker.ask(action, container.id)
+    threads = [threading.Thread(target=ask_share, args=(containers[n::askers],)) for n in range(askers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def wait_for(mark: str, count: int, deadline: float = 60.0) -> None:
+    """Until `count` services carry `mark` ("register answered": the burst's containers are
+    all registered), polled; RuntimeError after `deadline` seconds."""
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if sum(1 for marks in list(MARKS.values()) if mark in marks) >= count:
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"only {sum(1 for m in list(MARKS.values()) if mark in m)} of {count} services had "
+                       f"{mark!r} within {deadline:.0f}s")
+
+
+def quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--containers", type=int, default=40)
     parser.add_argument("--gap", type=float, default=0.3)
+    parser.add_argument("--burst", type=int, default=0, metavar="ASKERS",
+                        help="start (then kill) every container at once, from ASKERS processes; "
+                             "prints each step's p50 / p90 over the burst")
     args = parser.parse_args()
     from loguru import logger
 
@@ -249,6 +324,7 @@ def main() -> int:
     thread.start()
     print(f"{time.strftime('%Y-%m-%d %H:%M')}, {load()}", flush=True)
     containers = []
+    plain = PlainReader()
     try:
         containers = [client.containers.create(IMAGE, "sleep 3600", ports={"80/tcp": None}, labels={LABEL: "1"},
                                                name=f"{hostname}-{n}", stop_signal="SIGKILL")
@@ -257,13 +333,20 @@ def main() -> int:
         cpu_before = thread_cpu()
         # Docker is asked by a process of its own: a request made here would hold this
         # process's GIL in the very milliseconds the daemon's threads answer the event.
-        with DockerAsker() as asker:
-            for container in containers:
-                asker.ask("start", container.id)
-                time.sleep(args.gap)
-            for container in containers:
-                asker.ask("kill", container.id)
-                time.sleep(args.gap)
+        if args.burst:
+            with plain:
+                ask_at_once("start", containers, args.burst)
+                wait_for("register answered", len(containers))
+                ask_at_once("kill", containers, args.burst)
+                wait_for("deregister answered", len(containers))
+        else:
+            with DockerAsker() as asker:
+                for container in containers:
+                    asker.ask("start", container.id)
+                    time.sleep(args.gap)
+                for container in containers:
+                    asker.ask("kill", container.id)
+                    time.sleep(args.gap)
         time.sleep(1)
         cpu_after = thread_cpu()
         spent = {name: (cpu_after[name] - cpu_before.get(name, 0)) / 1e6 / (2 * len(containers)) for name in cpu_after}
@@ -299,6 +382,14 @@ def main() -> int:
                 gaps["(read ahead: answered -> write sent)"].append(
                     (marks[names[-2]] - answered) / 1e6)
             gaps["total"].append((marks[names[-1]] - marks[names[0]]) / 1e6)
+            plain_read = getattr(plain, "read_at", {}).get((action, container.id))
+            if plain_read is not None:
+                gaps["(a plain reader's read -> ours)"].append((marks[f"{action} read"] - plain_read) / 1e6)
+        if args.burst:
+            print(f"{action} (n={len(gaps['total'])}): " + "; ".join(
+                f"{step} {statistics.median(values):.2f} / {quantile(values, 0.9):.2f} (n={len(values)})"
+                for step, values in gaps.items()) + " ms (p50 / p90)")
+            continue
         print(f"{action} (n={len(gaps['total'])}): " + "; ".join(
             f"{step} {statistics.median(values):.2f} (n={len(values)})" for step, values in gaps.items())
             + " ms (medians)")
