@@ -235,20 +235,30 @@ while line := stream.readline():
 
 class PlainReader:
     """Docker's event stream read by a process of its own that does nothing else: when
-    each event could be read, to compare with the daemon's event thread (--burst)."""
+    each event could be read, to compare with the daemon's event thread (--burst). Its
+    lines are taken as they come (a full pipe would stop it reading Docker's stream)."""
 
     def __enter__(self) -> PlainReader:
+        self.read_at: dict[tuple[str, str], int] = {}
         self.process = subprocess.Popen([sys.executable, "-c", READER], stdout=subprocess.PIPE, text=True)
         assert self.process.stdout is not None
         if self.process.stdout.readline().strip() != "ready":
             raise RuntimeError("the plain event reader did not start")
+        self.taker = threading.Thread(target=self._take, daemon=True)
+        self.taker.start()
         return self
+
+    def _take(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            words = line.split()
+            if len(words) == 3 and words[2].isdigit():
+                self.read_at[(words[0], words[1])] = int(words[2])
 
     def __exit__(self, *_: object) -> None:
         self.process.terminate()
-        out, _ = self.process.communicate(timeout=10)
-        self.read_at = {(action, cid): int(ns) for action, cid, ns in
-                        (line.split() for line in out.splitlines() if len(line.split()) == 3)}
+        self.process.wait(timeout=10)
+        self.taker.join(timeout=10)
 
 
 class DockerAsker:
