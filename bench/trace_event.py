@@ -199,13 +199,16 @@ def thread_cpu() -> dict[str, int]:
     return dict(total)
 
 
-ASKER = """
-import http.client, socket, sys
+DOCKER_CONNECTION = """
+import http.client, json, socket, sys, time, urllib.parse
 class Unix(http.client.HTTPConnection):
     def connect(self):
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.connect("/var/run/docker.sock")
 connection = Unix("localhost")
+"""  # the start of each helper process's script below
+
+ASKER = DOCKER_CONNECTION + """
 for line in sys.stdin:
     action, container_id = line.split()
     connection.request("POST", f"/containers/{container_id}/{action}")
@@ -214,14 +217,7 @@ for line in sys.stdin:
     print(response.status, flush=True)
 """
 
-
-READER = """
-import http.client, json, socket, sys, time, urllib.parse
-class Unix(http.client.HTTPConnection):
-    def connect(self):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.connect("/var/run/docker.sock")
-connection = Unix("localhost")
+READER = DOCKER_CONNECTION + """
 query = urllib.parse.urlencode({"filters": json.dumps({"type": ["container"]})})
 connection.request("GET", "/events?" + query)
 stream = connection.getresponse()
