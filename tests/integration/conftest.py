@@ -286,20 +286,45 @@ def free_port() -> int:
     return free_ports(1)[0]
 
 
+_HANDED_OUT: set[int] = set()  # a port is handed out once per test session
+_LOWEST_PORT = 20000  # above the well-known servers' ports (etcd, ZooKeeper, Prometheus, Consul's own)
+
+
 def free_ports(count: int) -> list[int]:
-    """`count` distinct free loopback ports: every probe is held until all are chosen (one
-    closed before the next bind could be handed out again: an agent given one port for two
-    listeners exits with 'already configured')."""
+    """`count` distinct loopback ports free for TCP and UDP, each handed out once per session,
+    chosen below the kernel's ephemeral range (ip_local_port_range). A port from that range
+    (what a bind to port 0 gives) can be taken, between the choice and a server's bind, as
+    the local end of any outgoing connection: an agent started later (a test that starts it
+    after the daemon) then exits with 'bind: address already in use'."""
+    import random
     import socket
 
-    probes = [socket.socket() for _ in range(count)]
-    try:
-        for probe in probes:
-            probe.bind(("127.0.0.1", 0))
-        return [probe.getsockname()[1] for probe in probes]
-    finally:
-        for probe in probes:
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    candidates = [port for port in range(_LOWEST_PORT, low) if port not in _HANDED_OUT]
+    random.shuffle(candidates)
+    chosen: list[int] = []
+    for port in candidates:
+        if len(chosen) == count:
+            break
+        if _bindable(socket, port):
+            chosen.append(port)
+    if len(chosen) < count:
+        raise RuntimeError(f"only {len(chosen)} of {count} free ports between {_LOWEST_PORT} and {low} "
+                           f"(the kernel's ephemeral range begins at {low})")
+    _HANDED_OUT.update(chosen)
+    return chosen
+
+
+def _bindable(socket: Any, port: int) -> bool:
+    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        probe = socket.socket(socket.AF_INET, kind)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        finally:
             probe.close()
+    return True
 
 
 def status_args() -> list[str]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import datetime
 import json
 import re
-import socket
 import threading
 import time
 import uuid
@@ -23,7 +22,7 @@ import pytest
 
 from consul_reg.docker.client import MAX_EVENT_BYTES, DockerSource
 from consul_reg.core.messages import CONTAINER_ACTIONS
-from tests.integration.conftest import wait_until
+from tests.integration.conftest import free_ports, wait_until
 from tests.integration.test_hostile_containers import (  # noqa: F401 (fixtures)
     assert_host_unharmed, host, own_docker, run_container, services_of_container, start)
 
@@ -131,21 +130,6 @@ def heaviest_labels() -> dict[str, str]:
     labels.update({f"SERVICE_TAGGED_ADDRESS_A{i}": ("a" * 63 + ".") * 3 + "example.com:80" for i in range(16)})
     labels.update({f"SERVICE_CHECK_HTTP_HEADER_X{i}": "h" * 4000 for i in range(32)})
     return labels
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` distinct ports free on 127.0.0.1 (held together while chosen: one at a time, the
-    kernel may hand the same one out twice)."""
-    held = []
-    try:
-        for _ in range(count):
-            probe = socket.socket()
-            held.append(probe)
-            probe.bind(("127.0.0.1", 0))
-        return [probe.getsockname()[1] for probe in held]
-    finally:
-        for probe in held:
-            probe.close()
 
 
 REMAP_BOUND = 1.0  # seconds for one registration or removal beside four flapping heavy containers (~0.15 s;
