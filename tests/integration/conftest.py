@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import calendar
 import os
+import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -296,9 +298,6 @@ def free_ports(count: int) -> list[int]:
     (what a bind to port 0 gives) can be taken, between the choice and a server's bind, as
     the local end of any outgoing connection: an agent started later (a test that starts it
     after the daemon) then exits with 'bind: address already in use'."""
-    import random
-    import socket
-
     low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     candidates = [port for port in range(_LOWEST_PORT, low) if port not in _HANDED_OUT]
     random.shuffle(candidates)
@@ -306,7 +305,7 @@ def free_ports(count: int) -> list[int]:
     for port in candidates:
         if len(chosen) == count:
             break
-        if _bindable(socket, port):
+        if _bindable(port):
             chosen.append(port)
     if len(chosen) < count:
         raise RuntimeError(f"only {len(chosen)} of {count} free ports between {_LOWEST_PORT} and {low} "
@@ -315,7 +314,7 @@ def free_ports(count: int) -> list[int]:
     return chosen
 
 
-def _bindable(socket: Any, port: int) -> bool:
+def _bindable(port: int) -> bool:
     for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
         probe = socket.socket(socket.AF_INET, kind)
         try:
