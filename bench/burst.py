@@ -160,7 +160,8 @@ def one_run(args, client, agent: Agent, events: Events, run: int, subject: str) 
         command = [args.registrator, "-internal", "-resync", "0", f"consul://127.0.0.1:{agent.http_port}"]
     elif floor:
         command = [sys.executable, str(Path(__file__).resolve().parent / "floor.py"), str(agent.http_port), hostname,
-                   "--internal", *(["--guarded"] if subject == "floor-guarded" else [])]
+                   "--internal", *{"floor": [], "floor-guarded": ["--guarded"],
+                                   "floor-mapped": ["--guarded", "--mapped", "--handoff"]}[subject]]
     else:
         resync = ["-resync", str(args.resync)] if args.resync != 30 else []  # 30: the default, not given
         command = [sys.executable, "-m", "consul_reg", "--hostname", hostname, "-internal", *resync,
@@ -218,8 +219,9 @@ def main() -> int:
     parser.add_argument("--across-resync", type=float, default=None, metavar="SECONDS",
                         help="start the burst this long before consul-reg's resync is due (with --resync)")
     parser.add_argument("--registrator", default="", help="also measure gliderlabs/registrator's binary")
-    parser.add_argument("--floor", action="store_true", help="also measure bench/floor.py, plain and --guarded "
-                        "(one event after another: an inspect and a PUT, and the ownership read)")
+    parser.add_argument("--floor", action="store_true", help="also measure bench/floor.py, plain, --guarded "
+                        "(one event after another: an inspect and a PUT, and the ownership read) and "
+                        "--guarded --mapped --handoff (consul-reg's mapping, and its shape)")
     parser.add_argument("--timeline", default="", help="write each container's event and seen times (ns) here, "
                         "a JSON object per run and subject, one per line")
     parser.add_argument("--debug", action="store_true", help="consul-reg logs at DEBUG (its passes, in its log)")
@@ -236,7 +238,7 @@ def main() -> int:
     print(f"{time.strftime('%Y-%m-%d %H:%M')}, {load()}", flush=True)
     try:
         for run in range(1, args.runs + 1):
-            for subject in ("consul-reg", "registrator", "floor", "floor-guarded"):
+            for subject in ("consul-reg", "registrator", "floor", "floor-guarded", "floor-mapped"):
                 if subject == "registrator" and not (args.registrator and os.path.exists(args.registrator)):
                     continue
                 if subject.startswith("floor") and not args.floor:

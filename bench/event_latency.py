@@ -4,7 +4,11 @@
 one inspect and one PUT per event, nothing else), the guarded floor (the
 same plus the ownership read consul-reg makes: `floor.py --guarded`) and
 registrator when its binary is there, in the same run, against an agent of
-the benchmark's own. Method and figures in BENCHMARKS.md.
+the benchmark's own. Also `floor-handoff` (the floor in consul-reg's shape: a
+thread reads the events and hands each to the one thread that acts) and
+`floor-mapped` (the same with the guarded read and consul-reg's own mapping
+and registration body: `floor.py --guarded --mapped --handoff`). Method and
+figures in BENCHMARKS.md.
 
 For each subject in turn (floor, consul-reg, floor, consul-reg... for
 --runs rounds): start it, warm it up with one container, then start the
@@ -146,8 +150,8 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--gap", type=float, default=0.3, help="seconds between two containers")
     parser.add_argument("--poll", type=float, default=0.0005, help="seconds between two polls of the agent")
-    parser.add_argument("--only", default="", help="floor, floor-guarded, floor-exact, consul-reg, consul-reg-before "
-                        "or registrator, or several joined by commas: only these")
+    parser.add_argument("--only", default="", help="floor, floor-guarded, floor-exact, floor-handoff, floor-mapped, "
+                        "consul-reg, consul-reg-before or registrator, or several joined by commas: only these")
     parser.add_argument("--code", default="", help="run the daemon of another checkout (a directory)")
     parser.add_argument("--before", default="", help="also run the daemon of this checkout (a directory), as "
                         "consul-reg-before, in the same rounds: a change measured beside what it changes")
@@ -172,6 +176,11 @@ def main() -> int:
             "floor-guarded": [sys.executable, str(BENCH / "floor.py"), str(agent.http_port), hostname, "--guarded"],
             "floor-exact": [sys.executable, str(BENCH / "floor.py"), str(agent.http_port), hostname, "--guarded",
                             "--exact"],
+            # consul-reg's shape (a reader thread hands events to one acting thread), without
+            # its work; then with the least of its work a start needs (the read, the mapping).
+            "floor-handoff": [sys.executable, str(BENCH / "floor.py"), str(agent.http_port), hostname, "--handoff"],
+            "floor-mapped": [sys.executable, str(BENCH / "floor.py"), str(agent.http_port), hostname, "--guarded",
+                             "--mapped", "--handoff"],
             "consul-reg": [sys.executable, "-m", "consul_reg", "--hostname", hostname, "-resync", "0", agent.uri],
         }
         if args.before:
@@ -195,7 +204,8 @@ def main() -> int:
         agent.stop()
     for reference in ("floor", "floor-guarded"):
         floors = [f for s, f in results if s == reference]
-        for name in ("floor-guarded", "floor-exact", "consul-reg", "consul-reg-before", "registrator"):
+        for name in ("floor-guarded", "floor-exact", "floor-handoff", "floor-mapped", "consul-reg",
+                     "consul-reg-before", "registrator"):
             ours = [f for s, f in results if s == name]
             for kind in ("start", "die"):
                 for ours_run, floor_run in zip(ours, floors) if name != reference else ():
