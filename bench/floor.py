@@ -161,9 +161,11 @@ def main() -> int:
     inbox: queue.SimpleQueue[tuple[str, str, str] | None] = queue.SimpleQueue()
 
     def forward() -> None:
-        for event in read():
-            inbox.put(event)
-        inbox.put(None)
+        try:
+            for event in read():
+                inbox.put(event)
+        finally:
+            inbox.put(None)  # the acting thread ends too, whatever ended the stream
     threading.Thread(target=forward, daemon=True).start()
     while (event := inbox.get()) is not None:
         handle(*event)
