@@ -13,6 +13,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import (
@@ -35,6 +36,7 @@ from kazoo.exceptions import (
     ZookeeperStoppedError,
 )
 from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.interfaces import IAsyncResult
 from kazoo.protocol.states import ZnodeStat
 from loguru import logger
 
@@ -47,6 +49,13 @@ SESSION_TIMEOUT_SECONDS = 10.0
 # beside it. A server that lost its data (or another ensemble) refuses a
 # client that saw newer transactions, forever; a fresh client is accepted.
 FRESH_SESSION_AFTER_SECONDS = 2.0
+# One call's answer, at most. kazoo queues a call made while it reconnects and never
+# fails it: a server that refuses the session (wiped, another ensemble) would hold the
+# mirror's thread for ever, and no fresh session would be tried. Past this the call
+# counts as a lost connection (KazooTimeoutError): the mirror is down, and the worker
+# goes on (a fresh session, then everything written again). A live but slow server is
+# dropped by kazoo itself within the session timeout.
+CALL_SECONDS = 5.0
 ZK_ERRORS = (KazooTimeoutError, KazooException)
 # The connection or the session is lost, or the server takes no writes at all: the
 # mirror is down. Any other error names one node (someone else's ACL on it or on
@@ -178,7 +187,8 @@ class ZooKeeperRegistry:
         session = self._session()
         found: dict[str, RegisteredService] = {}
         try:
-            names = self._client.get_children(self.basepath) if self._client.exists(self.basepath) else []
+            names = self._wait(self._client.get_children_async(self.basepath)) \
+                if self._wait(self._client.exists_async(self.basepath)) else []
         except ZK_ERRORS as error:
             self._raise_if_lost(error)
             raise RegistryError(f"{self.description}: {self.basepath} cannot be listed: "
@@ -202,7 +212,7 @@ class ZooKeeperRegistry:
         """A service name's nodes; none when it went meanwhile or this daemon may not list it
         (someone else's ACL): its nodes are then refused one by one when written."""
         try:
-            return list(self._client.get_children(path))
+            return list(self._wait(self._client.get_children_async(path)))
         except ZK_ERRORS as error:
             self._raise_if_lost(error)
             if not isinstance(error, NoNodeError):
@@ -214,9 +224,9 @@ class ZooKeeperRegistry:
         stat (`exists` needs no permission), with no data: never taken for free."""
         try:
             try:
-                return self._client.get(path)
+                return self._wait(self._client.get_async(path))
             except NoAuthError:
-                stat = self._client.exists(path)
+                stat = self._wait(self._client.exists_async(path))
                 return None if stat is None else (b"", stat)
         except ZK_ERRORS as error:
             self._raise_if_lost(error)
@@ -227,14 +237,15 @@ class ZooKeeperRegistry:
         path = self.key_of(service)
         try:
             try:
-                self._client.create(path, self.data_of(service), ephemeral=True, makepath=True)
+                self._wait(self._client.create_async(path, self.data_of(service), ephemeral=True, makepath=True))
             except NodeExistsError:
-                stat = self._client.exists(path)
+                stat = self._wait(self._client.exists_async(path))
                 if stat is not None and stat.ephemeralOwner != self._session():
                     raise RegistryNotOurs(f"{path} is held by {_holder(stat.ephemeralOwner)}: left as it is") from None
                 if stat is None:
                     raise RegistryNotOurs(f"{path} was removed while being written: looked at again") from None
-                self._client.set(path, self.data_of(service), version=stat.version)  # never over a newer node
+                # never over a newer node
+                self._wait(self._client.set_async(path, self.data_of(service), version=stat.version))
         except (BadVersionError, NoNodeError):
             raise RegistryNotOurs(f"{path} changed under this daemon while being written: left as it is") from None
         except ZK_ERRORS as error:
@@ -243,13 +254,18 @@ class ZooKeeperRegistry:
     def deregister(self, service: RegisteredService) -> None:
         self._ensure_started()
         try:
-            stat = self._client.exists(service.id)
+            stat = self._wait(self._client.exists_async(service.id))
             if stat is not None and stat.ephemeralOwner == self._session():
-                self._client.delete(service.id, version=stat.version)
+                self._wait(self._client.delete_async(service.id, version=stat.version))
         except NoNodeError:
             pass
         except ZK_ERRORS as error:
             raise self._failure(error, service.id) from None
+
+    @staticmethod
+    def _wait(call: IAsyncResult) -> Any:
+        """A kazoo call's answer within CALL_SECONDS (KazooTimeoutError past it)."""
+        return call.get(timeout=CALL_SECONDS)
 
     def _raise_if_lost(self, error: BaseException) -> None:
         """The mirror is down only when the connection or the session is lost."""

@@ -3,7 +3,8 @@ ephemeral parent): the real ZooKeeperRegistry on a fake kazoo client, driven
 step by step by its MirrorWorker on a fake clock. The refused node costs
 that node only: the others are written, the mirror stays up, one warning per
 node and cause, and it is tried again quietly every REFUSED_RETRY_SECONDS;
-only a lost connection or session takes the mirror down."""
+only a lost connection or session takes the mirror down. A call kazoo never
+answers takes the mirror down after CALL_SECONDS, never holding its thread."""
 
 from __future__ import annotations
 
@@ -17,12 +18,13 @@ from kazoo.exceptions import (
     NodeExistsError,
     NoNodeError,
 )
+from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.protocol.states import ZnodeStat
 from loguru import logger
 
 from consul_reg.mirrors.worker import REFUSED_RETRY_SECONDS, MirrorWorker
 from consul_reg.core.records import Service
-from consul_reg.mirrors.zookeeper import ZooKeeperRegistry
+from consul_reg.mirrors.zookeeper import CALL_SECONDS, ZooKeeperRegistry
 from consul_reg.core.snapshot import Snapshot
 from tests.unit.fakes import FakeClock
 
@@ -42,6 +44,31 @@ class FakeKazoo:
         self.client_id = (SESSION, b"")
         self.calls: list[tuple[str, str]] = []
         self.lost = False
+        # Every call queued and never answered, as kazoo does with one made while it
+        # reconnects to a server that refuses its session (a wiped server).
+        self.unanswered = False
+        self.timeouts: list[float | None] = []  # what each answer was waited for
+
+    def _answer(self, call, *args, **kwargs) -> FakeAnswer:
+        return FakeAnswer(self, lambda: call(*args, **kwargs))
+
+    def exists_async(self, *args, **kwargs) -> FakeAnswer:
+        return self._answer(self.exists, *args, **kwargs)
+
+    def get_children_async(self, *args, **kwargs) -> FakeAnswer:
+        return self._answer(self.get_children, *args, **kwargs)
+
+    def get_async(self, *args, **kwargs) -> FakeAnswer:
+        return self._answer(self.get, *args, **kwargs)
+
+    def create_async(self, *args, **kwargs) -> FakeAnswer:
+        return self._answer(self.create, *args, **kwargs)
+
+    def set_async(self, *args, **kwargs) -> FakeAnswer:
+        return self._answer(self.set, *args, **kwargs)
+
+    def delete_async(self, *args, **kwargs) -> FakeAnswer:
+        return self._answer(self.delete, *args, **kwargs)
 
     def _check_connection(self) -> None:
         if self.lost:
@@ -106,6 +133,23 @@ class FakeKazoo:
 
     def close(self) -> None:
         pass
+
+
+class FakeAnswer:
+    """kazoo's IAsyncResult for one call: its `get(timeout)` answers at once, or,
+    while the fake's calls go unanswered, raises what kazoo raises once the timeout
+    passed (KazooTimeoutError); with no timeout it would wait for ever (an error here)."""
+
+    def __init__(self, kazoo: FakeKazoo, call) -> None:
+        self._kazoo, self._call = kazoo, call
+
+    def get(self, block: bool = True, timeout: float | None = None):
+        self._kazoo.timeouts.append(timeout)
+        if self._kazoo.unanswered:
+            if timeout is None:
+                raise AssertionError("waited for ever for a call kazoo never answers")
+            raise KazooTimeoutError()
+        return self._call()
 
 
 def service(name: str, port: int) -> Service:
@@ -244,3 +288,25 @@ def test_only_a_lost_connection_takes_the_mirror_down(zk) -> None:
     step(worker)
     assert worker.state == "down" and worker._refused == {}
     assert len(warnings) == 1 and "is down" in warnings[0] and "ConnectionLoss" in warnings[0], warnings
+
+
+def test_a_call_kazoo_never_answers_takes_the_mirror_down_then_it_catches_up(zk) -> None:
+    """kazoo queues a call made while it reconnects, and a wiped server refuses its session
+    for ever: the call is given up after CALL_SECONDS, the mirror is down (its thread free
+    for the fresh session), and once calls are answered again everything is written."""
+    fake, worker, clock, warnings = zk
+    worker.offer(snapshot(1, service("api", 80)), relist=True)
+    step(worker)
+    assert mine(fake) == {"/services/api/10.0.0.1:80"} and worker.state == "up"
+    fake.unanswered = True
+    fake.timeouts.clear()
+    worker.offer(snapshot(2, service("api", 80), service("web", 81)))
+    step(worker)  # returns: a call without an answer never holds the worker
+    assert worker.state == "down" and any("KazooTimeoutError" in w for w in warnings), warnings
+    assert fake.timeouts and set(fake.timeouts) == {CALL_SECONDS}
+    assert worker._due_in() is not None and worker._due_in() > 0, "retried on the backoff, not in a tight loop"
+    fake.unanswered = False
+    clock.advance(worker._due_in())
+    step(worker)
+    assert worker.state == "up"
+    assert mine(fake) == {"/services/api/10.0.0.1:80", "/services/web/10.0.0.1:81"}
