@@ -53,9 +53,10 @@ FRESH_SESSION_AFTER_SECONDS = 2.0
 # fails it: a server that refuses the session (wiped, another ensemble) would hold the
 # mirror's thread for ever, and no fresh session would be tried. Past this the call
 # counts as a lost connection (KazooTimeoutError): the mirror is down, and the worker
-# goes on (a fresh session, then everything written again). A live but slow server is
-# dropped by kazoo itself within the session timeout.
-CALL_SECONDS = 5.0
+# goes on (a fresh session, then everything written again). Above kazoo's own read
+# timeout (two thirds of SESSION_TIMEOUT_SECONDS), after which kazoo drops a connection
+# whose server stopped answering: only a call kazoo never sent waits this long.
+CALL_SECONDS = 7.0
 ZK_ERRORS = (KazooTimeoutError, KazooException)
 # The connection or the session is lost, or the server takes no writes at all: the
 # mirror is down. Any other error names one node (someone else's ACL on it or on
@@ -89,10 +90,12 @@ class ZooKeeperRegistry:
     def _new_client(self) -> KazooClient:
         client = KazooClient(hosts=self._hosts, timeout=SESSION_TIMEOUT_SECONDS,
                              connection_retry={"max_tries": -1, "max_delay": 1})
-        client.add_listener(self._on_state)
+        client.add_listener(lambda state: self._on_state(client, state))
         return client
 
-    def _on_state(self, state: str) -> None:  # on kazoo's thread
+    def _on_state(self, client: KazooClient, state: str) -> None:  # on kazoo's thread
+        if client is not self._client:
+            return  # a client given up or replaced (its stop says LOST): not this mirror's state
         if state == KazooState.CONNECTED:
             self._disconnected_since = None
         elif self._disconnected_since is None:
@@ -237,7 +240,10 @@ class ZooKeeperRegistry:
         path = self.key_of(service)
         try:
             try:
-                self._wait(self._client.create_async(path, self.data_of(service), ephemeral=True, makepath=True))
+                # The parent first, then the node, each sent by this thread: kazoo's own makepath
+                # would create the node from its thread, after a time-out, behind a later relist.
+                self._wait(self._client.ensure_path_async(path.rsplit("/", 1)[0]))
+                self._wait(self._client.create_async(path, self.data_of(service), ephemeral=True))
             except NodeExistsError:
                 stat = self._wait(self._client.exists_async(path))
                 if stat is not None and stat.ephemeralOwner != self._session():

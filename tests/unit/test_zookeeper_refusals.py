@@ -8,7 +8,7 @@ answers takes the mirror down after CALL_SECONDS, never holding its thread."""
 
 from __future__ import annotations
 
-from types import MappingProxyType
+from types import MappingProxyType, SimpleNamespace
 
 import pytest
 from kazoo.exceptions import (
@@ -18,13 +18,15 @@ from kazoo.exceptions import (
     NodeExistsError,
     NoNodeError,
 )
+from kazoo.client import KazooState
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.protocol.states import ZnodeStat
 from loguru import logger
 
 from consul_reg.mirrors.worker import REFUSED_RETRY_SECONDS, MirrorWorker
 from consul_reg.core.records import Service
-from consul_reg.mirrors.zookeeper import CALL_SECONDS, ZooKeeperRegistry
+from consul_reg.mirrors import zookeeper
+from consul_reg.mirrors.zookeeper import CALL_SECONDS, FRESH_SESSION_AFTER_SECONDS, ZooKeeperRegistry
 from consul_reg.core.snapshot import Snapshot
 from tests.unit.fakes import FakeClock
 
@@ -69,6 +71,9 @@ class FakeKazoo:
 
     def delete_async(self, *args, **kwargs) -> FakeAnswer:
         return self._answer(self.delete, *args, **kwargs)
+
+    def ensure_path_async(self, path: str) -> FakeAnswer:
+        return self._answer(lambda: path in self.nodes or bool(self.create(path, b"", makepath=True)))
 
     def _check_connection(self) -> None:
         if self.lost:
@@ -310,3 +315,58 @@ def test_a_call_kazoo_never_answers_takes_the_mirror_down_then_it_catches_up(zk)
     step(worker)
     assert worker.state == "up"
     assert mine(fake) == {"/services/api/10.0.0.1:80", "/services/web/10.0.0.1:81"}
+
+
+class ListeningKazoo(FakeKazoo):
+    """A KazooClient stand-in with its state listeners: each one is a server of its own,
+    empty (a fresh session on a wiped server); `start` connects, `stop` says LOST."""
+
+    def __init__(self, hosts: str = "", timeout: float = 10.0, connection_retry=None) -> None:
+        super().__init__()
+        self.connected = False
+        self.listeners: list = []
+
+    def add_listener(self, listener) -> None:
+        self.listeners.append(listener)
+
+    def tell(self, state: str) -> None:
+        for listener in self.listeners:
+            listener(state)
+
+    def start(self, timeout: float = 15.0) -> None:
+        self.connected = True
+        self.tell(KazooState.CONNECTED)
+
+    def stop(self) -> None:
+        self.connected = False
+        self.tell(KazooState.LOST)
+
+
+def test_after_a_fresh_session_the_old_clients_end_is_not_taken_for_an_outage(monkeypatch) -> None:
+    """The server lost its data: a fresh session is opened 2 s into the outage and every
+    node created again. Stopping the old client says LOST on its listener; taken for this
+    mirror's state, it would start an outage clock on a connected mirror, and the worker
+    would step without pause from 2 s later on (every step another fresh session)."""
+    clock = FakeClock()
+    monkeypatch.setattr(zookeeper, "KazooClient", ListeningKazoo)
+    monkeypatch.setattr(zookeeper, "time", SimpleNamespace(monotonic=clock))
+    registry = ZooKeeperRegistry("127.0.0.1", 1, "services", "h")
+    worker = MirrorWorker(registry, "h", retry_interval=0.05, clock=clock)
+    registry.listen(worker.poke)
+    worker.offer(snapshot(1, service("api", 80)), relist=True)
+    step(worker)
+    old = registry._client
+    assert mine(old) == {"/services/api/10.0.0.1:80"} and worker.state == "up"
+
+    old.connected = False  # the server went away; it comes back empty and refuses the old session
+    old.tell(KazooState.SUSPENDED)
+    clock.advance(FRESH_SESSION_AFTER_SECONDS + 0.1)
+    assert worker._due_in() == 0
+    step(worker)
+    fresh = registry._client
+    assert fresh is not old and fresh.connected
+    assert mine(fresh) == {"/services/api/10.0.0.1:80"} and worker.state == "up"
+
+    clock.advance(FRESH_SESSION_AFTER_SECONDS + 5)
+    assert registry.seconds_until_maintenance() == 3600.0
+    assert worker._due_in() == 3600.0, "an idle mirror sleeps: no step until the next offer"
